@@ -1,0 +1,250 @@
+//! Wire types shared by the server, the MCP tools, remote clients and tests.
+//!
+//! Field names here are the contract of `DESIGN.md` ("MCP tools", "Runs and events"): renaming one
+//! breaks the build of every user instead of a user at run time.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Where a run is in its life. Transitions are checked by the server's run state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Starting,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+    /// The server restarted while the run was active and could not reattach to it.
+    Lost,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 8] = [
+        Self::Queued,
+        Self::Starting,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+        Self::TimedOut,
+        Self::Lost,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::TimedOut => "timed_out",
+            Self::Lost => "lost",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// A terminal run never changes status again.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Queued | Self::Starting | Self::Running)
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a sandbox is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxStatus {
+    Creating,
+    Running,
+    Pausing,
+    Paused,
+    Resuming,
+    /// A local agent's tunnel is down.
+    Offline,
+    /// Something went wrong; the sandbox keeps its reason and is never silently deleted.
+    Failed,
+    Deleting,
+    /// Gone; kept as a row so runs still point at something.
+    Deleted,
+}
+
+impl SandboxStatus {
+    pub const ALL: [SandboxStatus; 9] = [
+        Self::Creating,
+        Self::Running,
+        Self::Pausing,
+        Self::Paused,
+        Self::Resuming,
+        Self::Offline,
+        Self::Failed,
+        Self::Deleting,
+        Self::Deleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Running => "running",
+            Self::Pausing => "pausing",
+            Self::Paused => "paused",
+            Self::Resuming => "resuming",
+            Self::Offline => "offline",
+            Self::Failed => "failed",
+            Self::Deleting => "deleting",
+            Self::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for SandboxStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a file changed during a run, as git sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Added,
+    Modified,
+    Deleted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangedFile {
+    pub path: String,
+    pub change: ChangeKind,
+}
+
+/// Token usage and cost of a run, summed over its model calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub cost_usd: f64,
+}
+
+impl Usage {
+    pub fn add(&mut self, other: &Usage) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cache_read_tokens += other.cache_read_tokens;
+        self.cache_write_tokens += other.cache_write_tokens;
+        self.cost_usd += other.cost_usd;
+    }
+
+    pub fn total_tokens(&self) -> u64 {
+        self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
+    }
+}
+
+/// Why a run did not succeed, in words a calling agent can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The LLM upstream refused delegate's credential (401/403).
+    UpstreamAuth,
+    /// The LLM upstream stayed overloaded or failing (429/5xx/529) after retries.
+    UpstreamUnavailable,
+    /// Any other error the model API reported.
+    UpstreamError,
+    /// The run went past its `timeout_seconds`.
+    Timeout,
+    /// Somebody cancelled the run.
+    Cancelled,
+    /// The sandbox could not be created or started.
+    SandboxFailed,
+    /// The sandbox ran out of memory.
+    Oom,
+    /// The sandbox image is missing (container backends).
+    ImageMissing,
+    /// opencode exited non-zero or reported an error of its own.
+    AgentFailed,
+    /// The server restarted and could not reattach to the run.
+    Lost,
+    /// Anything else; the message says what.
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UpstreamAuth => "upstream_auth",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::UpstreamError => "upstream_error",
+            Self::Timeout => "timeout",
+            Self::Cancelled => "cancelled",
+            Self::SandboxFailed => "sandbox_failed",
+            Self::Oom => "oom",
+            Self::ImageMissing => "image_missing",
+            Self::AgentFailed => "agent_failed",
+            Self::Lost => "lost",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// The result of `run_in_sandbox` (and `delegate run --json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    pub run_id: String,
+    pub sandbox_id: String,
+    pub status: RunStatus,
+    /// The last text the agent wrote; empty while running or when it wrote none.
+    pub final_message: String,
+    pub changed_files: Vec<ChangedFile>,
+    /// Unified diff of the run's changes, capped; see `diff_truncated`.
+    pub diff: String,
+    pub diff_truncated: bool,
+    pub usage: Usage,
+    pub duration_ms: u64,
+    pub event_count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RunError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_url: Option<String>,
+}
+
+/// One entry of a run's append-only event log.
+///
+/// `type` is one of the normalized kinds (`text`, `tool`, `step_start`, `step_finish`, `reasoning`,
+/// `error`, `status`, `stderr`) or, for opencode events delegate does not interpret, the original type
+/// prefixed by nothing: unknown events are kept, never dropped. `data` holds the normalized fields;
+/// `raw` the original JSON when the event came from opencode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub ts: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub data: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<Value>,
+}

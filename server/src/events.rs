@@ -1,0 +1,1 @@
+//! Normalizes opencode output into delegate events.

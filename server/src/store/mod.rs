@@ -1,0 +1,328 @@
+//! Storage: one [`Store`] trait with domain-shaped methods, implemented for SQLite (the embedded
+//! default, WAL mode, in the data dir) and PostgreSQL. Nothing above this module names sqlx: driver
+//! errors become [`StoreError`].
+//!
+//! Status columns are written only through compare-and-set methods (`expected` current status), so
+//! two writers cannot both move one run or sandbox; which transitions are legal is decided by
+//! `crate::state`, in one place, before the store is called.
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use delegate_mcp::types::{ChangedFile, Event, RunError, RunStatus, SandboxStatus, Usage};
+use serde_json::Value;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A compare-and-set found another status than the caller expected.
+    #[error("{entity} {id} is {actual}, not {expected}")]
+    StaleStatus {
+        entity: &'static str,
+        id: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("bad database url: {0}")]
+    BadUrl(String),
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Milliseconds since the Unix epoch; every timestamp column holds one.
+pub type Millis = i64;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workspace {
+    pub id: String,
+    pub slug: String,
+    pub name: String,
+    pub created_at: Millis,
+}
+
+/// A member's role in a workspace, highest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Guest,
+    Developer,
+    Maintainer,
+    Owner,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Guest => "guest",
+            Role::Developer => "developer",
+            Role::Maintainer => "maintainer",
+            Role::Owner => "owner",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [Role::Guest, Role::Developer, Role::Maintainer, Role::Owner]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxKind {
+    /// Created for one run and destroyed after it.
+    Ephemeral,
+    /// Kept running (`opencode serve`) for several runs and for people.
+    Warm,
+}
+
+impl SandboxKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxKind::Ephemeral => "ephemeral",
+            SandboxKind::Warm => "warm",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ephemeral" => Some(SandboxKind::Ephemeral),
+            "warm" => Some(SandboxKind::Warm),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sandbox {
+    pub id: String,
+    pub workspace_id: String,
+    pub name: String,
+    pub kind: SandboxKind,
+    /// `process`, `docker`, `kubernetes` or `local`.
+    pub backend: String,
+    pub status: SandboxStatus,
+    /// Why the sandbox is `failed` (or other human-readable context for its status).
+    pub status_reason: Option<String>,
+    pub idle_timeout_s: Option<i64>,
+    /// Backend-specific facts (work dir, container id, ...); never secrets.
+    pub meta: Value,
+    pub created_by: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    pub id: String,
+    pub sandbox_id: String,
+    pub workspace_id: String,
+    pub task: String,
+    pub model: Option<String>,
+    pub agent: Option<String>,
+    pub status: RunStatus,
+    pub timeout_s: i64,
+    /// Who delegated it: `user:<id>`, `token:<id>`, `mcp:<client name>`, `cli`.
+    pub created_by: Option<String>,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub outcome: RunOutcome,
+}
+
+/// What a run produced; filled when it ends.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunOutcome {
+    pub final_message: String,
+    pub changed_files: Vec<ChangedFile>,
+    pub diff: String,
+    pub diff_truncated: bool,
+    pub usage: Usage,
+    pub error: Option<RunError>,
+    /// Time to the first token of the first model call, as the proxy measured it.
+    pub ttft_ms: Option<i64>,
+}
+
+/// What kind of secret a token row stands for. Only the SHA-256 of the secret is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// `dlg_...` API tokens of users.
+    Api,
+    /// A sandbox's credential for the Anthropic proxy.
+    Sandbox,
+    /// A browser session.
+    Session,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Api => "api",
+            TokenKind::Sandbox => "sandbox",
+            TokenKind::Session => "session",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "api" => Some(TokenKind::Api),
+            "sandbox" => Some(TokenKind::Sandbox),
+            "session" => Some(TokenKind::Session),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub kind: TokenKind,
+    /// Hex SHA-256 of the secret.
+    pub hash: String,
+    pub name: Option<String>,
+    pub user_id: Option<String>,
+    pub sandbox_id: Option<String>,
+    pub workspace_id: Option<String>,
+    pub created_at: Millis,
+    pub expires_at: Option<Millis>,
+    pub revoked_at: Option<Millis>,
+}
+
+/// One model call through the Anthropic proxy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRecord {
+    pub id: String,
+    pub sandbox_id: String,
+    pub run_id: Option<String>,
+    pub workspace_id: String,
+    pub model: Option<String>,
+    pub usage: Usage,
+    pub status_code: i64,
+    pub ttft_ms: Option<i64>,
+    pub duration_ms: i64,
+    pub created_at: Millis,
+}
+
+/// An event about to be appended; the orchestrator assigns `seq` (one writer per run).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub run_id: String,
+    pub seq: u64,
+    pub ts: Millis,
+    pub kind: String,
+    pub data: Value,
+    pub raw: Option<Value>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn kind(&self) -> &'static str;
+
+    // Users, workspaces, members.
+    async fn create_user(&self, user: &User) -> Result<()>;
+    async fn user_by_id(&self, id: &str) -> Result<User>;
+    async fn user_by_email(&self, email: &str) -> Result<User>;
+    async fn create_workspace(&self, ws: &Workspace, owner_user_id: &str) -> Result<()>;
+    async fn workspace_by_id(&self, id: &str) -> Result<Workspace>;
+    async fn workspace_by_slug(&self, slug: &str) -> Result<Workspace>;
+    async fn set_member(&self, workspace_id: &str, user_id: &str, role: Role) -> Result<()>;
+    async fn member_role(&self, workspace_id: &str, user_id: &str) -> Result<Option<Role>>;
+
+    // Sandboxes.
+    async fn insert_sandbox(&self, sandbox: &Sandbox) -> Result<()>;
+    async fn sandbox(&self, id: &str) -> Result<Sandbox>;
+    /// Sandboxes of a workspace, newest first, without `deleted` ones.
+    async fn list_sandboxes(&self, workspace_id: &str) -> Result<Vec<Sandbox>>;
+    /// Sandboxes in any of `statuses`, across workspaces (start-up reconciliation, idle sweeps).
+    async fn sandboxes_with_status(&self, statuses: &[SandboxStatus]) -> Result<Vec<Sandbox>>;
+    /// Compare-and-set: fails with `StaleStatus` unless the sandbox is `expected` now.
+    async fn set_sandbox_status(
+        &self,
+        id: &str,
+        expected: SandboxStatus,
+        next: SandboxStatus,
+        reason: Option<&str>,
+        now: Millis,
+    ) -> Result<()>;
+    async fn set_sandbox_meta(&self, id: &str, meta: &Value, now: Millis) -> Result<()>;
+
+    // Runs.
+    async fn insert_run(&self, run: &Run) -> Result<()>;
+    async fn run(&self, id: &str) -> Result<Run>;
+    /// Runs of a workspace (optionally of one sandbox), newest first.
+    async fn list_runs(
+        &self,
+        workspace_id: &str,
+        sandbox_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Run>>;
+    /// Runs in any of `statuses`, across workspaces.
+    async fn runs_with_status(&self, statuses: &[RunStatus]) -> Result<Vec<Run>>;
+    /// Compare-and-set of a run's status; sets `started_at` when moving to `running`.
+    async fn set_run_status(
+        &self,
+        id: &str,
+        expected: RunStatus,
+        next: RunStatus,
+        now: Millis,
+    ) -> Result<()>;
+    /// Compare-and-set to a terminal status, writing the outcome and `finished_at` in one statement.
+    async fn finish_run(
+        &self,
+        id: &str,
+        expected: RunStatus,
+        next: RunStatus,
+        outcome: &RunOutcome,
+        now: Millis,
+    ) -> Result<()>;
+
+    // The run event log.
+    /// Appends events in one transaction; a duplicate `(run_id, seq)` is a `Conflict`.
+    async fn append_events(&self, events: &[NewEvent]) -> Result<()>;
+    /// Events with `seq > after`, in order, at most `limit`.
+    async fn events_after(&self, run_id: &str, after: u64, limit: i64) -> Result<Vec<Event>>;
+    async fn event_count(&self, run_id: &str) -> Result<u64>;
+
+    // Tokens (hashed).
+    async fn insert_token(&self, token: &TokenRecord) -> Result<()>;
+    async fn token_by_hash(&self, hash: &str) -> Result<TokenRecord>;
+    async fn revoke_token(&self, id: &str, now: Millis) -> Result<()>;
+    /// Revokes every token of a sandbox (when it is deleted).
+    async fn revoke_sandbox_tokens(&self, sandbox_id: &str, now: Millis) -> Result<()>;
+
+    // Usage.
+    async fn record_usage(&self, record: &UsageRecord) -> Result<()>;
+    /// Sum of a run's proxied model calls, and the first call's time to first token.
+    async fn run_usage(&self, run_id: &str) -> Result<(Usage, Option<i64>)>;
+}
+
+/// Opens the store a URL names (`sqlite://PATH` or `postgres://...`) and runs its migrations.
+pub async fn connect(database_url: &str) -> Result<Arc<dyn Store>> {
+    if database_url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(database_url).await?))
+    } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")
+    {
+        Ok(Arc::new(PostgresStore::connect(database_url).await?))
+    } else {
+        Err(StoreError::BadUrl(
+            "expected sqlite://PATH or postgres://... (credentials are not shown)".into(),
+        ))
+    }
+}

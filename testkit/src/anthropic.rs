@@ -1,0 +1,1 @@
+//! Scripted fake Anthropic upstream.
