@@ -1,5 +1,14 @@
 //! delegate's server library: the orchestrator core (sandboxes, runs, the event log), storage,
 //! sandbox backends and the Anthropic proxy. The `delegate` binary in `main.rs` wires them up.
 
+pub mod app;
 pub mod events;
-// pub mod store;  (re-enabled by the store work once it compiles)
+pub mod ids;
+pub mod opencode;
+pub mod orchestrator;
+pub mod proxy;
+pub mod relay;
+pub mod sandbox;
+pub mod settings;
+pub mod state;
+pub mod store;

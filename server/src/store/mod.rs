@@ -7,6 +7,7 @@
 //! `crate::state`, in one place, before the store is called.
 
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::sync::Arc;
@@ -317,8 +318,7 @@ pub trait Store: Send + Sync + 'static {
 pub async fn connect(database_url: &str) -> Result<Arc<dyn Store>> {
     if database_url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::connect(database_url).await?))
-    } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")
-    {
+    } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
         Ok(Arc::new(PostgresStore::connect(database_url).await?))
     } else {
         Err(StoreError::BadUrl(

@@ -1,0 +1,63 @@
+//! Wiring: settings in, a working orchestrator out (store, proxy, backend). `delegate run`,
+//! `delegate mcp` and the tests all start here.
+
+use std::sync::Arc;
+
+use crate::orchestrator::{Orchestrator, OrchestratorError};
+use crate::proxy::{ActiveRuns, Proxy};
+use crate::sandbox::SandboxBackend;
+use crate::sandbox::process::ProcessBackend;
+use crate::settings::{BackendChoice, Settings};
+use crate::store::{self, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the data dir {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error(transparent)]
+    Orchestrator(#[from] OrchestratorError),
+    #[error("the {0} backend is not available in this build yet; use DELEGATE_BACKEND=process")]
+    BackendUnavailable(&'static str),
+}
+
+/// Installs the process-wide TLS provider (ring); harmless when called twice.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Opens the store named by the settings, creating the data dir first.
+pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartError> {
+    std::fs::create_dir_all(&settings.data_dir).map_err(|source| StartError::DataDir {
+        path: settings.data_dir.clone(),
+        source,
+    })?;
+    Ok(store::connect(settings.database_url.expose()).await?)
+}
+
+/// An orchestrator embedded in this process: its own store, proxy and backend.
+pub async fn embedded(settings: Settings) -> Result<Orchestrator, StartError> {
+    install_crypto();
+    let store = open_store(&settings).await?;
+    let active_runs = ActiveRuns::default();
+    let proxy = Proxy::new(
+        store.clone(),
+        settings.upstream.clone(),
+        active_runs.clone(),
+    );
+    let backend: Arc<dyn SandboxBackend> = match settings.backend {
+        // The docker backend lands later; until then auto means process.
+        BackendChoice::Auto | BackendChoice::Process => {
+            Arc::new(ProcessBackend::new(&settings, proxy.router())?)
+        }
+        BackendChoice::Docker => return Err(StartError::BackendUnavailable("docker")),
+        BackendChoice::Kubernetes => return Err(StartError::BackendUnavailable("kubernetes")),
+    };
+    Ok(Orchestrator::new(Arc::new(settings), store, backend, proxy, active_runs).await?)
+}

@@ -1,0 +1,98 @@
+//! The command line: one module per subcommand.
+
+mod relay;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use delegate_server::settings::{DEFAULT_CONFIG, ProcessEnv, Settings};
+
+/// delegate hands coding tasks to opencode running in a sandbox, streams progress, and returns a
+/// structured result: final message, changed files, diff, usage, timings.
+#[derive(Debug, Parser)]
+#[command(name = "delegate", version, propagate_version = true)]
+pub struct Cli {
+    /// Settings file (TOML; see `delegate default-config`). Environment variables win over it.
+    #[arg(long, global = true, env = "DELEGATE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Log filter for stderr, e.g. `info` or `delegate_server=debug`.
+    #[arg(long, global = true, env = "DELEGATE_LOG", value_name = "FILTER")]
+    log: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Delegate one task: run it in a fresh sandbox with live progress, then print the result.
+    Run(run::RunArgs),
+    /// Create or update the database schema, then exit.
+    Migrate,
+    /// Print a commented example settings file.
+    DefaultConfig,
+    /// Inside a sandbox: relay sockets, then run a command (used by the process backend).
+    #[command(hide = true)]
+    SandboxRelay(relay::RelayArgs),
+}
+
+pub fn init_tracing(cli: &Cli) {
+    let default = match cli.command {
+        // Progress lines are the CLI's output; logs only when something is wrong.
+        Command::Run(_) | Command::SandboxRelay(_) => "warn",
+        _ => "info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or(default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
+    Ok(Settings::load(cli.config.as_deref(), &ProcessEnv)?)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::DefaultConfig => {
+            print!("{DEFAULT_CONFIG}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SandboxRelay(args) => relay::main(args),
+        Command::Migrate => {
+            let settings = load_settings(&cli)?;
+            runtime()?.block_on(async {
+                delegate_server::app::install_crypto();
+                let store = delegate_server::app::open_store(&settings).await?;
+                eprintln!("delegate: {} database is up to date", store.kind());
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Run(args) => {
+            let settings = load_settings(&cli)?;
+            runtime()?.block_on(run::main(settings, args))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        super::Cli::command().debug_assert();
+    }
+}

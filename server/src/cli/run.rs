@@ -1,0 +1,299 @@
+//! `delegate run "TASK"`: delegate one task with an embedded orchestrator, show live progress on
+//! stderr (a spinner on a terminal, plain lines when piped), then print the result — as JSON on
+//! stdout with `--json`. The exit code is 0 only when the run succeeded.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use delegate_mcp::types::{Event, RunResult, RunStatus};
+use delegate_server::orchestrator::RunRequest;
+use delegate_server::settings::{Isolation, Settings, UpstreamCredential, parse_duration};
+use futures::StreamExt;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// What the agent should do, in plain words. `-` reads it from stdin.
+    task: String,
+
+    /// Seed a file into the sandbox's work dir: `PATH` copies the local file to the same relative
+    /// path; `DEST=SRC` copies local SRC to DEST. Repeatable.
+    #[arg(long = "file", short = 'f', value_name = "PATH|DEST=SRC")]
+    files: Vec<String>,
+
+    /// Model as provider/model [default: DELEGATE_MODEL].
+    #[arg(long, short = 'm')]
+    model: Option<String>,
+
+    /// opencode agent to use (e.g. build, plan).
+    #[arg(long)]
+    agent: Option<String>,
+
+    /// Give up after this long: seconds, or with a unit (90s, 15m, 2h) [default: 900s].
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
+
+    /// Workspace to account the run to [default: default].
+    #[arg(long)]
+    workspace: Option<String>,
+
+    /// How the process backend isolates opencode. `none` runs it unconfined, as you.
+    #[arg(long, value_enum, env = "DELEGATE_ISOLATION")]
+    isolation: Option<Isolation>,
+
+    /// Print the result object as JSON on stdout (progress still goes to stderr).
+    #[arg(long)]
+    json: bool,
+
+    /// No progress lines; only the result.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+pub async fn main(mut settings: Settings, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    if let Some(isolation) = args.isolation {
+        settings.isolation = isolation;
+    }
+    if settings.upstream.credential.is_none() {
+        bail!(
+            "no model API credential: set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN). It stays in \
+             this process; the sandbox only gets a token for delegate's proxy."
+        );
+    }
+    debug_assert!(matches!(
+        settings.upstream.credential,
+        Some(UpstreamCredential::ApiKey(_) | UpstreamCredential::AuthToken(_))
+    ));
+    let task = if args.task == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the task from stdin")?;
+        s
+    } else {
+        args.task.clone()
+    };
+    let files = read_files(&args.files)?;
+    let timeout = args
+        .timeout
+        .as_deref()
+        .map(|t| parse_duration("--timeout", t))
+        .transpose()?;
+
+    let orch = delegate_server::app::embedded(settings).await?;
+    let request = RunRequest {
+        task,
+        files,
+        model: args.model.clone(),
+        agent: args.agent.clone(),
+        timeout,
+        workspace: args.workspace.clone(),
+        created_by: Some("cli".into()),
+        ..Default::default()
+    };
+    let (run_id, _sandbox_id) = match orch.start_run(request).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            orch.shutdown().await;
+            bail!("{e}");
+        }
+    };
+
+    let mut progress = Progress::new(!args.quiet);
+    let mut events = Box::pin(orch.events(&run_id, 0));
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            e = events.next() => match e {
+                Some(Ok(event)) => progress.event(&event),
+                Some(Err(e)) => { progress.clear(); eprintln!("delegate: event log: {e}"); break; }
+                None => break,
+            },
+            _ = tick.tick() => progress.spin(),
+            _ = tokio::signal::ctrl_c(), if !interrupted => {
+                interrupted = true;
+                progress.note("interrupted: cancelling the run…");
+                orch.cancel_run(&run_id).await.ok();
+            }
+        }
+    }
+    progress.clear();
+    let result = orch.wait(&run_id).await?;
+    orch.shutdown().await;
+
+    if args.json {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, &result)?;
+        writeln!(out)?;
+    } else {
+        print_summary(&result);
+    }
+    Ok(match result.status {
+        RunStatus::Succeeded => ExitCode::SUCCESS,
+        _ if interrupted => ExitCode::from(130),
+        _ => ExitCode::from(1),
+    })
+}
+
+/// `--file` arguments to the `files` map, reading the local files.
+fn read_files(specs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut files = BTreeMap::new();
+    for spec in specs {
+        let (dest, src) = match spec.split_once('=') {
+            Some((d, s)) => (d.to_string(), PathBuf::from(s)),
+            None => (spec.clone(), PathBuf::from(spec)),
+        };
+        let text = std::fs::read_to_string(&src)
+            .with_context(|| format!("--file {spec}: cannot read {} as text", src.display()))?;
+        files.insert(dest, text);
+    }
+    Ok(files)
+}
+
+/// Progress on stderr: one line per event; on a terminal also a spinner line kept at the bottom.
+struct Progress {
+    enabled: bool,
+    tty: bool,
+    started: Instant,
+    frame: usize,
+    status: String,
+    spinner_shown: bool,
+}
+
+const FRAMES: [&str; 10] = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
+
+impl Progress {
+    fn new(enabled: bool) -> Self {
+        Progress {
+            enabled,
+            tty: std::io::stderr().is_terminal(),
+            started: Instant::now(),
+            frame: 0,
+            status: "queued".into(),
+            spinner_shown: false,
+        }
+    }
+
+    fn event(&mut self, e: &Event) {
+        if e.kind == "status"
+            && let Some(s) = e.data.get("status").and_then(|s| s.as_str())
+        {
+            self.status = s.to_string();
+        }
+        self.note(&describe(e));
+    }
+
+    fn note(&mut self, line: &str) {
+        if !self.enabled {
+            return;
+        }
+        self.clear();
+        let secs = self.started.elapsed().as_secs_f64();
+        eprintln!("[{secs:6.1}s] {line}");
+        self.spin();
+    }
+
+    fn spin(&mut self) {
+        if !self.enabled || !self.tty {
+            return;
+        }
+        self.frame = (self.frame + 1) % FRAMES.len();
+        let secs = self.started.elapsed().as_secs();
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r\x1b[2K{} {} {secs}s",
+            FRAMES[self.frame], self.status
+        );
+        let _ = err.flush();
+        self.spinner_shown = true;
+    }
+
+    fn clear(&mut self) {
+        if self.spinner_shown {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+            self.spinner_shown = false;
+        }
+    }
+}
+
+/// One line for an event of the log.
+fn describe(e: &Event) -> String {
+    let s = |k: &str| e.data.get(k).and_then(|v| v.as_str()).unwrap_or("");
+    let line = match e.kind.as_str() {
+        "status" => match e.data.get("error") {
+            Some(err) => format!(
+                "{} ({}: {})",
+                s("status"),
+                err.get("kind").and_then(|v| v.as_str()).unwrap_or(""),
+                err.get("message").and_then(|v| v.as_str()).unwrap_or("")
+            ),
+            None => s("status").to_string(),
+        },
+        "text" => format!("text: {}", s("text")),
+        "reasoning" => format!("thinking: {}", s("text")),
+        "tool" => {
+            let title = s("title");
+            format!("tool {} {} ({})", s("tool"), title, s("status"))
+        }
+        "step_start" => "step started".into(),
+        "step_finish" => {
+            let u = &e.data["usage"];
+            let tokens = ["input_tokens", "output_tokens"]
+                .iter()
+                .filter_map(|k| u.get(*k).and_then(|v| v.as_u64()))
+                .sum::<u64>();
+            format!("step finished ({}, {tokens} tokens)", s("reason"))
+        }
+        "error" => format!("error {}: {}", s("name"), s("message")),
+        "stderr" => format!("opencode: {}", s("line")),
+        "malformed" => format!("unreadable opencode output: {}", s("error")),
+        other => other.to_string(),
+    };
+    let line = line.replace('\n', " ");
+    if line.chars().count() > 160 {
+        format!("{}…", line.chars().take(159).collect::<String>())
+    } else {
+        line
+    }
+}
+
+fn print_summary(r: &RunResult) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(
+        err,
+        "\nrun {} {} in {:.1}s",
+        r.run_id,
+        r.status,
+        r.duration_ms as f64 / 1000.0
+    );
+    if let Some(e) = &r.error {
+        let _ = writeln!(err, "error ({}): {}", e.kind.as_str(), e.message);
+    }
+    if !r.changed_files.is_empty() {
+        let _ = writeln!(err, "changed files:");
+        for f in &r.changed_files {
+            let _ = writeln!(err, "  {:?} {}", f.change, f.path);
+        }
+    }
+    let u = &r.usage;
+    let _ = writeln!(
+        err,
+        "usage: {} input, {} output, {} cache read, {} cache write tokens; ${:.4}",
+        u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens, u.cost_usd
+    );
+    drop(err);
+    if !r.final_message.is_empty() {
+        // The answer itself is the command's output.
+        #[allow(clippy::print_stdout)]
+        {
+            println!("{}", r.final_message);
+        }
+    }
+}

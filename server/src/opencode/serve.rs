@@ -1,0 +1,167 @@
+//! A client for `opencode serve`'s HTTP API, used for runs in warm sandboxes: open the `/event`
+//! stream first, create (or reuse) a session, post the prompt asynchronously, then follow the
+//! session's events until it goes idle. Every call has a timeout except the event stream, which
+//! lives as long as the run.
+
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures::{Stream, StreamExt};
+use serde_json::{Value, json};
+
+use crate::settings::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("opencode serve: {0}")]
+    Http(String),
+    #[error("opencode serve answered {status} to {what}: {body}")]
+    Status {
+        what: &'static str,
+        status: u16,
+        body: String,
+    },
+}
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct ServeClient {
+    base: String,
+    password: Secret,
+    directory: String,
+    http: reqwest::Client,
+}
+
+impl ServeClient {
+    pub fn new(base: &str, password: Secret, directory: &str) -> Self {
+        ServeClient {
+            base: base.trim_end_matches('/').to_string(),
+            password,
+            directory: directory.to_string(),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .build()
+                .expect("a reqwest client with static options builds"),
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .basic_auth("opencode", Some(self.password.expose()))
+            .header("x-opencode-directory", &self.directory)
+    }
+
+    async fn call(
+        &self,
+        what: &'static str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Value, ServeError> {
+        let resp = req
+            .timeout(CALL_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| ServeError::Http(format!("{what}: {e}")))?;
+        let status = resp.status();
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| ServeError::Http(format!("{what}: {e}")))?;
+        if !status.is_success() {
+            let body: String = body.chars().take(300).collect();
+            return Err(ServeError::Status {
+                what,
+                status: status.as_u16(),
+                body,
+            });
+        }
+        Ok(serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    pub async fn health(&self) -> Result<(), ServeError> {
+        self.call(
+            "health",
+            self.request(reqwest::Method::GET, "/global/health"),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Creates a session and returns its id.
+    pub async fn create_session(&self, title: &str) -> Result<String, ServeError> {
+        let v = self
+            .call(
+                "create session",
+                self.request(reqwest::Method::POST, "/session")
+                    .json(&json!({ "title": title })),
+            )
+            .await?;
+        v.get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| ServeError::Http("create session: no id in the reply".into()))
+    }
+
+    /// Starts a turn and returns at once; the turn's progress arrives on [`Self::events`].
+    pub async fn prompt_async(
+        &self,
+        session: &str,
+        text: &str,
+        model: &str,
+        agent: Option<&str>,
+    ) -> Result<(), ServeError> {
+        let (provider, model) = super::split_model(model);
+        let mut body = json!({
+            "parts": [{ "type": "text", "text": text }],
+            "model": { "providerID": provider, "modelID": model },
+        });
+        if let Some(agent) = agent {
+            body["agent"] = json!(agent);
+        }
+        self.call(
+            "prompt",
+            self.request(
+                reqwest::Method::POST,
+                &format!("/session/{session}/prompt_async"),
+            )
+            .json(&body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Stops the session's current turn.
+    pub async fn abort(&self, session: &str) -> Result<(), ServeError> {
+        self.call(
+            "abort",
+            self.request(reqwest::Method::POST, &format!("/session/{session}/abort")),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The server's event stream: the `data` of each SSE event, in order.
+    pub async fn events(
+        &self,
+    ) -> Result<impl Stream<Item = Result<String, ServeError>> + Send + use<>, ServeError> {
+        let resp = self
+            .request(reqwest::Method::GET, "/event")
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| ServeError::Http(format!("event stream: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(ServeError::Status {
+                what: "event stream",
+                status: resp.status().as_u16(),
+                body: String::new(),
+            });
+        }
+        Ok(resp.bytes_stream().eventsource().map(|item| {
+            item.map(|e| e.data)
+                .map_err(|e| ServeError::Http(format!("event stream: {e}")))
+        }))
+    }
+}

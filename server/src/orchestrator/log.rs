@@ -1,0 +1,173 @@
+//! A run's append-only event log, live: each event is written to the store first, then broadcast.
+//! A subscriber replays from any cursor out of the store, then follows the broadcast; when it falls
+//! behind (the broadcast is bounded) it re-reads the gap from the store instead of losing events.
+
+use std::sync::Arc;
+
+use delegate_mcp::types::Event;
+use futures::Stream;
+use tokio::sync::{broadcast, watch};
+
+use crate::store::{NewEvent, Store, StoreError};
+
+/// How many live events a slow subscriber may lag before it re-reads from the store.
+const BROADCAST_CAPACITY: usize = 1024;
+/// Rows per store page while replaying.
+const PAGE: i64 = 500;
+
+/// The writer side of one active run's log.
+pub struct RunLog {
+    run_id: String,
+    store: Arc<dyn Store>,
+    next_seq: u64,
+    tx: broadcast::Sender<Event>,
+    done: watch::Sender<bool>,
+}
+
+/// What a subscriber needs of an active run.
+#[derive(Clone)]
+pub struct LiveLog {
+    tx: broadcast::Sender<Event>,
+    done: watch::Receiver<bool>,
+}
+
+impl RunLog {
+    pub fn new(run_id: &str, store: Arc<dyn Store>) -> (RunLog, LiveLog) {
+        let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let (done, done_rx) = watch::channel(false);
+        (
+            RunLog {
+                run_id: run_id.to_string(),
+                store,
+                next_seq: 1,
+                tx: tx.clone(),
+                done,
+            },
+            LiveLog { tx, done: done_rx },
+        )
+    }
+
+    /// Appends one event (sequence numbers from 1, no gaps) and tells subscribers.
+    pub async fn append(
+        &mut self,
+        ts: i64,
+        kind: &str,
+        data: serde_json::Value,
+        raw: Option<serde_json::Value>,
+    ) -> Result<Event, StoreError> {
+        let event = NewEvent {
+            run_id: self.run_id.clone(),
+            seq: self.next_seq,
+            ts,
+            kind: kind.to_string(),
+            data,
+            raw,
+        };
+        self.store
+            .append_events(std::slice::from_ref(&event))
+            .await?;
+        self.next_seq += 1;
+        let event = Event {
+            seq: event.seq,
+            ts: event.ts,
+            kind: event.kind,
+            data: event.data,
+            raw: event.raw,
+        };
+        // No receivers is fine: nobody is watching live.
+        let _ = self.tx.send(event.clone());
+        Ok(event)
+    }
+
+    /// Marks the log complete: followers drain and stop.
+    pub fn close(&self) {
+        let _ = self.done.send(true);
+    }
+}
+
+impl Drop for RunLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Events of `run_id` after `after`: the stored ones, then live ones while the run is active.
+/// The stream ends when the run's log is complete and every event has been yielded.
+pub fn follow(
+    store: Arc<dyn Store>,
+    run_id: String,
+    after: u64,
+    live: Option<LiveLog>,
+) -> impl Stream<Item = Result<Event, StoreError>> + Send {
+    async_stream::try_stream! {
+        let mut cursor = after;
+        // Subscribe before replaying, so nothing written in between is missed.
+        let mut sub = live.as_ref().map(|l| (l.tx.subscribe(), l.done.clone()));
+        loop {
+            let page = store.events_after(&run_id, cursor, PAGE).await?;
+            let full = page.len() as i64 == PAGE;
+            for e in page {
+                cursor = e.seq;
+                yield e;
+            }
+            if !full {
+                break;
+            }
+        }
+        let Some((rx, done)) = sub.as_mut() else {
+            return;
+        };
+        loop {
+            if *done.borrow() {
+                // Complete: whatever is left is in the store.
+                loop {
+                    let page = store.events_after(&run_id, cursor, PAGE).await?;
+                    if page.is_empty() {
+                        return;
+                    }
+                    for e in page {
+                        cursor = e.seq;
+                        yield e;
+                    }
+                }
+            }
+            enum Next {
+                Event(Event),
+                Gap,
+                Wait,
+            }
+            let next = tokio::select! {
+                received = rx.recv() => match received {
+                    Ok(e) if e.seq <= cursor => Next::Wait,
+                    Ok(e) if e.seq == cursor + 1 => Next::Event(e),
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => Next::Gap,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        let _ = done.changed().await;
+                        Next::Wait
+                    }
+                },
+                _ = done.changed() => Next::Wait,
+            };
+            match next {
+                Next::Event(e) => {
+                    cursor = e.seq;
+                    yield e;
+                }
+                Next::Gap => {
+                    // Fell behind the broadcast: read the gap from the store.
+                    for e in store.events_after(&run_id, cursor, PAGE).await? {
+                        cursor = e.seq;
+                        yield e;
+                    }
+                }
+                Next::Wait => {}
+            }
+        }
+    }
+}
+
+impl LiveLog {
+    pub(super) fn done_rx(&mut self) -> &mut watch::Receiver<bool> {
+        &mut self.done
+    }
+}

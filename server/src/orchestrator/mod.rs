@@ -1,0 +1,540 @@
+//! The orchestrator core: makes sandboxes, runs delegated tasks in them, keeps each run's event
+//! log, and answers for runs and sandboxes. The CLI, the MCP tools and the REST API are thin
+//! layers over [`Orchestrator`].
+
+mod log;
+mod run;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use delegate_mcp::types::{Event, RunResult, RunStatus, SandboxStatus};
+use futures::Stream;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub use log::{LiveLog, follow};
+
+use crate::ids::{hash_secret, is_id, new_id, new_secret, now_ms};
+use crate::proxy::{ActiveRuns, Proxy};
+use crate::sandbox::{SandboxBackend, SandboxError, SandboxSpec, ServeEndpoint};
+use crate::settings::{Secret, Settings};
+use crate::state::{IllegalTransition, sandbox_transition};
+use crate::store::{
+    Role, Run, RunOutcome, Sandbox, SandboxKind, Store, StoreError, TokenKind, TokenRecord, User,
+    Workspace,
+};
+
+/// The largest task delegate accepts.
+pub const MAX_TASK_BYTES: usize = 1 << 20;
+/// The longest timeout a run may ask for.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    /// The caller sent something unusable; nothing was written.
+    #[error("{0}")]
+    BadInput(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The sandbox already has a run going.
+    #[error("sandbox {0} is busy with another run; wait for it or use another sandbox")]
+    Busy(String),
+    #[error("sandbox {id} is {status}, not running")]
+    NotRunning { id: String, status: SandboxStatus },
+    #[error("{0}")]
+    Limit(String),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Transition(#[from] IllegalTransition),
+    #[error("storage: {0}")]
+    Store(StoreError),
+}
+
+impl From<StoreError> for OrchestratorError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => OrchestratorError::NotFound(what.to_string()),
+            other => OrchestratorError::Store(other),
+        }
+    }
+}
+
+pub type Result<T, E = OrchestratorError> = std::result::Result<T, E>;
+
+/// A request to delegate one task (the `run_in_sandbox` input).
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    pub task: String,
+    /// Reuse this warm sandbox; `None` makes a fresh ephemeral one, destroyed after the run.
+    pub sandbox_id: Option<String>,
+    pub workspace: Option<String>,
+    pub files: BTreeMap<String, String>,
+    pub model: Option<String>,
+    pub agent: Option<String>,
+    pub timeout: Option<Duration>,
+    pub continue_session: bool,
+    /// Who delegated it (`cli`, `mcp:<client>`, `user:<id>`, `token:<id>`).
+    pub created_by: Option<String>,
+}
+
+/// A request for a warm sandbox (the `create_sandbox` input).
+#[derive(Debug, Clone, Default)]
+pub struct SandboxRequest {
+    pub workspace: Option<String>,
+    pub name: Option<String>,
+    pub files: BTreeMap<String, String>,
+    pub idle_timeout: Option<Duration>,
+    pub created_by: Option<String>,
+}
+
+/// A warm sandbox's live facts, kept in memory while its opencode serve runs.
+#[derive(Clone)]
+struct Warm {
+    endpoint: ServeEndpoint,
+    /// The opencode session of the previous run, for `continue_session`.
+    last_session: Option<String>,
+}
+
+/// Shared handle to the orchestrator; cheap to clone.
+#[derive(Clone)]
+pub struct Orchestrator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    backend: Arc<dyn SandboxBackend>,
+    proxy: Proxy,
+    settings: Arc<Settings>,
+    active_runs: ActiveRuns,
+    /// Runs executing in this process: their cancel switch and live log.
+    live: Mutex<HashMap<String, (CancellationToken, LiveLog)>>,
+    /// Sandboxes that have a run right now (one at a time per sandbox).
+    busy: Mutex<HashMap<String, String>>,
+    warm: Mutex<HashMap<String, Warm>>,
+    slots: Arc<Semaphore>,
+    default_workspace: Workspace,
+    shutdown: CancellationToken,
+}
+
+impl Orchestrator {
+    /// Wires the parts together and makes sure the local user and the `default` workspace exist.
+    pub async fn new(
+        settings: Arc<Settings>,
+        store: Arc<dyn Store>,
+        backend: Arc<dyn SandboxBackend>,
+        proxy: Proxy,
+        active_runs: ActiveRuns,
+    ) -> Result<Orchestrator> {
+        let default_workspace = ensure_default_workspace(store.as_ref()).await?;
+        Ok(Orchestrator {
+            inner: Arc::new(Inner {
+                store,
+                backend,
+                proxy,
+                active_runs,
+                live: Mutex::new(HashMap::new()),
+                busy: Mutex::new(HashMap::new()),
+                warm: Mutex::new(HashMap::new()),
+                slots: Arc::new(Semaphore::new(settings.max_concurrent_runs.max(1))),
+                settings,
+                default_workspace,
+                shutdown: CancellationToken::new(),
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    async fn workspace(&self, slug: Option<&str>) -> Result<Workspace> {
+        match slug {
+            None => Ok(self.inner.default_workspace.clone()),
+            Some(s) if s == self.inner.default_workspace.slug => {
+                Ok(self.inner.default_workspace.clone())
+            }
+            Some(s) => match self.inner.store.workspace_by_slug(s).await {
+                Ok(ws) => Ok(ws),
+                Err(StoreError::NotFound(_)) => self
+                    .inner
+                    .store
+                    .workspace_by_id(s)
+                    .await
+                    .map_err(|_| OrchestratorError::NotFound(format!("workspace {s:?}"))),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// Makes a warm sandbox (opencode serve inside) and waits until it is running.
+    pub async fn create_sandbox(&self, req: SandboxRequest) -> Result<Sandbox> {
+        crate::sandbox::workdir::validate_files(&req.files)?;
+        if let Some(name) = &req.name
+            && (name.len() > 200 || name.chars().any(char::is_control))
+        {
+            return Err(OrchestratorError::BadInput(
+                "name: at most 200 characters, no control characters".into(),
+            ));
+        }
+        let ws = self.workspace(req.workspace.as_deref()).await?;
+        let (sandbox, spec) = self
+            .insert_sandbox(
+                &ws,
+                SandboxKind::Warm,
+                req.name,
+                req.files,
+                req.idle_timeout,
+                req.created_by,
+            )
+            .await?;
+        let endpoint = self.start_sandbox(&sandbox, &spec).await?;
+        if let Some(endpoint) = endpoint {
+            lock(&self.inner.warm).insert(
+                sandbox.id.clone(),
+                Warm {
+                    endpoint,
+                    last_session: None,
+                },
+            );
+        }
+        Ok(self.inner.store.sandbox(&sandbox.id).await?)
+    }
+
+    /// The loopback URL of a warm sandbox's opencode serve, while it runs in this process.
+    pub fn opencode_url(&self, sandbox_id: &str) -> Option<String> {
+        lock(&self.inner.warm)
+            .get(sandbox_id)
+            .map(|w| w.endpoint.url.clone())
+    }
+
+    async fn insert_sandbox(
+        &self,
+        ws: &Workspace,
+        kind: SandboxKind,
+        name: Option<String>,
+        files: BTreeMap<String, String>,
+        idle_timeout: Option<Duration>,
+        created_by: Option<String>,
+    ) -> Result<(Sandbox, SandboxSpec)> {
+        let now = now_ms();
+        let id = new_id("sbx");
+        let sandbox = Sandbox {
+            id: id.clone(),
+            workspace_id: ws.id.clone(),
+            name: name.unwrap_or_else(|| id.clone()),
+            kind,
+            backend: self.inner.backend.name().to_string(),
+            status: SandboxStatus::Creating,
+            status_reason: None,
+            idle_timeout_s: idle_timeout.map(|d| d.as_secs() as i64),
+            meta: serde_json::json!({}),
+            created_by,
+            created_at: now,
+            updated_at: now,
+        };
+        self.inner.store.insert_sandbox(&sandbox).await?;
+        let token = new_secret("dsb_");
+        self.inner
+            .store
+            .insert_token(&TokenRecord {
+                id: new_id("tok"),
+                kind: TokenKind::Sandbox,
+                hash: hash_secret(&token),
+                name: None,
+                user_id: None,
+                sandbox_id: Some(id.clone()),
+                workspace_id: Some(ws.id.clone()),
+                created_at: now,
+                expires_at: None,
+                revoked_at: None,
+            })
+            .await?;
+        let spec = SandboxSpec {
+            id,
+            kind,
+            files,
+            proxy_token: Secret::new(token),
+            serve_password: (kind == SandboxKind::Warm).then(|| Secret::new(new_secret(""))),
+        };
+        Ok((sandbox, spec))
+    }
+
+    /// Asks the backend for the sandbox; on failure the sandbox is `failed` with the reason.
+    async fn start_sandbox(
+        &self,
+        sandbox: &Sandbox,
+        spec: &SandboxSpec,
+    ) -> Result<Option<ServeEndpoint>> {
+        match self.inner.backend.create(spec).await {
+            Ok(endpoint) => {
+                self.set_sandbox_status(
+                    &sandbox.id,
+                    SandboxStatus::Creating,
+                    SandboxStatus::Running,
+                    None,
+                )
+                .await?;
+                Ok(endpoint)
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                self.set_sandbox_status(
+                    &sandbox.id,
+                    SandboxStatus::Creating,
+                    SandboxStatus::Failed,
+                    Some(&reason),
+                )
+                .await?;
+                self.revoke_sandbox_tokens(&sandbox.id).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn set_sandbox_status(
+        &self,
+        id: &str,
+        from: SandboxStatus,
+        to: SandboxStatus,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        sandbox_transition(from, to)?;
+        self.inner
+            .store
+            .set_sandbox_status(id, from, to, reason, now_ms())
+            .await?;
+        Ok(())
+    }
+
+    async fn revoke_sandbox_tokens(&self, sandbox_id: &str) {
+        if let Err(e) = self
+            .inner
+            .store
+            .revoke_sandbox_tokens(sandbox_id, now_ms())
+            .await
+        {
+            tracing::warn!(sandbox = sandbox_id, error = %e, "could not revoke sandbox tokens");
+        }
+        self.inner.proxy.forget_sandbox(sandbox_id);
+    }
+
+    /// Deletes a sandbox: stops its processes, removes its files, revokes its token. A running
+    /// run in it is cancelled first.
+    pub async fn delete_sandbox(&self, sandbox_id: &str) -> Result<()> {
+        if !is_id("sbx", sandbox_id) {
+            return Err(OrchestratorError::NotFound(format!(
+                "sandbox {sandbox_id:?}"
+            )));
+        }
+        let sandbox = self.inner.store.sandbox(sandbox_id).await?;
+        let running_run = lock(&self.inner.busy).get(sandbox_id).cloned();
+        if let Some(run_id) = running_run {
+            self.cancel_run(&run_id).await?;
+            let _ = self.wait(&run_id).await;
+        }
+        let sandbox = self.inner.store.sandbox(&sandbox.id).await?;
+        match sandbox.status {
+            SandboxStatus::Deleted => return Ok(()),
+            SandboxStatus::Deleting => {}
+            from => {
+                self.set_sandbox_status(sandbox_id, from, SandboxStatus::Deleting, None)
+                    .await?
+            }
+        }
+        self.revoke_sandbox_tokens(sandbox_id).await;
+        lock(&self.inner.warm).remove(sandbox_id);
+        match self.inner.backend.destroy(sandbox_id).await {
+            Ok(()) => {
+                self.set_sandbox_status(
+                    sandbox_id,
+                    SandboxStatus::Deleting,
+                    SandboxStatus::Deleted,
+                    None,
+                )
+                .await
+            }
+            Err(e) => {
+                let reason = format!("delete failed: {e}");
+                self.set_sandbox_status(
+                    sandbox_id,
+                    SandboxStatus::Deleting,
+                    SandboxStatus::Failed,
+                    Some(&reason),
+                )
+                .await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Sandboxes of a workspace, newest first.
+    pub async fn list_sandboxes(&self, workspace: Option<&str>) -> Result<Vec<Sandbox>> {
+        let ws = self.workspace(workspace).await?;
+        Ok(self.inner.store.list_sandboxes(&ws.id).await?)
+    }
+
+    /// Starts a run and returns its id and sandbox id at once; follow it with [`Self::events`] or
+    /// [`Self::wait`]. Input is checked before anything is written.
+    pub async fn start_run(&self, req: RunRequest) -> Result<(String, String)> {
+        run::start(self.clone(), req).await
+    }
+
+    /// Cancels a run; it ends `cancelled` once its processes are gone.
+    pub async fn cancel_run(&self, run_id: &str) -> Result<()> {
+        let token = lock(&self.inner.live).get(run_id).map(|(t, _)| t.clone());
+        match token {
+            Some(t) => {
+                t.cancel();
+                Ok(())
+            }
+            None => {
+                let run = self.run(run_id).await?;
+                if run.status.is_terminal() {
+                    Ok(())
+                } else {
+                    Err(OrchestratorError::BadInput(format!(
+                        "run {run_id} is {} but not executing in this server",
+                        run.status
+                    )))
+                }
+            }
+        }
+    }
+
+    pub async fn run(&self, run_id: &str) -> Result<Run> {
+        if !is_id("run", run_id) {
+            return Err(OrchestratorError::NotFound(format!("run {run_id:?}")));
+        }
+        Ok(self.inner.store.run(run_id).await?)
+    }
+
+    /// The events of a run after `after`, then live ones until it ends.
+    pub fn events(
+        &self,
+        run_id: &str,
+        after: u64,
+    ) -> impl Stream<Item = Result<Event, StoreError>> + Send + use<> {
+        let live = lock(&self.inner.live).get(run_id).map(|(_, l)| l.clone());
+        follow(self.inner.store.clone(), run_id.to_string(), after, live)
+    }
+
+    /// Waits for a run to end and returns its result.
+    pub async fn wait(&self, run_id: &str) -> Result<RunResult> {
+        let live = lock(&self.inner.live).get(run_id).map(|(_, l)| l.clone());
+        if let Some(mut live) = live {
+            let _ = live.wait_done().await;
+        }
+        self.result(run_id).await
+    }
+
+    /// The result of a run as it stands.
+    pub async fn result(&self, run_id: &str) -> Result<RunResult> {
+        let run = self.run(run_id).await?;
+        let event_count = self.inner.store.event_count(run_id).await?;
+        Ok(result_of(
+            &run,
+            event_count,
+            self.inner.settings.public_url.as_deref(),
+        ))
+    }
+
+    /// Cancels every run of this process and deletes the sandboxes they and `create_sandbox` made,
+    /// waiting for their processes to end. Call before exiting.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let runs: Vec<String> = lock(&self.inner.live).keys().cloned().collect();
+        for run_id in &runs {
+            let _ = self.cancel_run(run_id).await;
+        }
+        for run_id in &runs {
+            let _ = self.wait(run_id).await;
+        }
+        let warm: Vec<String> = lock(&self.inner.warm).keys().cloned().collect();
+        for id in warm {
+            if let Err(e) = self.delete_sandbox(&id).await {
+                tracing::warn!(sandbox = %id, error = %e, "could not delete sandbox at shutdown");
+            }
+        }
+    }
+}
+
+impl LiveLog {
+    async fn wait_done(&mut self) -> bool {
+        self.done_rx().wait_for(|d| *d).await.is_ok()
+    }
+}
+
+/// The `run_in_sandbox` result of a run row.
+pub fn result_of(run: &Run, event_count: u64, public_url: Option<&str>) -> RunResult {
+    let o: &RunOutcome = &run.outcome;
+    let end = run.finished_at.unwrap_or_else(now_ms);
+    let start = run.started_at.unwrap_or(run.created_at);
+    RunResult {
+        run_id: run.id.clone(),
+        sandbox_id: run.sandbox_id.clone(),
+        status: if run.status.is_terminal() {
+            run.status
+        } else {
+            RunStatus::Running
+        },
+        final_message: o.final_message.clone(),
+        changed_files: o.changed_files.clone(),
+        diff: o.diff.clone(),
+        diff_truncated: o.diff_truncated,
+        usage: o.usage,
+        duration_ms: (end - start).max(0) as u64,
+        event_count,
+        error: o.error.clone(),
+        watch_url: public_url.map(|u| format!("{}/runs/{}", u.trim_end_matches('/'), run.id)),
+    }
+}
+
+async fn ensure_default_workspace(store: &dyn Store) -> Result<Workspace> {
+    match store.workspace_by_slug("default").await {
+        Ok(ws) => return Ok(ws),
+        Err(StoreError::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let user = match store.user_by_email("local@delegate.invalid").await {
+        Ok(u) => u,
+        Err(StoreError::NotFound(_)) => {
+            let u = User {
+                id: new_id("usr"),
+                email: "local@delegate.invalid".into(),
+                name: "local".into(),
+                created_at: now_ms(),
+            };
+            store.create_user(&u).await?;
+            u
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let ws = Workspace {
+        id: new_id("wsp"),
+        slug: "default".into(),
+        name: "Default".into(),
+        created_at: now_ms(),
+    };
+    match store.create_workspace(&ws, &user.id).await {
+        Ok(()) => {
+            store.set_member(&ws.id, &user.id, Role::Owner).await?;
+            Ok(ws)
+        }
+        // Another process made it first.
+        Err(StoreError::Conflict(_)) => Ok(store.workspace_by_slug("default").await?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these maps leaves it consistent (single inserts/removes).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

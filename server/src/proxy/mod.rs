@@ -1,0 +1,398 @@
+//! The Anthropic proxy: the only way a sandbox reaches a model.
+//!
+//! A sandbox holds a per-sandbox token, never the real key. The proxy accepts that token as
+//! `x-api-key` or `Authorization: Bearer`, checks its hash against the store (cached briefly),
+//! requires the sandbox to be running, strips every inbound credential header, injects the real
+//! credential, streams the reply through chunk by chunk, and records usage per model call. Errors it
+//! makes itself use Anthropic's JSON error shape, so opencode reports them like the real API's.
+//! When the client goes away, the response stream is dropped, which drops the upstream request.
+
+mod usage;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use delegate_mcp::types::SandboxStatus;
+use futures::Stream;
+
+pub use usage::{UsageScanner, cost_usd};
+
+use crate::ids::{hash_secret, new_id, now_ms};
+use crate::settings::{Upstream, UpstreamCredential};
+use crate::store::{Store, StoreError, TokenKind, UsageRecord};
+
+/// How long a checked token stays trusted without asking the store again.
+const GRANT_TTL: Duration = Duration::from_secs(5);
+/// The largest request body the proxy accepts (Anthropic's own limit is 32 MB).
+const MAX_REQUEST_BODY: usize = 32 << 20;
+
+/// Which run a sandbox is executing right now, so usage lands on that run.
+pub type ActiveRuns = Arc<RwLock<HashMap<String, String>>>;
+
+#[derive(Clone)]
+struct Grant {
+    sandbox_id: String,
+    workspace_id: String,
+}
+
+/// The proxy's state; cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    upstream: Upstream,
+    client: reqwest::Client,
+    grants: Mutex<HashMap<String, (Instant, Grant)>>,
+    active_runs: ActiveRuns,
+}
+
+impl Proxy {
+    pub fn new(store: Arc<dyn Store>, upstream: Upstream, active_runs: ActiveRuns) -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .expect("a reqwest client with static options builds");
+        Proxy {
+            inner: Arc::new(Inner {
+                store,
+                upstream,
+                client,
+                grants: Mutex::new(HashMap::new()),
+                active_runs,
+            }),
+        }
+    }
+
+    /// Routes `/v1/...` to the upstream; mount it wherever sandboxes connect.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1/{*rest}", axum::routing::any(forward))
+            .fallback(|| async {
+                anthropic_error(StatusCode::NOT_FOUND, "not_found_error", "not found")
+            })
+            .with_state(self.clone())
+    }
+
+    /// Drops cached grants of a sandbox, so a revoked token stops working at once.
+    pub fn forget_sandbox(&self, sandbox_id: &str) {
+        if let Ok(mut grants) = self.inner.grants.lock() {
+            grants.retain(|_, (_, g)| g.sandbox_id != sandbox_id);
+        }
+    }
+
+    async fn authorize(&self, headers: &HeaderMap) -> Result<Grant, Response> {
+        let token = presented_token(headers).ok_or_else(|| {
+            anthropic_error(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "missing credential: send the sandbox token as x-api-key or Authorization: Bearer",
+            )
+        })?;
+        let hash = hash_secret(token);
+        if let Ok(grants) = self.inner.grants.lock()
+            && let Some((at, grant)) = grants.get(&hash)
+            && at.elapsed() < GRANT_TTL
+        {
+            return Ok(grant.clone());
+        }
+        let denied = || {
+            anthropic_error(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid or revoked sandbox token",
+            )
+        };
+        let record = match self.inner.store.token_by_hash(&hash).await {
+            Ok(r) => r,
+            Err(StoreError::NotFound(_)) => return Err(denied()),
+            Err(e) => {
+                tracing::error!(error = %e, "proxy: token lookup failed");
+                return Err(anthropic_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "api_error",
+                    "delegate could not check the token",
+                ));
+            }
+        };
+        let now = now_ms();
+        if record.kind != TokenKind::Sandbox
+            || record.revoked_at.is_some()
+            || record.expires_at.is_some_and(|t| t <= now)
+        {
+            return Err(denied());
+        }
+        let Some(sandbox_id) = record.sandbox_id else {
+            return Err(denied());
+        };
+        let sandbox = match self.inner.store.sandbox(&sandbox_id).await {
+            Ok(s) => s,
+            Err(_) => return Err(denied()),
+        };
+        if sandbox.status != SandboxStatus::Running {
+            return Err(anthropic_error(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                &format!("sandbox {} is {}, not running", sandbox.id, sandbox.status),
+            ));
+        }
+        let grant = Grant {
+            sandbox_id,
+            workspace_id: sandbox.workspace_id,
+        };
+        if let Ok(mut grants) = self.inner.grants.lock() {
+            grants.insert(hash, (Instant::now(), grant.clone()));
+        }
+        Ok(grant)
+    }
+}
+
+fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim()).filter(|v| !v.is_empty());
+    }
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// Headers never forwarded upstream: credentials (replaced by the real one), hop-by-hop headers,
+/// and `accept-encoding` (the proxy reads usage out of the stream, so it asks for identity).
+const DROP_REQUEST_HEADERS: &[&str] = &[
+    "x-api-key",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "host",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "accept-encoding",
+    "forwarded",
+    "x-forwarded-for",
+];
+
+const DROP_RESPONSE_HEADERS: &[&str] = &[
+    "content-length",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-encoding",
+    "set-cookie",
+];
+
+async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let grant = match proxy.authorize(&parts.headers).await {
+        Ok(g) => g,
+        Err(response) => return response,
+    };
+    let body = match axum::body::to_bytes(body, MAX_REQUEST_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return anthropic_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                "request body too large",
+            );
+        }
+    };
+    let requested_model = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_string));
+
+    let inner = &proxy.inner;
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let url = format!("{}{}", inner.upstream.base_url, path_and_query);
+    let mut headers = HeaderMap::new();
+    for (name, value) in parts.headers.iter() {
+        if !DROP_REQUEST_HEADERS.contains(&name.as_str()) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    match &inner.upstream.credential {
+        Some(UpstreamCredential::ApiKey(key)) => {
+            if let Ok(v) = HeaderValue::from_str(key.expose()) {
+                headers.insert(HeaderName::from_static("x-api-key"), v);
+            }
+        }
+        Some(UpstreamCredential::AuthToken(token)) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", token.expose())) {
+                headers.insert(header::AUTHORIZATION, v);
+            }
+        }
+        None => {}
+    }
+    let upstream = inner
+        .client
+        .request(parts.method.clone(), &url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
+    let upstream = match upstream {
+        Ok(r) => r,
+        Err(e) => {
+            // reqwest errors name the URL, never headers: safe to log.
+            tracing::warn!(error = %e, "proxy: upstream unreachable");
+            return anthropic_error(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "delegate could not reach the model API",
+            );
+        }
+    };
+
+    let status = upstream.status();
+    let content_type = upstream
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut response = Response::builder().status(status);
+    for (name, value) in upstream.headers() {
+        if !DROP_RESPONSE_HEADERS.contains(&name.as_str()) {
+            response = response.header(name, value);
+        }
+    }
+    let run_id = inner
+        .active_runs
+        .read()
+        .ok()
+        .and_then(|m| m.get(&grant.sandbox_id).cloned());
+    let metered = MeteredBody {
+        inner: Box::pin(upstream.bytes_stream()),
+        scanner: UsageScanner::new(&content_type),
+        recorder: Some(Recorder {
+            store: inner.store.clone(),
+            sandbox_id: grant.sandbox_id,
+            workspace_id: grant.workspace_id,
+            run_id,
+            model: requested_model,
+            status: status.as_u16(),
+            started,
+            ttft: None,
+        }),
+    };
+    response
+        .body(Body::from_stream(metered))
+        .unwrap_or_else(|_| {
+            anthropic_error(StatusCode::BAD_GATEWAY, "api_error", "bad upstream reply")
+        })
+}
+
+/// The upstream body on its way to the client: every chunk is passed on as it arrives and fed to
+/// the usage scanner; when the stream ends or the client drops it, usage is recorded once.
+struct MeteredBody {
+    inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    scanner: UsageScanner,
+    recorder: Option<Recorder>,
+}
+
+struct Recorder {
+    store: Arc<dyn Store>,
+    sandbox_id: String,
+    workspace_id: String,
+    run_id: Option<String>,
+    model: Option<String>,
+    status: u16,
+    started: Instant,
+    ttft: Option<Duration>,
+}
+
+impl Stream for MeteredBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                if self.scanner.feed(&chunk)
+                    && let Some(r) = self.recorder.as_mut()
+                {
+                    r.ttft = Some(r.started.elapsed());
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                tracing::warn!(error = %e, "proxy: upstream stream broke");
+                Poll::Ready(Some(Err(std::io::Error::other("upstream stream broke"))))
+            }
+            Poll::Ready(None) => {
+                self.record();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl MeteredBody {
+    fn record(&mut self) {
+        let Some(r) = self.recorder.take() else {
+            return;
+        };
+        self.scanner.finish();
+        let model = self.scanner.model.clone().or(r.model);
+        let record = UsageRecord {
+            id: new_id("use"),
+            sandbox_id: r.sandbox_id,
+            run_id: r.run_id,
+            workspace_id: r.workspace_id,
+            model,
+            usage: self.scanner.usage,
+            status_code: r.status as i64,
+            ttft_ms: r.ttft.map(|d| d.as_millis() as i64),
+            duration_ms: r.started.elapsed().as_millis() as i64,
+            created_at: now_ms(),
+        };
+        let store = r.store;
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = store.record_usage(&record).await {
+                    tracing::warn!(error = %e, "proxy: could not record usage");
+                }
+            });
+        }
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        // The client went away mid-stream: what was used so far still counts.
+        self.record();
+    }
+}
+
+/// An error in Anthropic's JSON shape, so clients report it like the real API's.
+pub fn anthropic_error(status: StatusCode, kind: &str, message: &str) -> Response {
+    let body = serde_json::json!({
+        "type": "error",
+        "error": { "type": kind, "message": message },
+    });
+    (status, axum::Json(body)).into_response()
+}

@@ -1,0 +1,110 @@
+//! Sandbox backends. A backend prepares a sandbox (work dir seeded and committed), runs opencode in
+//! it headlessly or starts `opencode serve` for a warm sandbox, reports what changed, and destroys
+//! it. The orchestrator drives every backend through [`SandboxBackend`] and never learns how.
+
+pub mod cgroup;
+pub mod process;
+pub mod workdir;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use delegate_mcp::types::ChangedFile;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::Secret;
+use crate::store::SandboxKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("{0}")]
+    BadInput(String),
+    /// A required program is missing; the message says how to provide it.
+    #[error("{0}")]
+    Missing(String),
+    #[error("sandbox {0} is not known to this backend")]
+    Unknown(String),
+    #[error("sandbox failed to start: {0}")]
+    Start(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// What a backend needs to make a sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub id: String,
+    pub kind: SandboxKind,
+    pub files: BTreeMap<String, String>,
+    /// The sandbox's token for delegate's Anthropic proxy: the only credential it ever sees.
+    pub proxy_token: Secret,
+    /// Basic-auth password of a warm sandbox's `opencode serve`.
+    pub serve_password: Option<Secret>,
+}
+
+/// A warm sandbox's `opencode serve`, as reachable from the server.
+#[derive(Debug, Clone)]
+pub struct ServeEndpoint {
+    pub url: String,
+    pub password: Secret,
+    /// The work dir as opencode sees it (its `x-opencode-directory`).
+    pub directory: String,
+}
+
+/// One headless opencode run.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub run_id: String,
+    pub task: String,
+    pub model: String,
+    pub agent: Option<String>,
+    pub title: String,
+    pub continue_session: bool,
+}
+
+/// Output of a headless run, in order; the last item is always `Exited`.
+#[derive(Debug)]
+pub enum AgentOutput {
+    Stdout(String),
+    Stderr(String),
+    Exited(ExitInfo),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    /// delegate killed it (timeout or cancel).
+    pub killed: bool,
+    /// The kernel killed something in the sandbox for exceeding its memory limit.
+    pub oom: bool,
+}
+
+#[async_trait]
+pub trait SandboxBackend: Send + Sync + 'static {
+    /// `process`, `docker`, `kubernetes`.
+    fn name(&self) -> &'static str;
+
+    /// Makes the sandbox; for a warm one also starts `opencode serve` and returns its endpoint.
+    async fn create(&self, spec: &SandboxSpec) -> Result<Option<ServeEndpoint>, SandboxError>;
+
+    /// Starts `opencode run --format json` with the task on stdin. Output arrives on the channel;
+    /// cancelling `stop` kills the run (and everything it started) and still ends with `Exited`.
+    async fn run_headless(
+        &self,
+        sandbox_id: &str,
+        run: &RunSpec,
+        stop: CancellationToken,
+    ) -> Result<mpsc::Receiver<AgentOutput>, SandboxError>;
+
+    /// What changed since the previous call (or the seed), capped at `max_diff` bytes of diff.
+    async fn collect_changes(
+        &self,
+        sandbox_id: &str,
+        max_diff: usize,
+        label: &str,
+    ) -> Result<(Vec<ChangedFile>, String, bool), SandboxError>;
+
+    /// Stops every process of the sandbox and removes it with its files.
+    async fn destroy(&self, sandbox_id: &str) -> Result<(), SandboxError>;
+}

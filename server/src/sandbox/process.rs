@@ -1,0 +1,695 @@
+//! The process backend: the real opencode binary in a per-sandbox work dir, isolated with
+//! bubblewrap (every namespace unshared, uid 1000, no capabilities, read-only system binds, a
+//! private /proc, /dev and /tmp, cgroup memory and pids limits). The sandbox has no network at all:
+//! its only way out is the proxy's unix socket, bound in and relayed to 127.0.0.1:4000 inside by
+//! delegate's own binary. `--isolation none` runs opencode unconfined, only when asked for.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use delegate_mcp::types::ChangedFile;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{OnceCell, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::cgroup::Cgroup;
+use super::workdir::SandboxDirs;
+use super::{
+    AgentOutput, ExitInfo, RunSpec, SandboxBackend, SandboxError, SandboxSpec, ServeEndpoint,
+};
+use crate::relay::{self, Endpoint, Listener};
+use crate::settings::{Isolation, Secret, Settings};
+use crate::store::SandboxKind;
+
+/// Where things appear inside a bubblewrap sandbox.
+const IN_WORKSPACE: &str = "/workspace";
+const IN_HOME: &str = "/home/sandbox";
+const IN_RUN: &str = "/run/delegate";
+const IN_OPENCODE: &str = "/opt/opencode/opencode";
+const IN_DELEGATE: &str = "/opt/delegate/delegate";
+/// The proxy as opencode inside a bubblewrap sandbox sees it.
+const IN_PROXY: &str = "127.0.0.1:4000";
+/// `opencode serve`'s port inside a bubblewrap sandbox.
+const IN_SERVE_PORT: u16 = 4096;
+/// The longest opencode output line kept whole; longer ones are cut (a tool that printed megabytes).
+const MAX_LINE: usize = 8 << 20;
+/// How long `opencode serve` may take to say it listens.
+const SERVE_START_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The parts of /etc a sandbox needs; the rest (shadow, ssh keys, ...) stays out, because the
+/// sandbox's uid maps to the host user that owns them.
+const ETC_BINDS: &[&str] = &[
+    "/etc/alternatives",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    "/etc/nsswitch.conf",
+    "/etc/hosts",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/gitconfig",
+    "/etc/mime.types",
+];
+
+pub struct ProcessBackend {
+    root: PathBuf,
+    opencode: PathBuf,
+    isolation: Isolation,
+    bwrap: Option<PathBuf>,
+    relay_bin: PathBuf,
+    proxy: Router,
+    tcp_proxy: OnceCell<SocketAddr>,
+    model: String,
+    small_model: String,
+    memory_bytes: u64,
+    pids_max: u64,
+    sandboxes: Mutex<HashMap<String, Arc<Live>>>,
+    shutdown: CancellationToken,
+}
+
+/// A sandbox this backend made and has not destroyed yet.
+struct Live {
+    dirs: SandboxDirs,
+    token: Secret,
+    stop: CancellationToken,
+    cgroup: Option<Cgroup>,
+    serve: Mutex<Option<Child>>,
+}
+
+impl ProcessBackend {
+    /// Checks that opencode (and bubblewrap, unless isolation is off) are there.
+    pub fn new(settings: &Settings, proxy: Router) -> Result<Self, SandboxError> {
+        let opencode = resolve_opencode(settings.opencode_bin.as_deref())?;
+        let bwrap = match settings.isolation {
+            Isolation::Bwrap => Some(find_on_path("bwrap").ok_or_else(|| {
+                SandboxError::Missing(
+                    "bubblewrap (bwrap) is not installed, so the process backend cannot isolate \
+                     opencode. Install it (apt-get install bubblewrap), or pass --isolation none \
+                     (DELEGATE_ISOLATION=none) to run opencode unconfined on this machine."
+                        .into(),
+                )
+            })?),
+            Isolation::None => {
+                tracing::warn!(
+                    "ISOLATION IS OFF: opencode runs as you, with your files and network. \
+                     Use --isolation none only for code and tasks you trust."
+                );
+                None
+            }
+        };
+        let relay_bin = match &settings.relay_bin {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().map_err(|e| {
+                SandboxError::Missing(format!("cannot find delegate's own binary: {e}"))
+            })?,
+        };
+        Ok(ProcessBackend {
+            root: settings.data_dir.join("sandboxes"),
+            opencode,
+            isolation: settings.isolation,
+            bwrap,
+            relay_bin,
+            proxy,
+            tcp_proxy: OnceCell::new(),
+            model: settings.model.clone(),
+            small_model: settings.small_model.clone(),
+            memory_bytes: settings.sandbox_memory_mb.saturating_mul(1 << 20),
+            pids_max: settings.sandbox_pids_max,
+            sandboxes: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    fn live(&self, id: &str) -> Result<Arc<Live>, SandboxError> {
+        self.sandboxes
+            .lock()
+            .map_err(|_| SandboxError::Io("sandbox table poisoned".into()))?
+            .get(id)
+            .cloned()
+            .ok_or_else(|| SandboxError::Unknown(id.to_string()))
+    }
+
+    /// The loopback TCP proxy used when isolation is off (no socket to bind in).
+    async fn tcp_proxy(&self) -> Result<SocketAddr, SandboxError> {
+        self.tcp_proxy
+            .get_or_try_init(|| async {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .map_err(|e| SandboxError::Io(format!("bind proxy: {e}")))?;
+                let addr = listener
+                    .local_addr()
+                    .map_err(|e| SandboxError::Io(e.to_string()))?;
+                let router = self.proxy.clone();
+                let stop = self.shutdown.clone();
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, router)
+                        .with_graceful_shutdown(stop.cancelled_owned())
+                        .await;
+                });
+                Ok(addr)
+            })
+            .await
+            .copied()
+    }
+
+    /// The command that runs `args` (opencode's arguments) in the sandbox.
+    async fn command(
+        &self,
+        live: &Live,
+        args: &[String],
+        serve: bool,
+    ) -> Result<Command, SandboxError> {
+        let dirs = &live.dirs;
+        let mut cmd;
+        match &self.bwrap {
+            Some(bwrap) => {
+                let env = crate::opencode::environment(
+                    IN_HOME,
+                    &format!("http://{IN_PROXY}/v1"),
+                    live.token.expose(),
+                    &self.model,
+                    &self.small_model,
+                );
+                cmd = self.cgroup_wrapper(live, bwrap);
+                cmd.args([
+                    "--unshare-all",
+                    "--die-with-parent",
+                    "--new-session",
+                    "--uid",
+                    "1000",
+                    "--gid",
+                    "1000",
+                    "--cap-drop",
+                    "ALL",
+                    "--hostname",
+                    "sandbox",
+                ]);
+                for dir in ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64"] {
+                    cmd.args(["--ro-bind-try", dir, dir]);
+                }
+                for path in ETC_BINDS {
+                    cmd.args(["--ro-bind-try", path, path]);
+                }
+                cmd.arg("--ro-bind")
+                    .arg(dirs.root.join("passwd"))
+                    .arg("/etc/passwd")
+                    .arg("--ro-bind")
+                    .arg(dirs.root.join("group"))
+                    .arg("/etc/group")
+                    .arg("--ro-bind")
+                    .arg(&self.opencode)
+                    .arg(IN_OPENCODE)
+                    .arg("--ro-bind")
+                    .arg(&self.relay_bin)
+                    .arg(IN_DELEGATE)
+                    .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"])
+                    .arg("--bind")
+                    .arg(&dirs.workspace)
+                    .arg(IN_WORKSPACE)
+                    .arg("--bind")
+                    .arg(&dirs.home)
+                    .arg(IN_HOME)
+                    .arg("--bind")
+                    .arg(&dirs.run)
+                    .arg(IN_RUN)
+                    .args(["--chdir", IN_WORKSPACE, "--clearenv"]);
+                for (k, v) in env {
+                    cmd.args(["--setenv", &k, &v]);
+                }
+                if serve {
+                    cmd.args(["--setenv", "OPENCODE_SERVER_PASSWORD"]);
+                    cmd.arg(live_password(live)?);
+                }
+                cmd.args([
+                    "--",
+                    IN_DELEGATE,
+                    "sandbox-relay",
+                    "--forward",
+                    &format!("tcp:{IN_PROXY}=unix:{IN_RUN}/proxy.sock"),
+                ]);
+                if serve {
+                    cmd.args([
+                        "--forward",
+                        &format!("unix:{IN_RUN}/opencode.sock=tcp:127.0.0.1:{IN_SERVE_PORT}"),
+                    ]);
+                }
+                cmd.arg("--").arg(IN_OPENCODE).args(args);
+            }
+            None => {
+                let proxy = self.tcp_proxy().await?;
+                let home = dirs.home.to_string_lossy().into_owned();
+                cmd = self.cgroup_wrapper(live, &self.opencode);
+                cmd.args(args)
+                    .current_dir(&dirs.workspace)
+                    .envs(crate::opencode::environment(
+                        &home,
+                        &format!("http://{proxy}/v1"),
+                        live.token.expose(),
+                        &self.model,
+                        &self.small_model,
+                    ));
+                if serve {
+                    cmd.env("OPENCODE_SERVER_PASSWORD", live_password(live)?);
+                }
+            }
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    /// `sh` joins the sandbox's cgroups, then execs `program`, so no process of the sandbox ever
+    /// runs outside its limits. The environment is cleared: no host secret reaches the sandbox,
+    /// not even bubblewrap's own environment.
+    fn cgroup_wrapper(&self, live: &Live, program: &Path) -> Command {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.env_clear().env("PATH", "/usr/local/bin:/usr/bin:/bin");
+        let procs: Vec<String> = live
+            .cgroup
+            .as_ref()
+            .map(|c| {
+                c.procs_files()
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        cmd.arg("-c")
+            .arg(r#"for f in $DELEGATE_CGROUPS; do echo $$ > "$f" || exit 111; done; unset DELEGATE_CGROUPS; exec "$@""#)
+            .arg("sh")
+            .arg(program)
+            .env("DELEGATE_CGROUPS", procs.join(" "));
+        cmd
+    }
+
+    async fn start_serve(&self, id: &str, live: &Arc<Live>) -> Result<ServeEndpoint, SandboxError> {
+        let password = live_password(live)?;
+        let port = match self.isolation {
+            Isolation::Bwrap => IN_SERVE_PORT.to_string(),
+            Isolation::None => "0".to_string(),
+        };
+        let args: Vec<String> = ["serve", "--hostname", "127.0.0.1", "--port", &port]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let mut child = self
+            .command(live, &args, true)
+            .await?
+            .spawn()
+            .map_err(|e| SandboxError::Start(format!("cannot start opencode serve: {e}")))?;
+        drop(child.stdin.take());
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| SandboxError::Start("no stdout".into()))?;
+        if let Some(stderr) = child.stderr.take() {
+            let id = id.to_string();
+            tokio::spawn(drain(
+                stderr,
+                move |l| tracing::debug!(sandbox = %id, "opencode serve: {l}"),
+            ));
+        }
+        let mut lines = BufReader::new(stdout).lines();
+        let listening = tokio::time::timeout(SERVE_START_TIMEOUT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(url) = line.split("listening on ").nth(1) {
+                    return Some(url.trim().to_string());
+                }
+            }
+            None
+        })
+        .await;
+        let url = match listening {
+            Ok(Some(url)) => url,
+            Ok(None) => {
+                let status = child.wait().await.ok();
+                return Err(SandboxError::Start(format!(
+                    "opencode serve exited before listening ({status:?})"
+                )));
+            }
+            Err(_) => {
+                let _ = child.start_kill();
+                return Err(SandboxError::Start(format!(
+                    "opencode serve did not listen within {}s",
+                    SERVE_START_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        let id_owned = id.to_string();
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = lines.next_line().await {
+                tracing::debug!(sandbox = %id_owned, "opencode serve: {l}");
+            }
+        });
+        *live
+            .serve
+            .lock()
+            .map_err(|_| SandboxError::Io("poisoned".into()))? = Some(child);
+        let url = match self.isolation {
+            Isolation::None => url,
+            Isolation::Bwrap => {
+                // Give the sandbox's serve socket a loopback address on the host.
+                let listener = Listener::bind(&Endpoint::Tcp("127.0.0.1:0".into()))
+                    .await
+                    .map_err(|e| SandboxError::Io(format!("bind serve relay: {e}")))?;
+                let Listener::Tcp(tcp) = &listener else {
+                    unreachable!("bound a TCP endpoint")
+                };
+                let addr = tcp
+                    .local_addr()
+                    .map_err(|e| SandboxError::Io(e.to_string()))?;
+                tokio::spawn(relay::serve(
+                    listener,
+                    Endpoint::Unix(live.dirs.run.join("opencode.sock")),
+                    live.stop.clone(),
+                ));
+                format!("http://{addr}")
+            }
+        };
+        let directory = match self.isolation {
+            Isolation::Bwrap => IN_WORKSPACE.to_string(),
+            Isolation::None => live.dirs.workspace.to_string_lossy().into_owned(),
+        };
+        Ok(ServeEndpoint {
+            url,
+            password: Secret::new(password),
+            directory,
+        })
+    }
+}
+
+fn live_password(live: &Live) -> Result<String, SandboxError> {
+    std::fs::read_to_string(live.dirs.root.join("serve.password"))
+        .map_err(|e| SandboxError::Io(format!("serve password: {e}")))
+}
+
+#[async_trait]
+impl SandboxBackend for ProcessBackend {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<Option<ServeEndpoint>, SandboxError> {
+        let dirs = SandboxDirs::new(self.root.join(&spec.id));
+        if let Err(e) = dirs.create(&spec.files).await {
+            let _ = tokio::fs::remove_dir_all(&dirs.root).await;
+            return Err(e);
+        }
+        let write = |name: &str, text: String| {
+            std::fs::write(dirs.root.join(name), text)
+                .map_err(|e| SandboxError::Io(format!("{name}: {e}")))
+        };
+        write(
+            "passwd",
+            format!(
+                "root:x:0:0:root:/root:/bin/sh\nsandbox:x:1000:1000:sandbox:{IN_HOME}:/bin/sh\n"
+            ),
+        )?;
+        write("group", "root:x:0:\nsandbox:x:1000:\n".to_string())?;
+        if let Some(pw) = &spec.serve_password {
+            // Outside the work dir and home: the sandbox gets it only as an env var of serve.
+            write("serve.password", pw.expose().to_string())?;
+        }
+        let cgroup = match Cgroup::create(
+            &format!("delegate-{}", spec.id),
+            self.memory_bytes,
+            self.pids_max,
+        ) {
+            Ok(c) => Some(c),
+            Err(why) => {
+                tracing::warn!(
+                    "memory and pids limits are not enforced for sandbox {}: {why}",
+                    spec.id
+                );
+                None
+            }
+        };
+        let live = Arc::new(Live {
+            dirs,
+            token: spec.proxy_token.clone(),
+            stop: self.shutdown.child_token(),
+            cgroup,
+            serve: Mutex::new(None),
+        });
+        if self.bwrap.is_some() {
+            let socket = live.dirs.run.join("proxy.sock");
+            let _ = std::fs::remove_file(&socket);
+            let listener = tokio::net::UnixListener::bind(&socket)
+                .map_err(|e| SandboxError::Io(format!("bind {}: {e}", socket.display())))?;
+            let router = self.proxy.clone();
+            let stop = live.stop.clone();
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+            });
+        }
+        self.sandboxes
+            .lock()
+            .map_err(|_| SandboxError::Io("sandbox table poisoned".into()))?
+            .insert(spec.id.clone(), live.clone());
+        if spec.kind == SandboxKind::Warm {
+            match self.start_serve(&spec.id, &live).await {
+                Ok(endpoint) => return Ok(Some(endpoint)),
+                Err(e) => {
+                    let _ = self.destroy(&spec.id).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn run_headless(
+        &self,
+        sandbox_id: &str,
+        run: &RunSpec,
+        stop: CancellationToken,
+    ) -> Result<mpsc::Receiver<AgentOutput>, SandboxError> {
+        let live = self.live(sandbox_id)?;
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--format".into(),
+            "json".into(),
+            "--auto".into(),
+        ];
+        args.extend(["--model".into(), run.model.clone()]);
+        args.extend(["--title".into(), run.title.clone()]);
+        if let Some(agent) = &run.agent {
+            args.extend(["--agent".into(), agent.clone()]);
+        }
+        if run.continue_session {
+            args.push("--continue".into());
+        }
+        let mut child = self
+            .command(&live, &args, false)
+            .await?
+            .spawn()
+            .map_err(|e| SandboxError::Start(format!("cannot start the sandbox: {e}")))?;
+        let (tx, rx) = mpsc::channel(256);
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| SandboxError::Start("no stdin".into()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| SandboxError::Start("no stdout".into()))?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| SandboxError::Start("no stderr".into()))?;
+        let task = run.task.clone();
+        tokio::spawn(async move {
+            // opencode reads the prompt to EOF; a failed write means it already exited.
+            let _ = stdin.write_all(task.as_bytes()).await;
+            let _ = stdin.shutdown().await;
+        });
+        let out_tx = tx.clone();
+        let reader = tokio::spawn(read_lines(stdout, move |l| {
+            let tx = out_tx.clone();
+            async move { tx.send(AgentOutput::Stdout(l)).await.is_ok() }
+        }));
+        let err_tx = tx.clone();
+        let err_reader = tokio::spawn(read_lines(stderr, move |l| {
+            let tx = err_tx.clone();
+            async move { tx.send(AgentOutput::Stderr(l)).await.is_ok() }
+        }));
+        tokio::spawn(async move {
+            let mut killed = false;
+            let status = tokio::select! {
+                s = child.wait() => s,
+                _ = stop.cancelled() => {
+                    killed = true;
+                    let _ = child.start_kill();
+                    if let Some(cg) = &live.cgroup { cg.kill_all(); }
+                    child.wait().await
+                }
+            };
+            if let Some(cg) = &live.cgroup {
+                // Nothing of the run may outlive it (a backgrounded shell, say).
+                cg.kill_all();
+            }
+            // Output already written is still delivered, but a pipe held open by a stray process
+            // must not keep the run alive.
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                let _ = reader.await;
+                let _ = err_reader.await;
+            })
+            .await;
+            let code = status.ok().and_then(|s| s.code());
+            let oom = live.cgroup.as_ref().is_some_and(Cgroup::oom_killed);
+            let _ = tx
+                .send(AgentOutput::Exited(ExitInfo { code, killed, oom }))
+                .await;
+        });
+        Ok(rx)
+    }
+
+    async fn collect_changes(
+        &self,
+        sandbox_id: &str,
+        max_diff: usize,
+        label: &str,
+    ) -> Result<(Vec<ChangedFile>, String, bool), SandboxError> {
+        let live = self.live(sandbox_id)?;
+        live.dirs.collect_changes(max_diff, label).await
+    }
+
+    async fn destroy(&self, sandbox_id: &str) -> Result<(), SandboxError> {
+        let live = self
+            .sandboxes
+            .lock()
+            .map_err(|_| SandboxError::Io("sandbox table poisoned".into()))?
+            .remove(sandbox_id);
+        let Some(live) = live else {
+            return Ok(());
+        };
+        live.stop.cancel();
+        let serve = live.serve.lock().ok().and_then(|mut s| s.take());
+        if let Some(mut child) = serve {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+        if let Some(cg) = &live.cgroup {
+            cg.kill_all();
+        }
+        tokio::fs::remove_dir_all(&live.dirs.root)
+            .await
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| SandboxError::Io(format!("remove {}: {e}", live.dirs.root.display())))
+    }
+}
+
+impl Drop for ProcessBackend {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Reads `r` line by line, cutting lines over [`MAX_LINE`], until EOF or `sink` says stop.
+async fn read_lines<R, F, Fut>(r: R, mut sink: F)
+where
+    R: AsyncRead + Unpin,
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut reader = BufReader::with_capacity(64 * 1024, r);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let mut too_long = false;
+        loop {
+            let buf = match reader.fill_buf().await {
+                Ok(b) => b,
+                Err(_) => return,
+            };
+            if buf.is_empty() {
+                break;
+            }
+            let (take, done) = match buf.iter().position(|b| *b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (buf.len(), false),
+            };
+            let room = MAX_LINE.saturating_sub(line.len());
+            line.extend_from_slice(&buf[..take.min(room)]);
+            too_long |= take > room;
+            reader.consume(take);
+            if done {
+                break;
+            }
+        }
+        if line.is_empty() {
+            return;
+        }
+        let mut text = String::from_utf8_lossy(&line)
+            .trim_end_matches(['\n', '\r'])
+            .to_string();
+        if too_long {
+            text.push_str(" …[line cut by delegate]");
+        }
+        if !sink(text).await {
+            return;
+        }
+    }
+}
+
+async fn drain<R: AsyncRead + Unpin>(r: R, log: impl Fn(&str)) {
+    let mut lines = BufReader::new(r).lines();
+    while let Ok(Some(l)) = lines.next_line().await {
+        log(&l);
+    }
+}
+
+fn resolve_opencode(configured: Option<&Path>) -> Result<PathBuf, SandboxError> {
+    let missing = |what: String| {
+        SandboxError::Missing(format!(
+            "{what}. Set DELEGATE_OPENCODE_BIN to the opencode binary (npm install opencode-ai@1.18.33 \
+             puts it at node_modules/opencode-linux-x64/bin/opencode) or put `opencode` on PATH."
+        ))
+    };
+    let path = match configured {
+        Some(p) => p.to_path_buf(),
+        None => find_on_path("opencode")
+            .ok_or_else(|| missing("opencode was not found on PATH".into()))?,
+    };
+    let meta = std::fs::metadata(&path).map_err(|e| {
+        missing(format!(
+            "opencode binary {} is not usable ({e})",
+            path.display()
+        ))
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(missing(format!(
+            "{} is not an executable file",
+            path.display()
+        )));
+    }
+    // Resolve symlinks: bubblewrap binds the real file.
+    std::fs::canonicalize(&path).map_err(|e| missing(format!("{}: {e}", path.display())))
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}

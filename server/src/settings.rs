@@ -1,0 +1,413 @@
+//! Typed settings: built-in defaults, then an optional TOML file, then environment variables (env
+//! wins). Names follow `DESIGN.md` ("Configuration"); `delegate default-config` prints a commented
+//! example of the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A secret value: never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// Docker if a Docker socket answers, else process.
+    Auto,
+    Process,
+    Docker,
+    Kubernetes,
+}
+
+/// How the process backend isolates opencode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// bubblewrap: every namespace unshared, uid 1000, no capabilities, no network but the proxy.
+    Bwrap,
+    /// No isolation at all: opencode runs as you, on your files. Only when asked for explicitly.
+    None,
+}
+
+/// How delegate reaches the real Anthropic API. Only the server process ever holds this.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `ANTHROPIC_BASE_URL`, without `/v1`.
+    pub base_url: String,
+    pub credential: Option<UpstreamCredential>,
+}
+
+#[derive(Debug, Clone)]
+pub enum UpstreamCredential {
+    /// `ANTHROPIC_API_KEY`, sent as `x-api-key`.
+    ApiKey(Secret),
+    /// `ANTHROPIC_AUTH_TOKEN`, sent as `Authorization: Bearer`.
+    AuthToken(Secret),
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `sqlite://...` or `postgres://...`; secret because it may carry a password.
+    pub database_url: Secret,
+    pub backend: BackendChoice,
+    pub public_url: Option<String>,
+    pub idle_timeout: Duration,
+    pub upstream: Upstream,
+    /// `provider/model` handed to opencode.
+    pub model: String,
+    /// The small model opencode uses for titles.
+    pub small_model: String,
+    /// The opencode binary (process backend); `opencode` on PATH when unset.
+    pub opencode_bin: Option<PathBuf>,
+    pub isolation: Isolation,
+    /// The delegate binary bound into bubblewrap sandboxes to relay the proxy socket; this
+    /// executable when unset.
+    pub relay_bin: Option<PathBuf>,
+    pub sandbox_memory_mb: u64,
+    pub sandbox_pids_max: u64,
+    pub max_concurrent_runs: usize,
+    pub default_timeout: Duration,
+    /// The largest diff a result carries; longer ones are cut and flagged `diff_truncated`.
+    pub diff_max_bytes: usize,
+}
+
+/// The optional settings file; every field optional, same names as the env vars in lower case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<Secret>,
+    backend: Option<BackendChoice>,
+    public_url: Option<String>,
+    idle_timeout: Option<String>,
+    anthropic_base_url: Option<String>,
+    anthropic_api_key: Option<Secret>,
+    anthropic_auth_token: Option<Secret>,
+    model: Option<String>,
+    small_model: Option<String>,
+    opencode_bin: Option<PathBuf>,
+    isolation: Option<Isolation>,
+    sandbox_memory_mb: Option<u64>,
+    sandbox_pids_max: Option<u64>,
+    max_concurrent_runs: Option<usize>,
+    default_timeout: Option<String>,
+    diff_max_bytes: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read settings file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("settings file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{name}: {message}")]
+    Invalid { name: &'static str, message: String },
+}
+
+/// Looks up one environment variable; injected so tests need not touch the process environment.
+pub trait EnvSource {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl<const N: usize> EnvSource for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+impl Settings {
+    /// Defaults, then `file` (or `DELEGATE_CONFIG`) if given, then the environment.
+    pub fn load(file: Option<&Path>, env: &dyn EnvSource) -> Result<Settings, SettingsError> {
+        let file_path = file
+            .map(Path::to_path_buf)
+            .or_else(|| env.var("DELEGATE_CONFIG").map(PathBuf::from));
+        let f = match &file_path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileSettings>(&text).map_err(|e| SettingsError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => FileSettings::default(),
+        };
+
+        let listen = match env.var("DELEGATE_LISTEN") {
+            Some(v) => parse_value("DELEGATE_LISTEN", &v)?,
+            None => f.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        };
+        let data_dir = env
+            .var("DELEGATE_DATA_DIR")
+            .map(PathBuf::from)
+            .or(f.data_dir)
+            .unwrap_or_else(default_data_dir);
+        let database_url = env
+            .var("DATABASE_URL")
+            .map(Secret::new)
+            .or(f.database_url)
+            .unwrap_or_else(|| {
+                Secret::new(format!(
+                    "sqlite://{}",
+                    data_dir.join("delegate.db").display()
+                ))
+            });
+        let backend = match env.var("DELEGATE_BACKEND") {
+            Some(v) => parse_enum("DELEGATE_BACKEND", &v)?,
+            None => f.backend.unwrap_or(BackendChoice::Auto),
+        };
+        let idle_timeout = match env.var("IDLE_TIMEOUT").or(f.idle_timeout) {
+            Some(v) => parse_duration("IDLE_TIMEOUT", &v)?,
+            None => Duration::from_secs(30 * 60),
+        };
+        let default_timeout = match env.var("DELEGATE_DEFAULT_TIMEOUT").or(f.default_timeout) {
+            Some(v) => parse_duration("DELEGATE_DEFAULT_TIMEOUT", &v)?,
+            None => Duration::from_secs(900),
+        };
+        let base_url = env
+            .var("ANTHROPIC_BASE_URL")
+            .or(f.anthropic_base_url)
+            .unwrap_or_else(|| "https://api.anthropic.com".into());
+        let base_url = base_url.trim_end_matches('/').to_string();
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+            return Err(SettingsError::Invalid {
+                name: "ANTHROPIC_BASE_URL",
+                message: "must start with http:// or https://".into(),
+            });
+        }
+        let credential = if let Some(key) = env.var("ANTHROPIC_API_KEY").map(Secret::new) {
+            Some(UpstreamCredential::ApiKey(key))
+        } else if let Some(token) = env.var("ANTHROPIC_AUTH_TOKEN").map(Secret::new) {
+            Some(UpstreamCredential::AuthToken(token))
+        } else if let Some(key) = f.anthropic_api_key {
+            Some(UpstreamCredential::ApiKey(key))
+        } else {
+            f.anthropic_auth_token.map(UpstreamCredential::AuthToken)
+        };
+        let isolation = match env.var("DELEGATE_ISOLATION") {
+            Some(v) => parse_enum("DELEGATE_ISOLATION", &v)?,
+            None => f.isolation.unwrap_or(Isolation::Bwrap),
+        };
+        let number = |name: &'static str, file: Option<u64>, default: u64| match env.var(name) {
+            Some(v) => parse_value::<u64>(name, &v),
+            None => Ok(file.unwrap_or(default)),
+        };
+
+        Ok(Settings {
+            listen,
+            database_url,
+            backend,
+            public_url: env.var("DELEGATE_PUBLIC_URL").or(f.public_url),
+            idle_timeout,
+            upstream: Upstream {
+                base_url,
+                credential,
+            },
+            model: env
+                .var("DELEGATE_MODEL")
+                .or(f.model)
+                .unwrap_or_else(|| "anthropic/claude-sonnet-4-5".into()),
+            small_model: env
+                .var("DELEGATE_SMALL_MODEL")
+                .or(f.small_model)
+                .unwrap_or_else(|| "anthropic/claude-haiku-4-5".into()),
+            opencode_bin: env
+                .var("DELEGATE_OPENCODE_BIN")
+                .map(PathBuf::from)
+                .or(f.opencode_bin),
+            isolation,
+            relay_bin: None,
+            sandbox_memory_mb: number("DELEGATE_SANDBOX_MEMORY_MB", f.sandbox_memory_mb, 4096)?,
+            sandbox_pids_max: number("DELEGATE_SANDBOX_PIDS_MAX", f.sandbox_pids_max, 1024)?,
+            max_concurrent_runs: number(
+                "DELEGATE_MAX_CONCURRENT_RUNS",
+                f.max_concurrent_runs.map(|n| n as u64),
+                16,
+            )? as usize,
+            default_timeout,
+            diff_max_bytes: number(
+                "DELEGATE_DIFF_MAX_BYTES",
+                f.diff_max_bytes.map(|n| n as u64),
+                256 * 1024,
+            )? as usize,
+            data_dir,
+        })
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from(".local/share"))
+        .join("delegate")
+}
+
+fn parse_value<T: std::str::FromStr>(name: &'static str, v: &str) -> Result<T, SettingsError>
+where
+    T::Err: std::fmt::Display,
+{
+    v.trim()
+        .parse()
+        .map_err(|e: T::Err| SettingsError::Invalid {
+            name,
+            message: format!("{v:?}: {e}"),
+        })
+}
+
+fn parse_enum<T: clap::ValueEnum>(name: &'static str, v: &str) -> Result<T, SettingsError> {
+    T::from_str(v.trim(), true).map_err(|_| SettingsError::Invalid {
+        name,
+        message: format!(
+            "{v:?} is not one of {}",
+            T::value_variants()
+                .iter()
+                .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_string()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
+/// `90`, `90s`, `15m`, `2h` (a bare number is seconds).
+pub fn parse_duration(name: &'static str, v: &str) -> Result<Duration, SettingsError> {
+    let v = v.trim();
+    let (num, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => v.split_at(i),
+        None => (v, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| SettingsError::Invalid {
+        name,
+        message: format!("{v:?} is not a duration like 90s, 15m or 2h"),
+    })?;
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        _ => None,
+    };
+    secs.map(Duration::from_secs)
+        .ok_or_else(|| SettingsError::Invalid {
+            name,
+            message: format!("{v:?} is not a duration like 90s, 15m or 2h"),
+        })
+}
+
+/// The commented example printed by `delegate default-config`.
+pub const DEFAULT_CONFIG: &str = r#"# delegate settings. Every key is optional; environment variables of the same name in upper
+# case (shown after each key) win over this file. Pass the file with --config or DELEGATE_CONFIG.
+
+# Where `delegate serve` listens.                                   DELEGATE_LISTEN
+listen = "127.0.0.1:8080"
+# Where the SQLite database, sandboxes and logs live.                DELEGATE_DATA_DIR
+# data_dir = "~/.local/share/delegate"
+# sqlite://PATH (default: delegate.db in data_dir) or postgres://.   DATABASE_URL
+# database_url = "postgres://delegate@127.0.0.1/delegate"
+# auto (docker if a Docker socket answers, else process) | process | docker | kubernetes.
+backend = "auto"                                                   # DELEGATE_BACKEND
+# How browsers and sandboxes reach this server.                     DELEGATE_PUBLIC_URL
+# public_url = "https://delegate.example.com"
+# A warm sandbox with no runs and no viewers is paused after this.  IDLE_TIMEOUT
+idle_timeout = "30m"
+
+# The real model API. Only this process holds the key; sandboxes get a per-sandbox token for
+# delegate's proxy instead.
+anthropic_base_url = "https://api.anthropic.com"                   # ANTHROPIC_BASE_URL (no /v1)
+# anthropic_api_key = "sk-ant-..."                                 # ANTHROPIC_API_KEY
+# anthropic_auth_token = "..."                                     # ANTHROPIC_AUTH_TOKEN
+model = "anthropic/claude-sonnet-4-5"                              # DELEGATE_MODEL
+small_model = "anthropic/claude-haiku-4-5"                         # DELEGATE_SMALL_MODEL
+
+# Process backend: the opencode binary (default: opencode on PATH).  DELEGATE_OPENCODE_BIN
+# opencode_bin = "/usr/local/bin/opencode"
+# bwrap (bubblewrap) or none (no isolation at all; only if you mean it).  DELEGATE_ISOLATION
+isolation = "bwrap"
+sandbox_memory_mb = 4096                                           # DELEGATE_SANDBOX_MEMORY_MB
+sandbox_pids_max = 1024                                            # DELEGATE_SANDBOX_PIDS_MAX
+max_concurrent_runs = 16                                           # DELEGATE_MAX_CONCURRENT_RUNS
+default_timeout = "900s"                                           # DELEGATE_DEFAULT_TIMEOUT
+diff_max_bytes = 262144                                            # DELEGATE_DIFF_MAX_BYTES
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_wins_over_file_and_defaults() {
+        let dir = std::env::temp_dir().join(format!("delegate-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("delegate.toml");
+        std::fs::write(
+            &file,
+            "model = \"anthropic/from-file\"\nidle_timeout = \"5m\"\n",
+        )
+        .unwrap();
+        let env = [
+            ("DELEGATE_MODEL", "anthropic/from-env"),
+            ("ANTHROPIC_API_KEY", "sk-secret"),
+            ("DELEGATE_DATA_DIR", "/tmp/x"),
+        ];
+        let s = Settings::load(Some(&file), &env).unwrap();
+        assert_eq!(s.model, "anthropic/from-env");
+        assert_eq!(s.idle_timeout, Duration::from_secs(300));
+        assert_eq!(s.database_url.expose(), "sqlite:///tmp/x/delegate.db");
+        assert!(!format!("{s:?}").contains("sk-secret"));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn the_default_config_parses() {
+        toml::from_str::<FileSettings>(DEFAULT_CONFIG).unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = Settings::load(None, &[("DELEGATE_BACKEND", "podman")]).unwrap_err();
+        assert!(err.to_string().contains("DELEGATE_BACKEND"), "{err}");
+        let err = Settings::load(None, &[("IDLE_TIMEOUT", "soon")]).unwrap_err();
+        assert!(err.to_string().contains("IDLE_TIMEOUT"), "{err}");
+    }
+}

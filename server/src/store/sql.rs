@@ -1,0 +1,476 @@
+//! What the SQLite and PostgreSQL stores share: the SQL text (written once, with `$N` placeholders,
+//! which both drivers accept), the row shapes as they come out of the database, their conversion to
+//! the domain types of [`super`], and the translation of driver errors into [`StoreError`].
+//!
+//! The schemas of the two databases are the same on purpose (JSON as TEXT, timestamps as BIGINT
+//! milliseconds, u64 counters as BIGINT), so every statement here runs unchanged on both.
+
+use delegate_mcp::types::{
+    ChangedFile, ErrorKind, Event, RunError, RunStatus, SandboxStatus, Usage,
+};
+use serde_json::Value;
+
+use super::{
+    Millis, Result, Role, Run, RunOutcome, Sandbox, SandboxKind, StoreError, TokenKind,
+    TokenRecord, User, Workspace,
+};
+
+// ---- Users, workspaces, members -------------------------------------------------------------
+
+pub(super) const INSERT_USER: &str =
+    "INSERT INTO users (id, email, name, created_at) VALUES ($1, $2, $3, $4)";
+pub(super) const USER_BY_ID: &str = "SELECT id, email, name, created_at FROM users WHERE id = $1";
+pub(super) const USER_BY_EMAIL: &str =
+    "SELECT id, email, name, created_at FROM users WHERE email = $1";
+
+pub(super) const INSERT_WORKSPACE: &str =
+    "INSERT INTO workspaces (id, slug, name, created_at) VALUES ($1, $2, $3, $4)";
+pub(super) const WORKSPACE_BY_ID: &str =
+    "SELECT id, slug, name, created_at FROM workspaces WHERE id = $1";
+pub(super) const WORKSPACE_BY_SLUG: &str =
+    "SELECT id, slug, name, created_at FROM workspaces WHERE slug = $1";
+
+pub(super) const UPSERT_MEMBER: &str = "INSERT INTO members (workspace_id, user_id, role) \
+     VALUES ($1, $2, $3) \
+     ON CONFLICT (workspace_id, user_id) DO UPDATE SET role = excluded.role";
+pub(super) const MEMBER_ROLE: &str =
+    "SELECT role FROM members WHERE workspace_id = $1 AND user_id = $2";
+
+// ---- Sandboxes --------------------------------------------------------------------------------
+
+const SANDBOX_COLUMNS: &str = "id, workspace_id, name, kind, backend, status, status_reason, \
+     idle_timeout_s, meta, created_by, created_at, updated_at";
+
+pub(super) const INSERT_SANDBOX: &str = "INSERT INTO sandboxes (id, workspace_id, name, kind, \
+     backend, status, status_reason, idle_timeout_s, meta, created_by, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+
+pub(super) fn sandbox_by_id() -> String {
+    format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = $1")
+}
+
+pub(super) fn list_sandboxes() -> String {
+    format!(
+        "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE workspace_id = $1 AND status <> 'deleted' \
+         ORDER BY created_at DESC, id DESC"
+    )
+}
+
+/// Sandboxes whose status is one of `n` values bound as `$1..$n`.
+pub(super) fn sandboxes_with_status(n: usize) -> String {
+    format!(
+        "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE status IN ({}) ORDER BY created_at, id",
+        placeholders(1, n)
+    )
+}
+
+pub(super) const CAS_SANDBOX_STATUS: &str = "UPDATE sandboxes \
+     SET status = $1, status_reason = $2, updated_at = $3 WHERE id = $4 AND status = $5";
+pub(super) const SANDBOX_STATUS: &str = "SELECT status FROM sandboxes WHERE id = $1";
+pub(super) const SET_SANDBOX_META: &str =
+    "UPDATE sandboxes SET meta = $1, updated_at = $2 WHERE id = $3";
+
+// ---- Runs -------------------------------------------------------------------------------------
+
+const RUN_COLUMNS: &str = "id, sandbox_id, workspace_id, task, model, agent, status, timeout_s, \
+     created_by, created_at, started_at, finished_at, final_message, changed_files, diff, \
+     diff_truncated, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, \
+     error_kind, error_message, ttft_ms";
+
+pub(super) const INSERT_RUN: &str = "INSERT INTO runs (id, sandbox_id, workspace_id, task, model, \
+     agent, status, timeout_s, created_by, created_at, started_at, finished_at, final_message, \
+     changed_files, diff, diff_truncated, input_tokens, output_tokens, cache_read_tokens, \
+     cache_write_tokens, cost_usd, error_kind, error_message, ttft_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+     $19, $20, $21, $22, $23, $24)";
+
+pub(super) fn run_by_id() -> String {
+    format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1")
+}
+
+/// `$1` workspace, `$2` limit.
+pub(super) fn list_runs() -> String {
+    format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE workspace_id = $1 \
+         ORDER BY created_at DESC, id DESC LIMIT $2"
+    )
+}
+
+/// `$1` workspace, `$2` sandbox, `$3` limit.
+pub(super) fn list_sandbox_runs() -> String {
+    format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE workspace_id = $1 AND sandbox_id = $2 \
+         ORDER BY created_at DESC, id DESC LIMIT $3"
+    )
+}
+
+/// Runs whose status is one of `n` values bound as `$1..$n`.
+pub(super) fn runs_with_status(n: usize) -> String {
+    format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ({}) ORDER BY created_at, id",
+        placeholders(1, n)
+    )
+}
+
+/// `$2` is `now` when the run moves to `running` and NULL otherwise, so the first start sticks.
+pub(super) const CAS_RUN_STATUS: &str = "UPDATE runs \
+     SET status = $1, started_at = COALESCE(started_at, $2) WHERE id = $3 AND status = $4";
+pub(super) const RUN_STATUS: &str = "SELECT status FROM runs WHERE id = $1";
+
+pub(super) const FINISH_RUN: &str = "UPDATE runs SET status = $1, finished_at = $2, \
+     final_message = $3, changed_files = $4, diff = $5, diff_truncated = $6, input_tokens = $7, \
+     output_tokens = $8, cache_read_tokens = $9, cache_write_tokens = $10, cost_usd = $11, \
+     error_kind = $12, error_message = $13, ttft_ms = $14 \
+     WHERE id = $15 AND status = $16";
+
+// ---- Events -----------------------------------------------------------------------------------
+
+pub(super) const INSERT_EVENT: &str =
+    "INSERT INTO run_events (run_id, seq, ts, type, data, raw) VALUES ($1, $2, $3, $4, $5, $6)";
+pub(super) const EVENTS_AFTER: &str = "SELECT seq, ts, type, data, raw FROM run_events \
+     WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
+pub(super) const EVENT_COUNT: &str = "SELECT COUNT(*) FROM run_events WHERE run_id = $1";
+
+// ---- Tokens -----------------------------------------------------------------------------------
+
+pub(super) const INSERT_TOKEN: &str = "INSERT INTO tokens (id, kind, hash, name, user_id, \
+     sandbox_id, workspace_id, created_at, expires_at, revoked_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+pub(super) const TOKEN_BY_HASH: &str = "SELECT id, kind, hash, name, user_id, sandbox_id, \
+     workspace_id, created_at, expires_at, revoked_at FROM tokens WHERE hash = $1";
+/// Keeps the first revocation time when a token is revoked twice.
+pub(super) const REVOKE_TOKEN: &str =
+    "UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL";
+pub(super) const TOKEN_EXISTS: &str = "SELECT COUNT(*) FROM tokens WHERE id = $1";
+pub(super) const REVOKE_SANDBOX_TOKENS: &str =
+    "UPDATE tokens SET revoked_at = $1 WHERE sandbox_id = $2 AND revoked_at IS NULL";
+
+// ---- Usage ------------------------------------------------------------------------------------
+
+pub(super) const INSERT_USAGE: &str = "INSERT INTO usage (id, sandbox_id, run_id, workspace_id, \
+     model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, \
+     status_code, ttft_ms, duration_ms, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+
+/// The casts keep the result types identical across databases (PostgreSQL sums BIGINT as NUMERIC;
+/// SQLite's SUM of no rows is NULL).
+pub(super) const RUN_USAGE: &str = "SELECT \
+     CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(cache_read_tokens), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(cache_write_tokens), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION), \
+     (SELECT u2.ttft_ms FROM usage u2 WHERE u2.run_id = $1 AND u2.ttft_ms IS NOT NULL \
+      ORDER BY u2.created_at, u2.id LIMIT 1) \
+     FROM usage WHERE run_id = $1";
+
+/// `$first, $first+1, ...`, `n` of them.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ---- Value conversions ------------------------------------------------------------------------
+
+/// u64 counters are stored as BIGINT; values past `i64::MAX` (never reached by real counters) are
+/// clamped rather than wrapped into negatives.
+pub(super) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The inverse of [`to_i64`]; a negative number could only come from a corrupt row and reads as 0.
+pub(super) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(format!("corrupt {what} in database: {detail}"))
+}
+
+fn parse_json(what: &str, text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| corrupt(what, e))
+}
+
+pub(super) fn json_text(v: &Value) -> String {
+    v.to_string()
+}
+
+pub(super) fn changed_files_text(files: &[ChangedFile]) -> Result<String> {
+    serde_json::to_string(files).map_err(|e| StoreError::Database(format!("encoding files: {e}")))
+}
+
+pub(super) fn parse_role(s: &str) -> Result<Role> {
+    Role::parse(s).ok_or_else(|| corrupt("member role", s))
+}
+
+pub(super) fn parse_run_status(s: &str) -> Result<RunStatus> {
+    RunStatus::parse(s).ok_or_else(|| corrupt("run status", s))
+}
+
+pub(super) fn parse_sandbox_status(s: &str) -> Result<SandboxStatus> {
+    SandboxStatus::parse(s).ok_or_else(|| corrupt("sandbox status", s))
+}
+
+fn parse_error_kind(s: &str) -> Result<ErrorKind> {
+    // ErrorKind has no `parse`; its serde names are the same strings as `as_str`.
+    serde_json::from_value(Value::String(s.to_owned())).map_err(|_| corrupt("run error kind", s))
+}
+
+/// Turns a driver error into a [`StoreError`]; `entity` names what a missing row is.
+pub(super) fn db_error(entity: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |e| match e {
+        sqlx::Error::RowNotFound => StoreError::NotFound(entity),
+        sqlx::Error::Database(db) => match db.kind() {
+            sqlx::error::ErrorKind::UniqueViolation => {
+                StoreError::Conflict(format!("{entity} already exists ({})", db.message()))
+            }
+            sqlx::error::ErrorKind::ForeignKeyViolation => StoreError::Conflict(format!(
+                "{entity} refers to a row that does not exist ({})",
+                db.message()
+            )),
+            _ => StoreError::Database(db.message().to_owned()),
+        },
+        other => StoreError::Database(other.to_string()),
+    }
+}
+
+/// The error of a compare-and-set that changed nothing: the row is in another status, or absent.
+pub(super) fn stale_or_missing(
+    entity: &'static str,
+    id: &str,
+    expected: &str,
+    actual: Option<String>,
+) -> StoreError {
+    match actual {
+        Some(actual) => StoreError::StaleStatus {
+            entity,
+            id: id.to_owned(),
+            expected: expected.to_owned(),
+            actual,
+        },
+        None => StoreError::NotFound(entity),
+    }
+}
+
+// ---- Rows ---------------------------------------------------------------------------------------
+
+#[derive(sqlx::FromRow)]
+pub(super) struct UserRow {
+    id: String,
+    email: String,
+    name: String,
+    created_at: Millis,
+}
+
+impl From<UserRow> for User {
+    fn from(r: UserRow) -> Self {
+        User {
+            id: r.id,
+            email: r.email,
+            name: r.name,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct WorkspaceRow {
+    id: String,
+    slug: String,
+    name: String,
+    created_at: Millis,
+}
+
+impl From<WorkspaceRow> for Workspace {
+    fn from(r: WorkspaceRow) -> Self {
+        Workspace {
+            id: r.id,
+            slug: r.slug,
+            name: r.name,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct SandboxRow {
+    id: String,
+    workspace_id: String,
+    name: String,
+    kind: String,
+    backend: String,
+    status: String,
+    status_reason: Option<String>,
+    idle_timeout_s: Option<i64>,
+    meta: String,
+    created_by: Option<String>,
+    created_at: Millis,
+    updated_at: Millis,
+}
+
+impl SandboxRow {
+    pub(super) fn into_sandbox(self) -> Result<Sandbox> {
+        Ok(Sandbox {
+            kind: SandboxKind::parse(&self.kind)
+                .ok_or_else(|| corrupt("sandbox kind", &self.kind))?,
+            status: parse_sandbox_status(&self.status)?,
+            meta: parse_json("sandbox meta", &self.meta)?,
+            id: self.id,
+            workspace_id: self.workspace_id,
+            name: self.name,
+            backend: self.backend,
+            status_reason: self.status_reason,
+            idle_timeout_s: self.idle_timeout_s,
+            created_by: self.created_by,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct RunRow {
+    id: String,
+    sandbox_id: String,
+    workspace_id: String,
+    task: String,
+    model: Option<String>,
+    agent: Option<String>,
+    status: String,
+    timeout_s: i64,
+    created_by: Option<String>,
+    created_at: Millis,
+    started_at: Option<Millis>,
+    finished_at: Option<Millis>,
+    final_message: String,
+    changed_files: String,
+    diff: String,
+    diff_truncated: bool,
+    input_tokens: i64,
+    output_tokens: i64,
+    cache_read_tokens: i64,
+    cache_write_tokens: i64,
+    cost_usd: f64,
+    error_kind: Option<String>,
+    error_message: Option<String>,
+    ttft_ms: Option<i64>,
+}
+
+impl RunRow {
+    pub(super) fn into_run(self) -> Result<Run> {
+        let changed_files: Vec<ChangedFile> = serde_json::from_str(&self.changed_files)
+            .map_err(|e| corrupt("run changed_files", e))?;
+        let error = match self.error_kind {
+            Some(kind) => Some(RunError {
+                kind: parse_error_kind(&kind)?,
+                message: self.error_message.unwrap_or_default(),
+            }),
+            None => None,
+        };
+        Ok(Run {
+            status: parse_run_status(&self.status)?,
+            id: self.id,
+            sandbox_id: self.sandbox_id,
+            workspace_id: self.workspace_id,
+            task: self.task,
+            model: self.model,
+            agent: self.agent,
+            timeout_s: self.timeout_s,
+            created_by: self.created_by,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            outcome: RunOutcome {
+                final_message: self.final_message,
+                changed_files,
+                diff: self.diff,
+                diff_truncated: self.diff_truncated,
+                usage: Usage {
+                    input_tokens: to_u64(self.input_tokens),
+                    output_tokens: to_u64(self.output_tokens),
+                    cache_read_tokens: to_u64(self.cache_read_tokens),
+                    cache_write_tokens: to_u64(self.cache_write_tokens),
+                    cost_usd: self.cost_usd,
+                },
+                error,
+                ttft_ms: self.ttft_ms,
+            },
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct EventRow {
+    seq: i64,
+    ts: Millis,
+    #[sqlx(rename = "type")]
+    kind: String,
+    data: String,
+    raw: Option<String>,
+}
+
+impl EventRow {
+    pub(super) fn into_event(self) -> Result<Event> {
+        Ok(Event {
+            seq: to_u64(self.seq),
+            ts: self.ts,
+            kind: self.kind,
+            data: parse_json("event data", &self.data)?,
+            raw: self
+                .raw
+                .as_deref()
+                .map(|raw| parse_json("raw event", raw))
+                .transpose()?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct TokenRow {
+    id: String,
+    kind: String,
+    hash: String,
+    name: Option<String>,
+    user_id: Option<String>,
+    sandbox_id: Option<String>,
+    workspace_id: Option<String>,
+    created_at: Millis,
+    expires_at: Option<Millis>,
+    revoked_at: Option<Millis>,
+}
+
+impl TokenRow {
+    pub(super) fn into_token(self) -> Result<TokenRecord> {
+        Ok(TokenRecord {
+            kind: TokenKind::parse(&self.kind).ok_or_else(|| corrupt("token kind", &self.kind))?,
+            id: self.id,
+            hash: self.hash,
+            name: self.name,
+            user_id: self.user_id,
+            sandbox_id: self.sandbox_id,
+            workspace_id: self.workspace_id,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            revoked_at: self.revoked_at,
+        })
+    }
+}
+
+/// The result row of [`RUN_USAGE`].
+pub(super) type UsageSumRow = (i64, i64, i64, i64, f64, Option<i64>);
+
+pub(super) fn usage_from_sums(row: UsageSumRow) -> (Usage, Option<i64>) {
+    let (input, output, cache_read, cache_write, cost_usd, ttft_ms) = row;
+    (
+        Usage {
+            input_tokens: to_u64(input),
+            output_tokens: to_u64(output),
+            cache_read_tokens: to_u64(cache_read),
+            cache_write_tokens: to_u64(cache_write),
+            cost_usd,
+        },
+        ttft_ms,
+    )
+}
