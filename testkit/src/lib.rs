@@ -1,5 +1,6 @@
 //! Test support for delegate: a scripted fake of the Anthropic Messages API (the only stand-in the
-//! tests use for an LLM) and harness helpers that start real components (PostgreSQL).
+//! tests use for an LLM), throwaway PostgreSQL servers, and lookups of the other real components.
 
 pub mod anthropic;
 pub mod postgres;
+pub mod real;

@@ -39,14 +39,9 @@ pub struct TestPostgres {
     dir: tempfile::TempDir,
 }
 
-/// Whether missing prerequisites must fail instead of skipping.
-fn require_all() -> bool {
-    std::env::var("DELEGATE_REQUIRE_ALL").is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
 /// `Ok(None)` after saying why on stderr, or an error when skipping is not allowed.
 fn unavailable(why: String) -> Result<Option<TestPostgres>, String> {
-    if require_all() {
+    if crate::real::require_all() {
         Err(format!(
             "PostgreSQL is required (DELEGATE_REQUIRE_ALL) but {why}"
         ))

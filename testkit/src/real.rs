@@ -1,0 +1,63 @@
+//! Finding the real components tests need (opencode, bubblewrap). Under the README's test command
+//! `DELEGATE_REQUIRE_ALL=1` is set and a missing component fails the test; a plain `cargo test`
+//! skips such a test, saying why on stderr.
+
+use std::path::{Path, PathBuf};
+
+/// Whether missing prerequisites must fail instead of skipping.
+pub fn require_all() -> bool {
+    std::env::var("DELEGATE_REQUIRE_ALL").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Skips (prints why, returns `None`) or, under `DELEGATE_REQUIRE_ALL`, panics.
+pub fn unavailable<T>(what: &str, why: &str) -> Option<T> {
+    if require_all() {
+        panic!("{what} is required (DELEGATE_REQUIRE_ALL is set) but {why}");
+    }
+    eprintln!("skipped: {what}: {why}");
+    None
+}
+
+/// The repository root (this crate lives in `testkit/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The real opencode binary: `DELEGATE_OPENCODE_BIN`, else the copy `scripts/setup` installs under
+/// `.tools/`, else `opencode` on PATH.
+pub fn opencode() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("DELEGATE_OPENCODE_BIN").map(PathBuf::from),
+        Some(repo_root().join(".tools/node_modules/opencode-linux-x64/bin/opencode")),
+        on_path("opencode"),
+    ];
+    match candidates.into_iter().flatten().find(|p| p.is_file()) {
+        Some(p) => Some(p),
+        None => unavailable(
+            "opencode",
+            "no binary found (set DELEGATE_OPENCODE_BIN or run scripts/setup)",
+        ),
+    }
+}
+
+/// Whether bubblewrap is installed.
+pub fn bwrap() -> Option<PathBuf> {
+    match on_path("bwrap") {
+        Some(p) => Some(p),
+        None => unavailable(
+            "bubblewrap",
+            "bwrap is not on PATH (apt-get install bubblewrap)",
+        ),
+    }
+}
+
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
