@@ -67,7 +67,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::DefaultConfig => {
-            print!("{DEFAULT_CONFIG}");
+            use std::io::Write;
+            std::io::stdout().write_all(DEFAULT_CONFIG.as_bytes())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::SandboxRelay(args) => relay::main(args),

@@ -46,11 +46,20 @@ pub enum OrchestratorError {
     #[error("{0}")]
     Limit(String),
     #[error(transparent)]
-    Sandbox(#[from] SandboxError),
+    Sandbox(SandboxError),
     #[error(transparent)]
     Transition(#[from] IllegalTransition),
     #[error("storage: {0}")]
     Store(StoreError),
+}
+
+impl From<SandboxError> for OrchestratorError {
+    fn from(e: SandboxError) -> Self {
+        match e {
+            SandboxError::BadInput(msg) => OrchestratorError::BadInput(msg),
+            other => OrchestratorError::Sandbox(other),
+        }
+    }
 }
 
 impl From<StoreError> for OrchestratorError {

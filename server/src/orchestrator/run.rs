@@ -275,10 +275,10 @@ async fn drive(
         if let Err(e) = orch.delete_sandbox_after_run(&run.sandbox_id).await {
             tracing::warn!(sandbox = %run.sandbox_id, error = %e, "could not delete ephemeral sandbox");
         }
-    } else if let Some(session) = finish.session {
-        if let Some(w) = lock(&inner.warm).get_mut(&run.sandbox_id) {
-            w.last_session = Some(session);
-        }
+    } else if let Some(session) = finish.session
+        && let Some(w) = lock(&inner.warm).get_mut(&run.sandbox_id)
+    {
+        w.last_session = Some(session);
     }
     lock(&inner.busy).remove(&run.sandbox_id);
     lock(&inner.live).remove(&run.id);
@@ -614,10 +614,10 @@ async fn served(
             _ = tokio::time::sleep_until(deadline) => break Some(RunStatus::TimedOut),
         }
     };
-    if ended_by.is_some() {
-        if let Err(e) = client.abort(&session).await {
-            tracing::warn!(run = %run.id, error = %e, "could not abort the opencode session");
-        }
+    if ended_by.is_some()
+        && let Err(e) = client.abort(&session).await
+    {
+        tracing::warn!(run = %run.id, error = %e, "could not abort the opencode session");
     }
     let finish = match ended_by {
         Some(RunStatus::Cancelled) => with_tally(Finish::cancelled(), tally),

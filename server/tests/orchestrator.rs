@@ -1,0 +1,221 @@
+//! The orchestrator in-process: warm sandboxes, cancellation, live event streams, bad input.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{Harness, processes_mentioning};
+use delegate_mcp::types::{ErrorKind, RunStatus, SandboxStatus};
+use delegate_server::orchestrator::{OrchestratorError, RunRequest, SandboxRequest};
+use delegate_testkit::anthropic::Script;
+use futures::StreamExt;
+
+fn task(text: &str) -> RunRequest {
+    RunRequest {
+        task: text.into(),
+        created_by: Some("test".into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_warm_sandbox_keeps_files_between_runs() {
+    let Some(h) = Harness::new(Script::write_file(
+        "hello.txt",
+        "hi from run one\n",
+        "written",
+    ))
+    .await
+    else {
+        return;
+    };
+    let orch = h.orchestrator().await;
+    let sandbox = orch
+        .create_sandbox(SandboxRequest {
+            name: Some("warm test".into()),
+            files: BTreeMap::from([("README.md".into(), "# seeded\n".into())]),
+            ..Default::default()
+        })
+        .await
+        .expect("create sandbox");
+    assert_eq!(sandbox.status, SandboxStatus::Running);
+    assert!(orch.opencode_url(&sandbox.id).is_some());
+
+    let first = RunRequest {
+        sandbox_id: Some(sandbox.id.clone()),
+        ..task("create hello.txt")
+    };
+    let (run1, sbx) = orch.start_run(first).await.unwrap();
+    assert_eq!(sbx, sandbox.id);
+    let r1 = orch.wait(&run1).await.unwrap();
+    assert_eq!(r1.status, RunStatus::Succeeded, "{:?}", r1.error);
+    assert_eq!(r1.final_message, "written");
+    assert_eq!(r1.changed_files.len(), 1, "{:?}", r1.changed_files);
+    assert!(r1.usage.input_tokens > 0);
+
+    h.fake.set_script(Script::read_file("hello.txt"));
+    let second = RunRequest {
+        sandbox_id: Some(sandbox.id.clone()),
+        ..task("read hello.txt")
+    };
+    let (run2, _) = orch.start_run(second).await.unwrap();
+    let r2 = orch.wait(&run2).await.unwrap();
+    assert_eq!(r2.status, RunStatus::Succeeded, "{:?}", r2.error);
+    assert!(
+        r2.final_message.contains("hi from run one"),
+        "{}",
+        r2.final_message
+    );
+    assert!(
+        r2.changed_files.is_empty(),
+        "diffed against the first run: {:?}",
+        r2.changed_files
+    );
+
+    // The sandbox is still there after its runs, then deleting it ends every process.
+    let data_dir = h.data_dir().join("sandboxes").join(&sandbox.id);
+    assert!(data_dir.exists());
+    orch.delete_sandbox(&sandbox.id).await.unwrap();
+    assert!(!data_dir.exists());
+    let row = orch.store().sandbox(&sandbox.id).await.unwrap();
+    assert_eq!(row.status, SandboxStatus::Deleted);
+    assert_eq!(processes_mentioning(&sandbox.id), Vec::<String>::new());
+    // Its proxy token is revoked.
+    let runs = orch
+        .store()
+        .list_runs(&row.workspace_id, Some(&sandbox.id), 10)
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 2);
+}
+
+#[tokio::test]
+async fn cancel_ends_a_run_within_five_seconds_and_leaves_nothing() {
+    let Some(h) = Harness::new(Script::Hang).await else {
+        return;
+    };
+    let orch = h.orchestrator().await;
+    let (run_id, sandbox_id) = orch.start_run(task("wait forever")).await.unwrap();
+    // Cancel once opencode is talking to the (hanging) model.
+    tokio::time::timeout(Duration::from_secs(120), h.fake.wait_for_requests(1))
+        .await
+        .expect("opencode reached the upstream");
+    let asked = Instant::now();
+    orch.cancel_run(&run_id).await.unwrap();
+    let r = orch.wait(&run_id).await.unwrap();
+    let took = asked.elapsed();
+    assert_eq!(r.status, RunStatus::Cancelled);
+    assert_eq!(r.error.as_ref().map(|e| e.kind), Some(ErrorKind::Cancelled));
+    assert!(took < Duration::from_secs(5), "cancel took {took:?}");
+    assert_eq!(processes_mentioning(&sandbox_id), Vec::<String>::new());
+    let sandbox = orch.store().sandbox(&sandbox_id).await.unwrap();
+    assert_eq!(sandbox.status, SandboxStatus::Deleted);
+    // Cancelling a finished run is harmless.
+    orch.cancel_run(&run_id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_late_subscriber_replays_then_follows_every_event_once() {
+    let Some(h) = Harness::new(Script::slow(300, Script::write_file("a.txt", "a\n", "ok"))).await
+    else {
+        return;
+    };
+    let orch = h.orchestrator().await;
+    let (run_id, _) = orch.start_run(task("write a.txt")).await.unwrap();
+    let early: Vec<_> = orch.events(&run_id, 0).collect().await;
+    // Subscribed after it ended, from a cursor in the middle.
+    let late: Vec<_> = orch.events(&run_id, 2).collect().await;
+    let early: Vec<u64> = early.into_iter().map(|e| e.unwrap().seq).collect();
+    let late: Vec<u64> = late.into_iter().map(|e| e.unwrap().seq).collect();
+    let r = orch.result(&run_id).await.unwrap();
+    assert_eq!(r.status, RunStatus::Succeeded);
+    assert_eq!(early, (1..=r.event_count).collect::<Vec<_>>());
+    assert_eq!(late, (3..=r.event_count).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_before_anything_is_written() {
+    let Some(h) = Harness::new(Script::text("unused")).await else {
+        return;
+    };
+    let orch = h.orchestrator().await;
+    let cases: Vec<(RunRequest, &str)> = vec![
+        (task(""), "task"),
+        (task(&"x".repeat((1 << 20) + 1)), "1 MiB"),
+        (
+            RunRequest {
+                files: BTreeMap::from([("../../etc/passwd".into(), "x".into())]),
+                ..task("t")
+            },
+            "'..'",
+        ),
+        (
+            RunRequest {
+                files: BTreeMap::from([("/abs".into(), "x".into())]),
+                ..task("t")
+            },
+            "absolute",
+        ),
+        (
+            RunRequest {
+                timeout: Some(Duration::ZERO),
+                ..task("t")
+            },
+            "timeout_seconds",
+        ),
+        (
+            RunRequest {
+                model: Some("a model; rm -rf /".into()),
+                ..task("t")
+            },
+            "model",
+        ),
+    ];
+    for (req, needle) in cases {
+        match orch.start_run(req).await {
+            Err(OrchestratorError::BadInput(msg)) => assert!(msg.contains(needle), "{msg}"),
+            other => panic!("expected BadInput mentioning {needle}, got {other:?}"),
+        }
+    }
+    for id in [
+        "sbx_nope",
+        "sbx_01a21d7c824974e4a6541be89eb1b21d",
+        "'; DROP TABLE runs; --",
+    ] {
+        let req = RunRequest {
+            sandbox_id: Some(id.into()),
+            ..task("t")
+        };
+        assert!(
+            matches!(
+                orch.start_run(req).await,
+                Err(OrchestratorError::NotFound(_))
+            ),
+            "{id}"
+        );
+    }
+    let ws = orch.store().workspace_by_slug("default").await.unwrap();
+    assert!(
+        orch.store()
+            .list_runs(&ws.id, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        orch.store()
+            .list_sandboxes(&ws.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        !h.data_dir().join("sandboxes").exists()
+            || std::fs::read_dir(h.data_dir().join("sandboxes"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+    assert!(h.fake.requests().is_empty());
+}

@@ -1,0 +1,357 @@
+//! The Anthropic proxy on its own: credentials in and out, errors in Anthropic's shape, streaming,
+//! usage. The upstream is the scripted fake; the client is plain HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use delegate_mcp::types::{RunStatus, SandboxStatus};
+use delegate_server::ids::{hash_secret, new_id, new_secret, now_ms};
+use delegate_server::proxy::{ActiveRuns, Proxy};
+use delegate_server::settings::{Secret, Upstream, UpstreamCredential};
+use delegate_server::store::{
+    Run, RunOutcome, Sandbox, SandboxKind, SqliteStore, Store, TokenKind, TokenRecord, User,
+    Workspace,
+};
+use delegate_testkit::anthropic::{FakeAnthropic, Script};
+use serde_json::{Value, json};
+
+const REAL_KEY: &str = "sk-ant-real-proxy-test-key";
+
+struct Setup {
+    store: Arc<dyn Store>,
+    proxy: Proxy,
+    url: String,
+    token: String,
+    sandbox_id: String,
+    run_id: String,
+    fake: FakeAnthropic,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(script: Script) -> Setup {
+    delegate_server::app::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::connect(&format!("sqlite://{}/t.db", dir.path().display()))
+            .await
+            .unwrap(),
+    );
+    let now = now_ms();
+    let user = User {
+        id: new_id("usr"),
+        email: "a@example.com".into(),
+        name: "a".into(),
+        created_at: now,
+    };
+    store.create_user(&user).await.unwrap();
+    let ws = Workspace {
+        id: new_id("wsp"),
+        slug: "w".into(),
+        name: "w".into(),
+        created_at: now,
+    };
+    store.create_workspace(&ws, &user.id).await.unwrap();
+    let sandbox = Sandbox {
+        id: new_id("sbx"),
+        workspace_id: ws.id.clone(),
+        name: "s".into(),
+        kind: SandboxKind::Warm,
+        backend: "process".into(),
+        status: SandboxStatus::Running,
+        status_reason: None,
+        idle_timeout_s: None,
+        meta: json!({}),
+        created_by: None,
+        created_at: now,
+        updated_at: now,
+    };
+    store.insert_sandbox(&sandbox).await.unwrap();
+    let run = Run {
+        id: new_id("run"),
+        sandbox_id: sandbox.id.clone(),
+        workspace_id: ws.id.clone(),
+        task: "t".into(),
+        model: None,
+        agent: None,
+        status: RunStatus::Queued,
+        timeout_s: 60,
+        created_by: None,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        outcome: RunOutcome::default(),
+    };
+    store.insert_run(&run).await.unwrap();
+    let token = new_secret("dsb_");
+    store
+        .insert_token(&TokenRecord {
+            id: new_id("tok"),
+            kind: TokenKind::Sandbox,
+            hash: hash_secret(&token),
+            name: None,
+            user_id: None,
+            sandbox_id: Some(sandbox.id.clone()),
+            workspace_id: Some(ws.id.clone()),
+            created_at: now,
+            expires_at: None,
+            revoked_at: None,
+        })
+        .await
+        .unwrap();
+    let fake = FakeAnthropic::start(script).await.unwrap();
+    let active = ActiveRuns::default();
+    active
+        .write()
+        .unwrap()
+        .insert(sandbox.id.clone(), run.id.clone());
+    let proxy = Proxy::new(
+        store.clone(),
+        Upstream {
+            base_url: fake.base_url(),
+            credential: Some(UpstreamCredential::ApiKey(Secret::new(REAL_KEY))),
+        },
+        active,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = proxy.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Setup {
+        store,
+        proxy,
+        url,
+        token,
+        sandbox_id: sandbox.id,
+        run_id: run.id,
+        fake,
+        _dir: dir,
+    }
+}
+
+fn body() -> Value {
+    json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 100,
+        "stream": true,
+        "messages": [{ "role": "user", "content": "hello" }],
+        "tools": [{ "name": "write", "input_schema": { "type": "object" } }],
+    })
+}
+
+async fn post(s: &Setup, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/v1/messages", s.url))
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", "structured-outputs-2025-11-13")
+        .json(&body());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+async fn assert_anthropic_error(resp: reqwest::Response, status: u16, kind: &str) {
+    assert_eq!(resp.status().as_u16(), status);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], kind, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+}
+
+#[tokio::test]
+async fn a_valid_token_is_swapped_for_the_real_key_and_the_stream_passes_through() {
+    let s = setup(Script::write_file("hello.txt", "hi\n", "done")).await;
+    let token = s.token.clone();
+    let resp = post(&s, &[("x-api-key", &token), ("cookie", "session=abc")]).await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    assert!(resp.headers().get("request-id").is_some());
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("event: message_start") && text.contains("event: message_stop"));
+    assert!(text.contains("\"name\":\"write\""));
+
+    let reqs = s.fake.requests();
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert_eq!(r.header("x-api-key"), Some(REAL_KEY));
+    assert_eq!(r.header("authorization"), None);
+    assert_eq!(r.header("cookie"), None, "inbound credentials are dropped");
+    assert_eq!(
+        r.header("anthropic-beta"),
+        Some("structured-outputs-2025-11-13")
+    );
+    assert_eq!(r.header("anthropic-version"), Some("2023-06-01"));
+    assert!(r.headers.iter().all(|(_, v)| !v.contains(&token)));
+
+    // Usage lands on the sandbox's active run (recorded when the stream ends).
+    let usage = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let (u, ttft) = s.store.run_usage(&s.run_id).await.unwrap();
+            if u.input_tokens > 0 {
+                return (u, ttft);
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("usage recorded");
+    assert_eq!(usage.0.input_tokens, 100);
+    assert_eq!(usage.0.output_tokens, 20);
+    assert!(usage.0.cost_usd > 0.0);
+    assert!(usage.1.is_some(), "time to first token measured");
+}
+
+#[tokio::test]
+async fn bearer_tokens_work_too() {
+    let s = setup(Script::text("hello")).await;
+    let bearer = format!("Bearer {}", s.token);
+    let resp = post(&s, &[("authorization", &bearer)]).await;
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+    assert_eq!(s.fake.requests()[0].header("x-api-key"), Some(REAL_KEY));
+    assert_eq!(s.fake.requests()[0].header("authorization"), None);
+}
+
+#[tokio::test]
+async fn missing_wrong_and_revoked_tokens_get_401_in_anthropic_shape() {
+    let s = setup(Script::text("hello")).await;
+    assert_anthropic_error(post(&s, &[]).await, 401, "authentication_error").await;
+    assert_anthropic_error(
+        post(&s, &[("x-api-key", "dsb_wrong")]).await,
+        401,
+        "authentication_error",
+    )
+    .await;
+    assert_anthropic_error(
+        post(&s, &[("x-api-key", REAL_KEY)]).await,
+        401,
+        "authentication_error",
+    )
+    .await;
+    assert_anthropic_error(
+        post(&s, &[("authorization", "Basic Zm9vOmJhcg==")]).await,
+        401,
+        "authentication_error",
+    )
+    .await;
+
+    // Valid (and now cached), then revoked: refused at once.
+    let token = s.token.clone();
+    let ok = post(&s, &[("x-api-key", &token)]).await;
+    assert_eq!(ok.status(), 200);
+    ok.text().await.unwrap();
+    s.store
+        .revoke_sandbox_tokens(&s.sandbox_id, now_ms())
+        .await
+        .unwrap();
+    s.proxy.forget_sandbox(&s.sandbox_id);
+    assert_anthropic_error(
+        post(&s, &[("x-api-key", &token)]).await,
+        401,
+        "authentication_error",
+    )
+    .await;
+    assert_eq!(
+        s.fake.requests().len(),
+        1,
+        "refused calls never reach the upstream"
+    );
+}
+
+#[tokio::test]
+async fn a_sandbox_that_is_not_running_gets_403() {
+    let s = setup(Script::text("hello")).await;
+    s.store
+        .set_sandbox_status(
+            &s.sandbox_id,
+            SandboxStatus::Running,
+            SandboxStatus::Pausing,
+            None,
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    let token = s.token.clone();
+    assert_anthropic_error(
+        post(&s, &[("x-api-key", &token)]).await,
+        403,
+        "permission_error",
+    )
+    .await;
+    assert!(s.fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn upstream_errors_pass_through_and_an_unreachable_upstream_is_502() {
+    let s = setup(Script::overloaded()).await;
+    let token = s.token.clone();
+    let resp = post(&s, &[("x-api-key", &token)]).await;
+    assert_eq!(
+        resp.headers()
+            .get("retry-after-ms")
+            .map(|v| v.to_str().unwrap()),
+        Some("0")
+    );
+    assert_anthropic_error(resp, 529, "overloaded_error").await;
+
+    // Point the proxy at a port nobody listens on.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let proxy = Proxy::new(
+        s.store.clone(),
+        Upstream {
+            base_url: dead,
+            credential: Some(UpstreamCredential::ApiKey(Secret::new(REAL_KEY))),
+        },
+        ActiveRuns::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/messages", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, proxy.router()).await });
+    let resp = reqwest::Client::new()
+        .post(url)
+        .header("x-api-key", &token)
+        .json(&body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains(REAL_KEY));
+    assert!(text.contains("api_error"), "{text}");
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_still_gets_its_usage_recorded() {
+    let s = setup(Script::Hang).await;
+    let token = s.token.clone();
+    let resp = post(&s, &[("x-api-key", &token)]).await;
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    use futures::StreamExt;
+    let first = stream.next().await.expect("first chunk").unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("message_start"));
+    drop(stream);
+    // Usage of the abandoned call is still recorded, with what was seen (the input tokens).
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let (u, _) = s.store.run_usage(&s.run_id).await.unwrap();
+            if u.input_tokens == 100 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("usage of the abandoned call recorded");
+}
