@@ -4,7 +4,7 @@
 //! The fixtures live outside the repository: set `DELEGATE_FIXTURES` to their directory, or keep the
 //! default layout (`../shared/fixtures/opencode` next to the repository root). Without the variable
 //! and without the directory the fixture tests print "skipped" and pass, so a bare checkout still
-//! builds; with the variable set, a missing directory is a failure.
+//! builds; with the variable set, or under `DELEGATE_REQUIRE_ALL`, a missing directory is a failure.
 
 use std::path::PathBuf;
 
@@ -34,8 +34,10 @@ fn fixtures() -> Option<PathBuf> {
         "DELEGATE_FIXTURES={} is not a directory of opencode fixtures",
         dir.display()
     );
-    eprintln!("skipped: fixtures not found at {}", dir.display());
-    None
+    delegate_testkit::real::unavailable(
+        "opencode fixtures",
+        &format!("not found at {}", dir.display()),
+    )
 }
 
 fn read(dir: &std::path::Path, name: &str) -> String {
