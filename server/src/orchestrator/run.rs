@@ -249,6 +249,7 @@ async fn drive(
         active.remove(&run.sandbox_id);
     }
     // Usage as the proxy measured it; opencode's own count when the proxy saw nothing.
+    inner.proxy.flush(Duration::from_secs(2)).await;
     if let Ok((usage, ttft)) = inner.store.run_usage(&run.id).await {
         if usage.total_tokens() > 0 {
             let cost = if usage.cost_usd > 0.0 {

@@ -50,6 +50,8 @@ pub struct Proxy {
 }
 
 struct Inner {
+    /// Usage records still being written; [`Proxy::flush`] waits for them.
+    pending: tokio::sync::watch::Sender<usize>,
     store: Arc<dyn Store>,
     upstream: Upstream,
     client: reqwest::Client,
@@ -67,6 +69,7 @@ impl Proxy {
             .expect("a reqwest client with static options builds");
         Proxy {
             inner: Arc::new(Inner {
+                pending: tokio::sync::watch::channel(0).0,
                 store,
                 upstream,
                 client,
@@ -84,6 +87,13 @@ impl Proxy {
                 anthropic_error(StatusCode::NOT_FOUND, "not_found_error", "not found")
             })
             .with_state(self.clone())
+    }
+
+    /// Waits (at most `limit`) until every usage record of finished model calls is written, so a
+    /// run's totals are complete when it ends.
+    pub async fn flush(&self, limit: Duration) {
+        let mut rx = self.inner.pending.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|n| *n == 0)).await;
     }
 
     /// Drops cached grants of a sandbox, so a revoked token stops working at once.
@@ -289,6 +299,7 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
         inner: Box::pin(upstream.bytes_stream()),
         scanner: UsageScanner::new(&content_type),
         recorder: Some(Recorder {
+            pending: inner.pending.clone(),
             store: inner.store.clone(),
             sandbox_id: grant.sandbox_id,
             workspace_id: grant.workspace_id,
@@ -315,6 +326,7 @@ struct MeteredBody {
 }
 
 struct Recorder {
+    pending: tokio::sync::watch::Sender<usize>,
     store: Arc<dyn Store>,
     sandbox_id: String,
     workspace_id: String,
@@ -371,11 +383,14 @@ impl MeteredBody {
             created_at: now_ms(),
         };
         let store = r.store;
+        let pending = r.pending;
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            pending.send_modify(|n| *n += 1);
             handle.spawn(async move {
                 if let Err(e) = store.record_usage(&record).await {
                     tracing::warn!(error = %e, "proxy: could not record usage");
                 }
+                pending.send_modify(|n| *n -= 1);
             });
         }
     }
