@@ -111,6 +111,31 @@ async fn overhead(opencode: &Path, fake: &FakeAnthropic, tmp: &Path, runs: usize
         let (home, work) = (dir.join("home"), dir.join("work"));
         std::fs::create_dir_all(&home).unwrap();
         std::fs::create_dir_all(&work).unwrap();
+        // The same starting point delegate gives opencode: a git repository with one commit
+        // (opencode does more work in a repository, so a bare dir would flatter the baseline).
+        for args in [
+            &["init", "-q"][..],
+            &[
+                "-c",
+                "user.name=b",
+                "-c",
+                "user.email=b@b",
+                "commit",
+                "-q",
+                "--allow-empty",
+                "-m",
+                "seed",
+            ],
+        ] {
+            assert!(
+                std::process::Command::new("git")
+                    .args(args)
+                    .current_dir(&work)
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
         let env = delegate_server::opencode::environment(
             &home.display().to_string(),
             &format!("{}/v1", fake.base_url()),
@@ -179,7 +204,7 @@ async fn overhead(opencode: &Path, fake: &FakeAnthropic, tmp: &Path, runs: usize
     format!(
         "## delegate run ÷ bare opencode run\n\n\
          | | median wall time |\n|---|---|\n\
-         | bare `opencode run` (no sandbox, direct to upstream) | {b:.2} s |\n\
+         | bare `opencode run` (no sandbox, direct to upstream, work dir a git repo as in delegate) | {b:.2} s |\n\
          | `delegate run` (bubblewrap, proxy, git, event log, SQLite) | {d:.2} s |\n\
          | **ratio** (target <= 1.05) | **{:.3}** |\n\n",
         d / b
@@ -396,7 +421,11 @@ async fn side_by_side(
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, proxy.router()).await });
+    tokio::spawn(delegate_server::net::serve_tcp(
+        listener,
+        proxy.router(),
+        std::future::pending(),
+    ));
 
     let client = reqwest::Client::builder()
         .tcp_nodelay(true)

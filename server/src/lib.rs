@@ -4,6 +4,7 @@
 pub mod app;
 pub mod events;
 pub mod ids;
+pub mod net;
 pub mod opencode;
 pub mod orchestrator;
 pub mod proxy;

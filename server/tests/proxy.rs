@@ -115,7 +115,11 @@ async fn setup(script: Script) -> Setup {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let router = proxy.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    tokio::spawn(delegate_server::net::serve_tcp(
+        listener,
+        router,
+        std::future::pending(),
+    ));
     Setup {
         store,
         proxy,
@@ -317,7 +321,11 @@ async fn upstream_errors_pass_through_and_an_unreachable_upstream_is_502() {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1/messages", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, proxy.router()).await });
+    tokio::spawn(delegate_server::net::serve_tcp(
+        listener,
+        proxy.router(),
+        std::future::pending(),
+    ));
     let resp = reqwest::Client::new()
         .post(url)
         .header("x-api-key", &token)

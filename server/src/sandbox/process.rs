@@ -149,11 +149,11 @@ impl ProcessBackend {
                     .map_err(|e| SandboxError::Io(e.to_string()))?;
                 let router = self.proxy.clone();
                 let stop = self.shutdown.clone();
-                tokio::spawn(async move {
-                    let _ = axum::serve(listener, router)
-                        .with_graceful_shutdown(stop.cancelled_owned())
-                        .await;
-                });
+                tokio::spawn(crate::net::serve_tcp(
+                    listener,
+                    router,
+                    stop.cancelled_owned(),
+                ));
                 Ok(addr)
             })
             .await

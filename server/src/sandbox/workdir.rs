@@ -158,12 +158,17 @@ impl SandboxDirs {
         )
         .await?;
         let (diff, truncated) = cap(diff, max_diff);
-        self.snapshot(label).await?;
+        self.commit(label).await?;
         Ok((changed, diff, truncated))
     }
 
     async fn snapshot(&self, message: &str) -> Result<(), SandboxError> {
         git(&self.workspace, Some(&self.track), &["add", "-A"]).await?;
+        self.commit(message).await
+    }
+
+    /// Commits what is staged in the tracking repository.
+    async fn commit(&self, message: &str) -> Result<(), SandboxError> {
         git(
             &self.workspace,
             Some(&self.track),
