@@ -1,6 +1,95 @@
-//! delegate's MCP surface. For now it holds the wire types every part shares; the rmcp tool
-//! service builds on them.
+//! delegate's MCP surface: the wire types every part shares ([`types`]), the tool inputs and
+//! outputs ([`tools`]), the seam to whatever executes them ([`delegator`]), and the rmcp server
+//! ([`service`]) with its two transports: [`serve_stdio`] and [`http_service`].
 
 #![forbid(unsafe_code)]
 
+pub mod delegator;
+pub mod service;
+pub mod tools;
 pub mod types;
+
+use std::{sync::Arc, time::Duration};
+
+use rmcp::{
+    ServiceExt,
+    service::ServerInitializeError,
+    transport::{
+        StreamableHttpServerConfig, StreamableHttpService,
+        streamable_http_server::session::local::LocalSessionManager,
+    },
+};
+use tokio_util::sync::CancellationToken;
+
+pub use delegator::{Caller, DelegateError, Delegator, Progress};
+pub use service::DelegateMcp;
+
+/// How long an HTTP session may go without any message before it is closed. Longer than the
+/// longest run (`timeout_seconds` is at most 86400): a `run_in_sandbox` call without a progress
+/// token sends nothing until it ends, and closing its session would cancel the run.
+const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(25 * 3600);
+
+/// Why [`serve_stdio`] stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The client's handshake failed or stdin closed before it completed.
+    #[error("MCP handshake failed: {0}")]
+    Handshake(Box<ServerInitializeError>),
+    /// The service task failed.
+    #[error("MCP service failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl From<ServerInitializeError> for ServeError {
+    fn from(error: ServerInitializeError) -> Self {
+        Self::Handshake(Box::new(error))
+    }
+}
+
+/// Serves MCP on stdin/stdout, every request running as `caller`, until the client closes stdin.
+///
+/// Only MCP frames are written to stdout; logs must go elsewhere (the caller's tracing setup).
+pub async fn serve_stdio(delegator: Arc<dyn Delegator>, caller: Caller) -> Result<(), ServeError> {
+    let service = DelegateMcp::new(delegator, Some(caller))
+        .serve(rmcp::transport::stdio())
+        .await?;
+    service.waiting().await?;
+    Ok(())
+}
+
+/// Settings of the streamable-HTTP endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct HttpConfig {
+    /// `Host` header values allowed (`example.com` or `example.com:8443`), against DNS
+    /// rebinding. Empty allows any host.
+    pub allowed_hosts: Vec<String>,
+    /// Cancelling it ends every session and stream (server shutdown).
+    pub shutdown: CancellationToken,
+}
+
+/// The tower service [`http_service`] returns; mount it with axum's `nest_service("/mcp", ...)`.
+pub type McpHttpService = StreamableHttpService<DelegateMcp, LocalSessionManager>;
+
+/// The MCP streamable-HTTP endpoint (POST/GET/DELETE on one path).
+///
+/// The server's auth middleware must insert a [`Caller`] into each HTTP request's extensions;
+/// tools refuse requests without one. Both protocol eras are served: clients that `initialize`
+/// (2025-11-25 and older) get a stateful session (`Mcp-Session-Id`), and 2026-07-28 clients
+/// (`server/discover`, per-request `_meta`) are served statelessly, with plain JSON replies when
+/// a call sends no notifications.
+pub fn http_service(delegator: Arc<dyn Delegator>, config: HttpConfig) -> McpHttpService {
+    let mcp = DelegateMcp::new(delegator, None);
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(SESSION_IDLE_TIMEOUT);
+    let server_config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(true)
+        .with_json_response(true)
+        .with_cancellation_token(config.shutdown);
+    // rmcp's default accepts loopback hosts only; ours means "any" when empty.
+    let server_config = if config.allowed_hosts.is_empty() {
+        server_config.disable_allowed_hosts()
+    } else {
+        server_config.with_allowed_hosts(config.allowed_hosts)
+    };
+    StreamableHttpService::new(move || Ok(mcp.clone()), Arc::new(sessions), server_config)
+}

@@ -3,11 +3,12 @@
 //! Field names here are the contract of `DESIGN.md` ("MCP tools", "Runs and events"): renaming one
 //! breaks the build of every user instead of a user at run time.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Where a run is in its life. Transitions are checked by the server's run state machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Queued,
@@ -63,7 +64,7 @@ impl std::fmt::Display for RunStatus {
 }
 
 /// Where a sandbox is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxStatus {
     Creating,
@@ -119,7 +120,9 @@ impl std::fmt::Display for SandboxStatus {
 }
 
 /// How a file changed during a run, as git sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeKind {
     Added,
@@ -127,14 +130,15 @@ pub enum ChangeKind {
     Deleted,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ChangedFile {
+    /// Path relative to the sandbox's work dir.
     pub path: String,
     pub change: ChangeKind,
 }
 
 /// Token usage and cost of a run, summed over its model calls.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -158,7 +162,7 @@ impl Usage {
 }
 
 /// Why a run did not succeed, in words a calling agent can act on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The LLM upstream refused delegate's credential (401/403).
@@ -203,29 +207,39 @@ impl ErrorKind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RunError {
     pub kind: ErrorKind,
+    /// What went wrong, in words.
     pub message: String,
 }
 
 /// The result of `run_in_sandbox` (and `delegate run --json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunResult {
+    /// Pass to `stream_session` or `cancel_run`.
     pub run_id: String,
+    /// The sandbox the run used; pass it as `sandbox_id` to run again there (warm sandboxes only:
+    /// a fresh sandbox is destroyed after its run).
     pub sandbox_id: String,
     pub status: RunStatus,
     /// The last text the agent wrote; empty while running or when it wrote none.
     pub final_message: String,
+    /// Files the run added, modified or deleted in the work dir.
     pub changed_files: Vec<ChangedFile>,
     /// Unified diff of the run's changes, capped; see `diff_truncated`.
     pub diff: String,
+    /// True when `diff` was cut short; read the files themselves for the rest.
     pub diff_truncated: bool,
     pub usage: Usage,
+    /// Wall time of the run so far, in milliseconds.
     pub duration_ms: u64,
+    /// Events in the run's log; `stream_session` returns them.
     pub event_count: u64,
+    /// Why the run did not succeed; absent when it succeeded or is still running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<RunError>,
+    /// Where people can watch the run in a browser, when the server has a public URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch_url: Option<String>,
 }
@@ -236,7 +250,7 @@ pub struct RunResult {
 /// `error`, `status`, `stderr`) or, for opencode events delegate does not interpret, the original type
 /// prefixed by nothing: unknown events are kept, never dropped. `data` holds the normalized fields;
 /// `raw` the original JSON when the event came from opencode.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Event {
     pub seq: u64,
     /// Milliseconds since the Unix epoch.

@@ -2,6 +2,8 @@
 //! sandbox backends and the Anthropic proxy. The `delegate` binary in `main.rs` wires them up.
 
 pub mod app;
+pub mod auth;
+pub mod delegation;
 pub mod events;
 pub mod ids;
 pub mod net;
@@ -10,6 +12,7 @@ pub mod orchestrator;
 pub mod proxy;
 pub mod relay;
 pub mod sandbox;
+pub mod serve;
 pub mod settings;
 pub mod state;
 pub mod store;

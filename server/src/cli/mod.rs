@@ -1,7 +1,10 @@
 //! The command line: one module per subcommand.
 
+mod admin;
+mod mcp;
 mod relay;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +33,18 @@ pub struct Cli {
 enum Command {
     /// Delegate one task: run it in a fresh sandbox with live progress, then print the result.
     Run(run::RunArgs),
+    /// Serve MCP over stdio with the orchestrator embedded (for Claude Code, Codex, ...):
+    /// `claude mcp add delegate -- delegate mcp`.
+    Mcp,
+    /// Run the HTTP server: MCP (streamable HTTP) at /mcp with bearer tokens, the Anthropic proxy
+    /// at /v1, /healthz.
+    Serve,
+    /// Manage users.
+    #[command(subcommand)]
+    User(admin::UserCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(admin::TokenCommand),
     /// Create or update the database schema, then exit.
     Migrate,
     /// Print a commented example settings file.
@@ -42,7 +57,7 @@ enum Command {
 pub fn init_tracing(cli: &Cli) {
     let default = match cli.command {
         // Progress lines are the CLI's output; logs only when something is wrong.
-        Command::Run(_) | Command::SandboxRelay(_) => "warn",
+        Command::Run(_) | Command::SandboxRelay(_) | Command::Mcp => "warn",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or(default))
@@ -64,11 +79,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// Writes a command's output to stdout (logs and progress go to stderr).
+fn out(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()
+}
+
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::DefaultConfig => {
-            use std::io::Write;
-            std::io::stdout().write_all(DEFAULT_CONFIG.as_bytes())?;
+            out(DEFAULT_CONFIG)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::SandboxRelay(args) => relay::main(args),
@@ -85,6 +107,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = load_settings(&cli)?;
             runtime()?.block_on(run::main(settings, args))
         }
+        Command::Mcp => runtime()?.block_on(mcp::main(load_settings(&cli)?)),
+        Command::Serve => runtime()?.block_on(serve::main(load_settings(&cli)?)),
+        Command::User(cmd) => runtime()?.block_on(admin::user(load_settings(&cli)?, cmd)),
+        Command::Token(cmd) => runtime()?.block_on(admin::token(load_settings(&cli)?, cmd)),
     }
 }
 

@@ -184,7 +184,7 @@ impl Progress {
         {
             self.status = s.to_string();
         }
-        self.note(&describe(e));
+        self.note(&delegate_server::events::describe(e));
     }
 
     fn note(&mut self, line: &str) {
@@ -220,47 +220,6 @@ impl Progress {
             let _ = err.flush();
             self.spinner_shown = false;
         }
-    }
-}
-
-/// One line for an event of the log.
-fn describe(e: &Event) -> String {
-    let s = |k: &str| e.data.get(k).and_then(|v| v.as_str()).unwrap_or("");
-    let line = match e.kind.as_str() {
-        "status" => match e.data.get("error") {
-            Some(err) => format!(
-                "{} ({}: {})",
-                s("status"),
-                err.get("kind").and_then(|v| v.as_str()).unwrap_or(""),
-                err.get("message").and_then(|v| v.as_str()).unwrap_or("")
-            ),
-            None => s("status").to_string(),
-        },
-        "text" => format!("text: {}", s("text")),
-        "reasoning" => format!("thinking: {}", s("text")),
-        "tool" => {
-            let title = s("title");
-            format!("tool {} {} ({})", s("tool"), title, s("status"))
-        }
-        "step_start" => "step started".into(),
-        "step_finish" => {
-            let u = &e.data["usage"];
-            let tokens = ["input_tokens", "output_tokens"]
-                .iter()
-                .filter_map(|k| u.get(*k).and_then(|v| v.as_u64()))
-                .sum::<u64>();
-            format!("step finished ({}, {tokens} tokens)", s("reason"))
-        }
-        "error" => format!("error {}: {}", s("name"), s("message")),
-        "stderr" => format!("opencode: {}", s("line")),
-        "malformed" => format!("unreadable opencode output: {}", s("error")),
-        other => other.to_string(),
-    };
-    let line = line.replace('\n', " ");
-    if line.chars().count() > 160 {
-        format!("{}…", line.chars().take(159).collect::<String>())
-    } else {
-        line
     }
 }
 

@@ -22,7 +22,7 @@ use crate::sandbox::{SandboxBackend, SandboxError, SandboxSpec, ServeEndpoint};
 use crate::settings::{Secret, Settings};
 use crate::state::{IllegalTransition, sandbox_transition};
 use crate::store::{
-    Role, Run, RunOutcome, Sandbox, SandboxKind, Store, StoreError, TokenKind, TokenRecord, User,
+    Run, RunOutcome, Sandbox, SandboxKind, Store, StoreError, TokenKind, TokenRecord, User,
     Workspace,
 };
 
@@ -126,6 +126,8 @@ struct Inner {
     warm: Mutex<HashMap<String, Warm>>,
     slots: Arc<Semaphore>,
     default_workspace: Workspace,
+    /// The user embedded mode acts as (stdio MCP, `delegate run`).
+    local_user: User,
     shutdown: CancellationToken,
 }
 
@@ -138,7 +140,7 @@ impl Orchestrator {
         proxy: Proxy,
         active_runs: ActiveRuns,
     ) -> Result<Orchestrator> {
-        let default_workspace = ensure_default_workspace(store.as_ref()).await?;
+        let (local_user, default_workspace) = ensure_local_user(store.as_ref()).await?;
         Ok(Orchestrator {
             inner: Arc::new(Inner {
                 store,
@@ -151,6 +153,7 @@ impl Orchestrator {
                 slots: Arc::new(Semaphore::new(settings.max_concurrent_runs.max(1))),
                 settings,
                 default_workspace,
+                local_user,
                 shutdown: CancellationToken::new(),
             }),
         })
@@ -162,6 +165,16 @@ impl Orchestrator {
 
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    /// The user embedded mode acts as.
+    pub fn local_user(&self) -> &User {
+        &self.inner.local_user
+    }
+
+    /// The proxy sandboxes of this orchestrator talk to (mounted at `/v1` by `delegate serve`).
+    pub fn proxy(&self) -> &Proxy {
+        &self.inner.proxy
     }
 
     async fn workspace(&self, slug: Option<&str>) -> Result<Workspace> {
@@ -506,12 +519,8 @@ pub fn result_of(run: &Run, event_count: u64, public_url: Option<&str>) -> RunRe
     }
 }
 
-async fn ensure_default_workspace(store: &dyn Store) -> Result<Workspace> {
-    match store.workspace_by_slug("default").await {
-        Ok(ws) => return Ok(ws),
-        Err(StoreError::NotFound(_)) => {}
-        Err(e) => return Err(e.into()),
-    }
+/// The local user and its `default` workspace, made on first start.
+pub async fn ensure_local_user(store: &dyn Store) -> Result<(User, Workspace)> {
     let user = match store.user_by_email("local@delegate.invalid").await {
         Ok(u) => u,
         Err(StoreError::NotFound(_)) => {
@@ -521,11 +530,20 @@ async fn ensure_default_workspace(store: &dyn Store) -> Result<Workspace> {
                 name: "local".into(),
                 created_at: now_ms(),
             };
-            store.create_user(&u).await?;
-            u
+            match store.create_user(&u).await {
+                Ok(()) => u,
+                // Another process made it first.
+                Err(StoreError::Conflict(_)) => store.user_by_email(&u.email).await?,
+                Err(e) => return Err(e.into()),
+            }
         }
         Err(e) => return Err(e.into()),
     };
+    match store.workspace_by_slug("default").await {
+        Ok(ws) => return Ok((user, ws)),
+        Err(StoreError::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
     let ws = Workspace {
         id: new_id("wsp"),
         slug: "default".into(),
@@ -533,12 +551,10 @@ async fn ensure_default_workspace(store: &dyn Store) -> Result<Workspace> {
         created_at: now_ms(),
     };
     match store.create_workspace(&ws, &user.id).await {
-        Ok(()) => {
-            store.set_member(&ws.id, &user.id, Role::Owner).await?;
-            Ok(ws)
-        }
+        // The owner's membership comes with the workspace.
+        Ok(()) => Ok((user, ws)),
         // Another process made it first.
-        Err(StoreError::Conflict(_)) => Ok(store.workspace_by_slug("default").await?),
+        Err(StoreError::Conflict(_)) => Ok((user, store.workspace_by_slug("default").await?)),
         Err(e) => Err(e.into()),
     }
 }

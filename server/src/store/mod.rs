@@ -6,6 +6,7 @@
 //! two writers cannot both move one run or sandbox; which transitions are legal is decided by
 //! `crate::state`, in one place, before the store is called.
 
+mod methods;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -243,6 +244,8 @@ pub trait Store: Send + Sync + 'static {
     async fn create_workspace(&self, ws: &Workspace, owner_user_id: &str) -> Result<()>;
     async fn workspace_by_id(&self, id: &str) -> Result<Workspace>;
     async fn workspace_by_slug(&self, slug: &str) -> Result<Workspace>;
+    /// The workspaces a user is a member of, oldest first, with the user's role in each.
+    async fn workspaces_of_user(&self, user_id: &str) -> Result<Vec<(Workspace, Role)>>;
     async fn set_member(&self, workspace_id: &str, user_id: &str, role: Role) -> Result<()>;
     async fn member_role(&self, workspace_id: &str, user_id: &str) -> Result<Option<Role>>;
 

@@ -33,6 +33,10 @@ pub(super) const WORKSPACE_BY_SLUG: &str =
 pub(super) const UPSERT_MEMBER: &str = "INSERT INTO members (workspace_id, user_id, role) \
      VALUES ($1, $2, $3) \
      ON CONFLICT (workspace_id, user_id) DO UPDATE SET role = excluded.role";
+pub(super) const WORKSPACES_OF_USER: &str = "SELECT w.id, w.slug, w.name, w.created_at, m.role \
+     FROM workspaces w JOIN members m ON m.workspace_id = w.id WHERE m.user_id = $1 \
+     ORDER BY w.created_at, w.id";
+
 pub(super) const MEMBER_ROLE: &str =
     "SELECT role FROM members WHERE workspace_id = $1 AND user_id = $2";
 
@@ -272,6 +276,30 @@ impl From<UserRow> for User {
             name: r.name,
             created_at: r.created_at,
         }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct MembershipRow {
+    id: String,
+    slug: String,
+    name: String,
+    created_at: Millis,
+    role: String,
+}
+
+impl MembershipRow {
+    pub(super) fn into_membership(self) -> Result<(Workspace, Role)> {
+        let role = parse_role(&self.role)?;
+        Ok((
+            Workspace {
+                id: self.id,
+                slug: self.slug,
+                name: self.name,
+                created_at: self.created_at,
+            },
+            role,
+        ))
     }
 }
 

@@ -1,0 +1,170 @@
+//! Inputs and outputs of the MCP tools (names and fields are the contract of `DESIGN.md`). The doc
+//! comments become the JSON Schema descriptions a calling model reads, so they are written for it.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Event, RunStatus, SandboxStatus};
+
+/// Input of `run_in_sandbox`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunInSandboxInput {
+    /// The whole task for the delegated agent, in plain words, as you would brief a colleague: what
+    /// to do, where, and how to know it is done. At most 1 MiB; put large inputs in `files`.
+    pub task: String,
+    /// Run in this warm sandbox (from `create_sandbox`), keeping its files and history. Omit to run
+    /// in a fresh sandbox that is destroyed after the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_id: Option<String>,
+    /// Workspace to run in (slug or id). Omit for your default workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// Files to write into the fresh sandbox's work dir before the run: relative path -> text
+    /// content. Only for fresh sandboxes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<BTreeMap<String, String>>,
+    /// Model as provider/model, e.g. `anthropic/claude-sonnet-4-5`. Omit for the server default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// opencode agent to use, e.g. `build` (default) or `plan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Give up after this many seconds (default 900, at most 86400). The run then ends `timed_out`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+    /// In a warm sandbox, continue its previous opencode session (the agent remembers the earlier
+    /// conversation) instead of starting a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continue_session: Option<bool>,
+    /// Wait for the run to end (default true). With false the call returns at once with
+    /// `status: "running"`; follow the run with `stream_session`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<bool>,
+}
+
+/// Input of `create_sandbox`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandboxInput {
+    /// Workspace to create it in (slug or id). Omit for your default workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// A name people will recognise in lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Files to write into the work dir: relative path -> text content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<BTreeMap<String, String>>,
+    /// Pause the sandbox after this many idle seconds (no runs, no viewers). Omit for the server
+    /// default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_seconds: Option<u64>,
+}
+
+/// Input of `stream_session`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSessionInput {
+    /// The run to follow. Give this or `sandbox_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Follow the latest run of this sandbox instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_id: Option<String>,
+    /// Return events after this sequence number: 0 (default) from the start, or the previous
+    /// call's `next_cursor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+    /// How long to wait for new events when there are none yet (default 20, at most 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_seconds: Option<u64>,
+}
+
+/// Input of `list_sandboxes`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListSandboxesInput {
+    /// Workspace to list (slug or id). Omit for your default workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+}
+
+/// Input of `delete_sandbox`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteSandboxInput {
+    /// The sandbox to delete, with its files. A run in it is cancelled first.
+    pub sandbox_id: String,
+}
+
+/// Input of `cancel_run`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRunInput {
+    /// The run to cancel. It ends `cancelled` once its processes are gone.
+    pub run_id: String,
+}
+
+/// A sandbox as the tools report it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SandboxInfo {
+    pub sandbox_id: String,
+    pub name: String,
+    pub status: SandboxStatus,
+    /// `process`, `docker`, `kubernetes` or `local`.
+    pub backend: String,
+    /// `ephemeral` (one run) or `warm`.
+    pub kind: String,
+    /// Why the sandbox is `failed`, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    /// Where people can watch it in a browser, when the server has a public URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_url: Option<String>,
+    /// opencode's own web UI for this sandbox, when reachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opencode_url: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+/// Output of `create_sandbox` (DESIGN.md: `sandbox_id, status, backend, watch_url, opencode_url`).
+pub type CreateSandboxOutput = SandboxInfo;
+
+/// Output of `list_sandboxes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ListSandboxesOutput {
+    /// Newest first; deleted sandboxes are not listed.
+    pub sandboxes: Vec<SandboxInfo>,
+}
+
+/// Output of `stream_session`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StreamSessionOutput {
+    pub run_id: String,
+    pub status: RunStatus,
+    /// New events in order: each has `seq`, `ts` (ms), `type` and normalized `data`.
+    pub events: Vec<Event>,
+    /// Pass as `after` in the next call.
+    pub next_cursor: u64,
+    /// True when the run has ended and every event was returned: stop calling.
+    pub done: bool,
+}
+
+/// Output of `delete_sandbox`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeleteSandboxOutput {
+    pub sandbox_id: String,
+    pub status: SandboxStatus,
+}
+
+/// Output of `cancel_run`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CancelRunOutput {
+    pub run_id: String,
+    /// The run's status after the cancel took effect.
+    pub status: RunStatus,
+}

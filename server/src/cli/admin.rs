@@ -1,0 +1,130 @@
+//! `delegate user create` and `delegate token create`: admin commands against the configured
+//! database.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use delegate_server::settings::{Settings, parse_duration};
+use delegate_server::store::{Store, StoreError};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum UserCommand {
+    /// Create a user with a personal workspace they own; prints the user id and workspace.
+    Create {
+        /// The user's email address (their identity).
+        #[arg(long)]
+        email: String,
+        /// Display name [default: the email's local part].
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Issue an API token (`dlg_...`) for MCP over HTTP and the REST API. It is printed once, on
+    /// stdout; only its hash is stored.
+    Create {
+        /// The user the token acts as (email) [default: the local user of embedded mode].
+        #[arg(long)]
+        user: Option<String>,
+        /// A label to recognise the token by.
+        #[arg(long)]
+        name: Option<String>,
+        /// Expire after this long (e.g. 30d, 12h, 90m); never by default.
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+    },
+}
+
+async fn store(settings: &Settings) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    delegate_server::app::install_crypto();
+    Ok(delegate_server::app::open_store(settings).await?)
+}
+
+pub async fn user(settings: Settings, cmd: &UserCommand) -> anyhow::Result<ExitCode> {
+    let store = store(&settings).await?;
+    match cmd {
+        UserCommand::Create { email, name } => {
+            let (user, ws) =
+                delegate_server::auth::create_user(store.as_ref(), email, name.as_deref())
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::Conflict(_) => {
+                            anyhow::anyhow!("a user with email {email} already exists")
+                        }
+                        e => e.into(),
+                    })?;
+            eprintln!(
+                "delegate: created user {} ({}) with workspace {}",
+                user.email, user.id, ws.slug
+            );
+            super::out(&format!("{}\n", user.id))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub async fn token(settings: Settings, cmd: &TokenCommand) -> anyhow::Result<ExitCode> {
+    let store = store(&settings).await?;
+    match cmd {
+        TokenCommand::Create {
+            user,
+            name,
+            expires_in,
+        } => {
+            let user_id = match user {
+                Some(email) => store
+                    .user_by_email(&email.trim().to_lowercase())
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "no user {email}: create it with `delegate user create --email {email}`"
+                        )
+                    })?
+                    .id,
+                // The local user of embedded mode (made, with its workspace, if need be).
+                None => {
+                    delegate_server::orchestrator::ensure_local_user(store.as_ref())
+                        .await?
+                        .0
+                        .id
+                }
+            };
+            let expires_at = match expires_in {
+                Some(d) => {
+                    Some(delegate_server::ids::now_ms() + parse_expiry(d)?.as_millis() as i64)
+                }
+                None => None,
+            };
+            let (secret, record) = delegate_server::auth::create_api_token(
+                store.as_ref(),
+                &user_id,
+                name.clone(),
+                expires_at,
+            )
+            .await?;
+            eprintln!(
+                "delegate: token {} for user {user_id}{}; shown once, store it now",
+                record.id,
+                expires_in
+                    .as_ref()
+                    .map(|d| format!(", expires in {d}"))
+                    .unwrap_or_default()
+            );
+            super::out(&format!("{secret}\n"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `30d` too, on top of the settings' s/m/h durations.
+fn parse_expiry(v: &str) -> anyhow::Result<std::time::Duration> {
+    if let Some(days) = v.trim().strip_suffix('d') {
+        let n: u64 = days
+            .parse()
+            .with_context(|| format!("--expires-in {v:?}: not a duration"))?;
+        return Ok(std::time::Duration::from_secs(n * 86_400));
+    }
+    Ok(parse_duration("--expires-in", v)?)
+}

@@ -1,0 +1,29 @@
+//! `delegate serve`: the HTTP server (MCP at /mcp, the Anthropic proxy at /v1, health checks).
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use delegate_server::settings::Settings;
+
+pub async fn main(settings: Settings) -> anyhow::Result<ExitCode> {
+    let listen = settings.listen;
+    let orch = delegate_server::app::embedded(settings).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (DELEGATE_LISTEN)"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!("delegate serve listening on http://{addr} (MCP at /mcp)");
+    let served = delegate_server::serve::serve(orch.clone(), listener, shutdown_signal()).await;
+    orch.shutdown().await;
+    served?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+    tracing::info!("shutting down");
+}

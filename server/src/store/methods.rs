@@ -1,0 +1,523 @@
+//! The [`Store`](super::Store) methods, written once. Both drivers take the same SQL (`$N`
+//! placeholders, identical schemas), so the SQLite and PostgreSQL stores expand these bodies over
+//! their own pool type; a macro rather than generics because sqlx's `Database` bounds for `bind`
+//! and `FromRow` across drivers would drown every method.
+
+/// `impl_store!(SqliteStore, "sqlite")`: implements `Store` for a struct with a `pool` field. The
+/// invoking module imports what the bodies name.
+macro_rules! impl_store {
+    ($store:ident, $kind:literal) => {
+        impl $store {
+            /// The status a compare-and-set found instead of the expected one, or `None` if the row is gone.
+            async fn current_status(&self, query: &str, id: &str) -> Result<Option<String>> {
+                sqlx::query_scalar::<_, String>(query)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_error("row"))
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            fn kind(&self) -> &'static str {
+                $kind
+            }
+
+            async fn create_user(&self, user: &User) -> Result<()> {
+                sqlx::query(sql::INSERT_USER)
+                    .bind(&user.id)
+                    .bind(&user.email)
+                    .bind(&user.name)
+                    .bind(user.created_at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("user"))?;
+                Ok(())
+            }
+
+            async fn user_by_id(&self, id: &str) -> Result<User> {
+                let row = sqlx::query_as::<_, sql::UserRow>(sql::USER_BY_ID)
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("user"))?;
+                Ok(row.into())
+            }
+
+            async fn user_by_email(&self, email: &str) -> Result<User> {
+                let row = sqlx::query_as::<_, sql::UserRow>(sql::USER_BY_EMAIL)
+                    .bind(email)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("user"))?;
+                Ok(row.into())
+            }
+
+            async fn create_workspace(&self, ws: &Workspace, owner_user_id: &str) -> Result<()> {
+                let mut tx = self.pool.begin().await.map_err(db_error("workspace"))?;
+                sqlx::query(sql::INSERT_WORKSPACE)
+                    .bind(&ws.id)
+                    .bind(&ws.slug)
+                    .bind(&ws.name)
+                    .bind(ws.created_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("workspace"))?;
+                sqlx::query(sql::UPSERT_MEMBER)
+                    .bind(&ws.id)
+                    .bind(owner_user_id)
+                    .bind(Role::Owner.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("member"))?;
+                tx.commit().await.map_err(db_error("workspace"))
+            }
+
+            async fn workspace_by_id(&self, id: &str) -> Result<Workspace> {
+                let row = sqlx::query_as::<_, sql::WorkspaceRow>(sql::WORKSPACE_BY_ID)
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("workspace"))?;
+                Ok(row.into())
+            }
+
+            async fn workspace_by_slug(&self, slug: &str) -> Result<Workspace> {
+                let row = sqlx::query_as::<_, sql::WorkspaceRow>(sql::WORKSPACE_BY_SLUG)
+                    .bind(slug)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("workspace"))?;
+                Ok(row.into())
+            }
+
+            async fn workspaces_of_user(&self, user_id: &str) -> Result<Vec<(Workspace, Role)>> {
+                sqlx::query_as::<_, sql::MembershipRow>(sql::WORKSPACES_OF_USER)
+                    .bind(user_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error("workspace"))?
+                    .into_iter()
+                    .map(sql::MembershipRow::into_membership)
+                    .collect()
+            }
+
+            async fn set_member(
+                &self,
+                workspace_id: &str,
+                user_id: &str,
+                role: Role,
+            ) -> Result<()> {
+                sqlx::query(sql::UPSERT_MEMBER)
+                    .bind(workspace_id)
+                    .bind(user_id)
+                    .bind(role.as_str())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("member"))?;
+                Ok(())
+            }
+
+            async fn member_role(&self, workspace_id: &str, user_id: &str) -> Result<Option<Role>> {
+                let role = sqlx::query_scalar::<_, String>(sql::MEMBER_ROLE)
+                    .bind(workspace_id)
+                    .bind(user_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_error("member"))?;
+                role.as_deref().map(sql::parse_role).transpose()
+            }
+
+            async fn insert_sandbox(&self, sandbox: &Sandbox) -> Result<()> {
+                sqlx::query(sql::INSERT_SANDBOX)
+                    .bind(&sandbox.id)
+                    .bind(&sandbox.workspace_id)
+                    .bind(&sandbox.name)
+                    .bind(sandbox.kind.as_str())
+                    .bind(&sandbox.backend)
+                    .bind(sandbox.status.as_str())
+                    .bind(&sandbox.status_reason)
+                    .bind(sandbox.idle_timeout_s)
+                    .bind(sql::json_text(&sandbox.meta))
+                    .bind(&sandbox.created_by)
+                    .bind(sandbox.created_at)
+                    .bind(sandbox.updated_at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("sandbox"))?;
+                Ok(())
+            }
+
+            async fn sandbox(&self, id: &str) -> Result<Sandbox> {
+                sqlx::query_as::<_, sql::SandboxRow>(&sql::sandbox_by_id())
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("sandbox"))?
+                    .into_sandbox()
+            }
+
+            async fn list_sandboxes(&self, workspace_id: &str) -> Result<Vec<Sandbox>> {
+                sqlx::query_as::<_, sql::SandboxRow>(&sql::list_sandboxes())
+                    .bind(workspace_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error("sandbox"))?
+                    .into_iter()
+                    .map(sql::SandboxRow::into_sandbox)
+                    .collect()
+            }
+
+            async fn sandboxes_with_status(
+                &self,
+                statuses: &[SandboxStatus],
+            ) -> Result<Vec<Sandbox>> {
+                if statuses.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let query = sql::sandboxes_with_status(statuses.len());
+                let mut q = sqlx::query_as::<_, sql::SandboxRow>(&query);
+                for s in statuses {
+                    q = q.bind(s.as_str());
+                }
+                q.fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error("sandbox"))?
+                    .into_iter()
+                    .map(sql::SandboxRow::into_sandbox)
+                    .collect()
+            }
+
+            async fn set_sandbox_status(
+                &self,
+                id: &str,
+                expected: SandboxStatus,
+                next: SandboxStatus,
+                reason: Option<&str>,
+                now: Millis,
+            ) -> Result<()> {
+                let done = sqlx::query(sql::CAS_SANDBOX_STATUS)
+                    .bind(next.as_str())
+                    .bind(reason)
+                    .bind(now)
+                    .bind(id)
+                    .bind(expected.as_str())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("sandbox"))?;
+                if done.rows_affected() == 1 {
+                    return Ok(());
+                }
+                let actual = self.current_status(sql::SANDBOX_STATUS, id).await?;
+                Err(sql::stale_or_missing(
+                    "sandbox",
+                    id,
+                    expected.as_str(),
+                    actual,
+                ))
+            }
+
+            async fn set_sandbox_meta(&self, id: &str, meta: &Value, now: Millis) -> Result<()> {
+                let done = sqlx::query(sql::SET_SANDBOX_META)
+                    .bind(sql::json_text(meta))
+                    .bind(now)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("sandbox"))?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound("sandbox"));
+                }
+                Ok(())
+            }
+
+            async fn insert_run(&self, run: &Run) -> Result<()> {
+                let o = &run.outcome;
+                sqlx::query(sql::INSERT_RUN)
+                    .bind(&run.id)
+                    .bind(&run.sandbox_id)
+                    .bind(&run.workspace_id)
+                    .bind(&run.task)
+                    .bind(&run.model)
+                    .bind(&run.agent)
+                    .bind(run.status.as_str())
+                    .bind(run.timeout_s)
+                    .bind(&run.created_by)
+                    .bind(run.created_at)
+                    .bind(run.started_at)
+                    .bind(run.finished_at)
+                    .bind(&o.final_message)
+                    .bind(sql::changed_files_text(&o.changed_files)?)
+                    .bind(&o.diff)
+                    .bind(o.diff_truncated)
+                    .bind(to_i64(o.usage.input_tokens))
+                    .bind(to_i64(o.usage.output_tokens))
+                    .bind(to_i64(o.usage.cache_read_tokens))
+                    .bind(to_i64(o.usage.cache_write_tokens))
+                    .bind(o.usage.cost_usd)
+                    .bind(o.error.as_ref().map(|e| e.kind.as_str()))
+                    .bind(o.error.as_ref().map(|e| e.message.as_str()))
+                    .bind(o.ttft_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("run"))?;
+                Ok(())
+            }
+
+            async fn run(&self, id: &str) -> Result<Run> {
+                sqlx::query_as::<_, sql::RunRow>(&sql::run_by_id())
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("run"))?
+                    .into_run()
+            }
+
+            async fn list_runs(
+                &self,
+                workspace_id: &str,
+                sandbox_id: Option<&str>,
+                limit: i64,
+            ) -> Result<Vec<Run>> {
+                let limit = limit.max(0);
+                let rows = match sandbox_id {
+                    Some(sandbox_id) => {
+                        sqlx::query_as::<_, sql::RunRow>(&sql::list_sandbox_runs())
+                            .bind(workspace_id)
+                            .bind(sandbox_id)
+                            .bind(limit)
+                            .fetch_all(&self.pool)
+                            .await
+                    }
+                    None => {
+                        sqlx::query_as::<_, sql::RunRow>(&sql::list_runs())
+                            .bind(workspace_id)
+                            .bind(limit)
+                            .fetch_all(&self.pool)
+                            .await
+                    }
+                }
+                .map_err(db_error("run"))?;
+                rows.into_iter().map(sql::RunRow::into_run).collect()
+            }
+
+            async fn runs_with_status(&self, statuses: &[RunStatus]) -> Result<Vec<Run>> {
+                if statuses.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let query = sql::runs_with_status(statuses.len());
+                let mut q = sqlx::query_as::<_, sql::RunRow>(&query);
+                for s in statuses {
+                    q = q.bind(s.as_str());
+                }
+                q.fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error("run"))?
+                    .into_iter()
+                    .map(sql::RunRow::into_run)
+                    .collect()
+            }
+
+            async fn set_run_status(
+                &self,
+                id: &str,
+                expected: RunStatus,
+                next: RunStatus,
+                now: Millis,
+            ) -> Result<()> {
+                let started_at = (next == RunStatus::Running).then_some(now);
+                let done = sqlx::query(sql::CAS_RUN_STATUS)
+                    .bind(next.as_str())
+                    .bind(started_at)
+                    .bind(id)
+                    .bind(expected.as_str())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("run"))?;
+                if done.rows_affected() == 1 {
+                    return Ok(());
+                }
+                let actual = self.current_status(sql::RUN_STATUS, id).await?;
+                Err(sql::stale_or_missing("run", id, expected.as_str(), actual))
+            }
+
+            async fn finish_run(
+                &self,
+                id: &str,
+                expected: RunStatus,
+                next: RunStatus,
+                outcome: &RunOutcome,
+                now: Millis,
+            ) -> Result<()> {
+                let o = outcome;
+                let done = sqlx::query(sql::FINISH_RUN)
+                    .bind(next.as_str())
+                    .bind(now)
+                    .bind(&o.final_message)
+                    .bind(sql::changed_files_text(&o.changed_files)?)
+                    .bind(&o.diff)
+                    .bind(o.diff_truncated)
+                    .bind(to_i64(o.usage.input_tokens))
+                    .bind(to_i64(o.usage.output_tokens))
+                    .bind(to_i64(o.usage.cache_read_tokens))
+                    .bind(to_i64(o.usage.cache_write_tokens))
+                    .bind(o.usage.cost_usd)
+                    .bind(o.error.as_ref().map(|e| e.kind.as_str()))
+                    .bind(o.error.as_ref().map(|e| e.message.as_str()))
+                    .bind(o.ttft_ms)
+                    .bind(id)
+                    .bind(expected.as_str())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("run"))?;
+                if done.rows_affected() == 1 {
+                    return Ok(());
+                }
+                let actual = self.current_status(sql::RUN_STATUS, id).await?;
+                Err(sql::stale_or_missing("run", id, expected.as_str(), actual))
+            }
+
+            async fn append_events(&self, events: &[NewEvent]) -> Result<()> {
+                if events.is_empty() {
+                    return Ok(());
+                }
+                // Dropping the transaction on an error rolls the whole batch back.
+                let mut tx = self.pool.begin().await.map_err(db_error("event"))?;
+                for e in events {
+                    sqlx::query(sql::INSERT_EVENT)
+                        .bind(&e.run_id)
+                        .bind(to_i64(e.seq))
+                        .bind(e.ts)
+                        .bind(&e.kind)
+                        .bind(sql::json_text(&e.data))
+                        .bind(e.raw.as_ref().map(sql::json_text))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_error("event"))?;
+                }
+                tx.commit().await.map_err(db_error("event"))
+            }
+
+            async fn events_after(
+                &self,
+                run_id: &str,
+                after: u64,
+                limit: i64,
+            ) -> Result<Vec<Event>> {
+                sqlx::query_as::<_, sql::EventRow>(sql::EVENTS_AFTER)
+                    .bind(run_id)
+                    .bind(to_i64(after))
+                    .bind(limit.max(0))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error("event"))?
+                    .into_iter()
+                    .map(sql::EventRow::into_event)
+                    .collect()
+            }
+
+            async fn event_count(&self, run_id: &str) -> Result<u64> {
+                let n = sqlx::query_scalar::<_, i64>(sql::EVENT_COUNT)
+                    .bind(run_id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("event"))?;
+                Ok(sql::to_u64(n))
+            }
+
+            async fn insert_token(&self, token: &TokenRecord) -> Result<()> {
+                sqlx::query(sql::INSERT_TOKEN)
+                    .bind(&token.id)
+                    .bind(token.kind.as_str())
+                    .bind(&token.hash)
+                    .bind(&token.name)
+                    .bind(&token.user_id)
+                    .bind(&token.sandbox_id)
+                    .bind(&token.workspace_id)
+                    .bind(token.created_at)
+                    .bind(token.expires_at)
+                    .bind(token.revoked_at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("token"))?;
+                Ok(())
+            }
+
+            async fn token_by_hash(&self, hash: &str) -> Result<TokenRecord> {
+                sqlx::query_as::<_, sql::TokenRow>(sql::TOKEN_BY_HASH)
+                    .bind(hash)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("token"))?
+                    .into_token()
+            }
+
+            async fn revoke_token(&self, id: &str, now: Millis) -> Result<()> {
+                let done = sqlx::query(sql::REVOKE_TOKEN)
+                    .bind(now)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("token"))?;
+                if done.rows_affected() == 1 {
+                    return Ok(());
+                }
+                // Revoking a revoked token is fine; revoking an unknown one is not.
+                let exists = sqlx::query_scalar::<_, i64>(sql::TOKEN_EXISTS)
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("token"))?;
+                if exists == 0 {
+                    return Err(StoreError::NotFound("token"));
+                }
+                Ok(())
+            }
+
+            async fn revoke_sandbox_tokens(&self, sandbox_id: &str, now: Millis) -> Result<()> {
+                sqlx::query(sql::REVOKE_SANDBOX_TOKENS)
+                    .bind(now)
+                    .bind(sandbox_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("token"))?;
+                Ok(())
+            }
+
+            async fn record_usage(&self, record: &UsageRecord) -> Result<()> {
+                let u: &Usage = &record.usage;
+                sqlx::query(sql::INSERT_USAGE)
+                    .bind(&record.id)
+                    .bind(&record.sandbox_id)
+                    .bind(&record.run_id)
+                    .bind(&record.workspace_id)
+                    .bind(&record.model)
+                    .bind(to_i64(u.input_tokens))
+                    .bind(to_i64(u.output_tokens))
+                    .bind(to_i64(u.cache_read_tokens))
+                    .bind(to_i64(u.cache_write_tokens))
+                    .bind(u.cost_usd)
+                    .bind(record.status_code)
+                    .bind(record.ttft_ms)
+                    .bind(record.duration_ms)
+                    .bind(record.created_at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("usage"))?;
+                Ok(())
+            }
+
+            async fn run_usage(&self, run_id: &str) -> Result<(Usage, Option<i64>)> {
+                let row = sqlx::query_as::<_, sql::UsageSumRow>(sql::RUN_USAGE)
+                    .bind(run_id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("usage"))?;
+                Ok(sql::usage_from_sums(row))
+            }
+        }
+    };
+}
+
+pub(super) use impl_store;
