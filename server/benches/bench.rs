@@ -16,14 +16,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use delegate_mcp::types::RunStatus;
-use delegate_server::ids::{hash_secret, new_id, new_secret, now_ms};
 use delegate_server::orchestrator::{RunRequest, SandboxRequest};
 use delegate_server::proxy::{ActiveRuns, Proxy};
 use delegate_server::settings::{EnvSource, Secret, Settings, Upstream, UpstreamCredential};
-use delegate_server::store::{
-    Sandbox, SandboxKind, SqliteStore, Store, TokenKind, TokenRecord, User, Workspace,
-};
+use delegate_server::store::Store;
 use delegate_testkit::anthropic::{FakeAnthropic, Script};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
@@ -281,57 +281,8 @@ async fn warm_vs_ephemeral(
 
 /// Streams `requests` requests straight to the fake and through the proxy, alternating.
 async fn proxy(fake: &FakeAnthropic, tmp: &Path, requests: usize) -> String {
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::connect(&format!("sqlite://{}/proxy.db", tmp.display()))
-            .await
-            .unwrap(),
-    );
-    let now = now_ms();
-    let user = User {
-        id: new_id("usr"),
-        email: "b@example.com".into(),
-        name: "b".into(),
-        created_at: now,
-    };
-    store.create_user(&user).await.unwrap();
-    let ws = Workspace {
-        id: new_id("wsp"),
-        slug: "b".into(),
-        name: "b".into(),
-        created_at: now,
-    };
-    store.create_workspace(&ws, &user.id).await.unwrap();
-    let sandbox = Sandbox {
-        id: new_id("sbx"),
-        workspace_id: ws.id.clone(),
-        name: "b".into(),
-        kind: SandboxKind::Warm,
-        backend: "process".into(),
-        status: delegate_mcp::types::SandboxStatus::Running,
-        status_reason: None,
-        idle_timeout_s: None,
-        meta: serde_json::json!({}),
-        created_by: None,
-        created_at: now,
-        updated_at: now,
-    };
-    store.insert_sandbox(&sandbox).await.unwrap();
-    let token = new_secret("dsb_");
-    store
-        .insert_token(&TokenRecord {
-            id: new_id("tok"),
-            kind: TokenKind::Sandbox,
-            hash: hash_secret(&token),
-            name: None,
-            user_id: None,
-            sandbox_id: Some(sandbox.id.clone()),
-            workspace_id: Some(ws.id.clone()),
-            created_at: now,
-            expires_at: None,
-            revoked_at: None,
-        })
-        .await
-        .unwrap();
+    let seeded = common::seed_sandbox(&tmp.join("proxy.db")).await;
+    let (store, token) = (seeded.store, seeded.token);
     let fast = side_by_side(&store, &token, &fake.base_url(), requests).await;
     // A model answers its first token after a while; 25 ms per SSE event models that.
     let slow_fake = FakeAnthropic::start(Script::slow(25, Script::text("hi")))

@@ -1,17 +1,16 @@
 //! The Anthropic proxy on its own: credentials in and out, errors in Anthropic's shape, streaming,
 //! usage. The upstream is the scripted fake; the client is plain HTTP.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use delegate_mcp::types::{RunStatus, SandboxStatus};
-use delegate_server::ids::{hash_secret, new_id, new_secret, now_ms};
+use delegate_mcp::types::SandboxStatus;
+use delegate_server::ids::now_ms;
 use delegate_server::proxy::{ActiveRuns, Proxy};
 use delegate_server::settings::{Secret, Upstream, UpstreamCredential};
-use delegate_server::store::{
-    Run, RunOutcome, Sandbox, SandboxKind, SqliteStore, Store, TokenKind, TokenRecord, User,
-    Workspace,
-};
+use delegate_server::store::Store;
 use delegate_testkit::anthropic::{FakeAnthropic, Script};
 use serde_json::{Value, json};
 
@@ -31,79 +30,18 @@ struct Setup {
 async fn setup(script: Script) -> Setup {
     delegate_server::app::install_crypto();
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::connect(&format!("sqlite://{}/t.db", dir.path().display()))
-            .await
-            .unwrap(),
-    );
-    let now = now_ms();
-    let user = User {
-        id: new_id("usr"),
-        email: "a@example.com".into(),
-        name: "a".into(),
-        created_at: now,
-    };
-    store.create_user(&user).await.unwrap();
-    let ws = Workspace {
-        id: new_id("wsp"),
-        slug: "w".into(),
-        name: "w".into(),
-        created_at: now,
-    };
-    store.create_workspace(&ws, &user.id).await.unwrap();
-    let sandbox = Sandbox {
-        id: new_id("sbx"),
-        workspace_id: ws.id.clone(),
-        name: "s".into(),
-        kind: SandboxKind::Warm,
-        backend: "process".into(),
-        status: SandboxStatus::Running,
-        status_reason: None,
-        idle_timeout_s: None,
-        meta: json!({}),
-        created_by: None,
-        created_at: now,
-        updated_at: now,
-    };
-    store.insert_sandbox(&sandbox).await.unwrap();
-    let run = Run {
-        id: new_id("run"),
-        sandbox_id: sandbox.id.clone(),
-        workspace_id: ws.id.clone(),
-        task: "t".into(),
-        model: None,
-        agent: None,
-        status: RunStatus::Queued,
-        timeout_s: 60,
-        created_by: None,
-        created_at: now,
-        started_at: None,
-        finished_at: None,
-        outcome: RunOutcome::default(),
-    };
-    store.insert_run(&run).await.unwrap();
-    let token = new_secret("dsb_");
-    store
-        .insert_token(&TokenRecord {
-            id: new_id("tok"),
-            kind: TokenKind::Sandbox,
-            hash: hash_secret(&token),
-            name: None,
-            user_id: None,
-            sandbox_id: Some(sandbox.id.clone()),
-            workspace_id: Some(ws.id.clone()),
-            created_at: now,
-            expires_at: None,
-            revoked_at: None,
-        })
-        .await
-        .unwrap();
+    let common::Seeded {
+        store,
+        sandbox_id,
+        run_id,
+        token,
+    } = common::seed_sandbox(&dir.path().join("t.db")).await;
     let fake = FakeAnthropic::start(script).await.unwrap();
     let active = ActiveRuns::default();
     active
         .write()
         .unwrap()
-        .insert(sandbox.id.clone(), run.id.clone());
+        .insert(sandbox_id.clone(), run_id.clone());
     let proxy = Proxy::new(
         store.clone(),
         Upstream {
@@ -125,8 +63,8 @@ async fn setup(script: Script) -> Setup {
         proxy,
         url,
         token,
-        sandbox_id: sandbox.id,
-        run_id: run.id,
+        sandbox_id,
+        run_id,
         fake,
         _dir: dir,
     }

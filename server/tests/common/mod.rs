@@ -147,6 +147,93 @@ impl delegate_server::settings::EnvSource for EnvList<'_> {
     }
 }
 
+/// A store with one user, workspace, running warm sandbox, queued run, and the sandbox's proxy
+/// token (returned in clear): what the proxy needs to let a call through.
+pub struct Seeded {
+    pub store: std::sync::Arc<dyn delegate_server::store::Store>,
+    pub sandbox_id: String,
+    pub run_id: String,
+    pub token: String,
+}
+
+pub async fn seed_sandbox(db: &Path) -> Seeded {
+    use delegate_server::ids::{hash_secret, new_id, new_secret, now_ms};
+    use delegate_server::store::*;
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(
+        SqliteStore::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .expect("store"),
+    );
+    let now = now_ms();
+    let user = User {
+        id: new_id("usr"),
+        email: format!("{}@example.com", new_id("u")),
+        name: "a".into(),
+        created_at: now,
+    };
+    store.create_user(&user).await.unwrap();
+    let ws = Workspace {
+        id: new_id("wsp"),
+        slug: new_id("w"),
+        name: "w".into(),
+        created_at: now,
+    };
+    store.create_workspace(&ws, &user.id).await.unwrap();
+    let sandbox = Sandbox {
+        id: new_id("sbx"),
+        workspace_id: ws.id.clone(),
+        name: "s".into(),
+        kind: SandboxKind::Warm,
+        backend: "process".into(),
+        status: delegate_mcp::types::SandboxStatus::Running,
+        status_reason: None,
+        idle_timeout_s: None,
+        meta: serde_json::json!({}),
+        created_by: None,
+        created_at: now,
+        updated_at: now,
+    };
+    store.insert_sandbox(&sandbox).await.unwrap();
+    let run = Run {
+        id: new_id("run"),
+        sandbox_id: sandbox.id.clone(),
+        workspace_id: ws.id.clone(),
+        task: "t".into(),
+        model: None,
+        agent: None,
+        status: delegate_mcp::types::RunStatus::Queued,
+        timeout_s: 60,
+        created_by: None,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        outcome: RunOutcome::default(),
+    };
+    store.insert_run(&run).await.unwrap();
+    let token = new_secret("dsb_");
+    store
+        .insert_token(&TokenRecord {
+            id: new_id("tok"),
+            kind: TokenKind::Sandbox,
+            hash: hash_secret(&token),
+            name: None,
+            user_id: None,
+            sandbox_id: Some(sandbox.id.clone()),
+            workspace_id: Some(ws.id.clone()),
+            created_at: now,
+            expires_at: None,
+            revoked_at: None,
+        })
+        .await
+        .unwrap();
+    Seeded {
+        store,
+        sandbox_id: sandbox.id,
+        run_id: run.id,
+        token,
+    }
+}
+
 /// Processes whose command line or cgroup mentions `marker` (a data dir or sandbox id).
 pub fn processes_mentioning(marker: &str) -> Vec<String> {
     let mut found = Vec::new();
