@@ -219,3 +219,41 @@ async fn bad_requests_are_refused_before_anything_is_written() {
     );
     assert!(h.fake.requests().is_empty());
 }
+
+#[tokio::test]
+async fn after_a_restart_active_runs_are_lost_and_process_sandboxes_failed() {
+    let Some(h) = Harness::new(Script::text("unused")).await else {
+        return;
+    };
+    // A previous server left a running run in a running sandbox behind.
+    let db = h.data_dir().join("delegate.db");
+    std::fs::create_dir_all(h.data_dir()).unwrap();
+    let seeded = common::seed_sandbox(&db).await;
+    let store = &seeded.store;
+    let now = delegate_server::ids::now_ms();
+    store
+        .set_run_status(&seeded.run_id, RunStatus::Queued, RunStatus::Starting, now)
+        .await
+        .unwrap();
+    store
+        .set_run_status(&seeded.run_id, RunStatus::Starting, RunStatus::Running, now)
+        .await
+        .unwrap();
+
+    let orch = h.orchestrator().await;
+    assert_eq!(orch.reconcile().await.unwrap(), (1, 1));
+    let run = orch.result(&seeded.run_id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Lost);
+    assert_eq!(run.error.map(|e| e.kind), Some(ErrorKind::Lost));
+    let sandbox = orch.store().sandbox(&seeded.sandbox_id).await.unwrap();
+    assert_eq!(sandbox.status, SandboxStatus::Failed);
+    assert!(sandbox.status_reason.unwrap().contains("restarted"));
+    let token = orch
+        .store()
+        .token_by_hash(&delegate_server::ids::hash_secret(&seeded.token))
+        .await
+        .unwrap();
+    assert!(token.revoked_at.is_some(), "its proxy token is revoked");
+    // Nothing left to do the second time.
+    assert_eq!(orch.reconcile().await.unwrap(), (0, 0));
+}

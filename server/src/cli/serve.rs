@@ -8,6 +8,12 @@ use delegate_server::settings::Settings;
 pub async fn main(settings: Settings) -> anyhow::Result<ExitCode> {
     let listen = settings.listen;
     let orch = delegate_server::app::embedded(settings).await?;
+    let (lost, failed) = orch.reconcile().await?;
+    if lost + failed > 0 {
+        tracing::warn!(
+            "after the restart: {lost} active runs marked lost, {failed} sandboxes failed"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (DELEGATE_LISTEN)"))?;

@@ -468,6 +468,69 @@ impl Orchestrator {
         ))
     }
 
+    /// After a restart: runs that were active belong to no process any more and end `lost`;
+    /// sandboxes of this backend that were up are `failed` with the reason (their processes died
+    /// with the old server) and lose their tokens. Only for a server that owns its database: an
+    /// embedded `delegate run` sharing the data dir would lose its run.
+    pub async fn reconcile(&self) -> Result<(usize, usize)> {
+        use crate::state::run_transition;
+        let store = &self.inner.store;
+        let active = [RunStatus::Queued, RunStatus::Starting, RunStatus::Running];
+        let mut lost = 0;
+        for run in store.runs_with_status(&active).await? {
+            if lock(&self.inner.live).contains_key(&run.id) {
+                continue;
+            }
+            run_transition(run.status, RunStatus::Lost)?;
+            let outcome = RunOutcome {
+                error: Some(delegate_mcp::types::RunError {
+                    kind: delegate_mcp::types::ErrorKind::Lost,
+                    message: "the server restarted while the run was active".into(),
+                }),
+                ..run.outcome.clone()
+            };
+            match store
+                .finish_run(&run.id, run.status, RunStatus::Lost, &outcome, now_ms())
+                .await
+            {
+                Ok(()) => lost += 1,
+                // It moved meanwhile: someone else owns it.
+                Err(StoreError::StaleStatus { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let up = [
+            SandboxStatus::Creating,
+            SandboxStatus::Running,
+            SandboxStatus::Pausing,
+            SandboxStatus::Resuming,
+        ];
+        let mut failed = 0;
+        for sandbox in store.sandboxes_with_status(&up).await? {
+            if sandbox.backend != self.inner.backend.name()
+                || lock(&self.inner.warm).contains_key(&sandbox.id)
+            {
+                continue;
+            }
+            let reason = "the server restarted and the sandbox's processes ended with it";
+            match self
+                .set_sandbox_status(
+                    &sandbox.id,
+                    sandbox.status,
+                    SandboxStatus::Failed,
+                    Some(reason),
+                )
+                .await
+            {
+                Ok(()) => failed += 1,
+                Err(OrchestratorError::Store(StoreError::StaleStatus { .. })) => continue,
+                Err(e) => return Err(e),
+            }
+            self.revoke_sandbox_tokens(&sandbox.id).await;
+        }
+        Ok((lost, failed))
+    }
+
     /// Cancels every run of this process and deletes the sandboxes they and `create_sandbox` made,
     /// waiting for their processes to end. Call before exiting.
     pub async fn shutdown(&self) {
