@@ -15,12 +15,20 @@ use delegate_server::settings::{Isolation, Settings, UpstreamCredential, parse_d
 use futures::StreamExt;
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  delegate run \"add a --verbose flag to main.py\" -f main.py
+  delegate run --json --timeout 15m \"make the tests in tests/ pass\" -f src/lib.rs -f tests/it.rs
+  delegate run - < task.md                      # a long task from stdin
+
+Needs ANTHROPIC_API_KEY (kept in this process; the sandbox gets a proxy token) and opencode
+(DELEGATE_OPENCODE_BIN). Exit code: 0 when the run succeeded, 1 when it did not, 2 on bad usage.")]
 pub struct RunArgs {
     /// What the agent should do, in plain words. `-` reads it from stdin.
     task: String,
 
-    /// Seed a file into the sandbox's work dir: `PATH` copies the local file to the same relative
-    /// path; `DEST=SRC` copies local SRC to DEST. Repeatable.
+    /// Seed a file into the sandbox's work dir: `PATH` copies a local file to the same relative
+    /// path (an absolute PATH lands under its file name); `DEST=SRC` copies local SRC to DEST.
+    /// Repeatable.
     #[arg(long = "file", short = 'f', value_name = "PATH|DEST=SRC")]
     files: Vec<String>,
 
@@ -145,7 +153,17 @@ fn read_files(specs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     for spec in specs {
         let (dest, src) = match spec.split_once('=') {
             Some((d, s)) => (d.to_string(), PathBuf::from(s)),
-            None => (spec.clone(), PathBuf::from(spec)),
+            None => {
+                let src = PathBuf::from(spec);
+                let dest = match src.is_absolute() {
+                    true => src
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| spec.clone()),
+                    false => spec.clone(),
+                };
+                (dest, src)
+            }
         };
         let text = std::fs::read_to_string(&src)
             .with_context(|| format!("--file {spec}: cannot read {} as text", src.display()))?;
