@@ -348,14 +348,20 @@ where
 }
 
 /// Deserializes a tool's arguments; a failure is a JSON-RPC invalid-params error whose message
-/// names the field (serde: "missing field `task`", "unknown field `foo`", "invalid type ...").
+/// names the field: "missing field `task`", "unknown field `foo`", or "`timeout_seconds`: invalid
+/// type ..." (the path comes from serde_path_to_error; serde's own message lacks it).
 fn parse_arguments<T: DeserializeOwned>(
     tool: &str,
     arguments: Option<JsonObject>,
 ) -> Result<T, ErrorData> {
     let arguments = serde_json::Value::Object(arguments.unwrap_or_default());
-    serde_json::from_value(arguments).map_err(|error| {
-        ErrorData::invalid_params(format!("invalid arguments for {tool}: {error}"), None)
+    serde_path_to_error::deserialize(arguments).map_err(|error| {
+        let path = error.path().to_string();
+        let message = match path.as_str() {
+            "." | "" => format!("invalid arguments for {tool}: {}", error.inner()),
+            field => format!("invalid arguments for {tool}: `{field}`: {}", error.inner()),
+        };
+        ErrorData::invalid_params(message, None)
     })
 }
 

@@ -258,7 +258,15 @@ pub struct Event {
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default)]
+    #[schemars(schema_with = "object_schema")]
     pub data: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "object_schema")]
     pub raw: Option<Value>,
+}
+
+/// `data` and `raw` are JSON objects of any shape; say so explicitly (a bare `true` schema is not
+/// portable across MCP clients).
+fn object_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "object" })
 }
