@@ -58,8 +58,9 @@ pub struct CreateSandboxInput {
     /// Files to write into the work dir: relative path -> text content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<BTreeMap<String, String>>,
-    /// Pause the sandbox after this many idle seconds (no runs, no viewers). Omit for the server
-    /// default.
+    /// Pause the sandbox after this many seconds without a run (default: the server's
+    /// IDLE_TIMEOUT, 30 minutes). A paused sandbox keeps its files and wakes up for the next
+    /// `run_in_sandbox`; it is never paused while a run is in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_seconds: Option<u64>,
 }

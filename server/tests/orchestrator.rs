@@ -257,3 +257,112 @@ async fn after_a_restart_active_runs_are_lost_and_process_sandboxes_failed() {
     // Nothing left to do the second time.
     assert_eq!(orch.reconcile().await.unwrap(), (0, 0));
 }
+
+/// Polls the store until the sandbox has `status` (a state change made by a background task).
+async fn wait_for_status(
+    orch: &delegate_server::orchestrator::Orchestrator,
+    id: &str,
+    status: SandboxStatus,
+) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if orch.store().sandbox(id).await.unwrap().status == status {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("sandbox {id} never became {status}"));
+}
+
+#[tokio::test]
+async fn an_idle_warm_sandbox_pauses_keeps_its_files_and_wakes_for_the_next_run() {
+    let Some(h) = Harness::new(Script::write_file("kept.txt", "still here\n", "written")).await
+    else {
+        return;
+    };
+    let orch = h.orchestrator().await;
+    let sandbox = orch
+        .create_sandbox(SandboxRequest {
+            idle_timeout: Some(Duration::from_secs(2)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (run1, _) = orch
+        .start_run(RunRequest {
+            sandbox_id: Some(sandbox.id.clone()),
+            ..task("write kept.txt")
+        })
+        .await
+        .unwrap();
+    assert_eq!(orch.wait(&run1).await.unwrap().status, RunStatus::Succeeded);
+
+    wait_for_status(&orch, &sandbox.id, SandboxStatus::Paused).await;
+    assert!(
+        orch.opencode_url(&sandbox.id).is_none(),
+        "opencode serve stopped"
+    );
+    assert!(
+        processes_mentioning(&sandbox.id).is_empty(),
+        "no process of a paused sandbox runs"
+    );
+
+    h.fake.set_script(Script::read_file("kept.txt"));
+    let (run2, _) = orch
+        .start_run(RunRequest {
+            sandbox_id: Some(sandbox.id.clone()),
+            ..task("read kept.txt")
+        })
+        .await
+        .unwrap();
+    let r2 = orch.wait(&run2).await.unwrap();
+    assert_eq!(r2.status, RunStatus::Succeeded, "{:?}", r2.error);
+    assert!(
+        r2.final_message.contains("still here"),
+        "{}",
+        r2.final_message
+    );
+    orch.delete_sandbox(&sandbox.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_sandbox_is_never_paused_under_a_running_run() {
+    // Every model event takes 400 ms: the run lasts several idle timeouts.
+    let slow = Script::slow(400, Script::write_file("slow.txt", "x\n", "done"));
+    let Some(h) = Harness::new(slow).await else {
+        return;
+    };
+    let orch = h.orchestrator().await;
+    let sandbox = orch
+        .create_sandbox(SandboxRequest {
+            idle_timeout: Some(Duration::from_secs(1)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (run, _) = orch
+        .start_run(RunRequest {
+            sandbox_id: Some(sandbox.id.clone()),
+            ..task("write slowly")
+        })
+        .await
+        .unwrap();
+    let r = orch.wait(&run).await.unwrap();
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "the run outlasted the idle timeout"
+    );
+    assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.error);
+    let events: Vec<_> = orch.events(&run, 0).collect().await;
+    assert!(events.iter().all(|e| e.as_ref().unwrap().kind != "error"));
+    // Once the run is over, it does pause.
+    wait_for_status(&orch, &sandbox.id, SandboxStatus::Paused).await;
+    orch.delete_sandbox(&sandbox.id).await.unwrap();
+    assert_eq!(
+        orch.store().sandbox(&sandbox.id).await.unwrap().status,
+        SandboxStatus::Deleted
+    );
+}

@@ -105,7 +105,14 @@ struct Warm {
     endpoint: ServeEndpoint,
     /// The opencode session of the previous run, for `continue_session`.
     last_session: Option<String>,
+    /// When a run last started or ended here: idle time counts from it.
+    last_active: std::time::Instant,
+    /// Paused after this long without activity.
+    idle_timeout: Duration,
 }
+
+/// How often idle warm sandboxes are looked for.
+const IDLE_SWEEP: Duration = Duration::from_secs(1);
 
 /// Shared handle to the orchestrator; cheap to clone.
 #[derive(Clone)]
@@ -141,7 +148,7 @@ impl Orchestrator {
         active_runs: ActiveRuns,
     ) -> Result<Orchestrator> {
         let (local_user, default_workspace) = ensure_local_user(store.as_ref()).await?;
-        Ok(Orchestrator {
+        let orch = Orchestrator {
             inner: Arc::new(Inner {
                 store,
                 backend,
@@ -156,7 +163,9 @@ impl Orchestrator {
                 local_user,
                 shutdown: CancellationToken::new(),
             }),
-        })
+        };
+        tokio::spawn(sweep_idle(Arc::downgrade(&orch.inner)));
+        Ok(orch)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -199,6 +208,14 @@ impl Orchestrator {
     /// Makes a warm sandbox (opencode serve inside) and waits until it is running.
     pub async fn create_sandbox(&self, req: SandboxRequest) -> Result<Sandbox> {
         crate::sandbox::workdir::validate_files(&req.files)?;
+        if req
+            .idle_timeout
+            .is_some_and(|t| t.is_zero() || t > Duration::from_secs(30 * 86_400))
+        {
+            return Err(OrchestratorError::BadInput(
+                "idle_timeout_seconds: between 1 and 2592000 (30 days)".into(),
+            ));
+        }
         if let Some(name) = &req.name
             && (name.len() > 200 || name.chars().any(char::is_control))
         {
@@ -219,11 +236,14 @@ impl Orchestrator {
             .await?;
         let endpoint = self.start_sandbox(&sandbox, &spec).await?;
         if let Some(endpoint) = endpoint {
+            let idle_timeout = req.idle_timeout.unwrap_or(self.inner.settings.idle_timeout);
             lock(&self.inner.warm).insert(
                 sandbox.id.clone(),
                 Warm {
                     endpoint,
                     last_session: None,
+                    last_active: std::time::Instant::now(),
+                    idle_timeout,
                 },
             );
         }
@@ -397,6 +417,95 @@ impl Orchestrator {
         }
     }
 
+    /// Stops a warm sandbox's processes, keeping its files; the next run resumes it. Refused
+    /// while a run is in it.
+    pub async fn pause_sandbox(&self, sandbox_id: &str) -> Result<()> {
+        reserve(&self.inner, sandbox_id)?;
+        let paused = self.pause_reserved(sandbox_id).await;
+        lock(&self.inner.busy).remove(sandbox_id);
+        paused
+    }
+
+    /// Pauses a sandbox the caller has reserved in `busy`.
+    async fn pause_reserved(&self, sandbox_id: &str) -> Result<()> {
+        self.set_sandbox_status(
+            sandbox_id,
+            SandboxStatus::Running,
+            SandboxStatus::Pausing,
+            None,
+        )
+        .await?;
+        match self.inner.backend.pause(sandbox_id).await {
+            Ok(()) => {
+                if let Some(mut w) = lock(&self.inner.warm).remove(sandbox_id) {
+                    w.last_session = None;
+                }
+                self.set_sandbox_status(
+                    sandbox_id,
+                    SandboxStatus::Pausing,
+                    SandboxStatus::Paused,
+                    None,
+                )
+                .await
+            }
+            Err(e) => {
+                let reason = format!("pause failed: {e}");
+                self.set_sandbox_status(
+                    sandbox_id,
+                    SandboxStatus::Pausing,
+                    SandboxStatus::Failed,
+                    Some(&reason),
+                )
+                .await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Starts a paused sandbox again (its files kept), for a sandbox the caller has reserved.
+    async fn resume_reserved(&self, sandbox: &Sandbox) -> Result<Warm> {
+        self.set_sandbox_status(
+            &sandbox.id,
+            SandboxStatus::Paused,
+            SandboxStatus::Resuming,
+            None,
+        )
+        .await?;
+        match self.inner.backend.resume(&sandbox.id).await {
+            Ok(endpoint) => {
+                let warm = Warm {
+                    endpoint,
+                    last_session: None,
+                    last_active: std::time::Instant::now(),
+                    idle_timeout: sandbox
+                        .idle_timeout_s
+                        .map(|s| Duration::from_secs(s.max(1) as u64))
+                        .unwrap_or(self.inner.settings.idle_timeout),
+                };
+                lock(&self.inner.warm).insert(sandbox.id.clone(), warm.clone());
+                self.set_sandbox_status(
+                    &sandbox.id,
+                    SandboxStatus::Resuming,
+                    SandboxStatus::Running,
+                    None,
+                )
+                .await?;
+                Ok(warm)
+            }
+            Err(e) => {
+                let reason = format!("resume failed: {e}");
+                self.set_sandbox_status(
+                    &sandbox.id,
+                    SandboxStatus::Resuming,
+                    SandboxStatus::Failed,
+                    Some(&reason),
+                )
+                .await?;
+                Err(e.into())
+            }
+        }
+    }
+
     /// Sandboxes of a workspace, newest first.
     pub async fn list_sandboxes(&self, workspace: Option<&str>) -> Result<Vec<Sandbox>> {
         let ws = self.workspace(workspace).await?;
@@ -554,6 +663,50 @@ impl Orchestrator {
 impl LiveLog {
     async fn wait_done(&mut self) -> bool {
         self.done_rx().wait_for(|d| *d).await.is_ok()
+    }
+}
+
+/// Reserves a sandbox for one operation (a run, a pause): a second one gets `Busy`.
+fn reserve(inner: &Inner, sandbox_id: &str) -> Result<()> {
+    let mut busy = lock(&inner.busy);
+    if busy.contains_key(sandbox_id) {
+        return Err(OrchestratorError::Busy(sandbox_id.to_string()));
+    }
+    busy.insert(sandbox_id.to_string(), String::new());
+    Ok(())
+}
+
+/// Pauses warm sandboxes that had no run for their idle timeout. A sandbox with a run going is
+/// reserved, so it is never paused under a run.
+async fn sweep_idle(inner: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(IDLE_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.shutdown.is_cancelled() {
+            return;
+        }
+        let idle: Vec<String> = lock(&inner.warm)
+            .iter()
+            .filter(|(_, w)| w.last_active.elapsed() >= w.idle_timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let orch = Orchestrator { inner };
+        for id in idle {
+            if reserve(&orch.inner, &id).is_err() {
+                continue;
+            }
+            match orch.pause_reserved(&id).await {
+                Ok(()) => tracing::info!(sandbox = %id, "paused after its idle timeout"),
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e, "could not pause an idle sandbox")
+                }
+            }
+            lock(&orch.inner.busy).remove(&id);
+        }
     }
 }
 

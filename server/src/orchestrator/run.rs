@@ -84,17 +84,29 @@ pub(super) async fn start(orch: Orchestrator, req: RunRequest) -> Result<(String
                 return Err(OrchestratorError::NotFound(format!("sandbox {id:?}")));
             }
             let sandbox = orch.inner.store.sandbox(id).await?;
-            if sandbox.status != SandboxStatus::Running {
-                return Err(OrchestratorError::NotRunning {
-                    id: sandbox.id,
-                    status: sandbox.status,
-                });
-            }
-            let warm = lock(&orch.inner.warm).get(id).cloned().ok_or_else(|| {
-                OrchestratorError::BadInput(format!(
-                    "sandbox {id} is not served by this delegate process"
-                ))
-            })?;
+            super::reserve(&orch.inner, &sandbox.id)?;
+            let warm = match sandbox.status {
+                // A paused sandbox wakes up for the run.
+                SandboxStatus::Paused => orch.resume_reserved(&sandbox).await,
+                SandboxStatus::Running => {
+                    lock(&orch.inner.warm).get(id).cloned().ok_or_else(|| {
+                        OrchestratorError::BadInput(format!(
+                            "sandbox {id} is not served by this delegate process"
+                        ))
+                    })
+                }
+                status => Err(OrchestratorError::NotRunning {
+                    id: sandbox.id.clone(),
+                    status,
+                }),
+            };
+            let warm = match warm {
+                Ok(w) => w,
+                Err(e) => {
+                    lock(&orch.inner.busy).remove(&sandbox.id);
+                    return Err(e);
+                }
+            };
             (sandbox.id, sandbox.workspace_id, Target::Warm(warm))
         }
         None => {
@@ -112,13 +124,9 @@ pub(super) async fn start(orch: Orchestrator, req: RunRequest) -> Result<(String
             (sandbox.id, ws.id, Target::Ephemeral(spec))
         }
     };
-    {
-        let mut busy = lock(&orch.inner.busy);
-        if busy.contains_key(&sandbox_id) {
-            return Err(OrchestratorError::Busy(sandbox_id));
-        }
-        // Reserved under the lock; the run id is filled in just below.
-        busy.insert(sandbox_id.clone(), String::new());
+    if matches!(target, Target::Ephemeral(_)) {
+        // A fresh sandbox nobody else knows yet; a warm one was reserved above.
+        super::reserve(&orch.inner, &sandbox_id)?;
     }
 
     let run_id = new_id("run");
@@ -280,6 +288,9 @@ async fn drive(
         && let Some(w) = lock(&inner.warm).get_mut(&run.sandbox_id)
     {
         w.last_session = Some(session);
+    }
+    if let Some(w) = lock(&inner.warm).get_mut(&run.sandbox_id) {
+        w.last_active = std::time::Instant::now();
     }
     lock(&inner.busy).remove(&run.sandbox_id);
     lock(&inner.live).remove(&run.id);

@@ -105,6 +105,12 @@ pub trait SandboxBackend: Send + Sync + 'static {
         label: &str,
     ) -> Result<(Vec<ChangedFile>, String, bool), SandboxError>;
 
+    /// Stops a warm sandbox's processes, keeping its files (and opencode's sessions).
+    async fn pause(&self, sandbox_id: &str) -> Result<(), SandboxError>;
+
+    /// Starts a paused warm sandbox's `opencode serve` again.
+    async fn resume(&self, sandbox_id: &str) -> Result<ServeEndpoint, SandboxError>;
+
     /// Stops every process of the sandbox and removes it with its files.
     async fn destroy(&self, sandbox_id: &str) -> Result<(), SandboxError>;
 }

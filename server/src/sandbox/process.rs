@@ -81,7 +81,23 @@ struct Live {
     token: Secret,
     stop: CancellationToken,
     cgroup: Option<Cgroup>,
-    serve: Mutex<Option<Child>>,
+    /// The running `opencode serve` and the switch of its host-side relay.
+    serve: Mutex<Option<(Child, CancellationToken)>>,
+}
+
+impl Live {
+    /// Stops `opencode serve` (and everything else of the sandbox), keeping its files.
+    async fn stop_serve(&self) {
+        let serve = self.serve.lock().ok().and_then(|mut s| s.take());
+        if let Some((mut child, relay)) = serve {
+            relay.cancel();
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+        if let Some(cg) = &self.cgroup {
+            cg.kill_all();
+        }
+    }
 }
 
 impl ProcessBackend {
@@ -351,10 +367,11 @@ impl ProcessBackend {
                 tracing::debug!(sandbox = %id_owned, "opencode serve: {l}");
             }
         });
+        let relay_stop = live.stop.child_token();
         *live
             .serve
             .lock()
-            .map_err(|_| SandboxError::Io("poisoned".into()))? = Some(child);
+            .map_err(|_| SandboxError::Io("poisoned".into()))? = Some((child, relay_stop.clone()));
         let url = match self.isolation {
             Isolation::None => url,
             Isolation::Bwrap => {
@@ -371,7 +388,7 @@ impl ProcessBackend {
                 tokio::spawn(relay::serve(
                     listener,
                     Endpoint::Unix(live.dirs.run.join("opencode.sock")),
-                    live.stop.clone(),
+                    relay_stop,
                 ));
                 format!("http://{addr}")
             }
@@ -566,6 +583,16 @@ impl SandboxBackend for ProcessBackend {
         live.dirs.collect_changes(max_diff, label).await
     }
 
+    async fn pause(&self, sandbox_id: &str) -> Result<(), SandboxError> {
+        self.live(sandbox_id)?.stop_serve().await;
+        Ok(())
+    }
+
+    async fn resume(&self, sandbox_id: &str) -> Result<ServeEndpoint, SandboxError> {
+        let live = self.live(sandbox_id)?;
+        self.start_serve(sandbox_id, &live).await
+    }
+
     async fn destroy(&self, sandbox_id: &str) -> Result<(), SandboxError> {
         let live = self
             .sandboxes
@@ -576,14 +603,7 @@ impl SandboxBackend for ProcessBackend {
             return Ok(());
         };
         live.stop.cancel();
-        let serve = live.serve.lock().ok().and_then(|mut s| s.take());
-        if let Some(mut child) = serve {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-        }
-        if let Some(cg) = &live.cgroup {
-            cg.kill_all();
-        }
+        live.stop_serve().await;
         tokio::fs::remove_dir_all(&live.dirs.root)
             .await
             .or_else(|e| {
