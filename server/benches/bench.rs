@@ -87,6 +87,7 @@ async fn main() {
     out += &overhead(&opencode, &fake, tmp.path(), runs).await;
     out += &warm_vs_ephemeral(&opencode, &fake, tmp.path(), runs).await;
     out += &proxy(&fake, tmp.path(), requests).await;
+    out += &list_sandboxes_under_load(&opencode, &fake, tmp.path()).await;
     #[allow(clippy::print_stdout)]
     {
         println!("{out}");
@@ -297,7 +298,7 @@ async fn proxy(fake: &FakeAnthropic, tmp: &Path, requests: usize) -> String {
          | fake with 25 ms per event (a model's pace) | 50 | {} | {} | {} | {} | {} |\n\n\
          Targets: added p50 <= 1 ms; TTFB ratio <= 1.05. On the instant fake the ratio is pure proxy \
          cost over a sub-millisecond baseline (token check, header rewrite, usage metering); with any \
-         realistic first-token time it approaches 1.\n",
+         realistic first-token time it approaches 1.\n\n",
         fast.direct(),
         fast.proxied(),
         fast.added(),
@@ -427,6 +428,143 @@ async fn side_by_side(
         }
     }
     sides
+}
+
+/// `list_sandboxes` through `delegate serve`'s /mcp (stateless 2026-07-28 requests, JSON replies):
+/// one client, then 50 concurrent clients, on the same server with two warm sandboxes.
+async fn list_sandboxes_under_load(opencode: &Path, fake: &FakeAnthropic, tmp: &Path) -> String {
+    let data = tmp.join("serve");
+    let env = [
+        ("DELEGATE_DATA_DIR", data.display().to_string()),
+        ("ANTHROPIC_API_KEY", KEY.to_string()),
+        ("ANTHROPIC_BASE_URL", fake.base_url()),
+        ("DELEGATE_OPENCODE_BIN", opencode.display().to_string()),
+        ("DELEGATE_BACKEND", "process".to_string()),
+        ("DELEGATE_LISTEN", "127.0.0.1:0".to_string()),
+        ("DELEGATE_LOG", "info".to_string()),
+    ];
+    let delegate = env!("CARGO_BIN_EXE_delegate");
+    let token = std::process::Command::new(delegate)
+        .args(["token", "create"])
+        .envs(env.iter().cloned())
+        .output()
+        .unwrap();
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    let mut serve = tokio::process::Command::new(delegate)
+        .arg("serve")
+        .envs(env.iter().cloned())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(serve.stderr.take().unwrap()));
+    let url = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("delegate serve printed its address");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break format!("{}/mcp", rest.split_whitespace().next().unwrap());
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let call = move |name: &'static str, args: serde_json::Value| {
+        let (client, url, token) = (client.clone(), url.clone(), token.clone());
+        async move {
+            let body = serde_json::json!({
+                "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": { "name": name, "arguments": args, "_meta": {
+                    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                    "io.modelcontextprotocol/clientInfo": { "name": "bench", "version": "1" },
+                    "io.modelcontextprotocol/clientCapabilities": {},
+                } },
+            });
+            let t = Instant::now();
+            let resp = client
+                .post(&url)
+                .bearer_auth(&token)
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", name)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let v: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(v["result"]["isError"], false, "{v}");
+            (ms(t.elapsed()), v)
+        }
+    };
+    for _ in 0..2 {
+        call("create_sandbox", serde_json::json!({ "name": "bench" })).await;
+    }
+    let (_, listed) = call("list_sandboxes", serde_json::json!({})).await;
+    assert_eq!(
+        listed["result"]["structuredContent"]["sandboxes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let mut single = Vec::new();
+    for i in 0..210 {
+        let (t, _) = call("list_sandboxes", serde_json::json!({})).await;
+        if i >= 10 {
+            single.push(t);
+        }
+    }
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut v = Vec::new();
+                for _ in 0..40 {
+                    v.push(call("list_sandboxes", serde_json::json!({})).await.0);
+                }
+                v
+            })
+        })
+        .collect();
+    let mut many = Vec::new();
+    for t in tasks {
+        many.extend(t.await.unwrap());
+    }
+    for s in listed["result"]["structuredContent"]["sandboxes"]
+        .as_array()
+        .unwrap()
+    {
+        call(
+            "delete_sandbox",
+            serde_json::json!({ "sandbox_id": s["sandbox_id"] }),
+        )
+        .await;
+    }
+    let _ = serve.start_kill();
+    let _ = serve.wait().await;
+    format!(
+        "## `list_sandboxes` over HTTP under concurrent clients\n\n\
+         `delegate serve` (release build) with two warm sandboxes; stateless 2026-07-28 requests \
+         with bearer auth from an in-process client.\n\n\
+         | clients | calls | p50 | p99 |\n|---|---|---|---|\n\
+         | 1 | {} | {:.2} ms | {:.2} ms |\n\
+         | 50 concurrent | {} | {:.2} ms | {:.2} ms |\n\n",
+        single.len(),
+        percentile(&mut single, 0.5),
+        percentile(&mut single, 0.99),
+        many.len(),
+        percentile(&mut many, 0.5),
+        percentile(&mut many, 0.99),
+    )
 }
 
 fn ms(d: Duration) -> f64 {

@@ -4,7 +4,8 @@
    same run through `delegate run` (spawn to exit), interleaved, same task and fake upstream.
 2. `list_sandboxes` over HTTP: latency at 1 client ÷ under 50 concurrent clients (p50/p99).
 
-    cargo build --bins && .tools/venv/bin/python server/benches/mcp_clients.py [--runs 5]
+    cargo build --release --bins
+    DELEGATE_BIN=target/release/delegate .tools/venv/bin/python server/benches/mcp_clients.py --runs 7
 
 Prints a Markdown report for BENCHMARKS.md.
 """

@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-DELEGATE = TARGET / "debug" / "delegate"
+DELEGATE = Path(os.environ.get("DELEGATE_BIN") or TARGET / "debug" / "delegate")
 FAKE_ANTHROPIC = TARGET / "debug" / "fake-anthropic"
 TOOLS = ROOT / ".tools"
 OPENCODE = Path(
