@@ -82,6 +82,13 @@ impl Cgroup {
         }
     }
 
+    /// SIGKILLs every process of the group but `spared` (which its parent will reap).
+    pub fn kill_all_except(&self, spared: i32) {
+        for pid in self.pids().into_iter().filter(|p| *p != spared) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+
     /// Removes the groups; they must be empty, so kill first.
     pub fn remove(&self) {
         for dir in [&self.memory, &self.pids].into_iter().flatten() {

@@ -91,13 +91,30 @@ impl Live {
         let serve = self.serve.lock().ok().and_then(|mut s| s.take());
         if let Some((mut child, relay)) = serve {
             relay.cancel();
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+            let _ = kill_sandbox(&mut child, self.cgroup.as_ref()).await;
         }
         if let Some(cg) = &self.cgroup {
             cg.kill_all();
         }
     }
+}
+
+/// Kills a sandbox's processes and reaps its first one. Everything but that first process goes
+/// first: bubblewrap's outer process then sees its child die and exits by itself, reaping it, so
+/// no orphaned zombie is left for PID 1. Without cgroups (or if that stalls), SIGKILL to the first
+/// process is enough: bubblewrap's pid namespace takes the rest down with it.
+async fn kill_sandbox(
+    child: &mut Child,
+    cgroup: Option<&Cgroup>,
+) -> std::io::Result<std::process::ExitStatus> {
+    if let (Some(cg), Some(first)) = (cgroup, child.id()) {
+        cg.kill_all_except(first as i32);
+        if let Ok(status) = tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+            return status;
+        }
+    }
+    let _ = child.start_kill();
+    child.wait().await
 }
 
 impl ProcessBackend {
@@ -548,9 +565,7 @@ impl SandboxBackend for ProcessBackend {
                 s = child.wait() => s,
                 _ = stop.cancelled() => {
                     killed = true;
-                    let _ = child.start_kill();
-                    if let Some(cg) = &live.cgroup { cg.kill_all(); }
-                    child.wait().await
+                    kill_sandbox(&mut child, live.cgroup.as_ref()).await
                 }
             };
             if let Some(cg) = &live.cgroup {
