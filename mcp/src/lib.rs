@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 
 pub mod delegator;
+pub mod remote;
+pub mod rest;
 pub mod service;
 pub mod tools;
 pub mod types;
@@ -22,6 +24,7 @@ use rmcp::{
 use tokio_util::sync::CancellationToken;
 
 pub use delegator::{Caller, DelegateError, Delegator, Progress};
+pub use remote::RemoteDelegator;
 pub use service::DelegateMcp;
 
 /// How long an HTTP session may go without any message before it is closed. Longer than the

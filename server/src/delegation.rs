@@ -1,6 +1,7 @@
-//! The MCP tools' [`Delegator`] for an orchestrator in this process: resolves the caller's
-//! workspace, checks the caller's role there (one place, `authorize`), and maps orchestrator
-//! results and errors to the tool contract.
+//! The service layer both the MCP tools and the REST API call: resolves the caller's workspace,
+//! checks the caller's role there (one place, [`Service::authorize`]), and maps orchestrator
+//! results and errors to the wire types of `delegate_mcp`. [`EmbeddedDelegator`] is the MCP
+//! tools' [`Delegator`] over it; `crate::api` is the REST surface over it.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use delegate_mcp::tools::{
     ListSandboxesInput, ListSandboxesOutput, RunInSandboxInput, SandboxInfo, StreamSessionInput,
     StreamSessionOutput,
 };
-use delegate_mcp::types::{Event, RunResult, RunStatus};
+use delegate_mcp::types::{Event, RunResult, RunStatus, SandboxStatus, Usage};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -20,35 +21,94 @@ use crate::orchestrator::{Orchestrator, OrchestratorError, RunRequest, SandboxRe
 use crate::store::{Role, Run, Sandbox, StoreError, Workspace};
 
 /// The most events one `stream_session` call returns.
-const MAX_EVENTS_PER_POLL: usize = 500;
+pub const MAX_EVENTS_PER_POLL: usize = 500;
 /// `stream_session`'s longest wait.
-const MAX_WAIT: Duration = Duration::from_secs(60);
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
-pub struct EmbeddedDelegator {
-    orch: Orchestrator,
+/// Why a service call failed; each surface maps it to its own shape (tool error, HTTP status).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    /// Bad input; nothing was written.
+    #[error("{0}")]
+    Invalid(String),
+    /// The caller's role does not allow this (guests only read).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Unknown, or in a workspace the caller is not a member of (the two look the same).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The sandbox cannot take this now (busy with a run, not running).
+    #[error("{0}")]
+    Conflict(String),
+    /// The sandbox backend failed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A quota or concurrency limit.
+    #[error("{0}")]
+    Limit(String),
+    /// Logged once where it happened; the message is generic.
+    #[error("{0}")]
+    Internal(String),
 }
 
-impl EmbeddedDelegator {
-    pub fn new(orch: Orchestrator) -> Self {
-        EmbeddedDelegator { orch }
+impl From<ServiceError> for DelegateError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Invalid(m) | ServiceError::Forbidden(m) => DelegateError::Invalid(m),
+            ServiceError::NotFound(m) => DelegateError::NotFound(m),
+            ServiceError::Conflict(m) | ServiceError::Unavailable(m) => {
+                DelegateError::Unavailable(m)
+            }
+            ServiceError::Limit(m) => DelegateError::Limit(m),
+            ServiceError::Internal(m) => DelegateError::Internal(m),
+        }
     }
 }
 
-/// What a tool call wants to do in a workspace.
+type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// What a call wants to do in a workspace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
+pub enum Action {
     Read,
     Write,
 }
 
+/// The operations of delegate on behalf of a [`Caller`]; cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    orch: Orchestrator,
+}
+
+/// The MCP tools' [`Delegator`] for an orchestrator in this process.
+pub struct EmbeddedDelegator {
+    service: Service,
+}
+
 impl EmbeddedDelegator {
+    pub fn new(orch: Orchestrator) -> Self {
+        EmbeddedDelegator {
+            service: Service::new(orch),
+        }
+    }
+}
+
+impl Service {
+    pub fn new(orch: Orchestrator) -> Self {
+        Service { orch }
+    }
+
+    pub fn orchestrator(&self) -> &Orchestrator {
+        &self.orch
+    }
+
     /// The workspace a call acts in, if the caller may do `action` there. Guests only read.
-    async fn authorize(
+    pub async fn authorize(
         &self,
         caller: &Caller,
         workspace: Option<&str>,
         action: Action,
-    ) -> Result<Workspace, DelegateError> {
+    ) -> Result<Workspace> {
         let store = self.orch.store();
         let memberships = store
             .workspaces_of_user(&caller.user_id)
@@ -62,13 +122,13 @@ impl EmbeddedDelegator {
         };
         // Not a member and no such workspace look the same: no probing for names.
         let (ws, role) = found.ok_or_else(|| {
-            DelegateError::NotFound(match workspace {
+            ServiceError::NotFound(match workspace {
                 Some(w) => format!("workspace {w:?}"),
                 None => "no workspace for this user".into(),
             })
         })?;
         if action == Action::Write && role < Role::Developer {
-            return Err(DelegateError::Invalid(format!(
+            return Err(ServiceError::Forbidden(format!(
                 "your role in workspace {} is {}: read-only",
                 ws.slug,
                 role.as_str()
@@ -78,13 +138,8 @@ impl EmbeddedDelegator {
     }
 
     /// A sandbox the caller may act on.
-    async fn sandbox(
-        &self,
-        caller: &Caller,
-        id: &str,
-        action: Action,
-    ) -> Result<Sandbox, DelegateError> {
-        let not_found = || DelegateError::NotFound(format!("sandbox {id:?}"));
+    pub async fn sandbox(&self, caller: &Caller, id: &str, action: Action) -> Result<Sandbox> {
+        let not_found = || ServiceError::NotFound(format!("sandbox {id:?}"));
         if !crate::ids::is_id("sbx", id) {
             return Err(not_found());
         }
@@ -98,14 +153,14 @@ impl EmbeddedDelegator {
             .await
         {
             Ok(_) => Ok(sandbox),
-            Err(DelegateError::NotFound(_)) => Err(not_found()),
+            Err(ServiceError::NotFound(_)) => Err(not_found()),
             Err(e) => Err(e),
         }
     }
 
     /// A run the caller may act on.
-    async fn run(&self, caller: &Caller, id: &str, action: Action) -> Result<Run, DelegateError> {
-        let not_found = || DelegateError::NotFound(format!("run {id:?}"));
+    pub async fn run(&self, caller: &Caller, id: &str, action: Action) -> Result<Run> {
+        let not_found = || ServiceError::NotFound(format!("run {id:?}"));
         let run = match self.orch.run(id).await {
             Ok(r) => r,
             Err(OrchestratorError::NotFound(_)) => return Err(not_found()),
@@ -116,12 +171,13 @@ impl EmbeddedDelegator {
             .await
         {
             Ok(_) => Ok(run),
-            Err(DelegateError::NotFound(_)) => Err(not_found()),
+            Err(ServiceError::NotFound(_)) => Err(not_found()),
             Err(e) => Err(e),
         }
     }
 
-    fn info(&self, s: &Sandbox) -> SandboxInfo {
+    /// A sandbox as the wire types report it.
+    pub fn info(&self, s: &Sandbox) -> SandboxInfo {
         let public = self.orch.settings().public_url.as_deref();
         SandboxInfo {
             sandbox_id: s.id.clone(),
@@ -135,17 +191,16 @@ impl EmbeddedDelegator {
             created_at: s.created_at,
         }
     }
-}
 
-#[async_trait]
-impl Delegator for EmbeddedDelegator {
-    async fn run_in_sandbox(
+    /// Starts a run; with `wait` (default true) returns when it ends, sending progress and
+    /// cancelling the run when `cancel` fires.
+    pub async fn run_in_sandbox(
         &self,
         caller: &Caller,
         input: RunInSandboxInput,
         progress: mpsc::Sender<Progress>,
         cancel: CancellationToken,
-    ) -> Result<RunResult, DelegateError> {
+    ) -> Result<RunResult> {
         let ws = match &input.sandbox_id {
             Some(id) => {
                 let sandbox = self.sandbox(caller, id, Action::Write).await?;
@@ -203,11 +258,11 @@ impl Delegator for EmbeddedDelegator {
         self.orch.wait(&run_id).await.map_err(map_err)
     }
 
-    async fn create_sandbox(
+    pub async fn create_sandbox(
         &self,
         caller: &Caller,
         input: CreateSandboxInput,
-    ) -> Result<SandboxInfo, DelegateError> {
+    ) -> Result<SandboxInfo> {
         let ws = self
             .authorize(caller, input.workspace.as_deref(), Action::Write)
             .await?;
@@ -225,11 +280,15 @@ impl Delegator for EmbeddedDelegator {
         Ok(self.info(&sandbox))
     }
 
-    async fn stream_session(
+    /// Events after a cursor, long-polling up to `wait_seconds` (default `default_wait`) when there
+    /// are none yet; at most `limit` (and [`MAX_EVENTS_PER_POLL`]) events.
+    pub async fn stream_session(
         &self,
         caller: &Caller,
         input: StreamSessionInput,
-    ) -> Result<StreamSessionOutput, DelegateError> {
+        default_wait: Duration,
+        limit: Option<usize>,
+    ) -> Result<StreamSessionOutput> {
         let run = match (&input.run_id, &input.sandbox_id) {
             (Some(run_id), _) => self.run(caller, run_id, Action::Read).await?,
             (None, Some(sandbox_id)) => {
@@ -241,15 +300,21 @@ impl Delegator for EmbeddedDelegator {
                     .await
                     .map_err(internal)?;
                 latest.into_iter().next().ok_or_else(|| {
-                    DelegateError::NotFound(format!("sandbox {sandbox_id} has no runs yet"))
+                    ServiceError::NotFound(format!("sandbox {sandbox_id} has no runs yet"))
                 })?
             }
             (None, None) => {
-                return Err(DelegateError::Invalid("give run_id or sandbox_id".into()));
+                return Err(ServiceError::Invalid("give run_id or sandbox_id".into()));
             }
         };
+        let page = limit
+            .unwrap_or(MAX_EVENTS_PER_POLL)
+            .clamp(1, MAX_EVENTS_PER_POLL);
         let after = input.after.unwrap_or(0);
-        let wait = Duration::from_secs(input.wait_seconds.unwrap_or(20)).min(MAX_WAIT);
+        let wait = input
+            .wait_seconds
+            .map_or(default_wait, Duration::from_secs)
+            .min(MAX_WAIT);
 
         // Status first: the closing event is written before a run's terminal status, so a run seen
         // terminal here has every event stored already.
@@ -267,7 +332,7 @@ impl Delegator for EmbeddedDelegator {
         if let Some(e) = first {
             events.push(e.map_err(internal)?);
             // Whatever else is ready now comes along, up to the page size.
-            while events.len() < MAX_EVENTS_PER_POLL {
+            while events.len() < page {
                 match stream.next().now_or_never() {
                     Some(Some(e)) => events.push(e.map_err(internal)?),
                     _ => break,
@@ -279,7 +344,7 @@ impl Delegator for EmbeddedDelegator {
         }
         let next_cursor = events.last().map_or(after, |e| e.seq);
         let done = status.is_terminal()
-            && events.len() < MAX_EVENTS_PER_POLL
+            && events.len() < page
             && self
                 .orch
                 .store()
@@ -300,11 +365,11 @@ impl Delegator for EmbeddedDelegator {
         })
     }
 
-    async fn list_sandboxes(
+    pub async fn list_sandboxes(
         &self,
         caller: &Caller,
         input: ListSandboxesInput,
-    ) -> Result<ListSandboxesOutput, DelegateError> {
+    ) -> Result<ListSandboxesOutput> {
         let ws = self
             .authorize(caller, input.workspace.as_deref(), Action::Read)
             .await?;
@@ -318,11 +383,16 @@ impl Delegator for EmbeddedDelegator {
         })
     }
 
-    async fn delete_sandbox(
+    pub async fn get_sandbox(&self, caller: &Caller, id: &str) -> Result<SandboxInfo> {
+        let sandbox = self.sandbox(caller, id, Action::Read).await?;
+        Ok(self.info(&sandbox))
+    }
+
+    pub async fn delete_sandbox(
         &self,
         caller: &Caller,
         input: DeleteSandboxInput,
-    ) -> Result<DeleteSandboxOutput, DelegateError> {
+    ) -> Result<DeleteSandboxOutput> {
         let sandbox = self
             .sandbox(caller, &input.sandbox_id, Action::Write)
             .await?;
@@ -342,11 +412,46 @@ impl Delegator for EmbeddedDelegator {
         })
     }
 
-    async fn cancel_run(
+    /// Pauses a warm sandbox (files kept); refused while a run is in it.
+    pub async fn pause_sandbox(&self, caller: &Caller, id: &str) -> Result<SandboxInfo> {
+        let sandbox = self.sandbox(caller, id, Action::Write).await?;
+        match sandbox.status {
+            SandboxStatus::Paused => return Ok(self.info(&sandbox)),
+            SandboxStatus::Running => {}
+            status => {
+                return Err(ServiceError::Conflict(format!(
+                    "sandbox {} is {status}, not running",
+                    sandbox.id
+                )));
+            }
+        }
+        self.orch
+            .pause_sandbox(&sandbox.id)
+            .await
+            .map_err(map_err)?;
+        self.fresh_info(&sandbox.id).await
+    }
+
+    /// Starts a paused sandbox again.
+    pub async fn resume_sandbox(&self, caller: &Caller, id: &str) -> Result<SandboxInfo> {
+        let sandbox = self.sandbox(caller, id, Action::Write).await?;
+        self.orch
+            .resume_sandbox(&sandbox.id)
+            .await
+            .map_err(map_err)?;
+        self.fresh_info(&sandbox.id).await
+    }
+
+    async fn fresh_info(&self, id: &str) -> Result<SandboxInfo> {
+        let sandbox = self.orch.store().sandbox(id).await.map_err(internal)?;
+        Ok(self.info(&sandbox))
+    }
+
+    pub async fn cancel_run(
         &self,
         caller: &Caller,
         input: CancelRunInput,
-    ) -> Result<CancelRunOutput, DelegateError> {
+    ) -> Result<CancelRunOutput> {
         let run = self.run(caller, &input.run_id, Action::Write).await?;
         self.orch.cancel_run(&run.id).await.map_err(map_err)?;
         let result = self.orch.wait(&run.id).await.map_err(map_err)?;
@@ -355,6 +460,125 @@ impl Delegator for EmbeddedDelegator {
             status: result.status,
         })
     }
+
+    /// A run's result as it stands.
+    pub async fn get_run(&self, caller: &Caller, id: &str) -> Result<RunResult> {
+        let run = self.run(caller, id, Action::Read).await?;
+        self.orch.result(&run.id).await.map_err(map_err)
+    }
+
+    /// Runs of a workspace (or of one sandbox), newest first.
+    pub async fn list_runs(
+        &self,
+        caller: &Caller,
+        workspace: Option<&str>,
+        sandbox_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<RunResult>> {
+        let (workspace_id, sandbox_id) = match sandbox_id {
+            Some(id) => {
+                let sandbox = self.sandbox(caller, id, Action::Read).await?;
+                if let Some(w) = workspace {
+                    let ws = self.authorize(caller, Some(w), Action::Read).await?;
+                    if ws.id != sandbox.workspace_id {
+                        return Err(ServiceError::NotFound(format!("sandbox {id:?}")));
+                    }
+                }
+                (sandbox.workspace_id, Some(sandbox.id))
+            }
+            None => (
+                self.authorize(caller, workspace, Action::Read).await?.id,
+                None,
+            ),
+        };
+        let store = self.orch.store();
+        let runs = store
+            .list_runs(&workspace_id, sandbox_id.as_deref(), limit)
+            .await
+            .map_err(internal)?;
+        let public = self.orch.settings().public_url.as_deref();
+        let mut out = Vec::with_capacity(runs.len());
+        for run in &runs {
+            let events = store.event_count(&run.id).await.map_err(internal)?;
+            out.push(crate::orchestrator::result_of(run, events, public));
+        }
+        Ok(out)
+    }
+
+    /// Usage summed over a workspace's model calls, and how many runs it has.
+    pub async fn usage(
+        &self,
+        caller: &Caller,
+        workspace: Option<&str>,
+    ) -> Result<(Workspace, Usage, u64)> {
+        let ws = self.authorize(caller, workspace, Action::Read).await?;
+        let (usage, runs) = self
+            .orch
+            .store()
+            .workspace_usage(&ws.id)
+            .await
+            .map_err(internal)?;
+        Ok((ws, usage, runs))
+    }
+}
+
+#[async_trait]
+impl Delegator for EmbeddedDelegator {
+    async fn run_in_sandbox(
+        &self,
+        caller: &Caller,
+        input: RunInSandboxInput,
+        progress: mpsc::Sender<Progress>,
+        cancel: CancellationToken,
+    ) -> Result<RunResult, DelegateError> {
+        Ok(self
+            .service
+            .run_in_sandbox(caller, input, progress, cancel)
+            .await?)
+    }
+
+    async fn create_sandbox(
+        &self,
+        caller: &Caller,
+        input: CreateSandboxInput,
+    ) -> Result<SandboxInfo, DelegateError> {
+        Ok(self.service.create_sandbox(caller, input).await?)
+    }
+
+    async fn stream_session(
+        &self,
+        caller: &Caller,
+        input: StreamSessionInput,
+    ) -> Result<StreamSessionOutput, DelegateError> {
+        Ok(self
+            .service
+            .stream_session(caller, input, Duration::from_secs(20), None)
+            .await?)
+    }
+
+    async fn list_sandboxes(
+        &self,
+        caller: &Caller,
+        input: ListSandboxesInput,
+    ) -> Result<ListSandboxesOutput, DelegateError> {
+        Ok(self.service.list_sandboxes(caller, input).await?)
+    }
+
+    async fn delete_sandbox(
+        &self,
+        caller: &Caller,
+        input: DeleteSandboxInput,
+    ) -> Result<DeleteSandboxOutput, DelegateError> {
+        Ok(self.service.delete_sandbox(caller, input).await?)
+    }
+
+    async fn cancel_run(
+        &self,
+        caller: &Caller,
+        input: CancelRunInput,
+    ) -> Result<CancelRunOutput, DelegateError> {
+        Ok(self.service.cancel_run(caller, input).await?)
+    }
 }
 
 /// Progress notifications skip bookkeeping events nobody would want a notification for.
@@ -362,23 +586,23 @@ fn is_meaningful(e: &Event) -> bool {
     !matches!(e.kind.as_str(), "step_start" | "stderr")
 }
 
-fn map_err(e: OrchestratorError) -> DelegateError {
+pub fn map_err(e: OrchestratorError) -> ServiceError {
     match e {
-        OrchestratorError::BadInput(m) => DelegateError::Invalid(m),
-        OrchestratorError::NotFound(m) => DelegateError::NotFound(m),
+        OrchestratorError::BadInput(m) => ServiceError::Invalid(m),
+        OrchestratorError::NotFound(m) => ServiceError::NotFound(m),
         e @ (OrchestratorError::Busy(_) | OrchestratorError::NotRunning { .. }) => {
-            DelegateError::Unavailable(e.to_string())
+            ServiceError::Conflict(e.to_string())
         }
-        OrchestratorError::Limit(m) => DelegateError::Limit(m),
+        OrchestratorError::Limit(m) => ServiceError::Limit(m),
         OrchestratorError::Sandbox(e) => {
-            DelegateError::Unavailable(format!("the sandbox failed: {e}"))
+            ServiceError::Unavailable(format!("the sandbox failed: {e}"))
         }
         e @ (OrchestratorError::Transition(_) | OrchestratorError::Store(_)) => internal(e),
     }
 }
 
 /// Logs the cause once; the caller gets a generic message.
-fn internal(e: impl std::fmt::Display) -> DelegateError {
-    tracing::error!(error = %e, "internal error in a tool call");
-    DelegateError::Internal("delegate hit an internal error; the server log has details".into())
+pub fn internal(e: impl std::fmt::Display) -> ServiceError {
+    tracing::error!(error = %e, "internal error");
+    ServiceError::Internal("delegate hit an internal error; the server log has details".into())
 }

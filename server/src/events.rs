@@ -659,41 +659,6 @@ fn truncate_chars(s: &str, max: usize) -> String {
 
 /// One short human line for an event of a run's log (CLI progress, MCP progress notifications).
 pub fn describe(e: &Event) -> String {
-    let s = |k: &str| e.data.get(k).and_then(|v| v.as_str()).unwrap_or("");
-    let line = match e.kind.as_str() {
-        "status" => match e.data.get("error") {
-            Some(err) => format!(
-                "{} ({}: {})",
-                s("status"),
-                err.get("kind").and_then(|v| v.as_str()).unwrap_or(""),
-                err.get("message").and_then(|v| v.as_str()).unwrap_or("")
-            ),
-            None => s("status").to_string(),
-        },
-        "text" => format!("text: {}", s("text")),
-        "reasoning" => format!("thinking: {}", s("text")),
-        "tool" => {
-            let title = s("title");
-            format!("tool {} {} ({})", s("tool"), title, s("status"))
-        }
-        "step_start" => "step started".into(),
-        "step_finish" => {
-            let u = &e.data["usage"];
-            let tokens = ["input_tokens", "output_tokens"]
-                .iter()
-                .filter_map(|k| u.get(*k).and_then(|v| v.as_u64()))
-                .sum::<u64>();
-            format!("step finished ({}, {tokens} tokens)", s("reason"))
-        }
-        "error" => format!("error {}: {}", s("name"), s("message")),
-        "stderr" => format!("opencode: {}", s("line")),
-        "malformed" => format!("unreadable opencode output: {}", s("error")),
-        other => other.to_string(),
-    };
-    let line = line.replace('\n', " ");
-    if line.chars().count() > 160 {
-        format!("{}…", line.chars().take(159).collect::<String>())
-    } else {
-        line
-    }
+    // One implementation, shared with remote clients: it lives with the wire type.
+    e.describe()
 }

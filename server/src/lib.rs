@@ -1,6 +1,7 @@
 //! delegate's server library: the orchestrator core (sandboxes, runs, the event log), storage,
 //! sandbox backends and the Anthropic proxy. The `delegate` binary in `main.rs` wires them up.
 
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod delegation;

@@ -1,5 +1,6 @@
-//! `delegate serve`'s HTTP surface: MCP over streamable HTTP at `/mcp` (bearer API tokens), the
-//! Anthropic proxy at `/v1` (for sandboxes that reach the server over the network), `/healthz`.
+//! `delegate serve`'s HTTP surface: the REST API under `/api` and `/healthz`, `/readyz`, `/metrics`
+//! (see [`crate::api`]), MCP over streamable HTTP at `/mcp` (bearer API tokens), and the Anthropic
+//! proxy at `/v1` (for sandboxes that reach the server over the network).
 //! The caller binds the listener and decides when to stop.
 
 use std::future::Future;
@@ -14,6 +15,8 @@ use delegate_mcp::HttpConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::ApiState;
+use crate::api::ops::{HttpMetrics, track};
 use crate::auth::{AuthError, caller_from_bearer};
 use crate::delegation::EmbeddedDelegator;
 use crate::orchestrator::Orchestrator;
@@ -37,10 +40,13 @@ pub fn router(
             orch.clone(),
             require_token,
         ));
+    let metrics = Arc::new(HttpMetrics::default());
+    let api = crate::api::routes(ApiState::new(orch.clone(), metrics.clone()));
     Router::new()
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .merge(api)
         .merge(mcp)
         .merge(orch.proxy().router())
+        .layer(axum::middleware::from_fn_with_state(metrics, track))
 }
 
 /// Host names the MCP endpoint answers to: the public URL's host, the listen address, loopback.
@@ -95,7 +101,7 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Resolves `Authorization: Bearer dlg_...` to a [`delegate_mcp::delegator::Caller`] in the
 /// request's extensions; without a valid token: 401 with `WWW-Authenticate`.
-async fn require_token(
+pub(crate) async fn require_token(
     State(orch): State<Orchestrator>,
     mut request: Request,
     next: Next,

@@ -1,12 +1,26 @@
 //! `delegate mcp`: MCP over stdio with the orchestrator embedded (SQLite + the process backend):
-//! zero set-up beyond an API key and opencode. stdout carries only MCP frames.
+//! zero set-up beyond an API key and opencode. With `--server URL --token T` it forwards every
+//! tool call to a running `delegate serve` instead. stdout carries only MCP frames.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use delegate_mcp::RemoteDelegator;
 use delegate_mcp::delegator::Caller;
 use delegate_server::delegation::EmbeddedDelegator;
 use delegate_server::settings::Settings;
+
+use super::remote::RemoteArgs;
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  claude mcp add delegate -- delegate mcp                # embedded: runs on this machine
+  claude mcp add delegate -e DELEGATE_SERVER=https://delegate.example.com \\
+    -e DELEGATE_TOKEN=dlg_... -- delegate mcp            # forwards to a team server")]
+pub struct McpArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
 
 pub async fn main(settings: Settings) -> anyhow::Result<ExitCode> {
     if settings.upstream.credential.is_none() {
@@ -25,5 +39,20 @@ pub async fn main(settings: Settings) -> anyhow::Result<ExitCode> {
     // The client hung up: nothing of ours may outlive it.
     orch.shutdown().await;
     served.map_err(|e| anyhow::anyhow!("mcp: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `delegate mcp --server URL --token T`: no local store, no opencode; the server knows the caller
+/// from the token.
+pub async fn remote(delegator: RemoteDelegator) -> anyhow::Result<ExitCode> {
+    tracing::info!(server = delegator.server(), "forwarding MCP tool calls");
+    let caller = Caller {
+        user_id: "remote".into(),
+        token_id: None,
+        client: None,
+    };
+    delegate_mcp::serve_stdio(Arc::new(delegator), caller)
+        .await
+        .map_err(|e| anyhow::anyhow!("mcp: {e}"))?;
     Ok(ExitCode::SUCCESS)
 }

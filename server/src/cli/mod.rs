@@ -3,6 +3,7 @@
 mod admin;
 mod mcp;
 mod relay;
+mod remote;
 mod run;
 mod serve;
 
@@ -33,9 +34,9 @@ pub struct Cli {
 enum Command {
     /// Delegate one task: run it in a fresh sandbox with live progress, then print the result.
     Run(run::RunArgs),
-    /// Serve MCP over stdio with the orchestrator embedded (for Claude Code, Codex, ...):
-    /// `claude mcp add delegate -- delegate mcp`.
-    Mcp,
+    /// Serve MCP over stdio (for Claude Code, Codex, ...): `claude mcp add delegate -- delegate
+    /// mcp`. The orchestrator is embedded, or with --server/--token a running server does the work.
+    Mcp(mcp::McpArgs),
     /// Run the HTTP server: MCP (streamable HTTP) at /mcp with bearer tokens, the Anthropic proxy
     /// at /v1, /healthz.
     Serve,
@@ -57,7 +58,7 @@ enum Command {
 pub fn init_tracing(cli: &Cli) {
     let default = match cli.command {
         // Progress lines are the CLI's output; logs only when something is wrong.
-        Command::Run(_) | Command::SandboxRelay(_) | Command::Mcp => "warn",
+        Command::Run(_) | Command::SandboxRelay(_) | Command::Mcp(_) => "warn",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or(default))
@@ -103,11 +104,17 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
-        Command::Run(args) => {
-            let settings = load_settings(&cli)?;
-            runtime()?.block_on(run::main(settings, args))
-        }
-        Command::Mcp => runtime()?.block_on(mcp::main(load_settings(&cli)?)),
+        Command::Run(args) => match args.remote.delegator()? {
+            Some(remote) => runtime()?.block_on(run::remote(remote, args)),
+            None => {
+                let settings = load_settings(&cli)?;
+                runtime()?.block_on(run::main(settings, args))
+            }
+        },
+        Command::Mcp(args) => match args.remote.delegator()? {
+            Some(remote) => runtime()?.block_on(mcp::remote(remote)),
+            None => runtime()?.block_on(mcp::main(load_settings(&cli)?)),
+        },
         Command::Serve => runtime()?.block_on(serve::main(load_settings(&cli)?)),
         Command::User(cmd) => runtime()?.block_on(admin::user(load_settings(&cli)?, cmd)),
         Command::Token(cmd) => runtime()?.block_on(admin::token(load_settings(&cli)?, cmd)),

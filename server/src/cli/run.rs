@@ -1,6 +1,7 @@
-//! `delegate run "TASK"`: delegate one task with an embedded orchestrator, show live progress on
-//! stderr (a spinner on a terminal, plain lines when piped), then print the result — as JSON on
-//! stdout with `--json`. The exit code is 0 only when the run succeeded.
+//! `delegate run "TASK"`: delegate one task with an embedded orchestrator — or, with `--server URL
+//! --token T`, on a running `delegate serve` — show live progress on stderr (a spinner on a
+//! terminal, plain lines when piped), then print the result — as JSON on stdout with `--json`. The
+//! exit code is 0 only when the run succeeded.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
@@ -9,19 +10,30 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use delegate_mcp::RemoteDelegator;
+use delegate_mcp::delegator::{Caller, Delegator};
+use delegate_mcp::tools::RunInSandboxInput;
 use delegate_mcp::types::{Event, RunResult, RunStatus};
 use delegate_server::orchestrator::RunRequest;
 use delegate_server::settings::{Isolation, Settings, UpstreamCredential, parse_duration};
 use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::remote::RemoteArgs;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   delegate run \"add a --verbose flag to main.py\" -f main.py
   delegate run --json --timeout 15m \"make the tests in tests/ pass\" -f src/lib.rs -f tests/it.rs
   delegate run - < task.md                      # a long task from stdin
+  DELEGATE_SERVER=https://delegate.example.com DELEGATE_TOKEN=dlg_... delegate run \\
+    --sandbox sbx_... \"run the tests again\"     # on a team server, in a warm sandbox
 
-Needs ANTHROPIC_API_KEY (kept in this process; the sandbox gets a proxy token) and opencode
-(DELEGATE_OPENCODE_BIN). Exit code: 0 when the run succeeded, 1 when it did not, 2 on bad usage.")]
+Embedded (no --server): needs ANTHROPIC_API_KEY (kept in this process; the sandbox gets a proxy
+token) and opencode (DELEGATE_OPENCODE_BIN). With --server the server does the work and needs
+neither here. Exit code: 0 when the run succeeded, 1 when it did not, 2 on bad usage, 130 when
+interrupted.")]
 pub struct RunArgs {
     /// What the agent should do, in plain words. `-` reads it from stdin.
     task: String,
@@ -48,7 +60,17 @@ pub struct RunArgs {
     #[arg(long)]
     workspace: Option<String>,
 
-    /// How the process backend isolates opencode. `none` runs it unconfined, as you.
+    /// Run in this warm sandbox (from `create_sandbox` or the web UI) instead of a fresh one.
+    /// Warm sandboxes live in a server: needs --server.
+    #[arg(long, value_name = "ID")]
+    sandbox: Option<String>,
+
+    /// With --sandbox, continue the sandbox's previous opencode session.
+    #[arg(long = "continue", requires = "sandbox")]
+    continue_session: bool,
+
+    /// How the process backend isolates opencode (embedded mode only). `none` runs it
+    /// unconfined, as you.
     #[arg(long, value_enum, env = "DELEGATE_ISOLATION")]
     isolation: Option<Isolation>,
 
@@ -59,22 +81,19 @@ pub struct RunArgs {
     /// No progress lines; only the result.
     #[arg(long, short = 'q')]
     quiet: bool,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
-pub async fn main(mut settings: Settings, args: &RunArgs) -> anyhow::Result<ExitCode> {
-    if let Some(isolation) = args.isolation {
-        settings.isolation = isolation;
-    }
-    if settings.upstream.credential.is_none() {
-        bail!(
-            "no model API credential: set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN). It stays in \
-             this process; the sandbox only gets a token for delegate's proxy."
-        );
-    }
-    debug_assert!(matches!(
-        settings.upstream.credential,
-        Some(UpstreamCredential::ApiKey(_) | UpstreamCredential::AuthToken(_))
-    ));
+/// What the command line asks for, read from the arguments, stdin and the `--file`s.
+struct TaskInput {
+    task: String,
+    files: BTreeMap<String, String>,
+    timeout: Option<Duration>,
+}
+
+fn task_input(args: &RunArgs) -> anyhow::Result<TaskInput> {
     let task = if args.task == "-" {
         let mut s = String::new();
         std::io::stdin()
@@ -90,6 +109,39 @@ pub async fn main(mut settings: Settings, args: &RunArgs) -> anyhow::Result<Exit
         .as_deref()
         .map(|t| parse_duration("--timeout", t))
         .transpose()?;
+    Ok(TaskInput {
+        task,
+        files,
+        timeout,
+    })
+}
+
+pub async fn main(mut settings: Settings, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    if let Some(id) = &args.sandbox {
+        bail!(
+            "--sandbox {id} needs --server URL --token T: warm sandboxes live in a running \
+             `delegate serve`, while `delegate run` without --server embeds a throwaway \
+             orchestrator whose every run gets a fresh sandbox"
+        );
+    }
+    if let Some(isolation) = args.isolation {
+        settings.isolation = isolation;
+    }
+    if settings.upstream.credential.is_none() {
+        bail!(
+            "no model API credential: set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN). It stays in \
+             this process; the sandbox only gets a token for delegate's proxy."
+        );
+    }
+    debug_assert!(matches!(
+        settings.upstream.credential,
+        Some(UpstreamCredential::ApiKey(_) | UpstreamCredential::AuthToken(_))
+    ));
+    let TaskInput {
+        task,
+        files,
+        timeout,
+    } = task_input(args)?;
 
     let orch = delegate_server::app::embedded(settings).await?;
     let request = RunRequest {
@@ -132,13 +184,84 @@ pub async fn main(mut settings: Settings, args: &RunArgs) -> anyhow::Result<Exit
     progress.clear();
     let result = orch.wait(&run_id).await?;
     orch.shutdown().await;
+    finish(args, &result, interrupted)
+}
 
+/// `delegate run --server URL --token T`: the same run, progress and result, done by a server.
+pub async fn remote(delegator: RemoteDelegator, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let TaskInput {
+        task,
+        files,
+        timeout,
+    } = task_input(args)?;
+    let input = RunInSandboxInput {
+        task,
+        sandbox_id: args.sandbox.clone(),
+        workspace: args.workspace.clone(),
+        files: (!files.is_empty()).then_some(files),
+        model: args.model.clone(),
+        agent: args.agent.clone(),
+        // Round up: `--timeout 1500ms` must not become 1 s.
+        timeout_seconds: timeout.map(|t| t.as_secs() + u64::from(t.subsec_nanos() > 0)),
+        continue_session: args.continue_session.then_some(true),
+        wait: Some(true),
+    };
+    let caller = Caller {
+        user_id: "remote".into(),
+        token_id: None,
+        client: Some("cli".into()),
+    };
+    let (progress_tx, mut progress_rx) = mpsc::channel(256);
+    let cancel = CancellationToken::new();
+    let server = delegator.server().to_string();
+    let call = {
+        let cancel = cancel.clone();
+        async move {
+            delegator
+                .run_in_sandbox(&caller, input, progress_tx, cancel)
+                .await
+        }
+    };
+    let mut call = std::pin::pin!(call);
+
+    let mut progress = Progress::new(!args.quiet);
+    progress.note(&format!("delegating to {server}"));
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut interrupted = false;
+    let mut progress_open = true;
+    let result = loop {
+        tokio::select! {
+            result = &mut call => break result,
+            p = progress_rx.recv(), if progress_open => match p {
+                Some(p) => progress.line(&p.message),
+                None => progress_open = false,
+            },
+            _ = tick.tick() => progress.spin(),
+            _ = tokio::signal::ctrl_c(), if !interrupted => {
+                interrupted = true;
+                progress.note("interrupted: cancelling the run…");
+                cancel.cancel();
+            }
+        }
+    };
+    // Lines that arrived just before the end.
+    while let Ok(p) = progress_rx.try_recv() {
+        progress.line(&p.message);
+    }
+    progress.clear();
+    let result = result?;
+    finish(args, &result, interrupted)
+}
+
+/// Prints the result (JSON on stdout with `--json`, else a summary) and picks the exit code:
+/// 0 succeeded, 130 interrupted, 1 any other end.
+fn finish(args: &RunArgs, result: &RunResult, interrupted: bool) -> anyhow::Result<ExitCode> {
     if args.json {
         let mut out = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, &result)?;
+        serde_json::to_writer_pretty(&mut out, result)?;
         writeln!(out)?;
     } else {
-        print_summary(&result);
+        print_summary(result);
     }
     Ok(match result.status {
         RunStatus::Succeeded => ExitCode::SUCCESS,
@@ -203,6 +326,14 @@ impl Progress {
             self.status = s.to_string();
         }
         self.note(&delegate_server::events::describe(e));
+    }
+
+    /// A progress line from a delegator (already described); a status line moves the spinner.
+    fn line(&mut self, line: &str) {
+        if let Some(status) = line.split(' ').next().and_then(RunStatus::parse) {
+            self.status = status.to_string();
+        }
+        self.note(line);
     }
 
     fn note(&mut self, line: &str) {

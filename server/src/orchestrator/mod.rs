@@ -426,6 +426,36 @@ impl Orchestrator {
         paused
     }
 
+    /// Starts a paused warm sandbox again (its files kept). Refused while another operation
+    /// holds the sandbox; a running sandbox is left as it is.
+    pub async fn resume_sandbox(&self, sandbox_id: &str) -> Result<()> {
+        if !is_id("sbx", sandbox_id) {
+            return Err(OrchestratorError::NotFound(format!(
+                "sandbox {sandbox_id:?}"
+            )));
+        }
+        reserve(&self.inner, sandbox_id)?;
+        let resumed = async {
+            let sandbox = self.inner.store.sandbox(sandbox_id).await?;
+            match sandbox.status {
+                SandboxStatus::Running => Ok(()),
+                SandboxStatus::Paused => self.resume_reserved(&sandbox).await.map(|_| ()),
+                status => Err(OrchestratorError::NotRunning {
+                    id: sandbox.id.clone(),
+                    status,
+                }),
+            }
+        }
+        .await;
+        lock(&self.inner.busy).remove(sandbox_id);
+        resumed
+    }
+
+    /// How many runs execute in this process right now.
+    pub fn live_run_count(&self) -> usize {
+        lock(&self.inner.live).len()
+    }
+
     /// Pauses a sandbox the caller has reserved in `busy`.
     async fn pause_reserved(&self, sandbox_id: &str) -> Result<()> {
         self.set_sandbox_status(

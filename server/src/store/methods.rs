@@ -485,6 +485,17 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn tokens_of_user(&self, user_id: &str) -> Result<Vec<TokenRecord>> {
+                sqlx::query_as::<_, sql::TokenRow>(sql::TOKENS_OF_USER)
+                    .bind(user_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error("token"))?
+                    .into_iter()
+                    .map(sql::TokenRow::into_token)
+                    .collect()
+            }
+
             async fn record_usage(&self, record: &UsageRecord) -> Result<()> {
                 let u: &Usage = &record.usage;
                 sqlx::query(sql::INSERT_USAGE)
@@ -515,6 +526,50 @@ macro_rules! impl_store {
                     .await
                     .map_err(db_error("usage"))?;
                 Ok(sql::usage_from_sums(row))
+            }
+
+            async fn workspace_usage(&self, workspace_id: &str) -> Result<(Usage, u64)> {
+                let row = sqlx::query_as::<_, sql::UsageSumRow>(sql::WORKSPACE_USAGE)
+                    .bind(workspace_id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("usage"))?;
+                let (usage, runs) = sql::usage_from_sums(row);
+                Ok((usage, sql::to_u64(runs.unwrap_or(0))))
+            }
+
+            async fn ping(&self) -> Result<()> {
+                sqlx::query_scalar::<_, i64>(sql::PING)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("ping"))?;
+                Ok(())
+            }
+
+            async fn status_counts(&self) -> Result<super::StatusCounts> {
+                let runs = sqlx::query_as::<_, (String, i64)>(sql::RUN_STATUS_COUNTS)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error("run"))?
+                    .into_iter()
+                    .map(|(s, n)| Ok((sql::parse_run_status(&s)?, sql::to_u64(n))))
+                    .collect::<Result<Vec<_>>>()?;
+                let sandboxes = sqlx::query_as::<_, (String, i64)>(sql::SANDBOX_STATUS_COUNTS)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error("sandbox"))?
+                    .into_iter()
+                    .map(|(s, n)| Ok((sql::parse_sandbox_status(&s)?, sql::to_u64(n))))
+                    .collect::<Result<Vec<_>>>()?;
+                let proxy_requests = sqlx::query_scalar::<_, i64>(sql::USAGE_COUNT)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("usage"))?;
+                Ok(super::StatusCounts {
+                    runs,
+                    sandboxes,
+                    proxy_requests: sql::to_u64(proxy_requests),
+                })
             }
         }
     };

@@ -232,6 +232,14 @@ pub struct NewEvent {
     pub raw: Option<Value>,
 }
 
+/// How many runs and sandboxes are in each status, and how many model calls the proxy recorded.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatusCounts {
+    pub runs: Vec<(RunStatus, u64)>,
+    pub sandboxes: Vec<(SandboxStatus, u64)>,
+    pub proxy_requests: u64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
@@ -311,10 +319,21 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes every token of a sandbox (when it is deleted).
     async fn revoke_sandbox_tokens(&self, sandbox_id: &str, now: Millis) -> Result<()>;
 
+    /// A user's API tokens, newest first, revoked and expired ones included.
+    async fn tokens_of_user(&self, user_id: &str) -> Result<Vec<TokenRecord>>;
+
     // Usage.
     async fn record_usage(&self, record: &UsageRecord) -> Result<()>;
     /// Sum of a run's proxied model calls, and the first call's time to first token.
     async fn run_usage(&self, run_id: &str) -> Result<(Usage, Option<i64>)>;
+    /// Sum of a workspace's proxied model calls, and how many runs the workspace has.
+    async fn workspace_usage(&self, workspace_id: &str) -> Result<(Usage, u64)>;
+
+    // Operations.
+    /// A trivial query: does the database answer?
+    async fn ping(&self) -> Result<()>;
+    /// Rows per status, across workspaces, for `/metrics`.
+    async fn status_counts(&self) -> Result<StatusCounts>;
 }
 
 /// Opens the store a URL names (`sqlite://PATH` or `postgres://...`) and runs its migrations.

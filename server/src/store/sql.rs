@@ -149,6 +149,11 @@ pub(super) const TOKEN_EXISTS: &str = "SELECT COUNT(*) FROM tokens WHERE id = $1
 pub(super) const REVOKE_SANDBOX_TOKENS: &str =
     "UPDATE tokens SET revoked_at = $1 WHERE sandbox_id = $2 AND revoked_at IS NULL";
 
+/// A user's API tokens, newest first (never session or sandbox tokens).
+pub(super) const TOKENS_OF_USER: &str = "SELECT id, kind, hash, name, user_id, sandbox_id, \
+     workspace_id, created_at, expires_at, revoked_at FROM tokens \
+     WHERE user_id = $1 AND kind = 'api' ORDER BY created_at DESC, id DESC";
+
 // ---- Usage ------------------------------------------------------------------------------------
 
 pub(super) const INSERT_USAGE: &str = "INSERT INTO usage (id, sandbox_id, run_id, workspace_id, \
@@ -167,6 +172,25 @@ pub(super) const RUN_USAGE: &str = "SELECT \
      (SELECT u2.ttft_ms FROM usage u2 WHERE u2.run_id = $1 AND u2.ttft_ms IS NOT NULL \
       ORDER BY u2.created_at, u2.id LIMIT 1) \
      FROM usage WHERE run_id = $1";
+
+/// Like [`RUN_USAGE`] over a workspace's calls; the last column is its number of runs.
+pub(super) const WORKSPACE_USAGE: &str = "SELECT \
+     CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(cache_read_tokens), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(cache_write_tokens), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION), \
+     (SELECT CAST(COUNT(*) AS BIGINT) FROM runs r WHERE r.workspace_id = $1) \
+     FROM usage WHERE workspace_id = $1";
+
+// ---- Operations -------------------------------------------------------------------------------
+
+pub(super) const PING: &str = "SELECT CAST(1 AS BIGINT)";
+pub(super) const RUN_STATUS_COUNTS: &str =
+    "SELECT status, CAST(COUNT(*) AS BIGINT) FROM runs GROUP BY status";
+pub(super) const SANDBOX_STATUS_COUNTS: &str =
+    "SELECT status, CAST(COUNT(*) AS BIGINT) FROM sandboxes GROUP BY status";
+pub(super) const USAGE_COUNT: &str = "SELECT CAST(COUNT(*) AS BIGINT) FROM usage";
 
 /// `$first, $first+1, ...`, `n` of them.
 fn placeholders(first: usize, n: usize) -> String {

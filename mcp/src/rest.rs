@@ -1,0 +1,35 @@
+//! Wire types of `delegate serve`'s REST API that both the server and the remote client use (the
+//! tool inputs and outputs in [`crate::tools`] double as request and response bodies).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{RunResult, RunStatus};
+
+/// `GET /api/runs` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunList {
+    /// Newest first.
+    pub runs: Vec<RunResult>,
+}
+
+/// The error envelope every failure uses: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorBody {
+    /// `invalid_input`, `unauthorized`, `forbidden`, `not_found`, `conflict`, `limit`,
+    /// `payload_too_large`, `unavailable`, `method_not_allowed`, `internal`.
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The `data` of the last SSE event of a run's event stream (`event: end`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StreamEnd {
+    pub status: RunStatus,
+}

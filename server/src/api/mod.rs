@@ -1,0 +1,327 @@
+//! The REST API under `/api/`: runs, run events (JSON pages and SSE), sandboxes, tokens, usage, and
+//! the operations endpoints (`/healthz`, `/readyz`, `/metrics`). Every route is one row of
+//! [`table`]: the router and the OpenAPI document (`/api/openapi.json`) are both built from it, so
+//! they cannot drift apart. Handlers are thin: they call the same [`Service`] as the MCP tools,
+//! which checks the caller's role in one place.
+
+mod error;
+pub mod openapi;
+pub mod ops;
+pub mod runs;
+pub mod sandboxes;
+pub mod tokens;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
+use axum::routing::{MethodRouter, delete, get, post};
+use delegate_mcp::delegator::Caller;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+
+pub use error::{ApiError, ApiResult, Json, Path, Query};
+
+use crate::delegation::Service;
+use crate::orchestrator::Orchestrator;
+
+/// The largest request body the API reads.
+pub const MAX_BODY_BYTES: usize = 2 << 20;
+
+/// What every handler gets; cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    pub service: Service,
+    pub metrics: Arc<ops::HttpMetrics>,
+}
+
+impl ApiState {
+    pub fn new(orch: Orchestrator, metrics: Arc<ops::HttpMetrics>) -> Self {
+        ApiState {
+            service: Service::new(orch),
+            metrics,
+        }
+    }
+
+    pub fn orch(&self) -> &Orchestrator {
+        self.service.orchestrator()
+    }
+}
+
+/// The caller `require_token` authenticated.
+pub struct Authed(pub Caller);
+
+impl<S: Send + Sync> FromRequestParts<S> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .map(Authed)
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "no caller"))
+    }
+}
+
+/// Produces a (referenced) JSON Schema of a wire type for the OpenAPI document.
+pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+pub fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    g.subschema_for::<T>()
+}
+
+/// Where a parameter goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum In {
+    Path,
+    Query,
+    Header,
+}
+
+impl In {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            In::Path => "path",
+            In::Query => "query",
+            In::Header => "header",
+        }
+    }
+}
+
+/// One documented parameter; `kind` is its JSON Schema type (`string`, `integer`).
+#[derive(Debug, Clone)]
+pub struct Param {
+    pub name: &'static str,
+    pub location: In,
+    pub kind: &'static str,
+    pub description: &'static str,
+}
+
+/// One documented successful response.
+#[derive(Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub description: &'static str,
+    /// `None`: no body (204), or a text body described by `content_type`.
+    pub schema: Option<SchemaFn>,
+    pub content_type: &'static str,
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `Authorization: Bearer dlg_...`, mounted under `/api` behind `require_token`.
+    Token,
+    /// No token (health, metrics, the OpenAPI document).
+    Public,
+}
+
+/// One row of the route table.
+pub struct Route {
+    pub method: Method,
+    /// The full path as served, in OpenAPI/axum syntax (`/api/runs/{id}`).
+    pub path: &'static str,
+    pub operation_id: &'static str,
+    pub summary: &'static str,
+    pub access: Access,
+    pub params: Vec<Param>,
+    pub body: Option<SchemaFn>,
+    pub replies: Vec<Reply>,
+    pub handler: MethodRouter<ApiState>,
+}
+
+impl Route {
+    fn new(
+        method: Method,
+        path: &'static str,
+        operation_id: &'static str,
+        summary: &'static str,
+        handler: MethodRouter<ApiState>,
+    ) -> Self {
+        Route {
+            method,
+            path,
+            operation_id,
+            summary,
+            access: Access::Token,
+            params: Vec::new(),
+            body: None,
+            replies: Vec::new(),
+            handler,
+        }
+    }
+
+    fn public(mut self) -> Self {
+        self.access = Access::Public;
+        self
+    }
+
+    fn param(
+        mut self,
+        name: &'static str,
+        location: In,
+        kind: &'static str,
+        description: &'static str,
+    ) -> Self {
+        self.params.push(Param {
+            name,
+            location,
+            kind,
+            description,
+        });
+        self
+    }
+
+    fn id(self, what: &'static str) -> Self {
+        self.param("id", In::Path, "string", what)
+    }
+
+    fn body(mut self, schema: SchemaFn) -> Self {
+        self.body = Some(schema);
+        self
+    }
+
+    fn reply(mut self, status: u16, description: &'static str, schema: SchemaFn) -> Self {
+        self.replies.push(Reply {
+            status,
+            description,
+            schema: Some(schema),
+            content_type: "application/json",
+        });
+        self
+    }
+
+    fn reply_text(
+        mut self,
+        status: u16,
+        description: &'static str,
+        content_type: &'static str,
+    ) -> Self {
+        self.replies.push(Reply {
+            status,
+            description,
+            schema: None,
+            content_type,
+        });
+        self
+    }
+}
+
+/// Every route of the REST API and the operations endpoints, in one table.
+pub fn table() -> Vec<Route> {
+    use delegate_mcp::tools::{
+        CancelRunOutput, CreateSandboxInput, DeleteSandboxOutput, ListSandboxesOutput,
+        RunInSandboxInput, SandboxInfo, StreamSessionOutput,
+    };
+    use delegate_mcp::types::RunResult;
+    let workspace = "Workspace slug or id; omit for your first workspace.";
+    vec![
+        // Runs.
+        Route::new(Method::POST, "/api/runs", "createRun", "Start a run (`wait` defaults to false here: 201 at once; with `\"wait\": true`, 200 when it ends)", post(runs::create))
+            .body(schema::<RunInSandboxInput>)
+            .reply(201, "Started; status running", schema::<RunResult>)
+            .reply(200, "Ended (with `wait: true`)", schema::<RunResult>),
+        Route::new(Method::GET, "/api/runs", "listRuns", "Runs of a workspace or sandbox, newest first", get(runs::list))
+            .param("workspace", In::Query, "string", workspace)
+            .param("sandbox_id", In::Query, "string", "Only runs of this sandbox.")
+            .param("limit", In::Query, "integer", "At most this many (default 50, max 500).")
+            .reply(200, "The runs", schema::<runs::RunList>),
+        Route::new(Method::GET, "/api/runs/{id}", "getRun", "A run's result as it stands", get(runs::get_one))
+            .id("Run id")
+            .reply(200, "The run", schema::<RunResult>),
+        Route::new(Method::POST, "/api/runs/{id}/cancel", "cancelRun", "Cancel a run and wait until it ended", post(runs::cancel))
+            .id("Run id")
+            .reply(200, "The run's status after the cancel", schema::<CancelRunOutput>),
+        Route::new(Method::GET, "/api/runs/{id}/events", "runEvents", "A run's events after a cursor: a JSON page (long-polls up to wait_seconds), or with `Accept: text/event-stream` an SSE stream (`id: seq`, `event: type`, `data: Event`; resume with `Last-Event-ID`; ends with `event: end`)", get(runs::events))
+            .id("Run id")
+            .param("after", In::Query, "integer", "Events after this sequence number (default 0).")
+            .param("limit", In::Query, "integer", "JSON page: at most this many events (default and max 500).")
+            .param("wait_seconds", In::Query, "integer", "JSON page: wait this long for a first event (default 0, max 60).")
+            .param("Last-Event-ID", In::Header, "string", "SSE: resume after this sequence number.")
+            .reply(200, "A page of events (SSE: text/event-stream)", schema::<StreamSessionOutput>),
+        // Sandboxes.
+        Route::new(Method::POST, "/api/sandboxes", "createSandbox", "Create a warm sandbox", post(sandboxes::create))
+            .body(schema::<CreateSandboxInput>)
+            .reply(201, "Created and running", schema::<SandboxInfo>),
+        Route::new(Method::GET, "/api/sandboxes", "listSandboxes", "Sandboxes of a workspace, newest first", get(sandboxes::list))
+            .param("workspace", In::Query, "string", workspace)
+            .reply(200, "The sandboxes", schema::<ListSandboxesOutput>),
+        Route::new(Method::GET, "/api/sandboxes/{id}", "getSandbox", "A sandbox", get(sandboxes::get_one))
+            .id("Sandbox id")
+            .reply(200, "The sandbox", schema::<SandboxInfo>),
+        Route::new(Method::DELETE, "/api/sandboxes/{id}", "deleteSandbox", "Delete a sandbox with its files (a run in it is cancelled first)", delete(sandboxes::remove))
+            .id("Sandbox id")
+            .reply(200, "Deleted", schema::<DeleteSandboxOutput>),
+        Route::new(Method::POST, "/api/sandboxes/{id}/pause", "pauseSandbox", "Pause a warm sandbox, keeping its files", post(sandboxes::pause))
+            .id("Sandbox id")
+            .reply(200, "Paused", schema::<SandboxInfo>),
+        Route::new(Method::POST, "/api/sandboxes/{id}/resume", "resumeSandbox", "Resume a paused sandbox", post(sandboxes::resume))
+            .id("Sandbox id")
+            .reply(200, "Running again", schema::<SandboxInfo>),
+        // Tokens.
+        Route::new(Method::POST, "/api/tokens", "createToken", "Create an API token for yourself (the secret is shown once)", post(tokens::create))
+            .body(schema::<tokens::CreateTokenInput>)
+            .reply(201, "Created", schema::<tokens::CreatedToken>),
+        Route::new(Method::GET, "/api/tokens", "listTokens", "Your API tokens (never their secrets)", get(tokens::list))
+            .reply(200, "The tokens", schema::<tokens::TokenList>),
+        Route::new(Method::DELETE, "/api/tokens/{id}", "revokeToken", "Revoke one of your API tokens", delete(tokens::revoke))
+            .id("Token id")
+            .reply_text(204, "Revoked", ""),
+        // Usage.
+        Route::new(Method::GET, "/api/usage", "getUsage", "Usage summed over a workspace's runs", get(ops::usage))
+            .param("workspace", In::Query, "string", workspace)
+            .reply(200, "The usage", schema::<ops::WorkspaceUsage>),
+        // Operations, no token.
+        Route::new(Method::GET, "/api/openapi.json", "openapi", "This document", get(openapi::serve))
+            .public()
+            .reply_text(200, "OpenAPI 3.1", "application/json"),
+        Route::new(Method::GET, "/healthz", "healthz", "Liveness: the process answers", get(ops::healthz))
+            .public()
+            .reply_text(200, "ok", "text/plain"),
+        Route::new(Method::GET, "/readyz", "readyz", "Readiness: the database answers", get(ops::readyz))
+            .public()
+            .reply_text(200, "ready", "text/plain"),
+        Route::new(Method::GET, "/metrics", "metrics", "Prometheus metrics", get(ops::metrics))
+            .public()
+            .reply_text(200, "Prometheus text format 0.0.4", "text/plain; version=0.0.4"),
+    ]
+}
+
+/// The API's routes: those needing a token behind `require_token`, with unknown `/api/...` paths
+/// and methods answered in the JSON envelope.
+pub fn routes(state: ApiState) -> Router {
+    let mut private = Router::new();
+    let mut public = Router::new();
+    for route in table() {
+        match route.access {
+            Access::Token => {
+                let path = route.path.strip_prefix("/api").unwrap_or(route.path);
+                private = private.route(path, route.handler);
+            }
+            Access::Public => public = public.route(route.path, route.handler),
+        }
+    }
+    let private = private
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.orch().clone(),
+            crate::serve::require_token,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    public.nest("/api", private).with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such API route; see /api/openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; see /api/openapi.json",
+    )
+}

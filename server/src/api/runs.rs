@@ -1,0 +1,211 @@
+//! `/api/runs`: start, list, get, cancel runs, and follow their events (JSON pages or SSE).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use delegate_mcp::tools::{CancelRunInput, RunInSandboxInput, StreamSessionInput};
+use delegate_mcp::types::RunResult;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{ApiError, ApiResult, ApiState, Authed, Json, Path, Query};
+use crate::delegation::Action;
+use crate::orchestrator::Orchestrator;
+
+/// `GET /api/runs` lists this many runs unless told otherwise.
+const DEFAULT_LIST_LIMIT: i64 = 50;
+/// ... and never more than this.
+const MAX_LIST_LIMIT: i64 = 500;
+/// SSE keep-alive comment interval.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How often an SSE stream looks again at a run that executes in another server process.
+const REMOTE_POLL: Duration = Duration::from_millis(500);
+
+pub use delegate_mcp::rest::RunList;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    workspace: Option<String>,
+    sandbox_id: Option<String>,
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+    wait_seconds: Option<u64>,
+}
+
+pub async fn create(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    Json(mut input): Json<RunInSandboxInput>,
+) -> ApiResult<Response> {
+    let wait = input.wait.unwrap_or(false);
+    input.wait = Some(wait);
+    // Nobody listens to progress here: the events endpoint is the way to follow a run.
+    let (progress, _) = tokio::sync::mpsc::channel(1);
+    let result = state
+        .service
+        .run_in_sandbox(&caller, input, progress, CancellationToken::new())
+        .await?;
+    let status = if wait {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, axum::Json(result)).into_response())
+}
+
+pub async fn list(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<axum::Json<RunList>> {
+    let limit = q
+        .limit
+        .unwrap_or(DEFAULT_LIST_LIMIT)
+        .clamp(1, MAX_LIST_LIMIT);
+    let runs = state
+        .service
+        .list_runs(
+            &caller,
+            q.workspace.as_deref(),
+            q.sandbox_id.as_deref(),
+            limit,
+        )
+        .await?;
+    Ok(axum::Json(RunList { runs }))
+}
+
+pub async fn get_one(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<RunResult>> {
+    Ok(axum::Json(state.service.get_run(&caller, &id).await?))
+}
+
+pub async fn cancel(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let out = state
+        .service
+        .cancel_run(&caller, CancelRunInput { run_id: id })
+        .await?;
+    Ok(axum::Json(out).into_response())
+}
+
+pub async fn events(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let wants_sse = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"));
+    if !wants_sse {
+        let page = state
+            .service
+            .stream_session(
+                &caller,
+                StreamSessionInput {
+                    run_id: Some(id),
+                    sandbox_id: None,
+                    after: q.after,
+                    wait_seconds: q.wait_seconds,
+                },
+                Duration::ZERO,
+                q.limit,
+            )
+            .await?;
+        return Ok(axum::Json(page).into_response());
+    }
+    let last_event_id = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::invalid("Last-Event-ID: an event sequence number"))?,
+        ),
+    };
+    let run = state.service.run(&caller, &id, Action::Read).await?;
+    let after = last_event_id.or(q.after).unwrap_or(0);
+    let stream = sse_events(state.orch().clone(), run.id, after);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response())
+}
+
+/// A run's events after `after` as SSE, then `event: end` once the run has ended and every event
+/// was sent. Reads the orchestrator's event stream (store, then live), never buffering the log.
+fn sse_events(
+    orch: Orchestrator,
+    run_id: String,
+    after: u64,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send {
+    async_stream::stream! {
+        let mut cursor = after;
+        loop {
+            // Status first: a run seen terminal here has every event stored already.
+            let status = match orch.run(&run_id).await {
+                Ok(run) => run.status,
+                Err(e) => {
+                    tracing::warn!(run = %run_id, error = %e, "SSE: cannot read the run; closing");
+                    return;
+                }
+            };
+            let mut events = Box::pin(orch.events(&run_id, cursor));
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(e) => {
+                        cursor = e.seq;
+                        yield Ok(sse_event(&e));
+                    }
+                    Err(e) => {
+                        // The client resumes from its Last-Event-ID.
+                        tracing::warn!(run = %run_id, error = %e, "SSE: event stream broke; closing");
+                        return;
+                    }
+                }
+            }
+            if status.is_terminal() {
+                let data = serde_json::to_string(&delegate_mcp::rest::StreamEnd { status })
+                    .unwrap_or_default();
+                yield Ok(SseEvent::default().event("end").data(data));
+                return;
+            }
+            // Not live in this process (another server runs it) or it ended meanwhile: look again.
+            tokio::time::sleep(REMOTE_POLL).await;
+        }
+    }
+}
+
+fn sse_event(e: &delegate_mcp::types::Event) -> SseEvent {
+    // axum refuses line breaks in an event name; opencode's unknown types are kept, not trusted.
+    let kind: String = e
+        .kind
+        .chars()
+        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
+        .collect();
+    let data = serde_json::to_string(e).unwrap_or_else(|_| "{}".into());
+    SseEvent::default()
+        .id(e.seq.to_string())
+        .event(kind)
+        .data(data)
+}
