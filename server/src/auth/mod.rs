@@ -1,5 +1,8 @@
 //! API tokens (`dlg_...`): issued once, stored as SHA-256 hashes, resolved to a [`Caller`] by the
-//! HTTP layer. Users: created by `delegate user create`, each with a personal workspace.
+//! HTTP layer. Users: created by `delegate user create`, each with a personal workspace. Browser
+//! sessions: [`sessions`].
+
+pub mod sessions;
 
 use delegate_mcp::delegator::Caller;
 
