@@ -21,6 +21,9 @@ pub struct Caller {
     pub token_id: Option<String>,
     /// The MCP client's name from `initialize` (e.g. `claude-code`), for "delegated by".
     pub client: Option<String>,
+    /// A workspace-scoped API token acts only in this workspace (id); `None`: wherever the user
+    /// is a member.
+    pub workspace_id: Option<String>,
 }
 
 /// A failure the calling model can act on; becomes a tool error (`isError: true`) with the

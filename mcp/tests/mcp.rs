@@ -246,6 +246,7 @@ fn stdio_caller() -> Caller {
         user_id: "local-user".into(),
         token_id: None,
         client: None,
+        workspace_id: None,
     }
 }
 
@@ -434,6 +435,7 @@ async fn run_returns_structured_content_and_a_summary() {
             user_id: "local-user".into(),
             token_id: None,
             client: Some("test-client".into()),
+            workspace_id: None,
         },
         "the fixed caller, with the client's name from initialize"
     );
@@ -684,6 +686,7 @@ async fn insert_caller(
         user_id: "http-user".into(),
         token_id: Some("tok_1".into()),
         client: None,
+        workspace_id: None,
     });
     next.run(request).await
 }
@@ -745,6 +748,7 @@ fn http_caller() -> Caller {
         user_id: "http-user".into(),
         token_id: Some("tok_1".into()),
         client: Some("test-client".into()),
+        workspace_id: None,
     }
 }
 

@@ -55,6 +55,7 @@ fn caller() -> Caller {
         user_id: "remote".into(),
         token_id: None,
         client: None,
+        workspace_id: None,
     }
 }
 

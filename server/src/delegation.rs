@@ -67,12 +67,7 @@ impl From<ServiceError> for DelegateError {
 
 type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
-/// What a call wants to do in a workspace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Read,
-    Write,
-}
+pub use crate::roles::Action;
 
 /// The operations of delegate on behalf of a [`Caller`]; cheap to clone.
 #[derive(Clone)]
@@ -109,16 +104,30 @@ impl Service {
         workspace: Option<&str>,
         action: Action,
     ) -> Result<Workspace> {
+        self.authorize_role(caller, workspace, action)
+            .await
+            .map(|(ws, _)| ws)
+    }
+
+    /// [`Self::authorize`], also returning the caller's role there.
+    pub async fn authorize_role(
+        &self,
+        caller: &Caller,
+        workspace: Option<&str>,
+        action: Action,
+    ) -> Result<(Workspace, Role)> {
         let store = self.orch.store();
         let memberships = store
             .workspaces_of_user(&caller.user_id)
             .await
             .map_err(internal)?;
+        // A workspace-scoped token sees only its workspace: every other one looks unknown.
+        let mut memberships = memberships
+            .into_iter()
+            .filter(|(ws, _)| caller.workspace_id.as_ref().is_none_or(|id| *id == ws.id));
         let found = match workspace {
-            None => memberships.into_iter().next(),
-            Some(w) => memberships
-                .into_iter()
-                .find(|(ws, _)| ws.slug == w || ws.id == w),
+            None => memberships.next(),
+            Some(w) => memberships.find(|(ws, _)| ws.slug == w || ws.id == w),
         };
         // Not a member and no such workspace look the same: no probing for names.
         let (ws, role) = found.ok_or_else(|| {
@@ -127,14 +136,14 @@ impl Service {
                 None => "no workspace for this user".into(),
             })
         })?;
-        if action == Action::Write && role < Role::Developer {
+        if !crate::roles::allows(role, action) {
             return Err(ServiceError::Forbidden(format!(
-                "your role in workspace {} is {}: read-only",
+                "your role in workspace {} is {}: not allowed to do this",
                 ws.slug,
                 role.as_str()
             )));
         }
-        Ok(ws)
+        Ok((ws, role))
     }
 
     /// A sandbox the caller may act on.
@@ -496,13 +505,22 @@ impl Service {
             .list_runs(&workspace_id, sandbox_id.as_deref(), limit)
             .await
             .map_err(internal)?;
+        // One query for all the event counts, not one per run.
+        let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
+        let counts: std::collections::HashMap<String, u64> = store
+            .event_counts(&ids)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .collect();
         let public = self.orch.settings().public_url.as_deref();
-        let mut out = Vec::with_capacity(runs.len());
-        for run in &runs {
-            let events = store.event_count(&run.id).await.map_err(internal)?;
-            out.push(crate::orchestrator::result_of(run, events, public));
-        }
-        Ok(out)
+        Ok(runs
+            .iter()
+            .map(|run| {
+                let events = counts.get(&run.id).copied().unwrap_or(0);
+                crate::orchestrator::result_of(run, events, public)
+            })
+            .collect())
     }
 
     /// Usage summed over a workspace's model calls, and how many runs it has.

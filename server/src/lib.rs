@@ -12,6 +12,7 @@ pub mod opencode;
 pub mod orchestrator;
 pub mod proxy;
 pub mod relay;
+pub mod roles;
 pub mod sandbox;
 pub mod serve;
 pub mod settings;

@@ -99,8 +99,10 @@ pub async fn serve(
 /// How long open connections get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Resolves `Authorization: Bearer dlg_...` to a [`delegate_mcp::delegator::Caller`] in the
-/// request's extensions; without a valid token: 401 with `WWW-Authenticate`.
+/// Resolves `Authorization: Bearer dlg_...`, or else the session cookie, to a
+/// [`delegate_mcp::delegator::Caller`] in the request's extensions; without a valid one: 401 with
+/// `WWW-Authenticate`. A cookie-authenticated change must pass the CSRF origin check
+/// ([`crate::auth::csrf`]) or gets 403 before any handler runs.
 pub(crate) async fn require_token(
     State(orch): State<Orchestrator>,
     mut request: Request,
@@ -110,7 +112,29 @@ pub(crate) async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match caller_from_bearer(orch.store().as_ref(), header).await {
+    let cookie = request
+        .headers()
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok());
+    let resolved = match (header, crate::auth::sessions::cookie_value(cookie)) {
+        (None, Some(secret)) => {
+            if !crate::auth::csrf::allowed(
+                request.method(),
+                request.headers(),
+                orch.settings().public_url.as_deref(),
+            ) {
+                return json_error(
+                    StatusCode::FORBIDDEN,
+                    "csrf",
+                    "a change with a session cookie must come from this server's own origin \
+                     (Origin or Referer header)",
+                );
+            }
+            crate::auth::sessions::caller_from_session(orch.store().as_ref(), secret).await
+        }
+        _ => caller_from_bearer(orch.store().as_ref(), header).await,
+    };
+    match resolved {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await

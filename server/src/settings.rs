@@ -54,6 +54,18 @@ pub enum Isolation {
     None,
 }
 
+/// Who may create an account with a password (`POST /api/auth/signup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// Anyone who reaches the server.
+    Open,
+    /// Only with an invite code from a workspace maintainer or owner.
+    Invite,
+    /// Nobody; accounts come from `delegate user create` (or single sign-on).
+    Disabled,
+}
+
 /// How delegate reaches the real Anthropic API. Only the server process ever holds this.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -96,6 +108,42 @@ pub struct Settings {
     pub default_timeout: Duration,
     /// The largest diff a result carries; longer ones are cut and flagged `diff_truncated`.
     pub diff_max_bytes: usize,
+    /// Who may sign up with a password (`DELEGATE_REGISTRATION`).
+    pub registration: Registration,
+    /// Single sign-on (generic OIDC, GitHub); each provider is on when its client id is set.
+    pub sso: SsoSettings,
+}
+
+/// Single sign-on settings. Callbacks are `{redirect_base_url}/api/auth/oidc/callback` and
+/// `{redirect_base_url}/api/auth/github/callback`.
+#[derive(Debug, Clone, Default)]
+pub struct SsoSettings {
+    /// `OIDC_REDIRECT_BASE_URL` [DELEGATE_PUBLIC_URL], without a trailing slash.
+    pub redirect_base_url: Option<String>,
+    /// `OIDC_ISSUER_URL` + `OIDC_CLIENT_ID` + `OIDC_CLIENT_SECRET`.
+    pub oidc: Option<OidcSettings>,
+    /// `GITHUB_CLIENT_ID` + `GITHUB_CLIENT_SECRET` (+ `GITHUB_API_URL`, `GITHUB_OAUTH_URL`).
+    pub github: Option<GithubSettings>,
+}
+
+/// A generic OpenID Connect provider, found by discovery from its issuer.
+#[derive(Debug, Clone)]
+pub struct OidcSettings {
+    pub issuer_url: String,
+    pub client_id: String,
+    /// `None` for a public client (PKCE only).
+    pub client_secret: Option<Secret>,
+}
+
+/// GitHub OAuth (or GitHub Enterprise, or a local stand-in speaking GitHub's wire format).
+#[derive(Debug, Clone)]
+pub struct GithubSettings {
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// `GITHUB_API_URL` [https://api.github.com].
+    pub api_url: String,
+    /// `GITHUB_OAUTH_URL` [https://github.com]: `/login/oauth/authorize` and `/login/oauth/access_token`.
+    pub oauth_url: String,
 }
 
 /// The optional settings file; every field optional, same names as the env vars in lower case.
@@ -120,6 +168,15 @@ struct FileSettings {
     max_concurrent_runs: Option<usize>,
     default_timeout: Option<String>,
     diff_max_bytes: Option<usize>,
+    registration: Option<Registration>,
+    oidc_redirect_base_url: Option<String>,
+    oidc_issuer_url: Option<String>,
+    oidc_client_id: Option<String>,
+    oidc_client_secret: Option<Secret>,
+    github_client_id: Option<String>,
+    github_client_secret: Option<Secret>,
+    github_api_url: Option<String>,
+    github_oauth_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,7 +220,7 @@ impl Settings {
         let file_path = file
             .map(Path::to_path_buf)
             .or_else(|| env.var("DELEGATE_CONFIG").map(PathBuf::from));
-        let f = match &file_path {
+        let mut f = match &file_path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
                     path: path.clone(),
@@ -177,6 +234,7 @@ impl Settings {
             None => FileSettings::default(),
         };
 
+        let sso = sso_settings(env, &mut f)?;
         let listen = match env.var("DELEGATE_LISTEN") {
             Some(v) => parse_value("DELEGATE_LISTEN", &v)?,
             None => f.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
@@ -237,6 +295,11 @@ impl Settings {
             None => Ok(file.unwrap_or(default)),
         };
 
+        let registration = match env.var("DELEGATE_REGISTRATION") {
+            Some(v) => parse_enum("DELEGATE_REGISTRATION", &v)?,
+            None => f.registration.unwrap_or(Registration::Invite),
+        };
+
         Ok(Settings {
             listen,
             database_url,
@@ -274,9 +337,96 @@ impl Settings {
                 f.diff_max_bytes.map(|n| n as u64),
                 256 * 1024,
             )? as usize,
+            sso,
+            registration,
             data_dir,
         })
     }
+}
+
+/// The SSO block of the settings; takes its fields out of `f`.
+fn sso_settings(env: &dyn EnvSource, f: &mut FileSettings) -> Result<SsoSettings, SettingsError> {
+    let url = |name: &'static str, v: Option<String>| -> Result<Option<String>, SettingsError> {
+        match v {
+            Some(v) if !(v.starts_with("http://") || v.starts_with("https://")) => {
+                Err(SettingsError::Invalid {
+                    name,
+                    message: "must start with http:// or https://".into(),
+                })
+            }
+            v => Ok(v.map(|v| v.trim_end_matches('/').to_string())),
+        }
+    };
+    let redirect_base_url = url(
+        "OIDC_REDIRECT_BASE_URL",
+        env.var("OIDC_REDIRECT_BASE_URL")
+            .or(f.oidc_redirect_base_url.take())
+            .or_else(|| env.var("DELEGATE_PUBLIC_URL"))
+            .or(f.public_url.clone()),
+    )?;
+    let issuer = url(
+        "OIDC_ISSUER_URL",
+        env.var("OIDC_ISSUER_URL").or(f.oidc_issuer_url.take()),
+    )?;
+    let oidc_client = env.var("OIDC_CLIENT_ID").or(f.oidc_client_id.take());
+    let oidc_secret = env
+        .var("OIDC_CLIENT_SECRET")
+        .map(Secret::new)
+        .or(f.oidc_client_secret.take());
+    let oidc = match (issuer, oidc_client) {
+        (Some(issuer_url), Some(client_id)) => Some(OidcSettings {
+            issuer_url,
+            client_id,
+            client_secret: oidc_secret,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(SettingsError::Invalid {
+                name: "OIDC_ISSUER_URL",
+                message: "OIDC needs both OIDC_ISSUER_URL and OIDC_CLIENT_ID".into(),
+            });
+        }
+    };
+    let github_client = env.var("GITHUB_CLIENT_ID").or(f.github_client_id.take());
+    let github_secret = env
+        .var("GITHUB_CLIENT_SECRET")
+        .map(Secret::new)
+        .or(f.github_client_secret.take());
+    let github = match (github_client, github_secret) {
+        (Some(client_id), Some(client_secret)) => Some(GithubSettings {
+            client_id,
+            client_secret,
+            api_url: url(
+                "GITHUB_API_URL",
+                env.var("GITHUB_API_URL").or(f.github_api_url.take()),
+            )?
+            .unwrap_or_else(|| "https://api.github.com".into()),
+            oauth_url: url(
+                "GITHUB_OAUTH_URL",
+                env.var("GITHUB_OAUTH_URL").or(f.github_oauth_url.take()),
+            )?
+            .unwrap_or_else(|| "https://github.com".into()),
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(SettingsError::Invalid {
+                name: "GITHUB_CLIENT_ID",
+                message: "GitHub sign-in needs both GITHUB_CLIENT_ID and GITHUB_CLIENT_SECRET"
+                    .into(),
+            });
+        }
+    };
+    if (oidc.is_some() || github.is_some()) && redirect_base_url.is_none() {
+        return Err(SettingsError::Invalid {
+            name: "OIDC_REDIRECT_BASE_URL",
+            message: "single sign-on needs OIDC_REDIRECT_BASE_URL or DELEGATE_PUBLIC_URL (how browsers reach this server)".into(),
+        });
+    }
+    Ok(SsoSettings {
+        redirect_base_url,
+        oidc,
+        github,
+    })
 }
 
 fn default_data_dir() -> PathBuf {
@@ -369,6 +519,20 @@ sandbox_pids_max = 1024                                            # DELEGATE_SA
 max_concurrent_runs = 16                                           # DELEGATE_MAX_CONCURRENT_RUNS
 default_timeout = "900s"                                           # DELEGATE_DEFAULT_TIMEOUT
 diff_max_bytes = 262144                                            # DELEGATE_DIFF_MAX_BYTES
+
+# Password sign-up: open | invite (needs a code from a workspace maintainer) | disabled.
+registration = "invite"                                            # DELEGATE_REGISTRATION
+
+# Single sign-on. Callbacks: {base}/api/auth/oidc/callback and {base}/api/auth/github/callback.
+# An account is linked by email only when the provider says the email is verified.
+# oidc_redirect_base_url = "https://delegate.example.com"          # OIDC_REDIRECT_BASE_URL (default: public_url)
+# oidc_issuer_url = "https://accounts.example.com"                 # OIDC_ISSUER_URL
+# oidc_client_id = "delegate"                                      # OIDC_CLIENT_ID
+# oidc_client_secret = "..."                                       # OIDC_CLIENT_SECRET
+# github_client_id = "Iv1...."                                     # GITHUB_CLIENT_ID
+# github_client_secret = "..."                                     # GITHUB_CLIENT_SECRET
+# github_api_url = "https://api.github.com"                        # GITHUB_API_URL
+# github_oauth_url = "https://github.com"                          # GITHUB_OAUTH_URL
 "#;
 
 #[cfg(test)]
@@ -409,5 +573,35 @@ mod tests {
         assert!(err.to_string().contains("DELEGATE_BACKEND"), "{err}");
         let err = Settings::load(None, &[("IDLE_TIMEOUT", "soon")]).unwrap_err();
         assert!(err.to_string().contains("IDLE_TIMEOUT"), "{err}");
+    }
+
+    #[test]
+    fn sso_settings_default_to_the_public_url_and_hide_secrets() {
+        let env = [
+            ("DELEGATE_PUBLIC_URL", "https://d.example.com/"),
+            ("OIDC_ISSUER_URL", "https://idp.example.com"),
+            ("OIDC_CLIENT_ID", "delegate"),
+            ("OIDC_CLIENT_SECRET", "oidc-very-secret"),
+            ("GITHUB_CLIENT_ID", "gh-id"),
+            ("GITHUB_CLIENT_SECRET", "gh-very-secret"),
+        ];
+        let s = Settings::load(None, &env).unwrap();
+        assert_eq!(
+            s.sso.redirect_base_url.as_deref(),
+            Some("https://d.example.com")
+        );
+        let gh = s.sso.github.as_ref().unwrap();
+        assert_eq!(gh.api_url, "https://api.github.com");
+        assert_eq!(gh.oauth_url, "https://github.com");
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("very-secret"), "{debug}");
+        let err = Settings::load(None, &[("OIDC_CLIENT_ID", "x")]).unwrap_err();
+        assert!(err.to_string().contains("OIDC_ISSUER_URL"), "{err}");
+        let err = Settings::load(
+            None,
+            &[("GITHUB_CLIENT_ID", "x"), ("GITHUB_CLIENT_SECRET", "y")],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("OIDC_REDIRECT_BASE_URL"), "{err}");
     }
 }

@@ -258,6 +258,21 @@ async fn lifecycle(store: &dyn Store) {
     assert_eq!(after[0].data, json!({"text": "part 2"}));
     assert_eq!(after[0].raw, None);
     assert_eq!(after[1].raw, Some(json!({"type": "text", "seq": 3})));
+
+    // Several servers on one database: all event counts of a page in one query, and cancel
+    // requests for active runs, which the executing process polls for.
+    let ids = ["r1".to_string(), "r2".to_string(), "nope".to_string()];
+    assert_eq!(
+        store.event_counts(&ids).await.unwrap(),
+        [("r1".to_string(), 3)]
+    );
+    assert!(store.event_counts(&[]).await.unwrap().is_empty());
+    assert!(store.cancel_requested(&ids).await.unwrap().is_empty());
+    assert!(store.request_cancel("r1", 520).await.unwrap());
+    assert!(store.request_cancel("r1", 530).await.unwrap());
+    assert!(!store.request_cancel("nope", 530).await.unwrap());
+    assert_eq!(store.cancel_requested(&ids).await.unwrap(), ["r1"]);
+    assert!(store.cancel_requested(&[]).await.unwrap().is_empty());
     assert_eq!(store.events_after("r1", 0, 1).await.unwrap().len(), 1);
 
     // Tokens.
@@ -379,6 +394,8 @@ async fn lifecycle(store: &dyn Store) {
         .await
         .unwrap();
     let done = store.run("r1").await.unwrap();
+    // An ended run takes no cancel request.
+    assert!(!store.request_cancel("r1", 910).await.unwrap());
     assert_eq!(
         done,
         Run {

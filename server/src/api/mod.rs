@@ -4,12 +4,15 @@
 //! they cannot drift apart. Handlers are thin: they call the same [`Service`] as the MCP tools,
 //! which checks the caller's role in one place.
 
+pub mod accounts;
 mod error;
 pub mod openapi;
 pub mod ops;
 pub mod runs;
 pub mod sandboxes;
+pub mod sso;
 pub mod tokens;
+pub mod workspaces;
 
 use std::sync::Arc;
 
@@ -17,7 +20,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodRouter, delete, get, patch, post};
 use delegate_mcp::delegator::Caller;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 
@@ -34,13 +37,20 @@ pub const MAX_BODY_BYTES: usize = 2 << 20;
 pub struct ApiState {
     pub service: Service,
     pub metrics: Arc<ops::HttpMetrics>,
+    /// Failed sign-ins per email and per client IP.
+    pub logins: Arc<crate::auth::limits::LoginLimiter>,
+    /// Single sign-on (OIDC, GitHub).
+    pub sso: Arc<crate::auth::oidc::Sso>,
 }
 
 impl ApiState {
     pub fn new(orch: Orchestrator, metrics: Arc<ops::HttpMetrics>) -> Self {
+        let sso = Arc::new(crate::auth::oidc::Sso::new(orch.settings().sso.clone()));
         ApiState {
             service: Service::new(orch),
             metrics,
+            logins: Arc::default(),
+            sso,
         }
     }
 
@@ -112,7 +122,8 @@ pub struct Reply {
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// `Authorization: Bearer dlg_...`, mounted under `/api` behind `require_token`.
+    /// `Authorization: Bearer dlg_...` or the session cookie (unsafe methods then need a same-site
+    /// `Origin`), mounted under `/api` behind `require_token`.
     Token,
     /// No token (health, metrics, the OpenAPI document).
     Public,
@@ -269,10 +280,79 @@ pub fn table() -> Vec<Route> {
         Route::new(Method::DELETE, "/api/tokens/{id}", "revokeToken", "Revoke one of your API tokens", delete(tokens::revoke))
             .id("Token id")
             .reply_text(204, "Revoked", ""),
+        // Accounts.
+        Route::new(Method::POST, "/api/auth/signup", "signup", "Create an account with a password (per DELEGATE_REGISTRATION: open, invite or disabled) and sign in (Set-Cookie)", post(accounts::signup))
+            .public()
+            .body(schema::<accounts::SignupInput>)
+            .reply(201, "Created and signed in; Set-Cookie delegate_session", schema::<accounts::Me>),
+        Route::new(Method::POST, "/api/auth/login", "login", "Sign in with email and password (Set-Cookie); 429 after 10 failures per email or IP in 15 minutes", post(accounts::login))
+            .public()
+            .body(schema::<accounts::LoginInput>)
+            .reply(200, "Signed in; Set-Cookie delegate_session", schema::<accounts::Me>),
+        Route::new(Method::POST, "/api/auth/logout", "logout", "Sign out: revoke this session and clear the cookie", post(accounts::logout))
+            .reply_text(204, "Signed out", ""),
+        Route::new(Method::GET, "/api/auth/me", "me", "Who you are, and your workspaces with your role in each", get(accounts::me))
+            .reply(200, "You", schema::<accounts::Me>),
+        Route::new(Method::GET, "/api/auth/sessions", "listSessions", "Your browser sessions (never their secrets)", get(accounts::list_sessions))
+            .reply(200, "The sessions", schema::<accounts::SessionList>),
+        Route::new(Method::DELETE, "/api/auth/sessions/{id}", "revokeSession", "Revoke one of your sessions", delete(accounts::revoke_session))
+            .id("Session id")
+            .reply_text(204, "Revoked", ""),
+        // Workspaces and members.
+        Route::new(Method::GET, "/api/workspaces", "listWorkspaces", "Your workspaces with your role", get(workspaces::list))
+            .reply(200, "The workspaces", schema::<workspaces::WorkspaceList>),
+        Route::new(Method::POST, "/api/workspaces", "createWorkspace", "Create a workspace; you own it", post(workspaces::create))
+            .body(schema::<workspaces::CreateWorkspaceInput>)
+            .reply(201, "Created", schema::<accounts::WorkspaceInfo>),
+        Route::new(Method::GET, "/api/workspaces/{ws}", "getWorkspace", "A workspace and your role in it", get(workspaces::get_one))
+            .param("ws", In::Path, "string", "Workspace slug or id")
+            .reply(200, "The workspace", schema::<accounts::WorkspaceInfo>),
+        Route::new(Method::GET, "/api/workspaces/{ws}/members", "listMembers", "The members of a workspace", get(workspaces::members))
+            .param("ws", In::Path, "string", "Workspace slug or id")
+            .reply(200, "The members", schema::<workspaces::MemberList>),
+        Route::new(Method::POST, "/api/workspaces/{ws}/members", "addMember", "Add an existing account as a member (maintainers: below maintainer only)", post(workspaces::add_member))
+            .param("ws", In::Path, "string", "Workspace slug or id")
+            .body(schema::<workspaces::AddMemberInput>)
+            .reply(201, "Added", schema::<workspaces::MemberInfo>),
+        Route::new(Method::PATCH, "/api/workspaces/{ws}/members/{user_id}", "changeMember", "Change a member's role (the last owner stays an owner)", patch(workspaces::change_member))
+            .param("ws", In::Path, "string", "Workspace slug or id")
+            .param("user_id", In::Path, "string", "The member's user id")
+            .body(schema::<workspaces::RoleInput>)
+            .reply(200, "Changed", schema::<workspaces::MemberInfo>),
+        Route::new(Method::DELETE, "/api/workspaces/{ws}/members/{user_id}", "removeMember", "Remove a member (not the last owner)", delete(workspaces::remove_member))
+            .param("ws", In::Path, "string", "Workspace slug or id")
+            .param("user_id", In::Path, "string", "The member's user id")
+            .reply_text(204, "Removed", ""),
+        Route::new(Method::POST, "/api/workspaces/{ws}/invites", "createInvite", "Create a one-time invite code (7 days) for sign-up into this workspace", post(workspaces::create_invite))
+            .param("ws", In::Path, "string", "Workspace slug or id")
+            .body(schema::<workspaces::RoleInput>)
+            .reply(201, "Created; the code is shown once", schema::<workspaces::CreatedInvite>),
         // Usage.
         Route::new(Method::GET, "/api/usage", "getUsage", "Usage summed over a workspace's runs", get(ops::usage))
             .param("workspace", In::Query, "string", workspace)
             .reply(200, "The usage", schema::<ops::WorkspaceUsage>),
+        // Single sign-on, no token.
+        Route::new(Method::GET, "/api/auth/providers", "authProviders", "Which single sign-on providers this server offers", get(sso::providers))
+            .public()
+            .reply(200, "The providers", schema::<sso::Providers>),
+        Route::new(Method::GET, "/api/auth/oidc/start", "oidcStart", "Sign in with the OpenID Connect provider: 303 to it (PKCE, state, nonce)", get(sso::oidc_start))
+            .public()
+            .param("return_to", In::Query, "string", "A path on this server to land on afterwards (default /).")
+            .reply_text(303, "To the provider", ""),
+        Route::new(Method::GET, "/api/auth/oidc/callback", "oidcCallback", "The OpenID Connect provider's redirect back: signs in (session cookie) and 303 to return_to", get(sso::oidc_callback))
+            .public()
+            .param("code", In::Query, "string", "Authorization code.")
+            .param("state", In::Query, "string", "The state sent with the authorization request.")
+            .reply_text(303, "Signed in; Set-Cookie delegate_session", ""),
+        Route::new(Method::GET, "/api/auth/github/start", "githubStart", "Sign in with GitHub: 303 to GitHub (PKCE, state)", get(sso::github_start))
+            .public()
+            .param("return_to", In::Query, "string", "A path on this server to land on afterwards (default /).")
+            .reply_text(303, "To GitHub", ""),
+        Route::new(Method::GET, "/api/auth/github/callback", "githubCallback", "GitHub's redirect back: signs in (session cookie) and 303 to return_to", get(sso::github_callback))
+            .public()
+            .param("code", In::Query, "string", "Authorization code.")
+            .param("state", In::Query, "string", "The state sent with the authorization request.")
+            .reply_text(303, "Signed in; Set-Cookie delegate_session", ""),
         // Operations, no token.
         Route::new(Method::GET, "/api/openapi.json", "openapi", "This document", get(openapi::serve))
             .public()

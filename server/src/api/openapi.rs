@@ -18,7 +18,10 @@ const ERRORS: [(u16, &str); 8] = [
         "Invalid input (malformed JSON, unknown field, bad parameter)",
     ),
     (401, "Missing, invalid, expired or revoked token"),
-    (403, "Your role in the workspace is read-only"),
+    (
+        403,
+        "Your role does not allow this; or a cookie-authenticated change from another origin (`csrf`)",
+    ),
     (404, "Unknown, or in a workspace you are not a member of"),
     (409, "The sandbox is busy or not running"),
     (413, "Body over 2 MiB"),

@@ -22,6 +22,10 @@ pub struct CreateTokenInput {
     /// The token stops working after this many seconds; omit for no expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_seconds: Option<u64>,
+    /// Limit the token to this workspace (slug or id): elsewhere it finds nothing. A token made
+    /// with a scoped token is always scoped to the same workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
 }
 
 /// `POST /api/tokens` reply: the only time the secret is shown.
@@ -34,6 +38,9 @@ pub struct CreatedToken {
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
     pub expires_at: Option<i64>,
+    /// The workspace (id) the token is limited to, if any.
+    #[serde(default)]
+    pub workspace_id: Option<String>,
 }
 
 /// A token as lists show it (no secret, no hash).
@@ -44,6 +51,9 @@ pub struct TokenInfo {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// The workspace (id) the token is limited to, if any.
+    #[serde(default)]
+    pub workspace_id: Option<String>,
 }
 
 /// `GET /api/tokens` reply.
@@ -61,6 +71,7 @@ impl From<TokenRecord> for TokenInfo {
             created_at: t.created_at,
             expires_at: t.expires_at,
             revoked_at: t.revoked_at,
+            workspace_id: t.workspace_id,
         }
     }
 }
@@ -87,11 +98,24 @@ pub async fn create(
             )));
         }
     };
-    let (secret, record) = crate::auth::create_api_token(
+    // Resolved through the caller's memberships (and scope): no scoping to a foreign workspace,
+    // and a scoped token can not mint a wider one.
+    let workspace_id = match &input.workspace {
+        Some(w) => Some(
+            state
+                .service
+                .authorize(&caller, Some(w), crate::delegation::Action::Read)
+                .await?
+                .id,
+        ),
+        None => caller.workspace_id.clone(),
+    };
+    let (secret, record) = crate::auth::create_scoped_api_token(
         state.orch().store().as_ref(),
         &caller.user_id,
         Some(name.clone()),
         expires_at,
+        workspace_id,
     )
     .await
     .map_err(ApiError::internal)?;
@@ -101,6 +125,7 @@ pub async fn create(
         token: secret,
         created_at: record.created_at,
         expires_at: record.expires_at,
+        workspace_id: record.workspace_id,
     };
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
@@ -116,7 +141,11 @@ pub async fn list(
         .await
         .map_err(ApiError::internal)?;
     Ok(axum::Json(TokenList {
-        tokens: tokens.into_iter().map(TokenInfo::from).collect(),
+        tokens: tokens
+            .into_iter()
+            .filter(|t| in_scope(&caller, t))
+            .map(TokenInfo::from)
+            .collect(),
     }))
 }
 
@@ -132,7 +161,7 @@ pub async fn revoke(
         .await
         .map_err(ApiError::internal)?
         .into_iter()
-        .any(|t| t.id == id);
+        .any(|t| t.id == id && in_scope(&caller, &t));
     if !own {
         return Err(ApiError::not_found(format!("token {id:?} not found")));
     }
@@ -141,4 +170,9 @@ pub async fn revoke(
         .await
         .map_err(ApiError::internal)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A workspace-scoped token sees (and revokes) only tokens of its own workspace.
+pub fn in_scope(caller: &delegate_mcp::delegator::Caller, t: &TokenRecord) -> bool {
+    caller.workspace_id.is_none() || caller.workspace_id == t.workspace_id
 }

@@ -2,6 +2,10 @@
 //! HTTP layer. Users: created by `delegate user create`, each with a personal workspace. Browser
 //! sessions: [`sessions`].
 
+pub mod csrf;
+pub mod limits;
+pub mod oidc;
+pub mod passwords;
 pub mod sessions;
 
 use delegate_mcp::delegator::Caller;
@@ -30,6 +34,17 @@ pub async fn create_api_token(
     name: Option<String>,
     expires_at: Option<i64>,
 ) -> Result<(String, TokenRecord), StoreError> {
+    create_scoped_api_token(store, user_id, name, expires_at, None).await
+}
+
+/// [`create_api_token`], optionally limited to one workspace (id): the token then acts only there.
+pub async fn create_scoped_api_token(
+    store: &dyn Store,
+    user_id: &str,
+    name: Option<String>,
+    expires_at: Option<i64>,
+    workspace_id: Option<String>,
+) -> Result<(String, TokenRecord), StoreError> {
     let secret = new_secret(API_TOKEN_PREFIX);
     let record = TokenRecord {
         id: new_id("tok"),
@@ -38,7 +53,7 @@ pub async fn create_api_token(
         name,
         user_id: Some(user_id.to_string()),
         sandbox_id: None,
-        workspace_id: None,
+        workspace_id,
         created_at: now_ms(),
         expires_at,
         revoked_at: None,
@@ -77,6 +92,7 @@ pub async fn caller_from_bearer(
         user_id,
         token_id: Some(record.id),
         client: None,
+        workspace_id: record.workspace_id,
     })
 }
 

@@ -80,6 +80,7 @@ pub async fn caller_from_session(store: &dyn Store, secret: &str) -> Result<Call
         user_id: record.user_id.ok_or(AuthError::Invalid)?,
         token_id: Some(record.id),
         client: None,
+        workspace_id: None,
     })
 }
 

@@ -17,6 +17,9 @@ pub enum UserCommand {
         /// Display name [default: the email's local part].
         #[arg(long)]
         name: Option<String>,
+        /// Read a password for signing in (10 to 1024 characters) from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
     },
 }
 
@@ -45,7 +48,17 @@ async fn store(settings: &Settings) -> anyhow::Result<std::sync::Arc<dyn Store>>
 pub async fn user(settings: Settings, cmd: &UserCommand) -> anyhow::Result<ExitCode> {
     let store = store(&settings).await?;
     match cmd {
-        UserCommand::Create { email, name } => {
+        UserCommand::Create {
+            email,
+            name,
+            password_stdin,
+        } => {
+            // Hashed before the user exists, so a bad password leaves nothing behind.
+            let password_hash = if *password_stdin {
+                Some(read_password_hash().await?)
+            } else {
+                None
+            };
             let (user, ws) =
                 delegate_server::auth::create_user(store.as_ref(), email, name.as_deref())
                     .await
@@ -55,6 +68,9 @@ pub async fn user(settings: Settings, cmd: &UserCommand) -> anyhow::Result<ExitC
                         }
                         e => e.into(),
                     })?;
+            if let Some(hash) = password_hash {
+                store.set_password_hash(&user.id, &hash).await?;
+            }
             eprintln!(
                 "delegate: created user {} ({}) with workspace {}",
                 user.email, user.id, ws.slug
@@ -127,4 +143,15 @@ fn parse_expiry(v: &str) -> anyhow::Result<std::time::Duration> {
         return Ok(std::time::Duration::from_secs(n * 86_400));
     }
     Ok(parse_duration("--expires-in", v)?)
+}
+
+/// The first line of stdin (without its line ending), hashed with argon2id.
+async fn read_password_hash() -> anyhow::Result<String> {
+    let line = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await??;
+    let password = line.trim_end_matches(['\n', '\r']);
+    Ok(delegate_server::auth::passwords::hash(password).await?)
 }

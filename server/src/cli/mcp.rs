@@ -33,6 +33,7 @@ pub async fn main(settings: Settings) -> anyhow::Result<ExitCode> {
         user_id: orch.local_user().id.clone(),
         token_id: None,
         client: None,
+        workspace_id: None,
     };
     let served =
         delegate_mcp::serve_stdio(Arc::new(EmbeddedDelegator::new(orch.clone())), caller).await;
@@ -50,6 +51,7 @@ pub async fn remote(delegator: RemoteDelegator) -> anyhow::Result<ExitCode> {
         user_id: "remote".into(),
         token_id: None,
         client: None,
+        workspace_id: None,
     };
     delegate_mcp::serve_stdio(Arc::new(delegator), caller)
         .await

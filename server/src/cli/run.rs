@@ -210,6 +210,7 @@ pub async fn remote(delegator: RemoteDelegator, args: &RunArgs) -> anyhow::Resul
         user_id: "remote".into(),
         token_id: None,
         client: Some("cli".into()),
+        workspace_id: None,
     };
     let (progress_tx, mut progress_rx) = mpsc::channel(256);
     let cancel = CancellationToken::new();

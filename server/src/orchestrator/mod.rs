@@ -113,6 +113,11 @@ struct Warm {
 
 /// How often idle warm sandboxes are looked for.
 const IDLE_SWEEP: Duration = Duration::from_secs(1);
+/// How often the store is asked about runs executing in another process (their status, cancel
+/// requests for this process's runs): a cancel through another server lands within about this.
+const REMOTE_POLL: Duration = Duration::from_millis(500);
+/// How long [`Orchestrator::wait`] follows a run that executes in another process.
+pub const REMOTE_WAIT: Duration = Duration::from_secs(30);
 
 /// Shared handle to the orchestrator; cheap to clone.
 #[derive(Clone)]
@@ -165,6 +170,7 @@ impl Orchestrator {
             }),
         };
         tokio::spawn(sweep_idle(Arc::downgrade(&orch.inner)));
+        tokio::spawn(watch_cancel_requests(Arc::downgrade(&orch.inner)));
         Ok(orch)
     }
 
@@ -548,7 +554,9 @@ impl Orchestrator {
         run::start(self.clone(), req).await
     }
 
-    /// Cancels a run; it ends `cancelled` once its processes are gone.
+    /// Cancels a run; it ends `cancelled` once its processes are gone. A run executing in another
+    /// process (several servers on one database) gets a request in the store, which that process
+    /// acts on within about 0.5 s; follow it with [`Self::wait`].
     pub async fn cancel_run(&self, run_id: &str) -> Result<()> {
         let token = lock(&self.inner.live).get(run_id).map(|(t, _)| t.clone());
         match token {
@@ -558,14 +566,12 @@ impl Orchestrator {
             }
             None => {
                 let run = self.run(run_id).await?;
-                if run.status.is_terminal() {
-                    Ok(())
-                } else {
-                    Err(OrchestratorError::BadInput(format!(
-                        "run {run_id} is {} but not executing in this server",
-                        run.status
-                    )))
+                if !run.status.is_terminal() {
+                    // Another process executes it (several servers on one database), or it is
+                    // about to go live here: the owner's `watch_cancel_requests` picks this up.
+                    self.inner.store.request_cancel(run_id, now_ms()).await?;
                 }
+                Ok(())
             }
         }
     }
@@ -587,11 +593,19 @@ impl Orchestrator {
         follow(self.inner.store.clone(), run_id.to_string(), after, live)
     }
 
-    /// Waits for a run to end and returns its result.
+    /// Waits for a run to end and returns its result. A run executing in another process is
+    /// followed through the store for at most [`REMOTE_WAIT`]; then its result as it stands.
     pub async fn wait(&self, run_id: &str) -> Result<RunResult> {
         let live = lock(&self.inner.live).get(run_id).map(|(_, l)| l.clone());
         if let Some(mut live) = live {
             let _ = live.wait_done().await;
+            return self.result(run_id).await;
+        }
+        let deadline = tokio::time::Instant::now() + REMOTE_WAIT;
+        while !self.run(run_id).await?.status.is_terminal()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(REMOTE_POLL).await;
         }
         self.result(run_id).await
     }
@@ -736,6 +750,42 @@ async fn sweep_idle(inner: std::sync::Weak<Inner>) {
                 }
             }
             lock(&orch.inner.busy).remove(&id);
+        }
+    }
+}
+
+/// Cancels this process's live runs that another process asked to cancel (recorded by
+/// [`Store::request_cancel`]): one query per tick for all live runs, none while no run is live.
+async fn watch_cancel_requests(inner: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(REMOTE_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.shutdown.is_cancelled() {
+            return;
+        }
+        let live: Vec<String> = lock(&inner.live)
+            .iter()
+            .filter(|(_, (cancel, _))| !cancel.is_cancelled())
+            .map(|(id, _)| id.clone())
+            .collect();
+        if live.is_empty() {
+            continue;
+        }
+        match inner.store.cancel_requested(&live).await {
+            Ok(requested) => {
+                let live = lock(&inner.live);
+                for id in requested {
+                    if let Some((cancel, _)) = live.get(&id) {
+                        tracing::info!(run = %id, "cancelling on another server's request");
+                        cancel.cancel();
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not check for cancel requests"),
         }
     }
 }

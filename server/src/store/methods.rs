@@ -571,6 +571,239 @@ macro_rules! impl_store {
                     proxy_requests: sql::to_u64(proxy_requests),
                 })
             }
+
+            // ---- Multi-server
+            async fn request_cancel(&self, run_id: &str, now: Millis) -> Result<bool> {
+                let done = sqlx::query(sql::REQUEST_CANCEL)
+                    .bind(now)
+                    .bind(run_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("run"))?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn cancel_requested(&self, run_ids: &[String]) -> Result<Vec<String>> {
+                if run_ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let query = sql::cancel_requested(run_ids.len());
+                let mut q = sqlx::query_scalar::<_, String>(&query);
+                for id in run_ids {
+                    q = q.bind(id);
+                }
+                q.fetch_all(&self.pool).await.map_err(db_error("run"))
+            }
+
+            async fn event_counts(&self, run_ids: &[String]) -> Result<Vec<(String, u64)>> {
+                if run_ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let query = sql::event_counts(run_ids.len());
+                let mut q = sqlx::query_as::<_, (String, i64)>(&query);
+                for id in run_ids {
+                    q = q.bind(id);
+                }
+                Ok(q.fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error("event"))?
+                    .into_iter()
+                    .map(|(id, n)| (id, sql::to_u64(n)))
+                    .collect())
+            }
+
+            // ---- Accounts
+
+            async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<()> {
+                let done = sqlx::query(sql::SET_PASSWORD_HASH)
+                    .bind(hash)
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("user"))?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound("user"));
+                }
+                Ok(())
+            }
+
+            async fn password_hash(&self, user_id: &str) -> Result<Option<String>> {
+                sqlx::query_scalar::<_, Option<String>>(sql::PASSWORD_HASH)
+                    .bind(user_id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("user"))
+            }
+
+            async fn workspace_members(&self, workspace_id: &str) -> Result<Vec<(User, Role)>> {
+                sqlx::query_as::<_, sql::MemberRow>(sql::WORKSPACE_MEMBERS)
+                    .bind(workspace_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error("member"))?
+                    .into_iter()
+                    .map(sql::MemberRow::into_member)
+                    .collect()
+            }
+
+            async fn change_member_role(
+                &self,
+                workspace_id: &str,
+                user_id: &str,
+                role: Role,
+            ) -> Result<()> {
+                let done = sqlx::query(sql::CHANGE_MEMBER_ROLE)
+                    .bind(workspace_id)
+                    .bind(user_id)
+                    .bind(role.as_str())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("member"))?;
+                if done.rows_affected() == 1 {
+                    return Ok(());
+                }
+                match self.member_role(workspace_id, user_id).await? {
+                    None => Err(StoreError::NotFound("member")),
+                    Some(_) => Err(StoreError::Conflict(
+                        "the last owner of a workspace can not be demoted".into(),
+                    )),
+                }
+            }
+
+            async fn remove_member(&self, workspace_id: &str, user_id: &str) -> Result<()> {
+                let done = sqlx::query(sql::REMOVE_MEMBER)
+                    .bind(workspace_id)
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("member"))?;
+                if done.rows_affected() == 1 {
+                    return Ok(());
+                }
+                match self.member_role(workspace_id, user_id).await? {
+                    None => Err(StoreError::NotFound("member")),
+                    Some(_) => Err(StoreError::Conflict(
+                        "the last owner of a workspace can not be removed".into(),
+                    )),
+                }
+            }
+
+            async fn insert_invite(&self, invite: &super::Invite) -> Result<()> {
+                sqlx::query(sql::INSERT_INVITE)
+                    .bind(&invite.id)
+                    .bind(&invite.hash)
+                    .bind(&invite.workspace_id)
+                    .bind(invite.role.as_str())
+                    .bind(&invite.created_by)
+                    .bind(invite.created_at)
+                    .bind(invite.expires_at)
+                    .bind(invite.used_at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("invite"))?;
+                Ok(())
+            }
+
+            async fn claim_invite(&self, hash: &str, now: Millis) -> Result<super::Invite> {
+                sqlx::query_as::<_, sql::InviteRow>(sql::CLAIM_INVITE)
+                    .bind(now)
+                    .bind(hash)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("invite"))?
+                    .into_invite()
+            }
+
+            async fn sessions_of_user(&self, user_id: &str) -> Result<Vec<TokenRecord>> {
+                sqlx::query_as::<_, sql::TokenRow>(sql::SESSIONS_OF_USER)
+                    .bind(user_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error("token"))?
+                    .into_iter()
+                    .map(sql::TokenRow::into_token)
+                    .collect()
+            }
+
+            // ---- Identities
+            async fn identity(&self, provider: &str, subject: &str) -> Result<super::Identity> {
+                let row = sqlx::query_as::<_, sql::IdentityRow>(sql::IDENTITY)
+                    .bind(provider)
+                    .bind(subject)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("identity"))?;
+                Ok(row.into())
+            }
+
+            async fn insert_identity(&self, identity: &super::Identity) -> Result<()> {
+                sqlx::query(sql::INSERT_IDENTITY)
+                    .bind(&identity.provider)
+                    .bind(&identity.subject)
+                    .bind(&identity.user_id)
+                    .bind(&identity.email)
+                    .bind(identity.email_verified)
+                    .bind(identity.created_at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("identity"))?;
+                Ok(())
+            }
+
+            async fn identities_of_user(&self, user_id: &str) -> Result<Vec<super::Identity>> {
+                Ok(
+                    sqlx::query_as::<_, sql::IdentityRow>(sql::IDENTITIES_OF_USER)
+                        .bind(user_id)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(db_error("identity"))?
+                        .into_iter()
+                        .map(Into::into)
+                        .collect(),
+                )
+            }
+
+            async fn insert_sso_login(
+                &self,
+                login: &super::SsoLogin,
+                expired_before: Millis,
+                max_pending: u64,
+            ) -> Result<bool> {
+                let mut tx = self.pool.begin().await.map_err(db_error("sign-in"))?;
+                sqlx::query(sql::PRUNE_SSO_LOGINS)
+                    .bind(expired_before)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("sign-in"))?;
+                let pending = sqlx::query_scalar::<_, i64>(sql::COUNT_SSO_LOGINS)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_error("sign-in"))?;
+                if sql::to_u64(pending) >= max_pending {
+                    tx.commit().await.map_err(db_error("sign-in"))?;
+                    return Ok(false);
+                }
+                sqlx::query(sql::INSERT_SSO_LOGIN)
+                    .bind(&login.state_hash)
+                    .bind(&login.provider)
+                    .bind(&login.browser_hash)
+                    .bind(&login.return_to)
+                    .bind(login.created_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("sign-in"))?;
+                tx.commit().await.map_err(db_error("sign-in"))?;
+                Ok(true)
+            }
+
+            async fn take_sso_login(&self, state_hash: &str) -> Result<super::SsoLogin> {
+                let row = sqlx::query_as::<_, sql::SsoLoginRow>(sql::TAKE_SSO_LOGIN)
+                    .bind(state_hash)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("sign-in"))?;
+                Ok(row.into())
+            }
         }
     };
 }

@@ -334,6 +334,90 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
     /// Rows per status, across workspaces, for `/metrics`.
     async fn status_counts(&self) -> Result<StatusCounts>;
+
+    // ---- Accounts
+    /// Sets (or replaces) a user's argon2id password hash (a PHC string).
+    async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<()>;
+    /// A user's password hash; `None` when the user has no password (SSO-only, API-only).
+    async fn password_hash(&self, user_id: &str) -> Result<Option<String>>;
+    /// The members of a workspace with their roles, highest role first.
+    async fn workspace_members(&self, workspace_id: &str) -> Result<Vec<(User, Role)>>;
+    /// Changes a member's role, atomically refusing (`Conflict`) to demote the last owner;
+    /// `NotFound` if the user is not a member.
+    async fn change_member_role(&self, workspace_id: &str, user_id: &str, role: Role)
+    -> Result<()>;
+    /// Removes a member, atomically refusing (`Conflict`) to remove the last owner.
+    async fn remove_member(&self, workspace_id: &str, user_id: &str) -> Result<()>;
+    async fn insert_invite(&self, invite: &Invite) -> Result<()>;
+    /// Marks an unused, unexpired invite used and returns it; `NotFound` otherwise
+    /// (unknown, used or expired look the same). One statement, so a code works once.
+    async fn claim_invite(&self, hash: &str, now: Millis) -> Result<Invite>;
+    /// A user's browser sessions, newest first, revoked and expired ones included.
+    async fn sessions_of_user(&self, user_id: &str) -> Result<Vec<TokenRecord>>;
+
+    // ---- Multi-server
+    /// Records a request to cancel an active run, for the process executing it; `false` (nothing
+    /// written) when the run is not active. The first request's time is kept.
+    async fn request_cancel(&self, run_id: &str, now: Millis) -> Result<bool>;
+    /// Which of `run_ids` have a cancel request (one query, by primary key).
+    async fn cancel_requested(&self, run_ids: &[String]) -> Result<Vec<String>>;
+    /// How many events each of `run_ids` has, in one query; runs without events are left out.
+    async fn event_counts(&self, run_ids: &[String]) -> Result<Vec<(String, u64)>>;
+
+    // ---- Identities
+    /// The account a provider's subject is linked to.
+    async fn identity(&self, provider: &str, subject: &str) -> Result<Identity>;
+    /// Links a provider's subject to an account; `Conflict` if the subject is already linked.
+    async fn insert_identity(&self, identity: &Identity) -> Result<()>;
+    /// The identities linked to an account, oldest first.
+    async fn identities_of_user(&self, user_id: &str) -> Result<Vec<Identity>>;
+    /// Records a sign-in in progress after deleting those created before `expired_before`;
+    /// `false` (nothing written) when `max_pending` are already in progress.
+    async fn insert_sso_login(
+        &self,
+        login: &SsoLogin,
+        expired_before: Millis,
+        max_pending: u64,
+    ) -> Result<bool>;
+    /// Deletes and returns the sign-in with this state hash: one statement, so it works once.
+    async fn take_sso_login(&self, state_hash: &str) -> Result<SsoLogin>;
+}
+
+/// A single sign-on in progress, keyed by the SHA-256 of its `state`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SsoLogin {
+    pub state_hash: String,
+    pub provider: String,
+    /// SHA-256 of the cookie that binds the sign-in to the browser that started it.
+    pub browser_hash: String,
+    pub return_to: String,
+    pub created_at: Millis,
+}
+
+/// A single sign-on identity: `subject` at `provider` (`oidc`, `github`) signs in as `user_id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub provider: String,
+    pub subject: String,
+    pub user_id: String,
+    /// The email the provider gave when the identity was linked.
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub created_at: Millis,
+}
+
+/// A one-time code that lets someone sign up into a workspace with a role; only its SHA-256 is
+/// stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invite {
+    pub id: String,
+    pub hash: String,
+    pub workspace_id: String,
+    pub role: Role,
+    pub created_by: String,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub used_at: Option<Millis>,
 }
 
 /// Opens the store a URL names (`sqlite://PATH` or `postgres://...`) and runs its migrations.

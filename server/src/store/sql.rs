@@ -526,3 +526,173 @@ pub(super) fn usage_from_sums(row: UsageSumRow) -> (Usage, Option<i64>) {
         ttft_ms,
     )
 }
+
+// ---- Accounts ---------------------------------------------------------------------------------
+
+pub(super) const SET_PASSWORD_HASH: &str = "UPDATE users SET password_hash = $1 WHERE id = $2";
+pub(super) const PASSWORD_HASH: &str = "SELECT password_hash FROM users WHERE id = $1";
+
+/// `$1` workspace; highest role first, then by email.
+pub(super) const WORKSPACE_MEMBERS: &str = "SELECT u.id, u.email, u.name, u.created_at, m.role \
+     FROM members m JOIN users u ON u.id = m.user_id WHERE m.workspace_id = $1 \
+     ORDER BY CASE m.role WHEN 'owner' THEN 0 WHEN 'maintainer' THEN 1 WHEN 'developer' THEN 2 \
+     ELSE 3 END, u.email";
+
+/// `$1` workspace, `$2` user, `$3` new role. Demoting an owner needs another owner, checked in the
+/// same statement.
+pub(super) const CHANGE_MEMBER_ROLE: &str = "UPDATE members SET role = $3 \
+     WHERE workspace_id = $1 AND user_id = $2 AND (role <> 'owner' OR $3 = 'owner' OR \
+     (SELECT COUNT(*) FROM members o WHERE o.workspace_id = $1 AND o.role = 'owner') > 1)";
+
+/// `$1` workspace, `$2` user; the last owner stays.
+pub(super) const REMOVE_MEMBER: &str = "DELETE FROM members \
+     WHERE workspace_id = $1 AND user_id = $2 AND (role <> 'owner' OR \
+     (SELECT COUNT(*) FROM members o WHERE o.workspace_id = $1 AND o.role = 'owner') > 1)";
+
+pub(super) const INSERT_INVITE: &str = "INSERT INTO invites (id, hash, workspace_id, role, \
+     created_by, created_at, expires_at, used_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// `$1` now, `$2` hash: claims the invite if unused and unexpired, in one statement.
+pub(super) const CLAIM_INVITE: &str = "UPDATE invites SET used_at = $1 \
+     WHERE hash = $2 AND used_at IS NULL AND expires_at > $1 \
+     RETURNING id, hash, workspace_id, role, created_by, created_at, expires_at, used_at";
+
+/// A user's browser sessions, newest first.
+pub(super) const SESSIONS_OF_USER: &str = "SELECT id, kind, hash, name, user_id, sandbox_id, \
+     workspace_id, created_at, expires_at, revoked_at FROM tokens \
+     WHERE user_id = $1 AND kind = 'session' ORDER BY created_at DESC, id DESC";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct MemberRow {
+    id: String,
+    email: String,
+    name: String,
+    created_at: Millis,
+    role: String,
+}
+
+impl MemberRow {
+    pub(super) fn into_member(self) -> Result<(User, Role)> {
+        let role = parse_role(&self.role)?;
+        Ok((
+            User {
+                id: self.id,
+                email: self.email,
+                name: self.name,
+                created_at: self.created_at,
+            },
+            role,
+        ))
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct InviteRow {
+    id: String,
+    hash: String,
+    workspace_id: String,
+    role: String,
+    created_by: String,
+    created_at: Millis,
+    expires_at: Millis,
+    used_at: Option<Millis>,
+}
+
+impl InviteRow {
+    pub(super) fn into_invite(self) -> Result<super::Invite> {
+        Ok(super::Invite {
+            role: parse_role(&self.role)?,
+            id: self.id,
+            hash: self.hash,
+            workspace_id: self.workspace_id,
+            created_by: self.created_by,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            used_at: self.used_at,
+        })
+    }
+}
+
+// ---- Multi-server -------------------------------------------------------------------------------
+
+/// `$1` now, `$2` run id; only an active run takes a request, and the first request's time stays.
+pub(super) const REQUEST_CANCEL: &str = "UPDATE runs \
+     SET cancel_requested_at = COALESCE(cancel_requested_at, $1) \
+     WHERE id = $2 AND status IN ('queued', 'starting', 'running')";
+
+/// Which of `n` run ids (`$1..$n`) have a cancel request.
+pub(super) fn cancel_requested(n: usize) -> String {
+    format!(
+        "SELECT id FROM runs WHERE id IN ({}) AND cancel_requested_at IS NOT NULL",
+        placeholders(1, n)
+    )
+}
+
+/// Event counts of `n` runs (`$1..$n`), one row per run that has events.
+pub(super) fn event_counts(n: usize) -> String {
+    format!(
+        "SELECT run_id, CAST(COUNT(*) AS BIGINT) FROM run_events WHERE run_id IN ({}) \
+         GROUP BY run_id",
+        placeholders(1, n)
+    )
+}
+
+// ---- Identities -------------------------------------------------------------------------------
+
+pub(super) const IDENTITY: &str = "SELECT provider, subject, user_id, email, email_verified, \
+     created_at FROM identities WHERE provider = $1 AND subject = $2";
+pub(super) const INSERT_IDENTITY: &str = "INSERT INTO identities (provider, subject, user_id, \
+     email, email_verified, created_at) VALUES ($1, $2, $3, $4, $5, $6)";
+pub(super) const IDENTITIES_OF_USER: &str = "SELECT provider, subject, user_id, email, \
+     email_verified, created_at FROM identities WHERE user_id = $1 ORDER BY created_at, provider, subject";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct IdentityRow {
+    provider: String,
+    subject: String,
+    user_id: String,
+    email: Option<String>,
+    email_verified: bool,
+    created_at: Millis,
+}
+
+impl From<IdentityRow> for super::Identity {
+    fn from(r: IdentityRow) -> Self {
+        super::Identity {
+            provider: r.provider,
+            subject: r.subject,
+            user_id: r.user_id,
+            email: r.email,
+            email_verified: r.email_verified,
+            created_at: r.created_at,
+        }
+    }
+}
+
+pub(super) const PRUNE_SSO_LOGINS: &str = "DELETE FROM sso_logins WHERE created_at < $1";
+pub(super) const COUNT_SSO_LOGINS: &str = "SELECT CAST(COUNT(*) AS BIGINT) FROM sso_logins";
+pub(super) const INSERT_SSO_LOGIN: &str = "INSERT INTO sso_logins (state_hash, provider, \
+     browser_hash, return_to, created_at) VALUES ($1, $2, $3, $4, $5)";
+pub(super) const TAKE_SSO_LOGIN: &str = "DELETE FROM sso_logins WHERE state_hash = $1 \
+     RETURNING state_hash, provider, browser_hash, return_to, created_at";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct SsoLoginRow {
+    state_hash: String,
+    provider: String,
+    browser_hash: String,
+    return_to: String,
+    created_at: Millis,
+}
+
+impl From<SsoLoginRow> for super::SsoLogin {
+    fn from(r: SsoLoginRow) -> Self {
+        super::SsoLogin {
+            state_hash: r.state_hash,
+            provider: r.provider,
+            browser_hash: r.browser_hash,
+            return_to: r.return_to,
+            created_at: r.created_at,
+        }
+    }
+}
