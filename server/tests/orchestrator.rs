@@ -240,8 +240,33 @@ async fn after_a_restart_active_runs_are_lost_and_process_sandboxes_failed() {
         .await
         .unwrap();
 
+    // Another server on the same database owns a running run of its own: not ours to touch.
+    let peer = common::seed_sandbox(&db).await;
+    let other = "srv_0000000000000000000000000000beef";
+    store.set_run_owner(&peer.run_id, other).await.unwrap();
+    store
+        .set_sandbox_owner(&peer.sandbox_id, other)
+        .await
+        .unwrap();
+    store
+        .set_run_status(&peer.run_id, RunStatus::Queued, RunStatus::Starting, now)
+        .await
+        .unwrap();
+    store
+        .set_run_status(&peer.run_id, RunStatus::Starting, RunStatus::Running, now)
+        .await
+        .unwrap();
+
     let orch = h.orchestrator().await;
     assert_eq!(orch.reconcile().await.unwrap(), (1, 1));
+    assert_eq!(
+        orch.run(&peer.run_id).await.unwrap().status,
+        RunStatus::Running
+    );
+    assert_eq!(
+        orch.store().sandbox(&peer.sandbox_id).await.unwrap().status,
+        SandboxStatus::Running
+    );
     let run = orch.result(&seeded.run_id).await.unwrap();
     assert_eq!(run.status, RunStatus::Lost);
     assert_eq!(run.error.map(|e| e.kind), Some(ErrorKind::Lost));

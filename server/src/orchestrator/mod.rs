@@ -140,6 +140,9 @@ struct Inner {
     default_workspace: Workspace,
     /// The user embedded mode acts as (stdio MCP, `delegate run`).
     local_user: User,
+    /// This server's identity among servers sharing a database: it owns the runs it executes and
+    /// the process sandboxes it holds. Kept in the data dir, so a restart knows its own.
+    instance_id: String,
     shutdown: CancellationToken,
 }
 
@@ -153,6 +156,7 @@ impl Orchestrator {
         active_runs: ActiveRuns,
     ) -> Result<Orchestrator> {
         let (local_user, default_workspace) = ensure_local_user(store.as_ref()).await?;
+        let instance_id = instance_id(&settings.data_dir).await?;
         let orch = Orchestrator {
             inner: Arc::new(Inner {
                 store,
@@ -166,6 +170,7 @@ impl Orchestrator {
                 settings,
                 default_workspace,
                 local_user,
+                instance_id,
                 shutdown: CancellationToken::new(),
             }),
         };
@@ -289,6 +294,10 @@ impl Orchestrator {
             updated_at: now,
         };
         self.inner.store.insert_sandbox(&sandbox).await?;
+        self.inner
+            .store
+            .set_sandbox_owner(&sandbox.id, &self.inner.instance_id)
+            .await?;
         let token = new_secret("dsb_");
         self.inner
             .store
@@ -621,16 +630,18 @@ impl Orchestrator {
         ))
     }
 
-    /// After a restart: runs that were active belong to no process any more and end `lost`;
-    /// sandboxes of this backend that were up are `failed` with the reason (their processes died
-    /// with the old server) and lose their tokens. Only for a server that owns its database: an
-    /// embedded `delegate run` sharing the data dir would lose its run.
+    /// After a restart: this server's runs that were active belong to no process any more and end
+    /// `lost`; its sandboxes of this backend that were up are `failed` with the reason (their
+    /// processes died with the old server) and lose their tokens. Other servers' runs and
+    /// sandboxes on the same database are left alone (see `instance_id`). Not for embedded
+    /// `delegate run`, which shares the data dir (and so the instance id) with a local server.
     pub async fn reconcile(&self) -> Result<(usize, usize)> {
         use crate::state::run_transition;
         let store = &self.inner.store;
         let active = [RunStatus::Queued, RunStatus::Starting, RunStatus::Running];
         let mut lost = 0;
-        for run in store.runs_with_status(&active).await? {
+        let me = &self.inner.instance_id;
+        for run in store.runs_owned_with_status(me, &active).await? {
             if lock(&self.inner.live).contains_key(&run.id) {
                 continue;
             }
@@ -659,7 +670,7 @@ impl Orchestrator {
             SandboxStatus::Resuming,
         ];
         let mut failed = 0;
-        for sandbox in store.sandboxes_with_status(&up).await? {
+        for sandbox in store.sandboxes_owned_with_status(me, &up).await? {
             if sandbox.backend != self.inner.backend.name()
                 || lock(&self.inner.warm).contains_key(&sandbox.id)
             {
@@ -813,6 +824,24 @@ pub fn result_of(run: &Run, event_count: u64, public_url: Option<&str>) -> RunRe
         error: o.error.clone(),
         watch_url: public_url.map(|u| format!("{}/runs/{}", u.trim_end_matches('/'), run.id)),
     }
+}
+
+/// The instance id stored in the data dir (`instance-id`), made on first start.
+async fn instance_id(data_dir: &std::path::Path) -> Result<String> {
+    let path = data_dir.join("instance-id");
+    let io = |e: std::io::Error| {
+        OrchestratorError::Sandbox(SandboxError::Io(format!("{}: {e}", path.display())))
+    };
+    match tokio::fs::read_to_string(&path).await {
+        Ok(id) if is_id("srv", id.trim()) => return Ok(id.trim().to_string()),
+        Ok(_) | Err(_) => {}
+    }
+    tokio::fs::create_dir_all(data_dir).await.map_err(io)?;
+    let id = new_id("srv");
+    tokio::fs::write(&path, format!("{id}\n"))
+        .await
+        .map_err(io)?;
+    Ok(id)
 }
 
 /// The local user and its `default` workspace, made on first start.

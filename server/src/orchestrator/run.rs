@@ -149,7 +149,16 @@ pub(super) async fn start(orch: Orchestrator, req: RunRequest) -> Result<(String
         finished_at: None,
         outcome: RunOutcome::default(),
     };
-    if let Err(e) = orch.inner.store.insert_run(&run).await {
+    let inserted = match orch.inner.store.insert_run(&run).await {
+        Ok(()) => {
+            orch.inner
+                .store
+                .set_run_owner(&run.id, &orch.inner.instance_id)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = inserted {
         lock(&orch.inner.busy).remove(&sandbox_id);
         return Err(e.into());
     }

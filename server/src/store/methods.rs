@@ -804,6 +804,69 @@ macro_rules! impl_store {
                     .map_err(db_error("sign-in"))?;
                 Ok(row.into())
             }
+
+            // ---- Ownership
+            async fn set_run_owner(&self, run_id: &str, owner: &str) -> Result<()> {
+                sqlx::query(sql::SET_RUN_OWNER)
+                    .bind(owner)
+                    .bind(run_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("run"))?;
+                Ok(())
+            }
+
+            async fn set_sandbox_owner(&self, sandbox_id: &str, owner: &str) -> Result<()> {
+                sqlx::query(sql::SET_SANDBOX_OWNER)
+                    .bind(owner)
+                    .bind(sandbox_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("sandbox"))?;
+                Ok(())
+            }
+
+            async fn runs_owned_with_status(
+                &self,
+                owner: &str,
+                statuses: &[RunStatus],
+            ) -> Result<Vec<Run>> {
+                if statuses.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let query = sql::runs_owned_with_status(statuses.len());
+                let mut q = sqlx::query_as::<_, sql::RunRow>(&query).bind(owner);
+                for s in statuses {
+                    q = q.bind(s.as_str());
+                }
+                q.fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error("run"))?
+                    .into_iter()
+                    .map(sql::RunRow::into_run)
+                    .collect()
+            }
+
+            async fn sandboxes_owned_with_status(
+                &self,
+                owner: &str,
+                statuses: &[SandboxStatus],
+            ) -> Result<Vec<Sandbox>> {
+                if statuses.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let query = sql::sandboxes_owned_with_status(statuses.len());
+                let mut q = sqlx::query_as::<_, sql::SandboxRow>(&query).bind(owner);
+                for s in statuses {
+                    q = q.bind(s.as_str());
+                }
+                q.fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error("sandbox"))?
+                    .into_iter()
+                    .map(sql::SandboxRow::into_sandbox)
+                    .collect()
+            }
         }
     };
 }

@@ -381,6 +381,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool>;
     /// Deletes and returns the sign-in with this state hash: one statement, so it works once.
     async fn take_sso_login(&self, state_hash: &str) -> Result<SsoLogin>;
+
+    // ---- Ownership
+    /// Records which server process executes a run (see `Orchestrator::instance_id`).
+    async fn set_run_owner(&self, run_id: &str, owner: &str) -> Result<()>;
+    /// Records which server process holds a sandbox.
+    async fn set_sandbox_owner(&self, sandbox_id: &str, owner: &str) -> Result<()>;
+    /// Runs of `owner` (or of no recorded owner) in any of `statuses`.
+    async fn runs_owned_with_status(&self, owner: &str, statuses: &[RunStatus])
+    -> Result<Vec<Run>>;
+    /// Sandboxes of `owner` (or of no recorded owner) in any of `statuses`.
+    async fn sandboxes_owned_with_status(
+        &self,
+        owner: &str,
+        statuses: &[SandboxStatus],
+    ) -> Result<Vec<Sandbox>>;
 }
 
 /// A single sign-on in progress, keyed by the SHA-256 of its `state`.

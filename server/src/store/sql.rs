@@ -696,3 +696,25 @@ impl From<SsoLoginRow> for super::SsoLogin {
         }
     }
 }
+
+// ---- Ownership --------------------------------------------------------------------------------
+
+pub(super) const SET_RUN_OWNER: &str = "UPDATE runs SET owner = $1 WHERE id = $2";
+pub(super) const SET_SANDBOX_OWNER: &str = "UPDATE sandboxes SET owner = $1 WHERE id = $2";
+
+/// Rows of `owner` (or of nobody: written before ownership was recorded) in one of the statuses.
+pub(super) fn runs_owned_with_status(n: usize) -> String {
+    format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE (owner = $1 OR owner IS NULL) AND status IN ({}) \
+         ORDER BY created_at, id",
+        placeholders(2, n)
+    )
+}
+
+pub(super) fn sandboxes_owned_with_status(n: usize) -> String {
+    format!(
+        "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE (owner = $1 OR owner IS NULL) \
+         AND status IN ({}) ORDER BY created_at, id",
+        placeholders(2, n)
+    )
+}
