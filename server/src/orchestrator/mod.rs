@@ -330,27 +330,43 @@ impl Orchestrator {
         sandbox: &Sandbox,
         spec: &SandboxSpec,
     ) -> Result<Option<ServeEndpoint>> {
-        match self.inner.backend.create(spec).await {
-            Ok(endpoint) => {
-                self.set_sandbox_status(
-                    &sandbox.id,
-                    SandboxStatus::Creating,
-                    SandboxStatus::Running,
-                    None,
-                )
-                .await?;
-                Ok(endpoint)
+        let created = self.inner.backend.create(spec).await;
+        let failed = created.is_err();
+        let settled = self
+            .settle(
+                &sandbox.id,
+                SandboxStatus::Creating,
+                SandboxStatus::Running,
+                "create",
+                created,
+            )
+            .await;
+        if failed {
+            self.revoke_sandbox_tokens(&sandbox.id).await;
+        }
+        settled
+    }
+
+    /// Ends a transitional status (`creating`, `deleting`, `pausing`, `resuming`) after the
+    /// backend did its part: `done` when it worked, else `failed` with what went wrong (the
+    /// sandbox keeps its reason).
+    async fn settle<T>(
+        &self,
+        id: &str,
+        from: SandboxStatus,
+        done: SandboxStatus,
+        what: &str,
+        outcome: std::result::Result<T, SandboxError>,
+    ) -> Result<T> {
+        match outcome {
+            Ok(v) => {
+                self.set_sandbox_status(id, from, done, None).await?;
+                Ok(v)
             }
             Err(e) => {
-                let reason = e.to_string();
-                self.set_sandbox_status(
-                    &sandbox.id,
-                    SandboxStatus::Creating,
-                    SandboxStatus::Failed,
-                    Some(&reason),
-                )
-                .await?;
-                self.revoke_sandbox_tokens(&sandbox.id).await;
+                let reason = format!("{what} failed: {e}");
+                self.set_sandbox_status(id, from, SandboxStatus::Failed, Some(&reason))
+                    .await?;
                 Err(e.into())
             }
         }
@@ -408,28 +424,15 @@ impl Orchestrator {
         }
         self.revoke_sandbox_tokens(sandbox_id).await;
         lock(&self.inner.warm).remove(sandbox_id);
-        match self.inner.backend.destroy(sandbox_id).await {
-            Ok(()) => {
-                self.set_sandbox_status(
-                    sandbox_id,
-                    SandboxStatus::Deleting,
-                    SandboxStatus::Deleted,
-                    None,
-                )
-                .await
-            }
-            Err(e) => {
-                let reason = format!("delete failed: {e}");
-                self.set_sandbox_status(
-                    sandbox_id,
-                    SandboxStatus::Deleting,
-                    SandboxStatus::Failed,
-                    Some(&reason),
-                )
-                .await?;
-                Err(e.into())
-            }
-        }
+        let destroyed = self.inner.backend.destroy(sandbox_id).await;
+        self.settle(
+            sandbox_id,
+            SandboxStatus::Deleting,
+            SandboxStatus::Deleted,
+            "delete",
+            destroyed,
+        )
+        .await
     }
 
     /// Stops a warm sandbox's processes, keeping its files; the next run resumes it. Refused
@@ -480,31 +483,20 @@ impl Orchestrator {
             None,
         )
         .await?;
-        match self.inner.backend.pause(sandbox_id).await {
-            Ok(()) => {
-                if let Some(mut w) = lock(&self.inner.warm).remove(sandbox_id) {
-                    w.last_session = None;
-                }
-                self.set_sandbox_status(
-                    sandbox_id,
-                    SandboxStatus::Pausing,
-                    SandboxStatus::Paused,
-                    None,
-                )
-                .await
-            }
-            Err(e) => {
-                let reason = format!("pause failed: {e}");
-                self.set_sandbox_status(
-                    sandbox_id,
-                    SandboxStatus::Pausing,
-                    SandboxStatus::Failed,
-                    Some(&reason),
-                )
-                .await?;
-                Err(e.into())
-            }
+        let paused = self.inner.backend.pause(sandbox_id).await;
+        if paused.is_ok()
+            && let Some(mut w) = lock(&self.inner.warm).remove(sandbox_id)
+        {
+            w.last_session = None;
         }
+        self.settle(
+            sandbox_id,
+            SandboxStatus::Pausing,
+            SandboxStatus::Paused,
+            "pause",
+            paused,
+        )
+        .await
     }
 
     /// Starts a paused sandbox again (its files kept), for a sandbox the caller has reserved.
@@ -516,39 +508,31 @@ impl Orchestrator {
             None,
         )
         .await?;
-        match self.inner.backend.resume(&sandbox.id).await {
-            Ok(endpoint) => {
-                let warm = Warm {
-                    endpoint,
-                    last_session: None,
-                    last_active: std::time::Instant::now(),
-                    idle_timeout: sandbox
-                        .idle_timeout_s
-                        .map(|s| Duration::from_secs(s.max(1) as u64))
-                        .unwrap_or(self.inner.settings.idle_timeout),
-                };
-                lock(&self.inner.warm).insert(sandbox.id.clone(), warm.clone());
-                self.set_sandbox_status(
-                    &sandbox.id,
-                    SandboxStatus::Resuming,
-                    SandboxStatus::Running,
-                    None,
-                )
-                .await?;
-                Ok(warm)
-            }
-            Err(e) => {
-                let reason = format!("resume failed: {e}");
-                self.set_sandbox_status(
-                    &sandbox.id,
-                    SandboxStatus::Resuming,
-                    SandboxStatus::Failed,
-                    Some(&reason),
-                )
-                .await?;
-                Err(e.into())
-            }
+        let resumed = self
+            .inner
+            .backend
+            .resume(&sandbox.id)
+            .await
+            .map(|endpoint| Warm {
+                endpoint,
+                last_session: None,
+                last_active: std::time::Instant::now(),
+                idle_timeout: sandbox
+                    .idle_timeout_s
+                    .map(|s| Duration::from_secs(s.max(1) as u64))
+                    .unwrap_or(self.inner.settings.idle_timeout),
+            });
+        if let Ok(warm) = &resumed {
+            lock(&self.inner.warm).insert(sandbox.id.clone(), warm.clone());
         }
+        self.settle(
+            &sandbox.id,
+            SandboxStatus::Resuming,
+            SandboxStatus::Running,
+            "resume",
+            resumed,
+        )
+        .await
     }
 
     /// Sandboxes of a workspace, newest first.
