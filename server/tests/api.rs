@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::error_code;
+
 use std::time::Duration;
 
 use common::Harness;
@@ -84,20 +86,6 @@ async fn user(orch: &Orchestrator, name: &str) -> (String, Workspace) {
         .await
         .unwrap();
     (token, ws)
-}
-
-/// Asserts the error envelope and returns its code.
-fn error_code(status: StatusCode, body: &Value) -> String {
-    let code = body["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error envelope ({status}): {body}"));
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
-    code.to_string()
 }
 
 /// Reads SSE events until `stop` events were read or the stream ended.

@@ -8,6 +8,10 @@
 //! Every secret seen on the way (client secrets, codes, access tokens, session cookies) is grepped
 //! for in the server's log and in every JSON body it returned.
 
+mod common;
+
+use common::error_code;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -258,19 +262,6 @@ fn with_query_param(url: &str, name: &str, value: &str) -> String {
         .collect();
     u.query_pairs_mut().clear().extend_pairs(pairs);
     u.to_string()
-}
-
-fn error_code(status: StatusCode, body: &Value) -> String {
-    let code = body["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error envelope ({status}): {body}"));
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
-    code.to_string()
 }
 
 /// Asserts that no secret occurs in the server log or any body delegate returned.

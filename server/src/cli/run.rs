@@ -60,7 +60,7 @@ pub struct RunArgs {
     #[arg(long)]
     workspace: Option<String>,
 
-    /// Run in this warm sandbox (from `create_sandbox` or the web UI) instead of a fresh one.
+    /// Run in this warm sandbox (from `create_sandbox` or `POST /api/sandboxes`) instead of a fresh one.
     /// Warm sandboxes live in a server: needs --server.
     #[arg(long, value_name = "ID")]
     sandbox: Option<String>,
