@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::orchestrator::{Orchestrator, OrchestratorError};
 use crate::proxy::{ActiveRuns, Proxy};
 use crate::sandbox::SandboxBackend;
+use crate::sandbox::docker::DockerBackend;
 use crate::sandbox::process::ProcessBackend;
 use crate::settings::{BackendChoice, Settings};
 use crate::store::{self, Store, StoreError};
@@ -41,6 +42,18 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartErro
     Ok(store::connect(settings.database_url.expose()).await?)
 }
 
+/// Whether `auto` picks docker: an engine answers and has the sandbox image (with no image, a
+/// machine that merely has Docker installed still gets working runs from the process backend).
+async fn docker_usable(settings: &Settings) -> Result<(), crate::sandbox::SandboxError> {
+    let docker = crate::sandbox::docker::connect(&settings.docker).await?;
+    crate::sandbox::docker::check_image(&docker, &settings.docker.image).await
+}
+
+async fn docker_backend(settings: &Settings, proxy: &Proxy) -> Result<DockerBackend, StartError> {
+    let owner = crate::orchestrator::instance_id(&settings.data_dir).await?;
+    Ok(DockerBackend::new(settings, proxy.router(), owner).await?)
+}
+
 /// An orchestrator embedded in this process: its own store, proxy and backend.
 pub async fn embedded(settings: Settings) -> Result<Orchestrator, StartError> {
     install_crypto();
@@ -52,11 +65,15 @@ pub async fn embedded(settings: Settings) -> Result<Orchestrator, StartError> {
         active_runs.clone(),
     );
     let backend: Arc<dyn SandboxBackend> = match settings.backend {
-        // The docker backend lands later; until then auto means process.
-        BackendChoice::Auto | BackendChoice::Process => {
-            Arc::new(ProcessBackend::new(&settings, proxy.router())?)
-        }
-        BackendChoice::Docker => return Err(StartError::BackendUnavailable("docker")),
+        BackendChoice::Process => Arc::new(ProcessBackend::new(&settings, proxy.router())?),
+        BackendChoice::Docker => Arc::new(docker_backend(&settings, &proxy).await?),
+        BackendChoice::Auto => match docker_usable(&settings).await {
+            Ok(()) => Arc::new(docker_backend(&settings, &proxy).await?),
+            Err(why) => {
+                tracing::info!("using the process backend: {why}");
+                Arc::new(ProcessBackend::new(&settings, proxy.router())?)
+            }
+        },
         BackendChoice::Kubernetes => return Err(StartError::BackendUnavailable("kubernetes")),
     };
     Ok(Orchestrator::new(Arc::new(settings), store, backend, proxy, active_runs).await?)

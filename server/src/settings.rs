@@ -54,6 +54,60 @@ pub enum Isolation {
     None,
 }
 
+/// How containers of the docker backend reach delegate's proxy (and the server their opencode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerNetwork {
+    /// No network at all: the proxy is a unix socket bound into the container and relayed to
+    /// 127.0.0.1:4000 inside; opencode serve is reached the same way. Needs the server and the
+    /// Docker Engine on one machine (bind mounts of the data dir).
+    None,
+    /// The host's network: the proxy on a loopback port. One box only; the sandbox can reach
+    /// everything the host's loopback offers.
+    Host,
+    /// A named Docker network the server is also on; sandboxes reach the proxy at
+    /// `DELEGATE_DOCKER_PROXY_URL` and the server reaches opencode at `delegate-{id}:4096`.
+    Named(String),
+}
+
+impl std::str::FromStr for DockerNetwork {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(DockerNetwork::None),
+            "host" => Ok(DockerNetwork::Host),
+            "" | "bridge" | "default" => Err(format!(
+                "{s:?}: use none, host, or the name of a network the server is on                  (the default bridge would let sandboxes reach anything)"
+            )),
+            name if name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) =>
+            {
+                Ok(DockerNetwork::Named(name.to_string()))
+            }
+            other => Err(format!("{other:?} is not a Docker network name")),
+        }
+    }
+}
+
+/// The docker backend's settings.
+#[derive(Debug, Clone)]
+pub struct DockerSettings {
+    /// `DOCKER_HOST` (unix:///path or tcp://host:port); the default socket when unset.
+    pub host: Option<String>,
+    /// `DELEGATE_SANDBOX_IMAGE`: built by `sandbox-image/build`.
+    pub image: String,
+    /// `DELEGATE_DOCKER_NETWORK` [none].
+    pub network: DockerNetwork,
+    /// `DELEGATE_DOCKER_PROXY_URL`: the proxy as containers on a named network see it
+    /// (e.g. `http://delegate:8080/v1`); required with a named network.
+    pub proxy_url: Option<String>,
+    /// `DELEGATE_SANDBOX_CPUS` [2]: CPUs per sandbox.
+    pub cpus: f64,
+}
+
+/// The sandbox image `sandbox-image/build` makes (opencode's version is the tag).
+pub const DEFAULT_SANDBOX_IMAGE: &str = "delegate-sandbox:1.18.33";
+
 /// Who may create an account with a password (`POST /api/auth/signup`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -104,6 +158,7 @@ pub struct Settings {
     pub relay_bin: Option<PathBuf>,
     pub sandbox_memory_mb: u64,
     pub sandbox_pids_max: u64,
+    pub docker: DockerSettings,
     pub max_concurrent_runs: usize,
     pub default_timeout: Duration,
     /// The largest diff a result carries; longer ones are cut and flagged `diff_truncated`.
@@ -165,6 +220,10 @@ struct FileSettings {
     isolation: Option<Isolation>,
     sandbox_memory_mb: Option<u64>,
     sandbox_pids_max: Option<u64>,
+    sandbox_image: Option<String>,
+    sandbox_cpus: Option<f64>,
+    docker_network: Option<String>,
+    docker_proxy_url: Option<String>,
     max_concurrent_runs: Option<usize>,
     default_timeout: Option<String>,
     diff_max_bytes: Option<usize>,
@@ -295,6 +354,43 @@ impl Settings {
             None => Ok(file.unwrap_or(default)),
         };
 
+        let docker_network = env
+            .var("DELEGATE_DOCKER_NETWORK")
+            .or(f.docker_network)
+            .unwrap_or_else(|| "none".into());
+        let docker = DockerSettings {
+            host: env.var("DOCKER_HOST").filter(|h| !h.is_empty()),
+            image: env
+                .var("DELEGATE_SANDBOX_IMAGE")
+                .or(f.sandbox_image)
+                .unwrap_or_else(|| DEFAULT_SANDBOX_IMAGE.into()),
+            network: docker_network
+                .parse()
+                .map_err(|message| SettingsError::Invalid {
+                    name: "DELEGATE_DOCKER_NETWORK",
+                    message,
+                })?,
+            proxy_url: env.var("DELEGATE_DOCKER_PROXY_URL").or(f.docker_proxy_url),
+            cpus: match env.var("DELEGATE_SANDBOX_CPUS") {
+                Some(v) => parse_value("DELEGATE_SANDBOX_CPUS", &v)?,
+                None => f.sandbox_cpus.unwrap_or(2.0),
+            },
+        };
+        if !(docker.cpus > 0.0 && docker.cpus <= 1024.0) {
+            return Err(SettingsError::Invalid {
+                name: "DELEGATE_SANDBOX_CPUS",
+                message: "must be more than 0 and at most 1024".into(),
+            });
+        }
+        if matches!(docker.network, DockerNetwork::Named(_)) && docker.proxy_url.is_none() {
+            return Err(SettingsError::Invalid {
+                name: "DELEGATE_DOCKER_PROXY_URL",
+                message: "a named DELEGATE_DOCKER_NETWORK needs the proxy's URL as containers \
+                          see it, e.g. http://delegate:8080/v1"
+                    .into(),
+            });
+        }
+
         let registration = match env.var("DELEGATE_REGISTRATION") {
             Some(v) => parse_enum("DELEGATE_REGISTRATION", &v)?,
             None => f.registration.unwrap_or(Registration::Invite),
@@ -326,6 +422,7 @@ impl Settings {
             relay_bin: None,
             sandbox_memory_mb: number("DELEGATE_SANDBOX_MEMORY_MB", f.sandbox_memory_mb, 4096)?,
             sandbox_pids_max: number("DELEGATE_SANDBOX_PIDS_MAX", f.sandbox_pids_max, 1024)?,
+            docker,
             max_concurrent_runs: number(
                 "DELEGATE_MAX_CONCURRENT_RUNS",
                 f.max_concurrent_runs.map(|n| n as u64),
@@ -516,6 +613,15 @@ small_model = "anthropic/claude-haiku-4-5"                         # DELEGATE_SM
 isolation = "bwrap"
 sandbox_memory_mb = 4096                                           # DELEGATE_SANDBOX_MEMORY_MB
 sandbox_pids_max = 1024                                            # DELEGATE_SANDBOX_PIDS_MAX
+
+# Docker backend (DOCKER_HOST picks the engine). The image comes from sandbox-image/build.
+sandbox_image = "delegate-sandbox:1.18.33"                         # DELEGATE_SANDBOX_IMAGE
+sandbox_cpus = 2.0                                                 # DELEGATE_SANDBOX_CPUS
+# none: no network, the proxy through a unix socket (server and engine on one machine) |
+# host: the host's network, proxy on loopback (one box) | NAME: a network the server is on too.
+docker_network = "none"                                            # DELEGATE_DOCKER_NETWORK
+# With a named network: the proxy as containers see it.            DELEGATE_DOCKER_PROXY_URL
+# docker_proxy_url = "http://delegate:8080/v1"
 max_concurrent_runs = 16                                           # DELEGATE_MAX_CONCURRENT_RUNS
 default_timeout = "900s"                                           # DELEGATE_DEFAULT_TIMEOUT
 diff_max_bytes = 262144                                            # DELEGATE_DIFF_MAX_BYTES

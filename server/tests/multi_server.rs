@@ -4,11 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::served::{Served, serve_command};
 use common::{Harness, processes_mentioning};
 use delegate_mcp::rest::RunList;
 use delegate_mcp::tools::CancelRunOutput;
@@ -18,93 +16,6 @@ use delegate_testkit::postgres::TestPostgres;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use reqwest::StatusCode;
-use tokio::io::AsyncBufReadExt;
-
-/// One `delegate serve` child process.
-struct Served {
-    child: tokio::process::Child,
-    base: String,
-    data: PathBuf,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Served {
-    async fn start(h: &Harness, database_url: &str, name: &str) -> Served {
-        let data = h.dir.path().join(name);
-        let mut child = serve_command(h, database_url, &data)
-            .arg("serve")
-            .spawn()
-            .expect("spawn delegate serve");
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let base = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                log.lock().unwrap().push(line.clone());
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    return rest.split_whitespace().next().unwrap().to_string();
-                }
-            }
-            panic!(
-                "delegate serve {name} exited before listening:\n{}",
-                log.lock().unwrap().join("\n")
-            );
-        })
-        .await
-        .expect("delegate serve listens within 60 s");
-        // Keep draining stderr (a full pipe would stall the server), and keep it for failures.
-        let keep = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                keep.lock().unwrap().push(line);
-            }
-        });
-        Served {
-            child,
-            base,
-            data,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// SIGTERM (a graceful shutdown), then the exit.
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
-            Ok(status) => assert!(status.unwrap().success(), "{}", self.log()),
-            Err(_) => {
-                let _ = self.child.start_kill();
-                panic!("delegate serve did not stop within 30 s:\n{}", self.log());
-            }
-        }
-    }
-}
-
-/// `delegate` against the shared database, with its own data dir.
-fn serve_command(h: &Harness, database_url: &str, data: &Path) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_delegate"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(h.env())
-        .env("DELEGATE_DATA_DIR", data)
-        .env("DATABASE_URL", database_url)
-        .env("DELEGATE_LISTEN", "127.0.0.1:0")
-        .env("DELEGATE_LOG", "info")
-        .current_dir(h.dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_started_on_one_server_is_listed_streamed_and_cancelled_through_another() {
@@ -119,13 +30,17 @@ async fn a_run_started_on_one_server_is_listed_streamed_and_cancelled_through_an
     let Some(h) = Harness::new(Script::Hang).await else {
         return;
     };
-    let a = Served::start(&h, &pg.url, "a").await;
-    let b = Served::start(&h, &pg.url, "b").await;
-    let token = serve_command(&h, &pg.url, &h.dir.path().join("admin"))
-        .args(["token", "create", "--name", "multi-server"])
-        .output()
-        .await
-        .unwrap();
+    let a = Served::start(&h, &[("DATABASE_URL", pg.url.as_str())], "a").await;
+    let b = Served::start(&h, &[("DATABASE_URL", pg.url.as_str())], "b").await;
+    let token = serve_command(
+        &h,
+        &[("DATABASE_URL", pg.url.as_str())],
+        &h.dir.path().join("admin"),
+    )
+    .args(["token", "create", "--name", "multi-server"])
+    .output()
+    .await
+    .unwrap();
     assert!(
         token.status.success(),
         "{}",

@@ -61,3 +61,36 @@ pub fn on_path(name: &str) -> Option<PathBuf> {
             .find(|p| p.is_file())
     })
 }
+
+/// A Docker Engine for the container tests: `DELEGATE_TEST_DOCKER_HOST` (what `scripts/test`
+/// starts), else `DOCKER_HOST`, as `unix:///path`; it must answer `/_ping`.
+pub fn docker_host() -> Option<String> {
+    let host = std::env::var("DELEGATE_TEST_DOCKER_HOST")
+        .or_else(|_| std::env::var("DOCKER_HOST"))
+        .unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    let Some(path) = host.strip_prefix("unix://") else {
+        return unavailable("Docker Engine", &format!("{host} is not a unix:// socket"));
+    };
+    let answers = (|| -> std::io::Result<bool> {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(path)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        Ok(reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200"))
+    })();
+    match answers {
+        Ok(true) => Some(host),
+        Ok(false) => unavailable("Docker Engine", &format!("{host} does not answer /_ping")),
+        Err(e) => unavailable(
+            "Docker Engine",
+            &format!("cannot reach {host} ({e}); scripts/dockerd start runs one"),
+        ),
+    }
+}
+
+/// The sandbox image the container tests use (`sandbox-image/build` makes it).
+pub fn sandbox_image() -> String {
+    std::env::var("DELEGATE_SANDBOX_IMAGE").unwrap_or_else(|_| "delegate-sandbox:1.18.33".into())
+}

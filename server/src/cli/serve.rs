@@ -20,7 +20,7 @@ pub async fn main(settings: Settings) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     tracing::info!("delegate serve listening on http://{addr} (MCP at /mcp)");
     let served = delegate_server::serve::serve(orch.clone(), listener, shutdown_signal()).await;
-    orch.shutdown().await;
+    orch.shutdown_server().await;
     served?;
     Ok(ExitCode::SUCCESS)
 }

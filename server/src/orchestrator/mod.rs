@@ -513,15 +513,7 @@ impl Orchestrator {
             .backend
             .resume(&sandbox.id)
             .await
-            .map(|endpoint| Warm {
-                endpoint,
-                last_session: None,
-                last_active: std::time::Instant::now(),
-                idle_timeout: sandbox
-                    .idle_timeout_s
-                    .map(|s| Duration::from_secs(s.max(1) as u64))
-                    .unwrap_or(self.inner.settings.idle_timeout),
-            });
+            .map(|endpoint| self.warm_state(sandbox, endpoint));
         if let Ok(warm) = &resumed {
             lock(&self.inner.warm).insert(sandbox.id.clone(), warm.clone());
         }
@@ -533,6 +525,19 @@ impl Orchestrator {
             resumed,
         )
         .await
+    }
+
+    /// A warm sandbox's live facts as it (re)starts: idle from now on.
+    fn warm_state(&self, sandbox: &Sandbox, endpoint: ServeEndpoint) -> Warm {
+        Warm {
+            endpoint,
+            last_session: None,
+            last_active: std::time::Instant::now(),
+            idle_timeout: sandbox
+                .idle_timeout_s
+                .map(|s| Duration::from_secs(s.max(1) as u64))
+                .unwrap_or(self.inner.settings.idle_timeout),
+        }
     }
 
     /// Sandboxes of a workspace, newest first.
@@ -615,8 +620,9 @@ impl Orchestrator {
     }
 
     /// After a restart: this server's runs that were active belong to no process any more and end
-    /// `lost`; its sandboxes of this backend that were up are `failed` with the reason (their
-    /// processes died with the old server) and lose their tokens. Other servers' runs and
+    /// `lost`. Its sandboxes of this backend that were up are `failed` with the reason and lose
+    /// their tokens, except warm containers still running, which are adopted; what the backend
+    /// holds for sandboxes that are gone or failed is removed. Other servers' runs and
     /// sandboxes on the same database are left alone (see `instance_id`). Not for embedded
     /// `delegate run`, which shares the data dir (and so the instance id) with a local server.
     pub async fn reconcile(&self) -> Result<(usize, usize)> {
@@ -652,7 +658,10 @@ impl Orchestrator {
             SandboxStatus::Running,
             SandboxStatus::Pausing,
             SandboxStatus::Resuming,
+            SandboxStatus::Paused,
         ];
+        let held: std::collections::HashSet<String> =
+            self.inner.backend.held().await?.into_iter().collect();
         let mut failed = 0;
         for sandbox in store.sandboxes_owned_with_status(me, &up).await? {
             if sandbox.backend != self.inner.backend.name()
@@ -660,13 +669,35 @@ impl Orchestrator {
             {
                 continue;
             }
-            let reason = "the server restarted and the sandbox's processes ended with it";
+            let outlives = self.inner.backend.outlives_process();
+            let reason = match sandbox.status {
+                // A paused sandbox keeps its files; a container one only has to still exist.
+                SandboxStatus::Paused if !outlives || held.contains(&sandbox.id) => continue,
+                SandboxStatus::Paused => "its container is gone".to_string(),
+                SandboxStatus::Running if !outlives => {
+                    "the server restarted and the sandbox's processes ended with it".into()
+                }
+                SandboxStatus::Running if sandbox.kind == SandboxKind::Warm => {
+                    match self.inner.backend.adopt(&sandbox.id).await {
+                        Ok(endpoint) => {
+                            tracing::info!(sandbox = %sandbox.id, "adopted a warm sandbox that outlived the previous server");
+                            lock(&self.inner.warm)
+                                .insert(sandbox.id.clone(), self.warm_state(&sandbox, endpoint));
+                            continue;
+                        }
+                        Err(e) => format!(
+                            "the server restarted and the sandbox could not be picked up: {e}"
+                        ),
+                    }
+                }
+                _ => "the server restarted during the sandbox's run or set-up".into(),
+            };
             match self
                 .set_sandbox_status(
                     &sandbox.id,
                     sandbox.status,
                     SandboxStatus::Failed,
-                    Some(reason),
+                    Some(&reason),
                 )
                 .await
             {
@@ -676,12 +707,39 @@ impl Orchestrator {
             }
             self.revoke_sandbox_tokens(&sandbox.id).await;
         }
+        // Orphans: what the backend holds for sandboxes that no longer exist, or failed.
+        for id in held {
+            let orphan = match store.sandbox(&id).await {
+                Err(StoreError::NotFound(_)) => true,
+                Ok(s) => matches!(s.status, SandboxStatus::Failed | SandboxStatus::Deleted),
+                Err(e) => return Err(e.into()),
+            };
+            if orphan {
+                match self.inner.backend.destroy(&id).await {
+                    Ok(()) => tracing::info!(sandbox = %id, "removed an orphaned sandbox"),
+                    Err(e) => {
+                        tracing::warn!(sandbox = %id, error = %e, "could not remove an orphaned sandbox")
+                    }
+                }
+            }
+        }
         Ok((lost, failed))
     }
 
     /// Cancels every run of this process and deletes the sandboxes they and `create_sandbox` made,
     /// waiting for their processes to end. Call before exiting.
     pub async fn shutdown(&self) {
+        self.shutdown_with(true).await
+    }
+
+    /// `delegate serve`'s shutdown: like [`Self::shutdown`], but warm sandboxes that outlive the
+    /// process (containers) stay up for the next start to adopt.
+    pub async fn shutdown_server(&self) {
+        self.shutdown_with(!self.inner.backend.outlives_process())
+            .await
+    }
+
+    async fn shutdown_with(&self, delete_warm: bool) {
         self.inner.shutdown.cancel();
         let runs: Vec<String> = lock(&self.inner.live).keys().cloned().collect();
         for run_id in &runs {
@@ -689,6 +747,9 @@ impl Orchestrator {
         }
         for run_id in &runs {
             let _ = self.wait(run_id).await;
+        }
+        if !delete_warm {
+            return;
         }
         let warm: Vec<String> = lock(&self.inner.warm).keys().cloned().collect();
         for id in warm {
@@ -810,8 +871,8 @@ pub fn result_of(run: &Run, event_count: u64, public_url: Option<&str>) -> RunRe
     }
 }
 
-/// The instance id stored in the data dir (`instance-id`), made on first start.
-async fn instance_id(data_dir: &std::path::Path) -> Result<String> {
+/// This server's instance id, stored in the data dir (`instance-id`), made on first start.
+pub async fn instance_id(data_dir: &std::path::Path) -> Result<String> {
     let path = data_dir.join("instance-id");
     let io = |e: std::io::Error| {
         OrchestratorError::Sandbox(SandboxError::Io(format!("{}: {e}", path.display())))

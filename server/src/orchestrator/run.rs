@@ -15,7 +15,7 @@ use super::{Orchestrator, OrchestratorError, Result, RunRequest, Warm, lock};
 use crate::events::{AgentEvent, ParsedEvent, ServeEvent, ServeTracker, parse_run_line};
 use crate::ids::{is_id, new_id, now_ms};
 use crate::opencode::serve::ServeClient;
-use crate::sandbox::{AgentOutput, RunSpec, SandboxSpec};
+use crate::sandbox::{AgentOutput, RunSpec, SandboxError, SandboxSpec};
 use crate::state::run_transition;
 use crate::store::{Run, RunOutcome, SandboxKind};
 
@@ -231,6 +231,9 @@ async fn drive(
         Ok(f) => f,
         Err(e) => Finish::failed(
             match &e {
+                OrchestratorError::Sandbox(SandboxError::ImageMissing(_)) => {
+                    ErrorKind::ImageMissing
+                }
                 OrchestratorError::Sandbox(_) => ErrorKind::SandboxFailed,
                 _ => ErrorKind::Internal,
             },
@@ -310,6 +313,11 @@ impl Orchestrator {
     async fn delete_sandbox_after_run(&self, sandbox_id: &str) -> Result<()> {
         // The run is over; `delete_sandbox` must not wait for it.
         lock(&self.inner.busy).remove(sandbox_id);
+        if self.inner.store.sandbox(sandbox_id).await?.status == SandboxStatus::Failed {
+            // It never came up: free what the backend holds, but keep the row and its reason.
+            self.inner.backend.destroy(sandbox_id).await?;
+            return Ok(());
+        }
         self.delete_sandbox(sandbox_id).await
     }
 }

@@ -3,6 +3,8 @@
 //! it. The orchestrator drives every backend through [`SandboxBackend`] and never learns how.
 
 pub mod cgroup;
+pub mod docker;
+pub mod lines;
 pub mod process;
 pub mod workdir;
 
@@ -27,6 +29,9 @@ pub enum SandboxError {
     Unknown(String),
     #[error("sandbox failed to start: {0}")]
     Start(String),
+    /// The sandbox image is not in the container engine; the message says how to build it.
+    #[error("{0}")]
+    ImageMissing(String),
     #[error("{0}")]
     Io(String),
 }
@@ -111,6 +116,25 @@ pub trait SandboxBackend: Send + Sync + 'static {
     /// Starts a paused warm sandbox's `opencode serve` again.
     async fn resume(&self, sandbox_id: &str) -> Result<ServeEndpoint, SandboxError>;
 
-    /// Stops every process of the sandbox and removes it with its files.
+    /// Stops every process of the sandbox and removes it with its files. A sandbox the backend
+    /// does not know is already gone: that is not an error.
     async fn destroy(&self, sandbox_id: &str) -> Result<(), SandboxError>;
+
+    /// Whether sandboxes live on when this process ends (containers do, child processes not).
+    fn outlives_process(&self) -> bool {
+        false
+    }
+
+    /// Picks up a warm sandbox that outlived a previous server process (a container does) and
+    /// returns its `opencode serve` again. Sandboxes of backends whose sandboxes end with the
+    /// process cannot be adopted.
+    async fn adopt(&self, sandbox_id: &str) -> Result<ServeEndpoint, SandboxError> {
+        Err(SandboxError::Unknown(sandbox_id.to_string()))
+    }
+
+    /// The ids of every sandbox this backend still holds resources for outside this process
+    /// (labelled containers, volumes), so orphans can be swept at start.
+    async fn held(&self) -> Result<Vec<String>, SandboxError> {
+        Ok(Vec::new())
+    }
 }

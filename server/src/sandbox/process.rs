@@ -14,17 +14,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::Router;
 use delegate_mcp::types::ChangedFile;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::cgroup::Cgroup;
+use super::lines::{drain, read_lines};
 use super::workdir::SandboxDirs;
 use super::{
     AgentOutput, ExitInfo, RunSpec, SandboxBackend, SandboxError, SandboxSpec, ServeEndpoint,
 };
-use crate::relay::{self, Endpoint, Listener};
 use crate::settings::{Isolation, Secret, Settings};
 use crate::store::SandboxKind;
 
@@ -38,8 +38,6 @@ const IN_DELEGATE: &str = "/opt/delegate/delegate";
 const IN_PROXY: &str = "127.0.0.1:4000";
 /// `opencode serve`'s port inside a bubblewrap sandbox.
 const IN_SERVE_PORT: u16 = 4096;
-/// The longest opencode output line kept whole; longer ones are cut (a tool that printed megabytes).
-const MAX_LINE: usize = 8 << 20;
 /// How long `opencode serve` may take to say it listens.
 const SERVE_START_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -173,24 +171,12 @@ impl ProcessBackend {
     /// The loopback TCP proxy used when isolation is off (no socket to bind in).
     async fn tcp_proxy(&self) -> Result<SocketAddr, SandboxError> {
         self.tcp_proxy
-            .get_or_try_init(|| async {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .map_err(|e| SandboxError::Io(format!("bind proxy: {e}")))?;
-                let addr = listener
-                    .local_addr()
-                    .map_err(|e| SandboxError::Io(e.to_string()))?;
-                let router = self.proxy.clone();
-                let stop = self.shutdown.clone();
-                tokio::spawn(crate::net::serve_tcp(
-                    listener,
-                    router,
-                    stop.cancelled_owned(),
-                ));
-                Ok(addr)
+            .get_or_try_init(|| {
+                crate::net::serve_loopback(self.proxy.clone(), self.shutdown.clone())
             })
             .await
             .copied()
+            .map_err(|e| SandboxError::Io(format!("bind proxy: {e}")))
     }
 
     /// The command that runs `args` (opencode's arguments) in the sandbox.
@@ -393,20 +379,12 @@ impl ProcessBackend {
             Isolation::None => url,
             Isolation::Bwrap => {
                 // Give the sandbox's serve socket a loopback address on the host.
-                let listener = Listener::bind(&Endpoint::Tcp("127.0.0.1:0".into()))
-                    .await
-                    .map_err(|e| SandboxError::Io(format!("bind serve relay: {e}")))?;
-                let Listener::Tcp(tcp) = &listener else {
-                    unreachable!("bound a TCP endpoint")
-                };
-                let addr = tcp
-                    .local_addr()
-                    .map_err(|e| SandboxError::Io(e.to_string()))?;
-                tokio::spawn(relay::serve(
-                    listener,
-                    Endpoint::Unix(live.dirs.run.join("opencode.sock")),
+                let addr = crate::net::relay_loopback_to_unix(
+                    live.dirs.run.join("opencode.sock"),
                     relay_stop,
-                ));
+                )
+                .await
+                .map_err(|e| SandboxError::Io(format!("bind serve relay: {e}")))?;
                 format!("http://{addr}")
             }
         };
@@ -477,16 +455,8 @@ impl SandboxBackend for ProcessBackend {
         });
         if self.bwrap.is_some() {
             let socket = live.dirs.run.join("proxy.sock");
-            let _ = std::fs::remove_file(&socket);
-            let listener = tokio::net::UnixListener::bind(&socket)
+            crate::net::serve_unix(self.proxy.clone(), &socket, 0o600, live.stop.clone())
                 .map_err(|e| SandboxError::Io(format!("bind {}: {e}", socket.display())))?;
-            let router = self.proxy.clone();
-            let stop = live.stop.clone();
-            tokio::spawn(async move {
-                let _ = axum::serve(listener, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-            });
         }
         self.sandboxes
             .lock()
@@ -635,60 +605,6 @@ impl SandboxBackend for ProcessBackend {
 impl Drop for ProcessBackend {
     fn drop(&mut self) {
         self.shutdown.cancel();
-    }
-}
-
-/// Reads `r` line by line, cutting lines over [`MAX_LINE`], until EOF or `sink` says stop.
-async fn read_lines<R, F, Fut>(r: R, mut sink: F)
-where
-    R: AsyncRead + Unpin,
-    F: FnMut(String) -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let mut reader = BufReader::with_capacity(64 * 1024, r);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let mut too_long = false;
-        loop {
-            let buf = match reader.fill_buf().await {
-                Ok(b) => b,
-                Err(_) => return,
-            };
-            if buf.is_empty() {
-                break;
-            }
-            let (take, done) = match buf.iter().position(|b| *b == b'\n') {
-                Some(i) => (i + 1, true),
-                None => (buf.len(), false),
-            };
-            let room = MAX_LINE.saturating_sub(line.len());
-            line.extend_from_slice(&buf[..take.min(room)]);
-            too_long |= take > room;
-            reader.consume(take);
-            if done {
-                break;
-            }
-        }
-        if line.is_empty() {
-            return;
-        }
-        let mut text = String::from_utf8_lossy(&line)
-            .trim_end_matches(['\n', '\r'])
-            .to_string();
-        if too_long {
-            text.push_str(" …[line cut by delegate]");
-        }
-        if !sink(text).await {
-            return;
-        }
-    }
-}
-
-async fn drain<R: AsyncRead + Unpin>(r: R, log: impl Fn(&str)) {
-    let mut lines = BufReader::new(r).lines();
-    while let Ok(Some(l)) = lines.next_line().await {
-        log(&l);
     }
 }
 
