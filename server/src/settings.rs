@@ -682,6 +682,36 @@ mod tests {
     }
 
     #[test]
+    fn docker_networks_are_none_host_or_a_named_one_with_the_proxy_url() {
+        let s = Settings::load(None, &[("DELEGATE_DATA_DIR", "/tmp/x")]).unwrap();
+        assert_eq!(s.docker.network, DockerNetwork::None);
+        assert_eq!(s.docker.image, DEFAULT_SANDBOX_IMAGE);
+        let s = Settings::load(None, &[("DELEGATE_DOCKER_NETWORK", "host")]).unwrap();
+        assert_eq!(s.docker.network, DockerNetwork::Host);
+        // The default bridge would let sandboxes reach anything.
+        for bad in ["bridge", "", "no such/net"] {
+            let err = Settings::load(None, &[("DELEGATE_DOCKER_NETWORK", bad)]).unwrap_err();
+            assert!(err.to_string().contains("DELEGATE_DOCKER_NETWORK"), "{err}");
+        }
+        let err = Settings::load(None, &[("DELEGATE_DOCKER_NETWORK", "delegate")]).unwrap_err();
+        assert!(
+            err.to_string().contains("DELEGATE_DOCKER_PROXY_URL"),
+            "{err}"
+        );
+        let s = Settings::load(
+            None,
+            &[
+                ("DELEGATE_DOCKER_NETWORK", "delegate"),
+                ("DELEGATE_DOCKER_PROXY_URL", "http://delegate:8080/v1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.docker.network, DockerNetwork::Named("delegate".into()));
+        let err = Settings::load(None, &[("DELEGATE_SANDBOX_CPUS", "0")]).unwrap_err();
+        assert!(err.to_string().contains("DELEGATE_SANDBOX_CPUS"), "{err}");
+    }
+
+    #[test]
     fn sso_settings_default_to_the_public_url_and_hide_secrets() {
         let env = [
             ("DELEGATE_PUBLIC_URL", "https://d.example.com/"),

@@ -603,3 +603,96 @@ async fn a_restarted_server_ends_the_run_lost_adopts_warm_sandboxes_and_sweeps_o
     assert_eq!(d.leftovers(&warm_id).await, Vec::<String>::new());
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_headless_runs_one_hardened_task_through_the_proxy() {
+    let Some(d) = DockerHarness::new(Script::write_file(
+        "from-compose.txt",
+        "composed\n",
+        "All done.",
+    ))
+    .await
+    else {
+        return;
+    };
+    let Some(compose) = real::on_path("docker-compose").or_else(|| {
+        real::unavailable(
+            "docker-compose",
+            "not on PATH (apt-get install docker-compose)",
+        )
+    }) else {
+        return;
+    };
+    // A server's proxy on loopback and a token for a sandbox it does not run itself.
+    let orch = d.orchestrator(d.settings()).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let proxy = delegate_server::net::serve_loopback(orch.proxy().router(), stop.clone())
+        .await
+        .unwrap();
+    let (_, workspace) = delegate_server::orchestrator::ensure_local_user(orch.store().as_ref())
+        .await
+        .unwrap();
+    let (sandbox, token) = delegate_server::orchestrator::register_external_sandbox(
+        orch.store().as_ref(),
+        &workspace,
+        Some("compose".into()),
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    // The work dir belongs to the sandbox's user, as compose.headless.yml says.
+    let work = d.h.dir.path().join("compose-work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("README.md"), "# existing\n").unwrap();
+    for p in [work.clone(), work.join("README.md")] {
+        std::os::unix::fs::chown(&p, Some(1000), Some(1000)).unwrap();
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(240),
+        tokio::process::Command::new(compose)
+            .args([
+                "-f",
+                "compose.headless.yml",
+                "-p",
+                &sandbox.id.to_lowercase(),
+            ])
+            .args(["run", "--rm", "-T", "sandbox"])
+            .current_dir(real::repo_root())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DOCKER_HOST", &d.host)
+            .env("TASK", "write from-compose.txt")
+            .env("WORKDIR", &work)
+            .env("DELEGATE_PROXY_URL", format!("http://{proxy}/v1"))
+            .env("DELEGATE_PROXY_TOKEN", &token)
+            .env("DELEGATE_SANDBOX_IMAGE", real::sandbox_image())
+            .env("DELEGATE_SANDBOX_MEMORY", "1g")
+            .output(),
+    )
+    .await
+    .expect("compose run ends within 4 minutes")
+    .expect("run docker-compose");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // opencode's JSON events, one per line.
+    let events: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(events.len() >= 3, "{stdout}\n{stderr}");
+    assert!(events.iter().all(|e| e["type"].is_string()), "{stdout}");
+    assert!(events.iter().any(|e| e["type"] == "tool_use"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(work.join("from-compose.txt")).unwrap(),
+        "composed\n"
+    );
+    // Through the proxy: the fake saw the real key, the container only its token.
+    let requests = d.h.fake.requests();
+    assert!(!requests.is_empty());
+    for request in requests {
+        assert_eq!(request.header("x-api-key"), Some(common::REAL_KEY));
+    }
+    stop.cancel();
+}

@@ -38,6 +38,21 @@ pub enum TokenCommand {
         #[arg(long, value_name = "DURATION")]
         expires_in: Option<String>,
     },
+    /// Register a sandbox you run yourself (e.g. `compose.headless.yml`) and print its proxy
+    /// token (`dsb_...`) once: the container gets it as DELEGATE_PROXY_TOKEN and reaches the
+    /// model only through this server's proxy at /v1, never with the real key. Usage is
+    /// recorded against the sandbox; delete it (DELETE /api/sandboxes/ID) to revoke the token.
+    Proxy {
+        /// The workspace it belongs to [default: the `default` workspace].
+        #[arg(long)]
+        workspace: Option<String>,
+        /// A name to recognise the sandbox by.
+        #[arg(long)]
+        name: Option<String>,
+        /// Expire after this long (e.g. 12h); never by default.
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+    },
 }
 
 async fn store(settings: &Settings) -> anyhow::Result<std::sync::Arc<dyn Store>> {
@@ -129,6 +144,44 @@ pub async fn token(settings: Settings, cmd: &TokenCommand) -> anyhow::Result<Exi
                     .unwrap_or_default()
             );
             super::out(&format!("{secret}\n"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Proxy {
+            workspace,
+            name,
+            expires_in,
+        } => {
+            let workspace = match workspace {
+                Some(slug) => store
+                    .workspace_by_slug(slug)
+                    .await
+                    .with_context(|| format!("no workspace {slug:?}"))?,
+                None => {
+                    delegate_server::orchestrator::ensure_local_user(store.as_ref())
+                        .await?
+                        .1
+                }
+            };
+            let expires_at = match expires_in {
+                Some(d) => {
+                    Some(delegate_server::ids::now_ms() + parse_expiry(d)?.as_millis() as i64)
+                }
+                None => None,
+            };
+            let (sandbox, token) = delegate_server::orchestrator::register_external_sandbox(
+                store.as_ref(),
+                &workspace,
+                name.clone(),
+                Some("cli".into()),
+                expires_at,
+            )
+            .await?;
+            eprintln!(
+                "delegate: sandbox {} in workspace {}: its proxy token is shown once; \
+                 delete the sandbox to revoke it",
+                sandbox.id, workspace.slug
+            );
+            super::out(&format!("{token}\n"))?;
             Ok(ExitCode::SUCCESS)
         }
     }

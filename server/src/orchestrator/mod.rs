@@ -298,22 +298,7 @@ impl Orchestrator {
             .store
             .set_sandbox_owner(&sandbox.id, &self.inner.instance_id)
             .await?;
-        let token = new_secret("dsb_");
-        self.inner
-            .store
-            .insert_token(&TokenRecord {
-                id: new_id("tok"),
-                kind: TokenKind::Sandbox,
-                hash: hash_secret(&token),
-                name: None,
-                user_id: None,
-                sandbox_id: Some(id.clone()),
-                workspace_id: Some(ws.id.clone()),
-                created_at: now,
-                expires_at: None,
-                revoked_at: None,
-            })
-            .await?;
+        let token = issue_sandbox_token(self.inner.store.as_ref(), &id, &ws.id, None).await?;
         let spec = SandboxSpec {
             id,
             kind,
@@ -467,6 +452,14 @@ impl Orchestrator {
         .await;
         lock(&self.inner.busy).remove(sandbox_id);
         resumed
+    }
+
+    /// Someone is using a warm sandbox (its opencode open in a browser, say): that counts as
+    /// activity, like a run, so it is not paused under them.
+    pub fn touch_sandbox(&self, sandbox_id: &str) {
+        if let Some(w) = lock(&self.inner.warm).get_mut(sandbox_id) {
+            w.last_active = std::time::Instant::now();
+        }
     }
 
     /// How many runs execute in this process right now.
@@ -927,6 +920,63 @@ pub async fn ensure_local_user(store: &dyn Store) -> Result<(User, Workspace)> {
         Err(StoreError::Conflict(_)) => Ok((user, store.workspace_by_slug("default").await?)),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A new proxy token for a sandbox (`dsb_...`); only its hash is stored.
+async fn issue_sandbox_token(
+    store: &dyn Store,
+    sandbox_id: &str,
+    workspace_id: &str,
+    expires_at: Option<crate::store::Millis>,
+) -> Result<String> {
+    let token = new_secret("dsb_");
+    store
+        .insert_token(&TokenRecord {
+            id: new_id("tok"),
+            kind: TokenKind::Sandbox,
+            hash: hash_secret(&token),
+            name: None,
+            user_id: None,
+            sandbox_id: Some(sandbox_id.to_string()),
+            workspace_id: Some(workspace_id.to_string()),
+            created_at: now_ms(),
+            expires_at,
+            revoked_at: None,
+        })
+        .await?;
+    Ok(token)
+}
+
+/// Registers a sandbox delegate does not run itself (a container started from
+/// `compose.headless.yml`, say) and returns it with its proxy token, so it reaches the model
+/// through delegate's proxy like any other: usage is recorded, the real key stays here.
+/// Deleting the sandbox revokes the token.
+pub async fn register_external_sandbox(
+    store: &dyn Store,
+    workspace: &Workspace,
+    name: Option<String>,
+    created_by: Option<String>,
+    expires_at: Option<crate::store::Millis>,
+) -> Result<(Sandbox, String)> {
+    let now = now_ms();
+    let id = new_id("sbx");
+    let sandbox = Sandbox {
+        id: id.clone(),
+        workspace_id: workspace.id.clone(),
+        name: name.unwrap_or_else(|| id.clone()),
+        kind: SandboxKind::Ephemeral,
+        backend: "external".into(),
+        status: SandboxStatus::Running,
+        status_reason: None,
+        idle_timeout_s: None,
+        meta: serde_json::json!({}),
+        created_by,
+        created_at: now,
+        updated_at: now,
+    };
+    store.insert_sandbox(&sandbox).await?;
+    let token = issue_sandbox_token(store, &id, &workspace.id, expires_at).await?;
+    Ok((sandbox, token))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
