@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListVolumesOptionsBuilder};
 use common::Harness;
-use common::served::{Served, serve_command};
+use common::served::{Served, api_token};
 use delegate_mcp::types::{ChangeKind, ErrorKind, RunResult, RunStatus, SandboxStatus};
 use delegate_server::orchestrator::{Orchestrator, RunRequest, SandboxRequest};
 use delegate_server::settings::{BackendChoice, DockerNetwork, Settings};
@@ -113,6 +113,38 @@ impl DockerHarness {
             .and_then(|i| i.state)
             .and_then(|s| s.running)
             .unwrap_or(false)
+    }
+}
+
+/// The REST API of a `delegate serve`, with a bearer token.
+struct Api {
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Api {
+    async fn get<T: serde::de::DeserializeOwned>(&self, base: &str, path: &str) -> T {
+        self.http
+            .get(format!("{base}{path}"))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn post(&self, base: &str, path: &str, body: &Value) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(format!("{base}{path}"))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        (resp.status(), resp.json().await.unwrap())
     }
 }
 
@@ -460,55 +492,38 @@ async fn a_restarted_server_ends_the_run_lost_adopts_warm_sandboxes_and_sweeps_o
     let env: Vec<(&str, String)> = d.serve_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let a = Served::start(&d.h, &env, "srv").await;
-    let token = serve_command(&d.h, &env, &a.data)
-        .args(["token", "create", "--name", "restart"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        token.status.success(),
-        "{}",
-        String::from_utf8_lossy(&token.stderr)
-    );
-    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
-    let http = reqwest::Client::new();
-    let api = |base: &str, path: &str| format!("{base}{path}");
+    let api = Api {
+        http: reqwest::Client::new(),
+        token: api_token(&d.h, &env, &a.data).await,
+    };
 
     // A warm sandbox, and a run that is mid-way when the server dies.
-    let warm: Value = http
-        .post(api(&a.base, "/api/sandboxes"))
-        .bearer_auth(&token)
-        .json(&json!({ "name": "survivor", "files": { "keep.txt": "kept\n" } }))
-        .send()
+    let warm: Value = api
+        .post(
+            &a.base,
+            "/api/sandboxes",
+            &json!({ "name": "survivor", "files": { "keep.txt": "kept\n" } }),
+        )
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .1;
     let warm_id = warm["sandbox_id"]
         .as_str()
         .unwrap_or_else(|| panic!("{warm}"))
         .to_string();
-    let started: RunResult = http
-        .post(api(&a.base, "/api/runs"))
-        .bearer_auth(&token)
-        .json(&json!({ "task": "hang", "wait": false }))
-        .send()
+    let started: RunResult = serde_json::from_value(
+        api.post(
+            &a.base,
+            "/api/runs",
+            &json!({ "task": "hang", "wait": false }),
+        )
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .1,
+    )
+    .unwrap();
     d.h.fake.wait_for_requests(1).await;
-    let running: RunResult = http
-        .get(api(&a.base, &format!("/api/runs/{}", started.run_id)))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let running: RunResult = api
+        .get(&a.base, &format!("/api/runs/{}", started.run_id))
+        .await;
     assert_eq!(running.status, RunStatus::Running);
     let data = a.data.clone();
     a.crash().await;
@@ -536,31 +551,16 @@ async fn a_restarted_server_ends_the_run_lost_adopts_warm_sandboxes_and_sweeps_o
     d.h.fake
         .set_script(Script::bash("cat keep.txt", TOOL_RESULT_PLACEHOLDER));
     let b = Served::start(&d.h, &env, "srv").await;
-    let lost: RunResult = http
-        .get(api(&b.base, &format!("/api/runs/{}", started.run_id)))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let lost: RunResult = api
+        .get(&b.base, &format!("/api/runs/{}", started.run_id))
+        .await;
     assert_eq!(lost.status, RunStatus::Lost, "{lost:?}\n{}", b.log());
     let error = lost.error.expect("a reason");
     assert_eq!(error.kind, ErrorKind::Lost);
     assert!(error.message.contains("restarted"), "{}", error.message);
-    let gone: Value = http
-        .get(api(
-            &b.base,
-            &format!("/api/sandboxes/{}", started.sandbox_id),
-        ))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let gone: Value = api
+        .get(&b.base, &format!("/api/sandboxes/{}", started.sandbox_id))
+        .await;
     assert_eq!(gone["status"], "failed", "{gone}");
     assert!(
         gone["status_reason"]
@@ -581,21 +581,22 @@ async fn a_restarted_server_ends_the_run_lost_adopts_warm_sandboxes_and_sweeps_o
         .unwrap();
 
     // The warm sandbox was adopted: it still runs, and a run in it works.
-    let resp = http
-        .post(api(&b.base, "/api/runs"))
-        .bearer_auth(&token)
-        .json(&json!({ "task": "read it", "sandbox_id": warm_id, "wait": true }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK, "{}", b.log());
-    let after: RunResult = resp.json().await.unwrap();
+    let (status, after) = api
+        .post(
+            &b.base,
+            "/api/runs",
+            &json!({ "task": "read it", "sandbox_id": warm_id, "wait": true }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{}", b.log());
+    let after: RunResult = serde_json::from_value(after).unwrap();
     assert_eq!(after.status, RunStatus::Succeeded, "{after:?}\n{}", b.log());
     assert!(after.final_message.contains("kept"));
 
-    let deleted = http
-        .delete(api(&b.base, &format!("/api/sandboxes/{warm_id}")))
-        .bearer_auth(&token)
+    let deleted = api
+        .http
+        .delete(format!("{}/api/sandboxes/{warm_id}", b.base))
+        .bearer_auth(&api.token)
         .send()
         .await
         .unwrap();

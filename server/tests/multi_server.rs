@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::served::{Served, serve_command};
+use common::served::{Served, api_token};
 use common::{Harness, processes_mentioning};
 use delegate_mcp::rest::RunList;
 use delegate_mcp::tools::CancelRunOutput;
@@ -32,21 +32,12 @@ async fn a_run_started_on_one_server_is_listed_streamed_and_cancelled_through_an
     };
     let a = Served::start(&h, &[("DATABASE_URL", pg.url.as_str())], "a").await;
     let b = Served::start(&h, &[("DATABASE_URL", pg.url.as_str())], "b").await;
-    let token = serve_command(
+    let token = api_token(
         &h,
         &[("DATABASE_URL", pg.url.as_str())],
         &h.dir.path().join("admin"),
     )
-    .args(["token", "create", "--name", "multi-server"])
-    .output()
-    .await
-    .unwrap();
-    assert!(
-        token.status.success(),
-        "{}",
-        String::from_utf8_lossy(&token.stderr)
-    );
-    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    .await;
     let http = reqwest::Client::new();
 
     // Started through A.

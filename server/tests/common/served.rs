@@ -102,3 +102,18 @@ pub fn serve_command(h: &Harness, env: &[(&str, &str)], data: &Path) -> tokio::p
         .kill_on_drop(true);
     cmd
 }
+
+/// An API token from `delegate token create` against the database `env` and `data` name.
+pub async fn api_token(h: &Harness, env: &[(&str, &str)], data: &Path) -> String {
+    let out = serve_command(h, env, data)
+        .args(["token", "create", "--name", "test"])
+        .output()
+        .await
+        .expect("run delegate token create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
