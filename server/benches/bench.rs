@@ -10,15 +10,18 @@
 //! 3. Proxy: 200 streamed requests direct to the upstream and through the proxy: added p50/p99
 //!    latency, and time to first byte proxied ÷ direct.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::{Env, arg, median, percentile};
 
 use delegate_mcp::types::RunStatus;
 use delegate_server::orchestrator::{RunRequest, SandboxRequest};
 use delegate_server::proxy::{ActiveRuns, Proxy};
-use delegate_server::settings::{EnvSource, Secret, Settings, Upstream, UpstreamCredential};
+use delegate_server::settings::{Secret, Settings, Upstream, UpstreamCredential};
 use delegate_server::store::Store;
 use delegate_testkit::anthropic::{FakeAnthropic, Script};
 
@@ -29,36 +32,6 @@ use tokio::io::AsyncWriteExt;
 
 const KEY: &str = "sk-ant-bench";
 const TASK: &str = "create hello.txt saying hi";
-
-struct Env(Vec<(String, String)>);
-impl EnvSource for Env {
-    fn var(&self, name: &str) -> Option<String> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    }
-}
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
-}
 
 #[tokio::main]
 async fn main() {

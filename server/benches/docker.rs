@@ -10,44 +10,18 @@
 //! 2. A run in a warm docker sandbox ÷ an ephemeral docker run.
 //! 3. `create_sandbox` until `running` (opencode serve listening) on docker: p50 over 20.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use support::{Env, arg, median, percentile};
 
 use delegate_mcp::types::RunStatus;
 use delegate_server::orchestrator::{Orchestrator, RunRequest, SandboxRequest};
-use delegate_server::settings::{BackendChoice, EnvSource, Settings};
+use delegate_server::settings::{BackendChoice, Settings};
 use delegate_testkit::anthropic::{FakeAnthropic, Script};
 
 const TASK: &str = "create hello.txt saying hi";
-
-struct Env(Vec<(String, String)>);
-impl EnvSource for Env {
-    fn var(&self, name: &str) -> Option<String> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    }
-}
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
 
 async fn orchestrator(
     backend: BackendChoice,

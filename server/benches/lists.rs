@@ -6,9 +6,12 @@
 //!   DELEGATE_OPENCODE_BIN=.tools/node_modules/opencode-linux-x64/bin/opencode \
 //!     cargo bench -p delegate-server --bench lists [-- --requests 500]
 
+mod support;
+
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use support::{arg, percentile};
 
 use delegate_mcp::types::{
     ChangeKind, ChangedFile, ErrorKind, RunError, RunStatus, SandboxStatus, Usage,
@@ -21,20 +24,6 @@ use tokio::io::AsyncBufReadExt;
 const SANDBOXES: usize = 1_000;
 const RUNS_PER_SANDBOX: usize = 10;
 const EVENTS_PER_RUN: u64 = 8;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
 
 #[tokio::main]
 async fn main() {
