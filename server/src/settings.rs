@@ -112,6 +112,12 @@ pub struct Settings {
     pub registration: Registration,
     /// Single sign-on (generic OIDC, GitHub); each provider is on when its client id is set.
     pub sso: SsoSettings,
+    /// `BASE_DOMAIN`: sandboxes' opencode opens at `oc-{id}.{base_domain}` through the gateway
+    /// (`localhost:8080` works locally: browsers resolve `*.localhost` to loopback). Unset: no
+    /// gateway.
+    pub base_domain: Option<String>,
+    /// `BASE_SCHEME` [http]: the scheme of the gateway's URLs (`https` behind TLS).
+    pub base_scheme: String,
 }
 
 /// Single sign-on settings. Callbacks are `{redirect_base_url}/api/auth/oidc/callback` and
@@ -177,6 +183,8 @@ struct FileSettings {
     github_client_secret: Option<Secret>,
     github_api_url: Option<String>,
     github_oauth_url: Option<String>,
+    base_domain: Option<String>,
+    base_scheme: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -300,7 +308,25 @@ impl Settings {
             None => f.registration.unwrap_or(Registration::Invite),
         };
 
+        let base_domain = match env.var("BASE_DOMAIN").or(f.base_domain) {
+            Some(d) => Some(parse_base_domain(&d)?),
+            None => None,
+        };
+        let base_scheme = env
+            .var("BASE_SCHEME")
+            .or(f.base_scheme)
+            .unwrap_or_else(|| "http".into())
+            .to_ascii_lowercase();
+        if base_scheme != "http" && base_scheme != "https" {
+            return Err(SettingsError::Invalid {
+                name: "BASE_SCHEME",
+                message: format!("{base_scheme:?} is not http or https"),
+            });
+        }
+
         Ok(Settings {
+            base_domain,
+            base_scheme,
             listen,
             database_url,
             backend,
@@ -427,6 +453,27 @@ fn sso_settings(env: &dyn EnvSource, f: &mut FileSettings) -> Result<SsoSettings
         oidc,
         github,
     })
+}
+
+/// A host name with an optional port, lower case (`delegate.example.com`, `localhost:8080`).
+fn parse_base_domain(v: &str) -> Result<String, SettingsError> {
+    let d = v.trim().trim_end_matches('.').to_ascii_lowercase();
+    let (host, port) = d.rsplit_once(':').unwrap_or((&d, ""));
+    let host_ok = !host.is_empty()
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    let port_ok = port.is_empty() || port.parse::<u16>().is_ok();
+    if host_ok && port_ok {
+        Ok(d)
+    } else {
+        Err(SettingsError::Invalid {
+            name: "BASE_DOMAIN",
+            message: format!(
+                "{v:?} is not a host name with an optional port (e.g. delegate.example.com)"
+            ),
+        })
+    }
 }
 
 fn default_data_dir() -> PathBuf {

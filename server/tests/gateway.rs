@@ -1,0 +1,291 @@
+//! The opencode gateway on `oc-{id}.{BASE_DOMAIN}` against real sandboxes (real opencode serve
+//! under bubblewrap): no cookie -> sign-in; a ticket works once and only on its own host; the
+//! cookie is host-only and HttpOnly; a cookie for one sandbox does not open another; a removed
+//! member (or one demoted to guest) is out on the next request; SSE streams through unbuffered;
+//! the browser's delegate cookies and credentials never reach opencode.
+
+mod common;
+#[path = "support/web.rs"]
+mod web;
+
+use std::time::Duration;
+
+use common::Harness;
+use delegate_server::store::Role;
+use delegate_testkit::anthropic::Script;
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use web::{WebServer, add_member, person};
+
+struct Client {
+    http: reqwest::Client,
+    server_addr: String,
+}
+
+impl Client {
+    fn new(s: &WebServer) -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            server_addr: format!("http://127.0.0.1:{}", s.port),
+        }
+    }
+
+    /// A request to `path` on `host` (the Host header a browser would send).
+    fn on(&self, host: &str, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(format!("{}{path}", self.server_addr))
+            .header("host", host)
+    }
+}
+
+async fn create_sandbox(s: &WebServer, token: &str, ws: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(s.url("/api/sandboxes"))
+        .bearer_auth(token)
+        .json(&json!({ "workspace": ws, "name": "gw" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    v["sandbox_id"].as_str().unwrap().to_string()
+}
+
+/// Signs in with a password and asks for a ticket with the session cookie (as the UI does).
+async fn ticket(s: &WebServer, email: &str, password: &str, sandbox: &str) -> (StatusCode, Value) {
+    let http = reqwest::Client::new();
+    let login = http
+        .post(s.url("/api/auth/login"))
+        .header("origin", &s.origin)
+        .json(&json!({ "email": email, "password": password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let cookie = login
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = http
+        .post(s.url(&format!("/api/sandboxes/{sandbox}/open")))
+        .header("cookie", cookie)
+        .header("origin", &s.origin)
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Redeems a ticket URL; returns the gateway cookie (`name=value`) and the raw Set-Cookie.
+async fn redeem(c: &Client, s: &WebServer, sandbox: &str, url: &str) -> (String, String) {
+    let path = url
+        .split_once(&format!("{}", s.sandbox_host(sandbox)))
+        .map(|(_, p)| p.to_string())
+        .unwrap_or_else(|| panic!("ticket URL on the sandbox host: {url}"));
+    let r = c.on(&s.sandbox_host(sandbox), &path).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()["location"], "/");
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    (set.split(';').next().unwrap().to_string(), set)
+}
+
+#[tokio::test]
+async fn the_gateway_admits_only_current_members_of_the_sandbox_it_was_opened_for() {
+    let Some(h) = Harness::new(Script::text("unused")).await else {
+        return;
+    };
+    let s = WebServer::start(&h).await;
+    let c = Client::new(&s);
+    let owner = person(&s.orch, "owner").await;
+    let dev = person(&s.orch, "dev").await;
+    let ws = owner.personal.clone();
+    add_member(&s.orch, &ws, &dev, Role::Developer).await;
+    let a = create_sandbox(&s, &owner.token, &ws.slug).await;
+    let b = create_sandbox(&s, &owner.token, &ws.slug).await;
+
+    // No cookie: to the sign-in page on the main host, coming back to the sandbox.
+    let r = c.on(&s.sandbox_host(&a), "/").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        r.headers()["location"],
+        s.url(&format!("/signin?next=/sandboxes/{a}")).as_str()
+    );
+    // A made-up cookie is no cookie.
+    let r = c
+        .on(&s.sandbox_host(&a), "/")
+        .header("cookie", "delegate_gateway=dgc_forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+
+    // A ticket, redeemed once, gives a host-only HttpOnly cookie.
+    let (status, t) = ticket(&s, &dev.email, &dev.password, &a).await;
+    assert_eq!(status, 200, "{t}");
+    let url = t["url"].as_str().unwrap();
+    assert!(url.starts_with(&format!(
+        "http://{}/_delegate/auth?ticket=dgt_",
+        s.sandbox_host(&a)
+    )));
+    let (cookie, set_cookie) = redeem(&c, &s, &a, url).await;
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"));
+    assert!(
+        !set_cookie.to_ascii_lowercase().contains("domain"),
+        "host-only: {set_cookie}"
+    );
+    let path = url.split_once("/_delegate").unwrap().1;
+    let again = c
+        .on(&s.sandbox_host(&a), &format!("/_delegate{path}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::FORBIDDEN, "a ticket works once");
+    // A ticket for A does not redeem on B's host either.
+    let (_, t2) = ticket(&s, &dev.email, &dev.password, &a).await;
+    let path2 = t2["url"]
+        .as_str()
+        .unwrap()
+        .split_once("/_delegate")
+        .unwrap()
+        .1
+        .to_string();
+    let r = c
+        .on(&s.sandbox_host(&b), &format!("/_delegate{path2}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // With the cookie: opencode's own web UI, through the gateway.
+    let r = c
+        .on(&s.sandbox_host(&a), "/")
+        .header(
+            "cookie",
+            format!("{cookie}; delegate_session=dss_must_not_leak"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("<title>OpenCode</title>"), "{html:.300}");
+
+    // SSE streams through without buffering: opencode's first event arrives while the stream
+    // stays open.
+    let r = c
+        .on(&s.sandbox_host(&a), "/event")
+        .header("cookie", &cookie)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut body = r.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(20), body.next())
+        .await
+        .expect("an SSE event before the stream ends")
+        .expect("a chunk")
+        .expect("bytes");
+    assert!(
+        String::from_utf8_lossy(&first).contains("data:"),
+        "{first:?}"
+    );
+    drop(body);
+
+    // The cookie for A does not open B.
+    let r = c
+        .on(&s.sandbox_host(&b), "/")
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "A's cookie on B");
+
+    // Demoted to guest: refused on the next request; removed: sent to sign in.
+    add_member(&s.orch, &ws, &dev, Role::Guest).await;
+    let r = c
+        .on(&s.sandbox_host(&a), "/")
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    add_member(&s.orch, &ws, &dev, Role::Developer).await;
+    let r = c
+        .on(&s.sandbox_host(&a), "/")
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a developer again");
+    let removed = reqwest::Client::new()
+        .delete(s.url(&format!(
+            "/api/workspaces/{}/members/{}",
+            ws.slug, dev.user.id
+        )))
+        .bearer_auth(&owner.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 204);
+    let r = c
+        .on(&s.sandbox_host(&a), "/")
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "a removed member is out");
+
+    // Guests get no ticket; an unknown or foreign sandbox is not found.
+    let guest = person(&s.orch, "guest").await;
+    add_member(&s.orch, &ws, &guest, Role::Guest).await;
+    let (status, body) = ticket(&s, &guest.email, &guest.password, &a).await;
+    assert_eq!(status, 403, "{body}");
+    let outsider = person(&s.orch, "outsider").await;
+    let (status, _) = ticket(&s, &outsider.email, &outsider.password, &a).await;
+    assert_eq!(status, 404);
+
+    // A paused sandbox opens no gateway; a host that is no sandbox id is delegate's own UI.
+    let r = reqwest::Client::new()
+        .post(s.url(&format!("/api/sandboxes/{b}/pause")))
+        .bearer_auth(&owner.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, body) = ticket(&s, &owner.email, &owner.password, &b).await;
+    assert_eq!(status, 409, "{body}");
+    let r = c
+        .on(&format!("oc-nonsense.localhost:{}", s.port), "/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("/ui/app.js"));
+
+    for id in [&a, &b] {
+        let r = reqwest::Client::new()
+            .delete(s.url(&format!("/api/sandboxes/{id}")))
+            .bearer_auth(&owner.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
