@@ -48,6 +48,14 @@ export function can(role, least) {
   return role != null && RANK[role] >= RANK[least];
 }
 
+/** Makes `ws` (slug) the current workspace, e.g. the one a run or sandbox belongs to. */
+export function setWorkspace(ws) {
+  if (ws && session.ws !== ws) {
+    session.ws = ws;
+    drawHeader();
+  }
+}
+
 export async function refreshMe() {
   session.me = await get('/api/auth/me');
   return session.me;

@@ -457,6 +457,98 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A stand-in for opencode serve that records the request head, answers a WebSocket
+    /// handshake with 101 and then echoes bytes: enough to see what the gateway forwards.
+    async fn upstream() -> (String, tokio::sync::oneshot::Receiver<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                sock.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+            let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+            sock.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let mut buf = [0u8; 64];
+            loop {
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                if n == 0 || sock.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        (url, rx)
+    }
+
+    #[tokio::test]
+    async fn websocket_upgrades_are_spliced_with_credentials_injected_and_cookies_stripped() {
+        let (upstream_url, head) = upstream().await;
+        let app = axum::Router::new().fallback(move |req: Request| {
+            let upstream_url = upstream_url.clone();
+            async move {
+                forward(&upstream_url, "serve-pass", req)
+                    .await
+                    .unwrap_or_else(|e| page(StatusCode::BAD_GATEWAY, &e))
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(
+                b"GET /pty/x/connect?a=1 HTTP/1.1\r\nHost: oc-sbx.example\r\nUpgrade: websocket\r\n\
+                  Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                  Sec-WebSocket-Version: 13\r\nAuthorization: Bearer dlg_browser\r\n\
+                  Cookie: delegate_gateway=dgc_secret; theme=dark; delegate_session=dss_secret\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\r\n\r\n") {
+            client.read_exact(&mut byte).await.unwrap();
+            reply.push(byte[0]);
+        }
+        let reply = String::from_utf8_lossy(&reply).to_ascii_lowercase();
+        assert!(reply.starts_with("http/1.1 101"), "{reply}");
+        client.write_all(b"ping through").await.unwrap();
+        let mut echo = [0u8; 12];
+        client.read_exact(&mut echo).await.unwrap();
+        assert_eq!(&echo, b"ping through");
+
+        let head = head.await.unwrap();
+        let lower = head.to_ascii_lowercase();
+        assert!(
+            head.starts_with("GET /pty/x/connect?a=1 HTTP/1.1"),
+            "{head}"
+        );
+        let basic = base64::engine::general_purpose::STANDARD.encode("opencode:serve-pass");
+        assert!(head.contains(&format!("Basic {basic}")), "{head}");
+        assert!(lower.contains("upgrade: websocket"), "{head}");
+        assert!(
+            lower.contains("sec-websocket-key: dghlihnhbxbszsbub25jzq=="),
+            "{head}"
+        );
+        for secret in ["dlg_browser", "dgc_secret", "dss_secret"] {
+            assert!(!head.contains(secret), "{secret} reached opencode: {head}");
+        }
+        assert!(
+            head.contains("theme=dark"),
+            "opencode's own cookies pass: {head}"
+        );
+    }
 
     #[test]
     fn finds_cookies_among_others() {

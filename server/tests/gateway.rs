@@ -89,7 +89,7 @@ async fn ticket(s: &WebServer, email: &str, password: &str, sandbox: &str) -> (S
 /// Redeems a ticket URL; returns the gateway cookie (`name=value`) and the raw Set-Cookie.
 async fn redeem(c: &Client, s: &WebServer, sandbox: &str, url: &str) -> (String, String) {
     let path = url
-        .split_once(&format!("{}", s.sandbox_host(sandbox)))
+        .split_once(s.sandbox_host(sandbox).as_str())
         .map(|(_, p)| p.to_string())
         .unwrap_or_else(|| panic!("ticket URL on the sandbox host: {url}"));
     let r = c.on(&s.sandbox_host(sandbox), &path).send().await.unwrap();

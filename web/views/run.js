@@ -3,12 +3,13 @@
 
 import { get, post, q, followEvents } from '../api.js';
 import { h, fill, badge, fmtDuration, fmtTokens, fmtCost, fmtTime, toast } from '../dom.js';
-import { can, roleIn } from '../app.js';
+import { can, roleIn, setWorkspace } from '../app.js';
 
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled', 'timed_out', 'lost']);
 
 export async function runView(main, id) {
   const run = await get(`/api/runs/${q(id)}/summary`);
+  setWorkspace(run.workspace);
   const writer = can(roleIn(run.workspace), 'developer');
   const status = h('span', { id: 'run-status' }, badge(run.status));
   const meta = h('p.meta', {}, `Delegated by ${run.delegated_by} · ${fmtTime(run.created_at)} · sandbox `,
@@ -30,14 +31,21 @@ export async function runView(main, id) {
       },
     }, 'Cancel run')
     : null;
-  const events = h('ol.events', { id: 'events', 'aria-live': 'polite', 'aria-relevant': 'additions' });
+  const events = h('ol.events.hide-other', { id: 'events', 'aria-live': 'polite', 'aria-relevant': 'additions' });
+  // opencode's bookkeeping events (plugins, sessions) are kept in the log, shown on request.
+  const showOther = h('input', {
+    type: 'checkbox', id: 'show-other',
+    onchange: (e) => events.classList.toggle('hide-other', !e.target.checked),
+  });
   const connection = h('p.muted', { id: 'stream-note' });
   const outcome = h('section', { id: 'outcome', 'aria-label': 'Result' });
   fill(main,
     h('div.run-head', {}, h('h1', {}, 'Run ', status), cancel),
     meta,
     h('h2', {}, 'Task'), h('pre.task', { id: 'task' }, run.task),
-    h('h2', {}, 'Events'), connection, events, outcome);
+    h('h2', {}, 'Events'),
+    h('p.toggle', {}, showOther, ' ', h('label', { for: 'show-other' }, "Show opencode's internal events")),
+    connection, events, outcome);
 
   function setStatus(s) {
     fill(status, badge(s));
@@ -100,6 +108,7 @@ export function eventItem(e) {
       li.append(time, h('details', {}, h('summary.muted', {}, 'stderr'), h('pre', {}, d.line || d.text || pretty(d))));
       break;
     default:
+      li.classList.add('ev-other');
       li.append(time, h('details', {}, h('summary', {}, String(e.type)), h('pre', {}, pretty(e.raw || d))));
   }
   return li;

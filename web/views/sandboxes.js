@@ -3,7 +3,7 @@
 
 import { get, post, del, q } from '../api.js';
 import { h, fill, field, badge, fmtTime, toast } from '../dom.js';
-import { can, roleIn, session } from '../app.js';
+import { can, roleIn, session, setWorkspace } from '../app.js';
 import { runTable } from './runs.js';
 
 /** How often the list looks again. */
@@ -146,7 +146,7 @@ async function roleOfSandbox(id) {
   for (const w of session.me.workspaces) {
     try {
       const out = await get(`/api/sandboxes?workspace=${q(w.slug)}`);
-      if (out.sandboxes.some((s) => s.sandbox_id === id)) { session.ws = w.slug; return w.role; }
+      if (out.sandboxes.some((s) => s.sandbox_id === id)) { setWorkspace(w.slug); return w.role; }
     } catch { /* try the next */ }
   }
   return null;

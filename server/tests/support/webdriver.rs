@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 pub const WAIT: Duration = Duration::from_secs(60);
 
 /// The W3C element reference key.
-const ELEMENT: &str = "element-6066-11e4-a52f-4a52f4a52f4a";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// chromedriver and one Chromium session; both end when this is dropped.
 pub struct Browser {
@@ -202,14 +202,18 @@ impl Browser {
 
     /// The first element matching a CSS selector, if any.
     pub async fn find(&self, css: &str) -> Option<String> {
-        self.try_cmd(
-            reqwest::Method::POST,
-            "/element",
-            Some(json!({ "using": "css selector", "value": css })),
-        )
-        .await
-        .ok()
-        .and_then(|v| v[ELEMENT].as_str().map(str::to_string))
+        match self
+            .try_cmd(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({ "using": "css selector", "value": css })),
+            )
+            .await
+        {
+            Ok(v) => v[ELEMENT].as_str().map(str::to_string),
+            Err(e) if e["error"] == "no such element" => None,
+            Err(e) => panic!("WebDriver find {css}: {e}"),
+        }
     }
 
     /// Waits until `css` matches an element, and returns it.
