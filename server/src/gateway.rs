@@ -87,15 +87,9 @@ impl Gateway {
         self.inner.service.orchestrator()
     }
 
-    /// The gateway origin of a sandbox, `{scheme}://oc-{id}.{base_domain}`; `None` without
-    /// `BASE_DOMAIN`.
+    /// The gateway origin of a sandbox; `None` without `BASE_DOMAIN`.
     pub fn sandbox_origin(&self, sandbox_id: &str) -> Option<String> {
-        let s = self.orch().settings();
-        let domain = s.base_domain.as_deref()?;
-        Some(format!(
-            "{}://{HOST_PREFIX}{sandbox_id}.{domain}",
-            s.base_scheme
-        ))
+        sandbox_origin(self.orch().settings(), sandbox_id)
     }
 
     /// Where the sign-in page lives: the public URL, else the base domain itself.
@@ -264,6 +258,16 @@ impl Gateway {
             }
         }
     }
+}
+
+/// `{scheme}://oc-{id}.{base_domain}`, where a browser finds a sandbox's opencode; `None` without
+/// `BASE_DOMAIN`.
+pub fn sandbox_origin(settings: &crate::settings::Settings, sandbox_id: &str) -> Option<String> {
+    let domain = settings.base_domain.as_deref()?;
+    Some(format!(
+        "{}://{HOST_PREFIX}{sandbox_id}.{domain}",
+        settings.base_scheme
+    ))
 }
 
 /// Middleware in front of the whole router: a gateway host is handled here, anything else goes on.

@@ -610,6 +610,27 @@ mod tests {
     }
 
     #[test]
+    fn base_domain_and_scheme() {
+        let s = Settings::load(None, &[("BASE_DOMAIN", "Delegate.Example.com.")]).unwrap();
+        assert_eq!(s.base_domain.as_deref(), Some("delegate.example.com"));
+        assert_eq!(s.base_scheme, "http");
+        let s = Settings::load(
+            None,
+            &[("BASE_DOMAIN", "localhost:8080"), ("BASE_SCHEME", "HTTPS")],
+        )
+        .unwrap();
+        assert_eq!(s.base_domain.as_deref(), Some("localhost:8080"));
+        assert_eq!(s.base_scheme, "https");
+        for bad in ["http://x.com", "a..b", "x.com:99999", "x/y", "a b"] {
+            let e = Settings::load(None, &[("BASE_DOMAIN", bad)]);
+            assert!(e.is_err(), "{bad:?} accepted as BASE_DOMAIN");
+        }
+        assert!(Settings::load(None, &[("BASE_SCHEME", "ftp")]).is_err());
+        let unset = Settings::load(None, &[("DELEGATE_MODEL", "anthropic/x")]).unwrap();
+        assert!(unset.base_domain.is_none());
+    }
+
+    #[test]
     fn the_default_config_parses() {
         toml::from_str::<FileSettings>(DEFAULT_CONFIG).unwrap();
     }

@@ -52,7 +52,14 @@ async fn create_sandbox(s: &WebServer, token: &str, ws: &str) -> String {
         .unwrap();
     assert_eq!(r.status(), 201);
     let v: Value = r.json().await.unwrap();
-    v["sandbox_id"].as_str().unwrap().to_string()
+    let id = v["sandbox_id"].as_str().unwrap().to_string();
+    // Browsers are pointed at the gateway, never at the server's loopback URL of opencode.
+    assert_eq!(
+        v["opencode_url"].as_str(),
+        Some(format!("http://{}", s.sandbox_host(&id)).as_str()),
+        "{v}"
+    );
+    id
 }
 
 /// Signs in with a password and asks for a ticket with the session cookie (as the UI does).

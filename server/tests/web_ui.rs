@@ -16,10 +16,9 @@ mod web;
 mod webdriver;
 
 use common::Harness;
-use delegate_server::store::Role;
 use delegate_testkit::anthropic::Script;
 use serde_json::{Value, json};
-use web::{WebServer, add_member, person};
+use web::{WebServer, person};
 use webdriver::{Browser, artifacts};
 
 /// Markup that would run if any view put data in as HTML.
@@ -172,6 +171,15 @@ async fn the_web_ui_end_to_end_in_chromium() {
     assert_eq!(name, XSS, "the name is shown as text");
     assert_not_injected(&b, "sandbox list").await;
     b.screenshot(&out.join("sandbox-list.png")).await;
+    // Keyboard: the first Tab stop is the skip link, and it leads to the content.
+    b.refresh().await;
+    b.wait_for(&format!("tr[data-sandbox='{sandbox_id}']"))
+        .await;
+    b.keys("\u{E004}").await;
+    let first = b
+        .js("return document.activeElement.className", vec![])
+        .await;
+    assert_eq!(first, "skip", "the first Tab stop");
 
     // The list is live: a pause through the API shows up without a reload.
     let r = api(
@@ -367,10 +375,36 @@ async fn the_web_ui_end_to_end_in_chromium() {
         "no ticket left in the URL"
     );
 
-    // A guest: sees no controls that change things, and the API refuses them anyway.
+    // Members: alice (owner) adds a guest through the page.
     let guest = person(&s.orch, "guest").await;
-    let ws = s.orch.store().workspace_by_slug("team-web").await.unwrap();
-    add_member(&s.orch, &ws, &guest, Role::Guest).await;
+    b.goto(&s.url("/w/team-web/members")).await;
+    b.type_into(
+        "form[aria-label='Add a member'] input[type=email]",
+        &guest.email,
+    )
+    .await;
+    b.wait_for("form[aria-label='Add a member'] select option[value=guest]")
+        .await;
+    b.js(
+        "const s = document.querySelector(\"form[aria-label='Add a member'] select\"); s.value = 'guest';",
+        vec![],
+    )
+    .await;
+    b.click("#add-member").await;
+    b.wait_for(&format!("tr[data-member='{}'] select", guest.user.id))
+        .await;
+    let role = b
+        .js(
+            &format!(
+                "return document.querySelector(\"tr[data-member='{}'] select\").value",
+                guest.user.id
+            ),
+            vec![],
+        )
+        .await;
+    assert_eq!(role, "guest");
+
+    // A guest: sees no controls that change things, and the API refuses them anyway.
     b.goto(&s.url("/w/team-web")).await;
     b.click("#signout").await;
     b.wait_for("input[type=email]").await;
@@ -382,6 +416,16 @@ async fn the_web_ui_end_to_end_in_chromium() {
     b.wait_for(&format!("tr[data-sandbox='{sandbox_id}']"))
         .await;
     b.wait_for("#read-only-note").await;
+    b.goto(&s.url("/w/team-web/members")).await;
+    b.wait_for(&format!("tr[data-member='{}']", guest.user.id))
+        .await;
+    assert!(
+        b.find("#add-member").await.is_none() && b.find("#members select").await.is_none(),
+        "a guest manages no members"
+    );
+    b.goto(&s.url("/w/team-web")).await;
+    b.wait_for(&format!("tr[data-sandbox='{sandbox_id}']"))
+        .await;
     for control in [
         "#create-sandbox",
         "button[data-action=delete]",
