@@ -25,6 +25,10 @@ export async function api(method, path, body) {
   const text = await resp.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = null; }
+  if (resp.status === 401 && !path.startsWith('/api/auth/')) {
+    // The session ended (expired, signed out elsewhere): sign in again and come back here.
+    location.assign(`/signin?next=${encodeURIComponent(location.pathname + location.search)}`);
+  }
   if (!resp.ok) {
     const err = data && data.error;
     throw new ApiError(resp.status, err ? err.code : 'http', err ? err.message : `HTTP ${resp.status}`);

@@ -19,12 +19,21 @@ pub struct WebServer {
 
 impl WebServer {
     pub async fn start(h: &Harness) -> WebServer {
+        Self::start_with(h, |_| {}).await
+    }
+
+    /// [`Self::start`], with the settings adjusted by `tweak` first.
+    pub async fn start_with(
+        h: &Harness,
+        tweak: impl FnOnce(&mut delegate_server::settings::Settings),
+    ) -> WebServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let origin = format!("http://localhost:{port}");
         let mut settings = h.settings();
         settings.public_url = Some(origin.clone());
         settings.base_domain = Some(format!("localhost:{port}"));
+        tweak(&mut settings);
         let orch = delegate_server::app::embedded(settings)
             .await
             .expect("embedded orchestrator");
