@@ -102,7 +102,13 @@ async function render() {
   }
   const h1 = main.querySelector('h1');
   document.title = h1 ? `${h1.textContent} · delegate` : 'delegate';
+  // After an in-app navigation, screen readers and the keyboard start at the new content (a view
+  // that focused a field itself keeps it); the first page load leaves focus alone.
+  if (rendered && !main.contains(document.activeElement)) main.focus({ preventScroll: true });
+  rendered = true;
 }
+
+let rendered = false;
 
 function drawHeader() {
   const top = document.getElementById('top');
