@@ -23,7 +23,9 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use delegate_mcp::delegator::Caller;
 use delegate_mcp::types::SandboxStatus;
+use futures::StreamExt;
 use hyper_util::rt::TokioIo;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::delegation::{Action, Service, ServiceError};
 use crate::ids::{hash_secret, new_secret};
@@ -41,6 +43,9 @@ pub const AUTH_PATH: &str = "/_delegate/auth";
 const HOST_PREFIX: &str = "oc-";
 /// Entries kept at most (tickets, cookies): a flood of opens cannot grow memory without bound.
 const MAX_ENTRIES: usize = 100_000;
+/// While a stream (SSE, WebSocket) to a sandbox is open, its viewer counts as activity this often,
+/// so a watched sandbox is not paused for idleness (the idle sweep looks every second).
+const VIEWER_TOUCH: Duration = Duration::from_secs(1);
 
 /// Who a ticket or cookie admits, and until when.
 #[derive(Clone)]
@@ -214,6 +219,25 @@ impl Gateway {
         }
     }
 
+    /// Touches the sandbox every [`VIEWER_TOUCH`] until the returned guard is dropped (with the
+    /// response body or the spliced WebSocket).
+    fn keep_awake(&self, sandbox_id: &str) -> DropGuard {
+        let stop = CancellationToken::new();
+        let orch = self.orch().clone();
+        let id = sandbox_id.to_string();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(VIEWER_TOUCH);
+            loop {
+                tokio::select! {
+                    _ = stopped.cancelled() => return,
+                    _ = tick.tick() => orch.touch_sandbox(&id),
+                }
+            }
+        });
+        stop.drop_guard()
+    }
+
     /// Everything for a gateway host.
     async fn handle(&self, sandbox_id: String, request: Request) -> Response {
         if request.uri().path() == AUTH_PATH {
@@ -247,7 +271,8 @@ impl Gateway {
             );
         };
         self.orch().touch_sandbox(&sandbox_id);
-        match forward(&endpoint.url, endpoint.password.expose(), request).await {
+        let viewing = self.keep_awake(&sandbox_id);
+        match forward(&endpoint.url, endpoint.password.expose(), request, viewing).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(sandbox = %sandbox_id, error = %e, "gateway: opencode did not answer");
@@ -301,7 +326,12 @@ const HOP_BY_HOP: [&str; 8] = [
 
 /// Forwards one request to opencode serve at `base` (`http://127.0.0.1:PORT`) with its Basic
 /// credentials, streaming both bodies; a WebSocket (any `Upgrade`) is spliced through after 101.
-async fn forward(base: &str, password: &str, mut request: Request) -> Result<Response, String> {
+async fn forward(
+    base: &str,
+    password: &str,
+    mut request: Request,
+    viewing: DropGuard,
+) -> Result<Response, String> {
     let authority = base
         .strip_prefix("http://")
         .map(|r| r.trim_end_matches('/'))
@@ -378,6 +408,7 @@ async fn forward(base: &str, password: &str, mut request: Request) -> Result<Res
     {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
+            let _viewing = viewing;
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((client, upstream)) => {
                     let mut client = TokioIo::new(client);
@@ -397,7 +428,12 @@ async fn forward(base: &str, password: &str, mut request: Request) -> Result<Res
     }
     // opencode asks for Basic credentials only if ours failed; the browser must not prompt.
     parts.headers.remove(header::WWW_AUTHENTICATE);
-    Ok(Response::from_parts(parts, Body::new(body)))
+    // The viewer stays "active" for as long as the body streams (an SSE stream: as long as open).
+    let body = Body::new(body).into_data_stream().map(move |chunk| {
+        let _ = &viewing;
+        chunk
+    });
+    Ok(Response::from_parts(parts, Body::from_stream(body)))
 }
 
 fn cookie_values_of(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
@@ -500,9 +536,14 @@ mod tests {
         let app = axum::Router::new().fallback(move |req: Request| {
             let upstream_url = upstream_url.clone();
             async move {
-                forward(&upstream_url, "serve-pass", req)
-                    .await
-                    .unwrap_or_else(|e| page(StatusCode::BAD_GATEWAY, &e))
+                forward(
+                    &upstream_url,
+                    "serve-pass",
+                    req,
+                    CancellationToken::new().drop_guard(),
+                )
+                .await
+                .unwrap_or_else(|e| page(StatusCode::BAD_GATEWAY, &e))
             }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

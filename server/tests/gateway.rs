@@ -286,7 +286,65 @@ async fn the_gateway_admits_only_current_members_of_the_sandbox_it_was_opened_fo
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("/ui/app.js"));
 
-    for id in [&a, &b] {
+    // A viewer keeps a sandbox awake: with a 2 s idle timeout, an open stream through the
+    // gateway holds it running; once the viewer leaves, it pauses.
+    let r = reqwest::Client::new()
+        .post(s.url("/api/sandboxes"))
+        .bearer_auth(&owner.token)
+        .json(&json!({ "workspace": ws.slug, "idle_timeout_seconds": 2 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let watched = r.json::<Value>().await.unwrap()["sandbox_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, t) = ticket(&s, &owner.email, &owner.password, &watched).await;
+    let (cookie, _) = redeem(&c, &s, &watched, t["url"].as_str().unwrap()).await;
+    let stream = c
+        .on(&s.sandbox_host(&watched), "/event")
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let status = |id: String| {
+        let url = s.url(&format!("/api/sandboxes/{id}"));
+        let token = owner.token.clone();
+        async move {
+            let v: Value = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["status"].as_str().unwrap_or("").to_string()
+        }
+    };
+    let window = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < window {
+        assert_eq!(
+            status(watched.clone()).await,
+            "running",
+            "paused under its viewer"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while status(watched.clone()).await != "paused" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not paused after the viewer left"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    for id in [&a, &b, &watched] {
         let r = reqwest::Client::new()
             .delete(s.url(&format!("/api/sandboxes/{id}")))
             .bearer_auth(&owner.token)
