@@ -52,6 +52,9 @@ const VIEWER_TOUCH: Duration = Duration::from_secs(1);
 struct Grant {
     user_id: String,
     sandbox_id: String,
+    /// Hash of the session (or API token) that asked for the ticket: signing out (revoking it)
+    /// closes the gateway too.
+    credential_hash: String,
     expires: Instant,
 }
 
@@ -112,6 +115,7 @@ impl Gateway {
     pub async fn open(
         &self,
         caller: &Caller,
+        credential: &str,
         sandbox_id: &str,
     ) -> Result<OpenTicket, ServiceError> {
         let sandbox = self
@@ -139,6 +143,7 @@ impl Gateway {
             Grant {
                 user_id: caller.user_id.clone(),
                 sandbox_id: sandbox.id.clone(),
+                credential_hash: hash_secret(credential),
                 expires: Instant::now() + TICKET_TTL,
             },
         );
@@ -198,8 +203,8 @@ impl Gateway {
         r
     }
 
-    /// The user a request's gateway cookie stands for on this sandbox, if any.
-    fn cookie_user(&self, sandbox_id: &str, headers: &HeaderMap) -> Option<String> {
+    /// The grant a request's gateway cookie holds for this sandbox, if any.
+    fn cookie_grant(&self, sandbox_id: &str, headers: &HeaderMap) -> Option<Grant> {
         let secret = cookie_values_of(headers).find(|(k, _)| *k == COOKIE)?.1;
         let mut cookies = lock(&self.inner.cookies);
         let hash = hash_secret(secret);
@@ -208,7 +213,24 @@ impl Gateway {
             cookies.remove(&hash);
             return None;
         }
-        (grant.sandbox_id == sandbox_id).then(|| grant.user_id.clone())
+        (grant.sandbox_id == sandbox_id).then(|| grant.clone())
+    }
+
+    /// Whether the session or token the gateway was opened with still stands (not signed out,
+    /// revoked or expired).
+    async fn credential_stands(&self, grant: &Grant) -> Result<bool, crate::store::StoreError> {
+        match self
+            .orch()
+            .store()
+            .token_by_hash(&grant.credential_hash)
+            .await
+        {
+            Ok(t) => Ok(t.revoked_at.is_none()
+                && t.expires_at.is_none_or(|e| e > crate::ids::now_ms())
+                && t.user_id.as_deref() == Some(grant.user_id.as_str())),
+            Err(crate::store::StoreError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Sends the browser to sign in on the main host; it comes back through `Open`.
@@ -243,11 +265,19 @@ impl Gateway {
         if request.uri().path() == AUTH_PATH {
             return self.redeem(&sandbox_id, request.uri().query());
         }
-        let Some(user_id) = self.cookie_user(&sandbox_id, request.headers()) else {
+        let Some(grant) = self.cookie_grant(&sandbox_id, request.headers()) else {
             return self.to_sign_in(&sandbox_id);
         };
+        match self.credential_stands(&grant).await {
+            Ok(true) => {}
+            Ok(false) => return self.to_sign_in(&sandbox_id),
+            Err(e) => {
+                tracing::error!(error = %e, "gateway: cannot check the session");
+                return page(StatusCode::SERVICE_UNAVAILABLE, "Try again in a moment.");
+            }
+        }
         let caller = Caller {
-            user_id,
+            user_id: grant.user_id,
             token_id: None,
             client: None,
             workspace_id: None,

@@ -64,6 +64,17 @@ async fn create_sandbox(s: &WebServer, token: &str, ws: &str) -> String {
 
 /// Signs in with a password and asks for a ticket with the session cookie (as the UI does).
 async fn ticket(s: &WebServer, email: &str, password: &str, sandbox: &str) -> (StatusCode, Value) {
+    let (status, body, _) = ticket_and_session(s, email, password, sandbox).await;
+    (status, body)
+}
+
+/// [`ticket`], also returning the session cookie (`name=value`).
+async fn ticket_and_session(
+    s: &WebServer,
+    email: &str,
+    password: &str,
+    sandbox: &str,
+) -> (StatusCode, Value, String) {
     let http = reqwest::Client::new();
     let login = http
         .post(s.url("/api/auth/login"))
@@ -85,12 +96,12 @@ async fn ticket(s: &WebServer, email: &str, password: &str, sandbox: &str) -> (S
         .to_string();
     let r = http
         .post(s.url(&format!("/api/sandboxes/{sandbox}/open")))
-        .header("cookie", cookie)
+        .header("cookie", &cookie)
         .header("origin", &s.origin)
         .send()
         .await
         .unwrap();
-    (r.status(), r.json().await.unwrap_or(Value::Null))
+    (r.status(), r.json().await.unwrap_or(Value::Null), cookie)
 }
 
 /// Redeems a ticket URL; returns the gateway cookie (`name=value`) and the raw Set-Cookie.
@@ -258,6 +269,33 @@ async fn the_gateway_admits_only_current_members_of_the_sandbox_it_was_opened_fo
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER, "a removed member is out");
+
+    // Signing out of delegate closes the gateway opened with that session.
+    let (status, t, session) = ticket_and_session(&s, &owner.email, &owner.password, &a).await;
+    assert_eq!(status, 200);
+    let (owner_cookie, _) = redeem(&c, &s, &a, t["url"].as_str().unwrap()).await;
+    let r = c
+        .on(&s.sandbox_host(&a), "/")
+        .header("cookie", &owner_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let out = reqwest::Client::new()
+        .post(s.url("/api/auth/logout"))
+        .header("cookie", &session)
+        .header("origin", &s.origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    let r = c
+        .on(&s.sandbox_host(&a), "/")
+        .header("cookie", &owner_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "signed out, so out");
 
     // Guests get no ticket; an unknown or foreign sandbox is not found.
     let guest = person(&s.orch, "guest").await;

@@ -312,6 +312,22 @@ async fn the_web_ui_end_to_end_in_chromium() {
         "horizontal overflow at 375 px: {overflow}"
     );
     b.screenshot(&out.join("run-page-375px.png")).await;
+    b.goto(&s.url("/w/team-web")).await;
+    b.wait_for(&format!(
+        "tr[data-sandbox='{sandbox_id}'] [data-status=running]"
+    ))
+    .await;
+    let overflow = b
+        .js(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+            vec![],
+        )
+        .await;
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "sandbox list overflows at 375 px: {overflow}"
+    );
+    b.screenshot(&out.join("sandbox-list-375px.png")).await;
     b.set_window(1280, 900).await;
 
     // Cancel from the page: a run whose model never finishes.
