@@ -64,6 +64,20 @@ async fn assert_not_injected(b: &Browser, where_: &str) {
     assert_eq!(v["injected"], 0, "{where_}: injected elements in the DOM");
 }
 
+/// Asserts every control on the page has an accessible name (a label, aria-label or text).
+async fn assert_labelled(b: &Browser, where_: &str) {
+    let unnamed = b
+        .js(
+            "return [...document.querySelectorAll('input, select, textarea, button')] \
+               .filter(el => !((el.labels && el.labels.length) || el.getAttribute('aria-label') \
+                               || el.textContent.trim())) \
+               .map(el => el.outerHTML)",
+            vec![],
+        )
+        .await;
+    assert_eq!(unnamed, json!([]), "{where_}: controls without a name");
+}
+
 #[tokio::test]
 async fn the_web_ui_end_to_end_in_chromium() {
     // Slow enough that the run is visibly running between its first events and its end: every
@@ -96,6 +110,7 @@ async fn the_web_ui_end_to_end_in_chromium() {
         b.url().await
     );
     // The keyboard starts on the email field; Tab goes on to the password.
+    assert_labelled(&b, "sign-in").await;
     let focused = b.js("return document.activeElement.type", vec![]).await;
     assert_eq!(focused, "email");
     b.type_into("input[type=email]", &alice.email).await;
@@ -139,6 +154,7 @@ async fn the_web_ui_end_to_end_in_chromium() {
         )
         .await;
     assert!(codex.as_str().unwrap().contains("[mcp_servers.delegate]"));
+    assert_labelled(&b, "tokens").await;
     let me = api(&s, reqwest::Method::GET, "/api/auth/me", &token)
         .send()
         .await
@@ -170,6 +186,7 @@ async fn the_web_ui_end_to_end_in_chromium() {
         .await;
     assert_eq!(name, XSS, "the name is shown as text");
     assert_not_injected(&b, "sandbox list").await;
+    assert_labelled(&b, "sandbox list").await;
     b.screenshot(&out.join("sandbox-list.png")).await;
     // Keyboard: the first Tab stop is the skip link, and it leads to the content.
     b.refresh().await;
@@ -282,6 +299,7 @@ async fn the_web_ui_end_to_end_in_chromium() {
         "{shown}"
     );
     assert_not_injected(&b, "run page").await;
+    assert_labelled(&b, "run page").await;
     let current = b
         .js("return document.getElementById('ws-select').value", vec![])
         .await;
@@ -419,6 +437,7 @@ async fn the_web_ui_end_to_end_in_chromium() {
         )
         .await;
     assert_eq!(role, "guest");
+    assert_labelled(&b, "members").await;
 
     // A guest: sees no controls that change things, and the API refuses them anyway.
     b.goto(&s.url("/w/team-web")).await;
