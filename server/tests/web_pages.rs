@@ -217,13 +217,19 @@ async fn the_sign_in_page_offers_single_sign_on_when_configured() {
         )
         .await;
     assert_eq!(oidc, false, "no OIDC button without an OIDC provider");
-    // A `next` that leaves the server is not followed.
-    b.goto(&s.url("/signin?next=//evil.example/x")).await;
-    let href = b
-        .wait_until(
-            "the GitHub button",
-            "const a = document.querySelector('a.button'); return a && a.getAttribute('href')",
-        )
-        .await;
-    assert_eq!(href, "/api/auth/github/start?return_to=%2F");
+    // A `next` that leaves the server, or loops back to sign-in, is not followed.
+    for next in [
+        "//evil.example/x",
+        "/signin?next=/x",
+        "https://evil.example/",
+    ] {
+        b.goto(&s.url(&format!("/signin?next={next}"))).await;
+        let href = b
+            .wait_until(
+                "the GitHub button",
+                "const a = document.querySelector('a.button'); return a && a.getAttribute('href')",
+            )
+            .await;
+        assert_eq!(href, "/api/auth/github/start?return_to=%2F", "next={next}");
+    }
 }

@@ -6,7 +6,9 @@ import { go, refreshMe, session } from '../app.js';
 
 /** Only a path on this server may be a place to return to. */
 export function safeNext(raw) {
-  return raw && raw.startsWith('/') && !raw.startsWith('//') && !raw.startsWith('/\\') ? raw : '/';
+  const local = raw && raw.startsWith('/') && !raw.startsWith('//') && !raw.startsWith('/\\');
+  // Never back to the sign-in page itself (that would go round in circles).
+  return local && !raw.startsWith('/signin') ? raw : '/';
 }
 
 export async function signinView(main) {
