@@ -300,6 +300,14 @@ impl Gateway {
                 "This sandbox's opencode is not running (paused or gone). Resume it in delegate.",
             );
         };
+        // Sibling hosts are same-site: a page on another sandbox's host could otherwise post here
+        // (or open a WebSocket) with this host's cookie.
+        if !same_origin_or_safe(&request, self.sandbox_origin(&sandbox_id).as_deref()) {
+            return page(
+                StatusCode::FORBIDDEN,
+                "a change or WebSocket through the gateway must come from the sandbox's own page",
+            );
+        }
         self.orch().touch_sandbox(&sandbox_id);
         let viewing = self.keep_awake(&sandbox_id);
         match forward(&endpoint.url, endpoint.password.expose(), request, viewing).await {
@@ -323,6 +331,23 @@ pub fn sandbox_origin(settings: &crate::settings::Settings, sandbox_id: &str) ->
         "{}://{HOST_PREFIX}{sandbox_id}.{domain}",
         settings.base_scheme
     ))
+}
+
+/// Whether a request may go through: reads always; a change (unsafe method) or a WebSocket only
+/// without an `Origin`, or with the sandbox host's own (browsers always send one on both).
+fn same_origin_or_safe(request: &Request, own: Option<&str>) -> bool {
+    let upgrade = request.headers().contains_key(header::UPGRADE);
+    if !upgrade && !crate::auth::csrf::is_unsafe(request.method()) {
+        return true;
+    }
+    match request.headers().get(header::ORIGIN) {
+        None => true,
+        Some(origin) => {
+            let claimed = origin.to_str().ok().and_then(crate::auth::csrf::origin_of);
+            let own = own.and_then(crate::auth::csrf::origin_of);
+            claimed.is_some() && claimed == own
+        }
+    }
 }
 
 /// Middleware in front of the whole router: a gateway host is handled here, anything else goes on.

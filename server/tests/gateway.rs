@@ -40,7 +40,57 @@ impl Client {
             .get(format!("{}{path}", self.server_addr))
             .header("host", host)
     }
+
+    fn post_on(&self, host: &str, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.server_addr))
+            .header("host", host)
+    }
 }
+
+/// Opens a WebSocket to `path` on `host` through the server at `port` by hand (RFC 6455): returns
+/// the status line and, on 101, the socket.
+async fn websocket(
+    port: u16,
+    host: &str,
+    path: &str,
+    cookie: &str,
+    origin: &str,
+) -> (String, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Origin: {origin}\r\nCookie: {cookie}\r\n\r\n"
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        sock.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let status = String::from_utf8_lossy(&head)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    (status, sock)
+}
+
+/// A masked client text frame (RFC 6455 5.2), payload under 126 bytes.
+fn text_frame(text: &str) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut f = vec![0x81, 0x80 | text.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+impl Client {}
 
 async fn create_sandbox(s: &WebServer, token: &str, ws: &str) -> String {
     let r = reqwest::Client::new()
@@ -225,6 +275,71 @@ async fn the_gateway_admits_only_current_members_of_the_sandbox_it_was_opened_fo
         "{first:?}"
     );
     drop(body);
+
+    // Changes and WebSockets only from the sandbox's own page: a sibling host is refused.
+    let own = format!("http://{}", s.sandbox_host(&a));
+    let r = c
+        .post_on(&s.sandbox_host(&a), "/pty")
+        .header("cookie", &cookie)
+        .header("origin", format!("http://{}", s.sandbox_host(&b)))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "a sibling host's POST");
+    let r = c
+        .post_on(&s.sandbox_host(&a), "/pty")
+        .header("cookie", &cookie)
+        .header("origin", &own)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let pty: Value = r.json().await.unwrap();
+    let pty = pty["id"].as_str().unwrap().to_string();
+    let path = format!("/pty/{pty}/connect");
+    let (status, _) = websocket(
+        s.port,
+        &s.sandbox_host(&a),
+        &path,
+        &cookie,
+        "http://evil.example",
+    )
+    .await;
+    assert!(status.contains(" 403 "), "a foreign WebSocket: {status}");
+    // A real WebSocket into the sandbox's terminal, through the gateway.
+    let (status, mut socket) = websocket(s.port, &s.sandbox_host(&a), &path, &cookie, &own).await;
+    assert!(status.contains(" 101 "), "{status}");
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        socket
+            .write_all(&text_frame("echo $((6*7))XYZ\r"))
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let found = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    return false;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                if seen.windows(5).any(|w| w == b"42XYZ") {
+                    return true;
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            found,
+            Ok(true),
+            "the command's output came back over the WebSocket: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+    }
+    drop(socket);
 
     // The cookie for A does not open B.
     let r = c
