@@ -196,7 +196,10 @@ impl Service {
             kind: s.kind.as_str().to_string(),
             status_reason: s.status_reason.clone(),
             watch_url: public.map(|u| format!("{}/sandboxes/{}", u.trim_end_matches('/'), s.id)),
-            opencode_url: self.orch.opencode_url(&s.id),
+            // Browsers go through the gateway when there is one (the loopback URL is the server's).
+            opencode_url: self.orch.opencode_url(&s.id).map(|local| {
+                crate::gateway::sandbox_origin(self.orch.settings(), &s.id).unwrap_or(local)
+            }),
             created_at: s.created_at,
         }
     }

@@ -1,6 +1,7 @@
 //! `delegate serve`'s HTTP surface: the REST API under `/api` and `/healthz`, `/readyz`, `/metrics`
 //! (see [`crate::api`]), MCP over streamable HTTP at `/mcp` (bearer API tokens), and the Anthropic
-//! proxy at `/v1` (for sandboxes that reach the server over the network).
+//! proxy at `/v1` (for sandboxes that reach the server over the network), the web UI
+//! ([`crate::web`]) and the opencode gateway on `oc-{id}.BASE_DOMAIN` hosts ([`crate::gateway`]).
 //! The caller binds the listener and decides when to stop.
 
 use std::future::Future;
@@ -41,12 +42,21 @@ pub fn router(
             require_token,
         ));
     let metrics = Arc::new(HttpMetrics::default());
-    let api = crate::api::routes(ApiState::new(orch.clone(), metrics.clone()));
+    let state = ApiState::new(orch.clone(), metrics.clone());
+    let gateway = state.gateway.clone();
+    let api = crate::api::routes(state);
     Router::new()
         .merge(api)
         .merge(mcp)
         .merge(orch.proxy().router())
+        .merge(crate::web::routes())
+        .fallback(crate::web::fallback)
         .layer(axum::middleware::from_fn_with_state(metrics, track))
+        // Outermost: `oc-{id}.BASE_DOMAIN` hosts are the opencode gateway, never delegate's routes.
+        .layer(axum::middleware::from_fn_with_state(
+            gateway,
+            crate::gateway::route_by_host,
+        ))
 }
 
 /// Host names the MCP endpoint answers to: the public URL's host, the listen address, loopback.

@@ -167,6 +167,12 @@ pub struct Settings {
     pub registration: Registration,
     /// Single sign-on (generic OIDC, GitHub); each provider is on when its client id is set.
     pub sso: SsoSettings,
+    /// `BASE_DOMAIN`: sandboxes' opencode opens at `oc-{id}.{base_domain}` through the gateway
+    /// (`localhost:8080` works locally: browsers resolve `*.localhost` to loopback). Unset: no
+    /// gateway.
+    pub base_domain: Option<String>,
+    /// `BASE_SCHEME` [http]: the scheme of the gateway's URLs (`https` behind TLS).
+    pub base_scheme: String,
 }
 
 /// Single sign-on settings. Callbacks are `{redirect_base_url}/api/auth/oidc/callback` and
@@ -236,6 +242,8 @@ struct FileSettings {
     github_client_secret: Option<Secret>,
     github_api_url: Option<String>,
     github_oauth_url: Option<String>,
+    base_domain: Option<String>,
+    base_scheme: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -396,7 +404,25 @@ impl Settings {
             None => f.registration.unwrap_or(Registration::Invite),
         };
 
+        let base_domain = match env.var("BASE_DOMAIN").or(f.base_domain) {
+            Some(d) => Some(parse_base_domain(&d)?),
+            None => None,
+        };
+        let base_scheme = env
+            .var("BASE_SCHEME")
+            .or(f.base_scheme)
+            .unwrap_or_else(|| "http".into())
+            .to_ascii_lowercase();
+        if base_scheme != "http" && base_scheme != "https" {
+            return Err(SettingsError::Invalid {
+                name: "BASE_SCHEME",
+                message: format!("{base_scheme:?} is not http or https"),
+            });
+        }
+
         Ok(Settings {
+            base_domain,
+            base_scheme,
             listen,
             database_url,
             backend,
@@ -524,6 +550,27 @@ fn sso_settings(env: &dyn EnvSource, f: &mut FileSettings) -> Result<SsoSettings
         oidc,
         github,
     })
+}
+
+/// A host name with an optional port, lower case (`delegate.example.com`, `localhost:8080`).
+fn parse_base_domain(v: &str) -> Result<String, SettingsError> {
+    let d = v.trim().trim_end_matches('.').to_ascii_lowercase();
+    let (host, port) = d.rsplit_once(':').unwrap_or((&d, ""));
+    let host_ok = !host.is_empty()
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    let port_ok = port.is_empty() || port.parse::<u16>().is_ok();
+    if host_ok && port_ok {
+        Ok(d)
+    } else {
+        Err(SettingsError::Invalid {
+            name: "BASE_DOMAIN",
+            message: format!(
+                "{v:?} is not a host name with an optional port (e.g. delegate.example.com)"
+            ),
+        })
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -666,6 +713,27 @@ mod tests {
         assert_eq!(s.database_url.expose(), "sqlite:///tmp/x/delegate.db");
         assert!(!format!("{s:?}").contains("sk-secret"));
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn base_domain_and_scheme() {
+        let s = Settings::load(None, &[("BASE_DOMAIN", "Delegate.Example.com.")]).unwrap();
+        assert_eq!(s.base_domain.as_deref(), Some("delegate.example.com"));
+        assert_eq!(s.base_scheme, "http");
+        let s = Settings::load(
+            None,
+            &[("BASE_DOMAIN", "localhost:8080"), ("BASE_SCHEME", "HTTPS")],
+        )
+        .unwrap();
+        assert_eq!(s.base_domain.as_deref(), Some("localhost:8080"));
+        assert_eq!(s.base_scheme, "https");
+        for bad in ["http://x.com", "a..b", "x.com:99999", "x/y", "a b"] {
+            let e = Settings::load(None, &[("BASE_DOMAIN", bad)]);
+            assert!(e.is_err(), "{bad:?} accepted as BASE_DOMAIN");
+        }
+        assert!(Settings::load(None, &[("BASE_SCHEME", "ftp")]).is_err());
+        let unset = Settings::load(None, &[("DELEGATE_MODEL", "anthropic/x")]).unwrap();
+        assert!(unset.base_domain.is_none());
     }
 
     #[test]

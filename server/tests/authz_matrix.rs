@@ -89,7 +89,10 @@ fn expected(operation_id: &str, access: Access, who: Who) -> u16 {
             }
         }
         "getWorkspace" | "listMembers" | "listRuns" | "getRun" | "runEvents" | "listSandboxes"
-        | "getSandbox" | "getUsage" => ws(Role::Guest, 200),
+        | "getSandbox" | "getUsage" | "listRunSummaries" | "getRunDetail" => ws(Role::Guest, 200),
+        // Opening opencode can change files: developers up. The row-only sandbox has no opencode
+        // running (and this server no BASE_DOMAIN), so an allowed caller gets 409.
+        "openSandbox" => ws(Role::Developer, 409),
         // Invalid files after authorization (no run or sandbox starts).
         "createRun" | "createSandbox" => ws(Role::Developer, 400),
         "cancelRun" | "deleteSandbox" | "pauseSandbox" | "resumeSandbox" => {
@@ -213,8 +216,8 @@ impl World {
     /// The route's path with real ids, plus the query it needs.
     fn path(&self, template: &str, operation_id: &str) -> String {
         let id = match operation_id {
-            "getRun" | "cancelRun" | "runEvents" => self.run.as_str(),
-            "resumeSandbox" => self.running.as_str(),
+            "getRun" | "cancelRun" | "runEvents" | "getRunDetail" => self.run.as_str(),
+            "resumeSandbox" | "openSandbox" => self.running.as_str(),
             "getSandbox" | "deleteSandbox" | "pauseSandbox" => self.paused.as_str(),
             "revokeToken" => self.owner_token.as_str(),
             "revokeSession" => self.owner_session.as_str(),
@@ -226,7 +229,7 @@ impl World {
             .replace("{user_id}", &self.target.user.id);
         assert!(!path.contains('{'), "unfilled parameter in {path}");
         match operation_id {
-            "listRuns" | "listSandboxes" | "getUsage" => {
+            "listRuns" | "listSandboxes" | "getUsage" | "listRunSummaries" => {
                 format!("{path}?workspace={}", self.ws.slug)
             }
             _ => path,
@@ -299,7 +302,7 @@ async fn every_route_for_every_role_has_the_expected_status() {
     );
     assert_eq!(cells, routes.len() * WHO.len(), "100% of the cells");
     assert!(
-        routes.len() >= 35,
+        routes.len() >= 38,
         "the table has every route ({})",
         routes.len()
     );

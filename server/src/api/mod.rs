@@ -6,12 +6,14 @@
 
 pub mod accounts;
 mod error;
+pub mod open;
 pub mod openapi;
 pub mod ops;
 pub mod runs;
 pub mod sandboxes;
 pub mod sso;
 pub mod tokens;
+pub mod views;
 pub mod workspaces;
 
 use std::sync::Arc;
@@ -41,12 +43,15 @@ pub struct ApiState {
     pub logins: Arc<crate::auth::limits::LoginLimiter>,
     /// Single sign-on (OIDC, GitHub).
     pub sso: Arc<crate::auth::oidc::Sso>,
+    /// The browser gateway to sandboxes' opencode (its tickets).
+    pub gateway: crate::gateway::Gateway,
 }
 
 impl ApiState {
     pub fn new(orch: Orchestrator, metrics: Arc<ops::HttpMetrics>) -> Self {
         let sso = Arc::new(crate::auth::oidc::Sso::new(orch.settings().sso.clone()));
         ApiState {
+            gateway: crate::gateway::Gateway::new(orch.clone()),
             service: Service::new(orch),
             metrics,
             logins: Arc::default(),
@@ -239,6 +244,14 @@ pub fn table() -> Vec<Route> {
             .param("sandbox_id", In::Query, "string", "Only runs of this sandbox.")
             .param("limit", In::Query, "integer", "At most this many (default 50, max 500).")
             .reply(200, "The runs", schema::<runs::RunList>),
+        Route::new(Method::GET, "/api/runs/summaries", "listRunSummaries", "Runs of a workspace or sandbox with their task and who delegated them (user, API token, MCP client), newest first", get(views::summaries))
+            .param("workspace", In::Query, "string", workspace)
+            .param("sandbox_id", In::Query, "string", "Only runs of this sandbox.")
+            .param("limit", In::Query, "integer", "At most this many (default 50, max 500).")
+            .reply(200, "The runs", schema::<views::RunSummaryList>),
+        Route::new(Method::GET, "/api/runs/{id}/summary", "getRunDetail", "A run's result with its task, who delegated it and its workspace", get(views::detail))
+            .id("Run id")
+            .reply(200, "The run", schema::<views::RunDetail>),
         Route::new(Method::GET, "/api/runs/{id}", "getRun", "A run's result as it stands", get(runs::get_one))
             .id("Run id")
             .reply(200, "The run", schema::<RunResult>),
@@ -271,6 +284,9 @@ pub fn table() -> Vec<Route> {
         Route::new(Method::POST, "/api/sandboxes/{id}/resume", "resumeSandbox", "Resume a paused sandbox", post(sandboxes::resume))
             .id("Sandbox id")
             .reply(200, "Running again", schema::<SandboxInfo>),
+        Route::new(Method::POST, "/api/sandboxes/{id}/open", "openSandbox", "A one-time ticket (30 s) into the sandbox's opencode web UI: navigate the browser to `url` (oc-{id}.BASE_DOMAIN), which sets a cookie for that host only", post(open::open))
+            .id("Sandbox id")
+            .reply(200, "The ticket URL", schema::<crate::gateway::OpenTicket>),
         // Tokens.
         Route::new(Method::POST, "/api/tokens", "createToken", "Create an API token for yourself (the secret is shown once)", post(tokens::create))
             .body(schema::<tokens::CreateTokenInput>)

@@ -18,7 +18,7 @@ pub async fn main(settings: Settings) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {listen} (DELEGATE_LISTEN)"))?;
     let addr = listener.local_addr()?;
-    tracing::info!("delegate serve listening on http://{addr} (MCP at /mcp)");
+    tracing::info!("delegate serve listening on http://{addr} (web UI at /, MCP at /mcp)");
     let served = delegate_server::serve::serve(orch.clone(), listener, shutdown_signal()).await;
     orch.shutdown_server().await;
     served?;

@@ -268,6 +268,22 @@ impl Orchestrator {
             .map(|w| w.endpoint.url.clone())
     }
 
+    /// A warm sandbox's opencode serve (URL, password, directory) while it runs in this process:
+    /// what the browser gateway forwards to.
+    pub fn serve_endpoint(&self, sandbox_id: &str) -> Option<ServeEndpoint> {
+        lock(&self.inner.warm)
+            .get(sandbox_id)
+            .map(|w| w.endpoint.clone())
+    }
+
+    /// Someone is looking at the sandbox (a browser through the gateway): its idle time starts
+    /// over, so a sandbox in use is not paused under its viewer.
+    pub fn touch_sandbox(&self, sandbox_id: &str) {
+        if let Some(w) = lock(&self.inner.warm).get_mut(sandbox_id) {
+            w.last_active = std::time::Instant::now();
+        }
+    }
+
     async fn insert_sandbox(
         &self,
         ws: &Workspace,

@@ -1,0 +1,169 @@
+//! Read-only views the web UI needs beyond the MCP-shaped results: runs with their task, who
+//! delegated them (a person, an API token, an MCP client) and when.
+
+use std::collections::HashMap;
+
+use axum::extract::State;
+use delegate_mcp::delegator::Caller;
+use delegate_mcp::types::{RunResult, RunStatus, Usage};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiResult, ApiState, Authed, Path, Query};
+use crate::delegation::{Action, internal};
+use crate::store::Run;
+
+/// One run in a list: what was asked, by whom, how it went.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub sandbox_id: String,
+    pub status: RunStatus,
+    pub task: String,
+    /// Who delegated it, for people: an email, `API token NAME`, `MCP client NAME`, `CLI`.
+    pub delegated_by: String,
+    /// The raw origin: `user:<id>`, `token:<id>`, `mcp:<client>`, `cli`.
+    pub created_by: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    pub duration_ms: u64,
+    pub usage: Usage,
+}
+
+/// `GET /api/runs/summaries`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct RunSummaryList {
+    /// Newest first.
+    pub runs: Vec<RunSummary>,
+}
+
+/// `GET /api/runs/{id}/summary`: the run's result plus its task and origin.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub result: RunResult,
+    pub task: String,
+    pub delegated_by: String,
+    pub created_by: Option<String>,
+    pub created_at: i64,
+    /// The workspace's slug.
+    pub workspace: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SummaryQuery {
+    workspace: Option<String>,
+    sandbox_id: Option<String>,
+    limit: Option<i64>,
+}
+
+pub async fn summaries(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    Query(q): Query<SummaryQuery>,
+) -> ApiResult<axum::Json<RunSummaryList>> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let results = state
+        .service
+        .list_runs(
+            &caller,
+            q.workspace.as_deref(),
+            q.sandbox_id.as_deref(),
+            limit,
+        )
+        .await?;
+    let mut names = Names::new(&state, &caller).await;
+    let mut runs = Vec::with_capacity(results.len());
+    for r in results {
+        let run = state.service.run(&caller, &r.run_id, Action::Read).await?;
+        runs.push(RunSummary {
+            delegated_by: names.of(&state, run.created_by.as_deref()).await,
+            run_id: r.run_id,
+            sandbox_id: r.sandbox_id,
+            status: r.status,
+            task: run.task,
+            created_by: run.created_by,
+            created_at: run.created_at,
+            duration_ms: r.duration_ms,
+            usage: r.usage,
+        });
+    }
+    Ok(axum::Json(RunSummaryList { runs }))
+}
+
+pub async fn detail(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<RunDetail>> {
+    let run: Run = state.service.run(&caller, &id, Action::Read).await?;
+    let result = state.service.get_run(&caller, &run.id).await?;
+    let workspace = state
+        .orch()
+        .store()
+        .workspace_by_id(&run.workspace_id)
+        .await
+        .map_err(internal)?
+        .slug;
+    let mut names = Names::new(&state, &caller).await;
+    Ok(axum::Json(RunDetail {
+        result,
+        delegated_by: names.of(&state, run.created_by.as_deref()).await,
+        task: run.task,
+        created_by: run.created_by,
+        created_at: run.created_at,
+        workspace,
+    }))
+}
+
+/// Turns `created_by` into words, looking each user up once.
+struct Names {
+    users: HashMap<String, String>,
+    /// The caller's own token names (other people's token names are theirs).
+    tokens: HashMap<String, String>,
+}
+
+impl Names {
+    async fn new(state: &ApiState, caller: &Caller) -> Names {
+        let tokens = state
+            .orch()
+            .store()
+            .tokens_of_user(&caller.user_id)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|t| t.name.map(|n| (t.id, n)))
+            .collect();
+        Names {
+            users: HashMap::new(),
+            tokens,
+        }
+    }
+
+    async fn of(&mut self, state: &ApiState, created_by: Option<&str>) -> String {
+        let Some(by) = created_by else {
+            return "unknown".into();
+        };
+        match by.split_once(':') {
+            Some(("user", id)) => {
+                if let Some(n) = self.users.get(id) {
+                    return n.clone();
+                }
+                let name = match state.orch().store().user_by_id(id).await {
+                    Ok(u) => u.email,
+                    Err(_) => "a former user".into(),
+                };
+                self.users.insert(id.to_string(), name.clone());
+                name
+            }
+            Some(("token", id)) => match self.tokens.get(id) {
+                Some(name) => format!("API token {name}"),
+                None => "API token".into(),
+            },
+            Some(("mcp", client)) => format!("MCP client {client}"),
+            _ if by == "cli" => "CLI".into(),
+            _ => by.to_string(),
+        }
+    }
+}

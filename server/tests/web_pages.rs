@@ -1,0 +1,235 @@
+//! The web UI's server side without a browser (the embedded files, the page fallback, security
+//! headers, run summaries that say who delegated), plus the sign-in page's single sign-on buttons
+//! in real Chromium.
+
+mod common;
+#[path = "support/web.rs"]
+mod web;
+#[path = "support/webdriver.rs"]
+mod webdriver;
+
+use common::Harness;
+use delegate_mcp::types::RunStatus;
+use delegate_server::ids::{new_id, now_ms};
+use delegate_server::settings::{GithubSettings, Secret};
+use delegate_server::store::{Run, Sandbox, SandboxKind};
+use delegate_testkit::anthropic::Script;
+use serde_json::{Value, json};
+use web::{WebServer, person};
+use webdriver::Browser;
+
+#[tokio::test]
+async fn pages_files_and_headers() {
+    let Some(h) = Harness::new(Script::text("unused")).await else {
+        return;
+    };
+    let s = WebServer::start(&h).await;
+    let http = reqwest::Client::new();
+    // Every app path is the page; its scripts and styles come from /ui/ with a strict CSP.
+    for path in [
+        "/",
+        "/signin",
+        "/runs/run_x",
+        "/w/team/usage",
+        "/sandboxes/sbx_1",
+    ] {
+        let r = http.get(s.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let csp = r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+            "{csp}"
+        );
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        let body = r.text().await.unwrap();
+        assert!(
+            body.contains("<script type=\"module\" src=\"/ui/app.js\">"),
+            "{path}"
+        );
+    }
+    for (path, ctype) in [
+        ("/ui/app.js", "text/javascript; charset=utf-8"),
+        ("/ui/views/run.js", "text/javascript; charset=utf-8"),
+        ("/ui/style.css", "text/css; charset=utf-8"),
+        ("/ui/icon.svg", "image/svg+xml"),
+    ] {
+        let r = http.get(s.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"], ctype, "{path}");
+    }
+    // No external fonts or CDNs: nothing the UI loads names another host.
+    for path in delegate_server::web::paths() {
+        let text = String::from_utf8_lossy(delegate_server::web::file(path).unwrap())
+            // XML namespace names are identifiers, never fetched.
+            .replace("http://www.w3.org/", "");
+        for needle in ["https://", "http://", "//fonts.", "@import url"] {
+            assert!(!text.contains(needle), "{path} refers to {needle}");
+        }
+    }
+    // Not pages: a missing file, an unknown API path, a change to no route.
+    let r = http.get(s.url("/ui/missing.js")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    // Files are looked up among the embedded names only: no path reaches the disk.
+    assert!(delegate_server::web::file("../Cargo.toml").is_none());
+    assert!(delegate_server::web::file("../server/build.rs").is_none());
+    let r = http.get(s.url("/api/nothing")).send().await.unwrap();
+    assert_eq!(r.status(), 401, "unknown API paths stay JSON behind auth");
+    let r = http.post(s.url("/elsewhere")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn run_summaries_say_who_delegated_each_run() {
+    let Some(h) = Harness::new(Script::text("unused")).await else {
+        return;
+    };
+    let s = WebServer::start(&h).await;
+    let alice = person(&s.orch, "alice").await;
+    let store = s.orch.store();
+    let ws = &alice.personal;
+    let now = now_ms();
+    let sandbox = Sandbox {
+        id: new_id("sbx"),
+        workspace_id: ws.id.clone(),
+        name: "s".into(),
+        kind: SandboxKind::Ephemeral,
+        backend: "process".into(),
+        status: delegate_mcp::types::SandboxStatus::Deleted,
+        status_reason: None,
+        idle_timeout_s: None,
+        meta: json!({}),
+        created_by: None,
+        created_at: now,
+        updated_at: now,
+    };
+    store.insert_sandbox(&sandbox).await.unwrap();
+    let tokens = store.tokens_of_user(&alice.user.id).await.unwrap();
+    let by = [
+        (format!("user:{}", alice.user.id), alice.email.clone()),
+        (
+            format!("token:{}", tokens[0].id),
+            "API token alice-cli".to_string(),
+        ),
+        (
+            "mcp:claude-code".to_string(),
+            "MCP client claude-code".to_string(),
+        ),
+        ("cli".to_string(), "CLI".to_string()),
+        (
+            "token:tok_someone_elses".to_string(),
+            "API token".to_string(),
+        ),
+    ];
+    for (i, (created_by, _)) in by.iter().enumerate() {
+        store
+            .insert_run(&Run {
+                id: new_id("run"),
+                sandbox_id: sandbox.id.clone(),
+                workspace_id: ws.id.clone(),
+                task: format!("task {i} <script>x</script>"),
+                model: None,
+                agent: None,
+                status: RunStatus::Succeeded,
+                timeout_s: 60,
+                created_by: Some(created_by.clone()),
+                created_at: now + i as i64,
+                started_at: Some(now),
+                finished_at: Some(now + 1000),
+                outcome: Default::default(),
+            })
+            .await
+            .unwrap();
+    }
+    let r = reqwest::Client::new()
+        .get(s.url(&format!("/api/runs/summaries?workspace={}", ws.slug)))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), by.len());
+    // Newest first.
+    for (run, (created_by, words)) in runs.iter().zip(by.iter().rev()) {
+        assert_eq!(run["created_by"], created_by.as_str());
+        assert_eq!(run["delegated_by"], words.as_str(), "{run}");
+        assert_eq!(run["duration_ms"], 1000);
+    }
+    let id = runs[0]["run_id"].as_str().unwrap();
+    let r = reqwest::Client::new()
+        .get(s.url(&format!("/api/runs/{id}/summary")))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["workspace"], ws.slug.as_str());
+    assert_eq!(v["task"], "task 4 <script>x</script>");
+    assert_eq!(v["status"], "succeeded");
+    // Someone else's runs are not found.
+    let bob = person(&s.orch, "bob").await;
+    let r = reqwest::Client::new()
+        .get(s.url(&format!("/api/runs/{id}/summary")))
+        .bearer_auth(&bob.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn the_sign_in_page_offers_single_sign_on_when_configured() {
+    let Some(h) = Harness::new(Script::text("unused")).await else {
+        return;
+    };
+    let Some(b) = Browser::start(375, 800).await else {
+        return;
+    };
+    let s = WebServer::start_with(&h, |settings| {
+        settings.sso.redirect_base_url = settings.public_url.clone();
+        settings.sso.github = Some(GithubSettings {
+            client_id: "Iv1.test".into(),
+            client_secret: Secret::new("github-secret-never-shown"),
+            api_url: "http://127.0.0.1:9".into(),
+            oauth_url: "http://127.0.0.1:9".into(),
+        });
+    })
+    .await;
+    b.goto(&s.url("/signin?next=/tokens")).await;
+    let href = b
+        .wait_until(
+            "the GitHub button",
+            "const a = [...document.querySelectorAll('a.button')].find(a => a.textContent === 'Sign in with GitHub'); \
+             return a && a.getAttribute('href')",
+        )
+        .await;
+    assert_eq!(href, "/api/auth/github/start?return_to=%2Ftokens");
+    let oidc = b
+        .js(
+            "return [...document.querySelectorAll('a.button')].some(a => a.textContent.includes('single sign-on'))",
+            vec![],
+        )
+        .await;
+    assert_eq!(oidc, false, "no OIDC button without an OIDC provider");
+    // A `next` that leaves the server, or loops back to sign-in, is not followed.
+    for next in [
+        "//evil.example/x",
+        "/signin?next=/x",
+        "https://evil.example/",
+    ] {
+        b.goto(&s.url(&format!("/signin?next={next}"))).await;
+        let href = b
+            .wait_until(
+                "the GitHub button",
+                "const a = document.querySelector('a.button'); return a && a.getAttribute('href')",
+            )
+            .await;
+        assert_eq!(href, "/api/auth/github/start?return_to=%2F", "next={next}");
+    }
+}
