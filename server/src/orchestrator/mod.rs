@@ -470,14 +470,6 @@ impl Orchestrator {
         resumed
     }
 
-    /// Someone is using a warm sandbox (its opencode open in a browser, say): that counts as
-    /// activity, like a run, so it is not paused under them.
-    pub fn touch_sandbox(&self, sandbox_id: &str) {
-        if let Some(w) = lock(&self.inner.warm).get_mut(sandbox_id) {
-            w.last_active = std::time::Instant::now();
-        }
-    }
-
     /// How many runs execute in this process right now.
     pub fn live_run_count(&self) -> usize {
         lock(&self.inner.live).len()
