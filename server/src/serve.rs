@@ -42,8 +42,10 @@ pub fn router(
         ));
     let metrics = Arc::new(HttpMetrics::default());
     let api = crate::api::routes(ApiState::new(orch.clone(), metrics.clone()));
+    let tunnels = crate::tunnel::Tunnels::new(orch.clone());
     Router::new()
         .merge(api)
+        .merge(tunnels.router())
         .merge(mcp)
         .merge(orch.proxy().router())
         .layer(axum::middleware::from_fn_with_state(metrics, track))

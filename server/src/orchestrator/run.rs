@@ -243,7 +243,7 @@ async fn drive(
         .store
         .sandbox(&run.sandbox_id)
         .await
-        .is_ok_and(|s| s.status == SandboxStatus::Running)
+        .is_ok_and(|s| s.status == SandboxStatus::Running && s.backend != super::LOCAL_BACKEND)
     {
         match inner
             .backend
