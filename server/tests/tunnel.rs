@@ -188,6 +188,29 @@ async fn create_code(s: &Server, who: &Account, body: Value) -> support::Reply {
     .await
 }
 
+/// A running local sandbox's endpoint on the server: its URL and a client that sends the
+/// endpoint's Basic credentials (as delegate's own opencode clients do).
+fn endpoint(s: &Server, id: &str) -> (String, reqwest::Client) {
+    let ep = s
+        .orch
+        .local_endpoint(id)
+        .expect("a running local sandbox has an endpoint");
+    let auth = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("opencode:{}", ep.password.expose())
+        )
+    );
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", auth.parse().unwrap());
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
+    (ep.url, client)
+}
+
 /// `tools/call` over streamable HTTP (stateless, JSON reply), as an MCP client sends it.
 async fn mcp_call(s: &Server, token: &str, name: &str, args: Value) -> Value {
     let body = json!({
@@ -302,11 +325,13 @@ async fn a_local_opencode_takes_delegated_runs_and_comes_back_after_a_cut() {
     );
 
     // A request in flight when the link drops fails cleanly instead of hanging.
-    let endpoint = s
-        .orch
-        .opencode_url(&id)
-        .expect("a running local sandbox has an endpoint");
-    let mut events = reqwest::get(format!("{endpoint}/event"))
+    let (endpoint, http) = endpoint(&s, &id);
+    // Without the endpoint's credentials nothing reaches the developer's machine.
+    let anonymous = reqwest::get(format!("{endpoint}/path")).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let mut events = http
+        .get(format!("{endpoint}/event"))
+        .send()
         .await
         .unwrap()
         .bytes_stream();
@@ -315,7 +340,11 @@ async fn a_local_opencode_takes_delegated_runs_and_comes_back_after_a_cut() {
         .await
         .expect("opencode's first event")
         .unwrap();
-    assert!(String::from_utf8_lossy(&first).contains("server.connected"));
+    assert!(
+        String::from_utf8_lossy(&first).contains("server.connected"),
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
     relay.cut();
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(Ok(_)) = events.next().await {}
@@ -342,8 +371,10 @@ async fn a_local_opencode_takes_delegated_runs_and_comes_back_after_a_cut() {
         .wait_for("reconnecting in 1s", Duration::from_secs(10))
         .await;
     wait_status(&s, &id, SandboxStatus::Running, Duration::from_secs(15)).await;
-    let endpoint = s.orch.opencode_url(&id).unwrap();
-    let path: Value = reqwest::get(format!("{endpoint}/path"))
+    let (endpoint, http) = self::endpoint(&s, &id);
+    let path: Value = http
+        .get(format!("{endpoint}/path"))
+        .send()
         .await
         .unwrap()
         .json()
@@ -548,8 +579,7 @@ async fn large_bodies_cross_the_tunnel_intact_both_ways() {
     let relay = Relay::start(s.host.clone()).await;
     let (_agent, id) = join(&s, &owner, &relay, &h.dir.path().join("config"), &local).await;
     wait_status(&s, &id, SandboxStatus::Running, Duration::from_secs(30)).await;
-    let endpoint = s.orch.opencode_url(&id).unwrap();
-    let http = reqwest::Client::new();
+    let (endpoint, http) = endpoint(&s, &id);
 
     let upload = pattern(7, 5 << 20);
     let want = hex::encode(Sha256::digest(&upload));
@@ -604,9 +634,11 @@ async fn an_sse_stream_through_the_tunnel_outlives_three_minutes() {
     )
     .await;
     wait_status(&s, &id, SandboxStatus::Running, Duration::from_secs(30)).await;
-    let endpoint = s.orch.opencode_url(&id).unwrap();
+    let (endpoint, http) = endpoint(&s, &id);
     let opened = Instant::now();
-    let mut events = reqwest::get(format!("{endpoint}/event"))
+    let mut events = http
+        .get(format!("{endpoint}/event"))
+        .send()
         .await
         .unwrap()
         .bytes_stream();
@@ -620,7 +652,7 @@ async fn an_sse_stream_through_the_tunnel_outlives_three_minutes() {
     .await;
     assert!(held.is_err(), "still open after 185 s");
     // And it still carries new events: a session created now shows up on it.
-    let created: Value = reqwest::Client::new()
+    let created: Value = http
         .post(format!("{endpoint}/session"))
         .json(&json!({ "title": "after three minutes" }))
         .send()

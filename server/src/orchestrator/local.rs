@@ -150,6 +150,13 @@ impl Orchestrator {
         true
     }
 
+    /// The endpoint (URL and password) of a running sandbox's opencode serve in this process.
+    pub fn local_endpoint(&self, sandbox_id: &str) -> Option<ServeEndpoint> {
+        lock(&self.inner.warm)
+            .get(sandbox_id)
+            .map(|w| w.endpoint.clone())
+    }
+
     /// Closes a local sandbox's link (it is being deleted).
     pub(super) fn revoke_local(&self, sandbox_id: &str) {
         if let Some(link) = lock(&self.inner.local).remove(sandbox_id) {

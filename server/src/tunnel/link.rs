@@ -176,10 +176,11 @@ async fn session(tunnels: Tunnels, sandbox_id: String, socket: WebSocket) {
     let (mux, _) = Mux::start(link, Role::Opener);
     let generation = tunnels.install(&sandbox_id, mux.clone());
     let revoked = CancellationToken::new();
+    // opencode without a password of its own ignores this one; the guard checks it either way.
+    let password = password.unwrap_or_else(|| new_secret(""));
     let endpoint = ServeEndpoint {
         url,
-        // opencode without a password of its own ignores this one.
-        password: Secret::new(password.unwrap_or_else(|| new_secret(""))),
+        password: Secret::new(password.clone()),
         directory: directory.unwrap_or_else(|| ".".into()),
     };
     let orch = tunnels.inner.orch.clone();
@@ -206,9 +207,18 @@ async fn session(tunnels: Tunnels, sandbox_id: String, socket: WebSocket) {
             };
             let _ = tcp.set_nodelay(true);
             let mux = mux.clone();
+            let password = password.clone();
             tokio::spawn(async move {
+                let mut tcp = tcp;
+                let Some(head) = super::guard::admit(&mut tcp, &password).await else {
+                    return;
+                };
                 match mux.open().await {
-                    Ok(stream) => pump(stream, tcp).await,
+                    Ok(stream) => {
+                        if stream.send(head.into()).await.is_ok() {
+                            pump(stream, tcp).await;
+                        }
+                    }
                     // Dropping the connection is the answer: the link is gone or full.
                     Err(e) => tracing::debug!(error = %e, "no stream for a loopback connection"),
                 }

@@ -5,6 +5,7 @@
 //! listener's URL as the sandbox's endpoint, so runs and the browser gateway reach a local
 //! sandbox exactly like a warm one. The frames and the multiplexer are `delegate_agent`'s.
 
+mod guard;
 mod link;
 pub mod registration;
 
