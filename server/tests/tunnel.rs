@@ -30,6 +30,7 @@ use tokio::sync::watch;
 struct Relay {
     addr: String,
     cut: watch::Sender<u64>,
+    freeze: watch::Sender<u64>,
 }
 
 impl Relay {
@@ -37,11 +38,13 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (cut, _) = watch::channel(0u64);
-        let cuts = cut.clone();
+        let (freeze, _) = watch::channel(0u64);
+        let (cuts, freezes) = (cut.clone(), freeze.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let target = target.clone();
                 let mut cut = cuts.subscribe();
+                let mut freeze = freezes.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
                         return;
@@ -49,11 +52,20 @@ impl Relay {
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                         _ = cut.changed() => {}
+                        _ = freeze.changed() => {
+                            // Both sockets stay open and nothing moves: a black hole.
+                            let _ = cut.changed().await;
+                        }
                     }
                 });
             }
         });
-        Relay { addr, cut }
+        Relay { addr, cut, freeze }
+    }
+
+    /// Stops moving bytes on every current connection without closing it (a laptop lid shut).
+    fn freeze(&self) {
+        self.freeze.send_modify(|n| *n += 1);
     }
 
     /// Closes every connection through the relay; new ones still pass.
@@ -674,4 +686,51 @@ async fn an_sse_stream_through_the_tunnel_outlives_three_minutes() {
     .await
     .expect("the new session's event arrived on the 3-minute-old stream");
     assert!(opened.elapsed() > Duration::from_secs(180));
+}
+
+#[tokio::test]
+async fn a_silent_link_is_noticed_by_its_pings_and_replaced() {
+    let Some(h) = Harness::new(Script::text("unused")).await else {
+        return;
+    };
+    let s = Server::start(&h, Registration::Invite, None).await;
+    let owner = account(&s.orch, "owner").await;
+    let local = checksum_server().await;
+    let relay = Relay::start(s.host.clone()).await;
+    let (agent, id) = join(&s, &owner, &relay, &h.dir.path().join("config"), &local).await;
+    wait_status(&s, &id, SandboxStatus::Running, Duration::from_secs(30)).await;
+    // In flight when the link goes silent: a download that never finishes.
+    let (endpoint, http) = endpoint(&s, &id);
+    let mut body = http
+        .get(format!("{endpoint}/blob/{}", 200 << 20))
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
+    body.next().await.unwrap().unwrap();
+    relay.freeze();
+    // Nothing closes: only the missing pongs tell, within 30 s (20 s ping + 5 s slack).
+    let took = wait_status(&s, &id, SandboxStatus::Offline, Duration::from_secs(30)).await;
+    assert!(
+        took >= Duration::from_secs(15),
+        "noticed by the pings: {took:?}"
+    );
+    let failed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match body.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return,
+            }
+        }
+    })
+    .await;
+    assert!(
+        failed.is_ok(),
+        "the in-flight download ended instead of hanging"
+    );
+    // The agent noticed too, reconnected through a fresh connection, and is back.
+    agent
+        .wait_for("reconnecting in", Duration::from_secs(15))
+        .await;
+    wait_status(&s, &id, SandboxStatus::Running, Duration::from_secs(15)).await;
 }
