@@ -267,7 +267,11 @@ async fn connect_once(
                     let _ = tcp.set_nodelay(true);
                     pump(stream, tcp).await;
                 }
-                Err(e) => stream.reset(&format!("cannot reach opencode at {target}: {e}")),
+                Err(e) => {
+                    let reason = format!("cannot reach opencode at {target}: {e}");
+                    tracing::warn!("{reason} (is `opencode serve` running?)");
+                    stream.reset(&reason);
+                }
             }
         });
     }

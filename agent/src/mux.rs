@@ -44,6 +44,8 @@ pub enum Role {
 const CONTROL_QUEUE: usize = 4096;
 /// Data frames queued for the writer (all streams share it; each waits its turn).
 const DATA_QUEUE: usize = 64;
+/// Frames written before one flush.
+const WRITE_BATCH: usize = 32;
 /// Streams the acceptor has been offered and not yet taken.
 const ACCEPT_QUEUE: usize = 128;
 /// Credit is returned once this many bytes were handed on (a quarter window: the sender never
@@ -273,8 +275,8 @@ async fn write_loop(
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
     let mut nonce = 0u64;
-    loop {
-        let frame = tokio::select! {
+    'link: loop {
+        let first = tokio::select! {
             biased;
             _ = shared.closed.cancelled() => break,
             Some(f) = control.recv() => f,
@@ -285,24 +287,46 @@ async fn write_loop(
             Some(f) = data.recv() => f,
             else => break,
         };
-        let goodbye = matches!(frame.header, Header::Goodbye { .. });
-        let bytes = match protocol::encode(&frame) {
-            Ok(b) => b,
-            Err(e) => {
-                // A bug on this side; the frame is not sent and its stream is reset.
-                if let Some(id) = stream_of(&frame.header)
-                    && let Some(s) = lock(&shared.streams).remove(&id)
-                {
-                    s.reset(&format!("cannot encode a frame: {e}"));
-                }
-                continue;
+        // Whatever else is queued goes out in the same flush: one write for many frames.
+        let mut batch = vec![first];
+        while batch.len() < WRITE_BATCH {
+            match control.try_recv().or_else(|_| data.try_recv()) {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
             }
-        };
-        let sent = tokio::select! {
-            r = sink.send(bytes) => r,
+        }
+        let mut goodbye = false;
+        for frame in batch {
+            goodbye |= matches!(frame.header, Header::Goodbye { .. });
+            let bytes = match protocol::encode(&frame) {
+                Ok(b) => b,
+                Err(e) => {
+                    // A bug on this side; the frame is not sent and its stream is reset.
+                    if let Some(id) = stream_of(&frame.header)
+                        && let Some(s) = lock(&shared.streams).remove(&id)
+                    {
+                        s.reset(&format!("cannot encode a frame: {e}"));
+                    }
+                    continue;
+                }
+            };
+            let fed = tokio::select! {
+                r = sink.feed(bytes) => r,
+                _ = shared.closed.cancelled() => break 'link,
+            };
+            if let Err(e) = fed {
+                set_reason(&shared, "io", &format!("writing to the link: {e}"));
+                break 'link;
+            }
+            if goodbye {
+                break;
+            }
+        }
+        let flushed = tokio::select! {
+            r = sink.flush() => r,
             _ = shared.closed.cancelled() => break,
         };
-        if let Err(e) = sent {
+        if let Err(e) = flushed {
             set_reason(&shared, "io", &format!("writing to the link: {e}"));
             break;
         }

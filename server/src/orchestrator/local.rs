@@ -17,6 +17,15 @@ use crate::store::{Sandbox, SandboxKind, StoreError, Workspace};
 /// The `backend` of local sandboxes.
 pub const LOCAL_BACKEND: &str = "local";
 
+/// The links of this process's local sandboxes.
+#[derive(Default)]
+pub(super) struct Links {
+    pub(super) map: std::sync::Mutex<std::collections::HashMap<String, LocalLink>>,
+    /// Held across a link's coming or going (map and status together), so a replaced link's
+    /// departure cannot mark offline a sandbox its successor just brought up.
+    transitions: tokio::sync::Mutex<()>,
+}
+
 /// The link currently serving a local sandbox.
 pub(super) struct LocalLink {
     generation: u64,
@@ -66,13 +75,14 @@ impl Orchestrator {
         generation: u64,
         revoked: CancellationToken,
     ) -> Result<()> {
+        let _serial = self.inner.local.transitions.lock().await;
         let sandbox = self.inner.store.sandbox(sandbox_id).await?;
         if sandbox.backend != LOCAL_BACKEND {
             return Err(OrchestratorError::BadInput(format!(
                 "sandbox {sandbox_id} is not a local sandbox"
             )));
         }
-        lock(&self.inner.local).insert(
+        lock(&self.inner.local.map).insert(
             sandbox_id.to_string(),
             LocalLink {
                 generation,
@@ -118,6 +128,7 @@ impl Orchestrator {
     /// The link of `generation` dropped: unless a newer link took over, the sandbox is `offline`
     /// and runs into it get a clear error.
     pub async fn local_down(&self, sandbox_id: &str, generation: u64) -> Result<()> {
+        let _serial = self.inner.local.transitions.lock().await;
         if !self.forget_local(sandbox_id, generation) {
             return Ok(());
         }
@@ -126,7 +137,7 @@ impl Orchestrator {
                 sandbox_id,
                 SandboxStatus::Running,
                 SandboxStatus::Offline,
-                Some("its agent disconnected"),
+                Some("its agent is not connected"),
             )
             .await
         {
@@ -138,7 +149,7 @@ impl Orchestrator {
 
     /// Drops the in-memory link of `generation`; false when a newer one holds the sandbox.
     fn forget_local(&self, sandbox_id: &str, generation: u64) -> bool {
-        let mut local = lock(&self.inner.local);
+        let mut local = lock(&self.inner.local.map);
         if local
             .get(sandbox_id)
             .is_none_or(|l| l.generation != generation)
@@ -157,9 +168,23 @@ impl Orchestrator {
             .map(|w| w.endpoint.clone())
     }
 
+    /// At shutdown: every link of this process ends, so its sandboxes are `offline` until their
+    /// agents reconnect (to this server once it is back, or to a peer).
+    pub(super) async fn local_shutdown(&self) {
+        let links: Vec<(String, u64)> = lock(&self.inner.local.map)
+            .iter()
+            .map(|(id, l)| (id.clone(), l.generation))
+            .collect();
+        for (id, generation) in links {
+            if let Err(e) = self.local_down(&id, generation).await {
+                tracing::warn!(sandbox = %id, error = %e, "could not mark a local sandbox offline");
+            }
+        }
+    }
+
     /// Closes a local sandbox's link (it is being deleted).
     pub(super) fn revoke_local(&self, sandbox_id: &str) {
-        if let Some(link) = lock(&self.inner.local).remove(sandbox_id) {
+        if let Some(link) = lock(&self.inner.local.map).remove(sandbox_id) {
             link.revoked.cancel();
         }
     }

@@ -139,7 +139,7 @@ struct Inner {
     busy: Mutex<HashMap<String, String>>,
     warm: Mutex<HashMap<String, Warm>>,
     /// Local sandboxes whose agent is connected to this process.
-    local: Mutex<HashMap<String, local::LocalLink>>,
+    local: local::Links,
     slots: Arc<Semaphore>,
     default_workspace: Workspace,
     /// The user embedded mode acts as (stdio MCP, `delegate run`).
@@ -170,7 +170,7 @@ impl Orchestrator {
                 live: Mutex::new(HashMap::new()),
                 busy: Mutex::new(HashMap::new()),
                 warm: Mutex::new(HashMap::new()),
-                local: Mutex::new(HashMap::new()),
+                local: local::Links::default(),
                 slots: Arc::new(Semaphore::new(settings.max_concurrent_runs.max(1))),
                 settings,
                 default_workspace,
@@ -680,7 +680,7 @@ impl Orchestrator {
         for sandbox in store.sandboxes_owned_with_status(me, &up).await? {
             if sandbox.backend == LOCAL_BACKEND
                 && sandbox.status == SandboxStatus::Running
-                && !lock(&self.inner.local).contains_key(&sandbox.id)
+                && !lock(&self.inner.local.map).contains_key(&sandbox.id)
             {
                 // Its link ended with the old process; the agent reconnects by itself.
                 let _ = self
@@ -728,12 +728,21 @@ impl Orchestrator {
         for run_id in &runs {
             let _ = self.wait(run_id).await;
         }
-        let warm: Vec<String> = lock(&self.inner.warm).keys().cloned().collect();
+        let warm: Vec<String> = {
+            // Local sandboxes are their owners' machines: they go offline, never away.
+            let local = lock(&self.inner.local.map);
+            lock(&self.inner.warm)
+                .keys()
+                .filter(|id| !local.contains_key(*id))
+                .cloned()
+                .collect()
+        };
         for id in warm {
             if let Err(e) = self.delete_sandbox(&id).await {
                 tracing::warn!(sandbox = %id, error = %e, "could not delete sandbox at shutdown");
             }
         }
+        self.local_shutdown().await;
     }
 }
 
