@@ -1,6 +1,7 @@
 //! `delegate serve`'s HTTP surface: the REST API under `/api` and `/healthz`, `/readyz`, `/metrics`
 //! (see [`crate::api`]), MCP over streamable HTTP at `/mcp` (bearer API tokens), and the Anthropic
-//! proxy at `/v1` (for sandboxes that reach the server over the network).
+//! proxy at `/v1` (for sandboxes that reach the server over the network), and the tunnel of local
+//! agents at `/api/tunnel/{sandbox_id}` (see [`crate::tunnel`]).
 //! The caller binds the listener and decides when to stop.
 
 use std::future::Future;
