@@ -139,6 +139,28 @@ async fn local_opencode(h: &Harness, dir: &Path) -> (tokio::process::Child, Stri
     let project = dir.join("project");
     std::fs::create_dir_all(&home).unwrap();
     std::fs::create_dir_all(&project).unwrap();
+    // A developer's project: a git repository with a first commit.
+    for args in [
+        &["init", "-q"][..],
+        &[
+            "-c",
+            "user.name=dev",
+            "-c",
+            "user.email=dev@example.com",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "start",
+        ][..],
+    ] {
+        let ok = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&project)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
     let env = delegate_server::opencode::environment(
         &home.display().to_string(),
         &format!("{}/v1", h.fake.base_url()),
@@ -329,6 +351,18 @@ async fn a_local_opencode_takes_delegated_runs_and_comes_back_after_a_cut() {
     assert_eq!(result["status"], "succeeded", "{reply}");
     assert_eq!(result["sandbox_id"], id.as_str());
     assert_eq!(result["final_message"], "done", "{reply}");
+    assert_eq!(
+        result["changed_files"],
+        json!([{ "path": "hello.txt", "change": "added" }]),
+        "{reply}"
+    );
+    assert!(
+        result["diff"]
+            .as_str()
+            .unwrap()
+            .contains("+hi from a laptop"),
+        "{reply}"
+    );
     let written = h.dir.path().join("local/project/hello.txt");
     assert_eq!(
         std::fs::read_to_string(&written).unwrap(),

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use delegate_mcp::types::SandboxStatus;
+use delegate_mcp::types::{ChangeKind, ChangedFile, SandboxStatus};
 use tokio_util::sync::CancellationToken;
 
 use super::{Orchestrator, OrchestratorError, Result, Warm, lock};
@@ -180,6 +180,73 @@ impl Orchestrator {
                 tracing::warn!(sandbox = %id, error = %e, "could not mark a local sandbox offline");
             }
         }
+    }
+
+    /// What a run changed in a connected local sandbox, as its opencode reports it (the files are
+    /// on the developer's machine): the session's diff, or else the repository's uncommitted
+    /// changes; `None` for other sandboxes or when opencode does not answer.
+    pub(super) async fn local_changes(
+        &self,
+        sandbox_id: &str,
+        session: &str,
+    ) -> Option<(Vec<ChangedFile>, String, bool)> {
+        if !lock(&self.inner.local.map).contains_key(sandbox_id) {
+            return None;
+        }
+        let endpoint = self.local_endpoint(sandbox_id)?;
+        let client = crate::opencode::serve::ServeClient::new(
+            &endpoint.url,
+            endpoint.password.clone(),
+            &endpoint.directory,
+        );
+        // opencode's own account of the session first; when it has none (no snapshots), the
+        // repository's uncommitted changes.
+        let files = match client.session_diff(session).await {
+            Ok(v) if v.as_array().is_some_and(|a| !a.is_empty()) => v,
+            Ok(_) => match client.vcs_diff().await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(sandbox = sandbox_id, error = %e, "could not ask a local opencode what changed");
+                    return None;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(sandbox = sandbox_id, error = %e, "could not ask a local opencode what changed");
+                return None;
+            }
+        };
+        let max = self.inner.settings.diff_max_bytes;
+        let (mut changed, mut diff, mut truncated) = (Vec::new(), String::new(), false);
+        for f in files.as_array().into_iter().flatten() {
+            let Some(path) = f.get("file").and_then(|v| v.as_str()) else {
+                continue;
+            };
+            let change = match f.get("status").and_then(|v| v.as_str()) {
+                Some("added") => ChangeKind::Added,
+                Some("deleted") => ChangeKind::Deleted,
+                _ => ChangeKind::Modified,
+            };
+            changed.push(ChangedFile {
+                path: path.to_string(),
+                change,
+            });
+            let patch = f.get("patch").and_then(|v| v.as_str()).unwrap_or("");
+            if diff.len() + patch.len() > max {
+                let room = max.saturating_sub(diff.len());
+                let cut = (0..=room.min(patch.len()))
+                    .rev()
+                    .find(|i| patch.is_char_boundary(*i))
+                    .unwrap_or(0);
+                diff.push_str(&patch[..cut]);
+                truncated = true;
+            } else if !truncated {
+                diff.push_str(patch);
+                if !patch.is_empty() && !patch.ends_with('\n') {
+                    diff.push('\n');
+                }
+            }
+        }
+        Some((changed, diff, truncated))
     }
 
     /// Closes a local sandbox's link (it is being deleted).
