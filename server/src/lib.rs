@@ -19,4 +19,5 @@ pub mod serve;
 pub mod settings;
 pub mod state;
 pub mod store;
+pub mod tunnel;
 pub mod web;

@@ -1,7 +1,8 @@
 //! `delegate serve`'s HTTP surface: the REST API under `/api` and `/healthz`, `/readyz`, `/metrics`
 //! (see [`crate::api`]), MCP over streamable HTTP at `/mcp` (bearer API tokens), and the Anthropic
 //! proxy at `/v1` (for sandboxes that reach the server over the network), the web UI
-//! ([`crate::web`]) and the opencode gateway on `oc-{id}.BASE_DOMAIN` hosts ([`crate::gateway`]).
+//! ([`crate::web`]), the opencode gateway on `oc-{id}.BASE_DOMAIN` hosts ([`crate::gateway`]) and
+//! the tunnel of local agents at `/api/tunnel/{sandbox_id}` (see [`crate::tunnel`]).
 //! The caller binds the listener and decides when to stop.
 
 use std::future::Future;
@@ -45,8 +46,10 @@ pub fn router(
     let state = ApiState::new(orch.clone(), metrics.clone());
     let gateway = state.gateway.clone();
     let api = crate::api::routes(state);
+    let tunnels = crate::tunnel::Tunnels::new(orch.clone());
     Router::new()
         .merge(api)
+        .merge(tunnels.router())
         .merge(mcp)
         .merge(orch.proxy().router())
         .merge(crate::web::routes())

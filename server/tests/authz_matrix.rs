@@ -55,6 +55,8 @@ fn expected(operation_id: &str, access: Access, who: Who) -> u16 {
             "signup" => 201,
             "login" => 200,
             "authProviders" => 200,
+            // A made-up registration code: refused whoever sends it.
+            "registerAgent" => 401,
             // No provider configured here.
             "oidcStart" | "oidcCallback" | "githubStart" | "githubCallback" => 404,
             other => panic!("public route {other} has no row in the matrix; add one"),
@@ -99,6 +101,7 @@ fn expected(operation_id: &str, access: Access, who: Who) -> u16 {
             ws(Role::Developer, 200)
         }
         "addMember" | "createInvite" => ws(Role::Maintainer, 201),
+        "createAgentCode" => ws(Role::Developer, 201),
         "changeMember" => ws(Role::Maintainer, 200),
         "removeMember" => ws(Role::Maintainer, 204),
         other => panic!("route {other} has no row in the matrix; add one"),
@@ -249,6 +252,8 @@ impl World {
             "addMember" => json!({ "email": self.newcomer.user.email, "role": "developer" }),
             "changeMember" => json!({ "role": "guest" }),
             "createInvite" => json!({ "role": "developer" }),
+            "createAgentCode" => json!({}),
+            "registerAgent" => json!({ "code": "dac_made_up", "name": "laptop" }),
             "signup" => json!({
                 "email": format!("{}@example.com", new_id("new")),
                 "password": "a long enough password",

@@ -322,6 +322,40 @@ async fn lifecycle(store: &dyn Store) {
         Err(StoreError::NotFound("token"))
     ));
 
+    // One-time tokens (agent registration codes): claimed once, never when expired or of
+    // another kind.
+    let code = |id: &str, hash: &str, expires_at| TokenRecord {
+        id: id.into(),
+        kind: TokenKind::AgentCode,
+        hash: hash.repeat(32),
+        name: None,
+        user_id: Some("u1".into()),
+        sandbox_id: None,
+        workspace_id: Some("w1".into()),
+        created_at: 800,
+        expires_at: Some(expires_at),
+        revoked_at: None,
+    };
+    store.insert_token(&code("c1", "e1", 2_000)).await.unwrap();
+    store.insert_token(&code("c2", "e2", 900)).await.unwrap();
+    let claimed = store
+        .claim_token(&"e1".repeat(32), TokenKind::AgentCode, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(claimed.id, "c1");
+    assert_eq!(claimed.revoked_at, Some(1_000));
+    for (hash, kind) in [
+        ("e1", TokenKind::AgentCode),
+        ("e2", TokenKind::AgentCode),
+        ("cd", TokenKind::AgentCode),
+        ("e1", TokenKind::Tunnel),
+    ] {
+        assert!(matches!(
+            store.claim_token(&hash.repeat(32), kind, 1_001).await,
+            Err(StoreError::NotFound("token"))
+        ));
+    }
+
     // Usage: two calls, summed; the first call without a TTFT does not count for it.
     assert_eq!(
         store.run_usage("r1").await.unwrap(),

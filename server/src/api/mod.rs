@@ -343,6 +343,15 @@ pub fn table() -> Vec<Route> {
             .param("ws", In::Path, "string", "Workspace slug or id")
             .body(schema::<workspaces::RoleInput>)
             .reply(201, "Created; the code is shown once", schema::<workspaces::CreatedInvite>),
+        // Local agents (the tunnel itself is `/api/tunnel/{sandbox_id}`, a WebSocket with its own token).
+        Route::new(Method::POST, "/api/workspaces/{ws}/agent-codes", "createAgentCode", "Create a one-time code (10 minutes unless asked otherwise) that registers a local agent in this workspace", post(crate::tunnel::registration::create_code))
+            .param("ws", In::Path, "string", "Workspace slug or id")
+            .body(schema::<delegate_agent::wire::CreateCodeInput>)
+            .reply(201, "Created; the code is shown once", schema::<delegate_agent::wire::CreatedCode>),
+        Route::new(Method::POST, "/api/agents/register", "registerAgent", "Trade a registration code (once) for a local sandbox and its tunnel token (shown once); no API token", post(crate::tunnel::registration::register))
+            .public()
+            .body(schema::<delegate_agent::wire::RegisterInput>)
+            .reply(201, "Registered", schema::<delegate_agent::wire::Registered>),
         // Usage.
         Route::new(Method::GET, "/api/usage", "getUsage", "Usage summed over a workspace's runs", get(ops::usage))
             .param("workspace", In::Query, "string", workspace)

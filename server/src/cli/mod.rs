@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand.
 
 mod admin;
+mod agent;
 mod mcp;
 mod relay;
 mod remote;
@@ -46,6 +47,9 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(admin::TokenCommand),
+    /// Join this machine's opencode to a server as a local sandbox (reverse tunnel).
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
     /// Create or update the database schema, then exit.
     Migrate,
     /// Print a commented example settings file.
@@ -118,6 +122,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve => runtime()?.block_on(serve::main(load_settings(&cli)?)),
         Command::User(cmd) => runtime()?.block_on(admin::user(load_settings(&cli)?, cmd)),
         Command::Token(cmd) => runtime()?.block_on(admin::token(load_settings(&cli)?, cmd)),
+        Command::Agent(cmd) => runtime()?.block_on(agent::main(cmd)),
     }
 }
 

@@ -142,6 +142,25 @@ impl ServeClient {
         .map(|_| ())
     }
 
+    /// What a session changed in the work dir: opencode's `SnapshotFileDiff`s (`file`, `status`,
+    /// `patch`).
+    pub async fn session_diff(&self, session: &str) -> Result<Value, ServeError> {
+        self.call(
+            "session diff",
+            self.request(reqwest::Method::GET, &format!("/session/{session}/diff")),
+        )
+        .await
+    }
+
+    /// The work dir's uncommitted changes against git's HEAD (`VcsFileDiff`s, same fields).
+    pub async fn vcs_diff(&self) -> Result<Value, ServeError> {
+        self.call(
+            "vcs diff",
+            self.request(reqwest::Method::GET, "/vcs/diff?mode=git"),
+        )
+        .await
+    }
+
     /// The server's event stream: the `data` of each SSE event, in order.
     pub async fn events(
         &self,

@@ -2,6 +2,7 @@
 //! log, and answers for runs and sandboxes. The CLI, the MCP tools and the REST API are thin
 //! layers over [`Orchestrator`].
 
+mod local;
 mod log;
 mod run;
 
@@ -14,6 +15,7 @@ use futures::Stream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+pub use local::LOCAL_BACKEND;
 pub use log::{LiveLog, follow};
 
 use crate::ids::{hash_secret, is_id, new_id, new_secret, now_ms};
@@ -136,6 +138,8 @@ struct Inner {
     /// Sandboxes that have a run right now (one at a time per sandbox).
     busy: Mutex<HashMap<String, String>>,
     warm: Mutex<HashMap<String, Warm>>,
+    /// Local sandboxes whose agent is connected to this process.
+    local: local::Links,
     slots: Arc<Semaphore>,
     default_workspace: Workspace,
     /// The user embedded mode acts as (stdio MCP, `delegate run`).
@@ -166,6 +170,7 @@ impl Orchestrator {
                 live: Mutex::new(HashMap::new()),
                 busy: Mutex::new(HashMap::new()),
                 warm: Mutex::new(HashMap::new()),
+                local: local::Links::default(),
                 slots: Arc::new(Semaphore::new(settings.max_concurrent_runs.max(1))),
                 settings,
                 default_workspace,
@@ -425,7 +430,13 @@ impl Orchestrator {
         }
         self.revoke_sandbox_tokens(sandbox_id).await;
         lock(&self.inner.warm).remove(sandbox_id);
-        let destroyed = self.inner.backend.destroy(sandbox_id).await;
+        let destroyed = if sandbox.backend == LOCAL_BACKEND {
+            // Its files are the developer's: only the link goes.
+            self.revoke_local(sandbox_id);
+            Ok(())
+        } else {
+            self.inner.backend.destroy(sandbox_id).await
+        };
         self.settle(
             sandbox_id,
             SandboxStatus::Deleting,
@@ -439,6 +450,18 @@ impl Orchestrator {
     /// Stops a warm sandbox's processes, keeping its files; the next run resumes it. Refused
     /// while a run is in it.
     pub async fn pause_sandbox(&self, sandbox_id: &str) -> Result<()> {
+        if is_id("sbx", sandbox_id)
+            && self
+                .inner
+                .store
+                .sandbox(sandbox_id)
+                .await
+                .is_ok_and(|s| s.backend == LOCAL_BACKEND)
+        {
+            return Err(OrchestratorError::BadInput(
+                "a local sandbox runs on its owner's machine and cannot be paused".into(),
+            ));
+        }
         reserve(&self.inner, sandbox_id)?;
         let paused = self.pause_reserved(sandbox_id).await;
         lock(&self.inner.busy).remove(sandbox_id);
@@ -665,6 +688,21 @@ impl Orchestrator {
             self.inner.backend.held().await?.into_iter().collect();
         let mut failed = 0;
         for sandbox in store.sandboxes_owned_with_status(me, &up).await? {
+            if sandbox.backend == LOCAL_BACKEND
+                && sandbox.status == SandboxStatus::Running
+                && !lock(&self.inner.local.map).contains_key(&sandbox.id)
+            {
+                // Its link ended with the old process; the agent reconnects by itself.
+                let _ = self
+                    .set_sandbox_status(
+                        &sandbox.id,
+                        SandboxStatus::Running,
+                        SandboxStatus::Offline,
+                        Some("the server restarted; waiting for its agent"),
+                    )
+                    .await;
+                continue;
+            }
             if sandbox.backend != self.inner.backend.name()
                 || lock(&self.inner.warm).contains_key(&sandbox.id)
             {
@@ -749,15 +787,23 @@ impl Orchestrator {
         for run_id in &runs {
             let _ = self.wait(run_id).await;
         }
-        if !delete_warm {
-            return;
-        }
-        let warm: Vec<String> = lock(&self.inner.warm).keys().cloned().collect();
-        for id in warm {
-            if let Err(e) = self.delete_sandbox(&id).await {
-                tracing::warn!(sandbox = %id, error = %e, "could not delete sandbox at shutdown");
+        if delete_warm {
+            // Local sandboxes are their owners' machines: they go offline, never away.
+            let warm: Vec<String> = {
+                let local = lock(&self.inner.local.map);
+                lock(&self.inner.warm)
+                    .keys()
+                    .filter(|id| !local.contains_key(*id))
+                    .cloned()
+                    .collect()
+            };
+            for id in warm {
+                if let Err(e) = self.delete_sandbox(&id).await {
+                    tracing::warn!(sandbox = %id, error = %e, "could not delete sandbox at shutdown");
+                }
             }
         }
+        self.local_shutdown().await;
     }
 }
 

@@ -246,7 +246,7 @@ async fn drive(
         .store
         .sandbox(&run.sandbox_id)
         .await
-        .is_ok_and(|s| s.status == SandboxStatus::Running)
+        .is_ok_and(|s| s.status == SandboxStatus::Running && s.backend != super::LOCAL_BACKEND)
     {
         match inner
             .backend
@@ -264,6 +264,13 @@ async fn drive(
             }
             Err(e) => tracing::warn!(run = %run.id, error = %e, "could not collect changes"),
         }
+    } else if let Some(session) = &finish.session
+        && let Some((changed, diff, truncated)) = orch.local_changes(&run.sandbox_id, session).await
+    {
+        // A local sandbox's files are not ours to diff: its opencode says what the session changed.
+        finish.outcome.changed_files = changed;
+        finish.outcome.diff = diff;
+        finish.outcome.diff_truncated = truncated;
     }
     if let Ok(mut active) = inner.active_runs.write() {
         active.remove(&run.sandbox_id);

@@ -444,6 +444,22 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn claim_token(
+                &self,
+                hash: &str,
+                kind: super::TokenKind,
+                now: Millis,
+            ) -> Result<TokenRecord> {
+                sqlx::query_as::<_, sql::TokenRow>(sql::CLAIM_TOKEN)
+                    .bind(now)
+                    .bind(hash)
+                    .bind(kind.as_str())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("token"))?
+                    .into_token()
+            }
+
             async fn token_by_hash(&self, hash: &str) -> Result<TokenRecord> {
                 sqlx::query_as::<_, sql::TokenRow>(sql::TOKEN_BY_HASH)
                     .bind(hash)

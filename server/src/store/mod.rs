@@ -94,6 +94,8 @@ pub enum SandboxKind {
     Ephemeral,
     /// Kept running (`opencode serve`) for several runs and for people.
     Warm,
+    /// A developer's own machine, joined through the tunnel (`delegate agent connect`).
+    Local,
 }
 
 impl SandboxKind {
@@ -101,12 +103,14 @@ impl SandboxKind {
         match self {
             SandboxKind::Ephemeral => "ephemeral",
             SandboxKind::Warm => "warm",
+            SandboxKind::Local => "local",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "ephemeral" => Some(SandboxKind::Ephemeral),
             "warm" => Some(SandboxKind::Warm),
+            "local" => Some(SandboxKind::Local),
             _ => None,
         }
     }
@@ -171,6 +175,10 @@ pub enum TokenKind {
     Sandbox,
     /// A browser session.
     Session,
+    /// A local agent's credential for its tunnel (`dlt_...`), bound to one sandbox.
+    Tunnel,
+    /// A one-time, expiring code that registers a local agent in a workspace.
+    AgentCode,
 }
 
 impl TokenKind {
@@ -179,6 +187,8 @@ impl TokenKind {
             TokenKind::Api => "api",
             TokenKind::Sandbox => "sandbox",
             TokenKind::Session => "session",
+            TokenKind::Tunnel => "tunnel",
+            TokenKind::AgentCode => "agent_code",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -186,6 +196,8 @@ impl TokenKind {
             "api" => Some(TokenKind::Api),
             "sandbox" => Some(TokenKind::Sandbox),
             "session" => Some(TokenKind::Session),
+            "tunnel" => Some(TokenKind::Tunnel),
+            "agent_code" => Some(TokenKind::AgentCode),
             _ => None,
         }
     }
@@ -318,6 +330,10 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_token(&self, id: &str, now: Millis) -> Result<()>;
     /// Revokes every token of a sandbox (when it is deleted).
     async fn revoke_sandbox_tokens(&self, sandbox_id: &str, now: Millis) -> Result<()>;
+
+    /// Uses up a one-time token of `kind` (an agent registration code): revokes it and returns it
+    /// if it was neither revoked nor expired; `NotFound` otherwise. One statement, so it works once.
+    async fn claim_token(&self, hash: &str, kind: TokenKind, now: Millis) -> Result<TokenRecord>;
 
     /// A user's API tokens, newest first, revoked and expired ones included.
     async fn tokens_of_user(&self, user_id: &str) -> Result<Vec<TokenRecord>>;

@@ -149,6 +149,11 @@ pub(super) const TOKEN_EXISTS: &str = "SELECT COUNT(*) FROM tokens WHERE id = $1
 pub(super) const REVOKE_SANDBOX_TOKENS: &str =
     "UPDATE tokens SET revoked_at = $1 WHERE sandbox_id = $2 AND revoked_at IS NULL";
 
+/// `$1` now, `$2` hash, `$3` kind: revokes a live one-time token and returns it, in one statement.
+pub(super) const CLAIM_TOKEN: &str = "UPDATE tokens SET revoked_at = $1 \
+     WHERE hash = $2 AND kind = $3 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) \
+     RETURNING id, kind, hash, name, user_id, sandbox_id, workspace_id, created_at, expires_at, revoked_at";
+
 /// A user's API tokens, newest first (never session or sandbox tokens).
 pub(super) const TOKENS_OF_USER: &str = "SELECT id, kind, hash, name, user_id, sandbox_id, \
      workspace_id, created_at, expires_at, revoked_at FROM tokens \

@@ -1,0 +1,353 @@
+//! `delegate agent connect`: register once with a code, then keep a tunnel to the server for as long
+//! as the process runs, reconnecting with backoff (1 s doubling to 60 s, back to 1 s after a link
+//! that held for a minute). Each stream the server opens is connected to the local
+//! `opencode serve`.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt, future};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_util::sync::CancellationToken;
+
+use crate::mux::{Closed, Mux, Role, Transport, pump, recv_frame, send_frame};
+use crate::protocol::{Frame, Header, MAX_FRAME, VERSION};
+use crate::wire::{RegisterInput, Registered};
+
+/// Backoff before the first retry.
+pub const BACKOFF_START: Duration = Duration::from_secs(1);
+/// The longest wait between attempts.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A link that held this long counts as stable: the next retry starts from [`BACKOFF_START`].
+pub const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// How long the server has to answer the hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    BadInput(String),
+    #[error("cannot reach the server: {0}")]
+    Unreachable(String),
+    /// The server refused for good (bad code, revoked token, deleted sandbox): retrying will
+    /// not help.
+    #[error("the server refused: {0}")]
+    Refused(String),
+    /// Another agent connected with these credentials and took over.
+    #[error("another agent took over this sandbox: {0}")]
+    Replaced(String),
+}
+
+/// Where and how this agent connects.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// The server's base URL (`https://delegate.example.com`).
+    pub server: String,
+    pub sandbox_id: String,
+    pub token: String,
+    /// The local `opencode serve` (`http://127.0.0.1:4096`).
+    pub opencode_url: String,
+    /// The local opencode's password, if it has one.
+    pub opencode_password: Option<String>,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("server", &self.server)
+            .field("sandbox_id", &self.sandbox_id)
+            .field("opencode_url", &self.opencode_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Registers this machine with a one-time code; the token in the answer is shown only once.
+pub async fn register(server: &str, code: &str, name: &str) -> Result<Registered, AgentError> {
+    let url = format!("{}/api/agents/register", server.trim_end_matches('/'));
+    let resp = http()
+        .post(&url)
+        .json(&RegisterInput {
+            code: code.trim().to_string(),
+            name: name.to_string(),
+        })
+        .send()
+        .await
+        .map_err(|e| AgentError::Unreachable(e.without_url().to_string()))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    if !status.is_success() {
+        let message = body["error"]["message"]
+            .as_str()
+            .unwrap_or("no reason given")
+            .to_string();
+        return Err(AgentError::Refused(format!("{status}: {message}")));
+    }
+    serde_json::from_value(body)
+        .map_err(|e| AgentError::Unreachable(format!("unexpected registration reply: {e}")))
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_default()
+}
+
+/// The exponential backoff between connection attempts.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: BACKOFF_START,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before the next attempt, after a link that lasted `up` (zero: never connected).
+    pub fn after(&mut self, up: Duration) -> Duration {
+        if up >= STABLE_AFTER {
+            self.next = BACKOFF_START;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        wait
+    }
+}
+
+/// What happened to one connection, for the caller's log.
+#[derive(Debug, Clone)]
+pub enum LinkEvent {
+    Connected,
+    Disconnected { reason: String, retry_in: Duration },
+}
+
+/// Keeps the tunnel up until `stop` is cancelled or the server refuses for good.
+pub async fn run(
+    config: AgentConfig,
+    stop: CancellationToken,
+    mut on_event: impl FnMut(LinkEvent) + Send,
+) -> Result<(), AgentError> {
+    validate_opencode_url(&config.opencode_url)?;
+    let mut backoff = Backoff::default();
+    loop {
+        let started = tokio::time::Instant::now();
+        let outcome = tokio::select! {
+            r = connect_once(&config, &mut on_event) => r,
+            _ = stop.cancelled() => return Ok(()),
+        };
+        let reason = match outcome {
+            Ok(closed) if closed.code == "replaced" => {
+                return Err(AgentError::Replaced(closed.reason));
+            }
+            Ok(closed) if closed.code == "revoked" => {
+                return Err(AgentError::Refused(closed.reason));
+            }
+            Ok(closed) => closed.reason,
+            Err(e @ AgentError::Refused(_)) => return Err(e),
+            Err(e) => e.to_string(),
+        };
+        let retry_in = backoff.after(started.elapsed());
+        on_event(LinkEvent::Disconnected { reason, retry_in });
+        tokio::select! {
+            _ = tokio::time::sleep(retry_in) => {}
+            _ = stop.cancelled() => return Ok(()),
+        }
+    }
+}
+
+fn validate_opencode_url(url: &str) -> Result<(String, u16), AgentError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| AgentError::BadInput(format!("--opencode-url {url:?}: {e}")))?;
+    if parsed.scheme() != "http" {
+        return Err(AgentError::BadInput(format!(
+            "--opencode-url {url:?}: only http:// (opencode serve on this machine)"
+        )));
+    }
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| AgentError::BadInput(format!("--opencode-url {url:?}: no host")))?;
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+/// The tunnel URL for a server base URL: `http` -> `ws`, `https` -> `wss`.
+pub fn tunnel_url(server: &str, sandbox_id: &str) -> Result<String, AgentError> {
+    let base = server.trim_end_matches('/');
+    let rest = if let Some(r) = base.strip_prefix("https://") {
+        format!("wss://{r}")
+    } else if let Some(r) = base.strip_prefix("http://") {
+        format!("ws://{r}")
+    } else {
+        return Err(AgentError::BadInput(format!(
+            "--server {server:?}: expected http:// or https://"
+        )));
+    };
+    Ok(format!("{rest}/api/tunnel/{sandbox_id}"))
+}
+
+/// One connection: handshake, then serve streams until the link closes.
+async fn connect_once(
+    config: &AgentConfig,
+    on_event: &mut (impl FnMut(LinkEvent) + Send),
+) -> Result<Closed, AgentError> {
+    let (host, port) = validate_opencode_url(&config.opencode_url)?;
+    let url = tunnel_url(&config.server, &config.sandbox_id)?;
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| AgentError::BadInput(format!("--server: {e}")))?;
+    let auth = format!("Bearer {}", config.token)
+        .parse()
+        .map_err(|_| AgentError::BadInput("the saved token is not a valid header".into()))?;
+    request.headers_mut().insert("authorization", auth);
+    let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME))
+        .max_frame_size(Some(MAX_FRAME));
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true)
+        .await
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(resp)
+                if matches!(resp.status().as_u16(), 401 | 403 | 404) =>
+            {
+                let body: String = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).chars().take(300).collect())
+                    .unwrap_or_default();
+                AgentError::Refused(format!("{}: {body}", resp.status()))
+            }
+            other => AgentError::Unreachable(other.to_string()),
+        })?;
+    let mut link = adapt(ws);
+    let directory = opencode_directory(config).await;
+    send_frame(
+        &mut link,
+        Frame::new(Header::Hello {
+            version: VERSION,
+            agent: env!("CARGO_PKG_VERSION").into(),
+            directory,
+            password: config.opencode_password.clone(),
+        }),
+    )
+    .await
+    .map_err(|e| AgentError::Unreachable(e.to_string()))?;
+    let welcome = recv_frame(&mut link, HANDSHAKE_TIMEOUT)
+        .await
+        .map_err(|e| AgentError::Unreachable(format!("handshake: {e}")))?;
+    match welcome.header {
+        Header::Welcome { .. } => {}
+        Header::Goodbye { code, reason } if code == "protocol" || code == "revoked" => {
+            return Err(AgentError::Refused(reason));
+        }
+        Header::Goodbye { reason, .. } => return Err(AgentError::Unreachable(reason)),
+        other => {
+            return Err(AgentError::Unreachable(format!(
+                "handshake: expected welcome, got {other:?}"
+            )));
+        }
+    }
+    let (mux, incoming) = Mux::start(link, Role::Acceptor);
+    let Some(mut incoming) = incoming else {
+        return Err(AgentError::Unreachable("no incoming streams".into()));
+    };
+    on_event(LinkEvent::Connected);
+    let target = format!("{host}:{port}");
+    while let Some(stream) = incoming.next().await {
+        let target = target.clone();
+        tokio::spawn(async move {
+            match tokio::net::TcpStream::connect(&target).await {
+                Ok(tcp) => {
+                    let _ = tcp.set_nodelay(true);
+                    pump(stream, tcp).await;
+                }
+                Err(e) => {
+                    let reason = format!("cannot reach opencode at {target}: {e}");
+                    tracing::warn!("{reason} (is `opencode serve` running?)");
+                    stream.reset(&reason);
+                }
+            }
+        });
+    }
+    Ok(mux.closed().await)
+}
+
+/// The local opencode's working directory (`GET /path`), so the server addresses the same
+/// project; `None` when it does not say.
+async fn opencode_directory(config: &AgentConfig) -> Option<String> {
+    let url = format!("{}/path", config.opencode_url.trim_end_matches('/'));
+    let mut req = http().get(url).timeout(Duration::from_secs(5));
+    if let Some(p) = &config.opencode_password {
+        req = req.basic_auth("opencode", Some(p));
+    }
+    let v: serde_json::Value = req.send().await.ok()?.json().await.ok()?;
+    v.get("directory")
+        .and_then(|d| d.as_str())
+        .map(str::to_string)
+}
+
+/// A tungstenite WebSocket as a [`Transport`]: binary messages are frames; text is refused;
+/// pings, pongs and close are the library's business.
+fn adapt<S>(ws: S) -> impl Transport
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + futures::Sink<Message, Error = tokio_tungstenite::tungstenite::Error>
+        + Send
+        + Unpin
+        + 'static,
+{
+    ws.sink_map_err(io::Error::other)
+        .with(|b: Bytes| future::ready(Ok::<_, io::Error>(Message::Binary(b))))
+        .filter_map(|m| {
+            future::ready(match m {
+                Ok(Message::Binary(b)) => Some(Ok(b)),
+                Ok(Message::Text(_)) => Some(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a text message on the tunnel",
+                ))),
+                Ok(_) => None,
+                Err(e) => Some(Err(io::Error::other(e))),
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_minute_and_resets_after_a_stable_link() {
+        let mut b = Backoff::default();
+        let waits: Vec<u64> = (0..9).map(|_| b.after(Duration::ZERO).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        // A link that held for 59 s does not reset it; one that held a minute does.
+        assert_eq!(b.after(Duration::from_secs(59)).as_secs(), 60);
+        assert_eq!(b.after(STABLE_AFTER).as_secs(), 1);
+        assert_eq!(b.after(Duration::ZERO).as_secs(), 2);
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            tunnel_url("https://d.example.com/", "sbx_1").unwrap(),
+            "wss://d.example.com/api/tunnel/sbx_1"
+        );
+        assert_eq!(
+            tunnel_url("http://127.0.0.1:8080", "sbx_1").unwrap(),
+            "ws://127.0.0.1:8080/api/tunnel/sbx_1"
+        );
+        assert!(tunnel_url("ftp://x", "s").is_err());
+        assert_eq!(
+            validate_opencode_url("http://127.0.0.1:4096").unwrap(),
+            ("127.0.0.1".to_string(), 4096)
+        );
+        assert!(validate_opencode_url("https://127.0.0.1:4096").is_err());
+        assert!(validate_opencode_url("nonsense").is_err());
+    }
+}

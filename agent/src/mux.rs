@@ -1,0 +1,896 @@
+//! Many byte streams over one tunnel link, with per-stream flow control (see [`crate::protocol`]).
+//!
+//! Three kinds of task touch a link: one reader (frames in), one writer (frames out, fed by two
+//! bounded channels: control frames first, then data), and one pump per stream. The reader never
+//! waits on anything but the link: data goes into the stream's buffer, which the window bounds, and
+//! its own replies (pong, reset) are queued without waiting; if that queue is full the peer is
+//! flooding us and the link is closed. So a slow stream can stall only itself, and two sides
+//! whose sockets are both full cannot deadlock.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::{
+    self, CHUNK, Frame, Header, LINK_TIMEOUT, MAX_STREAMS, PING_INTERVAL, StreamId, WINDOW,
+};
+
+/// A link's raw messages: each item is one whole frame as bytes (a WebSocket binary message).
+pub trait Transport:
+    Stream<Item = io::Result<Bytes>> + Sink<Bytes, Error = io::Error> + Send + Unpin + 'static
+{
+}
+impl<T> Transport for T where
+    T: Stream<Item = io::Result<Bytes>> + Sink<Bytes, Error = io::Error> + Send + Unpin + 'static
+{
+}
+
+/// Which end of the link this is: the opener (server) makes streams, the acceptor (agent) takes
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Opener,
+    Acceptor,
+}
+
+/// Control frames queued and not yet written before the peer counts as flooding.
+const CONTROL_QUEUE: usize = 4096;
+/// Data frames queued for the writer (all streams share it; each waits its turn).
+const DATA_QUEUE: usize = 64;
+/// Frames written before one flush.
+const WRITE_BATCH: usize = 32;
+/// Streams the acceptor has been offered and not yet taken.
+const ACCEPT_QUEUE: usize = 128;
+/// Credit is returned once this many bytes were handed on (a quarter window: the sender never
+/// runs dry while the receiver keeps up).
+const CREDIT_STEP: u32 = WINDOW / 4;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error("stream reset: {0}")]
+    Reset(String),
+    #[error("tunnel closed: {0}")]
+    Closed(String),
+}
+
+/// Why a link ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    /// `goodbye` codes from the peer (`replaced`, `revoked`, ...), or `local`, `timeout`,
+    /// `protocol`, `io`, `eof`.
+    pub code: String,
+    pub reason: String,
+}
+
+/// A handle to a running link; cheap to clone.
+#[derive(Clone)]
+pub struct Mux {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    streams: Mutex<HashMap<StreamId, Arc<StreamState>>>,
+    next_id: AtomicU64,
+    control: mpsc::Sender<Frame>,
+    data: mpsc::Sender<Frame>,
+    closed: CancellationToken,
+    close_reason: Mutex<Option<Closed>>,
+}
+
+#[derive(Default)]
+struct Inbound {
+    buf: BytesMut,
+    /// Received and not yet credited back: never above [`WINDOW`].
+    outstanding: u32,
+    /// Handed on and not yet credited back.
+    consumed: u32,
+    ended: bool,
+    reset: Option<String>,
+}
+
+struct Outbound {
+    window: u64,
+    reset: Option<String>,
+    /// This side sent `end`.
+    ended: bool,
+}
+
+struct StreamState {
+    id: StreamId,
+    inbound: Mutex<Inbound>,
+    readable: Notify,
+    outbound: Mutex<Outbound>,
+    writable: Notify,
+}
+
+impl StreamState {
+    fn new(id: StreamId) -> Arc<StreamState> {
+        Arc::new(StreamState {
+            id,
+            inbound: Mutex::new(Inbound::default()),
+            readable: Notify::new(),
+            outbound: Mutex::new(Outbound {
+                window: WINDOW as u64,
+                reset: None,
+                ended: false,
+            }),
+            writable: Notify::new(),
+        })
+    }
+
+    fn reset(&self, reason: &str) {
+        lock(&self.inbound)
+            .reset
+            .get_or_insert_with(|| reason.to_string());
+        lock(&self.outbound)
+            .reset
+            .get_or_insert_with(|| reason.to_string());
+        self.readable.notify_one();
+        self.writable.notify_one();
+    }
+}
+
+/// Streams the peer opened (acceptor side).
+pub struct Incoming {
+    rx: mpsc::Receiver<MuxStream>,
+}
+
+impl Incoming {
+    /// The next stream, or `None` when the link is closed.
+    pub async fn next(&mut self) -> Option<MuxStream> {
+        self.rx.recv().await
+    }
+}
+
+impl Mux {
+    /// Starts the reader and writer tasks of a link. The acceptor gets [`Incoming`].
+    pub fn start<T: Transport>(transport: T, role: Role) -> (Mux, Option<Incoming>) {
+        let (sink, stream) = transport.split();
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
+        let shared = Arc::new(Shared {
+            streams: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            control: control_tx,
+            data: data_tx,
+            closed: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+        });
+        let (incoming_tx, incoming) = match role {
+            Role::Acceptor => {
+                let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+                (Some(tx), Some(Incoming { rx }))
+            }
+            Role::Opener => (None, None),
+        };
+        tokio::spawn(write_loop(shared.clone(), sink, control_rx, data_rx));
+        tokio::spawn(read_loop(shared.clone(), stream, incoming_tx));
+        (Mux { shared }, incoming)
+    }
+
+    /// Opens a new stream to the peer (opener side).
+    pub async fn open(&self) -> Result<MuxStream, StreamError> {
+        let s = &self.shared;
+        if let Some(c) = self.closed_reason() {
+            return Err(StreamError::Closed(c.reason));
+        }
+        let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+        let state = StreamState::new(id);
+        {
+            let mut streams = lock(&s.streams);
+            if streams.len() >= MAX_STREAMS {
+                return Err(StreamError::Reset(format!(
+                    "too many open streams (at most {MAX_STREAMS})"
+                )));
+            }
+            streams.insert(id, state.clone());
+        }
+        if s.data
+            .send(Frame::new(Header::Open { stream: id }))
+            .await
+            .is_err()
+        {
+            lock(&s.streams).remove(&id);
+            return Err(StreamError::Closed("the link is gone".into()));
+        }
+        Ok(MuxStream {
+            mux: self.clone(),
+            state,
+        })
+    }
+
+    /// Resolves when the link is closed, with why.
+    pub async fn closed(&self) -> Closed {
+        self.shared.closed.cancelled().await;
+        self.closed_reason().unwrap_or_else(|| Closed {
+            code: "local".into(),
+            reason: "closed".into(),
+        })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.is_cancelled()
+    }
+
+    fn closed_reason(&self) -> Option<Closed> {
+        if !self.shared.closed.is_cancelled() {
+            return None;
+        }
+        lock(&self.shared.close_reason).clone()
+    }
+
+    /// Says goodbye to the peer (best effort) and closes the link; every stream fails.
+    pub fn close(&self, code: &str, reason: &str) {
+        let bye = Frame::new(Header::Goodbye {
+            code: code.into(),
+            reason: reason.into(),
+        });
+        set_reason(&self.shared, "local", reason);
+        // The writer sends the goodbye, then closes the link; if it cannot take it, close now.
+        if self.shared.control.try_send(bye).is_err() {
+            shut(&self.shared);
+        }
+    }
+
+    /// Streams open right now.
+    pub fn stream_count(&self) -> usize {
+        lock(&self.shared.streams).len()
+    }
+}
+
+fn set_reason(shared: &Shared, code: &str, reason: &str) {
+    lock(&shared.close_reason).get_or_insert_with(|| Closed {
+        code: code.into(),
+        reason: reason.into(),
+    });
+}
+
+/// Ends the link for good: every stream is reset and every waiter wakes.
+fn shut(shared: &Shared) {
+    set_reason(shared, "local", "closed");
+    shared.closed.cancel();
+    let streams: Vec<_> = lock(&shared.streams).drain().map(|(_, s)| s).collect();
+    let reason = lock(&shared.close_reason)
+        .as_ref()
+        .map(|c| c.reason.clone())
+        .unwrap_or_default();
+    for s in streams {
+        s.reset(&format!("tunnel closed: {reason}"));
+    }
+}
+
+async fn write_loop(
+    shared: Arc<Shared>,
+    mut sink: futures::stream::SplitSink<impl Transport, Bytes>,
+    mut control: mpsc::Receiver<Frame>,
+    mut data: mpsc::Receiver<Frame>,
+) {
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    let mut nonce = 0u64;
+    'link: loop {
+        let first = tokio::select! {
+            biased;
+            _ = shared.closed.cancelled() => break,
+            Some(f) = control.recv() => f,
+            _ = ping.tick() => {
+                nonce += 1;
+                Frame::new(Header::Ping { nonce })
+            }
+            Some(f) = data.recv() => f,
+            else => break,
+        };
+        // Whatever else is queued goes out in the same flush: one write for many frames.
+        let mut batch = vec![first];
+        while batch.len() < WRITE_BATCH {
+            match control.try_recv().or_else(|_| data.try_recv()) {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        let mut goodbye = false;
+        for frame in batch {
+            goodbye |= matches!(frame.header, Header::Goodbye { .. });
+            let bytes = match protocol::encode(&frame) {
+                Ok(b) => b,
+                Err(e) => {
+                    // A bug on this side; the frame is not sent and its stream is reset.
+                    if let Some(id) = stream_of(&frame.header)
+                        && let Some(s) = lock(&shared.streams).remove(&id)
+                    {
+                        s.reset(&format!("cannot encode a frame: {e}"));
+                    }
+                    continue;
+                }
+            };
+            let fed = tokio::select! {
+                r = sink.feed(bytes) => r,
+                _ = shared.closed.cancelled() => break 'link,
+            };
+            if let Err(e) = fed {
+                set_reason(&shared, "io", &format!("writing to the link: {e}"));
+                break 'link;
+            }
+            if goodbye {
+                break;
+            }
+        }
+        let flushed = tokio::select! {
+            r = sink.flush() => r,
+            _ = shared.closed.cancelled() => break,
+        };
+        if let Err(e) = flushed {
+            set_reason(&shared, "io", &format!("writing to the link: {e}"));
+            break;
+        }
+        if goodbye {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), sink.close()).await;
+    shut(&shared);
+}
+
+fn stream_of(h: &Header) -> Option<StreamId> {
+    match h {
+        Header::Open { stream }
+        | Header::Data { stream }
+        | Header::End { stream }
+        | Header::Reset { stream, .. }
+        | Header::Credit { stream, .. } => Some(*stream),
+        _ => None,
+    }
+}
+
+async fn read_loop(
+    shared: Arc<Shared>,
+    mut stream: futures::stream::SplitStream<impl Transport>,
+    incoming: Option<mpsc::Sender<MuxStream>>,
+) {
+    let (code, reason) = loop {
+        let next = tokio::select! {
+            _ = shared.closed.cancelled() => return,
+            r = tokio::time::timeout(LINK_TIMEOUT, stream.next()) => r,
+        };
+        let message = match next {
+            Err(_) => {
+                break (
+                    "timeout".to_string(),
+                    format!("nothing from the peer for {}s", LINK_TIMEOUT.as_secs()),
+                );
+            }
+            Ok(None) => break ("eof".into(), "the peer closed the link".into()),
+            Ok(Some(Err(e))) => break ("io".into(), format!("reading from the link: {e}")),
+            Ok(Some(Ok(m))) => m,
+        };
+        let frame = match protocol::decode(message) {
+            Ok(f) => f,
+            Err(e) => break ("protocol".into(), e.to_string()),
+        };
+        if let Err(reason) = handle(&shared, frame, incoming.as_ref()) {
+            break reason;
+        }
+    };
+    set_reason(&shared, &code, &reason);
+    let told = code == "protocol"
+        && shared
+            .control
+            .try_send(Frame::new(Header::Goodbye {
+                code: code.clone(),
+                reason: reason.clone(),
+            }))
+            .is_ok();
+    if told {
+        // The writer closes the link after the goodbye; a writer stuck on a full socket does not
+        // get to keep it open.
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+    shut(&shared);
+}
+
+/// One inbound frame; `Err` closes the link with (code, reason).
+fn handle(
+    shared: &Arc<Shared>,
+    frame: Frame,
+    incoming: Option<&mpsc::Sender<MuxStream>>,
+) -> Result<(), (String, String)> {
+    let violation = |what: String| Err(("protocol".to_string(), what));
+    let control = |f: Frame| {
+        shared.control.try_send(f).map_err(|_| {
+            (
+                "protocol".to_string(),
+                "the peer sends faster than its replies can be written".to_string(),
+            )
+        })
+    };
+    let find = |id: StreamId| lock(&shared.streams).get(&id).cloned();
+    match frame.header {
+        Header::Ping { nonce } => control(Frame::new(Header::Pong { nonce }))?,
+        Header::Pong { .. } => {}
+        Header::Goodbye { code, reason } => return Err((code, reason)),
+        Header::Hello { .. } | Header::Welcome { .. } => {
+            return violation("hello/welcome after the handshake".into());
+        }
+        Header::Open { stream } => {
+            let Some(incoming) = incoming else {
+                return violation("the server does not accept streams".into());
+            };
+            let mut streams = lock(&shared.streams);
+            if streams.contains_key(&stream) {
+                return violation(format!("stream {stream} opened twice"));
+            }
+            if streams.len() >= MAX_STREAMS {
+                drop(streams);
+                return control(Frame::new(Header::Reset {
+                    stream,
+                    reason: format!("too many open streams (at most {MAX_STREAMS})"),
+                }));
+            }
+            let state = StreamState::new(stream);
+            streams.insert(stream, state.clone());
+            drop(streams);
+            let s = MuxStream {
+                mux: Mux {
+                    shared: shared.clone(),
+                },
+                state,
+            };
+            if incoming.try_send(s).is_err() {
+                lock(&shared.streams).remove(&stream);
+                control(Frame::new(Header::Reset {
+                    stream,
+                    reason: "the agent is not taking new streams".into(),
+                }))?;
+            }
+        }
+        Header::Data { stream } => {
+            // Data for a stream this side already dropped (reset) is late, not wrong.
+            if let Some(s) = find(stream) {
+                let mut inb = lock(&s.inbound);
+                let len = frame.payload.len() as u32;
+                if inb.ended {
+                    return violation(format!("data on stream {stream} after its end"));
+                }
+                if inb.outstanding + len > WINDOW {
+                    return violation(format!(
+                        "stream {stream} overran its window ({} + {len} > {WINDOW} bytes)",
+                        inb.outstanding
+                    ));
+                }
+                inb.outstanding += len;
+                inb.buf.extend_from_slice(&frame.payload);
+                drop(inb);
+                s.readable.notify_one();
+            }
+        }
+        Header::End { stream } => {
+            if let Some(s) = find(stream) {
+                lock(&s.inbound).ended = true;
+                s.readable.notify_one();
+                maybe_forget(shared, &s);
+            }
+        }
+        Header::Reset { stream, reason } => {
+            if let Some(s) = lock(&shared.streams).remove(&stream) {
+                s.reset(&reason);
+            }
+        }
+        Header::Credit { stream, bytes } => {
+            if let Some(s) = find(stream) {
+                let mut out = lock(&s.outbound);
+                out.window += bytes as u64;
+                if out.window > WINDOW as u64 {
+                    return violation(format!(
+                        "stream {stream} was credited beyond its window ({} bytes)",
+                        out.window
+                    ));
+                }
+                drop(out);
+                s.writable.notify_one();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Drops a stream from the table once both directions are over.
+fn maybe_forget(shared: &Shared, s: &StreamState) {
+    let done_in = lock(&s.inbound).ended;
+    let done_out = lock(&s.outbound).ended;
+    if done_in && done_out {
+        lock(&shared.streams).remove(&s.id);
+    }
+}
+
+/// One stream of a link.
+pub struct MuxStream {
+    mux: Mux,
+    state: Arc<StreamState>,
+}
+
+impl MuxStream {
+    pub fn id(&self) -> StreamId {
+        self.state.id
+    }
+
+    /// Sends bytes, in chunks, waiting for window as needed.
+    pub async fn send(&self, mut bytes: Bytes) -> Result<(), StreamError> {
+        while !bytes.is_empty() {
+            let n = self.reserve(bytes.len().min(CHUNK)).await?;
+            let piece = bytes.split_to(n);
+            self.mux
+                .shared
+                .data
+                .send(Frame::data(self.state.id, piece))
+                .await
+                .map_err(|_| self.gone())?;
+        }
+        Ok(())
+    }
+
+    /// Waits until at least one byte of window is free; takes up to `want` of it.
+    async fn reserve(&self, want: usize) -> Result<usize, StreamError> {
+        loop {
+            {
+                let mut out = lock(&self.state.outbound);
+                if let Some(r) = &out.reset {
+                    return Err(StreamError::Reset(r.clone()));
+                }
+                if out.window > 0 {
+                    let n = (want as u64).min(out.window);
+                    out.window -= n;
+                    return Ok(n as usize);
+                }
+            }
+            tokio::select! {
+                _ = self.state.writable.notified() => {}
+                _ = self.mux.shared.closed.cancelled() => return Err(self.gone()),
+            }
+        }
+    }
+
+    /// Half-closes: no more bytes from this side.
+    pub async fn finish(&self) -> Result<(), StreamError> {
+        lock(&self.state.outbound).ended = true;
+        self.mux
+            .shared
+            .data
+            .send(Frame::new(Header::End {
+                stream: self.state.id,
+            }))
+            .await
+            .map_err(|_| self.gone())?;
+        maybe_forget(&self.mux.shared, &self.state);
+        Ok(())
+    }
+
+    /// The next bytes from the peer; `Ok(None)` after the peer's `end`. Call
+    /// [`Self::consumed`] once they are handed on, or the peer runs out of window.
+    pub async fn recv(&self) -> Result<Option<Bytes>, StreamError> {
+        loop {
+            {
+                let mut inb = lock(&self.state.inbound);
+                if !inb.buf.is_empty() {
+                    return Ok(Some(inb.buf.split().freeze()));
+                }
+                if let Some(r) = &inb.reset {
+                    return Err(StreamError::Reset(r.clone()));
+                }
+                if inb.ended {
+                    return Ok(None);
+                }
+            }
+            tokio::select! {
+                _ = self.state.readable.notified() => {}
+                _ = self.mux.shared.closed.cancelled() => return Err(self.gone()),
+            }
+        }
+    }
+
+    /// `n` received bytes were handed on: credit them back in steps.
+    pub async fn consumed(&self, n: usize) -> Result<(), StreamError> {
+        let credit = {
+            let mut inb = lock(&self.state.inbound);
+            inb.consumed += n as u32;
+            if inb.consumed >= CREDIT_STEP {
+                let c = inb.consumed.min(inb.outstanding);
+                inb.consumed = 0;
+                inb.outstanding -= c;
+                c
+            } else {
+                0
+            }
+        };
+        if credit > 0 && !lock(&self.state.inbound).ended {
+            self.mux
+                .shared
+                .control
+                .send(Frame::new(Header::Credit {
+                    stream: self.state.id,
+                    bytes: credit,
+                }))
+                .await
+                .map_err(|_| self.gone())?;
+        }
+        Ok(())
+    }
+
+    /// Ends the stream both ways, telling the peer why.
+    pub fn reset(&self, reason: &str) {
+        let known = lock(&self.mux.shared.streams)
+            .remove(&self.state.id)
+            .is_some();
+        self.state.reset(reason);
+        if known {
+            let _ = self.mux.shared.control.try_send(Frame::new(Header::Reset {
+                stream: self.state.id,
+                reason: reason.chars().take(200).collect(),
+            }));
+        }
+    }
+
+    fn gone(&self) -> StreamError {
+        StreamError::Closed(
+            self.mux
+                .closed_reason()
+                .map(|c| c.reason)
+                .unwrap_or_else(|| "the link is gone".into()),
+        )
+    }
+}
+
+impl Drop for MuxStream {
+    fn drop(&mut self) {
+        // A stream dropped before both sides ended is abandoned: tell the peer.
+        let open = lock(&self.mux.shared.streams).contains_key(&self.state.id);
+        if open && !self.mux.is_closed() {
+            self.reset("abandoned");
+        }
+    }
+}
+
+/// Carries one stream over a TCP connection (or any byte stream) until both directions are over
+/// or either fails; a failure resets the stream with the reason.
+pub async fn pump<S>(stream: MuxStream, io: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin,
+{
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let up = async {
+        let mut buf = BytesMut::new();
+        loop {
+            buf.reserve(CHUNK);
+            let n = rd
+                .read_buf(&mut buf)
+                .await
+                .map_err(|e| format!("reading the local connection: {e}"))?;
+            if n == 0 {
+                return stream.finish().await.map_err(|e| e.to_string());
+            }
+            stream
+                .send(buf.split().freeze())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    };
+    let down = async {
+        loop {
+            match stream.recv().await {
+                Ok(Some(bytes)) => {
+                    wr.write_all(&bytes)
+                        .await
+                        .map_err(|e| format!("writing the local connection: {e}"))?;
+                    stream
+                        .consumed(bytes.len())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(None) => {
+                    let _ = wr.shutdown().await;
+                    return Ok::<(), String>(());
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    if let Err(reason) = tokio::try_join!(up, down) {
+        stream.reset(&reason);
+    }
+}
+
+/// Sends one frame on a link that has no mux yet (the handshake).
+pub async fn send_frame<T: Transport>(link: &mut T, frame: Frame) -> io::Result<()> {
+    let bytes = protocol::encode(&frame).map_err(|e| io::Error::other(e.to_string()))?;
+    link.send(bytes).await
+}
+
+/// Receives one frame on a link that has no mux yet, waiting at most `within`.
+pub async fn recv_frame<T: Transport>(
+    link: &mut T,
+    within: std::time::Duration,
+) -> io::Result<Frame> {
+    let message = tokio::time::timeout(within, link.next())
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no frame within {}s", within.as_secs()),
+            )
+        })?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "the link closed"))??;
+    protocol::decode(message).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a few field updates: a panic cannot leave them half-done.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+    use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+    /// Two ends of an in-memory link with a tiny socket buffer, to expose waits and deadlocks.
+    fn pair() -> (impl Transport, impl Transport) {
+        let (a, b) = tokio::io::duplex(4096);
+        let wrap = |io| {
+            let codec = LengthDelimitedCodec::builder()
+                .max_frame_length(protocol::MAX_FRAME)
+                .new_codec();
+            Framed::new(io, codec).map_ok(BytesMut::freeze)
+        };
+        (wrap(a), wrap(b))
+    }
+
+    /// An acceptor whose streams echo everything back.
+    fn echo(t: impl Transport) -> Mux {
+        let (mux, incoming) = Mux::start(t, Role::Acceptor);
+        let mut incoming = incoming.unwrap();
+        tokio::spawn(async move {
+            while let Some(s) = incoming.next().await {
+                tokio::spawn(async move {
+                    while let Ok(Some(b)) = s.recv().await {
+                        let n = b.len();
+                        if s.send(b).await.is_err() || s.consumed(n).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = s.finish().await;
+                });
+            }
+        });
+        mux
+    }
+
+    async fn read_all(s: &MuxStream) -> Result<Vec<u8>, StreamError> {
+        let mut all = Vec::new();
+        while let Some(b) = s.recv().await? {
+            all.extend_from_slice(&b);
+            s.consumed(b.len()).await?;
+        }
+        Ok(all)
+    }
+
+    #[tokio::test]
+    async fn a_large_stream_arrives_intact_through_a_small_window() {
+        let (a, b) = pair();
+        let (opener, _) = Mux::start(a, Role::Opener);
+        let _acceptor = echo(b);
+        let body: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let s = opener.open().await.unwrap();
+        let (sent, got) = tokio::join!(
+            async {
+                s.send(Bytes::from(body.clone())).await.unwrap();
+                s.finish().await.unwrap();
+            },
+            read_all(&s)
+        );
+        let () = sent;
+        assert_eq!(got.unwrap(), body);
+        assert_eq!(opener.stream_count(), 0, "a finished stream is forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_reader_stalls_only_its_own_stream() {
+        let (a, b) = pair();
+        let (opener, _) = Mux::start(a, Role::Opener);
+        let _acceptor = echo(b);
+        // The echo of `stuck` is never read here: its window fills, and its sender waits.
+        let stuck = opener.open().await.unwrap();
+        let filling = tokio::spawn(async move {
+            let r = stuck
+                .send(Bytes::from(vec![7u8; 4 * WINDOW as usize]))
+                .await;
+            (stuck, r)
+        });
+        for round in 0..20u8 {
+            let s = opener.open().await.unwrap();
+            s.send(Bytes::from(vec![round; 1000])).await.unwrap();
+            s.finish().await.unwrap();
+            assert_eq!(read_all(&s).await.unwrap(), vec![round; 1000]);
+        }
+        assert!(
+            !filling.is_finished(),
+            "the stalled stream waits for credit"
+        );
+        filling.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_noticed_within_the_link_timeout() {
+        let (a, b) = pair();
+        let (mux, _) = Mux::start(a, Role::Opener);
+        // The other end holds the socket and never says anything, not even pong.
+        let _silent = b;
+        let started = tokio::time::Instant::now();
+        let closed = mux.closed().await;
+        assert_eq!(closed.code, "timeout");
+        assert!(started.elapsed() <= LINK_TIMEOUT + std::time::Duration::from_secs(1));
+        assert!(matches!(mux.open().await, Err(StreamError::Closed(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_keep_an_idle_link_alive() {
+        let (a, b) = pair();
+        let (mux, _) = Mux::start(a, Role::Opener);
+        let _acceptor = echo(b);
+        tokio::time::sleep(LINK_TIMEOUT * 10).await;
+        assert!(!mux.is_closed());
+    }
+
+    #[tokio::test]
+    async fn garbage_closes_the_link_with_the_reason_and_fails_open_streams() {
+        let (a, mut b) = pair();
+        let (mux, _) = Mux::start(a, Role::Opener);
+        let s = mux.open().await.unwrap();
+        b.send(Bytes::from_static(b"\0\0\0\x09{\"type\":"))
+            .await
+            .unwrap();
+        let closed = mux.closed().await;
+        assert_eq!(closed.code, "protocol");
+        assert!(
+            closed.reason.contains("truncated frame"),
+            "{}",
+            closed.reason
+        );
+        assert!(
+            s.recv().await.is_err(),
+            "a stream in flight fails, it does not hang"
+        );
+    }
+
+    #[tokio::test]
+    async fn overrunning_the_window_is_a_protocol_error() {
+        let (a, mut b) = pair();
+        let (mux, incoming) = Mux::start(a, Role::Acceptor);
+        let mut incoming = incoming.unwrap();
+        send_frame(&mut b, Frame::new(Header::Open { stream: 1 }))
+            .await
+            .unwrap();
+        let _s = incoming.next().await.unwrap();
+        for _ in 0..(WINDOW as usize / CHUNK + 1) {
+            if send_frame(&mut b, Frame::data(1, Bytes::from(vec![0; CHUNK])))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let closed = mux.closed().await;
+        assert_eq!(closed.code, "protocol");
+        assert!(
+            closed.reason.contains("overran its window"),
+            "{}",
+            closed.reason
+        );
+    }
+}

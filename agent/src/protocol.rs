@@ -1,0 +1,341 @@
+//! The tunnel protocol between `delegate serve` and `delegate agent connect`, in one place: the
+//! frame layout, the header enum, and the limits both sides enforce. Nothing else builds or parses
+//! raw frames.
+//!
+//! Every WebSocket binary message carries exactly one frame:
+//!
+//! ```text
+//! [u32 big-endian header length][header: JSON object][payload: raw bytes]
+//! ```
+//!
+//! The header says what the frame is ([`Header`]); only `data` frames carry a payload (at most
+//! [`CHUNK`] bytes). Streams are byte streams (a TCP connection each): the server opens them, the
+//! agent connects each to its local `opencode serve`, and both sides pump bytes until both halves
+//! are closed (`end`) or one side gives up (`reset`). HTTP, SSE and WebSocket upgrades pass through
+//! unchanged because the tunnel never looks inside the bytes.
+//!
+//! Flow control is per stream: a sender may have at most [`WINDOW`] bytes that the receiver has not
+//! yet handed on; the receiver returns `credit` as it writes them out. A slow reader therefore stops
+//! only its own stream's sender, and no frame is ever dropped.
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+/// Protocol version the agent announces in [`Header::Hello`]; the server refuses others.
+pub const VERSION: u32 = 1;
+/// Payloads are cut into chunks of at most this many bytes, in both directions.
+pub const CHUNK: usize = 16 * 1024;
+/// The largest payload a frame may carry: one chunk. Anything bigger is a broken or hostile peer.
+pub const MAX_PAYLOAD: usize = CHUNK;
+/// The largest JSON header accepted. Headers are a few dozen bytes; `hello` carries a directory and
+/// a password, hence the room.
+pub const MAX_HEADER: usize = 8 * 1024;
+/// The largest whole frame (length prefix, header, payload).
+pub const MAX_FRAME: usize = 4 + MAX_HEADER + MAX_PAYLOAD;
+/// Bytes a sender may have in flight per stream before it waits for credit.
+pub const WINDOW: u32 = 256 * 1024;
+/// Streams open at once on one tunnel; an `open` beyond it is reset.
+pub const MAX_STREAMS: usize = 1024;
+/// Each side pings this often.
+pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(20);
+/// A link that delivered nothing (not even a pong) for this long is dead: one missed ping plus
+/// slack, so a silent peer is noticed within 25 s.
+pub const LINK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(25);
+
+/// A stream's id, chosen by the side that opens it (the server), never reused on one tunnel.
+pub type StreamId = u64;
+
+/// What a frame means. Serialized as a JSON object tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Header {
+    /// First frame from the agent: who it is and how to reach its opencode.
+    Hello {
+        version: u32,
+        /// The agent's software version, for logs.
+        agent: String,
+        /// The directory the local `opencode serve` works in (its `x-opencode-directory`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        directory: Option<String>,
+        /// The local opencode's basic-auth password, when it has one (the server must send it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+    },
+    /// Server -> agent: the link is accepted; streams may follow.
+    Welcome {
+        sandbox_id: String,
+    },
+    /// Server -> agent: a new stream; the agent connects it to its opencode.
+    Open {
+        stream: StreamId,
+    },
+    /// Bytes of a stream (the payload, 1..=[`CHUNK`] bytes).
+    Data {
+        stream: StreamId,
+    },
+    /// The sender will send no more bytes on this stream (a half-close).
+    End {
+        stream: StreamId,
+    },
+    /// The stream is over in both directions; `reason` says why, for logs.
+    Reset {
+        stream: StreamId,
+        reason: String,
+    },
+    /// The receiver handed on `bytes` more bytes: the sender may send that much more.
+    Credit {
+        stream: StreamId,
+        bytes: u32,
+    },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
+    /// The sender is closing the whole tunnel, for `reason` (`code` is machine-readable:
+    /// `replaced` when a newer connection of the same sandbox took over, `revoked`, `shutdown`,
+    /// `protocol`).
+    Goodbye {
+        code: String,
+        reason: String,
+    },
+}
+
+impl Header {
+    /// Whether this kind of frame carries a payload.
+    pub fn has_payload(&self) -> bool {
+        matches!(self, Header::Data { .. })
+    }
+}
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub header: Header,
+    pub payload: Bytes,
+}
+
+impl Frame {
+    pub fn new(header: Header) -> Frame {
+        Frame {
+            header,
+            payload: Bytes::new(),
+        }
+    }
+
+    pub fn data(stream: StreamId, payload: Bytes) -> Frame {
+        Frame {
+            header: Header::Data { stream },
+            payload,
+        }
+    }
+}
+
+/// Why bytes are not a valid frame. Every case names what was wrong, for the peer's log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("truncated frame: {0} bytes, fewer than the 4-byte header length")]
+    TruncatedLength(usize),
+    #[error("oversized frame header: {0} bytes, at most {MAX_HEADER}")]
+    HeaderTooLarge(usize),
+    #[error("truncated frame: the header length says {declared} bytes but only {available} follow")]
+    TruncatedHeader { declared: usize, available: usize },
+    #[error("bad frame header: {0}")]
+    BadHeader(String),
+    #[error("oversized frame payload: {0} bytes, at most {MAX_PAYLOAD}")]
+    PayloadTooLarge(usize),
+    #[error("a {0} frame carries no payload, but {1} bytes followed its header")]
+    UnexpectedPayload(&'static str, usize),
+    #[error("a data frame must carry 1 to {MAX_PAYLOAD} bytes, not 0")]
+    EmptyData,
+}
+
+impl Header {
+    fn kind(&self) -> &'static str {
+        match self {
+            Header::Hello { .. } => "hello",
+            Header::Welcome { .. } => "welcome",
+            Header::Open { .. } => "open",
+            Header::Data { .. } => "data",
+            Header::End { .. } => "end",
+            Header::Reset { .. } => "reset",
+            Header::Credit { .. } => "credit",
+            Header::Ping { .. } => "ping",
+            Header::Pong { .. } => "pong",
+            Header::Goodbye { .. } => "goodbye",
+        }
+    }
+}
+
+/// Encodes a frame. Fails only for a frame this side must never send (oversized header or
+/// payload), so a bug shows up here instead of at the peer.
+pub fn encode(frame: &Frame) -> Result<Bytes, FrameError> {
+    check_payload(&frame.header, frame.payload.len())?;
+    let header = serde_json::to_vec(&frame.header)
+        .map_err(|e| FrameError::BadHeader(format!("cannot serialize: {e}")))?;
+    if header.len() > MAX_HEADER {
+        return Err(FrameError::HeaderTooLarge(header.len()));
+    }
+    let mut out = BytesMut::with_capacity(4 + header.len() + frame.payload.len());
+    out.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&frame.payload);
+    Ok(out.freeze())
+}
+
+/// Decodes one whole frame (one WebSocket message). Never panics, whatever the input.
+pub fn decode(message: Bytes) -> Result<Frame, FrameError> {
+    if message.len() < 4 {
+        return Err(FrameError::TruncatedLength(message.len()));
+    }
+    let declared = u32::from_be_bytes([message[0], message[1], message[2], message[3]]) as usize;
+    if declared > MAX_HEADER {
+        return Err(FrameError::HeaderTooLarge(declared));
+    }
+    let available = message.len() - 4;
+    if declared > available {
+        return Err(FrameError::TruncatedHeader {
+            declared,
+            available,
+        });
+    }
+    let header: Header = serde_json::from_slice(&message[4..4 + declared])
+        .map_err(|e| FrameError::BadHeader(e.to_string()))?;
+    let payload = message.slice(4 + declared..);
+    check_payload(&header, payload.len())?;
+    Ok(Frame { header, payload })
+}
+
+fn check_payload(header: &Header, len: usize) -> Result<(), FrameError> {
+    if header.has_payload() {
+        if len == 0 {
+            return Err(FrameError::EmptyData);
+        }
+        if len > MAX_PAYLOAD {
+            return Err(FrameError::PayloadTooLarge(len));
+        }
+    } else if len > 0 {
+        return Err(FrameError::UnexpectedPayload(header.kind(), len));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(header: &str, payload: &[u8]) -> Bytes {
+        let mut v = (header.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(header.as_bytes());
+        v.extend_from_slice(payload);
+        Bytes::from(v)
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let frames = [
+            Frame::new(Header::Hello {
+                version: VERSION,
+                agent: "0.1.0".into(),
+                directory: Some("/home/me/project".into()),
+                password: None,
+            }),
+            Frame::new(Header::Open { stream: 7 }),
+            Frame::data(7, Bytes::from(vec![0xAB; CHUNK])),
+            Frame::new(Header::Credit {
+                stream: 7,
+                bytes: WINDOW,
+            }),
+            Frame::new(Header::Reset {
+                stream: u64::MAX,
+                reason: "connection refused".into(),
+            }),
+            Frame::new(Header::Goodbye {
+                code: "replaced".into(),
+                reason: "a newer connection".into(),
+            }),
+        ];
+        for f in frames {
+            assert_eq!(decode(encode(&f).unwrap()).unwrap(), f);
+        }
+        // The wire format is the documented one.
+        let bytes = encode(&Frame::new(Header::Ping { nonce: 3 })).unwrap();
+        assert_eq!(&bytes[..4], &25u32.to_be_bytes());
+        assert_eq!(&bytes[4..], br#"{"type":"ping","nonce":3}"#);
+    }
+
+    #[test]
+    fn broken_frames_are_refused_with_what_was_wrong() {
+        let cases: Vec<(Bytes, FrameError)> = vec![
+            (Bytes::from_static(b"\0\0"), FrameError::TruncatedLength(2)),
+            (
+                Bytes::from(((MAX_HEADER + 1) as u32).to_be_bytes().to_vec()),
+                FrameError::HeaderTooLarge(MAX_HEADER + 1),
+            ),
+            (
+                Bytes::from(u32::MAX.to_be_bytes().to_vec()),
+                FrameError::HeaderTooLarge(u32::MAX as usize),
+            ),
+            (
+                raw(r#"{"type":"open","stream":1}"#, b"").slice(..20),
+                FrameError::TruncatedHeader {
+                    declared: 26,
+                    available: 16,
+                },
+            ),
+            (
+                raw(r#"{"type":"data","stream":1}"#, &vec![0; MAX_PAYLOAD + 1]),
+                FrameError::PayloadTooLarge(MAX_PAYLOAD + 1),
+            ),
+            (
+                raw(r#"{"type":"data","stream":1}"#, b""),
+                FrameError::EmptyData,
+            ),
+            (
+                raw(r#"{"type":"open","stream":1}"#, b"xyz"),
+                FrameError::UnexpectedPayload("open", 3),
+            ),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(decode(bytes).unwrap_err(), want);
+        }
+        for bad in [
+            r#"{"type":"nope"}"#,
+            r#"{"type":"open"}"#,
+            r#"{"type":"open","stream":-1}"#,
+            r#"{"type":"open","stream":1,"extra":true}"#,
+            r#"not json"#,
+            r#"[]"#,
+        ] {
+            let err = decode(raw(bad, b"")).unwrap_err();
+            assert!(matches!(err, FrameError::BadHeader(_)), "{bad}: {err}");
+        }
+        // The message names what was wrong.
+        assert_eq!(
+            FrameError::TruncatedHeader {
+                declared: 26,
+                available: 16
+            }
+            .to_string(),
+            "truncated frame: the header length says 26 bytes but only 16 follow"
+        );
+    }
+
+    #[test]
+    fn this_side_never_sends_what_the_peer_would_refuse() {
+        let too_big = Frame::data(1, Bytes::from(vec![1; CHUNK + 1]));
+        assert_eq!(
+            encode(&too_big).unwrap_err(),
+            FrameError::PayloadTooLarge(CHUNK + 1)
+        );
+        let huge_header = Frame::new(Header::Reset {
+            stream: 1,
+            reason: "x".repeat(MAX_HEADER),
+        });
+        assert!(matches!(
+            encode(&huge_header).unwrap_err(),
+            FrameError::HeaderTooLarge(_)
+        ));
+    }
+}

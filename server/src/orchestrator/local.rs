@@ -1,0 +1,258 @@
+//! Local sandboxes: a developer's machine joined through the tunnel. The tunnel endpoint
+//! ([`crate::tunnel`]) tells the orchestrator when an agent's link comes up (with an HTTP endpoint
+//! that reaches its `opencode serve` through the tunnel) and when it drops; in between the sandbox
+//! is `running` and takes runs like a warm sandbox, otherwise it is `offline`. Nothing here pauses
+//! it (its machine is not ours to stop), and deleting it closes the link and revokes the token.
+
+use std::time::Duration;
+
+use delegate_mcp::types::{ChangeKind, ChangedFile, SandboxStatus};
+use tokio_util::sync::CancellationToken;
+
+use super::{Orchestrator, OrchestratorError, Result, Warm, lock};
+use crate::ids::{new_id, now_ms};
+use crate::sandbox::ServeEndpoint;
+use crate::store::{Sandbox, SandboxKind, StoreError, Workspace};
+
+/// The `backend` of local sandboxes.
+pub const LOCAL_BACKEND: &str = "local";
+
+/// The links of this process's local sandboxes.
+#[derive(Default)]
+pub(super) struct Links {
+    pub(super) map: std::sync::Mutex<std::collections::HashMap<String, LocalLink>>,
+    /// Held across a link's coming or going (map and status together), so a replaced link's
+    /// departure cannot mark offline a sandbox its successor just brought up.
+    transitions: tokio::sync::Mutex<()>,
+}
+
+/// The link currently serving a local sandbox.
+pub(super) struct LocalLink {
+    generation: u64,
+    /// Cancelled when the sandbox is deleted: the tunnel then closes the link.
+    revoked: CancellationToken,
+}
+
+impl Orchestrator {
+    /// Records a local sandbox for a newly registered agent; `offline` until its link comes up.
+    pub async fn register_local(
+        &self,
+        ws: &Workspace,
+        name: &str,
+        created_by: Option<String>,
+    ) -> Result<Sandbox> {
+        if name.trim().is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+            return Err(OrchestratorError::BadInput(
+                "name: 1 to 200 characters, no control characters".into(),
+            ));
+        }
+        let now = now_ms();
+        let sandbox = Sandbox {
+            id: new_id("sbx"),
+            workspace_id: ws.id.clone(),
+            name: name.trim().to_string(),
+            kind: SandboxKind::Local,
+            backend: LOCAL_BACKEND.into(),
+            status: SandboxStatus::Offline,
+            status_reason: Some("its agent has not connected yet".into()),
+            idle_timeout_s: None,
+            meta: serde_json::json!({}),
+            created_by,
+            created_at: now,
+            updated_at: now,
+        };
+        self.inner.store.insert_sandbox(&sandbox).await?;
+        Ok(sandbox)
+    }
+
+    /// An agent's link is up: the sandbox is `running` and its opencode answers at `endpoint`.
+    /// `generation` tells this link from later ones; `revoked` is cancelled if the sandbox is
+    /// deleted while the link lasts.
+    pub async fn local_up(
+        &self,
+        sandbox_id: &str,
+        endpoint: ServeEndpoint,
+        generation: u64,
+        revoked: CancellationToken,
+    ) -> Result<()> {
+        let _serial = self.inner.local.transitions.lock().await;
+        let sandbox = self.inner.store.sandbox(sandbox_id).await?;
+        if sandbox.backend != LOCAL_BACKEND {
+            return Err(OrchestratorError::BadInput(format!(
+                "sandbox {sandbox_id} is not a local sandbox"
+            )));
+        }
+        lock(&self.inner.local.map).insert(
+            sandbox_id.to_string(),
+            LocalLink {
+                generation,
+                revoked,
+            },
+        );
+        lock(&self.inner.warm).insert(
+            sandbox_id.to_string(),
+            Warm {
+                endpoint,
+                last_session: None,
+                last_active: std::time::Instant::now(),
+                // Never paused for idleness: the machine is the developer's.
+                idle_timeout: Duration::MAX,
+            },
+        );
+        self.inner
+            .store
+            .set_sandbox_owner(sandbox_id, &self.inner.instance_id)
+            .await?;
+        match sandbox.status {
+            // A newer link of the same agent, or another server noticed no drop yet.
+            SandboxStatus::Running => Ok(()),
+            SandboxStatus::Offline => {
+                self.set_sandbox_status(
+                    sandbox_id,
+                    SandboxStatus::Offline,
+                    SandboxStatus::Running,
+                    None,
+                )
+                .await
+            }
+            status => {
+                self.forget_local(sandbox_id, generation);
+                Err(OrchestratorError::NotRunning {
+                    id: sandbox_id.to_string(),
+                    status,
+                })
+            }
+        }
+    }
+
+    /// The link of `generation` dropped: unless a newer link took over, the sandbox is `offline`
+    /// and runs into it get a clear error.
+    pub async fn local_down(&self, sandbox_id: &str, generation: u64) -> Result<()> {
+        let _serial = self.inner.local.transitions.lock().await;
+        if !self.forget_local(sandbox_id, generation) {
+            return Ok(());
+        }
+        match self
+            .set_sandbox_status(
+                sandbox_id,
+                SandboxStatus::Running,
+                SandboxStatus::Offline,
+                Some("its agent is not connected"),
+            )
+            .await
+        {
+            // Deleted meanwhile, or already offline.
+            Err(OrchestratorError::Store(StoreError::StaleStatus { .. })) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Drops the in-memory link of `generation`; false when a newer one holds the sandbox.
+    fn forget_local(&self, sandbox_id: &str, generation: u64) -> bool {
+        let mut local = lock(&self.inner.local.map);
+        if local
+            .get(sandbox_id)
+            .is_none_or(|l| l.generation != generation)
+        {
+            return false;
+        }
+        local.remove(sandbox_id);
+        lock(&self.inner.warm).remove(sandbox_id);
+        true
+    }
+
+    /// The endpoint (URL and password) of a running sandbox's opencode serve in this process.
+    pub fn local_endpoint(&self, sandbox_id: &str) -> Option<ServeEndpoint> {
+        lock(&self.inner.warm)
+            .get(sandbox_id)
+            .map(|w| w.endpoint.clone())
+    }
+
+    /// At shutdown: every link of this process ends, so its sandboxes are `offline` until their
+    /// agents reconnect (to this server once it is back, or to a peer).
+    pub(super) async fn local_shutdown(&self) {
+        let links: Vec<(String, u64)> = lock(&self.inner.local.map)
+            .iter()
+            .map(|(id, l)| (id.clone(), l.generation))
+            .collect();
+        for (id, generation) in links {
+            if let Err(e) = self.local_down(&id, generation).await {
+                tracing::warn!(sandbox = %id, error = %e, "could not mark a local sandbox offline");
+            }
+        }
+    }
+
+    /// What a run changed in a connected local sandbox, as its opencode reports it (the files are
+    /// on the developer's machine): the session's diff, or else the repository's uncommitted
+    /// changes; `None` for other sandboxes or when opencode does not answer.
+    pub(super) async fn local_changes(
+        &self,
+        sandbox_id: &str,
+        session: &str,
+    ) -> Option<(Vec<ChangedFile>, String, bool)> {
+        if !lock(&self.inner.local.map).contains_key(sandbox_id) {
+            return None;
+        }
+        let endpoint = self.local_endpoint(sandbox_id)?;
+        let client = crate::opencode::serve::ServeClient::new(
+            &endpoint.url,
+            endpoint.password.clone(),
+            &endpoint.directory,
+        );
+        // opencode's own account of the session first; when it has none (no snapshots), the
+        // repository's uncommitted changes.
+        let files = match client.session_diff(session).await {
+            Ok(v) if v.as_array().is_some_and(|a| !a.is_empty()) => v,
+            Ok(_) => match client.vcs_diff().await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(sandbox = sandbox_id, error = %e, "could not ask a local opencode what changed");
+                    return None;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(sandbox = sandbox_id, error = %e, "could not ask a local opencode what changed");
+                return None;
+            }
+        };
+        let max = self.inner.settings.diff_max_bytes;
+        let (mut changed, mut diff, mut truncated) = (Vec::new(), String::new(), false);
+        for f in files.as_array().into_iter().flatten() {
+            let Some(path) = f.get("file").and_then(|v| v.as_str()) else {
+                continue;
+            };
+            let change = match f.get("status").and_then(|v| v.as_str()) {
+                Some("added") => ChangeKind::Added,
+                Some("deleted") => ChangeKind::Deleted,
+                _ => ChangeKind::Modified,
+            };
+            changed.push(ChangedFile {
+                path: path.to_string(),
+                change,
+            });
+            let patch = f.get("patch").and_then(|v| v.as_str()).unwrap_or("");
+            if diff.len() + patch.len() > max {
+                let room = max.saturating_sub(diff.len());
+                let cut = (0..=room.min(patch.len()))
+                    .rev()
+                    .find(|i| patch.is_char_boundary(*i))
+                    .unwrap_or(0);
+                diff.push_str(&patch[..cut]);
+                truncated = true;
+            } else if !truncated {
+                diff.push_str(patch);
+                if !patch.is_empty() && !patch.ends_with('\n') {
+                    diff.push('\n');
+                }
+            }
+        }
+        Some((changed, diff, truncated))
+    }
+
+    /// Closes a local sandbox's link (it is being deleted).
+    pub(super) fn revoke_local(&self, sandbox_id: &str) {
+        if let Some(link) = lock(&self.inner.local.map).remove(sandbox_id) {
+            link.revoked.cancel();
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! One agent's link: authenticate the upgrade, run the handshake, expose the agent's opencode on
+//! a loopback listener while the link lasts, and tell the orchestrator when it comes and goes.
+
+use std::io;
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use delegate_agent::mux::{Mux, Role, Transport, pump, recv_frame, send_frame};
+use delegate_agent::protocol::{Frame, Header, MAX_FRAME, VERSION};
+use delegate_mcp::types::SandboxStatus;
+use futures::{SinkExt, StreamExt, future};
+use tokio_util::sync::CancellationToken;
+
+use super::{TUNNEL_TOKEN_PREFIX, Tunnels};
+use crate::ids::{hash_secret, is_id, new_secret, now_ms};
+use crate::sandbox::ServeEndpoint;
+use crate::serve::json_error;
+use crate::settings::Secret;
+use crate::store::{StoreError, TokenKind};
+
+/// How long a new link has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `GET /api/tunnel/{sandbox_id}`: checks the tunnel token before anything else, then upgrades.
+pub(super) async fn upgrade(
+    State(tunnels): State<Tunnels>,
+    Path(sandbox_id): Path<String>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let unauthorized = || {
+        json_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send `Authorization: Bearer dlt_...`, the tunnel token `delegate agent connect` saved",
+        )
+    };
+    let Some(token) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| t.starts_with(TUNNEL_TOKEN_PREFIX))
+    else {
+        return unauthorized();
+    };
+    let store = tunnels.inner.orch.store();
+    let record = match store.token_by_hash(&hash_secret(token)).await {
+        Ok(r) => r,
+        Err(StoreError::NotFound(_)) => return unauthorized(),
+        Err(e) => {
+            tracing::error!(error = %e, "tunnel token check failed");
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "try again later",
+            );
+        }
+    };
+    if record.kind != TokenKind::Tunnel
+        || record.revoked_at.is_some()
+        || record.expires_at.is_some_and(|t| t <= now_ms())
+    {
+        return unauthorized();
+    }
+    if !is_id("sbx", &sandbox_id) || record.sandbox_id.as_deref() != Some(sandbox_id.as_str()) {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this tunnel token belongs to another sandbox",
+        );
+    }
+    match store.sandbox(&sandbox_id).await {
+        Ok(s)
+            if !matches!(
+                s.status,
+                SandboxStatus::Deleting | SandboxStatus::Deleted | SandboxStatus::Failed
+            ) => {}
+        Ok(_) | Err(StoreError::NotFound(_)) => {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "this sandbox was deleted; register again with a new code",
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "tunnel sandbox lookup failed");
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "try again later",
+            );
+        }
+    }
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("a WebSocket upgrade is required here: {rejection}"),
+            );
+        }
+    };
+    ws.max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .on_upgrade(move |socket| session(tunnels, sandbox_id, socket))
+        .into_response()
+}
+
+/// Runs one link until it drops, is replaced, or its sandbox is deleted.
+async fn session(tunnels: Tunnels, sandbox_id: String, socket: WebSocket) {
+    let mut link = adapt(socket);
+    let refuse = |reason: String| {
+        Frame::new(Header::Goodbye {
+            code: "protocol".into(),
+            reason,
+        })
+    };
+    let (directory, password) = match recv_frame(&mut link, HELLO_TIMEOUT).await {
+        Ok(Frame {
+            header:
+                Header::Hello {
+                    version: VERSION,
+                    directory,
+                    password,
+                    ..
+                },
+            ..
+        }) => (directory, password),
+        Ok(Frame {
+            header: Header::Hello { version, .. },
+            ..
+        }) => {
+            let reason = format!(
+                "protocol version {version} is not supported (this server speaks {VERSION}); \
+                 update delegate on the agent's machine"
+            );
+            let _ = send_frame(&mut link, refuse(reason)).await;
+            return;
+        }
+        Ok(other) => {
+            let reason = format!("expected hello, got {:?}", other.header);
+            let _ = send_frame(&mut link, refuse(reason)).await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(sandbox = %sandbox_id, error = %e, "tunnel handshake failed");
+            return;
+        }
+    };
+    // The agent's opencode, as an HTTP endpoint on this host for runs and the gateway.
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot bind a loopback listener for a tunnel");
+            let _ = send_frame(&mut link, refuse("the server cannot take links now".into())).await;
+            return;
+        }
+    };
+    let url = match listener.local_addr() {
+        Ok(a) => format!("http://{a}"),
+        Err(_) => return,
+    };
+    let welcome = Frame::new(Header::Welcome {
+        sandbox_id: sandbox_id.clone(),
+    });
+    if send_frame(&mut link, welcome).await.is_err() {
+        return;
+    }
+    let (mux, _) = Mux::start(link, Role::Opener);
+    let generation = tunnels.install(&sandbox_id, mux.clone());
+    let revoked = CancellationToken::new();
+    // opencode without a password of its own ignores this one; the guard checks it either way.
+    let password = password.unwrap_or_else(|| new_secret(""));
+    let endpoint = ServeEndpoint {
+        url,
+        password: Secret::new(password.clone()),
+        directory: directory.unwrap_or_else(|| ".".into()),
+    };
+    let orch = tunnels.inner.orch.clone();
+    if let Err(e) = orch
+        .local_up(&sandbox_id, endpoint, generation, revoked.clone())
+        .await
+    {
+        tracing::warn!(sandbox = %sandbox_id, error = %e, "refused a local agent's link");
+        mux.close("revoked", &e.to_string());
+        tunnels.remove(&sandbox_id, generation);
+        return;
+    }
+    tracing::info!(sandbox = %sandbox_id, "local agent connected");
+    let accept = async {
+        loop {
+            let tcp = match listener.accept().await {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of descriptors, most likely: do not spin.
+                    tracing::warn!(error = %e, "loopback accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let mux = mux.clone();
+            let password = password.clone();
+            tokio::spawn(async move {
+                let mut tcp = tcp;
+                let Some(head) = super::guard::admit(&mut tcp, &password).await else {
+                    return;
+                };
+                match mux.open().await {
+                    Ok(stream) => {
+                        if stream.send(head.into()).await.is_ok() {
+                            pump(stream, tcp).await;
+                        }
+                    }
+                    // Dropping the connection is the answer: the link is gone or full.
+                    Err(e) => tracing::debug!(error = %e, "no stream for a loopback connection"),
+                }
+            });
+        }
+    };
+    let closed = tokio::select! {
+        c = mux.closed() => c,
+        _ = revoked.cancelled() => {
+            mux.close("revoked", "the sandbox was deleted");
+            mux.closed().await
+        }
+        _ = accept => unreachable_accept(),
+    };
+    drop(listener);
+    tunnels.remove(&sandbox_id, generation);
+    if let Err(e) = orch.local_down(&sandbox_id, generation).await {
+        tracing::warn!(sandbox = %sandbox_id, error = %e, "could not mark a local sandbox offline");
+    }
+    tracing::info!(sandbox = %sandbox_id, code = %closed.code, reason = %closed.reason, "local agent disconnected");
+}
+
+fn unreachable_accept() -> delegate_agent::mux::Closed {
+    delegate_agent::mux::Closed {
+        code: "local".into(),
+        reason: "the loopback listener stopped".into(),
+    }
+}
+
+/// axum's WebSocket as a tunnel [`Transport`]: binary messages are frames, text is refused, and
+/// pings, pongs and close are the library's business.
+fn adapt(ws: WebSocket) -> impl Transport {
+    ws.sink_map_err(io::Error::other)
+        .with(|b: Bytes| future::ready(Ok::<_, io::Error>(Message::Binary(b))))
+        .filter_map(|m| {
+            future::ready(match m {
+                Ok(Message::Binary(b)) => Some(Ok(b)),
+                Ok(Message::Text(_)) => Some(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a text message on the tunnel",
+                ))),
+                Ok(_) => None,
+                Err(e) => Some(Err(io::Error::other(e))),
+            })
+        })
+}
