@@ -178,6 +178,23 @@ async fn the_web_ui_end_to_end_in_chromium() {
         )
         .await;
     let sandbox_id = sandbox_id.as_str().unwrap().to_string();
+
+    // A code that connects a machine of one's own (a local agent), with the command to run.
+    b.click("#create-agent-code").await;
+    let command = b
+        .wait_until(
+            "the agent command",
+            "const p = document.querySelector('#agent-command'); return p ? p.textContent : null",
+        )
+        .await;
+    let command = command.as_str().unwrap();
+    assert!(
+        command.starts_with(&format!(
+            "delegate agent connect --server {} --code dac_",
+            s.url("")
+        )) && command.contains("--opencode-url http://127.0.0.1:4096"),
+        "{command}"
+    );
     let name = b
         .js(
             "return document.querySelector('#sandboxes tr[data-sandbox] td a').textContent",
@@ -463,6 +480,7 @@ async fn the_web_ui_end_to_end_in_chromium() {
         .await;
     for control in [
         "#create-sandbox",
+        "#create-agent-code",
         "button[data-action=delete]",
         "button[data-action=pause]",
         "button[data-action=open]",

@@ -14,7 +14,7 @@ export async function sandboxesView(main, ws) {
   const writer = can(role, 'developer');
   const list = h('div', { id: 'sandbox-list', 'aria-live': 'polite' }, h('p.muted', {}, 'Loading…'));
   const parts = [h('h1', {}, 'Sandboxes')];
-  if (writer) parts.push(createForm(ws, () => refresh()));
+  if (writer) parts.push(createForm(ws, () => refresh()), connectMachine(ws));
   else parts.push(h('p.muted', { id: 'read-only-note' }, `You are a ${role || 'visitor'} here: you can look, not change.`));
   parts.push(list);
   fill(main, ...parts);
@@ -67,6 +67,32 @@ function createForm(ws, done) {
       }
     },
   }, field('Name (optional)', name), button);
+}
+
+// A one-time code that registers a developer's own machine (its opencode serve) as a `local`
+// sandbox of this workspace, shown with the command to run there.
+function connectMachine(ws) {
+  const out = h('div', { id: 'agent-code', 'aria-live': 'polite' });
+  const button = h('button', { type: 'submit', id: 'create-agent-code' }, 'Connect a machine');
+  return h('form.card.inline', {
+    'aria-label': 'Connect a machine of your own',
+    onsubmit: async (e) => {
+      e.preventDefault();
+      button.disabled = true;
+      try {
+        const c = await post(`/api/workspaces/${q(ws)}/agent-codes`, {});
+        // Without DELEGATE_PUBLIC_URL the server cannot know its own address; this page does.
+        const command = c.command.replace('--server URL ', `--server ${location.origin} `);
+        fill(out,
+          h('p', {}, `Run this on the machine, next to its opencode serve. The code works once, until ${fmtTime(c.expires_at)}.`),
+          h('pre', { id: 'agent-command', tabindex: 0 }, command));
+      } catch (err) {
+        toast(err.message, 'error');
+      } finally {
+        button.disabled = false;
+      }
+    },
+  }, button, out);
 }
 
 function sandboxTable(sandboxes, writer, refresh) {
