@@ -41,6 +41,15 @@ impl Client {
             .header("host", host)
     }
 
+    /// The gateway's answer to a browser with `cookie` asking for `host`'s front page.
+    async fn front_page(&self, host: &str, cookie: &str) -> reqwest::Response {
+        self.on(host, "/")
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+    }
+
     fn post_on(&self, host: &str, path: &str) -> reqwest::RequestBuilder {
         self.http
             .post(format!("{}{path}", self.server_addr))
@@ -342,30 +351,15 @@ async fn the_gateway_admits_only_current_members_of_the_sandbox_it_was_opened_fo
     drop(socket);
 
     // The cookie for A does not open B.
-    let r = c
-        .on(&s.sandbox_host(&b), "/")
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let r = c.front_page(&s.sandbox_host(&b), &cookie).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER, "A's cookie on B");
 
     // Demoted to guest: refused on the next request; removed: sent to sign in.
     add_member(&s.orch, &ws, &dev, Role::Guest).await;
-    let r = c
-        .on(&s.sandbox_host(&a), "/")
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let r = c.front_page(&s.sandbox_host(&a), &cookie).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     add_member(&s.orch, &ws, &dev, Role::Developer).await;
-    let r = c
-        .on(&s.sandbox_host(&a), "/")
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let r = c.front_page(&s.sandbox_host(&a), &cookie).await;
     assert_eq!(r.status(), 200, "a developer again");
     let removed = reqwest::Client::new()
         .delete(s.url(&format!(
@@ -377,24 +371,14 @@ async fn the_gateway_admits_only_current_members_of_the_sandbox_it_was_opened_fo
         .await
         .unwrap();
     assert_eq!(removed.status(), 204);
-    let r = c
-        .on(&s.sandbox_host(&a), "/")
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let r = c.front_page(&s.sandbox_host(&a), &cookie).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER, "a removed member is out");
 
     // Signing out of delegate closes the gateway opened with that session.
     let (status, t, session) = ticket_and_session(&s, &owner.email, &owner.password, &a).await;
     assert_eq!(status, 200);
     let (owner_cookie, _) = redeem(&c, &s, &a, t["url"].as_str().unwrap()).await;
-    let r = c
-        .on(&s.sandbox_host(&a), "/")
-        .header("cookie", &owner_cookie)
-        .send()
-        .await
-        .unwrap();
+    let r = c.front_page(&s.sandbox_host(&a), &owner_cookie).await;
     assert_eq!(r.status(), 200);
     let out = reqwest::Client::new()
         .post(s.url("/api/auth/logout"))
@@ -404,12 +388,7 @@ async fn the_gateway_admits_only_current_members_of_the_sandbox_it_was_opened_fo
         .await
         .unwrap();
     assert_eq!(out.status(), 204);
-    let r = c
-        .on(&s.sandbox_host(&a), "/")
-        .header("cookie", &owner_cookie)
-        .send()
-        .await
-        .unwrap();
+    let r = c.front_page(&s.sandbox_host(&a), &owner_cookie).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER, "signed out, so out");
 
     // Guests get no ticket; an unknown or foreign sandbox is not found.
