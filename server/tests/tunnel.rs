@@ -627,17 +627,24 @@ fn pattern(offset: usize, n: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A server, and a running agent whose machine serves the checksum server, joined through a
+/// relay the test controls.
+async fn checksum_agent(h: &Harness) -> (Server, Relay, Agent, String) {
+    let s = Server::start(h, Registration::Invite, None).await;
+    let owner = account(&s.orch, "owner").await;
+    let local = checksum_server().await;
+    let relay = Relay::start(s.host.clone()).await;
+    let (agent, id) = join(&s, &owner, &relay, &h.dir.path().join("config"), &local).await;
+    wait_status(&s, &id, SandboxStatus::Running, Duration::from_secs(30)).await;
+    (s, relay, agent, id)
+}
+
 #[tokio::test]
 async fn large_bodies_a_stalled_reader_and_websocket_upgrades_cross_the_tunnel() {
     let Some(h) = Harness::new(Script::text("unused")).await else {
         return;
     };
-    let s = Server::start(&h, Registration::Invite, None).await;
-    let owner = account(&s.orch, "owner").await;
-    let local = checksum_server().await;
-    let relay = Relay::start(s.host.clone()).await;
-    let (_agent, id) = join(&s, &owner, &relay, &h.dir.path().join("config"), &local).await;
-    wait_status(&s, &id, SandboxStatus::Running, Duration::from_secs(30)).await;
+    let (s, _relay, _agent, id) = checksum_agent(&h).await;
     let (endpoint, http) = endpoint(&s, &id);
 
     // A 50 MiB download whose reader stops after the first chunk (a slow browser)...
@@ -785,12 +792,7 @@ async fn a_silent_link_is_noticed_by_its_pings_and_replaced() {
     let Some(h) = Harness::new(Script::text("unused")).await else {
         return;
     };
-    let s = Server::start(&h, Registration::Invite, None).await;
-    let owner = account(&s.orch, "owner").await;
-    let local = checksum_server().await;
-    let relay = Relay::start(s.host.clone()).await;
-    let (agent, id) = join(&s, &owner, &relay, &h.dir.path().join("config"), &local).await;
-    wait_status(&s, &id, SandboxStatus::Running, Duration::from_secs(30)).await;
+    let (s, relay, agent, id) = checksum_agent(&h).await;
     // In flight when the link goes silent: a download that never finishes.
     let (endpoint, http) = endpoint(&s, &id);
     let mut body = http
