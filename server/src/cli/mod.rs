@@ -44,7 +44,7 @@ enum Command {
     /// Manage users.
     #[command(subcommand)]
     User(admin::UserCommand),
-    /// Manage API tokens.
+    /// Manage API tokens, and proxy tokens for sandboxes you run yourself (`token proxy`).
     #[command(subcommand)]
     Token(admin::TokenCommand),
     /// Join this machine's opencode to a server as a local sandbox (reverse tunnel).
