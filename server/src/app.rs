@@ -28,11 +28,6 @@ pub enum StartError {
     BackendUnavailable(&'static str),
 }
 
-/// Installs the process-wide TLS provider (ring); harmless when called twice.
-pub fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// Opens the store named by the settings, creating the data dir first.
 pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartError> {
     std::fs::create_dir_all(&settings.data_dir).map_err(|source| StartError::DataDir {
@@ -56,7 +51,7 @@ async fn docker_backend(settings: &Settings, proxy: &Proxy) -> Result<DockerBack
 
 /// An orchestrator embedded in this process: its own store, proxy and backend.
 pub async fn embedded(settings: Settings) -> Result<Orchestrator, StartError> {
-    install_crypto();
+    crate::net::install_crypto();
     let store = open_store(&settings).await?;
     let active_runs = ActiveRuns::default();
     let proxy = Proxy::new(

@@ -197,9 +197,10 @@ impl Service {
             status_reason: s.status_reason.clone(),
             watch_url: public.map(|u| format!("{}/sandboxes/{}", u.trim_end_matches('/'), s.id)),
             // Browsers go through the gateway when there is one (the loopback URL is the server's).
-            opencode_url: self.orch.opencode_url(&s.id).map(|local| {
-                crate::gateway::sandbox_origin(self.orch.settings(), &s.id).unwrap_or(local)
-            }),
+            opencode_url: self
+                .orch
+                .opencode_url(&s.id)
+                .map(|local| self.orch.settings().sandbox_origin(&s.id).unwrap_or(local)),
             created_at: s.created_at,
         }
     }
@@ -252,7 +253,7 @@ impl Service {
                     Some(Ok(e)) => {
                         if is_meaningful(&e) {
                             // Progress is best effort: a slow client must not stall the run.
-                            let _ = progress.try_send(Progress { seq: e.seq, message: crate::events::describe(&e) });
+                            let _ = progress.try_send(Progress { seq: e.seq, message: crate::opencode::events::describe(&e) });
                         }
                     }
                     Some(Err(e)) => {

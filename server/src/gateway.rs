@@ -40,7 +40,6 @@ pub const COOKIE: &str = "delegate_gateway";
 /// The gateway's own path on `oc-{id}` hosts (never forwarded to opencode).
 pub const AUTH_PATH: &str = "/_delegate/auth";
 /// Host label prefix of sandbox hosts.
-const HOST_PREFIX: &str = "oc-";
 /// Entries kept at most (tickets, cookies): a flood of opens cannot grow memory without bound.
 const MAX_ENTRIES: usize = 100_000;
 /// While a stream (SSE, WebSocket) to a sandbox is open, its viewer counts as activity this often,
@@ -97,7 +96,7 @@ impl Gateway {
 
     /// The gateway origin of a sandbox; `None` without `BASE_DOMAIN`.
     pub fn sandbox_origin(&self, sandbox_id: &str) -> Option<String> {
-        sandbox_origin(self.orch().settings(), sandbox_id)
+        self.orch().settings().sandbox_origin(sandbox_id)
     }
 
     /// Where the sign-in page lives: the public URL, else the base domain itself.
@@ -158,7 +157,7 @@ impl Gateway {
         let domain = self.orch().settings().base_domain.as_deref()?;
         let host = host.trim().to_ascii_lowercase();
         let label = host.strip_suffix(domain)?.strip_suffix('.')?;
-        let id = label.strip_prefix(HOST_PREFIX)?;
+        let id = label.strip_prefix(crate::settings::SANDBOX_HOST_PREFIX)?;
         crate::ids::is_id("sbx", id).then(|| id.to_string())
     }
 
@@ -321,16 +320,6 @@ impl Gateway {
             }
         }
     }
-}
-
-/// `{scheme}://oc-{id}.{base_domain}`, where a browser finds a sandbox's opencode; `None` without
-/// `BASE_DOMAIN`.
-pub fn sandbox_origin(settings: &crate::settings::Settings, sandbox_id: &str) -> Option<String> {
-    let domain = settings.base_domain.as_deref()?;
-    Some(format!(
-        "{}://{HOST_PREFIX}{sandbox_id}.{domain}",
-        settings.base_scheme
-    ))
 }
 
 /// Whether a request may go through: reads always; a change (unsafe method) or a WebSocket only

@@ -5,7 +5,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod delegation;
-pub mod events;
+pub mod envelope;
 pub mod gateway;
 pub mod ids;
 pub mod net;

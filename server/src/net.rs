@@ -6,6 +6,11 @@ use axum::Router;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
+/// Installs the process-wide TLS provider (ring); harmless when called twice.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, with TCP_NODELAY on every connection:
 /// without it the last small write of a streamed reply waits for a delayed ACK (~40 ms).
 pub async fn serve_tcp(

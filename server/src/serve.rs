@@ -9,17 +9,12 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use delegate_mcp::HttpConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiState;
 use crate::api::ops::{HttpMetrics, track};
-use crate::auth::{AuthError, caller_from_bearer};
 use crate::delegation::EmbeddedDelegator;
 use crate::orchestrator::Orchestrator;
 
@@ -40,7 +35,7 @@ pub fn router(
         .nest_service("/mcp", mcp)
         .layer(axum::middleware::from_fn_with_state(
             orch.clone(),
-            require_token,
+            crate::auth::require_token,
         ));
     let metrics = Arc::new(HttpMetrics::default());
     let state = ApiState::new(orch.clone(), metrics.clone());
@@ -111,74 +106,3 @@ pub async fn serve(
 
 /// How long open connections get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Resolves `Authorization: Bearer dlg_...`, or else the session cookie, to a
-/// [`delegate_mcp::delegator::Caller`] in the request's extensions; without a valid one: 401 with
-/// `WWW-Authenticate`. A cookie-authenticated change must pass the CSRF origin check
-/// ([`crate::auth::csrf`]) or gets 403 before any handler runs.
-pub(crate) async fn require_token(
-    State(orch): State<Orchestrator>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let cookie = request
-        .headers()
-        .get(header::COOKIE)
-        .and_then(|v| v.to_str().ok());
-    let resolved = match (header, crate::auth::sessions::cookie_value(cookie)) {
-        (None, Some(secret)) => {
-            if !crate::auth::csrf::allowed(
-                request.method(),
-                request.headers(),
-                orch.settings().public_url.as_deref(),
-            ) {
-                return json_error(
-                    StatusCode::FORBIDDEN,
-                    "csrf",
-                    "a change with a session cookie must come from this server's own origin \
-                     (Origin or Referer header)",
-                );
-            }
-            crate::auth::sessions::caller_from_session(orch.store().as_ref(), secret).await
-        }
-        _ => caller_from_bearer(orch.store().as_ref(), header).await,
-    };
-    match resolved {
-        Ok(caller) => {
-            request.extensions_mut().insert(caller);
-            next.run(request).await
-        }
-        Err(AuthError::Store(e)) => {
-            tracing::error!(error = %e, "token check failed");
-            json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "try again later",
-            )
-        }
-        Err(e) => {
-            let mut response = json_error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                &format!(
-                    "{e}: send `Authorization: Bearer dlg_...` (create one with `delegate token create`)"
-                ),
-            );
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"delegate\""),
-            );
-            response
-        }
-    }
-}
-
-/// delegate's JSON error envelope: `{"error": {"code", "message"}}`.
-pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = serde_json::json!({ "error": { "code": code, "message": message } });
-    (status, axum::Json(body)).into_response()
-}

@@ -136,6 +136,9 @@ pub enum UpstreamCredential {
     AuthToken(Secret),
 }
 
+/// The first label of a sandbox's own host: `oc-{id}.BASE_DOMAIN` is the opencode gateway.
+pub const SANDBOX_HOST_PREFIX: &str = "oc-";
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
@@ -282,6 +285,16 @@ impl<const N: usize> EnvSource for [(&str, &str); N] {
 }
 
 impl Settings {
+    /// `{scheme}://oc-{id}.{base_domain}`, where a browser finds a sandbox's opencode; `None`
+    /// without `BASE_DOMAIN`.
+    pub fn sandbox_origin(&self, sandbox_id: &str) -> Option<String> {
+        let domain = self.base_domain.as_deref()?;
+        Some(format!(
+            "{}://{SANDBOX_HOST_PREFIX}{sandbox_id}.{domain}",
+            self.base_scheme
+        ))
+    }
+
     /// Defaults, then `file` (or `DELEGATE_CONFIG`) if given, then the environment.
     pub fn load(file: Option<&Path>, env: &dyn EnvSource) -> Result<Settings, SettingsError> {
         let file_path = file

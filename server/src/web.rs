@@ -55,7 +55,7 @@ pub async fn fallback(method: Method, uri: axum::http::Uri) -> Response {
     {
         return respond("index.html", index);
     }
-    crate::serve::json_error(StatusCode::NOT_FOUND, "not_found", "no such path")
+    crate::envelope::json_error(StatusCode::NOT_FOUND, "not_found", "no such path")
 }
 
 fn respond(path: &str, bytes: &'static [u8]) -> Response {

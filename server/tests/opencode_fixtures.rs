@@ -1,4 +1,4 @@
-//! The opencode normalizer (`delegate_server::events`) against real opencode 1.18.33 output captured
+//! The opencode normalizer (`delegate_server::opencode::events`) against real opencode 1.18.33 output captured
 //! in `shared/fixtures/opencode` (see its README), plus malformed input.
 //!
 //! The fixtures live outside the repository: set `DELEGATE_FIXTURES` to their directory, or keep the
@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use delegate_mcp::types::{ErrorKind, Usage};
-use delegate_server::events::{
+use delegate_server::opencode::events::{
     AgentEvent, ParseError, ParsedEvent, ServeEvent, ServeTracker, classify_error, parse_run_line,
 };
 use serde_json::{Value, json};

@@ -53,7 +53,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        crate::serve::json_error(self.status, self.code, &self.message)
+        crate::envelope::json_error(self.status, self.code, &self.message)
     }
 }
 

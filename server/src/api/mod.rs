@@ -5,6 +5,7 @@
 //! which checks the caller's role in one place.
 
 pub mod accounts;
+pub mod agents;
 mod error;
 pub mod open;
 pub mod openapi;
@@ -344,11 +345,11 @@ pub fn table() -> Vec<Route> {
             .body(schema::<workspaces::RoleInput>)
             .reply(201, "Created; the code is shown once", schema::<workspaces::CreatedInvite>),
         // Local agents (the tunnel itself is `/api/tunnel/{sandbox_id}`, a WebSocket with its own token).
-        Route::new(Method::POST, "/api/workspaces/{ws}/agent-codes", "createAgentCode", "Create a one-time code (10 minutes unless asked otherwise) that registers a local agent in this workspace", post(crate::tunnel::registration::create_code))
+        Route::new(Method::POST, "/api/workspaces/{ws}/agent-codes", "createAgentCode", "Create a one-time code (10 minutes unless asked otherwise) that registers a local agent in this workspace", post(agents::create_code))
             .param("ws", In::Path, "string", "Workspace slug or id")
             .body(schema::<delegate_agent::wire::CreateCodeInput>)
             .reply(201, "Created; the code is shown once", schema::<delegate_agent::wire::CreatedCode>),
-        Route::new(Method::POST, "/api/agents/register", "registerAgent", "Trade a registration code (once) for a local sandbox and its tunnel token (shown once); no API token", post(crate::tunnel::registration::register))
+        Route::new(Method::POST, "/api/agents/register", "registerAgent", "Trade a registration code (once) for a local sandbox and its tunnel token (shown once); no API token", post(agents::register))
             .public()
             .body(schema::<delegate_agent::wire::RegisterInput>)
             .reply(201, "Registered", schema::<delegate_agent::wire::Registered>),
@@ -413,7 +414,7 @@ pub fn routes(state: ApiState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.orch().clone(),
-            crate::serve::require_token,
+            crate::auth::require_token,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     public.nest("/api", private).with_state(state)

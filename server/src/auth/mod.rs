@@ -4,9 +4,12 @@
 
 pub mod csrf;
 pub mod limits;
+mod middleware;
 pub mod oidc;
 pub mod passwords;
 pub mod sessions;
+
+pub use middleware::require_token;
 
 use delegate_mcp::delegator::Caller;
 
@@ -26,6 +29,8 @@ pub enum AuthError {
 
 /// Prefix of API tokens, so they are recognisable (and greppable by secret scanners).
 pub const API_TOKEN_PREFIX: &str = "dlg_";
+/// Prefix of tunnel tokens (a local agent's credential for its sandbox's link).
+pub const TUNNEL_TOKEN_PREFIX: &str = "dlt_";
 
 /// Issues an API token for `user_id`; the secret is returned once and never stored.
 pub async fn create_api_token(

@@ -116,7 +116,7 @@ impl std::fmt::Debug for Sso {
 impl Sso {
     pub fn new(settings: SsoSettings) -> Self {
         // reqwest is built without a TLS provider of its own: make sure ring is installed.
-        crate::app::install_crypto();
+        crate::net::install_crypto();
         let http = reqwest::Client::builder()
             // Following redirects from a provider's back channel invites SSRF.
             .redirect(reqwest::redirect::Policy::none())

@@ -56,7 +56,7 @@ pub enum TokenCommand {
 }
 
 async fn store(settings: &Settings) -> anyhow::Result<std::sync::Arc<dyn Store>> {
-    delegate_server::app::install_crypto();
+    delegate_server::net::install_crypto();
     Ok(delegate_server::app::open_store(settings).await?)
 }
 

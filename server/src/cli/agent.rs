@@ -55,7 +55,7 @@ const DEFAULT_OPENCODE_URL: &str = "http://127.0.0.1:4096";
 
 pub async fn main(cmd: &AgentCommand) -> anyhow::Result<ExitCode> {
     let AgentCommand::Connect(args) = cmd;
-    delegate_server::app::install_crypto();
+    delegate_server::net::install_crypto();
     let path = match &args.credentials {
         Some(p) => p.clone(),
         None => credentials::default_path()?,

@@ -102,7 +102,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate => {
             let settings = load_settings(&cli)?;
             runtime()?.block_on(async {
-                delegate_server::app::install_crypto();
+                delegate_server::net::install_crypto();
                 let store = delegate_server::app::open_store(&settings).await?;
                 eprintln!("delegate: {} database is up to date", store.kind());
                 Ok(ExitCode::SUCCESS)

@@ -39,7 +39,7 @@ impl RemoteArgs {
         match (&self.server, &self.token) {
             (None, None) => Ok(None),
             (Some(server), Some(token)) => {
-                delegate_server::app::install_crypto();
+                delegate_server::net::install_crypto();
                 Ok(Some(RemoteDelegator::new(server, token)?))
             }
             // clap's `requires` catches these first; kept for callers that build the args.

@@ -1,6 +1,7 @@
-//! What delegate tells opencode: the environment of an offline, proxied opencode, and a client
-//! for `opencode serve`'s HTTP API (warm sandboxes).
+//! Everything about opencode: the environment of an offline, proxied opencode, a client for
+//! `opencode serve`'s HTTP API (warm sandboxes), and the parser that normalizes its JSON events.
 
+pub mod events;
 pub mod serve;
 
 use serde_json::json;

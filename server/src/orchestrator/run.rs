@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::log::RunLog;
 use super::{Orchestrator, OrchestratorError, Result, RunRequest, Warm, lock};
-use crate::events::{AgentEvent, ParsedEvent, ServeEvent, ServeTracker, parse_run_line};
 use crate::ids::{is_id, new_id, now_ms};
+use crate::opencode::events::{AgentEvent, ParsedEvent, ServeEvent, ServeTracker, parse_run_line};
 use crate::opencode::serve::ServeClient;
 use crate::sandbox::{AgentOutput, RunSpec, SandboxError, SandboxSpec};
 use crate::state::run_transition;

@@ -16,10 +16,11 @@ use delegate_mcp::types::SandboxStatus;
 use futures::{SinkExt, StreamExt, future};
 use tokio_util::sync::CancellationToken;
 
-use super::{TUNNEL_TOKEN_PREFIX, Tunnels};
+use super::Tunnels;
+use crate::auth::TUNNEL_TOKEN_PREFIX;
+use crate::envelope::json_error;
 use crate::ids::{hash_secret, is_id, new_secret, now_ms};
 use crate::sandbox::ServeEndpoint;
-use crate::serve::json_error;
 use crate::settings::Secret;
 use crate::store::{StoreError, TokenKind};
 

@@ -7,7 +7,6 @@
 
 mod guard;
 mod link;
-pub mod registration;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,9 +17,6 @@ use axum::routing::get;
 use delegate_agent::mux::Mux;
 
 use crate::orchestrator::Orchestrator;
-
-/// Prefix of tunnel tokens.
-pub const TUNNEL_TOKEN_PREFIX: &str = "dlt_";
 
 /// The live links of this process; cheap to clone.
 #[derive(Clone)]

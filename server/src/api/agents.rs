@@ -1,4 +1,4 @@
-//! Registering a local agent: a developer (or above) of a workspace asks for a one-time code that
+//! Registering a local agent (the REST side of the tunnel, [`crate::tunnel`]): a developer (or above) of a workspace asks for a one-time code that
 //! expires (10 minutes unless asked otherwise); `delegate agent connect --code` trades it, once,
 //! for a new local sandbox and its tunnel token. Codes and tokens are stored as hashes only.
 
@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use delegate_agent::wire::{CreateCodeInput, CreatedCode, RegisterInput, Registered};
 
-use super::TUNNEL_TOKEN_PREFIX;
-use crate::api::{ApiError, ApiResult, ApiState, Authed, Json, Path};
+use super::{ApiError, ApiResult, ApiState, Authed, Json, Path};
+use crate::auth::TUNNEL_TOKEN_PREFIX;
 use crate::ids::{hash_secret, new_id, new_secret, now_ms};
 use crate::roles::{Action, allows};
 use crate::store::{StoreError, TokenKind, TokenRecord};
