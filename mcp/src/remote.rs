@@ -19,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 use crate::delegator::{Caller, DelegateError, Delegator, Progress};
 use crate::rest::{ErrorEnvelope, RunList};
 use crate::tools::{
-    CancelRunInput, CancelRunOutput, CreateSandboxInput, DeleteSandboxInput, DeleteSandboxOutput,
-    ListSandboxesInput, ListSandboxesOutput, RunInSandboxInput, SandboxInfo, StreamSessionInput,
-    StreamSessionOutput,
+    CancelRunInput, CancelRunOutput, CreateSandboxInput, DEFAULT_WAIT_SECONDS, DeleteSandboxInput,
+    DeleteSandboxOutput, ListSandboxesInput, ListSandboxesOutput, MAX_WAIT_SECONDS,
+    RunInSandboxInput, SandboxInfo, StreamSessionInput, StreamSessionOutput,
 };
 use crate::types::{Event, RunResult};
 
@@ -33,8 +33,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(180);
 /// Slack on top of a long poll's `wait_seconds`.
 const LONG_POLL_SLACK: Duration = Duration::from_secs(30);
-/// The most a `stream_session` long poll may wait (the server caps it the same way).
-const MAX_WAIT_SECONDS: u64 = 60;
 /// An SSE stream that delivers nothing (not even a keep-alive comment) this long is dead.
 const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Consecutive failed attempts to (re)connect to a run's event stream before giving up.
@@ -265,7 +263,7 @@ impl RemoteDelegator {
                 continue;
             }
             *last_seq = event.seq;
-            if is_progress(&event) {
+            if event.is_progress() {
                 // Progress is best effort: a slow client must not stall the stream.
                 let _ = progress.try_send(Progress {
                     seq: event.seq,
@@ -388,7 +386,10 @@ impl Delegator for RemoteDelegator {
             }
             (None, None) => return Err(DelegateError::Invalid("give run_id or sandbox_id".into())),
         };
-        let wait_seconds = input.wait_seconds.unwrap_or(20).min(MAX_WAIT_SECONDS);
+        let wait_seconds = input
+            .wait_seconds
+            .unwrap_or(DEFAULT_WAIT_SECONDS)
+            .min(MAX_WAIT_SECONDS);
         let url = self.url(
             &["api", "runs", &run_id, "events"],
             &[
@@ -433,11 +434,6 @@ impl Delegator for RemoteDelegator {
     ) -> Result<CancelRunOutput, DelegateError> {
         self.post_cancel(&input.run_id).await
     }
-}
-
-/// Events worth a progress line (the same rule as the embedded mode).
-fn is_progress(e: &Event) -> bool {
-    !matches!(e.kind.as_str(), "step_start" | "stderr")
 }
 
 /// Checks and normalizes `--server`: an http(s) URL of the server root.

@@ -84,6 +84,11 @@ pub struct StreamSessionInput {
     pub wait_seconds: Option<u64>,
 }
 
+/// `stream_session`'s long poll when `wait_seconds` is not given.
+pub const DEFAULT_WAIT_SECONDS: u64 = 20;
+/// The longest `stream_session` long poll; embedded and remote modes cap `wait_seconds` at it.
+pub const MAX_WAIT_SECONDS: u64 = 60;
+
 /// Input of `list_sandboxes`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

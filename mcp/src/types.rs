@@ -266,6 +266,12 @@ pub struct Event {
 }
 
 impl Event {
+    /// Whether the event is worth a progress notification: everything but bookkeeping
+    /// (`step_start`, `stderr`). Embedded and remote modes both follow this rule.
+    pub fn is_progress(&self) -> bool {
+        !matches!(self.kind.as_str(), "step_start" | "stderr")
+    }
+
     /// One short human line for this event (CLI progress, MCP progress notifications): newlines
     /// flattened, at most 160 characters.
     pub fn describe(&self) -> String {

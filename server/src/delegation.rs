@@ -23,7 +23,7 @@ use crate::store::{Role, Run, Sandbox, StoreError, Workspace};
 /// The most events one `stream_session` call returns.
 pub const MAX_EVENTS_PER_POLL: usize = 500;
 /// `stream_session`'s longest wait.
-pub const MAX_WAIT: Duration = Duration::from_secs(60);
+pub const MAX_WAIT: Duration = Duration::from_secs(delegate_mcp::tools::MAX_WAIT_SECONDS);
 
 /// Why a service call failed; each surface maps it to its own shape (tool error, HTTP status).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -251,9 +251,9 @@ impl Service {
             tokio::select! {
                 e = events.next() => match e {
                     Some(Ok(e)) => {
-                        if is_meaningful(&e) {
+                        if e.is_progress() {
                             // Progress is best effort: a slow client must not stall the run.
-                            let _ = progress.try_send(Progress { seq: e.seq, message: crate::opencode::events::describe(&e) });
+                            let _ = progress.try_send(Progress { seq: e.seq, message: e.describe() });
                         }
                     }
                     Some(Err(e)) => {
@@ -488,6 +488,19 @@ impl Service {
         sandbox_id: Option<&str>,
         limit: i64,
     ) -> Result<Vec<RunResult>> {
+        let runs = self.runs(caller, workspace, sandbox_id, limit).await?;
+        Ok(runs.into_iter().map(|(_, result)| result).collect())
+    }
+
+    /// Runs of a workspace (or of one sandbox), newest first, each with its result: authorized
+    /// once for the whole list, read in two queries (the runs, then all their event counts).
+    pub async fn runs(
+        &self,
+        caller: &Caller,
+        workspace: Option<&str>,
+        sandbox_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(Run, RunResult)>> {
         let (workspace_id, sandbox_id) = match sandbox_id {
             Some(id) => {
                 let sandbox = self.sandbox(caller, id, Action::Read).await?;
@@ -509,7 +522,6 @@ impl Service {
             .list_runs(&workspace_id, sandbox_id.as_deref(), limit)
             .await
             .map_err(internal)?;
-        // One query for all the event counts, not one per run.
         let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
         let counts: std::collections::HashMap<String, u64> = store
             .event_counts(&ids)
@@ -519,10 +531,11 @@ impl Service {
             .collect();
         let public = self.orch.settings().public_url.as_deref();
         Ok(runs
-            .iter()
+            .into_iter()
             .map(|run| {
                 let events = counts.get(&run.id).copied().unwrap_or(0);
-                crate::orchestrator::result_of(run, events, public)
+                let result = crate::orchestrator::result_of(&run, events, public);
+                (run, result)
             })
             .collect())
     }
@@ -574,7 +587,12 @@ impl Delegator for EmbeddedDelegator {
     ) -> Result<StreamSessionOutput, DelegateError> {
         Ok(self
             .service
-            .stream_session(caller, input, Duration::from_secs(20), None)
+            .stream_session(
+                caller,
+                input,
+                Duration::from_secs(delegate_mcp::tools::DEFAULT_WAIT_SECONDS),
+                None,
+            )
             .await?)
     }
 
@@ -601,11 +619,6 @@ impl Delegator for EmbeddedDelegator {
     ) -> Result<CancelRunOutput, DelegateError> {
         Ok(self.service.cancel_run(caller, input).await?)
     }
-}
-
-/// Progress notifications skip bookkeeping events nobody would want a notification for.
-fn is_meaningful(e: &Event) -> bool {
-    !matches!(e.kind.as_str(), "step_start" | "stderr")
 }
 
 pub fn map_err(e: OrchestratorError) -> ServiceError {

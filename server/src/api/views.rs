@@ -64,9 +64,9 @@ pub async fn summaries(
     Query(q): Query<SummaryQuery>,
 ) -> ApiResult<axum::Json<RunSummaryList>> {
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let results = state
+    let listed = state
         .service
-        .list_runs(
+        .runs(
             &caller,
             q.workspace.as_deref(),
             q.sandbox_id.as_deref(),
@@ -74,9 +74,8 @@ pub async fn summaries(
         )
         .await?;
     let mut names = Names::new(&state, &caller).await;
-    let mut runs = Vec::with_capacity(results.len());
-    for r in results {
-        let run = state.service.run(&caller, &r.run_id, Action::Read).await?;
+    let mut runs = Vec::with_capacity(listed.len());
+    for (run, r) in listed {
         runs.push(RunSummary {
             delegated_by: names.of(&state, run.created_by.as_deref()).await,
             run_id: r.run_id,

@@ -326,7 +326,7 @@ impl Progress {
         {
             self.status = s.to_string();
         }
-        self.note(&delegate_server::events::describe(e));
+        self.note(&e.describe());
     }
 
     /// A progress line from a delegator (already described); a status line moves the spinner.

@@ -656,9 +656,3 @@ fn truncate_chars(s: &str, max: usize) -> String {
     out.push('…');
     out
 }
-
-/// One short human line for an event of a run's log (CLI progress, MCP progress notifications).
-pub fn describe(e: &Event) -> String {
-    // One implementation, shared with remote clients: it lives with the wire type.
-    e.describe()
-}
