@@ -1,4 +1,4 @@
-//! Inputs and outputs of the MCP tools (names and fields are the contract of `DESIGN.md`). The doc
+//! Inputs and outputs of the MCP tools (names and fields are a contract: docs/architecture.md, "Wire contracts"). The doc
 //! comments become the JSON Schema descriptions a calling model reads, so they are written for it.
 
 use std::collections::BTreeMap;
@@ -137,7 +137,7 @@ pub struct SandboxInfo {
     pub created_at: i64,
 }
 
-/// Output of `create_sandbox` (DESIGN.md: `sandbox_id, status, backend, watch_url, opencode_url`).
+/// Output of `create_sandbox` (`sandbox_id, status, backend, watch_url, opencode_url`).
 pub type CreateSandboxOutput = SandboxInfo;
 
 /// Output of `list_sandboxes`.

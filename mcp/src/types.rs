@@ -1,6 +1,6 @@
 //! Wire types shared by the server, the MCP tools, remote clients and tests.
 //!
-//! Field names here are the contract of `DESIGN.md` ("MCP tools", "Runs and events"): renaming one
+//! Field names here are a contract (docs/architecture.md, "Wire contracts"): renaming one
 //! breaks the build of every user instead of a user at run time.
 
 use schemars::JsonSchema;

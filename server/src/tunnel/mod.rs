@@ -1,4 +1,4 @@
-//! The server end of the tunnel (local agents, DESIGN.md "Tunnel"): the WebSocket endpoint
+//! The server end of the tunnel (local agents; the wire format is in `delegate_agent::protocol`): the WebSocket endpoint
 //! `/api/tunnel/{sandbox_id}` (tunnel token in `Authorization`), one link per local sandbox (a
 //! newer connection replaces an older one), and for each live link a loopback HTTP listener whose
 //! connections are carried as streams to the agent's `opencode serve`. The orchestrator gets that
