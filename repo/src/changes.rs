@@ -1,0 +1,267 @@
+//! The server's side of a change: what a sandbox hands back is hostile input. It arrives as a git
+//! bundle, size-capped, and is fetched (with every object checked) into a bare repository that
+//! only delegate writes, seeded from the snapshot the sandbox started from. Nothing of the
+//! sandbox's own repository (config, hooks, attributes, filters) is ever read by the host: only
+//! objects, and only through `fetch` with `fsckObjects`.
+//!
+//! Inside the sandbox, [`COMMIT_SCRIPT`] records the work tree's state as one commit on top of
+//! the previous tip and bundles it; the host never runs git over a directory the sandbox can
+//! still write to.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::RepoError;
+use crate::git::Git;
+
+/// Run inside the sandbox, as its user, in its work dir, after the agent: commits the work tree
+/// (everything not ignored, plus what the base already tracked) as one commit whose parent is
+/// `$DELEGATE_BASE`, whatever the agent did to the branch or the index, and writes it to
+/// `$DELEGATE_OUT` as a bundle. `$DELEGATE_MESSAGE` is the commit message.
+pub const COMMIT_SCRIPT: &str = r#"set -eu
+index=$(mktemp)
+trap 'rm -f "$index"' EXIT
+export GIT_INDEX_FILE="$index"
+export GIT_AUTHOR_NAME="${GIT_AUTHOR_NAME:-delegate agent}" GIT_AUTHOR_EMAIL="${GIT_AUTHOR_EMAIL:-agent@delegate.invalid}"
+export GIT_COMMITTER_NAME="$GIT_AUTHOR_NAME" GIT_COMMITTER_EMAIL="$GIT_AUTHOR_EMAIL"
+git -c core.hooksPath=/dev/null read-tree "$DELEGATE_BASE"
+git -c core.hooksPath=/dev/null add -A -- .
+tree=$(git write-tree)
+commit=$(printf '%s\n' "$DELEGATE_MESSAGE" | git commit-tree "$tree" -p "$DELEGATE_BASE")
+git update-ref refs/delegate/result "$commit"
+git bundle create -q "$DELEGATE_OUT" refs/delegate/result "^$DELEGATE_BASE"
+"#;
+
+/// The ref a sandbox's change has in the bundle [`COMMIT_SCRIPT`] writes.
+pub const RESULT_REF: &str = "refs/delegate/result";
+
+/// One changed path between two commits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileChange {
+    pub path: String,
+    /// `added`, `modified` or `deleted`.
+    pub change: &'static str,
+    /// Lines added and removed; 0 for binary files.
+    pub additions: u64,
+    pub deletions: u64,
+    pub binary: bool,
+}
+
+/// A bare repository holding a sandbox's snapshot and every change that came back from it.
+#[derive(Debug, Clone)]
+pub struct ChangeRepo {
+    git_dir: PathBuf,
+}
+
+impl ChangeRepo {
+    /// Opens the repository at `git_dir` (made by [`ChangeRepo::create`]).
+    pub fn open(git_dir: impl Into<PathBuf>) -> ChangeRepo {
+        ChangeRepo {
+            git_dir: git_dir.into(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.git_dir
+    }
+
+    /// Makes the repository and seeds it from a snapshot bundle; returns the snapshot's tip.
+    pub async fn create(git_dir: &Path, snapshot_bundle: &Path) -> Result<ChangeRepo, RepoError> {
+        let parent = git_dir.parent().unwrap_or(Path::new("/"));
+        Git::new(parent)
+            .args(["init", "-q", "--bare"])
+            .arg(git_dir)
+            .run()
+            .await?;
+        let repo = ChangeRepo::open(git_dir);
+        repo.git()
+            .args(["fetch", "-q", "--no-tags", "--no-write-fetch-head"])
+            .arg(snapshot_bundle)
+            .arg("+HEAD:refs/delegate/snapshot")
+            .run()
+            .await
+            .map_err(|e| RepoError::BadBundle(format!("the snapshot: {e}")))?;
+        Ok(repo)
+    }
+
+    fn git(&self) -> Git {
+        Git::new(&self.git_dir).dirs(&self.git_dir, None)
+    }
+
+    /// The commit a ref names.
+    pub async fn resolve(&self, rev: &str) -> Result<String, RepoError> {
+        self.git()
+            .args(["rev-parse", "--verify", "-q", &format!("{rev}^{{commit}}")])
+            .line()
+            .await
+    }
+
+    /// Reads a bundle a sandbox wrote (at most `max_bytes`), checks every object, and returns
+    /// its commit, which must have exactly `base` as its parent. The bundle is copied first, so a
+    /// sandbox that keeps writing to it changes nothing here.
+    pub async fn import(
+        &self,
+        bundle: &Path,
+        base: &str,
+        max_bytes: u64,
+        scratch: &Path,
+    ) -> Result<String, RepoError> {
+        let copy = scratch.join("incoming.bundle");
+        copy_capped(bundle, &copy, max_bytes).await?;
+        let result = self
+            .git()
+            .args(["fetch", "-q", "--no-tags", "--no-write-fetch-head"])
+            .arg(&copy)
+            .arg(format!("+{RESULT_REF}:refs/delegate/incoming"))
+            .run()
+            .await;
+        let _ = tokio::fs::remove_file(&copy).await;
+        result.map_err(|e| RepoError::BadBundle(format!("the sandbox's change: {e}")))?;
+        let commit = self.resolve("refs/delegate/incoming").await?;
+        let parents = self
+            .git()
+            .args(["rev-list", "--parents", "-n", "1", &commit])
+            .line()
+            .await?;
+        let parents: Vec<&str> = parents.split_whitespace().skip(1).collect();
+        if parents != [base] {
+            return Err(RepoError::BadBundle(format!(
+                "the sandbox's change {commit} does not sit on {base}"
+            )));
+        }
+        Ok(commit)
+    }
+
+    /// Points `refs/delegate/{name}` at `commit`.
+    pub async fn set_ref(&self, name: &str, commit: &str) -> Result<(), RepoError> {
+        self.git()
+            .args(["update-ref", &format!("refs/delegate/{name}"), commit])
+            .run()
+            .await
+            .map(|_| ())
+    }
+
+    /// The paths that differ between two commits, with line counts and whether each is binary.
+    pub async fn files(&self, from: &str, to: &str) -> Result<Vec<FileChange>, RepoError> {
+        let status = self
+            .git()
+            .args(["diff", "--no-renames", "--name-status", "-z", from, to])
+            .run()
+            .await?;
+        let numstat = self
+            .git()
+            .args(["diff", "--no-renames", "--numstat", "-z", from, to])
+            .run()
+            .await?;
+        let mut counts = std::collections::HashMap::new();
+        // `<added>\t<deleted>\t<path>\0`, with `-` for binary files.
+        for entry in numstat.split(|b| *b == 0).filter(|e| !e.is_empty()) {
+            let text = String::from_utf8_lossy(entry);
+            let mut parts = text.splitn(3, '\t');
+            let (Some(a), Some(d), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            counts.insert(path.to_string(), (a.parse().ok(), d.parse().ok()));
+        }
+        let mut out = Vec::new();
+        let mut fields = status.split(|b| *b == 0).filter(|f| !f.is_empty());
+        while let (Some(kind), Some(path)) = (fields.next(), fields.next()) {
+            let path = String::from_utf8_lossy(path).into_owned();
+            let change = match kind.first() {
+                Some(b'A') => "added",
+                Some(b'D') => "deleted",
+                _ => "modified",
+            };
+            let (a, d) = counts.get(&path).copied().unwrap_or((None, None));
+            out.push(FileChange {
+                binary: a.is_none() && d.is_none() && counts.contains_key(&path),
+                additions: a.unwrap_or(0),
+                deletions: d.unwrap_or(0),
+                path,
+                change,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The whole change from `from` to `to` as a binary-safe patch (`git apply` takes it) in
+    /// `out`; fails past `max_bytes` instead of writing a cut patch.
+    pub async fn write_patch(
+        &self,
+        from: &str,
+        to: &str,
+        out: &Path,
+        max_bytes: u64,
+    ) -> Result<u64, RepoError> {
+        let git = self
+            .git()
+            .args([
+                "diff",
+                "--no-renames",
+                "--binary",
+                "--no-color",
+                "--full-index",
+            ])
+            .args([from, to]);
+        git.to_file(out, max_bytes).await
+    }
+
+    /// A readable preview of the change: the text diff, at most `max_bytes`, binary files named
+    /// and not dumped. Returns the preview and whether it was cut.
+    pub async fn preview(
+        &self,
+        from: &str,
+        to: &str,
+        max_bytes: usize,
+    ) -> Result<(String, bool), RepoError> {
+        self.git()
+            .args(["diff", "--no-renames", "--no-color", from, to])
+            .head(max_bytes)
+            .await
+    }
+
+    /// A bundle of the commits from `from` (which the receiver has) to `to`, for the caller's
+    /// machine to apply.
+    pub async fn bundle(&self, from: &str, to: &str, out: &Path) -> Result<(), RepoError> {
+        self.set_ref("export", to).await?;
+        self.git()
+            .args(["bundle", "create", "-q"])
+            .arg(out)
+            .args(["refs/delegate/export".to_string(), format!("^{from}")])
+            .run()
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Copies at most `max` bytes of `from`, refusing a longer file or anything but a plain file.
+async fn copy_capped(from: &Path, to: &Path, max: u64) -> Result<(), RepoError> {
+    use tokio::io::AsyncReadExt;
+    let meta = tokio::fs::symlink_metadata(from)
+        .await
+        .map_err(|e| RepoError::BadBundle(format!("no change came back: {e}")))?;
+    if !meta.is_file() {
+        return Err(RepoError::BadBundle(
+            "the sandbox's change is not a plain file".into(),
+        ));
+    }
+    let file = tokio::fs::File::open(from)
+        .await
+        .map_err(|e| RepoError::BadBundle(format!("the sandbox's change: {e}")))?;
+    let mut capped = file.take(max + 1);
+    let mut out = tokio::fs::File::create(to)
+        .await
+        .map_err(|e| RepoError::Io(format!("{}: {e}", to.display())))?;
+    let copied = tokio::io::copy(&mut capped, &mut out)
+        .await
+        .map_err(|e| RepoError::Io(format!("copying the change: {e}")))?;
+    if copied > max {
+        let _ = tokio::fs::remove_file(to).await;
+        return Err(RepoError::TooLarge(format!(
+            "the sandbox's change is over {}",
+            crate::snapshot::human(max)
+        )));
+    }
+    Ok(())
+}

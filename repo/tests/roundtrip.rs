@@ -1,0 +1,465 @@
+//! A caller's repository through the whole trip with real git: snapshot (dirty, untracked,
+//! ignored, binary, symlink, odd names, a submodule), a sandbox clone and the in-sandbox commit,
+//! the server's hostile-input import, and the branch and worktree apply on the caller's side.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use delegate_repo::{ApplyTo, COMMIT_SCRIPT, ChangeRepo, Limits, RepoError, Snapshot, apply};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "protocol.file.allow=always",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn write(path: &Path, bytes: impl AsRef<[u8]>) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Everything a caller would notice changing: HEAD, the current branch, the index file's bytes,
+/// and every file of the working tree (names, contents, link targets).
+fn fingerprint(root: &Path) -> String {
+    let mut out = String::new();
+    out += &git(root, &["rev-parse", "HEAD"]);
+    out += &git(root, &["symbolic-ref", "HEAD"]);
+    out += &format!("{:?}", std::fs::read(root.join(".git/index")).unwrap());
+    fn walk(dir: &Path, out: &mut String) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            if e.file_name() == ".git" {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            out.push_str(&format!("{}\n", p.display()));
+            if meta.file_type().is_symlink() {
+                out.push_str(&format!("-> {:?}\n", std::fs::read_link(&p).unwrap()));
+            } else if meta.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push_str(&format!("{:?}\n", std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    walk(root, &mut out);
+    out
+}
+
+/// A project with history, a dirty tracked file, an untracked file, an ignored file, a binary
+/// file, a symlink, names with spaces and non-ASCII, and a submodule.
+fn project(base: &Path) -> PathBuf {
+    let sub = base.join("sub-origin");
+    std::fs::create_dir_all(&sub).unwrap();
+    git(&sub, &["init", "-q"]);
+    write(&sub.join("lib.txt"), "submodule file\n");
+    git(&sub, &["add", "."]);
+    git(&sub, &["commit", "-q", "-m", "sub"]);
+
+    let root = base.join("project");
+    std::fs::create_dir_all(&root).unwrap();
+    git(&root, &["init", "-q"]);
+    write(&root.join("README.md"), "# project\n");
+    write(&root.join(".gitignore"), "target/\n*.log\n");
+    git(&root, &["add", "."]);
+    git(&root, &["commit", "-q", "-m", "first"]);
+    write(&root.join("src/main.rs"), "fn main() {}\n");
+    write(
+        &root.join("data/blob.bin"),
+        [0u8, 159, 146, 150, 0, 1, 2, 3],
+    );
+    write(&root.join("name with spaces ü.txt"), "odd name\n");
+    std::os::unix::fs::symlink("README.md", root.join("link-to-readme")).unwrap();
+    git(
+        &root,
+        &[
+            "submodule",
+            "add",
+            "-q",
+            sub.to_str().unwrap(),
+            "vendor/sub",
+        ],
+    );
+    git(&root, &["add", "."]);
+    git(&root, &["commit", "-q", "-m", "second"]);
+    // Uncommitted state.
+    write(&root.join("README.md"), "# project\n\ndirty line\n");
+    write(&root.join("notes/untracked.txt"), "not yet added\n");
+    write(&root.join("target/build.o"), "ignored\n");
+    write(&root.join("debug.log"), "ignored too\n");
+    root
+}
+
+fn scratch(base: &Path) -> PathBuf {
+    base.join("scratch")
+}
+
+/// Clones the snapshot as a sandbox would, lets "the agent" change it, and runs the commit script
+/// there; returns the bundle it wrote.
+fn agent_run(base: &Path, snap: &Snapshot, change: impl Fn(&Path)) -> PathBuf {
+    let work = base.join(format!("sandbox-{}", rand_suffix()));
+    git(
+        base,
+        &[
+            "clone",
+            "-q",
+            snap.bundle().to_str().unwrap(),
+            work.to_str().unwrap(),
+        ],
+    );
+    change(&work);
+    let out = base.join(format!("out-{}.bundle", rand_suffix()));
+    let status = Command::new("sh")
+        .current_dir(&work)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("DELEGATE_BASE", &snap.tip)
+        .env("DELEGATE_OUT", &out)
+        .env("DELEGATE_MESSAGE", "delegate: run test")
+        .args(["-c", COMMIT_SCRIPT])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    out
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
+#[tokio::test]
+async fn a_dirty_project_goes_in_and_the_change_comes_back_as_a_branch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = project(tmp.path());
+    let head = git(&root, &["rev-parse", "HEAD"]);
+    let before = fingerprint(&root);
+
+    let snap = Snapshot::take(&root.join("src"), Limits::default(), &scratch(tmp.path()))
+        .await
+        .unwrap();
+    assert_eq!(snap.root, root.canonicalize().unwrap());
+    assert_eq!(snap.base.commit.as_deref(), Some(head.as_str()));
+    assert_eq!(snap.base.branch.as_deref(), Some("main"));
+    assert!(snap.base.dirty);
+    assert_ne!(snap.tip, snap.base_commit);
+    assert_eq!(
+        fingerprint(&root),
+        before,
+        "taking a snapshot changed the project"
+    );
+
+    // What the sandbox sees.
+    let seen = tmp.path().join("seen");
+    git(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            snap.bundle().to_str().unwrap(),
+            seen.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(seen.join("README.md")).unwrap(),
+        "# project\n\ndirty line\n"
+    );
+    assert!(seen.join("notes/untracked.txt").is_file());
+    assert!(seen.join("name with spaces ü.txt").is_file());
+    assert_eq!(
+        std::fs::read(seen.join("data/blob.bin")).unwrap(),
+        [0u8, 159, 146, 150, 0, 1, 2, 3]
+    );
+    assert!(!seen.join("target").exists(), "an ignored dir arrived");
+    assert!(!seen.join("debug.log").exists(), "an ignored file arrived");
+    let link = std::fs::symlink_metadata(seen.join("link-to-readme")).unwrap();
+    assert!(link.file_type().is_symlink());
+    // The submodule is a gitlink, not followed: its directory is there but empty.
+    assert_eq!(
+        git(&seen, &["ls-files", "-s", "vendor/sub"])
+            .split(' ')
+            .next(),
+        Some("160000")
+    );
+    assert!(!seen.join("vendor/sub/lib.txt").exists());
+    let log = git(&seen, &["log", "--format=%s"]);
+    assert_eq!(log.lines().count(), 2, "{log}");
+    assert!(
+        log.contains(&format!("delegate: snapshot of {head} (main)")),
+        "{log}"
+    );
+    assert_eq!(
+        git(&seen, &["diff", "--name-only", "HEAD~1"]),
+        "README.md\nnotes/untracked.txt"
+    );
+    // Nothing of the caller's .git came along: no remote but the bundle, no hooks, no history.
+    assert_eq!(git(&seen, &["rev-list", "--all", "--count"]), "2");
+
+    // The agent changes a binary file, adds one, deletes one.
+    let out = agent_run(tmp.path(), &snap, |work| {
+        write(&work.join("data/blob.bin"), [9u8, 0, 255, 254, 0]);
+        write(&work.join("src/new.rs"), "pub fn added() {}\n");
+        std::fs::remove_file(work.join("name with spaces ü.txt")).unwrap();
+    });
+
+    // The server imports it as hostile input and describes it.
+    let server = tmp.path().join("server");
+    std::fs::create_dir_all(&server).unwrap();
+    let repo = ChangeRepo::create(&server.join("changes.git"), &snap.bundle())
+        .await
+        .unwrap();
+    let result = repo
+        .import(&out, &snap.tip, 1 << 20, &server)
+        .await
+        .unwrap();
+    let files = repo.files(&snap.tip, &result).await.unwrap();
+    let by_path = |p: &str| files.iter().find(|f| f.path == p).unwrap().clone();
+    assert_eq!(files.len(), 3, "{files:?}");
+    assert!(by_path("data/blob.bin").binary);
+    assert_eq!(by_path("src/new.rs").change, "added");
+    assert_eq!(by_path("src/new.rs").additions, 1);
+    assert_eq!(by_path("name with spaces ü.txt").change, "deleted");
+    let patch = server.join("run.patch");
+    let size = repo
+        .write_patch(&snap.tip, &result, &patch, 1 << 20)
+        .await
+        .unwrap();
+    assert!(size > 0);
+    assert!(
+        std::fs::read_to_string(&patch)
+            .unwrap()
+            .contains("GIT binary patch")
+    );
+    let (preview, cut) = repo.preview(&snap.tip, &result, 1 << 20).await.unwrap();
+    assert!(!cut);
+    assert!(preview.contains("+pub fn added() {}"));
+    assert!(
+        !preview.contains("GIT binary patch"),
+        "the preview dumps binary data"
+    );
+    let (short, cut) = repo.preview(&snap.tip, &result, 10).await.unwrap();
+    assert!(cut && short.len() <= 10);
+
+    // Back on the caller's machine: a branch, nothing else touched.
+    let export = server.join("export.bundle");
+    repo.bundle(&snap.tip, &result, &export).await.unwrap();
+    let applied = apply(&snap, &export, &result, "run1", ApplyTo::Branch)
+        .await
+        .unwrap();
+    assert_eq!(applied.branch.as_deref(), Some("delegate/run1"));
+    assert!(!applied.applied);
+    assert_eq!(
+        fingerprint(&root),
+        before,
+        "branch mode touched the working tree or index"
+    );
+    let tip = git(&root, &["rev-parse", "delegate/run1"]);
+    // Parents: the agent's commit -> the uncommitted-changes commit -> the caller's HEAD.
+    assert_eq!(git(&root, &["rev-parse", "delegate/run1~2"]), head);
+    assert_eq!(
+        git(&root, &["show", "delegate/run1~1:README.md"]),
+        "# project\n\ndirty line"
+    );
+    assert_eq!(
+        git(&root, &["show", "delegate/run1:src/new.rs"]),
+        "pub fn added() {}"
+    );
+    assert_eq!(
+        git(
+            &root,
+            &["diff", "--name-only", "delegate/run1~1", "delegate/run1"]
+        )
+        .lines()
+        .count(),
+        3
+    );
+    // The name is taken now: the next apply picks the next free one and leaves the first alone.
+    let again = apply(&snap, &export, &result, "run1", ApplyTo::Branch)
+        .await
+        .unwrap();
+    assert_eq!(again.branch.as_deref(), Some("delegate/run1-2"));
+    assert_eq!(git(&root, &["rev-parse", "delegate/run1"]), tip);
+
+    // worktree: applies cleanly, so the working tree gets the change; index and HEAD stay.
+    let index_before = std::fs::read(root.join(".git/index")).unwrap();
+    let applied = apply(&snap, &export, &result, "run1", ApplyTo::Worktree)
+        .await
+        .unwrap();
+    assert!(applied.applied, "{applied:?}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("src/new.rs")).unwrap(),
+        "pub fn added() {}\n"
+    );
+    assert_eq!(
+        std::fs::read(root.join("data/blob.bin")).unwrap(),
+        [9u8, 0, 255, 254, 0]
+    );
+    assert!(!root.join("name with spaces ü.txt").exists());
+    assert_eq!(git(&root, &["rev-parse", "HEAD"]), head);
+    assert_eq!(
+        std::fs::read(root.join(".git/index")).unwrap(),
+        index_before
+    );
+}
+
+#[tokio::test]
+async fn a_change_that_does_not_apply_leaves_the_working_tree_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = project(tmp.path());
+    let snap = Snapshot::take(&root, Limits::default(), &scratch(tmp.path()))
+        .await
+        .unwrap();
+    let out = agent_run(tmp.path(), &snap, |work| {
+        write(&work.join("README.md"), "# rewritten by the agent\n");
+    });
+    let server = tmp.path().join("server");
+    std::fs::create_dir_all(&server).unwrap();
+    let repo = ChangeRepo::create(&server.join("changes.git"), &snap.bundle())
+        .await
+        .unwrap();
+    let result = repo
+        .import(&out, &snap.tip, 1 << 20, &server)
+        .await
+        .unwrap();
+    let export = server.join("export.bundle");
+    repo.bundle(&snap.tip, &result, &export).await.unwrap();
+    // Meanwhile the caller edits the same file.
+    write(&root.join("README.md"), "# the caller's own edit\n");
+    let before = fingerprint(&root);
+    let applied = apply(&snap, &export, &result, "r", ApplyTo::Worktree)
+        .await
+        .unwrap();
+    assert!(!applied.applied);
+    assert_eq!(applied.conflicts, ["README.md"]);
+    assert!(applied.message.contains("README.md"), "{}", applied.message);
+    // Only the new branch differs.
+    assert_eq!(fingerprint(&root), before);
+    assert!(applied.branch.is_some());
+}
+
+#[tokio::test]
+async fn bad_repositories_get_their_own_errors_and_nothing_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = tmp.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let err = Snapshot::take(&plain, Limits::default(), &scratch(tmp.path()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "not_a_repo", "{err}");
+
+    let root = project(tmp.path());
+    let before = fingerprint(&root);
+    let err = Snapshot::take(
+        &root,
+        Limits {
+            max_bytes: 20,
+            max_files: 1000,
+        },
+        &scratch(tmp.path()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), "repo_too_large");
+    assert!(
+        err.to_string().contains("README.md"),
+        "names the largest paths: {err}"
+    );
+    let err = Snapshot::take(
+        &root,
+        Limits {
+            max_bytes: 1 << 30,
+            max_files: 3,
+        },
+        &scratch(tmp.path()),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RepoError::TooLarge(_)), "{err}");
+
+    std::fs::write(
+        root.join(".git/MERGE_HEAD"),
+        git(&root, &["rev-parse", "HEAD"]),
+    )
+    .unwrap();
+    let err = Snapshot::take(&root, Limits::default(), &scratch(tmp.path()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "repo_busy");
+    assert!(err.to_string().contains("merge"), "{err}");
+    std::fs::remove_file(root.join(".git/MERGE_HEAD")).unwrap();
+    assert_eq!(fingerprint(&root), before);
+}
+
+#[tokio::test]
+async fn what_a_sandbox_hands_back_is_checked_before_it_is_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = project(tmp.path());
+    let snap = Snapshot::take(&root, Limits::default(), &scratch(tmp.path()))
+        .await
+        .unwrap();
+    let server = tmp.path().join("server");
+    std::fs::create_dir_all(&server).unwrap();
+    let repo = ChangeRepo::create(&server.join("changes.git"), &snap.bundle())
+        .await
+        .unwrap();
+
+    // Garbage, a missing file, a symlink, and something too large.
+    let junk = tmp.path().join("junk.bundle");
+    std::fs::write(&junk, b"# v2 git bundle\nnot really\n").unwrap();
+    let err = repo
+        .import(&junk, &snap.tip, 1 << 20, &server)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "bad_change", "{err}");
+    let err = repo
+        .import(&tmp.path().join("absent"), &snap.tip, 1 << 20, &server)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "bad_change");
+    let link = tmp.path().join("link.bundle");
+    std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
+    let err = repo
+        .import(&link, &snap.tip, 1 << 20, &server)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "bad_change");
+    let out = agent_run(tmp.path(), &snap, |work| write(&work.join("x"), "x"));
+    let err = repo.import(&out, &snap.tip, 10, &server).await.unwrap_err();
+    assert_eq!(err.kind(), "repo_too_large");
+
+    // A change that claims another base.
+    let err = repo
+        .import(&out, &snap.base_commit, 1 << 20, &server)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "bad_change", "{err}");
+    // The good one still goes in afterwards.
+    repo.import(&out, &snap.tip, 1 << 20, &server)
+        .await
+        .unwrap();
+}
