@@ -235,20 +235,26 @@ impl ChangeRepo {
     }
 }
 
-/// Copies at most `max` bytes of `from`, refusing a longer file or anything but a plain file.
+/// Copies at most `max` bytes of `from`, refusing a longer file or anything but a plain file. The
+/// file is opened without following a symlink and checked through the open handle, so a sandbox
+/// that swaps it for a link to a host file between the check and the read gains nothing.
 async fn copy_capped(from: &Path, to: &Path, max: u64) -> Result<(), RepoError> {
     use tokio::io::AsyncReadExt;
-    let meta = tokio::fs::symlink_metadata(from)
+    let file = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(from)
         .await
         .map_err(|e| RepoError::BadBundle(format!("no change came back: {e}")))?;
+    let meta = file
+        .metadata()
+        .await
+        .map_err(|e| RepoError::BadBundle(format!("the sandbox's change: {e}")))?;
     if !meta.is_file() {
         return Err(RepoError::BadBundle(
             "the sandbox's change is not a plain file".into(),
         ));
     }
-    let file = tokio::fs::File::open(from)
-        .await
-        .map_err(|e| RepoError::BadBundle(format!("the sandbox's change: {e}")))?;
     let mut capped = file.take(max + 1);
     let mut out = tokio::fs::File::create(to)
         .await
