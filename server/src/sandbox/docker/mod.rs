@@ -11,10 +11,17 @@
 //!   same way (see `archive.rs`), so nothing runs git on the sandbox's side and the engine need
 //!   not share a filesystem with the server for the work dir.
 //! - State lives in Docker (names and labels) and the data dir, not in this process: after a
-//!   restart warm containers are adopted and the rest swept ([`SandboxBackend::held`]).
+//!   restart warm containers are adopted and the rest swept
+//!   ([`held`](super::SandboxBackend::held)).
 //!
 //! How containers reach the proxy is [`DockerNetwork`]: no network at all (a unix socket bound
 //! in and relayed inside), the host's network, or a named network.
+//!
+//! Files: this one holds the backend's state and the engine connection; `spec.rs` the hardened
+//! container body and volumes, `container.rs` driving containers (make, attach, stop, remove),
+//! `serve.rs` the warm `opencode serve`, `backend.rs` the
+//! [`SandboxBackend`](super::SandboxBackend) impl and picking sandboxes up after a restart,
+//! `archive.rs` moving the work dir in and out.
 
 mod archive;
 mod backend;
