@@ -45,7 +45,9 @@ async fn docker_usable(settings: &Settings) -> Result<(), crate::sandbox::Sandbo
 }
 
 async fn docker_backend(settings: &Settings, proxy: &Proxy) -> Result<DockerBackend, StartError> {
-    let owner = crate::orchestrator::instance_id(&settings.data_dir).await?;
+    let owner = crate::bootstrap::instance_id(&settings.data_dir)
+        .await
+        .map_err(|e| crate::sandbox::SandboxError::Io(e.to_string()))?;
     Ok(DockerBackend::new(settings, proxy.router(), owner).await?)
 }
 

@@ -148,6 +148,18 @@ impl Service {
 
     /// A sandbox the caller may act on.
     pub async fn sandbox(&self, caller: &Caller, id: &str, action: Action) -> Result<Sandbox> {
+        self.sandbox_in_workspace(caller, id, action)
+            .await
+            .map(|(sandbox, _)| sandbox)
+    }
+
+    /// [`Self::sandbox`] with its workspace, read and authorized once.
+    async fn sandbox_in_workspace(
+        &self,
+        caller: &Caller,
+        id: &str,
+        action: Action,
+    ) -> Result<(Sandbox, Workspace)> {
         let not_found = || ServiceError::NotFound(format!("sandbox {id:?}"));
         if !crate::ids::is_id("sbx", id) {
             return Err(not_found());
@@ -161,7 +173,7 @@ impl Service {
             .authorize(caller, Some(&sandbox.workspace_id), action)
             .await
         {
-            Ok(_) => Ok(sandbox),
+            Ok(ws) => Ok((sandbox, ws)),
             Err(ServiceError::NotFound(_)) => Err(not_found()),
             Err(e) => Err(e),
         }
@@ -214,15 +226,17 @@ impl Service {
         progress: mpsc::Sender<Progress>,
         cancel: CancellationToken,
     ) -> Result<RunResult> {
-        let ws = match &input.sandbox_id {
+        // A warm sandbox is read and authorized once here; the orchestrator takes it as it is.
+        let (ws, sandbox) = match &input.sandbox_id {
             Some(id) => {
-                let sandbox = self.sandbox(caller, id, Action::Write).await?;
-                self.authorize(caller, Some(&sandbox.workspace_id), Action::Write)
-                    .await?
+                let (sandbox, ws) = self.sandbox_in_workspace(caller, id, Action::Write).await?;
+                (ws, Some(sandbox))
             }
             None => {
-                self.authorize(caller, input.workspace.as_deref(), Action::Write)
-                    .await?
+                let ws = self
+                    .authorize(caller, input.workspace.as_deref(), Action::Write)
+                    .await?;
+                (ws, None)
             }
         };
         let created_by = match (&caller.client, &caller.token_id) {
@@ -241,7 +255,11 @@ impl Service {
             continue_session: input.continue_session.unwrap_or(false),
             created_by: Some(created_by),
         };
-        let (run_id, _) = self.orch.start_run(request).await.map_err(map_err)?;
+        let started = match sandbox {
+            Some(sandbox) => self.orch.start_run_in(sandbox, request).await,
+            None => self.orch.start_run(request).await,
+        };
+        let (run_id, _) = started.map_err(map_err)?;
         if input.wait == Some(false) {
             return self.orch.result(&run_id).await.map_err(map_err);
         }

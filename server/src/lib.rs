@@ -4,6 +4,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod bootstrap;
 pub mod delegation;
 pub mod envelope;
 pub mod gateway;

@@ -10,21 +10,14 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::agent::{headless, served};
 use super::log::RunLog;
+use super::reservation::Reservation;
 use super::{Orchestrator, OrchestratorError, Result, RunRequest, Warm, lock};
 use crate::ids::{is_id, new_id, now_ms};
-use crate::opencode::events::{AgentEvent, ParsedEvent, ServeEvent, ServeTracker, parse_run_line};
-use crate::opencode::serve::ServeClient;
-use crate::sandbox::{AgentOutput, RunSpec, SandboxError, SandboxSpec};
+use crate::sandbox::{RunSpec, SandboxError, SandboxSpec};
 use crate::state::run_transition;
-use crate::store::{Run, RunOutcome, SandboxKind};
-
-/// How long a killed run may take to report its exit before delegate stops waiting.
-const KILL_GRACE: Duration = Duration::from_secs(5);
-/// stderr lines kept as events per run; the rest are counted, not stored.
-const MAX_STDERR_EVENTS: usize = 500;
-/// stderr lines kept for the error message of a failed run.
-const STDERR_TAIL: usize = 20;
+use crate::store::{Run, RunOutcome, Sandbox, SandboxKind};
 
 /// Where the run executes.
 enum Target {
@@ -34,7 +27,14 @@ enum Target {
     Warm(Warm),
 }
 
-pub(super) async fn start(orch: Orchestrator, req: RunRequest) -> Result<(String, String)> {
+/// Checks the request, takes a run slot, reserves the sandbox (a warm one, or a fresh ephemeral
+/// one it makes), records the run and spawns its driver. `loaded` is the warm sandbox when the
+/// caller has already read it (so it is not read twice); otherwise it is read here.
+pub(super) async fn start(
+    orch: Orchestrator,
+    req: RunRequest,
+    loaded: Option<Sandbox>,
+) -> Result<(String, String)> {
     // Everything the caller controls is checked before anything is written.
     if req.task.trim().is_empty() {
         return Err(OrchestratorError::BadInput(
@@ -73,41 +73,47 @@ pub(super) async fn start(orch: Orchestrator, req: RunRequest) -> Result<(String
         ))
     })?;
 
-    let (sandbox_id, workspace_id, target) = match &req.sandbox_id {
+    let (sandbox_id, workspace_id, target, reservation) = match &req.sandbox_id {
         Some(id) => {
             if !req.files.is_empty() {
                 return Err(OrchestratorError::BadInput(
                     "files: only for a fresh sandbox; a warm sandbox already has its files".into(),
                 ));
             }
-            if !is_id("sbx", id) {
-                return Err(OrchestratorError::NotFound(format!("sandbox {id:?}")));
-            }
-            let sandbox = orch.inner.store.sandbox(id).await?;
-            super::reserve(&orch.inner, &sandbox.id)?;
+            let sandbox = match loaded {
+                Some(sandbox) => sandbox,
+                None => {
+                    if !is_id("sbx", id) {
+                        return Err(OrchestratorError::NotFound(format!("sandbox {id:?}")));
+                    }
+                    orch.inner.store.sandbox(id).await?
+                }
+            };
+            // On any error below, dropping the reservation frees the sandbox again.
+            let reservation = orch.inner.reservations.reserve(&sandbox.id)?;
             let warm = match sandbox.status {
                 // A paused sandbox wakes up for the run.
-                SandboxStatus::Paused => orch.resume_reserved(&sandbox).await,
+                SandboxStatus::Paused => orch.resume_reserved(&sandbox, &reservation).await?,
                 SandboxStatus::Running => {
                     lock(&orch.inner.warm).get(id).cloned().ok_or_else(|| {
                         OrchestratorError::BadInput(format!(
                             "sandbox {id} is not served by this delegate process"
                         ))
-                    })
+                    })?
                 }
-                status => Err(OrchestratorError::NotRunning {
-                    id: sandbox.id.clone(),
-                    status,
-                }),
-            };
-            let warm = match warm {
-                Ok(w) => w,
-                Err(e) => {
-                    lock(&orch.inner.busy).remove(&sandbox.id);
-                    return Err(e);
+                status => {
+                    return Err(OrchestratorError::NotRunning {
+                        id: sandbox.id.clone(),
+                        status,
+                    });
                 }
             };
-            (sandbox.id, sandbox.workspace_id, Target::Warm(warm))
+            (
+                sandbox.id,
+                sandbox.workspace_id,
+                Target::Warm(warm),
+                reservation,
+            )
         }
         None => {
             let ws = orch.workspace(req.workspace.as_deref()).await?;
@@ -121,13 +127,11 @@ pub(super) async fn start(orch: Orchestrator, req: RunRequest) -> Result<(String
                     req.created_by.clone(),
                 )
                 .await?;
-            (sandbox.id, ws.id, Target::Ephemeral(spec))
+            // A fresh sandbox nobody else knows yet.
+            let reservation = orch.inner.reservations.reserve(&sandbox.id)?;
+            (sandbox.id, ws.id, Target::Ephemeral(spec), reservation)
         }
     };
-    if matches!(target, Target::Ephemeral(_)) {
-        // A fresh sandbox nobody else knows yet; a warm one was reserved above.
-        super::reserve(&orch.inner, &sandbox_id)?;
-    }
 
     let run_id = new_id("run");
     let model = req
@@ -158,11 +162,8 @@ pub(super) async fn start(orch: Orchestrator, req: RunRequest) -> Result<(String
         }
         Err(e) => Err(e),
     };
-    if let Err(e) = inserted {
-        lock(&orch.inner.busy).remove(&sandbox_id);
-        return Err(e.into());
-    }
-    lock(&orch.inner.busy).insert(sandbox_id.clone(), run_id.clone());
+    inserted?;
+    reservation.hold_for_run(&run_id);
 
     let cancel = orch.inner.shutdown.child_token();
     let (log, live) = RunLog::new(&run_id, orch.inner.store.clone());
@@ -176,7 +177,17 @@ pub(super) async fn start(orch: Orchestrator, req: RunRequest) -> Result<(String
         agent: req.agent,
         continue_session: req.continue_session,
     };
-    tokio::spawn(drive(orch, run, spec, target, timeout, cancel, log, permit));
+    tokio::spawn(drive(
+        orch,
+        run,
+        spec,
+        target,
+        timeout,
+        cancel,
+        log,
+        permit,
+        reservation,
+    ));
     Ok((run_id, sandbox_id))
 }
 
@@ -191,6 +202,7 @@ async fn drive(
     cancel: CancellationToken,
     mut log: RunLog,
     _permit: OwnedSemaphorePermit,
+    reservation: Reservation,
 ) {
     let inner = &orch.inner;
     let deadline = Instant::now() + timeout;
@@ -300,26 +312,28 @@ async fn drive(
         tracing::error!(run = %run.id, error = %e, "could not record the end of the run");
     }
     if ephemeral {
-        if let Err(e) = orch.delete_sandbox_after_run(&run.sandbox_id).await {
+        if let Err(e) = orch.delete_sandbox_after_run(reservation).await {
             tracing::warn!(sandbox = %run.sandbox_id, error = %e, "could not delete ephemeral sandbox");
         }
-    } else if let Some(session) = finish.session
-        && let Some(w) = lock(&inner.warm).get_mut(&run.sandbox_id)
-    {
-        w.last_session = Some(session);
+    } else {
+        if let Some(w) = lock(&inner.warm).get_mut(&run.sandbox_id) {
+            if let Some(session) = finish.session {
+                w.last_session = Some(session);
+            }
+            w.last_active = std::time::Instant::now();
+        }
+        // Free for the next run only once its session and idle clock are up to date.
+        drop(reservation);
     }
-    if let Some(w) = lock(&inner.warm).get_mut(&run.sandbox_id) {
-        w.last_active = std::time::Instant::now();
-    }
-    lock(&inner.busy).remove(&run.sandbox_id);
     lock(&inner.live).remove(&run.id);
     log.close();
 }
 
 impl Orchestrator {
-    async fn delete_sandbox_after_run(&self, sandbox_id: &str) -> Result<()> {
+    async fn delete_sandbox_after_run(&self, reservation: Reservation) -> Result<()> {
+        let sandbox_id = &reservation.sandbox_id().to_owned();
         // The run is over; `delete_sandbox` must not wait for it.
-        lock(&self.inner.busy).remove(sandbox_id);
+        drop(reservation);
         if self.inner.store.sandbox(sandbox_id).await?.status == SandboxStatus::Failed {
             // It never came up: free what the backend holds, but keep the row and its reason.
             self.inner.backend.destroy(sandbox_id).await?;
@@ -330,15 +344,15 @@ impl Orchestrator {
 }
 
 /// How a run ended, before it is written.
-struct Finish {
-    status: RunStatus,
-    outcome: RunOutcome,
+pub(super) struct Finish {
+    pub(super) status: RunStatus,
+    pub(super) outcome: RunOutcome,
     /// The opencode session a warm run used.
-    session: Option<String>,
+    pub(super) session: Option<String>,
 }
 
 impl Finish {
-    fn failed(kind: ErrorKind, message: String) -> Finish {
+    pub(super) fn failed(kind: ErrorKind, message: String) -> Finish {
         Finish {
             status: RunStatus::Failed,
             outcome: RunOutcome {
@@ -348,7 +362,7 @@ impl Finish {
             session: None,
         }
     }
-    fn cancelled() -> Finish {
+    pub(super) fn cancelled() -> Finish {
         Finish {
             status: RunStatus::Cancelled,
             outcome: RunOutcome {
@@ -361,7 +375,7 @@ impl Finish {
             session: None,
         }
     }
-    fn timed_out(timeout: Duration) -> Finish {
+    pub(super) fn timed_out(timeout: Duration) -> Finish {
         Finish {
             status: RunStatus::TimedOut,
             outcome: RunOutcome {
@@ -427,248 +441,6 @@ impl RunState {
         self.status = next;
         Ok(())
     }
-}
-
-/// What a run's agent output amounts to so far.
-#[derive(Default)]
-struct Tally {
-    final_message: String,
-    usage: Usage,
-    last_error: Option<RunError>,
-    stderr_events: usize,
-    stderr_tail: std::collections::VecDeque<String>,
-}
-
-impl Tally {
-    async fn record(&mut self, parsed: &ParsedEvent, log: &mut RunLog) -> Result<()> {
-        match &parsed.event {
-            AgentEvent::Text { text } if !text.trim().is_empty() => {
-                self.final_message = text.clone();
-            }
-            AgentEvent::StepFinish { usage, .. } => self.usage.add(usage),
-            AgentEvent::Error { message, .. } => {
-                self.last_error = Some(RunError {
-                    kind: parsed.event.error_kind().unwrap_or(ErrorKind::AgentFailed),
-                    message: message.clone(),
-                });
-            }
-            _ => {}
-        }
-        let e = parsed.to_event(0, now_ms());
-        log.append(e.ts, &e.kind, e.data, e.raw).await?;
-        Ok(())
-    }
-
-    async fn stderr(&mut self, line: String, log: &mut RunLog) -> Result<()> {
-        if self.stderr_tail.len() == STDERR_TAIL {
-            self.stderr_tail.pop_front();
-        }
-        self.stderr_tail.push_back(line.chars().take(500).collect());
-        if self.stderr_events < MAX_STDERR_EVENTS {
-            self.stderr_events += 1;
-            log.append(now_ms(), "stderr", json!({ "line": line }), None)
-                .await?;
-        }
-        Ok(())
-    }
-
-    fn into_finish(self, status: RunStatus, error: Option<RunError>) -> Finish {
-        Finish {
-            status,
-            outcome: RunOutcome {
-                final_message: self.final_message,
-                usage: self.usage,
-                error,
-                ..Default::default()
-            },
-            session: None,
-        }
-    }
-}
-
-/// An ephemeral run: `opencode run --format json`, output line by line.
-async fn headless(
-    orch: &Orchestrator,
-    run: &Run,
-    spec: &RunSpec,
-    deadline: Instant,
-    timeout: Duration,
-    cancel: &CancellationToken,
-    log: &mut RunLog,
-) -> Result<Finish> {
-    let stop = CancellationToken::new();
-    let mut rx = orch
-        .inner
-        .backend
-        .run_headless(&run.sandbox_id, spec, stop.clone())
-        .await?;
-    let mut tally = Tally::default();
-    let mut ended_by: Option<RunStatus> = None;
-    let mut grace: Option<Instant> = None;
-    let exit = loop {
-        let wake = grace.unwrap_or(deadline);
-        tokio::select! {
-            item = rx.recv() => match item {
-                Some(AgentOutput::Stdout(line)) => {
-                    if line.trim().is_empty() { continue; }
-                    match parse_run_line(&line) {
-                        Ok(parsed) => tally.record(&parsed, log).await?,
-                        Err(e) => {
-                            let excerpt: String = line.chars().take(300).collect();
-                            log.append(now_ms(), "malformed", json!({ "error": e.to_string(), "line": excerpt }), None).await?;
-                        }
-                    }
-                }
-                Some(AgentOutput::Stderr(line)) => tally.stderr(line, log).await?,
-                Some(AgentOutput::Exited(exit)) => break Some(exit),
-                None => break None,
-            },
-            _ = cancel.cancelled(), if ended_by.is_none() => {
-                ended_by = Some(RunStatus::Cancelled);
-                stop.cancel();
-                grace = Some(Instant::now() + KILL_GRACE);
-            }
-            _ = tokio::time::sleep_until(wake) => {
-                if ended_by.is_none() {
-                    ended_by = Some(RunStatus::TimedOut);
-                    stop.cancel();
-                    grace = Some(Instant::now() + KILL_GRACE);
-                } else {
-                    tracing::warn!(run = %run.id, "the sandbox did not report its exit after kill");
-                    break None;
-                }
-            }
-        }
-    };
-    match ended_by {
-        Some(RunStatus::Cancelled) => return Ok(with_tally(Finish::cancelled(), tally)),
-        Some(_) => return Ok(with_tally(Finish::timed_out(timeout), tally)),
-        None => {}
-    }
-    let exit = exit.unwrap_or_default();
-    if exit.oom {
-        let error = RunError {
-            kind: ErrorKind::Oom,
-            message: format!(
-                "the sandbox ran out of memory (limit {} MiB)",
-                orch.inner.settings.sandbox_memory_mb
-            ),
-        };
-        return Ok(tally.into_finish(RunStatus::Failed, Some(error)));
-    }
-    if let Some(error) = tally.last_error.take() {
-        return Ok(tally.into_finish(RunStatus::Failed, Some(error)));
-    }
-    if exit.code != Some(0) {
-        let tail: Vec<String> = tally.stderr_tail.iter().cloned().collect();
-        let error = RunError {
-            kind: ErrorKind::AgentFailed,
-            message: format!(
-                "opencode exited with {}{}",
-                exit.code
-                    .map_or("a signal".to_string(), |c| format!("code {c}")),
-                if tail.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", tail.join(" | "))
-                }
-            ),
-        };
-        return Ok(tally.into_finish(RunStatus::Failed, Some(error)));
-    }
-    Ok(tally.into_finish(RunStatus::Succeeded, None))
-}
-
-fn with_tally(mut finish: Finish, tally: Tally) -> Finish {
-    finish.outcome.final_message = tally.final_message;
-    finish.outcome.usage = tally.usage;
-    finish
-}
-
-/// A run in a warm sandbox, through its opencode serve's HTTP API.
-#[allow(clippy::too_many_arguments)]
-async fn served(
-    orch: &Orchestrator,
-    run: &Run,
-    spec: &RunSpec,
-    warm: Warm,
-    deadline: Instant,
-    timeout: Duration,
-    cancel: &CancellationToken,
-    log: &mut RunLog,
-) -> Result<Finish> {
-    let _ = orch;
-    let client = ServeClient::new(
-        &warm.endpoint.url,
-        warm.endpoint.password.clone(),
-        &warm.endpoint.directory,
-    );
-    let sandbox_err = |e: crate::opencode::serve::ServeError| {
-        OrchestratorError::Sandbox(crate::sandbox::SandboxError::Start(e.to_string()))
-    };
-    // Subscribe before prompting, so no event of the turn is missed.
-    let events = client.events().await.map_err(sandbox_err)?;
-    let mut events = Box::pin(events);
-    let session = match (spec.continue_session, &warm.last_session) {
-        (true, Some(s)) => s.clone(),
-        _ => client
-            .create_session(&spec.title)
-            .await
-            .map_err(sandbox_err)?,
-    };
-    client
-        .prompt_async(&session, &spec.task, &spec.model, spec.agent.as_deref())
-        .await
-        .map_err(sandbox_err)?;
-    let mut tracker = ServeTracker::new(session.clone());
-    let mut tally = Tally::default();
-    let mut saw_activity = false;
-    let ended_by = loop {
-        tokio::select! {
-            item = futures::StreamExt::next(&mut events) => match item {
-                Some(Ok(data)) => match tracker.push(&data) {
-                    Ok(ServeEvent::Event(parsed)) => {
-                        saw_activity = true;
-                        tally.record(&parsed, log).await?;
-                    }
-                    Ok(ServeEvent::Idle) if saw_activity => break None,
-                    Ok(ServeEvent::Status(_)) => saw_activity = true,
-                    Ok(_) => {}
-                    Err(e) => {
-                        let excerpt: String = data.chars().take(300).collect();
-                        log.append(now_ms(), "malformed", json!({ "error": e.to_string(), "line": excerpt }), None).await?;
-                    }
-                },
-                Some(Err(e)) => {
-                    return Ok(with_session(Finish::failed(ErrorKind::SandboxFailed, e.to_string()), &session));
-                }
-                None => {
-                    return Ok(with_session(Finish::failed(ErrorKind::SandboxFailed, "opencode serve closed its event stream".into()), &session));
-                }
-            },
-            _ = cancel.cancelled() => break Some(RunStatus::Cancelled),
-            _ = tokio::time::sleep_until(deadline) => break Some(RunStatus::TimedOut),
-        }
-    };
-    if ended_by.is_some()
-        && let Err(e) = client.abort(&session).await
-    {
-        tracing::warn!(run = %run.id, error = %e, "could not abort the opencode session");
-    }
-    let finish = match ended_by {
-        Some(RunStatus::Cancelled) => with_tally(Finish::cancelled(), tally),
-        Some(_) => with_tally(Finish::timed_out(timeout), tally),
-        None => match tally.last_error.take() {
-            Some(error) => tally.into_finish(RunStatus::Failed, Some(error)),
-            None => tally.into_finish(RunStatus::Succeeded, None),
-        },
-    };
-    Ok(with_session(finish, &session))
-}
-
-fn with_session(mut finish: Finish, session: &str) -> Finish {
-    finish.session = Some(session.to_string());
-    finish
 }
 
 /// A short session title from the task's first line.

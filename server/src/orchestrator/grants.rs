@@ -1,0 +1,65 @@
+//! Sandbox proxy tokens: issuing one for a sandbox delegate runs, and registering a sandbox it
+//! does not run (with its token). Only a token's hash is stored.
+
+use delegate_mcp::types::SandboxStatus;
+
+use super::Result;
+use crate::ids::{hash_secret, new_id, new_secret, now_ms};
+use crate::store::{Sandbox, SandboxKind, Store, TokenKind, TokenRecord, Workspace};
+
+/// A new proxy token for a sandbox (`dsb_...`); only its hash is stored.
+pub(super) async fn issue_sandbox_token(
+    store: &dyn Store,
+    sandbox_id: &str,
+    workspace_id: &str,
+    expires_at: Option<crate::store::Millis>,
+) -> Result<String> {
+    let token = new_secret("dsb_");
+    store
+        .insert_token(&TokenRecord {
+            id: new_id("tok"),
+            kind: TokenKind::Sandbox,
+            hash: hash_secret(&token),
+            name: None,
+            user_id: None,
+            sandbox_id: Some(sandbox_id.to_string()),
+            workspace_id: Some(workspace_id.to_string()),
+            created_at: now_ms(),
+            expires_at,
+            revoked_at: None,
+        })
+        .await?;
+    Ok(token)
+}
+
+/// Registers a sandbox delegate does not run itself (a container started from
+/// `compose.headless.yml`, say) and returns it with its proxy token, so it reaches the model
+/// through delegate's proxy like any other: usage is recorded, the real key stays here.
+/// Deleting the sandbox revokes the token.
+pub async fn register_external_sandbox(
+    store: &dyn Store,
+    workspace: &Workspace,
+    name: Option<String>,
+    created_by: Option<String>,
+    expires_at: Option<crate::store::Millis>,
+) -> Result<(Sandbox, String)> {
+    let now = now_ms();
+    let id = new_id("sbx");
+    let sandbox = Sandbox {
+        id: id.clone(),
+        workspace_id: workspace.id.clone(),
+        name: name.unwrap_or_else(|| id.clone()),
+        kind: SandboxKind::Ephemeral,
+        backend: "external".into(),
+        status: SandboxStatus::Running,
+        status_reason: None,
+        idle_timeout_s: None,
+        meta: serde_json::json!({}),
+        created_by,
+        created_at: now,
+        updated_at: now,
+    };
+    store.insert_sandbox(&sandbox).await?;
+    let token = issue_sandbox_token(store, &id, &workspace.id, expires_at).await?;
+    Ok((sandbox, token))
+}

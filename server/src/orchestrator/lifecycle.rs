@@ -1,0 +1,391 @@
+//! The sandbox lifecycle: create, delete, pause, resume, touch, and the idle sweep that pauses
+//! warm sandboxes nobody uses. Every status change goes through the state machine
+//! ([`sandbox_transition`]) and a compare-and-set in the store.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use delegate_mcp::types::SandboxStatus;
+
+use super::grants::issue_sandbox_token;
+use super::reservation::Reservation;
+use super::{
+    Inner, LOCAL_BACKEND, Orchestrator, OrchestratorError, Result, SandboxRequest, Warm, lock,
+};
+use crate::ids::{is_id, new_id, new_secret, now_ms};
+use crate::sandbox::{SandboxError, SandboxSpec, ServeEndpoint};
+use crate::settings::Secret;
+use crate::state::sandbox_transition;
+use crate::store::{Sandbox, SandboxKind, Workspace};
+
+/// How often idle warm sandboxes are looked for.
+const IDLE_SWEEP: Duration = Duration::from_secs(1);
+
+impl Orchestrator {
+    /// Makes a warm sandbox (opencode serve inside) and waits until it is running.
+    pub async fn create_sandbox(&self, req: SandboxRequest) -> Result<Sandbox> {
+        crate::sandbox::workdir::validate_files(&req.files)?;
+        if req
+            .idle_timeout
+            .is_some_and(|t| t.is_zero() || t > Duration::from_secs(30 * 86_400))
+        {
+            return Err(OrchestratorError::BadInput(
+                "idle_timeout_seconds: between 1 and 2592000 (30 days)".into(),
+            ));
+        }
+        if let Some(name) = &req.name
+            && (name.len() > 200 || name.chars().any(char::is_control))
+        {
+            return Err(OrchestratorError::BadInput(
+                "name: at most 200 characters, no control characters".into(),
+            ));
+        }
+        let ws = self.workspace(req.workspace.as_deref()).await?;
+        let (sandbox, spec) = self
+            .insert_sandbox(
+                &ws,
+                SandboxKind::Warm,
+                req.name,
+                req.files,
+                req.idle_timeout,
+                req.created_by,
+            )
+            .await?;
+        let endpoint = self.start_sandbox(&sandbox, &spec).await?;
+        if let Some(endpoint) = endpoint {
+            let idle_timeout = req.idle_timeout.unwrap_or(self.inner.settings.idle_timeout);
+            lock(&self.inner.warm).insert(
+                sandbox.id.clone(),
+                Warm {
+                    endpoint,
+                    last_session: None,
+                    last_active: std::time::Instant::now(),
+                    idle_timeout,
+                },
+            );
+        }
+        Ok(self.inner.store.sandbox(&sandbox.id).await?)
+    }
+
+    /// Someone is looking at the sandbox (a browser through the gateway): its idle time starts
+    /// over, so a sandbox in use is not paused under its viewer.
+    pub fn touch_sandbox(&self, sandbox_id: &str) {
+        if let Some(w) = lock(&self.inner.warm).get_mut(sandbox_id) {
+            w.last_active = std::time::Instant::now();
+        }
+    }
+
+    pub(super) async fn insert_sandbox(
+        &self,
+        ws: &Workspace,
+        kind: SandboxKind,
+        name: Option<String>,
+        files: BTreeMap<String, String>,
+        idle_timeout: Option<Duration>,
+        created_by: Option<String>,
+    ) -> Result<(Sandbox, SandboxSpec)> {
+        let now = now_ms();
+        let id = new_id("sbx");
+        let sandbox = Sandbox {
+            id: id.clone(),
+            workspace_id: ws.id.clone(),
+            name: name.unwrap_or_else(|| id.clone()),
+            kind,
+            backend: self.inner.backend.name().to_string(),
+            status: SandboxStatus::Creating,
+            status_reason: None,
+            idle_timeout_s: idle_timeout.map(|d| d.as_secs() as i64),
+            meta: serde_json::json!({}),
+            created_by,
+            created_at: now,
+            updated_at: now,
+        };
+        self.inner.store.insert_sandbox(&sandbox).await?;
+        self.inner
+            .store
+            .set_sandbox_owner(&sandbox.id, &self.inner.instance_id)
+            .await?;
+        let token = issue_sandbox_token(self.inner.store.as_ref(), &id, &ws.id, None).await?;
+        let spec = SandboxSpec {
+            id,
+            kind,
+            files,
+            proxy_token: Secret::new(token),
+            serve_password: (kind == SandboxKind::Warm).then(|| Secret::new(new_secret(""))),
+        };
+        Ok((sandbox, spec))
+    }
+
+    /// Asks the backend for the sandbox; on failure the sandbox is `failed` with the reason.
+    pub(super) async fn start_sandbox(
+        &self,
+        sandbox: &Sandbox,
+        spec: &SandboxSpec,
+    ) -> Result<Option<ServeEndpoint>> {
+        let created = self.inner.backend.create(spec).await;
+        let failed = created.is_err();
+        let settled = self
+            .settle(
+                &sandbox.id,
+                SandboxStatus::Creating,
+                SandboxStatus::Running,
+                "create",
+                created,
+            )
+            .await;
+        if failed {
+            self.revoke_sandbox_tokens(&sandbox.id).await;
+        }
+        settled
+    }
+
+    /// Ends a transitional status (`creating`, `deleting`, `pausing`, `resuming`) after the
+    /// backend did its part: `done` when it worked, else `failed` with what went wrong (the
+    /// sandbox keeps its reason).
+    pub(super) async fn settle<T>(
+        &self,
+        id: &str,
+        from: SandboxStatus,
+        done: SandboxStatus,
+        what: &str,
+        outcome: std::result::Result<T, SandboxError>,
+    ) -> Result<T> {
+        match outcome {
+            Ok(v) => {
+                self.set_sandbox_status(id, from, done, None).await?;
+                Ok(v)
+            }
+            Err(e) => {
+                let reason = format!("{what} failed: {e}");
+                self.set_sandbox_status(id, from, SandboxStatus::Failed, Some(&reason))
+                    .await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    pub(super) async fn set_sandbox_status(
+        &self,
+        id: &str,
+        from: SandboxStatus,
+        to: SandboxStatus,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        sandbox_transition(from, to)?;
+        self.inner
+            .store
+            .set_sandbox_status(id, from, to, reason, now_ms())
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn revoke_sandbox_tokens(&self, sandbox_id: &str) {
+        if let Err(e) = self
+            .inner
+            .store
+            .revoke_sandbox_tokens(sandbox_id, now_ms())
+            .await
+        {
+            tracing::warn!(sandbox = sandbox_id, error = %e, "could not revoke sandbox tokens");
+        }
+        self.inner.proxy.forget_sandbox(sandbox_id);
+    }
+
+    /// Deletes a sandbox: stops its processes, removes its files, revokes its token. A running
+    /// run in it is cancelled first.
+    pub async fn delete_sandbox(&self, sandbox_id: &str) -> Result<()> {
+        if !is_id("sbx", sandbox_id) {
+            return Err(OrchestratorError::NotFound(format!(
+                "sandbox {sandbox_id:?}"
+            )));
+        }
+        let sandbox = self.inner.store.sandbox(sandbox_id).await?;
+        match self.inner.reservations.holder(sandbox_id) {
+            Some(Some(run_id)) => {
+                self.cancel_run(&run_id).await?;
+                let _ = self.wait(&run_id).await;
+            }
+            // A pause or resume (or a run not yet recorded) holds it: nothing to cancel.
+            Some(None) => return Err(OrchestratorError::Busy(sandbox_id.to_string())),
+            None => {}
+        }
+        let sandbox = self.inner.store.sandbox(&sandbox.id).await?;
+        match sandbox.status {
+            SandboxStatus::Deleted => return Ok(()),
+            SandboxStatus::Deleting => {}
+            from => {
+                self.set_sandbox_status(sandbox_id, from, SandboxStatus::Deleting, None)
+                    .await?
+            }
+        }
+        self.revoke_sandbox_tokens(sandbox_id).await;
+        lock(&self.inner.warm).remove(sandbox_id);
+        let destroyed = if sandbox.backend == LOCAL_BACKEND {
+            // Its files are the developer's: only the link goes.
+            self.revoke_local(sandbox_id);
+            Ok(())
+        } else {
+            self.inner.backend.destroy(sandbox_id).await
+        };
+        self.settle(
+            sandbox_id,
+            SandboxStatus::Deleting,
+            SandboxStatus::Deleted,
+            "delete",
+            destroyed,
+        )
+        .await
+    }
+
+    /// Stops a warm sandbox's processes, keeping its files; the next run resumes it. Refused
+    /// while a run is in it.
+    pub async fn pause_sandbox(&self, sandbox_id: &str) -> Result<()> {
+        if is_id("sbx", sandbox_id)
+            && self
+                .inner
+                .store
+                .sandbox(sandbox_id)
+                .await
+                .is_ok_and(|s| s.backend == LOCAL_BACKEND)
+        {
+            return Err(OrchestratorError::BadInput(
+                "a local sandbox runs on its owner's machine and cannot be paused".into(),
+            ));
+        }
+        let reservation = self.inner.reservations.reserve(sandbox_id)?;
+        self.pause_reserved(&reservation).await
+    }
+
+    /// Starts a paused warm sandbox again (its files kept). Refused while another operation
+    /// holds the sandbox; a running sandbox is left as it is.
+    pub async fn resume_sandbox(&self, sandbox_id: &str) -> Result<()> {
+        if !is_id("sbx", sandbox_id) {
+            return Err(OrchestratorError::NotFound(format!(
+                "sandbox {sandbox_id:?}"
+            )));
+        }
+        let reservation = self.inner.reservations.reserve(sandbox_id)?;
+        let sandbox = self.inner.store.sandbox(sandbox_id).await?;
+        match sandbox.status {
+            SandboxStatus::Running => Ok(()),
+            SandboxStatus::Paused => self
+                .resume_reserved(&sandbox, &reservation)
+                .await
+                .map(|_| ()),
+            status => Err(OrchestratorError::NotRunning {
+                id: sandbox.id.clone(),
+                status,
+            }),
+        }
+    }
+
+    /// Pauses the sandbox the caller holds.
+    pub(super) async fn pause_reserved(&self, reservation: &Reservation) -> Result<()> {
+        let sandbox_id = reservation.sandbox_id();
+        self.set_sandbox_status(
+            sandbox_id,
+            SandboxStatus::Running,
+            SandboxStatus::Pausing,
+            None,
+        )
+        .await?;
+        let paused = self.inner.backend.pause(sandbox_id).await;
+        if paused.is_ok()
+            && let Some(mut w) = lock(&self.inner.warm).remove(sandbox_id)
+        {
+            w.last_session = None;
+        }
+        self.settle(
+            sandbox_id,
+            SandboxStatus::Pausing,
+            SandboxStatus::Paused,
+            "pause",
+            paused,
+        )
+        .await
+    }
+
+    /// Starts a paused sandbox again (its files kept), for a sandbox the caller holds.
+    pub(super) async fn resume_reserved(
+        &self,
+        sandbox: &Sandbox,
+        _held: &Reservation,
+    ) -> Result<Warm> {
+        self.set_sandbox_status(
+            &sandbox.id,
+            SandboxStatus::Paused,
+            SandboxStatus::Resuming,
+            None,
+        )
+        .await?;
+        let resumed = self
+            .inner
+            .backend
+            .resume(&sandbox.id)
+            .await
+            .map(|endpoint| self.warm_state(sandbox, endpoint));
+        if let Ok(warm) = &resumed {
+            lock(&self.inner.warm).insert(sandbox.id.clone(), warm.clone());
+        }
+        self.settle(
+            &sandbox.id,
+            SandboxStatus::Resuming,
+            SandboxStatus::Running,
+            "resume",
+            resumed,
+        )
+        .await
+    }
+
+    /// A warm sandbox's live facts as it (re)starts: idle from now on.
+    pub(super) fn warm_state(&self, sandbox: &Sandbox, endpoint: ServeEndpoint) -> Warm {
+        Warm {
+            endpoint,
+            last_session: None,
+            last_active: std::time::Instant::now(),
+            idle_timeout: sandbox
+                .idle_timeout_s
+                .map(|s| Duration::from_secs(s.max(1) as u64))
+                .unwrap_or(self.inner.settings.idle_timeout),
+        }
+    }
+
+    /// Sandboxes of a workspace, newest first.
+    pub async fn list_sandboxes(&self, workspace: Option<&str>) -> Result<Vec<Sandbox>> {
+        let ws = self.workspace(workspace).await?;
+        Ok(self.inner.store.list_sandboxes(&ws.id).await?)
+    }
+}
+
+/// Pauses warm sandboxes that had no run for their idle timeout. A sandbox with a run going is
+/// reserved, so it is never paused under a run.
+pub(super) async fn sweep_idle(inner: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(IDLE_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.shutdown.is_cancelled() {
+            return;
+        }
+        let idle: Vec<String> = lock(&inner.warm)
+            .iter()
+            .filter(|(_, w)| w.last_active.elapsed() >= w.idle_timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let orch = Orchestrator { inner };
+        for id in idle {
+            let Ok(reservation) = orch.inner.reservations.reserve(&id) else {
+                continue;
+            };
+            match orch.pause_reserved(&reservation).await {
+                Ok(()) => tracing::info!(sandbox = %id, "paused after its idle timeout"),
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e, "could not pause an idle sandbox")
+                }
+            }
+        }
+    }
+}

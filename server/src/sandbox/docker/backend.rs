@@ -1,0 +1,340 @@
+//! [`SandboxBackend`] for docker, and picking sandboxes up again after a restart (their
+//! containers and volumes carry labels; the rest is rebuilt from the container).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::query_parameters::{
+    DownloadFromContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    ListVolumesOptionsBuilder, RemoveVolumeOptions,
+};
+use delegate_mcp::types::ChangedFile;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::container::exit_info;
+use super::{
+    DockerBackend, IN_WORKSPACE, LABEL_KIND, LABEL_OWNER, LABEL_SANDBOX, Live, archive,
+    check_image, container_name, engine_error, not_found, volume_name,
+};
+use crate::sandbox::workdir::SandboxDirs;
+use crate::sandbox::{
+    AgentOutput, ExitInfo, RunSpec, SandboxBackend, SandboxError, SandboxSpec, ServeEndpoint,
+};
+use crate::settings::{DockerNetwork, Secret};
+use crate::store::SandboxKind;
+
+impl DockerBackend {
+    /// Rebuilds what this process keeps for a sandbox from its container (after a restart).
+    async fn recover(&self, id: &str) -> Result<Arc<Live>, SandboxError> {
+        let info = match self
+            .docker
+            .inspect_container(&container_name(id), None)
+            .await
+        {
+            Ok(info) => info,
+            Err(e) if not_found(&e) => {
+                return Err(SandboxError::Unknown(format!(
+                    "{id} (its container is gone)"
+                )));
+            }
+            Err(e) => return Err(engine_error(e)),
+        };
+        let config = info.config.unwrap_or_default();
+        let labels = config.labels.unwrap_or_default();
+        if labels.get(LABEL_SANDBOX).map(String::as_str) != Some(id) {
+            return Err(SandboxError::Unknown(format!(
+                "{id} (container not labelled)"
+            )));
+        }
+        let env: HashMap<String, String> = config
+            .env
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        let token = env
+            .get("OPENCODE_CONFIG_CONTENT")
+            .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+            .and_then(|c| {
+                c.pointer("/provider/anthropic/options/apiKey")
+                    .and_then(|v| v.as_str())
+                    .map(Secret::new)
+            })
+            .ok_or_else(|| {
+                SandboxError::Io(format!("{id}: the container holds no sandbox token"))
+            })?;
+        let kind = match labels.get(LABEL_KIND).map(String::as_str) {
+            Some("warm") => SandboxKind::Warm,
+            _ => SandboxKind::Ephemeral,
+        };
+        let live = Arc::new(Live {
+            dirs: SandboxDirs::new(self.root.join(id)),
+            kind,
+            token,
+            password: env
+                .get("OPENCODE_SERVER_PASSWORD")
+                .cloned()
+                .map(Secret::new),
+            stop: self.shutdown.child_token(),
+            serve_relay: Mutex::new(None),
+        });
+        self.serve_proxy_socket(&live)?;
+        self.remember(id, live.clone())?;
+        Ok(live)
+    }
+
+    /// Ids of the sandboxes this server has containers or volumes of.
+    async fn labelled(&self) -> Result<Vec<String>, SandboxError> {
+        let mine = format!("{LABEL_OWNER}={}", self.owner);
+        let filters = HashMap::from([("label", vec![LABEL_SANDBOX, mine.as_str()])]);
+        let containers = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(engine_error)?;
+        let volumes = self
+            .docker
+            .list_volumes(Some(
+                ListVolumesOptionsBuilder::new().filters(&filters).build(),
+            ))
+            .await
+            .map_err(engine_error)?;
+        let mut ids: Vec<String> = containers
+            .into_iter()
+            .filter_map(|c| c.labels.and_then(|mut l| l.remove(LABEL_SANDBOX)))
+            .chain(
+                volumes
+                    .volumes
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|mut v| v.labels.remove(LABEL_SANDBOX)),
+            )
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+}
+
+#[async_trait]
+impl SandboxBackend for DockerBackend {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn outlives_process(&self) -> bool {
+        true
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<Option<ServeEndpoint>, SandboxError> {
+        check_image(&self.docker, &self.settings.image).await?;
+        let dirs = SandboxDirs::new(self.root.join(&spec.id));
+        if let Err(e) = dirs.create(&spec.files).await {
+            let _ = tokio::fs::remove_dir_all(&dirs.root).await;
+            return Err(e);
+        }
+        {
+            // The container's user (not ours) makes opencode's socket here.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dirs.run, std::fs::Permissions::from_mode(0o777))
+                .map_err(|e| SandboxError::Io(format!("run dir: {e}")))?;
+        }
+        let live = Arc::new(Live {
+            dirs,
+            kind: spec.kind,
+            token: spec.proxy_token.clone(),
+            password: spec.serve_password.clone(),
+            stop: self.shutdown.child_token(),
+            serve_relay: Mutex::new(None),
+        });
+        self.remember(&spec.id, live.clone())?;
+        let made = async {
+            self.serve_proxy_socket(&live)?;
+            self.create_volume(&spec.id, "work").await?;
+            if spec.kind != SandboxKind::Warm {
+                // The container is made per run, with the run's arguments.
+                return Ok(None);
+            }
+            self.create_volume(&spec.id, "home").await?;
+            self.make_container(&spec.id, &live, None).await?;
+            self.start_serve(&spec.id, &live).await.map(Some)
+        }
+        .await;
+        if made.is_err() {
+            let _ = self.destroy(&spec.id).await;
+        }
+        made
+    }
+
+    async fn run_headless(
+        &self,
+        sandbox_id: &str,
+        run: &RunSpec,
+        stop: CancellationToken,
+    ) -> Result<mpsc::Receiver<AgentOutput>, SandboxError> {
+        let live = self.live(sandbox_id)?;
+        let mut args: Vec<String> = vec!["--model".into(), run.model.clone()];
+        args.extend(["--title".into(), run.title.clone()]);
+        if let Some(agent) = &run.agent {
+            args.extend(["--agent".into(), agent.clone()]);
+        }
+        if run.continue_session {
+            args.push("--continue".into());
+        }
+        self.make_container(sandbox_id, &live, Some(&args)).await?;
+        let name = container_name(sandbox_id);
+        let (mut out, mut err) = self.attach(&name, Some(run.task.clone())).await?;
+        self.docker
+            .start_container(&name, None)
+            .await
+            .map_err(|e| SandboxError::Start(engine_error(e).to_string()))?;
+
+        let (tx, rx) = mpsc::channel(256);
+        let out_tx = tx.clone();
+        let reader = tokio::spawn(async move {
+            while let Some(line) = out.recv().await {
+                if out_tx.send(AgentOutput::Stdout(line)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let err_tx = tx.clone();
+        let err_reader = tokio::spawn(async move {
+            while let Some(line) = err.recv().await {
+                if err_tx.send(AgentOutput::Stderr(line)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let docker = self.docker.clone();
+        tokio::spawn(async move {
+            let mut killed = false;
+            let exit = tokio::select! {
+                info = exit_info(&docker, &name) => info,
+                _ = stop.cancelled() => {
+                    killed = true;
+                    let options = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
+                    if let Err(e) = docker.kill_container(&name, Some(options)).await {
+                        tracing::debug!(container = %name, error = %e, "kill");
+                    }
+                    exit_info(&docker, &name).await
+                }
+            };
+            // Output already written is still delivered, but must not keep the run alive.
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                let _ = reader.await;
+                let _ = err_reader.await;
+            })
+            .await;
+            let _ = tx
+                .send(AgentOutput::Exited(ExitInfo { killed, ..exit }))
+                .await;
+        });
+        Ok(rx)
+    }
+
+    async fn collect_changes(
+        &self,
+        sandbox_id: &str,
+        max_diff: usize,
+        label: &str,
+    ) -> Result<(Vec<ChangedFile>, String, bool), SandboxError> {
+        let live = self.live(sandbox_id)?;
+        let options = DownloadFromContainerOptionsBuilder::new()
+            .path(IN_WORKSPACE)
+            .build();
+        let archive = self
+            .docker
+            .download_from_container(&container_name(sandbox_id), Some(options));
+        archive::unpack_workspace(Box::pin(archive), live.dirs.workspace.clone()).await?;
+        live.dirs.collect_changes(max_diff, label).await
+    }
+
+    async fn pause(&self, sandbox_id: &str) -> Result<(), SandboxError> {
+        let live = self.live(sandbox_id)?;
+        live.stop_serve_relay();
+        self.stop_container(&container_name(sandbox_id)).await
+    }
+
+    async fn resume(&self, sandbox_id: &str) -> Result<ServeEndpoint, SandboxError> {
+        let live = match self.live(sandbox_id) {
+            Ok(live) => live,
+            // Paused before this process started: its container knows the rest.
+            Err(SandboxError::Unknown(_)) => self.recover(sandbox_id).await?,
+            Err(e) => return Err(e),
+        };
+        self.start_serve(sandbox_id, &live).await
+    }
+
+    async fn destroy(&self, sandbox_id: &str) -> Result<(), SandboxError> {
+        let live = self
+            .sandboxes
+            .lock()
+            .map_err(|_| SandboxError::Io("sandbox table poisoned".into()))?
+            .remove(sandbox_id);
+        if let Some(live) = &live {
+            live.stop.cancel();
+        }
+        self.remove_container(&container_name(sandbox_id)).await?;
+        for what in ["work", "home"] {
+            match self
+                .docker
+                .remove_volume(&volume_name(sandbox_id, what), None::<RemoveVolumeOptions>)
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(engine_error(e)),
+            }
+        }
+        let root = self.root.join(sandbox_id);
+        match tokio::fs::remove_dir_all(&root).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(SandboxError::Io(format!("remove {}: {e}", root.display()))),
+        }
+    }
+
+    async fn adopt(&self, sandbox_id: &str) -> Result<ServeEndpoint, SandboxError> {
+        let live = self.recover(sandbox_id).await?;
+        if live.kind != SandboxKind::Warm {
+            return Err(SandboxError::Unknown(format!(
+                "{sandbox_id} (an ephemeral sandbox's run ended with the old server)"
+            )));
+        }
+        let running = self
+            .docker
+            .inspect_container(&container_name(sandbox_id), None)
+            .await
+            .ok()
+            .and_then(|i| i.state)
+            .and_then(|s| s.running)
+            .unwrap_or(false);
+        if !running {
+            return Err(SandboxError::Start(
+                "its container is no longer running".into(),
+            ));
+        }
+        let announced = match self.settings.network {
+            DockerNetwork::Host => self.announced_url(sandbox_id).await,
+            _ => None,
+        };
+        self.serve_endpoint(sandbox_id, &live, announced.as_deref())
+            .await
+    }
+
+    async fn held(&self) -> Result<Vec<String>, SandboxError> {
+        self.labelled().await
+    }
+}

@@ -1,0 +1,131 @@
+//! The container spec: the hardened create body of a sandbox's container (labels, mounts,
+//! tmpfs, limits, environment, network) and its labelled volumes.
+
+use std::collections::HashMap;
+
+use bollard::models::{ContainerCreateBody, HostConfig, VolumeCreateRequest};
+
+use super::{
+    DockerBackend, IN_HOME, IN_RUN, IN_WORKSPACE, LABEL_KIND, LABEL_OWNER, LABEL_SANDBOX, Live,
+    SANDBOX_UID, engine_error, volume_name,
+};
+use crate::sandbox::SandboxError;
+use crate::settings::DockerNetwork;
+
+impl DockerBackend {
+    /// The container of a sandbox: headless (`args` for `opencode run`) or serve (`None`).
+    pub(super) async fn container_body(
+        &self,
+        id: &str,
+        live: &Live,
+        headless: Option<&[String]>,
+    ) -> Result<ContainerCreateBody, SandboxError> {
+        let mut env: Vec<String> = crate::opencode::environment(
+            IN_HOME,
+            &self.proxy_url().await?,
+            live.token.expose(),
+            &self.model,
+            &self.small_model,
+        )
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+        let network = &self.settings.network;
+        if *network == DockerNetwork::None {
+            env.push(format!("DELEGATE_PROXY_SOCKET={IN_RUN}/proxy.sock"));
+        }
+        let mut binds = vec![format!("{}:{IN_WORKSPACE}", volume_name(id, "work"))];
+        let mut tmpfs = HashMap::from([(
+            "/tmp".to_string(),
+            "rw,nosuid,nodev,size=1g,mode=1777".to_string(),
+        )]);
+        match headless {
+            Some(_) => {
+                env.push("TASK=-".into());
+                tmpfs.insert(
+                    IN_HOME.into(),
+                    format!(
+                        "rw,nosuid,nodev,size=1g,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700"
+                    ),
+                );
+            }
+            None => {
+                binds.push(format!("{}:{IN_HOME}", volume_name(id, "home")));
+                if let Some(pw) = &live.password {
+                    env.push(format!("OPENCODE_SERVER_PASSWORD={}", pw.expose()));
+                }
+                match network {
+                    DockerNetwork::None => {
+                        env.push(format!("DELEGATE_SERVE_SOCKET={IN_RUN}/opencode.sock"))
+                    }
+                    // Any free port of the host; opencode says which.
+                    DockerNetwork::Host => env.push("OPENCODE_PORT=0".into()),
+                    DockerNetwork::Named(_) => env.push("OPENCODE_HOSTNAME=0.0.0.0".into()),
+                }
+            }
+        }
+        if *network == DockerNetwork::None {
+            binds.push(format!("{}:{IN_RUN}", live.dirs.run.display()));
+        }
+        let network_mode = match network {
+            DockerNetwork::None => "none".to_string(),
+            DockerNetwork::Host => "host".to_string(),
+            DockerNetwork::Named(name) => name.clone(),
+        };
+        let kind = if headless.is_some() {
+            "ephemeral"
+        } else {
+            "warm"
+        };
+        Ok(ContainerCreateBody {
+            image: Some(self.settings.image.clone()),
+            user: Some(format!("{SANDBOX_UID}:{SANDBOX_UID}")),
+            hostname: (*network != DockerNetwork::Host).then(|| "sandbox".to_string()),
+            working_dir: Some(IN_WORKSPACE.into()),
+            env: Some(env),
+            cmd: headless.map(<[String]>::to_vec),
+            labels: Some(HashMap::from([
+                (LABEL_SANDBOX.to_string(), id.to_string()),
+                (LABEL_KIND.to_string(), kind.to_string()),
+                (LABEL_OWNER.to_string(), self.owner.clone()),
+            ])),
+            attach_stdin: Some(headless.is_some()),
+            open_stdin: Some(headless.is_some()),
+            stdin_once: Some(headless.is_some()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            host_config: Some(HostConfig {
+                binds: Some(binds),
+                tmpfs: Some(tmpfs),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges:true".into()]),
+                readonly_rootfs: Some(true),
+                memory: Some(self.memory_bytes),
+                memory_swap: Some(self.memory_bytes),
+                nano_cpus: Some((self.settings.cpus * 1e9) as i64),
+                pids_limit: Some(self.pids_max),
+                network_mode: Some(network_mode),
+                // An init reaps what the agent leaves behind and lets `docker stop` end opencode
+                // at once instead of after a 10 s grace.
+                init: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    pub(super) async fn create_volume(&self, id: &str, what: &str) -> Result<(), SandboxError> {
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(volume_name(id, what)),
+                labels: Some(HashMap::from([
+                    (LABEL_SANDBOX.to_string(), id.to_string()),
+                    (LABEL_OWNER.to_string(), self.owner.clone()),
+                ])),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(engine_error)
+    }
+}

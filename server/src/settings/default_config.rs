@@ -1,0 +1,61 @@
+//! The commented example settings file `delegate default-config` prints; a test in `load.rs`
+//! checks that it parses.
+
+/// The commented example printed by `delegate default-config`.
+pub const DEFAULT_CONFIG: &str = r#"# delegate settings. Every key is optional; environment variables of the same name in upper
+# case (shown after each key) win over this file. Pass the file with --config or DELEGATE_CONFIG.
+
+# Where `delegate serve` listens.                                   DELEGATE_LISTEN
+listen = "127.0.0.1:8080"
+# Where the SQLite database, sandboxes and logs live.                DELEGATE_DATA_DIR
+# data_dir = "~/.local/share/delegate"
+# sqlite://PATH (default: delegate.db in data_dir) or postgres://.   DATABASE_URL
+# database_url = "postgres://delegate@127.0.0.1/delegate"
+# auto (docker if a Docker socket answers, else process) | process | docker | kubernetes.
+backend = "auto"                                                   # DELEGATE_BACKEND
+# How browsers and sandboxes reach this server.                     DELEGATE_PUBLIC_URL
+# public_url = "https://delegate.example.com"
+# A warm sandbox with no runs and no viewers is paused after this.  IDLE_TIMEOUT
+idle_timeout = "30m"
+
+# The real model API. Only this process holds the key; sandboxes get a per-sandbox token for
+# delegate's proxy instead.
+anthropic_base_url = "https://api.anthropic.com"                   # ANTHROPIC_BASE_URL (no /v1)
+# anthropic_api_key = "sk-ant-..."                                 # ANTHROPIC_API_KEY
+# anthropic_auth_token = "..."                                     # ANTHROPIC_AUTH_TOKEN
+model = "anthropic/claude-sonnet-4-5"                              # DELEGATE_MODEL
+small_model = "anthropic/claude-haiku-4-5"                         # DELEGATE_SMALL_MODEL
+
+# Process backend: the opencode binary (default: opencode on PATH).  DELEGATE_OPENCODE_BIN
+# opencode_bin = "/usr/local/bin/opencode"
+# bwrap (bubblewrap) or none (no isolation at all; only if you mean it).  DELEGATE_ISOLATION
+isolation = "bwrap"
+sandbox_memory_mb = 4096                                           # DELEGATE_SANDBOX_MEMORY_MB
+sandbox_pids_max = 1024                                            # DELEGATE_SANDBOX_PIDS_MAX
+
+# Docker backend (DOCKER_HOST picks the engine). The image comes from sandbox-image/build.
+sandbox_image = "delegate-sandbox:1.18.33"                         # DELEGATE_SANDBOX_IMAGE
+sandbox_cpus = 2.0                                                 # DELEGATE_SANDBOX_CPUS
+# none: no network, the proxy through a unix socket (server and engine on one machine) |
+# host: the host's network, proxy on loopback (one box) | NAME: a network the server is on too.
+docker_network = "none"                                            # DELEGATE_DOCKER_NETWORK
+# With a named network: the proxy as containers see it.            DELEGATE_DOCKER_PROXY_URL
+# docker_proxy_url = "http://delegate:8080/v1"
+max_concurrent_runs = 16                                           # DELEGATE_MAX_CONCURRENT_RUNS
+default_timeout = "900s"                                           # DELEGATE_DEFAULT_TIMEOUT
+diff_max_bytes = 262144                                            # DELEGATE_DIFF_MAX_BYTES
+
+# Password sign-up: open | invite (needs a code from a workspace maintainer) | disabled.
+registration = "invite"                                            # DELEGATE_REGISTRATION
+
+# Single sign-on. Callbacks: {base}/api/auth/oidc/callback and {base}/api/auth/github/callback.
+# An account is linked by email only when the provider says the email is verified.
+# oidc_redirect_base_url = "https://delegate.example.com"          # OIDC_REDIRECT_BASE_URL (default: public_url)
+# oidc_issuer_url = "https://accounts.example.com"                 # OIDC_ISSUER_URL
+# oidc_client_id = "delegate"                                      # OIDC_CLIENT_ID
+# oidc_client_secret = "..."                                       # OIDC_CLIENT_SECRET
+# github_client_id = "Iv1...."                                     # GITHUB_CLIENT_ID
+# github_client_secret = "..."                                     # GITHUB_CLIENT_SECRET
+# github_api_url = "https://api.github.com"                        # GITHUB_API_URL
+# github_oauth_url = "https://github.com"                          # GITHUB_OAUTH_URL
+"#;

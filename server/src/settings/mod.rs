@@ -1,0 +1,232 @@
+//! Typed settings: built-in defaults, then an optional TOML file, then environment variables (env
+//! wins). Names follow `DESIGN.md` ("Configuration"); `delegate default-config` prints a commented
+//! example of the file.
+//!
+//! This module holds the types; [`load`](Settings::load) (env and file parsing) is in `load.rs`,
+//! the commented example in `default_config.rs`.
+
+mod default_config;
+mod load;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use default_config::DEFAULT_CONFIG;
+pub use load::{EnvSource, ProcessEnv, SettingsError, parse_duration};
+
+/// A secret value: never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// Docker if a Docker socket answers, else process.
+    Auto,
+    Process,
+    Docker,
+    Kubernetes,
+}
+
+/// How the process backend isolates opencode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// bubblewrap: every namespace unshared, uid 1000, no capabilities, no network but the proxy.
+    Bwrap,
+    /// No isolation at all: opencode runs as you, on your files. Only when asked for explicitly.
+    None,
+}
+
+/// How containers of the docker backend reach delegate's proxy (and the server their opencode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerNetwork {
+    /// No network at all: the proxy is a unix socket bound into the container and relayed to
+    /// 127.0.0.1:4000 inside; opencode serve is reached the same way. Needs the server and the
+    /// Docker Engine on one machine (bind mounts of the data dir).
+    None,
+    /// The host's network: the proxy on a loopback port. One box only; the sandbox can reach
+    /// everything the host's loopback offers.
+    Host,
+    /// A named Docker network the server is also on; sandboxes reach the proxy at
+    /// `DELEGATE_DOCKER_PROXY_URL` and the server reaches opencode at `delegate-{id}:4096`.
+    Named(String),
+}
+
+impl std::str::FromStr for DockerNetwork {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(DockerNetwork::None),
+            "host" => Ok(DockerNetwork::Host),
+            "" | "bridge" | "default" => Err(format!(
+                "{s:?}: use none, host, or the name of a network the server is on                  (the default bridge would let sandboxes reach anything)"
+            )),
+            name if name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) =>
+            {
+                Ok(DockerNetwork::Named(name.to_string()))
+            }
+            other => Err(format!("{other:?} is not a Docker network name")),
+        }
+    }
+}
+
+/// The docker backend's settings.
+#[derive(Debug, Clone)]
+pub struct DockerSettings {
+    /// `DOCKER_HOST` (unix:///path or tcp://host:port); the default socket when unset.
+    pub host: Option<String>,
+    /// `DELEGATE_SANDBOX_IMAGE`: built by `sandbox-image/build`.
+    pub image: String,
+    /// `DELEGATE_DOCKER_NETWORK` [none].
+    pub network: DockerNetwork,
+    /// `DELEGATE_DOCKER_PROXY_URL`: the proxy as containers on a named network see it
+    /// (e.g. `http://delegate:8080/v1`); required with a named network.
+    pub proxy_url: Option<String>,
+    /// `DELEGATE_SANDBOX_CPUS` [2]: CPUs per sandbox.
+    pub cpus: f64,
+}
+
+/// The sandbox image `sandbox-image/build` makes (opencode's version is the tag).
+pub const DEFAULT_SANDBOX_IMAGE: &str = "delegate-sandbox:1.18.33";
+
+/// Who may create an account with a password (`POST /api/auth/signup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// Anyone who reaches the server.
+    Open,
+    /// Only with an invite code from a workspace maintainer or owner.
+    Invite,
+    /// Nobody; accounts come from `delegate user create` (or single sign-on).
+    Disabled,
+}
+
+/// How delegate reaches the real Anthropic API. Only the server process ever holds this.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `ANTHROPIC_BASE_URL`, without `/v1`.
+    pub base_url: String,
+    pub credential: Option<UpstreamCredential>,
+}
+
+#[derive(Debug, Clone)]
+pub enum UpstreamCredential {
+    /// `ANTHROPIC_API_KEY`, sent as `x-api-key`.
+    ApiKey(Secret),
+    /// `ANTHROPIC_AUTH_TOKEN`, sent as `Authorization: Bearer`.
+    AuthToken(Secret),
+}
+
+/// The first label of a sandbox's own host: `oc-{id}.BASE_DOMAIN` is the opencode gateway.
+pub const SANDBOX_HOST_PREFIX: &str = "oc-";
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `sqlite://...` or `postgres://...`; secret because it may carry a password.
+    pub database_url: Secret,
+    pub backend: BackendChoice,
+    pub public_url: Option<String>,
+    pub idle_timeout: Duration,
+    pub upstream: Upstream,
+    /// `provider/model` handed to opencode.
+    pub model: String,
+    /// The small model opencode uses for titles.
+    pub small_model: String,
+    /// The opencode binary (process backend); `opencode` on PATH when unset.
+    pub opencode_bin: Option<PathBuf>,
+    pub isolation: Isolation,
+    /// The delegate binary bound into bubblewrap sandboxes to relay the proxy socket; this
+    /// executable when unset.
+    pub relay_bin: Option<PathBuf>,
+    pub sandbox_memory_mb: u64,
+    pub sandbox_pids_max: u64,
+    pub docker: DockerSettings,
+    pub max_concurrent_runs: usize,
+    pub default_timeout: Duration,
+    /// The largest diff a result carries; longer ones are cut and flagged `diff_truncated`.
+    pub diff_max_bytes: usize,
+    /// Who may sign up with a password (`DELEGATE_REGISTRATION`).
+    pub registration: Registration,
+    /// Single sign-on (generic OIDC, GitHub); each provider is on when its client id is set.
+    pub sso: SsoSettings,
+    /// `BASE_DOMAIN`: sandboxes' opencode opens at `oc-{id}.{base_domain}` through the gateway
+    /// (`localhost:8080` works locally: browsers resolve `*.localhost` to loopback). Unset: no
+    /// gateway.
+    pub base_domain: Option<String>,
+    /// `BASE_SCHEME` [http]: the scheme of the gateway's URLs (`https` behind TLS).
+    pub base_scheme: String,
+}
+
+/// Single sign-on settings. Callbacks are `{redirect_base_url}/api/auth/oidc/callback` and
+/// `{redirect_base_url}/api/auth/github/callback`.
+#[derive(Debug, Clone, Default)]
+pub struct SsoSettings {
+    /// `OIDC_REDIRECT_BASE_URL` [DELEGATE_PUBLIC_URL], without a trailing slash.
+    pub redirect_base_url: Option<String>,
+    /// `OIDC_ISSUER_URL` + `OIDC_CLIENT_ID` + `OIDC_CLIENT_SECRET`.
+    pub oidc: Option<OidcSettings>,
+    /// `GITHUB_CLIENT_ID` + `GITHUB_CLIENT_SECRET` (+ `GITHUB_API_URL`, `GITHUB_OAUTH_URL`).
+    pub github: Option<GithubSettings>,
+}
+
+/// A generic OpenID Connect provider, found by discovery from its issuer.
+#[derive(Debug, Clone)]
+pub struct OidcSettings {
+    pub issuer_url: String,
+    pub client_id: String,
+    /// `None` for a public client (PKCE only).
+    pub client_secret: Option<Secret>,
+}
+
+/// GitHub OAuth (or GitHub Enterprise, or a local stand-in speaking GitHub's wire format).
+#[derive(Debug, Clone)]
+pub struct GithubSettings {
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// `GITHUB_API_URL` [https://api.github.com].
+    pub api_url: String,
+    /// `GITHUB_OAUTH_URL` [https://github.com]: `/login/oauth/authorize` and `/login/oauth/access_token`.
+    pub oauth_url: String,
+}
+
+impl Settings {
+    /// `{scheme}://oc-{id}.{base_domain}`, where a browser finds a sandbox's opencode; `None`
+    /// without `BASE_DOMAIN`.
+    pub fn sandbox_origin(&self, sandbox_id: &str) -> Option<String> {
+        let domain = self.base_domain.as_deref()?;
+        Some(format!(
+            "{}://{SANDBOX_HOST_PREFIX}{sandbox_id}.{domain}",
+            self.base_scheme
+        ))
+    }
+}
