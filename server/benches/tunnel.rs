@@ -168,7 +168,7 @@ async fn line_after(child: &mut tokio::process::Child, marker: &str) -> String {
 
 #[tokio::main]
 async fn main() {
-    delegate_server::app::install_crypto();
+    delegate_server::net::install_crypto();
     let requests = arg("--requests", 2000);
     let downloads = arg("--downloads", 3);
     let tmp = tempfile::tempdir().unwrap();

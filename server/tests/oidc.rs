@@ -92,7 +92,7 @@ struct Delegate {
 
 impl Delegate {
     async fn start(sso_env: &[(&str, String)]) -> Delegate {
-        delegate_server::app::install_crypto();
+        delegate_server::net::install_crypto();
         log();
         let dir = tempfile::Builder::new()
             .prefix("dlg-sso")
@@ -294,7 +294,7 @@ struct Provider {
 
 impl Provider {
     async fn start(users: &[Value]) -> Option<Provider> {
-        delegate_server::app::install_crypto();
+        delegate_server::net::install_crypto();
         let bin = real::repo_root().join(".tools/venv/bin/oidc-provider-mock");
         if !bin.is_file() {
             return real::unavailable(

@@ -28,7 +28,7 @@ struct Setup {
 }
 
 async fn setup(script: Script) -> Setup {
-    delegate_server::app::install_crypto();
+    delegate_server::net::install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let common::Seeded {
         store,

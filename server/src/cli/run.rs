@@ -326,7 +326,7 @@ impl Progress {
         {
             self.status = s.to_string();
         }
-        self.note(&delegate_server::events::describe(e));
+        self.note(&delegate_server::opencode::events::describe(e));
     }
 
     /// A progress line from a delegator (already described); a status line moves the spinner.

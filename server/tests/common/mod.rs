@@ -27,7 +27,7 @@ pub struct Harness {
 impl Harness {
     /// `None` (after printing why) when opencode or bubblewrap is missing and skipping is allowed.
     pub async fn new(script: Script) -> Option<Harness> {
-        delegate_server::app::install_crypto();
+        delegate_server::net::install_crypto();
         let opencode = real::opencode()?;
         real::bwrap()?;
         let fake = FakeAnthropic::start(script)
