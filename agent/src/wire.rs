@@ -3,6 +3,9 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The longest a registration code may be valid: one day.
+pub const MAX_CODE_TTL_SECONDS: u64 = 86_400;
+
 /// `POST /api/workspaces/{ws}/agent-codes`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

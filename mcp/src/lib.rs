@@ -28,9 +28,9 @@ pub use remote::RemoteDelegator;
 pub use service::DelegateMcp;
 
 /// How long an HTTP session may go without any message before it is closed. Longer than the
-/// longest run (`timeout_seconds` is at most 86400): a `run_in_sandbox` call without a progress
-/// token sends nothing until it ends, and closing its session would cancel the run.
-const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(25 * 3600);
+/// longest run ([`tools::MAX_TIMEOUT_SECONDS`]) by an hour: a `run_in_sandbox` call without a
+/// progress token sends nothing until it ends, and closing its session would cancel the run.
+const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(tools::MAX_TIMEOUT_SECONDS + 3600);
 
 /// Why [`serve_stdio`] stopped early.
 #[derive(Debug, thiserror::Error)]

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::{Event, RunStatus, SandboxStatus};
 
+/// The longest a run may take (`timeout_seconds`): one day. The server enforces it.
+pub const MAX_TIMEOUT_SECONDS: u64 = 86_400;
+
 /// Input of `run_in_sandbox`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -27,6 +27,7 @@ use futures::StreamExt;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::auth::credentials;
 use crate::delegation::{Action, Service, ServiceError};
 use crate::ids::{hash_secret, new_secret};
 use crate::orchestrator::Orchestrator;
@@ -204,7 +205,7 @@ impl Gateway {
 
     /// The grant a request's gateway cookie holds for this sandbox, if any.
     fn cookie_grant(&self, sandbox_id: &str, headers: &HeaderMap) -> Option<Grant> {
-        let secret = cookie_values_of(headers).find(|(k, _)| *k == COOKIE)?.1;
+        let secret = credentials::cookie(headers, COOKIE)?;
         let mut cookies = lock(&self.inner.cookies);
         let hash = hash_secret(secret);
         let grant = cookies.get(&hash)?;
@@ -408,7 +409,7 @@ async fn forward(
         headers.append(name.clone(), value.clone());
     }
     // The browser's delegate cookies stay here; opencode's own cookies (if any) go on.
-    let kept: Vec<String> = cookie_values_of(&parts.headers)
+    let kept: Vec<String> = credentials::cookies(&parts.headers)
         .filter(|(k, _)| *k != COOKIE && *k != crate::auth::sessions::COOKIE)
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
@@ -478,16 +479,6 @@ async fn forward(
         chunk
     });
     Ok(Response::from_parts(parts, Body::from_stream(body)))
-}
-
-fn cookie_values_of(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .map(|(k, v)| (k.trim(), v.trim()))
 }
 
 fn insert(map: &Mutex<HashMap<String, Grant>>, key: String, grant: Grant) {
@@ -637,17 +628,5 @@ mod tests {
             head.contains("theme=dark"),
             "opencode's own cookies pass: {head}"
         );
-    }
-
-    #[test]
-    fn finds_cookies_among_others() {
-        let mut h = HeaderMap::new();
-        h.append(
-            header::COOKIE,
-            "a=1; delegate_gateway=dgc_x".parse().unwrap(),
-        );
-        h.append(header::COOKIE, "b=2".parse().unwrap());
-        let all: Vec<_> = cookie_values_of(&h).collect();
-        assert_eq!(all, [("a", "1"), ("delegate_gateway", "dgc_x"), ("b", "2")]);
     }
 }

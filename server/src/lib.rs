@@ -9,6 +9,7 @@ pub mod delegation;
 pub mod envelope;
 pub mod gateway;
 pub mod ids;
+pub mod names;
 pub mod net;
 pub mod opencode;
 pub mod orchestrator;

@@ -12,10 +12,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiResult, ApiState, Authed, Json, Path};
-use crate::auth::{csrf, passwords, sessions};
-use crate::ids::{hash_secret, now_ms};
-use crate::settings::Registration;
-use crate::store::{StoreError, TokenRecord};
+use crate::auth::accounts::{self, AccountError};
+use crate::auth::{csrf, sessions};
+use crate::store::TokenRecord;
 
 /// `POST /api/auth/signup` body.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -93,30 +92,22 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
-/// A normalised email address, or a 400.
-pub fn normalise_email(email: &str) -> ApiResult<String> {
-    let email = email.trim().to_lowercase();
-    let ok = email.len() <= 254
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-        && email
-            .split_once('@')
-            .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty());
-    if ok {
-        Ok(email)
-    } else {
-        Err(ApiError::invalid("email: not an email address"))
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::Invalid(m) => ApiError::invalid(m),
+            AccountError::Unauthorized(m) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m)
+            }
+            AccountError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
+            AccountError::NotFound(m) => ApiError::not_found(m),
+            AccountError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            AccountError::Limit(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit", m),
+            AccountError::Denied(e) => e.into(),
+            AccountError::Store(e) => ApiError::internal(e),
+            AccountError::Internal(m) => ApiError::internal(m),
+        }
     }
-}
-
-/// A display name: 1 to 200 characters, no control characters.
-pub fn check_name(name: &str) -> ApiResult<String> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "name: 1 to 200 characters, no control characters",
-        ));
-    }
-    Ok(name.to_string())
 }
 
 pub async fn signup(
@@ -125,77 +116,14 @@ pub async fn signup(
     Json(input): Json<SignupInput>,
 ) -> ApiResult<Response> {
     same_origin(&state, &headers)?;
-    let policy = state.orch().settings().registration;
-    if policy == Registration::Disabled {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "sign-up is disabled on this server; ask an administrator",
-        ));
-    }
-    if policy == Registration::Invite && input.invite.is_none() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "sign-up needs an invite on this server",
-        ));
-    }
-    let email = normalise_email(&input.email)?;
-    let name = input.name.as_deref().map(check_name).transpose()?;
-    passwords::check_policy(&input.password).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let store = state.orch().store();
-    match store.user_by_email(&email).await {
-        Ok(_) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                "an account with this email exists; sign in instead",
-            ));
-        }
-        Err(StoreError::NotFound(_)) => {}
-        Err(e) => return Err(ApiError::internal(e)),
-    }
-    let password_hash = passwords::hash(&input.password)
-        .await
-        .map_err(ApiError::internal)?;
-    // Claimed before the account exists: a code works once even under concurrent sign-ups.
-    let invite = match &input.invite {
-        None => None,
-        Some(code) => match store
-            .claim_invite(&hash_secret(code.trim()), now_ms())
-            .await
-        {
-            Ok(i) => Some(i),
-            Err(StoreError::NotFound(_)) => {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    "the invite is unknown, used or expired",
-                ));
-            }
-            Err(e) => return Err(ApiError::internal(e)),
-        },
+    let input = accounts::SignUp {
+        email: &input.email,
+        password: &input.password,
+        name: input.name.as_deref(),
+        invite: input.invite.as_deref(),
     };
-    let (user, _) = crate::auth::create_user(store.as_ref(), &email, name.as_deref())
-        .await
-        .map_err(|e| match e {
-            StoreError::Conflict(_) => ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                "an account with this email exists; sign in instead",
-            ),
-            e => ApiError::internal(e),
-        })?;
-    store
-        .set_password_hash(&user.id, &password_hash)
-        .await
-        .map_err(ApiError::internal)?;
-    if let Some(invite) = invite {
-        store
-            .set_member(&invite.workspace_id, &user.id, invite.role)
-            .await
-            .map_err(ApiError::internal)?;
-    }
+    let policy = state.orch().settings().registration;
+    let user = accounts::sign_up(state.orch().store().as_ref(), policy, input).await?;
     tracing::info!(user = %user.id, "account created by sign-up");
     signed_in(&state, &user.id, StatusCode::CREATED).await
 }
@@ -207,48 +135,15 @@ pub async fn login(
     Json(input): Json<LoginInput>,
 ) -> ApiResult<Response> {
     same_origin(&state, &headers)?;
-    let email = input.email.trim().to_lowercase();
-    let email_key = format!("email:{email}");
-    let mut keys = vec![email_key.clone()];
-    if let Some(ip) = ip {
-        keys.push(format!("ip:{ip}"));
-    }
-    let limiter = &state.logins;
-    if limiter.blocked(&keys) {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "limit",
-            "too many failed sign-ins; try again in 15 minutes",
-        ));
-    }
-    let store = state.orch().store();
-    let (user_id, hash) = match store.user_by_email(&email).await {
-        Ok(user) => {
-            let hash = store
-                .password_hash(&user.id)
-                .await
-                .map_err(ApiError::internal)?;
-            (Some(user.id), hash)
-        }
-        Err(StoreError::NotFound(_)) => (None, None),
-        Err(e) => return Err(ApiError::internal(e)),
-    };
-    let matches = passwords::check_policy(&input.password).is_ok()
-        && passwords::verify(&input.password, hash).await;
-    match user_id {
-        Some(user_id) if matches => {
-            limiter.succeeded(&email_key);
-            signed_in(&state, &user_id, StatusCode::OK).await
-        }
-        _ => {
-            limiter.failed(&keys);
-            Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "wrong email or password",
-            ))
-        }
-    }
+    let user_id = accounts::log_in(
+        state.orch().store().as_ref(),
+        &state.logins,
+        &input.email,
+        &input.password,
+        ip,
+    )
+    .await?;
+    signed_in(&state, &user_id, StatusCode::OK).await
 }
 
 /// Sign-up and sign-in set a cookie without one: a browser's `Origin`, when sent, must still be this
@@ -323,20 +218,8 @@ async fn me_of(state: &ApiState, user_id: &str, scope: Option<&str>) -> ApiResul
     })
 }
 
-/// Whether a caller's token id is a browser session's.
-fn is_session(token_id: Option<&str>) -> bool {
-    token_id.is_some_and(|t| crate::ids::is_id("ses", t))
-}
-
 pub async fn logout(State(state): State<ApiState>, Authed(caller): Authed) -> ApiResult<Response> {
-    if let Some(id) = caller.token_id.as_deref().filter(|t| is_session(Some(t))) {
-        state
-            .orch()
-            .store()
-            .revoke_token(id, now_ms())
-            .await
-            .map_err(ApiError::internal)?;
-    }
+    accounts::sign_out(state.orch().store().as_ref(), &caller).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
@@ -367,16 +250,10 @@ pub async fn list_sessions(
     State(state): State<ApiState>,
     Authed(caller): Authed,
 ) -> ApiResult<axum::Json<SessionList>> {
-    let sessions = state
-        .orch()
-        .store()
-        .sessions_of_user(&caller.user_id)
-        .await
-        .map_err(ApiError::internal)?;
+    let sessions = accounts::sessions(state.orch().store().as_ref(), &caller).await?;
     Ok(axum::Json(SessionList {
         sessions: sessions
             .into_iter()
-            .filter(|t| super::tokens::in_scope(&caller, t))
             .map(|t| session_info(t, caller.token_id.as_deref()))
             .collect(),
     }))
@@ -387,20 +264,7 @@ pub async fn revoke_session(
     Authed(caller): Authed,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let store = state.orch().store();
-    let own = store
-        .sessions_of_user(&caller.user_id)
-        .await
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .any(|t| t.id == id && super::tokens::in_scope(&caller, &t));
-    if !own {
-        return Err(ApiError::not_found(format!("session {id:?} not found")));
-    }
-    store
-        .revoke_token(&id, now_ms())
-        .await
-        .map_err(ApiError::internal)?;
+    accounts::revoke_session(state.orch().store().as_ref(), &caller, &id).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     if caller.token_id.as_deref() == Some(id.as_str()) {
         response

@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 
 use super::{ApiError, ApiResult, ApiState, Authed, Path};
+use crate::auth::{credentials, sessions};
 use crate::gateway::OpenTicket;
 
 pub async fn open(
@@ -15,15 +16,10 @@ pub async fn open(
 ) -> ApiResult<axum::Json<OpenTicket>> {
     // The credential `require_token` accepted (the same precedence): the gateway lives only as
     // long as it does.
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let cookie = headers.get(header::COOKIE).and_then(|v| v.to_str().ok());
-    let credential = match headers.get(header::AUTHORIZATION) {
-        Some(_) => bearer,
-        None => crate::auth::sessions::cookie_value(cookie),
+    let credential = if headers.contains_key(header::AUTHORIZATION) {
+        credentials::bearer(&headers)
+    } else {
+        sessions::cookie_value(&headers)
     }
     .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "no credential"))?;
     Ok(axum::Json(

@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiResult, ApiState, Query};
+use crate::auth::credentials;
 use crate::auth::oidc::{BROWSER_COOKIE, Callback, PENDING_TTL, Provider, SsoError, link_identity};
 use crate::auth::sessions::{session_cookie, start_session};
 
@@ -99,15 +100,7 @@ async fn start(
 
 /// The [`BROWSER_COOKIE`] a request carries.
 fn browser_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == BROWSER_COOKIE)
-        .map(|(_, v)| v.trim())
-        .filter(|v| !v.is_empty())
+    credentials::cookie(headers, BROWSER_COOKIE)
 }
 
 async fn callback(

@@ -7,11 +7,9 @@ use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiResult, ApiState, Authed, Json, Path};
+use super::{ApiResult, ApiState, Authed, Json, Path};
+use crate::auth::accounts;
 use crate::store::TokenRecord;
-
-/// The longest lifetime a token may ask for: ten years.
-const MAX_EXPIRY_SECONDS: u64 = 10 * 365 * 86_400;
 
 /// `POST /api/tokens` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -81,47 +79,17 @@ pub async fn create(
     Authed(caller): Authed,
     Json(input): Json<CreateTokenInput>,
 ) -> ApiResult<Response> {
-    let name = input.name.trim().to_string();
-    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "name: 1 to 200 characters, no control characters",
-        ));
-    }
-    let expires_at = match input.expires_in_seconds {
-        None => None,
-        Some(s) if (1..=MAX_EXPIRY_SECONDS).contains(&s) => {
-            Some(crate::ids::now_ms() + (s as i64) * 1000)
-        }
-        Some(_) => {
-            return Err(ApiError::invalid(format!(
-                "expires_in_seconds: between 1 and {MAX_EXPIRY_SECONDS}"
-            )));
-        }
-    };
-    // Resolved through the caller's memberships (and scope): no scoping to a foreign workspace,
-    // and a scoped token can not mint a wider one.
-    let workspace_id = match &input.workspace {
-        Some(w) => Some(
-            state
-                .service
-                .authorize(&caller, Some(w), crate::delegation::Action::Read)
-                .await?
-                .id,
-        ),
-        None => caller.workspace_id.clone(),
-    };
-    let (secret, record) = crate::auth::create_scoped_api_token(
-        state.orch().store().as_ref(),
-        &caller.user_id,
-        Some(name.clone()),
-        expires_at,
-        workspace_id,
+    let (secret, record) = accounts::create_token(
+        &state.service,
+        &caller,
+        &input.name,
+        input.expires_in_seconds,
+        input.workspace.as_deref(),
     )
-    .await
-    .map_err(ApiError::internal)?;
+    .await?;
     let created = CreatedToken {
         id: record.id,
-        name,
+        name: record.name.unwrap_or_default(),
         token: secret,
         created_at: record.created_at,
         expires_at: record.expires_at,
@@ -134,18 +102,9 @@ pub async fn list(
     State(state): State<ApiState>,
     Authed(caller): Authed,
 ) -> ApiResult<axum::Json<TokenList>> {
-    let tokens = state
-        .orch()
-        .store()
-        .tokens_of_user(&caller.user_id)
-        .await
-        .map_err(ApiError::internal)?;
+    let tokens = accounts::tokens(state.orch().store().as_ref(), &caller).await?;
     Ok(axum::Json(TokenList {
-        tokens: tokens
-            .into_iter()
-            .filter(|t| in_scope(&caller, t))
-            .map(TokenInfo::from)
-            .collect(),
+        tokens: tokens.into_iter().map(TokenInfo::from).collect(),
     }))
 }
 
@@ -154,25 +113,6 @@ pub async fn revoke(
     Authed(caller): Authed,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let store = state.orch().store();
-    // Only the caller's own tokens; anyone else's look unknown.
-    let own = store
-        .tokens_of_user(&caller.user_id)
-        .await
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .any(|t| t.id == id && in_scope(&caller, &t));
-    if !own {
-        return Err(ApiError::not_found(format!("token {id:?} not found")));
-    }
-    store
-        .revoke_token(&id, crate::ids::now_ms())
-        .await
-        .map_err(ApiError::internal)?;
+    accounts::revoke_token(state.orch().store().as_ref(), &caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// A workspace-scoped token sees (and revokes) only tokens of its own workspace.
-pub fn in_scope(caller: &delegate_mcp::delegator::Caller, t: &TokenRecord) -> bool {
-    caller.workspace_id.is_none() || caller.workspace_id == t.workspace_id
 }

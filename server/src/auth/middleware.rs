@@ -6,7 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use super::{AuthError, caller_from_bearer};
+use super::{AuthError, caller_from_bearer, credentials, sessions};
 use crate::envelope::json_error;
 use crate::orchestrator::Orchestrator;
 
@@ -19,19 +19,18 @@ pub async fn require_token(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let cookie = request
-        .headers()
-        .get(header::COOKIE)
-        .and_then(|v| v.to_str().ok());
-    let resolved = match (header, crate::auth::sessions::cookie_value(cookie)) {
-        (None, Some(secret)) => {
+    let headers = request.headers();
+    // An `Authorization` header wins over the cookie, whatever its scheme.
+    let cookie = if headers.contains_key(header::AUTHORIZATION) {
+        None
+    } else {
+        sessions::cookie_value(headers)
+    };
+    let resolved = match cookie {
+        Some(secret) => {
             if !crate::auth::csrf::allowed(
                 request.method(),
-                request.headers(),
+                headers,
                 orch.settings().public_url.as_deref(),
             ) {
                 return json_error(
@@ -41,9 +40,9 @@ pub async fn require_token(
                      (Origin or Referer header)",
                 );
             }
-            crate::auth::sessions::caller_from_session(orch.store().as_ref(), secret).await
+            sessions::caller_from_session(orch.store().as_ref(), secret).await
         }
-        _ => caller_from_bearer(orch.store().as_ref(), header).await,
+        None => caller_from_bearer(orch.store().as_ref(), credentials::bearer(headers)).await,
     };
     match resolved {
         Ok(caller) => {

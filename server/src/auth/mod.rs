@@ -1,7 +1,9 @@
-//! API tokens (`dlg_...`): issued once, stored as SHA-256 hashes, resolved to a [`Caller`] by the
-//! HTTP layer. Users: created by `delegate user create`, each with a personal workspace. Browser
+//! API tokens (`dlg_...`): issued once, stored as SHA-256 hashes ([`credentials`]), resolved to a
+//! [`Caller`] by the HTTP layer. Users: created by `delegate user create`, each with a personal workspace. Browser
 //! sessions: [`sessions`].
 
+pub mod accounts;
+pub mod credentials;
 pub mod csrf;
 pub mod limits;
 mod middleware;
@@ -13,8 +15,10 @@ pub use middleware::require_token;
 
 use delegate_mcp::delegator::Caller;
 
-use crate::ids::{hash_secret, new_id, new_secret, now_ms};
+use crate::ids::{new_id, now_ms};
+use crate::names::Email;
 use crate::store::{Store, StoreError, TokenKind, TokenRecord, User, Workspace};
+use credentials::Holder;
 
 /// Why a presented token was refused. Deliberately vague towards the client.
 #[derive(Debug, thiserror::Error)]
@@ -26,11 +30,6 @@ pub enum AuthError {
     #[error("storage: {0}")]
     Store(#[from] StoreError),
 }
-
-/// Prefix of API tokens, so they are recognisable (and greppable by secret scanners).
-pub const API_TOKEN_PREFIX: &str = "dlg_";
-/// Prefix of tunnel tokens (a local agent's credential for its sandbox's link).
-pub const TUNNEL_TOKEN_PREFIX: &str = "dlt_";
 
 /// Issues an API token for `user_id`; the secret is returned once and never stored.
 pub async fn create_api_token(
@@ -50,51 +49,27 @@ pub async fn create_scoped_api_token(
     expires_at: Option<i64>,
     workspace_id: Option<String>,
 ) -> Result<(String, TokenRecord), StoreError> {
-    let secret = new_secret(API_TOKEN_PREFIX);
-    let record = TokenRecord {
-        id: new_id("tok"),
-        kind: TokenKind::Api,
-        hash: hash_secret(&secret),
-        name,
+    let holder = Holder {
         user_id: Some(user_id.to_string()),
-        sandbox_id: None,
         workspace_id,
-        created_at: now_ms(),
-        expires_at,
-        revoked_at: None,
+        name,
+        ..Holder::default()
     };
+    let (secret, record) = credentials::issue(TokenKind::Api, holder, expires_at);
     store.user_by_id(user_id).await?;
     store.insert_token(&record).await?;
     Ok((secret, record))
 }
 
-/// The caller a `Authorization: Bearer dlg_...` header stands for.
+/// The caller an API token (the `Bearer` of a request) stands for.
 pub async fn caller_from_bearer(
     store: &dyn Store,
-    authorization: Option<&str>,
+    token: Option<&str>,
 ) -> Result<Caller, AuthError> {
-    let token = authorization
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or(AuthError::Missing)?;
-    if !token.starts_with(API_TOKEN_PREFIX) {
-        return Err(AuthError::Invalid);
-    }
-    let record = match store.token_by_hash(&hash_secret(token)).await {
-        Ok(r) => r,
-        Err(StoreError::NotFound(_)) => return Err(AuthError::Invalid),
-        Err(e) => return Err(e.into()),
-    };
-    if record.kind != TokenKind::Api
-        || record.revoked_at.is_some()
-        || record.expires_at.is_some_and(|t| t <= now_ms())
-    {
-        return Err(AuthError::Invalid);
-    }
-    let user_id = record.user_id.ok_or(AuthError::Invalid)?;
+    let token = token.ok_or(AuthError::Missing)?;
+    let record = credentials::verify(store, TokenKind::Api, token).await?;
     Ok(Caller {
-        user_id,
+        user_id: record.user_id.ok_or(AuthError::Invalid)?,
         token_id: Some(record.id),
         client: None,
         workspace_id: record.workspace_id,
@@ -107,16 +82,12 @@ pub async fn create_user(
     email: &str,
     name: Option<&str>,
 ) -> Result<(User, Workspace), StoreError> {
-    let email = email.trim().to_lowercase();
-    if !email.contains('@') || email.len() > 254 || email.chars().any(char::is_whitespace) {
-        return Err(StoreError::Conflict(format!(
-            "{email:?} is not an email address"
-        )));
-    }
-    let local = email.split('@').next().unwrap_or("user");
+    let email = Email::parse(email)
+        .map_err(|_| StoreError::Conflict(format!("{email:?} is not an email address")))?;
+    let local = email.local_part();
     let user = User {
         id: new_id("usr"),
-        email: email.clone(),
+        email: email.as_str().to_string(),
         name: name
             .map(str::to_string)
             .unwrap_or_else(|| local.to_string()),

@@ -4,6 +4,8 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use delegate_server::auth::accounts::{self, AccountError};
+use delegate_server::names::{Email, Name};
 use delegate_server::settings::{Settings, parse_duration};
 use delegate_server::store::{Store, StoreError};
 
@@ -74,15 +76,20 @@ pub async fn user(settings: Settings, cmd: &UserCommand) -> anyhow::Result<ExitC
             } else {
                 None
             };
-            let (user, ws) =
-                delegate_server::auth::create_user(store.as_ref(), email, name.as_deref())
-                    .await
-                    .map_err(|e| match e {
-                        StoreError::Conflict(_) => {
-                            anyhow::anyhow!("a user with email {email} already exists")
-                        }
-                        e => e.into(),
-                    })?;
+            let email = Email::parse(email).context("--email")?;
+            let name = name
+                .as_deref()
+                .map(Name::parse)
+                .transpose()
+                .context("--name")?;
+            let (user, ws) = accounts::create_user(store.as_ref(), &email, name.as_ref())
+                .await
+                .map_err(|e| match e {
+                    StoreError::Conflict(_) => {
+                        anyhow::anyhow!("a user with email {email} already exists")
+                    }
+                    e => e.into(),
+                })?;
             if let Some(hash) = password_hash {
                 store.set_password_hash(&user.id, &hash).await?;
             }
@@ -122,19 +129,22 @@ pub async fn token(settings: Settings, cmd: &TokenCommand) -> anyhow::Result<Exi
                         .id
                 }
             };
-            let expires_at = match expires_in {
-                Some(d) => {
-                    Some(delegate_server::ids::now_ms() + parse_expiry(d)?.as_millis() as i64)
-                }
-                None => None,
-            };
-            let (secret, record) = delegate_server::auth::create_api_token(
+            let expires_in_seconds = expires_in
+                .as_deref()
+                .map(|d| parse_expiry(d).map(|d| d.as_secs()))
+                .transpose()?;
+            let (secret, record) = accounts::issue_api_token(
                 store.as_ref(),
                 &user_id,
-                name.clone(),
-                expires_at,
+                name.as_deref(),
+                expires_in_seconds,
+                None,
             )
-            .await?;
+            .await
+            .map_err(|e| match e {
+                AccountError::Invalid(m) => anyhow::anyhow!("--name or --expires-in: {m}"),
+                e => e.into(),
+            })?;
             eprintln!(
                 "delegate: token {} for user {user_id}{}; shown once, store it now",
                 record.id,

@@ -25,9 +25,10 @@ use futures::Stream;
 
 pub use usage::{UsageScanner, cost_usd};
 
+use crate::auth::{AuthError, credentials};
 use crate::ids::{hash_secret, new_id, now_ms};
 use crate::settings::{Upstream, UpstreamCredential};
-use crate::store::{Store, StoreError, TokenKind, UsageRecord};
+use crate::store::{Store, TokenKind, UsageRecord};
 
 /// How long a checked token stays trusted without asking the store again.
 const GRANT_TTL: Duration = Duration::from_secs(5);
@@ -125,25 +126,19 @@ impl Proxy {
                 "invalid or revoked sandbox token",
             )
         };
-        let record = match self.inner.store.token_by_hash(&hash).await {
-            Ok(r) => r,
-            Err(StoreError::NotFound(_)) => return Err(denied()),
-            Err(e) => {
-                tracing::error!(error = %e, "proxy: token lookup failed");
-                return Err(anthropic_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "api_error",
-                    "delegate could not check the token",
-                ));
-            }
-        };
-        let now = now_ms();
-        if record.kind != TokenKind::Sandbox
-            || record.revoked_at.is_some()
-            || record.expires_at.is_some_and(|t| t <= now)
-        {
-            return Err(denied());
-        }
+        let record =
+            match credentials::verify(self.inner.store.as_ref(), TokenKind::Sandbox, token).await {
+                Ok(r) => r,
+                Err(AuthError::Store(e)) => {
+                    tracing::error!(error = %e, "proxy: token lookup failed");
+                    return Err(anthropic_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "api_error",
+                        "delegate could not check the token",
+                    ));
+                }
+                Err(_) => return Err(denied()),
+            };
         let Some(sandbox_id) = record.sandbox_id else {
             return Err(denied());
         };
@@ -169,16 +164,12 @@ impl Proxy {
     }
 }
 
+/// The sandbox token: `x-api-key` as Anthropic's clients send it, else `Authorization: Bearer`.
 fn presented_token(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(v.trim()).filter(|v| !v.is_empty());
     }
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
+    credentials::bearer(headers)
 }
 
 /// Headers never forwarded upstream: credentials (replaced by the real one), hop-by-hop headers,

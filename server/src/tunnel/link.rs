@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use delegate_agent::mux::{Mux, Role, Transport, pump, recv_frame, send_frame};
@@ -17,9 +17,9 @@ use futures::{SinkExt, StreamExt, future};
 use tokio_util::sync::CancellationToken;
 
 use super::Tunnels;
-use crate::auth::TUNNEL_TOKEN_PREFIX;
+use crate::auth::{AuthError, credentials};
 use crate::envelope::json_error;
-use crate::ids::{hash_secret, is_id, new_secret, now_ms};
+use crate::ids::{is_id, new_secret};
 use crate::sandbox::ServeEndpoint;
 use crate::settings::Secret;
 use crate::store::{StoreError, TokenKind};
@@ -41,20 +41,13 @@ pub(super) async fn upgrade(
             "send `Authorization: Bearer dlt_...`, the tunnel token `delegate agent connect` saved",
         )
     };
-    let Some(token) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| t.starts_with(TUNNEL_TOKEN_PREFIX))
-    else {
+    let Some(token) = credentials::bearer(&headers) else {
         return unauthorized();
     };
     let store = tunnels.inner.orch.store();
-    let record = match store.token_by_hash(&hash_secret(token)).await {
+    let record = match credentials::verify(store.as_ref(), TokenKind::Tunnel, token).await {
         Ok(r) => r,
-        Err(StoreError::NotFound(_)) => return unauthorized(),
-        Err(e) => {
+        Err(AuthError::Store(e)) => {
             tracing::error!(error = %e, "tunnel token check failed");
             return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -62,13 +55,8 @@ pub(super) async fn upgrade(
                 "try again later",
             );
         }
+        Err(_) => return unauthorized(),
     };
-    if record.kind != TokenKind::Tunnel
-        || record.revoked_at.is_some()
-        || record.expires_at.is_some_and(|t| t <= now_ms())
-    {
-        return unauthorized();
-    }
     if !is_id("sbx", &sandbox_id) || record.sandbox_id.as_deref() != Some(sandbox_id.as_str()) {
         return json_error(
             StatusCode::FORBIDDEN,
