@@ -193,7 +193,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// 1,000 sandboxes and 10,000 runs in the `default` workspace, spread over the last 30 days.
 async fn seed(store: &dyn Store) {
-    let (_, ws) = delegate_server::orchestrator::ensure_local_user(store)
+    let (_, ws) = delegate_server::bootstrap::ensure_local_user(store)
         .await
         .unwrap();
     let start = now_ms() - 30 * 86_400_000;

@@ -27,7 +27,7 @@ use futures::StreamExt;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::auth::credentials;
+use crate::credentials;
 use crate::delegation::{Action, Service, ServiceError};
 use crate::ids::{hash_secret, new_secret};
 use crate::orchestrator::Orchestrator;

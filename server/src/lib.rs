@@ -5,6 +5,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod bootstrap;
+pub mod credentials;
 pub mod delegation;
 pub mod envelope;
 pub mod gateway;

@@ -630,7 +630,7 @@ async fn compose_headless_runs_one_hardened_task_through_the_proxy() {
     let proxy = delegate_server::net::serve_loopback(orch.proxy().router(), stop.clone())
         .await
         .unwrap();
-    let (_, workspace) = delegate_server::orchestrator::ensure_local_user(orch.store().as_ref())
+    let (_, workspace) = delegate_server::bootstrap::ensure_local_user(orch.store().as_ref())
         .await
         .unwrap();
     let (sandbox, token) = delegate_server::orchestrator::register_external_sandbox(

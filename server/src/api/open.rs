@@ -5,7 +5,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 
 use super::{ApiError, ApiResult, ApiState, Authed, Path};
-use crate::auth::{credentials, sessions};
+use crate::auth::sessions;
+use crate::credentials;
 use crate::gateway::OpenTicket;
 
 pub async fn open(

@@ -9,9 +9,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiResult, ApiState, Query};
-use crate::auth::credentials;
 use crate::auth::oidc::{BROWSER_COOKIE, Callback, PENDING_TTL, Provider, SsoError, link_identity};
 use crate::auth::sessions::{session_cookie, start_session};
+use crate::credentials;
 
 /// Which sign-in providers this server offers (the web UI shows a button for each).
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]

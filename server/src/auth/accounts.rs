@@ -7,8 +7,8 @@ use std::net::IpAddr;
 
 use delegate_mcp::delegator::Caller;
 
-use super::credentials::{self, Holder};
 use super::{AuthError, limits::LoginLimiter, passwords};
+use crate::credentials::{self, Holder};
 use crate::delegation::{Action, Service, ServiceError};
 use crate::ids::{new_id, now_ms};
 use crate::names::{Email, Name};

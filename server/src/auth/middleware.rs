@@ -6,7 +6,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use super::{AuthError, caller_from_bearer, credentials, sessions};
+use super::{AuthError, caller_from_bearer, sessions};
+use crate::credentials;
 use crate::envelope::json_error;
 use crate::orchestrator::Orchestrator;
 

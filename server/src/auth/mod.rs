@@ -3,7 +3,6 @@
 //! sessions: [`sessions`].
 
 pub mod accounts;
-pub mod credentials;
 pub mod csrf;
 pub mod limits;
 mod middleware;
@@ -15,21 +14,12 @@ pub use middleware::require_token;
 
 use delegate_mcp::delegator::Caller;
 
+use crate::credentials::{self, Holder};
 use crate::ids::{new_id, now_ms};
 use crate::names::Email;
 use crate::store::{Store, StoreError, TokenKind, TokenRecord, User, Workspace};
-use credentials::Holder;
 
-/// Why a presented token was refused. Deliberately vague towards the client.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    #[error("missing bearer token")]
-    Missing,
-    #[error("invalid, expired or revoked token")]
-    Invalid,
-    #[error("storage: {0}")]
-    Store(#[from] StoreError),
-}
+pub use crate::credentials::AuthError;
 
 /// Issues an API token for `user_id`; the secret is returned once and never stored.
 pub async fn create_api_token(

@@ -5,7 +5,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use delegate_mcp::delegator::Caller;
 
 use super::AuthError;
-use super::credentials::{self, Holder};
+use crate::credentials::{self, Holder};
 use crate::ids::now_ms;
 use crate::store::{Store, StoreError, TokenKind, TokenRecord};
 

@@ -123,7 +123,7 @@ pub async fn token(settings: Settings, cmd: &TokenCommand) -> anyhow::Result<Exi
                     .id,
                 // The local user of embedded mode (made, with its workspace, if need be).
                 None => {
-                    delegate_server::orchestrator::ensure_local_user(store.as_ref())
+                    delegate_server::bootstrap::ensure_local_user(store.as_ref())
                         .await?
                         .0
                         .id
@@ -167,7 +167,7 @@ pub async fn token(settings: Settings, cmd: &TokenCommand) -> anyhow::Result<Exi
                     .await
                     .with_context(|| format!("no workspace {slug:?}"))?,
                 None => {
-                    delegate_server::orchestrator::ensure_local_user(store.as_ref())
+                    delegate_server::bootstrap::ensure_local_user(store.as_ref())
                         .await?
                         .1
                 }

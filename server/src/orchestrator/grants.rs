@@ -4,8 +4,9 @@
 use delegate_mcp::types::SandboxStatus;
 
 use super::Result;
-use crate::ids::{hash_secret, new_id, new_secret, now_ms};
-use crate::store::{Sandbox, SandboxKind, Store, TokenKind, TokenRecord, Workspace};
+use crate::credentials::{self, Holder};
+use crate::ids::{new_id, now_ms};
+use crate::store::{Sandbox, SandboxKind, Store, TokenKind, Workspace};
 
 /// A new proxy token for a sandbox (`dsb_...`); only its hash is stored.
 pub(super) async fn issue_sandbox_token(
@@ -14,21 +15,13 @@ pub(super) async fn issue_sandbox_token(
     workspace_id: &str,
     expires_at: Option<crate::store::Millis>,
 ) -> Result<String> {
-    let token = new_secret("dsb_");
-    store
-        .insert_token(&TokenRecord {
-            id: new_id("tok"),
-            kind: TokenKind::Sandbox,
-            hash: hash_secret(&token),
-            name: None,
-            user_id: None,
-            sandbox_id: Some(sandbox_id.to_string()),
-            workspace_id: Some(workspace_id.to_string()),
-            created_at: now_ms(),
-            expires_at,
-            revoked_at: None,
-        })
-        .await?;
+    let holder = Holder {
+        sandbox_id: Some(sandbox_id.to_string()),
+        workspace_id: Some(workspace_id.to_string()),
+        ..Holder::default()
+    };
+    let (token, record) = credentials::issue(TokenKind::Sandbox, holder, expires_at);
+    store.insert_token(&record).await?;
     Ok(token)
 }
 

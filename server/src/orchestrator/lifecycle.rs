@@ -13,6 +13,7 @@ use super::{
     Inner, LOCAL_BACKEND, Orchestrator, OrchestratorError, Result, SandboxRequest, Warm, lock,
 };
 use crate::ids::{is_id, new_id, new_secret, now_ms};
+use crate::names::Name;
 use crate::sandbox::{SandboxError, SandboxSpec, ServeEndpoint};
 use crate::settings::Secret;
 use crate::state::sandbox_transition;
@@ -33,19 +34,16 @@ impl Orchestrator {
                 "idle_timeout_seconds: between 1 and 2592000 (30 days)".into(),
             ));
         }
-        if let Some(name) = &req.name
-            && (name.len() > 200 || name.chars().any(char::is_control))
-        {
-            return Err(OrchestratorError::BadInput(
-                "name: at most 200 characters, no control characters".into(),
-            ));
-        }
+        let name = match req.name.as_deref().map(Name::parse).transpose() {
+            Ok(name) => name.map(Name::into_string),
+            Err(bad) => return Err(OrchestratorError::BadInput(bad.to_string())),
+        };
         let ws = self.workspace(req.workspace.as_deref()).await?;
         let (sandbox, spec) = self
             .insert_sandbox(
                 &ws,
                 SandboxKind::Warm,
-                req.name,
+                name,
                 req.files,
                 req.idle_timeout,
                 req.created_by,
@@ -180,15 +178,9 @@ impl Orchestrator {
     }
 
     pub(super) async fn revoke_sandbox_tokens(&self, sandbox_id: &str) {
-        if let Err(e) = self
-            .inner
-            .store
-            .revoke_sandbox_tokens(sandbox_id, now_ms())
-            .await
-        {
+        if let Err(e) = self.inner.proxy.revoke_sandbox(sandbox_id).await {
             tracing::warn!(sandbox = sandbox_id, error = %e, "could not revoke sandbox tokens");
         }
-        self.inner.proxy.forget_sandbox(sandbox_id);
     }
 
     /// Deletes a sandbox: stops its processes, removes its files, revokes its token. A running

@@ -41,16 +41,13 @@ impl Orchestrator {
         name: &str,
         created_by: Option<String>,
     ) -> Result<Sandbox> {
-        if name.trim().is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
-            return Err(OrchestratorError::BadInput(
-                "name: 1 to 200 characters, no control characters".into(),
-            ));
-        }
+        let name = crate::names::Name::parse(name)
+            .map_err(|bad| OrchestratorError::BadInput(bad.to_string()))?;
         let now = now_ms();
         let sandbox = Sandbox {
             id: new_id("sbx"),
             workspace_id: ws.id.clone(),
-            name: name.trim().to_string(),
+            name: name.into_string(),
             kind: SandboxKind::Local,
             backend: LOCAL_BACKEND.into(),
             status: SandboxStatus::Offline,

@@ -28,12 +28,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 // Bootstrap lives in `crate::bootstrap`; re-exported for the callers that name it here.
-pub use crate::bootstrap::{ensure_local_user, instance_id};
 pub use grants::register_external_sandbox;
 pub use local::LOCAL_BACKEND;
 pub use log::{LiveLog, follow};
 pub use runs::{REMOTE_WAIT, result_of};
 
+use crate::bootstrap::{ensure_local_user, instance_id};
 use crate::proxy::{ActiveRuns, Proxy};
 use crate::sandbox::{SandboxBackend, SandboxError, ServeEndpoint};
 use crate::settings::Settings;
@@ -44,7 +44,7 @@ use reservation::Reservations;
 /// The largest task delegate accepts.
 pub const MAX_TASK_BYTES: usize = 1 << 20;
 /// The longest timeout a run may ask for.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(delegate_mcp::tools::MAX_TIMEOUT_SECONDS);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestratorError {

@@ -51,9 +51,10 @@ pub(super) async fn start(
     crate::sandbox::workdir::validate_files(&req.files)?;
     let timeout = req.timeout.unwrap_or(orch.inner.settings.default_timeout);
     if timeout.is_zero() || timeout > super::MAX_TIMEOUT {
-        return Err(OrchestratorError::BadInput(
-            "timeout_seconds: must be between 1 and 86400".into(),
-        ));
+        return Err(OrchestratorError::BadInput(format!(
+            "timeout_seconds: must be between 1 and {}",
+            super::MAX_TIMEOUT.as_secs()
+        )));
     }
     for (field, value) in [("model", &req.model), ("agent", &req.agent)] {
         if let Some(v) = value

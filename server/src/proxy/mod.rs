@@ -25,7 +25,7 @@ use futures::Stream;
 
 pub use usage::{UsageScanner, cost_usd};
 
-use crate::auth::{AuthError, credentials};
+use crate::credentials::{self, AuthError};
 use crate::ids::{hash_secret, new_id, now_ms};
 use crate::settings::{Upstream, UpstreamCredential};
 use crate::store::{Store, TokenKind, UsageRecord};
@@ -95,6 +95,19 @@ impl Proxy {
     pub async fn flush(&self, limit: Duration) {
         let mut rx = self.inner.pending.subscribe();
         let _ = tokio::time::timeout(limit, rx.wait_for(|n| *n == 0)).await;
+    }
+
+    /// Revokes every token of a sandbox and drops the cached grants for it, so its proxy token
+    /// stops working at once rather than when the cache entry runs out. The grants go even if
+    /// the store fails: the store error is returned for the caller to report.
+    pub async fn revoke_sandbox(&self, sandbox_id: &str) -> Result<(), crate::store::StoreError> {
+        let revoked = self
+            .inner
+            .store
+            .revoke_sandbox_tokens(sandbox_id, crate::ids::now_ms())
+            .await;
+        self.forget_sandbox(sandbox_id);
+        revoked
     }
 
     /// Drops cached grants of a sandbox, so a revoked token stops working at once.

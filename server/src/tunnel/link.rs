@@ -17,7 +17,7 @@ use futures::{SinkExt, StreamExt, future};
 use tokio_util::sync::CancellationToken;
 
 use super::Tunnels;
-use crate::auth::{AuthError, credentials};
+use crate::credentials::{self, AuthError};
 use crate::envelope::json_error;
 use crate::ids::{is_id, new_secret};
 use crate::sandbox::ServeEndpoint;

@@ -49,7 +49,7 @@ use crate::store::SandboxKind;
 /// Labels every container and volume of delegate carries.
 const LABEL_SANDBOX: &str = "delegate.sandbox";
 const LABEL_KIND: &str = "delegate.kind";
-/// The server instance that made it (see `orchestrator::instance_id`): a server sweeps only its
+/// The server instance that made it (see `bootstrap::instance_id`): a server sweeps only its
 /// own, so installations (or servers of one installation) sharing an engine leave each other be.
 const LABEL_OWNER: &str = "delegate.owner";
 /// The sandbox user of the image.

@@ -13,10 +13,19 @@
 
 use axum::http::{HeaderMap, header};
 
-use super::AuthError;
 use crate::ids::{hash_secret, new_id, new_secret, now_ms};
-use crate::proxy::Proxy;
 use crate::store::{Invite, Millis, Role, Store, StoreError, TokenKind, TokenRecord};
+
+/// Why a presented token was refused. Deliberately vague towards the client.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("invalid, expired or revoked token")]
+    Invalid,
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+}
 
 /// Prefix of invite codes (the only secret kept outside the `tokens` table).
 pub const INVITE_PREFIX: &str = "dli_";
@@ -145,19 +154,6 @@ pub async fn claim_invite(store: &dyn Store, code: &str) -> Result<Invite, AuthE
         Err(StoreError::NotFound(_)) => Err(AuthError::Invalid),
         Err(e) => Err(e.into()),
     }
-}
-
-/// Revokes every token of a sandbox and drops the proxy's cached grants for it, so its proxy
-/// token stops working at once rather than when the cache entry runs out. The grants go even if
-/// the store fails: the store error is returned for the caller to report.
-pub async fn revoke_sandbox(
-    store: &dyn Store,
-    proxy: &Proxy,
-    sandbox_id: &str,
-) -> Result<(), StoreError> {
-    let revoked = store.revoke_sandbox_tokens(sandbox_id, now_ms()).await;
-    proxy.forget_sandbox(sandbox_id);
-    revoked
 }
 
 /// The token of an `Authorization: Bearer <token>` header: the scheme in any case, any spaces
