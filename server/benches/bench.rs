@@ -35,7 +35,7 @@ const TASK: &str = "create hello.txt saying hi";
 
 #[tokio::main]
 async fn main() {
-    delegate_server::app::install_crypto();
+    delegate_server::net::install_crypto();
     let opencode = std::env::var_os("DELEGATE_OPENCODE_BIN")
         .map(PathBuf::from)
         .filter(|p| p.is_file())

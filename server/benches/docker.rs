@@ -65,7 +65,7 @@ async fn timed_run(orch: &Orchestrator, sandbox_id: Option<String>) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    delegate_server::app::install_crypto();
+    delegate_server::net::install_crypto();
     let opencode = std::env::var_os("DELEGATE_OPENCODE_BIN")
         .map(PathBuf::from)
         .filter(|p| p.is_file())

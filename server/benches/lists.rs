@@ -27,7 +27,7 @@ const EVENTS_PER_RUN: u64 = 8;
 
 #[tokio::main]
 async fn main() {
-    delegate_server::app::install_crypto();
+    delegate_server::net::install_crypto();
     let requests = arg("--requests", 500);
     let opencode = std::env::var("DELEGATE_OPENCODE_BIN").unwrap_or_else(|_| "opencode".into());
     let tmp = tempfile::tempdir().unwrap();
