@@ -27,6 +27,7 @@ use rmcp::{
     service::{ClientLifecycleMode, NotificationContext, PeerRequestOptions, RunningService},
     transport::StreamableHttpClientTransport,
 };
+use rstest::rstest;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -752,32 +753,25 @@ fn http_caller() -> Caller {
     }
 }
 
+/// Each protocol era over HTTP: tools, a run, progress, cancellation (without a session, the call's
+/// HTTP stream closing is its cancellation) and bad arguments, every call under the middleware's
+/// caller. `negotiated`: the protocol version the era's handshake settles on.
+#[rstest]
+#[case::http_session_era(legacy(), Some(ProtocolVersion::V_2025_11_25))]
+#[case::http_stateless_era(modern(), None)]
 #[tokio::test]
-async fn http_session_era() {
+async fn http_era(
+    #[case] lifecycle: ClientLifecycleMode,
+    #[case] negotiated: Option<ProtocolVersion>,
+) {
     let server = start_http(true).await;
-    let (client, handler) = connect_http(&server, legacy()).await;
-    assert_eq!(
-        client.peer_info().unwrap().protocol_version,
-        ProtocolVersion::V_2025_11_25
-    );
-    check_tools_list(&client).await;
-    check_run_call(&client).await;
-    check_progress(&client, &handler).await;
-    check_cancel(&client, &server.recorder).await;
-    for (_, caller) in server.recorder.calls() {
-        assert_eq!(caller, http_caller(), "the middleware's caller, named");
+    let (client, handler) = connect_http(&server, lifecycle).await;
+    if let Some(version) = negotiated {
+        assert_eq!(client.peer_info().unwrap().protocol_version, version);
     }
-    client.cancel().await.unwrap();
-}
-
-#[tokio::test]
-async fn http_stateless_era() {
-    let server = start_http(true).await;
-    let (client, handler) = connect_http(&server, modern()).await;
     check_tools_list(&client).await;
     check_run_call(&client).await;
     check_progress(&client, &handler).await;
-    // No session here: the call's HTTP stream closing is its cancellation.
     check_cancel(&client, &server.recorder).await;
     for (_, caller) in server.recorder.calls() {
         assert_eq!(caller, http_caller(), "the middleware's caller, named");

@@ -14,9 +14,12 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use delegate_mcp::types::SandboxStatus;
-use delegate_server::settings::{EnvSource, Settings};
 use futures::StreamExt;
 use tokio::io::AsyncBufReadExt;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::serve::Serve;
 
 const DOWNLOAD: usize = 200 << 20;
 const SMALL: usize = 1024;
@@ -33,17 +36,6 @@ fn arg(name: &str, default: usize) -> usize {
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-struct Env(Vec<(String, String)>);
-
-impl EnvSource for Env {
-    fn var(&self, name: &str) -> Option<String> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    }
 }
 
 /// The HTTP server every path ends at: `/blob/{n}` streams n bytes, `/small` answers 1 KiB.
@@ -175,36 +167,20 @@ async fn main() {
     let port = target().await;
     let direct = format!("http://127.0.0.1:{port}");
 
-    // delegate: a served router here, a real agent process joined with a registration code.
-    let env = Env(vec![
-        (
-            "DELEGATE_DATA_DIR".into(),
-            tmp.path().join("data").display().to_string(),
-        ),
-        ("ANTHROPIC_API_KEY".into(), "sk-ant-unused".into()),
-        ("DELEGATE_BACKEND".into(), "process".into()),
-        (
-            "DELEGATE_OPENCODE_BIN".into(),
+    // delegate: a served router here, a real agent process joined with a registration code. The
+    // sandbox is the agent's, so no opencode or bubblewrap runs on this side.
+    let s = Serve::standalone()
+        .env("ANTHROPIC_API_KEY", "sk-ant-unused")
+        .env(
+            "DELEGATE_OPENCODE_BIN",
             std::env::var("DELEGATE_OPENCODE_BIN").unwrap_or_else(|_| "opencode".into()),
-        ),
-    ]);
-    let orch = delegate_server::app::embedded(Settings::load(None, &env).unwrap())
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(delegate_server::serve::serve(
-        orch.clone(),
-        listener,
-        std::future::pending(),
-    ));
-    let store = orch.store();
-    let (user, ws) = delegate_server::auth::create_user(store.as_ref(), "bench@example.com", None)
-        .await
-        .unwrap();
-    let (token, _) = delegate_server::auth::create_api_token(store.as_ref(), &user.id, None, None)
-        .await
-        .unwrap();
+        )
+        .start()
+        .await;
+    let server = s.base.clone();
+    let store = s.orch.store();
+    let bench = s.account("bench").await;
+    let (token, ws) = (bench.token, bench.personal);
     let code: serde_json::Value = reqwest::Client::new()
         .post(format!("{server}/api/workspaces/{}/agent-codes", ws.slug))
         .bearer_auth(&token)
@@ -234,7 +210,7 @@ async fn main() {
         assert!(Instant::now() < deadline, "the agent did not connect");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let endpoint = orch.local_endpoint(&sandbox).unwrap();
+    let endpoint = s.orch.local_endpoint(&sandbox).unwrap();
     let auth = format!(
         "Basic {}",
         base64::Engine::encode(
@@ -318,5 +294,5 @@ async fn main() {
         println!("{out}");
     }
     drop(agent);
-    orch.shutdown().await;
+    s.orch.shutdown().await;
 }

@@ -16,7 +16,7 @@ use delegate_server::store::{Role, TokenKind, TokenRecord};
 use delegate_testkit::anthropic::Script;
 use reqwest::Method;
 use serde_json::json;
-use support::{Server, account, assert_never_shown, member};
+use support::{Server, assert_never_shown};
 use tokio::io::AsyncWriteExt;
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -43,7 +43,13 @@ async fn sign_up_sign_in_sessions_and_sign_out() {
     let Some(h) = Harness::new(Script::text("unused")).await else {
         return;
     };
-    let s = Server::start(&h, Registration::Open, Some("https://delegate.example.com")).await;
+    let s = h
+        .serve()
+        .capture_logs()
+        .registration(Registration::Open)
+        .public_url("https://delegate.example.com")
+        .start()
+        .await;
     let up = signup(&s, "Ann@Example.com", None).await;
     assert_eq!(up.status, 201, "{}", up.body);
     assert_eq!(up.body["email"], "ann@example.com");
@@ -195,7 +201,7 @@ async fn registration_policies_and_invites() {
         return;
     };
     // The default policy is invite.
-    let s = Server::start(&h, h.settings().registration, None).await;
+    let s = h.serve().capture_logs().start().await;
     assert_eq!(h.settings().registration, Registration::Invite);
     let env = [("DELEGATE_REGISTRATION", "open")];
     let open = delegate_server::settings::Settings::load(None, &env).unwrap();
@@ -209,10 +215,10 @@ async fn registration_policies_and_invites() {
     let bogus = signup(&s, "eve@example.com", Some("dli_made-up")).await;
     assert_eq!(bogus.status, 403);
 
-    let owner = account(&s.orch, "owner").await;
+    let owner = s.account("owner").await;
     let ws = &owner.personal;
-    let maintainer = member(&s.orch, ws, "maintainer", Role::Maintainer).await;
-    let guest = member(&s.orch, ws, "guest", Role::Guest).await;
+    let maintainer = s.member(ws, "maintainer", Role::Maintainer).await;
+    let guest = s.member(ws, "guest", Role::Guest).await;
     let path = format!("/api/workspaces/{}/invites", ws.slug);
     // Guests can not invite; maintainers only below maintainer.
     let r = s
@@ -274,7 +280,12 @@ async fn registration_policies_and_invites() {
     let lone = login(&s, "late@example.com", PASSWORD).await;
     assert_eq!(lone.status, 401, "no account was made");
 
-    let closed = Server::start(&h, Registration::Disabled, None).await;
+    let closed = h
+        .serve()
+        .capture_logs()
+        .registration(Registration::Disabled)
+        .start()
+        .await;
     let r = signup(&closed, "x@example.com", None).await;
     assert_eq!(r.status, 403);
     assert_eq!(r.error_code(), "forbidden");
@@ -296,11 +307,16 @@ async fn members_roles_and_the_last_owner() {
     let Some(h) = Harness::new(Script::text("unused")).await else {
         return;
     };
-    let s = Server::start(&h, Registration::Invite, None).await;
-    let owner = account(&s.orch, "owner").await;
+    let s = h
+        .serve()
+        .capture_logs()
+        .registration(Registration::Invite)
+        .start()
+        .await;
+    let owner = s.account("owner").await;
     let ws = owner.personal.clone();
-    let maintainer = member(&s.orch, &ws, "maintainer", Role::Maintainer).await;
-    let dev = account(&s.orch, "dev").await;
+    let maintainer = s.member(&ws, "maintainer", Role::Maintainer).await;
+    let dev = s.account("dev").await;
     let members = format!("/api/workspaces/{}/members", ws.slug);
 
     // Maintainers add below maintainer, not at or above.
@@ -411,8 +427,13 @@ async fn bad_input_csrf_and_rate_limits_write_nothing() {
     let Some(h) = Harness::new(Script::text("unused")).await else {
         return;
     };
-    let s = Server::start(&h, Registration::Open, None).await;
-    let owner = account(&s.orch, "owner").await;
+    let s = h
+        .serve()
+        .capture_logs()
+        .registration(Registration::Open)
+        .start()
+        .await;
+    let owner = s.account("owner").await;
     let ws = owner.personal.clone();
     let store = s.orch.store();
     let hash = delegate_server::auth::passwords::hash(PASSWORD)
@@ -694,7 +715,7 @@ async fn bad_input_csrf_and_rate_limits_write_nothing() {
     assert_eq!(r.status, 429, "{}", r.body);
     assert_eq!(r.error_code(), "limit");
     assert!(r.session_cookie().is_none());
-    let other = account(&s.orch, "other").await;
+    let other = s.account("other").await;
     let r = s.send(from(50, &other.user.email, "wrong password!")).await;
     assert_eq!(r.status, 401, "the limit is per email");
     // ... and per client IP, across emails.
@@ -793,7 +814,12 @@ async fn user_create_with_a_password_from_stdin_signs_in() {
     let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(token.starts_with("dlg_"));
 
-    let s = Server::start(&h, Registration::Disabled, None).await;
+    let s = h
+        .serve()
+        .capture_logs()
+        .registration(Registration::Disabled)
+        .start()
+        .await;
     let r = login(&s, "admin@example.com", PASSWORD).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["user_id"], user_id.as_str());
@@ -895,15 +921,8 @@ async fn account_store_methods_agree_on_both_databases() {
             "sessions": ["session"],
         })
     );
-    let pg = tokio::task::spawn_blocking(delegate_testkit::postgres::TestPostgres::start)
-        .await
-        .unwrap()
-        .unwrap();
-    let Some(pg) = pg else {
-        return; // skipped; TestPostgres said why on stderr
-    };
-    let store = delegate_server::store::connect(&pg.url).await.unwrap();
-    assert_eq!(check(store.as_ref()).await, on_sqlite);
-    drop(store);
-    tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
+    let on_postgres = common::on_postgres(|store| async move { check(store.as_ref()).await }).await;
+    if let Some(on_postgres) = on_postgres {
+        assert_eq!(on_postgres, on_sqlite);
+    }
 }

@@ -7,54 +7,44 @@ use common::error_code;
 use std::time::Duration;
 
 use common::Harness;
+use common::serve::Server;
 use delegate_mcp::tools::{CancelRunOutput, ListSandboxesOutput, StreamSessionOutput};
 use delegate_mcp::types::{Event, RunResult, RunStatus, SandboxStatus};
 use delegate_server::api::{Access, table};
-use delegate_server::orchestrator::Orchestrator;
 use delegate_server::store::{Role, Workspace};
 use delegate_testkit::anthropic::Script;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
-/// A served router, its orchestrator, and user A with a token.
-struct Server {
-    base: String,
-    orch: Orchestrator,
-    http: reqwest::Client,
+/// A served router and user A ("alice") with a token.
+struct Api {
+    server: Server,
     token: String,
     workspace: Workspace,
-    _stop: oneshot::Sender<()>,
 }
 
-impl Server {
-    async fn start(h: &Harness) -> Server {
-        let orch = h.orchestrator().await;
-        let (token, workspace) = user(&orch, "alice").await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(delegate_server::serve::serve(
-            orch.clone(),
-            listener,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        Server {
-            base,
-            orch,
-            http: reqwest::Client::new(),
-            token,
-            workspace,
-            _stop: stop,
+impl std::ops::Deref for Api {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl Api {
+    async fn start(h: &Harness) -> Api {
+        let server = h.serve().start().await;
+        let alice = server.account("alice").await;
+        Api {
+            server,
+            token: alice.token,
+            workspace: alice.personal,
         }
     }
 
     fn req(&self, method: Method, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
-        let r = self.http.request(method, format!("{}{path}", self.base));
+        let r = self.server.req(method, path);
         match token {
             Some(t) => r.bearer_auth(t),
             None => r,
@@ -67,30 +57,14 @@ impl Server {
     }
 
     async fn json(&self, r: reqwest::RequestBuilder) -> (StatusCode, Value) {
-        let resp = r.send().await.expect("request");
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, body)
+        let reply = self.send(r).await;
+        (reply.status, reply.body)
     }
-}
-
-/// A new user with a personal workspace and an API token.
-async fn user(orch: &Orchestrator, name: &str) -> (String, Workspace) {
-    let store = orch.store().as_ref();
-    let email = format!("{name}-{}@example.com", delegate_server::ids::new_id("u"));
-    let (user, ws) = delegate_server::auth::create_user(store, &email, Some(name))
-        .await
-        .unwrap();
-    let (token, _) = delegate_server::auth::create_api_token(store, &user.id, None, None)
-        .await
-        .unwrap();
-    (token, ws)
 }
 
 /// Reads SSE events until `stop` events were read or the stream ended.
 async fn read_sse(
-    s: &Server,
+    s: &Api,
     run_id: &str,
     last_event_id: Option<u64>,
     stop: usize,
@@ -127,7 +101,7 @@ async fn a_run_streams_over_sse_with_resume_and_matches_the_json_pages() {
     let Some(h) = Harness::new(Script::write_file("hello.txt", "hello\n", "written")).await else {
         return;
     };
-    let s = Server::start(&h).await;
+    let s = Api::start(&h).await;
     let (status, body) = s
         .json(
             s.a(Method::POST, "/api/runs")
@@ -213,7 +187,7 @@ async fn cancel_over_rest_ends_a_hanging_run() {
     let Some(h) = Harness::new(Script::Hang).await else {
         return;
     };
-    let s = Server::start(&h).await;
+    let s = Api::start(&h).await;
     let (status, body) = s
         .json(
             s.a(Method::POST, "/api/runs")
@@ -247,7 +221,7 @@ async fn bad_input_gets_the_error_envelope_and_writes_nothing() {
     let Some(h) = Harness::new(Script::text("unused")).await else {
         return;
     };
-    let s = Server::start(&h).await;
+    let s = Api::start(&h).await;
     let big = json!({ "task": "x".repeat(3 << 20) }).to_string();
     let sql = "' OR 1=1 --";
     let cases: Vec<(&str, reqwest::RequestBuilder, StatusCode, &str)> = vec![
@@ -379,7 +353,7 @@ async fn every_api_route_needs_a_token_and_ops_endpoints_answer() {
     let Some(h) = Harness::new(Script::text("unused")).await else {
         return;
     };
-    let s = Server::start(&h).await;
+    let s = Api::start(&h).await;
     let routes = table();
     for route in routes.iter().filter(|r| r.access == Access::Token) {
         let path = route.path.replace("{id}", "run_x");
@@ -447,7 +421,7 @@ async fn tokens_are_created_used_listed_and_revoked() {
     let Some(h) = Harness::new(Script::text("unused")).await else {
         return;
     };
-    let s = Server::start(&h).await;
+    let s = Api::start(&h).await;
     let (status, created) = s
         .json(
             s.a(Method::POST, "/api/tokens")
@@ -480,7 +454,7 @@ async fn tokens_are_created_used_listed_and_revoked() {
     assert_eq!(tokens[0]["revoked_at"], Value::Null);
 
     // Another user cannot revoke it.
-    let (other, _) = user(&s.orch, "mallory").await;
+    let other = s.account("mallory").await.token;
     let (status, body) = s
         .json(s.req(Method::DELETE, &format!("/api/tokens/{id}"), Some(&other)))
         .await;
@@ -505,43 +479,18 @@ async fn other_users_see_nothing_and_guests_only_read() {
     let Some(h) = Harness::new(Script::text("unused")).await else {
         return;
     };
-    let s = Server::start(&h).await;
+    let s = Api::start(&h).await;
     // A's sandbox and run, written straight to the store (no process needed to read them).
     let store = s.orch.store();
-    let now = delegate_server::ids::now_ms();
     let sandbox = delegate_server::store::Sandbox {
-        id: delegate_server::ids::new_id("sbx"),
-        workspace_id: s.workspace.id.clone(),
         name: "a's".into(),
-        kind: delegate_server::store::SandboxKind::Warm,
-        backend: "process".into(),
-        status: SandboxStatus::Paused,
-        status_reason: None,
-        idle_timeout_s: None,
-        meta: json!({}),
-        created_by: None,
-        created_at: now,
-        updated_at: now,
+        ..common::sandbox_row(&s.workspace.id, SandboxStatus::Paused)
     };
     store.insert_sandbox(&sandbox).await.unwrap();
-    let run = delegate_server::store::Run {
-        id: delegate_server::ids::new_id("run"),
-        sandbox_id: sandbox.id.clone(),
-        workspace_id: s.workspace.id.clone(),
-        task: "t".into(),
-        model: None,
-        agent: None,
-        status: RunStatus::Succeeded,
-        timeout_s: 60,
-        created_by: None,
-        created_at: now,
-        started_at: Some(now),
-        finished_at: Some(now),
-        outcome: Default::default(),
-    };
+    let run = common::run_row(&sandbox, RunStatus::Succeeded);
     store.insert_run(&run).await.unwrap();
 
-    let (b, _) = user(&s.orch, "bob").await;
+    let b = s.account("bob").await.token;
     let b_req = |m: Method, p: &str| s.req(m, p, Some(&b));
     let run_path = format!("/api/runs/{}", run.id);
     let sbx_path = format!("/api/sandboxes/{}", sandbox.id);
@@ -724,15 +673,8 @@ async fn api_store_methods_agree_on_both_databases() {
             "proxy": 3,
         })
     );
-    let pg = tokio::task::spawn_blocking(delegate_testkit::postgres::TestPostgres::start)
-        .await
-        .unwrap()
-        .unwrap();
-    let Some(pg) = pg else {
-        return; // skipped; TestPostgres said why on stderr
-    };
-    let store = delegate_server::store::connect(&pg.url).await.unwrap();
-    assert_eq!(check(store.as_ref()).await, on_sqlite);
-    drop(store);
-    tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
+    let on_postgres = common::on_postgres(|store| async move { check(store.as_ref()).await }).await;
+    if let Some(on_postgres) = on_postgres {
+        assert_eq!(on_postgres, on_sqlite);
+    }
 }

@@ -12,13 +12,13 @@ mod support;
 use common::Harness;
 use delegate_mcp::types::{RunStatus, SandboxStatus};
 use delegate_server::api::{Access, table};
-use delegate_server::ids::{new_id, now_ms};
+use delegate_server::ids::new_id;
 use delegate_server::settings::Registration;
-use delegate_server::store::{Role, Run, Sandbox, SandboxKind, Workspace};
+use delegate_server::store::{Role, Workspace};
 use delegate_testkit::anthropic::Script;
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{Account, Server, account, member};
+use support::{Account, Server};
 
 /// Who calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,10 +132,9 @@ struct World {
 
 impl World {
     async fn new(s: &Server, with_password: bool) -> World {
-        let orch = &s.orch;
-        let owner = account(orch, "owner").await;
+        let owner = s.account("owner").await;
         let ws = owner.personal.clone();
-        let store = orch.store();
+        let store = s.orch.store();
         if with_password {
             let hash = delegate_server::auth::passwords::hash(PASSWORD)
                 .await
@@ -145,40 +144,11 @@ impl World {
                 .await
                 .unwrap();
         }
-        let now = now_ms();
-        let sandbox = |status| Sandbox {
-            id: new_id("sbx"),
-            workspace_id: ws.id.clone(),
-            name: "s".into(),
-            kind: SandboxKind::Warm,
-            backend: "process".into(),
-            status,
-            status_reason: None,
-            idle_timeout_s: None,
-            meta: json!({}),
-            created_by: None,
-            created_at: now,
-            updated_at: now,
-        };
-        let paused = sandbox(SandboxStatus::Paused);
-        let running = sandbox(SandboxStatus::Running);
+        let paused = common::sandbox_row(&ws.id, SandboxStatus::Paused);
+        let running = common::sandbox_row(&ws.id, SandboxStatus::Running);
         store.insert_sandbox(&paused).await.unwrap();
         store.insert_sandbox(&running).await.unwrap();
-        let run = Run {
-            id: new_id("run"),
-            sandbox_id: paused.id.clone(),
-            workspace_id: ws.id.clone(),
-            task: "t".into(),
-            model: None,
-            agent: None,
-            status: RunStatus::Succeeded,
-            timeout_s: 60,
-            created_by: None,
-            created_at: now,
-            started_at: Some(now),
-            finished_at: Some(now),
-            outcome: Default::default(),
-        };
+        let run = common::run_row(&paused, RunStatus::Succeeded);
         store.insert_run(&run).await.unwrap();
         let (_, token) =
             delegate_server::auth::create_api_token(store.as_ref(), &owner.user.id, None, None)
@@ -189,12 +159,12 @@ impl World {
                 .await
                 .unwrap();
         World {
-            guest: member(orch, &ws, "guest", Role::Guest).await,
-            developer: member(orch, &ws, "developer", Role::Developer).await,
-            maintainer: member(orch, &ws, "maintainer", Role::Maintainer).await,
-            target: member(orch, &ws, "target", Role::Developer).await,
-            outsider: account(orch, "outsider").await,
-            newcomer: account(orch, "newcomer").await,
+            guest: s.member(&ws, "guest", Role::Guest).await,
+            developer: s.member(&ws, "developer", Role::Developer).await,
+            maintainer: s.member(&ws, "maintainer", Role::Maintainer).await,
+            target: s.member(&ws, "target", Role::Developer).await,
+            outsider: s.account("outsider").await,
+            newcomer: s.account("newcomer").await,
             ws,
             owner,
             paused: paused.id,
@@ -269,7 +239,12 @@ async fn every_route_for_every_role_has_the_expected_status() {
     let Some(h) = Harness::new(Script::text("unused")).await else {
         return;
     };
-    let s = Server::start(&h, Registration::Open, None).await;
+    let s = h
+        .serve()
+        .capture_logs()
+        .registration(Registration::Open)
+        .start()
+        .await;
     let routes = table();
     let mut cells = 0;
     let mut failures = Vec::new();
@@ -320,7 +295,12 @@ async fn a_workspace_scoped_token_acts_only_in_its_workspace() {
     let Some(h) = Harness::new(Script::text("unused")).await else {
         return;
     };
-    let s = Server::start(&h, Registration::Invite, None).await;
+    let s = h
+        .serve()
+        .capture_logs()
+        .registration(Registration::Invite)
+        .start()
+        .await;
     let world = World::new(&s, false).await;
     let other = &world.outsider.personal;
     // The owner also belongs to the outsider's workspace.

@@ -5,18 +5,16 @@
 //! the browser's delegate cookies and credentials never reach opencode.
 
 mod common;
-#[path = "support/web.rs"]
-mod web;
 
 use std::time::Duration;
 
 use common::Harness;
+use common::serve::Server;
 use delegate_server::store::Role;
 use delegate_testkit::anthropic::Script;
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use web::{WebServer, add_member, person};
 
 struct Client {
     http: reqwest::Client,
@@ -24,7 +22,7 @@ struct Client {
 }
 
 impl Client {
-    fn new(s: &WebServer) -> Client {
+    fn new(s: &Server) -> Client {
         Client {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -101,7 +99,7 @@ fn text_frame(text: &str) -> Vec<u8> {
 
 impl Client {}
 
-async fn create_sandbox(s: &WebServer, token: &str, ws: &str) -> String {
+async fn create_sandbox(s: &Server, token: &str, ws: &str) -> String {
     let r = reqwest::Client::new()
         .post(s.url("/api/sandboxes"))
         .bearer_auth(token)
@@ -122,14 +120,14 @@ async fn create_sandbox(s: &WebServer, token: &str, ws: &str) -> String {
 }
 
 /// Signs in with a password and asks for a ticket with the session cookie (as the UI does).
-async fn ticket(s: &WebServer, email: &str, password: &str, sandbox: &str) -> (StatusCode, Value) {
+async fn ticket(s: &Server, email: &str, password: &str, sandbox: &str) -> (StatusCode, Value) {
     let (status, body, _) = ticket_and_session(s, email, password, sandbox).await;
     (status, body)
 }
 
 /// [`ticket`], also returning the session cookie (`name=value`).
 async fn ticket_and_session(
-    s: &WebServer,
+    s: &Server,
     email: &str,
     password: &str,
     sandbox: &str,
@@ -164,7 +162,7 @@ async fn ticket_and_session(
 }
 
 /// Redeems a ticket URL; returns the gateway cookie (`name=value`) and the raw Set-Cookie.
-async fn redeem(c: &Client, s: &WebServer, sandbox: &str, url: &str) -> (String, String) {
+async fn redeem(c: &Client, s: &Server, sandbox: &str, url: &str) -> (String, String) {
     let path = url
         .split_once(s.sandbox_host(sandbox).as_str())
         .map(|(_, p)| p.to_string())
@@ -181,12 +179,12 @@ async fn the_gateway_admits_only_current_members_of_the_sandbox_it_was_opened_fo
     let Some(h) = Harness::new(Script::text("unused")).await else {
         return;
     };
-    let s = WebServer::start(&h).await;
+    let s = h.serve().localhost_domain().start().await;
     let c = Client::new(&s);
-    let owner = person(&s.orch, "owner").await;
-    let dev = person(&s.orch, "dev").await;
+    let owner = s.person("owner").await;
+    let dev = s.person("dev").await;
     let ws = owner.personal.clone();
-    add_member(&s.orch, &ws, &dev, Role::Developer).await;
+    s.add_member(&ws, &dev, Role::Developer).await;
     let a = create_sandbox(&s, &owner.token, &ws.slug).await;
     let b = create_sandbox(&s, &owner.token, &ws.slug).await;
 
@@ -207,7 +205,7 @@ async fn the_gateway_admits_only_current_members_of_the_sandbox_it_was_opened_fo
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
 
     // A ticket, redeemed once, gives a host-only HttpOnly cookie.
-    let (status, t) = ticket(&s, &dev.email, &dev.password, &a).await;
+    let (status, t) = ticket(&s, &dev.email, dev.password(), &a).await;
     assert_eq!(status, 200, "{t}");
     let url = t["url"].as_str().unwrap();
     assert!(url.starts_with(&format!(
@@ -228,7 +226,7 @@ async fn the_gateway_admits_only_current_members_of_the_sandbox_it_was_opened_fo
         .unwrap();
     assert_eq!(again.status(), StatusCode::FORBIDDEN, "a ticket works once");
     // A ticket for A does not redeem on B's host either.
-    let (_, t2) = ticket(&s, &dev.email, &dev.password, &a).await;
+    let (_, t2) = ticket(&s, &dev.email, dev.password(), &a).await;
     let path2 = t2["url"]
         .as_str()
         .unwrap()
@@ -355,10 +353,10 @@ async fn the_gateway_admits_only_current_members_of_the_sandbox_it_was_opened_fo
     assert_eq!(r.status(), StatusCode::SEE_OTHER, "A's cookie on B");
 
     // Demoted to guest: refused on the next request; removed: sent to sign in.
-    add_member(&s.orch, &ws, &dev, Role::Guest).await;
+    s.add_member(&ws, &dev, Role::Guest).await;
     let r = c.front_page(&s.sandbox_host(&a), &cookie).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    add_member(&s.orch, &ws, &dev, Role::Developer).await;
+    s.add_member(&ws, &dev, Role::Developer).await;
     let r = c.front_page(&s.sandbox_host(&a), &cookie).await;
     assert_eq!(r.status(), 200, "a developer again");
     let removed = reqwest::Client::new()
@@ -375,7 +373,7 @@ async fn the_gateway_admits_only_current_members_of_the_sandbox_it_was_opened_fo
     assert_eq!(r.status(), StatusCode::SEE_OTHER, "a removed member is out");
 
     // Signing out of delegate closes the gateway opened with that session.
-    let (status, t, session) = ticket_and_session(&s, &owner.email, &owner.password, &a).await;
+    let (status, t, session) = ticket_and_session(&s, &owner.email, owner.password(), &a).await;
     assert_eq!(status, 200);
     let (owner_cookie, _) = redeem(&c, &s, &a, t["url"].as_str().unwrap()).await;
     let r = c.front_page(&s.sandbox_host(&a), &owner_cookie).await;
@@ -392,12 +390,12 @@ async fn the_gateway_admits_only_current_members_of_the_sandbox_it_was_opened_fo
     assert_eq!(r.status(), StatusCode::SEE_OTHER, "signed out, so out");
 
     // Guests get no ticket; an unknown or foreign sandbox is not found.
-    let guest = person(&s.orch, "guest").await;
-    add_member(&s.orch, &ws, &guest, Role::Guest).await;
-    let (status, body) = ticket(&s, &guest.email, &guest.password, &a).await;
+    let guest = s.person("guest").await;
+    s.add_member(&ws, &guest, Role::Guest).await;
+    let (status, body) = ticket(&s, &guest.email, guest.password(), &a).await;
     assert_eq!(status, 403, "{body}");
-    let outsider = person(&s.orch, "outsider").await;
-    let (status, _) = ticket(&s, &outsider.email, &outsider.password, &a).await;
+    let outsider = s.person("outsider").await;
+    let (status, _) = ticket(&s, &outsider.email, outsider.password(), &a).await;
     assert_eq!(status, 404);
 
     // A paused sandbox opens no gateway; a host that is no sandbox id is delegate's own UI.
@@ -408,7 +406,7 @@ async fn the_gateway_admits_only_current_members_of_the_sandbox_it_was_opened_fo
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let (status, body) = ticket(&s, &owner.email, &owner.password, &b).await;
+    let (status, body) = ticket(&s, &owner.email, owner.password(), &b).await;
     assert_eq!(status, 409, "{body}");
     let r = c
         .on(&format!("oc-nonsense.localhost:{}", s.port), "/")
@@ -432,7 +430,7 @@ async fn the_gateway_admits_only_current_members_of_the_sandbox_it_was_opened_fo
         .as_str()
         .unwrap()
         .to_string();
-    let (_, t) = ticket(&s, &owner.email, &owner.password, &watched).await;
+    let (_, t) = ticket(&s, &owner.email, owner.password(), &watched).await;
     let (cookie, _) = redeem(&c, &s, &watched, t["url"].as_str().unwrap()).await;
     let stream = c
         .on(&s.sandbox_host(&watched), "/event")

@@ -11,132 +11,53 @@
 mod common;
 
 use common::error_code;
+use common::serve::{Serve, Server, logs};
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode as AxumStatus};
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
-use delegate_server::orchestrator::Orchestrator;
-use delegate_server::settings::{EnvSource, Settings};
 use delegate_server::store::Store;
 use delegate_testkit::real;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::Digest;
-use tokio::sync::oneshot;
 
 const OIDC_CLIENT_SECRET: &str = "oidc-client-secret-must-never-leak-4c1d";
 const GITHUB_CLIENT_SECRET: &str = "github-client-secret-must-never-leak-9e2b";
 
-// ---- Log capture ------------------------------------------------------------------------------
-
-/// Everything the server logged in this test binary (one subscriber per process).
-fn log() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = LogWriter(buf.clone());
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("debug")
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .try_init();
-        buf
-    })
-}
-
-#[derive(Clone)]
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 // ---- delegate serve, in process ---------------------------------------------------------------
 
-struct EnvList(Vec<(String, String)>);
-
-impl EnvSource for EnvList {
-    fn var(&self, name: &str) -> Option<String> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    }
-}
-
-/// A served `delegate serve` router, the "browser" that talks to it, and what it answered.
+/// A served `delegate serve` router (with its log captured), the "browser" that talks to it, and
+/// what it answered.
 struct Delegate {
-    base: String,
-    orch: Orchestrator,
-    http: reqwest::Client,
-    /// Every body delegate returned, to grep for secrets.
-    bodies: Mutex<Vec<String>>,
+    server: Server,
     /// The browser's `delegate_sso` cookie (binds sign-ins in progress to this browser).
     sso_cookie: Mutex<Option<String>>,
-    _dir: tempfile::TempDir,
-    _stop: oneshot::Sender<()>,
+}
+
+impl std::ops::Deref for Delegate {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.server
+    }
 }
 
 impl Delegate {
     async fn start(sso_env: &[(&str, String)]) -> Delegate {
-        delegate_server::net::install_crypto();
-        log();
-        let dir = tempfile::Builder::new()
-            .prefix("dlg-sso")
-            .tempdir()
-            .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let mut env = vec![
-            (
-                "DELEGATE_DATA_DIR".to_string(),
-                dir.path().join("data").display().to_string(),
-            ),
-            ("DELEGATE_BACKEND".into(), "process".into()),
-            // No sandbox runs here; the process backend only needs an executable to exist.
-            ("DELEGATE_OPENCODE_BIN".into(), "/bin/true".into()),
-            ("DELEGATE_ISOLATION".into(), "none".into()),
-            ("OIDC_REDIRECT_BASE_URL".into(), base.clone()),
-        ];
-        env.extend(sso_env.iter().map(|(k, v)| (k.to_string(), v.clone())));
-        let settings = Settings::load(None, &EnvList(env)).expect("settings");
-        let orch = delegate_server::app::embedded(settings)
-            .await
-            .expect("orchestrator");
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(delegate_server::serve::serve(
-            orch.clone(),
-            listener,
-            async {
-                let _ = stopped.await;
-            },
-        ));
         Delegate {
-            base,
-            orch,
-            http: browser(),
-            bodies: Mutex::new(Vec::new()),
+            server: Serve::standalone()
+                .capture_logs()
+                .sso(sso_env)
+                .start()
+                .await,
             sso_cookie: Mutex::new(None),
-            _dir: dir,
-            _stop: stop,
         }
-    }
-
-    fn store(&self) -> &dyn Store {
-        self.orch.store().as_ref()
     }
 
     /// GET a URL of delegate (absolute, or a path), optionally with a session cookie.
@@ -201,14 +122,6 @@ impl Delegate {
     }
 }
 
-/// The "browser": never follows redirects by itself.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 fn location(resp: &reqwest::Response) -> String {
     resp.headers()
         .get("location")
@@ -266,7 +179,7 @@ fn with_query_param(url: &str, name: &str, value: &str) -> String {
 
 /// Asserts that no secret occurs in the server log or any body delegate returned.
 fn assert_no_leaks(d: &Delegate, secrets: &[String]) {
-    let log = String::from_utf8_lossy(&log().lock().unwrap()).into_owned();
+    let log = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
     assert!(
         log.contains("signed in with single sign-on"),
         "the log capture did not catch the server's log"
@@ -1040,16 +953,5 @@ async fn identities_on_sqlite_and_postgres() {
         .await
         .unwrap();
     identities_round_trip(sqlite.as_ref()).await;
-    let pg = tokio::task::spawn_blocking(delegate_testkit::postgres::TestPostgres::start)
-        .await
-        .unwrap()
-        .unwrap();
-    let Some(pg) = pg else {
-        return; // skipped; TestPostgres said why on stderr
-    };
-    let store = delegate_server::store::connect(&pg.url).await.unwrap();
-    assert_eq!(store.kind(), "postgres");
-    identities_round_trip(store.as_ref()).await;
-    drop(store);
-    tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
+    common::on_postgres(|store| async move { identities_round_trip(store.as_ref()).await }).await;
 }

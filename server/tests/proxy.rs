@@ -12,6 +12,7 @@ use delegate_server::proxy::{ActiveRuns, Proxy};
 use delegate_server::settings::{Secret, Upstream, UpstreamCredential};
 use delegate_server::store::Store;
 use delegate_testkit::anthropic::{FakeAnthropic, Script};
+use rstest::rstest;
 use serde_json::{Value, json};
 
 const REAL_KEY: &str = "sk-ant-real-proxy-test-key";
@@ -163,29 +164,26 @@ async fn bearer_tokens_work_too() {
     assert_eq!(s.fake.requests()[0].header("authorization"), None);
 }
 
+#[rstest]
+#[case::no_credential(&[])]
+#[case::an_unknown_sandbox_token(&[("x-api-key", "dsb_wrong")])]
+#[case::the_real_key_itself(&[("x-api-key", REAL_KEY)])]
+#[case::basic_credentials(&[("authorization", "Basic Zm9vOmJhcg==")])]
 #[tokio::test]
-async fn missing_wrong_and_revoked_tokens_get_401_in_anthropic_shape() {
+async fn a_missing_or_wrong_credential_gets_401_in_anthropic_shape(
+    #[case] headers: &[(&str, &str)],
+) {
     let s = setup(Script::text("hello")).await;
-    assert_anthropic_error(post(&s, &[]).await, 401, "authentication_error").await;
-    assert_anthropic_error(
-        post(&s, &[("x-api-key", "dsb_wrong")]).await,
-        401,
-        "authentication_error",
-    )
-    .await;
-    assert_anthropic_error(
-        post(&s, &[("x-api-key", REAL_KEY)]).await,
-        401,
-        "authentication_error",
-    )
-    .await;
-    assert_anthropic_error(
-        post(&s, &[("authorization", "Basic Zm9vOmJhcg==")]).await,
-        401,
-        "authentication_error",
-    )
-    .await;
+    assert_anthropic_error(post(&s, headers).await, 401, "authentication_error").await;
+    assert!(
+        s.fake.requests().is_empty(),
+        "refused calls never reach the upstream"
+    );
+}
 
+#[tokio::test]
+async fn a_revoked_token_gets_401_in_anthropic_shape() {
+    let s = setup(Script::text("hello")).await;
     // Valid (and now cached), then revoked: refused at once.
     let token = s.token.clone();
     let ok = post(&s, &[("x-api-key", &token)]).await;

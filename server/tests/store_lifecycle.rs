@@ -1,6 +1,8 @@
 //! One walk through everything the store keeps — users, workspaces, sandboxes, runs, events, tokens,
 //! usage — run unchanged against SQLite and a real PostgreSQL, so the two cannot drift apart.
 
+mod common;
+
 use delegate_mcp::types::{
     ChangeKind, ChangedFile, ErrorKind, RunError, RunStatus, SandboxStatus, Usage,
 };
@@ -8,7 +10,6 @@ use delegate_server::store::{
     NewEvent, Role, Run, RunOutcome, Sandbox, SandboxKind, SqliteStore, Store, StoreError,
     TokenKind, TokenRecord, UsageRecord, User, Workspace,
 };
-use delegate_testkit::postgres::TestPostgres;
 use serde_json::json;
 
 fn sandbox(id: &str, ws: &str, created_at: i64) -> Sandbox {
@@ -502,16 +503,5 @@ async fn sqlite_in_memory_lifecycle() {
 
 #[tokio::test]
 async fn postgres_lifecycle() {
-    let pg = tokio::task::spawn_blocking(TestPostgres::start)
-        .await
-        .unwrap()
-        .unwrap();
-    let Some(pg) = pg else {
-        return; // skipped; TestPostgres said why on stderr
-    };
-    let store = delegate_server::store::connect(&pg.url).await.unwrap();
-    assert_eq!(store.kind(), "postgres");
-    lifecycle(store.as_ref()).await;
-    drop(store);
-    tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
+    common::on_postgres(|store| async move { lifecycle(store.as_ref()).await }).await;
 }

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use support::{Account, Server, account};
+use support::{Account, Server};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -314,8 +314,13 @@ async fn a_local_opencode_takes_delegated_runs_and_comes_back_after_a_cut() {
     else {
         return;
     };
-    let s = Server::start(&h, Registration::Invite, None).await;
-    let owner = account(&s.orch, "owner").await;
+    let s = h
+        .serve()
+        .capture_logs()
+        .registration(Registration::Invite)
+        .start()
+        .await;
+    let owner = s.account("owner").await;
     let (_opencode, opencode_url) = local_opencode(&h, &h.dir.path().join("local")).await;
     let relay = Relay::start(s.host.clone()).await;
     let config = h.dir.path().join("config");
@@ -480,8 +485,13 @@ async fn codes_work_once_and_expire_and_a_tunnel_token_opens_only_its_sandbox() 
     let Some(h) = Harness::new(Script::text("unused")).await else {
         return;
     };
-    let s = Server::start(&h, Registration::Invite, None).await;
-    let owner = account(&s.orch, "owner").await;
+    let s = h
+        .serve()
+        .capture_logs()
+        .registration(Registration::Invite)
+        .start()
+        .await;
+    let owner = s.account("owner").await;
     let register = |code: &str| {
         s.req(Method::POST, "/api/agents/register")
             .json(&json!({ "code": code, "name": "laptop" }))
@@ -630,8 +640,13 @@ fn pattern(offset: usize, n: usize) -> Vec<u8> {
 /// A server, and a running agent whose machine serves the checksum server, joined through a
 /// relay the test controls.
 async fn checksum_agent(h: &Harness) -> (Server, Relay, Agent, String) {
-    let s = Server::start(h, Registration::Invite, None).await;
-    let owner = account(&s.orch, "owner").await;
+    let s = h
+        .serve()
+        .capture_logs()
+        .registration(Registration::Invite)
+        .start()
+        .await;
+    let owner = s.account("owner").await;
     let local = checksum_server().await;
     let relay = Relay::start(s.host.clone()).await;
     let (agent, id) = join(&s, &owner, &relay, &h.dir.path().join("config"), &local).await;
@@ -732,8 +747,13 @@ async fn an_sse_stream_through_the_tunnel_outlives_three_minutes() {
     let Some(h) = Harness::new(Script::text("unused")).await else {
         return;
     };
-    let s = Server::start(&h, Registration::Invite, None).await;
-    let owner = account(&s.orch, "owner").await;
+    let s = h
+        .serve()
+        .capture_logs()
+        .registration(Registration::Invite)
+        .start()
+        .await;
+    let owner = s.account("owner").await;
     let (_opencode, opencode_url) = local_opencode(&h, &h.dir.path().join("local")).await;
     let relay = Relay::start(s.host.clone()).await;
     let (_agent, id) = join(

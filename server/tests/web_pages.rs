@@ -3,19 +3,16 @@
 //! in real Chromium.
 
 mod common;
-#[path = "support/web.rs"]
-mod web;
 #[path = "support/webdriver.rs"]
 mod webdriver;
 
 use common::Harness;
 use delegate_mcp::types::RunStatus;
-use delegate_server::ids::{new_id, now_ms};
+use delegate_server::ids::now_ms;
 use delegate_server::settings::{GithubSettings, Secret};
 use delegate_server::store::{Run, Sandbox, SandboxKind};
 use delegate_testkit::anthropic::Script;
-use serde_json::{Value, json};
-use web::{WebServer, person};
+use serde_json::Value;
 use webdriver::Browser;
 
 #[tokio::test]
@@ -23,7 +20,7 @@ async fn pages_files_and_headers() {
     let Some(h) = Harness::new(Script::text("unused")).await else {
         return;
     };
-    let s = WebServer::start(&h).await;
+    let s = h.serve().localhost_domain().start().await;
     let http = reqwest::Client::new();
     // Every app path is the page; its scripts and styles come from /ui/ with a strict CSP.
     for path in [
@@ -88,24 +85,14 @@ async fn run_summaries_say_who_delegated_each_run() {
     let Some(h) = Harness::new(Script::text("unused")).await else {
         return;
     };
-    let s = WebServer::start(&h).await;
-    let alice = person(&s.orch, "alice").await;
+    let s = h.serve().localhost_domain().start().await;
+    let alice = s.person("alice").await;
     let store = s.orch.store();
     let ws = &alice.personal;
     let now = now_ms();
     let sandbox = Sandbox {
-        id: new_id("sbx"),
-        workspace_id: ws.id.clone(),
-        name: "s".into(),
         kind: SandboxKind::Ephemeral,
-        backend: "process".into(),
-        status: delegate_mcp::types::SandboxStatus::Deleted,
-        status_reason: None,
-        idle_timeout_s: None,
-        meta: json!({}),
-        created_by: None,
-        created_at: now,
-        updated_at: now,
+        ..common::sandbox_row(&ws.id, delegate_mcp::types::SandboxStatus::Deleted)
     };
     store.insert_sandbox(&sandbox).await.unwrap();
     let tokens = store.tokens_of_user(&alice.user.id).await.unwrap();
@@ -128,19 +115,12 @@ async fn run_summaries_say_who_delegated_each_run() {
     for (i, (created_by, _)) in by.iter().enumerate() {
         store
             .insert_run(&Run {
-                id: new_id("run"),
-                sandbox_id: sandbox.id.clone(),
-                workspace_id: ws.id.clone(),
                 task: format!("task {i} <script>x</script>"),
-                model: None,
-                agent: None,
-                status: RunStatus::Succeeded,
-                timeout_s: 60,
                 created_by: Some(created_by.clone()),
                 created_at: now + i as i64,
                 started_at: Some(now),
                 finished_at: Some(now + 1000),
-                outcome: Default::default(),
+                ..common::run_row(&sandbox, RunStatus::Succeeded)
             })
             .await
             .unwrap();
@@ -173,7 +153,7 @@ async fn run_summaries_say_who_delegated_each_run() {
     assert_eq!(v["task"], "task 4 <script>x</script>");
     assert_eq!(v["status"], "succeeded");
     // Someone else's runs are not found.
-    let bob = person(&s.orch, "bob").await;
+    let bob = s.person("bob").await;
     let r = reqwest::Client::new()
         .get(s.url(&format!("/api/runs/{id}/summary")))
         .bearer_auth(&bob.token)
@@ -191,16 +171,20 @@ async fn the_sign_in_page_offers_single_sign_on_when_configured() {
     let Some(b) = Browser::start(375, 800).await else {
         return;
     };
-    let s = WebServer::start_with(&h, |settings| {
-        settings.sso.redirect_base_url = settings.public_url.clone();
-        settings.sso.github = Some(GithubSettings {
-            client_id: "Iv1.test".into(),
-            client_secret: Secret::new("github-secret-never-shown"),
-            api_url: "http://127.0.0.1:9".into(),
-            oauth_url: "http://127.0.0.1:9".into(),
-        });
-    })
-    .await;
+    let s = h
+        .serve()
+        .localhost_domain()
+        .settings(|settings| {
+            settings.sso.redirect_base_url = settings.public_url.clone();
+            settings.sso.github = Some(GithubSettings {
+                client_id: "Iv1.test".into(),
+                client_secret: Secret::new("github-secret-never-shown"),
+                api_url: "http://127.0.0.1:9".into(),
+                oauth_url: "http://127.0.0.1:9".into(),
+            });
+        })
+        .start()
+        .await;
     b.goto(&s.url("/signin?next=/tokens")).await;
     let href = b
         .wait_until(

@@ -10,21 +10,19 @@
 //! `target/artifacts/`.
 
 mod common;
-#[path = "support/web.rs"]
-mod web;
 #[path = "support/webdriver.rs"]
 mod webdriver;
 
 use common::Harness;
+use common::serve::Server;
 use delegate_testkit::anthropic::Script;
 use serde_json::{Value, json};
-use web::{WebServer, person};
 use webdriver::{Browser, artifacts};
 
 /// Markup that would run if any view put data in as HTML.
 const XSS: &str = "<img src=x onerror=\"window.__pwned=1\"><script>window.__pwned=2</script>";
 
-fn api(s: &WebServer, method: reqwest::Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+fn api(s: &Server, method: reqwest::Method, path: &str, token: &str) -> reqwest::RequestBuilder {
     reqwest::Client::new()
         .request(method, s.url(path))
         .bearer_auth(token)
@@ -41,7 +39,7 @@ async fn page_seqs(b: &Browser) -> Vec<u64> {
     serde_json::from_value(v).unwrap()
 }
 
-async fn run_status(s: &WebServer, id: &str, token: &str) -> Value {
+async fn run_status(s: &Server, id: &str, token: &str) -> Value {
     api(s, reqwest::Method::GET, &format!("/api/runs/{id}"), token)
         .send()
         .await
@@ -97,8 +95,8 @@ async fn the_web_ui_end_to_end_in_chromium() {
     let Some(b) = Browser::start(1280, 900).await else {
         return;
     };
-    let s = WebServer::start(&h).await;
-    let alice = person(&s.orch, "alice").await;
+    let s = h.serve().localhost_domain().start().await;
+    let alice = s.person("alice").await;
     let out = artifacts();
 
     // Sign in: the app sends an anonymous visitor to the sign-in page and back.
@@ -121,7 +119,7 @@ async fn the_web_ui_end_to_end_in_chromium() {
         "return document.getElementById('signin-error').textContent",
     )
     .await;
-    b.type_into("input[type=password]", &alice.password).await;
+    b.type_into("input[type=password]", alice.password()).await;
     b.click("button[type=submit]").await;
     b.wait_for("#create-token").await;
     assert!(b.url().await.ends_with("/tokens"));
@@ -427,7 +425,7 @@ async fn the_web_ui_end_to_end_in_chromium() {
     );
 
     // Members: alice (owner) adds a guest through the page.
-    let guest = person(&s.orch, "guest").await;
+    let guest = s.person("guest").await;
     b.goto(&s.url("/w/team-web/members")).await;
     b.type_into(
         "form[aria-label='Add a member'] input[type=email]",
@@ -461,7 +459,7 @@ async fn the_web_ui_end_to_end_in_chromium() {
     b.click("#signout").await;
     b.wait_for("input[type=email]").await;
     b.type_into("input[type=email]", &guest.email).await;
-    b.type_into("input[type=password]", &guest.password).await;
+    b.type_into("input[type=password]", guest.password()).await;
     b.click("button[type=submit]").await;
     b.wait_for("#top #ws-select").await;
     b.goto(&s.url("/w/team-web")).await;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod serve;
 pub mod served;
 
 use std::path::{Path, PathBuf};
@@ -138,7 +139,8 @@ impl CliRun {
     }
 }
 
-struct EnvList<'a>(Vec<(&'a str, &'a str)>);
+/// Settings' environment from explicit pairs, so a test never reads the real one.
+pub struct EnvList<'a>(pub Vec<(&'a str, &'a str)>);
 
 impl delegate_server::settings::EnvSource for EnvList<'_> {
     fn var(&self, name: &str) -> Option<String> {
@@ -181,36 +183,9 @@ pub async fn seed_sandbox(db: &Path) -> Seeded {
         created_at: now,
     };
     store.create_workspace(&ws, &user.id).await.unwrap();
-    let sandbox = Sandbox {
-        id: new_id("sbx"),
-        workspace_id: ws.id.clone(),
-        name: "s".into(),
-        kind: SandboxKind::Warm,
-        backend: "process".into(),
-        status: delegate_mcp::types::SandboxStatus::Running,
-        status_reason: None,
-        idle_timeout_s: None,
-        meta: serde_json::json!({}),
-        created_by: None,
-        created_at: now,
-        updated_at: now,
-    };
+    let sandbox = sandbox_row(&ws.id, delegate_mcp::types::SandboxStatus::Running);
     store.insert_sandbox(&sandbox).await.unwrap();
-    let run = Run {
-        id: new_id("run"),
-        sandbox_id: sandbox.id.clone(),
-        workspace_id: ws.id.clone(),
-        task: "t".into(),
-        model: None,
-        agent: None,
-        status: delegate_mcp::types::RunStatus::Queued,
-        timeout_s: 60,
-        created_by: None,
-        created_at: now,
-        started_at: None,
-        finished_at: None,
-        outcome: RunOutcome::default(),
-    };
+    let run = run_row(&sandbox, delegate_mcp::types::RunStatus::Queued);
     store.insert_run(&run).await.unwrap();
     let token = new_secret("dsb_");
     store
@@ -280,4 +255,72 @@ pub fn error_code(status: reqwest::StatusCode, body: &serde_json::Value) -> Stri
         "{body}"
     );
     code.to_string()
+}
+
+/// Runs `check` against a store in a fresh PostgreSQL (testkit's, stopped afterwards); `None`
+/// when there is none here (skipped: `TestPostgres` said why on stderr).
+pub async fn on_postgres<T, F, Fut>(check: F) -> Option<T>
+where
+    F: FnOnce(std::sync::Arc<dyn delegate_server::store::Store>) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let pg = tokio::task::spawn_blocking(delegate_testkit::postgres::TestPostgres::start)
+        .await
+        .unwrap()
+        .unwrap()?;
+    let store = delegate_server::store::connect(&pg.url).await.unwrap();
+    assert_eq!(store.kind(), "postgres");
+    // The store (moved into `check`) is closed before the database stops.
+    let out = check(store).await;
+    tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
+    Some(out)
+}
+
+/// A sandbox row in `workspace_id` (nothing runs behind it): warm, process backend, named "s".
+/// Tests change what they need with `Sandbox { .., ..sandbox_row(..) }`.
+pub fn sandbox_row(
+    workspace_id: &str,
+    status: delegate_mcp::types::SandboxStatus,
+) -> delegate_server::store::Sandbox {
+    let now = delegate_server::ids::now_ms();
+    delegate_server::store::Sandbox {
+        id: delegate_server::ids::new_id("sbx"),
+        workspace_id: workspace_id.to_string(),
+        name: "s".into(),
+        kind: delegate_server::store::SandboxKind::Warm,
+        backend: "process".into(),
+        status,
+        status_reason: None,
+        idle_timeout_s: None,
+        meta: serde_json::json!({}),
+        created_by: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// A run row in `sandbox` with task "t", started and finished now as far as `status` says.
+pub fn run_row(
+    sandbox: &delegate_server::store::Sandbox,
+    status: delegate_mcp::types::RunStatus,
+) -> delegate_server::store::Run {
+    use delegate_mcp::types::RunStatus;
+    let now = delegate_server::ids::now_ms();
+    let started = !matches!(status, RunStatus::Queued | RunStatus::Starting);
+    let finished = started && status != RunStatus::Running;
+    delegate_server::store::Run {
+        id: delegate_server::ids::new_id("run"),
+        sandbox_id: sandbox.id.clone(),
+        workspace_id: sandbox.workspace_id.clone(),
+        task: "t".into(),
+        model: None,
+        agent: None,
+        status,
+        timeout_s: 60,
+        created_by: None,
+        created_at: now,
+        started_at: started.then_some(now),
+        finished_at: finished.then_some(now),
+        outcome: Default::default(),
+    }
 }
