@@ -7,15 +7,14 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::Router;
 use delegate_mcp::types::ChangedFile;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Child;
 use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +26,11 @@ use super::{
 };
 use crate::settings::{Isolation, Secret, Settings};
 use crate::store::SandboxKind;
+
+mod bwrap;
+mod serve;
+
+use serve::live_password;
 
 /// Where things appear inside a bubblewrap sandbox.
 const IN_WORKSPACE: &str = "/workspace";
@@ -178,231 +182,6 @@ impl ProcessBackend {
             .copied()
             .map_err(|e| SandboxError::Io(format!("bind proxy: {e}")))
     }
-
-    /// The command that runs `args` (opencode's arguments) in the sandbox.
-    async fn command(
-        &self,
-        live: &Live,
-        args: &[String],
-        serve: bool,
-    ) -> Result<Command, SandboxError> {
-        let dirs = &live.dirs;
-        let mut cmd;
-        match &self.bwrap {
-            Some(bwrap) => {
-                let env = crate::opencode::environment(
-                    IN_HOME,
-                    &format!("http://{IN_PROXY}/v1"),
-                    live.token.expose(),
-                    &self.model,
-                    &self.small_model,
-                );
-                cmd = self.cgroup_wrapper(live, bwrap);
-                cmd.args([
-                    "--unshare-all",
-                    "--die-with-parent",
-                    "--new-session",
-                    "--uid",
-                    "1000",
-                    "--gid",
-                    "1000",
-                    "--cap-drop",
-                    "ALL",
-                    "--hostname",
-                    "sandbox",
-                ]);
-                for dir in ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64"] {
-                    cmd.args(["--ro-bind-try", dir, dir]);
-                }
-                for path in ETC_BINDS {
-                    cmd.args(["--ro-bind-try", path, path]);
-                }
-                cmd.arg("--ro-bind")
-                    .arg(dirs.root.join("passwd"))
-                    .arg("/etc/passwd")
-                    .arg("--ro-bind")
-                    .arg(dirs.root.join("group"))
-                    .arg("/etc/group")
-                    .arg("--ro-bind")
-                    .arg(&self.opencode)
-                    .arg(IN_OPENCODE)
-                    .arg("--ro-bind")
-                    .arg(&self.relay_bin)
-                    .arg(IN_DELEGATE)
-                    .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"])
-                    .arg("--bind")
-                    .arg(&dirs.workspace)
-                    .arg(IN_WORKSPACE)
-                    .arg("--bind")
-                    .arg(&dirs.home)
-                    .arg(IN_HOME)
-                    .arg("--bind")
-                    .arg(&dirs.run)
-                    .arg(IN_RUN)
-                    .args(["--chdir", IN_WORKSPACE, "--clearenv"]);
-                for (k, v) in env {
-                    cmd.args(["--setenv", &k, &v]);
-                }
-                if serve {
-                    cmd.args(["--setenv", "OPENCODE_SERVER_PASSWORD"]);
-                    cmd.arg(live_password(live)?);
-                }
-                cmd.args([
-                    "--",
-                    IN_DELEGATE,
-                    "sandbox-relay",
-                    "--forward",
-                    &format!("tcp:{IN_PROXY}=unix:{IN_RUN}/proxy.sock"),
-                ]);
-                if serve {
-                    cmd.args([
-                        "--forward",
-                        &format!("unix:{IN_RUN}/opencode.sock=tcp:127.0.0.1:{IN_SERVE_PORT}"),
-                    ]);
-                }
-                cmd.arg("--").arg(IN_OPENCODE).args(args);
-            }
-            None => {
-                let proxy = self.tcp_proxy().await?;
-                let home = dirs.home.to_string_lossy().into_owned();
-                cmd = self.cgroup_wrapper(live, &self.opencode);
-                cmd.args(args)
-                    .current_dir(&dirs.workspace)
-                    .envs(crate::opencode::environment(
-                        &home,
-                        &format!("http://{proxy}/v1"),
-                        live.token.expose(),
-                        &self.model,
-                        &self.small_model,
-                    ));
-                if serve {
-                    cmd.env("OPENCODE_SERVER_PASSWORD", live_password(live)?);
-                }
-            }
-        }
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        Ok(cmd)
-    }
-
-    /// `sh` joins the sandbox's cgroups, then execs `program`, so no process of the sandbox ever
-    /// runs outside its limits. The environment is cleared: no host secret reaches the sandbox,
-    /// not even bubblewrap's own environment.
-    fn cgroup_wrapper(&self, live: &Live, program: &Path) -> Command {
-        let mut cmd = Command::new("/bin/sh");
-        cmd.env_clear().env("PATH", "/usr/local/bin:/usr/bin:/bin");
-        let procs: Vec<String> = live
-            .cgroup
-            .as_ref()
-            .map(|c| {
-                c.procs_files()
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
-        cmd.arg("-c")
-            .arg(r#"for f in $DELEGATE_CGROUPS; do echo $$ > "$f" || exit 111; done; unset DELEGATE_CGROUPS; exec "$@""#)
-            .arg("sh")
-            .arg(program)
-            .env("DELEGATE_CGROUPS", procs.join(" "));
-        cmd
-    }
-
-    async fn start_serve(&self, id: &str, live: &Arc<Live>) -> Result<ServeEndpoint, SandboxError> {
-        let password = live_password(live)?;
-        let port = match self.isolation {
-            Isolation::Bwrap => IN_SERVE_PORT.to_string(),
-            Isolation::None => "0".to_string(),
-        };
-        let args: Vec<String> = ["serve", "--hostname", "127.0.0.1", "--port", &port]
-            .into_iter()
-            .map(String::from)
-            .collect();
-        let mut child = self
-            .command(live, &args, true)
-            .await?
-            .spawn()
-            .map_err(|e| SandboxError::Start(format!("cannot start opencode serve: {e}")))?;
-        drop(child.stdin.take());
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| SandboxError::Start("no stdout".into()))?;
-        if let Some(stderr) = child.stderr.take() {
-            let id = id.to_string();
-            tokio::spawn(drain(
-                stderr,
-                move |l| tracing::debug!(sandbox = %id, "opencode serve: {l}"),
-            ));
-        }
-        let mut lines = BufReader::new(stdout).lines();
-        let listening = tokio::time::timeout(SERVE_START_TIMEOUT, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(url) = line.split("listening on ").nth(1) {
-                    return Some(url.trim().to_string());
-                }
-            }
-            None
-        })
-        .await;
-        let url = match listening {
-            Ok(Some(url)) => url,
-            Ok(None) => {
-                let status = child.wait().await.ok();
-                return Err(SandboxError::Start(format!(
-                    "opencode serve exited before listening ({status:?})"
-                )));
-            }
-            Err(_) => {
-                let _ = child.start_kill();
-                return Err(SandboxError::Start(format!(
-                    "opencode serve did not listen within {}s",
-                    SERVE_START_TIMEOUT.as_secs()
-                )));
-            }
-        };
-        let id_owned = id.to_string();
-        tokio::spawn(async move {
-            while let Ok(Some(l)) = lines.next_line().await {
-                tracing::debug!(sandbox = %id_owned, "opencode serve: {l}");
-            }
-        });
-        let relay_stop = live.stop.child_token();
-        *live
-            .serve
-            .lock()
-            .map_err(|_| SandboxError::Io("poisoned".into()))? = Some((child, relay_stop.clone()));
-        let url = match self.isolation {
-            Isolation::None => url,
-            Isolation::Bwrap => {
-                // Give the sandbox's serve socket a loopback address on the host.
-                let addr = crate::net::relay_loopback_to_unix(
-                    live.dirs.run.join("opencode.sock"),
-                    relay_stop,
-                )
-                .await
-                .map_err(|e| SandboxError::Io(format!("bind serve relay: {e}")))?;
-                format!("http://{addr}")
-            }
-        };
-        let directory = match self.isolation {
-            Isolation::Bwrap => IN_WORKSPACE.to_string(),
-            Isolation::None => live.dirs.workspace.to_string_lossy().into_owned(),
-        };
-        Ok(ServeEndpoint {
-            url,
-            password: Secret::new(password),
-            directory,
-        })
-    }
-}
-
-fn live_password(live: &Live) -> Result<String, SandboxError> {
-    std::fs::read_to_string(live.dirs.root.join("serve.password"))
-        .map_err(|e| SandboxError::Io(format!("serve password: {e}")))
 }
 
 #[async_trait]
