@@ -583,7 +583,9 @@ async fn errors_map_by_code_and_never_show_the_token() {
 
     // Nobody listening.
     let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         l.local_addr().expect("addr").port()
     };
     let gone = RemoteDelegator::new(&format!("http://127.0.0.1:{port}"), GOOD).expect("client");

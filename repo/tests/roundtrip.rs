@@ -2,6 +2,9 @@
 //! ignored, binary, symlink, odd names, a submodule), a sandbox clone and the in-sandbox commit,
 //! the server's hostile-input import, and the branch and worktree apply on the caller's side.
 
+// The fixtures are plain synchronous git calls made between the awaited steps under test.
+#![allow(clippy::disallowed_methods)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -53,7 +53,7 @@ async fn main() {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
-        opencode_version(&opencode),
+        opencode_version(&opencode).await,
         runs,
         requests
     );
@@ -67,10 +67,11 @@ async fn main() {
     }
 }
 
-fn opencode_version(bin: &Path) -> String {
-    std::process::Command::new(bin)
+async fn opencode_version(bin: &Path) -> String {
+    tokio::process::Command::new(bin)
         .arg("--version")
         .output()
+        .await
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
 }
@@ -102,10 +103,11 @@ async fn overhead(opencode: &Path, fake: &FakeAnthropic, tmp: &Path, runs: usize
             ],
         ] {
             assert!(
-                std::process::Command::new("git")
+                tokio::process::Command::new("git")
                     .args(args)
                     .current_dir(&work)
                     .status()
+                    .await
                     .unwrap()
                     .success()
             );
@@ -417,10 +419,11 @@ async fn list_sandboxes_under_load(opencode: &Path, fake: &FakeAnthropic, tmp: &
         ("DELEGATE_LOG", "info".to_string()),
     ];
     let delegate = env!("CARGO_BIN_EXE_delegate");
-    let token = std::process::Command::new(delegate)
+    let token = tokio::process::Command::new(delegate)
         .args(["token", "create"])
         .envs(env.iter().cloned())
         .output()
+        .await
         .unwrap();
     let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
     let mut serve = tokio::process::Command::new(delegate)

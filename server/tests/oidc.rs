@@ -216,7 +216,8 @@ impl Provider {
             );
         }
         // The mock takes a port number, not a socket: find a free one, then let it bind.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
             .unwrap()
             .local_addr()
             .unwrap()

@@ -154,10 +154,11 @@ async fn local_opencode(h: &Harness, dir: &Path) -> (tokio::process::Child, Stri
             "start",
         ][..],
     ] {
-        let ok = std::process::Command::new("git")
+        let ok = tokio::process::Command::new("git")
             .args(args)
             .current_dir(&project)
             .status()
+            .await
             .unwrap();
         assert!(ok.success());
     }

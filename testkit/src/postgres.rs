@@ -21,6 +21,10 @@
 //!
 //! Everything here blocks; call it before a test's async work or inside `spawn_blocking`.
 
+// Setting up and tearing down the server is synchronous on purpose (`Drop` stops it, and must
+// block until it has): callers start it before their async work, or on the blocking pool.
+#![allow(clippy::disallowed_methods)]
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
