@@ -10,6 +10,8 @@
 //! Every git call goes through [`git::Git`], which runs git without global config, hooks or
 //! external drivers.
 
+#![warn(missing_docs)]
+
 pub mod apply;
 pub mod changes;
 pub mod git;
