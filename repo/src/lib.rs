@@ -11,6 +11,7 @@
 //! external drivers.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod apply;
 pub mod changes;
@@ -39,6 +40,7 @@ pub enum RepoError {
     /// git itself failed.
     #[error("{0}")]
     Git(String),
+    /// Reading or writing a file around git failed (copying a bundle, writing a patch).
     #[error("{0}")]
     Io(String),
 }

@@ -2,6 +2,7 @@
 //! tests use for an LLM), throwaway PostgreSQL servers, and lookups of the other real components.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod anthropic;
 pub mod postgres;
