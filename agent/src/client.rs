@@ -25,10 +25,14 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// How long the server has to answer the hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Why the agent stopped or could not register.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// A flag or saved value is unusable (a bad URL, a token that is not a header value); fix the
+    /// command line.
     #[error("{0}")]
     BadInput(String),
+    /// The server did not answer as expected (network, TLS, handshake); [`run`] retries it.
     #[error("cannot reach the server: {0}")]
     Unreachable(String),
     /// The server refused for good (bad code, revoked token, deleted sandbox): retrying will
@@ -45,7 +49,9 @@ pub enum AgentError {
 pub struct AgentConfig {
     /// The server's base URL (`https://delegate.example.com`).
     pub server: String,
+    /// The local sandbox this agent serves, from registration.
     pub sandbox_id: String,
+    /// The tunnel token (`dlt_...`) from registration; redacted in `Debug`.
     pub token: String,
     /// The local `opencode serve` (`http://127.0.0.1:4096`).
     pub opencode_url: String,
@@ -125,8 +131,15 @@ impl Backoff {
 /// What happened to one connection, for the caller's log.
 #[derive(Debug, Clone)]
 pub enum LinkEvent {
+    /// The server accepted the link; streams may come.
     Connected,
-    Disconnected { reason: String, retry_in: Duration },
+    /// The link failed or ended; the next attempt follows after `retry_in`.
+    Disconnected {
+        /// What ended it, for people.
+        reason: String,
+        /// The backoff before the next attempt.
+        retry_in: Duration,
+    },
 }
 
 /// Keeps the tunnel up until `stop` is cancelled or the server refuses for good.

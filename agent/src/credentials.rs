@@ -13,10 +13,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerCredentials {
+    /// The local sandbox the server created for this agent.
     pub sandbox_id: String,
     /// The tunnel token (`dlt_...`); the server keeps only its hash.
     pub token: String,
+    /// The sandbox's name, as given at registration.
     pub name: String,
+    /// The local `opencode serve` to reconnect to.
     pub opencode_url: String,
 }
 
@@ -38,17 +41,28 @@ struct File {
     servers: BTreeMap<String, ServerCredentials>,
 }
 
+/// Why the credentials file could not be found, read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
+    /// Neither `XDG_CONFIG_HOME` nor `HOME` says where the file belongs.
     #[error("no config directory (set XDG_CONFIG_HOME or HOME)")]
     NoConfigDir,
+    /// Reading, writing or locking down the file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file (or its directory).
         path: PathBuf,
+        /// What the OS said.
         source: std::io::Error,
     },
+    /// The file's contents do not parse as saved credentials.
     #[error("{path} is not a valid credentials file: {message}")]
-    Corrupt { path: PathBuf, message: String },
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What did not parse.
+        message: String,
+    },
 }
 
 /// The default file: `<config dir>/delegate/agent.json`.

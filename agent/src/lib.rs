@@ -6,6 +6,7 @@
 //!
 //! Without the default `client` feature only [`protocol`] is built (for the fuzzer).
 
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "client")]

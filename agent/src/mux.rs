@@ -36,7 +36,9 @@ impl<T> Transport for T where
 /// them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// The server: opens streams and numbers them.
     Opener,
+    /// The agent: takes each stream the server opens.
     Acceptor,
 }
 
@@ -52,10 +54,13 @@ const ACCEPT_QUEUE: usize = 128;
 /// runs dry while the receiver keeps up).
 const CREDIT_STEP: u32 = WINDOW / 4;
 
+/// Why a stream cannot be used any more.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StreamError {
+    /// This stream alone is over (`reset` by either side); the link and other streams go on.
     #[error("stream reset: {0}")]
     Reset(String),
+    /// The whole link is gone, and every stream with it.
     #[error("tunnel closed: {0}")]
     Closed(String),
 }
@@ -66,6 +71,7 @@ pub struct Closed {
     /// `goodbye` codes from the peer (`replaced`, `revoked`, ...), or `local`, `timeout`,
     /// `protocol`, `io`, `eof`.
     pub code: String,
+    /// Why, in words, for logs.
     pub reason: String,
 }
 
@@ -215,6 +221,7 @@ impl Mux {
         })
     }
 
+    /// Whether the link is closed already, without waiting as [`closed`](Self::closed) does.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.is_cancelled()
     }
@@ -516,6 +523,7 @@ pub struct MuxStream {
 }
 
 impl MuxStream {
+    /// The stream's id on its link, for logs.
     pub fn id(&self) -> StreamId {
         self.state.id
     }

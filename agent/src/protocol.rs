@@ -51,6 +51,7 @@ pub type StreamId = u64;
 pub enum Header {
     /// First frame from the agent: who it is and how to reach its opencode.
     Hello {
+        /// The protocol [`VERSION`] the agent speaks.
         version: u32,
         /// The agent's software version, for logs.
         agent: String,
@@ -63,41 +64,55 @@ pub enum Header {
     },
     /// Server -> agent: the link is accepted; streams may follow.
     Welcome {
+        /// The sandbox this link serves, as the server knows it.
         sandbox_id: String,
     },
     /// Server -> agent: a new stream; the agent connects it to its opencode.
     Open {
+        /// The new stream's id; later frames of the stream name it.
         stream: StreamId,
     },
     /// Bytes of a stream (the payload, 1..=[`CHUNK`] bytes).
     Data {
+        /// The stream the bytes belong to.
         stream: StreamId,
     },
     /// The sender will send no more bytes on this stream (a half-close).
     End {
+        /// The stream half-closed.
         stream: StreamId,
     },
     /// The stream is over in both directions; `reason` says why, for logs.
     Reset {
+        /// The stream ended.
         stream: StreamId,
+        /// Why, for logs.
         reason: String,
     },
     /// The receiver handed on `bytes` more bytes: the sender may send that much more.
     Credit {
+        /// The stream the credit is for.
         stream: StreamId,
+        /// How many more bytes the sender may send.
         bytes: u32,
     },
+    /// Either side, every [`PING_INTERVAL`]: proves the link is alive; the peer answers `pong`.
     Ping {
+        /// Echoed in the `pong`.
         nonce: u64,
     },
+    /// The answer to a `ping`.
     Pong {
+        /// The `ping`'s nonce.
         nonce: u64,
     },
     /// The sender is closing the whole tunnel, for `reason` (`code` is machine-readable:
     /// `replaced` when a newer connection of the same sandbox took over, `revoked`, `shutdown`,
     /// `protocol`).
     Goodbye {
+        /// Why, for programs: `replaced`, `revoked`, `shutdown` or `protocol`.
         code: String,
+        /// Why, for people.
         reason: String,
     },
 }
@@ -112,11 +127,14 @@ impl Header {
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
+    /// What the frame means.
     pub header: Header,
+    /// The stream bytes of a `data` frame; empty for every other kind.
     pub payload: Bytes,
 }
 
 impl Frame {
+    /// A frame without payload (anything but `data`).
     pub fn new(header: Header) -> Frame {
         Frame {
             header,
@@ -124,6 +142,7 @@ impl Frame {
         }
     }
 
+    /// A `data` frame carrying `payload` (1..=[`CHUNK`] bytes) on `stream`.
     pub fn data(stream: StreamId, payload: Bytes) -> Frame {
         Frame {
             header: Header::Data { stream },
@@ -135,18 +154,30 @@ impl Frame {
 /// Why bytes are not a valid frame. Every case names what was wrong, for the peer's log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
+    /// Not even the 4-byte header length arrived.
     #[error("truncated frame: {0} bytes, fewer than the 4-byte header length")]
     TruncatedLength(usize),
+    /// The header length is over [`MAX_HEADER`].
     #[error("oversized frame header: {0} bytes, at most {MAX_HEADER}")]
     HeaderTooLarge(usize),
+    /// Fewer bytes follow than the header length promises.
     #[error("truncated frame: the header length says {declared} bytes but only {available} follow")]
-    TruncatedHeader { declared: usize, available: usize },
+    TruncatedHeader {
+        /// What the length prefix said.
+        declared: usize,
+        /// What the message held after it.
+        available: usize,
+    },
+    /// The header is not a JSON [`Header`].
     #[error("bad frame header: {0}")]
     BadHeader(String),
+    /// The payload is over [`MAX_PAYLOAD`].
     #[error("oversized frame payload: {0} bytes, at most {MAX_PAYLOAD}")]
     PayloadTooLarge(usize),
+    /// A frame other than `data` carries bytes after its header.
     #[error("a {0} frame carries no payload, but {1} bytes followed its header")]
     UnexpectedPayload(&'static str, usize),
+    /// A `data` frame without bytes; a well-behaved sender never makes one.
     #[error("a data frame must carry 1 to {MAX_PAYLOAD} bytes, not 0")]
     EmptyData,
 }

@@ -20,6 +20,7 @@ pub struct CreateCodeInput {
 pub struct CreatedCode {
     /// Give it to `delegate agent connect --code`; it works once.
     pub code: String,
+    /// The workspace the registered sandbox will belong to.
     pub workspace_id: String,
     /// Milliseconds since the Unix epoch.
     pub expires_at: i64,
@@ -31,6 +32,7 @@ pub struct CreatedCode {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterInput {
+    /// The one-time code from `POST /api/workspaces/{ws}/agent-codes`.
     pub code: String,
     /// The sandbox's name (1 to 200 characters).
     pub name: String,
@@ -39,7 +41,9 @@ pub struct RegisterInput {
 /// A registered local sandbox and its tunnel token, shown once.
 #[derive(Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Registered {
+    /// The new local sandbox; the tunnel URL names it.
     pub sandbox_id: String,
+    /// The workspace the code was made for.
     pub workspace_id: String,
     /// `dlt_...`: send it as `Authorization: Bearer` to `/api/tunnel/{sandbox_id}`.
     pub token: String,

@@ -16,6 +16,7 @@ use crate::types::RunResult;
 /// token over HTTP) before any tool runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
+    /// The user every permission check and every created run or sandbox is attributed to.
     pub user_id: String,
     /// The API token used, if any.
     pub token_id: Option<String>,
@@ -33,6 +34,7 @@ pub enum DelegateError {
     /// Bad arguments the schema could not catch (a path with `..`, a task over 1 MiB, ...).
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// The run, sandbox or workspace does not exist, or the caller may not see it.
     #[error("not found: {0}")]
     NotFound(String),
     /// The sandbox cannot take the request now (busy with a run, paused, failed).
@@ -41,6 +43,7 @@ pub enum DelegateError {
     /// A quota or concurrency limit; try again later.
     #[error("limit reached: {0}")]
     Limit(String),
+    /// Something failed on delegate's side; the caller can only retry or report it.
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -54,6 +57,10 @@ pub struct Progress {
     pub message: String,
 }
 
+/// What the MCP tools call: one method per tool, each taking the tool's input and returning its
+/// output. `delegate serve` implements it over its own services (embedded mode), and
+/// [`RemoteDelegator`](crate::RemoteDelegator) over a server's REST API, so both modes serve the
+/// same tools.
 #[async_trait]
 pub trait Delegator: Send + Sync + 'static {
     /// Starts a run. With `wait` (the default) it returns when the run ends, sending one
@@ -66,6 +73,7 @@ pub trait Delegator: Send + Sync + 'static {
         cancel: CancellationToken,
     ) -> Result<RunResult, DelegateError>;
 
+    /// Creates a warm sandbox that keeps its files between runs.
     async fn create_sandbox(
         &self,
         caller: &Caller,
@@ -80,18 +88,21 @@ pub trait Delegator: Send + Sync + 'static {
         input: StreamSessionInput,
     ) -> Result<StreamSessionOutput, DelegateError>;
 
+    /// The sandboxes of one workspace the caller can see, newest first.
     async fn list_sandboxes(
         &self,
         caller: &Caller,
         input: ListSandboxesInput,
     ) -> Result<ListSandboxesOutput, DelegateError>;
 
+    /// Deletes a sandbox and its files, cancelling a run in it first.
     async fn delete_sandbox(
         &self,
         caller: &Caller,
         input: DeleteSandboxInput,
     ) -> Result<DeleteSandboxOutput, DelegateError>;
 
+    /// Cancels a run and reports its status after the cancel took effect.
     async fn cancel_run(
         &self,
         caller: &Caller,

@@ -2,6 +2,7 @@
 //! outputs ([`tools`]), the seam to whatever executes them ([`delegator`]), and the rmcp server
 //! ([`service`]) with its two transports: [`serve_stdio`] and [`http_service`].
 
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod delegator;

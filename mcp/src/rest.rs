@@ -16,14 +16,17 @@ pub struct RunList {
 /// The error envelope every failure uses: `{"error": {"code", "message"}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorEnvelope {
+    /// What failed.
     pub error: ErrorBody,
 }
 
+/// The error inside the envelope: a code to branch on and a message for people.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
     /// `invalid_input`, `unauthorized`, `forbidden`, `not_found`, `conflict`, `limit`,
     /// `payload_too_large`, `unavailable`, `method_not_allowed`, `internal`.
     pub code: String,
+    /// What went wrong, in words.
     #[serde(default)]
     pub message: String,
 }
@@ -31,5 +34,6 @@ pub struct ErrorBody {
 /// The `data` of the last SSE event of a run's event stream (`event: end`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StreamEnd {
+    /// How the run ended.
     pub status: RunStatus,
 }

@@ -120,8 +120,11 @@ pub struct CancelRunInput {
 /// A sandbox as the tools report it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SandboxInfo {
+    /// Pass as `sandbox_id` to `run_in_sandbox`, `stream_session` or `delete_sandbox`.
     pub sandbox_id: String,
+    /// The name given at creation; its id when none was given.
     pub name: String,
+    /// Whether it can take a run now; a `paused` sandbox wakes up for the next run.
     pub status: SandboxStatus,
     /// `process`, `docker`, `kubernetes` or `local`.
     pub backend: String,
@@ -153,7 +156,9 @@ pub struct ListSandboxesOutput {
 /// Output of `stream_session`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StreamSessionOutput {
+    /// The run followed (the sandbox's latest run when `sandbox_id` was given).
     pub run_id: String,
+    /// The run's status now.
     pub status: RunStatus,
     /// New events in order: each has `seq`, `ts` (ms), `type` and normalized `data`.
     pub events: Vec<Event>,
@@ -166,13 +171,16 @@ pub struct StreamSessionOutput {
 /// Output of `delete_sandbox`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DeleteSandboxOutput {
+    /// The sandbox deleted.
     pub sandbox_id: String,
+    /// Its status after the delete: `deleted` when it is gone.
     pub status: SandboxStatus,
 }
 
 /// Output of `cancel_run`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CancelRunOutput {
+    /// The run cancelled.
     pub run_id: String,
     /// The run's status after the cancel took effect.
     pub status: RunStatus,

@@ -11,18 +11,26 @@ use serde_json::Value;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
+    /// Accepted, not started yet.
     Queued,
+    /// The sandbox and the agent are being prepared.
     Starting,
+    /// The agent is working on the task.
     Running,
+    /// The agent finished the task.
     Succeeded,
+    /// The run ended with an error; `error` says why.
     Failed,
+    /// Somebody cancelled the run.
     Cancelled,
+    /// The run went past its `timeout_seconds`.
     TimedOut,
     /// The server restarted while the run was active and could not reattach to it.
     Lost,
 }
 
 impl RunStatus {
+    /// Every status, for exhaustive tables (metrics, transition checks).
     pub const ALL: [RunStatus; 8] = [
         Self::Queued,
         Self::Starting,
@@ -34,6 +42,7 @@ impl RunStatus {
         Self::Lost,
     ];
 
+    /// The wire name (`timed_out`), as serde writes it and the store keeps it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Queued => "queued",
@@ -47,6 +56,7 @@ impl RunStatus {
         }
     }
 
+    /// The status named by [`as_str`](Self::as_str)'s wire name; `None` for anything else.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|v| v.as_str() == s)
     }
@@ -67,21 +77,28 @@ impl std::fmt::Display for RunStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxStatus {
+    /// Being set up; not ready for runs yet.
     Creating,
+    /// Up and ready for runs.
     Running,
+    /// Being paused; its files are kept.
     Pausing,
+    /// Asleep with its files kept; the next run wakes it up.
     Paused,
+    /// Waking up from `paused`.
     Resuming,
     /// A local agent's tunnel is down.
     Offline,
     /// Something went wrong; the sandbox keeps its reason and is never silently deleted.
     Failed,
+    /// Being deleted, with its files.
     Deleting,
     /// Gone; kept as a row so runs still point at something.
     Deleted,
 }
 
 impl SandboxStatus {
+    /// Every status, for exhaustive tables (metrics).
     pub const ALL: [SandboxStatus; 9] = [
         Self::Creating,
         Self::Running,
@@ -94,6 +111,7 @@ impl SandboxStatus {
         Self::Deleted,
     ];
 
+    /// The wire name (`paused`), as serde writes it and the store keeps it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Creating => "creating",
@@ -108,6 +126,7 @@ impl SandboxStatus {
         }
     }
 
+    /// The status named by [`as_str`](Self::as_str)'s wire name; `None` for anything else.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|v| v.as_str() == s)
     }
@@ -125,29 +144,40 @@ impl std::fmt::Display for SandboxStatus {
 )]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeKind {
+    /// The file did not exist before the run.
     Added,
+    /// The file exists before and after the run, with different content.
     Modified,
+    /// The run removed the file.
     Deleted,
 }
 
+/// One file the run changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ChangedFile {
     /// Path relative to the sandbox's work dir.
     pub path: String,
+    /// Whether the file was added, modified or deleted.
     pub change: ChangeKind,
 }
 
 /// Token usage and cost of a run, summed over its model calls.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Usage {
+    /// Prompt tokens the model read, outside the prompt cache.
     pub input_tokens: u64,
+    /// Tokens the model wrote.
     pub output_tokens: u64,
+    /// Prompt tokens served from the prompt cache.
     pub cache_read_tokens: u64,
+    /// Prompt tokens written to the prompt cache.
     pub cache_write_tokens: u64,
+    /// What the model calls cost, in US dollars.
     pub cost_usd: f64,
 }
 
 impl Usage {
+    /// Adds another call's (or step's) usage to this total.
     pub fn add(&mut self, other: &Usage) {
         self.input_tokens += other.input_tokens;
         self.output_tokens += other.output_tokens;
@@ -156,6 +186,7 @@ impl Usage {
         self.cost_usd += other.cost_usd;
     }
 
+    /// Every kind of token together; zero means no model call was counted.
     pub fn total_tokens(&self) -> u64 {
         self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
     }
@@ -190,6 +221,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// The wire name (`upstream_auth`), as serde writes it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::UpstreamAuth => "upstream_auth",
@@ -207,8 +239,10 @@ impl ErrorKind {
     }
 }
 
+/// Why a run did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RunError {
+    /// What kind of failure, to decide what to do next (retry, fix credentials, give more time).
     pub kind: ErrorKind,
     /// What went wrong, in words.
     pub message: String,
@@ -222,6 +256,7 @@ pub struct RunResult {
     /// The sandbox the run used; pass it as `sandbox_id` to run again there (warm sandboxes only:
     /// a fresh sandbox is destroyed after its run).
     pub sandbox_id: String,
+    /// `running` (only with `wait: false`) or how the run ended.
     pub status: RunStatus,
     /// The last text the agent wrote; empty while running or when it wrote none.
     pub final_message: String,
@@ -231,6 +266,7 @@ pub struct RunResult {
     pub diff: String,
     /// True when `diff` was cut short; read the files themselves for the rest.
     pub diff_truncated: bool,
+    /// Tokens and cost of the run's model calls.
     pub usage: Usage,
     /// Wall time of the run so far, in milliseconds.
     pub duration_ms: u64,
@@ -252,14 +288,20 @@ pub struct RunResult {
 /// `raw` the original JSON when the event came from opencode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Event {
+    /// Position in the run's log, from 1; `stream_session`'s `after` counts in it.
     pub seq: u64,
     /// Milliseconds since the Unix epoch.
     pub ts: i64,
+    /// The event's kind: `text`, `tool`, `step_start`, `step_finish`, `reasoning`, `error`,
+    /// `status`, `stderr`, or an opencode type delegate passes through as is.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The normalized fields of this kind of event (e.g. `text` for `text`; `tool`, `title` and
+    /// `status` for `tool`).
     #[serde(default)]
     #[schemars(schema_with = "object_schema")]
     pub data: Value,
+    /// The original opencode event, when the event came from opencode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "object_schema")]
     pub raw: Option<Value>,

@@ -39,12 +39,15 @@ pub const RESULT_REF: &str = "refs/delegate/result";
 /// One changed path between two commits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FileChange {
+    /// Path relative to the repository root.
     pub path: String,
     /// `added`, `modified` or `deleted`.
     pub change: &'static str,
-    /// Lines added and removed; 0 for binary files.
+    /// Lines added; 0 for binary files.
     pub additions: u64,
+    /// Lines removed; 0 for binary files.
     pub deletions: u64,
+    /// git sees no lines in it, so the counts say nothing and the preview only names it.
     pub binary: bool,
 }
 
@@ -62,6 +65,7 @@ impl ChangeRepo {
         }
     }
 
+    /// The bare repository's directory (its `GIT_DIR`).
     pub fn path(&self) -> &Path {
         &self.git_dir
     }

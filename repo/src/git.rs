@@ -65,11 +65,13 @@ impl Git {
         }
     }
 
+    /// Appends one argument to the git command line.
     pub fn arg(mut self, arg: impl Into<OsString>) -> Git {
         self.args.push(arg.into());
         self
     }
 
+    /// Appends arguments to the git command line, in order.
     pub fn args<I, S>(mut self, args: I) -> Git
     where
         I: IntoIterator<Item = S>,
@@ -79,6 +81,7 @@ impl Git {
         self
     }
 
+    /// Bytes to write to git's stdin (a patch, a commit message); without it git reads nothing.
     pub fn stdin(mut self, bytes: Vec<u8>) -> Git {
         self.stdin = Some(bytes);
         self

@@ -4,11 +4,14 @@
 //!    untracked files included) becomes a git bundle of at most two commits;
 //! 2. [`changes`]: on the server, the change a sandbox hands back is read as hostile input into
 //!    a repository only delegate writes, and described (files, line counts, patch, preview);
-//! 3. [`apply`]: on the caller's machine again, the change becomes a branch, and, when asked,
-//!    lands in the working tree.
+//! 3. [`apply`](mod@apply): on the caller's machine again, the change becomes a branch, and,
+//!    when asked, lands in the working tree.
 //!
 //! Every git call goes through [`git::Git`], which runs git without global config, hooks or
 //! external drivers.
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod apply;
 pub mod changes;
@@ -37,6 +40,7 @@ pub enum RepoError {
     /// git itself failed.
     #[error("{0}")]
     Git(String),
+    /// Reading or writing a file around git failed (copying a bundle, writing a patch).
     #[error("{0}")]
     Io(String),
 }

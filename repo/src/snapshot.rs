@@ -61,6 +61,7 @@ pub struct Snapshot {
     dir: tempfile::TempDir,
     /// The caller's work tree root.
     pub root: PathBuf,
+    /// What the snapshot was taken from, as a result reports it.
     pub base: Base,
     /// The parentless commit with HEAD's tree.
     pub base_commit: String,

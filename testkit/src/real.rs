@@ -54,6 +54,9 @@ pub fn bwrap() -> Option<PathBuf> {
     }
 }
 
+/// The first file called `name` on `PATH`. Unlike the lookups above it neither prints a skip
+/// message nor panics under `DELEGATE_REQUIRE_ALL`: callers decide whether a missing program
+/// matters.
 pub fn on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
