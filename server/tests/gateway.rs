@@ -151,14 +151,20 @@ async fn ticket_and_session(
         .next()
         .unwrap()
         .to_string();
-    let r = http
+    let (status, body) = open_with(s, &cookie, sandbox).await;
+    (status, body, cookie)
+}
+
+/// Asks for a ticket into `sandbox` with a session cookie already signed in.
+async fn open_with(s: &Server, session: &str, sandbox: &str) -> (StatusCode, Value) {
+    let r = reqwest::Client::new()
         .post(s.url(&format!("/api/sandboxes/{sandbox}/open")))
-        .header("cookie", &cookie)
+        .header("cookie", session)
         .header("origin", &s.origin)
         .send()
         .await
         .unwrap();
-    (r.status(), r.json().await.unwrap_or(Value::Null), cookie)
+    (r.status(), r.json().await.unwrap_or(Value::Null))
 }
 
 /// Redeems a ticket URL; returns the gateway cookie (`name=value`) and the raw Set-Cookie.
@@ -416,12 +422,15 @@ async fn the_gateway_admits_only_current_members_of_the_sandbox_it_was_opened_fo
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("/ui/app.js"));
 
-    // A viewer keeps a sandbox awake: with a 2 s idle timeout, an open stream through the
-    // gateway holds it running; once the viewer leaves, it pauses.
+    // A viewer keeps a sandbox awake: with a 3 s idle timeout, an open stream through the
+    // gateway holds it running for four times that; once the viewer leaves, it pauses. Signed in
+    // first, so that nothing slow (a password hash on a loaded machine) stands between the
+    // sandbox starting and its viewer arriving.
+    let (_, _, session) = ticket_and_session(&s, &owner.email, owner.password(), &a).await;
     let r = reqwest::Client::new()
         .post(s.url("/api/sandboxes"))
         .bearer_auth(&owner.token)
-        .json(&json!({ "workspace": ws.slug, "idle_timeout_seconds": 2 }))
+        .json(&json!({ "workspace": ws.slug, "idle_timeout_seconds": 3 }))
         .send()
         .await
         .unwrap();
@@ -430,7 +439,8 @@ async fn the_gateway_admits_only_current_members_of_the_sandbox_it_was_opened_fo
         .as_str()
         .unwrap()
         .to_string();
-    let (_, t) = ticket(&s, &owner.email, owner.password(), &watched).await;
+    let (status, t) = open_with(&s, &session, &watched).await;
+    assert_eq!(status, 200, "{t}");
     let (cookie, _) = redeem(&c, &s, &watched, t["url"].as_str().unwrap()).await;
     let stream = c
         .on(&s.sandbox_host(&watched), "/event")
@@ -455,7 +465,7 @@ async fn the_gateway_admits_only_current_members_of_the_sandbox_it_was_opened_fo
             v["status"].as_str().unwrap_or("").to_string()
         }
     };
-    let window = tokio::time::Instant::now() + Duration::from_secs(5);
+    let window = tokio::time::Instant::now() + Duration::from_secs(12);
     while tokio::time::Instant::now() < window {
         assert_eq!(
             status(watched.clone()).await,
