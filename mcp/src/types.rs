@@ -159,6 +159,28 @@ pub struct ChangedFile {
     pub path: String,
     /// Whether the file was added, modified or deleted.
     pub change: ChangeKind,
+    /// Lines added (0 for a binary file).
+    #[serde(default)]
+    pub additions: u64,
+    /// Lines removed (0 for a binary file).
+    #[serde(default)]
+    pub deletions: u64,
+    /// A binary file: named here, its bytes only in the whole patch.
+    #[serde(default)]
+    pub binary: bool,
+}
+
+impl ChangedFile {
+    /// A change with no line counts (where nothing counted them).
+    pub fn new(path: impl Into<String>, change: ChangeKind) -> ChangedFile {
+        ChangedFile {
+            path: path.into(),
+            change,
+            additions: 0,
+            deletions: 0,
+            binary: false,
+        }
+    }
 }
 
 /// Token usage and cost of a run, summed over its model calls.

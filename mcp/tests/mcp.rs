@@ -76,10 +76,7 @@ fn run_result(status: RunStatus) -> RunResult {
         sandbox_id: "sbx_1".into(),
         status,
         final_message: "I wrote hello.txt.".into(),
-        changed_files: vec![ChangedFile {
-            path: "hello.txt".into(),
-            change: ChangeKind::Added,
-        }],
+        changed_files: vec![ChangedFile::new("hello.txt", ChangeKind::Added)],
         diff: "+hello\n".into(),
         diff_truncated: false,
         usage: Usage {

@@ -263,14 +263,8 @@ async fn seed(store: &dyn Store) {
                     },
                     changed_files: if succeeded {
                         vec![
-                            ChangedFile {
-                                path: "src/handler.rs".into(),
-                                change: ChangeKind::Modified,
-                            },
-                            ChangedFile {
-                                path: "tests/handler.rs".into(),
-                                change: ChangeKind::Added,
-                            },
+                            ChangedFile::new("src/handler.rs", ChangeKind::Modified),
+                            ChangedFile::new("tests/handler.rs", ChangeKind::Added),
                         ]
                     } else {
                         Vec::new()

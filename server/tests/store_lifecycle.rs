@@ -409,10 +409,13 @@ async fn lifecycle(store: &dyn Store) {
             ChangedFile {
                 path: "src/a.rs".into(),
                 change: ChangeKind::Modified,
+                additions: 3,
+                deletions: 1,
+                binary: false,
             },
             ChangedFile {
-                path: "src/b.rs".into(),
-                change: ChangeKind::Added,
+                binary: true,
+                ..ChangedFile::new("src/b.png", ChangeKind::Added)
             },
         ],
         diff: "--- a\n+++ b\n".into(),

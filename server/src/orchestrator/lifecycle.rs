@@ -108,6 +108,7 @@ impl Orchestrator {
             id,
             kind,
             files,
+            repo: None,
             proxy_token: Secret::new(token),
             serve_password: (kind == SandboxKind::Warm).then(|| Secret::new(new_secret(""))),
         };

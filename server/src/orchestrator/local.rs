@@ -223,10 +223,7 @@ impl Orchestrator {
                 Some("deleted") => ChangeKind::Deleted,
                 _ => ChangeKind::Modified,
             };
-            changed.push(ChangedFile {
-                path: path.to_string(),
-                change,
-            });
+            changed.push(ChangedFile::new(path, change));
             let patch = f.get("patch").and_then(|v| v.as_str()).unwrap_or("");
             if diff.len() + patch.len() > max {
                 let room = max.saturating_sub(diff.len());

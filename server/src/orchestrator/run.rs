@@ -270,10 +270,10 @@ async fn drive(
             )
             .await
         {
-            Ok((changed, diff, truncated)) => {
-                finish.outcome.changed_files = changed;
-                finish.outcome.diff = diff;
-                finish.outcome.diff_truncated = truncated;
+            Ok(changes) => {
+                finish.outcome.changed_files = changes.files;
+                finish.outcome.diff = changes.diff;
+                finish.outcome.diff_truncated = changes.diff_truncated;
             }
             Err(e) => tracing::warn!(run = %run.id, error = %e, "could not collect changes"),
         }

@@ -8,10 +8,13 @@ pub mod lines;
 pub mod process;
 pub mod workdir;
 
+pub use workdir::Changes;
+
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use async_trait::async_trait;
-use delegate_mcp::types::ChangedFile;
+
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +45,9 @@ pub struct SandboxSpec {
     pub id: String,
     pub kind: SandboxKind,
     pub files: BTreeMap<String, String>,
+    /// A snapshot bundle of the caller's repository to clone as the work dir (the seed files
+    /// then go on top).
+    pub repo: Option<PathBuf>,
     /// The sandbox's token for delegate's Anthropic proxy: the only credential it ever sees.
     pub proxy_token: Secret,
     /// Basic-auth password of a warm sandbox's `opencode serve`.
@@ -102,13 +108,16 @@ pub trait SandboxBackend: Send + Sync + 'static {
         stop: CancellationToken,
     ) -> Result<mpsc::Receiver<AgentOutput>, SandboxError>;
 
-    /// What changed since the previous call (or the seed), capped at `max_diff` bytes of diff.
+    /// What changed since the previous call (or the seed): the backend commits the work dir
+    /// inside the sandbox (as its user, under its confinement) with the message `label`, and
+    /// the host reads that commit back as hostile input ([`workdir::SandboxDirs::import_changes`]),
+    /// with a diff preview of at most `max_diff` bytes.
     async fn collect_changes(
         &self,
         sandbox_id: &str,
         max_diff: usize,
         label: &str,
-    ) -> Result<(Vec<ChangedFile>, String, bool), SandboxError>;
+    ) -> Result<Changes, SandboxError>;
 
     /// Stops a warm sandbox's processes, keeping its files (and opencode's sessions).
     async fn pause(&self, sandbox_id: &str) -> Result<(), SandboxError>;

@@ -1,16 +1,19 @@
 //! A sandbox's work dir and how delegate learns what a run changed.
 //!
-//! The work dir is a git repository (seeded files committed first) so the agent has history to look
-//! at. delegate itself never runs git against that repository after the sandbox started: the
-//! sandbox can write `.git/config` or hooks there. It tracks changes with its own git dir *outside*
-//! the work dir (`track.git`, same work tree, hooks and fsmonitor off), so nothing the sandbox
-//! writes is ever executed or trusted on the host.
+//! The work dir is a git repository — a clone of the caller's snapshot, or a new one with the seed
+//! files committed — so the agent has history to look at. delegate never runs git over that
+//! directory once the sandbox has started: the sandbox can write `.git/config`, hooks, or swap a
+//! file for a symlink to a host file at any moment. Instead the sandbox commits its own work
+//! (delegate_repo's commit script, run inside it, as its user) and hands back a git bundle, which
+//! the host reads as hostile input into its own change repository (`changes.git`, outside the
+//! sandbox). Only that repository's objects are ever diffed on the host.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use delegate_mcp::types::{ChangeKind, ChangedFile};
-use tokio::process::Command;
+use delegate_repo::ChangeRepo;
+use delegate_repo::git::Git;
 
 use super::SandboxError;
 
@@ -67,10 +70,31 @@ pub struct SandboxDirs {
     pub workspace: PathBuf,
     /// `$HOME` inside (opencode's data, sessions).
     pub home: PathBuf,
-    /// Sockets shared with the sandbox (`/run/delegate` inside).
+    /// Sockets shared with the sandbox (`/run/delegate` inside); the sandbox writes its change here.
     pub run: PathBuf,
-    /// delegate's own git dir for change tracking; never visible inside.
-    pub track: PathBuf,
+    /// delegate's repository of this sandbox's seed and changes; never visible inside.
+    pub changes: PathBuf,
+}
+
+/// Where the commit script writes the sandbox's change, inside the sandbox.
+pub const IN_CHANGE_BUNDLE: &str = "/run/delegate/changes.bundle";
+/// The most bytes one change may take as a bundle.
+pub const MAX_CHANGE_BYTES: u64 = 1 << 30;
+
+/// What one run changed: the commit made inside the sandbox on top of `base`, file by file, with
+/// a readable preview of the diff (the whole patch stays in the change repository).
+#[derive(Debug, Clone)]
+pub struct Changes {
+    /// The commit the change sits on (the seed, or the previous run's change).
+    pub base: String,
+    /// The change, committed inside the sandbox.
+    pub commit: String,
+    pub files: Vec<ChangedFile>,
+    /// The text diff, at most the asked-for bytes; binary files named, not dumped.
+    pub diff: String,
+    pub diff_truncated: bool,
+    /// The repository holding `base` and `commit` (for the whole patch or a bundle).
+    pub repo: PathBuf,
 }
 
 impl SandboxDirs {
@@ -79,18 +103,50 @@ impl SandboxDirs {
             workspace: root.join("workspace"),
             home: root.join("home"),
             run: root.join("run"),
-            track: root.join("track.git"),
+            changes: root.join("changes.git"),
             root,
         }
     }
 
-    /// Creates the dirs, writes the seed files and commits them in both repositories.
-    pub async fn create(&self, files: &BTreeMap<String, String>) -> Result<(), SandboxError> {
+    /// Creates the dirs and the agent's repository — a clone of `repo` (a snapshot bundle) or a
+    /// new one — writes the seed files and commits them, then starts delegate's change repository
+    /// from that state. All of it happens while the work dir is still ours alone.
+    pub async fn create(
+        &self,
+        files: &BTreeMap<String, String>,
+        repo: Option<&Path>,
+    ) -> Result<(), SandboxError> {
         validate_files(files)?;
-        for d in [&self.workspace, &self.home, &self.run] {
+        for d in [&self.root, &self.home, &self.run] {
             tokio::fs::create_dir_all(d)
                 .await
                 .map_err(io("create dir"))?;
+        }
+        match repo {
+            Some(bundle) => {
+                git(&self.root)
+                    .args(["clone", "-q", "--no-hardlinks"])
+                    .arg(bundle)
+                    .arg(&self.workspace)
+                    .run()
+                    .await
+                    .map_err(repo_err)?;
+                git(&self.workspace)
+                    .args(["remote", "remove", "origin"])
+                    .run()
+                    .await
+                    .map_err(repo_err)?;
+            }
+            None => {
+                tokio::fs::create_dir_all(&self.workspace)
+                    .await
+                    .map_err(io("create dir"))?;
+                git(&self.workspace)
+                    .args(["init", "-q", "-b", "main"])
+                    .run()
+                    .await
+                    .map_err(repo_err)?;
+            }
         }
         for (path, content) in files {
             let dest = self.workspace.join(path);
@@ -103,168 +159,111 @@ impl SandboxDirs {
                 .await
                 .map_err(io("write seed file"))?;
         }
-        // The agent's repository: made while the work dir is still ours alone.
-        git(&self.workspace, None, &["init", "-q", "-b", "main"]).await?;
-        git(&self.workspace, None, &["add", "-A"]).await?;
-        git(
-            &self.workspace,
-            None,
-            &[
-                "commit",
-                "-q",
-                "--allow-empty",
-                "-m",
-                "delegate: seed files",
-            ],
-        )
-        .await?;
-        // delegate's own tracking repository.
-        git(
-            &self.workspace,
-            Some(&self.track),
-            &["init", "-q", "-b", "main"],
-        )
-        .await?;
-        self.snapshot("delegate: seed files").await?;
+        if repo.is_none() || !files.is_empty() {
+            git(&self.workspace)
+                .args(["add", "-A"])
+                .run()
+                .await
+                .map_err(repo_err)?;
+            git(&self.workspace)
+                .args([
+                    "commit",
+                    "-q",
+                    "--allow-empty",
+                    "--no-verify",
+                    "-m",
+                    "delegate: seed files",
+                ])
+                .run()
+                .await
+                .map_err(repo_err)?;
+        }
+        // delegate's own copy of the seed, outside anything the sandbox can reach.
+        let seed = self.root.join("seed.bundle");
+        git(&self.workspace)
+            .args(["bundle", "create", "-q"])
+            .arg(&seed)
+            .arg("HEAD")
+            .run()
+            .await
+            .map_err(repo_err)?;
+        let changes = ChangeRepo::create(&self.changes, &seed)
+            .await
+            .map_err(repo_err)?;
+        let _ = tokio::fs::remove_file(&seed).await;
+        let tip = changes
+            .resolve("refs/delegate/snapshot")
+            .await
+            .map_err(repo_err)?;
+        changes.set_ref("tip", &tip).await.map_err(repo_err)?;
         Ok(())
     }
 
-    /// What changed since the last snapshot, as `changed_files` and a unified diff capped at
-    /// `max_diff` bytes; then records the new state, so a warm sandbox's next run diffs against it.
-    pub async fn collect_changes(
-        &self,
-        max_diff: usize,
-        label: &str,
-    ) -> Result<(Vec<ChangedFile>, String, bool), SandboxError> {
-        git(&self.workspace, Some(&self.track), &["add", "-A"]).await?;
-        let names = git(
-            &self.workspace,
-            Some(&self.track),
-            &[
-                "diff",
-                "--cached",
-                "--name-status",
-                "--no-renames",
-                "-z",
-                "HEAD",
-            ],
-        )
-        .await?;
-        let changed = parse_name_status(&names);
-        let diff = git(
-            &self.workspace,
-            Some(&self.track),
-            &["diff", "--cached", "--no-renames", "--no-color", "HEAD"],
-        )
-        .await?;
-        let (diff, truncated) = cap(diff, max_diff);
-        self.commit(label).await?;
-        Ok((changed, diff, truncated))
+    /// The commit the sandbox's next change must sit on.
+    pub async fn tip(&self) -> Result<String, SandboxError> {
+        ChangeRepo::open(&self.changes)
+            .resolve("refs/delegate/tip")
+            .await
+            .map_err(repo_err)
     }
 
-    async fn snapshot(&self, message: &str) -> Result<(), SandboxError> {
-        git(&self.workspace, Some(&self.track), &["add", "-A"]).await?;
-        self.commit(message).await
+    /// Reads the change the commit script left in the run dir (hostile input: size-capped,
+    /// every object checked, it must sit on the tip), describes it with a diff preview of at
+    /// most `max_diff` bytes, and makes it the new tip.
+    pub async fn import_changes(&self, max_diff: usize) -> Result<Changes, SandboxError> {
+        let repo = ChangeRepo::open(&self.changes);
+        let base = repo.resolve("refs/delegate/tip").await.map_err(repo_err)?;
+        let bundle = self.run.join("changes.bundle");
+        let imported = repo
+            .import(&bundle, &base, MAX_CHANGE_BYTES, &self.root)
+            .await;
+        let _ = tokio::fs::remove_file(&bundle).await;
+        let commit = imported.map_err(repo_err)?;
+        let files = repo
+            .files(&base, &commit)
+            .await
+            .map_err(repo_err)?
+            .into_iter()
+            .map(|f| ChangedFile {
+                change: match f.change {
+                    "added" => ChangeKind::Added,
+                    "deleted" => ChangeKind::Deleted,
+                    _ => ChangeKind::Modified,
+                },
+                path: f.path,
+                additions: f.additions,
+                deletions: f.deletions,
+                binary: f.binary,
+            })
+            .collect();
+        let (diff, diff_truncated) = repo
+            .preview(&base, &commit, max_diff)
+            .await
+            .map_err(repo_err)?;
+        repo.set_ref("tip", &commit).await.map_err(repo_err)?;
+        Ok(Changes {
+            base,
+            commit,
+            files,
+            diff,
+            diff_truncated,
+            repo: self.changes.clone(),
+        })
     }
-
-    /// Commits what is staged in the tracking repository.
-    async fn commit(&self, message: &str) -> Result<(), SandboxError> {
-        git(
-            &self.workspace,
-            Some(&self.track),
-            &[
-                "commit",
-                "-q",
-                "--allow-empty",
-                "--no-verify",
-                "-m",
-                message,
-            ],
-        )
-        .await?;
-        Ok(())
-    }
-}
-
-fn parse_name_status(out: &[u8]) -> Vec<ChangedFile> {
-    let mut fields = out.split(|b| *b == 0).filter(|f| !f.is_empty());
-    let mut changed = Vec::new();
-    while let (Some(status), Some(path)) = (fields.next(), fields.next()) {
-        let change = match status.first() {
-            Some(b'A') => ChangeKind::Added,
-            Some(b'D') => ChangeKind::Deleted,
-            _ => ChangeKind::Modified,
-        };
-        changed.push(ChangedFile {
-            path: String::from_utf8_lossy(path).into_owned(),
-            change,
-        });
-    }
-    changed
-}
-
-/// Cuts `bytes` to at most `max` bytes on a char boundary.
-fn cap(bytes: Vec<u8>, max: usize) -> (String, bool) {
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    if text.len() <= max {
-        return (text, false);
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    (text[..end].to_string(), true)
 }
 
 fn io(what: &'static str) -> impl Fn(std::io::Error) -> SandboxError {
     move |e| SandboxError::Io(format!("{what}: {e}"))
 }
 
-/// Runs git with hooks, fsmonitor and global config out of the way; `git_dir` selects delegate's
-/// tracking repository.
-async fn git(
-    work_tree: &Path,
-    git_dir: Option<&Path>,
-    args: &[&str],
-) -> Result<Vec<u8>, SandboxError> {
-    let mut cmd = Command::new("git");
-    cmd.current_dir(work_tree)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .args([
-            "-c",
-            "core.hooksPath=/dev/null",
-            "-c",
-            "core.fsmonitor=false",
-            "-c",
-            "safe.directory=*",
-            "-c",
-            "user.name=delegate",
-            "-c",
-            "user.email=delegate@localhost",
-            "-c",
-            "commit.gpgsign=false",
-            "-c",
-            "core.quotepath=false",
-        ]);
-    if let Some(dir) = git_dir {
-        cmd.env("GIT_DIR", dir).env("GIT_WORK_TREE", work_tree);
-    }
-    let out = cmd
-        .args(args)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| SandboxError::Io(format!("cannot run git (is it installed?): {e}")))?;
-    if !out.status.success() {
-        return Err(SandboxError::Io(format!(
-            "git {} failed: {}",
-            args.first().unwrap_or(&""),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(out.stdout)
+fn repo_err(e: delegate_repo::RepoError) -> SandboxError {
+    SandboxError::Io(format!("the work dir's repository: {e}"))
+}
+
+/// git in `dir` without global config, hooks or fsmonitor (the work dir is still delegate's
+/// alone whenever this runs: before the sandbox starts).
+fn git(dir: &Path) -> Git {
+    Git::new(dir)
 }
 
 #[cfg(test)]
@@ -289,6 +288,22 @@ mod tests {
         validate_files(&ok).unwrap();
     }
 
+    /// What a backend does inside the sandbox at the end of a run (here without a sandbox).
+    async fn commit_inside(dirs: &SandboxDirs, label: &str) {
+        let base = dirs.tip().await.unwrap();
+        let status = tokio::process::Command::new("sh")
+            .current_dir(&dirs.workspace)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("DELEGATE_BASE", base)
+            .env("DELEGATE_OUT", dirs.run.join("changes.bundle"))
+            .env("DELEGATE_MESSAGE", label)
+            .args(["-c", delegate_repo::COMMIT_SCRIPT])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+    }
+
     #[tokio::test]
     async fn tracks_added_modified_and_deleted_files() {
         let tmp = tempfile::tempdir().unwrap();
@@ -297,32 +312,75 @@ mod tests {
             ("keep.txt".to_string(), "a\n".to_string()),
             ("gone.txt".to_string(), "b\n".to_string()),
         ]);
-        dirs.create(&files).await.unwrap();
+        dirs.create(&files, None).await.unwrap();
         std::fs::write(dirs.workspace.join("keep.txt"), "a2\n").unwrap();
         std::fs::remove_file(dirs.workspace.join("gone.txt")).unwrap();
         std::fs::write(dirs.workspace.join("new.txt"), "c\n").unwrap();
-        let (changed, diff, truncated) = dirs.collect_changes(1 << 20, "run 1").await.unwrap();
-        let mut got: Vec<_> = changed
+        std::fs::write(dirs.workspace.join("bytes.bin"), [0u8, 1, 2, 255]).unwrap();
+        commit_inside(&dirs, "run 1").await;
+        let changes = dirs.import_changes(1 << 20).await.unwrap();
+        let mut got: Vec<_> = changes
+            .files
             .iter()
-            .map(|c| (c.path.as_str(), c.change))
+            .map(|c| {
+                (
+                    c.path.as_str(),
+                    c.change,
+                    c.additions,
+                    c.deletions,
+                    c.binary,
+                )
+            })
             .collect();
-        got.sort();
+        got.sort_by_key(|g| g.0);
         assert_eq!(
             got,
             vec![
-                ("gone.txt", ChangeKind::Deleted),
-                ("keep.txt", ChangeKind::Modified),
-                ("new.txt", ChangeKind::Added),
+                ("bytes.bin", ChangeKind::Added, 0, 0, true),
+                ("gone.txt", ChangeKind::Deleted, 0, 1, false),
+                ("keep.txt", ChangeKind::Modified, 1, 1, false),
+                ("new.txt", ChangeKind::Added, 1, 0, false),
             ]
         );
-        assert!(diff.contains("+a2") && !truncated);
-        // The next collection diffs against the new state.
-        let (changed, _, _) = dirs.collect_changes(1 << 20, "run 2").await.unwrap();
-        assert!(changed.is_empty());
-        let (_, diff, truncated) = {
-            std::fs::write(dirs.workspace.join("big.txt"), "x".repeat(5000)).unwrap();
-            dirs.collect_changes(100, "run 3").await.unwrap()
-        };
-        assert!(truncated && diff.len() <= 100);
+        assert!(changes.diff.contains("+a2") && !changes.diff_truncated);
+        assert!(
+            !dirs.run.join("changes.bundle").exists(),
+            "the bundle is consumed"
+        );
+        // The next change sits on this one.
+        assert_eq!(dirs.tip().await.unwrap(), changes.commit);
+        commit_inside(&dirs, "run 2").await;
+        let changes = dirs.import_changes(1 << 20).await.unwrap();
+        assert!(changes.files.is_empty());
+        std::fs::write(dirs.workspace.join("big.txt"), "x".repeat(5000)).unwrap();
+        commit_inside(&dirs, "run 3").await;
+        let changes = dirs.import_changes(100).await.unwrap();
+        assert!(changes.diff_truncated && changes.diff.len() <= 100);
+    }
+
+    #[tokio::test]
+    async fn a_change_that_does_not_sit_on_the_tip_is_refused_and_the_tip_stays() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = SandboxDirs::new(tmp.path().join("sbx"));
+        dirs.create(&BTreeMap::new(), None).await.unwrap();
+        let tip = dirs.tip().await.unwrap();
+        // A sandbox that rewrote history and bundled a commit of its own making.
+        std::fs::write(dirs.workspace.join("x"), "x").unwrap();
+        let status = tokio::process::Command::new("sh")
+            .current_dir(&dirs.workspace)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .args([
+                "-c",
+                "git -c user.name=a -c user.email=a@a commit -q --allow-empty -m evil --amend \
+                 && git update-ref refs/delegate/result HEAD \
+                 && git bundle create -q ../run/changes.bundle refs/delegate/result",
+            ])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+        let err = dirs.import_changes(1 << 20).await.unwrap_err();
+        assert!(err.to_string().contains("does not sit on"), "{err}");
+        assert_eq!(dirs.tip().await.unwrap(), tip);
     }
 }

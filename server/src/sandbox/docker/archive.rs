@@ -1,11 +1,10 @@
 //! Moving a work dir between the host and a container as tar archives (Docker's archive API).
 //!
-//! The host keeps a mirror of each sandbox's work dir, tracked by delegate's own git dir outside
-//! it (see `workdir.rs`). Seeding packs the mirror into the container's volume; after a run the
-//! container's `/workspace` comes back and replaces the mirror. That archive is written by the
-//! sandbox, so it is unpacked like hostile input: only files, directories and links, nothing
-//! outside the destination (the tar crate checks every path and link target against it), and
-//! a cap on the total size.
+//! The host prepares each sandbox's work dir (see `workdir.rs`) and seeding packs it into the
+//! container's volume. What comes back out is written by the sandbox, so it is unpacked like
+//! hostile input: only files, directories and links, nothing outside the destination (the tar
+//! crate checks every path and link target against it), and a cap on the total size; a run's
+//! change comes back as one plain file ([`unpack_file`]).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -14,11 +13,6 @@ use futures::{Stream, StreamExt};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::sandbox::SandboxError;
-
-/// The most bytes a work dir may hold when it comes back from a container.
-pub const MAX_WORKSPACE_BYTES: u64 = 4 << 30;
-/// The most entries it may hold.
-pub const MAX_WORKSPACE_ENTRIES: u64 = 500_000;
 
 /// Packs the directory `dir` (its contents, not itself) into a tar archive whose entries belong
 /// to `uid:gid`, the sandbox's user.
@@ -71,86 +65,58 @@ fn append_tree(
     Ok(())
 }
 
-/// Unpacks a container's `/workspace` archive (entries under `workspace/`) so that `dest`
-/// afterwards holds exactly what the container's work dir held. Unpacks beside `dest` first and
-/// swaps, so a refused archive leaves the previous mirror in place.
-pub async fn unpack_workspace<S, E>(archive: S, dest: PathBuf) -> Result<(), SandboxError>
+/// Reads an archive that must hold exactly one plain file named `name` (as Docker's archive API
+/// returns a single file) and writes its bytes to `dest`, refusing anything else or more than
+/// `max` bytes. `dest` is replaced, never followed if it is a link.
+pub async fn unpack_file<S, E>(
+    archive: S,
+    name: &'static str,
+    dest: PathBuf,
+    max: u64,
+) -> Result<(), SandboxError>
 where
     S: Stream<Item = Result<bytes::Bytes, E>> + Send + Unpin + 'static,
     E: std::fmt::Display,
 {
-    let staging = dest.with_extension("incoming");
-    let _ = tokio::fs::remove_dir_all(&staging).await;
-    tokio::fs::create_dir_all(&staging)
-        .await
-        .map_err(|e| SandboxError::Io(format!("unpack work dir: {e}")))?;
     let reader = StreamReader::new(
         archive.map(|chunk| chunk.map_err(|e| std::io::Error::other(e.to_string()))),
     );
     let bridge = SyncIoBridge::new(reader);
-    let into = staging.clone();
-    let unpacked = tokio::task::spawn_blocking(move || unpack_blocking(bridge, &into))
-        .await
-        .map_err(|e| SandboxError::Io(format!("unpack work dir: {e}")))?;
-    let moved = match unpacked {
-        Ok(()) => {
-            let _ = tokio::fs::remove_dir_all(&dest).await;
-            tokio::fs::rename(staging.join("workspace"), &dest)
-                .await
-                .map_err(|e| SandboxError::Io(format!("unpack work dir: {e}")))
-        }
-        Err(e) => Err(e),
-    };
-    let _ = tokio::fs::remove_dir_all(&staging).await;
-    moved
-}
-
-fn unpack_blocking(reader: impl Read, into: &Path) -> Result<(), SandboxError> {
-    let refuse = |why: String| SandboxError::Io(format!("the work dir archive was refused: {why}"));
-    let mut archive = tar::Archive::new(reader);
-    archive.set_preserve_permissions(false);
-    archive.set_preserve_ownerships(false);
-    archive.set_unpack_xattrs(false);
-    archive.set_overwrite(true);
-    let mut bytes = 0u64;
-    let mut count = 0u64;
-    let mut saw_root = false;
-    for entry in archive.entries().map_err(|e| refuse(e.to_string()))? {
-        let mut entry = entry.map_err(|e| refuse(e.to_string()))?;
-        count += 1;
-        bytes = bytes.saturating_add(entry.size());
-        if count > MAX_WORKSPACE_ENTRIES || bytes > MAX_WORKSPACE_BYTES {
-            return Err(refuse(format!(
-                "more than {MAX_WORKSPACE_ENTRIES} entries or {} GiB",
-                MAX_WORKSPACE_BYTES >> 30
-            )));
-        }
+    tokio::task::spawn_blocking(move || {
+        let refuse =
+            |why: String| SandboxError::Io(format!("the sandbox's change was refused: {why}"));
+        let mut archive = tar::Archive::new(bridge);
+        let mut entries = archive.entries().map_err(|e| refuse(e.to_string()))?;
+        let mut entry = match entries.next() {
+            Some(entry) => entry.map_err(|e| refuse(e.to_string()))?,
+            None => return Err(refuse("the archive is empty".into())),
+        };
         let path = entry
             .path()
             .map_err(|e| refuse(e.to_string()))?
             .into_owned();
-        match path.components().next() {
-            Some(std::path::Component::Normal(first)) if first == "workspace" => {}
-            _ => return Err(refuse(format!("unexpected entry {}", path.display()))),
+        if path != Path::new(name) || entry.header().entry_type() != tar::EntryType::Regular {
+            return Err(refuse(format!("unexpected entry {}", path.display())));
         }
-        saw_root |= path.components().count() == 1;
-        use tar::EntryType as T;
-        match entry.header().entry_type() {
-            T::Regular | T::Continuous | T::Directory | T::Symlink | T::Link | T::GNUSparse => {}
-            // Devices, fifos and the like mean nothing in a diff; never make them on the host.
-            _ => continue,
+        if entry.size() > max {
+            return Err(refuse(format!("over {max} bytes")));
         }
-        match entry.unpack_in(into) {
-            Ok(true) => {}
-            Ok(false) => return Err(refuse(format!("{} leaves the work dir", path.display()))),
-            Err(e) => return Err(refuse(format!("{}: {e}", path.display()))),
+        let _ = std::fs::remove_file(&dest);
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&dest)
+            .map_err(|e| SandboxError::Io(format!("{}: {e}", dest.display())))?;
+        let copied = std::io::copy(&mut (&mut entry).take(max + 1), &mut out)
+            .map_err(|e| refuse(e.to_string()))?;
+        if copied > max {
+            let _ = std::fs::remove_file(&dest);
+            return Err(refuse(format!("over {max} bytes")));
         }
-    }
-    if !saw_root {
-        std::fs::create_dir_all(into.join("workspace"))
-            .map_err(|e| SandboxError::Io(format!("unpack work dir: {e}")))?;
-    }
-    Ok(())
+        Ok(())
+    })
+    .await
+    .map_err(|e| SandboxError::Io(format!("unpack the change: {e}")))?
 }
 
 #[cfg(test)]
@@ -179,89 +145,86 @@ mod tests {
         b.append_link(&mut h, path, target).unwrap();
     }
 
-    async fn unpack(bytes: Vec<u8>, dest: &Path) -> Result<(), SandboxError> {
+    async fn unpack(bytes: Vec<u8>, dest: &Path, max: u64) -> Result<(), SandboxError> {
         let stream =
             futures::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from(bytes))]);
-        unpack_workspace(stream, dest.to_path_buf()).await
+        unpack_file(stream, "change.bundle", dest.to_path_buf(), max).await
     }
 
     #[tokio::test]
-    async fn a_packed_tree_unpacks_to_the_same_files() {
+    async fn a_packed_tree_keeps_its_files_links_and_the_sandbox_owner() {
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("src");
         std::fs::create_dir_all(src.join("a/b")).unwrap();
         std::fs::write(src.join("a/b/c.txt"), "deep").unwrap();
-        std::fs::write(src.join("top.txt"), "top").unwrap();
-        std::os::unix::fs::symlink("top.txt", src.join("link")).unwrap();
+        std::os::unix::fs::symlink("a/b/c.txt", src.join("link")).unwrap();
         let packed = pack(src.clone(), 1000, 1000).await.unwrap();
-        // As Docker returns it: the same tree under `workspace/`.
-        let mut rebuilt = tar::Builder::new(Vec::new());
-        let mut original = tar::Archive::new(&packed[..]);
-        for entry in original.entries().unwrap() {
+        let mut seen = Vec::new();
+        for entry in tar::Archive::new(&packed[..]).entries().unwrap() {
             let mut entry = entry.unwrap();
             assert_eq!(entry.header().uid().unwrap(), 1000);
-            let path = Path::new("workspace").join(entry.path().unwrap().as_ref());
-            let mut header = entry.header().clone();
-            let mut body = Vec::new();
-            entry.read_to_end(&mut body).unwrap();
-            if header.entry_type() == tar::EntryType::Symlink {
-                let target = entry.link_name().unwrap().unwrap().into_owned();
-                rebuilt.append_link(&mut header, &path, target).unwrap();
-            } else {
-                rebuilt.append_data(&mut header, &path, &body[..]).unwrap();
+            assert_eq!(entry.header().gid().unwrap(), 1000);
+            let path = entry.path().unwrap().into_owned();
+            let mut body = String::new();
+            if entry.header().entry_type() == tar::EntryType::Symlink {
+                body = entry.link_name().unwrap().unwrap().display().to_string();
+            } else if entry.header().entry_type() == tar::EntryType::Regular {
+                entry.read_to_string(&mut body).unwrap();
             }
+            seen.push((path.display().to_string(), body));
         }
-        let dest = tmp.path().join("mirror");
-        std::fs::create_dir_all(&dest).unwrap();
-        std::fs::write(dest.join("stale.txt"), "gone after unpack").unwrap();
-        unpack(rebuilt.into_inner().unwrap(), &dest).await.unwrap();
-        assert_eq!(
-            std::fs::read_to_string(dest.join("a/b/c.txt")).unwrap(),
-            "deep"
-        );
-        assert_eq!(
-            std::fs::read_link(dest.join("link")).unwrap(),
-            Path::new("top.txt")
+        assert!(
+            seen.contains(&("a/b/c.txt".into(), "deep".into())),
+            "{seen:?}"
         );
         assert!(
-            !dest.join("stale.txt").exists(),
-            "the mirror is replaced, not merged"
+            seen.contains(&("link".into(), "a/b/c.txt".into())),
+            "{seen:?}"
         );
     }
 
     #[tokio::test]
-    async fn hostile_archives_are_refused_and_the_mirror_kept() {
+    async fn the_change_comes_out_as_one_plain_file_and_nothing_else() {
         let tmp = tempfile::tempdir().unwrap();
-        let outside = tmp.path().join("outside");
-        std::fs::create_dir_all(&outside).unwrap();
-        let dest = tmp.path().join("mirror");
-        std::fs::create_dir_all(&dest).unwrap();
-        std::fs::write(dest.join("kept.txt"), "kept").unwrap();
-        let target = outside.to_string_lossy().into_owned();
-        let cases = vec![
-            // A file written through a symlink that points out of the work dir.
-            archive(|b| {
-                link(b, tar::EntryType::Symlink, "workspace/esc", &target);
-                file(b, "workspace/esc/pwned.txt", b"x");
-            }),
-            // A hard link to a file outside.
-            archive(|b| link(b, tar::EntryType::Link, "workspace/hard", "/etc/passwd")),
-            // An entry outside `workspace/`.
-            archive(|b| file(b, "elsewhere.txt", b"x")),
-        ];
-        for bytes in cases {
-            let err = unpack(bytes, &dest).await.unwrap_err();
-            assert!(err.to_string().contains("refused"), "{err}");
-            assert_eq!(
-                std::fs::read_to_string(dest.join("kept.txt")).unwrap(),
-                "kept"
-            );
-            assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
-        }
-        // Garbage is an error too, never a panic.
-        let err = unpack(b"not a tar archive at all".repeat(40), &dest)
+        let dest = tmp.path().join("changes.bundle");
+        unpack(
+            archive(|b| file(b, "change.bundle", b"bundle bytes")),
+            &dest,
+            100,
+        )
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"bundle bytes");
+
+        // A symlink put where the file goes is replaced, never written through.
+        let outside = tmp.path().join("outside.txt");
+        std::fs::write(&outside, "host file").unwrap();
+        std::fs::remove_file(&dest).unwrap();
+        std::os::unix::fs::symlink(&outside, &dest).unwrap();
+        unpack(archive(|b| file(b, "change.bundle", b"new")), &dest, 100)
             .await
-            .unwrap_err();
-        assert!(err.to_string().contains("refused"), "{err}");
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "host file");
+        assert!(
+            !std::fs::symlink_metadata(&dest)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+
+        let hostile = vec![
+            archive(|b| link(b, tar::EntryType::Symlink, "change.bundle", "/etc/passwd")),
+            archive(|b| link(b, tar::EntryType::Link, "change.bundle", "/etc/passwd")),
+            archive(|b| file(b, "other.bundle", b"x")),
+            archive(|b| file(b, "dir/change.bundle", b"x")),
+            archive(|b| file(b, "change.bundle", &[7u8; 101])),
+            archive(|_| {}),
+            b"not a tar archive at all".repeat(40),
+        ];
+        for bytes in hostile {
+            let err = unpack(bytes, &dest, 100).await.unwrap_err();
+            assert!(err.to_string().contains("refused"), "{err}");
+            assert_eq!(std::fs::read_to_string(&outside).unwrap(), "host file");
+        }
     }
 }

@@ -5,19 +5,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::sandbox::Changes;
 use async_trait::async_trait;
 use bollard::query_parameters::{
-    DownloadFromContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    ListVolumesOptionsBuilder, RemoveVolumeOptions,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListVolumesOptionsBuilder,
+    RemoveVolumeOptions,
 };
-use delegate_mcp::types::ChangedFile;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::container::exit_info;
 use super::{
-    DockerBackend, IN_WORKSPACE, LABEL_KIND, LABEL_OWNER, LABEL_SANDBOX, Live, archive,
-    check_image, container_name, engine_error, not_found, volume_name,
+    DockerBackend, LABEL_KIND, LABEL_OWNER, LABEL_SANDBOX, Live, check_image, container_name,
+    engine_error, not_found, volume_name,
 };
 use crate::sandbox::workdir::SandboxDirs;
 use crate::sandbox::{
@@ -140,7 +140,7 @@ impl SandboxBackend for DockerBackend {
     async fn create(&self, spec: &SandboxSpec) -> Result<Option<ServeEndpoint>, SandboxError> {
         check_image(&self.docker, &self.settings.image).await?;
         let dirs = SandboxDirs::new(self.root.join(&spec.id));
-        if let Err(e) = dirs.create(&spec.files).await {
+        if let Err(e) = dirs.create(&spec.files, spec.repo.as_deref()).await {
             let _ = tokio::fs::remove_dir_all(&dirs.root).await;
             return Err(e);
         }
@@ -249,16 +249,11 @@ impl SandboxBackend for DockerBackend {
         sandbox_id: &str,
         max_diff: usize,
         label: &str,
-    ) -> Result<(Vec<ChangedFile>, String, bool), SandboxError> {
+    ) -> Result<Changes, SandboxError> {
         let live = self.live(sandbox_id)?;
-        let options = DownloadFromContainerOptionsBuilder::new()
-            .path(IN_WORKSPACE)
-            .build();
-        let archive = self
-            .docker
-            .download_from_container(&container_name(sandbox_id), Some(options));
-        archive::unpack_workspace(Box::pin(archive), live.dirs.workspace.clone()).await?;
-        live.dirs.collect_changes(max_diff, label).await
+        let base = live.dirs.tip().await?;
+        self.export_change(sandbox_id, &live, &base, label).await?;
+        live.dirs.import_changes(max_diff).await
     }
 
     async fn pause(&self, sandbox_id: &str) -> Result<(), SandboxError> {

@@ -25,6 +25,7 @@
 
 mod archive;
 mod backend;
+mod change;
 mod container;
 mod serve;
 mod spec;

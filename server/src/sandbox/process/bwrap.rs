@@ -28,49 +28,7 @@ impl ProcessBackend {
                     &self.model,
                     &self.small_model,
                 );
-                cmd = self.cgroup_wrapper(live, bwrap);
-                cmd.args([
-                    "--unshare-all",
-                    "--die-with-parent",
-                    "--new-session",
-                    "--uid",
-                    "1000",
-                    "--gid",
-                    "1000",
-                    "--cap-drop",
-                    "ALL",
-                    "--hostname",
-                    "sandbox",
-                ]);
-                for dir in ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64"] {
-                    cmd.args(["--ro-bind-try", dir, dir]);
-                }
-                for path in ETC_BINDS {
-                    cmd.args(["--ro-bind-try", path, path]);
-                }
-                cmd.arg("--ro-bind")
-                    .arg(dirs.root.join("passwd"))
-                    .arg("/etc/passwd")
-                    .arg("--ro-bind")
-                    .arg(dirs.root.join("group"))
-                    .arg("/etc/group")
-                    .arg("--ro-bind")
-                    .arg(&self.opencode)
-                    .arg(IN_OPENCODE)
-                    .arg("--ro-bind")
-                    .arg(&self.relay_bin)
-                    .arg(IN_DELEGATE)
-                    .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"])
-                    .arg("--bind")
-                    .arg(&dirs.workspace)
-                    .arg(IN_WORKSPACE)
-                    .arg("--bind")
-                    .arg(&dirs.home)
-                    .arg(IN_HOME)
-                    .arg("--bind")
-                    .arg(&dirs.run)
-                    .arg(IN_RUN)
-                    .args(["--chdir", IN_WORKSPACE, "--clearenv"]);
+                cmd = self.confined(live, bwrap);
                 for (k, v) in env {
                     cmd.args(["--setenv", &k, &v]);
                 }
@@ -116,6 +74,126 @@ impl ProcessBackend {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         Ok(cmd)
+    }
+
+    /// bubblewrap around a sandbox: every namespace unshared, uid 1000, no capabilities, the
+    /// system read-only, the sandbox's own dirs bound in, its work dir current, the environment
+    /// cleared. The caller adds `--setenv`s, then `--` and the program.
+    fn confined(&self, live: &Live, bwrap: &Path) -> Command {
+        let dirs = &live.dirs;
+        let mut cmd = self.cgroup_wrapper(live, bwrap);
+        cmd.args([
+            "--unshare-all",
+            "--die-with-parent",
+            "--new-session",
+            "--uid",
+            "1000",
+            "--gid",
+            "1000",
+            "--cap-drop",
+            "ALL",
+            "--hostname",
+            "sandbox",
+        ]);
+        for dir in ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64"] {
+            cmd.args(["--ro-bind-try", dir, dir]);
+        }
+        for path in ETC_BINDS {
+            cmd.args(["--ro-bind-try", path, path]);
+        }
+        cmd.arg("--ro-bind")
+            .arg(dirs.root.join("passwd"))
+            .arg("/etc/passwd")
+            .arg("--ro-bind")
+            .arg(dirs.root.join("group"))
+            .arg("/etc/group")
+            .arg("--ro-bind")
+            .arg(&self.opencode)
+            .arg(IN_OPENCODE)
+            .arg("--ro-bind")
+            .arg(&self.relay_bin)
+            .arg(IN_DELEGATE)
+            .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"])
+            .arg("--bind")
+            .arg(&dirs.workspace)
+            .arg(IN_WORKSPACE)
+            .arg("--bind")
+            .arg(&dirs.home)
+            .arg(IN_HOME)
+            .arg("--bind")
+            .arg(&dirs.run)
+            .arg(IN_RUN)
+            .args(["--chdir", IN_WORKSPACE, "--clearenv"]);
+        cmd
+    }
+
+    /// Commits the work dir on top of `base` inside the sandbox — same confinement, the sandbox's
+    /// user, no network, no token — and leaves the bundle in the run dir for the host's import.
+    pub(super) async fn export_change(
+        &self,
+        live: &Live,
+        base: &str,
+        label: &str,
+    ) -> Result<(), SandboxError> {
+        let out_host = live.dirs.run.join("changes.bundle");
+        let _ = tokio::fs::remove_file(&out_host).await;
+        let env = [
+            ("DELEGATE_BASE", base.to_string()),
+            ("DELEGATE_MESSAGE", label.to_string()),
+            ("PATH", "/usr/local/bin:/usr/bin:/bin".to_string()),
+        ];
+        let mut cmd = match &self.bwrap {
+            Some(bwrap) => {
+                let mut cmd = self.confined(live, bwrap);
+                for (k, v) in &env {
+                    cmd.args(["--setenv", k, v]);
+                }
+                cmd.args(["--setenv", "HOME", IN_HOME])
+                    .args([
+                        "--setenv",
+                        "DELEGATE_OUT",
+                        crate::sandbox::workdir::IN_CHANGE_BUNDLE,
+                    ])
+                    .args(["--", "/bin/sh", "-c", delegate_repo::COMMIT_SCRIPT]);
+                cmd
+            }
+            None => {
+                let mut cmd = self.cgroup_wrapper(live, Path::new("/bin/sh"));
+                cmd.args(["-c", delegate_repo::COMMIT_SCRIPT])
+                    .current_dir(&live.dirs.workspace)
+                    .envs(env)
+                    .env("HOME", &live.dirs.home)
+                    .env("DELEGATE_OUT", &out_host);
+                cmd
+            }
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = cmd.spawn().map_err(|e| {
+            SandboxError::Io(format!("cannot start the commit in the sandbox: {e}"))
+        })?;
+        let done = tokio::time::timeout(COMMIT_TIMEOUT, child.wait_with_output())
+            .await
+            .map_err(|_| {
+                SandboxError::Io("committing the change inside the sandbox timed out".into())
+            })?
+            .map_err(|e| SandboxError::Io(format!("the commit in the sandbox: {e}")))?;
+        if !done.status.success() {
+            // The sandbox wrote this; keep it short and on one line.
+            let said: String = String::from_utf8_lossy(&done.stderr)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .chars()
+                .take(500)
+                .collect();
+            return Err(SandboxError::Io(format!(
+                "committing the change inside the sandbox failed: {said}"
+            )));
+        }
+        Ok(())
     }
 
     /// `sh` joins the sandbox's cgroups, then execs `program`, so no process of the sandbox ever

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::sandbox::Changes;
 use async_trait::async_trait;
 use axum::Router;
-use delegate_mcp::types::ChangedFile;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Child;
 use tokio::sync::{OnceCell, mpsc};
@@ -44,6 +44,8 @@ const IN_PROXY: &str = "127.0.0.1:4000";
 const IN_SERVE_PORT: u16 = 4096;
 /// How long `opencode serve` may take to say it listens.
 const SERVE_START_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long committing a run's change inside the sandbox may take.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The parts of /etc a sandbox needs; the rest (shadow, ssh keys, ...) stays out, because the
 /// sandbox's uid maps to the host user that owns them.
@@ -192,7 +194,7 @@ impl SandboxBackend for ProcessBackend {
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Option<ServeEndpoint>, SandboxError> {
         let dirs = SandboxDirs::new(self.root.join(&spec.id));
-        if let Err(e) = dirs.create(&spec.files).await {
+        if let Err(e) = dirs.create(&spec.files, spec.repo.as_deref()).await {
             let _ = tokio::fs::remove_dir_all(&dirs.root).await;
             return Err(e);
         }
@@ -342,9 +344,11 @@ impl SandboxBackend for ProcessBackend {
         sandbox_id: &str,
         max_diff: usize,
         label: &str,
-    ) -> Result<(Vec<ChangedFile>, String, bool), SandboxError> {
+    ) -> Result<Changes, SandboxError> {
         let live = self.live(sandbox_id)?;
-        live.dirs.collect_changes(max_diff, label).await
+        let base = live.dirs.tip().await?;
+        self.export_change(&live, &base, label).await?;
+        live.dirs.import_changes(max_diff).await
     }
 
     async fn pause(&self, sandbox_id: &str) -> Result<(), SandboxError> {
