@@ -17,7 +17,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::orchestrator::{Orchestrator, OrchestratorError, RunRequest, SandboxRequest};
+use crate::orchestrator::{Orchestrator, RunRequest, SandboxRequest};
 use crate::store::{Role, Run, Sandbox, StoreError, Workspace};
 
 /// The most events one `stream_session` call returns.
@@ -25,47 +25,8 @@ pub const MAX_EVENTS_PER_POLL: usize = 500;
 /// `stream_session`'s longest wait.
 pub const MAX_WAIT: Duration = Duration::from_secs(delegate_mcp::tools::MAX_WAIT_SECONDS);
 
-/// Why a service call failed; each surface maps it to its own shape (tool error, HTTP status).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ServiceError {
-    /// Bad input; nothing was written.
-    #[error("{0}")]
-    Invalid(String),
-    /// The caller's role does not allow this (guests only read).
-    #[error("{0}")]
-    Forbidden(String),
-    /// Unknown, or in a workspace the caller is not a member of (the two look the same).
-    #[error("{0} not found")]
-    NotFound(String),
-    /// The sandbox cannot take this now (busy with a run, not running).
-    #[error("{0}")]
-    Conflict(String),
-    /// The sandbox backend failed.
-    #[error("{0}")]
-    Unavailable(String),
-    /// A quota or concurrency limit.
-    #[error("{0}")]
-    Limit(String),
-    /// Logged once where it happened; the message is generic.
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl From<ServiceError> for DelegateError {
-    fn from(e: ServiceError) -> Self {
-        match e {
-            ServiceError::Invalid(m) | ServiceError::Forbidden(m) => DelegateError::Invalid(m),
-            ServiceError::NotFound(m) => DelegateError::NotFound(m),
-            ServiceError::Conflict(m) | ServiceError::Unavailable(m) => {
-                DelegateError::Unavailable(m)
-            }
-            ServiceError::Limit(m) => DelegateError::Limit(m),
-            ServiceError::Internal(m) => DelegateError::Internal(m),
-        }
-    }
-}
-
-type Result<T, E = ServiceError> = std::result::Result<T, E>;
+// One error for the service and the orchestrator; each surface maps it once.
+pub use crate::error::{Error, Result, internal};
 
 pub use crate::roles::Action;
 
@@ -131,13 +92,13 @@ impl Service {
         };
         // Not a member and no such workspace look the same: no probing for names.
         let (ws, role) = found.ok_or_else(|| {
-            ServiceError::NotFound(match workspace {
+            Error::NotFound(match workspace {
                 Some(w) => format!("workspace {w:?}"),
                 None => "no workspace for this user".into(),
             })
         })?;
         if !crate::roles::allows(role, action) {
-            return Err(ServiceError::Forbidden(format!(
+            return Err(Error::Forbidden(format!(
                 "your role in workspace {} is {}: not allowed to do this",
                 ws.slug,
                 role.as_str()
@@ -160,7 +121,7 @@ impl Service {
         id: &str,
         action: Action,
     ) -> Result<(Sandbox, Workspace)> {
-        let not_found = || ServiceError::NotFound(format!("sandbox {id:?}"));
+        let not_found = || Error::NotFound(format!("sandbox {id:?}"));
         if !crate::ids::is_id("sbx", id) {
             return Err(not_found());
         }
@@ -174,25 +135,25 @@ impl Service {
             .await
         {
             Ok(ws) => Ok((sandbox, ws)),
-            Err(ServiceError::NotFound(_)) => Err(not_found()),
+            Err(Error::NotFound(_)) => Err(not_found()),
             Err(e) => Err(e),
         }
     }
 
     /// A run the caller may act on.
     pub async fn run(&self, caller: &Caller, id: &str, action: Action) -> Result<Run> {
-        let not_found = || ServiceError::NotFound(format!("run {id:?}"));
+        let not_found = || Error::NotFound(format!("run {id:?}"));
         let run = match self.orch.run(id).await {
             Ok(r) => r,
-            Err(OrchestratorError::NotFound(_)) => return Err(not_found()),
-            Err(e) => return Err(map_err(e)),
+            Err(Error::NotFound(_)) => return Err(not_found()),
+            Err(e) => return Err(e),
         };
         match self
             .authorize(caller, Some(&run.workspace_id), action)
             .await
         {
             Ok(_) => Ok(run),
-            Err(ServiceError::NotFound(_)) => Err(not_found()),
+            Err(Error::NotFound(_)) => Err(not_found()),
             Err(e) => Err(e),
         }
     }
@@ -259,9 +220,9 @@ impl Service {
             Some(sandbox) => self.orch.start_run_in(sandbox, request).await,
             None => self.orch.start_run(request).await,
         };
-        let (run_id, _) = started.map_err(map_err)?;
+        let (run_id, _) = started?;
         if input.wait == Some(false) {
-            return self.orch.result(&run_id).await.map_err(map_err);
+            return self.orch.result(&run_id).await;
         }
         let mut events = Box::pin(self.orch.events(&run_id, 0));
         let mut cancelled = false;
@@ -282,11 +243,11 @@ impl Service {
                 },
                 _ = cancel.cancelled(), if !cancelled => {
                     cancelled = true;
-                    self.orch.cancel_run(&run_id).await.map_err(map_err)?;
+                    self.orch.cancel_run(&run_id).await?;
                 }
             }
         }
-        self.orch.wait(&run_id).await.map_err(map_err)
+        self.orch.wait(&run_id).await
     }
 
     pub async fn create_sandbox(
@@ -306,8 +267,7 @@ impl Service {
                 idle_timeout: input.idle_timeout_seconds.map(Duration::from_secs),
                 created_by: Some(format!("user:{}", caller.user_id)),
             })
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(self.info(&sandbox))
     }
 
@@ -331,11 +291,11 @@ impl Service {
                     .await
                     .map_err(internal)?;
                 latest.into_iter().next().ok_or_else(|| {
-                    ServiceError::NotFound(format!("sandbox {sandbox_id} has no runs yet"))
+                    Error::NotFound(format!("sandbox {sandbox_id} has no runs yet"))
                 })?
             }
             (None, None) => {
-                return Err(ServiceError::Invalid("give run_id or sandbox_id".into()));
+                return Err(Error::Invalid("give run_id or sandbox_id".into()));
             }
         };
         let page = limit
@@ -371,7 +331,7 @@ impl Service {
             }
         }
         if !status.is_terminal() {
-            status = self.orch.run(&run.id).await.map_err(map_err)?.status;
+            status = self.orch.run(&run.id).await?.status;
         }
         let next_cursor = events.last().map_or(after, |e| e.seq);
         let done = status.is_terminal()
@@ -404,11 +364,7 @@ impl Service {
         let ws = self
             .authorize(caller, input.workspace.as_deref(), Action::Read)
             .await?;
-        let sandboxes = self
-            .orch
-            .list_sandboxes(Some(&ws.id))
-            .await
-            .map_err(map_err)?;
+        let sandboxes = self.orch.list_sandboxes(Some(&ws.id)).await?;
         Ok(ListSandboxesOutput {
             sandboxes: sandboxes.iter().map(|s| self.info(s)).collect(),
         })
@@ -427,10 +383,7 @@ impl Service {
         let sandbox = self
             .sandbox(caller, &input.sandbox_id, Action::Write)
             .await?;
-        self.orch
-            .delete_sandbox(&sandbox.id)
-            .await
-            .map_err(map_err)?;
+        self.orch.delete_sandbox(&sandbox.id).await?;
         let sandbox = self
             .orch
             .store()
@@ -450,26 +403,20 @@ impl Service {
             SandboxStatus::Paused => return Ok(self.info(&sandbox)),
             SandboxStatus::Running => {}
             status => {
-                return Err(ServiceError::Conflict(format!(
+                return Err(Error::Conflict(format!(
                     "sandbox {} is {status}, not running",
                     sandbox.id
                 )));
             }
         }
-        self.orch
-            .pause_sandbox(&sandbox.id)
-            .await
-            .map_err(map_err)?;
+        self.orch.pause_sandbox(&sandbox.id).await?;
         self.fresh_info(&sandbox.id).await
     }
 
     /// Starts a paused sandbox again.
     pub async fn resume_sandbox(&self, caller: &Caller, id: &str) -> Result<SandboxInfo> {
         let sandbox = self.sandbox(caller, id, Action::Write).await?;
-        self.orch
-            .resume_sandbox(&sandbox.id)
-            .await
-            .map_err(map_err)?;
+        self.orch.resume_sandbox(&sandbox.id).await?;
         self.fresh_info(&sandbox.id).await
     }
 
@@ -484,8 +431,8 @@ impl Service {
         input: CancelRunInput,
     ) -> Result<CancelRunOutput> {
         let run = self.run(caller, &input.run_id, Action::Write).await?;
-        self.orch.cancel_run(&run.id).await.map_err(map_err)?;
-        let result = self.orch.wait(&run.id).await.map_err(map_err)?;
+        self.orch.cancel_run(&run.id).await?;
+        let result = self.orch.wait(&run.id).await?;
         Ok(CancelRunOutput {
             run_id: run.id,
             status: result.status,
@@ -495,7 +442,7 @@ impl Service {
     /// A run's result as it stands.
     pub async fn get_run(&self, caller: &Caller, id: &str) -> Result<RunResult> {
         let run = self.run(caller, id, Action::Read).await?;
-        self.orch.result(&run.id).await.map_err(map_err)
+        self.orch.result(&run.id).await
     }
 
     /// Runs of a workspace (or of one sandbox), newest first.
@@ -525,7 +472,7 @@ impl Service {
                 if let Some(w) = workspace {
                     let ws = self.authorize(caller, Some(w), Action::Read).await?;
                     if ws.id != sandbox.workspace_id {
-                        return Err(ServiceError::NotFound(format!("sandbox {id:?}")));
+                        return Err(Error::NotFound(format!("sandbox {id:?}")));
                     }
                 }
                 (sandbox.workspace_id, Some(sandbox.id))
@@ -637,25 +584,4 @@ impl Delegator for EmbeddedDelegator {
     ) -> Result<CancelRunOutput, DelegateError> {
         Ok(self.service.cancel_run(caller, input).await?)
     }
-}
-
-pub fn map_err(e: OrchestratorError) -> ServiceError {
-    match e {
-        OrchestratorError::BadInput(m) => ServiceError::Invalid(m),
-        OrchestratorError::NotFound(m) => ServiceError::NotFound(m),
-        e @ (OrchestratorError::Busy(_) | OrchestratorError::NotRunning { .. }) => {
-            ServiceError::Conflict(e.to_string())
-        }
-        OrchestratorError::Limit(m) => ServiceError::Limit(m),
-        OrchestratorError::Sandbox(e) => {
-            ServiceError::Unavailable(format!("the sandbox failed: {e}"))
-        }
-        e @ (OrchestratorError::Transition(_) | OrchestratorError::Store(_)) => internal(e),
-    }
-}
-
-/// Logs the cause once; the caller gets a generic message.
-pub fn internal(e: impl std::fmt::Display) -> ServiceError {
-    tracing::error!(error = %e, "internal error");
-    ServiceError::Internal("delegate hit an internal error; the server log has details".into())
 }

@@ -28,7 +28,8 @@ use hyper_util::rt::TokioIo;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::credentials;
-use crate::delegation::{Action, Service, ServiceError};
+use crate::delegation::{Action, Service};
+use crate::error::Error;
 use crate::ids::{hash_secret, new_secret};
 use crate::orchestrator::Orchestrator;
 
@@ -117,21 +118,21 @@ impl Gateway {
         caller: &Caller,
         credential: &str,
         sandbox_id: &str,
-    ) -> Result<OpenTicket, ServiceError> {
+    ) -> Result<OpenTicket, Error> {
         let sandbox = self
             .inner
             .service
             .sandbox(caller, sandbox_id, Action::Write)
             .await?;
         let origin = self.sandbox_origin(&sandbox.id).ok_or_else(|| {
-            ServiceError::Conflict(
+            Error::Conflict(
                 "the opencode gateway is off: set BASE_DOMAIN (e.g. localhost:8080)".into(),
             )
         })?;
         if sandbox.status != SandboxStatus::Running
             || self.orch().serve_endpoint(&sandbox.id).is_none()
         {
-            return Err(ServiceError::Conflict(format!(
+            return Err(Error::Conflict(format!(
                 "sandbox {} is {}: only a running warm sandbox opens",
                 sandbox.id, sandbox.status
             )));
@@ -290,8 +291,8 @@ impl Gateway {
             .await
         {
             Ok(_) => {}
-            Err(ServiceError::NotFound(_)) => return self.to_sign_in(&sandbox_id),
-            Err(ServiceError::Forbidden(m)) => return page(StatusCode::FORBIDDEN, &m),
+            Err(Error::NotFound(_)) => return self.to_sign_in(&sandbox_id),
+            Err(Error::Forbidden(m)) => return page(StatusCode::FORBIDDEN, &m),
             Err(e) => return page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         }
         let Some(endpoint) = self.orch().serve_endpoint(&sandbox_id) else {

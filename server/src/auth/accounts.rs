@@ -9,7 +9,8 @@ use delegate_mcp::delegator::Caller;
 
 use super::{AuthError, limits::LoginLimiter, passwords};
 use crate::credentials::{self, Holder};
-use crate::delegation::{Action, Service, ServiceError};
+use crate::delegation::{Action, Service};
+use crate::error::Error;
 use crate::ids::{new_id, now_ms};
 use crate::names::{Email, Name};
 use crate::roles::{allows, may_assign};
@@ -37,7 +38,7 @@ pub enum AccountError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
-    /// The message is complete (unlike [`ServiceError::NotFound`]'s).
+    /// The message is complete (unlike [`Error::NotFound`]'s).
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -47,7 +48,7 @@ pub enum AccountError {
     Limit(String),
     /// The workspace lookup or role check refused.
     #[error(transparent)]
-    Denied(#[from] ServiceError),
+    Denied(#[from] Error),
     #[error("storage: {0}")]
     Store(#[from] StoreError),
     /// Something below failed; the cause is for the log only.
@@ -533,7 +534,7 @@ pub async fn register_agent(
         .register_local(&ws, name, Some(format!("user:{user_id}")))
         .await
         .map_err(|e| match e {
-            crate::orchestrator::OrchestratorError::BadInput(m) => AccountError::Invalid(m),
+            crate::orchestrator::Error::Invalid(m) => AccountError::Invalid(m),
             other => AccountError::Internal(other.to_string()),
         })?;
     let holder = Holder {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use delegate_mcp::types::{ChangeKind, ChangedFile, SandboxStatus};
 use tokio_util::sync::CancellationToken;
 
-use super::{Orchestrator, OrchestratorError, Result, Warm, lock};
+use super::{Error, Orchestrator, Result, Warm, lock};
 use crate::ids::{new_id, now_ms};
 use crate::sandbox::ServeEndpoint;
 use crate::store::{Sandbox, SandboxKind, StoreError, Workspace};
@@ -41,8 +41,8 @@ impl Orchestrator {
         name: &str,
         created_by: Option<String>,
     ) -> Result<Sandbox> {
-        let name = crate::names::Name::parse(name)
-            .map_err(|bad| OrchestratorError::BadInput(bad.to_string()))?;
+        let name =
+            crate::names::Name::parse(name).map_err(|bad| Error::Invalid(bad.to_string()))?;
         let now = now_ms();
         let sandbox = Sandbox {
             id: new_id("sbx"),
@@ -75,7 +75,7 @@ impl Orchestrator {
         let _serial = self.inner.local.transitions.lock().await;
         let sandbox = self.inner.store.sandbox(sandbox_id).await?;
         if sandbox.backend != LOCAL_BACKEND {
-            return Err(OrchestratorError::BadInput(format!(
+            return Err(Error::Invalid(format!(
                 "sandbox {sandbox_id} is not a local sandbox"
             )));
         }
@@ -114,7 +114,7 @@ impl Orchestrator {
             }
             status => {
                 self.forget_local(sandbox_id, generation);
-                Err(OrchestratorError::NotRunning {
+                Err(Error::NotRunning {
                     id: sandbox_id.to_string(),
                     status,
                 })
@@ -139,7 +139,7 @@ impl Orchestrator {
             .await
         {
             // Deleted meanwhile, or already offline.
-            Err(OrchestratorError::Store(StoreError::StaleStatus { .. })) => Ok(()),
+            Err(Error::Store(StoreError::StaleStatus { .. })) => Ok(()),
             other => other,
         }
     }

@@ -23,7 +23,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use delegate_mcp::types::SandboxStatus;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +36,6 @@ use crate::bootstrap::{ensure_local_user, instance_id};
 use crate::proxy::{ActiveRuns, Proxy};
 use crate::sandbox::{SandboxBackend, SandboxError, ServeEndpoint};
 use crate::settings::Settings;
-use crate::state::IllegalTransition;
 use crate::store::{Store, StoreError, User, Workspace};
 use reservation::Reservations;
 
@@ -46,47 +44,8 @@ pub const MAX_TASK_BYTES: usize = 1 << 20;
 /// The longest timeout a run may ask for.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(delegate_mcp::tools::MAX_TIMEOUT_SECONDS);
 
-#[derive(Debug, thiserror::Error)]
-pub enum OrchestratorError {
-    /// The caller sent something unusable; nothing was written.
-    #[error("{0}")]
-    BadInput(String),
-    #[error("{0} not found")]
-    NotFound(String),
-    /// The sandbox already has a run going.
-    #[error("sandbox {0} is busy with another run; wait for it or use another sandbox")]
-    Busy(String),
-    #[error("sandbox {id} is {status}, not running")]
-    NotRunning { id: String, status: SandboxStatus },
-    #[error("{0}")]
-    Limit(String),
-    #[error(transparent)]
-    Sandbox(SandboxError),
-    #[error(transparent)]
-    Transition(#[from] IllegalTransition),
-    #[error("storage: {0}")]
-    Store(StoreError),
-}
-
-impl From<SandboxError> for OrchestratorError {
-    fn from(e: SandboxError) -> Self {
-        match e {
-            SandboxError::BadInput(msg) => OrchestratorError::BadInput(msg),
-            other => OrchestratorError::Sandbox(other),
-        }
-    }
-}
-
-impl From<StoreError> for OrchestratorError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound(what) => OrchestratorError::NotFound(what.to_string()),
-            other => OrchestratorError::Store(other),
-        }
-    }
-}
-
-pub type Result<T, E = OrchestratorError> = std::result::Result<T, E>;
+// One error for the orchestrator and the service layer (`crate::error`).
+pub use crate::error::{Error, Result};
 
 /// A request to delegate one task (the `run_in_sandbox` input).
 #[derive(Debug, Clone, Default)]
@@ -171,7 +130,7 @@ impl Orchestrator {
         let (local_user, default_workspace) = ensure_local_user(store.as_ref()).await?;
         let instance_id = instance_id(&settings.data_dir)
             .await
-            .map_err(|e| OrchestratorError::Sandbox(SandboxError::Io(e.to_string())))?;
+            .map_err(|e| Error::Sandbox(SandboxError::Io(e.to_string())))?;
         let orch = Orchestrator {
             inner: Arc::new(Inner {
                 store,
@@ -226,7 +185,7 @@ impl Orchestrator {
                     .store
                     .workspace_by_id(s)
                     .await
-                    .map_err(|_| OrchestratorError::NotFound(format!("workspace {s:?}"))),
+                    .map_err(|_| Error::NotFound(format!("workspace {s:?}"))),
                 Err(e) => Err(e.into()),
             },
         }
