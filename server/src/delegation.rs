@@ -17,6 +17,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::ids::Origin;
 use crate::orchestrator::{Orchestrator, RunRequest, SandboxRequest};
 use crate::store::{Role, Run, Sandbox, StoreError, Workspace};
 
@@ -201,9 +202,9 @@ impl Service {
             }
         };
         let created_by = match (&caller.client, &caller.token_id) {
-            (Some(client), _) => format!("mcp:{client}"),
-            (None, Some(token)) => format!("token:{token}"),
-            (None, None) => format!("user:{}", caller.user_id),
+            (Some(client), _) => Origin::Mcp(client.clone()),
+            (None, Some(token)) => Origin::Token(token.clone()),
+            (None, None) => Origin::User(caller.user_id.clone()),
         };
         let request = RunRequest {
             task: input.task,
@@ -265,7 +266,7 @@ impl Service {
                 name: input.name,
                 files: input.files.unwrap_or_default(),
                 idle_timeout: input.idle_timeout_seconds.map(Duration::from_secs),
-                created_by: Some(format!("user:{}", caller.user_id)),
+                created_by: Some(Origin::User(caller.user_id.clone())),
             })
             .await?;
         Ok(self.info(&sandbox))

@@ -11,7 +11,7 @@ use super::{AuthError, limits::LoginLimiter, passwords};
 use crate::credentials::{self, Holder};
 use crate::delegation::{Action, Service};
 use crate::error::Error;
-use crate::ids::{new_id, now_ms};
+use crate::ids::{Origin, new_id, now_ms};
 use crate::names::{Email, Name};
 use crate::roles::{allows, may_assign};
 use crate::settings::Registration;
@@ -531,7 +531,7 @@ pub async fn register_agent(
     }
     let ws = store.workspace_by_id(&workspace_id).await?;
     let sandbox = orch
-        .register_local(&ws, name, Some(format!("user:{user_id}")))
+        .register_local(&ws, name, Some(Origin::User(user_id.clone())))
         .await
         .map_err(|e| match e {
             crate::orchestrator::Error::Invalid(m) => AccountError::Invalid(m),

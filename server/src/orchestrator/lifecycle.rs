@@ -10,7 +10,7 @@ use delegate_mcp::types::SandboxStatus;
 use super::grants::issue_sandbox_token;
 use super::reservation::Reservation;
 use super::{Error, Inner, LOCAL_BACKEND, Orchestrator, Result, SandboxRequest, Warm, lock};
-use crate::ids::{is_id, new_id, new_secret, now_ms};
+use crate::ids::{Origin, is_id, new_id, new_secret, now_ms};
 use crate::names::Name;
 use crate::sandbox::{SandboxError, SandboxSpec, ServeEndpoint};
 use crate::settings::Secret;
@@ -78,7 +78,7 @@ impl Orchestrator {
         name: Option<String>,
         files: BTreeMap<String, String>,
         idle_timeout: Option<Duration>,
-        created_by: Option<String>,
+        created_by: Option<Origin>,
     ) -> Result<(Sandbox, SandboxSpec)> {
         let now = now_ms();
         let id = new_id("sbx");
@@ -92,7 +92,7 @@ impl Orchestrator {
             status_reason: None,
             idle_timeout_s: idle_timeout.map(|d| d.as_secs() as i64),
             meta: serde_json::json!({}),
-            created_by,
+            created_by: created_by.map(|o| o.to_string()),
             created_at: now,
             updated_at: now,
         };

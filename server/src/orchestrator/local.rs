@@ -10,7 +10,7 @@ use delegate_mcp::types::{ChangeKind, ChangedFile, SandboxStatus};
 use tokio_util::sync::CancellationToken;
 
 use super::{Error, Orchestrator, Result, Warm, lock};
-use crate::ids::{new_id, now_ms};
+use crate::ids::{Origin, new_id, now_ms};
 use crate::sandbox::ServeEndpoint;
 use crate::store::{Sandbox, SandboxKind, StoreError, Workspace};
 
@@ -39,7 +39,7 @@ impl Orchestrator {
         &self,
         ws: &Workspace,
         name: &str,
-        created_by: Option<String>,
+        created_by: Option<Origin>,
     ) -> Result<Sandbox> {
         let name =
             crate::names::Name::parse(name).map_err(|bad| Error::Invalid(bad.to_string()))?;
@@ -54,7 +54,7 @@ impl Orchestrator {
             status_reason: Some("its agent has not connected yet".into()),
             idle_timeout_s: None,
             meta: serde_json::json!({}),
-            created_by,
+            created_by: created_by.map(|o| o.to_string()),
             created_at: now,
             updated_at: now,
         };

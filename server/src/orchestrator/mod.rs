@@ -33,6 +33,7 @@ pub use log::{LiveLog, follow};
 pub use runs::{REMOTE_WAIT, result_of};
 
 use crate::bootstrap::{ensure_local_user, instance_id};
+use crate::ids::Origin;
 use crate::proxy::{ActiveRuns, Proxy};
 use crate::sandbox::{SandboxBackend, SandboxError, ServeEndpoint};
 use crate::settings::Settings;
@@ -59,8 +60,8 @@ pub struct RunRequest {
     pub agent: Option<String>,
     pub timeout: Option<Duration>,
     pub continue_session: bool,
-    /// Who delegated it (`cli`, `mcp:<client>`, `user:<id>`, `token:<id>`).
-    pub created_by: Option<String>,
+    /// Who delegated it.
+    pub created_by: Option<Origin>,
 }
 
 /// A request for a warm sandbox (the `create_sandbox` input).
@@ -70,7 +71,7 @@ pub struct SandboxRequest {
     pub name: Option<String>,
     pub files: BTreeMap<String, String>,
     pub idle_timeout: Option<Duration>,
-    pub created_by: Option<String>,
+    pub created_by: Option<Origin>,
 }
 
 /// A warm sandbox's live facts, kept in memory while its opencode serve runs.

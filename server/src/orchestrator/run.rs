@@ -14,7 +14,7 @@ use super::agent::{headless, served};
 use super::log::RunLog;
 use super::reservation::Reservation;
 use super::{Error, Orchestrator, Result, RunRequest, Warm, lock};
-use crate::ids::{is_id, new_id, now_ms};
+use crate::ids::{Origin, is_id, new_id, now_ms};
 use crate::sandbox::{RunSpec, SandboxError, SandboxSpec};
 use crate::state::run_transition;
 use crate::store::{Run, RunOutcome, Sandbox, SandboxKind};
@@ -146,7 +146,7 @@ pub(super) async fn start(
         agent: req.agent.clone(),
         status: RunStatus::Queued,
         timeout_s: timeout.as_secs() as i64,
-        created_by: req.created_by.clone(),
+        created_by: req.created_by.as_ref().map(Origin::to_string),
         created_at: now_ms(),
         started_at: None,
         finished_at: None,
