@@ -32,6 +32,7 @@ use proxy::forward;
 
 use crate::delegation::{Action, Service};
 use crate::error::Error;
+use crate::ids::SandboxId;
 use crate::orchestrator::Orchestrator;
 
 /// The gateway's own path on `oc-{id}` hosts (never forwarded to opencode).
@@ -82,12 +83,12 @@ impl Gateway {
     }
 
     /// The sandbox id a `Host` header names, if it is a gateway host.
-    pub fn sandbox_of_host(&self, host: &str) -> Option<String> {
+    pub fn sandbox_of_host(&self, host: &str) -> Option<SandboxId> {
         let domain = self.orch().settings().base_domain.as_deref()?;
         let host = host.trim().to_ascii_lowercase();
         let label = host.strip_suffix(domain)?.strip_suffix('.')?;
         let id = label.strip_prefix(crate::settings::SANDBOX_HOST_PREFIX)?;
-        crate::ids::is_id("sbx", id).then(|| id.to_string())
+        SandboxId::parse(id)
     }
 
     /// Sends the browser to sign in on the main host; it comes back through `Open`.
@@ -99,16 +100,17 @@ impl Gateway {
     }
 
     /// Everything for a gateway host.
-    async fn handle(&self, sandbox_id: String, request: Request) -> Response {
+    async fn handle(&self, sandbox_id: SandboxId, request: Request) -> Response {
+        let sandbox_id = sandbox_id.as_str();
         if request.uri().path() == AUTH_PATH {
-            return self.redeem(&sandbox_id, request.uri().query());
+            return self.redeem(sandbox_id, request.uri().query());
         }
-        let Some(grant) = self.cookie_grant(&sandbox_id, request.headers()) else {
-            return self.to_sign_in(&sandbox_id);
+        let Some(grant) = self.cookie_grant(sandbox_id, request.headers()) else {
+            return self.to_sign_in(sandbox_id);
         };
         match self.credential_stands(&grant).await {
             Ok(true) => {}
-            Ok(false) => return self.to_sign_in(&sandbox_id),
+            Ok(false) => return self.to_sign_in(sandbox_id),
             Err(e) => {
                 tracing::error!(error = %e, "gateway: cannot check the session");
                 return page(StatusCode::SERVICE_UNAVAILABLE, "Try again in a moment.");
@@ -124,15 +126,15 @@ impl Gateway {
         match self
             .inner
             .service
-            .sandbox(&caller, &sandbox_id, Action::Write)
+            .sandbox(&caller, sandbox_id, Action::Write)
             .await
         {
             Ok(_) => {}
-            Err(Error::NotFound(_)) => return self.to_sign_in(&sandbox_id),
+            Err(Error::NotFound(_)) => return self.to_sign_in(sandbox_id),
             Err(Error::Forbidden(m)) => return page(StatusCode::FORBIDDEN, &m),
             Err(e) => return page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         }
-        let Some(endpoint) = self.orch().serve_endpoint(&sandbox_id) else {
+        let Some(endpoint) = self.orch().serve_endpoint(sandbox_id) else {
             return page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "This sandbox's opencode is not running (paused or gone). Resume it in delegate.",
@@ -140,14 +142,14 @@ impl Gateway {
         };
         // Sibling hosts are same-site: a page on another sandbox's host could otherwise post here
         // (or open a WebSocket) with this host's cookie.
-        if !same_origin_or_safe(&request, self.sandbox_origin(&sandbox_id).as_deref()) {
+        if !same_origin_or_safe(&request, self.sandbox_origin(sandbox_id).as_deref()) {
             return page(
                 StatusCode::FORBIDDEN,
                 "a change or WebSocket through the gateway must come from the sandbox's own page",
             );
         }
-        self.orch().touch_sandbox(&sandbox_id);
-        let viewing = self.keep_awake(&sandbox_id);
+        self.orch().touch_sandbox(sandbox_id);
+        let viewing = self.keep_awake(sandbox_id);
         match forward(&endpoint.url, endpoint.password.expose(), request, viewing).await {
             Ok(r) => r,
             Err(e) => {
