@@ -2,7 +2,8 @@
 //! log, and answers for runs and sandboxes. The CLI, the MCP tools and the REST API are thin
 //! layers over [`Orchestrator`].
 //!
-//! This file holds the handle, its shared state, errors and request types. The rest, one concern
+//! This file holds the handle, its shared state and request types (its error is `crate::error`).
+//! The rest, one concern
 //! a file: `lifecycle.rs` (sandboxes: create, delete, pause, resume, idle sweep), `runs.rs` (the
 //! run facade), `run.rs` (driving one run) and `agent.rs` (following its agent), `log.rs` (the
 //! event log), `reservation.rs` (one operation per sandbox), `recovery.rs` (restart, shutdown,
