@@ -6,8 +6,8 @@
 //! The rest, one concern a file: `lifecycle.rs` (sandboxes: create, delete, pause, resume, idle
 //! sweep), `runs.rs` (the run facade), `run.rs` (driving one run) and `agent.rs` (following its
 //! agent), `log.rs` (the event log), `reservation.rs` (one operation per sandbox), `recovery.rs`
-//! (restart, shutdown, cancel requests from other servers), `local.rs` (local sandboxes through the tunnel) and
-//! `grants.rs` (sandbox proxy tokens).
+//! (restart, shutdown, cancel requests from other servers), `local.rs` (local sandboxes through
+//! the tunnel) and `grants.rs` (sandbox proxy tokens).
 
 mod agent;
 mod grants;
