@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::orchestrator::{Orchestrator, OrchestratorError};
+use crate::orchestrator::{Error, Orchestrator};
 use crate::proxy::{ActiveRuns, Proxy};
 use crate::sandbox::SandboxBackend;
 use crate::sandbox::docker::DockerBackend;
@@ -23,7 +23,7 @@ pub enum StartError {
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
     #[error(transparent)]
-    Orchestrator(#[from] OrchestratorError),
+    Orchestrator(#[from] Error),
     #[error("the {0} backend is not available in this build yet; use DELEGATE_BACKEND=process")]
     BackendUnavailable(&'static str),
 }

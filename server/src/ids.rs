@@ -34,6 +34,117 @@ pub fn is_id(prefix: &str, s: &str) -> bool {
         .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// Defines a typed id: checked once where it enters (`parse`), made fresh with `new`, and read as
+/// the text the store keeps (`as_str`, `Display`).
+macro_rules! typed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The prefix of this kind of id.
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A fresh id (time-ordered, see [`new_id`]).
+            #[allow(clippy::new_without_default)]
+            pub fn new() -> Self {
+                $name(new_id($prefix))
+            }
+
+            /// The id if `s` has this kind's shape ([`is_id`]); `None` for anything else.
+            pub fn parse(s: &str) -> Option<Self> {
+                is_id($prefix, s).then(|| $name(s.to_string()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+typed_id!(
+    /// A run's id (`run_` + 32 hex digits).
+    RunId,
+    "run"
+);
+typed_id!(
+    /// A sandbox's id (`sbx_` + 32 hex digits).
+    SandboxId,
+    "sbx"
+);
+
+/// Who made a run or a sandbox, as the `created_by` column keeps it: `user:<id>`,
+/// `token:<id>`, `mcp:<client>` or `cli`. [`Display`](std::fmt::Display) and
+/// [`FromStr`](std::str::FromStr) are the stored text both ways, so rows written before this type
+/// read back as they were.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// A signed-in person (`user:<id>`).
+    User(String),
+    /// An API token (`token:<id>`).
+    Token(String),
+    /// An MCP client, by the name it gave (`mcp:<client>`).
+    Mcp(String),
+    /// `delegate run` or an admin command (`cli`).
+    Cli,
+    /// Any other stored text, kept as it is (tests and older rows write free text).
+    Other(String),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::User(id) => write!(f, "user:{id}"),
+            Origin::Token(id) => write!(f, "token:{id}"),
+            Origin::Mcp(client) => write!(f, "mcp:{client}"),
+            Origin::Cli => f.write_str("cli"),
+            Origin::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+impl std::str::FromStr for Origin {
+    type Err = std::convert::Infallible;
+
+    /// Never fails: unknown text is [`Origin::Other`].
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.split_once(':') {
+            Some(("user", id)) => Origin::User(id.to_string()),
+            Some(("token", id)) => Origin::Token(id.to_string()),
+            Some(("mcp", client)) => Origin::Mcp(client.to_string()),
+            _ if s == "cli" => Origin::Cli,
+            _ => Origin::Other(s.to_string()),
+        })
+    }
+}
+
+impl From<&str> for Origin {
+    fn from(s: &str) -> Self {
+        match s.parse() {
+            Ok(origin) => origin,
+            Err(never) => match never {},
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +159,34 @@ mod tests {
         assert_eq!(s.len(), 4 + 64);
         assert_ne!(hash_secret(&s), s);
         assert_eq!(hash_secret(&s).len(), 64);
+    }
+
+    #[test]
+    fn typed_ids_parse_only_their_shape() {
+        let run = RunId::new();
+        assert_eq!(RunId::parse(run.as_str()), Some(run.clone()));
+        assert_eq!(SandboxId::parse(run.as_str()), None);
+        assert_eq!(SandboxId::parse("sbx_../../etc"), None);
+        let sandbox = SandboxId::new();
+        assert_eq!(sandbox.to_string(), sandbox.as_str());
+    }
+
+    #[test]
+    fn origins_read_back_as_stored() {
+        for text in [
+            "user:u1",
+            "token:tok_1",
+            "mcp:claude-code",
+            "cli",
+            "test",
+            "user:",
+            "cli:x",
+        ] {
+            assert_eq!(Origin::from(text).to_string(), text);
+        }
+        assert_eq!(Origin::from("user:u1"), Origin::User("u1".into()));
+        assert_eq!(Origin::from("mcp:a:b"), Origin::Mcp("a:b".into()));
+        assert_eq!(Origin::from("cli"), Origin::Cli);
+        assert_eq!(Origin::from("cli:x"), Origin::Other("cli:x".into()));
     }
 }

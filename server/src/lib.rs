@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod credentials;
 pub mod delegation;
 pub mod envelope;
+pub mod error;
 pub mod gateway;
 pub mod ids;
 pub mod names;

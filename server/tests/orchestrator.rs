@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{Harness, processes_mentioning};
 use delegate_mcp::types::{ErrorKind, RunStatus, SandboxStatus};
-use delegate_server::orchestrator::{OrchestratorError, RunRequest, SandboxRequest};
+use delegate_server::orchestrator::{Error, RunRequest, SandboxRequest};
 use delegate_testkit::anthropic::Script;
 use futures::StreamExt;
 
@@ -174,7 +174,7 @@ async fn bad_requests_are_refused_before_anything_is_written() {
     ];
     for (req, needle) in cases {
         match orch.start_run(req).await {
-            Err(OrchestratorError::BadInput(msg)) => assert!(msg.contains(needle), "{msg}"),
+            Err(Error::Invalid(msg)) => assert!(msg.contains(needle), "{msg}"),
             other => panic!("expected BadInput mentioning {needle}, got {other:?}"),
         }
     }
@@ -188,10 +188,7 @@ async fn bad_requests_are_refused_before_anything_is_written() {
             ..task("t")
         };
         assert!(
-            matches!(
-                orch.start_run(req).await,
-                Err(OrchestratorError::NotFound(_))
-            ),
+            matches!(orch.start_run(req).await, Err(Error::NotFound(_))),
             "{id}"
         );
     }

@@ -9,7 +9,7 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
-use crate::delegation::ServiceError;
+use crate::error::Error;
 
 /// A failed API call. Internal causes are logged where they happen; the client gets a generic text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +46,7 @@ impl ApiError {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
-            "delegate hit an internal error; the server log has details",
+            crate::error::INTERNAL_MESSAGE,
         )
     }
 }
@@ -57,19 +57,25 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<ServiceError> for ApiError {
-    fn from(e: ServiceError) -> Self {
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
         match e {
-            ServiceError::Invalid(m) => Self::invalid(m),
-            ServiceError::Forbidden(m) => Self::new(StatusCode::FORBIDDEN, "forbidden", m),
-            ServiceError::NotFound(m) => Self::not_found(format!("{m} not found")),
-            ServiceError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
-            ServiceError::Unavailable(m) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
+            Error::Invalid(m) => Self::invalid(m),
+            Error::Forbidden(m) => Self::new(StatusCode::FORBIDDEN, "forbidden", m),
+            e @ Error::NotFound(_) => Self::not_found(e.to_string()),
+            e @ (Error::Busy(_) | Error::NotRunning { .. }) => {
+                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
-            ServiceError::Limit(m) => Self::new(StatusCode::TOO_MANY_REQUESTS, "limit", m),
-            // Already logged by the service.
-            ServiceError::Internal(_) => Self::generic_internal(),
+            Error::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            Error::Sandbox(e) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the sandbox failed: {e}"),
+            ),
+            Error::Limit(m) => Self::new(StatusCode::TOO_MANY_REQUESTS, "limit", m),
+            // Already logged where it happened.
+            Error::Internal(_) => Self::generic_internal(),
+            e @ (Error::Store(_) | Error::Transition(_)) => Self::internal(e),
         }
     }
 }

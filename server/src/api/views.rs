@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiResult, ApiState, Authed, Path, Query};
 use crate::delegation::{Action, internal};
+use crate::ids::Origin;
 use crate::store::Run;
 
 /// One run in a list: what was asked, by whom, how it went.
@@ -144,25 +145,25 @@ impl Names {
         let Some(by) = created_by else {
             return "unknown".into();
         };
-        match by.split_once(':') {
-            Some(("user", id)) => {
-                if let Some(n) = self.users.get(id) {
+        match Origin::from(by) {
+            Origin::User(id) => {
+                if let Some(n) = self.users.get(&id) {
                     return n.clone();
                 }
-                let name = match state.orch().store().user_by_id(id).await {
+                let name = match state.orch().store().user_by_id(&id).await {
                     Ok(u) => u.email,
                     Err(_) => "a former user".into(),
                 };
-                self.users.insert(id.to_string(), name.clone());
+                self.users.insert(id, name.clone());
                 name
             }
-            Some(("token", id)) => match self.tokens.get(id) {
+            Origin::Token(id) => match self.tokens.get(&id) {
                 Some(name) => format!("API token {name}"),
                 None => "API token".into(),
             },
-            Some(("mcp", client)) => format!("MCP client {client}"),
-            _ if by == "cli" => "CLI".into(),
-            _ => by.to_string(),
+            Origin::Mcp(client) => format!("MCP client {client}"),
+            Origin::Cli => "CLI".into(),
+            Origin::Other(text) => text,
         }
     }
 }

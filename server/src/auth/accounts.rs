@@ -9,8 +9,9 @@ use delegate_mcp::delegator::Caller;
 
 use super::{AuthError, limits::LoginLimiter, passwords};
 use crate::credentials::{self, Holder};
-use crate::delegation::{Action, Service, ServiceError};
-use crate::ids::{new_id, now_ms};
+use crate::delegation::{Action, Service};
+use crate::error::Error;
+use crate::ids::{Origin, new_id, now_ms};
 use crate::names::{Email, Name};
 use crate::roles::{allows, may_assign};
 use crate::settings::Registration;
@@ -37,7 +38,7 @@ pub enum AccountError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
-    /// The message is complete (unlike [`ServiceError::NotFound`]'s).
+    /// The message is complete (unlike [`Error::NotFound`]'s).
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -47,7 +48,7 @@ pub enum AccountError {
     Limit(String),
     /// The workspace lookup or role check refused.
     #[error(transparent)]
-    Denied(#[from] ServiceError),
+    Denied(#[from] Error),
     #[error("storage: {0}")]
     Store(#[from] StoreError),
     /// Something below failed; the cause is for the log only.
@@ -530,10 +531,10 @@ pub async fn register_agent(
     }
     let ws = store.workspace_by_id(&workspace_id).await?;
     let sandbox = orch
-        .register_local(&ws, name, Some(format!("user:{user_id}")))
+        .register_local(&ws, name, Some(Origin::User(user_id.clone())))
         .await
         .map_err(|e| match e {
-            crate::orchestrator::OrchestratorError::BadInput(m) => AccountError::Invalid(m),
+            crate::orchestrator::Error::Invalid(m) => AccountError::Invalid(m),
             other => AccountError::Internal(other.to_string()),
         })?;
     let holder = Holder {

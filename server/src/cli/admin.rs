@@ -182,7 +182,7 @@ pub async fn token(settings: Settings, cmd: &TokenCommand) -> anyhow::Result<Exi
                 store.as_ref(),
                 &workspace,
                 name.clone(),
-                Some("cli".into()),
+                Some(delegate_server::ids::Origin::Cli),
                 expires_at,
             )
             .await?;

@@ -151,7 +151,7 @@ pub async fn main(mut settings: Settings, args: &RunArgs) -> anyhow::Result<Exit
         agent: args.agent.clone(),
         timeout,
         workspace: args.workspace.clone(),
-        created_by: Some("cli".into()),
+        created_by: Some(delegate_server::ids::Origin::Cli),
         ..Default::default()
     };
     let (run_id, _sandbox_id) = match orch.start_run(request).await {

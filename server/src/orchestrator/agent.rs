@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::log::RunLog;
 use super::run::Finish;
-use super::{Orchestrator, OrchestratorError, Result, Warm};
+use super::{Error, Orchestrator, Result, Warm};
 use crate::ids::now_ms;
 use crate::opencode::events::{AgentEvent, ParsedEvent, ServeEvent, ServeTracker, parse_run_line};
 use crate::opencode::serve::ServeClient;
@@ -200,7 +200,7 @@ pub(super) async fn served(
         &warm.endpoint.directory,
     );
     let sandbox_err = |e: crate::opencode::serve::ServeError| {
-        OrchestratorError::Sandbox(crate::sandbox::SandboxError::Start(e.to_string()))
+        Error::Sandbox(crate::sandbox::SandboxError::Start(e.to_string()))
     };
     // Subscribe before prompting, so no event of the turn is missed.
     let events = client.events().await.map_err(sandbox_err)?;

@@ -5,7 +5,7 @@ use delegate_mcp::types::SandboxStatus;
 
 use super::Result;
 use crate::credentials::{self, Holder};
-use crate::ids::{new_id, now_ms};
+use crate::ids::{Origin, new_id, now_ms};
 use crate::store::{Sandbox, SandboxKind, Store, TokenKind, Workspace};
 
 /// A new proxy token for a sandbox (`dsb_...`); only its hash is stored.
@@ -33,7 +33,7 @@ pub async fn register_external_sandbox(
     store: &dyn Store,
     workspace: &Workspace,
     name: Option<String>,
-    created_by: Option<String>,
+    created_by: Option<Origin>,
     expires_at: Option<crate::store::Millis>,
 ) -> Result<(Sandbox, String)> {
     let now = now_ms();
@@ -48,7 +48,7 @@ pub async fn register_external_sandbox(
         status_reason: None,
         idle_timeout_s: None,
         meta: serde_json::json!({}),
-        created_by,
+        created_by: created_by.map(|o| o.to_string()),
         created_at: now,
         updated_at: now,
     };

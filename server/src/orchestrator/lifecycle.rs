@@ -9,10 +9,8 @@ use delegate_mcp::types::SandboxStatus;
 
 use super::grants::issue_sandbox_token;
 use super::reservation::Reservation;
-use super::{
-    Inner, LOCAL_BACKEND, Orchestrator, OrchestratorError, Result, SandboxRequest, Warm, lock,
-};
-use crate::ids::{is_id, new_id, new_secret, now_ms};
+use super::{Error, Inner, LOCAL_BACKEND, Orchestrator, Result, SandboxRequest, Warm, lock};
+use crate::ids::{Origin, is_id, new_id, new_secret, now_ms};
 use crate::names::Name;
 use crate::sandbox::{SandboxError, SandboxSpec, ServeEndpoint};
 use crate::settings::Secret;
@@ -30,13 +28,13 @@ impl Orchestrator {
             .idle_timeout
             .is_some_and(|t| t.is_zero() || t > Duration::from_secs(30 * 86_400))
         {
-            return Err(OrchestratorError::BadInput(
+            return Err(Error::Invalid(
                 "idle_timeout_seconds: between 1 and 2592000 (30 days)".into(),
             ));
         }
         let name = match req.name.as_deref().map(Name::parse).transpose() {
             Ok(name) => name.map(Name::into_string),
-            Err(bad) => return Err(OrchestratorError::BadInput(bad.to_string())),
+            Err(bad) => return Err(Error::Invalid(bad.to_string())),
         };
         let ws = self.workspace(req.workspace.as_deref()).await?;
         let (sandbox, spec) = self
@@ -80,7 +78,7 @@ impl Orchestrator {
         name: Option<String>,
         files: BTreeMap<String, String>,
         idle_timeout: Option<Duration>,
-        created_by: Option<String>,
+        created_by: Option<Origin>,
     ) -> Result<(Sandbox, SandboxSpec)> {
         let now = now_ms();
         let id = new_id("sbx");
@@ -94,7 +92,7 @@ impl Orchestrator {
             status_reason: None,
             idle_timeout_s: idle_timeout.map(|d| d.as_secs() as i64),
             meta: serde_json::json!({}),
-            created_by,
+            created_by: created_by.map(|o| o.to_string()),
             created_at: now,
             updated_at: now,
         };
@@ -188,9 +186,7 @@ impl Orchestrator {
     /// run in it is cancelled first.
     pub async fn delete_sandbox(&self, sandbox_id: &str) -> Result<()> {
         if !is_id("sbx", sandbox_id) {
-            return Err(OrchestratorError::NotFound(format!(
-                "sandbox {sandbox_id:?}"
-            )));
+            return Err(Error::NotFound(format!("sandbox {sandbox_id:?}")));
         }
         let sandbox = self.inner.store.sandbox(sandbox_id).await?;
         match self.inner.reservations.holder(sandbox_id) {
@@ -199,7 +195,7 @@ impl Orchestrator {
                 let _ = self.wait(&run_id).await;
             }
             // A pause or resume (or a run not yet recorded) holds it: nothing to cancel.
-            Some(None) => return Err(OrchestratorError::Busy(sandbox_id.to_string())),
+            Some(None) => return Err(Error::Busy(sandbox_id.to_string())),
             None => {}
         }
         let sandbox = self.inner.store.sandbox(&sandbox.id).await?;
@@ -241,7 +237,7 @@ impl Orchestrator {
                 .await
                 .is_ok_and(|s| s.backend == LOCAL_BACKEND)
         {
-            return Err(OrchestratorError::BadInput(
+            return Err(Error::Invalid(
                 "a local sandbox runs on its owner's machine and cannot be paused".into(),
             ));
         }
@@ -253,9 +249,7 @@ impl Orchestrator {
     /// holds the sandbox; a running sandbox is left as it is.
     pub async fn resume_sandbox(&self, sandbox_id: &str) -> Result<()> {
         if !is_id("sbx", sandbox_id) {
-            return Err(OrchestratorError::NotFound(format!(
-                "sandbox {sandbox_id:?}"
-            )));
+            return Err(Error::NotFound(format!("sandbox {sandbox_id:?}")));
         }
         let reservation = self.inner.reservations.reserve(sandbox_id)?;
         let sandbox = self.inner.store.sandbox(sandbox_id).await?;
@@ -265,7 +259,7 @@ impl Orchestrator {
                 .resume_reserved(&sandbox, &reservation)
                 .await
                 .map(|_| ()),
-            status => Err(OrchestratorError::NotRunning {
+            status => Err(Error::NotRunning {
                 id: sandbox.id.clone(),
                 status,
             }),

@@ -9,8 +9,8 @@ use std::time::Duration;
 use delegate_mcp::types::{ChangeKind, ChangedFile, SandboxStatus};
 use tokio_util::sync::CancellationToken;
 
-use super::{Orchestrator, OrchestratorError, Result, Warm, lock};
-use crate::ids::{new_id, now_ms};
+use super::{Error, Orchestrator, Result, Warm, lock};
+use crate::ids::{Origin, new_id, now_ms};
 use crate::sandbox::ServeEndpoint;
 use crate::store::{Sandbox, SandboxKind, StoreError, Workspace};
 
@@ -39,10 +39,10 @@ impl Orchestrator {
         &self,
         ws: &Workspace,
         name: &str,
-        created_by: Option<String>,
+        created_by: Option<Origin>,
     ) -> Result<Sandbox> {
-        let name = crate::names::Name::parse(name)
-            .map_err(|bad| OrchestratorError::BadInput(bad.to_string()))?;
+        let name =
+            crate::names::Name::parse(name).map_err(|bad| Error::Invalid(bad.to_string()))?;
         let now = now_ms();
         let sandbox = Sandbox {
             id: new_id("sbx"),
@@ -54,7 +54,7 @@ impl Orchestrator {
             status_reason: Some("its agent has not connected yet".into()),
             idle_timeout_s: None,
             meta: serde_json::json!({}),
-            created_by,
+            created_by: created_by.map(|o| o.to_string()),
             created_at: now,
             updated_at: now,
         };
@@ -75,7 +75,7 @@ impl Orchestrator {
         let _serial = self.inner.local.transitions.lock().await;
         let sandbox = self.inner.store.sandbox(sandbox_id).await?;
         if sandbox.backend != LOCAL_BACKEND {
-            return Err(OrchestratorError::BadInput(format!(
+            return Err(Error::Invalid(format!(
                 "sandbox {sandbox_id} is not a local sandbox"
             )));
         }
@@ -114,7 +114,7 @@ impl Orchestrator {
             }
             status => {
                 self.forget_local(sandbox_id, generation);
-                Err(OrchestratorError::NotRunning {
+                Err(Error::NotRunning {
                     id: sandbox_id.to_string(),
                     status,
                 })
@@ -139,7 +139,7 @@ impl Orchestrator {
             .await
         {
             // Deleted meanwhile, or already offline.
-            Err(OrchestratorError::Store(StoreError::StaleStatus { .. })) => Ok(()),
+            Err(Error::Store(StoreError::StaleStatus { .. })) => Ok(()),
             other => other,
         }
     }

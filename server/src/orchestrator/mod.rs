@@ -2,12 +2,12 @@
 //! log, and answers for runs and sandboxes. The CLI, the MCP tools and the REST API are thin
 //! layers over [`Orchestrator`].
 //!
-//! This file holds the handle, its shared state, errors and request types. The rest, one concern
-//! a file: `lifecycle.rs` (sandboxes: create, delete, pause, resume, idle sweep), `runs.rs` (the
-//! run facade), `run.rs` (driving one run) and `agent.rs` (following its agent), `log.rs` (the
-//! event log), `reservation.rs` (one operation per sandbox), `recovery.rs` (restart, shutdown,
-//! cancel requests from other servers), `local.rs` (local sandboxes through the tunnel) and
-//! `grants.rs` (sandbox proxy tokens).
+//! This file holds the handle, its shared state and request types (its error is `crate::error`).
+//! The rest, one concern a file: `lifecycle.rs` (sandboxes: create, delete, pause, resume, idle
+//! sweep), `runs.rs` (the run facade), `run.rs` (driving one run) and `agent.rs` (following its
+//! agent), `log.rs` (the event log), `reservation.rs` (one operation per sandbox), `recovery.rs`
+//! (restart, shutdown, cancel requests from other servers), `local.rs` (local sandboxes through
+//! the tunnel) and `grants.rs` (sandbox proxy tokens).
 
 mod agent;
 mod grants;
@@ -23,7 +23,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use delegate_mcp::types::SandboxStatus;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -34,10 +33,10 @@ pub use log::{LiveLog, follow};
 pub use runs::{REMOTE_WAIT, result_of};
 
 use crate::bootstrap::{ensure_local_user, instance_id};
+use crate::ids::Origin;
 use crate::proxy::{ActiveRuns, Proxy};
 use crate::sandbox::{SandboxBackend, SandboxError, ServeEndpoint};
 use crate::settings::Settings;
-use crate::state::IllegalTransition;
 use crate::store::{Store, StoreError, User, Workspace};
 use reservation::Reservations;
 
@@ -46,47 +45,8 @@ pub const MAX_TASK_BYTES: usize = 1 << 20;
 /// The longest timeout a run may ask for.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(delegate_mcp::tools::MAX_TIMEOUT_SECONDS);
 
-#[derive(Debug, thiserror::Error)]
-pub enum OrchestratorError {
-    /// The caller sent something unusable; nothing was written.
-    #[error("{0}")]
-    BadInput(String),
-    #[error("{0} not found")]
-    NotFound(String),
-    /// The sandbox already has a run going.
-    #[error("sandbox {0} is busy with another run; wait for it or use another sandbox")]
-    Busy(String),
-    #[error("sandbox {id} is {status}, not running")]
-    NotRunning { id: String, status: SandboxStatus },
-    #[error("{0}")]
-    Limit(String),
-    #[error(transparent)]
-    Sandbox(SandboxError),
-    #[error(transparent)]
-    Transition(#[from] IllegalTransition),
-    #[error("storage: {0}")]
-    Store(StoreError),
-}
-
-impl From<SandboxError> for OrchestratorError {
-    fn from(e: SandboxError) -> Self {
-        match e {
-            SandboxError::BadInput(msg) => OrchestratorError::BadInput(msg),
-            other => OrchestratorError::Sandbox(other),
-        }
-    }
-}
-
-impl From<StoreError> for OrchestratorError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound(what) => OrchestratorError::NotFound(what.to_string()),
-            other => OrchestratorError::Store(other),
-        }
-    }
-}
-
-pub type Result<T, E = OrchestratorError> = std::result::Result<T, E>;
+// One error for the orchestrator and the service layer (`crate::error`).
+pub use crate::error::{Error, Result};
 
 /// A request to delegate one task (the `run_in_sandbox` input).
 #[derive(Debug, Clone, Default)]
@@ -100,8 +60,8 @@ pub struct RunRequest {
     pub agent: Option<String>,
     pub timeout: Option<Duration>,
     pub continue_session: bool,
-    /// Who delegated it (`cli`, `mcp:<client>`, `user:<id>`, `token:<id>`).
-    pub created_by: Option<String>,
+    /// Who delegated it.
+    pub created_by: Option<Origin>,
 }
 
 /// A request for a warm sandbox (the `create_sandbox` input).
@@ -111,7 +71,7 @@ pub struct SandboxRequest {
     pub name: Option<String>,
     pub files: BTreeMap<String, String>,
     pub idle_timeout: Option<Duration>,
-    pub created_by: Option<String>,
+    pub created_by: Option<Origin>,
 }
 
 /// A warm sandbox's live facts, kept in memory while its opencode serve runs.
@@ -171,7 +131,7 @@ impl Orchestrator {
         let (local_user, default_workspace) = ensure_local_user(store.as_ref()).await?;
         let instance_id = instance_id(&settings.data_dir)
             .await
-            .map_err(|e| OrchestratorError::Sandbox(SandboxError::Io(e.to_string())))?;
+            .map_err(|e| Error::Sandbox(SandboxError::Io(e.to_string())))?;
         let orch = Orchestrator {
             inner: Arc::new(Inner {
                 store,
@@ -226,7 +186,7 @@ impl Orchestrator {
                     .store
                     .workspace_by_id(s)
                     .await
-                    .map_err(|_| OrchestratorError::NotFound(format!("workspace {s:?}"))),
+                    .map_err(|_| Error::NotFound(format!("workspace {s:?}"))),
                 Err(e) => Err(e.into()),
             },
         }

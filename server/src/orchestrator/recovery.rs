@@ -4,7 +4,7 @@
 
 use delegate_mcp::types::{RunStatus, SandboxStatus};
 
-use super::{Inner, LOCAL_BACKEND, Orchestrator, OrchestratorError, REMOTE_POLL, Result, lock};
+use super::{Error, Inner, LOCAL_BACKEND, Orchestrator, REMOTE_POLL, Result, lock};
 use crate::ids::now_ms;
 use crate::store::{RunOutcome, SandboxKind, StoreError};
 
@@ -107,7 +107,7 @@ impl Orchestrator {
                 .await
             {
                 Ok(()) => failed += 1,
-                Err(OrchestratorError::Store(StoreError::StaleStatus { .. })) => continue,
+                Err(Error::Store(StoreError::StaleStatus { .. })) => continue,
                 Err(e) => return Err(e),
             }
             self.revoke_sandbox_tokens(&sandbox.id).await;

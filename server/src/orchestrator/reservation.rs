@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::{OrchestratorError, Result, lock};
+use super::{Error, Result, lock};
 
 /// The sandboxes held right now, each with the run holding it (`None` until a run is recorded,
 /// and for a pause or resume).
@@ -19,7 +19,7 @@ impl Reservations {
     pub(super) fn reserve(&self, sandbox_id: &str) -> Result<Reservation> {
         let mut held = lock(&self.held);
         if held.contains_key(sandbox_id) {
-            return Err(OrchestratorError::Busy(sandbox_id.to_string()));
+            return Err(Error::Busy(sandbox_id.to_string()));
         }
         held.insert(sandbox_id.to_string(), None);
         Ok(Reservation {
@@ -72,7 +72,7 @@ mod tests {
         let first = reservations.reserve("sbx_a").unwrap();
         assert!(matches!(
             reservations.reserve("sbx_a"),
-            Err(OrchestratorError::Busy(id)) if id == "sbx_a"
+            Err(Error::Busy(id)) if id == "sbx_a"
         ));
         // Other sandboxes are not affected.
         let other = reservations.reserve("sbx_b").unwrap();

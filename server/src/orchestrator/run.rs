@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use super::agent::{headless, served};
 use super::log::RunLog;
 use super::reservation::Reservation;
-use super::{Orchestrator, OrchestratorError, Result, RunRequest, Warm, lock};
-use crate::ids::{is_id, new_id, now_ms};
+use super::{Error, Orchestrator, Result, RunRequest, Warm, lock};
+use crate::ids::{Origin, is_id, new_id, now_ms};
 use crate::sandbox::{RunSpec, SandboxError, SandboxSpec};
 use crate::state::run_transition;
 use crate::store::{Run, RunOutcome, Sandbox, SandboxKind};
@@ -37,12 +37,10 @@ pub(super) async fn start(
 ) -> Result<(String, String)> {
     // Everything the caller controls is checked before anything is written.
     if req.task.trim().is_empty() {
-        return Err(OrchestratorError::BadInput(
-            "task: must not be empty".into(),
-        ));
+        return Err(Error::Invalid("task: must not be empty".into()));
     }
     if req.task.len() > super::MAX_TASK_BYTES {
-        return Err(OrchestratorError::BadInput(format!(
+        return Err(Error::Invalid(format!(
             "task: {} bytes, at most {} (1 MiB); put large inputs in `files`",
             req.task.len(),
             super::MAX_TASK_BYTES
@@ -51,7 +49,7 @@ pub(super) async fn start(
     crate::sandbox::workdir::validate_files(&req.files)?;
     let timeout = req.timeout.unwrap_or(orch.inner.settings.default_timeout);
     if timeout.is_zero() || timeout > super::MAX_TIMEOUT {
-        return Err(OrchestratorError::BadInput(format!(
+        return Err(Error::Invalid(format!(
             "timeout_seconds: must be between 1 and {}",
             super::MAX_TIMEOUT.as_secs()
         )));
@@ -62,13 +60,13 @@ pub(super) async fn start(
                 || v.len() > 200
                 || v.chars().any(|c| c.is_control() || c.is_whitespace()))
         {
-            return Err(OrchestratorError::BadInput(format!(
+            return Err(Error::Invalid(format!(
                 "{field}: 1 to 200 characters, no spaces"
             )));
         }
     }
     let permit = orch.inner.slots.clone().try_acquire_owned().map_err(|_| {
-        OrchestratorError::Limit(format!(
+        Error::Limit(format!(
             "too many runs at once (limit {}); retry later or raise DELEGATE_MAX_CONCURRENT_RUNS",
             orch.inner.settings.max_concurrent_runs
         ))
@@ -77,7 +75,7 @@ pub(super) async fn start(
     let (sandbox_id, workspace_id, target, reservation) = match &req.sandbox_id {
         Some(id) => {
             if !req.files.is_empty() {
-                return Err(OrchestratorError::BadInput(
+                return Err(Error::Invalid(
                     "files: only for a fresh sandbox; a warm sandbox already has its files".into(),
                 ));
             }
@@ -85,7 +83,7 @@ pub(super) async fn start(
                 Some(sandbox) => sandbox,
                 None => {
                     if !is_id("sbx", id) {
-                        return Err(OrchestratorError::NotFound(format!("sandbox {id:?}")));
+                        return Err(Error::NotFound(format!("sandbox {id:?}")));
                     }
                     orch.inner.store.sandbox(id).await?
                 }
@@ -97,13 +95,13 @@ pub(super) async fn start(
                 SandboxStatus::Paused => orch.resume_reserved(&sandbox, &reservation).await?,
                 SandboxStatus::Running => {
                     lock(&orch.inner.warm).get(id).cloned().ok_or_else(|| {
-                        OrchestratorError::BadInput(format!(
+                        Error::Invalid(format!(
                             "sandbox {id} is not served by this delegate process"
                         ))
                     })?
                 }
                 status => {
-                    return Err(OrchestratorError::NotRunning {
+                    return Err(Error::NotRunning {
                         id: sandbox.id.clone(),
                         status,
                     });
@@ -148,7 +146,7 @@ pub(super) async fn start(
         agent: req.agent.clone(),
         status: RunStatus::Queued,
         timeout_s: timeout.as_secs() as i64,
-        created_by: req.created_by.clone(),
+        created_by: req.created_by.as_ref().map(Origin::to_string),
         created_at: now_ms(),
         started_at: None,
         finished_at: None,
@@ -236,7 +234,7 @@ async fn drive(
             None => headless(&orch, &run, &spec, deadline, timeout, &cancel, &mut log).await?,
             Some(w) => served(&orch, &run, &spec, w, deadline, timeout, &cancel, &mut log).await?,
         };
-        Ok::<Finish, OrchestratorError>(finish)
+        Ok::<Finish, Error>(finish)
     }
     .await;
 
@@ -244,10 +242,8 @@ async fn drive(
         Ok(f) => f,
         Err(e) => Finish::failed(
             match &e {
-                OrchestratorError::Sandbox(SandboxError::ImageMissing(_)) => {
-                    ErrorKind::ImageMissing
-                }
-                OrchestratorError::Sandbox(_) => ErrorKind::SandboxFailed,
+                Error::Sandbox(SandboxError::ImageMissing(_)) => ErrorKind::ImageMissing,
+                Error::Sandbox(_) => ErrorKind::SandboxFailed,
                 _ => ErrorKind::Internal,
             },
             e.to_string(),

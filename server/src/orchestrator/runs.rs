@@ -6,9 +6,7 @@ use std::time::Duration;
 use delegate_mcp::types::{Event, RunResult, RunStatus};
 use futures::Stream;
 
-use super::{
-    LiveLog, Orchestrator, OrchestratorError, REMOTE_POLL, Result, RunRequest, follow, lock, run,
-};
+use super::{Error, LiveLog, Orchestrator, REMOTE_POLL, Result, RunRequest, follow, lock, run};
 use crate::ids::{is_id, now_ms};
 use crate::store::{Run, RunOutcome, Sandbox, StoreError};
 
@@ -57,7 +55,7 @@ impl Orchestrator {
 
     pub async fn run(&self, run_id: &str) -> Result<Run> {
         if !is_id("run", run_id) {
-            return Err(OrchestratorError::NotFound(format!("run {run_id:?}")));
+            return Err(Error::NotFound(format!("run {run_id:?}")));
         }
         Ok(self.inner.store.run(run_id).await?)
     }

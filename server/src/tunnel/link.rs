@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::Tunnels;
 use crate::credentials::{self, AuthError};
 use crate::envelope::json_error;
-use crate::ids::{is_id, new_secret};
+use crate::ids::{SandboxId, new_secret};
 use crate::sandbox::ServeEndpoint;
 use crate::settings::Secret;
 use crate::store::{StoreError, TokenKind};
@@ -57,7 +57,9 @@ pub(super) async fn upgrade(
         }
         Err(_) => return unauthorized(),
     };
-    if !is_id("sbx", &sandbox_id) || record.sandbox_id.as_deref() != Some(sandbox_id.as_str()) {
+    if SandboxId::parse(&sandbox_id).is_none()
+        || record.sandbox_id.as_deref() != Some(sandbox_id.as_str())
+    {
         return json_error(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -1,0 +1,95 @@
+//! [`EmbeddedDelegator`]: the MCP tools' [`Delegator`] over the [`Service`] of an orchestrator
+//! in this process (`delegate mcp`, `/mcp` of `delegate serve`).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use delegate_mcp::delegator::{Caller, DelegateError, Delegator, Progress};
+use delegate_mcp::tools::{
+    CancelRunInput, CancelRunOutput, CreateSandboxInput, DeleteSandboxInput, DeleteSandboxOutput,
+    ListSandboxesInput, ListSandboxesOutput, RunInSandboxInput, SandboxInfo, StreamSessionInput,
+    StreamSessionOutput,
+};
+use delegate_mcp::types::RunResult;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Service;
+use crate::orchestrator::Orchestrator;
+
+/// The MCP tools' [`Delegator`] for an orchestrator in this process.
+pub struct EmbeddedDelegator {
+    service: Service,
+}
+
+impl EmbeddedDelegator {
+    pub fn new(orch: Orchestrator) -> Self {
+        EmbeddedDelegator {
+            service: Service::new(orch),
+        }
+    }
+}
+
+#[async_trait]
+impl Delegator for EmbeddedDelegator {
+    async fn run_in_sandbox(
+        &self,
+        caller: &Caller,
+        input: RunInSandboxInput,
+        progress: mpsc::Sender<Progress>,
+        cancel: CancellationToken,
+    ) -> Result<RunResult, DelegateError> {
+        Ok(self
+            .service
+            .run_in_sandbox(caller, input, progress, cancel)
+            .await?)
+    }
+
+    async fn create_sandbox(
+        &self,
+        caller: &Caller,
+        input: CreateSandboxInput,
+    ) -> Result<SandboxInfo, DelegateError> {
+        Ok(self.service.create_sandbox(caller, input).await?)
+    }
+
+    async fn stream_session(
+        &self,
+        caller: &Caller,
+        input: StreamSessionInput,
+    ) -> Result<StreamSessionOutput, DelegateError> {
+        Ok(self
+            .service
+            .stream_session(
+                caller,
+                input,
+                Duration::from_secs(delegate_mcp::tools::DEFAULT_WAIT_SECONDS),
+                None,
+            )
+            .await?)
+    }
+
+    async fn list_sandboxes(
+        &self,
+        caller: &Caller,
+        input: ListSandboxesInput,
+    ) -> Result<ListSandboxesOutput, DelegateError> {
+        Ok(self.service.list_sandboxes(caller, input).await?)
+    }
+
+    async fn delete_sandbox(
+        &self,
+        caller: &Caller,
+        input: DeleteSandboxInput,
+    ) -> Result<DeleteSandboxOutput, DelegateError> {
+        Ok(self.service.delete_sandbox(caller, input).await?)
+    }
+
+    async fn cancel_run(
+        &self,
+        caller: &Caller,
+        input: CancelRunInput,
+    ) -> Result<CancelRunOutput, DelegateError> {
+        Ok(self.service.cancel_run(caller, input).await?)
+    }
+}

@@ -1,0 +1,278 @@
+//! Runs on behalf of a caller: start one (and follow it to the end), read its events from a
+//! cursor, cancel it, list them, sum their usage.
+
+use std::time::Duration;
+
+use delegate_mcp::delegator::{Caller, Progress};
+use delegate_mcp::tools::{
+    CancelRunInput, CancelRunOutput, RunInSandboxInput, StreamSessionInput, StreamSessionOutput,
+};
+use delegate_mcp::types::{Event, RunResult, RunStatus, Usage};
+use futures::{FutureExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Action, Error, Result, Service, internal};
+use crate::ids::Origin;
+use crate::orchestrator::RunRequest;
+use crate::store::{Run, Workspace};
+
+/// The most events one `stream_session` call returns.
+pub const MAX_EVENTS_PER_POLL: usize = 500;
+/// `stream_session`'s longest wait.
+pub const MAX_WAIT: Duration = Duration::from_secs(delegate_mcp::tools::MAX_WAIT_SECONDS);
+
+impl Service {
+    /// Starts a run; with `wait` (default true) returns when it ends, sending progress and
+    /// cancelling the run when `cancel` fires.
+    pub async fn run_in_sandbox(
+        &self,
+        caller: &Caller,
+        input: RunInSandboxInput,
+        progress: mpsc::Sender<Progress>,
+        cancel: CancellationToken,
+    ) -> Result<RunResult> {
+        // A warm sandbox is read and authorized once here; the orchestrator takes it as it is.
+        let (ws, sandbox) = match &input.sandbox_id {
+            Some(id) => {
+                let (sandbox, ws) = self.sandbox_in_workspace(caller, id, Action::Write).await?;
+                (ws, Some(sandbox))
+            }
+            None => {
+                let ws = self
+                    .authorize(caller, input.workspace.as_deref(), Action::Write)
+                    .await?;
+                (ws, None)
+            }
+        };
+        let created_by = match (&caller.client, &caller.token_id) {
+            (Some(client), _) => Origin::Mcp(client.clone()),
+            (None, Some(token)) => Origin::Token(token.clone()),
+            (None, None) => Origin::User(caller.user_id.clone()),
+        };
+        let request = RunRequest {
+            task: input.task,
+            sandbox_id: input.sandbox_id,
+            workspace: Some(ws.id),
+            files: input.files.unwrap_or_default(),
+            model: input.model,
+            agent: input.agent,
+            timeout: input.timeout_seconds.map(Duration::from_secs),
+            continue_session: input.continue_session.unwrap_or(false),
+            created_by: Some(created_by),
+        };
+        let started = match sandbox {
+            Some(sandbox) => self.orch.start_run_in(sandbox, request).await,
+            None => self.orch.start_run(request).await,
+        };
+        let (run_id, _) = started?;
+        if input.wait == Some(false) {
+            return self.orch.result(&run_id).await;
+        }
+        let mut events = Box::pin(self.orch.events(&run_id, 0));
+        let mut cancelled = false;
+        loop {
+            tokio::select! {
+                e = events.next() => match e {
+                    Some(Ok(e)) => {
+                        if e.is_progress() {
+                            // Progress is best effort: a slow client must not stall the run.
+                            let _ = progress.try_send(Progress { seq: e.seq, message: e.describe() });
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(run = %run_id, error = %e, "event stream broke; waiting for the result");
+                        break;
+                    }
+                    None => break,
+                },
+                _ = cancel.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    self.orch.cancel_run(&run_id).await?;
+                }
+            }
+        }
+        self.orch.wait(&run_id).await
+    }
+
+    /// Events after a cursor, long-polling up to `wait_seconds` (default `default_wait`) when there
+    /// are none yet; at most `limit` (and [`MAX_EVENTS_PER_POLL`]) events.
+    pub async fn stream_session(
+        &self,
+        caller: &Caller,
+        input: StreamSessionInput,
+        default_wait: Duration,
+        limit: Option<usize>,
+    ) -> Result<StreamSessionOutput> {
+        let run = match (&input.run_id, &input.sandbox_id) {
+            (Some(run_id), _) => self.run(caller, run_id, Action::Read).await?,
+            (None, Some(sandbox_id)) => {
+                let sandbox = self.sandbox(caller, sandbox_id, Action::Read).await?;
+                let latest = self
+                    .orch
+                    .store()
+                    .list_runs(&sandbox.workspace_id, Some(&sandbox.id), 1)
+                    .await
+                    .map_err(internal)?;
+                latest.into_iter().next().ok_or_else(|| {
+                    Error::NotFound(format!("sandbox {sandbox_id} has no runs yet"))
+                })?
+            }
+            (None, None) => {
+                return Err(Error::Invalid("give run_id or sandbox_id".into()));
+            }
+        };
+        let page = limit
+            .unwrap_or(MAX_EVENTS_PER_POLL)
+            .clamp(1, MAX_EVENTS_PER_POLL);
+        let after = input.after.unwrap_or(0);
+        let wait = input
+            .wait_seconds
+            .map_or(default_wait, Duration::from_secs)
+            .min(MAX_WAIT);
+
+        // Status first: the closing event is written before a run's terminal status, so a run seen
+        // terminal here has every event stored already.
+        let mut status = run.status;
+        let mut stream = Box::pin(self.orch.events(&run.id, after));
+        let mut events: Vec<Event> = Vec::new();
+        let first = if status.is_terminal() {
+            stream.next().await
+        } else {
+            tokio::time::timeout(wait, stream.next())
+                .await
+                .ok()
+                .flatten()
+        };
+        if let Some(e) = first {
+            events.push(e.map_err(internal)?);
+            // Whatever else is ready now comes along, up to the page size.
+            while events.len() < page {
+                match stream.next().now_or_never() {
+                    Some(Some(e)) => events.push(e.map_err(internal)?),
+                    _ => break,
+                }
+            }
+        }
+        if !status.is_terminal() {
+            status = self.orch.run(&run.id).await?.status;
+        }
+        let next_cursor = events.last().map_or(after, |e| e.seq);
+        let done = status.is_terminal()
+            && events.len() < page
+            && self
+                .orch
+                .store()
+                .events_after(&run.id, next_cursor, 1)
+                .await
+                .map_err(internal)?
+                .is_empty();
+        Ok(StreamSessionOutput {
+            run_id: run.id,
+            status: if status.is_terminal() {
+                status
+            } else {
+                RunStatus::Running
+            },
+            events,
+            next_cursor,
+            done,
+        })
+    }
+
+    pub async fn cancel_run(
+        &self,
+        caller: &Caller,
+        input: CancelRunInput,
+    ) -> Result<CancelRunOutput> {
+        let run = self.run(caller, &input.run_id, Action::Write).await?;
+        self.orch.cancel_run(&run.id).await?;
+        let result = self.orch.wait(&run.id).await?;
+        Ok(CancelRunOutput {
+            run_id: run.id,
+            status: result.status,
+        })
+    }
+
+    /// A run's result as it stands.
+    pub async fn get_run(&self, caller: &Caller, id: &str) -> Result<RunResult> {
+        let run = self.run(caller, id, Action::Read).await?;
+        self.orch.result(&run.id).await
+    }
+
+    /// Runs of a workspace (or of one sandbox), newest first.
+    pub async fn list_runs(
+        &self,
+        caller: &Caller,
+        workspace: Option<&str>,
+        sandbox_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<RunResult>> {
+        let runs = self.runs(caller, workspace, sandbox_id, limit).await?;
+        Ok(runs.into_iter().map(|(_, result)| result).collect())
+    }
+
+    /// Runs of a workspace (or of one sandbox), newest first, each with its result: authorized
+    /// once for the whole list, read in two queries (the runs, then all their event counts).
+    pub async fn runs(
+        &self,
+        caller: &Caller,
+        workspace: Option<&str>,
+        sandbox_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(Run, RunResult)>> {
+        let (workspace_id, sandbox_id) = match sandbox_id {
+            Some(id) => {
+                let sandbox = self.sandbox(caller, id, Action::Read).await?;
+                if let Some(w) = workspace {
+                    let ws = self.authorize(caller, Some(w), Action::Read).await?;
+                    if ws.id != sandbox.workspace_id {
+                        return Err(Error::NotFound(format!("sandbox {id:?}")));
+                    }
+                }
+                (sandbox.workspace_id, Some(sandbox.id))
+            }
+            None => (
+                self.authorize(caller, workspace, Action::Read).await?.id,
+                None,
+            ),
+        };
+        let store = self.orch.store();
+        let runs = store
+            .list_runs(&workspace_id, sandbox_id.as_deref(), limit)
+            .await
+            .map_err(internal)?;
+        let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
+        let counts: std::collections::HashMap<String, u64> = store
+            .event_counts(&ids)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .collect();
+        let public = self.orch.settings().public_url.as_deref();
+        Ok(runs
+            .into_iter()
+            .map(|run| {
+                let events = counts.get(&run.id).copied().unwrap_or(0);
+                let result = crate::orchestrator::result_of(&run, events, public);
+                (run, result)
+            })
+            .collect())
+    }
+
+    /// Usage summed over a workspace's model calls, and how many runs it has.
+    pub async fn usage(
+        &self,
+        caller: &Caller,
+        workspace: Option<&str>,
+    ) -> Result<(Workspace, Usage, u64)> {
+        let ws = self.authorize(caller, workspace, Action::Read).await?;
+        let (usage, runs) = self
+            .orch
+            .store()
+            .workspace_usage(&ws.id)
+            .await
+            .map_err(internal)?;
+        Ok((ws, usage, runs))
+    }
+}

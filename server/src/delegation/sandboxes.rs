@@ -1,0 +1,106 @@
+//! Warm sandboxes on behalf of a caller: create, list, read, delete, pause, resume.
+
+use std::time::Duration;
+
+use delegate_mcp::delegator::Caller;
+use delegate_mcp::tools::{
+    CreateSandboxInput, DeleteSandboxInput, DeleteSandboxOutput, ListSandboxesInput,
+    ListSandboxesOutput, SandboxInfo,
+};
+use delegate_mcp::types::SandboxStatus;
+
+use super::{Action, Error, Result, Service, internal};
+use crate::ids::Origin;
+use crate::orchestrator::SandboxRequest;
+
+impl Service {
+    pub async fn create_sandbox(
+        &self,
+        caller: &Caller,
+        input: CreateSandboxInput,
+    ) -> Result<SandboxInfo> {
+        let ws = self
+            .authorize(caller, input.workspace.as_deref(), Action::Write)
+            .await?;
+        let sandbox = self
+            .orch
+            .create_sandbox(SandboxRequest {
+                workspace: Some(ws.id),
+                name: input.name,
+                files: input.files.unwrap_or_default(),
+                idle_timeout: input.idle_timeout_seconds.map(Duration::from_secs),
+                created_by: Some(Origin::User(caller.user_id.clone())),
+            })
+            .await?;
+        Ok(self.info(&sandbox))
+    }
+
+    pub async fn list_sandboxes(
+        &self,
+        caller: &Caller,
+        input: ListSandboxesInput,
+    ) -> Result<ListSandboxesOutput> {
+        let ws = self
+            .authorize(caller, input.workspace.as_deref(), Action::Read)
+            .await?;
+        let sandboxes = self.orch.list_sandboxes(Some(&ws.id)).await?;
+        Ok(ListSandboxesOutput {
+            sandboxes: sandboxes.iter().map(|s| self.info(s)).collect(),
+        })
+    }
+
+    pub async fn get_sandbox(&self, caller: &Caller, id: &str) -> Result<SandboxInfo> {
+        let sandbox = self.sandbox(caller, id, Action::Read).await?;
+        Ok(self.info(&sandbox))
+    }
+
+    pub async fn delete_sandbox(
+        &self,
+        caller: &Caller,
+        input: DeleteSandboxInput,
+    ) -> Result<DeleteSandboxOutput> {
+        let sandbox = self
+            .sandbox(caller, &input.sandbox_id, Action::Write)
+            .await?;
+        self.orch.delete_sandbox(&sandbox.id).await?;
+        let sandbox = self
+            .orch
+            .store()
+            .sandbox(&sandbox.id)
+            .await
+            .map_err(internal)?;
+        Ok(DeleteSandboxOutput {
+            sandbox_id: sandbox.id,
+            status: sandbox.status,
+        })
+    }
+
+    /// Pauses a warm sandbox (files kept); refused while a run is in it.
+    pub async fn pause_sandbox(&self, caller: &Caller, id: &str) -> Result<SandboxInfo> {
+        let sandbox = self.sandbox(caller, id, Action::Write).await?;
+        match sandbox.status {
+            SandboxStatus::Paused => return Ok(self.info(&sandbox)),
+            SandboxStatus::Running => {}
+            status => {
+                return Err(Error::Conflict(format!(
+                    "sandbox {} is {status}, not running",
+                    sandbox.id
+                )));
+            }
+        }
+        self.orch.pause_sandbox(&sandbox.id).await?;
+        self.fresh_info(&sandbox.id).await
+    }
+
+    /// Starts a paused sandbox again.
+    pub async fn resume_sandbox(&self, caller: &Caller, id: &str) -> Result<SandboxInfo> {
+        let sandbox = self.sandbox(caller, id, Action::Write).await?;
+        self.orch.resume_sandbox(&sandbox.id).await?;
+        self.fresh_info(&sandbox.id).await
+    }
+
+    async fn fresh_info(&self, id: &str) -> Result<SandboxInfo> {
+        let sandbox = self.orch.store().sandbox(id).await.map_err(internal)?;
+        Ok(self.info(&sandbox))
+    }
+}
