@@ -299,3 +299,73 @@ async fn a_client_that_goes_away_still_gets_its_usage_recorded() {
     .await
     .expect("usage of the abandoned call recorded");
 }
+
+/// Sends one request exactly as written (no client normalizes its path) and returns the status
+/// code and the body.
+async fn raw(s: &Setup, method: &str, target: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body().to_string();
+    let addr = s.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {target} HTTP/1.1\r\nhost: {addr}\r\nx-api-key: {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        s.token,
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.unwrap();
+    let status = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, reply)
+}
+
+#[tokio::test]
+async fn only_the_metered_model_calls_are_relayed_and_no_path_leaves_v1() {
+    let s = setup(Script::text("hi")).await;
+    for (method, target) in [
+        // Other APIs the meter never sees.
+        ("POST", "/v1/files"),
+        ("GET", "/v1/files"),
+        ("POST", "/v1/messages/batches"),
+        ("GET", "/v1/messages/batches/msgbatch_1/results"),
+        ("POST", "/v1/complete"),
+        // Ways out of /v1, or around the exact match.
+        ("POST", "/v1/../v1/messages"),
+        ("POST", "/v1/./messages"),
+        ("POST", "/v1/%2e%2e/admin"),
+        ("POST", "/v1/messages%2fbatches"),
+        ("POST", "/v1//messages"),
+        ("POST", "/v1/messages/"),
+        ("POST", "/V1/messages"),
+        // A known path with another method.
+        ("DELETE", "/v1/messages"),
+        ("PUT", "/v1/messages/count_tokens"),
+    ] {
+        let (status, reply) = raw(&s, method, target).await;
+        assert!(
+            status == 404 || status == 405 || status == 400,
+            "{method} {target} got {status}: {reply}"
+        );
+        assert!(!reply.contains(REAL_KEY));
+    }
+    assert!(
+        s.fake.requests().is_empty(),
+        "a refused request reached the upstream: {:?}",
+        s.fake
+            .requests()
+            .iter()
+            .map(|r| r.path.clone())
+            .collect::<Vec<_>>()
+    );
+    // The allowed call still goes through, query string and all.
+    let (status, _) = raw(&s, "POST", "/v1/messages?beta=true").await;
+    assert_eq!(status, 200);
+    let seen = s.fake.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/v1/messages");
+}

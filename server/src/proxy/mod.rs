@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use delegate_mcp::types::SandboxStatus;
 use futures::Stream;
@@ -214,12 +214,62 @@ const DROP_RESPONSE_HEADERS: &[&str] = &[
     "set-cookie",
 ];
 
+/// The model API calls a sandbox may make, and nothing else: each of them is metered. Paths match
+/// exactly (no dot segments, encoded slashes, doubled or trailing slashes), so no request can
+/// reach another API of the upstream or leave its base path.
+const ALLOWED: &[(Method, &str)] = &[
+    (Method::POST, "/v1/messages"),
+    (Method::POST, "/v1/messages/count_tokens"),
+    (Method::GET, "/v1/models"),
+];
+
+/// The upstream URL of an allowed call: the fixed path joined onto the base URL (keeping any
+/// path prefix the base has), with the request's query; or the refusal to send instead.
+fn upstream_url(base: &str, method: &Method, uri: &Uri) -> Result<reqwest::Url, Response> {
+    let path = uri.path();
+    let Some((_, allowed)) = ALLOWED.iter().find(|(_, p)| *p == path) else {
+        return Err(anthropic_error(
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            "delegate's proxy relays only POST /v1/messages, POST /v1/messages/count_tokens and \
+             GET /v1/models",
+        ));
+    };
+    if !ALLOWED.iter().any(|(m, p)| m == method && p == allowed) {
+        return Err(anthropic_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            &format!("{method} is not allowed on {allowed}"),
+        ));
+    }
+    let base = reqwest::Url::parse(&format!("{}/", base.trim_end_matches('/'))).map_err(|_| {
+        anthropic_error(
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            "delegate's model API base URL is not a URL",
+        )
+    })?;
+    let mut url = base.join(allowed.trim_start_matches('/')).map_err(|_| {
+        anthropic_error(
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            "delegate's model API base URL is not a URL",
+        )
+    })?;
+    url.set_query(uri.query());
+    Ok(url)
+}
+
 async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let grant = match proxy.authorize(&parts.headers).await {
         Ok(g) => g,
         Err(response) => return response,
+    };
+    let url = match upstream_url(&proxy.inner.upstream.base_url, &parts.method, &parts.uri) {
+        Ok(url) => url,
+        Err(refused) => return refused,
     };
     let body = match axum::body::to_bytes(body, MAX_REQUEST_BODY).await {
         Ok(b) => b,
@@ -236,12 +286,6 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
         .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_string));
 
     let inner = &proxy.inner;
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let url = format!("{}{}", inner.upstream.base_url, path_and_query);
     let mut headers = HeaderMap::new();
     for (name, value) in parts.headers.iter() {
         if !DROP_REQUEST_HEADERS.contains(&name.as_str()) {
@@ -263,7 +307,7 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     }
     let upstream = inner
         .client
-        .request(parts.method.clone(), &url)
+        .request(parts.method.clone(), url)
         .headers(headers)
         .body(body)
         .send()
@@ -414,4 +458,34 @@ pub fn anthropic_error(status: StatusCode, kind: &str, message: &str) -> Respons
         "error": { "type": kind, "message": message },
     });
     (status, axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upstream_url_keeps_the_base_path_and_only_the_fixed_call() {
+        let uri: Uri = "/v1/messages?beta=true".parse().unwrap();
+        let url = upstream_url("https://gw.example/anthropic", &Method::POST, &uri).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://gw.example/anthropic/v1/messages?beta=true"
+        );
+        let url = upstream_url("https://gw.example/anthropic/", &Method::POST, &uri).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://gw.example/anthropic/v1/messages?beta=true"
+        );
+        for bad in ["/v1/../secret", "/v1/files", "/v1/messages/batches", "/"] {
+            let uri: Uri = bad.parse().unwrap();
+            assert!(
+                upstream_url("https://gw.example", &Method::POST, &uri).is_err(),
+                "{bad}"
+            );
+        }
+        let uri: Uri = "/v1/models".parse().unwrap();
+        assert!(upstream_url("https://gw.example", &Method::GET, &uri).is_ok());
+        assert!(upstream_url("https://gw.example", &Method::POST, &uri).is_err());
+    }
 }
