@@ -223,39 +223,41 @@ const ALLOWED: &[(Method, &str)] = &[
     (Method::GET, "/v1/models"),
 ];
 
+/// Why a call is not relayed: the status, Anthropic's error type and the message.
+type Refusal = (StatusCode, &'static str, String);
+
 /// The upstream URL of an allowed call: the fixed path joined onto the base URL (keeping any
-/// path prefix the base has), with the request's query; or the refusal to send instead.
-fn upstream_url(base: &str, method: &Method, uri: &Uri) -> Result<reqwest::Url, Response> {
+/// path prefix the base has), with the request's query; or why it is refused.
+fn upstream_url(base: &str, method: &Method, uri: &Uri) -> Result<reqwest::Url, Refusal> {
     let path = uri.path();
     let Some((_, allowed)) = ALLOWED.iter().find(|(_, p)| *p == path) else {
-        return Err(anthropic_error(
+        return Err((
             StatusCode::NOT_FOUND,
             "not_found_error",
             "delegate's proxy relays only POST /v1/messages, POST /v1/messages/count_tokens and \
-             GET /v1/models",
+             GET /v1/models"
+                .into(),
         ));
     };
     if !ALLOWED.iter().any(|(m, p)| m == method && p == allowed) {
-        return Err(anthropic_error(
+        return Err((
             StatusCode::METHOD_NOT_ALLOWED,
             "invalid_request_error",
-            &format!("{method} is not allowed on {allowed}"),
+            format!("{method} is not allowed on {allowed}"),
         ));
     }
-    let base = reqwest::Url::parse(&format!("{}/", base.trim_end_matches('/'))).map_err(|_| {
-        anthropic_error(
+    let not_a_url = || {
+        (
             StatusCode::BAD_GATEWAY,
             "api_error",
-            "delegate's model API base URL is not a URL",
+            "delegate's model API base URL is not a URL".to_string(),
         )
-    })?;
-    let mut url = base.join(allowed.trim_start_matches('/')).map_err(|_| {
-        anthropic_error(
-            StatusCode::BAD_GATEWAY,
-            "api_error",
-            "delegate's model API base URL is not a URL",
-        )
-    })?;
+    };
+    let base = reqwest::Url::parse(&format!("{}/", base.trim_end_matches('/')))
+        .map_err(|_| not_a_url())?;
+    let mut url = base
+        .join(allowed.trim_start_matches('/'))
+        .map_err(|_| not_a_url())?;
     url.set_query(uri.query());
     Ok(url)
 }
@@ -269,7 +271,7 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     };
     let url = match upstream_url(&proxy.inner.upstream.base_url, &parts.method, &parts.uri) {
         Ok(url) => url,
-        Err(refused) => return refused,
+        Err((status, kind, message)) => return anthropic_error(status, kind, &message),
     };
     let body = match axum::body::to_bytes(body, MAX_REQUEST_BODY).await {
         Ok(b) => b,
