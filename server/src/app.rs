@@ -28,12 +28,17 @@ pub enum StartError {
     BackendUnavailable(&'static str),
 }
 
-/// Opens the store named by the settings, creating the data dir first.
+/// Opens the store named by the settings, creating the data dir first (mode 0700: it holds the
+/// database, sandboxes' files and their secrets).
 pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartError> {
-    std::fs::create_dir_all(&settings.data_dir).map_err(|source| StartError::DataDir {
-        path: settings.data_dir.clone(),
-        source,
-    })?;
+    let mut dir = tokio::fs::DirBuilder::new();
+    dir.recursive(true).mode(0o700);
+    dir.create(&settings.data_dir)
+        .await
+        .map_err(|source| StartError::DataDir {
+            path: settings.data_dir.clone(),
+            source,
+        })?;
     Ok(store::connect(settings.database_url.expose()).await?)
 }
 

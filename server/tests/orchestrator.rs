@@ -388,3 +388,81 @@ async fn a_sandbox_is_never_paused_under_a_running_run() {
         SandboxStatus::Deleted
     );
 }
+
+/// Every process's command line on this machine (what any local user can read in /proc).
+fn all_command_lines() -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_sandbox_s_secrets_are_never_on_a_command_line_and_its_files_are_private() {
+    let Some(h) = Harness::new(Script::text("ok")).await else {
+        return;
+    };
+    let orch = h.orchestrator().await;
+    let sandbox = orch
+        .create_sandbox(SandboxRequest::default())
+        .await
+        .expect("create sandbox");
+    assert_eq!(sandbox.status, SandboxStatus::Running);
+    // The warm sandbox's opencode serve and its bubblewrap are running now.
+    let password_file = walk(&h.data_dir())
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "serve.password"))
+        .expect("the sandbox has a serve password file");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&password_file)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "serve.password is {mode:o}");
+    let data_mode = std::fs::metadata(h.data_dir())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(data_mode, 0o700, "the data dir is {data_mode:o}");
+    let password = std::fs::read_to_string(&password_file).unwrap();
+    assert!(password.len() >= 32);
+    let lines = all_command_lines();
+    assert!(
+        lines.iter().any(|l| l.contains("bwrap")),
+        "no bubblewrap process found to check"
+    );
+    for line in &lines {
+        assert!(
+            !line.contains(&password),
+            "the serve password is on a command line"
+        );
+        assert!(
+            !line.contains("dsb_"),
+            "a sandbox token is on a command line: {line}"
+        );
+    }
+    orch.delete_sandbox(&sandbox.id).await.unwrap();
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() && !p.is_symlink() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -29,12 +29,11 @@ impl ProcessBackend {
                     &self.small_model,
                 );
                 cmd = self.confined(live, bwrap);
-                for (k, v) in env {
-                    cmd.args(["--setenv", &k, &v]);
-                }
+                // Secrets go in the environment bubblewrap inherits (readable by delegate's own
+                // user alone), never on its command line (readable by anyone in /proc).
+                cmd.envs(env);
                 if serve {
-                    cmd.args(["--setenv", "OPENCODE_SERVER_PASSWORD"]);
-                    cmd.arg(live_password(live)?);
+                    cmd.env("OPENCODE_SERVER_PASSWORD", live_password(live)?);
                 }
                 cmd.args([
                     "--",
@@ -77,8 +76,9 @@ impl ProcessBackend {
     }
 
     /// bubblewrap around a sandbox: every namespace unshared, uid 1000, no capabilities, the
-    /// system read-only, the sandbox's own dirs bound in, its work dir current, the environment
-    /// cleared. The caller adds `--setenv`s, then `--` and the program.
+    /// system read-only, the sandbox's own dirs bound in, its work dir current. Its environment is
+    /// exactly what the caller sets on the returned command (the cgroup wrapper clears the rest)
+    /// plus `PATH`; the caller then adds `--` and the program.
     fn confined(&self, live: &Live, bwrap: &Path) -> Command {
         let dirs = &live.dirs;
         let mut cmd = self.cgroup_wrapper(live, bwrap);
@@ -123,7 +123,7 @@ impl ProcessBackend {
             .arg("--bind")
             .arg(&dirs.run)
             .arg(IN_RUN)
-            .args(["--chdir", IN_WORKSPACE, "--clearenv"]);
+            .args(["--chdir", IN_WORKSPACE]);
         cmd
     }
 

@@ -198,8 +198,17 @@ impl SandboxBackend for ProcessBackend {
             let _ = tokio::fs::remove_dir_all(&dirs.root).await;
             return Err(e);
         }
+        // Readable by delegate alone: the password file is a secret, the rest nobody else's business.
         let write = |name: &str, text: String| {
-            std::fs::write(dirs.root.join(name), text)
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(dirs.root.join(name))
+                .and_then(|mut f| f.write_all(text.as_bytes()))
                 .map_err(|e| SandboxError::Io(format!("{name}: {e}")))
         };
         write(
