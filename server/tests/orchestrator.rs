@@ -436,10 +436,14 @@ async fn a_sandbox_s_secrets_are_never_on_a_command_line_and_its_files_are_priva
     assert_eq!(data_mode, 0o700, "the data dir is {data_mode:o}");
     let password = std::fs::read_to_string(&password_file).unwrap();
     assert!(password.len() >= 32);
-    let lines = all_command_lines();
+    // This sandbox's processes (other tests' sandboxes may be running beside it).
+    let lines: Vec<String> = all_command_lines()
+        .into_iter()
+        .filter(|l| l.contains(&sandbox.id))
+        .collect();
     assert!(
         lines.iter().any(|l| l.contains("bwrap")),
-        "no bubblewrap process found to check"
+        "no bubblewrap process of the sandbox found to check"
     );
     for line in &lines {
         assert!(

@@ -20,6 +20,9 @@ use crate::store::{Sandbox, SandboxKind, Workspace};
 /// How often idle warm sandboxes are looked for.
 const IDLE_SWEEP: Duration = Duration::from_secs(1);
 
+/// How long a delete waits for a pause or resume that holds the sandbox.
+const HELD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Orchestrator {
     /// Makes a warm sandbox (opencode serve inside) and waits until it is running.
     pub async fn create_sandbox(&self, req: SandboxRequest) -> Result<Sandbox> {
@@ -194,9 +197,11 @@ impl Orchestrator {
                 self.cancel_run(&run_id).await?;
                 let _ = self.wait(&run_id).await;
             }
-            // A pause or resume (or a run not yet recorded) holds it: nothing to cancel.
-            Some(None) => return Err(Error::Busy(sandbox_id.to_string())),
-            None => {}
+            // A pause or resume (or a run not yet recorded) holds it: let it finish first.
+            Some(None) if !self.inner.reservations.free(sandbox_id, HELD_WAIT).await => {
+                return Err(Error::Busy(sandbox_id.to_string()));
+            }
+            Some(None) | None => {}
         }
         let sandbox = self.inner.store.sandbox(&sandbox.id).await?;
         match sandbox.status {

@@ -12,6 +12,8 @@ use super::{Error, Result, lock};
 #[derive(Default)]
 pub(super) struct Reservations {
     held: Arc<Mutex<HashMap<String, Option<String>>>>,
+    /// Woken whenever a reservation is released.
+    released: Arc<tokio::sync::Notify>,
 }
 
 impl Reservations {
@@ -24,8 +26,26 @@ impl Reservations {
         held.insert(sandbox_id.to_string(), None);
         Ok(Reservation {
             held: self.held.clone(),
+            released: self.released.clone(),
             sandbox_id: sandbox_id.to_string(),
         })
+    }
+
+    /// Waits until nothing holds the sandbox, at most `limit`; whether it is free.
+    pub(super) async fn free(&self, sandbox_id: &str, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            // Registered before the check, so a release between the two is not missed.
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !lock(&self.held).contains_key(sandbox_id) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// Whether the sandbox is held, and by which run: `Some(None)` while an operation that is
@@ -39,6 +59,7 @@ impl Reservations {
 #[must_use = "the sandbox is released as soon as the reservation is dropped"]
 pub(super) struct Reservation {
     held: Arc<Mutex<HashMap<String, Option<String>>>>,
+    released: Arc<tokio::sync::Notify>,
     sandbox_id: String,
 }
 
@@ -59,11 +80,14 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         // `lock` shrugs off poisoning, so this cannot panic while unwinding.
         lock(&self.held).remove(&self.sandbox_id);
+        self.released.notify_waiters();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -86,6 +110,21 @@ mod tests {
         assert_eq!(reservations.holder("sbx_b"), Some(None));
         drop(other);
         assert_eq!(reservations.holder("sbx_b"), None);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_sandbox_ends_when_its_holder_lets_go() {
+        let reservations = Arc::new(Reservations::default());
+        assert!(reservations.free("sbx_a", Duration::ZERO).await);
+        let held = reservations.reserve("sbx_a").unwrap();
+        assert!(!reservations.free("sbx_a", Duration::from_millis(50)).await);
+        let waiter = {
+            let reservations = reservations.clone();
+            tokio::spawn(async move { reservations.free("sbx_a", Duration::from_secs(30)).await })
+        };
+        tokio::task::yield_now().await;
+        drop(held);
+        assert!(waiter.await.unwrap(), "the waiter saw the release");
     }
 
     #[test]
