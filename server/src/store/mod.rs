@@ -217,7 +217,7 @@ pub struct RunOutcome {
     pub final_message: String,
     /// Files the run added, modified or deleted in the work dir.
     pub changed_files: Vec<ChangedFile>,
-    /// Unified diff of the changes, capped at the server's `max_diff_bytes`.
+    /// Unified diff of the changes, capped at `DELEGATE_DIFF_MAX_BYTES`.
     pub diff: String,
     /// Whether [`RunOutcome::diff`] was cut at the cap.
     pub diff_truncated: bool,
