@@ -11,19 +11,27 @@ use crate::sandbox::process::ProcessBackend;
 use crate::settings::{BackendChoice, Settings};
 use crate::store::{self, Store, StoreError};
 
+/// Why the server could not be wired up at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The data dir could not be created.
     #[error("cannot create the data dir {path}: {source}")]
     DataDir {
+        /// The directory from the settings.
         path: std::path::PathBuf,
+        /// What the file system said.
         source: std::io::Error,
     },
+    /// The database could not be opened or migrated.
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
+    /// The sandbox backend could not be set up (no engine, missing image or program).
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
+    /// The orchestrator failed to start (e.g. reconciling what it found in the store).
     #[error(transparent)]
     Orchestrator(#[from] Error),
+    /// The chosen backend is named in the settings but not built yet (`kubernetes`).
     #[error("the {0} backend is not available in this build yet; use DELEGATE_BACKEND=process")]
     BackendUnavailable(&'static str),
 }

@@ -19,10 +19,13 @@ use crate::store::{Invite, Millis, Role, Store, StoreError, TokenKind, TokenReco
 /// Why a presented token was refused. Deliberately vague towards the client.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
+    /// The request carried no credential.
     #[error("missing bearer token")]
     Missing,
+    /// The credential is unknown, of another kind, expired or revoked; which is not said.
     #[error("invalid, expired or revoked token")]
     Invalid,
+    /// The store failed while looking it up.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
 }
@@ -45,8 +48,11 @@ pub const fn prefix(kind: TokenKind) -> &'static str {
 /// Whom a new token stands for and what it reaches; every field is optional, by kind.
 #[derive(Debug, Clone, Default)]
 pub struct Holder {
+    /// The user the token acts for (API tokens, sessions, agent codes, tunnel tokens).
     pub user_id: Option<String>,
+    /// The sandbox the token is bound to (sandbox proxy and tunnel tokens).
     pub sandbox_id: Option<String>,
+    /// The workspace the token is limited to; `None` for an unscoped API token or a session.
     pub workspace_id: Option<String>,
     /// A label for lists.
     pub name: Option<String>,

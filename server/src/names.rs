@@ -20,6 +20,7 @@ pub struct Name(String);
 pub struct BadName;
 
 impl Name {
+    /// Trims `s` and checks it against the rules on [`Name`].
     pub fn parse(s: &str) -> Result<Name, BadName> {
         let s = s.trim();
         if s.is_empty() || s.chars().count() > MAX_NAME_CHARS || s.chars().any(char::is_control) {
@@ -28,10 +29,12 @@ impl Name {
         Ok(Name(s.to_string()))
     }
 
+    /// The name, trimmed.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
+    /// The name, trimmed, by value.
     pub fn into_string(self) -> String {
         self.0
     }
@@ -55,6 +58,7 @@ pub struct Email(String);
 pub struct BadEmail;
 
 impl Email {
+    /// Normalises `s` (trimmed, lower case) and checks it against the rules on [`Email`].
     pub fn parse(s: &str) -> Result<Email, BadEmail> {
         let email = s.trim().to_lowercase();
         let ok = email.len() <= MAX_EMAIL_BYTES
@@ -65,6 +69,7 @@ impl Email {
         if ok { Ok(Email(email)) } else { Err(BadEmail) }
     }
 
+    /// The normalised address.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -74,6 +79,7 @@ impl Email {
         self.0.split('@').next().unwrap_or_default()
     }
 
+    /// The normalised address, by value.
     pub fn into_string(self) -> String {
         self.0
     }

@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 /// One end of a relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
+    /// `tcp:HOST:PORT`.
     Tcp(String),
+    /// `unix:PATH`.
     Unix(PathBuf),
 }
 
@@ -35,7 +37,9 @@ impl FromStr for Endpoint {
 /// `LISTEN=TARGET`, e.g. `tcp:127.0.0.1:4000=unix:/run/delegate/proxy.sock`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
+    /// Where connections are accepted.
     pub listen: Endpoint,
+    /// Where each is relayed to.
     pub target: Endpoint,
 }
 
@@ -69,11 +73,14 @@ async fn connect(target: &Endpoint) -> std::io::Result<Box<dyn Duplex>> {
 
 /// A bound listening end.
 pub enum Listener {
+    /// A bound TCP listener.
     Tcp(TcpListener),
+    /// A bound unix socket.
     Unix(UnixListener),
 }
 
 impl Listener {
+    /// Binds `endpoint`; a stale unix socket file left by an earlier run is removed first.
     pub async fn bind(endpoint: &Endpoint) -> std::io::Result<Listener> {
         Ok(match endpoint {
             Endpoint::Tcp(addr) => Listener::Tcp(TcpListener::bind(addr).await?),

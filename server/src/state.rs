@@ -3,11 +3,15 @@
 
 use delegate_mcp::types::{RunStatus, SandboxStatus};
 
+/// A status change the state machine does not allow; the caller's write never happens.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("illegal {entity} transition {from} -> {to}")]
 pub struct IllegalTransition {
+    /// `"run"` or `"sandbox"`.
     pub entity: &'static str,
+    /// The current status.
     pub from: String,
+    /// The status that was asked for.
     pub to: String,
 }
 

@@ -31,16 +31,19 @@ pub use delegate_agent::wire::MAX_CODE_TTL_SECONDS as MAX_CODE_TTL_S;
 /// Why an account operation was refused. The messages are the API's.
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
+    /// The input breaks a rule (email, name, password policy, role); the message says which.
     #[error("{0}")]
     Invalid(String),
     /// A credential (password, registration code) was refused.
     #[error("{0}")]
     Unauthorized(String),
+    /// The caller may not do this (sign-up closed, invite refused, role too low).
     #[error("{0}")]
     Forbidden(String),
     /// The message is complete (unlike [`Error::NotFound`]'s).
     #[error("{0}")]
     NotFound(String),
+    /// The change collides with existing data (email or slug taken, already a member, last owner).
     #[error("{0}")]
     Conflict(String),
     /// Too many failed sign-ins.
@@ -49,6 +52,7 @@ pub enum AccountError {
     /// The workspace lookup or role check refused.
     #[error(transparent)]
     Denied(#[from] Error),
+    /// The store failed.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
     /// Something below failed; the cause is for the log only.
@@ -86,9 +90,13 @@ pub fn in_scope(caller: &Caller, t: &TokenRecord) -> bool {
 
 /// What sign-up asks for.
 pub struct SignUp<'a> {
+    /// The address to sign in with; normalised before use.
     pub email: &'a str,
+    /// The plain password; checked against the policy, then only its hash is kept.
     pub password: &'a str,
+    /// Display name; the email's local part when `None`.
     pub name: Option<&'a str>,
+    /// An invite code (`dli_...`), required when registration is `invite`.
     pub invite: Option<&'a str>,
 }
 

@@ -45,11 +45,14 @@ const PROVIDER_TIMEOUT: Duration = Duration::from_secs(15);
 /// A sign-in provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Provider {
+    /// A generic OpenID Connect provider, found by discovery from its issuer.
     Oidc,
+    /// GitHub OAuth (or GitHub Enterprise, or a stand-in speaking its wire format).
     Github,
 }
 
 impl Provider {
+    /// The name in routes (`/api/auth/{provider}/...`) and stored identities.
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::Oidc => "oidc",
@@ -61,27 +64,36 @@ impl Provider {
 /// Why a sign-in failed. The messages are safe to show: no codes, tokens or secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum SsoError {
+    /// The provider's settings are missing.
     #[error("{} sign-in is not configured on this server", .0.as_str())]
     NotConfigured(Provider),
+    /// The callback's `state` matches no sign-in in progress (forged, expired or already used).
     #[error("unknown, expired or already used sign-in state; start the sign-in again")]
     BadState,
     #[error(
         "this sign-in was started in another browser (or its cookie was lost); start it again here"
     )]
+    /// The callback came to a browser without the cookie of the one that started the sign-in.
     OtherBrowser,
+    /// A request (or a configured URL) is malformed, e.g. a `return_to` off this server.
     #[error("the sign-in request is malformed: {0}")]
     BadRequest(String),
+    /// [`MAX_PENDING`] sign-ins are already in progress.
     #[error("too many sign-ins in progress; try again in a few minutes")]
     Busy,
+    /// The provider reported an error in the callback, or refused the code exchange.
     #[error("the identity provider refused the sign-in: {0}")]
     Refused(String),
+    /// An ID token or user info failed verification (signature, issuer, audience, nonce, expiry).
     #[error("the identity provider's answer did not verify: {0}")]
     InvalidToken(String),
+    /// The provider was unreachable or answered something unexpected; details are only logged.
     #[error("the identity provider could not be reached or answered unexpectedly")]
     Upstream,
     /// The provider did not vouch for an email an existing account has, or for any email.
     #[error("{0}")]
     NotLinked(String),
+    /// The store failed.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
 }
@@ -89,10 +101,15 @@ pub enum SsoError {
 /// What the provider told us about the person signing in.
 #[derive(Debug, Clone)]
 pub struct ProviderUser {
+    /// Which provider vouched for the person.
     pub provider: Provider,
+    /// The provider's stable id for the person (`sub` claim, GitHub user id).
     pub subject: String,
+    /// The email the provider gave, if any.
     pub email: Option<String>,
+    /// Whether the provider verified that email; only verified emails link or create accounts.
     pub email_verified: bool,
+    /// A display name for a new account (GitHub falls back to the login).
     pub name: Option<String>,
 }
 
@@ -114,6 +131,7 @@ impl std::fmt::Debug for Sso {
 }
 
 impl Sso {
+    /// Sets up the configured providers; discovery happens on first use, not here.
     pub fn new(settings: SsoSettings) -> Self {
         // reqwest is built without a TLS provider of its own: make sure ring is installed.
         crate::net::install_crypto();
@@ -131,6 +149,7 @@ impl Sso {
         }
     }
 
+    /// Whether `provider` is configured on this server.
     pub fn enabled(&self, provider: Provider) -> bool {
         match provider {
             Provider::Oidc => self.settings.oidc.is_some(),
@@ -481,10 +500,13 @@ impl Sso {
 /// The query of a provider's redirect back to us.
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 pub struct Callback {
+    /// The authorization code to exchange; absent when the sign-in was declined.
     pub code: Option<String>,
+    /// The `state` the sign-in started with; matched against the pending sign-in.
     pub state: Option<String>,
     /// Set by the provider when the user (or the provider) declined.
     pub error: Option<String>,
+    /// The provider's human-readable explanation of `error`.
     pub error_description: Option<String>,
 }
 

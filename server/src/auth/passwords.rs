@@ -9,12 +9,16 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 /// Accepted password lengths, in characters: long enough to matter, short enough that hashing an
 /// attacker's input stays cheap.
 pub const MIN_PASSWORD_CHARS: usize = 10;
+/// See [`MIN_PASSWORD_CHARS`].
 pub const MAX_PASSWORD_CHARS: usize = 1024;
 
+/// Why a password could not be accepted or hashed.
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordError {
+    /// The password is shorter than [`MIN_PASSWORD_CHARS`] or longer than [`MAX_PASSWORD_CHARS`].
     #[error("the password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters long")]
     Policy,
+    /// argon2 failed; the message is for the log.
     #[error("password hashing failed: {0}")]
     Hashing(String),
 }

@@ -32,41 +32,63 @@ const SUMMARY_CHARS: usize = 100;
 #[derive(Debug, Clone, PartialEq)]
 pub enum AgentEvent {
     /// A finished text part written by the model (the last one is the run's final message).
-    Text { text: String },
+    Text {
+        /// The part's full text.
+        text: String,
+    },
     /// A finished reasoning part (only when opencode runs with `--thinking`).
-    Reasoning { text: String },
+    Reasoning {
+        /// The reasoning as opencode reported it.
+        text: String,
+    },
     /// A tool call. From `run` and from the tracker only in a final state (`completed` or `error`).
     Tool {
+        /// The tool's name (`bash`, `read`, `edit`, ...).
         tool: String,
+        /// opencode's id of the call, unique within the session.
         call_id: String,
         /// `completed`, `error`, `running` or `pending`, as opencode reports it.
         status: String,
+        /// opencode's short description of the call, when it gives one.
         title: Option<String>,
+        /// The tool's arguments as the model sent them.
         input: Value,
+        /// What the tool returned, when it completed.
         output: Option<String>,
+        /// Why the tool failed, when its status is `error`.
         error: Option<String>,
     },
     /// A model call began.
     StepStart,
     /// A model call ended; `usage` is that call's tokens and cost.
     StepFinish {
+        /// Why the model stopped, as opencode reports it (`stop`, `tool-calls`, ...).
         reason: Option<String>,
+        /// That call's tokens and cost.
         usage: Usage,
     },
     /// opencode reported that the session failed.
     Error {
+        /// opencode's error name (e.g. `APIError`).
         name: String,
+        /// opencode's message, for people.
         message: String,
+        /// The HTTP status of the provider's reply, for API errors.
         status_code: Option<u16>,
+        /// Whether opencode considers the error worth retrying.
         retryable: Option<bool>,
     },
     /// Any event type delegate does not interpret: kept with its original type, never dropped.
-    Other { kind: String },
+    Other {
+        /// The event's original `type`.
+        kind: String,
+    },
 }
 
 /// One event parsed from opencode, with where and when it happened and the JSON it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedEvent {
+    /// What happened, normalised.
     pub event: AgentEvent,
     /// The opencode session the event belongs to, when the event names one.
     pub session_id: Option<String>,
@@ -107,7 +129,10 @@ pub enum ParseError {
     },
     /// The input is JSON but not an object.
     #[error("opencode event is JSON {found}, not an object")]
-    NotObject { found: &'static str },
+    NotObject {
+        /// The JSON type it is instead (`array`, `string`, ...).
+        found: &'static str,
+    },
     /// The object has no string `type` field.
     #[error("opencode event has no string \"type\" field")]
     MissingType,

@@ -11,20 +11,27 @@ use serde_json::{Value, json};
 
 use crate::settings::Secret;
 
+/// Why a call to `opencode serve` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The request did not complete (connect, timeout, broken body); the message names the call.
     #[error("opencode serve: {0}")]
     Http(String),
+    /// opencode answered with a non-success status.
     #[error("opencode serve answered {status} to {what}: {body}")]
     Status {
+        /// Which call (`health`, `create session`, ...).
         what: &'static str,
+        /// The HTTP status.
         status: u16,
+        /// The start of the response body, at most 300 characters.
         body: String,
     },
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A client of one warm sandbox's `opencode serve`; cheap to clone.
 #[derive(Clone)]
 pub struct ServeClient {
     base: String,
@@ -34,6 +41,8 @@ pub struct ServeClient {
 }
 
 impl ServeClient {
+    /// A client for the server at `base`, authenticating with `password` and working in `directory`
+    /// (the work dir as opencode sees it).
     pub fn new(base: &str, password: Secret, directory: &str) -> Self {
         ServeClient {
             base: base.trim_end_matches('/').to_string(),
@@ -80,6 +89,7 @@ impl ServeClient {
         Ok(serde_json::from_str(&body).unwrap_or(Value::Null))
     }
 
+    /// Succeeds when the server answers `GET /global/health` with a success status.
     pub async fn health(&self) -> Result<(), ServeError> {
         self.call(
             "health",

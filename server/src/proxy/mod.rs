@@ -61,6 +61,8 @@ struct Inner {
 }
 
 impl Proxy {
+    /// A proxy that checks sandbox tokens against `store`, forwards to `upstream` and books usage
+    /// on the run `active_runs` names for the sandbox.
     pub fn new(store: Arc<dyn Store>, upstream: Upstream, active_runs: ActiveRuns) -> Self {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))

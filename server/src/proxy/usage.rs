@@ -10,19 +10,23 @@ const MAX_LINE: usize = 1 << 20;
 /// The largest non-streaming JSON body the scanner keeps to read `usage` from.
 const MAX_JSON_BODY: usize = 4 << 20;
 
+/// Scans one response as it streams; [`UsageScanner::finish`] settles what it found.
 #[derive(Debug, Default)]
 pub struct UsageScanner {
     json_body: bool,
     line: Vec<u8>,
     skipping_line: bool,
     body: Vec<u8>,
+    /// The model the response named (`message_start` or the JSON body), if seen.
     pub model: Option<String>,
+    /// Tokens so far (and their cost, after [`UsageScanner::finish`]).
     pub usage: Usage,
     /// Set when the first content delta went by: the moment of the first token.
     pub saw_first_token: bool,
 }
 
 impl UsageScanner {
+    /// A scanner for a response of `content_type`: SSE unless it is `application/json`.
     pub fn new(content_type: &str) -> Self {
         UsageScanner {
             json_body: content_type.starts_with("application/json"),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+/// The memory and pids groups of one sandbox; either is `None` when its controller is unavailable.
 #[derive(Debug)]
 pub struct Cgroup {
     memory: Option<PathBuf>,

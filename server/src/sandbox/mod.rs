@@ -21,20 +21,25 @@ use tokio_util::sync::CancellationToken;
 use crate::settings::Secret;
 use crate::store::SandboxKind;
 
+/// Why a backend could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// The caller's input is unusable (e.g. a `files` path that escapes the work dir).
     #[error("{0}")]
     BadInput(String),
     /// A required program is missing; the message says how to provide it.
     #[error("{0}")]
     Missing(String),
+    /// The backend has no sandbox with this id.
     #[error("sandbox {0} is not known to this backend")]
     Unknown(String),
+    /// The sandbox (or its `opencode serve`) did not come up.
     #[error("sandbox failed to start: {0}")]
     Start(String),
     /// The sandbox image is not in the container engine; the message says how to build it.
     #[error("{0}")]
     ImageMissing(String),
+    /// A file, process or engine operation failed; the message says which.
     #[error("{0}")]
     Io(String),
 }
@@ -42,8 +47,11 @@ pub enum SandboxError {
 /// What a backend needs to make a sandbox.
 #[derive(Debug, Clone)]
 pub struct SandboxSpec {
+    /// The sandbox's id (`sbx_...`), which names its dirs, container and cgroups.
     pub id: String,
+    /// Ephemeral or warm: a warm sandbox also gets `opencode serve`.
     pub kind: SandboxKind,
+    /// Files to write into the work dir before the seed commit: path relative to it -> text.
     pub files: BTreeMap<String, String>,
     /// A snapshot bundle of the caller's repository to clone as the work dir (the seed files
     /// then go on top).
@@ -57,7 +65,9 @@ pub struct SandboxSpec {
 /// A warm sandbox's `opencode serve`, as reachable from the server.
 #[derive(Debug, Clone)]
 pub struct ServeEndpoint {
+    /// The base URL the server reaches it at (loopback, a relayed socket or a container name).
     pub url: String,
+    /// Basic-auth password (user `opencode`).
     pub password: Secret,
     /// The work dir as opencode sees it (its `x-opencode-directory`).
     pub directory: String,
@@ -66,24 +76,35 @@ pub struct ServeEndpoint {
 /// One headless opencode run.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
+    /// The run's id (`run_...`).
     pub run_id: String,
+    /// The task text, given to opencode on stdin.
     pub task: String,
+    /// `provider/model` for opencode.
     pub model: String,
+    /// The opencode agent to run; opencode's default when `None`.
     pub agent: Option<String>,
+    /// The session title (the task's first line, shortened).
     pub title: String,
+    /// Continue the sandbox's previous opencode session instead of starting one.
     pub continue_session: bool,
 }
 
 /// Output of a headless run, in order; the last item is always `Exited`.
 #[derive(Debug)]
 pub enum AgentOutput {
+    /// One line of opencode's stdout (its JSON events), without the newline.
     Stdout(String),
+    /// One line of opencode's stderr, for diagnostics.
     Stderr(String),
+    /// The run's process is gone; always the last item.
     Exited(ExitInfo),
 }
 
+/// How a headless run ended.
 #[derive(Debug, Clone, Default)]
 pub struct ExitInfo {
+    /// The exit code; `None` when a signal ended it.
     pub code: Option<i32>,
     /// delegate killed it (timeout or cancel).
     pub killed: bool,
@@ -91,6 +112,8 @@ pub struct ExitInfo {
     pub oom: bool,
 }
 
+/// What the orchestrator needs from a place that runs opencode; one implementation per backend
+/// (`process`, `docker`).
 #[async_trait]
 pub trait SandboxBackend: Send + Sync + 'static {
     /// `process`, `docker`, `kubernetes`.

@@ -65,6 +65,7 @@ pub fn validate_files(files: &BTreeMap<String, String>) -> Result<(), SandboxErr
 /// The directories of one sandbox on the host.
 #[derive(Debug, Clone)]
 pub struct SandboxDirs {
+    /// The sandbox's directory under the data dir; the others are inside it.
     pub root: PathBuf,
     /// The agent's work dir (`/workspace` inside).
     pub workspace: PathBuf,
@@ -89,15 +90,18 @@ pub struct Changes {
     pub base: String,
     /// The change, committed inside the sandbox.
     pub commit: String,
+    /// Files added, modified or deleted, with line counts.
     pub files: Vec<ChangedFile>,
     /// The text diff, at most the asked-for bytes; binary files named, not dumped.
     pub diff: String,
+    /// Whether [`Changes::diff`] was cut at the asked-for size.
     pub diff_truncated: bool,
     /// The repository holding `base` and `commit` (for the whole patch or a bundle).
     pub repo: PathBuf,
 }
 
 impl SandboxDirs {
+    /// The layout under `root`; nothing is created.
     pub fn new(root: PathBuf) -> Self {
         SandboxDirs {
             workspace: root.join("workspace"),

@@ -51,21 +51,38 @@ struct FileSettings {
     base_scheme: Option<String>,
 }
 
+/// Why the settings could not be loaded; the message names the file or variable.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
+    /// The settings file could not be read.
     #[error("cannot read settings file {path}: {source}")]
     Read {
+        /// The file's path.
         path: PathBuf,
+        /// What the file system said.
         source: std::io::Error,
     },
+    /// The settings file is not valid TOML for the settings.
     #[error("settings file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file's path.
+        path: PathBuf,
+        /// The TOML parser's reason, with the position.
+        message: String,
+    },
+    /// A value (from the file or the environment) is out of range or malformed.
     #[error("{name}: {message}")]
-    Invalid { name: &'static str, message: String },
+    Invalid {
+        /// The environment variable the value is named after (also when it came from the file).
+        name: &'static str,
+        /// What is wrong and what is expected.
+        message: String,
+    },
 }
 
 /// Looks up one environment variable; injected so tests need not touch the process environment.
 pub trait EnvSource {
+    /// The value of `name`, or `None` when unset.
     fn var(&self, name: &str) -> Option<String>;
 }
 

@@ -22,6 +22,7 @@ pub use load::{EnvSource, ProcessEnv, SettingsError, parse_duration};
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a value so that `Debug` never shows it.
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
@@ -43,13 +44,17 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// Which sandbox backend runs sandboxes (`DELEGATE_BACKEND`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
     /// Docker if a Docker socket answers, else process.
     Auto,
+    /// Local processes under bubblewrap.
     Process,
+    /// Docker containers, one per sandbox.
     Docker,
+    /// Kubernetes pods; not available yet (start-up refuses it).
     Kubernetes,
 }
 
@@ -105,12 +110,12 @@ pub struct DockerSettings {
     pub host: Option<String>,
     /// `DELEGATE_SANDBOX_IMAGE`: built by `sandbox-image/build`.
     pub image: String,
-    /// `DELEGATE_DOCKER_NETWORK` [none].
+    /// `DELEGATE_DOCKER_NETWORK` (default `none`).
     pub network: DockerNetwork,
     /// `DELEGATE_DOCKER_PROXY_URL`: the proxy as containers on a named network see it
     /// (e.g. `http://delegate:8080/v1`); required with a named network.
     pub proxy_url: Option<String>,
-    /// `DELEGATE_SANDBOX_CPUS` [2]: CPUs per sandbox.
+    /// `DELEGATE_SANDBOX_CPUS` (default `2`): CPUs per sandbox.
     pub cpus: f64,
 }
 
@@ -134,9 +139,11 @@ pub enum Registration {
 pub struct Upstream {
     /// `ANTHROPIC_BASE_URL`, without `/v1`.
     pub base_url: String,
+    /// The key or token to send upstream; `None` sends none (for an upstream that needs none).
     pub credential: Option<UpstreamCredential>,
 }
 
+/// The credential the proxy adds to upstream requests in place of the sandbox's token.
 #[derive(Debug, Clone)]
 pub enum UpstreamCredential {
     /// `ANTHROPIC_API_KEY`, sent as `x-api-key`.
@@ -148,15 +155,23 @@ pub enum UpstreamCredential {
 /// The first label of a sandbox's own host: `oc-{id}.BASE_DOMAIN` is the opencode gateway.
 pub const SANDBOX_HOST_PREFIX: &str = "oc-";
 
+/// Everything the server is configured with; see [`Settings::load`] for the sources.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// `DELEGATE_LISTEN` (default `127.0.0.1:8080`): where the server listens (`main` binds it).
     pub listen: SocketAddr,
+    /// `DELEGATE_DATA_DIR` (default: `delegate` in the XDG data dir): the database, sandboxes'
+    /// files, the instance id.
     pub data_dir: PathBuf,
     /// `sqlite://...` or `postgres://...`; secret because it may carry a password.
     pub database_url: Secret,
+    /// `DELEGATE_BACKEND` (default `auto`).
     pub backend: BackendChoice,
+    /// `DELEGATE_PUBLIC_URL`: how browsers and sandboxes reach the server (links, `watch_url`).
     pub public_url: Option<String>,
+    /// `IDLE_TIMEOUT` (default `30m`): a warm sandbox without activity this long is paused.
     pub idle_timeout: Duration,
+    /// `ANTHROPIC_*`: where the proxy forwards model calls.
     pub upstream: Upstream,
     /// `provider/model` handed to opencode.
     pub model: String,
@@ -164,14 +179,20 @@ pub struct Settings {
     pub small_model: String,
     /// The opencode binary (process backend); `opencode` on PATH when unset.
     pub opencode_bin: Option<PathBuf>,
+    /// `DELEGATE_ISOLATION` (default `bwrap`): the process backend's isolation.
     pub isolation: Isolation,
     /// The delegate binary bound into bubblewrap sandboxes to relay the proxy socket; this
     /// executable when unset.
     pub relay_bin: Option<PathBuf>,
+    /// `DELEGATE_SANDBOX_MEMORY_MB` (default `4096`): memory limit per sandbox.
     pub sandbox_memory_mb: u64,
+    /// `DELEGATE_SANDBOX_PIDS_MAX` (default `1024`): process limit per sandbox.
     pub sandbox_pids_max: u64,
+    /// The docker backend's settings.
     pub docker: DockerSettings,
+    /// `DELEGATE_MAX_CONCURRENT_RUNS` (default `16`): more runs at once are refused, not queued.
     pub max_concurrent_runs: usize,
+    /// `DELEGATE_DEFAULT_TIMEOUT` (default `15m`): a run's time limit when the caller gives none.
     pub default_timeout: Duration,
     /// The largest diff a result carries; longer ones are cut and flagged `diff_truncated`.
     pub diff_max_bytes: usize,
@@ -183,7 +204,7 @@ pub struct Settings {
     /// (`localhost:8080` works locally: browsers resolve `*.localhost` to loopback). Unset: no
     /// gateway.
     pub base_domain: Option<String>,
-    /// `BASE_SCHEME` [http]: the scheme of the gateway's URLs (`https` behind TLS).
+    /// `BASE_SCHEME` (default `http`): the scheme of the gateway's URLs (`https` behind TLS).
     pub base_scheme: String,
 }
 
@@ -191,7 +212,7 @@ pub struct Settings {
 /// `{redirect_base_url}/api/auth/github/callback`.
 #[derive(Debug, Clone, Default)]
 pub struct SsoSettings {
-    /// `OIDC_REDIRECT_BASE_URL` [DELEGATE_PUBLIC_URL], without a trailing slash.
+    /// `OIDC_REDIRECT_BASE_URL` (default `DELEGATE_PUBLIC_URL`), without a trailing slash.
     pub redirect_base_url: Option<String>,
     /// `OIDC_ISSUER_URL` + `OIDC_CLIENT_ID` + `OIDC_CLIENT_SECRET`.
     pub oidc: Option<OidcSettings>,
@@ -202,7 +223,9 @@ pub struct SsoSettings {
 /// A generic OpenID Connect provider, found by discovery from its issuer.
 #[derive(Debug, Clone)]
 pub struct OidcSettings {
+    /// `OIDC_ISSUER_URL`: the provider's issuer, where discovery starts.
     pub issuer_url: String,
+    /// `OIDC_CLIENT_ID`.
     pub client_id: String,
     /// `None` for a public client (PKCE only).
     pub client_secret: Option<Secret>,
@@ -211,11 +234,14 @@ pub struct OidcSettings {
 /// GitHub OAuth (or GitHub Enterprise, or a local stand-in speaking GitHub's wire format).
 #[derive(Debug, Clone)]
 pub struct GithubSettings {
+    /// `GITHUB_CLIENT_ID`.
     pub client_id: String,
+    /// `GITHUB_CLIENT_SECRET`.
     pub client_secret: Secret,
-    /// `GITHUB_API_URL` [https://api.github.com].
+    /// `GITHUB_API_URL` (default `https://api.github.com`).
     pub api_url: String,
-    /// `GITHUB_OAUTH_URL` [https://github.com]: `/login/oauth/authorize` and `/login/oauth/access_token`.
+    /// `GITHUB_OAUTH_URL` (default `https://github.com`): where `/login/oauth/authorize` and
+    /// `/login/oauth/access_token` are.
     pub oauth_url: String,
 }
 

@@ -20,59 +20,88 @@ use serde_json::Value;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+/// Why a store call failed, in domain terms; callers never see a driver error type.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// No row matched; the value names the entity (`"run"`, `"sandbox"`, ...).
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// A uniqueness rule or an invariant refused the write (duplicate email, last owner, ...).
     #[error("conflict: {0}")]
     Conflict(String),
     /// A compare-and-set found another status than the caller expected.
     #[error("{entity} {id} is {actual}, not {expected}")]
     StaleStatus {
+        /// The kind of row: `"run"` or `"sandbox"`.
         entity: &'static str,
+        /// The row's id.
         id: String,
+        /// The status the caller expected.
         expected: String,
+        /// The status the row actually has.
         actual: String,
     },
+    /// The database URL is neither `sqlite:` nor `postgres://`; the message never repeats
+    /// credentials.
     #[error("bad database url: {0}")]
     BadUrl(String),
+    /// Any other driver failure, as text (connection lost, constraint the store does not
+    /// translate).
     #[error("database error: {0}")]
     Database(String),
+    /// Applying the embedded migrations failed at start-up.
     #[error("migration failed: {0}")]
     Migration(String),
 }
 
+/// Results of store calls.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Milliseconds since the Unix epoch; every timestamp column holds one.
 pub type Millis = i64;
 
+/// An account: a person who signs in (password, SSO) or holds API tokens.
 #[derive(Debug, Clone, PartialEq)]
 pub struct User {
+    /// `usr_...`, assigned at creation.
     pub id: String,
+    /// Unique and normalised (see `names::Email`); the key password sign-in and SSO linking use.
     pub email: String,
+    /// Display name; the email's local part unless one was given.
     pub name: String,
+    /// When the account was created.
     pub created_at: Millis,
 }
 
+/// A tenant: sandboxes, runs, tokens and members all belong to exactly one workspace.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Workspace {
+    /// `wsp_...`, assigned at creation.
     pub id: String,
+    /// Unique, URL-safe short name that clients use to pick a workspace (`workspace` in MCP and
+    /// REST).
     pub slug: String,
+    /// Display name.
     pub name: String,
+    /// When the workspace was created.
     pub created_at: Millis,
 }
 
-/// A member's role in a workspace, highest first.
+/// A member's role in a workspace, lowest first, so `Ord` compares rank.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
+    /// May read the workspace: members, sandboxes, runs, events, usage.
     Guest,
+    /// May also start and cancel runs and manage sandboxes.
     Developer,
+    /// May also add, change and remove members below maintainer, and create invites.
     Maintainer,
+    /// May do anything, to any member; every workspace keeps at least one owner.
     Owner,
 }
 
 impl Role {
+    /// The name stored in the database and shown on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Guest => "guest",
@@ -81,6 +110,7 @@ impl Role {
             Role::Owner => "owner",
         }
     }
+    /// The inverse of [`Role::as_str`]; `None` for an unknown name.
     pub fn parse(s: &str) -> Option<Self> {
         [Role::Guest, Role::Developer, Role::Maintainer, Role::Owner]
             .into_iter()
@@ -88,6 +118,7 @@ impl Role {
     }
 }
 
+/// How long a sandbox lives and where it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SandboxKind {
     /// Created for one run and destroyed after it.
@@ -99,6 +130,7 @@ pub enum SandboxKind {
 }
 
 impl SandboxKind {
+    /// The name stored in the database and shown on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
             SandboxKind::Ephemeral => "ephemeral",
@@ -106,6 +138,7 @@ impl SandboxKind {
             SandboxKind::Local => "local",
         }
     }
+    /// The inverse of [`SandboxKind::as_str`]; `None` for an unknown name.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "ephemeral" => Some(SandboxKind::Ephemeral),
@@ -116,51 +149,81 @@ impl SandboxKind {
     }
 }
 
+/// A sandbox row: one isolated work dir (and, when warm, an opencode server) that runs execute in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sandbox {
+    /// `sbx_...`, assigned at creation.
     pub id: String,
+    /// The workspace the sandbox belongs to.
     pub workspace_id: String,
+    /// Display name, unique only by convention.
     pub name: String,
+    /// Ephemeral, warm or local; fixed at creation.
     pub kind: SandboxKind,
     /// `process`, `docker`, `kubernetes` or `local`.
     pub backend: String,
+    /// Current lifecycle status; changed only through [`Store::set_sandbox_status`].
     pub status: SandboxStatus,
     /// Why the sandbox is `failed` (or other human-readable context for its status).
     pub status_reason: Option<String>,
+    /// Seconds without activity before a warm sandbox is paused; `None` uses the server's default.
     pub idle_timeout_s: Option<i64>,
     /// Backend-specific facts (work dir, container id, ...); never secrets.
     pub meta: Value,
+    /// Who created it, in the same `user:<id>` / `token:<id>` / `mcp:<client>` form as
+    /// [`Run::created_by`].
     pub created_by: Option<String>,
+    /// When the sandbox was created.
     pub created_at: Millis,
+    /// When its status or meta last changed.
     pub updated_at: Millis,
 }
 
+/// A run row: one delegated task in one sandbox, from queueing to its outcome.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Run {
+    /// `run_...`, assigned at creation.
     pub id: String,
+    /// The sandbox the run executes in.
     pub sandbox_id: String,
+    /// The sandbox's workspace, denormalised for listing and authorization.
     pub workspace_id: String,
+    /// The task text as the caller gave it.
     pub task: String,
+    /// The model opencode was told to use (the caller's choice or the server's default).
     pub model: Option<String>,
+    /// The opencode agent to run with; `None` for opencode's default.
     pub agent: Option<String>,
+    /// Current status; changed only through [`Store::set_run_status`] and [`Store::finish_run`].
     pub status: RunStatus,
+    /// The run's time limit in seconds; past it the run ends `timed_out`.
     pub timeout_s: i64,
     /// Who delegated it: `user:<id>`, `token:<id>`, `mcp:<client name>`, `cli`.
     pub created_by: Option<String>,
+    /// When the run was queued.
     pub created_at: Millis,
+    /// When it moved to `running`; `None` before.
     pub started_at: Option<Millis>,
+    /// When it reached a terminal status; `None` while active.
     pub finished_at: Option<Millis>,
+    /// What it produced; empty ([`RunOutcome::default`]) until it ends.
     pub outcome: RunOutcome,
 }
 
 /// What a run produced; filled when it ends.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunOutcome {
+    /// opencode's last assistant text.
     pub final_message: String,
+    /// Files the run added, modified or deleted in the work dir.
     pub changed_files: Vec<ChangedFile>,
+    /// Unified diff of the changes, capped at `DELEGATE_DIFF_MAX_BYTES`.
     pub diff: String,
+    /// Whether [`RunOutcome::diff`] was cut at the cap.
     pub diff_truncated: bool,
+    /// Tokens and cost, summed over the run's model calls through the proxy.
     pub usage: Usage,
+    /// Why the run did not succeed; `None` when it did.
     pub error: Option<RunError>,
     /// Time to the first token of the first model call, as the proxy measured it.
     pub ttft_ms: Option<i64>,
@@ -182,6 +245,7 @@ pub enum TokenKind {
 }
 
 impl TokenKind {
+    /// The name stored in the database.
     pub fn as_str(self) -> &'static str {
         match self {
             TokenKind::Api => "api",
@@ -191,6 +255,7 @@ impl TokenKind {
             TokenKind::AgentCode => "agent_code",
         }
     }
+    /// The inverse of [`TokenKind::as_str`]; `None` for an unknown name.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "api" => Some(TokenKind::Api),
@@ -203,74 +268,119 @@ impl TokenKind {
     }
 }
 
+/// A stored credential: the hash of a secret and what it grants. See `credentials` for the
+/// prefixes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenRecord {
+    /// `tok_...`, or `ses_...` for browser sessions; what lists and revocation refer to.
     pub id: String,
+    /// Which kind of secret this is; a secret is only accepted as its own kind.
     pub kind: TokenKind,
     /// Hex SHA-256 of the secret.
     pub hash: String,
+    /// A label the holder chose (API tokens) or the sandbox's name (tunnel tokens); `None`
+    /// otherwise.
     pub name: Option<String>,
+    /// The user the token acts for (API, session, agent code, tunnel); `None` for sandbox tokens.
     pub user_id: Option<String>,
+    /// The sandbox the token is bound to (sandbox and tunnel tokens).
     pub sandbox_id: Option<String>,
+    /// The workspace the token is limited to; `None` for an unscoped API token or a session.
     pub workspace_id: Option<String>,
+    /// When it was issued.
     pub created_at: Millis,
+    /// When it stops being accepted; `None` never expires.
     pub expires_at: Option<Millis>,
+    /// When it was revoked (or, for a one-time code, used); `None` while live.
     pub revoked_at: Option<Millis>,
 }
 
 /// One model call through the Anthropic proxy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageRecord {
+    /// `use_...`, assigned when the call ends.
     pub id: String,
+    /// The sandbox whose proxy token made the call.
     pub sandbox_id: String,
+    /// The run that was active in the sandbox at the time; `None` for calls outside a run.
     pub run_id: Option<String>,
+    /// The sandbox's workspace.
     pub workspace_id: String,
+    /// The model the response named, else the one requested; `None` if neither was readable.
     pub model: Option<String>,
+    /// Tokens and cost scanned from the upstream response.
     pub usage: Usage,
+    /// The upstream HTTP status.
     pub status_code: i64,
+    /// Milliseconds from sending the request to the first content chunk; `None` if none came.
     pub ttft_ms: Option<i64>,
+    /// Milliseconds from sending the request to the end of the response body.
     pub duration_ms: i64,
+    /// When the call ended.
     pub created_at: Millis,
 }
 
 /// An event about to be appended; the orchestrator assigns `seq` (one writer per run).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
+    /// The run the event belongs to.
     pub run_id: String,
+    /// Position in the run's log, from 1, without gaps.
     pub seq: u64,
+    /// When the event happened (or was observed).
     pub ts: Millis,
+    /// The normalised event type (`text`, `tool`, `step`, `error`, ...; unknown types kept as is).
     pub kind: String,
+    /// The normalised payload that clients read.
     pub data: Value,
+    /// opencode's original event, kept for debugging and replay; `None` for server-made events.
     pub raw: Option<Value>,
 }
 
 /// How many runs and sandboxes are in each status, and how many model calls the proxy recorded.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatusCounts {
+    /// Run count per run status, statuses with no runs left out.
     pub runs: Vec<(RunStatus, u64)>,
+    /// Sandbox count per sandbox status, statuses with no sandboxes left out.
     pub sandboxes: Vec<(SandboxStatus, u64)>,
+    /// How many model calls the proxy has recorded in total.
     pub proxy_requests: u64,
 }
 
+/// Everything delegate persists, behind one object-safe trait so handlers and the orchestrator do
+/// not depend on the database. Each method is one domain operation, atomic on its own.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn kind(&self) -> &'static str;
 
     // Users, workspaces, members.
+    /// Inserts a user; `Conflict` if the email is taken.
     async fn create_user(&self, user: &User) -> Result<()>;
+    /// The user with this id.
     async fn user_by_id(&self, id: &str) -> Result<User>;
+    /// The user with this (normalised) email.
     async fn user_by_email(&self, email: &str) -> Result<User>;
+    /// Inserts a workspace and makes `owner_user_id` its owner, in one transaction; `Conflict` if
+    /// the slug is taken.
     async fn create_workspace(&self, ws: &Workspace, owner_user_id: &str) -> Result<()>;
+    /// The workspace with this id.
     async fn workspace_by_id(&self, id: &str) -> Result<Workspace>;
+    /// The workspace with this slug.
     async fn workspace_by_slug(&self, slug: &str) -> Result<Workspace>;
     /// The workspaces a user is a member of, oldest first, with the user's role in each.
     async fn workspaces_of_user(&self, user_id: &str) -> Result<Vec<(Workspace, Role)>>;
+    /// Adds a member with `role`, or changes the role of an existing one (no last-owner check; see
+    /// [`Store::change_member_role`]).
     async fn set_member(&self, workspace_id: &str, user_id: &str, role: Role) -> Result<()>;
+    /// A user's role in a workspace; `None` if they are not a member.
     async fn member_role(&self, workspace_id: &str, user_id: &str) -> Result<Option<Role>>;
 
     // Sandboxes.
+    /// Inserts a new sandbox row.
     async fn insert_sandbox(&self, sandbox: &Sandbox) -> Result<()>;
+    /// The sandbox with this id, whatever its status.
     async fn sandbox(&self, id: &str) -> Result<Sandbox>;
     /// Sandboxes of a workspace, newest first, without `deleted` ones.
     async fn list_sandboxes(&self, workspace_id: &str) -> Result<Vec<Sandbox>>;
@@ -285,10 +395,13 @@ pub trait Store: Send + Sync + 'static {
         reason: Option<&str>,
         now: Millis,
     ) -> Result<()>;
+    /// Replaces a sandbox's backend facts ([`Sandbox::meta`]).
     async fn set_sandbox_meta(&self, id: &str, meta: &Value, now: Millis) -> Result<()>;
 
     // Runs.
+    /// Inserts a new run row.
     async fn insert_run(&self, run: &Run) -> Result<()>;
+    /// The run with this id.
     async fn run(&self, id: &str) -> Result<Run>;
     /// Runs of a workspace (optionally of one sandbox), newest first.
     async fn list_runs(
@@ -322,11 +435,16 @@ pub trait Store: Send + Sync + 'static {
     async fn append_events(&self, events: &[NewEvent]) -> Result<()>;
     /// Events with `seq > after`, in order, at most `limit`.
     async fn events_after(&self, run_id: &str, after: u64, limit: i64) -> Result<Vec<Event>>;
+    /// How many events a run has logged.
     async fn event_count(&self, run_id: &str) -> Result<u64>;
 
     // Tokens (hashed).
+    /// Inserts a token record (the hash only).
     async fn insert_token(&self, token: &TokenRecord) -> Result<()>;
+    /// The token record with this secret hash, live or not; the caller checks expiry and
+    /// revocation.
     async fn token_by_hash(&self, hash: &str) -> Result<TokenRecord>;
+    /// Revokes a token; revoking it again keeps the first time, an unknown id is `NotFound`.
     async fn revoke_token(&self, id: &str, now: Millis) -> Result<()>;
     /// Revokes every token of a sandbox (when it is deleted).
     async fn revoke_sandbox_tokens(&self, sandbox_id: &str, now: Millis) -> Result<()>;
@@ -339,6 +457,7 @@ pub trait Store: Send + Sync + 'static {
     async fn tokens_of_user(&self, user_id: &str) -> Result<Vec<TokenRecord>>;
 
     // Usage.
+    /// Records one proxied model call.
     async fn record_usage(&self, record: &UsageRecord) -> Result<()>;
     /// Sum of a run's proxied model calls, and the first call's time to first token.
     async fn run_usage(&self, run_id: &str) -> Result<(Usage, Option<i64>)>;
@@ -364,6 +483,7 @@ pub trait Store: Send + Sync + 'static {
     -> Result<()>;
     /// Removes a member, atomically refusing (`Conflict`) to remove the last owner.
     async fn remove_member(&self, workspace_id: &str, user_id: &str) -> Result<()>;
+    /// Inserts a new invite record (the hash only).
     async fn insert_invite(&self, invite: &Invite) -> Result<()>;
     /// Marks an unused, unexpired invite used and returns it; `NotFound` otherwise
     /// (unknown, used or expired look the same). One statement, so a code works once.
@@ -417,23 +537,33 @@ pub trait Store: Send + Sync + 'static {
 /// A single sign-on in progress, keyed by the SHA-256 of its `state`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SsoLogin {
+    /// Hex SHA-256 of the `state` sent to the provider.
     pub state_hash: String,
+    /// The configured provider's name (`oidc`, `github`).
     pub provider: String,
     /// SHA-256 of the cookie that binds the sign-in to the browser that started it.
     pub browser_hash: String,
+    /// The same-origin path to send the browser to after signing in.
     pub return_to: String,
+    /// When the sign-in started; old ones are swept.
     pub created_at: Millis,
 }
 
 /// A single sign-on identity: `subject` at `provider` (`oidc`, `github`) signs in as `user_id`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
+    /// The provider's name (`oidc`, `github`).
     pub provider: String,
+    /// The provider's stable id for the person (`sub` claim, GitHub user id).
     pub subject: String,
+    /// The account this identity signs in as.
     pub user_id: String,
     /// The email the provider gave when the identity was linked.
     pub email: Option<String>,
+    /// Whether the provider said it verified [`Identity::email`]; unverified emails are never used
+    /// to link accounts.
     pub email_verified: bool,
+    /// When the identity was linked.
     pub created_at: Millis,
 }
 
@@ -441,13 +571,21 @@ pub struct Identity {
 /// stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Invite {
+    /// `inv_...`, assigned at creation.
     pub id: String,
+    /// Hex SHA-256 of the code.
     pub hash: String,
+    /// The workspace the code joins.
     pub workspace_id: String,
+    /// The role the new member gets.
     pub role: Role,
+    /// The user who created the invite.
     pub created_by: String,
+    /// When the invite was created.
     pub created_at: Millis,
+    /// After this time the code is refused.
     pub expires_at: Millis,
+    /// When the code was used; `None` while unused.
     pub used_at: Option<Millis>,
 }
 

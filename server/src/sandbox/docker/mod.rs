@@ -65,6 +65,8 @@ const SERVE_START_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long the engine may take to answer at start-up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Sandboxes as Docker containers: one labelled container and work volume per sandbox, hardened
+/// (non-root, no capabilities, read-only root), reaching the proxy as the network settings say.
 pub struct DockerBackend {
     docker: Docker,
     owner: String,
@@ -172,6 +174,8 @@ pub async fn check_image(docker: &Docker, image: &str) -> Result<(), SandboxErro
 }
 
 impl DockerBackend {
+    /// Connects to the engine and checks it; `owner` labels this server's containers so orphan
+    /// sweeps leave other servers' alone.
     pub async fn new(
         settings: &Settings,
         proxy: Router,

@@ -63,6 +63,8 @@ const ETC_BINDS: &[&str] = &[
     "/etc/mime.types",
 ];
 
+/// Sandboxes as local processes: opencode in a per-sandbox work dir under bubblewrap (or, when
+/// explicitly asked for, without isolation), limited by cgroups where the host allows.
 pub struct ProcessBackend {
     root: PathBuf,
     opencode: PathBuf,
