@@ -22,6 +22,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode as AxumStatus};
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
+use delegate_server::settings::Registration;
 use delegate_server::store::Store;
 use delegate_testkit::real;
 use reqwest::StatusCode;
@@ -49,11 +50,12 @@ impl std::ops::Deref for Delegate {
 }
 
 impl Delegate {
-    async fn start(sso_env: &[(&str, String)]) -> Delegate {
+    async fn start(sso_env: &[(&str, String)], registration: Registration) -> Delegate {
         Delegate {
             server: Serve::standalone()
                 .capture_logs()
                 .sso(sso_env)
+                .registration(registration)
                 .start()
                 .await,
             sso_cookie: Mutex::new(None),
@@ -366,11 +368,14 @@ async fn oidc_login_against_a_real_provider() {
     let Some(provider) = Provider::start(&users).await else {
         return;
     };
-    let d = Delegate::start(&[
-        ("OIDC_ISSUER_URL", provider.issuer.clone()),
-        ("OIDC_CLIENT_ID", "delegate-test".into()),
-        ("OIDC_CLIENT_SECRET", OIDC_CLIENT_SECRET.into()),
-    ])
+    let d = Delegate::start(
+        &[
+            ("OIDC_ISSUER_URL", provider.issuer.clone()),
+            ("OIDC_CLIENT_ID", "delegate-test".into()),
+            ("OIDC_CLIENT_SECRET", OIDC_CLIENT_SECRET.into()),
+        ],
+        Registration::Open,
+    )
     .await;
     let mut secrets = vec![OIDC_CLIENT_SECRET.to_string()];
 
@@ -743,15 +748,70 @@ async fn github_login(d: &Delegate, fake: &Fake, account: GithubAccount) -> reqw
     d.get(&location(&at_github), None).await
 }
 
+/// With registration `invite` (the default) or `disabled`, single sign-on signs people into
+/// accounts that exist and makes none: anyone with an account at the provider would otherwise get
+/// the operator's model key and a sandbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_follows_the_registration_policy() {
+    let users = [
+        json!({"sub": "known", "email": "known@example.com", "email_verified": true}),
+        json!({"sub": "stranger", "email": "stranger@example.com", "email_verified": true}),
+    ];
+    let Some(provider) = Provider::start(&users).await else {
+        return;
+    };
+    let sso = [
+        ("OIDC_ISSUER_URL", provider.issuer.clone()),
+        ("OIDC_CLIENT_ID", "delegate-test".to_string()),
+        ("OIDC_CLIENT_SECRET", OIDC_CLIENT_SECRET.to_string()),
+    ];
+    for (registration, says) in [
+        (Registration::Invite, "invite only"),
+        (Registration::Disabled, "does not create accounts"),
+    ] {
+        let d = Delegate::start(&sso, registration).await;
+        let (known, _) =
+            delegate_server::auth::create_user(d.store(), "known@example.com", Some("Known"))
+                .await
+                .unwrap();
+        // A stranger is refused, and nothing is made for them.
+        let s = authorize_at_provider(&d, "stranger", "/").await;
+        let (status, body) = d.json(&s.callback, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(error_code(status, &body), "not_linked");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(says),
+            "{registration:?}: {body}"
+        );
+        assert!(d.users_with_email("stranger@example.com").await.is_none());
+        assert!(d.store().identity("oidc", "stranger").await.is_err());
+        // Someone with an account signs in, and the identity is linked to it.
+        let k = authorize_at_provider(&d, "known", "/").await;
+        let signed_in = finish(&d, &k.callback).await;
+        assert_eq!(
+            signed_in.status(),
+            StatusCode::SEE_OTHER,
+            "{registration:?}"
+        );
+        assert_eq!(
+            d.store().identity("oidc", "known").await.unwrap().user_id,
+            known.id
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_login_links_only_verified_primary_emails() {
     let (gh_base, fake) = fake_github().await;
-    let d = Delegate::start(&[
-        ("GITHUB_CLIENT_ID", "gh-client".into()),
-        ("GITHUB_CLIENT_SECRET", GITHUB_CLIENT_SECRET.into()),
-        ("GITHUB_API_URL", gh_base.clone()),
-        ("GITHUB_OAUTH_URL", gh_base.clone()),
-    ])
+    let d = Delegate::start(
+        &[
+            ("GITHUB_CLIENT_ID", "gh-client".into()),
+            ("GITHUB_CLIENT_SECRET", GITHUB_CLIENT_SECRET.into()),
+            ("GITHUB_API_URL", gh_base.clone()),
+            ("GITHUB_OAUTH_URL", gh_base.clone()),
+        ],
+        Registration::Open,
+    )
     .await;
     let mut secrets = vec![GITHUB_CLIENT_SECRET.to_string()];
     let (status, providers) = d.json("/api/auth/providers", None).await;

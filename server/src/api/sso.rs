@@ -114,7 +114,7 @@ async fn callback(
         .sso
         .finish(store, provider, &q, browser_cookie(&headers))
         .await?;
-    let user = link_identity(store, &who).await?;
+    let user = link_identity(store, &who, state.orch().settings().registration).await?;
     let (secret, session) = start_session(store, &user.id)
         .await
         .map_err(ApiError::internal)?;

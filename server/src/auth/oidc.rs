@@ -28,7 +28,7 @@ use openidconnect::{
 use serde::Deserialize;
 
 use crate::ids::{hash_secret, now_ms};
-use crate::settings::{GithubSettings, OidcSettings, SsoSettings};
+use crate::settings::{GithubSettings, OidcSettings, Registration, SsoSettings};
 use crate::store::{Identity, SsoLogin, Store, StoreError, User};
 
 /// How long a started sign-in may take before its `state` is forgotten.
@@ -590,8 +590,15 @@ pub fn safe_return_to(return_to: Option<&str>) -> Result<String, SsoError> {
 ///   or a new account;
 /// - an email the provider did not verify is never linked to an existing account, and no account
 ///   is created for it either (that would let someone claim an address they do not own, and a later
-///   verified sign-in of the real owner would then link into their account).
-pub async fn link_identity(store: &dyn Store, who: &ProviderUser) -> Result<User, SsoError> {
+///   verified sign-in of the real owner would then link into their account);
+/// - a new account is made only when `registration` is `open`: with `invite` or `disabled`,
+///   single sign-on signs people into accounts that exist, and creates none (otherwise anyone with
+///   an account at the provider would get the operator's model key and a sandbox).
+pub async fn link_identity(
+    store: &dyn Store,
+    who: &ProviderUser,
+    registration: Registration,
+) -> Result<User, SsoError> {
     let provider = who.provider.as_str();
     match store.identity(provider, &who.subject).await {
         Ok(identity) => return Ok(store.user_by_id(&identity.user_id).await?),
@@ -622,6 +629,18 @@ pub async fn link_identity(store: &dyn Store, who: &ProviderUser) -> Result<User
     }
     let user = match existing {
         Some(user) => user,
+        None if registration != Registration::Open => {
+            return Err(SsoError::NotLinked(match registration {
+                Registration::Disabled => "this server does not create accounts: ask its \
+                                           administrator to add you (`delegate user create`), \
+                                           then sign in again"
+                    .to_string(),
+                _ => format!(
+                    "this server takes new accounts by invite only: sign up with an invite from \
+                     a workspace maintainer, then sign in with {provider}"
+                ),
+            }));
+        }
         None => match crate::auth::create_user(store, &email, who.name.as_deref()).await {
             Ok((user, _workspace)) => user,
             // Created by a concurrent sign-in in the meantime.

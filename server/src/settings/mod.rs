@@ -130,7 +130,7 @@ pub enum Registration {
     Open,
     /// Only with an invite code from a workspace maintainer or owner.
     Invite,
-    /// Nobody; accounts come from `delegate user create` (or single sign-on).
+    /// Nobody; accounts come from `delegate user create` (single sign-on signs in existing ones only).
     Disabled,
 }
 
