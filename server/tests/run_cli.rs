@@ -357,3 +357,28 @@ async fn malformed_opencode_output_is_logged_and_the_run_still_ends() {
     );
     assert_eq!(events[2].data["line"], "not json at all");
 }
+
+/// A task's first line becomes opencode's session title; one that looks like an option must stay
+/// the title's value and never reach opencode as an option of its own.
+#[tokio::test]
+async fn a_task_that_starts_with_an_option_stays_text() {
+    let Some(h) = Harness::new(Script::text("plain answer")).await else {
+        return;
+    };
+    let run = h
+        .run_cli(&["--", "--model=anthropic/claude-opus-4-5\nsay hello"])
+        .await;
+    let r = run.result();
+    assert_eq!(r.status, RunStatus::Succeeded, "{}", run.stderr);
+    let requests = h.fake.requests();
+    let models: Vec<String> = requests
+        .iter()
+        .filter(|q| !q.is_title_request())
+        .map(|q| q.body["model"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(!models.is_empty());
+    assert!(
+        models.iter().all(|m| !m.contains("opus")),
+        "the task's first line changed the model: {models:?}"
+    );
+}

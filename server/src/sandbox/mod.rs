@@ -90,6 +90,26 @@ pub struct RunSpec {
     pub continue_session: bool,
 }
 
+impl RunSpec {
+    /// The options of `opencode run` for this run (after `run --format json --auto` on the
+    /// process backend; the image's headless mode adds those itself). Every value is joined to its
+    /// flag with `=`, so a task whose first line (the title) starts with `--` stays a value and
+    /// never becomes an option of opencode's.
+    pub fn opencode_options(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("--model={}", self.model),
+            format!("--title={}", self.title),
+        ];
+        if let Some(agent) = &self.agent {
+            args.push(format!("--agent={agent}"));
+        }
+        if self.continue_session {
+            args.push("--continue".into());
+        }
+        args
+    }
+}
+
 /// Output of a headless run, in order; the last item is always `Exited`.
 #[derive(Debug)]
 pub enum AgentOutput {

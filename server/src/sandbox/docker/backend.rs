@@ -184,14 +184,7 @@ impl SandboxBackend for DockerBackend {
         stop: CancellationToken,
     ) -> Result<mpsc::Receiver<AgentOutput>, SandboxError> {
         let live = self.live(sandbox_id)?;
-        let mut args: Vec<String> = vec!["--model".into(), run.model.clone()];
-        args.extend(["--title".into(), run.title.clone()]);
-        if let Some(agent) = &run.agent {
-            args.extend(["--agent".into(), agent.clone()]);
-        }
-        if run.continue_session {
-            args.push("--continue".into());
-        }
+        let args = run.opencode_options();
         self.make_container(sandbox_id, &live, Some(&args)).await?;
         let name = container_name(sandbox_id);
         let (mut out, mut err) = self.attach(&name, Some(run.task.clone())).await?;

@@ -279,14 +279,7 @@ impl SandboxBackend for ProcessBackend {
             "json".into(),
             "--auto".into(),
         ];
-        args.extend(["--model".into(), run.model.clone()]);
-        args.extend(["--title".into(), run.title.clone()]);
-        if let Some(agent) = &run.agent {
-            args.extend(["--agent".into(), agent.clone()]);
-        }
-        if run.continue_session {
-            args.push("--continue".into());
-        }
+        args.extend(run.opencode_options());
         let mut child = self
             .command(&live, &args, false)
             .await?
