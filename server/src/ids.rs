@@ -37,7 +37,7 @@ pub fn is_id(prefix: &str, s: &str) -> bool {
 /// Defines a typed id: checked once where it enters (`parse`), made fresh with `new`, and read as
 /// the text the store keeps (`as_str`, `Display`).
 macro_rules! typed_id {
-    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $noun:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(String);
@@ -66,9 +66,27 @@ macro_rules! typed_id {
             }
         }
 
+        /// [`parse`](Self::parse) for input from outside: a malformed id names nothing, so it is
+        /// not found, exactly as a well-formed unknown one (`sandbox "x" not found`).
+        impl std::str::FromStr for $name {
+            type Err = crate::error::Error;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s).ok_or_else(|| crate::error::Error::NotFound(format!("{} {s:?}", $noun)))
+            }
+        }
+
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(&self.0)
+            }
+        }
+
+        // Sound: the derived `Hash` and `Eq` are those of the inner `String`, hence of `str`. Maps
+        // keyed by the id can be asked with a row's `&str`.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
             }
         }
 
@@ -83,12 +101,14 @@ macro_rules! typed_id {
 typed_id!(
     /// A run's id (`run_` + 32 hex digits).
     RunId,
+    "run",
     "run"
 );
 typed_id!(
     /// A sandbox's id (`sbx_` + 32 hex digits).
     SandboxId,
-    "sbx"
+    "sbx",
+    "sandbox"
 );
 
 /// Who made a run or a sandbox, as the `created_by` column keeps it: `user:<id>`,
@@ -169,6 +189,12 @@ mod tests {
         assert_eq!(SandboxId::parse("sbx_../../etc"), None);
         let sandbox = SandboxId::new();
         assert_eq!(sandbox.to_string(), sandbox.as_str());
+        assert_eq!(sandbox.as_str().parse::<SandboxId>().ok(), Some(sandbox));
+        // Malformed input reads like an unknown id, with the noun the surfaces have always used.
+        let bad = "../x".parse::<SandboxId>().unwrap_err();
+        assert_eq!(bad.to_string(), r#"sandbox "../x" not found"#);
+        let bad = "sbx_1".parse::<RunId>().unwrap_err();
+        assert_eq!(bad.to_string(), r#"run "sbx_1" not found"#);
     }
 
     #[test]
