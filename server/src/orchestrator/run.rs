@@ -170,7 +170,7 @@ pub(super) async fn start(
     reservation.hold_for_run(&run_id);
 
     let cancel = orch.inner.shutdown.child_token();
-    let (log, live) = RunLog::new(run_id.as_str(), orch.inner.store.clone());
+    let (log, live) = RunLog::new(&run_id, orch.inner.store.clone());
     lock(&orch.inner.live).insert(run_id.clone(), (cancel.clone(), live));
 
     let spec = RunSpec {

@@ -67,7 +67,7 @@ impl Orchestrator {
         after: u64,
     ) -> impl Stream<Item = Result<Event, StoreError>> + Send + use<> {
         let live = lock(&self.inner.live).get(run_id).map(|(_, l)| l.clone());
-        follow(self.inner.store.clone(), run_id.to_string(), after, live)
+        follow(self.inner.store.clone(), run_id.clone(), after, live)
     }
 
     /// Waits for a run to end and returns its result. A run executing in another process is
