@@ -67,12 +67,15 @@ macro_rules! typed_id {
         }
 
         /// [`parse`](Self::parse) for input from outside: a malformed id names nothing, so it is
-        /// not found, exactly as a well-formed unknown one (`sandbox "x" not found`).
+        /// not found, exactly as a well-formed unknown one ([`MalformedId`]).
         impl std::str::FromStr for $name {
-            type Err = crate::error::Error;
+            type Err = MalformedId;
 
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Self::parse(s).ok_or_else(|| crate::error::Error::NotFound(format!("{} {s:?}", $noun)))
+                Self::parse(s).ok_or_else(|| MalformedId {
+                    noun: $noun,
+                    text: s.to_string(),
+                })
             }
         }
 
@@ -97,6 +100,29 @@ macro_rules! typed_id {
         }
     };
 }
+
+/// Text that is not the id it should be. It names nothing, so every surface tells it as it tells
+/// an unknown id: `sandbox "x" not found` (`crate::error::Error::NotFound` of [`Self::what`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MalformedId {
+    noun: &'static str,
+    text: String,
+}
+
+impl MalformedId {
+    /// What was looked for, as a not-found error names it: `sandbox "x"`.
+    pub fn what(&self) -> String {
+        format!("{} {:?}", self.noun, self.text)
+    }
+}
+
+impl std::fmt::Display for MalformedId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} not found", self.what())
+    }
+}
+
+impl std::error::Error for MalformedId {}
 
 typed_id!(
     /// A run's id (`run_` + 32 hex digits).
@@ -193,6 +219,7 @@ mod tests {
         // Malformed input reads like an unknown id, with the noun the surfaces have always used.
         let bad = "../x".parse::<SandboxId>().unwrap_err();
         assert_eq!(bad.to_string(), r#"sandbox "../x" not found"#);
+        assert_eq!(bad.what(), r#"sandbox "../x""#);
         let bad = "sbx_1".parse::<RunId>().unwrap_err();
         assert_eq!(bad.to_string(), r#"run "sbx_1" not found"#);
     }

@@ -160,14 +160,14 @@ pub struct IdPath<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for IdPath<T>
 where
-    T: std::str::FromStr<Err = Error> + Send,
+    T: std::str::FromStr<Err = crate::ids::MalformedId> + Send,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let Path(raw) = Path::<String>::from_request_parts(parts, state).await?;
-        Ok(IdPath(raw.parse()?))
+        Ok(IdPath(raw.parse().map_err(Error::from)?))
     }
 }
 

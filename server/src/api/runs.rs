@@ -85,7 +85,10 @@ pub async fn list(
 
 /// The `sandbox_id` query parameter, parsed once: a malformed one is not found.
 pub(super) fn parse_sandbox(sandbox_id: Option<&str>) -> ApiResult<Option<SandboxId>> {
-    Ok(sandbox_id.map(str::parse).transpose()?)
+    Ok(sandbox_id
+        .map(str::parse)
+        .transpose()
+        .map_err(crate::error::Error::from)?)
 }
 
 pub async fn get_one(

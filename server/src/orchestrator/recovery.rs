@@ -167,7 +167,7 @@ impl Orchestrator {
                 // The warm map's ids are the orchestrator's own, so this always parses.
                 let deleted = match id.parse::<SandboxId>() {
                     Ok(sandbox_id) => self.delete_sandbox(&sandbox_id).await,
-                    Err(e) => Err(e),
+                    Err(e) => Err(e.into()),
                 };
                 if let Err(e) = deleted {
                     tracing::warn!(sandbox = %id, error = %e, "could not delete sandbox at shutdown");
