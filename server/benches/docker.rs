@@ -107,7 +107,10 @@ async fn main() {
             on_warm.push(w);
         }
     }
-    docker.delete_sandbox(&warm.id).await.unwrap();
+    docker
+        .delete_sandbox(&warm.id.parse().unwrap())
+        .await
+        .unwrap();
 
     // 3: create → running, each deleted before the next.
     let mut create = Vec::new();
@@ -118,7 +121,7 @@ async fn main() {
             .await
             .unwrap();
         create.push(t.elapsed().as_secs_f64());
-        docker.delete_sandbox(&s.id).await.unwrap();
+        docker.delete_sandbox(&s.id.parse().unwrap()).await.unwrap();
     }
     process.shutdown().await;
     docker.shutdown().await;

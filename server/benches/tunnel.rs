@@ -210,7 +210,7 @@ async fn main() {
         assert!(Instant::now() < deadline, "the agent did not connect");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let endpoint = s.orch.local_endpoint(&sandbox).unwrap();
+    let endpoint = s.orch.local_endpoint(&sandbox.parse().unwrap()).unwrap();
     let auth = format!(
         "Basic {}",
         base64::Engine::encode(

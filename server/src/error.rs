@@ -53,6 +53,13 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl From<crate::ids::MalformedId> for Error {
+    /// A malformed id is not found, exactly as an unknown one.
+    fn from(e: crate::ids::MalformedId) -> Self {
+        Error::NotFound(e.what())
+    }
+}
+
 /// Logs the cause once; the caller gets [`INTERNAL_MESSAGE`].
 pub fn internal(e: impl std::fmt::Display) -> Error {
     Error::Internal(logged(e))

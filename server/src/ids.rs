@@ -37,7 +37,7 @@ pub fn is_id(prefix: &str, s: &str) -> bool {
 /// Defines a typed id: checked once where it enters (`parse`), made fresh with `new`, and read as
 /// the text the store keeps (`as_str`, `Display`).
 macro_rules! typed_id {
-    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $noun:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(String);
@@ -66,9 +66,30 @@ macro_rules! typed_id {
             }
         }
 
+        /// [`parse`](Self::parse) for input from outside: a malformed id names nothing, so it is
+        /// not found, exactly as a well-formed unknown one ([`MalformedId`]).
+        impl std::str::FromStr for $name {
+            type Err = MalformedId;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s).ok_or_else(|| MalformedId {
+                    noun: $noun,
+                    text: s.to_string(),
+                })
+            }
+        }
+
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(&self.0)
+            }
+        }
+
+        // Sound: the derived `Hash` and `Eq` are those of the inner `String`, hence of `str`. Maps
+        // keyed by the id can be asked with a row's `&str`.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
             }
         }
 
@@ -80,15 +101,40 @@ macro_rules! typed_id {
     };
 }
 
+/// Text that is not the id it should be. It names nothing, so every surface tells it as it tells
+/// an unknown id: `sandbox "x" not found` (`crate::error::Error::NotFound` of [`Self::what`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MalformedId {
+    noun: &'static str,
+    text: String,
+}
+
+impl MalformedId {
+    /// What was looked for, as a not-found error names it: `sandbox "x"`.
+    pub fn what(&self) -> String {
+        format!("{} {:?}", self.noun, self.text)
+    }
+}
+
+impl std::fmt::Display for MalformedId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} not found", self.what())
+    }
+}
+
+impl std::error::Error for MalformedId {}
+
 typed_id!(
     /// A run's id (`run_` + 32 hex digits).
     RunId,
+    "run",
     "run"
 );
 typed_id!(
     /// A sandbox's id (`sbx_` + 32 hex digits).
     SandboxId,
-    "sbx"
+    "sbx",
+    "sandbox"
 );
 
 /// Who made a run or a sandbox, as the `created_by` column keeps it: `user:<id>`,
@@ -169,6 +215,13 @@ mod tests {
         assert_eq!(SandboxId::parse("sbx_../../etc"), None);
         let sandbox = SandboxId::new();
         assert_eq!(sandbox.to_string(), sandbox.as_str());
+        assert_eq!(sandbox.as_str().parse::<SandboxId>().ok(), Some(sandbox));
+        // Malformed input reads like an unknown id, with the noun the surfaces have always used.
+        let bad = "../x".parse::<SandboxId>().unwrap_err();
+        assert_eq!(bad.to_string(), r#"sandbox "../x" not found"#);
+        assert_eq!(bad.what(), r#"sandbox "../x""#);
+        let bad = "sbx_1".parse::<RunId>().unwrap_err();
+        assert_eq!(bad.to_string(), r#"run "sbx_1" not found"#);
     }
 
     #[test]

@@ -273,7 +273,9 @@ async fn a_warm_sandbox_keeps_its_files_across_runs_pause_and_resume() {
     );
 
     // Pause stops the container; resume starts it with its files.
-    orch.pause_sandbox(&sandbox.id).await.expect("pause");
+    orch.pause_sandbox(&sandbox.id.parse().unwrap())
+        .await
+        .expect("pause");
     wait_for_status(
         &orch,
         &sandbox.id,
@@ -282,7 +284,9 @@ async fn a_warm_sandbox_keeps_its_files_across_runs_pause_and_resume() {
     )
     .await;
     assert!(!d.container_running(&sandbox.id).await);
-    orch.resume_sandbox(&sandbox.id).await.expect("resume");
+    orch.resume_sandbox(&sandbox.id.parse().unwrap())
+        .await
+        .expect("resume");
     assert!(d.container_running(&sandbox.id).await);
     d.h.fake.set_script(Script::bash(
         "cat first.txt && echo more >> first.txt",
@@ -296,14 +300,18 @@ async fn a_warm_sandbox_keeps_its_files_across_runs_pause_and_resume() {
     assert!(third.diff.contains("+more"), "{}", third.diff);
 
     // A run wakes a paused sandbox by itself.
-    orch.pause_sandbox(&sandbox.id).await.expect("pause again");
+    orch.pause_sandbox(&sandbox.id.parse().unwrap())
+        .await
+        .expect("pause again");
     d.h.fake
         .set_script(Script::bash("cat first.txt", TOOL_RESULT_PLACEHOLDER));
     let woken = run(&orch, in_sandbox("wake up")).await;
     assert_eq!(woken.status, RunStatus::Succeeded, "{woken:?}");
     assert!(woken.final_message.contains("more"));
 
-    orch.delete_sandbox(&sandbox.id).await.expect("delete");
+    orch.delete_sandbox(&sandbox.id.parse().unwrap())
+        .await
+        .expect("delete");
     assert_eq!(d.leftovers(&sandbox.id).await, Vec::<String>::new());
 }
 
@@ -362,7 +370,9 @@ async fn an_idle_sandbox_is_paused_but_never_under_a_long_run() {
     .await;
     assert!(!d.container_running(&sandbox.id).await);
     assert!(!d.leftovers(&sandbox.id).await.is_empty());
-    orch.delete_sandbox(&sandbox.id).await.unwrap();
+    orch.delete_sandbox(&sandbox.id.parse().unwrap())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

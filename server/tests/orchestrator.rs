@@ -40,14 +40,14 @@ async fn a_warm_sandbox_keeps_files_between_runs() {
         .await
         .expect("create sandbox");
     assert_eq!(sandbox.status, SandboxStatus::Running);
-    assert!(orch.opencode_url(&sandbox.id).is_some());
+    assert!(orch.opencode_url(&sandbox.id.parse().unwrap()).is_some());
 
     let first = RunRequest {
         sandbox_id: Some(sandbox.id.clone()),
         ..task("create hello.txt")
     };
     let (run1, sbx) = orch.start_run(first).await.unwrap();
-    assert_eq!(sbx, sandbox.id);
+    assert_eq!(sbx.as_str(), sandbox.id);
     let r1 = orch.wait(&run1).await.unwrap();
     assert_eq!(r1.status, RunStatus::Succeeded, "{:?}", r1.error);
     assert_eq!(r1.final_message, "written");
@@ -76,7 +76,9 @@ async fn a_warm_sandbox_keeps_files_between_runs() {
     // The sandbox is still there after its runs, then deleting it ends every process.
     let data_dir = h.data_dir().join("sandboxes").join(&sandbox.id);
     assert!(data_dir.exists());
-    orch.delete_sandbox(&sandbox.id).await.unwrap();
+    orch.delete_sandbox(&sandbox.id.parse().unwrap())
+        .await
+        .unwrap();
     assert!(!data_dir.exists());
     let row = orch.store().sandbox(&sandbox.id).await.unwrap();
     assert_eq!(row.status, SandboxStatus::Deleted);
@@ -108,8 +110,11 @@ async fn cancel_ends_a_run_within_five_seconds_and_leaves_nothing() {
     assert_eq!(r.status, RunStatus::Cancelled);
     assert_eq!(r.error.as_ref().map(|e| e.kind), Some(ErrorKind::Cancelled));
     assert!(took < Duration::from_secs(5), "cancel took {took:?}");
-    assert_eq!(processes_mentioning(&sandbox_id), Vec::<String>::new());
-    let sandbox = orch.store().sandbox(&sandbox_id).await.unwrap();
+    assert_eq!(
+        processes_mentioning(sandbox_id.as_str()),
+        Vec::<String>::new()
+    );
+    let sandbox = orch.store().sandbox(sandbox_id.as_str()).await.unwrap();
     assert_eq!(sandbox.status, SandboxStatus::Deleted);
     // Cancelling a finished run is harmless.
     orch.cancel_run(&run_id).await.unwrap();
@@ -257,14 +262,17 @@ async fn after_a_restart_active_runs_are_lost_and_process_sandboxes_failed() {
     let orch = h.orchestrator().await;
     assert_eq!(orch.reconcile().await.unwrap(), (1, 1));
     assert_eq!(
-        orch.run(&peer.run_id).await.unwrap().status,
+        orch.run(&peer.run_id.parse().unwrap())
+            .await
+            .unwrap()
+            .status,
         RunStatus::Running
     );
     assert_eq!(
         orch.store().sandbox(&peer.sandbox_id).await.unwrap().status,
         SandboxStatus::Running
     );
-    let run = orch.result(&seeded.run_id).await.unwrap();
+    let run = orch.result(&seeded.run_id.parse().unwrap()).await.unwrap();
     assert_eq!(run.status, RunStatus::Lost);
     assert_eq!(run.error.map(|e| e.kind), Some(ErrorKind::Lost));
     let sandbox = orch.store().sandbox(&seeded.sandbox_id).await.unwrap();
@@ -323,7 +331,7 @@ async fn an_idle_warm_sandbox_pauses_keeps_its_files_and_wakes_for_the_next_run(
 
     wait_for_status(&orch, &sandbox.id, SandboxStatus::Paused).await;
     assert!(
-        orch.opencode_url(&sandbox.id).is_none(),
+        orch.opencode_url(&sandbox.id.parse().unwrap()).is_none(),
         "opencode serve stopped"
     );
     assert!(
@@ -346,7 +354,9 @@ async fn an_idle_warm_sandbox_pauses_keeps_its_files_and_wakes_for_the_next_run(
         "{}",
         r2.final_message
     );
-    orch.delete_sandbox(&sandbox.id).await.unwrap();
+    orch.delete_sandbox(&sandbox.id.parse().unwrap())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -382,7 +392,9 @@ async fn a_sandbox_is_never_paused_under_a_running_run() {
     assert!(events.iter().all(|e| e.as_ref().unwrap().kind != "error"));
     // Once the run is over, it does pause.
     wait_for_status(&orch, &sandbox.id, SandboxStatus::Paused).await;
-    orch.delete_sandbox(&sandbox.id).await.unwrap();
+    orch.delete_sandbox(&sandbox.id.parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(
         orch.store().sandbox(&sandbox.id).await.unwrap().status,
         SandboxStatus::Deleted
@@ -455,7 +467,9 @@ async fn a_sandbox_s_secrets_are_never_on_a_command_line_and_its_files_are_priva
             "a sandbox token is on a command line: {line}"
         );
     }
-    orch.delete_sandbox(&sandbox.id).await.unwrap();
+    orch.delete_sandbox(&sandbox.id.parse().unwrap())
+        .await
+        .unwrap();
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

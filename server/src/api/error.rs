@@ -152,4 +152,23 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
     }
 }
 
+/// A path's `{id}` parsed once into its typed id ([`RunId`](crate::ids::RunId),
+/// [`SandboxId`](crate::ids::SandboxId)): a malformed one is 404, exactly as an unknown one.
+/// Where another check must answer first, take `Result<IdPath<_>, ApiError>` and `?` it there.
+#[derive(Debug, Clone)]
+pub struct IdPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for IdPath<T>
+where
+    T: std::str::FromStr<Err = crate::ids::MalformedId> + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state).await?;
+        Ok(IdPath(raw.parse().map_err(Error::from)?))
+    }
+}
+
 pub type ApiResult<T> = Result<T, ApiError>;

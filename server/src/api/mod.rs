@@ -27,7 +27,7 @@ use axum::routing::{MethodRouter, delete, get, patch, post};
 use delegate_mcp::delegator::Caller;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 
-pub use error::{ApiError, ApiResult, Json, Path, Query};
+pub use error::{ApiError, ApiResult, IdPath, Json, Path, Query};
 
 use crate::delegation::Service;
 use crate::orchestrator::Orchestrator;

@@ -4,15 +4,17 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 
-use super::{ApiError, ApiResult, ApiState, Authed, Path};
+use super::{ApiError, ApiResult, ApiState, Authed, IdPath};
 use crate::auth::sessions;
 use crate::credentials;
 use crate::gateway::OpenTicket;
+use crate::ids::SandboxId;
 
 pub async fn open(
     State(state): State<ApiState>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    // Checked after the credential, where the sandbox is looked up.
+    id: Result<IdPath<SandboxId>, ApiError>,
     headers: HeaderMap,
 ) -> ApiResult<axum::Json<OpenTicket>> {
     // The credential `require_token` accepted (the same precedence): the gateway lives only as
@@ -23,6 +25,7 @@ pub async fn open(
         sessions::cookie_value(&headers)
     }
     .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "no credential"))?;
+    let IdPath(id) = id?;
     Ok(axum::Json(
         state.gateway.open(&caller, credential, &id).await?,
     ))

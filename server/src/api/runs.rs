@@ -7,14 +7,15 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use delegate_mcp::tools::{CancelRunInput, RunInSandboxInput, StreamSessionInput};
+use delegate_mcp::tools::RunInSandboxInput;
 use delegate_mcp::types::RunResult;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{ApiError, ApiResult, ApiState, Authed, Json, Path, Query};
+use super::{ApiError, ApiResult, ApiState, Authed, IdPath, Json, Query};
 use crate::delegation::Action;
+use crate::ids::{RunId, SandboxId};
 use crate::orchestrator::Orchestrator;
 
 /// `GET /api/runs` lists this many runs unless told otherwise.
@@ -74,22 +75,26 @@ pub async fn list(
         .limit
         .unwrap_or(DEFAULT_LIST_LIMIT)
         .clamp(1, MAX_LIST_LIMIT);
+    let sandbox_id = parse_sandbox(q.sandbox_id.as_deref())?;
     let runs = state
         .service
-        .list_runs(
-            &caller,
-            q.workspace.as_deref(),
-            q.sandbox_id.as_deref(),
-            limit,
-        )
+        .list_runs(&caller, q.workspace.as_deref(), sandbox_id.as_ref(), limit)
         .await?;
     Ok(axum::Json(RunList { runs }))
+}
+
+/// The `sandbox_id` query parameter, parsed once: a malformed one is not found.
+pub(super) fn parse_sandbox(sandbox_id: Option<&str>) -> ApiResult<Option<SandboxId>> {
+    Ok(sandbox_id
+        .map(str::parse)
+        .transpose()
+        .map_err(crate::error::Error::from)?)
 }
 
 pub async fn get_one(
     State(state): State<ApiState>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<RunId>,
 ) -> ApiResult<axum::Json<RunResult>> {
     Ok(axum::Json(state.service.get_run(&caller, &id).await?))
 }
@@ -97,19 +102,17 @@ pub async fn get_one(
 pub async fn cancel(
     State(state): State<ApiState>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<RunId>,
 ) -> ApiResult<Response> {
-    let out = state
-        .service
-        .cancel_run(&caller, CancelRunInput { run_id: id })
-        .await?;
+    let out = state.service.cancel_run(&caller, &id).await?;
     Ok(axum::Json(out).into_response())
 }
 
 pub async fn events(
     State(state): State<ApiState>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    // Checked where the run is looked up: a bad Last-Event-ID answers first.
+    id: Result<IdPath<RunId>, ApiError>,
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
@@ -119,19 +122,11 @@ pub async fn events(
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("text/event-stream"));
     if !wants_sse {
+        let IdPath(id) = id?;
+        let run = state.service.run(&caller, &id, Action::Read).await?;
         let page = state
             .service
-            .stream_session(
-                &caller,
-                StreamSessionInput {
-                    run_id: Some(id),
-                    sandbox_id: None,
-                    after: q.after,
-                    wait_seconds: q.wait_seconds,
-                },
-                Duration::ZERO,
-                q.limit,
-            )
+            .events_page(run, q.after, q.wait_seconds, Duration::ZERO, q.limit)
             .await?;
         return Ok(axum::Json(page).into_response());
     }
@@ -144,9 +139,10 @@ pub async fn events(
                 .ok_or_else(|| ApiError::invalid("Last-Event-ID: an event sequence number"))?,
         ),
     };
-    let run = state.service.run(&caller, &id, Action::Read).await?;
+    let IdPath(id) = id?;
+    state.service.run(&caller, &id, Action::Read).await?;
     let after = last_event_id.or(q.after).unwrap_or(0);
-    let stream = sse_events(state.orch().clone(), run.id, after);
+    let stream = sse_events(state.orch().clone(), id, after);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
@@ -156,7 +152,7 @@ pub async fn events(
 /// was sent. Reads the orchestrator's event stream (store, then live), never buffering the log.
 fn sse_events(
     orch: Orchestrator,
-    run_id: String,
+    run_id: RunId,
     after: u64,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send {
     async_stream::stream! {

@@ -4,12 +4,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use delegate_mcp::tools::{
-    CreateSandboxInput, DeleteSandboxInput, DeleteSandboxOutput, ListSandboxesInput,
-    ListSandboxesOutput, SandboxInfo,
+    CreateSandboxInput, DeleteSandboxOutput, ListSandboxesInput, ListSandboxesOutput, SandboxInfo,
 };
 use serde::Deserialize;
 
-use super::{ApiResult, ApiState, Authed, Json, Path, Query};
+use super::{ApiResult, ApiState, Authed, IdPath, Json, Query};
+use crate::ids::SandboxId;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,7 +42,7 @@ pub async fn list(
 pub async fn get_one(
     State(state): State<ApiState>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<SandboxId>,
 ) -> ApiResult<axum::Json<SandboxInfo>> {
     Ok(axum::Json(state.service.get_sandbox(&caller, &id).await?))
 }
@@ -50,18 +50,17 @@ pub async fn get_one(
 pub async fn remove(
     State(state): State<ApiState>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<SandboxId>,
 ) -> ApiResult<axum::Json<DeleteSandboxOutput>> {
-    let input = DeleteSandboxInput { sandbox_id: id };
     Ok(axum::Json(
-        state.service.delete_sandbox(&caller, input).await?,
+        state.service.delete_sandbox(&caller, &id).await?,
     ))
 }
 
 pub async fn pause(
     State(state): State<ApiState>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<SandboxId>,
 ) -> ApiResult<axum::Json<SandboxInfo>> {
     Ok(axum::Json(state.service.pause_sandbox(&caller, &id).await?))
 }
@@ -69,7 +68,7 @@ pub async fn pause(
 pub async fn resume(
     State(state): State<ApiState>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<SandboxId>,
 ) -> ApiResult<axum::Json<SandboxInfo>> {
     Ok(axum::Json(
         state.service.resume_sandbox(&caller, &id).await?,

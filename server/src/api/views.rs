@@ -9,9 +9,9 @@ use delegate_mcp::types::{RunResult, RunStatus, Usage};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiResult, ApiState, Authed, Path, Query};
+use super::{ApiResult, ApiState, Authed, IdPath, Query};
 use crate::delegation::{Action, internal};
-use crate::ids::Origin;
+use crate::ids::{Origin, RunId};
 use crate::store::Run;
 
 /// One run in a list: what was asked, by whom, how it went.
@@ -65,14 +65,10 @@ pub async fn summaries(
     Query(q): Query<SummaryQuery>,
 ) -> ApiResult<axum::Json<RunSummaryList>> {
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let sandbox_id = super::runs::parse_sandbox(q.sandbox_id.as_deref())?;
     let listed = state
         .service
-        .runs(
-            &caller,
-            q.workspace.as_deref(),
-            q.sandbox_id.as_deref(),
-            limit,
-        )
+        .runs(&caller, q.workspace.as_deref(), sandbox_id.as_ref(), limit)
         .await?;
     let mut names = Names::new(&state, &caller).await;
     let mut runs = Vec::with_capacity(listed.len());
@@ -95,10 +91,10 @@ pub async fn summaries(
 pub async fn detail(
     State(state): State<ApiState>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<RunId>,
 ) -> ApiResult<axum::Json<RunDetail>> {
     let run: Run = state.service.run(&caller, &id, Action::Read).await?;
-    let result = state.service.get_run(&caller, &run.id).await?;
+    let result = state.service.get_run(&caller, &id).await?;
     let workspace = state
         .orch()
         .store()

@@ -14,7 +14,7 @@ use delegate_mcp::types::RunResult;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::Service;
+use super::{Error, Service};
 use crate::orchestrator::Orchestrator;
 
 /// The MCP tools' [`Delegator`] for an orchestrator in this process.
@@ -82,7 +82,9 @@ impl Delegator for EmbeddedDelegator {
         caller: &Caller,
         input: DeleteSandboxInput,
     ) -> Result<DeleteSandboxOutput, DelegateError> {
-        Ok(self.service.delete_sandbox(caller, input).await?)
+        // The wire's text is parsed once, here: a malformed id is not found.
+        let id = input.sandbox_id.parse().map_err(Error::from)?;
+        Ok(self.service.delete_sandbox(caller, &id).await?)
     }
 
     async fn cancel_run(
@@ -90,6 +92,7 @@ impl Delegator for EmbeddedDelegator {
         caller: &Caller,
         input: CancelRunInput,
     ) -> Result<CancelRunOutput, DelegateError> {
-        Ok(self.service.cancel_run(caller, input).await?)
+        let id = input.run_id.parse().map_err(Error::from)?;
+        Ok(self.service.cancel_run(caller, &id).await?)
     }
 }

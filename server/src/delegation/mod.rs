@@ -16,6 +16,7 @@ pub use runs::{MAX_EVENTS_PER_POLL, MAX_WAIT};
 use delegate_mcp::delegator::Caller;
 use delegate_mcp::tools::SandboxInfo;
 
+use crate::ids::{RunId, SandboxId};
 use crate::orchestrator::Orchestrator;
 use crate::store::{Role, Run, Sandbox, StoreError, Workspace};
 
@@ -89,7 +90,12 @@ impl Service {
     }
 
     /// A sandbox the caller may act on.
-    pub async fn sandbox(&self, caller: &Caller, id: &str, action: Action) -> Result<Sandbox> {
+    pub async fn sandbox(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+        action: Action,
+    ) -> Result<Sandbox> {
         self.sandbox_in_workspace(caller, id, action)
             .await
             .map(|(sandbox, _)| sandbox)
@@ -99,14 +105,11 @@ impl Service {
     async fn sandbox_in_workspace(
         &self,
         caller: &Caller,
-        id: &str,
+        id: &SandboxId,
         action: Action,
     ) -> Result<(Sandbox, Workspace)> {
-        let not_found = || Error::NotFound(format!("sandbox {id:?}"));
-        if !crate::ids::is_id("sbx", id) {
-            return Err(not_found());
-        }
-        let sandbox = match self.orch.store().sandbox(id).await {
+        let not_found = || Error::NotFound(format!("sandbox {:?}", id.as_str()));
+        let sandbox = match self.orch.store().sandbox(id.as_str()).await {
             Ok(s) => s,
             Err(StoreError::NotFound(_)) => return Err(not_found()),
             Err(e) => return Err(internal(e)),
@@ -122,8 +125,8 @@ impl Service {
     }
 
     /// A run the caller may act on.
-    pub async fn run(&self, caller: &Caller, id: &str, action: Action) -> Result<Run> {
-        let not_found = || Error::NotFound(format!("run {id:?}"));
+    pub async fn run(&self, caller: &Caller, id: &RunId, action: Action) -> Result<Run> {
+        let not_found = || Error::NotFound(format!("run {:?}", id.as_str()));
         let run = match self.orch.run(id).await {
             Ok(r) => r,
             Err(Error::NotFound(_)) => return Err(not_found()),
@@ -151,9 +154,9 @@ impl Service {
             status_reason: s.status_reason.clone(),
             watch_url: public.map(|u| format!("{}/sandboxes/{}", u.trim_end_matches('/'), s.id)),
             // Browsers go through the gateway when there is one (the loopback URL is the server's).
-            opencode_url: self
-                .orch
-                .opencode_url(&s.id)
+            // A row's id is always well formed.
+            opencode_url: SandboxId::parse(&s.id)
+                .and_then(|id| self.orch.opencode_url(&id))
                 .map(|local| self.orch.settings().sandbox_origin(&s.id).unwrap_or(local)),
             created_at: s.created_at,
         }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use delegate_mcp::delegator::{Caller, Progress};
 use delegate_mcp::tools::{
-    CancelRunInput, CancelRunOutput, RunInSandboxInput, StreamSessionInput, StreamSessionOutput,
+    CancelRunOutput, RunInSandboxInput, StreamSessionInput, StreamSessionOutput,
 };
 use delegate_mcp::types::{Event, RunResult, RunStatus, Usage};
 use futures::{FutureExt, StreamExt};
@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Action, Error, Result, Service, internal};
-use crate::ids::Origin;
+use crate::ids::{Origin, RunId, SandboxId};
 use crate::orchestrator::RunRequest;
 use crate::store::{Run, Workspace};
 
@@ -33,7 +33,12 @@ impl Service {
         cancel: CancellationToken,
     ) -> Result<RunResult> {
         // A warm sandbox is read and authorized once here; the orchestrator takes it as it is.
-        let (ws, sandbox) = match &input.sandbox_id {
+        let sandbox_id = input
+            .sandbox_id
+            .as_deref()
+            .map(str::parse::<SandboxId>)
+            .transpose()?;
+        let (ws, sandbox) = match &sandbox_id {
             Some(id) => {
                 let (sandbox, ws) = self.sandbox_in_workspace(caller, id, Action::Write).await?;
                 (ws, Some(sandbox))
@@ -105,9 +110,11 @@ impl Service {
         limit: Option<usize>,
     ) -> Result<StreamSessionOutput> {
         let run = match (&input.run_id, &input.sandbox_id) {
-            (Some(run_id), _) => self.run(caller, run_id, Action::Read).await?,
+            (Some(run_id), _) => self.run(caller, &run_id.parse()?, Action::Read).await?,
             (None, Some(sandbox_id)) => {
-                let sandbox = self.sandbox(caller, sandbox_id, Action::Read).await?;
+                let sandbox = self
+                    .sandbox(caller, &sandbox_id.parse()?, Action::Read)
+                    .await?;
                 let latest = self
                     .orch
                     .store()
@@ -122,19 +129,34 @@ impl Service {
                 return Err(Error::Invalid("give run_id or sandbox_id".into()));
             }
         };
+        self.events_page(run, input.after, input.wait_seconds, default_wait, limit)
+            .await
+    }
+
+    /// [`Self::stream_session`] for a run the caller may read: its events after `after` (default
+    /// 0), long-polling up to `wait_seconds` (default `default_wait`).
+    pub async fn events_page(
+        &self,
+        run: Run,
+        after: Option<u64>,
+        wait_seconds: Option<u64>,
+        default_wait: Duration,
+        limit: Option<usize>,
+    ) -> Result<StreamSessionOutput> {
+        // The row was read by id, so its id is well formed.
+        let run_id: RunId = run.id.parse()?;
         let page = limit
             .unwrap_or(MAX_EVENTS_PER_POLL)
             .clamp(1, MAX_EVENTS_PER_POLL);
-        let after = input.after.unwrap_or(0);
-        let wait = input
-            .wait_seconds
+        let after = after.unwrap_or(0);
+        let wait = wait_seconds
             .map_or(default_wait, Duration::from_secs)
             .min(MAX_WAIT);
 
         // Status first: the closing event is written before a run's terminal status, so a run seen
         // terminal here has every event stored already.
         let mut status = run.status;
-        let mut stream = Box::pin(self.orch.events(&run.id, after));
+        let mut stream = Box::pin(self.orch.events(&run_id, after));
         let mut events: Vec<Event> = Vec::new();
         let first = if status.is_terminal() {
             stream.next().await
@@ -155,7 +177,7 @@ impl Service {
             }
         }
         if !status.is_terminal() {
-            status = self.orch.run(&run.id).await?.status;
+            status = self.orch.run(&run_id).await?.status;
         }
         let next_cursor = events.last().map_or(after, |e| e.seq);
         let done = status.is_terminal()
@@ -180,14 +202,10 @@ impl Service {
         })
     }
 
-    pub async fn cancel_run(
-        &self,
-        caller: &Caller,
-        input: CancelRunInput,
-    ) -> Result<CancelRunOutput> {
-        let run = self.run(caller, &input.run_id, Action::Write).await?;
-        self.orch.cancel_run(&run.id).await?;
-        let result = self.orch.wait(&run.id).await?;
+    pub async fn cancel_run(&self, caller: &Caller, id: &RunId) -> Result<CancelRunOutput> {
+        let run = self.run(caller, id, Action::Write).await?;
+        self.orch.cancel_run(id).await?;
+        let result = self.orch.wait(id).await?;
         Ok(CancelRunOutput {
             run_id: run.id,
             status: result.status,
@@ -195,9 +213,9 @@ impl Service {
     }
 
     /// A run's result as it stands.
-    pub async fn get_run(&self, caller: &Caller, id: &str) -> Result<RunResult> {
-        let run = self.run(caller, id, Action::Read).await?;
-        self.orch.result(&run.id).await
+    pub async fn get_run(&self, caller: &Caller, id: &RunId) -> Result<RunResult> {
+        self.run(caller, id, Action::Read).await?;
+        self.orch.result(id).await
     }
 
     /// Runs of a workspace (or of one sandbox), newest first.
@@ -205,7 +223,7 @@ impl Service {
         &self,
         caller: &Caller,
         workspace: Option<&str>,
-        sandbox_id: Option<&str>,
+        sandbox_id: Option<&SandboxId>,
         limit: i64,
     ) -> Result<Vec<RunResult>> {
         let runs = self.runs(caller, workspace, sandbox_id, limit).await?;
@@ -218,7 +236,7 @@ impl Service {
         &self,
         caller: &Caller,
         workspace: Option<&str>,
-        sandbox_id: Option<&str>,
+        sandbox_id: Option<&SandboxId>,
         limit: i64,
     ) -> Result<Vec<(Run, RunResult)>> {
         let (workspace_id, sandbox_id) = match sandbox_id {
@@ -227,7 +245,7 @@ impl Service {
                 if let Some(w) = workspace {
                     let ws = self.authorize(caller, Some(w), Action::Read).await?;
                     if ws.id != sandbox.workspace_id {
-                        return Err(Error::NotFound(format!("sandbox {id:?}")));
+                        return Err(Error::NotFound(format!("sandbox {:?}", id.as_str())));
                     }
                 }
                 (sandbox.workspace_id, Some(sandbox.id))

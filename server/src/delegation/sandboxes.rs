@@ -4,13 +4,12 @@ use std::time::Duration;
 
 use delegate_mcp::delegator::Caller;
 use delegate_mcp::tools::{
-    CreateSandboxInput, DeleteSandboxInput, DeleteSandboxOutput, ListSandboxesInput,
-    ListSandboxesOutput, SandboxInfo,
+    CreateSandboxInput, DeleteSandboxOutput, ListSandboxesInput, ListSandboxesOutput, SandboxInfo,
 };
 use delegate_mcp::types::SandboxStatus;
 
 use super::{Action, Error, Result, Service, internal};
-use crate::ids::Origin;
+use crate::ids::{Origin, SandboxId};
 use crate::orchestrator::SandboxRequest;
 
 impl Service {
@@ -49,7 +48,7 @@ impl Service {
         })
     }
 
-    pub async fn get_sandbox(&self, caller: &Caller, id: &str) -> Result<SandboxInfo> {
+    pub async fn get_sandbox(&self, caller: &Caller, id: &SandboxId) -> Result<SandboxInfo> {
         let sandbox = self.sandbox(caller, id, Action::Read).await?;
         Ok(self.info(&sandbox))
     }
@@ -57,16 +56,14 @@ impl Service {
     pub async fn delete_sandbox(
         &self,
         caller: &Caller,
-        input: DeleteSandboxInput,
+        id: &SandboxId,
     ) -> Result<DeleteSandboxOutput> {
-        let sandbox = self
-            .sandbox(caller, &input.sandbox_id, Action::Write)
-            .await?;
-        self.orch.delete_sandbox(&sandbox.id).await?;
+        self.sandbox(caller, id, Action::Write).await?;
+        self.orch.delete_sandbox(id).await?;
         let sandbox = self
             .orch
             .store()
-            .sandbox(&sandbox.id)
+            .sandbox(id.as_str())
             .await
             .map_err(internal)?;
         Ok(DeleteSandboxOutput {
@@ -76,7 +73,7 @@ impl Service {
     }
 
     /// Pauses a warm sandbox (files kept); refused while a run is in it.
-    pub async fn pause_sandbox(&self, caller: &Caller, id: &str) -> Result<SandboxInfo> {
+    pub async fn pause_sandbox(&self, caller: &Caller, id: &SandboxId) -> Result<SandboxInfo> {
         let sandbox = self.sandbox(caller, id, Action::Write).await?;
         match sandbox.status {
             SandboxStatus::Paused => return Ok(self.info(&sandbox)),
@@ -88,19 +85,24 @@ impl Service {
                 )));
             }
         }
-        self.orch.pause_sandbox(&sandbox.id).await?;
-        self.fresh_info(&sandbox.id).await
+        self.orch.pause_sandbox(id).await?;
+        self.fresh_info(id).await
     }
 
     /// Starts a paused sandbox again.
-    pub async fn resume_sandbox(&self, caller: &Caller, id: &str) -> Result<SandboxInfo> {
-        let sandbox = self.sandbox(caller, id, Action::Write).await?;
-        self.orch.resume_sandbox(&sandbox.id).await?;
-        self.fresh_info(&sandbox.id).await
+    pub async fn resume_sandbox(&self, caller: &Caller, id: &SandboxId) -> Result<SandboxInfo> {
+        self.sandbox(caller, id, Action::Write).await?;
+        self.orch.resume_sandbox(id).await?;
+        self.fresh_info(id).await
     }
 
-    async fn fresh_info(&self, id: &str) -> Result<SandboxInfo> {
-        let sandbox = self.orch.store().sandbox(id).await.map_err(internal)?;
+    async fn fresh_info(&self, id: &SandboxId) -> Result<SandboxInfo> {
+        let sandbox = self
+            .orch
+            .store()
+            .sandbox(id.as_str())
+            .await
+            .map_err(internal)?;
         Ok(self.info(&sandbox))
     }
 }

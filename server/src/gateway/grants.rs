@@ -15,7 +15,7 @@ use super::{AUTH_PATH, Gateway, lock, page, redirect};
 use crate::credentials;
 use crate::delegation::Action;
 use crate::error::Error;
-use crate::ids::{hash_secret, new_secret};
+use crate::ids::{SandboxId, hash_secret, new_secret};
 
 /// How long a ticket from `POST /api/sandboxes/{id}/open` can be redeemed.
 pub const TICKET_TTL: Duration = Duration::from_secs(30);
@@ -53,7 +53,7 @@ impl Gateway {
         &self,
         caller: &Caller,
         credential: &str,
-        sandbox_id: &str,
+        sandbox_id: &SandboxId,
     ) -> Result<OpenTicket, Error> {
         let sandbox = self
             .inner
@@ -66,7 +66,7 @@ impl Gateway {
             )
         })?;
         if sandbox.status != SandboxStatus::Running
-            || self.orch().serve_endpoint(&sandbox.id).is_none()
+            || self.orch().serve_endpoint(sandbox_id).is_none()
         {
             return Err(Error::Conflict(format!(
                 "sandbox {} is {}: only a running warm sandbox opens",

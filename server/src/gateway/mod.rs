@@ -100,8 +100,8 @@ impl Gateway {
     }
 
     /// Everything for a gateway host.
-    async fn handle(&self, sandbox_id: SandboxId, request: Request) -> Response {
-        let sandbox_id = sandbox_id.as_str();
+    async fn handle(&self, id: SandboxId, request: Request) -> Response {
+        let sandbox_id = id.as_str();
         if request.uri().path() == AUTH_PATH {
             return self.redeem(sandbox_id, request.uri().query());
         }
@@ -126,7 +126,7 @@ impl Gateway {
         match self
             .inner
             .service
-            .sandbox(&caller, sandbox_id, Action::Write)
+            .sandbox(&caller, &id, Action::Write)
             .await
         {
             Ok(_) => {}
@@ -134,7 +134,7 @@ impl Gateway {
             Err(Error::Forbidden(m)) => return page(StatusCode::FORBIDDEN, &m),
             Err(e) => return page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         }
-        let Some(endpoint) = self.orch().serve_endpoint(sandbox_id) else {
+        let Some(endpoint) = self.orch().serve_endpoint(&id) else {
             return page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "This sandbox's opencode is not running (paused or gone). Resume it in delegate.",
@@ -148,8 +148,8 @@ impl Gateway {
                 "a change or WebSocket through the gateway must come from the sandbox's own page",
             );
         }
-        self.orch().touch_sandbox(sandbox_id);
-        let viewing = self.keep_awake(sandbox_id);
+        self.orch().touch_sandbox(&id);
+        let viewing = self.keep_awake(&id);
         match forward(&endpoint.url, endpoint.password.expose(), request, viewing).await {
             Ok(r) => r,
             Err(e) => {

@@ -15,6 +15,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{COOKIE, Gateway};
 use crate::credentials;
+use crate::ids::SandboxId;
 
 /// While a stream (SSE, WebSocket) to a sandbox is open, its viewer counts as activity this often,
 /// so a watched sandbox is not paused for idleness (the idle sweep looks every second).
@@ -23,10 +24,10 @@ const VIEWER_TOUCH: Duration = Duration::from_secs(1);
 impl Gateway {
     /// Touches the sandbox every [`VIEWER_TOUCH`] until the returned guard is dropped (with the
     /// response body or the spliced WebSocket).
-    pub(super) fn keep_awake(&self, sandbox_id: &str) -> DropGuard {
+    pub(super) fn keep_awake(&self, sandbox_id: &SandboxId) -> DropGuard {
         let stop = CancellationToken::new();
         let orch = self.orch().clone();
-        let id = sandbox_id.to_string();
+        let id = sandbox_id.clone();
         let stopped = stop.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(VIEWER_TOUCH);

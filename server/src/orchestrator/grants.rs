@@ -5,7 +5,7 @@ use delegate_mcp::types::SandboxStatus;
 
 use super::Result;
 use crate::credentials::{self, Holder};
-use crate::ids::{Origin, new_id, now_ms};
+use crate::ids::{Origin, SandboxId, now_ms};
 use crate::store::{Sandbox, SandboxKind, Store, TokenKind, Workspace};
 
 /// A new proxy token for a sandbox (`dsb_...`); only its hash is stored.
@@ -37,7 +37,7 @@ pub async fn register_external_sandbox(
     expires_at: Option<crate::store::Millis>,
 ) -> Result<(Sandbox, String)> {
     let now = now_ms();
-    let id = new_id("sbx");
+    let id = SandboxId::new().into_string();
     let sandbox = Sandbox {
         id: id.clone(),
         workspace_id: workspace.id.clone(),

@@ -10,7 +10,7 @@ use delegate_mcp::types::SandboxStatus;
 use super::grants::issue_sandbox_token;
 use super::reservation::Reservation;
 use super::{Error, Inner, LOCAL_BACKEND, Orchestrator, Result, SandboxRequest, Warm, lock};
-use crate::ids::{Origin, is_id, new_id, new_secret, now_ms};
+use crate::ids::{Origin, SandboxId, new_secret, now_ms};
 use crate::names::Name;
 use crate::sandbox::{SandboxError, SandboxSpec, ServeEndpoint};
 use crate::settings::Secret;
@@ -68,8 +68,8 @@ impl Orchestrator {
 
     /// Someone is looking at the sandbox (a browser through the gateway): its idle time starts
     /// over, so a sandbox in use is not paused under its viewer.
-    pub fn touch_sandbox(&self, sandbox_id: &str) {
-        if let Some(w) = lock(&self.inner.warm).get_mut(sandbox_id) {
+    pub fn touch_sandbox(&self, sandbox_id: &SandboxId) {
+        if let Some(w) = lock(&self.inner.warm).get_mut(sandbox_id.as_str()) {
             w.last_active = std::time::Instant::now();
         }
     }
@@ -84,7 +84,7 @@ impl Orchestrator {
         created_by: Option<Origin>,
     ) -> Result<(Sandbox, SandboxSpec)> {
         let now = now_ms();
-        let id = new_id("sbx");
+        let id = SandboxId::new().into_string();
         let sandbox = Sandbox {
             id: id.clone(),
             workspace_id: ws.id.clone(),
@@ -187,10 +187,8 @@ impl Orchestrator {
 
     /// Deletes a sandbox: stops its processes, removes its files, revokes its token. A running
     /// run in it is cancelled first.
-    pub async fn delete_sandbox(&self, sandbox_id: &str) -> Result<()> {
-        if !is_id("sbx", sandbox_id) {
-            return Err(Error::NotFound(format!("sandbox {sandbox_id:?}")));
-        }
+    pub async fn delete_sandbox(&self, sandbox_id: &SandboxId) -> Result<()> {
+        let sandbox_id = sandbox_id.as_str();
         let sandbox = self.inner.store.sandbox(sandbox_id).await?;
         match self.inner.reservations.holder(sandbox_id) {
             Some(Some(run_id)) => {
@@ -233,14 +231,14 @@ impl Orchestrator {
 
     /// Stops a warm sandbox's processes, keeping its files; the next run resumes it. Refused
     /// while a run is in it.
-    pub async fn pause_sandbox(&self, sandbox_id: &str) -> Result<()> {
-        if is_id("sbx", sandbox_id)
-            && self
-                .inner
-                .store
-                .sandbox(sandbox_id)
-                .await
-                .is_ok_and(|s| s.backend == LOCAL_BACKEND)
+    pub async fn pause_sandbox(&self, sandbox_id: &SandboxId) -> Result<()> {
+        let sandbox_id = sandbox_id.as_str();
+        if self
+            .inner
+            .store
+            .sandbox(sandbox_id)
+            .await
+            .is_ok_and(|s| s.backend == LOCAL_BACKEND)
         {
             return Err(Error::Invalid(
                 "a local sandbox runs on its owner's machine and cannot be paused".into(),
@@ -252,10 +250,8 @@ impl Orchestrator {
 
     /// Starts a paused warm sandbox again (its files kept). Refused while another operation
     /// holds the sandbox; a running sandbox is left as it is.
-    pub async fn resume_sandbox(&self, sandbox_id: &str) -> Result<()> {
-        if !is_id("sbx", sandbox_id) {
-            return Err(Error::NotFound(format!("sandbox {sandbox_id:?}")));
-        }
+    pub async fn resume_sandbox(&self, sandbox_id: &SandboxId) -> Result<()> {
+        let sandbox_id = sandbox_id.as_str();
         let reservation = self.inner.reservations.reserve(sandbox_id)?;
         let sandbox = self.inner.store.sandbox(sandbox_id).await?;
         match sandbox.status {

@@ -10,7 +10,7 @@ use delegate_mcp::types::{ChangeKind, ChangedFile, SandboxStatus};
 use tokio_util::sync::CancellationToken;
 
 use super::{Error, Orchestrator, Result, Warm, lock};
-use crate::ids::{Origin, new_id, now_ms};
+use crate::ids::{Origin, SandboxId, now_ms};
 use crate::sandbox::ServeEndpoint;
 use crate::store::{Sandbox, SandboxKind, StoreError, Workspace};
 
@@ -20,7 +20,7 @@ pub const LOCAL_BACKEND: &str = "local";
 /// The links of this process's local sandboxes.
 #[derive(Default)]
 pub(super) struct Links {
-    pub(super) map: std::sync::Mutex<std::collections::HashMap<String, LocalLink>>,
+    pub(super) map: std::sync::Mutex<std::collections::HashMap<SandboxId, LocalLink>>,
     /// Held across a link's coming or going (map and status together), so a replaced link's
     /// departure cannot mark offline a sandbox its successor just brought up.
     transitions: tokio::sync::Mutex<()>,
@@ -45,7 +45,7 @@ impl Orchestrator {
             crate::names::Name::parse(name).map_err(|bad| Error::Invalid(bad.to_string()))?;
         let now = now_ms();
         let sandbox = Sandbox {
-            id: new_id("sbx"),
+            id: SandboxId::new().into_string(),
             workspace_id: ws.id.clone(),
             name: name.into_string(),
             kind: SandboxKind::Local,
@@ -67,11 +67,13 @@ impl Orchestrator {
     /// deleted while the link lasts.
     pub async fn local_up(
         &self,
-        sandbox_id: &str,
+        sandbox_id: &SandboxId,
         endpoint: ServeEndpoint,
         generation: u64,
         revoked: CancellationToken,
     ) -> Result<()> {
+        let id = sandbox_id;
+        let sandbox_id = id.as_str();
         let _serial = self.inner.local.transitions.lock().await;
         let sandbox = self.inner.store.sandbox(sandbox_id).await?;
         if sandbox.backend != LOCAL_BACKEND {
@@ -80,7 +82,7 @@ impl Orchestrator {
             )));
         }
         lock(&self.inner.local.map).insert(
-            sandbox_id.to_string(),
+            id.clone(),
             LocalLink {
                 generation,
                 revoked,
@@ -124,7 +126,8 @@ impl Orchestrator {
 
     /// The link of `generation` dropped: unless a newer link took over, the sandbox is `offline`
     /// and runs into it get a clear error.
-    pub async fn local_down(&self, sandbox_id: &str, generation: u64) -> Result<()> {
+    pub async fn local_down(&self, sandbox_id: &SandboxId, generation: u64) -> Result<()> {
+        let sandbox_id = sandbox_id.as_str();
         let _serial = self.inner.local.transitions.lock().await;
         if !self.forget_local(sandbox_id, generation) {
             return Ok(());
@@ -159,7 +162,11 @@ impl Orchestrator {
     }
 
     /// The endpoint (URL and password) of a running sandbox's opencode serve in this process.
-    pub fn local_endpoint(&self, sandbox_id: &str) -> Option<ServeEndpoint> {
+    pub fn local_endpoint(&self, sandbox_id: &SandboxId) -> Option<ServeEndpoint> {
+        self.local_endpoint_of(sandbox_id.as_str())
+    }
+
+    fn local_endpoint_of(&self, sandbox_id: &str) -> Option<ServeEndpoint> {
         lock(&self.inner.warm)
             .get(sandbox_id)
             .map(|w| w.endpoint.clone())
@@ -168,7 +175,7 @@ impl Orchestrator {
     /// At shutdown: every link of this process ends, so its sandboxes are `offline` until their
     /// agents reconnect (to this server once it is back, or to a peer).
     pub(super) async fn local_shutdown(&self) {
-        let links: Vec<(String, u64)> = lock(&self.inner.local.map)
+        let links: Vec<(SandboxId, u64)> = lock(&self.inner.local.map)
             .iter()
             .map(|(id, l)| (id.clone(), l.generation))
             .collect();
@@ -190,7 +197,7 @@ impl Orchestrator {
         if !lock(&self.inner.local.map).contains_key(sandbox_id) {
             return None;
         }
-        let endpoint = self.local_endpoint(sandbox_id)?;
+        let endpoint = self.local_endpoint_of(sandbox_id)?;
         let client = crate::opencode::serve::ServeClient::new(
             &endpoint.url,
             endpoint.password.clone(),
@@ -223,7 +230,12 @@ impl Orchestrator {
                 Some("deleted") => ChangeKind::Deleted,
                 _ => ChangeKind::Modified,
             };
-            changed.push(ChangedFile::new(path, change));
+            let count = |k: &str| f.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+            changed.push(ChangedFile {
+                additions: count("additions"),
+                deletions: count("deletions"),
+                ..ChangedFile::new(path, change)
+            });
             let patch = f.get("patch").and_then(|v| v.as_str()).unwrap_or("");
             if diff.len() + patch.len() > max {
                 let room = max.saturating_sub(diff.len());

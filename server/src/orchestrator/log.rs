@@ -8,6 +8,7 @@ use delegate_mcp::types::Event;
 use futures::Stream;
 use tokio::sync::{broadcast, watch};
 
+use crate::ids::RunId;
 use crate::store::{NewEvent, Store, StoreError};
 
 /// How many live events a slow subscriber may lag before it re-reads from the store.
@@ -32,7 +33,7 @@ pub struct LiveLog {
 }
 
 impl RunLog {
-    pub fn new(run_id: &str, store: Arc<dyn Store>) -> (RunLog, LiveLog) {
+    pub fn new(run_id: &RunId, store: Arc<dyn Store>) -> (RunLog, LiveLog) {
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
         let (done, done_rx) = watch::channel(false);
         (
@@ -95,7 +96,7 @@ impl Drop for RunLog {
 /// The stream ends when the run's log is complete and every event has been yielded.
 pub fn follow(
     store: Arc<dyn Store>,
-    run_id: String,
+    run_id: RunId,
     after: u64,
     live: Option<LiveLog>,
 ) -> impl Stream<Item = Result<Event, StoreError>> + Send {
@@ -104,7 +105,7 @@ pub fn follow(
         // Subscribe before replaying, so nothing written in between is missed.
         let mut sub = live.as_ref().map(|l| (l.tx.subscribe(), l.done.clone()));
         loop {
-            let page = store.events_after(&run_id, cursor, PAGE).await?;
+            let page = store.events_after(run_id.as_str(), cursor, PAGE).await?;
             let full = page.len() as i64 == PAGE;
             for e in page {
                 cursor = e.seq;
@@ -121,7 +122,7 @@ pub fn follow(
             if *done.borrow() {
                 // Complete: whatever is left is in the store.
                 loop {
-                    let page = store.events_after(&run_id, cursor, PAGE).await?;
+                    let page = store.events_after(run_id.as_str(), cursor, PAGE).await?;
                     if page.is_empty() {
                         return;
                     }
@@ -155,7 +156,7 @@ pub fn follow(
                 }
                 Next::Gap => {
                     // Fell behind the broadcast: read the gap from the store.
-                    for e in store.events_after(&run_id, cursor, PAGE).await? {
+                    for e in store.events_after(run_id.as_str(), cursor, PAGE).await? {
                         cursor = e.seq;
                         yield e;
                     }

@@ -33,7 +33,7 @@ pub use log::{LiveLog, follow};
 pub use runs::{REMOTE_WAIT, result_of};
 
 use crate::bootstrap::{ensure_local_user, instance_id};
-use crate::ids::Origin;
+use crate::ids::{Origin, RunId, SandboxId};
 use crate::proxy::{ActiveRuns, Proxy};
 use crate::sandbox::{SandboxBackend, SandboxError, ServeEndpoint};
 use crate::settings::Settings;
@@ -103,7 +103,7 @@ struct Inner {
     settings: Arc<Settings>,
     active_runs: ActiveRuns,
     /// Runs executing in this process: their cancel switch and live log.
-    live: Mutex<HashMap<String, (CancellationToken, LiveLog)>>,
+    live: Mutex<HashMap<RunId, (CancellationToken, LiveLog)>>,
     /// Sandboxes held by an operation (a run, a pause, a resume): one at a time per sandbox.
     reservations: Reservations,
     warm: Mutex<HashMap<String, Warm>>,
@@ -193,17 +193,17 @@ impl Orchestrator {
     }
 
     /// The loopback URL of a warm sandbox's opencode serve, while it runs in this process.
-    pub fn opencode_url(&self, sandbox_id: &str) -> Option<String> {
+    pub fn opencode_url(&self, sandbox_id: &SandboxId) -> Option<String> {
         lock(&self.inner.warm)
-            .get(sandbox_id)
+            .get(sandbox_id.as_str())
             .map(|w| w.endpoint.url.clone())
     }
 
     /// A warm sandbox's opencode serve (URL, password, directory) while it runs in this process:
     /// what the browser gateway forwards to.
-    pub fn serve_endpoint(&self, sandbox_id: &str) -> Option<ServeEndpoint> {
+    pub fn serve_endpoint(&self, sandbox_id: &SandboxId) -> Option<ServeEndpoint> {
         lock(&self.inner.warm)
-            .get(sandbox_id)
+            .get(sandbox_id.as_str())
             .map(|w| w.endpoint.clone())
     }
 

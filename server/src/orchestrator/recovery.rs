@@ -5,7 +5,7 @@
 use delegate_mcp::types::{RunStatus, SandboxStatus};
 
 use super::{Error, Inner, LOCAL_BACKEND, Orchestrator, REMOTE_POLL, Result, lock};
-use crate::ids::now_ms;
+use crate::ids::{RunId, SandboxId, now_ms};
 use crate::store::{RunOutcome, SandboxKind, StoreError};
 
 impl Orchestrator {
@@ -22,7 +22,7 @@ impl Orchestrator {
         let mut lost = 0;
         let me = &self.inner.instance_id;
         for run in store.runs_owned_with_status(me, &active).await? {
-            if lock(&self.inner.live).contains_key(&run.id) {
+            if lock(&self.inner.live).contains_key(run.id.as_str()) {
                 continue;
             }
             run_transition(run.status, RunStatus::Lost)?;
@@ -56,7 +56,7 @@ impl Orchestrator {
         for sandbox in store.sandboxes_owned_with_status(me, &up).await? {
             if sandbox.backend == LOCAL_BACKEND
                 && sandbox.status == SandboxStatus::Running
-                && !lock(&self.inner.local.map).contains_key(&sandbox.id)
+                && !lock(&self.inner.local.map).contains_key(sandbox.id.as_str())
             {
                 // Its link ended with the old process; the agent reconnects by itself.
                 let _ = self
@@ -146,7 +146,7 @@ impl Orchestrator {
 
     async fn shutdown_with(&self, delete_warm: bool) {
         self.inner.shutdown.cancel();
-        let runs: Vec<String> = lock(&self.inner.live).keys().cloned().collect();
+        let runs: Vec<RunId> = lock(&self.inner.live).keys().cloned().collect();
         for run_id in &runs {
             let _ = self.cancel_run(run_id).await;
         }
@@ -159,12 +159,17 @@ impl Orchestrator {
                 let local = lock(&self.inner.local.map);
                 lock(&self.inner.warm)
                     .keys()
-                    .filter(|id| !local.contains_key(*id))
+                    .filter(|id| !local.contains_key(id.as_str()))
                     .cloned()
                     .collect()
             };
             for id in warm {
-                if let Err(e) = self.delete_sandbox(&id).await {
+                // The warm map's ids are the orchestrator's own, so this always parses.
+                let deleted = match id.parse::<SandboxId>() {
+                    Ok(sandbox_id) => self.delete_sandbox(&sandbox_id).await,
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = deleted {
                     tracing::warn!(sandbox = %id, error = %e, "could not delete sandbox at shutdown");
                 }
             }
@@ -189,7 +194,7 @@ pub(super) async fn watch_cancel_requests(inner: std::sync::Weak<Inner>) {
         let live: Vec<String> = lock(&inner.live)
             .iter()
             .filter(|(_, (cancel, _))| !cancel.is_cancelled())
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| id.to_string())
             .collect();
         if live.is_empty() {
             continue;
@@ -198,7 +203,7 @@ pub(super) async fn watch_cancel_requests(inner: std::sync::Weak<Inner>) {
             Ok(requested) => {
                 let live = lock(&inner.live);
                 for id in requested {
-                    if let Some((cancel, _)) = live.get(&id) {
+                    if let Some((cancel, _)) = live.get(id.as_str()) {
                         tracing::info!(run = %id, "cancelling on another server's request");
                         cancel.cancel();
                     }

@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::{Error, Result, lock};
+use crate::ids::RunId;
 
 /// The sandboxes held right now, each with the run holding it (`None` until a run is recorded,
 /// and for a pause or resume).
 #[derive(Default)]
 pub(super) struct Reservations {
-    held: Arc<Mutex<HashMap<String, Option<String>>>>,
+    held: Arc<Mutex<HashMap<String, Option<RunId>>>>,
     /// Woken whenever a reservation is released.
     released: Arc<tokio::sync::Notify>,
 }
@@ -50,7 +51,7 @@ impl Reservations {
 
     /// Whether the sandbox is held, and by which run: `Some(None)` while an operation that is
     /// not a run (or a run not yet recorded) holds it.
-    pub(super) fn holder(&self, sandbox_id: &str) -> Option<Option<String>> {
+    pub(super) fn holder(&self, sandbox_id: &str) -> Option<Option<RunId>> {
         lock(&self.held).get(sandbox_id).cloned()
     }
 }
@@ -58,7 +59,7 @@ impl Reservations {
 /// A sandbox held by one operation; dropping it releases the sandbox.
 #[must_use = "the sandbox is released as soon as the reservation is dropped"]
 pub(super) struct Reservation {
-    held: Arc<Mutex<HashMap<String, Option<String>>>>,
+    held: Arc<Mutex<HashMap<String, Option<RunId>>>>,
     released: Arc<tokio::sync::Notify>,
     sandbox_id: String,
 }
@@ -69,9 +70,9 @@ impl Reservation {
     }
 
     /// Records the run that holds the sandbox, so deleting the sandbox can cancel it.
-    pub(super) fn hold_for_run(&self, run_id: &str) {
+    pub(super) fn hold_for_run(&self, run_id: &RunId) {
         if let Some(holder) = lock(&self.held).get_mut(&self.sandbox_id) {
-            *holder = Some(run_id.to_string());
+            *holder = Some(run_id.clone());
         }
     }
 }
@@ -101,8 +102,9 @@ mod tests {
         // Other sandboxes are not affected.
         let other = reservations.reserve("sbx_b").unwrap();
         assert_eq!(reservations.holder("sbx_a"), Some(None));
-        first.hold_for_run("run_1");
-        assert_eq!(reservations.holder("sbx_a"), Some(Some("run_1".into())));
+        let run = RunId::new();
+        first.hold_for_run(&run);
+        assert_eq!(reservations.holder("sbx_a"), Some(Some(run)));
         drop(first);
         assert_eq!(reservations.holder("sbx_a"), None);
         let again = reservations.reserve("sbx_a").unwrap();

@@ -14,7 +14,7 @@ use super::agent::{headless, served};
 use super::log::RunLog;
 use super::reservation::Reservation;
 use super::{Error, Orchestrator, Result, RunRequest, Warm, lock};
-use crate::ids::{Origin, is_id, new_id, now_ms};
+use crate::ids::{Origin, RunId, SandboxId, now_ms};
 use crate::sandbox::{RunSpec, SandboxError, SandboxSpec};
 use crate::state::run_transition;
 use crate::store::{Run, RunOutcome, Sandbox, SandboxKind};
@@ -34,7 +34,7 @@ pub(super) async fn start(
     orch: Orchestrator,
     req: RunRequest,
     loaded: Option<Sandbox>,
-) -> Result<(String, String)> {
+) -> Result<(RunId, SandboxId)> {
     // Everything the caller controls is checked before anything is written.
     if req.task.trim().is_empty() {
         return Err(Error::Invalid("task: must not be empty".into()));
@@ -79,13 +79,13 @@ pub(super) async fn start(
                     "files: only for a fresh sandbox; a warm sandbox already has its files".into(),
                 ));
             }
-            let sandbox = match loaded {
-                Some(sandbox) => sandbox,
+            let (sandbox_id, sandbox) = match loaded {
+                Some(sandbox) => (sandbox.id.parse::<SandboxId>()?, sandbox),
+                // The request's text is parsed here, once: a malformed id is not found.
                 None => {
-                    if !is_id("sbx", id) {
-                        return Err(Error::NotFound(format!("sandbox {id:?}")));
-                    }
-                    orch.inner.store.sandbox(id).await?
+                    let id = id.parse::<SandboxId>()?;
+                    let sandbox = orch.inner.store.sandbox(id.as_str()).await?;
+                    (id, sandbox)
                 }
             };
             // On any error below, dropping the reservation frees the sandbox again.
@@ -108,7 +108,7 @@ pub(super) async fn start(
                 }
             };
             (
-                sandbox.id,
+                sandbox_id,
                 sandbox.workspace_id,
                 Target::Warm(warm),
                 reservation,
@@ -128,18 +128,23 @@ pub(super) async fn start(
                 .await?;
             // A fresh sandbox nobody else knows yet.
             let reservation = orch.inner.reservations.reserve(&sandbox.id)?;
-            (sandbox.id, ws.id, Target::Ephemeral(spec), reservation)
+            (
+                sandbox.id.parse()?,
+                ws.id,
+                Target::Ephemeral(spec),
+                reservation,
+            )
         }
     };
 
-    let run_id = new_id("run");
+    let run_id = RunId::new();
     let model = req
         .model
         .clone()
         .unwrap_or_else(|| orch.inner.settings.model.clone());
     let run = Run {
-        id: run_id.clone(),
-        sandbox_id: sandbox_id.clone(),
+        id: run_id.to_string(),
+        sandbox_id: sandbox_id.to_string(),
         workspace_id,
         task: req.task.clone(),
         model: Some(model.clone()),
@@ -169,7 +174,7 @@ pub(super) async fn start(
     lock(&orch.inner.live).insert(run_id.clone(), (cancel.clone(), live));
 
     let spec = RunSpec {
-        run_id: run_id.clone(),
+        run_id: run_id.to_string(),
         title: title_of(&req.task),
         task: req.task,
         model,
@@ -322,7 +327,7 @@ async fn drive(
         // Free for the next run only once its session and idle clock are up to date.
         drop(reservation);
     }
-    lock(&inner.live).remove(&run.id);
+    lock(&inner.live).remove(run.id.as_str());
     log.close();
 }
 
@@ -336,7 +341,7 @@ impl Orchestrator {
             self.inner.backend.destroy(sandbox_id).await?;
             return Ok(());
         }
-        self.delete_sandbox(sandbox_id).await
+        self.delete_sandbox(&sandbox_id.parse()?).await
     }
 }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 use delegate_mcp::types::{Event, RunResult, RunStatus};
 use futures::Stream;
 
-use super::{Error, LiveLog, Orchestrator, REMOTE_POLL, Result, RunRequest, follow, lock, run};
-use crate::ids::{is_id, now_ms};
+use super::{LiveLog, Orchestrator, REMOTE_POLL, Result, RunRequest, follow, lock, run};
+use crate::ids::{RunId, SandboxId, now_ms};
 use crate::store::{Run, RunOutcome, Sandbox, StoreError};
 
 /// How long [`Orchestrator::wait`] follows a run that executes in another process.
@@ -16,7 +16,7 @@ pub const REMOTE_WAIT: Duration = Duration::from_secs(30);
 impl Orchestrator {
     /// Starts a run and returns its id and sandbox id at once; follow it with [`Self::events`] or
     /// [`Self::wait`]. Input is checked before anything is written.
-    pub async fn start_run(&self, req: RunRequest) -> Result<(String, String)> {
+    pub async fn start_run(&self, req: RunRequest) -> Result<(RunId, SandboxId)> {
         run::start(self.clone(), req, None).await
     }
 
@@ -26,7 +26,7 @@ impl Orchestrator {
         &self,
         sandbox: Sandbox,
         mut req: RunRequest,
-    ) -> Result<(String, String)> {
+    ) -> Result<(RunId, SandboxId)> {
         req.sandbox_id = Some(sandbox.id.clone());
         run::start(self.clone(), req, Some(sandbox)).await
     }
@@ -34,7 +34,7 @@ impl Orchestrator {
     /// Cancels a run; it ends `cancelled` once its processes are gone. A run executing in another
     /// process (several servers on one database) gets a request in the store, which that process
     /// acts on within about 0.5 s; follow it with [`Self::wait`].
-    pub async fn cancel_run(&self, run_id: &str) -> Result<()> {
+    pub async fn cancel_run(&self, run_id: &RunId) -> Result<()> {
         let token = lock(&self.inner.live).get(run_id).map(|(t, _)| t.clone());
         match token {
             Some(t) => {
@@ -46,33 +46,33 @@ impl Orchestrator {
                 if !run.status.is_terminal() {
                     // Another process executes it (several servers on one database), or it is
                     // about to go live here: the owner's `watch_cancel_requests` picks this up.
-                    self.inner.store.request_cancel(run_id, now_ms()).await?;
+                    self.inner
+                        .store
+                        .request_cancel(run_id.as_str(), now_ms())
+                        .await?;
                 }
                 Ok(())
             }
         }
     }
 
-    pub async fn run(&self, run_id: &str) -> Result<Run> {
-        if !is_id("run", run_id) {
-            return Err(Error::NotFound(format!("run {run_id:?}")));
-        }
-        Ok(self.inner.store.run(run_id).await?)
+    pub async fn run(&self, run_id: &RunId) -> Result<Run> {
+        Ok(self.inner.store.run(run_id.as_str()).await?)
     }
 
     /// The events of a run after `after`, then live ones until it ends.
     pub fn events(
         &self,
-        run_id: &str,
+        run_id: &RunId,
         after: u64,
     ) -> impl Stream<Item = Result<Event, StoreError>> + Send + use<> {
         let live = lock(&self.inner.live).get(run_id).map(|(_, l)| l.clone());
-        follow(self.inner.store.clone(), run_id.to_string(), after, live)
+        follow(self.inner.store.clone(), run_id.clone(), after, live)
     }
 
     /// Waits for a run to end and returns its result. A run executing in another process is
     /// followed through the store for at most [`REMOTE_WAIT`]; then its result as it stands.
-    pub async fn wait(&self, run_id: &str) -> Result<RunResult> {
+    pub async fn wait(&self, run_id: &RunId) -> Result<RunResult> {
         let live = lock(&self.inner.live).get(run_id).map(|(_, l)| l.clone());
         if let Some(mut live) = live {
             let _ = live.wait_done().await;
@@ -88,9 +88,9 @@ impl Orchestrator {
     }
 
     /// The result of a run as it stands.
-    pub async fn result(&self, run_id: &str) -> Result<RunResult> {
+    pub async fn result(&self, run_id: &RunId) -> Result<RunResult> {
         let run = self.run(run_id).await?;
-        let event_count = self.inner.store.event_count(run_id).await?;
+        let event_count = self.inner.store.event_count(run_id.as_str()).await?;
         Ok(result_of(
             &run,
             event_count,

@@ -30,7 +30,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// `GET /api/tunnel/{sandbox_id}`: checks the tunnel token before anything else, then upgrades.
 pub(super) async fn upgrade(
     State(tunnels): State<Tunnels>,
-    Path(sandbox_id): Path<String>,
+    Path(raw_id): Path<String>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -57,16 +57,18 @@ pub(super) async fn upgrade(
         }
         Err(_) => return unauthorized(),
     };
-    if SandboxId::parse(&sandbox_id).is_none()
-        || record.sandbox_id.as_deref() != Some(sandbox_id.as_str())
-    {
-        return json_error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this tunnel token belongs to another sandbox",
-        );
-    }
-    match store.sandbox(&sandbox_id).await {
+    // Parsed after the token check: a malformed id is just another sandbox's.
+    let sandbox_id = match SandboxId::parse(&raw_id) {
+        Some(id) if record.sandbox_id.as_deref() == Some(id.as_str()) => id,
+        _ => {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this tunnel token belongs to another sandbox",
+            );
+        }
+    };
+    match store.sandbox(sandbox_id.as_str()).await {
         Ok(s)
             if !matches!(
                 s.status,
@@ -105,7 +107,7 @@ pub(super) async fn upgrade(
 }
 
 /// Runs one link until it drops, is replaced, or its sandbox is deleted.
-async fn session(tunnels: Tunnels, sandbox_id: String, socket: WebSocket) {
+async fn session(tunnels: Tunnels, sandbox_id: SandboxId, socket: WebSocket) {
     let mut link = adapt(socket);
     let refuse = |reason: String| {
         Frame::new(Header::Goodbye {
@@ -159,13 +161,13 @@ async fn session(tunnels: Tunnels, sandbox_id: String, socket: WebSocket) {
         Err(_) => return,
     };
     let welcome = Frame::new(Header::Welcome {
-        sandbox_id: sandbox_id.clone(),
+        sandbox_id: sandbox_id.to_string(),
     });
     if send_frame(&mut link, welcome).await.is_err() {
         return;
     }
     let (mux, _) = Mux::start(link, Role::Opener);
-    let generation = tunnels.install(&sandbox_id, mux.clone());
+    let generation = tunnels.install(sandbox_id.as_str(), mux.clone());
     let revoked = CancellationToken::new();
     // opencode without a password of its own ignores this one; the guard checks it either way.
     let password = password.unwrap_or_else(|| new_secret(""));
@@ -181,7 +183,7 @@ async fn session(tunnels: Tunnels, sandbox_id: String, socket: WebSocket) {
     {
         tracing::warn!(sandbox = %sandbox_id, error = %e, "refused a local agent's link");
         mux.close("revoked", &e.to_string());
-        tunnels.remove(&sandbox_id, generation);
+        tunnels.remove(sandbox_id.as_str(), generation);
         return;
     }
     tracing::info!(sandbox = %sandbox_id, "local agent connected");
@@ -225,7 +227,7 @@ async fn session(tunnels: Tunnels, sandbox_id: String, socket: WebSocket) {
         _ = accept => unreachable_accept(),
     };
     drop(listener);
-    tunnels.remove(&sandbox_id, generation);
+    tunnels.remove(sandbox_id.as_str(), generation);
     if let Err(e) = orch.local_down(&sandbox_id, generation).await {
         tracing::warn!(sandbox = %sandbox_id, error = %e, "could not mark a local sandbox offline");
     }
