@@ -362,7 +362,7 @@ impl Event {
                 let u = &e.data["usage"];
                 let tokens = ["input_tokens", "output_tokens"]
                     .iter()
-                    .filter_map(|k| u.get(*k).and_then(|v| v.as_u64()))
+                    .filter_map(|k| u.get(*k).and_then(Value::as_u64))
                     .sum::<u64>();
                 format!("step finished ({}, {tokens} tokens)", s("reason"))
             }

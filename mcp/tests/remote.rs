@@ -47,7 +47,7 @@ struct Seen {
 type Shared = Arc<Mutex<Seen>>;
 
 fn seen(s: &Shared) -> std::sync::MutexGuard<'_, Seen> {
-    s.lock().unwrap_or_else(|e| e.into_inner())
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn caller() -> Caller {

@@ -53,7 +53,7 @@ fn fingerprint(root: &Path) -> String {
             .unwrap()
             .map(|e| e.unwrap())
             .collect();
-        entries.sort_by_key(|e| e.file_name());
+        entries.sort_by_key(std::fs::DirEntry::file_name);
         for e in entries {
             let p = e.path();
             if e.file_name() == ".git" {

@@ -51,7 +51,7 @@ async fn main() {
     out += &format!(
         "Machine: {} cores; opencode {}; {} runs per side, {} proxy requests.\n\n",
         std::thread::available_parallelism()
-            .map(|n| n.get())
+            .map(std::num::NonZero::get)
             .unwrap_or(0),
         opencode_version(&opencode).await,
         runs,
@@ -235,9 +235,9 @@ async fn warm_vs_ephemeral(
             assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.error);
             if i > 0 {
                 if warm_run {
-                    warm.push(s)
+                    warm.push(s);
                 } else {
-                    ephemeral.push(s)
+                    ephemeral.push(s);
                 }
             }
         }

@@ -151,7 +151,7 @@ async fn main() {
              p50 {c50:.2} s, p90 {c90:.2} s over {creates} (volumes, container, seed upload, \
              start, opencode serve listening).\n",
             std::thread::available_parallelism()
-                .map(|n| n.get())
+                .map(std::num::NonZero::get)
                 .unwrap_or(0),
             d / p,
             w / d,

@@ -44,7 +44,7 @@ async fn asset(Path(path): Path<String>) -> Response {
 }
 
 /// The router's fallback: `index.html` for page navigations, 404 for anything else.
-pub async fn fallback(method: Method, uri: axum::http::Uri) -> Response {
+pub async fn fallback(method: Method, uri: http::Uri) -> Response {
     let path = uri.path();
     let reserved = ["/api/", "/mcp", "/v1/", "/ui/"]
         .iter()

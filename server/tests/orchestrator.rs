@@ -374,7 +374,7 @@ async fn a_sandbox_is_never_paused_under_a_running_run() {
         })
         .await
         .unwrap();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let (run, _) = orch
         .start_run(RunRequest {
             sandbox_id: Some(sandbox.id.clone()),
@@ -405,7 +405,7 @@ async fn a_sandbox_is_never_paused_under_a_running_run() {
 fn all_command_lines() -> Vec<String> {
     std::fs::read_dir("/proc")
         .unwrap()
-        .filter_map(|e| e.ok())
+        .filter_map(Result::ok)
         .filter(|e| {
             e.file_name()
                 .to_string_lossy()

@@ -29,12 +29,18 @@ pub struct HttpMetrics {
 
 impl HttpMetrics {
     fn record(&self, route: String, status: u16) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *counts.entry((route, status)).or_insert(0) += 1;
     }
 
     fn snapshot(&self) -> Vec<((String, u16), u64)> {
-        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 }

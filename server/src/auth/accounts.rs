@@ -542,7 +542,7 @@ pub async fn register_agent(
         .register_local(&ws, name, Some(Origin::User(user_id.clone())))
         .await
         .map_err(|e| match e {
-            crate::orchestrator::Error::Invalid(m) => AccountError::Invalid(m),
+            Error::Invalid(m) => AccountError::Invalid(m),
             other => AccountError::Internal(other.to_string()),
         })?;
     let holder = Holder {

@@ -23,7 +23,10 @@ impl LoginLimiter {
     /// Whether any of `keys` is over the limit now.
     pub fn blocked(&self, keys: &[String]) -> bool {
         let now = Instant::now();
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         keys.iter().any(|k| {
             map.get_mut(k).is_some_and(|times| {
                 times.retain(|t| now.duration_since(*t) < WINDOW);
@@ -35,7 +38,10 @@ impl LoginLimiter {
     /// Records a failed attempt under each key.
     pub fn failed(&self, keys: &[String]) {
         let now = Instant::now();
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if map.len() + keys.len() > MAX_KEYS {
             map.retain(|_, times| {
                 times.retain(|t| now.duration_since(*t) < WINDOW);
@@ -65,7 +71,10 @@ impl LoginLimiter {
 
     /// A successful login forgets the email's failures (not the IP's).
     pub fn succeeded(&self, email_key: &str) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.remove(email_key);
     }
 }

@@ -190,7 +190,7 @@ pub async fn route_by_host(
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+        .or_else(|| request.uri().authority().map(http::uri::Authority::as_str));
     match host.and_then(|h| gateway.sandbox_of_host(h)) {
         Some(sandbox_id) => gateway.handle(sandbox_id, request).await,
         None => next.run(request).await,
@@ -224,5 +224,5 @@ fn page(status: StatusCode, message: &str) -> Response {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

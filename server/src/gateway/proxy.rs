@@ -74,10 +74,10 @@ pub(super) async fn forward(
     let path = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str())
+        .map(http::uri::PathAndQuery::as_str)
         .unwrap_or("/");
     let uri: Uri = path.parse().map_err(|e| format!("uri: {e}"))?;
-    let mut out = axum::http::Request::builder()
+    let mut out = http::Request::builder()
         .method(parts.method.clone())
         .uri(uri)
         .body(body)

@@ -21,7 +21,7 @@ use crate::store::{Sandbox, SandboxKind, Workspace};
 const IDLE_SWEEP: Duration = Duration::from_secs(1);
 
 /// How long a delete waits for a pause or resume that holds the sandbox.
-const HELD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+const HELD_WAIT: Duration = Duration::from_secs(60);
 
 impl Orchestrator {
     /// Makes a warm sandbox (opencode serve inside) and waits until it is running.
@@ -207,7 +207,7 @@ impl Orchestrator {
             SandboxStatus::Deleting => {}
             from => {
                 self.set_sandbox_status(sandbox_id, from, SandboxStatus::Deleting, None)
-                    .await?
+                    .await?;
             }
         }
         self.revoke_sandbox_tokens(sandbox_id).await;
@@ -371,7 +371,7 @@ pub(super) async fn sweep_idle(inner: std::sync::Weak<Inner>) {
             match orch.pause_reserved(&reservation).await {
                 Ok(()) => tracing::info!(sandbox = %id, "paused after its idle timeout"),
                 Err(e) => {
-                    tracing::warn!(sandbox = %id, error = %e, "could not pause an idle sandbox")
+                    tracing::warn!(sandbox = %id, error = %e, "could not pause an idle sandbox");
                 }
             }
         }

@@ -230,7 +230,7 @@ impl Orchestrator {
                 Some("deleted") => ChangeKind::Deleted,
                 _ => ChangeKind::Modified,
             };
-            let count = |k: &str| f.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+            let count = |k: &str| f.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
             changed.push(ChangedFile {
                 additions: count("additions"),
                 deletions: count("deletions"),

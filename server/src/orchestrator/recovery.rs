@@ -123,7 +123,7 @@ impl Orchestrator {
                 match self.inner.backend.destroy(&id).await {
                     Ok(()) => tracing::info!(sandbox = %id, "removed an orphaned sandbox"),
                     Err(e) => {
-                        tracing::warn!(sandbox = %id, error = %e, "could not remove an orphaned sandbox")
+                        tracing::warn!(sandbox = %id, error = %e, "could not remove an orphaned sandbox");
                     }
                 }
             }
@@ -134,14 +134,14 @@ impl Orchestrator {
     /// Cancels every run of this process and deletes the sandboxes they and `create_sandbox` made,
     /// waiting for their processes to end. Call before exiting.
     pub async fn shutdown(&self) {
-        self.shutdown_with(true).await
+        self.shutdown_with(true).await;
     }
 
     /// `delegate serve`'s shutdown: like [`Self::shutdown`], but warm sandboxes that outlive the
     /// process (containers) stay up for the next start to adopt.
     pub async fn shutdown_server(&self) {
         self.shutdown_with(!self.inner.backend.outlives_process())
-            .await
+            .await;
     }
 
     async fn shutdown_with(&self, delete_warm: bool) {

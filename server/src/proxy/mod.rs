@@ -106,7 +106,7 @@ impl Proxy {
         let revoked = self
             .inner
             .store
-            .revoke_sandbox_tokens(sandbox_id, crate::ids::now_ms())
+            .revoke_sandbox_tokens(sandbox_id, now_ms())
             .await;
         self.forget_sandbox(sandbox_id);
         revoked
@@ -157,9 +157,8 @@ impl Proxy {
         let Some(sandbox_id) = record.sandbox_id else {
             return Err(denied());
         };
-        let sandbox = match self.inner.store.sandbox(&sandbox_id).await {
-            Ok(s) => s,
-            Err(_) => return Err(denied()),
+        let Ok(sandbox) = self.inner.store.sandbox(&sandbox_id).await else {
+            return Err(denied());
         };
         if sandbox.status != SandboxStatus::Running {
             return Err(anthropic_error(
@@ -275,15 +274,12 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
         Ok(url) => url,
         Err((status, kind, message)) => return anthropic_error(status, kind, &message),
     };
-    let body = match axum::body::to_bytes(body, MAX_REQUEST_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
-            return anthropic_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request_too_large",
-                "request body too large",
-            );
-        }
+    let Ok(body) = axum::body::to_bytes(body, MAX_REQUEST_BODY).await else {
+        return anthropic_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            "request body too large",
+        );
     };
     let requested_model = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()

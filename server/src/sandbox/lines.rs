@@ -10,7 +10,7 @@ pub async fn read_lines<R, F, Fut>(r: R, mut sink: F)
 where
     R: AsyncRead + Unpin,
     F: FnMut(String) -> Fut,
-    Fut: std::future::Future<Output = bool>,
+    Fut: Future<Output = bool>,
 {
     let mut reader = BufReader::with_capacity(64 * 1024, r);
     let mut line = Vec::new();
@@ -18,9 +18,8 @@ where
         line.clear();
         let mut too_long = false;
         loop {
-            let buf = match reader.fill_buf().await {
-                Ok(b) => b,
-                Err(_) => return,
+            let Ok(buf) = reader.fill_buf().await else {
+                return;
             };
             if buf.is_empty() {
                 break;

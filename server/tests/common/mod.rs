@@ -262,7 +262,7 @@ pub fn error_code(status: reqwest::StatusCode, body: &serde_json::Value) -> Stri
 pub async fn on_postgres<T, F, Fut>(check: F) -> Option<T>
 where
     F: FnOnce(std::sync::Arc<dyn delegate_server::store::Store>) -> Fut,
-    Fut: std::future::Future<Output = T>,
+    Fut: Future<Output = T>,
 {
     let pg = tokio::task::spawn_blocking(delegate_testkit::postgres::TestPostgres::start)
         .await

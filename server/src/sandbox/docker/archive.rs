@@ -42,7 +42,7 @@ fn append_tree(
     header.set_gid(gid);
     builder.append_data(&mut header, name, std::io::empty())?;
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
+    entries.sort_by_key(std::fs::DirEntry::file_name);
     for entry in entries {
         let path = entry.path();
         let child = name.join(entry.file_name());

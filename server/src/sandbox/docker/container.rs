@@ -127,7 +127,7 @@ pub(super) fn split_output(
         let mut output = output;
         while let Some(item) = output.next().await {
             let sent = match item {
-                Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
                     out_bytes.send(Ok(message)).await
                 }
                 Ok(LogOutput::StdErr { message }) => err_bytes.send(Ok(message)).await,

@@ -56,7 +56,7 @@ impl DockerBackend {
                 }
                 match network {
                     DockerNetwork::None => {
-                        env.push(format!("DELEGATE_SERVE_SOCKET={IN_RUN}/opencode.sock"))
+                        env.push(format!("DELEGATE_SERVE_SOCKET={IN_RUN}/opencode.sock"));
                     }
                     // Any free port of the host; opencode says which.
                     DockerNetwork::Host => env.push("OPENCODE_PORT=0".into()),
