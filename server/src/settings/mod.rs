@@ -1,6 +1,6 @@
 //! Typed settings: built-in defaults, then an optional TOML file, then environment variables (env
-//! wins). Names are a contract (the README's settings table, docs/architecture.md); `delegate default-config` prints a commented
-//! example of the file.
+//! wins). Their names are a contract (the README's settings table); `delegate default-config`
+//! prints a commented example of the file.
 //!
 //! This module holds the types; [`load`](Settings::load) (env and file parsing) is in `load.rs`,
 //! the commented example in `default_config.rs`.
