@@ -47,7 +47,7 @@ pub struct LoginInput {
 pub struct WorkspaceInfo {
     /// The workspace's stable id.
     pub id: String,
-    /// The short name used in URLs and `workspace` parameters; unique, may change.
+    /// The short name used in URLs and `workspace` parameters; unique on the server.
     pub slug: String,
     /// The display name.
     pub name: String,
@@ -78,7 +78,7 @@ pub struct SessionInfo {
     pub created_at: i64,
     /// When it stops being accepted, in milliseconds since the Unix epoch; `null` never expires.
     pub expires_at: Option<i64>,
-    /// When it was revoked (signed out), in milliseconds since the Unix epoch; `null` while live.
+    /// When it was ended (sign-out or revoke), in milliseconds since the Unix epoch; `null` while live.
     pub revoked_at: Option<i64>,
     /// The session this request came with.
     pub current: bool,
