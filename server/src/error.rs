@@ -30,7 +30,12 @@ pub enum Error {
     Busy(String),
     /// The sandbox is not in the state this needs.
     #[error("sandbox {id} is {status}, not running")]
-    NotRunning { id: String, status: SandboxStatus },
+    NotRunning {
+        /// The sandbox's id.
+        id: String,
+        /// The state it is in instead.
+        status: SandboxStatus,
+    },
     /// Another reason the sandbox cannot take this now; the message is complete.
     #[error("{0}")]
     Conflict(String),
@@ -51,6 +56,7 @@ pub enum Error {
     Internal(String),
 }
 
+/// Results of the orchestrator and the service layer.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<crate::ids::MalformedId> for Error {

@@ -57,10 +57,12 @@ macro_rules! typed_id {
                 is_id($prefix, s).then(|| $name(s.to_string()))
             }
 
+            /// The id as text, for the store and the wire.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
 
+            /// The id as owned text, without a copy.
             pub fn into_string(self) -> String {
                 self.0
             }

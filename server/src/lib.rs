@@ -1,6 +1,9 @@
 //! delegate's server library: the orchestrator core (sandboxes, runs, the event log), storage,
 //! sandbox backends and the Anthropic proxy. The `delegate` binary in `main.rs` wires them up.
 
+// Every public item says what it is for; `cargo doc` and the OpenAPI descriptions rely on it.
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod app;
 pub mod auth;

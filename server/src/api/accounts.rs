@@ -20,6 +20,7 @@ use crate::store::TokenRecord;
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignupInput {
+    /// The address to sign in with; one account per address.
     pub email: String,
     /// 10 to 1024 characters.
     pub password: String,
@@ -35,15 +36,20 @@ pub struct SignupInput {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginInput {
+    /// The account's email address.
     pub email: String,
+    /// The account's password.
     pub password: String,
 }
 
 /// A workspace as its member sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WorkspaceInfo {
+    /// The workspace's stable id.
     pub id: String,
+    /// The short name used in URLs and `workspace` parameters; unique on the server.
     pub slug: String,
+    /// The display name.
     pub name: String,
     /// `owner`, `maintainer`, `developer` or `guest`.
     pub role: String,
@@ -52,18 +58,27 @@ pub struct WorkspaceInfo {
 /// `GET /api/auth/me` reply (also the reply of sign-up and sign-in).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Me {
+    /// The signed-in user's id.
     pub user_id: String,
+    /// The user's email address.
     pub email: String,
+    /// The user's display name.
     pub name: String,
+    /// The workspaces the user is a member of, with their role in each; only the token's workspace
+    /// when the token is limited to one.
     pub workspaces: Vec<WorkspaceInfo>,
 }
 
 /// A browser session (never its secret).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SessionInfo {
+    /// The session's id, for `DELETE /api/auth/sessions/{id}`.
     pub id: String,
+    /// When the session started, in milliseconds since the Unix epoch.
     pub created_at: i64,
+    /// When it stops being accepted, in milliseconds since the Unix epoch; `null` never expires.
     pub expires_at: Option<i64>,
+    /// When it was ended (sign-out or revoke), in milliseconds since the Unix epoch; `null` while live.
     pub revoked_at: Option<i64>,
     /// The session this request came with.
     pub current: bool,
@@ -110,6 +125,7 @@ impl From<AccountError> for ApiError {
     }
 }
 
+/// `POST /api/auth/signup`: creates an account (as the registration policy allows) and signs it in.
 pub async fn signup(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -128,6 +144,7 @@ pub async fn signup(
     signed_in(&state, &user.id, StatusCode::CREATED).await
 }
 
+/// `POST /api/auth/login`: checks the password (rate limited) and starts a browser session.
 pub async fn login(
     State(state): State<ApiState>,
     ClientIp(ip): ClientIp,
@@ -218,6 +235,7 @@ async fn me_of(state: &ApiState, user_id: &str, scope: Option<&str>) -> ApiResul
     })
 }
 
+/// `POST /api/auth/logout`: revokes the caller's session, if it came with one, and clears the cookie.
 pub async fn logout(State(state): State<ApiState>, Authed(caller): Authed) -> ApiResult<Response> {
     accounts::sign_out(state.orch().store().as_ref(), &caller).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
@@ -227,6 +245,7 @@ pub async fn logout(State(state): State<ApiState>, Authed(caller): Authed) -> Ap
     Ok(response)
 }
 
+/// `GET /api/auth/me`: who the caller is and which workspaces they can reach.
 pub async fn me(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -246,6 +265,7 @@ fn session_info(t: TokenRecord, current: Option<&str>) -> SessionInfo {
     }
 }
 
+/// `GET /api/auth/sessions`: the caller's browser sessions, so they can spot and end stray ones.
 pub async fn list_sessions(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -259,6 +279,8 @@ pub async fn list_sessions(
     }))
 }
 
+/// `DELETE /api/auth/sessions/{id}`: ends one of the caller's sessions; ending the current one
+/// also clears the cookie.
 pub async fn revoke_session(
     State(state): State<ApiState>,
     Authed(caller): Authed,

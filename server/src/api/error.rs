@@ -14,12 +14,16 @@ use crate::error::Error;
 /// A failed API call. Internal causes are logged where they happen; the client gets a generic text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
+    /// The HTTP status of the response.
     pub status: StatusCode,
+    /// A stable machine-readable code (`invalid_input`, `not_found`, ...) clients can match on.
     pub code: &'static str,
+    /// Human-readable detail, safe to show the client.
     pub message: String,
 }
 
 impl ApiError {
+    /// An error with any status and code.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
@@ -28,10 +32,12 @@ impl ApiError {
         }
     }
 
+    /// A 400 for a request the client must fix before retrying.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_input", message)
     }
 
+    /// A 404; also used where revealing that something exists would leak it.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
@@ -171,4 +177,5 @@ where
     }
 }
 
+/// What handlers return: the error side renders as the JSON error envelope.
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -38,7 +38,9 @@ pub const MAX_BODY_BYTES: usize = 2 << 20;
 /// What every handler gets; cheap to clone.
 #[derive(Clone)]
 pub struct ApiState {
+    /// The role-checked delegation service the MCP tools share, so both surfaces enforce the same rules.
     pub service: Service,
+    /// HTTP request counters and latencies, filled by the metrics middleware and served at `/metrics`.
     pub metrics: Arc<ops::HttpMetrics>,
     /// Failed sign-ins per email and per client IP.
     pub logins: Arc<crate::auth::limits::LoginLimiter>,
@@ -49,6 +51,7 @@ pub struct ApiState {
 }
 
 impl ApiState {
+    /// Builds the state around one orchestrator; the SSO providers come from its settings.
     pub fn new(orch: Orchestrator, metrics: Arc<ops::HttpMetrics>) -> Self {
         let sso = Arc::new(crate::auth::oidc::Sso::new(orch.settings().sso.clone()));
         ApiState {
@@ -60,6 +63,7 @@ impl ApiState {
         }
     }
 
+    /// The orchestrator behind the service, for the few handlers that need more than its calls.
     pub fn orch(&self) -> &Orchestrator {
         self.service.orchestrator()
     }
@@ -84,6 +88,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Authed {
 /// Produces a (referenced) JSON Schema of a wire type for the OpenAPI document.
 pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
 
+/// The [`SchemaFn`] for `T`: registers `T` in the document's components and returns a reference.
 pub fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
     g.subschema_for::<T>()
 }
@@ -91,12 +96,16 @@ pub fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
 /// Where a parameter goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum In {
+    /// A `{name}` segment of the route's path.
     Path,
+    /// A `?name=` query-string parameter.
     Query,
+    /// A request header.
     Header,
 }
 
 impl In {
+    /// The OpenAPI `in` value.
     pub fn as_str(self) -> &'static str {
         match self {
             In::Path => "path",
@@ -109,19 +118,26 @@ impl In {
 /// One documented parameter; `kind` is its JSON Schema type (`string`, `integer`).
 #[derive(Debug, Clone)]
 pub struct Param {
+    /// The parameter's name as it appears on the wire.
     pub name: &'static str,
+    /// Where the request carries it.
     pub location: In,
+    /// Its JSON Schema type.
     pub kind: &'static str,
+    /// The text shown for it in the OpenAPI document.
     pub description: &'static str,
 }
 
 /// One documented successful response.
 #[derive(Clone)]
 pub struct Reply {
+    /// The HTTP status code of this response.
     pub status: u16,
+    /// The text shown for it in the OpenAPI document.
     pub description: &'static str,
     /// `None`: no body (204), or a text body described by `content_type`.
     pub schema: Option<SchemaFn>,
+    /// The media type of the body (`application/json`, `text/plain`, ...); empty for no body.
     pub content_type: &'static str,
 }
 
@@ -137,15 +153,23 @@ pub enum Access {
 
 /// One row of the route table.
 pub struct Route {
+    /// The HTTP method the route answers.
     pub method: Method,
     /// The full path as served, in OpenAPI/axum syntax (`/api/runs/{id}`).
     pub path: &'static str,
+    /// The OpenAPI `operationId`: a stable name clients generate method names from.
     pub operation_id: &'static str,
+    /// One line for the OpenAPI document saying what the call does.
     pub summary: &'static str,
+    /// Whether the route needs a token (and so sits behind `require_token`).
     pub access: Access,
+    /// The path, query and header parameters, in documentation order.
     pub params: Vec<Param>,
+    /// The JSON request body's schema; `None` when the call takes no body.
     pub body: Option<SchemaFn>,
+    /// The successful responses; the failure statuses of token routes are added from one shared list.
     pub replies: Vec<Reply>,
+    /// The axum handler serving the route.
     pub handler: MethodRouter<ApiState>,
 }
 

@@ -10,6 +10,8 @@ use crate::credentials;
 use crate::gateway::OpenTicket;
 use crate::ids::SandboxId;
 
+/// `POST /api/sandboxes/{id}/open`: a ticket bound to the caller's credential, so the browser's
+/// access to the sandbox ends when that token or session does.
 pub async fn open(
     State(state): State<ApiState>,
     Authed(caller): Authed,

@@ -35,6 +35,7 @@ pub fn document() -> &'static Value {
     DOC.get_or_init(build)
 }
 
+/// `GET /api/openapi.json`: the document, so clients and tooling can generate bindings.
 pub async fn serve() -> impl IntoResponse {
     axum::Json(document().clone())
 }

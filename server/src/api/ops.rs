@@ -60,10 +60,13 @@ pub async fn track(
     response
 }
 
+/// `GET /healthz`: liveness; answers whenever the process serves HTTP, without touching the database.
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// `GET /readyz`: readiness; 503 when the database does not answer in time, so a load balancer
+/// stops sending traffic here.
 pub async fn readyz(State(state): State<ApiState>) -> Response {
     match tokio::time::timeout(READY_TIMEOUT, state.orch().store().ping()).await {
         Ok(Ok(())) => "ready\n".into_response(),
@@ -87,6 +90,7 @@ fn not_ready() -> Response {
     .into_response()
 }
 
+/// `GET /metrics`: Prometheus text with the HTTP counters and the runs and sandboxes per status.
 pub async fn metrics(State(state): State<ApiState>) -> ApiResult<Response> {
     let counts = state
         .orch()
@@ -175,6 +179,7 @@ pub struct WorkspaceUsage {
     pub runs: u64,
 }
 
+/// `GET /api/usage`: model usage summed over a workspace's runs, for the caller to watch spending.
 pub async fn usage(
     State(state): State<ApiState>,
     Authed(caller): Authed,

@@ -29,6 +29,7 @@ const REMOTE_POLL: Duration = Duration::from_millis(500);
 
 pub use delegate_mcp::rest::RunList;
 
+/// `GET /api/runs` query: `workspace`, `sandbox_id` and `limit` (see [`super::table`]).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
@@ -37,6 +38,8 @@ pub struct ListQuery {
     limit: Option<i64>,
 }
 
+/// `GET /api/runs/{id}/events` query: the cursor `after`, and for JSON pages `limit` and
+/// `wait_seconds` (see [`super::table`]).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
@@ -45,6 +48,8 @@ pub struct EventsQuery {
     wait_seconds: Option<u64>,
 }
 
+/// `POST /api/runs`: starts a run; unlike the MCP tool it does not wait unless asked, since HTTP
+/// clients follow the events endpoint instead.
 pub async fn create(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -66,6 +71,7 @@ pub async fn create(
     Ok((status, axum::Json(result)).into_response())
 }
 
+/// `GET /api/runs`: the runs of a workspace or one sandbox, newest first.
 pub async fn list(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -91,6 +97,7 @@ pub(super) fn parse_sandbox(sandbox_id: Option<&str>) -> ApiResult<Option<Sandbo
         .map_err(crate::error::Error::from)?)
 }
 
+/// `GET /api/runs/{id}`: a run's result as it stands, running or ended.
 pub async fn get_one(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -99,6 +106,7 @@ pub async fn get_one(
     Ok(axum::Json(state.service.get_run(&caller, &id).await?))
 }
 
+/// `POST /api/runs/{id}/cancel`: cancels a run and answers once it has ended.
 pub async fn cancel(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -108,6 +116,8 @@ pub async fn cancel(
     Ok(axum::Json(out).into_response())
 }
 
+/// `GET /api/runs/{id}/events`: a run's events after a cursor, as a long-polled JSON page or, with
+/// `Accept: text/event-stream`, as an SSE stream that resumes from `Last-Event-ID`.
 pub async fn events(
     State(state): State<ApiState>,
     Authed(caller): Authed,

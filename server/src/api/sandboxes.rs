@@ -11,12 +11,15 @@ use serde::Deserialize;
 use super::{ApiResult, ApiState, Authed, IdPath, Json, Query};
 use crate::ids::SandboxId;
 
+/// `?workspace=`: which workspace a call is about.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceQuery {
+    /// Workspace slug or id; `None` for the caller's first workspace.
     pub workspace: Option<String>,
 }
 
+/// `POST /api/sandboxes`: creates a warm sandbox and answers once it runs.
 pub async fn create(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -26,6 +29,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, axum::Json(info)).into_response())
 }
 
+/// `GET /api/sandboxes`: the sandboxes of a workspace, newest first.
 pub async fn list(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -39,6 +43,7 @@ pub async fn list(
     ))
 }
 
+/// `GET /api/sandboxes/{id}`: one sandbox and its status.
 pub async fn get_one(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -47,6 +52,7 @@ pub async fn get_one(
     Ok(axum::Json(state.service.get_sandbox(&caller, &id).await?))
 }
 
+/// `DELETE /api/sandboxes/{id}`: deletes a sandbox and its files, cancelling a run in it first.
 pub async fn remove(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -57,6 +63,8 @@ pub async fn remove(
     ))
 }
 
+/// `POST /api/sandboxes/{id}/pause`: stops a warm sandbox's processes but keeps its files, to free
+/// resources until the next run resumes it; refused while a run is in it.
 pub async fn pause(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -65,6 +73,7 @@ pub async fn pause(
     Ok(axum::Json(state.service.pause_sandbox(&caller, &id).await?))
 }
 
+/// `POST /api/sandboxes/{id}/resume`: starts a paused sandbox again with the files it had.
 pub async fn resume(
     State(state): State<ApiState>,
     Authed(caller): Authed,

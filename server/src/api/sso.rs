@@ -16,7 +16,9 @@ use crate::credentials;
 /// Which sign-in providers this server offers (the web UI shows a button for each).
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Providers {
+    /// Sign-in with the configured OpenID Connect provider is available.
     pub oidc: bool,
+    /// Sign-in with GitHub is available.
     pub github: bool,
 }
 
@@ -24,9 +26,11 @@ pub struct Providers {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartQuery {
+    /// A path on this server to land on after signing in; `/` when omitted.
     pub return_to: Option<String>,
 }
 
+/// `GET /api/auth/providers`: which single sign-on providers are configured.
 pub async fn providers(State(state): State<ApiState>) -> axum::Json<Providers> {
     axum::Json(Providers {
         oidc: state.sso.enabled(Provider::Oidc),
@@ -34,6 +38,7 @@ pub async fn providers(State(state): State<ApiState>) -> axum::Json<Providers> {
     })
 }
 
+/// `GET /api/auth/oidc/start`: redirects the browser to the OpenID Connect provider.
 pub async fn oidc_start(
     state: State<ApiState>,
     headers: HeaderMap,
@@ -42,6 +47,7 @@ pub async fn oidc_start(
     start(state, headers, q, Provider::Oidc).await
 }
 
+/// `GET /api/auth/oidc/callback`: the provider's redirect back; signs in and redirects to `return_to`.
 pub async fn oidc_callback(
     state: State<ApiState>,
     headers: HeaderMap,
@@ -50,6 +56,7 @@ pub async fn oidc_callback(
     callback(state, headers, q, Provider::Oidc).await
 }
 
+/// `GET /api/auth/github/start`: redirects the browser to GitHub.
 pub async fn github_start(
     state: State<ApiState>,
     headers: HeaderMap,
@@ -58,6 +65,7 @@ pub async fn github_start(
     start(state, headers, q, Provider::Github).await
 }
 
+/// `GET /api/auth/github/callback`: GitHub's redirect back; signs in and redirects to `return_to`.
 pub async fn github_callback(
     state: State<ApiState>,
     headers: HeaderMap,

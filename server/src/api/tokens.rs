@@ -29,12 +29,15 @@ pub struct CreateTokenInput {
 /// `POST /api/tokens` reply: the only time the secret is shown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CreatedToken {
+    /// The token's id, for listing and `DELETE /api/tokens/{id}`; not a credential.
     pub id: String,
+    /// The name given at creation.
     pub name: String,
     /// `dlg_...`: send as `Authorization: Bearer <token>`. Not retrievable later.
     pub token: String,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
+    /// When the token stops working, in milliseconds since the Unix epoch; `null` never expires.
     pub expires_at: Option<i64>,
     /// The workspace (id) the token is limited to, if any.
     #[serde(default)]
@@ -44,10 +47,15 @@ pub struct CreatedToken {
 /// A token as lists show it (no secret, no hash).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TokenInfo {
+    /// The token's id, for `DELETE /api/tokens/{id}`; not a credential.
     pub id: String,
+    /// The name given at creation.
     pub name: Option<String>,
+    /// When it was created, in milliseconds since the Unix epoch.
     pub created_at: i64,
+    /// When it stops working, in milliseconds since the Unix epoch; `null` never expires.
     pub expires_at: Option<i64>,
+    /// When it was revoked, in milliseconds since the Unix epoch; `null` while not revoked.
     pub revoked_at: Option<i64>,
     /// The workspace (id) the token is limited to, if any.
     #[serde(default)]
@@ -74,6 +82,7 @@ impl From<TokenRecord> for TokenInfo {
     }
 }
 
+/// `POST /api/tokens`: creates an API token for the caller and returns its secret, once.
 pub async fn create(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -98,6 +107,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
 
+/// `GET /api/tokens`: the caller's API tokens, without secrets.
 pub async fn list(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -108,6 +118,7 @@ pub async fn list(
     }))
 }
 
+/// `DELETE /api/tokens/{id}`: revokes one of the caller's API tokens at once; others' look unknown.
 pub async fn revoke(
     State(state): State<ApiState>,
     Authed(caller): Authed,

@@ -17,9 +17,13 @@ use crate::store::Run;
 /// One run in a list: what was asked, by whom, how it went.
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct RunSummary {
+    /// The run's id.
     pub run_id: String,
+    /// The sandbox the run ran in.
     pub sandbox_id: String,
+    /// `running` or how the run ended.
     pub status: RunStatus,
+    /// The task text as it was delegated.
     pub task: String,
     /// Who delegated it, for people: an email, `API token NAME`, `MCP client NAME`, `CLI`.
     pub delegated_by: String,
@@ -27,7 +31,9 @@ pub struct RunSummary {
     pub created_by: Option<String>,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
+    /// Wall time of the run so far, in milliseconds.
     pub duration_ms: u64,
+    /// Tokens and cost of the run's model calls.
     pub usage: Usage,
 }
 
@@ -41,16 +47,22 @@ pub struct RunSummaryList {
 /// `GET /api/runs/{id}/summary`: the run's result plus its task and origin.
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct RunDetail {
+    /// The run's result, as `GET /api/runs/{id}` gives it (its fields appear inline).
     #[serde(flatten)]
     pub result: RunResult,
+    /// The task text as it was delegated.
     pub task: String,
+    /// Who delegated it, for people: an email, `API token NAME`, `MCP client NAME`, `CLI`.
     pub delegated_by: String,
+    /// The raw origin: `user:<id>`, `token:<id>`, `mcp:<client>`, `cli`.
     pub created_by: Option<String>,
+    /// Milliseconds since the Unix epoch.
     pub created_at: i64,
     /// The workspace's slug.
     pub workspace: String,
 }
 
+/// `GET /api/runs/summaries` query: `workspace`, `sandbox_id` and `limit`, as for `GET /api/runs`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SummaryQuery {
@@ -59,6 +71,7 @@ pub struct SummaryQuery {
     limit: Option<i64>,
 }
 
+/// `GET /api/runs/summaries`: runs with their task and a readable origin, for the web UI's lists.
 pub async fn summaries(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -88,6 +101,7 @@ pub async fn summaries(
     Ok(axum::Json(RunSummaryList { runs }))
 }
 
+/// `GET /api/runs/{id}/summary`: one run's result with its task, origin and workspace.
 pub async fn detail(
     State(state): State<ApiState>,
     Authed(caller): Authed,

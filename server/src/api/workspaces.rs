@@ -27,15 +27,20 @@ pub struct WorkspaceList {
 pub struct CreateWorkspaceInput {
     /// `[a-z0-9-]{2,40}`, unique on the server.
     pub slug: String,
+    /// The display name.
     pub name: String,
 }
 
 /// A member of a workspace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MemberInfo {
+    /// The member's user id, for `PATCH` and `DELETE .../members/{user_id}`.
     pub user_id: String,
+    /// The member's email address.
     pub email: String,
+    /// The member's display name.
     pub name: String,
+    /// `owner`, `maintainer`, `developer` or `guest`.
     pub role: String,
 }
 
@@ -50,6 +55,7 @@ pub struct MemberList {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMemberInput {
+    /// The email of an existing account; no account is created.
     pub email: String,
     /// `owner`, `maintainer`, `developer` or `guest`.
     pub role: String,
@@ -66,11 +72,15 @@ pub struct RoleInput {
 /// `POST /api/workspaces/{ws}/invites` reply: the code is shown once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CreatedInvite {
+    /// The invite's id; not the code.
     pub id: String,
     /// `dli_...`: pass as `invite` to `POST /api/auth/signup`. Works once.
     pub code: String,
+    /// The slug of the workspace the invite joins.
     pub workspace: String,
+    /// The role the new member gets: `owner`, `maintainer`, `developer` or `guest`.
     pub role: String,
+    /// When the code stops working, in milliseconds since the Unix epoch.
     pub expires_at: i64,
 }
 
@@ -83,6 +93,7 @@ fn info(ws: Workspace, role: Role) -> WorkspaceInfo {
     }
 }
 
+/// `GET /api/workspaces`: the workspaces the caller can reach, with their role in each.
 pub async fn list(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -95,6 +106,7 @@ pub async fn list(
     Ok(axum::Json(WorkspaceList { workspaces }))
 }
 
+/// `POST /api/workspaces`: creates a workspace owned by the caller.
 pub async fn create(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -110,6 +122,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, axum::Json(info(ws, Role::Owner))).into_response())
 }
 
+/// `GET /api/workspaces/{ws}`: one workspace and the caller's role in it.
 pub async fn get_one(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -131,6 +144,7 @@ fn member(user: crate::store::User, role: Role) -> MemberInfo {
     }
 }
 
+/// `GET /api/workspaces/{ws}/members`: the workspace's members and their roles.
 pub async fn members(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -142,6 +156,7 @@ pub async fn members(
     }))
 }
 
+/// `POST /api/workspaces/{ws}/members`: adds an existing account with a role.
 pub async fn add_member(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -153,6 +168,8 @@ pub async fn add_member(
     Ok((StatusCode::CREATED, axum::Json(member(user, role))).into_response())
 }
 
+/// `PATCH /api/workspaces/{ws}/members/{user_id}`: changes a member's role; a workspace keeps at
+/// least one owner.
 pub async fn change_member(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -164,6 +181,7 @@ pub async fn change_member(
     Ok(axum::Json(member(user, role)))
 }
 
+/// `DELETE /api/workspaces/{ws}/members/{user_id}`: removes a member; not the last owner.
 pub async fn remove_member(
     State(state): State<ApiState>,
     Authed(caller): Authed,
@@ -173,6 +191,8 @@ pub async fn remove_member(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST /api/workspaces/{ws}/invites`: a one-time code that signs a new account up into this
+/// workspace with a role.
 pub async fn create_invite(
     State(state): State<ApiState>,
     Authed(caller): Authed,

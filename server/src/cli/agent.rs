@@ -20,7 +20,7 @@ pub enum AgentCommand {
 
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
-    /// The delegate server's URL, e.g. https://delegate.example.com.
+    /// The delegate server's URL, e.g. <https://delegate.example.com>.
     #[arg(long, env = "DELEGATE_SERVER", value_name = "URL")]
     server: String,
     /// A one-time registration code from the server (web UI or

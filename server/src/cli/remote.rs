@@ -6,7 +6,7 @@ use delegate_mcp::RemoteDelegator;
 
 #[derive(Clone, clap::Args)]
 pub struct RemoteArgs {
-    /// Forward to a running `delegate serve` at this base URL (e.g. https://delegate.example.com)
+    /// Forward to a running `delegate serve` at this base URL (e.g. <https://delegate.example.com>)
     /// instead of embedding an orchestrator. Needs --token.
     #[arg(long, env = "DELEGATE_SERVER", value_name = "URL", requires = "token")]
     pub server: Option<String>,

@@ -23,6 +23,7 @@ pub struct EmbeddedDelegator {
 }
 
 impl EmbeddedDelegator {
+    /// The MCP tools over `orch`, with the same role checks as the REST API.
     pub fn new(orch: Orchestrator) -> Self {
         EmbeddedDelegator {
             service: Service::new(orch),

@@ -32,10 +32,12 @@ pub struct Service {
 }
 
 impl Service {
+    /// The service over one orchestrator.
     pub fn new(orch: Orchestrator) -> Self {
         Service { orch }
     }
 
+    /// The orchestrator underneath, for callers that need more than the service's checked calls.
     pub fn orchestrator(&self) -> &Orchestrator {
         &self.orch
     }

@@ -202,6 +202,7 @@ impl Service {
         })
     }
 
+    /// Cancels a run (writers only) and waits until it has ended, so the reply says how it ended.
     pub async fn cancel_run(&self, caller: &Caller, id: &RunId) -> Result<CancelRunOutput> {
         let run = self.run(caller, id, Action::Write).await?;
         self.orch.cancel_run(id).await?;

@@ -13,6 +13,7 @@ use crate::ids::{Origin, SandboxId};
 use crate::orchestrator::SandboxRequest;
 
 impl Service {
+    /// Creates a warm sandbox in a workspace the caller may write to.
     pub async fn create_sandbox(
         &self,
         caller: &Caller,
@@ -34,6 +35,7 @@ impl Service {
         Ok(self.info(&sandbox))
     }
 
+    /// The sandboxes of a workspace the caller may read, newest first.
     pub async fn list_sandboxes(
         &self,
         caller: &Caller,
@@ -48,11 +50,13 @@ impl Service {
         })
     }
 
+    /// One sandbox the caller may read; others' look unknown.
     pub async fn get_sandbox(&self, caller: &Caller, id: &SandboxId) -> Result<SandboxInfo> {
         let sandbox = self.sandbox(caller, id, Action::Read).await?;
         Ok(self.info(&sandbox))
     }
 
+    /// Deletes a sandbox with its files (writers only); a run in it is cancelled first.
     pub async fn delete_sandbox(
         &self,
         caller: &Caller,

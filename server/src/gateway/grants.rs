@@ -43,6 +43,7 @@ pub(super) struct Grant {
 pub struct OpenTicket {
     /// Navigate the browser here (within `expires_in_seconds`); it works once.
     pub url: String,
+    /// How long the ticket stays valid, in seconds.
     pub expires_in_seconds: u64,
 }
 

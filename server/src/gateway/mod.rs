@@ -53,6 +53,7 @@ struct Inner {
 }
 
 impl Gateway {
+    /// A gateway with no tickets or cookies yet; grants live only in this process's memory.
     pub fn new(orch: Orchestrator) -> Self {
         Gateway {
             inner: Arc::new(Inner {

@@ -51,14 +51,21 @@ pub use crate::error::{Error, Result};
 /// A request to delegate one task (the `run_in_sandbox` input).
 #[derive(Debug, Clone, Default)]
 pub struct RunRequest {
+    /// The task text for the agent.
     pub task: String,
     /// Reuse this warm sandbox; `None` makes a fresh ephemeral one, destroyed after the run.
     pub sandbox_id: Option<String>,
+    /// Workspace slug or id; `None` for the default workspace.
     pub workspace: Option<String>,
+    /// Files to write into a fresh sandbox's work dir: relative path -> text content.
     pub files: BTreeMap<String, String>,
+    /// Model as `provider/model`; `None` for the server default.
     pub model: Option<String>,
+    /// opencode agent (`build`, `plan`, ...); `None` for opencode's default.
     pub agent: Option<String>,
+    /// Time limit of the run; `None` for the server default.
     pub timeout: Option<Duration>,
+    /// In a warm sandbox, continue its previous opencode session instead of starting a new one.
     pub continue_session: bool,
     /// Who delegated it.
     pub created_by: Option<Origin>,
@@ -67,10 +74,15 @@ pub struct RunRequest {
 /// A request for a warm sandbox (the `create_sandbox` input).
 #[derive(Debug, Clone, Default)]
 pub struct SandboxRequest {
+    /// Workspace slug or id; `None` for the default workspace.
     pub workspace: Option<String>,
+    /// A name people recognise in lists.
     pub name: Option<String>,
+    /// Files to write into the work dir: relative path -> text content.
     pub files: BTreeMap<String, String>,
+    /// Pause after this long without a run; `None` for the server's idle timeout.
     pub idle_timeout: Option<Duration>,
+    /// Who created it.
     pub created_by: Option<Origin>,
 }
 
@@ -155,10 +167,12 @@ impl Orchestrator {
         Ok(orch)
     }
 
+    /// The database, for callers that read or write rows the orchestrator does not own.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
     }
 
+    /// The server's configuration.
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
     }

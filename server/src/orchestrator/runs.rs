@@ -56,6 +56,7 @@ impl Orchestrator {
         }
     }
 
+    /// A run's row as stored, without any access check (the service layer does those).
     pub async fn run(&self, run_id: &RunId) -> Result<Run> {
         Ok(self.inner.store.run(run_id.as_str()).await?)
     }

@@ -31,6 +31,7 @@ struct Inner {
 }
 
 impl Tunnels {
+    /// No links yet; agents connect later through the tunnel endpoint.
     pub fn new(orch: Orchestrator) -> Tunnels {
         Tunnels {
             inner: Arc::new(Inner {
