@@ -32,6 +32,8 @@ CLAUDE = TOOLS / "mcp-clients" / "node_modules" / ".bin" / "claude"
 
 REQUIRE_ALL = os.environ.get("DELEGATE_REQUIRE_ALL") == "1"
 
+# What every scripted run in these tests changes: one new one-line file.
+HELLO_ADDED = {"path": "hello.txt", "change": "added", "additions": 1, "deletions": 0, "binary": False}
 TOOL_NAMES = {"run_in_sandbox", "create_sandbox", "stream_session", "list_sandboxes", "delete_sandbox", "cancel_run"}
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
 INVALID_PARAMS = -32602

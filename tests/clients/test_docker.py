@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from conftest import Fake, StdioEnv
-from support import REQUIRE_ALL, stdio_client
+from support import HELLO_ADDED, REQUIRE_ALL, stdio_client
 
 pytestmark = pytest.mark.anyio
 
@@ -79,7 +79,7 @@ async def test_run_in_sandbox_on_docker(
             out = r.structured_content
             assert not r.is_error and isinstance(out, dict), json.dumps(out, default=str)[:2000]
             assert out["status"] == "succeeded", out
-            assert {"path": "hello.txt", "change": "added"} in out["changed_files"], out["changed_files"]
+            assert HELLO_ADDED in out["changed_files"], out["changed_files"]
             assert "+hi" in out["diff"], out["diff"]
             assert out["final_message"].strip() == "done", out
             assert out["usage"]["input_tokens"] > 0, out["usage"]

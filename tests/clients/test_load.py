@@ -12,7 +12,7 @@ import pytest
 from mcp import MCPError
 
 from conftest import Fake, Serve
-from support import await_cond, call_ok, http_client, show, text_of
+from support import HELLO_ADDED, await_cond, call_ok, http_client, show, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -56,7 +56,7 @@ async def test_fifty_concurrent_runs(serve_factory: Callable[..., Serve], fake_w
             other.append(f"#{o['i']}: JSON-RPC error {o['rpc_error']}")
         elif not r.is_error and (r.structured_content or {}).get("status") == "succeeded":
             out = r.structured_content
-            if {"path": "hello.txt", "change": "added"} not in out["changed_files"]:
+            if HELLO_ADDED not in out["changed_files"]:
                 other.append(f"#{o['i']}: succeeded without hello.txt: {show(r)}")
             succeeded.append(o)
         elif r.is_error and ("limit" in text_of(r).lower() or "concurrent" in text_of(r).lower()):

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import Fake, Serve, StdioEnv
 from support import (
+    HELLO_ADDED,
     TERMINAL,
     TOOL_NAMES,
     await_cond,
@@ -132,7 +133,7 @@ async def test_run_in_sandbox_writes_file_with_progress(make_target: Callable[[F
             assert isinstance(out, dict), show(r)
             assert out["status"] == "succeeded", show(r)
             assert out["run_id"].startswith("run_") and out["sandbox_id"].startswith("sbx_"), out
-            assert {"path": "hello.txt", "change": "added"} in out["changed_files"], out["changed_files"]
+            assert HELLO_ADDED in out["changed_files"], out["changed_files"]
             assert "hello.txt" in out["diff"] and "+hi" in out["diff"], out["diff"]
             assert out["diff_truncated"] is False
             assert out["final_message"].strip() == "done", out["final_message"]

@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from conftest import Fake, Serve, base_env, fresh_data_dir
-from support import DELEGATE, await_cond, call_ok, call_tool_error, follow, remove_tree, show
+from support import DELEGATE, HELLO_ADDED, await_cond, call_ok, call_tool_error, follow, remove_tree, show
 
 pytestmark = pytest.mark.anyio
 
@@ -73,7 +73,7 @@ async def test_remote_mcp_runs_on_the_server(
             # the same structured result as the embedded mode (test_python_sdk.py)
             assert out["status"] == "succeeded", show(r)
             assert out["run_id"].startswith("run_") and out["sandbox_id"].startswith("sbx_"), out
-            assert {"path": "hello.txt", "change": "added"} in out["changed_files"], out["changed_files"]
+            assert HELLO_ADDED in out["changed_files"], out["changed_files"]
             assert "hello.txt" in out["diff"] and "+hi" in out["diff"], out["diff"]
             assert out["diff_truncated"] is False
             assert out["final_message"].strip() == "done", out["final_message"]
@@ -151,7 +151,7 @@ def test_remote_run_cli_json(serve_factory: Callable[..., Serve], fake_write: Fa
     assert p.returncode == 0, f"exit {p.returncode}\nstderr:\n{p.stderr[-3000:]}"
     out = json.loads(p.stdout)
     assert out["status"] == "succeeded", out
-    assert {"path": "hello.txt", "change": "added"} in out["changed_files"], out
+    assert HELLO_ADDED in out["changed_files"], out
     assert "tool write" in p.stderr or "text:" in p.stderr, f"no progress lines on stderr:\n{p.stderr}"
     assert token not in p.stderr and token not in p.stdout
 
