@@ -9,7 +9,7 @@ use delegate_mcp::types::SandboxStatus;
 
 use super::grants::issue_sandbox_token;
 use super::reservation::Reservation;
-use super::{Error, Inner, LOCAL_BACKEND, Orchestrator, Result, SandboxRequest, Warm, lock};
+use super::{Error, LOCAL_BACKEND, Orchestrator, Result, SandboxRequest, Warm, lock};
 use crate::ids::{Origin, SandboxId, new_secret, now_ms};
 use crate::names::Name;
 use crate::sandbox::{SandboxError, SandboxSpec, ServeEndpoint};
@@ -18,7 +18,7 @@ use crate::state::sandbox_transition;
 use crate::store::{Sandbox, SandboxKind, Workspace};
 
 /// How often idle warm sandboxes are looked for.
-const IDLE_SWEEP: Duration = Duration::from_secs(1);
+pub(super) const IDLE_SWEEP: Duration = Duration::from_secs(1);
 
 /// How long a delete waits for a pause or resume that holds the sandbox.
 const HELD_WAIT: Duration = Duration::from_secs(60);
@@ -345,34 +345,23 @@ impl Orchestrator {
     }
 }
 
-/// Pauses warm sandboxes that had no run for their idle timeout. A sandbox with a run going is
-/// reserved, so it is never paused under a run.
-pub(super) async fn sweep_idle(inner: std::sync::Weak<Inner>) {
-    let mut tick = tokio::time::interval(IDLE_SWEEP);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(inner) = inner.upgrade() else {
-            return;
+/// Pauses warm sandboxes that had no run for their idle timeout (one sweep; see
+/// [`Orchestrator::every`]). A sandbox with a run going is reserved, so it is never paused under
+/// a run.
+pub(super) async fn sweep_idle(orch: Orchestrator) {
+    let idle: Vec<String> = lock(&orch.inner.warm)
+        .iter()
+        .filter(|(_, w)| w.last_active.elapsed() >= w.idle_timeout)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in idle {
+        let Ok(reservation) = orch.inner.reservations.reserve(&id) else {
+            continue;
         };
-        if inner.shutdown.is_cancelled() {
-            return;
-        }
-        let idle: Vec<String> = lock(&inner.warm)
-            .iter()
-            .filter(|(_, w)| w.last_active.elapsed() >= w.idle_timeout)
-            .map(|(id, _)| id.clone())
-            .collect();
-        let orch = Orchestrator { inner };
-        for id in idle {
-            let Ok(reservation) = orch.inner.reservations.reserve(&id) else {
-                continue;
-            };
-            match orch.pause_reserved(&reservation).await {
-                Ok(()) => tracing::info!(sandbox = %id, "paused after its idle timeout"),
-                Err(e) => {
-                    tracing::warn!(sandbox = %id, error = %e, "could not pause an idle sandbox");
-                }
+        match orch.pause_reserved(&reservation).await {
+            Ok(()) => tracing::info!(sandbox = %id, "paused after its idle timeout"),
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "could not pause an idle sandbox");
             }
         }
     }

@@ -162,9 +162,34 @@ impl Orchestrator {
                 shutdown: CancellationToken::new(),
             }),
         };
-        tokio::spawn(lifecycle::sweep_idle(Arc::downgrade(&orch.inner)));
-        tokio::spawn(recovery::watch_cancel_requests(Arc::downgrade(&orch.inner)));
+        orch.every(lifecycle::IDLE_SWEEP, lifecycle::sweep_idle);
+        orch.every(REMOTE_POLL, recovery::watch_cancel_requests);
         Ok(orch)
+    }
+
+    /// Runs `work` every `period` in the background for as long as the orchestrator lives and
+    /// is not shutting down. Between ticks the loop holds only a weak reference, so it never
+    /// keeps the orchestrator alive by itself.
+    fn every<F, Fut>(&self, period: Duration, mut work: F)
+    where
+        F: FnMut(Orchestrator) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                if inner.shutdown.is_cancelled() {
+                    return;
+                }
+                work(Orchestrator { inner }).await;
+            }
+        });
     }
 
     /// The database, for callers that read or write rows the orchestrator does not own.

@@ -4,7 +4,7 @@
 
 use delegate_mcp::types::{RunStatus, SandboxStatus};
 
-use super::{Error, Inner, LOCAL_BACKEND, Orchestrator, REMOTE_POLL, Result, lock};
+use super::{Error, LOCAL_BACKEND, Orchestrator, Result, lock};
 use crate::ids::{RunId, SandboxId, now_ms};
 use crate::store::{RunOutcome, SandboxKind, StoreError};
 
@@ -179,37 +179,28 @@ impl Orchestrator {
 }
 
 /// Cancels this process's live runs that another process asked to cancel (recorded by
-/// [`Store::request_cancel`]): one query per tick for all live runs, none while no run is live.
-pub(super) async fn watch_cancel_requests(inner: std::sync::Weak<Inner>) {
-    let mut tick = tokio::time::interval(REMOTE_POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        if inner.shutdown.is_cancelled() {
-            return;
-        }
-        let live: Vec<String> = lock(&inner.live)
-            .iter()
-            .filter(|(_, (cancel, _))| !cancel.is_cancelled())
-            .map(|(id, _)| id.to_string())
-            .collect();
-        if live.is_empty() {
-            continue;
-        }
-        match inner.store.cancel_requested(&live).await {
-            Ok(requested) => {
-                let live = lock(&inner.live);
-                for id in requested {
-                    if let Some((cancel, _)) = live.get(id.as_str()) {
-                        tracing::info!(run = %id, "cancelling on another server's request");
-                        cancel.cancel();
-                    }
+/// [`Store::request_cancel`]; one check, see [`Orchestrator::every`]): one query for all live
+/// runs, none while no run is live.
+pub(super) async fn watch_cancel_requests(orch: Orchestrator) {
+    let inner = &orch.inner;
+    let live: Vec<String> = lock(&inner.live)
+        .iter()
+        .filter(|(_, (cancel, _))| !cancel.is_cancelled())
+        .map(|(id, _)| id.to_string())
+        .collect();
+    if live.is_empty() {
+        return;
+    }
+    match inner.store.cancel_requested(&live).await {
+        Ok(requested) => {
+            let live = lock(&inner.live);
+            for id in requested {
+                if let Some((cancel, _)) = live.get(id.as_str()) {
+                    tracing::info!(run = %id, "cancelling on another server's request");
+                    cancel.cancel();
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "could not check for cancel requests"),
         }
+        Err(e) => tracing::warn!(error = %e, "could not check for cancel requests"),
     }
 }
