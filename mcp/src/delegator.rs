@@ -5,12 +5,23 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use std::path::Path;
+
 use crate::tools::{
-    CancelRunInput, CancelRunOutput, CreateSandboxInput, DeleteSandboxInput, DeleteSandboxOutput,
+    ApplyChangesInput, ApplyChangesOutput, CancelRunInput, CancelRunOutput, CreateSandboxInput, DeleteSandboxInput, DeleteSandboxOutput,
     ListSandboxesInput, ListSandboxesOutput, RunInSandboxInput, SandboxInfo, StreamSessionInput,
     StreamSessionOutput,
 };
-use crate::types::RunResult;
+use crate::types::{RepoBase, RunResult};
+
+/// The message of the trait's default methods: only delegate's own clients on the caller's
+/// machine move repositories.
+fn no_repositories(what: &str) -> DelegateError {
+    DelegateError::Invalid(format!(
+        "{what} needs delegate on your machine (`delegate mcp`, `delegate run`): this connection \
+         cannot read or write your files; download the change from the run's `patch_url` instead"
+    ))
+}
 
 /// Who is calling: resolved by the transport (the local user over stdio, the owner of the bearer
 /// token over HTTP) before any tool runs.
@@ -43,6 +54,15 @@ pub enum DelegateError {
     /// A quota or concurrency limit; try again later.
     #[error("limit reached: {0}")]
     Limit(String),
+    /// A repository could not be used or changed; `kind` is `not_a_repo`, `repo_busy`,
+    /// `repo_too_large`, `repo_unreachable`, `bad_change`, `conflict` or `repo_failed`.
+    #[error("{kind}: {message}")]
+    Repo {
+        /// The error kind, to branch on.
+        kind: String,
+        /// What went wrong and what to do, in words.
+        message: String,
+    },
     /// Something failed on delegate's side; the caller can only retry or report it.
     #[error("internal error: {0}")]
     Internal(String),
@@ -108,4 +128,56 @@ pub trait Delegator: Send + Sync + 'static {
         caller: &Caller,
         input: CancelRunInput,
     ) -> Result<CancelRunOutput, DelegateError>;
+
+    /// Whether this delegator reads repositories on the caller's machine, so a client's MCP
+    /// roots are worth asking for.
+    fn local_repositories(&self) -> bool {
+        false
+    }
+
+    /// Applies a finished run's change to the caller's repository (`apply_changes`).
+    async fn apply_changes(
+        &self,
+        _caller: &Caller,
+        _input: ApplyChangesInput,
+    ) -> Result<ApplyChangesOutput, DelegateError> {
+        Err(no_repositories("apply_changes"))
+    }
+
+    /// Hands the server a snapshot bundle of the caller's repository (made by
+    /// `delegate_repo::Snapshot`) for the next `run_in_sandbox` or `create_sandbox` in
+    /// `workspace`; returns the id to pass as their `snapshot`. The server reads it as hostile
+    /// input; it is used once and expires.
+    async fn upload_snapshot(
+        &self,
+        _caller: &Caller,
+        _workspace: Option<&str>,
+        _base: &RepoBase,
+        _bundle: &Path,
+    ) -> Result<String, DelegateError> {
+        Err(no_repositories("a local repository"))
+    }
+
+    /// Writes a run's change to `out` as a git bundle of the commits from the snapshot the
+    /// sandbox started from to the run's commit (ref `refs/delegate/export`); returns that
+    /// commit.
+    async fn download_change(
+        &self,
+        _caller: &Caller,
+        _run_id: &str,
+        _out: &Path,
+    ) -> Result<String, DelegateError> {
+        Err(no_repositories("downloading a change as a bundle"))
+    }
+
+    /// A run's whole binary-safe patch (`git apply` takes it); a `Limit` error past
+    /// `max_bytes`, a `NotFound` when the run has no change.
+    async fn read_patch(
+        &self,
+        _caller: &Caller,
+        run_id: &str,
+        _max_bytes: u64,
+    ) -> Result<Vec<u8>, DelegateError> {
+        Err(DelegateError::NotFound(format!("no patch for run {run_id} here")))
+    }
 }

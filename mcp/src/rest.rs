@@ -37,3 +37,13 @@ pub struct StreamEnd {
     /// How the run ended.
     pub status: RunStatus,
 }
+
+/// `POST /api/snapshots` reply: a snapshot bundle the server now holds for one
+/// `run_in_sandbox` or `create_sandbox` (pass `snapshot_id` as their `snapshot`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SnapshotUploaded {
+    /// Pass as `snapshot`; it is used once and expires after an hour.
+    pub snapshot_id: String,
+    /// Bytes received.
+    pub bytes: u64,
+}

@@ -46,6 +46,28 @@ pub struct RunInSandboxInput {
     /// `status: "running"`; follow the run with `stream_session`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait: Option<bool>,
+    /// What the sandbox starts from. Where delegate runs on your machine (`delegate mcp`, with or
+    /// without `--server`): a path to a git work tree, `.` for your project root (the client's
+    /// root, else `CLAUDE_PROJECT_DIR`, else the current directory). Omitted: the project root
+    /// when it is a git work tree, else an empty sandbox. `none`: an empty sandbox. The sandbox
+    /// gets the work tree as it is now, uncommitted and untracked (not ignored) files included;
+    /// your repository is never changed unless `apply` says so. Over HTTP: an `https://` git URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// Branch, tag or commit of an `https://` `repo` [its default branch].
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    /// What happens to your repository when the run ends: `branch` (default) writes the change as
+    /// branch `delegate/<run>` without touching your working tree, index or current branch;
+    /// `worktree` also applies it to the working tree when it applies cleanly; `none` leaves the
+    /// repository alone (apply later with `apply_changes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply: Option<ApplyMode>,
+    /// Set by delegate's own clients, not by models: a snapshot uploaded with
+    /// `POST /api/snapshots`, consumed by this call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(skip)]
+    pub snapshot: Option<String>,
 }
 
 /// Input of `create_sandbox`.
@@ -66,6 +88,74 @@ pub struct CreateSandboxInput {
     /// `run_in_sandbox`; it is never paused while a run is in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_seconds: Option<u64>,
+    /// What the sandbox starts from, as for `run_in_sandbox`: a git work tree on your machine
+    /// (omitted: your project root when it is one; `none`: empty), or over HTTP an `https://`
+    /// git URL. Each run's change then sits on top of the previous one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// Branch, tag or commit of an `https://` `repo` [its default branch].
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    /// Set by delegate's own clients, not by models: a snapshot uploaded with
+    /// `POST /api/snapshots`, consumed by this call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(skip)]
+    pub snapshot: Option<String>,
+}
+
+/// What happens to the caller's repository when a run ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplyMode {
+    /// Write branch `delegate/<run>`; never touch the working tree, index or current branch.
+    Branch,
+    /// Also apply the change to the working tree when it applies cleanly.
+    Worktree,
+    /// Leave the repository alone.
+    None,
+}
+
+/// Where `apply_changes` puts a run's change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplyTarget {
+    /// Write branch `delegate/<run>` only.
+    Branch,
+    /// Write the branch and apply the change to the working tree when it applies cleanly.
+    Worktree,
+}
+
+/// Input of `apply_changes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyChangesInput {
+    /// The run whose change to apply (it must have started from your repository).
+    pub run_id: String,
+    /// `branch` (default): write `delegate/<run>`, touching nothing else; `worktree`: also apply
+    /// the change to your working tree when it applies cleanly (else nothing changes and
+    /// `conflicts` names the paths).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<ApplyTarget>,
+}
+
+/// Output of `apply_changes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ApplyChangesOutput {
+    /// The run applied.
+    pub run_id: String,
+    /// The branch written in your repository, e.g. `delegate/1a2b3c4d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The branch's tip: the agent's commit in your repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Whether the change is now in your working tree.
+    pub applied: bool,
+    /// Paths that kept the working tree apply from happening (nothing was changed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<String>,
+    /// What happened, in words.
+    pub message: String,
 }
 
 /// Input of `stream_session`.
@@ -139,6 +229,9 @@ pub struct SandboxInfo {
     /// opencode's own web UI for this sandbox, when reachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opencode_url: Option<String>,
+    /// The repository it started from, when it started from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<crate::types::RepoBase>,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
 }

@@ -300,6 +300,41 @@ pub struct RunResult {
     /// Where people can watch the run in a browser, when the server has a public URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch_url: Option<String>,
+    /// The repository the sandbox started from, when it started from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<RepoBase>,
+    /// The agent's commit: in your repository (on `branch`) once written there, else on the
+    /// server (fetch it with `apply_changes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// The branch written into your repository, e.g. `delegate/1a2b3c4d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Whether the change was applied to your working tree (`apply: worktree`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<bool>,
+    /// Paths that kept `apply: worktree` from applying (nothing was changed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<String>,
+    /// The whole binary-safe patch of the run's change (`git apply` takes it), over HTTP; MCP
+    /// clients can also read `delegate://runs/{run_id}/patch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch_url: Option<String>,
+}
+
+/// Where a sandbox's repository came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RepoBase {
+    /// The work tree's root on the caller's machine, or the URL cloned.
+    pub repo: String,
+    /// The commit snapshotted (the caller's HEAD); absent in a repository with no commit yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// The caller's branch, or the URL's ref, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Whether uncommitted changes or untracked files went along (as a second commit).
+    pub dirty: bool,
 }
 
 /// One entry of a run's append-only event log.

@@ -90,6 +90,12 @@ fn run_result(status: RunStatus) -> RunResult {
         event_count: 7,
         error: None,
         watch_url: Some("https://delegate.example/runs/run_1".into()),
+        base: None,
+        commit: None,
+        branch: None,
+        applied: None,
+        conflicts: Vec::new(),
+        patch_url: None,
     }
 }
 
@@ -103,6 +109,7 @@ fn sandbox(id: &str) -> SandboxInfo {
         status_reason: None,
         watch_url: None,
         opencode_url: Some("http://127.0.0.1:4096".into()),
+        base: None,
         created_at: 1_700_000_000_000,
     }
 }

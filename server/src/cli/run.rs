@@ -205,6 +205,7 @@ pub async fn remote(delegator: RemoteDelegator, args: &RunArgs) -> anyhow::Resul
         timeout_seconds: timeout.map(|t| t.as_secs() + u64::from(t.subsec_nanos() > 0)),
         continue_session: args.continue_session.then_some(true),
         wait: Some(true),
+        ..Default::default()
     };
     let caller = Caller {
         user_id: "remote".into(),

@@ -160,6 +160,7 @@ impl Service {
             opencode_url: SandboxId::parse(&s.id)
                 .and_then(|id| self.orch.opencode_url(&id))
                 .map(|local| self.orch.settings().sandbox_origin(&s.id).unwrap_or(local)),
+            base: None,
             created_at: s.created_at,
         }
     }

@@ -128,5 +128,11 @@ pub fn result_of(run: &Run, event_count: u64, public_url: Option<&str>) -> RunRe
         event_count,
         error: o.error.clone(),
         watch_url: public_url.map(|u| format!("{}/runs/{}", u.trim_end_matches('/'), run.id)),
+        base: None,
+        commit: None,
+        branch: None,
+        applied: None,
+        conflicts: Vec::new(),
+        patch_url: None,
     }
 }
