@@ -8,9 +8,9 @@ use tokio_util::sync::CancellationToken;
 use std::path::Path;
 
 use crate::tools::{
-    ApplyChangesInput, ApplyChangesOutput, CancelRunInput, CancelRunOutput, CreateSandboxInput, DeleteSandboxInput, DeleteSandboxOutput,
-    ListSandboxesInput, ListSandboxesOutput, RunInSandboxInput, SandboxInfo, StreamSessionInput,
-    StreamSessionOutput,
+    ApplyChangesInput, ApplyChangesOutput, CancelRunInput, CancelRunOutput, CreateSandboxInput,
+    DeleteSandboxInput, DeleteSandboxOutput, ListSandboxesInput, ListSandboxesOutput,
+    RunInSandboxInput, SandboxInfo, StreamSessionInput, StreamSessionOutput,
 };
 use crate::types::{RepoBase, RunResult};
 
@@ -22,6 +22,10 @@ fn no_repositories(what: &str) -> DelegateError {
          cannot read or write your files; download the change from the run's `patch_url` instead"
     ))
 }
+
+/// The `client` of a [`Caller`] that is delegate's own command line (`delegate run`, `delegate
+/// apply`), so runs are attributed to the CLI rather than to an MCP client.
+pub const CLI_CLIENT: &str = "delegate-cli";
 
 /// Who is calling: resolved by the transport (the local user over stdio, the owner of the bearer
 /// token over HTTP) before any tool runs.
@@ -178,6 +182,8 @@ pub trait Delegator: Send + Sync + 'static {
         run_id: &str,
         _max_bytes: u64,
     ) -> Result<Vec<u8>, DelegateError> {
-        Err(DelegateError::NotFound(format!("no patch for run {run_id} here")))
+        Err(DelegateError::NotFound(format!(
+            "no patch for run {run_id} here"
+        )))
     }
 }

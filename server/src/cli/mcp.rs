@@ -23,20 +23,22 @@ pub struct McpArgs {
 }
 
 pub async fn main(settings: Settings) -> anyhow::Result<ExitCode> {
+    let embedded_settings = settings.clone();
     if settings.upstream.credential.is_none() {
         tracing::warn!(
             "no ANTHROPIC_API_KEY or ANTHROPIC_AUTH_TOKEN: runs will fail with upstream_auth"
         );
     }
-    let orch = delegate_server::app::embedded(settings).await?;
+    let orch = delegate_server::app::embedded(embedded_settings).await?;
     let caller = Caller {
         user_id: orch.local_user().id.clone(),
         token_id: None,
         client: None,
         workspace_id: None,
     };
-    let served =
-        delegate_mcp::serve_stdio(Arc::new(EmbeddedDelegator::new(orch.clone())), caller).await;
+    let delegator =
+        super::local_repositories(Arc::new(EmbeddedDelegator::new(orch.clone())), &settings);
+    let served = delegate_mcp::serve_stdio(delegator, caller).await;
     // The client hung up: nothing of ours may outlive it.
     orch.shutdown().await;
     served.map_err(|e| anyhow::anyhow!("mcp: {e}"))?;
@@ -45,7 +47,7 @@ pub async fn main(settings: Settings) -> anyhow::Result<ExitCode> {
 
 /// `delegate mcp --server URL --token T`: no local store, no opencode; the server knows the caller
 /// from the token.
-pub async fn remote(delegator: RemoteDelegator) -> anyhow::Result<ExitCode> {
+pub async fn remote(delegator: RemoteDelegator, settings: &Settings) -> anyhow::Result<ExitCode> {
     tracing::info!(server = delegator.server(), "forwarding MCP tool calls");
     let caller = Caller {
         user_id: "remote".into(),
@@ -53,8 +55,11 @@ pub async fn remote(delegator: RemoteDelegator) -> anyhow::Result<ExitCode> {
         client: None,
         workspace_id: None,
     };
-    delegate_mcp::serve_stdio(Arc::new(delegator), caller)
-        .await
-        .map_err(|e| anyhow::anyhow!("mcp: {e}"))?;
+    delegate_mcp::serve_stdio(
+        super::local_repositories(Arc::new(delegator), settings),
+        caller,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("mcp: {e}"))?;
     Ok(ExitCode::SUCCESS)
 }

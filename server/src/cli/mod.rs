@@ -2,6 +2,7 @@
 
 mod admin;
 mod agent;
+mod apply;
 mod mcp;
 mod relay;
 mod remote;
@@ -35,6 +36,9 @@ pub struct Cli {
 enum Command {
     /// Delegate one task: run it in a fresh sandbox with live progress, then print the result.
     Run(run::RunArgs),
+    /// Write a finished run's change into your repository as a branch (or, with --worktree, also
+    /// into the working tree): for runs started with `--apply none`, or to apply again.
+    Apply(apply::ApplyArgs),
     /// Serve MCP over stdio (for Claude Code, Codex, ...): `claude mcp add delegate -- delegate
     /// mcp`. The orchestrator is embedded, or with --server/--token a running server does the work.
     Mcp(mcp::McpArgs),
@@ -62,7 +66,7 @@ enum Command {
 pub fn init_tracing(cli: &Cli) {
     let default = match cli.command {
         // Progress lines are the CLI's output; logs only when something is wrong.
-        Command::Run(_) | Command::SandboxRelay(_) | Command::Mcp(_) => "warn",
+        Command::Run(_) | Command::Apply(_) | Command::SandboxRelay(_) | Command::Mcp(_) => "warn",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or(default))
@@ -76,6 +80,15 @@ pub fn init_tracing(cli: &Cli) {
 
 fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
     Ok(Settings::load(cli.config.as_deref(), &ProcessEnv)?)
+}
+
+/// The delegator a command on the caller's machine uses: `inner` (embedded or remote), with the
+/// caller's repositories snapshotted on the way in and changes written back on the way out.
+fn local_repositories(
+    inner: std::sync::Arc<dyn delegate_mcp::Delegator>,
+    _settings: &Settings,
+) -> std::sync::Arc<dyn delegate_mcp::Delegator> {
+    inner
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -108,17 +121,24 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
-        Command::Run(args) => match args.remote.delegator()? {
-            Some(remote) => runtime()?.block_on(run::remote(remote, args)),
-            None => {
-                let settings = load_settings(&cli)?;
-                runtime()?.block_on(run::main(settings, args))
+        Command::Run(args) => {
+            let settings = load_settings(&cli)?;
+            match args.remote.delegator()? {
+                Some(remote) => runtime()?.block_on(run::remote(remote, &settings, args)),
+                None => runtime()?.block_on(run::main(settings, args)),
             }
-        },
-        Command::Mcp(args) => match args.remote.delegator()? {
-            Some(remote) => runtime()?.block_on(mcp::remote(remote)),
-            None => runtime()?.block_on(mcp::main(load_settings(&cli)?)),
-        },
+        }
+        Command::Apply(args) => {
+            let settings = load_settings(&cli)?;
+            runtime()?.block_on(apply::main(settings, args))
+        }
+        Command::Mcp(args) => {
+            let settings = load_settings(&cli)?;
+            match args.remote.delegator()? {
+                Some(remote) => runtime()?.block_on(mcp::remote(remote, &settings)),
+                None => runtime()?.block_on(mcp::main(settings)),
+            }
+        }
         Command::Serve => runtime()?.block_on(serve::main(load_settings(&cli)?)),
         Command::User(cmd) => runtime()?.block_on(admin::user(load_settings(&cli)?, cmd)),
         Command::Token(cmd) => runtime()?.block_on(admin::token(load_settings(&cli)?, cmd)),

@@ -11,19 +11,45 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use delegate_mcp::RemoteDelegator;
-use delegate_mcp::delegator::{Caller, Delegator};
-use delegate_mcp::tools::RunInSandboxInput;
-use delegate_mcp::types::{Event, RunResult, RunStatus};
-use delegate_server::orchestrator::RunRequest;
+use std::sync::Arc;
+
+use delegate_mcp::delegator::{CLI_CLIENT, Caller, Delegator};
+use delegate_mcp::tools::{ApplyMode, RunInSandboxInput};
+use delegate_mcp::types::{RunResult, RunStatus};
+use delegate_server::delegation::EmbeddedDelegator;
 use delegate_server::settings::{Isolation, Settings, UpstreamCredential, parse_duration};
-use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::remote::RemoteArgs;
 
+/// `--apply` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ApplyArg {
+    /// Write branch delegate/<run>; touch nothing else.
+    Branch,
+    /// Also apply the change to the working tree when it applies cleanly.
+    Worktree,
+    /// Leave the repository alone.
+    None,
+}
+
+impl ApplyArg {
+    fn mode(self) -> ApplyMode {
+        match self {
+            ApplyArg::Branch => ApplyMode::Branch,
+            ApplyArg::Worktree => ApplyMode::Worktree,
+            ApplyArg::None => ApplyMode::None,
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
+  delegate run \"fix the failing test in tests/parse.rs\"   # inside a git repository: it goes in,
+                                                    # the change comes back as branch delegate/<run>
+  delegate run --apply worktree \"add a --verbose flag\"   # ... and lands in your working tree
+  delegate run --no-repo \"write a haiku about rust\"      # an empty sandbox
   delegate run \"add a --verbose flag to main.py\" -f main.py
   delegate run --json --timeout 15m \"make the tests in tests/ pass\" -f src/lib.rs -f tests/it.rs
   delegate run - < task.md                      # a long task from stdin
@@ -73,6 +99,22 @@ pub struct RunArgs {
     /// unconfined, as you.
     #[arg(long, value_enum, env = "DELEGATE_ISOLATION")]
     isolation: Option<Isolation>,
+
+    /// The git work tree the sandbox starts from: its files as they are now, uncommitted and
+    /// untracked (not ignored) ones included [default: the work tree the current directory is in,
+    /// if any]. Your repository is only read, until the run's change comes back (see --apply).
+    #[arg(long, value_name = "PATH", conflicts_with = "no_repo")]
+    repo: Option<PathBuf>,
+
+    /// Start from an empty sandbox, even inside a git work tree.
+    #[arg(long)]
+    no_repo: bool,
+
+    /// What happens to your repository when the run ends: `branch` writes the change as branch
+    /// delegate/<run> and touches nothing else; `worktree` also applies it to your working tree
+    /// when it applies cleanly; `none` leaves the repository alone (`delegate apply RUN` later).
+    #[arg(long, value_enum, value_name = "TO", default_value = "branch")]
+    apply: ApplyArg,
 
     /// Print the result object as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
@@ -137,64 +179,56 @@ pub async fn main(mut settings: Settings, args: &RunArgs) -> anyhow::Result<Exit
         settings.upstream.credential,
         Some(UpstreamCredential::ApiKey(_) | UpstreamCredential::AuthToken(_))
     ));
-    let TaskInput {
-        task,
-        files,
-        timeout,
-    } = task_input(args)?;
-
-    let orch = delegate_server::app::embedded(settings).await?;
-    let request = RunRequest {
-        task,
-        files,
-        model: args.model.clone(),
-        agent: args.agent.clone(),
-        timeout,
-        workspace: args.workspace.clone(),
-        created_by: Some(delegate_server::ids::Origin::Cli),
-        ..Default::default()
+    let input = run_input(args)?;
+    let orch = delegate_server::app::embedded(settings.clone()).await?;
+    let caller = Caller {
+        user_id: orch.local_user().id.clone(),
+        ..cli_caller()
     };
-    let (run_id, _sandbox_id) = match orch.start_run(request).await {
-        Ok(ids) => ids,
-        Err(e) => {
-            orch.shutdown().await;
-            bail!("{e}");
-        }
-    };
-
-    let mut progress = Progress::new(!args.quiet);
-    let mut events = Box::pin(orch.events(&run_id, 0));
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut interrupted = false;
-    loop {
-        tokio::select! {
-            e = events.next() => match e {
-                Some(Ok(event)) => progress.event(&event),
-                Some(Err(e)) => { progress.clear(); eprintln!("delegate: event log: {e}"); break; }
-                None => break,
-            },
-            _ = tick.tick() => progress.spin(),
-            _ = tokio::signal::ctrl_c(), if !interrupted => {
-                interrupted = true;
-                progress.note("interrupted: cancelling the run…");
-                orch.cancel_run(&run_id).await.ok();
-            }
-        }
-    }
-    progress.clear();
-    let result = orch.wait(&run_id).await?;
+    let delegator =
+        super::local_repositories(Arc::new(EmbeddedDelegator::new(orch.clone())), &settings);
+    let outcome = delegate(delegator, caller, input, args, None).await;
     orch.shutdown().await;
-    finish(args, &result, interrupted)
+    outcome
 }
 
 /// `delegate run --server URL --token T`: the same run, progress and result, done by a server.
-pub async fn remote(delegator: RemoteDelegator, args: &RunArgs) -> anyhow::Result<ExitCode> {
+pub async fn remote(
+    delegator: RemoteDelegator,
+    settings: &Settings,
+    args: &RunArgs,
+) -> anyhow::Result<ExitCode> {
+    let input = run_input(args)?;
+    let server = delegator.server().to_string();
+    let delegator = super::local_repositories(Arc::new(delegator), settings);
+    delegate(delegator, cli_caller(), input, args, Some(&server)).await
+}
+
+/// Who `delegate run` is: the server knows the user from the token (remote) or it is the
+/// machine's local user (embedded, filled in by the caller).
+fn cli_caller() -> Caller {
+    Caller {
+        user_id: "remote".into(),
+        token_id: None,
+        client: Some(CLI_CLIENT.into()),
+        workspace_id: None,
+    }
+}
+
+/// The tool input the command line asks for.
+fn run_input(args: &RunArgs) -> anyhow::Result<RunInSandboxInput> {
     let TaskInput {
         task,
         files,
         timeout,
     } = task_input(args)?;
-    let input = RunInSandboxInput {
+    let repo = match (&args.repo, args.no_repo) {
+        (_, true) => Some("none".to_string()),
+        (Some(path), false) => Some(path.display().to_string()),
+        // The repository the command is started in, if any.
+        (None, false) => None,
+    };
+    Ok(RunInSandboxInput {
         task,
         sandbox_id: args.sandbox.clone(),
         workspace: args.workspace.clone(),
@@ -205,17 +239,22 @@ pub async fn remote(delegator: RemoteDelegator, args: &RunArgs) -> anyhow::Resul
         timeout_seconds: timeout.map(|t| t.as_secs() + u64::from(t.subsec_nanos() > 0)),
         continue_session: args.continue_session.then_some(true),
         wait: Some(true),
+        repo,
+        apply: Some(args.apply.mode()),
         ..Default::default()
-    };
-    let caller = Caller {
-        user_id: "remote".into(),
-        token_id: None,
-        client: Some("cli".into()),
-        workspace_id: None,
-    };
+    })
+}
+
+/// Runs the task through `delegator` with progress on stderr and Ctrl-C cancelling the run.
+async fn delegate(
+    delegator: Arc<dyn Delegator>,
+    caller: Caller,
+    input: RunInSandboxInput,
+    args: &RunArgs,
+    server: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let (progress_tx, mut progress_rx) = mpsc::channel(256);
     let cancel = CancellationToken::new();
-    let server = delegator.server().to_string();
     let call = {
         let cancel = cancel.clone();
         async move {
@@ -227,7 +266,9 @@ pub async fn remote(delegator: RemoteDelegator, args: &RunArgs) -> anyhow::Resul
     let mut call = std::pin::pin!(call);
 
     let mut progress = Progress::new(!args.quiet);
-    progress.note(&format!("delegating to {server}"));
+    if let Some(server) = server {
+        progress.note(&format!("delegating to {server}"));
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut interrupted = false;
     let mut progress_open = true;
@@ -321,15 +362,6 @@ impl Progress {
         }
     }
 
-    fn event(&mut self, e: &Event) {
-        if e.kind == "status"
-            && let Some(s) = e.data.get("status").and_then(|s| s.as_str())
-        {
-            self.status = s.to_string();
-        }
-        self.note(&e.describe());
-    }
-
     /// A progress line from a delegator (already described); a status line moves the spinner.
     fn line(&mut self, line: &str) {
         if let Some(status) = line.split(' ').next().and_then(RunStatus::parse) {
@@ -389,8 +421,35 @@ fn print_summary(r: &RunResult) {
     if !r.changed_files.is_empty() {
         let _ = writeln!(err, "changed files:");
         for f in &r.changed_files {
-            let _ = writeln!(err, "  {:?} {}", f.change, f.path);
+            let counts = if f.binary {
+                "binary".to_string()
+            } else {
+                format!("+{} -{}", f.additions, f.deletions)
+            };
+            let _ = writeln!(err, "  {:?} {} ({counts})", f.change, f.path);
         }
+    }
+    if let Some(branch) = &r.branch {
+        let _ = writeln!(err, "branch: {branch} (see it: git show {branch})");
+        match r.applied {
+            Some(true) => {
+                let _ = writeln!(err, "applied to your working tree");
+            }
+            Some(false) => {
+                let _ = writeln!(
+                    err,
+                    "not applied to your working tree: the change conflicts with {}",
+                    r.conflicts.join(", ")
+                );
+            }
+            None => {}
+        }
+    } else if r.commit.is_some() && r.base.is_some() {
+        let _ = writeln!(
+            err,
+            "the change is kept: write it into your repository with `delegate apply {}`",
+            r.run_id
+        );
     }
     let u = &r.usage;
     let _ = writeln!(

@@ -51,6 +51,7 @@ impl Service {
             }
         };
         let created_by = match (&caller.client, &caller.token_id) {
+            (Some(client), None) if client == delegate_mcp::delegator::CLI_CLIENT => Origin::Cli,
             (Some(client), _) => Origin::Mcp(client.clone()),
             (None, Some(token)) => Origin::Token(token.clone()),
             (None, None) => Origin::User(caller.user_id.clone()),
