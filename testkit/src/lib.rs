@@ -1,5 +1,6 @@
 //! Test support for delegate: a scripted fake of the Anthropic Messages API (the only stand-in the
-//! tests use for an LLM), throwaway PostgreSQL servers, and lookups of the other real components.
+//! tests use for an LLM), throwaway PostgreSQL servers, lookups of the other real components, and
+//! caller repositories made with real git.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -7,3 +8,4 @@
 pub mod anthropic;
 pub mod postgres;
 pub mod real;
+pub mod repos;

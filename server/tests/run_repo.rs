@@ -1,0 +1,268 @@
+//! `delegate run` and `delegate apply` inside a caller's repository, end to end: the real binary,
+//! real git, the real opencode under bubblewrap, and the scripted fake upstream. The repository
+//! goes in as it is now (uncommitted and untracked files, not ignored ones) and the agent's change
+//! comes back as a branch; the caller's working tree, index and HEAD stay byte-identical unless
+//! the change is applied to the working tree on request.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{CliRun, Harness};
+use delegate_mcp::types::{ChangeKind, RunStatus};
+use delegate_testkit::anthropic::Script;
+use delegate_testkit::repos::{fingerprint, git, project, write};
+
+/// What the scripted agent does in the sandbox: looks around (so the test can see what arrived),
+/// then modifies a text file, rewrites a binary one, deletes one with an odd name and adds one.
+const AGENT: &str = "cat debug.log target/build.o 2>&1; cat notes/untracked.txt; \
+    git log --format=%s | cat; \
+    printf 'fn main() { println!(\"hi\"); }\\n' > src/main.rs; \
+    printf '\\001\\002\\003\\000\\377' > data/blob.bin; \
+    rm 'name with spaces ü.txt'; \
+    printf 'new\\n' > 'added ö.txt'";
+
+/// The agent's binary file, as `printf` above writes it.
+const AGENT_BLOB: &[u8] = &[1, 2, 3, 0, 255];
+
+async fn run_in(h: &Harness, dir: &Path, args: &[&str]) -> CliRun {
+    let out = tokio::time::timeout(
+        Duration::from_secs(300),
+        h.delegate()
+            .current_dir(dir)
+            .arg("run")
+            .arg("--json")
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("delegate run finished within 5 minutes")
+    .expect("delegate ran");
+    CliRun {
+        result: serde_json::from_slice(&out.stdout).ok(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code(),
+    }
+}
+
+/// `delegate apply ARGS` in `dir`: exit code and stderr.
+async fn apply_in(h: &Harness, dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = h
+        .delegate()
+        .current_dir(dir)
+        .arg("apply")
+        .args(args)
+        .output()
+        .await
+        .expect("delegate ran");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The git blob id `bytes` would have.
+fn blob_id(dir: &Path, bytes: &[u8]) -> String {
+    let file = dir.join("expected-blob");
+    write(&file, bytes);
+    git(dir, &["hash-object", file.to_str().unwrap()])
+}
+
+fn caller_project(h: &Harness) -> PathBuf {
+    let base = h.dir.path().join("caller");
+    std::fs::create_dir_all(&base).unwrap();
+    project(&base)
+}
+
+#[tokio::test]
+async fn a_run_inside_a_repository_comes_back_as_a_branch_and_the_repository_is_untouched() {
+    let Some(h) = Harness::new(Script::bash(AGENT, "{tool_result}")).await else {
+        return;
+    };
+    let root = caller_project(&h);
+    let head = git(&root, &["rev-parse", "HEAD"]);
+    let before = fingerprint(&root);
+
+    let run = run_in(&h, &root, &["make the change"]).await;
+    let r = run.result();
+    assert_eq!(r.status, RunStatus::Succeeded, "{}", run.stderr);
+    assert_eq!(
+        fingerprint(&root),
+        before,
+        "the caller's repository changed"
+    );
+
+    // What arrived: the uncommitted and untracked files, the snapshot's two commits; not the
+    // ignored files.
+    let seen = &r.final_message;
+    assert!(
+        seen.contains("not yet added"),
+        "untracked file missing: {seen}"
+    );
+    assert!(!seen.contains("ignored"), "an ignored file arrived: {seen}");
+    assert!(
+        seen.contains(&head[..12]),
+        "the base names its commit: {seen}"
+    );
+
+    let base = r.base.as_ref().expect("the result names its base");
+    assert_eq!(base.commit.as_deref(), Some(head.as_str()));
+    assert!(base.dirty);
+    let branch = r.branch.clone().expect("a branch was written");
+    assert!(branch.starts_with("delegate/"), "{branch}");
+    assert!(run.stderr.contains(&branch), "{}", run.stderr);
+    assert_eq!(
+        r.commit.as_deref(),
+        Some(git(&root, &["rev-parse", &branch]).as_str())
+    );
+
+    // Its parents: the uncommitted changes on top of the caller's HEAD.
+    assert_eq!(git(&root, &["rev-parse", &format!("{branch}~2")]), head);
+    assert_eq!(
+        git(&root, &["show", &format!("{branch}~1:notes/untracked.txt")]),
+        "not yet added"
+    );
+    // Its tip: exactly the agent's work, binary included; the symlink and submodule unchanged.
+    let changed = git(
+        &root,
+        &[
+            "diff",
+            "--name-status",
+            "--no-renames",
+            &format!("{branch}~1"),
+            &branch,
+        ],
+    );
+    let mut changed: Vec<&str> = changed.lines().collect();
+    changed.sort();
+    assert_eq!(
+        changed,
+        [
+            "A\tadded ö.txt",
+            "D\tname with spaces ü.txt",
+            "M\tdata/blob.bin",
+            "M\tsrc/main.rs",
+        ]
+    );
+    assert_eq!(
+        git(&root, &["rev-parse", &format!("{branch}:data/blob.bin")]),
+        blob_id(h.dir.path(), AGENT_BLOB)
+    );
+    let tree = git(&root, &["ls-tree", &branch]);
+    assert!(
+        tree.contains("120000 blob") && tree.contains("link-to-readme"),
+        "{tree}"
+    );
+    assert!(
+        tree.contains("160000 commit") && tree.contains("vendor/sub"),
+        "{tree}"
+    );
+
+    let blob = r
+        .changed_files
+        .iter()
+        .find(|f| f.path == "data/blob.bin")
+        .expect("the binary file is listed");
+    assert!(
+        blob.binary && blob.change == ChangeKind::Modified,
+        "{blob:?}"
+    );
+    let main = r
+        .changed_files
+        .iter()
+        .find(|f| f.path == "src/main.rs")
+        .expect("src/main.rs is listed");
+    assert_eq!((main.additions, main.deletions), (1, 1));
+}
+
+#[tokio::test]
+async fn delegate_apply_lands_a_kept_change_only_when_it_applies_cleanly() {
+    let Some(h) = Harness::new(Script::bash(AGENT, "done")).await else {
+        return;
+    };
+    let root = caller_project(&h);
+    let run = run_in(&h, &root, &["--apply", "none", "make the change"]).await;
+    let r = run.result();
+    assert_eq!(r.status, RunStatus::Succeeded, "{}", run.stderr);
+    assert!(r.branch.is_none(), "--apply none wrote a branch");
+    assert!(run.stderr.contains("delegate apply"), "{}", run.stderr);
+    let branches = git(&root, &["branch", "--list", "delegate/*"]);
+    assert!(branches.is_empty(), "{branches}");
+
+    // The caller edits a file the agent changed too: the working tree apply must refuse and
+    // change nothing.
+    write(&root.join("src/main.rs"), "fn main() { todo!() }\n");
+    let before = fingerprint(&root);
+    let (code, stderr) = apply_in(&h, &root, &["--worktree", &r.run_id]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("src/main.rs"),
+        "the conflict is named: {stderr}"
+    );
+    assert_eq!(
+        fingerprint(&root),
+        before,
+        "a refused apply changed the repository"
+    );
+
+    // Once the edit is gone it applies; the branch gets the next free name.
+    write(&root.join("src/main.rs"), "fn main() {}\n");
+    let (code, stderr) = apply_in(&h, &root, &["--worktree", &r.run_id]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("src/main.rs")).unwrap(),
+        "fn main() { println!(\"hi\"); }\n"
+    );
+    assert_eq!(
+        std::fs::read(root.join("data/blob.bin")).unwrap(),
+        AGENT_BLOB
+    );
+    assert!(!root.join("name with spaces ü.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(root.join("added ö.txt")).unwrap(),
+        "new\n"
+    );
+    // The caller's own uncommitted work is still there.
+    assert!(
+        std::fs::read_to_string(root.join("README.md"))
+            .unwrap()
+            .contains("dirty line")
+    );
+    let branches = git(&root, &["branch", "--list", "delegate/*"]);
+    assert_eq!(branches.lines().count(), 2, "{branches}");
+}
+
+#[tokio::test]
+async fn no_repo_gives_an_empty_sandbox_and_a_bad_repo_path_is_refused() {
+    let Some(h) = Harness::new(Script::bash(
+        "ls -A | grep -v '^.git$' | wc -l",
+        "{tool_result}",
+    ))
+    .await
+    else {
+        return;
+    };
+    let root = caller_project(&h);
+    let before = fingerprint(&root);
+    let run = run_in(&h, &root, &["--no-repo", "count the files"]).await;
+    let r = run.result();
+    assert_eq!(r.status, RunStatus::Succeeded, "{}", run.stderr);
+    assert_eq!(r.final_message.trim(), "0", "the sandbox was not empty");
+    assert!(r.base.is_none() && r.branch.is_none());
+    assert_eq!(fingerprint(&root), before);
+
+    // A path that is no git work tree: a clear error, no run.
+    let plain = h.dir.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let run = run_in(
+        &h,
+        &root,
+        &["--repo", plain.to_str().unwrap(), "count the files"],
+    )
+    .await;
+    assert_ne!(run.code, Some(0));
+    assert!(run.stderr.contains("not_a_repo"), "{}", run.stderr);
+    assert!(run.result.is_none(), "{}", run.stdout);
+}
