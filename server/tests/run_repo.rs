@@ -266,3 +266,90 @@ async fn no_repo_gives_an_empty_sandbox_and_a_bad_repo_path_is_refused() {
     assert!(run.stderr.contains("not_a_repo"), "{}", run.stderr);
     assert!(run.result.is_none(), "{}", run.stdout);
 }
+
+/// A warm sandbox whose agent leaves a loop behind that keeps swapping a file for a symlink to a
+/// host file outside the sandbox while delegate collects each run's change. delegate never reads
+/// the sandbox's files on the host (the change is committed inside and read back as a bundle), so
+/// the host file's content appears nowhere: not in a result, a patch, an event or the database.
+#[tokio::test]
+async fn a_symlink_swapped_in_during_collection_never_pulls_a_host_file_in() {
+    let Some(h) = Harness::new(Script::text("nothing")).await else {
+        return;
+    };
+    const SECRET: &str = "HOST-SECRET-CONTENT-5d1e0a";
+    let secret = h.dir.path().join("host-secret.txt");
+    write(&secret, SECRET);
+    let swap = format!(
+        "nohup sh -c 'while :; do ln -sfn {0} leak; rm -f leak; printf plain > leak; rm -f leak; \
+         ln -sfn {0} leak2; done' >/dev/null 2>&1 & echo started",
+        secret.display()
+    );
+    h.fake.set_script(Script::bash(&swap, "the loop runs"));
+    let orch = h.orchestrator().await;
+    let sandbox = orch
+        .create_sandbox(delegate_server::orchestrator::SandboxRequest::default())
+        .await
+        .expect("create sandbox");
+    let mut results = Vec::new();
+    for n in 0..4 {
+        if n == 1 {
+            // Later runs only look while the loop keeps swapping.
+            h.fake
+                .set_script(Script::bash("ls -la; cat leak2 2>&1", "{tool_result}"));
+        }
+        let (run, _) = orch
+            .start_run(delegate_server::orchestrator::RunRequest {
+                task: format!("run {n}"),
+                sandbox_id: Some(sandbox.id.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let r = orch.wait(&run).await.unwrap();
+        assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.error);
+        results.push(r);
+    }
+    // The sandbox saw the link, never the file behind it.
+    assert!(
+        results[1..]
+            .iter()
+            .any(|r| r.final_message.contains("leak2")),
+        "the loop did not run: {:?}",
+        results[1].final_message
+    );
+    for r in &results {
+        let json = serde_json::to_string(r).unwrap();
+        assert!(
+            !json.contains(SECRET),
+            "the host file is in a result: {json}"
+        );
+        let events = orch
+            .store()
+            .events_after(&r.run_id, 0, 10_000)
+            .await
+            .unwrap();
+        assert!(!serde_json::to_string(&events).unwrap().contains(SECRET));
+    }
+    orch.delete_sandbox(&sandbox.id.parse().unwrap())
+        .await
+        .unwrap();
+    orch.shutdown().await;
+    // Nothing under the data dir (database, patches, bundles, logs) holds it either.
+    let mut stack = vec![h.data_dir()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = std::fs::symlink_metadata(entry.path()).unwrap();
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                let bytes = std::fs::read(entry.path()).unwrap();
+                assert!(
+                    !common::contains(&bytes, SECRET),
+                    "the host file is in {}",
+                    entry.path().display()
+                );
+            }
+        }
+    }
+}
