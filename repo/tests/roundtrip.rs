@@ -537,7 +537,7 @@ async fn a_warm_sandbox_moves_its_branch_forward_from_a_kept_snapshot() {
 
     let out1 = tmp.path().join("out1.bundle");
     let run1 = warm_run(&work, &snap.tip, &out1, |w| {
-        write(&w.join("one.txt"), "1\n")
+        write(&w.join("one.txt"), "1\n");
     });
     assert_eq!(
         repo.import(&out1, &snap.tip, 1 << 20, &server)
