@@ -95,6 +95,7 @@ fn run_result(status: RunStatus) -> RunResult {
         branch: None,
         applied: None,
         conflicts: Vec::new(),
+        apply_message: None,
         patch_url: None,
     }
 }

@@ -491,7 +491,7 @@ async fn measure(
 }
 
 /// `1.5 MiB`-style sizes for messages.
-pub(crate) fn human(bytes: u64) -> String {
+pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
