@@ -362,7 +362,7 @@ impl Delegator for FakeServer {
         _caller: &Caller,
         _input: StreamSessionInput,
     ) -> Result<StreamSessionOutput, DelegateError> {
-        unimplemented!("not used here")
+        Err(DelegateError::Internal("not played by this double".into()))
     }
 
     async fn list_sandboxes(
@@ -370,7 +370,7 @@ impl Delegator for FakeServer {
         _caller: &Caller,
         _input: ListSandboxesInput,
     ) -> Result<ListSandboxesOutput, DelegateError> {
-        unimplemented!("not used here")
+        Err(DelegateError::Internal("not played by this double".into()))
     }
 
     async fn delete_sandbox(
@@ -378,7 +378,7 @@ impl Delegator for FakeServer {
         _caller: &Caller,
         _input: DeleteSandboxInput,
     ) -> Result<DeleteSandboxOutput, DelegateError> {
-        unimplemented!("not used here")
+        Err(DelegateError::Internal("not played by this double".into()))
     }
 
     async fn cancel_run(
@@ -386,7 +386,7 @@ impl Delegator for FakeServer {
         _caller: &Caller,
         _input: CancelRunInput,
     ) -> Result<CancelRunOutput, DelegateError> {
-        unimplemented!("not used here")
+        Err(DelegateError::Internal("not played by this double".into()))
     }
 
     async fn upload_snapshot(
