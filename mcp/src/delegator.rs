@@ -5,7 +5,8 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use std::path::Path;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 
 use crate::tools::{
     ApplyChangesInput, ApplyChangesOutput, CancelRunInput, CancelRunOutput, CreateSandboxInput,
@@ -42,6 +43,40 @@ pub struct Caller {
     pub workspace_id: Option<String>,
 }
 
+/// The MCP client's roots (`roots/list`: the directories it works in, first the project), as
+/// the service learnt them for the tool call in progress. The service runs a delegator's
+/// `run_in_sandbox` and `create_sandbox` inside [`ClientRoots::scope`], and a delegator on the
+/// caller's machine (`LocalDelegator`) reads them with [`ClientRoots::current`]: the project root
+/// then is the first root, and a `repo` path must lie inside one of them. Kept out of [`Caller`]
+/// and the tool inputs on purpose: it is a fact about the connection, never something a model or
+/// a remote caller sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientRoots {
+    /// Local directories (from `file://` roots), the client's order.
+    pub roots: Vec<PathBuf>,
+}
+
+tokio::task_local! {
+    static CLIENT_ROOTS: ClientRoots;
+}
+
+impl ClientRoots {
+    /// Runs `work` with these roots as [`ClientRoots::current`].
+    pub async fn scope<F: Future>(self, work: F) -> F::Output {
+        CLIENT_ROOTS.scope(self, work).await
+    }
+
+    /// The roots of the call in progress; none outside [`ClientRoots::scope`].
+    pub fn current() -> ClientRoots {
+        CLIENT_ROOTS.try_with(Clone::clone).unwrap_or_default()
+    }
+
+    /// The project root the client named: its first root.
+    pub fn project_root(&self) -> Option<&Path> {
+        self.roots.first().map(PathBuf::as_path)
+    }
+}
+
 /// A failure the calling model can act on; becomes a tool error (`isError: true`) with the
 /// message as text. Protocol faults never get here.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,7 +94,8 @@ pub enum DelegateError {
     #[error("limit reached: {0}")]
     Limit(String),
     /// A repository could not be used or changed; `kind` is `not_a_repo`, `repo_busy`,
-    /// `repo_too_large`, `repo_unreachable`, `bad_change`, `conflict` or `repo_failed`.
+    /// `repo_too_large`, `repo_unreachable`, `bad_change`, `conflict`, `repo_failed`, or (on the
+    /// caller's machine) `outside_project`.
     #[error("{kind}: {message}")]
     Repo {
         /// The error kind, to branch on.

@@ -1,11 +1,13 @@
 //! delegate's MCP surface: the wire types every part shares ([`types`]), the tool inputs and
 //! outputs ([`tools`]), the seam to whatever executes them ([`delegator`]), and the rmcp server
-//! ([`service`]) with its two transports: [`serve_stdio`] and [`http_service`].
+//! ([`service`]) with its two transports: [`serve_stdio`] and [`http_service`]. On the caller's
+//! machine, [`local`] wraps any delegator to take repositories in and bring changes back.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod delegator;
+pub mod local;
 pub mod remote;
 pub mod rest;
 pub mod service;
@@ -24,7 +26,8 @@ use rmcp::{
 };
 use tokio_util::sync::CancellationToken;
 
-pub use delegator::{Caller, DelegateError, Delegator, Progress};
+pub use delegator::{Caller, ClientRoots, DelegateError, Delegator, Progress};
+pub use local::LocalDelegator;
 pub use remote::RemoteDelegator;
 pub use service::DelegateMcp;
 

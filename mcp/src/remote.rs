@@ -5,7 +5,13 @@
 //! (reconnecting with `Last-Event-ID` when the stream drops), forwards one [`Progress`] per
 //! meaningful event, and fetches the final result when the server sends `event: end`. The token
 //! never appears in an error, a log line or a `Debug` dump.
+//!
+//! Repositories travel as files, streamed both ways and never held in memory: a snapshot bundle
+//! goes up (`POST /api/snapshots`), a run's change comes down as a bundle
+//! (`GET /api/runs/{id}/bundle`, capped at [`MAX_CHANGE_BYTES`]) or a patch
+//! (`GET /api/runs/{id}/patch`, capped by the caller).
 
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,13 +23,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::delegator::{Caller, DelegateError, Delegator, Progress};
-use crate::rest::{ErrorEnvelope, RunList};
+use crate::rest::{ErrorEnvelope, RunList, SnapshotUploaded};
 use crate::tools::{
     CancelRunInput, CancelRunOutput, CreateSandboxInput, DEFAULT_WAIT_SECONDS, DeleteSandboxInput,
     DeleteSandboxOutput, ListSandboxesInput, ListSandboxesOutput, MAX_WAIT_SECONDS,
     RunInSandboxInput, SandboxInfo, StreamSessionInput, StreamSessionOutput,
 };
-use crate::types::{Event, RunResult};
+use crate::types::{Event, RepoBase, RunResult};
 
 /// Connecting to the server (TCP + TLS).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,6 +47,14 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// After `event: end`, how long to wait for the run's row to show its terminal status.
 const FINAL_RESULT_GRACE: Duration = Duration::from_secs(10);
+/// Uploading a snapshot bundle (up to `DELEGATE_MAX_REPO_BYTES`, 1 GiB by default) as a whole.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
+/// A download (change bundle, patch) that delivers nothing this long is dead.
+const DOWNLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The largest change bundle taken from a server.
+pub const MAX_CHANGE_BYTES: u64 = 1 << 30;
+/// The header carrying the run's commit on `GET /api/runs/{id}/bundle`.
+const COMMIT_HEADER: &str = "x-delegate-commit";
 
 /// A remote delegate server, spoken to over its REST API.
 #[derive(Clone)]
@@ -168,8 +182,51 @@ impl RemoteDelegator {
 
     async fn get_run(&self, run_id: &str) -> Result<RunResult, DelegateError> {
         let url = self.url(&["api", "runs", run_id], &[]);
-        self.call::<(), _>(Method::GET, url, None, REQUEST_TIMEOUT)
-            .await
+        let result = self
+            .call::<(), _>(Method::GET, url, None, REQUEST_TIMEOUT)
+            .await?;
+        Ok(self.with_patch_url(result))
+    }
+
+    /// Fills `patch_url` when the run has a change and the server did not say where its patch is.
+    fn with_patch_url(&self, mut result: RunResult) -> RunResult {
+        if result.commit.is_some() && result.patch_url.is_none() {
+            let url = self.url(&["api", "runs", &result.run_id, "patch"], &[]);
+            result.patch_url = Some(url.to_string());
+        }
+        result
+    }
+
+    /// Starts a download and checks its status; the body is for the caller to stream.
+    async fn download(
+        &self,
+        segments: &[&str],
+        accept: &'static str,
+    ) -> Result<reqwest::Response, DelegateError> {
+        let url = self.url(segments, &[]);
+        let resp = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.http
+                .get(url)
+                .bearer_auth(&self.token)
+                .header(header::ACCEPT, accept)
+                .send(),
+        )
+        .await
+        .map_err(|_| {
+            DelegateError::Unavailable(format!("{} did not answer in time", self.server()))
+        })?
+        .map_err(|e| self.unreachable(&e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = tokio::time::timeout(REQUEST_TIMEOUT, resp.bytes())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            return Err(map_error_response(status, &bytes));
+        }
+        Ok(resp)
     }
 
     async fn post_cancel(&self, run_id: &str) -> Result<CancelRunOutput, DelegateError> {
@@ -302,7 +359,7 @@ impl Delegator for RemoteDelegator {
             )
             .await?;
         if !wait || started.status.is_terminal() {
-            return Ok(started);
+            return Ok(self.with_patch_url(started));
         }
         let run_id = started.run_id;
         let mut last_seq = 0u64;
@@ -434,6 +491,166 @@ impl Delegator for RemoteDelegator {
     ) -> Result<CancelRunOutput, DelegateError> {
         self.post_cancel(&input.run_id).await
     }
+
+    async fn upload_snapshot(
+        &self,
+        _caller: &Caller,
+        workspace: Option<&str>,
+        base: &RepoBase,
+        bundle: &Path,
+    ) -> Result<String, DelegateError> {
+        let file = tokio::fs::File::open(bundle)
+            .await
+            .map_err(|e| DelegateError::Internal(format!("{}: {e}", bundle.display())))?;
+        let bytes = file
+            .metadata()
+            .await
+            .map_err(|e| DelegateError::Internal(format!("{}: {e}", bundle.display())))?
+            .len();
+        let mut query: Vec<(&str, String)> = Vec::new();
+        query.extend(workspace.map(|w| ("workspace", w.to_string())));
+        query.push(("repo", base.repo.clone()));
+        query.extend(base.commit.clone().map(|c| ("commit", c)));
+        query.extend(base.branch.clone().map(|b| ("branch", b)));
+        query.push(("dirty", base.dirty.to_string()));
+        let url = self.url(&["api", "snapshots"], &query);
+        // Streamed from the file: a 1 GiB repository never sits in memory.
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        let resp = self
+            .request(Method::POST, url)
+            .timeout(UPLOAD_TIMEOUT)
+            .header(header::CONTENT_TYPE, "application/x-git-bundle")
+            .header(header::CONTENT_LENGTH, bytes)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let status = resp.status();
+        let reply = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
+        if !status.is_success() {
+            return Err(map_error_response(status, &reply));
+        }
+        let uploaded: SnapshotUploaded = serde_json::from_slice(&reply).map_err(|e| {
+            DelegateError::Internal(format!(
+                "the delegate server at {} answered the snapshot upload with something this \
+                 client does not understand: {e}",
+                self.server()
+            ))
+        })?;
+        tracing::debug!(snapshot = %uploaded.snapshot_id, bytes = uploaded.bytes, "snapshot uploaded");
+        Ok(uploaded.snapshot_id)
+    }
+
+    async fn download_change(
+        &self,
+        _caller: &Caller,
+        run_id: &str,
+        out: &Path,
+    ) -> Result<String, DelegateError> {
+        let resp = self
+            .download(
+                &["api", "runs", run_id, "bundle"],
+                "application/x-git-bundle",
+            )
+            .await?;
+        let commit = resp
+            .headers()
+            .get(COMMIT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|c| matches!(c.len(), 40 | 64) && c.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_string)
+            .ok_or_else(|| DelegateError::Repo {
+                kind: "bad_change".into(),
+                message: format!(
+                    "the server sent run {run_id}'s change without its commit ({COMMIT_HEADER})"
+                ),
+            })?;
+        let mut file = tokio::fs::File::create(out)
+            .await
+            .map_err(|e| DelegateError::Internal(format!("{}: {e}", out.display())))?;
+        let written = stream_capped(resp, &mut file, MAX_CHANGE_BYTES).await;
+        let failed = |e: DelegateError| async {
+            let _ = tokio::fs::remove_file(out).await;
+            Err(e)
+        };
+        match written {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return failed(DelegateError::Repo {
+                    kind: "repo_too_large".into(),
+                    message: format!(
+                        "run {run_id}'s change is over {}",
+                        delegate_repo::snapshot::human(MAX_CHANGE_BYTES)
+                    ),
+                })
+                .await;
+            }
+            Err(e) => return failed(self.download_failed(run_id, e)).await,
+        }
+        if let Err(e) = tokio::io::AsyncWriteExt::flush(&mut file).await {
+            return failed(DelegateError::Internal(format!("{}: {e}", out.display()))).await;
+        }
+        Ok(commit)
+    }
+
+    async fn read_patch(
+        &self,
+        _caller: &Caller,
+        run_id: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, DelegateError> {
+        let resp = self
+            .download(&["api", "runs", run_id, "patch"], "text/x-diff")
+            .await?;
+        let mut patch = Vec::new();
+        match stream_capped(resp, &mut patch, max_bytes).await {
+            Ok(Some(_)) => Ok(patch),
+            Ok(None) => Err(DelegateError::Limit(format!(
+                "the patch of run {run_id} is over {}",
+                delegate_repo::snapshot::human(max_bytes)
+            ))),
+            Err(e) => Err(self.download_failed(run_id, e)),
+        }
+    }
+}
+
+impl RemoteDelegator {
+    fn download_failed(&self, run_id: &str, error: StreamError) -> DelegateError {
+        DelegateError::Unavailable(format!(
+            "downloading run {run_id}'s change from {} failed: {error}",
+            self.server()
+        ))
+    }
+}
+
+/// Copies a response body into `out` chunk by chunk; `Ok(None)` as soon as it passes `max`
+/// bytes (the rest is not read), else the bytes written.
+async fn stream_capped<W>(
+    resp: reqwest::Response,
+    out: &mut W,
+    max: u64,
+) -> Result<Option<u64>, StreamError>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    if resp.content_length().is_some_and(|len| len > max) {
+        return Ok(None);
+    }
+    let mut body = Box::pin(idle_timeout(resp.bytes_stream(), DOWNLOAD_IDLE_TIMEOUT));
+    let mut written = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        written += chunk.len() as u64;
+        if written > max {
+            return Ok(None);
+        }
+        out.write_all(&chunk)
+            .await
+            .map_err(|e| StreamError::Http(format!("writing it: {e}")))?;
+    }
+    Ok(Some(written))
 }
 
 /// Checks and normalizes `--server`: an http(s) URL of the server root.
@@ -497,6 +714,11 @@ fn map_error_response(status: StatusCode, body: &[u8]) -> DelegateError {
         }
     };
     match code.as_str() {
+        "not_a_repo" | "repo_busy" | "repo_too_large" | "repo_unreachable" | "bad_change"
+        | "repo_failed" => DelegateError::Repo {
+            kind: code.clone(),
+            message,
+        },
         "invalid_input" => DelegateError::Invalid(message),
         "payload_too_large" => DelegateError::Invalid(format!("too large: {message}")),
         "unauthorized" => DelegateError::Invalid(format!(

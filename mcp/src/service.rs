@@ -1,20 +1,26 @@
-//! The MCP server: six tools over a [`Delegator`], as an rmcp [`ServerHandler`].
+//! The MCP server: seven tools and one resource template over a [`Delegator`], as an rmcp
+//! [`ServerHandler`].
 //!
 //! The handler is written by hand (no `#[tool]` macros) so every protocol decision is visible
 //! here: how arguments are checked (serde, `deny_unknown_fields`, JSON-RPC invalid params naming
 //! the field), how domain failures become tool errors (`isError: true`) the calling model can read,
 //! how progress is forwarded without ever stalling a run, and how a cancelled request cancels the
-//! run while still letting the delegator clean up.
+//! run while still letting the delegator clean up, how the client's roots reach a delegator that
+//! reads repositories on the caller's machine, and how a run's patch is read as a resource.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rmcp::{
     ErrorData, RoleServer, ServerHandler,
     handler::server::tool::{schema_for_input, schema_for_output, schema_for_type},
     model::{
         CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-        JsonObject, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
-        ProgressToken, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+        JsonObject, ListResourceTemplatesResult, ListToolsResult, PaginatedRequestParams,
+        ProgressNotificationParam, ProgressToken, ReadResourceRequestParams, ReadResourceResponse,
+        ReadResourceResult, Resource, ResourceContents, ResourceTemplate, ServerCapabilities,
+        ServerConfig, Tool, ToolAnnotations,
     },
     service::{Peer, RequestContext},
 };
@@ -22,11 +28,11 @@ use schemars::JsonSchema;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::mpsc;
 
-use crate::delegator::{Caller, DelegateError, Delegator, Progress};
+use crate::delegator::{Caller, ClientRoots, DelegateError, Delegator, Progress};
 use crate::tools::{
-    CancelRunInput, CancelRunOutput, CreateSandboxInput, CreateSandboxOutput, DeleteSandboxInput,
-    DeleteSandboxOutput, ListSandboxesInput, ListSandboxesOutput, RunInSandboxInput,
-    StreamSessionInput, StreamSessionOutput,
+    ApplyChangesInput, ApplyChangesOutput, CancelRunInput, CancelRunOutput, CreateSandboxInput,
+    CreateSandboxOutput, DeleteSandboxInput, DeleteSandboxOutput, ListSandboxesInput,
+    ListSandboxesOutput, RunInSandboxInput, StreamSessionInput, StreamSessionOutput,
 };
 use crate::types::RunResult;
 
@@ -37,6 +43,13 @@ const PROGRESS_QUEUE: usize = 64;
 const SUMMARY_MESSAGE_CHARS: usize = 500;
 /// Cap on the text rendering of `stream_session` events (the full events are structured).
 const SUMMARY_EVENTS_CHARS: usize = 4000;
+/// How long a tool call waits for the client's answer to `roots/list`; without one, the project
+/// root falls back to `CLAUDE_PROJECT_DIR` or the cwd.
+const ROOTS_WAIT: Duration = Duration::from_secs(5);
+/// The most of a patch `resources/read` returns; past it, the client downloads `patch_url`.
+pub const MAX_PATCH_RESOURCE_BYTES: u64 = 8 << 20;
+/// The resource template of a run's whole patch.
+pub const PATCH_URI_TEMPLATE: &str = "delegate://runs/{run_id}/patch";
 
 /// What the server tells a calling model in `initialize` / `server/discover`.
 pub const INSTRUCTIONS: &str = "\
@@ -58,6 +71,21 @@ related runs, `create_sandbox` once (optionally with `files`), pass its `sandbox
 `run_in_sandbox`, and set `continue_session: true` to let the agent remember the earlier \
 conversation. Delete warm sandboxes with `delete_sandbox` when you are done; idle ones are paused.
 
+Repositories: where delegate runs on the user's machine (`delegate mcp`), the sandbox starts from \
+the project root by default (the client's first root, else CLAUDE_PROJECT_DIR, else the current \
+directory, when it is a git work tree) as it is now, uncommitted and untracked (not ignored) \
+files included, so the agent sees `git log` and `git diff HEAD~1`. `repo` picks another work tree \
+(a path inside the project), or `none` for an empty sandbox; over HTTP it can be an https:// git \
+URL with `ref`. The user's repository is never changed except by `apply`: `branch` (default) \
+writes the agent's commit as branch `delegate/<run>` on top of the user's HEAD (plus a commit of \
+the uncommitted changes), touching neither the working tree, the index nor the current branch; \
+`worktree` also applies it to the working tree when it applies cleanly (else `conflicts` names \
+the paths and nothing changes); `none` leaves it alone, to review first and then call \
+`apply_changes` {run_id, to}. The result names `base` (what the sandbox started from), `commit`, \
+`branch`, `applied` and `apply_message`; the whole binary-safe patch is the resource \
+delegate://runs/{run_id}/patch (`resources/read`) and `patch_url`. Warm sandboxes made with a \
+repo move their branch forward run after run.
+
 Result `status`: succeeded, failed, cancelled, timed_out, running (only with `wait: false`), lost \
 (the server restarted). When not succeeded, `error.kind` says why: upstream_auth (the model \
 provider refused delegate's credential; retrying will not help), upstream_unavailable (provider \
@@ -69,13 +97,25 @@ its text says what to change.";
 
 const RUN_IN_SANDBOX: &str = "\
 Delegate one coding task to an agent in an isolated sandbox and (by default) wait for it to \
-finish, typically minutes. Returns the agent's final message, changed files, a unified diff, usage \
-and status. Omit `sandbox_id` for a fresh sandbox destroyed afterwards; pass one from \
-`create_sandbox` to keep files between runs. With `wait: false` it returns at once; follow the run \
-with `stream_session`.";
+finish, typically minutes. The sandbox starts from your project's git work tree as it is now \
+(uncommitted work included; `repo` for another one, `none` for an empty sandbox), and your \
+repository is never changed except by `apply`: by default the change comes back as branch \
+`delegate/<run>` (see `branch`, `commit`, `base`), `worktree` also applies it to your working tree, \
+`none` leaves it for `apply_changes`. Returns the agent's final message, changed files, a diff \
+preview, the whole patch as resource delegate://runs/{run_id}/patch, usage and status. Omit \
+`sandbox_id` for a fresh sandbox destroyed afterwards; pass one from `create_sandbox` to keep \
+files between runs. With `wait: false` it returns at once; follow the run with `stream_session`.";
 const CREATE_SANDBOX: &str = "\
 Create a warm sandbox that keeps its files and agent session across several `run_in_sandbox` \
-calls (pass its `sandbox_id`). Delete it with `delete_sandbox` when done.";
+calls (pass its `sandbox_id`). It starts from your project's git work tree as it is now, like \
+`run_in_sandbox` (`repo` to pick another, `none` for empty); each run's change goes on top of the \
+previous one and its branch moves forward. Delete it with `delete_sandbox` when done.";
+const APPLY_CHANGES: &str = "\
+Write a finished run's change into your repository after reviewing it (e.g. a run made with \
+`apply: none`): `to: branch` (default) writes a new branch `delegate/<run>` (the next free name \
+if taken) without touching your working tree, index or current branch; `to: worktree` also \
+applies the change to your working tree when it applies cleanly, else changes nothing and names \
+the conflicting paths. Only for runs that started from a repository on this machine.";
 const STREAM_SESSION: &str = "\
 Follow a run (by `run_id`, or the latest run of a `sandbox_id`): returns its events after the \
 cursor `after`, waiting up to `wait_seconds` for new ones. Call again with `after` = `next_cursor` \
@@ -86,7 +126,8 @@ const DELETE_SANDBOX: &str =
 const CANCEL_RUN: &str =
     "Cancel a running run. It ends with status `cancelled` once its processes are gone.";
 
-/// delegate's MCP server: six tools, each a thin call into a [`Delegator`].
+/// delegate's MCP server: seven tools, each a thin call into a [`Delegator`], and a run's patch as
+/// a resource.
 ///
 /// One value serves one connection (stdio) or is cloned per HTTP session/request; it holds no
 /// per-connection state itself.
@@ -139,12 +180,53 @@ impl DelegateMcp {
         Ok(caller)
     }
 
+    /// The client's roots, for a delegator that reads repositories here, when `repo` may need
+    /// them (absent, `.` or a path). Asked only of clients that declared the roots capability,
+    /// and for at most [`ROOTS_WAIT`]; no answer is no roots, not an error.
+    ///
+    /// Roots are deprecated for the 2026-07-28 era (which has no server-to-client requests, so
+    /// the call fails at once there); Claude Code and other current clients answer it.
+    #[allow(deprecated)]
+    async fn client_roots(
+        &self,
+        repo: Option<&str>,
+        ctx: &RequestContext<RoleServer>,
+    ) -> ClientRoots {
+        let needed = self.delegator.local_repositories()
+            && !repo.is_some_and(|r| r.trim() == "none" || r.contains("://"));
+        let declared = ctx
+            .client_capabilities()
+            .is_some_and(|capabilities| capabilities.roots.is_some());
+        if !needed || !declared {
+            return ClientRoots::default();
+        }
+        let asked = tokio::time::timeout(ROOTS_WAIT, ctx.peer.list_roots()).await;
+        match asked {
+            Ok(Ok(listed)) => ClientRoots {
+                roots: listed
+                    .roots
+                    .iter()
+                    .filter_map(|root| file_path(&root.uri))
+                    .collect(),
+            },
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "roots/list failed; using the default project root");
+                ClientRoots::default()
+            }
+            Err(_) => {
+                tracing::debug!("roots/list unanswered; using the default project root");
+                ClientRoots::default()
+            }
+        }
+    }
+
     async fn run_in_sandbox(
         &self,
         caller: Caller,
         input: RunInSandboxInput,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
+        let roots = self.client_roots(input.repo.as_deref(), &ctx).await;
         // The delegator's token is a child of the request's: `notifications/cancelled` (or the
         // connection going away) cancels the run, while the delegator cancelling its own token
         // touches nothing else.
@@ -153,15 +235,24 @@ impl DelegateMcp {
         let delegator = self.delegator.clone();
         // Spawned, not awaited in place: whatever happens to this request's future, the run is
         // driven to its end and the delegator gets to clean up.
-        let run = tokio::spawn(async move {
+        let run = tokio::spawn(roots.scope(async move {
             delegator
                 .run_in_sandbox(&caller, input, progress_tx, cancel)
                 .await
-        });
+        }));
         let forward = forward_progress(progress_rx, ctx.meta.get_progress_token(), ctx.peer);
         let (joined, ()) = tokio::join!(run, forward);
         match joined {
-            Ok(result) => to_tool_result(result, summarize_run),
+            Ok(result) => {
+                let link = result
+                    .as_ref()
+                    .ok()
+                    .filter(|run| run.commit.is_some())
+                    .map(|run| patch_link(&run.run_id));
+                let mut answer = to_tool_result(result, summarize_run)?;
+                answer.content.extend(link);
+                Ok(answer)
+            }
             Err(join_error) => {
                 tracing::error!(error = %join_error, "run_in_sandbox task failed");
                 Ok(error_result(&DelegateError::Internal(
@@ -188,8 +279,17 @@ impl DelegateMcp {
             "create_sandbox" => {
                 let input: CreateSandboxInput = parse_arguments(name, arguments)?;
                 let caller = self.caller(&ctx)?;
-                let result = self.delegator.create_sandbox(&caller, input).await;
+                let roots = self.client_roots(input.repo.as_deref(), &ctx).await;
+                let result = roots
+                    .scope(self.delegator.create_sandbox(&caller, input))
+                    .await;
                 to_tool_result(result, summarize_sandbox)
+            }
+            "apply_changes" => {
+                let input: ApplyChangesInput = parse_arguments(name, arguments)?;
+                let caller = self.caller(&ctx)?;
+                let result = self.delegator.apply_changes(&caller, input).await;
+                to_tool_result(result, |out: &ApplyChangesOutput| out.message.clone())
             }
             "stream_session" => {
                 let input: StreamSessionInput = parse_arguments(name, arguments)?;
@@ -240,11 +340,16 @@ impl DelegateMcp {
 
 impl ServerHandler for DelegateMcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(
-                Implementation::new("delegate", env!("CARGO_PKG_VERSION")).with_title("delegate"),
-            )
-            .with_instructions(INSTRUCTIONS)
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build(),
+        )
+        .with_server_info(
+            Implementation::new("delegate", env!("CARGO_PKG_VERSION")).with_title("delegate"),
+        )
+        .with_instructions(INSTRUCTIONS)
     }
 
     async fn list_tools(
@@ -259,6 +364,66 @@ impl ServerHandler for DelegateMcp {
         self.tools.iter().find(|tool| tool.name == name).cloned()
     }
 
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let template = ResourceTemplate::new(PATCH_URI_TEMPLATE, "run-patch")
+            .with_title("A run's whole patch")
+            .with_description(
+                "The whole binary-safe patch of a run's change (`git apply` takes it), from the \
+                 snapshot the sandbox started from to the run's commit.",
+            )
+            .with_mime_type("text/x-diff");
+        Ok(ListResourceTemplatesResult::with_all_items(vec![template]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let uri = request.uri;
+        let Some(run_id) = patch_run_id(&uri) else {
+            return Err(ErrorData::resource_not_found(
+                format!(
+                    "no resource {}; runs' patches are {PATCH_URI_TEMPLATE}",
+                    truncate_chars(&uri, 200)
+                ),
+                None,
+            ));
+        };
+        let caller = self.caller(&ctx)?;
+        let patch = self
+            .delegator
+            .read_patch(&caller, run_id, MAX_PATCH_RESOURCE_BYTES)
+            .await
+            .map_err(|error| match error {
+                DelegateError::NotFound(message) => ErrorData::resource_not_found(message, None),
+                DelegateError::Limit(message) => ErrorData::invalid_params(
+                    format!(
+                        "the patch of run {run_id} is over {} MiB ({message}); download it from \
+                         the run's patch_url (GET /api/runs/{run_id}/patch)",
+                        MAX_PATCH_RESOURCE_BYTES >> 20
+                    ),
+                    None,
+                ),
+                other => ErrorData::internal_error(other.to_string(), None),
+            })?;
+        // A patch is text unless a file name or a text hunk is not UTF-8: then the bytes go as
+        // they are (base64) rather than mangled.
+        let contents = match String::from_utf8(patch) {
+            Ok(text) => ResourceContents::text(text, uri.clone()),
+            Err(bytes) => {
+                use base64::Engine;
+                let blob = base64::engine::general_purpose::STANDARD.encode(bytes.into_bytes());
+                ResourceContents::blob(blob, uri.clone())
+            }
+        };
+        Ok(ReadResourceResult::new(vec![contents.with_mime_type("text/x-diff")]).into())
+    }
+
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
@@ -271,13 +436,14 @@ impl ServerHandler for DelegateMcp {
 }
 
 /// The tool names, in the order `tools/list` returns them.
-pub const TOOL_NAMES: [&str; 6] = [
+pub const TOOL_NAMES: [&str; 7] = [
     "run_in_sandbox",
     "create_sandbox",
     "stream_session",
     "list_sandboxes",
     "delete_sandbox",
     "cancel_run",
+    "apply_changes",
 ];
 
 fn tool_definitions() -> Vec<Tool> {
@@ -331,6 +497,17 @@ fn tool_definitions() -> Vec<Tool> {
                     .destructive(true)
                     .idempotent(true),
             ),
+        tool::<ApplyChangesInput, ApplyChangesOutput>(
+            TOOL_NAMES[6],
+            APPLY_CHANGES,
+            "Apply a run's change",
+        )
+        .annotate(
+            ToolAnnotations::new()
+                .read_only(false)
+                .destructive(false)
+                .idempotent(false),
+        ),
     ]
 }
 
@@ -443,6 +620,38 @@ fn client_name(ctx: &RequestContext<RoleServer>) -> Option<String> {
         .filter(|name| !name.is_empty())
 }
 
+/// The local directory a `file://` root names; other roots say nothing about this machine.
+fn file_path(uri: &str) -> Option<PathBuf> {
+    let url = reqwest::Url::parse(uri).ok()?;
+    if url.scheme() != "file" {
+        return None;
+    }
+    url.to_file_path().ok()
+}
+
+/// The run id of `delegate://runs/{run_id}/patch`.
+fn patch_run_id(uri: &str) -> Option<&str> {
+    let run_id = uri
+        .strip_prefix("delegate://runs/")?
+        .strip_suffix("/patch")?;
+    let plain = !run_id.is_empty()
+        && run_id.len() <= 128
+        && run_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    plain.then_some(run_id)
+}
+
+/// The `resource_link` a run's result carries to its whole patch.
+fn patch_link(run_id: &str) -> ContentBlock {
+    ContentBlock::resource_link(
+        Resource::new(format!("delegate://runs/{run_id}/patch"), "run-patch")
+            .with_title(format!("Patch of run {run_id}"))
+            .with_description("The run's whole binary-safe patch (`git apply` takes it).")
+            .with_mime_type("text/x-diff"),
+    )
+}
+
 fn truncate_chars(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
@@ -472,6 +681,22 @@ fn summarize_run(run: &RunResult) -> String {
         let files: Vec<&str> = run.changed_files.iter().map(|f| f.path.as_str()).collect();
         text.push_str("; changed: ");
         text.push_str(&truncate_chars(&files.join(", "), SUMMARY_MESSAGE_CHARS));
+    }
+    if let Some(branch) = &run.branch {
+        text.push_str(&format!("; branch {branch}"));
+        if run.applied == Some(true) {
+            text.push_str(" (applied to the working tree)");
+        }
+    }
+    if !run.conflicts.is_empty() {
+        text.push_str(&format!(
+            "; not applied, conflicts: {}",
+            truncate_chars(&run.conflicts.join(", "), SUMMARY_MESSAGE_CHARS)
+        ));
+    } else if run.branch.is_none()
+        && let Some(message) = &run.apply_message
+    {
+        text.push_str(&format!("; {message}"));
     }
     text.push_str(&format!("; sandbox {}", run.sandbox_id));
     if let Some(url) = &run.watch_url {
@@ -532,6 +757,25 @@ fn summarize_stream(out: &StreamSessionOutput) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patch_uris() {
+        assert_eq!(patch_run_id("delegate://runs/run_1/patch"), Some("run_1"));
+        for bad in [
+            "delegate://runs//patch",
+            "delegate://runs/a/b/patch",
+            "delegate://runs/../patch",
+            "delegate://runs/run_1",
+            "file:///etc/passwd",
+        ] {
+            assert_eq!(patch_run_id(bad), None, "{bad}");
+        }
+        assert_eq!(
+            file_path("file:///home/u/p"),
+            Some(PathBuf::from("/home/u/p"))
+        );
+        assert_eq!(file_path("https://x/y"), None);
+    }
 
     #[test]
     fn truncation_respects_char_boundaries() {

@@ -316,6 +316,11 @@ pub struct RunResult {
     /// Paths that kept `apply: worktree` from applying (nothing was changed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<String>,
+    /// What happened to your repository at the end, in words: the branch written, why the
+    /// working tree was left alone, or why nothing was written (the run's result stands either
+    /// way; retry with `apply_changes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_message: Option<String>,
     /// The whole binary-safe patch of the run's change (`git apply` takes it), over HTTP; MCP
     /// clients can also read `delegate://runs/{run_id}/patch`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

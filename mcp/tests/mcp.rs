@@ -2,6 +2,10 @@
 //! in-memory stdio-like pipe and over streamable HTTP mounted in axum, in both protocol eras.
 //! The executor behind the tools is a recording [`Delegator`] double.
 
+// roots/list is deprecated for the 2026-07-28 era; clients of the 2025 era (Claude Code) still
+// answer it, and the service asks them.
+#![allow(deprecated)]
+
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
@@ -9,7 +13,7 @@ use std::{
 
 use async_trait::async_trait;
 use delegate_mcp::{
-    Caller, DelegateError, DelegateMcp, Delegator, HttpConfig, Progress, http_service,
+    Caller, ClientRoots, DelegateError, DelegateMcp, Delegator, HttpConfig, Progress, http_service,
     tools::{
         CancelRunInput, CancelRunOutput, CreateSandboxInput, DeleteSandboxInput,
         DeleteSandboxOutput, ListSandboxesInput, ListSandboxesOutput, RunInSandboxInput,
@@ -21,8 +25,8 @@ use rmcp::{
     ClientHandler, ClientServiceExt, RoleClient, ServiceError, ServiceExt,
     model::{
         CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, ClientRequest,
-        ErrorCode, Implementation, JsonObject, ProgressNotificationParam, ProtocolVersion, Request,
-        ServerResult,
+        ErrorCode, Implementation, JsonObject, ListRootsResult, ProgressNotificationParam,
+        ProtocolVersion, ReadResourceRequestParams, Request, ResourceContents, Root, ServerResult,
     },
     service::{ClientLifecycleMode, NotificationContext, PeerRequestOptions, RunningService},
     transport::StreamableHttpClientTransport,
@@ -50,6 +54,10 @@ struct Recorded {
 #[derive(Default)]
 struct Recorder {
     recorded: Mutex<Recorded>,
+    /// Claims to read repositories on the caller's machine (as `LocalDelegator` does).
+    local: bool,
+    /// The client roots each `run_in_sandbox` saw.
+    roots_seen: Mutex<Vec<ClientRoots>>,
     /// Signalled when a `hang` run has started.
     hanging: Notify,
     /// Signalled when a `hang` run has finished its cleanup.
@@ -95,6 +103,7 @@ fn run_result(status: RunStatus) -> RunResult {
         branch: None,
         applied: None,
         conflicts: Vec::new(),
+        apply_message: None,
         patch_url: None,
     }
 }
@@ -124,7 +133,12 @@ impl Delegator for Recorder {
         cancel: CancellationToken,
     ) -> Result<RunResult, DelegateError> {
         self.record("run_in_sandbox", caller);
+        self.roots_seen.lock().unwrap().push(ClientRoots::current());
         match input.task.as_str() {
+            "commit" => Ok(RunResult {
+                commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+                ..run_result(RunStatus::Succeeded)
+            }),
             "progress" => {
                 for seq in 1..=PROGRESS_STEPS {
                     let message = format!("step {seq}");
@@ -217,22 +231,59 @@ impl Delegator for Recorder {
             status: RunStatus::Cancelled,
         })
     }
+
+    fn local_repositories(&self) -> bool {
+        self.local
+    }
+
+    async fn read_patch(
+        &self,
+        caller: &Caller,
+        run_id: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, DelegateError> {
+        self.record("read_patch", caller);
+        match run_id {
+            "run_1" => Ok(PATCH.as_bytes().to_vec()),
+            "run_big" => Err(DelegateError::Limit(format!("over {max_bytes} bytes"))),
+            other => Err(DelegateError::NotFound(format!(
+                "run {other} has no change"
+            ))),
+        }
+    }
 }
+
+const PATCH: &str = "diff --git a/hello.txt b/hello.txt\nnew file mode 100644\n--- /dev/null\n+++ b/hello.txt\n@@ -0,0 +1 @@\n+hello\n";
 
 // ---------------------------------------------------------------- the client
 
-/// An MCP client that records the progress notifications it gets.
+/// An MCP client that records the progress notifications it gets, and, when it has `roots`,
+/// declares the roots capability and answers `roots/list` with them.
 #[derive(Clone, Default)]
 struct TestClient {
     progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
+    roots: Option<Vec<&'static str>>,
+    roots_asked: Arc<Mutex<u32>>,
 }
 
 impl ClientHandler for TestClient {
     fn get_info(&self) -> ClientConfig {
-        ClientConfig::new(
-            ClientCapabilities::default(),
-            Implementation::new("test-client", "1.2.3"),
-        )
+        let capabilities = match self.roots {
+            Some(_) => serde_json::from_value(json!({"roots": {"listChanged": false}})).unwrap(),
+            None => ClientCapabilities::default(),
+        };
+        ClientConfig::new(capabilities, Implementation::new("test-client", "1.2.3"))
+    }
+
+    async fn list_roots(
+        &self,
+        _context: rmcp::service::RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, rmcp::ErrorData> {
+        *self.roots_asked.lock().unwrap() += 1;
+        let roots = self.roots.clone().unwrap_or_default();
+        Ok(ListRootsResult::new(
+            roots.into_iter().map(Root::new).collect(),
+        ))
     }
 
     async fn on_progress(
@@ -264,7 +315,20 @@ async fn connect_pipe(
     Arc<Recorder>,
     tokio::task::JoinHandle<()>,
 ) {
-    let recorder = Arc::new(Recorder::default());
+    connect_pipe_with(Recorder::default(), TestClient::default(), lifecycle).await
+}
+
+async fn connect_pipe_with(
+    recorder: Recorder,
+    handler: TestClient,
+    lifecycle: ClientLifecycleMode,
+) -> (
+    Client,
+    TestClient,
+    Arc<Recorder>,
+    tokio::task::JoinHandle<()>,
+) {
+    let recorder = Arc::new(recorder);
     let (server_io, client_io) = tokio::io::duplex(64 * 1024);
     let server = DelegateMcp::new(recorder.clone(), Some(stdio_caller()));
     let server_task = tokio::spawn(async move {
@@ -272,7 +336,6 @@ async fn connect_pipe(
             let _ = running.waiting().await;
         }
     });
-    let handler = TestClient::default();
     let client = handler
         .clone()
         .serve_with_lifecycle(client_io, lifecycle)
@@ -330,8 +393,18 @@ async fn check_tools_list(client: &Client) {
             "stream_session",
             "list_sandboxes",
             "delete_sandbox",
-            "cancel_run"
+            "cancel_run",
+            "apply_changes"
         ]
+    );
+    let apply = tools[6].annotations.as_ref().expect("annotations");
+    assert_eq!(
+        (
+            apply.read_only_hint,
+            apply.destructive_hint,
+            apply.idempotent_hint
+        ),
+        (Some(false), Some(false), Some(false))
     );
     for tool in &tools {
         let description = tool.description.as_deref().unwrap_or_default();
@@ -387,7 +460,7 @@ async fn check_tools_list(client: &Client) {
 }
 
 #[tokio::test]
-async fn tools_list_has_six_documented_tools() {
+async fn tools_list_has_seven_documented_tools() {
     let (client, _, _, _) = connect_pipe(legacy()).await;
     let info = client.peer_info().expect("server info");
     assert_eq!(info.server_info.as_ref().unwrap().name, "delegate");
@@ -397,6 +470,10 @@ async fn tools_list_has_six_documented_tools() {
         "next_cursor",
         "upstream_auth",
         "delete_sandbox",
+        "apply_changes",
+        "delegate://runs/{run_id}/patch",
+        "CLAUDE_PROJECT_DIR",
+        "`worktree`",
     ] {
         assert!(
             instructions.contains(needle),
@@ -854,7 +931,7 @@ async fn http_raw_requests() {
     let status = response.status();
     let body = body_json(response).await;
     assert_eq!(status, http::StatusCode::OK, "{body}");
-    assert_eq!(body["result"]["tools"].as_array().map(Vec::len), Some(6));
+    assert_eq!(body["result"]["tools"].as_array().map(Vec::len), Some(7));
 
     let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
         "name": "delete_sandbox", "arguments": {"sandbox_id": "sbx_missing"}, "_meta": {
@@ -917,5 +994,182 @@ async fn odd_arguments_never_break_the_server() {
         }
     }
     check_run_call(&client).await;
+    client.cancel().await.unwrap();
+}
+
+// ---------------------------------------------------------------- repositories: roots, patches
+
+#[tokio::test]
+async fn roots_are_asked_only_for_a_delegator_that_reads_local_repositories() {
+    let handler = TestClient {
+        roots: Some(vec![
+            "file:///work/project",
+            "https://example.com/not-a-dir",
+        ]),
+        ..TestClient::default()
+    };
+    let local = Recorder {
+        local: true,
+        ..Recorder::default()
+    };
+    let (client, handler, recorder, _) = connect_pipe_with(local, handler, legacy()).await;
+    check_run_call(&client).await;
+    assert_eq!(*handler.roots_asked.lock().unwrap(), 1);
+    // `none` and URLs need no local root.
+    for repo in ["none", "https://example.com/r.git"] {
+        let result = client
+            .call_tool(call("run_in_sandbox", json!({"task": "t", "repo": repo})))
+            .await
+            .unwrap();
+        assert_eq!(result.is_error, Some(false));
+    }
+    assert_eq!(
+        *handler.roots_asked.lock().unwrap(),
+        1,
+        "asked only when needed"
+    );
+    let seen = recorder.roots_seen.lock().unwrap().clone();
+    assert_eq!(
+        seen[0].roots,
+        [std::path::PathBuf::from("/work/project")],
+        "file:// roots only, in order"
+    );
+    assert_eq!(seen[1], ClientRoots::default());
+    client.cancel().await.unwrap();
+
+    // A delegator that cannot read local files never asks.
+    let handler = TestClient {
+        roots: Some(vec!["file:///work/project"]),
+        ..TestClient::default()
+    };
+    let (client, handler, recorder, _) =
+        connect_pipe_with(Recorder::default(), handler, legacy()).await;
+    check_run_call(&client).await;
+    assert_eq!(*handler.roots_asked.lock().unwrap(), 0);
+    assert_eq!(
+        recorder.roots_seen.lock().unwrap()[0],
+        ClientRoots::default()
+    );
+    client.cancel().await.unwrap();
+
+    // A client without the roots capability is not asked; the call still runs.
+    let local = Recorder {
+        local: true,
+        ..Recorder::default()
+    };
+    let (client, handler, recorder, _) =
+        connect_pipe_with(local, TestClient::default(), legacy()).await;
+    check_run_call(&client).await;
+    assert_eq!(*handler.roots_asked.lock().unwrap(), 0);
+    assert_eq!(
+        recorder.roots_seen.lock().unwrap()[0],
+        ClientRoots::default()
+    );
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_runs_patch_is_a_resource() {
+    let (client, _, recorder, _) = connect_pipe(legacy()).await;
+    let templates = client.list_all_resource_templates().await.unwrap();
+    assert_eq!(templates.len(), 1);
+    assert_eq!(templates[0].uri_template, "delegate://runs/{run_id}/patch");
+    assert_eq!(templates[0].mime_type.as_deref(), Some("text/x-diff"));
+
+    let read = client
+        .read_resource(ReadResourceRequestParams::new(
+            "delegate://runs/run_1/patch",
+        ))
+        .await
+        .expect("resources/read");
+    match &read.contents[..] {
+        [
+            ResourceContents::TextResourceContents {
+                uri,
+                mime_type,
+                text,
+                ..
+            },
+        ] => {
+            assert_eq!(uri, "delegate://runs/run_1/patch");
+            assert_eq!(mime_type.as_deref(), Some("text/x-diff"));
+            assert_eq!(text, PATCH);
+        }
+        other => panic!("one text content expected, got {other:?}"),
+    }
+    let calls = recorder.calls();
+    assert_eq!(calls.last().unwrap().0, "read_patch");
+
+    let error = client
+        .read_resource(ReadResourceRequestParams::new(
+            "delegate://runs/run_big/patch",
+        ))
+        .await
+        .expect_err("over the cap");
+    let ServiceError::McpError(data) = error else {
+        panic!("a JSON-RPC error")
+    };
+    assert!(data.message.contains("patch_url"), "{}", data.message);
+    for uri in [
+        "delegate://runs/run_none/patch",
+        "delegate://runs/../patch",
+        "file:///etc/passwd",
+    ] {
+        let error = client
+            .read_resource(ReadResourceRequestParams::new(uri))
+            .await
+            .expect_err(uri);
+        let ServiceError::McpError(data) = error else {
+            panic!("a JSON-RPC error")
+        };
+        assert_eq!(data.code, ErrorCode::RESOURCE_NOT_FOUND, "{uri}: {data:?}");
+    }
+
+    // A run with a commit links to its patch; one without does not.
+    let result = client
+        .call_tool(call("run_in_sandbox", json!({"task": "commit"})))
+        .await
+        .unwrap();
+    let links: Vec<String> = result
+        .content
+        .iter()
+        .filter_map(|c| c.as_resource_link().map(|l| l.uri.clone()))
+        .collect();
+    assert_eq!(links, ["delegate://runs/run_1/patch"]);
+    let result = client
+        .call_tool(call("run_in_sandbox", json!({"task": "no commit"})))
+        .await
+        .unwrap();
+    assert!(
+        result
+            .content
+            .iter()
+            .all(|c| c.as_resource_link().is_none())
+    );
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn apply_changes_needs_delegate_on_the_callers_machine() {
+    let (client, _, _, _) = connect_pipe(legacy()).await;
+    let result = client
+        .call_tool(call(
+            "apply_changes",
+            json!({"run_id": "run_1", "to": "worktree"}),
+        ))
+        .await
+        .expect("a tool error is a result");
+    assert_eq!(result.is_error, Some(true));
+    let text = text_of(&result);
+    assert!(text.contains("needs delegate on your machine"), "{text}");
+    assert!(text.contains("patch_url"), "{text}");
+    let error = client
+        .call_tool(call(
+            "apply_changes",
+            json!({"run_id": "r", "to": "nowhere"}),
+        ))
+        .await
+        .expect_err("bad target");
+    assert!(invalid_params(error).contains("`to`"));
     client.cancel().await.unwrap();
 }

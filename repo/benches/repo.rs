@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use delegate_repo::{ApplyTo, COMMIT_SCRIPT, ChangeRepo, Limits, Snapshot, apply};
+use delegate_repo::{ApplyTo, BranchName, COMMIT_SCRIPT, ChangeRepo, Limits, Snapshot, apply};
 
 fn git(dir: &Path, args: &[&str]) {
     let out = Command::new("git")
@@ -213,7 +213,7 @@ async fn main() {
             &snap,
             &export,
             &result,
-            &format!("bench-{mb}"),
+            &BranchName::Fresh(format!("bench-{mb}")),
             ApplyTo::Branch,
         )
         .await

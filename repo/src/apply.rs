@@ -36,15 +36,36 @@ pub struct Applied {
     pub message: String,
 }
 
+/// Which branch of the caller's repository gets the change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BranchName {
+    /// `delegate/<name>`, or the first of `delegate/<name>-2`, `-3`, ... that is free; an
+    /// existing branch is never moved.
+    Fresh(String),
+    /// `delegate/<name>`, moved forward (fast-forward) when its tip is still `from`, the commit
+    /// delegate last wrote there (a warm sandbox's earlier run); created when it does not exist;
+    /// otherwise, when somebody moved it, a fresh name as for [`BranchName::Fresh`].
+    Forward {
+        /// The name after `delegate/`.
+        name: String,
+        /// The commit delegate last wrote to the branch.
+        from: String,
+    },
+}
+
 /// Reads `bundle` (the commits from the snapshot's tip to the agent's result, as the server sent
-/// them) into the snapshot's scratch repository, checks them, then writes the branch
-/// `delegate/<name>` (the next free name if taken) into the caller's repository and, for
-/// [`ApplyTo::Worktree`], applies the change to its working tree.
+/// them) into the snapshot's scratch repository, checks them, then writes them into the caller's
+/// repository on the branch `branch` names and, for [`ApplyTo::Worktree`], applies the result's
+/// own change (from its parent, the previous run or the snapshot) to its working tree.
+///
+/// The commits are deterministic: author and committer (names, e-mails, dates) and messages are
+/// copied from the scratch commits, so applying a later run of the same warm sandbox re-creates
+/// the earlier runs' commits with the same ids.
 pub async fn apply(
     snapshot: &Snapshot,
     bundle: &Path,
     result: &str,
-    name: &str,
+    branch: &BranchName,
     to: ApplyTo,
 ) -> Result<Applied, RepoError> {
     let scratch = snapshot.scratch();
@@ -68,6 +89,11 @@ pub async fn apply(
     if fetched != result {
         return Err(RepoError::BadBundle(format!(
             "the server sent {fetched}, not the run's commit {result}"
+        )));
+    }
+    if result == snapshot.tip {
+        return Err(RepoError::BadBundle(format!(
+            "{result} is the snapshot itself, not a change on top of it"
         )));
     }
     if !in_scratch()
@@ -101,13 +127,16 @@ pub async fn apply(
     let mut map = std::collections::HashMap::new();
     map.insert(snapshot.base_commit.clone(), snapshot.base.commit.clone());
     let mut tip = snapshot.base.commit.clone();
+    // Where the result's own change starts: its first parent, rebuilt.
     let mut start = snapshot.base.commit.clone();
     for line in chain.lines() {
         let mut ids = line.split_whitespace();
         let Some(commit) = ids.next() else { continue };
         let mut cmd = caller().args(["commit-tree", &format!("{commit}^{{tree}}")]);
+        let mut first_parent = None;
         for parent in ids {
             if let Some(Some(p)) = map.get(parent) {
+                first_parent.get_or_insert_with(|| p.clone());
                 cmd = cmd.args(["-p", p]);
             }
         }
@@ -115,26 +144,19 @@ pub async fn apply(
             .args(["log", "-1", "--format=%B", commit])
             .run()
             .await?;
-        let author = in_scratch()
-            .args(["log", "-1", "--format=%an%n%ae%n%aI", commit])
-            .line()
-            .await?;
-        let mut who = author.lines();
-        let (an, ae, ad) = (
-            who.next().unwrap_or("delegate agent").to_string(),
-            who.next().unwrap_or("agent@delegate.invalid").to_string(),
-            who.next().unwrap_or("").to_string(),
-        );
+        let who = Identity::of(&scratch, commit).await?;
         let made = cmd
-            .env("GIT_AUTHOR_NAME", an)
-            .env("GIT_AUTHOR_EMAIL", ae)
-            .env("GIT_AUTHOR_DATE", ad)
+            .env("GIT_AUTHOR_NAME", who.author_name)
+            .env("GIT_AUTHOR_EMAIL", who.author_email)
+            .env("GIT_AUTHOR_DATE", who.author_date)
+            .env("GIT_COMMITTER_NAME", who.committer_name)
+            .env("GIT_COMMITTER_EMAIL", who.committer_email)
+            .env("GIT_COMMITTER_DATE", who.committer_date)
             .stdin(message)
             .line()
             .await?;
-        if *commit == snapshot.tip && snapshot.tip != snapshot.base_commit {
-            // The uncommitted-changes commit: the worktree patch starts after it.
-            start = Some(made.clone());
+        if commit == result {
+            start = first_parent;
         }
         map.insert(commit.to_string(), Some(made.clone()));
         tip = Some(made);
@@ -143,7 +165,7 @@ pub async fn apply(
         return Err(RepoError::BadBundle("the change has no commit".into()));
     };
 
-    let branch = create_branch(&found.root, &found.git_dir, name, &tip).await?;
+    let branch = write_branch(&found.root, &found.git_dir, branch, &tip).await?;
     let mut applied = Applied {
         branch: Some(branch.clone()),
         commit: Some(tip.clone()),
@@ -151,7 +173,18 @@ pub async fn apply(
         ..Applied::default()
     };
     if to == ApplyTo::Worktree {
-        let from = start.unwrap_or_else(|| snapshot.base_commit.clone());
+        let from = match start {
+            Some(from) => from,
+            // The caller's repository had no commit and the change is the first: against the
+            // empty tree.
+            None => {
+                caller()
+                    .args(["hash-object", "-t", "tree", "--stdin"])
+                    .stdin(Vec::new())
+                    .line()
+                    .await?
+            }
+        };
         let patch = caller()
             .args([
                 "diff",
@@ -198,34 +231,94 @@ pub async fn apply(
     Ok(applied)
 }
 
-/// Creates `delegate/<name>` at `commit`, or the first of `delegate/<name>-2`, `-3`, ... that is
-/// free; never moves an existing branch.
-async fn create_branch(
+/// Who made a commit and when, exactly as git stores it (dates raw: seconds and zone).
+struct Identity {
+    author_name: String,
+    author_email: String,
+    author_date: String,
+    committer_name: String,
+    committer_email: String,
+    committer_date: String,
+}
+
+impl Identity {
+    async fn of(scratch: &Path, commit: &str) -> Result<Identity, RepoError> {
+        let text = Git::new(scratch)
+            .dirs(scratch, None)
+            .args([
+                "log",
+                "-1",
+                "--date=raw",
+                "--format=%an%x00%ae%x00%ad%x00%cn%x00%ce%x00%cd",
+                commit,
+            ])
+            .line()
+            .await?;
+        let mut parts = text.split('\0').map(str::to_string);
+        let mut next = |fallback: &str| {
+            parts
+                .next()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| fallback.to_string())
+        };
+        // A commit always has both; the fallbacks only keep a malformed one from failing here
+        // (the ids would then differ between applies, nothing worse).
+        Ok(Identity {
+            author_name: next("delegate agent"),
+            author_email: next("agent@delegate.invalid"),
+            author_date: next("0 +0000"),
+            committer_name: next("delegate agent"),
+            committer_email: next("agent@delegate.invalid"),
+            committer_date: next("0 +0000"),
+        })
+    }
+}
+
+/// Writes `commit` to the branch `name` asks for; returns the branch's short name. Every update
+/// is atomic against its expected old value, so a branch somebody else moved meanwhile is never
+/// overwritten.
+async fn write_branch(
     root: &Path,
     git_dir: &Path,
-    name: &str,
+    name: &BranchName,
     commit: &str,
 ) -> Result<String, RepoError> {
-    for n in 1..=100 {
-        let branch = if n == 1 {
-            format!("delegate/{name}")
-        } else {
-            format!("delegate/{name}-{n}")
-        };
-        // The empty old value makes the update fail if the ref exists (atomically).
-        let made = Git::new(root)
+    let update = |branch: &str, old: &str| {
+        Git::new(root)
             .dirs(git_dir, Some(root))
             .args(["update-ref", "-m", "delegate: the agent's change"])
             .arg(format!("refs/heads/{branch}"))
-            .args([commit, ""])
+            .args([commit, old])
             .ok()
-            .await?;
-        if made {
+    };
+    let base = match name {
+        BranchName::Fresh(base) => base,
+        BranchName::Forward { name, from } => {
+            let branch = format!("delegate/{name}");
+            // Moved forward from what delegate wrote last, made anew when it is gone, or left
+            // where it is when it already has this commit (the same run applied again).
+            if update(&branch, from).await?
+                || update(&branch, "").await?
+                || update(&branch, commit).await?
+            {
+                return Ok(branch);
+            }
+            name
+        }
+    };
+    for n in 1..=100 {
+        let branch = if n == 1 {
+            format!("delegate/{base}")
+        } else {
+            format!("delegate/{base}-{n}")
+        };
+        // The empty old value makes the update fail if the ref exists (atomically).
+        if update(&branch, "").await? {
             return Ok(branch);
         }
     }
     Err(RepoError::Git(format!(
-        "no free branch name delegate/{name}[-N] for the change"
+        "no free branch name delegate/{base}[-N] for the change"
     )))
 }
 

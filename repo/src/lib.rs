@@ -18,7 +18,7 @@ pub mod changes;
 pub mod git;
 pub mod snapshot;
 
-pub use apply::{Applied, ApplyTo, apply};
+pub use apply::{Applied, ApplyTo, BranchName, apply};
 pub use changes::{COMMIT_SCRIPT, ChangeRepo, FileChange, RESULT_REF};
 pub use snapshot::{Base, Limits, Snapshot};
 

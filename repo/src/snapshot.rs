@@ -17,7 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::RepoError;
 use crate::git::Git;
@@ -41,7 +41,7 @@ impl Default for Limits {
 }
 
 /// Where a snapshot came from; the result's `base` field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Base {
     /// The work tree's root on the caller's machine.
     pub repo: String,
@@ -53,12 +53,13 @@ pub struct Base {
     pub dirty: bool,
 }
 
-/// A snapshot ready to seed a sandbox. Its scratch repository stays until it is dropped: the
-/// change that comes back is read into it, and from there into the caller's repository.
+/// A snapshot ready to seed a sandbox. Its scratch repository stays until it is dropped (or, once
+/// [kept](Snapshot::keep), until its directory is removed): the change that comes back is read
+/// into it, and from there into the caller's repository.
 #[derive(Debug)]
 pub struct Snapshot {
     /// Holds the scratch repository and the bundle.
-    dir: tempfile::TempDir,
+    dir: Scratch,
     /// The caller's work tree root.
     pub root: PathBuf,
     /// What the snapshot was taken from, as a result reports it.
@@ -73,6 +74,37 @@ pub struct Snapshot {
     pub files: u64,
 }
 
+/// The directory a snapshot lives in: removed with the value, or kept for a later process.
+#[derive(Debug)]
+enum Scratch {
+    Temporary(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl Scratch {
+    fn path(&self) -> &Path {
+        match self {
+            Scratch::Temporary(dir) => dir.path(),
+            Scratch::Kept(dir) => dir,
+        }
+    }
+}
+
+/// What [`Snapshot::keep`] writes beside the scratch repository, so that [`Snapshot::open`] in
+/// another process (`delegate apply` later) knows what the snapshot was taken from.
+#[derive(Debug, Serialize, Deserialize)]
+struct Kept {
+    root: PathBuf,
+    base: Base,
+    base_commit: String,
+    tip: String,
+    bytes: u64,
+    files: u64,
+}
+
+/// The file [`Snapshot::keep`] writes in the kept directory.
+const KEPT_FILE: &str = "snapshot.json";
+
 impl Snapshot {
     /// The scratch repository (bare; its object store falls back on the caller's).
     pub fn scratch(&self) -> PathBuf {
@@ -82,6 +114,75 @@ impl Snapshot {
     /// The git bundle holding both commits and every object they need, for the sandbox.
     pub fn bundle(&self) -> PathBuf {
         self.dir.path().join("snapshot.bundle")
+    }
+
+    /// The directory holding the scratch repository, the bundle and, once kept, its description.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Moves the snapshot to `dir` (which must not exist yet, on the same file system as the
+    /// scratch parent given to [`Snapshot::take`]) and keeps it there after the value is
+    /// dropped, with a description [`Snapshot::open`] reads back. The bundle is removed: the
+    /// server has its own copy, and the scratch repository holds every commit.
+    pub async fn keep(self, dir: &Path) -> Result<Snapshot, RepoError> {
+        let kept = Kept {
+            root: self.root.clone(),
+            base: self.base.clone(),
+            base_commit: self.base_commit.clone(),
+            tip: self.tip.clone(),
+            bytes: self.bytes,
+            files: self.files,
+        };
+        let json = serde_json::to_vec_pretty(&kept)
+            .map_err(|e| RepoError::Io(format!("describing the snapshot: {e}")))?;
+        let from = self.dir.path().to_path_buf();
+        tokio::fs::write(from.join(KEPT_FILE), json)
+            .await
+            .map_err(|e| RepoError::Io(format!("{}: {e}", from.display())))?;
+        // Only the scratch repository is needed from now on.
+        let _ = tokio::fs::remove_file(from.join("snapshot.bundle")).await;
+        let _ = tokio::fs::remove_file(from.join("index")).await;
+        if let Some(parent) = dir.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| RepoError::Io(format!("{}: {e}", parent.display())))?;
+        }
+        // A rename is atomic: `dir` either holds the whole snapshot or does not exist.
+        tokio::fs::rename(&from, dir).await.map_err(|e| {
+            RepoError::Io(format!("keeping the snapshot in {}: {e}", dir.display()))
+        })?;
+        if let Scratch::Temporary(temp) = self.dir {
+            // Already moved away; nothing is left for the guard to remove.
+            let _ = temp.keep();
+        }
+        Ok(Snapshot {
+            dir: Scratch::Kept(dir.to_path_buf()),
+            root: kept.root,
+            base: kept.base,
+            base_commit: kept.base_commit,
+            tip: kept.tip,
+            bytes: kept.bytes,
+            files: kept.files,
+        })
+    }
+
+    /// A snapshot [kept](Snapshot::keep) in `dir` earlier, perhaps by another process.
+    pub async fn open(dir: &Path) -> Result<Snapshot, RepoError> {
+        let json = tokio::fs::read(dir.join(KEPT_FILE))
+            .await
+            .map_err(|e| RepoError::Io(format!("{}: {e}", dir.join(KEPT_FILE).display())))?;
+        let kept: Kept = serde_json::from_slice(&json)
+            .map_err(|e| RepoError::Io(format!("{}: {e}", dir.join(KEPT_FILE).display())))?;
+        Ok(Snapshot {
+            dir: Scratch::Kept(dir.to_path_buf()),
+            root: kept.root,
+            base: kept.base,
+            base_commit: kept.base_commit,
+            tip: kept.tip,
+            bytes: kept.bytes,
+            files: kept.files,
+        })
     }
 
     /// Snapshots the work tree that `path` is in, under `scratch_parent` (a temp dir is made
@@ -257,7 +358,7 @@ impl Snapshot {
             .await?;
 
         Ok(Snapshot {
-            dir,
+            dir: Scratch::Temporary(dir),
             root: found.root.clone(),
             base: Base {
                 repo: found.root.display().to_string(),
@@ -390,7 +491,7 @@ async fn measure(
 }
 
 /// `1.5 MiB`-style sizes for messages.
-pub(crate) fn human(bytes: u64) -> String {
+pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut value = bytes as f64;
     let mut unit = 0;

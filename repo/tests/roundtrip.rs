@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use delegate_repo::{ApplyTo, COMMIT_SCRIPT, ChangeRepo, Limits, RepoError, Snapshot, apply};
+use delegate_repo::{
+    ApplyTo, BranchName, COMMIT_SCRIPT, ChangeRepo, Limits, RepoError, Snapshot, apply,
+};
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -116,6 +118,10 @@ fn project(base: &Path) -> PathBuf {
     write(&root.join("target/build.o"), "ignored\n");
     write(&root.join("debug.log"), "ignored too\n");
     root
+}
+
+fn fresh(name: &str) -> BranchName {
+    BranchName::Fresh(name.into())
 }
 
 fn scratch(base: &Path) -> PathBuf {
@@ -271,7 +277,7 @@ async fn a_dirty_project_goes_in_and_the_change_comes_back_as_a_branch() {
     // Back on the caller's machine: a branch, nothing else touched.
     let export = server.join("export.bundle");
     repo.bundle(&snap.tip, &result, &export).await.unwrap();
-    let applied = apply(&snap, &export, &result, "run1", ApplyTo::Branch)
+    let applied = apply(&snap, &export, &result, &fresh("run1"), ApplyTo::Branch)
         .await
         .unwrap();
     assert_eq!(applied.branch.as_deref(), Some("delegate/run1"));
@@ -302,7 +308,7 @@ async fn a_dirty_project_goes_in_and_the_change_comes_back_as_a_branch() {
         3
     );
     // The name is taken now: the next apply picks the next free one and leaves the first alone.
-    let again = apply(&snap, &export, &result, "run1", ApplyTo::Branch)
+    let again = apply(&snap, &export, &result, &fresh("run1"), ApplyTo::Branch)
         .await
         .unwrap();
     assert_eq!(again.branch.as_deref(), Some("delegate/run1-2"));
@@ -310,7 +316,7 @@ async fn a_dirty_project_goes_in_and_the_change_comes_back_as_a_branch() {
 
     // worktree: applies cleanly, so the working tree gets the change; index and HEAD stay.
     let index_before = std::fs::read(root.join(".git/index")).unwrap();
-    let applied = apply(&snap, &export, &result, "run1", ApplyTo::Worktree)
+    let applied = apply(&snap, &export, &result, &fresh("run1"), ApplyTo::Worktree)
         .await
         .unwrap();
     assert!(applied.applied, "{applied:?}");
@@ -354,7 +360,7 @@ async fn a_change_that_does_not_apply_leaves_the_working_tree_alone() {
     // Meanwhile the caller edits the same file.
     write(&root.join("README.md"), "# the caller's own edit\n");
     let before = fingerprint(&root);
-    let applied = apply(&snap, &export, &result, "r", ApplyTo::Worktree)
+    let applied = apply(&snap, &export, &result, &fresh("r"), ApplyTo::Worktree)
         .await
         .unwrap();
     assert!(!applied.applied);
@@ -465,4 +471,151 @@ async fn what_a_sandbox_hands_back_is_checked_before_it_is_used() {
     repo.import(&out, &snap.tip, 1 << 20, &server)
         .await
         .unwrap();
+}
+
+/// Clones `from` (a snapshot bundle, or a repository holding the previous run's commit) into a
+/// warm sandbox's work dir the first time, then lets "the agent" change it and commits on top of
+/// `base` as the in-sandbox script does; returns the bundle and the commit.
+fn warm_run(work: &Path, base: &str, out: &Path, change: impl Fn(&Path)) -> String {
+    change(work);
+    let status = Command::new("sh")
+        .current_dir(work)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("DELEGATE_BASE", base)
+        .env("DELEGATE_OUT", out)
+        .env("DELEGATE_MESSAGE", "delegate: warm run")
+        .args(["-c", COMMIT_SCRIPT])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    git(work, &["rev-parse", "refs/delegate/result"])
+}
+
+/// A warm sandbox: a kept snapshot opened again (as `delegate apply` in another process would),
+/// two runs on top of each other, the branch moving forward, and the earlier run's commit
+/// re-created with the same id; a branch somebody moved is left alone.
+#[tokio::test]
+async fn a_warm_sandbox_moves_its_branch_forward_from_a_kept_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = project(tmp.path());
+    let head = git(&root, &["rev-parse", "HEAD"]);
+    let before = fingerprint(&root);
+    let state = tmp.path().join("state");
+    let taken = Snapshot::take(&root, Limits::default(), &state.join("tmp"))
+        .await
+        .unwrap();
+    let bundle_copy = tmp.path().join("sent.bundle");
+    std::fs::copy(taken.bundle(), &bundle_copy).unwrap();
+    let kept = taken.keep(&state.join("snapshots/sbx_1")).await.unwrap();
+    let tip = kept.tip.clone();
+    drop(kept);
+    let snap = Snapshot::open(&state.join("snapshots/sbx_1"))
+        .await
+        .unwrap();
+    assert_eq!(snap.tip, tip, "the kept snapshot survives its value");
+    assert_eq!(snap.base.commit.as_deref(), Some(head.as_str()));
+    assert!(snap.scratch().is_dir());
+    let missing = Snapshot::open(&state.join("snapshots/nope")).await;
+    assert!(missing.is_err());
+
+    // The server side: one change repository per sandbox.
+    let server = tmp.path().join("server");
+    std::fs::create_dir_all(&server).unwrap();
+    let repo = ChangeRepo::create(&server.join("changes.git"), &bundle_copy)
+        .await
+        .unwrap();
+    let work = tmp.path().join("warm");
+    git(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            bundle_copy.to_str().unwrap(),
+            work.to_str().unwrap(),
+        ],
+    );
+
+    let out1 = tmp.path().join("out1.bundle");
+    let run1 = warm_run(&work, &snap.tip, &out1, |w| {
+        write(&w.join("one.txt"), "1\n");
+    });
+    assert_eq!(
+        repo.import(&out1, &snap.tip, 1 << 20, &server)
+            .await
+            .unwrap(),
+        run1
+    );
+    let export1 = server.join("export1.bundle");
+    repo.bundle(&snap.tip, &run1, &export1).await.unwrap();
+    let first = apply(&snap, &export1, &run1, &fresh("sbx1"), ApplyTo::Branch)
+        .await
+        .unwrap();
+    assert_eq!(first.branch.as_deref(), Some("delegate/sbx1"));
+    let first_commit = first.commit.clone().unwrap();
+
+    let out2 = tmp.path().join("out2.bundle");
+    let run2 = warm_run(&work, &run1, &out2, |w| write(&w.join("two.txt"), "2\n"));
+    assert_eq!(
+        repo.import(&out2, &run1, 1 << 20, &server).await.unwrap(),
+        run2
+    );
+    let export2 = server.join("export2.bundle");
+    // The bundle reaches back to the snapshot: the caller may not have run 1 at all.
+    repo.bundle(&snap.tip, &run2, &export2).await.unwrap();
+    let forward = BranchName::Forward {
+        name: "sbx1".into(),
+        from: first_commit.clone(),
+    };
+    let second = apply(&snap, &export2, &run2, &forward, ApplyTo::Branch)
+        .await
+        .unwrap();
+    assert_eq!(
+        second.branch.as_deref(),
+        Some("delegate/sbx1"),
+        "moved forward"
+    );
+    let second_commit = second.commit.clone().unwrap();
+    assert_eq!(
+        git(&root, &["rev-parse", "delegate/sbx1~1"]),
+        first_commit,
+        "run 1's commit re-created with the same id"
+    );
+    assert_eq!(git(&root, &["rev-parse", "delegate/sbx1~3"]), head);
+    // Applying the same run again changes nothing.
+    let same = BranchName::Forward {
+        name: "sbx1".into(),
+        from: first_commit.clone(),
+    };
+    let again = apply(&snap, &export2, &run2, &same, ApplyTo::Branch)
+        .await
+        .unwrap();
+    assert_eq!(again.branch.as_deref(), Some("delegate/sbx1"));
+    assert_eq!(again.commit.as_deref(), Some(second_commit.as_str()));
+
+    // Somebody moves the branch: the next run goes to a fresh name and theirs stays.
+    git(&root, &["branch", "-f", "delegate/sbx1", &head]);
+    let moved = apply(
+        &snap,
+        &export2,
+        &run2,
+        &BranchName::Forward {
+            name: "sbx1".into(),
+            from: second_commit.clone(),
+        },
+        ApplyTo::Branch,
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved.branch.as_deref(), Some("delegate/sbx1-2"));
+    assert_eq!(git(&root, &["rev-parse", "delegate/sbx1"]), head);
+
+    // The worktree apply of run 2 brings only run 2's own change.
+    let applied = apply(&snap, &export2, &run2, &fresh("w"), ApplyTo::Worktree)
+        .await
+        .unwrap();
+    assert!(applied.applied, "{applied:?}");
+    assert!(root.join("two.txt").is_file());
+    assert!(!root.join("one.txt").exists(), "run 1's change came along");
+    std::fs::remove_file(root.join("two.txt")).unwrap();
+    assert_eq!(fingerprint(&root), before);
 }

@@ -34,7 +34,7 @@ REQUIRE_ALL = os.environ.get("DELEGATE_REQUIRE_ALL") == "1"
 
 # What every scripted run in these tests changes: one new one-line file.
 HELLO_ADDED = {"path": "hello.txt", "change": "added", "additions": 1, "deletions": 0, "binary": False}
-TOOL_NAMES = {"run_in_sandbox", "create_sandbox", "stream_session", "list_sandboxes", "delete_sandbox", "cancel_run"}
+TOOL_NAMES = {"run_in_sandbox", "create_sandbox", "stream_session", "list_sandboxes", "delete_sandbox", "cancel_run", "apply_changes"}
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
 INVALID_PARAMS = -32602
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

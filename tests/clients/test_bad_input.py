@@ -110,7 +110,7 @@ async def exercise(client: AbstractAsyncContextManager[Any]) -> list[str]:
         if listed["sandboxes"]:
             problems.append(f"refused calls left sandboxes behind: {listed}")
         tools = (await c.list_tools()).tools
-        if len(tools) != 6:
+        if len(tools) != 7:
             problems.append(f"tools/list after the bad calls: {[t.name for t in tools]}")
     return problems
 

@@ -133,6 +133,7 @@ pub fn result_of(run: &Run, event_count: u64, public_url: Option<&str>) -> RunRe
         branch: None,
         applied: None,
         conflicts: Vec::new(),
+        apply_message: None,
         patch_url: None,
     }
 }

@@ -1,0 +1,834 @@
+//! [`LocalDelegator`] end to end at unit scale, with real git: a caller's project (history, a
+//! dirty tracked file, an untracked file, ignored files, a binary file, a symlink, odd names, a
+//! submodule) goes in as an uploaded snapshot, and the change comes back as a branch or into the
+//! working tree. The inner delegator plays the server: it clones the uploaded bundle as a sandbox
+//! would, lets "the agent" change files, runs the in-sandbox commit script, imports the result
+//! with [`ChangeRepo`] as hostile input, and hands back the change bundle.
+
+// The fixtures are plain synchronous git calls made between the awaited steps under test.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use delegate_mcp::{
+    Caller, ClientRoots, DelegateError, Delegator, LocalDelegator, Progress,
+    tools::{
+        ApplyChangesInput, ApplyMode, ApplyTarget, CancelRunInput, CancelRunOutput,
+        CreateSandboxInput, DeleteSandboxInput, DeleteSandboxOutput, ListSandboxesInput,
+        ListSandboxesOutput, RunInSandboxInput, SandboxInfo, StreamSessionInput,
+        StreamSessionOutput,
+    },
+    types::{RepoBase, RunResult, RunStatus, SandboxStatus, Usage},
+};
+use delegate_repo::{COMMIT_SCRIPT, ChangeRepo, Limits};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "protocol.file.allow=always",
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "core.quotepath=false",
+        ])
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn write(path: &Path, bytes: impl AsRef<[u8]>) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// HEAD, the current branch, the index's bytes and every file of the working tree, hashed.
+fn fingerprint(root: &Path) -> String {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut text = String::new();
+    text += &git(root, &["rev-parse", "HEAD"]);
+    text += &git(root, &["symbolic-ref", "HEAD"]);
+    text += &format!("{:?}", std::fs::read(root.join(".git/index")).unwrap());
+    fn walk(dir: &Path, out: &mut String) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        entries.sort_by_key(std::fs::DirEntry::file_name);
+        for e in entries {
+            let p = e.path();
+            if e.file_name() == ".git" {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            out.push_str(&format!("{}\n", p.display()));
+            if meta.file_type().is_symlink() {
+                out.push_str(&format!("-> {:?}\n", std::fs::read_link(&p).unwrap()));
+            } else if meta.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push_str(&format!("{:?}\n", std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    walk(root, &mut text);
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+fn project(base: &Path) -> PathBuf {
+    let sub = base.join("sub-origin");
+    std::fs::create_dir_all(&sub).unwrap();
+    git(&sub, &["init", "-q"]);
+    write(&sub.join("lib.txt"), "submodule file\n");
+    git(&sub, &["add", "."]);
+    git(&sub, &["commit", "-q", "-m", "sub"]);
+
+    let root = base.join("project");
+    std::fs::create_dir_all(&root).unwrap();
+    git(&root, &["init", "-q"]);
+    write(&root.join("README.md"), "# project\n");
+    write(&root.join(".gitignore"), "target/\n*.log\n");
+    git(&root, &["add", "."]);
+    git(&root, &["commit", "-q", "-m", "first"]);
+    write(&root.join("src/main.rs"), "fn main() {}\n");
+    write(
+        &root.join("data/blob.bin"),
+        [0u8, 159, 146, 150, 0, 1, 2, 3],
+    );
+    write(&root.join("name with spaces ü.txt"), "odd name\n");
+    std::os::unix::fs::symlink("README.md", root.join("link-to-readme")).unwrap();
+    git(
+        &root,
+        &[
+            "submodule",
+            "add",
+            "-q",
+            sub.to_str().unwrap(),
+            "vendor/sub",
+        ],
+    );
+    git(&root, &["add", "."]);
+    git(&root, &["commit", "-q", "-m", "second"]);
+    write(&root.join("README.md"), "# project\n\ndirty line\n");
+    write(&root.join("notes/untracked.txt"), "not yet added\n");
+    write(&root.join("target/build.o"), "ignored\n");
+    write(&root.join("debug.log"), "ignored too\n");
+    root
+}
+
+// ---------------------------------------------------------------- the server double
+
+/// One sandbox's work dir and change repository on the "server".
+struct Sandbox {
+    work: PathBuf,
+    changes: ChangeRepo,
+    /// What the sandbox started from (the snapshot's tip).
+    start: String,
+    /// The last commit in it (the next run's base).
+    head: String,
+}
+
+#[derive(Default)]
+struct ServerState {
+    snapshots: HashMap<String, (PathBuf, RepoBase)>,
+    sandboxes: HashMap<String, Sandbox>,
+    /// run id -> (sandbox id, commit).
+    runs: HashMap<String, (String, String)>,
+    /// What each run's sandbox saw at the start: file list of the clone.
+    seen: Vec<Vec<String>>,
+    runs_without_snapshot: u32,
+    next: u32,
+}
+
+/// Plays the server for [`LocalDelegator`]: snapshots, sandboxes, the agent and change bundles.
+struct FakeServer {
+    dir: PathBuf,
+    state: Mutex<ServerState>,
+}
+
+impl FakeServer {
+    fn new(dir: &Path) -> Arc<FakeServer> {
+        std::fs::create_dir_all(dir).unwrap();
+        Arc::new(FakeServer {
+            dir: dir.to_path_buf(),
+            state: Mutex::new(ServerState::default()),
+        })
+    }
+
+    fn id(&self, prefix: &str) -> String {
+        let mut state = self.state.lock().unwrap();
+        state.next += 1;
+        format!("{prefix}_0192f3aa00000000000000000000{:04}", state.next)
+    }
+
+    /// A sandbox seeded from an uploaded snapshot (used once).
+    async fn sandbox_from(&self, snapshot: &str) -> Result<(String, Sandbox), DelegateError> {
+        let (bundle, _) = self
+            .state
+            .lock()
+            .unwrap()
+            .snapshots
+            .remove(snapshot)
+            .ok_or_else(|| DelegateError::NotFound(format!("snapshot {snapshot}")))?;
+        let id = self.id("sbx");
+        let work = self.dir.join(&id);
+        git(
+            &self.dir,
+            &[
+                "clone",
+                "-q",
+                bundle.to_str().unwrap(),
+                work.to_str().unwrap(),
+            ],
+        );
+        let changes = ChangeRepo::create(&self.dir.join(format!("{id}.git")), &bundle)
+            .await
+            .unwrap();
+        let start = git(&work, &["rev-parse", "HEAD"]);
+        Ok((
+            id,
+            Sandbox {
+                work,
+                changes,
+                head: start.clone(),
+                start,
+            },
+        ))
+    }
+
+    /// "The agent" does what the task says, then the commit script runs and the server imports.
+    async fn agent(&self, sandbox: &mut Sandbox, task: &str) -> String {
+        let work = &sandbox.work;
+        for step in task.split(';').map(str::trim) {
+            match step.split_once(' ') {
+                Some(("write", rest)) => {
+                    let (path, text) = rest.split_once('=').unwrap();
+                    write(&work.join(path), text);
+                }
+                Some(("binary", path)) => write(&work.join(path), [9u8, 0, 255, 254, 0]),
+                Some(("delete", path)) => std::fs::remove_file(work.join(path)).unwrap(),
+                _ => {}
+            }
+        }
+        let out = self.dir.join(format!("{}.out.bundle", self.id("out")));
+        let status = tokio::process::Command::new("sh")
+            .current_dir(work)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("DELEGATE_BASE", &sandbox.head)
+            .env("DELEGATE_OUT", &out)
+            .env("DELEGATE_MESSAGE", "delegate: the agent's run")
+            .args(["-c", COMMIT_SCRIPT])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+        let commit = sandbox
+            .changes
+            .import(&out, &sandbox.head, 1 << 20, &self.dir)
+            .await
+            .unwrap();
+        sandbox.head = commit.clone();
+        commit
+    }
+
+    fn result(run_id: &str, sandbox_id: &str, commit: Option<String>) -> RunResult {
+        RunResult {
+            run_id: run_id.into(),
+            sandbox_id: sandbox_id.into(),
+            status: RunStatus::Succeeded,
+            final_message: "done".into(),
+            changed_files: Vec::new(),
+            diff: String::new(),
+            diff_truncated: false,
+            usage: Usage::default(),
+            duration_ms: 1,
+            event_count: 3,
+            error: None,
+            watch_url: None,
+            base: None,
+            commit,
+            branch: None,
+            applied: None,
+            conflicts: Vec::new(),
+            apply_message: None,
+            patch_url: None,
+        }
+    }
+
+    fn files_of(work: &Path) -> Vec<String> {
+        let listing = git(work, &["ls-files"]);
+        listing.lines().map(str::to_string).collect()
+    }
+}
+
+#[async_trait]
+impl Delegator for FakeServer {
+    async fn run_in_sandbox(
+        &self,
+        _caller: &Caller,
+        input: RunInSandboxInput,
+        progress: mpsc::Sender<Progress>,
+        _cancel: CancellationToken,
+    ) -> Result<RunResult, DelegateError> {
+        assert!(input.repo.is_none(), "a local path reached the server");
+        let _ = progress.try_send(Progress {
+            seq: 1,
+            message: "agent working".into(),
+        });
+        let run_id = self.id("run");
+        let (sandbox_id, mut sandbox) = match (&input.snapshot, &input.sandbox_id) {
+            (Some(snapshot), None) => self.sandbox_from(snapshot).await?,
+            (None, Some(id)) => {
+                let sandbox = self
+                    .state
+                    .lock()
+                    .unwrap()
+                    .sandboxes
+                    .remove(id)
+                    .ok_or_else(|| DelegateError::NotFound(id.clone()))?;
+                (id.clone(), sandbox)
+            }
+            (None, None) => {
+                self.state.lock().unwrap().runs_without_snapshot += 1;
+                return Ok(FakeServer::result(&run_id, "sbx_empty", None));
+            }
+            (Some(_), Some(_)) => panic!("snapshot and sandbox_id together"),
+        };
+        self.state
+            .lock()
+            .unwrap()
+            .seen
+            .push(FakeServer::files_of(&sandbox.work));
+        let commit = self.agent(&mut sandbox, &input.task).await;
+        let mut state = self.state.lock().unwrap();
+        state
+            .runs
+            .insert(run_id.clone(), (sandbox_id.clone(), commit.clone()));
+        state.sandboxes.insert(sandbox_id.clone(), sandbox);
+        Ok(FakeServer::result(&run_id, &sandbox_id, Some(commit)))
+    }
+
+    async fn create_sandbox(
+        &self,
+        _caller: &Caller,
+        input: CreateSandboxInput,
+    ) -> Result<SandboxInfo, DelegateError> {
+        let snapshot = input
+            .snapshot
+            .expect("the test creates sandboxes with a repo");
+        let (id, sandbox) = self.sandbox_from(&snapshot).await?;
+        self.state
+            .lock()
+            .unwrap()
+            .sandboxes
+            .insert(id.clone(), sandbox);
+        Ok(SandboxInfo {
+            sandbox_id: id.clone(),
+            name: id,
+            status: SandboxStatus::Running,
+            backend: "process".into(),
+            kind: "warm".into(),
+            status_reason: None,
+            watch_url: None,
+            opencode_url: None,
+            base: None,
+            created_at: 0,
+        })
+    }
+
+    async fn stream_session(
+        &self,
+        _caller: &Caller,
+        _input: StreamSessionInput,
+    ) -> Result<StreamSessionOutput, DelegateError> {
+        Err(DelegateError::Internal("not played by this double".into()))
+    }
+
+    async fn list_sandboxes(
+        &self,
+        _caller: &Caller,
+        _input: ListSandboxesInput,
+    ) -> Result<ListSandboxesOutput, DelegateError> {
+        Err(DelegateError::Internal("not played by this double".into()))
+    }
+
+    async fn delete_sandbox(
+        &self,
+        _caller: &Caller,
+        _input: DeleteSandboxInput,
+    ) -> Result<DeleteSandboxOutput, DelegateError> {
+        Err(DelegateError::Internal("not played by this double".into()))
+    }
+
+    async fn cancel_run(
+        &self,
+        _caller: &Caller,
+        _input: CancelRunInput,
+    ) -> Result<CancelRunOutput, DelegateError> {
+        Err(DelegateError::Internal("not played by this double".into()))
+    }
+
+    async fn upload_snapshot(
+        &self,
+        _caller: &Caller,
+        _workspace: Option<&str>,
+        base: &RepoBase,
+        bundle: &Path,
+    ) -> Result<String, DelegateError> {
+        let id = self.id("snp");
+        let copy = self.dir.join(format!("{id}.bundle"));
+        tokio::fs::copy(bundle, &copy).await.unwrap();
+        self.state
+            .lock()
+            .unwrap()
+            .snapshots
+            .insert(id.clone(), (copy, base.clone()));
+        Ok(id)
+    }
+
+    async fn download_change(
+        &self,
+        _caller: &Caller,
+        run_id: &str,
+        out: &Path,
+    ) -> Result<String, DelegateError> {
+        let (changes, start, commit) = {
+            let state = self.state.lock().unwrap();
+            let (sandbox_id, commit) = state
+                .runs
+                .get(run_id)
+                .cloned()
+                .ok_or_else(|| DelegateError::NotFound(run_id.into()))?;
+            let sandbox = &state.sandboxes[&sandbox_id];
+            (sandbox.changes.clone(), sandbox.start.clone(), commit)
+        };
+        changes.bundle(&start, &commit, out).await.unwrap();
+        Ok(commit)
+    }
+}
+
+// ---------------------------------------------------------------- the tests
+
+fn caller() -> Caller {
+    Caller {
+        user_id: "u".into(),
+        token_id: None,
+        client: None,
+        workspace_id: None,
+    }
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    server: Arc<FakeServer>,
+    local: LocalDelegator,
+    base: PathBuf,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().to_path_buf();
+    let root = project(&base);
+    let server = FakeServer::new(&base.join("server"));
+    let local = LocalDelegator::new(server.clone(), base.join("state/local"), Limits::default())
+        .with_project_root(&root);
+    Setup {
+        _tmp: tmp,
+        root,
+        server,
+        local,
+        base,
+    }
+}
+
+async fn run(
+    local: &LocalDelegator,
+    input: RunInSandboxInput,
+) -> (Result<RunResult, DelegateError>, Vec<String>) {
+    let (tx, mut rx) = mpsc::channel(64);
+    let result = local
+        .run_in_sandbox(&caller(), input, tx, CancellationToken::new())
+        .await;
+    let mut lines = Vec::new();
+    while let Ok(p) = rx.try_recv() {
+        lines.push(p.message);
+    }
+    (result, lines)
+}
+
+fn task(text: &str) -> RunInSandboxInput {
+    RunInSandboxInput {
+        task: text.into(),
+        ..RunInSandboxInput::default()
+    }
+}
+
+#[tokio::test]
+async fn the_project_goes_in_and_the_change_comes_back_as_a_branch() {
+    let s = setup();
+    let head = git(&s.root, &["rev-parse", "HEAD"]);
+    let before = fingerprint(&s.root);
+    let (result, progress) = run(
+        &s.local,
+        task("binary data/blob.bin; write src/new.rs=pub fn added() {}\n; delete name with spaces ü.txt"),
+    )
+    .await;
+    let result = result.unwrap();
+
+    // What the sandbox saw: the work tree as it is, ignored files left out.
+    let seen = s.server.state.lock().unwrap().seen[0].clone();
+    for path in [
+        "README.md",
+        "notes/untracked.txt",
+        "name with spaces ü.txt",
+        "data/blob.bin",
+        "link-to-readme",
+        "vendor/sub",
+    ] {
+        assert!(seen.iter().any(|p| p == path), "{path} missing: {seen:?}");
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|p| p.contains("target") || p.ends_with(".log"))
+    );
+    assert!(
+        progress[0].starts_with(&format!("snapshot of {}:", s.root.display()))
+            && progress[0].contains("files")
+            && progress[0].ends_with("with uncommitted changes"),
+        "{progress:?}"
+    );
+
+    // The branch: agent's commit -> uncommitted changes -> the caller's HEAD; nothing else moved.
+    let branch = result.branch.clone().expect("a branch");
+    assert_eq!(branch, "delegate/00000002", "the short run id");
+    let base = result.base.clone().expect("base");
+    assert_eq!(base.commit.as_deref(), Some(head.as_str()));
+    assert!(base.dirty);
+    assert_eq!(
+        result.applied, None,
+        "branch mode says nothing of the worktree"
+    );
+    assert_eq!(
+        result.commit.as_deref(),
+        Some(git(&s.root, &["rev-parse", &branch]).as_str()),
+        "commit is the caller's commit"
+    );
+    assert_eq!(git(&s.root, &["rev-parse", &format!("{branch}~2")]), head);
+    assert_eq!(
+        git(&s.root, &["show", &format!("{branch}~1:README.md")]),
+        "# project\n\ndirty line"
+    );
+    assert_eq!(
+        git(
+            &s.root,
+            &["diff", "--name-only", &format!("{branch}~1"), &branch]
+        ),
+        "data/blob.bin\nname with spaces ü.txt\nsrc/new.rs"
+    );
+    assert_eq!(
+        git(
+            &s.root,
+            &["cat-file", "-s", &format!("{branch}:data/blob.bin")]
+        ),
+        "5",
+        "the agent's binary file"
+    );
+    assert_eq!(
+        fingerprint(&s.root),
+        before,
+        "branch mode touched the caller's tree"
+    );
+    assert!(
+        result.apply_message.as_deref().unwrap().contains(&branch),
+        "{:?}",
+        result.apply_message
+    );
+
+    // Reviewed: into the working tree now. A second apply gets the next free branch name.
+    let applied = s
+        .local
+        .apply_changes(
+            &caller(),
+            ApplyChangesInput {
+                run_id: result.run_id.clone(),
+                to: Some(ApplyTarget::Worktree),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.branch.as_deref(), Some("delegate/00000002-2"));
+    assert!(applied.applied, "{applied:?}");
+    assert_eq!(
+        applied.commit, result.commit,
+        "the same commit, re-created deterministically"
+    );
+    assert_eq!(
+        std::fs::read(s.root.join("data/blob.bin")).unwrap(),
+        [9u8, 0, 255, 254, 0]
+    );
+    assert!(s.root.join("src/new.rs").is_file());
+    assert!(!s.root.join("name with spaces ü.txt").exists());
+    assert_eq!(git(&s.root, &["rev-parse", "HEAD"]), head);
+}
+
+#[tokio::test]
+async fn worktree_applies_cleanly_or_changes_nothing() {
+    let s = setup();
+    let (result, _) = run(
+        &s.local,
+        RunInSandboxInput {
+            apply: Some(ApplyMode::Worktree),
+            ..task("write src/main.rs=fn main() { println!(\"hi\"); }\n")
+        },
+    )
+    .await;
+    let result = result.unwrap();
+    assert_eq!(result.applied, Some(true), "{:?}", result.apply_message);
+    assert!(
+        std::fs::read_to_string(s.root.join("src/main.rs"))
+            .unwrap()
+            .contains("hi")
+    );
+
+    // `none` leaves the repository alone; the caller then edits the same file; the worktree
+    // apply is refused and nothing but a new branch appears.
+    let before_none = fingerprint(&s.root);
+    let branches = git(&s.root, &["branch", "--list"]);
+    let (result, _) = run(
+        &s.local,
+        RunInSandboxInput {
+            apply: Some(ApplyMode::None),
+            ..task("write README.md=# rewritten by the agent\n")
+        },
+    )
+    .await;
+    let result = result.unwrap();
+    assert_eq!(result.branch, None);
+    assert!(result.commit.is_some(), "the server's commit is reported");
+    assert_eq!(fingerprint(&s.root), before_none);
+    assert_eq!(
+        git(&s.root, &["branch", "--list"]),
+        branches,
+        "apply: none wrote a branch"
+    );
+
+    write(&s.root.join("README.md"), "# the caller's own edit\n");
+    let before = fingerprint(&s.root);
+    let applied = s
+        .local
+        .apply_changes(
+            &caller(),
+            ApplyChangesInput {
+                run_id: result.run_id.clone(),
+                to: Some(ApplyTarget::Worktree),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!applied.applied);
+    assert_eq!(applied.conflicts, ["README.md"]);
+    assert!(applied.message.contains("README.md"), "{}", applied.message);
+    assert!(applied.branch.is_some());
+    assert_eq!(
+        fingerprint(&s.root),
+        before,
+        "a refused apply changed the tree"
+    );
+}
+
+#[tokio::test]
+async fn a_warm_sandbox_moves_its_branch_forward() {
+    let s = setup();
+    let head = git(&s.root, &["rev-parse", "HEAD"]);
+    let info = s
+        .local
+        .create_sandbox(&caller(), CreateSandboxInput::default())
+        .await
+        .unwrap();
+    assert!(info.base.as_ref().is_some_and(|b| b.dirty));
+    let in_sandbox = |text: &str| RunInSandboxInput {
+        sandbox_id: Some(info.sandbox_id.clone()),
+        ..task(text)
+    };
+    let (first, _) = run(&s.local, in_sandbox("write one.txt=1\n")).await;
+    let first = first.unwrap();
+    let branch = first.branch.clone().unwrap();
+    assert_eq!(branch, "delegate/00000002", "the short sandbox id");
+    let (second, _) = run(&s.local, in_sandbox("write two.txt=2\n")).await;
+    let second = second.unwrap();
+    assert_eq!(
+        second.branch.as_deref(),
+        Some(branch.as_str()),
+        "moved forward"
+    );
+    assert_eq!(
+        git(&s.root, &["rev-parse", &format!("{branch}~1")]),
+        first.commit.clone().unwrap()
+    );
+    assert_eq!(git(&s.root, &["rev-parse", &format!("{branch}~3")]), head);
+    assert_eq!(second.base, first.base);
+
+    // A run with both a sandbox and a repo is refused before anything happens.
+    let (refused, _) = run(
+        &s.local,
+        RunInSandboxInput {
+            repo: Some(".".into()),
+            ..in_sandbox("x")
+        },
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(DelegateError::Invalid(_))),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn repositories_that_cannot_go_in_get_their_own_errors() {
+    let s = setup();
+    let before = fingerprint(&s.root);
+    let kind = |r: &Result<RunResult, DelegateError>| match r {
+        Err(DelegateError::Repo { kind, .. }) => kind.clone(),
+        other => panic!("a repository error expected, got {other:?}"),
+    };
+
+    // A work tree outside the project (and outside the client's roots).
+    let outside = s.base.join("elsewhere");
+    std::fs::create_dir_all(&outside).unwrap();
+    git(&outside, &["init", "-q"]);
+    let (r, _) = run(
+        &s.local,
+        RunInSandboxInput {
+            repo: Some(outside.display().to_string()),
+            ..task("t")
+        },
+    )
+    .await;
+    assert_eq!(kind(&r), "outside_project");
+    // ... unless the client named it as a root.
+    let roots = ClientRoots {
+        roots: vec![s.root.clone(), outside.clone()],
+    };
+    let (r, _) = roots
+        .scope(run(
+            &s.local,
+            RunInSandboxInput {
+                repo: Some(outside.display().to_string()),
+                ..task("write a=1\n")
+            },
+        ))
+        .await;
+    assert!(r.unwrap().branch.is_some());
+
+    // Over the limits: the message names sizes and the largest paths; nothing is uploaded.
+    let small = LocalDelegator::new(
+        s.server.clone(),
+        s.base.join("state2"),
+        Limits {
+            max_bytes: 10,
+            max_files: 1000,
+        },
+    )
+    .with_project_root(&s.root);
+    let uploads = s.server.state.lock().unwrap().next;
+    let (r, _) = run(&small, task("t")).await;
+    assert_eq!(kind(&r), "repo_too_large");
+    let Err(DelegateError::Repo { message, .. }) = &r else {
+        unreachable!()
+    };
+    assert!(message.contains("README.md"), "{message}");
+    assert_eq!(
+        s.server.state.lock().unwrap().next,
+        uploads,
+        "something was uploaded"
+    );
+
+    // A merge in progress.
+    std::fs::write(
+        s.root.join(".git/MERGE_HEAD"),
+        git(&s.root, &["rev-parse", "HEAD"]),
+    )
+    .unwrap();
+    let (r, _) = run(&s.local, task("t")).await;
+    assert_eq!(kind(&r), "repo_busy");
+    std::fs::remove_file(s.root.join(".git/MERGE_HEAD")).unwrap();
+
+    // A project root that is no work tree: the default is an empty sandbox, `.` is an error.
+    let plain = s.base.join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let empty = LocalDelegator::new(s.server.clone(), s.base.join("state3"), Limits::default())
+        .with_project_root(&plain);
+    let (r, progress) = run(&empty, task("t")).await;
+    assert!(r.unwrap().branch.is_none());
+    assert!(progress.iter().all(|p| !p.starts_with("snapshot")));
+    assert_eq!(s.server.state.lock().unwrap().runs_without_snapshot, 1);
+    let (r, _) = run(
+        &empty,
+        RunInSandboxInput {
+            repo: Some(".".into()),
+            ..task("t")
+        },
+    )
+    .await;
+    assert_eq!(kind(&r), "not_a_repo");
+    let (r, _) = run(
+        &s.local,
+        RunInSandboxInput {
+            repo: Some("none".into()),
+            ..task("t")
+        },
+    )
+    .await;
+    assert!(r.unwrap().base.is_none());
+    assert_eq!(s.server.state.lock().unwrap().runs_without_snapshot, 2);
+
+    // `ref` belongs to URLs; unknown runs cannot be applied.
+    let (r, _) = run(
+        &s.local,
+        RunInSandboxInput {
+            git_ref: Some("main".into()),
+            ..task("t")
+        },
+    )
+    .await;
+    assert!(matches!(r, Err(DelegateError::Invalid(_))), "{r:?}");
+    let err = s
+        .local
+        .apply_changes(
+            &caller(),
+            ApplyChangesInput {
+                run_id: "run_elsewhere".into(),
+                to: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, DelegateError::NotFound(m) if m.contains("did not start from a repository on this machine")),
+        "{err:?}"
+    );
+    assert_eq!(fingerprint(&s.root), before);
+}
