@@ -84,11 +84,18 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
 
 /// The delegator a command on the caller's machine uses: `inner` (embedded or remote), with the
 /// caller's repositories snapshotted on the way in and changes written back on the way out.
+///
+/// Every command uses the same state dir (the data dir's `local/`), so `delegate apply` and the
+/// `apply_changes` tool find the snapshot a run started from, whichever command started it.
 fn local_repositories(
     inner: std::sync::Arc<dyn delegate_mcp::Delegator>,
-    _settings: &Settings,
+    settings: &Settings,
 ) -> std::sync::Arc<dyn delegate_mcp::Delegator> {
-    inner
+    std::sync::Arc::new(delegate_mcp::LocalDelegator::new(
+        inner,
+        settings.data_dir.join("local"),
+        delegate_repo::Limits::default(),
+    ))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -444,6 +444,8 @@ fn print_summary(r: &RunResult) {
             }
             None => {}
         }
+    } else if let Some(message) = &r.apply_message {
+        let _ = writeln!(err, "{message}");
     } else if r.commit.is_some() && r.base.is_some() {
         let _ = writeln!(
             err,
