@@ -41,6 +41,13 @@ pub fn may_assign(actor: Role, from: Option<Role>, to: Option<Role>) -> bool {
     below(from) && below(to)
 }
 
+/// Whether `actor` may create (or, when claimed, still stand behind) an invite with `role`: like
+/// adding a member, and never as owner (an owner is made by an owner, by hand, not by a code that
+/// can be passed on).
+pub fn may_invite(actor: Role, role: Role) -> bool {
+    allows(actor, Action::Invite) && role < Role::Owner && may_assign(actor, None, Some(role))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +72,10 @@ mod tests {
         assert!(!may_assign(Maintainer, Some(Maintainer), None));
         assert!(!may_assign(Developer, None, Some(Guest)));
         assert!(may_assign(Owner, Some(Owner), Some(Guest)));
+        assert!(may_invite(Owner, Maintainer));
+        assert!(!may_invite(Owner, Owner));
+        assert!(may_invite(Maintainer, Developer));
+        assert!(!may_invite(Maintainer, Maintainer));
+        assert!(!may_invite(Developer, Guest));
     }
 }

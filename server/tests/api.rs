@@ -400,7 +400,10 @@ async fn every_api_route_needs_a_token_and_ops_endpoints_answer() {
     assert_eq!(resp.text().await.unwrap().trim(), "ok");
     let resp = s.req(Method::GET, "/readyz", None).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+    // The metrics say how a team works: a token, unless DELEGATE_METRICS_PUBLIC=true.
     let resp = s.req(Method::GET, "/metrics", None).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = s.a(Method::GET, "/metrics").send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let metrics = resp.text().await.unwrap();
     for needle in [

@@ -51,7 +51,11 @@ fn expected(operation_id: &str, access: Access, who: Who) -> u16 {
     if access == Access::Public {
         // The same answer for everyone: no token is looked at.
         return match operation_id {
-            "openapi" | "healthz" | "readyz" | "metrics" => 200,
+            "openapi" | "healthz" | "readyz" => 200,
+            // Public to the router, but the handler wants any API token (DELEGATE_METRICS_PUBLIC
+            // is off).
+            "metrics" if who == Anonymous => 401,
+            "metrics" => 200,
             "signup" => 201,
             "login" => 200,
             "authProviders" => 200,
@@ -101,6 +105,8 @@ fn expected(operation_id: &str, access: Access, who: Who) -> u16 {
             ws(Role::Developer, 200)
         }
         "addMember" | "createInvite" => ws(Role::Maintainer, 201),
+        "listInvites" => ws(Role::Maintainer, 200),
+        "revokeInvite" => ws(Role::Maintainer, 204),
         "createAgentCode" => ws(Role::Developer, 201),
         "changeMember" => ws(Role::Maintainer, 200),
         "removeMember" => ws(Role::Maintainer, 204),
@@ -125,6 +131,8 @@ struct World {
     paused: String,
     running: String,
     run: String,
+    /// An unused invite of the owner's, to revoke.
+    invite: String,
     /// Another token and a session of the owner's.
     owner_token: String,
     owner_session: String,
@@ -158,7 +166,15 @@ impl World {
             delegate_server::auth::sessions::start_session(store.as_ref(), &owner.user.id)
                 .await
                 .unwrap();
+        let (_, invite) = delegate_server::credentials::issue_invite(
+            &ws.id,
+            Role::Developer,
+            &owner.user.id,
+            60_000,
+        );
+        store.insert_invite(&invite).await.unwrap();
         World {
+            invite: invite.id,
             guest: s.member(&ws, "guest", Role::Guest).await,
             developer: s.member(&ws, "developer", Role::Developer).await,
             maintainer: s.member(&ws, "maintainer", Role::Maintainer).await,
@@ -194,6 +210,7 @@ impl World {
             "getSandbox" | "deleteSandbox" | "pauseSandbox" => self.paused.as_str(),
             "revokeToken" => self.owner_token.as_str(),
             "revokeSession" => self.owner_session.as_str(),
+            "revokeInvite" => self.invite.as_str(),
             _ => "",
         };
         let path = template

@@ -614,6 +614,8 @@ struct GithubAccount {
     login: &'static str,
     email: &'static str,
     verified: bool,
+    /// The organizations `/user/orgs` lists.
+    orgs: &'static [&'static str],
 }
 
 #[derive(Default)]
@@ -626,6 +628,8 @@ struct FakeGithubState {
     tokens: HashMap<String, GithubAccount>,
     /// Every code and token handed out, for the secret grep.
     issued: Vec<String>,
+    /// The `scope` of the last authorization.
+    scope: Option<String>,
 }
 
 type Fake = Arc<Mutex<FakeGithubState>>;
@@ -637,6 +641,7 @@ async fn gh_authorize(State(s): State<Fake>, Query(q): Query<HashMap<String, Str
         Some("S256")
     );
     let mut s = s.lock().unwrap();
+    s.scope = q.get("scope").cloned();
     let account = s.current.clone().expect("a current GitHub account");
     let code = format!("ghcode{}", delegate_server::ids::new_id("c"));
     let redirect = q["redirect_uri"].clone();
@@ -716,6 +721,23 @@ async fn gh_emails(State(s): State<Fake>, headers: HeaderMap) -> Response {
     }
 }
 
+async fn gh_orgs(State(s): State<Fake>, headers: HeaderMap) -> Response {
+    match gh_account(&s, &headers) {
+        Some(a) => axum::Json(
+            a.orgs
+                .iter()
+                .map(|o| json!({"login": o, "id": 1}))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        None => (
+            AxumStatus::UNAUTHORIZED,
+            axum::Json(json!({"message": "Bad credentials"})),
+        )
+            .into_response(),
+    }
+}
+
 async fn fake_github() -> (String, Fake) {
     let state: Fake = Arc::default();
     let app = axum::Router::new()
@@ -726,6 +748,7 @@ async fn fake_github() -> (String, Fake) {
         )
         .route("/user", axum::routing::get(gh_user))
         .route("/user/emails", axum::routing::get(gh_emails))
+        .route("/user/orgs", axum::routing::get(gh_orgs))
         .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -829,6 +852,7 @@ async fn github_login_links_only_verified_primary_emails() {
         login: "octocat",
         email: "octo@example.com",
         verified: true,
+        orgs: &[],
     };
     let done = github_login(&d, &fake, octo.clone()).await;
     assert_eq!(done.status(), StatusCode::SEE_OTHER);
@@ -863,6 +887,7 @@ async fn github_login_links_only_verified_primary_emails() {
             login: "dana",
             email: "dana@example.com",
             verified: true,
+            orgs: &[],
         },
     )
     .await;
@@ -887,6 +912,7 @@ async fn github_login_links_only_verified_primary_emails() {
             login: "not-erin",
             email: "erin@example.com",
             verified: false,
+            orgs: &[],
         },
     )
     .await;
@@ -916,6 +942,188 @@ async fn github_login_links_only_verified_primary_emails() {
     secrets.extend(fake.lock().unwrap().issued.iter().cloned());
     assert!(secrets.len() > 6);
     assert_no_leaks(&d, &secrets);
+}
+
+/// M5: a password sign-up never proved its email, so a provider's verified identity with that
+/// address is not linked to it (nor the account handed to whoever controls the identity); an
+/// account single sign-on creates is verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_never_links_to_an_account_whose_email_is_unverified() {
+    let users = [
+        json!({"sub": "victim-sso", "email": "victim@example.com", "email_verified": true}),
+        json!({"sub": "fresh", "email": "fresh@example.com", "email_verified": true}),
+    ];
+    let Some(provider) = Provider::start(&users).await else {
+        return;
+    };
+    let d = Delegate::start(
+        &[
+            ("OIDC_ISSUER_URL", provider.issuer.clone()),
+            ("OIDC_CLIENT_ID", "delegate-test".into()),
+            ("OIDC_CLIENT_SECRET", OIDC_CLIENT_SECRET.into()),
+        ],
+        Registration::Open,
+    )
+    .await;
+    // What a password sign-up makes (tests/hardening.rs checks the sign-up route does this).
+    let (squatter, _) = delegate_server::auth::create_user_with(
+        d.store(),
+        "victim@example.com",
+        Some("Squatter"),
+        false,
+    )
+    .await
+    .unwrap();
+    let a = authorize_at_provider(&d, "victim-sso", "/").await;
+    let (status, body) = d.json(&a.callback, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(error_code(status, &body), "not_linked");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("never verified"),
+        "{body}"
+    );
+    assert!(d.store().identity("oidc", "victim-sso").await.is_err());
+    assert!(
+        d.store()
+            .identities_of_user(&squatter.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Once an administrator vouches for the address, the identity links.
+    d.store()
+        .set_email_verified(&squatter.id, true)
+        .await
+        .unwrap();
+    let a = authorize_at_provider(&d, "victim-sso", "/").await;
+    let done = finish(&d, &a.callback).await;
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    assert_eq!(whoami(&d, &session_cookie(&done)).await, squatter.id);
+
+    // A new account from a verified identity is verified.
+    let f = authorize_at_provider(&d, "fresh", "/").await;
+    let done = finish(&d, &f.callback).await;
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    let fresh = whoami(&d, &session_cookie(&done)).await;
+    assert!(d.store().email_verified(&fresh).await.unwrap());
+}
+
+/// `GITHUB_ALLOWED_ORGS`: GitHub sign-in needs membership of a listed organization (asked of
+/// GitHub with the user's token and `read:org`); others get no account and no session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_sign_in_needs_an_allowed_org() {
+    let (gh_base, fake) = fake_github().await;
+    let d = Delegate::start(
+        &[
+            ("GITHUB_CLIENT_ID", "gh-client".into()),
+            ("GITHUB_CLIENT_SECRET", GITHUB_CLIENT_SECRET.into()),
+            ("GITHUB_API_URL", gh_base.clone()),
+            ("GITHUB_OAUTH_URL", gh_base.clone()),
+            ("GITHUB_ALLOWED_ORGS", "Acme, friends".into()),
+        ],
+        Registration::Open,
+    )
+    .await;
+    let outsider = GithubAccount {
+        id: 2001,
+        login: "outsider",
+        email: "outsider@example.com",
+        verified: true,
+        orgs: &["other", "acme-fans"],
+    };
+    let resp = github_login(&d, &fake, outsider).await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("organization"),
+        "{body}"
+    );
+    assert_eq!(
+        fake.lock().unwrap().scope.as_deref(),
+        Some("read:user user:email read:org")
+    );
+    assert!(d.users_with_email("outsider@example.com").await.is_none());
+    assert!(d.store().identity("github", "2001").await.is_err());
+
+    // A member (the org's name in another case) signs in.
+    let member = GithubAccount {
+        id: 2002,
+        login: "member",
+        email: "member@example.com",
+        verified: true,
+        orgs: &["other", "acme"],
+    };
+    let resp = github_login(&d, &fake, member).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let cookie = session_cookie(&resp);
+    let id = whoami(&d, &cookie).await;
+    assert_eq!(
+        d.users_with_email("member@example.com").await.as_deref(),
+        Some(id.as_str())
+    );
+    // A linked identity that leaves the org is refused on its next sign-in.
+    let left = GithubAccount {
+        id: 2002,
+        login: "member",
+        email: "member@example.com",
+        verified: true,
+        orgs: &[],
+    };
+    let resp = github_login(&d, &fake, left).await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+}
+
+/// `OIDC_ALLOWED_EMAIL_DOMAINS`: OIDC sign-in needs a verified email in a listed domain, against
+/// the real provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_sign_in_needs_an_allowed_email_domain() {
+    let users = [
+        json!({"sub": "insider", "email": "insider@Corp.Example", "email_verified": true}),
+        json!({"sub": "outsider", "email": "outsider@elsewhere.example", "email_verified": true}),
+        json!({"sub": "claimer", "email": "claimer@corp.example", "email_verified": false}),
+        // A domain that only ends like the allowed one.
+        json!({"sub": "lookalike", "email": "x@evilcorp.example", "email_verified": true}),
+    ];
+    let Some(provider) = Provider::start(&users).await else {
+        return;
+    };
+    let d = Delegate::start(
+        &[
+            ("OIDC_ISSUER_URL", provider.issuer.clone()),
+            ("OIDC_CLIENT_ID", "delegate-test".into()),
+            ("OIDC_CLIENT_SECRET", OIDC_CLIENT_SECRET.into()),
+            ("OIDC_ALLOWED_EMAIL_DOMAINS", "corp.example".into()),
+        ],
+        Registration::Open,
+    )
+    .await;
+    for (sub, email) in [
+        ("outsider", "outsider@elsewhere.example"),
+        ("claimer", "claimer@corp.example"),
+        ("lookalike", "x@evilcorp.example"),
+    ] {
+        let a = authorize_at_provider(&d, sub, "/").await;
+        let (status, body) = d.json(&a.callback, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{sub}: {body}");
+        assert_eq!(error_code(status, &body), "forbidden", "{sub}: {body}");
+        assert!(d.users_with_email(email).await.is_none(), "{sub}");
+        assert!(d.store().identity("oidc", sub).await.is_err(), "{sub}");
+    }
+    let a = authorize_at_provider(&d, "insider", "/").await;
+    let done = finish(&d, &a.callback).await;
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    let id = whoami(&d, &session_cookie(&done)).await;
+    assert_eq!(
+        d.users_with_email("insider@corp.example").await.as_deref(),
+        Some(id.as_str())
+    );
 }
 
 // ---- The identities table, on both databases --------------------------------------------------
@@ -972,16 +1180,17 @@ async fn identities_round_trip(store: &dyn Store) {
         browser_hash: "b".into(),
         return_to: "/x".into(),
         created_at,
+        client_hash: format!("client{}", n % 2),
     };
     assert!(
         store
-            .insert_sso_login(&login(1, 1_000), 0, 10)
+            .insert_sso_login(&login(1, 1_000), 0, 10, 10)
             .await
             .unwrap()
     );
     assert!(
         store
-            .insert_sso_login(&login(2, 2_000), 0, 10)
+            .insert_sso_login(&login(2, 2_000), 0, 10, 10)
             .await
             .unwrap()
     );
@@ -992,15 +1201,23 @@ async fn identities_round_trip(store: &dyn Store) {
     ));
     assert!(
         !store
-            .insert_sso_login(&login(3, 3_000), 0, 1)
+            .insert_sso_login(&login(3, 3_000), 0, 1, 10)
             .await
             .unwrap(),
         "full"
     );
+    // One client is capped on its own too: h4 is client0's, like h2, which is still pending.
+    assert!(
+        !store
+            .insert_sso_login(&login(4, 3_000), 0, 10, 1)
+            .await
+            .unwrap(),
+        "client0 holds one already"
+    );
     // Inserting at 3_000 with everything before 2_500 expired drops h2 first.
     assert!(
         store
-            .insert_sso_login(&login(3, 3_000), 2_500, 1)
+            .insert_sso_login(&login(3, 3_000), 2_500, 1, 10)
             .await
             .unwrap()
     );

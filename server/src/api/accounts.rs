@@ -91,20 +91,62 @@ pub struct SessionList {
     pub sessions: Vec<SessionInfo>,
 }
 
-/// The client's address as the listener saw it (no `X-Forwarded-For`: it is not trusted).
+/// The client's address: the peer the listener saw, or, when that peer is one of
+/// `DELEGATE_TRUSTED_PROXIES`, the address its `X-Forwarded-For` names (the right-most entry that
+/// is not itself a trusted proxy). From any other peer the header is ignored: a client could
+/// otherwise pick a fresh address for every failed sign-in.
 pub struct ClientIp(pub Option<std::net::IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl FromRequestParts<ApiState> for ClientIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let trusted = &state.orch().settings().trusted_proxies;
         Ok(ClientIp(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip()),
+            peer.map(|p| client_ip(p, &parts.headers, trusted)),
         ))
     }
+}
+
+/// [`ClientIp`]'s rule, on its own for tests.
+pub fn client_ip(
+    peer: std::net::IpAddr,
+    headers: &HeaderMap,
+    trusted: &[crate::settings::IpRange],
+) -> std::net::IpAddr {
+    let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|r| r.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    // Each proxy appends the address it saw; walk back from ours past trusted hops.
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        match hop.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(ip) {
+                    break;
+                }
+            }
+            // Garbage from further out: the last good hop is the best answer.
+            Err(_) => break,
+        }
+    }
+    client
 }
 
 impl From<AccountError> for ApiError {
@@ -294,4 +336,36 @@ pub async fn revoke_session(
             .insert(header::SET_COOKIE, sessions::clear_cookie());
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod client_ip_tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_counts_only_from_trusted_proxies() {
+        let trusted: Vec<crate::settings::IpRange> =
+            vec!["10.0.0.0/8".parse().unwrap(), "127.0.0.1".parse().unwrap()];
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "6.6.6.6, 203.0.113.9, 10.0.0.2".parse().unwrap(),
+        );
+        // From the trusted proxy: the right-most untrusted hop.
+        assert_eq!(client_ip(ip("127.0.0.1"), &h, &trusted), ip("203.0.113.9"));
+        // From anyone else: the header is ignored.
+        assert_eq!(
+            client_ip(ip("198.51.100.1"), &h, &trusted),
+            ip("198.51.100.1")
+        );
+        assert_eq!(client_ip(ip("127.0.0.1"), &h, &[]), ip("127.0.0.1"));
+        // No header, or garbage: the proxy itself.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &HeaderMap::new(), &trusted),
+            ip("10.0.0.1")
+        );
+        h.insert("x-forwarded-for", "nonsense".parse().unwrap());
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("10.0.0.1"));
+    }
 }

@@ -368,6 +368,13 @@ pub fn table() -> Vec<Route> {
             .param("ws", In::Path, "string", "Workspace slug or id")
             .body(schema::<workspaces::RoleInput>)
             .reply(201, "Created; the code is shown once", schema::<workspaces::CreatedInvite>),
+        Route::new(Method::GET, "/api/workspaces/{ws}/invites", "listInvites", "The workspace's invites, never their codes (maintainers and owners)", get(workspaces::invites))
+            .param("ws", In::Path, "string", "Workspace slug or id")
+            .reply(200, "The invites", schema::<workspaces::InviteList>),
+        Route::new(Method::DELETE, "/api/workspaces/{ws}/invites/{id}", "revokeInvite", "Revoke an unused invite", delete(workspaces::revoke_invite))
+            .param("ws", In::Path, "string", "Workspace slug or id")
+            .id("Invite id")
+            .reply_text(204, "Revoked", ""),
         // Local agents (the tunnel itself is `/api/tunnel/{sandbox_id}`, a WebSocket with its own token).
         Route::new(Method::POST, "/api/workspaces/{ws}/agent-codes", "createAgentCode", "Create a one-time code (10 minutes unless asked otherwise) that registers a local agent in this workspace", post(agents::create_code))
             .param("ws", In::Path, "string", "Workspace slug or id")
@@ -413,7 +420,7 @@ pub fn table() -> Vec<Route> {
         Route::new(Method::GET, "/readyz", "readyz", "Readiness: the database answers", get(ops::readyz))
             .public()
             .reply_text(200, "ready", "text/plain"),
-        Route::new(Method::GET, "/metrics", "metrics", "Prometheus metrics", get(ops::metrics))
+        Route::new(Method::GET, "/metrics", "metrics", "Prometheus metrics; needs a bearer API token unless DELEGATE_METRICS_PUBLIC=true", get(ops::metrics))
             .public()
             .reply_text(200, "Prometheus text format 0.0.4", "text/plain; version=0.0.4"),
     ]

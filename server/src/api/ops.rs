@@ -91,7 +91,28 @@ fn not_ready() -> Response {
 }
 
 /// `GET /metrics`: Prometheus text with the HTTP counters and the runs and sandboxes per status.
-pub async fn metrics(State(state): State<ApiState>) -> ApiResult<Response> {
+pub async fn metrics(
+    State(state): State<ApiState>,
+    headers: http::HeaderMap,
+) -> ApiResult<Response> {
+    // Counts of runs, sandboxes and requests say how a team works: an API token (any user's)
+    // unless the operator made them public for a scraper (`DELEGATE_METRICS_PUBLIC`).
+    if !state.orch().settings().metrics_public {
+        let store = state.orch().store();
+        match crate::auth::caller_from_bearer(store.as_ref(), crate::credentials::bearer(&headers))
+            .await
+        {
+            Ok(_) => {}
+            Err(crate::credentials::AuthError::Store(e)) => return Err(ApiError::internal(e)),
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "/metrics needs `Authorization: Bearer dlg_...` (or DELEGATE_METRICS_PUBLIC=true)",
+                ));
+            }
+        }
+    }
     let counts = state
         .orch()
         .store()

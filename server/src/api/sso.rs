@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::accounts::ClientIp;
 use super::{ApiError, ApiResult, ApiState, Query};
 use crate::auth::oidc::{BROWSER_COOKIE, Callback, PENDING_TTL, Provider, SsoError, link_identity};
 use crate::auth::sessions::{session_cookie, start_session};
@@ -41,10 +42,11 @@ pub async fn providers(State(state): State<ApiState>) -> axum::Json<Providers> {
 /// `GET /api/auth/oidc/start`: redirects the browser to the OpenID Connect provider.
 pub async fn oidc_start(
     state: State<ApiState>,
+    ip: ClientIp,
     headers: HeaderMap,
     q: Query<StartQuery>,
 ) -> ApiResult<Response> {
-    start(state, headers, q, Provider::Oidc).await
+    start(state, ip, headers, q, Provider::Oidc).await
 }
 
 /// `GET /api/auth/oidc/callback`: the provider's redirect back; signs in and redirects to `return_to`.
@@ -59,10 +61,11 @@ pub async fn oidc_callback(
 /// `GET /api/auth/github/start`: redirects the browser to GitHub.
 pub async fn github_start(
     state: State<ApiState>,
+    ip: ClientIp,
     headers: HeaderMap,
     q: Query<StartQuery>,
 ) -> ApiResult<Response> {
-    start(state, headers, q, Provider::Github).await
+    start(state, ip, headers, q, Provider::Github).await
 }
 
 /// `GET /api/auth/github/callback`: GitHub's redirect back; signs in and redirects to `return_to`.
@@ -76,6 +79,7 @@ pub async fn github_callback(
 
 async fn start(
     State(state): State<ApiState>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     Query(q): Query<StartQuery>,
     provider: Provider,
@@ -90,6 +94,7 @@ async fn start(
             provider,
             q.return_to.as_deref(),
             browser_cookie(&headers),
+            ip,
         )
         .await?;
     let secure = if state.sso.secure_cookies() {
@@ -161,6 +166,7 @@ impl From<SsoError> for ApiError {
             | SsoError::InvalidToken(_) => ApiError::invalid(message),
             SsoError::Refused(_) => ApiError::new(StatusCode::FORBIDDEN, "sso_refused", message),
             SsoError::NotLinked(_) => ApiError::new(StatusCode::FORBIDDEN, "not_linked", message),
+            SsoError::NotAllowed(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
             SsoError::Busy => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit", message),
             SsoError::Upstream => ApiError::new(StatusCode::BAD_GATEWAY, "upstream", message),
             SsoError::Store(cause) => ApiError::internal(cause),

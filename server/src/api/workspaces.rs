@@ -84,6 +84,30 @@ pub struct CreatedInvite {
     pub expires_at: i64,
 }
 
+/// An invite as `GET /api/workspaces/{ws}/invites` lists it: never the code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InviteInfo {
+    /// The invite's id, for `DELETE .../invites/{id}`.
+    pub id: String,
+    /// The role a new member gets with it.
+    pub role: String,
+    /// The user id of whoever created it.
+    pub created_by: String,
+    /// When it was created, in milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// When it stops working, in milliseconds since the Unix epoch.
+    pub expires_at: i64,
+    /// When it was used; `null` while unused.
+    pub used_at: Option<i64>,
+}
+
+/// `GET /api/workspaces/{ws}/invites` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InviteList {
+    /// Newest first, used and expired ones included.
+    pub invites: Vec<InviteInfo>,
+}
+
 fn info(ws: Workspace, role: Role) -> WorkspaceInfo {
     WorkspaceInfo {
         id: ws.id,
@@ -209,4 +233,35 @@ pub async fn create_invite(
         expires_at: invite.expires_at,
     };
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+}
+
+/// `GET /api/workspaces/{ws}/invites`: the workspace's invites, without their codes.
+pub async fn invites(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    Path(ws): Path<String>,
+) -> ApiResult<axum::Json<InviteList>> {
+    let (_, invites) = accounts::invites(&state.service, &caller, &ws).await?;
+    let invites = invites
+        .into_iter()
+        .map(|i| InviteInfo {
+            id: i.id,
+            role: i.role.as_str().to_string(),
+            created_by: i.created_by,
+            created_at: i.created_at,
+            expires_at: i.expires_at,
+            used_at: i.used_at,
+        })
+        .collect();
+    Ok(axum::Json(InviteList { invites }))
+}
+
+/// `DELETE /api/workspaces/{ws}/invites/{id}`: revokes an unused invite.
+pub async fn revoke_invite(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    Path((ws, id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    accounts::revoke_invite(&state.service, &caller, &ws, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -13,7 +13,7 @@ use crate::delegation::{Action, Service};
 use crate::error::Error;
 use crate::ids::{Origin, new_id, now_ms};
 use crate::names::{Email, Name};
-use crate::roles::{allows, may_assign};
+use crate::roles::{allows, may_assign, may_invite};
 use crate::settings::Registration;
 use crate::store::{
     Invite, Role, Sandbox, Store, StoreError, TokenKind, TokenRecord, User, Workspace,
@@ -121,24 +121,27 @@ pub async fn sign_up(store: &dyn Store, policy: Registration, input: SignUp<'_>)
         Err(StoreError::NotFound(_)) => {}
         Err(e) => return Err(e.into()),
     }
+    // The invite is checked (and claimed, before the account exists: a code works once even under
+    // concurrent sign-ups) before the password is hashed, so a bad code costs no argon2 time.
+    let invite = match input.invite {
+        None => None,
+        Some(code) => Some(claim_invite(store, code).await?),
+    };
     let password_hash = passwords::hash(input.password)
         .await
         .map_err(|e| AccountError::Internal(e.to_string()))?;
-    // Claimed before the account exists: a code works once even under concurrent sign-ups.
-    let invite = match input.invite {
-        None => None,
-        Some(code) => match credentials::claim_invite(store, code).await {
-            Ok(i) => Some(i),
-            Err(AuthError::Store(e)) => return Err(e.into()),
-            Err(_) => return Err(forbidden("the invite is unknown, used or expired")),
-        },
-    };
-    let (user, _) = create_user(store, &email, name.as_ref())
-        .await
-        .map_err(|e| match e {
-            StoreError::Conflict(_) => exists(),
-            e => e.into(),
-        })?;
+    // Unverified: nothing showed that the address is the signer's (see `auth::oidc`).
+    let (user, _) = super::create_user_with(
+        store,
+        email.as_str(),
+        name.as_ref().map(Name::as_str),
+        false,
+    )
+    .await
+    .map_err(|e| match e {
+        StoreError::Conflict(_) => exists(),
+        e => e.into(),
+    })?;
     store.set_password_hash(&user.id, &password_hash).await?;
     if let Some(invite) = invite {
         store
@@ -148,7 +151,30 @@ pub async fn sign_up(store: &dyn Store, policy: Registration, input: SignUp<'_>)
     Ok(user)
 }
 
-/// Creates a user with a personal workspace they own (`Conflict` if the email is taken).
+/// Uses up an invite code and checks that its creator still stands behind it: still a member whose
+/// role may invite with the invite's role (a demoted or removed maintainer's codes die with their
+/// rights). Every refusal reads the same.
+async fn claim_invite(store: &dyn Store, code: &str) -> Result<Invite> {
+    let refused = || forbidden("the invite is unknown, used or expired");
+    let invite = match credentials::claim_invite(store, code).await {
+        Ok(i) => i,
+        Err(AuthError::Store(e)) => return Err(e.into()),
+        Err(_) => return Err(refused()),
+    };
+    let creator = store
+        .member_role(&invite.workspace_id, &invite.created_by)
+        .await?;
+    if !creator.is_some_and(|r| may_invite(r, invite.role)) {
+        return Err(forbidden(
+            "the invite is no longer valid: whoever created it can no longer invite with that \
+             role; ask for a new one",
+        ));
+    }
+    Ok(invite)
+}
+
+/// Creates a user with a personal workspace they own (`Conflict` if the email is taken), the
+/// email marked verified (an administrator creates it).
 pub async fn create_user(
     store: &dyn Store,
     email: &Email,
@@ -239,14 +265,37 @@ pub async fn create_token(
         None => caller.workspace_id.clone(),
     };
     let store = svc.orchestrator().store();
-    issue_api_token(
+    // A token that expires can not mint one that outlives it (a stolen short-lived token would
+    // otherwise buy a permanent one): the new token expires no later than the caller's, and
+    // without a lifetime of its own it takes the caller's.
+    let ceiling = match caller.token_id.as_deref().filter(|t| !is_session(Some(t))) {
+        Some(id) => store
+            .tokens_of_user(&caller.user_id)
+            .await?
+            .into_iter()
+            .find(|t| t.id == id)
+            .and_then(|t| t.expires_at),
+        None => None,
+    };
+    let expires_at = match (token_expiry(expires_in_seconds)?, ceiling) {
+        (None, ceiling) => ceiling,
+        (Some(at), Some(ceiling)) if at > ceiling => {
+            return Err(AccountError::Invalid(format!(
+                "expires_in_seconds: the token you call with expires in {} s, and a token it \
+                 makes can not outlive it",
+                ((ceiling - now_ms()) / 1000).max(0)
+            )));
+        }
+        (Some(at), _) => Some(at),
+    };
+    Ok(super::create_scoped_api_token(
         store.as_ref(),
         &caller.user_id,
-        Some(name),
-        expires_in_seconds,
+        Some(self::name(name)?.into_string()),
+        expires_at,
         workspace_id,
     )
-    .await
+    .await?)
 }
 
 /// When a token asking for `expires_in_seconds` expires (1 s to ten years; `None`: never).
@@ -458,6 +507,11 @@ pub async fn remove_member(svc: &Service, caller: &Caller, ws: &str, user_id: &s
         .remove_member(&ws.id, user_id)
         .await
         .map_err(membership_refused)?;
+    // What they held for this workspace dies with the membership; a live tunnel notices on its
+    // next check (`tunnel::link`) and closes.
+    store
+        .revoke_member_tokens(&ws.id, user_id, now_ms())
+        .await?;
     Ok(())
 }
 
@@ -470,12 +524,40 @@ pub async fn create_invite(
 ) -> Result<(String, Invite, Workspace)> {
     let (ws, actor) = svc.authorize_role(caller, Some(ws), Action::Invite).await?;
     let new = self::role(role)?;
-    if !may_assign(actor, None, Some(new)) {
+    if new == Role::Owner {
+        return Err(forbidden(
+            "invites can not make owners: invite with a lower role, then change the role",
+        ));
+    }
+    if !may_invite(actor, new) {
         return Err(forbidden("your role can not invite with that role"));
     }
     let (code, invite) = credentials::issue_invite(&ws.id, new, &caller.user_id, INVITE_TTL_MS);
     svc.orchestrator().store().insert_invite(&invite).await?;
     Ok((code, invite, ws))
+}
+
+/// A workspace's invites (never their codes), newest first; for those who may invite.
+pub async fn invites(svc: &Service, caller: &Caller, ws: &str) -> Result<(Workspace, Vec<Invite>)> {
+    let ws = svc.authorize(caller, Some(ws), Action::Invite).await?;
+    let invites = svc
+        .orchestrator()
+        .store()
+        .invites_of_workspace(&ws.id)
+        .await?;
+    Ok((ws, invites))
+}
+
+/// Revokes an unused invite; used, unknown and other workspaces' invites are `NotFound`.
+pub async fn revoke_invite(svc: &Service, caller: &Caller, ws: &str, id: &str) -> Result<()> {
+    let ws = svc.authorize(caller, Some(ws), Action::Invite).await?;
+    match svc.orchestrator().store().delete_invite(&ws.id, id).await {
+        Ok(()) => Ok(()),
+        Err(StoreError::NotFound(_)) => Err(AccountError::NotFound(format!(
+            "no unused invite {id:?} in this workspace"
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 // ---- Local agents ----

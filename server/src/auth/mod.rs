@@ -66,11 +66,24 @@ pub async fn caller_from_bearer(
     })
 }
 
-/// Creates a user and a personal workspace they own (slug from the email's local part).
+/// Creates a user and a personal workspace they own (slug from the email's local part), with the
+/// email marked verified: the caller (an administrator, a provider that verified the email) vouches
+/// for it. Password sign-ups use [`create_user_with`] and stay unverified.
 pub async fn create_user(
     store: &dyn Store,
     email: &str,
     name: Option<&str>,
+) -> Result<(User, Workspace), StoreError> {
+    create_user_with(store, email, name, true).await
+}
+
+/// [`create_user`], saying whether the email is known to be the user's (single sign-on links only
+/// to accounts whose email is).
+pub async fn create_user_with(
+    store: &dyn Store,
+    email: &str,
+    name: Option<&str>,
+    email_verified: bool,
 ) -> Result<(User, Workspace), StoreError> {
     let email = Email::parse(email)
         .map_err(|_| StoreError::Conflict(format!("{email:?} is not an email address")))?;
@@ -84,6 +97,10 @@ pub async fn create_user(
         created_at: now_ms(),
     };
     store.create_user(&user).await?;
+    // The column defaults to unverified, so a failure here never leaves a verified account behind.
+    if email_verified {
+        store.set_email_verified(&user.id, true).await?;
+    }
     let base: String = local
         .chars()
         .map(|c| {

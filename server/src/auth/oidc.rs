@@ -35,6 +35,9 @@ use crate::store::{Identity, SsoLogin, Store, StoreError, User};
 pub const PENDING_TTL: Duration = Duration::from_secs(10 * 60);
 /// At most this many sign-ins in progress at once; more are refused until some finish or expire.
 pub const MAX_PENDING: u64 = 10_000;
+/// At most this many sign-ins in progress from one client address, so one client cannot fill
+/// [`MAX_PENDING`] and lock everyone else out.
+pub const MAX_PENDING_PER_CLIENT: u64 = 20;
 /// The cookie that binds sign-ins in progress to the browser that started them.
 pub const BROWSER_COOKIE: &str = "delegate_sso";
 /// Provider metadata and keys are fetched again after this long.
@@ -93,6 +96,9 @@ pub enum SsoError {
     /// The provider did not vouch for an email an existing account has, or for any email.
     #[error("{0}")]
     NotLinked(String),
+    /// The person is not in an allowed GitHub organization or email domain.
+    #[error("{0}")]
+    NotAllowed(String),
     /// The store failed.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
@@ -245,18 +251,27 @@ impl Sso {
         provider: Provider,
         return_to: Option<&str>,
         browser: Option<&str>,
+        client: Option<std::net::IpAddr>,
     ) -> Result<(String, String), SsoError> {
         let return_to = safe_return_to(return_to)?;
-        let browser = match browser {
+        // A cookie is kept only if this server issued it and a sign-in of it is still pending (a
+        // second tab): a value the client made up, or planted from a sibling host, is replaced,
+        // so nobody else knows the secret the PKCE verifier and nonce derive from.
+        let issued = match browser {
             Some(b)
                 if b.starts_with("dsso_")
                     && b.len() <= 128
                     && b.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') =>
             {
-                b.to_string()
+                let since = now_ms() - PENDING_TTL.as_millis() as i64;
+                store
+                    .sso_browser_pending(&hash_secret(b), since)
+                    .await?
+                    .then(|| b.to_string())
             }
-            _ => crate::ids::new_secret("dsso_"),
+            _ => None,
         };
+        let browser = issued.unwrap_or_else(|| crate::ids::new_secret("dsso_"));
         let state = CsrfToken::new_random();
         let verifier = PkceCodeVerifier::new(derive("pkce", &browser, state.secret()));
         let challenge = PkceCodeChallenge::from_code_verifier_sha256(&verifier);
@@ -266,6 +281,10 @@ impl Sso {
             browser_hash: hash_secret(&browser),
             return_to,
             created_at: now_ms(),
+            // Hashed like every other stored identifier; unknown clients share one bucket.
+            client_hash: client
+                .map(|ip| hash_secret(&ip.to_string()))
+                .unwrap_or_default(),
         };
         let url = match provider {
             Provider::Oidc => {
@@ -289,10 +308,16 @@ impl Sso {
                 let mut url =
                     reqwest::Url::parse(&format!("{}/login/oauth/authorize", gh.oauth_url))
                         .map_err(|e| SsoError::BadRequest(format!("GITHUB_OAUTH_URL: {e}")))?;
+                // Membership of private organizations is visible only with read:org.
+                let scope = if self.settings.github_allowed_orgs.is_empty() {
+                    "read:user user:email"
+                } else {
+                    "read:user user:email read:org"
+                };
                 url.query_pairs_mut()
                     .append_pair("client_id", &gh.client_id)
                     .append_pair("redirect_uri", &self.redirect_url(provider)?)
-                    .append_pair("scope", "read:user user:email")
+                    .append_pair("scope", scope)
                     .append_pair("state", state.secret())
                     .append_pair("code_challenge", challenge.as_str())
                     .append_pair("code_challenge_method", "S256");
@@ -301,7 +326,7 @@ impl Sso {
         };
         let expired_before = login.created_at - PENDING_TTL.as_millis() as i64;
         if !store
-            .insert_sso_login(&login, expired_before, MAX_PENDING)
+            .insert_sso_login(&login, expired_before, MAX_PENDING, MAX_PENDING_PER_CLIENT)
             .await?
         {
             return Err(SsoError::Busy);
@@ -357,6 +382,9 @@ impl Sso {
             }
             Provider::Github => self.finish_github(code, &verifier).await?,
         };
+        if provider == Provider::Oidc {
+            check_email_domain(&user, &self.settings.oidc_allowed_email_domains)?;
+        }
         Ok((user, login.return_to))
     }
 
@@ -485,6 +513,9 @@ impl Sso {
             "GitHub /user/emails",
         )
         .await?;
+        if !self.settings.github_allowed_orgs.is_empty() {
+            self.check_github_orgs(&get, &user.login).await?;
+        }
         // Only the primary address, and only if GitHub verified it.
         let primary = emails.into_iter().find(|e| e.primary);
         Ok(ProviderUser {
@@ -494,6 +525,76 @@ impl Sso {
             email: primary.map(|e| e.email),
             name: user.name.filter(|n| !n.is_empty()).or(Some(user.login)),
         })
+    }
+}
+
+impl Sso {
+    /// Refuses a GitHub user who belongs to none of `GITHUB_ALLOWED_ORGS`, asking GitHub with the
+    /// user's own token (`/user/orgs`, which lists private memberships too with `read:org`).
+    async fn check_github_orgs(
+        &self,
+        get: &impl Fn(&str) -> reqwest::RequestBuilder,
+        login: &str,
+    ) -> Result<(), SsoError> {
+        const PER_PAGE: usize = 100;
+        // Ten pages: a thousand organizations is more than any real account; stop there.
+        for page in 1..=10 {
+            let orgs: Vec<GithubOrg> = json_body(
+                get(&format!("/user/orgs?per_page={PER_PAGE}&page={page}"))
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(error = %e.without_url(), "GitHub /user/orgs failed");
+                        SsoError::Upstream
+                    })?,
+                "GitHub /user/orgs",
+            )
+            .await?;
+            let allowed = &self.settings.github_allowed_orgs;
+            if orgs
+                .iter()
+                .any(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(&o.login)))
+            {
+                return Ok(());
+            }
+            if orgs.len() < PER_PAGE {
+                break;
+            }
+        }
+        tracing::info!(github_login = %printable(login), "GitHub sign-in outside the allowed organizations");
+        Err(SsoError::NotAllowed(
+            "your GitHub account is not a member of an organization this server admits (if you \
+             are a member, grant the app access to the organization, or make the membership \
+             visible to it)"
+                .into(),
+        ))
+    }
+}
+
+/// Refuses an OIDC identity whose email is not verified or not in `OIDC_ALLOWED_EMAIL_DOMAINS`
+/// (when that list is set).
+fn check_email_domain(who: &ProviderUser, allowed: &[String]) -> Result<(), SsoError> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let domain = who
+        .email
+        .as_deref()
+        .filter(|_| who.email_verified)
+        .and_then(|e| e.trim().rsplit_once('@'))
+        .map(|(_, d)| d.to_ascii_lowercase());
+    match domain {
+        Some(d) if allowed.contains(&d) => Ok(()),
+        Some(_) => Err(SsoError::NotAllowed(
+            "your email's domain is not one this server admits; sign in with your organization's \
+             address"
+                .into(),
+        )),
+        None => Err(SsoError::NotAllowed(
+            "this server admits only verified emails of certain domains, and the identity \
+             provider did not share a verified email"
+                .into(),
+        )),
     }
 }
 
@@ -521,6 +622,11 @@ struct GithubUser {
     id: i64,
     login: String,
     name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct GithubOrg {
+    login: String,
 }
 
 #[derive(Deserialize)]
@@ -628,6 +734,16 @@ pub async fn link_identity(
         }));
     }
     let user = match existing {
+        // The account's own email was never shown to be its holder's (a password sign-up): a
+        // provider's word for the address must not hand that account to someone else, nor the
+        // identity to whoever signed up with the address first.
+        Some(user) if !store.email_verified(&user.id).await? => {
+            return Err(SsoError::NotLinked(format!(
+                "an account with this email exists, but its email address was never verified, so \
+                 {provider} sign-in is not linked to it: sign in with that account's password, or \
+                 ask an administrator"
+            )));
+        }
         Some(user) => user,
         None if registration != Registration::Open => {
             return Err(SsoError::NotLinked(match registration {
@@ -720,10 +836,11 @@ mod tests {
                 api_url: "http://127.0.0.1:1".into(),
                 oauth_url: "http://127.0.0.1:1".into(),
             }),
+            ..SsoSettings::default()
         });
         let start = || async {
             let (url, browser) = sso
-                .start(store, Provider::Github, None, None)
+                .start(store, Provider::Github, None, None, None)
                 .await
                 .unwrap();
             let url = reqwest::Url::parse(&url).unwrap();
@@ -768,6 +885,18 @@ mod tests {
             .finish(store, Provider::Github, &callback(&state), None)
             .await;
         assert!(matches!(r, Err(SsoError::OtherBrowser)), "{r:?}");
+        // A browser cookie the server did not issue is replaced; an issued one with a sign-in
+        // pending is kept (two tabs).
+        let (_, fresh) = sso
+            .start(store, Provider::Github, None, Some("dsso_madeup"), None)
+            .await
+            .unwrap();
+        assert_ne!(fresh, "dsso_madeup");
+        let (_, again) = sso
+            .start(store, Provider::Github, None, Some(&fresh), None)
+            .await
+            .unwrap();
+        assert_eq!(again, fresh);
         // A state of one provider is not one of another.
         let (state, browser) = start().await;
         let r = sso

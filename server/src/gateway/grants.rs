@@ -21,8 +21,13 @@ use crate::ids::{SandboxId, hash_secret, new_secret};
 pub const TICKET_TTL: Duration = Duration::from_secs(30);
 /// How long a gateway cookie lasts; the role is re-checked on every request regardless.
 pub const COOKIE_TTL: Duration = Duration::from_secs(3600);
-/// The gateway's cookie on `oc-{id}` hosts.
+/// The gateway's cookie on `oc-{id}` hosts served over http (loopback, tests).
 pub const COOKIE: &str = "delegate_gateway";
+/// The gateway's cookie over https: the `__Host-` prefix makes browsers refuse it unless it is
+/// `Secure`, `Path=/` and without `Domain`, so a sibling host can not plant or shadow it.
+pub const SECURE_COOKIE: &str = "__Host-delegate_gateway";
+/// How often an open stream (WebSocket, SSE) re-checks that its viewer still may see the sandbox.
+pub const RECHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Entries kept at most (tickets, cookies): a flood of opens cannot grow memory without bound.
 const MAX_ENTRIES: usize = 100_000;
@@ -115,14 +120,14 @@ impl Gateway {
                 ..grant
             },
         );
-        let secure = if self.orch().settings().base_scheme == "https" {
-            "; Secure"
+        let (name, secure) = if self.https() {
+            (SECURE_COOKIE, "; Secure")
         } else {
-            ""
+            (COOKIE, "")
         };
         // No Domain attribute: the cookie stays on this one sandbox host.
         let cookie = format!(
-            "{COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+            "{name}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
             COOKIE_TTL.as_secs()
         );
         let mut r = redirect("/");
@@ -134,7 +139,8 @@ impl Gateway {
 
     /// The grant a request's gateway cookie holds for this sandbox, if any.
     pub(super) fn cookie_grant(&self, sandbox_id: &str, headers: &HeaderMap) -> Option<Grant> {
-        let secret = credentials::cookie(headers, COOKIE)?;
+        let name = if self.https() { SECURE_COOKIE } else { COOKIE };
+        let secret = credentials::cookie(headers, name)?;
         let mut cookies = lock(&self.inner.cookies);
         let hash = hash_secret(secret);
         let grant = cookies.get(&hash)?;
@@ -143,6 +149,49 @@ impl Gateway {
             return None;
         }
         (grant.sandbox_id == sandbox_id).then(|| grant.clone())
+    }
+
+    /// Whether the gateway is served over https (`BASE_SCHEME`).
+    fn https(&self) -> bool {
+        self.orch().settings().base_scheme == "https"
+    }
+
+    /// Resolves once `grant` no longer admits its viewer to the sandbox (signed out, session
+    /// revoked or expired, removed from the workspace, demoted below developer), checked every
+    /// [`RECHECK_EVERY`]; a store that does not answer keeps the stream (the next check decides).
+    pub(super) async fn access_lost(self, grant: Grant, id: SandboxId) {
+        let mut every = tokio::time::interval(RECHECK_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            match self.still_admits(&grant, &id).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => tracing::warn!(error = %e, "gateway: cannot re-check a viewer"),
+            }
+        }
+    }
+
+    async fn still_admits(&self, grant: &Grant, id: &SandboxId) -> Result<bool, String> {
+        if !self
+            .credential_stands(grant)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(false);
+        }
+        let caller = Caller {
+            user_id: grant.user_id.clone(),
+            token_id: None,
+            client: None,
+            workspace_id: None,
+        };
+        match self.inner.service.sandbox(&caller, id, Action::Write).await {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound(_) | Error::Forbidden(_)) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Whether the session or token the gateway was opened with still stands (not signed out,

@@ -7,8 +7,10 @@
 //! `POST /api/sandboxes/{id}/open` (session cookie + CSRF check) for a one-time [`TICKET_TTL`]
 //! ticket, then navigates to `oc-{id}.{BASE_DOMAIN}/_delegate/auth?ticket=...`. The gateway
 //! redeems it once and sets a host-only (no `Domain`), HttpOnly, SameSite=Lax cookie bound to
-//! (user, sandbox), valid [`COOKIE_TTL`]. Every request then re-checks the user's role in the
-//! sandbox's workspace, so a removed member is out on the next request. Tickets and gateway
+//! (user, sandbox), valid [`COOKIE_TTL`] (`__Host-` prefixed over https). Every request then
+//! re-checks the user's role in the sandbox's workspace, so a removed member is out on the next
+//! request, and open WebSockets and streams re-check every [`RECHECK_EVERY`] and end. The sandbox
+//! can set no cookie: upstream `Set-Cookie` is dropped. Tickets and gateway
 //! cookies live in this process's memory: the sandbox's opencode runs in this process too.
 //!
 //! This file routes by host and gates each request; `grants.rs` holds the tickets and cookies,
@@ -27,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use delegate_mcp::delegator::Caller;
 
 use grants::Grant;
-pub use grants::{COOKIE, COOKIE_TTL, OpenTicket, TICKET_TTL};
+pub use grants::{COOKIE, COOKIE_TTL, OpenTicket, RECHECK_EVERY, SECURE_COOKIE, TICKET_TTL};
 use proxy::forward;
 
 use crate::delegation::{Action, Service};
@@ -118,7 +120,7 @@ impl Gateway {
             }
         }
         let caller = Caller {
-            user_id: grant.user_id,
+            user_id: grant.user_id.clone(),
             token_id: None,
             client: None,
             workspace_id: None,
@@ -151,7 +153,17 @@ impl Gateway {
         }
         self.orch().touch_sandbox(&id);
         let viewing = self.keep_awake(&id);
-        match forward(&endpoint.url, endpoint.password.expose(), request, viewing).await {
+        // Open streams end when the viewer loses access, not only at their next request.
+        let lost = Box::pin(self.clone().access_lost(grant, id.clone()));
+        match forward(
+            &endpoint.url,
+            endpoint.password.expose(),
+            request,
+            viewing,
+            lost,
+        )
+        .await
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(sandbox = %sandbox_id, error = %e, "gateway: opencode did not answer");

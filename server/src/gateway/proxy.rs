@@ -13,7 +13,7 @@ use futures::StreamExt;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::{COOKIE, Gateway};
+use super::{COOKIE, Gateway, SECURE_COOKIE};
 use crate::credentials;
 use crate::ids::SandboxId;
 
@@ -56,11 +56,14 @@ const HOP_BY_HOP: [&str; 8] = [
 
 /// Forwards one request to opencode serve at `base` (`http://127.0.0.1:PORT`) with its Basic
 /// credentials, streaming both bodies; a WebSocket (any `Upgrade`) is spliced through after 101.
+/// `lost` resolves when the viewer's access ends (removed from the workspace, signed out): an
+/// open WebSocket or streamed body is then cut.
 pub(super) async fn forward(
     base: &str,
     password: &str,
     mut request: Request,
     viewing: DropGuard,
+    lost: futures::future::BoxFuture<'static, ()>,
 ) -> Result<Response, String> {
     let authority = base
         .strip_prefix("http://")
@@ -95,7 +98,7 @@ pub(super) async fn forward(
     }
     // The browser's delegate cookies stay here; opencode's own cookies (if any) go on.
     let kept: Vec<String> = credentials::cookies(&parts.headers)
-        .filter(|(k, _)| *k != COOKIE && *k != crate::auth::sessions::COOKIE)
+        .filter(|(k, _)| *k != COOKIE && *k != SECURE_COOKIE && *k != crate::auth::sessions::COOKIE)
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     if !kept.is_empty()
@@ -143,12 +146,17 @@ pub(super) async fn forward(
                 Ok((client, upstream)) => {
                     let mut client = TokioIo::new(client);
                     let mut upstream = TokioIo::new(upstream);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                        // Dropping both ends closes the terminal the member no longer may use.
+                        _ = lost => tracing::info!("gateway: closed a WebSocket whose viewer lost access"),
+                    }
                 }
                 Err(e) => tracing::debug!(error = %e, "gateway: upgrade failed"),
             }
         });
-        let (parts, _) = response.into_parts();
+        let (mut parts, _) = response.into_parts();
+        parts.headers.remove(header::SET_COOKIE);
         return Ok(Response::from_parts(parts, Body::empty()));
     }
 
@@ -156,13 +164,19 @@ pub(super) async fn forward(
     for name in HOP_BY_HOP {
         parts.headers.remove(HeaderName::from_static(name));
     }
+    // The sandbox controls this answer, and its host is same-site with delegate's: a cookie it
+    // sets could shadow or toss delegate's own (or a sibling sandbox's). None pass.
+    parts.headers.remove(header::SET_COOKIE);
     // opencode asks for Basic credentials only if ours failed; the browser must not prompt.
     parts.headers.remove(header::WWW_AUTHENTICATE);
     // The viewer stays "active" for as long as the body streams (an SSE stream: as long as open).
-    let body = Body::new(body).into_data_stream().map(move |chunk| {
-        let _ = &viewing;
-        chunk
-    });
+    let body = Body::new(body)
+        .into_data_stream()
+        .map(move |chunk| {
+            let _ = &viewing;
+            chunk
+        })
+        .take_until(lost);
     Ok(Response::from_parts(parts, Body::from_stream(body)))
 }
 
@@ -188,7 +202,8 @@ mod tests {
             }
             let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
             sock.write_all(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                  Set-Cookie: delegate_session=planted; Domain=example; Path=/\r\n\r\n",
             )
             .await
             .unwrap();
@@ -206,14 +221,18 @@ mod tests {
     #[tokio::test]
     async fn websocket_upgrades_are_spliced_with_credentials_injected_and_cookies_stripped() {
         let (upstream_url, head) = upstream().await;
+        let revoke = CancellationToken::new();
+        let revoked = revoke.clone();
         let app = axum::Router::new().fallback(move |req: Request| {
             let upstream_url = upstream_url.clone();
+            let revoked = revoked.clone();
             async move {
                 forward(
                     &upstream_url,
                     "serve-pass",
                     req,
                     CancellationToken::new().drop_guard(),
+                    Box::pin(revoked.cancelled_owned()),
                 )
                 .await
                 .unwrap_or_else(|e| page(StatusCode::BAD_GATEWAY, &e))
@@ -241,10 +260,21 @@ mod tests {
         }
         let reply = String::from_utf8_lossy(&reply).to_ascii_lowercase();
         assert!(reply.starts_with("http/1.1 101"), "{reply}");
+        assert!(
+            !reply.contains("set-cookie"),
+            "the sandbox set a cookie: {reply}"
+        );
         client.write_all(b"ping through").await.unwrap();
         let mut echo = [0u8; 12];
         client.read_exact(&mut echo).await.unwrap();
         assert_eq!(&echo, b"ping through");
+        // Access lost (member removed, signed out): the spliced connection ends.
+        revoke.cancel();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest))
+            .await
+            .expect("the WebSocket closes when access is lost");
+        assert!(read.is_err() || rest.is_empty(), "{rest:?}");
 
         let head = head.await.unwrap();
         let lower = head.to_ascii_lowercase();

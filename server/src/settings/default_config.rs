@@ -58,4 +58,8 @@ registration = "invite"                                            # DELEGATE_RE
 # github_client_secret = "..."                                     # GITHUB_CLIENT_SECRET
 # github_api_url = "https://api.github.com"                        # GITHUB_API_URL
 # github_oauth_url = "https://github.com"                          # GITHUB_OAUTH_URL
+# Only members of these GitHub organizations may sign in with GitHub (comma list).
+# github_allowed_orgs = "my-org,other-org"                         # GITHUB_ALLOWED_ORGS
+# Only verified emails in these domains may sign in with OIDC (comma list).
+# oidc_allowed_email_domains = "example.com"                       # OIDC_ALLOWED_EMAIL_DOMAINS
 "#;

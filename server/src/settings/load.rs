@@ -8,8 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    BackendChoice, DEFAULT_SANDBOX_IMAGE, DockerNetwork, DockerSettings, GithubSettings, Isolation,
-    OidcSettings, Registration, Secret, Settings, SsoSettings, Upstream, UpstreamCredential,
+    BackendChoice, DEFAULT_SANDBOX_IMAGE, DockerNetwork, DockerSettings, GithubSettings, IpRange,
+    Isolation, OidcSettings, Registration, Secret, Settings, SsoSettings, Upstream,
+    UpstreamCredential,
 };
 
 /// The optional settings file; every field optional, same names as the env vars in lower case.
@@ -47,8 +48,12 @@ struct FileSettings {
     github_client_secret: Option<Secret>,
     github_api_url: Option<String>,
     github_oauth_url: Option<String>,
+    github_allowed_orgs: Option<String>,
+    oidc_allowed_email_domains: Option<String>,
     base_domain: Option<String>,
     base_scheme: Option<String>,
+    trusted_proxies: Option<String>,
+    metrics_public: Option<bool>,
 }
 
 /// Why the settings could not be loaded; the message names the file or variable.
@@ -242,7 +247,28 @@ impl Settings {
             });
         }
 
+        let trusted_proxies = env
+            .var("DELEGATE_TRUSTED_PROXIES")
+            .or(f.trusted_proxies)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse().map_err(|message| SettingsError::Invalid {
+                    name: "DELEGATE_TRUSTED_PROXIES",
+                    message,
+                })
+            })
+            .collect::<Result<Vec<IpRange>, _>>()?;
+        let metrics_public = match env.var("DELEGATE_METRICS_PUBLIC") {
+            Some(v) => parse_value("DELEGATE_METRICS_PUBLIC", &v)?,
+            None => f.metrics_public.unwrap_or(false),
+        };
+
         Ok(Settings {
+            trusted_proxies,
+            metrics_public,
             base_domain,
             base_scheme,
             listen,
@@ -361,6 +387,16 @@ fn sso_settings(env: &dyn EnvSource, f: &mut FileSettings) -> Result<SsoSettings
             });
         }
     };
+    let github_allowed_orgs = name_list(
+        "GITHUB_ALLOWED_ORGS",
+        env.var("GITHUB_ALLOWED_ORGS")
+            .or(f.github_allowed_orgs.take()),
+    )?;
+    let oidc_allowed_email_domains = name_list(
+        "OIDC_ALLOWED_EMAIL_DOMAINS",
+        env.var("OIDC_ALLOWED_EMAIL_DOMAINS")
+            .or(f.oidc_allowed_email_domains.take()),
+    )?;
     if (oidc.is_some() || github.is_some()) && redirect_base_url.is_none() {
         return Err(SettingsError::Invalid {
             name: "OIDC_REDIRECT_BASE_URL",
@@ -371,7 +407,36 @@ fn sso_settings(env: &dyn EnvSource, f: &mut FileSettings) -> Result<SsoSettings
         redirect_base_url,
         oidc,
         github,
+        github_allowed_orgs,
+        oidc_allowed_email_domains,
     })
+}
+
+/// A comma list of organization or domain names, lower case, empty entries dropped; `@` in front
+/// of a domain is tolerated. Anything but letters, digits, `-`, `_` and `.` is refused, so a typo
+/// can not silently allow nobody (or everybody).
+fn name_list(name: &'static str, v: Option<String>) -> Result<Vec<String>, SettingsError> {
+    let Some(v) = v else {
+        return Ok(Vec::new());
+    };
+    let mut names = Vec::new();
+    for entry in v.split(',') {
+        let entry = entry.trim().trim_start_matches('@').to_ascii_lowercase();
+        if entry.is_empty() {
+            continue;
+        }
+        if !entry
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(SettingsError::Invalid {
+                name,
+                message: format!("{entry:?} is not a name (comma-separated list expected)"),
+            });
+        }
+        names.push(entry);
+    }
+    Ok(names)
 }
 
 /// A host name with an optional port, lower case (`delegate.example.com`, `localhost:8080`).
@@ -571,5 +636,68 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("OIDC_REDIRECT_BASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn sso_allow_lists_are_lower_case_comma_lists() {
+        let s = Settings::load(
+            None,
+            &[
+                ("GITHUB_ALLOWED_ORGS", " My-Org, ,other_org "),
+                (
+                    "OIDC_ALLOWED_EMAIL_DOMAINS",
+                    "@Example.com,corp.example.org",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.sso.github_allowed_orgs, ["my-org", "other_org"]);
+        assert_eq!(
+            s.sso.oidc_allowed_email_domains,
+            ["example.com", "corp.example.org"]
+        );
+        let s = Settings::load(None, &[]).unwrap();
+        assert!(s.sso.github_allowed_orgs.is_empty());
+        let err =
+            Settings::load(None, &[("OIDC_ALLOWED_EMAIL_DOMAINS", "a.com; b.com")]).unwrap_err();
+        assert!(
+            err.to_string().contains("OIDC_ALLOWED_EMAIL_DOMAINS"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_ranges() {
+        let s = Settings::load(
+            None,
+            &[
+                ("DELEGATE_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.7,::1"),
+                ("DELEGATE_METRICS_PUBLIC", "true"),
+            ],
+        )
+        .unwrap();
+        assert!(s.metrics_public);
+        let trusted = |ip: &str| {
+            s.trusted_proxies
+                .iter()
+                .any(|r| r.contains(ip.parse().unwrap()))
+        };
+        assert!(trusted("10.1.2.3"));
+        assert!(trusted("::ffff:10.9.9.9"));
+        assert!(trusted("192.168.1.7"));
+        assert!(!trusted("192.168.1.8"));
+        assert!(trusted("::1"));
+        assert!(!trusted("11.0.0.1"));
+        assert!(!trusted("127.0.0.1"));
+        let all: IpRange = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "localhost", "10.0.0.1/x"] {
+            let err = Settings::load(None, &[("DELEGATE_TRUSTED_PROXIES", bad)]).unwrap_err();
+            assert!(
+                err.to_string().contains("DELEGATE_TRUSTED_PROXIES"),
+                "{bad}: {err}"
+            );
+        }
+        assert!(!Settings::load(None, &[]).unwrap().metrics_public);
     }
 }

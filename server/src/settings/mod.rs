@@ -206,6 +206,69 @@ pub struct Settings {
     pub base_domain: Option<String>,
     /// `BASE_SCHEME` (default `http`): the scheme of the gateway's URLs (`https` behind TLS).
     pub base_scheme: String,
+    /// `DELEGATE_TRUSTED_PROXIES` (comma list of addresses or CIDR ranges, default none): reverse
+    /// proxies whose `X-Forwarded-For` names the client (per-client limits); from anyone else the
+    /// header is ignored.
+    pub trusted_proxies: Vec<IpRange>,
+    /// `DELEGATE_METRICS_PUBLIC` (default `false`): serve `/metrics` without a token.
+    pub metrics_public: bool,
+}
+
+/// An address range (`10.0.0.0/8`, `::1/128`; a bare address is a range of one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    /// The first address of the range.
+    pub network: std::net::IpAddr,
+    /// How many leading bits must match.
+    pub prefix: u8,
+}
+
+impl IpRange {
+    /// Whether `ip` is in the range (an IPv4-mapped IPv6 address counts as its IPv4 address).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let bits = |a: IpAddr| -> u128 {
+            match a {
+                IpAddr::V4(v4) => u128::from(u32::from(v4)),
+                IpAddr::V6(v6) => u128::from(v6),
+            }
+        };
+        let width = if self.network.is_ipv4() { 32 } else { 128 };
+        if ip.is_ipv4() != self.network.is_ipv4() {
+            return false;
+        }
+        let shift = width - u32::from(self.prefix);
+        shift >= width || (bits(ip) >> shift) == (bits(self.network) >> shift)
+    }
+}
+
+impl std::str::FromStr for IpRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let network: std::net::IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR range"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(IpRange { network, prefix })
+    }
 }
 
 /// Single sign-on settings. Callbacks are `{redirect_base_url}/api/auth/oidc/callback` and
@@ -218,6 +281,12 @@ pub struct SsoSettings {
     pub oidc: Option<OidcSettings>,
     /// `GITHUB_CLIENT_ID` + `GITHUB_CLIENT_SECRET` (+ `GITHUB_API_URL`, `GITHUB_OAUTH_URL`).
     pub github: Option<GithubSettings>,
+    /// `GITHUB_ALLOWED_ORGS` (comma list, lower case): when set, GitHub sign-in needs membership
+    /// of one of these organizations (asked of GitHub with the user's token, scope `read:org`).
+    pub github_allowed_orgs: Vec<String>,
+    /// `OIDC_ALLOWED_EMAIL_DOMAINS` (comma list, lower case): when set, OIDC sign-in needs a
+    /// verified email in one of these domains.
+    pub oidc_allowed_email_domains: Vec<String>,
 }
 
 /// A generic OpenID Connect provider, found by discovery from its issuer.

@@ -784,6 +784,7 @@ macro_rules! impl_store {
                 login: &super::SsoLogin,
                 expired_before: Millis,
                 max_pending: u64,
+                max_per_client: u64,
             ) -> Result<bool> {
                 let mut tx = self.pool.begin().await.map_err(db_error("sign-in"))?;
                 sqlx::query(sql::PRUNE_SSO_LOGINS)
@@ -795,7 +796,12 @@ macro_rules! impl_store {
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(db_error("sign-in"))?;
-                if sql::to_u64(pending) >= max_pending {
+                let of_client = sqlx::query_scalar::<_, i64>(sql::COUNT_SSO_LOGINS_OF_CLIENT)
+                    .bind(&login.client_hash)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_error("sign-in"))?;
+                if sql::to_u64(pending) >= max_pending || sql::to_u64(of_client) >= max_per_client {
                     tx.commit().await.map_err(db_error("sign-in"))?;
                     return Ok(false);
                 }
@@ -805,6 +811,7 @@ macro_rules! impl_store {
                     .bind(&login.browser_hash)
                     .bind(&login.return_to)
                     .bind(login.created_at)
+                    .bind(&login.client_hash)
                     .execute(&mut *tx)
                     .await
                     .map_err(db_error("sign-in"))?;
@@ -882,6 +889,77 @@ macro_rules! impl_store {
                     .into_iter()
                     .map(sql::SandboxRow::into_sandbox)
                     .collect()
+            }
+
+            async fn set_email_verified(&self, user_id: &str, verified: bool) -> Result<()> {
+                let done = sqlx::query(sql::SET_EMAIL_VERIFIED)
+                    .bind(verified)
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("user"))?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound("user"));
+                }
+                Ok(())
+            }
+
+            async fn email_verified(&self, user_id: &str) -> Result<bool> {
+                sqlx::query_scalar::<_, bool>(sql::EMAIL_VERIFIED)
+                    .bind(user_id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("user"))
+            }
+
+            async fn invites_of_workspace(&self, workspace_id: &str) -> Result<Vec<super::Invite>> {
+                sqlx::query_as::<_, sql::InviteRow>(sql::INVITES_OF_WORKSPACE)
+                    .bind(workspace_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error("invite"))?
+                    .into_iter()
+                    .map(sql::InviteRow::into_invite)
+                    .collect()
+            }
+
+            async fn delete_invite(&self, workspace_id: &str, id: &str) -> Result<()> {
+                let done = sqlx::query(sql::DELETE_INVITE)
+                    .bind(workspace_id)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("invite"))?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound("invite"));
+                }
+                Ok(())
+            }
+
+            async fn revoke_member_tokens(
+                &self,
+                workspace_id: &str,
+                user_id: &str,
+                now: Millis,
+            ) -> Result<u64> {
+                let done = sqlx::query(sql::REVOKE_MEMBER_TOKENS)
+                    .bind(now)
+                    .bind(workspace_id)
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("token"))?;
+                Ok(done.rows_affected())
+            }
+
+            async fn sso_browser_pending(&self, browser_hash: &str, since: Millis) -> Result<bool> {
+                let n = sqlx::query_scalar::<_, i64>(sql::SSO_BROWSER_PENDING)
+                    .bind(browser_hash)
+                    .bind(since)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("sign-in"))?;
+                Ok(n > 0)
             }
         }
     };

@@ -508,12 +508,14 @@ pub trait Store: Send + Sync + 'static {
     /// The identities linked to an account, oldest first.
     async fn identities_of_user(&self, user_id: &str) -> Result<Vec<Identity>>;
     /// Records a sign-in in progress after deleting those created before `expired_before`;
-    /// `false` (nothing written) when `max_pending` are already in progress.
+    /// `false` (nothing written) when `max_pending` are already in progress, or `max_per_client`
+    /// of the same [`SsoLogin::client_hash`].
     async fn insert_sso_login(
         &self,
         login: &SsoLogin,
         expired_before: Millis,
         max_pending: u64,
+        max_per_client: u64,
     ) -> Result<bool>;
     /// Deletes and returns the sign-in with this state hash: one statement, so it works once.
     async fn take_sso_login(&self, state_hash: &str) -> Result<SsoLogin>;
@@ -532,6 +534,27 @@ pub trait Store: Send + Sync + 'static {
         owner: &str,
         statuses: &[SandboxStatus],
     ) -> Result<Vec<Sandbox>>;
+
+    // ---- Hardening (issue 14)
+    /// Marks whether a user's email is known to be theirs (see `auth::oidc::link_identity`).
+    async fn set_email_verified(&self, user_id: &str, verified: bool) -> Result<()>;
+    /// Whether a user's email is known to be theirs; password sign-ups are not until proven.
+    async fn email_verified(&self, user_id: &str) -> Result<bool>;
+    /// A workspace's invites, newest first, used and expired ones included.
+    async fn invites_of_workspace(&self, workspace_id: &str) -> Result<Vec<Invite>>;
+    /// Deletes an unused invite of the workspace; `NotFound` for an unknown or used one.
+    async fn delete_invite(&self, workspace_id: &str, id: &str) -> Result<()>;
+    /// Revokes the tunnel tokens, agent codes and scoped API tokens `user_id` holds for
+    /// `workspace_id` (they left it); returns how many.
+    async fn revoke_member_tokens(
+        &self,
+        workspace_id: &str,
+        user_id: &str,
+        now: Millis,
+    ) -> Result<u64>;
+    /// Whether a sign-in started at or after `since` is pending for this browser cookie hash (so
+    /// the cookie is one the server issued, not one a client made up).
+    async fn sso_browser_pending(&self, browser_hash: &str, since: Millis) -> Result<bool>;
 }
 
 /// A single sign-on in progress, keyed by the SHA-256 of its `state`.
@@ -547,6 +570,8 @@ pub struct SsoLogin {
     pub return_to: String,
     /// When the sign-in started; old ones are swept.
     pub created_at: Millis,
+    /// SHA-256 of the client's IP address, so one client can hold only a few sign-ins in progress.
+    pub client_hash: String,
 }
 
 /// A single sign-on identity: `subject` at `provider` (`oidc`, `github`) signs in as `user_id`.

@@ -676,10 +676,12 @@ impl From<IdentityRow> for super::Identity {
 
 pub(super) const PRUNE_SSO_LOGINS: &str = "DELETE FROM sso_logins WHERE created_at < $1";
 pub(super) const COUNT_SSO_LOGINS: &str = "SELECT CAST(COUNT(*) AS BIGINT) FROM sso_logins";
+pub(super) const COUNT_SSO_LOGINS_OF_CLIENT: &str =
+    "SELECT CAST(COUNT(*) AS BIGINT) FROM sso_logins WHERE client_hash = $1";
 pub(super) const INSERT_SSO_LOGIN: &str = "INSERT INTO sso_logins (state_hash, provider, \
-     browser_hash, return_to, created_at) VALUES ($1, $2, $3, $4, $5)";
+     browser_hash, return_to, created_at, client_hash) VALUES ($1, $2, $3, $4, $5, $6)";
 pub(super) const TAKE_SSO_LOGIN: &str = "DELETE FROM sso_logins WHERE state_hash = $1 \
-     RETURNING state_hash, provider, browser_hash, return_to, created_at";
+     RETURNING state_hash, provider, browser_hash, return_to, created_at, client_hash";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct SsoLoginRow {
@@ -688,6 +690,7 @@ pub(super) struct SsoLoginRow {
     browser_hash: String,
     return_to: String,
     created_at: Millis,
+    client_hash: String,
 }
 
 impl From<SsoLoginRow> for super::SsoLogin {
@@ -698,6 +701,7 @@ impl From<SsoLoginRow> for super::SsoLogin {
             browser_hash: r.browser_hash,
             return_to: r.return_to,
             created_at: r.created_at,
+            client_hash: r.client_hash,
         }
     }
 }
@@ -723,3 +727,24 @@ pub(super) fn sandboxes_owned_with_status(n: usize) -> String {
         placeholders(2, n)
     )
 }
+
+// ---- Hardening (issue 14) -----------------------------------------------------------------------
+
+pub(super) const SET_EMAIL_VERIFIED: &str = "UPDATE users SET email_verified = $1 WHERE id = $2";
+pub(super) const EMAIL_VERIFIED: &str = "SELECT email_verified FROM users WHERE id = $1";
+
+/// A workspace's invites, newest first, used and expired ones included.
+pub(super) const INVITES_OF_WORKSPACE: &str = "SELECT id, hash, workspace_id, role, created_by, \
+     created_at, expires_at, used_at FROM invites WHERE workspace_id = $1 \
+     ORDER BY created_at DESC, id DESC";
+/// `$1` workspace, `$2` invite id: only an unused invite can be revoked (a used one is history).
+pub(super) const DELETE_INVITE: &str =
+    "DELETE FROM invites WHERE workspace_id = $1 AND id = $2 AND used_at IS NULL";
+
+/// `$1` now, `$2` workspace, `$3` user: the credentials a member holds for one workspace (tunnel
+/// tokens, agent codes, API tokens scoped to it), revoked when they leave it.
+pub(super) const REVOKE_MEMBER_TOKENS: &str = "UPDATE tokens SET revoked_at = $1 \
+     WHERE workspace_id = $2 AND user_id = $3 AND revoked_at IS NULL \
+     AND kind IN ('tunnel', 'agent_code', 'api')";
+pub(super) const SSO_BROWSER_PENDING: &str =
+    "SELECT CAST(COUNT(*) AS BIGINT) FROM sso_logins WHERE browser_hash = $1 AND created_at >= $2";

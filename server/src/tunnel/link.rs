@@ -26,6 +26,49 @@ use crate::store::{StoreError, TokenKind};
 
 /// How long a new link has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a live link checks that its token still stands and its user is still a developer (or
+/// more) of the workspace; a removed member's tunnel closes within this.
+pub(super) const RECHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Whether a tunnel token still admits its link: live (not revoked or expired), and its user still
+/// a member of its workspace who may run things there (`Write`).
+async fn still_admitted(
+    store: &dyn crate::store::Store,
+    record: &crate::store::TokenRecord,
+) -> Result<bool, StoreError> {
+    let token = match store.token_by_hash(&record.hash).await {
+        Ok(t) => t,
+        Err(StoreError::NotFound(_)) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if token.revoked_at.is_some() || token.expires_at.is_some_and(|t| t <= crate::ids::now_ms()) {
+        return Ok(false);
+    }
+    let (Some(user_id), Some(workspace_id)) = (&token.user_id, &token.workspace_id) else {
+        return Ok(false);
+    };
+    let role = store.member_role(workspace_id, user_id).await?;
+    Ok(role.is_some_and(|r| crate::roles::allows(r, crate::roles::Action::Write)))
+}
+
+/// Resolves when the link's token stops admitting it (checked every [`RECHECK_EVERY`]); a store
+/// that does not answer keeps the link (the next check decides).
+async fn access_lost(
+    store: std::sync::Arc<dyn crate::store::Store>,
+    record: crate::store::TokenRecord,
+) {
+    let mut every = tokio::time::interval(RECHECK_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        match still_admitted(store.as_ref(), &record).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => tracing::warn!(error = %e, "tunnel: cannot re-check the token"),
+        }
+    }
+}
 
 /// `GET /api/tunnel/{sandbox_id}`: checks the tunnel token before anything else, then upgrades.
 pub(super) async fn upgrade(
@@ -68,6 +111,25 @@ pub(super) async fn upgrade(
             );
         }
     };
+    // A token whose user left the workspace (or may no longer run things there) is refused.
+    match still_admitted(store.as_ref(), &record).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this tunnel token's user is no longer a developer of the workspace",
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "tunnel membership check failed");
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "try again later",
+            );
+        }
+    }
     match store.sandbox(sandbox_id.as_str()).await {
         Ok(s)
             if !matches!(
@@ -102,12 +164,17 @@ pub(super) async fn upgrade(
     };
     ws.max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
-        .on_upgrade(move |socket| session(tunnels, sandbox_id, socket))
+        .on_upgrade(move |socket| session(tunnels, sandbox_id, record, socket))
         .into_response()
 }
 
 /// Runs one link until it drops, is replaced, or its sandbox is deleted.
-async fn session(tunnels: Tunnels, sandbox_id: SandboxId, socket: WebSocket) {
+async fn session(
+    tunnels: Tunnels,
+    sandbox_id: SandboxId,
+    record: crate::store::TokenRecord,
+    socket: WebSocket,
+) {
     let mut link = adapt(socket);
     let refuse = |reason: String| {
         Frame::new(Header::Goodbye {
@@ -222,6 +289,13 @@ async fn session(tunnels: Tunnels, sandbox_id: SandboxId, socket: WebSocket) {
         c = mux.closed() => c,
         _ = revoked.cancelled() => {
             mux.close("revoked", "the sandbox was deleted");
+            mux.closed().await
+        }
+        _ = access_lost(orch.store().clone(), record) => {
+            mux.close(
+                "revoked",
+                "the tunnel token was revoked or its user left the workspace",
+            );
             mux.closed().await
         }
         _ = accept => unreachable_accept(),
