@@ -9,7 +9,9 @@ use delegate_mcp::types::SandboxStatus;
 
 use super::grants::issue_sandbox_token;
 use super::reservation::Reservation;
-use super::{Error, LOCAL_BACKEND, Orchestrator, Result, SandboxRequest, Warm, lock};
+use super::{
+    Error, LOCAL_BACKEND, Orchestrator, Result, SandboxRequest, SnapshotFile, Warm, lock,
+};
 use crate::ids::{Origin, SandboxId, new_secret, now_ms};
 use crate::names::Name;
 use crate::sandbox::{SandboxError, SandboxSpec, ServeEndpoint};
@@ -46,11 +48,14 @@ impl Orchestrator {
                 SandboxKind::Warm,
                 name,
                 req.files,
+                req.snapshot.as_deref(),
                 req.idle_timeout,
                 req.created_by,
             )
             .await?;
         let endpoint = self.start_sandbox(&sandbox, &spec).await?;
+        // Cloned into the work dir: the uploaded bundle is not needed any more.
+        drop(req.snapshot);
         if let Some(endpoint) = endpoint {
             let idle_timeout = req.idle_timeout.unwrap_or(self.inner.settings.idle_timeout);
             lock(&self.inner.warm).insert(
@@ -80,6 +85,7 @@ impl Orchestrator {
         kind: SandboxKind,
         name: Option<String>,
         files: BTreeMap<String, String>,
+        snapshot: Option<&SnapshotFile>,
         idle_timeout: Option<Duration>,
         created_by: Option<Origin>,
     ) -> Result<(Sandbox, SandboxSpec)> {
@@ -98,6 +104,7 @@ impl Orchestrator {
             created_by: created_by.map(|o| o.to_string()),
             created_at: now,
             updated_at: now,
+            base: snapshot.map(|s| s.base.clone()),
         };
         self.inner.store.insert_sandbox(&sandbox).await?;
         self.inner
@@ -109,7 +116,7 @@ impl Orchestrator {
             id,
             kind,
             files,
-            repo: None,
+            repo: snapshot.map(|s| s.path.clone()),
             proxy_token: Secret::new(token),
             serve_password: (kind == SandboxKind::Warm).then(|| Secret::new(new_secret(""))),
         };
