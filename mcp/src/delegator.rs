@@ -8,9 +8,9 @@ use tokio_util::sync::CancellationToken;
 use std::path::Path;
 
 use crate::tools::{
-    ApplyChangesInput, ApplyChangesOutput, CancelRunInput, CancelRunOutput, CreateSandboxInput, DeleteSandboxInput, DeleteSandboxOutput,
-    ListSandboxesInput, ListSandboxesOutput, RunInSandboxInput, SandboxInfo, StreamSessionInput,
-    StreamSessionOutput,
+    ApplyChangesInput, ApplyChangesOutput, CancelRunInput, CancelRunOutput, CreateSandboxInput,
+    DeleteSandboxInput, DeleteSandboxOutput, ListSandboxesInput, ListSandboxesOutput,
+    RunInSandboxInput, SandboxInfo, StreamSessionInput, StreamSessionOutput,
 };
 use crate::types::{RepoBase, RunResult};
 
@@ -178,6 +178,8 @@ pub trait Delegator: Send + Sync + 'static {
         run_id: &str,
         _max_bytes: u64,
     ) -> Result<Vec<u8>, DelegateError> {
-        Err(DelegateError::NotFound(format!("no patch for run {run_id} here")))
+        Err(DelegateError::NotFound(format!(
+            "no patch for run {run_id} here"
+        )))
     }
 }

@@ -35,7 +35,11 @@ pub fn bundle_path(data_dir: &Path, run_id: &str) -> PathBuf {
 }
 
 /// Writes the patch of `changes` and, when the sandbox came from a snapshot, its bundle.
-pub(super) async fn keep(data_dir: &Path, run_id: &str, changes: &Changes) -> Result<(), RepoError> {
+pub(super) async fn keep(
+    data_dir: &Path,
+    run_id: &str,
+    changes: &Changes,
+) -> Result<(), RepoError> {
     let dir = run_dir(data_dir, run_id);
     tokio::fs::create_dir_all(&dir)
         .await

@@ -9,9 +9,7 @@ use delegate_mcp::types::SandboxStatus;
 
 use super::grants::issue_sandbox_token;
 use super::reservation::Reservation;
-use super::{
-    Error, LOCAL_BACKEND, Orchestrator, Result, SandboxRequest, SnapshotFile, Warm, lock,
-};
+use super::{Error, LOCAL_BACKEND, Orchestrator, Result, SandboxRequest, SnapshotFile, Warm, lock};
 use crate::ids::{Origin, SandboxId, new_secret, now_ms};
 use crate::names::Name;
 use crate::sandbox::{SandboxError, SandboxSpec, ServeEndpoint};

@@ -31,8 +31,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 // Bootstrap lives in `crate::bootstrap`; re-exported for the callers that name it here.
-pub use grants::register_external_sandbox;
 pub use artifacts::{bundle_path, patch_path, run_dir};
+pub use grants::register_external_sandbox;
 pub use local::LOCAL_BACKEND;
 pub use log::{LiveLog, follow};
 pub use runs::{REMOTE_WAIT, result_of};

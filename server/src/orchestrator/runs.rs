@@ -134,8 +134,10 @@ pub fn result_of(run: &Run, event_count: u64, public_url: Option<&str>) -> RunRe
         branch: None,
         applied: None,
         conflicts: Vec::new(),
-        patch_url: o.commit.as_ref().and(public_url).map(|u| {
-            format!("{}/api/runs/{}/patch", u.trim_end_matches('/'), run.id)
-        }),
+        patch_url: o
+            .commit
+            .as_ref()
+            .and(public_url)
+            .map(|u| format!("{}/api/runs/{}/patch", u.trim_end_matches('/'), run.id)),
     }
 }

@@ -309,11 +309,7 @@ async fn check_bundle(path: &Path, max_bytes: u64) -> Result<u64> {
     let mut file = tokio::fs::File::open(path)
         .await
         .map_err(crate::error::internal)?;
-    let bytes = file
-        .metadata()
-        .await
-        .map_err(crate::error::internal)?
-        .len();
+    let bytes = file.metadata().await.map_err(crate::error::internal)?.len();
     check_size(bytes, max_bytes)?;
     let mut header = Vec::new();
     (&mut file)
@@ -322,14 +318,19 @@ async fn check_bundle(path: &Path, max_bytes: u64) -> Result<u64> {
         .await
         .map_err(crate::error::internal)?;
     if !(header.starts_with(b"# v2 git bundle\n") || header.starts_with(b"# v3 git bundle\n")) {
-        return Err(not_bundle("it does not start with `# v2 git bundle` or `# v3 git bundle`"));
+        return Err(not_bundle(
+            "it does not start with `# v2 git bundle` or `# v3 git bundle`",
+        ));
     }
     // The header ends at its first empty line; the pack follows.
     let end = header
         .windows(2)
         .position(|w| w == b"\n\n")
         .ok_or_else(|| not_bundle("its header does not end"))?;
-    if header[..end].split(|b| *b == b'\n').any(|l| l.starts_with(b"-")) {
+    if header[..end]
+        .split(|b| *b == b'\n')
+        .any(|l| l.starts_with(b"-"))
+    {
         return Err(not_bundle(
             "it needs commits it does not carry (made with a `^` or `--since` limit)",
         ));
@@ -378,7 +379,11 @@ mod tests {
         let repo = dir.join("repo");
         tokio::fs::create_dir_all(&repo).await.unwrap();
         let git = || Git::new(&repo);
-        git().args(["init", "-q", "-b", "main"]).run().await.unwrap();
+        git()
+            .args(["init", "-q", "-b", "main"])
+            .run()
+            .await
+            .unwrap();
         tokio::fs::write(repo.join("a.txt"), "a\n").await.unwrap();
         git().args(["add", "-A"]).run().await.unwrap();
         git().args(["commit", "-q", "-m", "a"]).run().await.unwrap();
@@ -405,10 +410,7 @@ mod tests {
         assert!(id.starts_with(SNAPSHOT_PREFIX) && bytes > 0);
         assert!(made.exists(), "the caller's file stays");
         for (user, ws) in [("usr_b", "wsp_a"), ("usr_a", "wsp_b")] {
-            assert!(matches!(
-                snaps.take(&id, user, ws),
-                Err(Error::NotFound(_))
-            ));
+            assert!(matches!(snaps.take(&id, user, ws), Err(Error::NotFound(_))));
         }
         let taken = snaps.take(&id, "usr_a", "wsp_a").unwrap();
         assert!(taken.path.exists());
@@ -458,7 +460,16 @@ mod tests {
             .receive("usr_a", "wsp_a", base(), body, 1000)
             .await
             .unwrap_err();
-        assert!(matches!(err, Error::Repo { kind: "repo_too_large", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::Repo {
+                    kind: "repo_too_large",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let mut left = tokio::fs::read_dir(snaps.dir()).await.unwrap();
         assert!(left.next_entry().await.unwrap().is_none(), "nothing kept");
         assert_eq!(human(1 << 30), "1 GiB");

@@ -398,7 +398,11 @@ mod tests {
         let dirs = SandboxDirs::new(tmp.path().join("sbx"));
         let files = BTreeMap::from([("seed.txt".to_string(), "s\n".to_string())]);
         dirs.create(&files, Some(&bundle)).await.unwrap();
-        assert_ne!(dirs.tip().await.unwrap(), snapshot_tip, "the seed files sit on top");
+        assert_ne!(
+            dirs.tip().await.unwrap(),
+            snapshot_tip,
+            "the seed files sit on top"
+        );
         std::fs::write(dirs.workspace.join("a.txt"), "a2\n").unwrap();
         commit_inside(&dirs, "run 1").await;
         let changes = dirs.import_changes(1 << 20).await.unwrap();
