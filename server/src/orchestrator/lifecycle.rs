@@ -23,6 +23,17 @@ pub(super) const IDLE_SWEEP: Duration = Duration::from_secs(1);
 /// How long a delete waits for a pause or resume that holds the sandbox.
 const HELD_WAIT: Duration = Duration::from_secs(60);
 
+/// A sandbox row about to be written, and what its work dir starts from.
+pub(super) struct NewSandbox<'a> {
+    pub(super) kind: SandboxKind,
+    pub(super) name: Option<String>,
+    pub(super) files: BTreeMap<String, String>,
+    /// The snapshot it is cloned from; it must stay on disk until the backend made the sandbox.
+    pub(super) snapshot: Option<&'a SnapshotFile>,
+    pub(super) idle_timeout: Option<Duration>,
+    pub(super) created_by: Option<Origin>,
+}
+
 impl Orchestrator {
     /// Makes a warm sandbox (opencode serve inside) and waits until it is running.
     pub async fn create_sandbox(&self, req: SandboxRequest) -> Result<Sandbox> {
@@ -43,12 +54,14 @@ impl Orchestrator {
         let (sandbox, spec) = self
             .insert_sandbox(
                 &ws,
-                SandboxKind::Warm,
-                name,
-                req.files,
-                req.snapshot.as_deref(),
-                req.idle_timeout,
-                req.created_by,
+                NewSandbox {
+                    kind: SandboxKind::Warm,
+                    name,
+                    files: req.files,
+                    snapshot: req.snapshot.as_deref(),
+                    idle_timeout: req.idle_timeout,
+                    created_by: req.created_by,
+                },
             )
             .await?;
         let endpoint = self.start_sandbox(&sandbox, &spec).await?;
@@ -80,13 +93,16 @@ impl Orchestrator {
     pub(super) async fn insert_sandbox(
         &self,
         ws: &Workspace,
-        kind: SandboxKind,
-        name: Option<String>,
-        files: BTreeMap<String, String>,
-        snapshot: Option<&SnapshotFile>,
-        idle_timeout: Option<Duration>,
-        created_by: Option<Origin>,
+        new: NewSandbox<'_>,
     ) -> Result<(Sandbox, SandboxSpec)> {
+        let NewSandbox {
+            kind,
+            name,
+            files,
+            snapshot,
+            idle_timeout,
+            created_by,
+        } = new;
         let now = now_ms();
         let id = SandboxId::new().into_string();
         let sandbox = Sandbox {

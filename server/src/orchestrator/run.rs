@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::agent::{headless, served};
+use super::lifecycle::NewSandbox;
 use super::log::RunLog;
 use super::reservation::Reservation;
 use super::{Error, Orchestrator, Result, RunRequest, SnapshotFile, Warm, lock};
@@ -131,12 +132,14 @@ pub(super) async fn start(
             let (sandbox, spec) = orch
                 .insert_sandbox(
                     &ws,
-                    SandboxKind::Ephemeral,
-                    None,
-                    req.files.clone(),
-                    req.snapshot.as_deref(),
-                    None,
-                    req.created_by.clone(),
+                    NewSandbox {
+                        kind: SandboxKind::Ephemeral,
+                        name: None,
+                        files: req.files.clone(),
+                        snapshot: req.snapshot.as_deref(),
+                        idle_timeout: None,
+                        created_by: req.created_by.clone(),
+                    },
                 )
                 .await?;
             // A fresh sandbox nobody else knows yet.
