@@ -66,7 +66,7 @@ impl Orchestrator {
             .await?;
         let endpoint = self.start_sandbox(&sandbox, &spec).await?;
         // Cloned into the work dir: the uploaded bundle is not needed any more.
-        drop(req.snapshot);
+        SnapshotFile::release(req.snapshot).await;
         if let Some(endpoint) = endpoint {
             let idle_timeout = req.idle_timeout.unwrap_or(self.inner.settings.idle_timeout);
             lock(&self.inner.warm).insert(

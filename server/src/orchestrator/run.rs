@@ -35,7 +35,7 @@ enum Target {
 /// caller has already read it (so it is not read twice); otherwise it is read here.
 pub(super) async fn start(
     orch: Orchestrator,
-    req: RunRequest,
+    mut req: RunRequest,
     loaded: Option<Sandbox>,
 ) -> Result<(RunId, SandboxId)> {
     // Everything the caller controls is checked before anything is written.
@@ -128,6 +128,8 @@ pub(super) async fn start(
             )
         }
         None => {
+            // The driver holds the only reference, so it can remove the file once cloned.
+            let snapshot = req.snapshot.take();
             let ws = orch.workspace(req.workspace.as_deref()).await?;
             let (sandbox, spec) = orch
                 .insert_sandbox(
@@ -136,7 +138,7 @@ pub(super) async fn start(
                         kind: SandboxKind::Ephemeral,
                         name: None,
                         files: req.files.clone(),
-                        snapshot: req.snapshot.as_deref(),
+                        snapshot: snapshot.as_deref(),
                         idle_timeout: None,
                         created_by: req.created_by.clone(),
                     },
@@ -147,7 +149,7 @@ pub(super) async fn start(
             (
                 sandbox.id.parse()?,
                 ws.id,
-                Target::Ephemeral(spec, req.snapshot.clone()),
+                Target::Ephemeral(spec, snapshot),
                 reservation,
             )
         }
@@ -250,7 +252,7 @@ async fn drive(
                     _ = tokio::time::sleep_until(deadline) => return Ok(Finish::timed_out(timeout)),
                 }
                 // Cloned into the work dir: the uploaded bundle is not needed any more.
-                drop(snapshot);
+                SnapshotFile::release(snapshot).await;
                 None
             }
             Target::Warm(w) => Some(w),

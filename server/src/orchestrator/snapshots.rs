@@ -60,9 +60,27 @@ pub struct SnapshotFile {
     pub bytes: u64,
 }
 
+impl SnapshotFile {
+    /// Removes the bundle now (once the sandbox has cloned it).
+    pub async fn remove(mut self) {
+        let path = std::mem::take(&mut self.path);
+        let _ = tokio::fs::remove_file(path).await;
+    }
+
+    /// [`Self::remove`] when this is the last holder; otherwise the last one's drop removes it.
+    pub async fn release(file: Option<Arc<SnapshotFile>>) {
+        if let Some(file) = file.and_then(Arc::into_inner) {
+            file.remove().await;
+        }
+    }
+}
+
 impl Drop for SnapshotFile {
     fn drop(&mut self) {
-        let path = self.path.clone();
+        if self.path.as_os_str().is_empty() {
+            return;
+        }
+        let path = std::mem::take(&mut self.path);
         // Unlinking is quick but still a file-system call: off the caller's task.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
@@ -419,15 +437,8 @@ mod tests {
             Err(Error::NotFound(_))
         ));
         let path = taken.path.clone();
-        drop(taken);
-        // The file goes on a spawned task; wait for it without sleeping blindly.
-        for _ in 0..100 {
-            if !path.exists() {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        assert!(!path.exists(), "the bundle is removed once dropped");
+        SnapshotFile::release(Some(Arc::new(taken))).await;
+        assert!(!path.exists(), "the bundle is removed once released");
     }
 
     #[tokio::test]
