@@ -219,6 +219,7 @@ async fn seed(store: &dyn Store) {
             created_by: Some("cli".into()),
             created_at: created,
             updated_at: created,
+            base: None,
         };
         store.insert_sandbox(&sandbox).await.unwrap();
         for j in 0..RUNS_PER_SANDBOX {
@@ -286,6 +287,8 @@ async fn seed(store: &dyn Store) {
                     },
                     error,
                     ttft_ms: Some(900),
+                    base: None,
+                    commit: None,
                 },
             };
             store.insert_run(&run).await.unwrap();

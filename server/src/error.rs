@@ -42,6 +42,16 @@ pub enum Error {
     /// A quota or concurrency limit.
     #[error("{0}")]
     Limit(String),
+    /// A repository could not be used or changed. `kind` is the error kind callers branch on:
+    /// `not_a_repo`, `repo_busy`, `repo_too_large`, `repo_unreachable`, `bad_change`, `conflict`
+    /// or `repo_failed`.
+    #[error("{message}")]
+    Repo {
+        /// The error kind.
+        kind: &'static str,
+        /// What went wrong and what to do, in words.
+        message: String,
+    },
     /// The sandbox backend failed.
     #[error(transparent)]
     Sandbox(SandboxError),
@@ -86,6 +96,15 @@ impl From<SandboxError> for Error {
     }
 }
 
+impl From<delegate_repo::RepoError> for Error {
+    fn from(e: delegate_repo::RepoError) -> Self {
+        Error::Repo {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
@@ -107,6 +126,10 @@ impl From<Error> for DelegateError {
             Error::Conflict(m) => DelegateError::Unavailable(m),
             Error::Sandbox(e) => DelegateError::Unavailable(format!("the sandbox failed: {e}")),
             Error::Limit(m) => DelegateError::Limit(m),
+            Error::Repo { kind, message } => DelegateError::Repo {
+                kind: kind.to_string(),
+                message,
+            },
             Error::Internal(m) => DelegateError::Internal(m),
             e @ (Error::Store(_) | Error::Transition(_)) => DelegateError::Internal(logged(e)),
         }

@@ -601,6 +601,7 @@ async fn api_store_methods_agree_on_both_databases() {
             created_by: None,
             created_at: now,
             updated_at: now,
+            base: None,
         };
         store.insert_sandbox(&sandbox).await.unwrap();
         for (i, status) in [

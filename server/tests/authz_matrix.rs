@@ -101,6 +101,10 @@ fn expected(operation_id: &str, access: Access, who: Who) -> u16 {
         "openSandbox" => ws(Role::Developer, 409),
         // Invalid files after authorization (no run or sandbox starts).
         "createRun" | "createSandbox" => ws(Role::Developer, 400),
+        // An empty body is not a git bundle, refused after authorization.
+        "uploadSnapshot" => ws(Role::Developer, 400),
+        // The row-only run has no change to serve.
+        "getRunPatch" | "getRunBundle" => ws(Role::Guest, 404),
         "cancelRun" | "deleteSandbox" | "pauseSandbox" | "resumeSandbox" => {
             ws(Role::Developer, 200)
         }
@@ -205,7 +209,8 @@ impl World {
     /// The route's path with real ids, plus the query it needs.
     fn path(&self, template: &str, operation_id: &str) -> String {
         let id = match operation_id {
-            "getRun" | "cancelRun" | "runEvents" | "getRunDetail" => self.run.as_str(),
+            "getRun" | "cancelRun" | "runEvents" | "getRunDetail" | "getRunPatch"
+            | "getRunBundle" => self.run.as_str(),
             "resumeSandbox" | "openSandbox" => self.running.as_str(),
             "getSandbox" | "deleteSandbox" | "pauseSandbox" => self.paused.as_str(),
             "revokeToken" => self.owner_token.as_str(),
@@ -222,6 +227,7 @@ impl World {
             "listRuns" | "listSandboxes" | "getUsage" | "listRunSummaries" => {
                 format!("{path}?workspace={}", self.ws.slug)
             }
+            "uploadSnapshot" => format!("{path}?workspace={}&repo=/src/project", self.ws.slug),
             _ => path,
         }
     }

@@ -26,6 +26,7 @@ fn sandbox(id: &str, ws: &str, created_at: i64) -> Sandbox {
         created_by: Some("user:u1".into()),
         created_at,
         updated_at: created_at,
+        base: None,
     }
 }
 
@@ -426,6 +427,9 @@ async fn lifecycle(store: &dyn Store) {
             message: "529 overloaded".into(),
         }),
         ttft_ms: ttft,
+        // Written by finish_run; `base` is the inserted run's and stays.
+        commit: Some("0f3a".repeat(10)),
+        base: None,
     };
     store
         .finish_run("r1", RunStatus::Running, RunStatus::Failed, &outcome, 900)

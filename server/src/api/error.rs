@@ -79,6 +79,15 @@ impl From<Error> for ApiError {
                 format!("the sandbox failed: {e}"),
             ),
             Error::Limit(m) => Self::new(StatusCode::TOO_MANY_REQUESTS, "limit", m),
+            // The code is the kind, so REST and MCP clients branch on the same words.
+            Error::Repo { kind, message } => {
+                let status = match kind {
+                    "repo_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+                    "conflict" => StatusCode::CONFLICT,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                Self::new(status, kind, message)
+            }
             // Already logged where it happened.
             Error::Internal(_) => Self::generic_internal(),
             e @ (Error::Store(_) | Error::Transition(_)) => Self::internal(e),

@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod ops;
 pub mod runs;
 pub mod sandboxes;
+pub mod snapshots;
 pub mod sso;
 pub mod tokens;
 pub mod views;
@@ -283,6 +284,12 @@ pub fn table() -> Vec<Route> {
         Route::new(Method::POST, "/api/runs/{id}/cancel", "cancelRun", "Cancel a run and wait until it ended", post(runs::cancel))
             .id("Run id")
             .reply(200, "The run's status after the cancel", schema::<CancelRunOutput>),
+        Route::new(Method::GET, "/api/runs/{id}/patch", "getRunPatch", "A run's whole change as a binary-safe patch (`git apply` takes it); 404 while the run has no change", get(runs::patch))
+            .id("Run id")
+            .reply_text(200, "The patch (`git diff --binary --full-index` of the agent's commit)", "text/x-diff"),
+        Route::new(Method::GET, "/api/runs/{id}/bundle", "getRunBundle", "A run's change as a git bundle: the commits from the snapshot its sandbox started from to the run's commit, as ref `refs/delegate/export` (header `X-Delegate-Commit`); 404 when the sandbox did not start from a snapshot or the run has no change", get(runs::bundle))
+            .id("Run id")
+            .reply_text(200, "The bundle", "application/x-git-bundle"),
         Route::new(Method::GET, "/api/runs/{id}/events", "runEvents", "A run's events after a cursor: a JSON page (long-polls up to wait_seconds), or with `Accept: text/event-stream` an SSE stream (`id: seq`, `event: type`, `data: Event`; resume with `Last-Event-ID`; ends with `event: end`)", get(runs::events))
             .id("Run id")
             .param("after", In::Query, "integer", "Events after this sequence number (default 0).")
@@ -290,6 +297,14 @@ pub fn table() -> Vec<Route> {
             .param("wait_seconds", In::Query, "integer", "JSON page: wait this long for a first event (default 0, max 60).")
             .param("Last-Event-ID", In::Header, "string", "SSE: resume after this sequence number.")
             .reply(200, "A page of events (SSE: text/event-stream)", schema::<StreamSessionOutput>),
+        // Repository snapshots.
+        Route::new(Method::POST, "/api/snapshots", "uploadSnapshot", "Upload a repository snapshot (a git bundle, `Content-Type: application/x-git-bundle`, streamed; at most DELEGATE_MAX_REPO_BYTES, else 413 `repo_too_large`) for one `createRun` or `createSandbox` in the workspace: pass `snapshot_id` as their `snapshot`; it is used once and expires after an hour", post(snapshots::create))
+            .param("workspace", In::Query, "string", workspace)
+            .param("repo", In::Query, "string", "The work tree's root on your machine (reported back as the result's `base.repo`).")
+            .param("commit", In::Query, "string", "The commit snapshotted (your HEAD), when there is one.")
+            .param("branch", In::Query, "string", "Your current branch, when there is one.")
+            .param("dirty", In::Query, "boolean", "Whether uncommitted changes went along (default false).")
+            .reply(201, "Received", schema::<delegate_mcp::rest::SnapshotUploaded>),
         // Sandboxes.
         Route::new(Method::POST, "/api/sandboxes", "createSandbox", "Create a warm sandbox", post(sandboxes::create))
             .body(schema::<CreateSandboxInput>)

@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -14,7 +15,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{ApiError, ApiResult, ApiState, Authed, IdPath, Json, Query};
-use crate::delegation::Action;
+use crate::delegation::{Action, RunChange};
 use crate::ids::{RunId, SandboxId};
 use crate::orchestrator::Orchestrator;
 
@@ -114,6 +115,43 @@ pub async fn cancel(
 ) -> ApiResult<Response> {
     let out = state.service.cancel_run(&caller, &id).await?;
     Ok(axum::Json(out).into_response())
+}
+
+/// `GET /api/runs/{id}/patch`: a run's whole binary-safe patch, streamed from its file.
+pub async fn patch(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    IdPath(id): IdPath<RunId>,
+) -> ApiResult<Response> {
+    let change = state.service.run_patch(&caller, &id).await?;
+    change_file(change, "text/x-diff").await
+}
+
+/// `GET /api/runs/{id}/bundle`: a run's change as a git bundle on top of its snapshot, streamed
+/// from its file; the commit in `X-Delegate-Commit`.
+pub async fn bundle(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    IdPath(id): IdPath<RunId>,
+) -> ApiResult<Response> {
+    let change = state.service.run_bundle(&caller, &id).await?;
+    change_file(change, "application/x-git-bundle").await
+}
+
+async fn change_file(change: RunChange, content_type: &'static str) -> ApiResult<Response> {
+    let file = tokio::fs::File::open(&change.path)
+        .await
+        .map_err(ApiError::internal)?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::CONTENT_LENGTH, change.bytes.to_string()),
+        ],
+        [("x-delegate-commit", change.commit)],
+        body,
+    )
+        .into_response())
 }
 
 /// `GET /api/runs/{id}/events`: a run's events after a cursor, as a long-polled JSON page or, with

@@ -1,6 +1,7 @@
 //! [`EmbeddedDelegator`]: the MCP tools' [`Delegator`] over the [`Service`] of an orchestrator
 //! in this process (`delegate mcp`, `/mcp` of `delegate serve`).
 
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,7 +11,7 @@ use delegate_mcp::tools::{
     ListSandboxesInput, ListSandboxesOutput, RunInSandboxInput, SandboxInfo, StreamSessionInput,
     StreamSessionOutput,
 };
-use delegate_mcp::types::RunResult;
+use delegate_mcp::types::{RepoBase, RunResult};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -95,5 +96,61 @@ impl Delegator for EmbeddedDelegator {
     ) -> Result<CancelRunOutput, DelegateError> {
         let id = input.run_id.parse().map_err(Error::from)?;
         Ok(self.service.cancel_run(caller, &id).await?)
+    }
+
+    async fn upload_snapshot(
+        &self,
+        caller: &Caller,
+        workspace: Option<&str>,
+        base: &RepoBase,
+        bundle: &Path,
+    ) -> Result<String, DelegateError> {
+        Ok(self
+            .service
+            .snapshot_from_file(caller, workspace, base.clone(), bundle)
+            .await?)
+    }
+
+    async fn download_change(
+        &self,
+        caller: &Caller,
+        run_id: &str,
+        out: &Path,
+    ) -> Result<String, DelegateError> {
+        let id = run_id.parse().map_err(Error::from)?;
+        let change = self.service.run_bundle(caller, &id).await?;
+        tokio::fs::copy(&change.path, out)
+            .await
+            .map_err(|e| DelegateError::Internal(format!("{}: {e}", out.display())))?;
+        Ok(change.commit)
+    }
+
+    async fn read_patch(
+        &self,
+        caller: &Caller,
+        run_id: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, DelegateError> {
+        let id = run_id.parse().map_err(Error::from)?;
+        let change = self.service.run_patch(caller, &id).await?;
+        if change.bytes > max_bytes {
+            let url = self
+                .service
+                .orchestrator()
+                .settings()
+                .public_url
+                .as_deref()
+                .map(|u| format!(" from {}/api/runs/{run_id}/patch", u.trim_end_matches('/')))
+                .unwrap_or_default();
+            return Err(DelegateError::Limit(format!(
+                "the patch of run {run_id} is {} bytes, over the {max_bytes} asked for; download \
+                 it{url} instead, or apply it with apply_changes",
+                change.bytes
+            )));
+        }
+        let bytes = tokio::fs::read(&change.path)
+            .await
+            .map_err(|e| DelegateError::Internal(crate::error::logged(e)))?;
+        Ok(bytes)
     }
 }

@@ -4,13 +4,16 @@
 //! tools' [`Delegator`](delegate_mcp::delegator::Delegator) over it; `crate::api` is the REST surface over it.
 //!
 //! This file holds the service, its authorization and lookups; `runs.rs` the run operations,
-//! `sandboxes.rs` the warm-sandbox operations, `embedded.rs` the MCP tools' delegator.
+//! `sandboxes.rs` the warm-sandbox operations, `repos.rs` repositories in (snapshots) and changes
+//! out (patches, bundles), `embedded.rs` the MCP tools' delegator.
 
 mod embedded;
+mod repos;
 mod runs;
 mod sandboxes;
 
 pub use embedded::EmbeddedDelegator;
+pub use repos::{RepoInput, RunChange};
 pub use runs::{MAX_EVENTS_PER_POLL, MAX_WAIT};
 
 use delegate_mcp::delegator::Caller;
@@ -160,7 +163,7 @@ impl Service {
             opencode_url: SandboxId::parse(&s.id)
                 .and_then(|id| self.orch.opencode_url(&id))
                 .map(|local| self.orch.settings().sandbox_origin(&s.id).unwrap_or(local)),
-            base: None,
+            base: s.base.clone(),
             created_at: s.created_at,
         }
     }

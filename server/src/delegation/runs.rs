@@ -12,7 +12,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Action, Error, Result, Service, internal};
+use super::{Action, Error, RepoInput, Result, Service, internal};
 use crate::ids::{Origin, RunId, SandboxId};
 use crate::orchestrator::RunRequest;
 use crate::store::{Run, Workspace};
@@ -50,6 +50,18 @@ impl Service {
                 (ws, None)
             }
         };
+        let snapshot = self
+            .starting_point(
+                caller,
+                &ws,
+                sandbox.as_ref(),
+                RepoInput {
+                    repo: input.repo.as_deref(),
+                    git_ref: input.git_ref.as_deref(),
+                    snapshot: input.snapshot.as_deref(),
+                },
+            )
+            .await?;
         let created_by = match (&caller.client, &caller.token_id) {
             (Some(client), None) if client == delegate_mcp::delegator::CLI_CLIENT => Origin::Cli,
             (Some(client), _) => Origin::Mcp(client.clone()),
@@ -65,6 +77,7 @@ impl Service {
             agent: input.agent,
             timeout: input.timeout_seconds.map(Duration::from_secs),
             continue_session: input.continue_session.unwrap_or(false),
+            snapshot,
             created_by: Some(created_by),
         };
         let started = match sandbox {

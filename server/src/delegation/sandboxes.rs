@@ -8,7 +8,7 @@ use delegate_mcp::tools::{
 };
 use delegate_mcp::types::SandboxStatus;
 
-use super::{Action, Error, Result, Service, internal};
+use super::{Action, Error, RepoInput, Result, Service, internal};
 use crate::ids::{Origin, SandboxId};
 use crate::orchestrator::SandboxRequest;
 
@@ -22,6 +22,18 @@ impl Service {
         let ws = self
             .authorize(caller, input.workspace.as_deref(), Action::Write)
             .await?;
+        let snapshot = self
+            .starting_point(
+                caller,
+                &ws,
+                None,
+                RepoInput {
+                    repo: input.repo.as_deref(),
+                    git_ref: input.git_ref.as_deref(),
+                    snapshot: input.snapshot.as_deref(),
+                },
+            )
+            .await?;
         let sandbox = self
             .orch
             .create_sandbox(SandboxRequest {
@@ -29,6 +41,7 @@ impl Service {
                 name: input.name,
                 files: input.files.unwrap_or_default(),
                 idle_timeout: input.idle_timeout_seconds.map(Duration::from_secs),
+                snapshot,
                 created_by: Some(Origin::User(caller.user_id.clone())),
             })
             .await?;

@@ -51,6 +51,7 @@ pub async fn register_external_sandbox(
         created_by: created_by.map(|o| o.to_string()),
         created_at: now,
         updated_at: now,
+        base: None,
     };
     store.insert_sandbox(&sandbox).await?;
     let token = issue_sandbox_token(store, &id, &workspace.id, expires_at).await?;

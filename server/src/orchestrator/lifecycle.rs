@@ -9,7 +9,7 @@ use delegate_mcp::types::SandboxStatus;
 
 use super::grants::issue_sandbox_token;
 use super::reservation::Reservation;
-use super::{Error, LOCAL_BACKEND, Orchestrator, Result, SandboxRequest, Warm, lock};
+use super::{Error, LOCAL_BACKEND, Orchestrator, Result, SandboxRequest, SnapshotFile, Warm, lock};
 use crate::ids::{Origin, SandboxId, new_secret, now_ms};
 use crate::names::Name;
 use crate::sandbox::{SandboxError, SandboxSpec, ServeEndpoint};
@@ -22,6 +22,17 @@ pub(super) const IDLE_SWEEP: Duration = Duration::from_secs(1);
 
 /// How long a delete waits for a pause or resume that holds the sandbox.
 const HELD_WAIT: Duration = Duration::from_secs(60);
+
+/// A sandbox row about to be written, and what its work dir starts from.
+pub(super) struct NewSandbox<'a> {
+    pub(super) kind: SandboxKind,
+    pub(super) name: Option<String>,
+    pub(super) files: BTreeMap<String, String>,
+    /// The snapshot it is cloned from; it must stay on disk until the backend made the sandbox.
+    pub(super) snapshot: Option<&'a SnapshotFile>,
+    pub(super) idle_timeout: Option<Duration>,
+    pub(super) created_by: Option<Origin>,
+}
 
 impl Orchestrator {
     /// Makes a warm sandbox (opencode serve inside) and waits until it is running.
@@ -43,14 +54,19 @@ impl Orchestrator {
         let (sandbox, spec) = self
             .insert_sandbox(
                 &ws,
-                SandboxKind::Warm,
-                name,
-                req.files,
-                req.idle_timeout,
-                req.created_by,
+                NewSandbox {
+                    kind: SandboxKind::Warm,
+                    name,
+                    files: req.files,
+                    snapshot: req.snapshot.as_deref(),
+                    idle_timeout: req.idle_timeout,
+                    created_by: req.created_by,
+                },
             )
             .await?;
         let endpoint = self.start_sandbox(&sandbox, &spec).await?;
+        // Cloned into the work dir: the uploaded bundle is not needed any more.
+        SnapshotFile::release(req.snapshot).await;
         if let Some(endpoint) = endpoint {
             let idle_timeout = req.idle_timeout.unwrap_or(self.inner.settings.idle_timeout);
             lock(&self.inner.warm).insert(
@@ -77,12 +93,16 @@ impl Orchestrator {
     pub(super) async fn insert_sandbox(
         &self,
         ws: &Workspace,
-        kind: SandboxKind,
-        name: Option<String>,
-        files: BTreeMap<String, String>,
-        idle_timeout: Option<Duration>,
-        created_by: Option<Origin>,
+        new: NewSandbox<'_>,
     ) -> Result<(Sandbox, SandboxSpec)> {
+        let NewSandbox {
+            kind,
+            name,
+            files,
+            snapshot,
+            idle_timeout,
+            created_by,
+        } = new;
         let now = now_ms();
         let id = SandboxId::new().into_string();
         let sandbox = Sandbox {
@@ -98,6 +118,7 @@ impl Orchestrator {
             created_by: created_by.map(|o| o.to_string()),
             created_at: now,
             updated_at: now,
+            base: snapshot.map(|s| s.base.clone()),
         };
         self.inner.store.insert_sandbox(&sandbox).await?;
         self.inner
@@ -109,7 +130,7 @@ impl Orchestrator {
             id,
             kind,
             files,
-            repo: None,
+            repo: snapshot.map(|s| s.path.clone()),
             proxy_token: Secret::new(token),
             serve_password: (kind == SandboxKind::Warm).then(|| Secret::new(new_secret(""))),
         };

@@ -57,6 +57,7 @@ impl Orchestrator {
             created_by: created_by.map(|o| o.to_string()),
             created_at: now,
             updated_at: now,
+            base: None,
         };
         self.inner.store.insert_sandbox(&sandbox).await?;
         Ok(sandbox)

@@ -7,9 +7,12 @@
 //! sweep), `runs.rs` (the run facade), `run.rs` (driving one run) and `agent.rs` (following its
 //! agent), `log.rs` (the event log), `reservation.rs` (one operation per sandbox), `recovery.rs`
 //! (restart, shutdown, cancel requests from other servers), `local.rs` (local sandboxes through
-//! the tunnel) and `grants.rs` (sandbox proxy tokens).
+//! the tunnel), `grants.rs` (sandbox proxy tokens), `snapshots.rs` (repository snapshots
+//! uploaded for a sandbox to start from) and `artifacts.rs` (each run's change kept as a patch
+//! and a bundle).
 
 mod agent;
+mod artifacts;
 mod grants;
 mod lifecycle;
 mod local;
@@ -18,6 +21,7 @@ mod recovery;
 mod reservation;
 mod run;
 mod runs;
+mod snapshots;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -27,10 +31,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 // Bootstrap lives in `crate::bootstrap`; re-exported for the callers that name it here.
+pub use artifacts::{bundle_path, patch_path, run_dir};
 pub use grants::register_external_sandbox;
 pub use local::LOCAL_BACKEND;
 pub use log::{LiveLog, follow};
 pub use runs::{REMOTE_WAIT, result_of};
+pub use snapshots::{SNAPSHOT_PREFIX, SNAPSHOT_TTL, SnapshotFile, Snapshots};
 
 use crate::bootstrap::{ensure_local_user, instance_id};
 use crate::ids::{Origin, RunId, SandboxId};
@@ -67,6 +73,8 @@ pub struct RunRequest {
     pub timeout: Option<Duration>,
     /// In a warm sandbox, continue its previous opencode session instead of starting a new one.
     pub continue_session: bool,
+    /// The repository a fresh sandbox starts from (taken from [`Snapshots`] for this caller).
+    pub snapshot: Option<Arc<SnapshotFile>>,
     /// Who delegated it.
     pub created_by: Option<Origin>,
 }
@@ -82,6 +90,8 @@ pub struct SandboxRequest {
     pub files: BTreeMap<String, String>,
     /// Pause after this long without a run; `None` for the server's idle timeout.
     pub idle_timeout: Option<Duration>,
+    /// The repository it starts from (taken from [`Snapshots`] for this caller).
+    pub snapshot: Option<Arc<SnapshotFile>>,
     /// Who created it.
     pub created_by: Option<Origin>,
 }
@@ -121,6 +131,8 @@ struct Inner {
     warm: Mutex<HashMap<String, Warm>>,
     /// Local sandboxes whose agent is connected to this process.
     local: local::Links,
+    /// Repository snapshots uploaded for the next run or sandbox.
+    snapshots: Arc<Snapshots>,
     slots: Arc<Semaphore>,
     default_workspace: Workspace,
     /// The user embedded mode acts as (stdio MCP, `delegate run`).
@@ -144,6 +156,9 @@ impl Orchestrator {
         let instance_id = instance_id(&settings.data_dir)
             .await
             .map_err(|e| Error::Sandbox(SandboxError::Io(e.to_string())))?;
+        let snapshots = Snapshots::open(&settings.data_dir)
+            .await
+            .map_err(|e| Error::Sandbox(SandboxError::Io(format!("the snapshots dir: {e}"))))?;
         let orch = Orchestrator {
             inner: Arc::new(Inner {
                 store,
@@ -154,6 +169,7 @@ impl Orchestrator {
                 reservations: Reservations::default(),
                 warm: Mutex::new(HashMap::new()),
                 local: local::Links::default(),
+                snapshots: Arc::new(snapshots),
                 slots: Arc::new(Semaphore::new(settings.max_concurrent_runs.max(1))),
                 settings,
                 default_workspace,
@@ -164,6 +180,7 @@ impl Orchestrator {
         };
         orch.every(lifecycle::IDLE_SWEEP, lifecycle::sweep_idle);
         orch.every(REMOTE_POLL, recovery::watch_cancel_requests);
+        orch.every(snapshots::SNAPSHOT_SWEEP, snapshots::sweep_snapshots);
         Ok(orch)
     }
 

@@ -2,6 +2,7 @@
 //! into the event log, enforce the timeout and cancellation, then collect changes and usage and
 //! write the outcome with one checked transition.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use delegate_mcp::types::{ErrorKind, RunError, RunStatus, SandboxStatus, Usage};
@@ -11,9 +12,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::agent::{headless, served};
+use super::lifecycle::NewSandbox;
 use super::log::RunLog;
 use super::reservation::Reservation;
-use super::{Error, Orchestrator, Result, RunRequest, Warm, lock};
+use super::{Error, Orchestrator, Result, RunRequest, SnapshotFile, Warm, lock};
 use crate::ids::{Origin, RunId, SandboxId, now_ms};
 use crate::sandbox::{RunSpec, SandboxError, SandboxSpec};
 use crate::state::run_transition;
@@ -21,8 +23,9 @@ use crate::store::{Run, RunOutcome, Sandbox, SandboxKind};
 
 /// Where the run executes.
 enum Target {
-    /// A fresh sandbox made for this run and destroyed after it.
-    Ephemeral(SandboxSpec),
+    /// A fresh sandbox made for this run and destroyed after it, with the snapshot it starts
+    /// from (kept on disk until the sandbox has cloned it).
+    Ephemeral(SandboxSpec, Option<Arc<SnapshotFile>>),
     /// A warm sandbox's opencode serve.
     Warm(Warm),
 }
@@ -32,7 +35,7 @@ enum Target {
 /// caller has already read it (so it is not read twice); otherwise it is read here.
 pub(super) async fn start(
     orch: Orchestrator,
-    req: RunRequest,
+    mut req: RunRequest,
     loaded: Option<Sandbox>,
 ) -> Result<(RunId, SandboxId)> {
     // Everything the caller controls is checked before anything is written.
@@ -72,11 +75,20 @@ pub(super) async fn start(
         ))
     })?;
 
+    let mut loaded_base = None;
     let (sandbox_id, workspace_id, target, reservation) = match &req.sandbox_id {
         Some(id) => {
             if !req.files.is_empty() {
                 return Err(Error::Invalid(
                     "files: only for a fresh sandbox; a warm sandbox already has its files".into(),
+                ));
+            }
+            if req.snapshot.is_some() {
+                return Err(Error::Invalid(
+                    "snapshot: only for a fresh sandbox; a warm sandbox already has its files \
+                     (give the repository to create_sandbox instead), and local agents do not \
+                     take repositories yet"
+                        .into(),
                 ));
             }
             let (sandbox_id, sandbox) = match loaded {
@@ -88,6 +100,7 @@ pub(super) async fn start(
                     (id, sandbox)
                 }
             };
+            loaded_base = sandbox.base.clone();
             // On any error below, dropping the reservation frees the sandbox again.
             let reservation = orch.inner.reservations.reserve(&sandbox.id)?;
             let warm = match sandbox.status {
@@ -115,15 +128,20 @@ pub(super) async fn start(
             )
         }
         None => {
+            // The driver holds the only reference, so it can remove the file once cloned.
+            let snapshot = req.snapshot.take();
             let ws = orch.workspace(req.workspace.as_deref()).await?;
             let (sandbox, spec) = orch
                 .insert_sandbox(
                     &ws,
-                    SandboxKind::Ephemeral,
-                    None,
-                    req.files.clone(),
-                    None,
-                    req.created_by.clone(),
+                    NewSandbox {
+                        kind: SandboxKind::Ephemeral,
+                        name: None,
+                        files: req.files.clone(),
+                        snapshot: snapshot.as_deref(),
+                        idle_timeout: None,
+                        created_by: req.created_by.clone(),
+                    },
                 )
                 .await?;
             // A fresh sandbox nobody else knows yet.
@@ -131,12 +149,17 @@ pub(super) async fn start(
             (
                 sandbox.id.parse()?,
                 ws.id,
-                Target::Ephemeral(spec),
+                Target::Ephemeral(spec, snapshot),
                 reservation,
             )
         }
     };
 
+    // The run carries its sandbox's base, so its result needs no second read.
+    let base = match (&target, &loaded_base) {
+        (Target::Ephemeral(_, snapshot), _) => snapshot.as_ref().map(|s| s.base.clone()),
+        (Target::Warm(_), base) => base.clone(),
+    };
     let run_id = RunId::new();
     let model = req
         .model
@@ -155,7 +178,10 @@ pub(super) async fn start(
         created_at: now_ms(),
         started_at: None,
         finished_at: None,
-        outcome: RunOutcome::default(),
+        outcome: RunOutcome {
+            base,
+            ..RunOutcome::default()
+        },
     };
     let inserted = match orch.inner.store.insert_run(&run).await {
         Ok(()) => {
@@ -211,20 +237,22 @@ async fn drive(
     let inner = &orch.inner;
     let deadline = Instant::now() + timeout;
     let mut state = RunState::new(run.status);
-    let ephemeral = matches!(target, Target::Ephemeral(_));
+    let ephemeral = matches!(target, Target::Ephemeral(..));
 
     let outcome = async {
         state
             .advance(&orch, &run.id, RunStatus::Starting, &mut log)
             .await?;
         let warm = match target {
-            Target::Ephemeral(sandbox_spec) => {
+            Target::Ephemeral(sandbox_spec, snapshot) => {
                 let sandbox = inner.store.sandbox(&run.sandbox_id).await?;
                 tokio::select! {
                     r = orch.start_sandbox(&sandbox, &sandbox_spec) => { r?; }
                     _ = cancel.cancelled() => return Ok(Finish::cancelled()),
                     _ = tokio::time::sleep_until(deadline) => return Ok(Finish::timed_out(timeout)),
                 }
+                // Cloned into the work dir: the uploaded bundle is not needed any more.
+                SnapshotFile::release(snapshot).await;
                 None
             }
             Target::Warm(w) => Some(w),
@@ -272,6 +300,13 @@ async fn drive(
             .await
         {
             Ok(changes) => {
+                // Kept now, before an ephemeral sandbox (and its change repository) goes.
+                if let Err(e) =
+                    super::artifacts::keep(&inner.settings.data_dir, &run.id, &changes).await
+                {
+                    tracing::warn!(run = %run.id, error = %e, "could not keep the run's change");
+                }
+                finish.outcome.commit = Some(changes.commit);
                 finish.outcome.changed_files = changes.files;
                 finish.outcome.diff = changes.diff;
                 finish.outcome.diff_truncated = changes.diff_truncated;

@@ -128,12 +128,17 @@ pub fn result_of(run: &Run, event_count: u64, public_url: Option<&str>) -> RunRe
         event_count,
         error: o.error.clone(),
         watch_url: public_url.map(|u| format!("{}/runs/{}", u.trim_end_matches('/'), run.id)),
-        base: None,
-        commit: None,
+        base: o.base.clone(),
+        commit: o.commit.clone(),
+        // Only a client on the caller's machine writes branches (and says so in its result).
         branch: None,
         applied: None,
         conflicts: Vec::new(),
         apply_message: None,
-        patch_url: None,
+        patch_url: o
+            .commit
+            .as_ref()
+            .and(public_url)
+            .map(|u| format!("{}/api/runs/{}/patch", u.trim_end_matches('/'), run.id)),
     }
 }

@@ -98,6 +98,9 @@ pub struct Changes {
     pub diff_truncated: bool,
     /// The repository holding `base` and `commit` (for the whole patch or a bundle).
     pub repo: PathBuf,
+    /// The snapshot the sandbox was cloned from (its tip, before any seed files), when it was:
+    /// a bundle from here to `commit` carries every change since, earlier runs' included.
+    pub origin: Option<String>,
 }
 
 impl SandboxDirs {
@@ -126,7 +129,7 @@ impl SandboxDirs {
                 .await
                 .map_err(io("create dir"))?;
         }
-        match repo {
+        let origin = match repo {
             Some(bundle) => {
                 git(&self.root)
                     .args(["clone", "-q", "--no-hardlinks"])
@@ -140,6 +143,12 @@ impl SandboxDirs {
                     .run()
                     .await
                     .map_err(repo_err)?;
+                let head = git(&self.workspace)
+                    .args(["rev-parse", "--verify", "-q", "HEAD^{commit}"])
+                    .line()
+                    .await
+                    .map_err(repo_err)?;
+                Some(head)
             }
             None => {
                 tokio::fs::create_dir_all(&self.workspace)
@@ -150,8 +159,9 @@ impl SandboxDirs {
                     .run()
                     .await
                     .map_err(repo_err)?;
+                None
             }
-        }
+        };
         for (path, content) in files {
             let dest = self.workspace.join(path);
             if let Some(parent) = dest.parent() {
@@ -200,6 +210,9 @@ impl SandboxDirs {
             .await
             .map_err(repo_err)?;
         changes.set_ref("tip", &tip).await.map_err(repo_err)?;
+        if let Some(origin) = origin {
+            changes.set_ref("origin", &origin).await.map_err(repo_err)?;
+        }
         Ok(())
     }
 
@@ -245,6 +258,7 @@ impl SandboxDirs {
             .await
             .map_err(repo_err)?;
         repo.set_ref("tip", &commit).await.map_err(repo_err)?;
+        let origin = repo.resolve("refs/delegate/origin").await.ok();
         Ok(Changes {
             base,
             commit,
@@ -252,6 +266,7 @@ impl SandboxDirs {
             diff,
             diff_truncated,
             repo: self.changes.clone(),
+            origin,
         })
     }
 }
@@ -360,6 +375,42 @@ mod tests {
         commit_inside(&dirs, "run 3").await;
         let changes = dirs.import_changes(100).await.unwrap();
         assert!(changes.diff_truncated && changes.diff.len() <= 100);
+    }
+
+    #[tokio::test]
+    async fn a_sandbox_cloned_from_a_snapshot_records_its_origin_below_the_seed_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let g = || git(&src);
+        g().args(["init", "-q", "-b", "main"]).run().await.unwrap();
+        std::fs::write(src.join("a.txt"), "a\n").unwrap();
+        g().args(["add", "-A"]).run().await.unwrap();
+        g().args(["commit", "-q", "-m", "a"]).run().await.unwrap();
+        let snapshot_tip = g().args(["rev-parse", "HEAD"]).line().await.unwrap();
+        let bundle = tmp.path().join("snap.bundle");
+        g().args(["bundle", "create", "-q"])
+            .arg(&bundle)
+            .args(["HEAD", "main"])
+            .run()
+            .await
+            .unwrap();
+        let dirs = SandboxDirs::new(tmp.path().join("sbx"));
+        let files = BTreeMap::from([("seed.txt".to_string(), "s\n".to_string())]);
+        dirs.create(&files, Some(&bundle)).await.unwrap();
+        assert_ne!(
+            dirs.tip().await.unwrap(),
+            snapshot_tip,
+            "the seed files sit on top"
+        );
+        std::fs::write(dirs.workspace.join("a.txt"), "a2\n").unwrap();
+        commit_inside(&dirs, "run 1").await;
+        let changes = dirs.import_changes(1 << 20).await.unwrap();
+        assert_eq!(changes.origin.as_deref(), Some(snapshot_tip.as_str()));
+        let empty = SandboxDirs::new(tmp.path().join("empty"));
+        empty.create(&BTreeMap::new(), None).await.unwrap();
+        commit_inside(&empty, "run 1").await;
+        assert_eq!(empty.import_changes(1 << 20).await.unwrap().origin, None);
     }
 
     #[tokio::test]

@@ -44,6 +44,9 @@ docker_network = "none"                                            # DELEGATE_DO
 max_concurrent_runs = 16                                           # DELEGATE_MAX_CONCURRENT_RUNS
 default_timeout = "900s"                                           # DELEGATE_DEFAULT_TIMEOUT
 diff_max_bytes = 262144                                            # DELEGATE_DIFF_MAX_BYTES
+# Repositories a sandbox starts from: the largest snapshot, and the most files in it.
+max_repo_bytes = 1073741824                                        # DELEGATE_MAX_REPO_BYTES
+max_repo_files = 200000                                            # DELEGATE_MAX_REPO_FILES
 
 # Password sign-up: open | invite (needs a code from a workspace maintainer) | disabled.
 registration = "invite"                                            # DELEGATE_REGISTRATION

@@ -39,6 +39,8 @@ struct FileSettings {
     max_concurrent_runs: Option<usize>,
     default_timeout: Option<String>,
     diff_max_bytes: Option<usize>,
+    max_repo_bytes: Option<u64>,
+    max_repo_files: Option<u64>,
     registration: Option<Registration>,
     oidc_redirect_base_url: Option<String>,
     oidc_issuer_url: Option<String>,
@@ -308,6 +310,14 @@ impl Settings {
                 f.diff_max_bytes.map(|n| n as u64),
                 256 * 1024,
             )? as usize,
+            max_repo_bytes: positive(
+                "DELEGATE_MAX_REPO_BYTES",
+                number("DELEGATE_MAX_REPO_BYTES", f.max_repo_bytes, 1 << 30)?,
+            )?,
+            max_repo_files: positive(
+                "DELEGATE_MAX_REPO_FILES",
+                number("DELEGATE_MAX_REPO_FILES", f.max_repo_files, 200_000)?,
+            )?,
             sso,
             registration,
             data_dir,
@@ -460,6 +470,17 @@ fn parse_base_domain(v: &str) -> Result<String, SettingsError> {
     }
 }
 
+/// A limit of 0 would refuse everything; say so instead.
+fn positive(name: &'static str, n: u64) -> Result<u64, SettingsError> {
+    if n == 0 {
+        return Err(SettingsError::Invalid {
+            name,
+            message: "must be at least 1".into(),
+        });
+    }
+    Ok(n)
+}
+
 fn default_data_dir() -> PathBuf {
     dirs::data_dir()
         .unwrap_or_else(|| PathBuf::from(".local/share"))
@@ -563,6 +584,29 @@ mod tests {
         assert!(Settings::load(None, &[("BASE_SCHEME", "ftp")]).is_err());
         let unset = Settings::load(None, &[("DELEGATE_MODEL", "anthropic/x")]).unwrap();
         assert!(unset.base_domain.is_none());
+    }
+
+    #[test]
+    fn repository_limits_default_and_come_from_env_or_file() {
+        let s = Settings::load(None, &[("DELEGATE_DATA_DIR", "/tmp/x")]).unwrap();
+        assert_eq!(s.repo_limits().max_bytes, 1 << 30);
+        assert_eq!(s.repo_limits().max_files, 200_000);
+        let s = Settings::load(
+            None,
+            &[
+                ("DELEGATE_MAX_REPO_BYTES", "1048576"),
+                ("DELEGATE_MAX_REPO_FILES", "10"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.max_repo_bytes, 1 << 20);
+        assert_eq!(s.max_repo_files, 10);
+        let err = Settings::load(None, &[("DELEGATE_MAX_REPO_BYTES", "0")]).unwrap_err();
+        assert!(err.to_string().contains("DELEGATE_MAX_REPO_BYTES"), "{err}");
+        let err = Settings::load(None, &[("DELEGATE_MAX_REPO_FILES", "many")]).unwrap_err();
+        assert!(err.to_string().contains("DELEGATE_MAX_REPO_FILES"), "{err}");
+        let f: FileSettings = toml::from_str("max_repo_bytes = 5\nmax_repo_files = 7\n").unwrap();
+        assert_eq!((f.max_repo_bytes, f.max_repo_files), (Some(5), Some(7)));
     }
 
     #[test]

@@ -196,6 +196,11 @@ pub struct Settings {
     pub default_timeout: Duration,
     /// The largest diff a result carries; longer ones are cut and flagged `diff_truncated`.
     pub diff_max_bytes: usize,
+    /// `DELEGATE_MAX_REPO_BYTES` (default 1 GiB): the largest repository snapshot a sandbox may
+    /// start from (an upload, or a tree's file content).
+    pub max_repo_bytes: u64,
+    /// `DELEGATE_MAX_REPO_FILES` (default 200000): the most files a repository snapshot may hold.
+    pub max_repo_files: u64,
     /// Who may sign up with a password (`DELEGATE_REGISTRATION`).
     pub registration: Registration,
     /// Single sign-on (generic OIDC, GitHub); each provider is on when its client id is set.
@@ -315,6 +320,14 @@ pub struct GithubSettings {
 }
 
 impl Settings {
+    /// The caps on a repository snapshot (`DELEGATE_MAX_REPO_BYTES`, `DELEGATE_MAX_REPO_FILES`).
+    pub fn repo_limits(&self) -> delegate_repo::Limits {
+        delegate_repo::Limits {
+            max_bytes: self.max_repo_bytes,
+            max_files: self.max_repo_files,
+        }
+    }
+
     /// `{scheme}://oc-{id}.{base_domain}`, where a browser finds a sandbox's opencode; `None`
     /// without `BASE_DOMAIN`.
     pub fn sandbox_origin(&self, sandbox_id: &str) -> Option<String> {

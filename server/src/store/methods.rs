@@ -143,6 +143,7 @@ macro_rules! impl_store {
                     .bind(&sandbox.created_by)
                     .bind(sandbox.created_at)
                     .bind(sandbox.updated_at)
+                    .bind(sql::base_text(sandbox.base.as_ref())?)
                     .execute(&self.pool)
                     .await
                     .map_err(db_error("sandbox"))?;
@@ -259,6 +260,8 @@ macro_rules! impl_store {
                     .bind(o.error.as_ref().map(|e| e.kind.as_str()))
                     .bind(o.error.as_ref().map(|e| e.message.as_str()))
                     .bind(o.ttft_ms)
+                    .bind(sql::base_text(o.base.as_ref())?)
+                    .bind(&o.commit)
                     .execute(&self.pool)
                     .await
                     .map_err(db_error("run"))?;
@@ -366,6 +369,7 @@ macro_rules! impl_store {
                     .bind(o.error.as_ref().map(|e| e.kind.as_str()))
                     .bind(o.error.as_ref().map(|e| e.message.as_str()))
                     .bind(o.ttft_ms)
+                    .bind(&o.commit)
                     .bind(id)
                     .bind(expected.as_str())
                     .execute(&self.pool)

@@ -14,7 +14,9 @@ mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use delegate_mcp::types::{ChangedFile, Event, RunError, RunStatus, SandboxStatus, Usage};
+use delegate_mcp::types::{
+    ChangedFile, Event, RepoBase, RunError, RunStatus, SandboxStatus, Usage,
+};
 use serde_json::Value;
 
 pub use postgres::PostgresStore;
@@ -177,6 +179,8 @@ pub struct Sandbox {
     pub created_at: Millis,
     /// When its status or meta last changed.
     pub updated_at: Millis,
+    /// The repository its work dir started from; `None` for an empty sandbox.
+    pub base: Option<RepoBase>,
 }
 
 /// A run row: one delegated task in one sandbox, from queueing to its outcome.
@@ -210,7 +214,7 @@ pub struct Run {
     pub outcome: RunOutcome,
 }
 
-/// What a run produced; filled when it ends.
+/// What a run produced; filled when it ends (but for `base`, known from the start).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunOutcome {
     /// opencode's last assistant text.
@@ -227,6 +231,12 @@ pub struct RunOutcome {
     pub error: Option<RunError>,
     /// Time to the first token of the first model call, as the proxy measured it.
     pub ttft_ms: Option<i64>,
+    /// The repository the run's sandbox started from; written when the run is recorded
+    /// ([`Store::insert_run`]), never changed after.
+    pub base: Option<RepoBase>,
+    /// The commit the run's change became (its patch and bundle are kept under the data dir);
+    /// `None` when nothing was collected.
+    pub commit: Option<String>,
 }
 
 /// What kind of secret a token row stands for. Only the SHA-256 of the secret is stored.

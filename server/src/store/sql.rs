@@ -6,7 +6,7 @@
 //! milliseconds, u64 counters as BIGINT), so every statement here runs unchanged on both.
 
 use delegate_mcp::types::{
-    ChangedFile, ErrorKind, Event, RunError, RunStatus, SandboxStatus, Usage,
+    ChangedFile, ErrorKind, Event, RepoBase, RunError, RunStatus, SandboxStatus, Usage,
 };
 use serde_json::Value;
 
@@ -43,11 +43,11 @@ pub(super) const MEMBER_ROLE: &str =
 // ---- Sandboxes --------------------------------------------------------------------------------
 
 const SANDBOX_COLUMNS: &str = "id, workspace_id, name, kind, backend, status, status_reason, \
-     idle_timeout_s, meta, created_by, created_at, updated_at";
+     idle_timeout_s, meta, created_by, created_at, updated_at, base";
 
 pub(super) const INSERT_SANDBOX: &str = "INSERT INTO sandboxes (id, workspace_id, name, kind, \
-     backend, status, status_reason, idle_timeout_s, meta, created_by, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+     backend, status, status_reason, idle_timeout_s, meta, created_by, created_at, updated_at, \
+     base) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
 pub(super) fn sandbox_by_id() -> String {
     format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = $1")
@@ -79,14 +79,14 @@ pub(super) const SET_SANDBOX_META: &str =
 const RUN_COLUMNS: &str = "id, sandbox_id, workspace_id, task, model, agent, status, timeout_s, \
      created_by, created_at, started_at, finished_at, final_message, changed_files, diff, \
      diff_truncated, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, \
-     error_kind, error_message, ttft_ms";
+     error_kind, error_message, ttft_ms, base, commit_sha";
 
 pub(super) const INSERT_RUN: &str = "INSERT INTO runs (id, sandbox_id, workspace_id, task, model, \
      agent, status, timeout_s, created_by, created_at, started_at, finished_at, final_message, \
      changed_files, diff, diff_truncated, input_tokens, output_tokens, cache_read_tokens, \
-     cache_write_tokens, cost_usd, error_kind, error_message, ttft_ms) \
+     cache_write_tokens, cost_usd, error_kind, error_message, ttft_ms, base, commit_sha) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-     $19, $20, $21, $22, $23, $24)";
+     $19, $20, $21, $22, $23, $24, $25, $26)";
 
 pub(super) fn run_by_id() -> String {
     format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1")
@@ -124,8 +124,8 @@ pub(super) const RUN_STATUS: &str = "SELECT status FROM runs WHERE id = $1";
 pub(super) const FINISH_RUN: &str = "UPDATE runs SET status = $1, finished_at = $2, \
      final_message = $3, changed_files = $4, diff = $5, diff_truncated = $6, input_tokens = $7, \
      output_tokens = $8, cache_read_tokens = $9, cache_write_tokens = $10, cost_usd = $11, \
-     error_kind = $12, error_message = $13, ttft_ms = $14 \
-     WHERE id = $15 AND status = $16";
+     error_kind = $12, error_message = $13, ttft_ms = $14, commit_sha = $15 \
+     WHERE id = $16 AND status = $17";
 
 // ---- Events -----------------------------------------------------------------------------------
 
@@ -228,6 +228,19 @@ fn parse_json(what: &str, text: &str) -> Result<Value> {
 
 pub(super) fn json_text(v: &Value) -> String {
     v.to_string()
+}
+
+/// A repository base as stored (JSON text), `None` for none.
+pub(super) fn base_text(base: Option<&RepoBase>) -> Result<Option<String>> {
+    base.map(|b| {
+        serde_json::to_string(b).map_err(|e| StoreError::Database(format!("encoding base: {e}")))
+    })
+    .transpose()
+}
+
+fn parse_base(what: &str, text: Option<&str>) -> Result<Option<RepoBase>> {
+    text.map(|t| serde_json::from_str(t).map_err(|e| corrupt(what, e)))
+        .transpose()
 }
 
 pub(super) fn changed_files_text(files: &[ChangedFile]) -> Result<String> {
@@ -365,6 +378,7 @@ pub(super) struct SandboxRow {
     created_by: Option<String>,
     created_at: Millis,
     updated_at: Millis,
+    base: Option<String>,
 }
 
 impl SandboxRow {
@@ -374,6 +388,7 @@ impl SandboxRow {
                 .ok_or_else(|| corrupt("sandbox kind", &self.kind))?,
             status: parse_sandbox_status(&self.status)?,
             meta: parse_json("sandbox meta", &self.meta)?,
+            base: parse_base("sandbox base", self.base.as_deref())?,
             id: self.id,
             workspace_id: self.workspace_id,
             name: self.name,
@@ -413,6 +428,8 @@ pub(super) struct RunRow {
     error_kind: Option<String>,
     error_message: Option<String>,
     ttft_ms: Option<i64>,
+    base: Option<String>,
+    commit_sha: Option<String>,
 }
 
 impl RunRow {
@@ -453,6 +470,8 @@ impl RunRow {
                 },
                 error,
                 ttft_ms: self.ttft_ms,
+                base: parse_base("run base", self.base.as_deref())?,
+                commit: self.commit_sha,
             },
         })
     }

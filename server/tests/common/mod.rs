@@ -296,6 +296,7 @@ pub fn sandbox_row(
         created_by: None,
         created_at: now,
         updated_at: now,
+        base: None,
     }
 }
 
