@@ -6,6 +6,7 @@
 //! This file holds the service, its authorization and lookups; `runs.rs` the run operations,
 //! `sandboxes.rs` the warm-sandbox operations, `embedded.rs` the MCP tools' delegator.
 
+pub mod clone;
 mod embedded;
 mod runs;
 mod sandboxes;

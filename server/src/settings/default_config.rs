@@ -44,6 +44,9 @@ docker_network = "none"                                            # DELEGATE_DO
 max_concurrent_runs = 16                                           # DELEGATE_MAX_CONCURRENT_RUNS
 default_timeout = "900s"                                           # DELEGATE_DEFAULT_TIMEOUT
 diff_max_bytes = 262144                                            # DELEGATE_DIFF_MAX_BYTES
+# `repo` URLs are cloned over https from public addresses only; these on-prem git servers
+# (host[:port]) may also be private, and plain http.          DELEGATE_GIT_ALLOWED_HOSTS
+# git_allowed_hosts = ["git.example.internal", "10.0.0.5:8080"]
 
 # Password sign-up: open | invite (needs a code from a workspace maintainer) | disabled.
 registration = "invite"                                            # DELEGATE_REGISTRATION

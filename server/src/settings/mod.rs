@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use default_config::DEFAULT_CONFIG;
-pub use load::{EnvSource, ProcessEnv, SettingsError, parse_duration};
+pub use load::{EnvSource, ProcessEnv, SettingsError, parse_duration, parse_git_host};
 
 /// A secret value: never printed by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -206,6 +206,19 @@ pub struct Settings {
     pub base_domain: Option<String>,
     /// `BASE_SCHEME` (default `http`): the scheme of the gateway's URLs (`https` behind TLS).
     pub base_scheme: String,
+    /// `DELEGATE_GIT_ALLOWED_HOSTS` (comma-separated `host[:port]`; default none): on-prem git
+    /// servers that `repo` URLs may reach although they resolve to private addresses, over
+    /// `http://` too.
+    pub git_allowed_hosts: Vec<GitHost>,
+}
+
+/// A git server an admin trusts (one entry of `DELEGATE_GIT_ALLOWED_HOSTS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitHost {
+    /// The host as a URL spells it after normalization: lower case, IPv6 in brackets.
+    pub host: String,
+    /// Only this port; any port when `None`.
+    pub port: Option<u16>,
 }
 
 /// Single sign-on settings. Callbacks are `{redirect_base_url}/api/auth/oidc/callback` and
