@@ -127,25 +127,46 @@ pub async fn clone_url(
         .prefix("clone-")
         .tempdir_in(scratch)
         .map_err(|e| io_error(scratch, e))?;
-    let work = dir.path().join("repo");
     let fetch = Fetch {
         target: &target,
         pin,
         deadline,
         timeout: policy.timeout,
     };
-    fetch.clone_into(want.as_ref(), &work).await?;
-
-    let mut snapshot = Snapshot::take(&work, limits, scratch)
-        .await
-        .map_err(|e| CloneError::Repo(name_the_url(e, &work, &target.url)))?;
-    adopt_objects(&work.join(".git/objects"), &snapshot.scratch()).await?;
+    let taken = snapshot_clone(
+        &fetch,
+        want.as_ref(),
+        &dir.path().join("repo"),
+        limits,
+        scratch,
+    )
+    .await;
+    // A checkout can be a gigabyte of files: removing it is blocking work, done off the runtime
+    // (and awaited, so that nothing is left behind once this returns).
+    let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
+    let mut snapshot = taken?;
     snapshot.base = Base {
         repo: target.url.to_string(),
         commit: snapshot.base.commit.take(),
         branch: git_ref.map(str::to_string),
         dirty: snapshot.base.dirty,
     };
+    Ok(snapshot)
+}
+
+/// Clones into `work` and snapshots it; the snapshot takes the clone's objects along.
+async fn snapshot_clone(
+    fetch: &Fetch<'_>,
+    want: Option<&Want>,
+    work: &Path,
+    limits: Limits,
+    scratch: &Path,
+) -> Result<Snapshot, CloneError> {
+    fetch.clone_into(want, work).await?;
+    let snapshot = Snapshot::take(work, limits, scratch)
+        .await
+        .map_err(|e| CloneError::Repo(name_the_url(e, work, &fetch.target.url)))?;
+    adopt_objects(&work.join(".git/objects"), &snapshot.scratch()).await?;
     Ok(snapshot)
 }
 
@@ -170,19 +191,19 @@ impl Target {
                 "repo is neither a local path nor a valid URL ({e}); give an https:// git URL"
             ))
         })?;
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(CloneError::Invalid(
-                "the repo URL carries credentials (user:password@); delegate never takes them \
-                 in URLs: give the URL without them (public repositories only)"
-                    .into(),
-            ));
-        }
         let scheme = url.scheme();
         if scheme != "https" && scheme != "http" {
             return Err(CloneError::Invalid(format!(
                 "repo URLs must be https:// (not {scheme}:); ssh, git and file URLs are not \
                  supported"
             )));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(CloneError::Invalid(
+                "the repo URL carries credentials (user:password@); delegate never takes them \
+                 in URLs: give the URL without them (public repositories only)"
+                    .into(),
+            ));
         }
         if url.fragment().is_some() {
             return Err(CloneError::Invalid(format!(
