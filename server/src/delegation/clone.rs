@@ -645,7 +645,7 @@ fn non_public_v4(a: Ipv4Addr) -> Option<&'static str> {
         (100, b, ..) if (64..128).contains(&b) => "carrier-grade NAT",
         (224..=239, ..) => "multicast",
         (240..=255, ..) => "reserved",
-        (192, 0, 0, _) | (192, 0, 2, _) | (198, 51, 100, _) | (203, 0, 113, _) => "reserved",
+        (192, 0, 0 | 2, _) | (198, 51, 100, _) | (203, 0, 113, _) => "reserved",
         (198, 18 | 19, ..) => "reserved",
         _ => return None,
     })
