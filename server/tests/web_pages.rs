@@ -217,3 +217,143 @@ async fn the_sign_in_page_offers_single_sign_on_when_configured() {
         assert_eq!(href, "/api/auth/github/start?return_to=%2F", "next={next}");
     }
 }
+
+/// A finished run's change on its page in Chromium: every changed file with its kind, line
+/// counts or binary marker and its own part of the preview; a binary file named, not dumped; a
+/// file the cut preview missed says so; the whole patch is a link. A hostile file name and
+/// hostile content are text.
+#[tokio::test]
+async fn the_run_page_lists_changed_files_with_their_diffs_and_the_patch() {
+    use delegate_mcp::types::{ChangeKind, ChangedFile};
+    let Some(h) = Harness::new(Script::text("unused")).await else {
+        return;
+    };
+    let Some(b) = Browser::start(1280, 900).await else {
+        return;
+    };
+    let s = h.serve().localhost_domain().start().await;
+    let alice = s.person("alice").await;
+    let store = s.orch.store();
+    let sandbox = Sandbox {
+        kind: SandboxKind::Ephemeral,
+        ..common::sandbox_row(
+            &alice.personal.id,
+            delegate_mcp::types::SandboxStatus::Deleted,
+        )
+    };
+    store.insert_sandbox(&sandbox).await.unwrap();
+    let evil = "<img src=x onerror=window.__pwned=3>.txt";
+    let file = |path: &str, change, additions, deletions, binary| ChangedFile {
+        path: path.into(),
+        change,
+        additions,
+        deletions,
+        binary,
+    };
+    let diff = format!(
+        "diff --git a/{evil} b/{evil}\nnew file mode 100644\nindex 0000000..1111111\n--- /dev/null\n\
+         +++ b/{evil}\n@@ -0,0 +1,2 @@\n+<script>window.__pwned=4</script>\n+second\n\
+         diff --git a/logo.png b/logo.png\nindex 2222222..3333333 100644\n\
+         Binary files a/logo.png and b/logo.png differ\n\
+         diff --git a/src/main.rs b/src/main.rs\nindex 4444444..5555555 100644\n--- a/src/main.rs\n\
+         +++ b/src/main.rs\n@@ -1,3 +1,3 @@\n fn main() {{\n-    old();\n+    new();"
+    );
+    let mut run = Run {
+        finished_at: Some(now_ms()),
+        ..common::run_row(&sandbox, RunStatus::Succeeded)
+    };
+    run.outcome.changed_files = vec![
+        file(evil, ChangeKind::Added, 2, 0, false),
+        file("logo.png", ChangeKind::Modified, 0, 0, true),
+        file("src/main.rs", ChangeKind::Modified, 1, 1, false),
+        file("late.txt", ChangeKind::Deleted, 0, 7, false),
+    ];
+    run.outcome.diff = diff;
+    run.outcome.diff_truncated = true;
+    store.insert_run(&run).await.unwrap();
+
+    b.goto(&s.url(&format!("/signin?next=/runs/{}", run.id)))
+        .await;
+    b.wait_for("form input[type=email]").await;
+    b.type_into("input[type=email]", &alice.email).await;
+    b.type_into("input[type=password]", alice.password()).await;
+    b.click("button[type=submit]").await;
+    b.wait_for("#changed-files li.file").await;
+
+    let shown = b
+        .js(
+            "const item = (p) => [...document.querySelectorAll('#changed-files li.file')] \
+               .find(li => li.dataset.path === p); \
+             const part = (p) => { const li = item(p); return li && { \
+               summary: li.querySelector('summary').textContent, \
+               diff: li.querySelector('pre.diff')?.textContent ?? null, \
+               note: li.querySelector('p')?.textContent ?? null, \
+               binary: li.dataset.binary }; }; \
+             return { \
+               paths: [...document.querySelectorAll('#changed-files li.file code.path')].map(c => c.textContent), \
+               evil: part(arguments[0]), png: part('logo.png'), rs: part('src/main.rs'), late: part('late.txt'), \
+               patch: document.getElementById('download-patch')?.getAttribute('href'), \
+               truncated: document.querySelector('#diff-truncated a')?.getAttribute('href') }",
+            vec![Value::from(evil)],
+        )
+        .await;
+    let patch = format!("/api/runs/{}/patch", run.id);
+    assert_eq!(
+        shown["paths"],
+        serde_json::json!([evil, "logo.png", "src/main.rs", "late.txt"]),
+        "{shown}"
+    );
+    assert_eq!(shown["patch"], patch.as_str(), "{shown}");
+    assert_eq!(shown["truncated"], patch.as_str(), "{shown}");
+    let evil_part = &shown["evil"];
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    assert!(
+        text(&evil_part["summary"]).contains("added") && text(&evil_part["summary"]).contains("+2"),
+        "{shown}"
+    );
+    assert!(
+        text(&evil_part["diff"]).contains("+<script>window.__pwned=4</script>"),
+        "{shown}"
+    );
+    assert!(!text(&evil_part["diff"]).contains("logo.png"), "{shown}");
+    assert_eq!(shown["png"]["binary"], "true", "{shown}");
+    assert_eq!(
+        shown["png"]["diff"],
+        Value::Null,
+        "a binary file is not dumped"
+    );
+    assert!(text(&shown["png"]["summary"]).contains("binary"), "{shown}");
+    assert!(
+        text(&shown["png"]["note"]).contains("Binary file"),
+        "{shown}"
+    );
+    assert!(text(&shown["rs"]["summary"]).contains("+1"), "{shown}");
+    assert!(text(&shown["rs"]["summary"]).contains("−1"), "{shown}");
+    assert!(
+        text(&shown["rs"]["diff"]).contains("-    old();"),
+        "{shown}"
+    );
+    assert!(
+        text(&shown["rs"]["diff"]).starts_with("diff --git a/src/main.rs"),
+        "{shown}"
+    );
+    assert!(
+        text(&shown["late"]["summary"]).contains("deleted"),
+        "{shown}"
+    );
+    assert!(
+        text(&shown["late"]["note"]).contains("cut short"),
+        "{shown}"
+    );
+    let injected = b
+        .js(
+            "return { pwned: window.__pwned ?? null, \
+             elements: document.querySelectorAll('#main img, #main script').length }",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        injected,
+        serde_json::json!({ "pwned": null, "elements": 0 })
+    );
+}

@@ -3,9 +3,10 @@
 //! paced so a run stays running long enough to watch, reload and cancel it.
 //!
 //! One browser walks the product: sign in, create a workspace and a sandbox, watch a run's events
-//! arrive live, reload mid-run (history then live, no gap, no duplicate), see the diff, cancel a
-//! run from the page, open opencode through the gateway, and as a guest see no controls that
-//! change anything (and the API refuses them anyway). HTML in the task, a sandbox name, a file
+//! arrive live, reload mid-run (history then live, no gap, no duplicate), see the changed files
+//! with their diffs and the patch link, cancel a run from the page, open opencode through the
+//! gateway, and as a guest see no controls that change anything (and the API refuses them
+//! anyway). HTML in the task, a sandbox name, a file
 //! name and the model's output is shown as text, never run. Screenshots land in
 //! `target/artifacts/`.
 
@@ -298,7 +299,8 @@ async fn the_web_ui_end_to_end_in_chromium() {
         .js(
             "return { final: document.getElementById('final-message').textContent, \
              files: document.getElementById('changed-files').textContent, \
-             diff: document.getElementById('diff').textContent, \
+             diff: document.querySelector('#changed-files pre.diff').textContent, \
+             patch: document.getElementById('download-patch').getAttribute('href'), \
              tool: document.querySelector('#events li[data-type=tool] details').textContent }",
             vec![],
         )
@@ -309,6 +311,11 @@ async fn the_web_ui_end_to_end_in_chromium() {
         "{shown}"
     );
     assert!(shown["diff"].as_str().unwrap().contains(XSS), "{shown}");
+    assert_eq!(
+        shown["patch"],
+        format!("/api/runs/{run_id}/patch").as_str(),
+        "{shown}"
+    );
     assert!(
         shown["tool"].as_str().unwrap().contains(evil_file),
         "{shown}"

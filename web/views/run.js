@@ -1,5 +1,6 @@
 // One run, live: its events stream in over SSE (a reload replays the history, then follows; a
-// dropped stream resumes with Last-Event-ID), then the changed files and the diff. Cancel stops it.
+// dropped stream resumes with Last-Event-ID), then the changed files with their diffs and the
+// whole patch to download. Cancel stops it.
 
 import { get, post, q, followEvents } from '../api.js';
 import { h, fill, badge, fmtDuration, fmtTokens, fmtCost, fmtTime, toast } from '../dom.js';
@@ -120,7 +121,7 @@ function pretty(v) {
   try { return JSON.stringify(v, null, 2); } catch { return String(v); }
 }
 
-/** The result at the end: totals, changed files, a readable diff. */
+/** The result at the end: totals, then each changed file with its part of the diff preview. */
 function drawOutcome(el, run) {
   const u = run.usage || {};
   const parts = [
@@ -133,20 +134,78 @@ function drawOutcome(el, run) {
   ];
   if (run.error) parts.push(h('p.error', { role: 'alert', id: 'run-error' }, `${run.error.kind}: ${run.error.message}`));
   if (run.final_message) parts.push(h('h3', {}, 'Final message'), h('div.text.final', { id: 'final-message' }, run.final_message));
-  parts.push(h('h3', {}, 'Changed files'));
-  parts.push(run.changed_files.length
-    ? h('ul.files', { id: 'changed-files' }, run.changed_files.map((f) => h('li', {}, h('span.change', { dataset: { change: f.change } }, f.change), ' ', h('code', {}, f.path))))
-    : h('p.muted', {}, 'No files changed.'));
-  if (run.diff) {
-    parts.push(h('h3', {}, 'Diff'), diffView(run.diff));
-    if (run.diff_truncated) parts.push(h('p.muted', {}, 'The diff was cut short; the files have the rest.'));
-  }
+  parts.push(...changesView(run));
   fill(el, ...parts);
 }
 
+/** Changed files, each with its change, line counts and its part of the preview; the whole patch as a download. */
+export function changesView(run) {
+  const files = run.changed_files || [];
+  const patch = h('a.button', { id: 'download-patch', href: `/api/runs/${q(run.run_id)}/patch`, download: `${run.run_id}.patch` }, 'Download patch');
+  const head = h('div.files-head', {}, h('h3', {}, `Changed files (${files.length})`), files.length ? patch : null);
+  if (!files.length) return [head, h('p.muted', { id: 'changed-files' }, 'No files changed.')];
+  const { pieces, other } = splitDiff(run.diff || '', files.map((f) => f.path));
+  // Many files start folded, so the page stays a list to scan.
+  const open = files.length <= 10;
+  const out = [head, h('ul.files', { id: 'changed-files' }, files.map((f) => fileItem(f, pieces.get(f.path), run.diff_truncated, open)))];
+  if (other.length) out.push(h('h3', {}, 'Other changes'), diffView(other.join('\n'), 'Other changes'));
+  if (run.diff_truncated) {
+    out.push(h('p.muted', { id: 'diff-truncated' }, 'The preview was cut short; ',
+      h('a', { href: patch.getAttribute('href'), download: patch.getAttribute('download') }, 'download the patch'), ' for every change.'));
+  }
+  return out;
+}
+
+function fileItem(f, piece, truncated, open) {
+  const stat = f.binary
+    ? h('span.binary', { title: 'Binary file' }, 'binary')
+    : [h('span.add', { title: `${f.additions} lines added` }, `+${f.additions}`), ' ',
+      h('span.del', { title: `${f.deletions} lines removed` }, `−${f.deletions}`)];
+  const summary = h('summary', {},
+    h('span.change', { dataset: { change: f.change } }, f.change), ' ',
+    h('code.path', {}, f.path), ' ', h('span.stat', {}, stat));
+  let body;
+  if (f.binary) body = h('p.muted', {}, 'Binary file: not shown here; its bytes are in the patch.');
+  else if (piece) body = diffView(piece, `Diff of ${f.path}`);
+  else if (truncated) body = h('p.muted', {}, 'Not in the preview, which was cut short; the patch has it.');
+  else body = h('p.muted', {}, 'No lines to show (an empty file or a mode change).');
+  return h('li.file', { dataset: { path: f.path, binary: f.binary ? 'true' : 'false' } }, h('details', { open }, summary, body));
+}
+
+/**
+ * The preview cut at each `diff --git` header, each piece given to the path its header names
+ * (compared whole, so a file name that looks like a header cannot take another file's piece).
+ * Pieces no changed file claims go to `other`.
+ */
+export function splitDiff(diff, paths) {
+  const byHeader = new Map(paths.map((p) => [`diff --git ${cQuote(`a/${p}`)} ${cQuote(`b/${p}`)}`, p]));
+  const pieces = new Map();
+  const other = [];
+  let lines = null;
+  const flush = () => {
+    if (!lines) return;
+    while (lines.length && lines[lines.length - 1] === '') lines.pop();
+    const path = byHeader.get(lines[0]);
+    if (path !== undefined && !pieces.has(path)) pieces.set(path, lines.join('\n'));
+    else other.push(...lines);
+  };
+  for (const line of diff.split('\n')) {
+    if (line.startsWith('diff --git ')) { flush(); lines = [line]; } else if (lines) lines.push(line);
+  }
+  flush();
+  return { pieces, other };
+}
+
+/** A path as git writes it in a diff header: C-quoted when it holds a quote, a backslash or a control character. */
+function cQuote(s) {
+  if (!/["\\\x00-\x1f\x7f]/.test(s)) return s;
+  const named = { '\x07': '\\a', '\b': '\\b', '\t': '\\t', '\n': '\\n', '\v': '\\v', '\f': '\\f', '\r': '\\r', '"': '\\"', '\\': '\\\\' };
+  return `"${s.replace(/["\\\x00-\x1f\x7f]/g, (c) => named[c] || `\\${c.charCodeAt(0).toString(8).padStart(3, '0')}`)}"`;
+}
+
 /** A unified diff with added, removed and hunk lines told apart (class and a sign, not only colour). */
-function diffView(diff) {
-  return h('pre.diff', { id: 'diff', tabindex: 0, 'aria-label': 'Diff' }, diff.split('\n').map((line) => {
+function diffView(diff, label) {
+  return h('pre.diff', { tabindex: 0, 'aria-label': label }, diff.split('\n').map((line) => {
     let cls = 'ctx';
     if (line.startsWith('+++') || line.startsWith('---') || line.startsWith('diff ') || line.startsWith('index ')) cls = 'file';
     else if (line.startsWith('@@')) cls = 'hunk';

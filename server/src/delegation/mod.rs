@@ -7,6 +7,7 @@
 //! `sandboxes.rs` the warm-sandbox operations, `repos.rs` repositories in (snapshots) and changes
 //! out (patches, bundles), `embedded.rs` the MCP tools' delegator.
 
+pub mod clone;
 mod embedded;
 mod repos;
 mod runs;

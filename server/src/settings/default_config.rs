@@ -47,6 +47,9 @@ diff_max_bytes = 262144                                            # DELEGATE_DI
 # Repositories a sandbox starts from: the largest snapshot, and the most files in it.
 max_repo_bytes = 1073741824                                        # DELEGATE_MAX_REPO_BYTES
 max_repo_files = 200000                                            # DELEGATE_MAX_REPO_FILES
+# `repo` URLs are cloned over https from public addresses only; these on-prem git servers
+# (host[:port]) may also be private, and plain http.          DELEGATE_GIT_ALLOWED_HOSTS
+# git_allowed_hosts = ["git.example.internal", "10.0.0.5:8080"]
 
 # Password sign-up: open | invite (needs a code from a workspace maintainer) | disabled.
 registration = "invite"                                            # DELEGATE_REGISTRATION

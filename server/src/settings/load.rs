@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    BackendChoice, DEFAULT_SANDBOX_IMAGE, DockerNetwork, DockerSettings, GithubSettings, IpRange,
+    BackendChoice, DEFAULT_SANDBOX_IMAGE, DockerNetwork, DockerSettings, GitHost, GithubSettings,
+    IpRange,
     Isolation, OidcSettings, Registration, Secret, Settings, SsoSettings, Upstream,
     UpstreamCredential,
 };
@@ -56,6 +57,7 @@ struct FileSettings {
     base_scheme: Option<String>,
     trusted_proxies: Option<String>,
     metrics_public: Option<bool>,
+    git_allowed_hosts: Option<Vec<String>>,
 }
 
 /// Why the settings could not be loaded; the message names the file or variable.
@@ -267,12 +269,21 @@ impl Settings {
             Some(v) => parse_value("DELEGATE_METRICS_PUBLIC", &v)?,
             None => f.metrics_public.unwrap_or(false),
         };
+        let git_allowed_hosts = match env.var("DELEGATE_GIT_ALLOWED_HOSTS") {
+            Some(v) => v.split(',').map(str::to_string).collect(),
+            None => f.git_allowed_hosts.unwrap_or_default(),
+        }
+        .iter()
+        .filter(|h| !h.trim().is_empty())
+        .map(|h| parse_git_host(h))
+        .collect::<Result<Vec<_>, _>>()?;
 
         Ok(Settings {
             trusted_proxies,
             metrics_public,
             base_domain,
             base_scheme,
+            git_allowed_hosts,
             listen,
             database_url,
             backend,
@@ -479,6 +490,29 @@ fn positive(name: &'static str, n: u64) -> Result<u64, SettingsError> {
         });
     }
     Ok(n)
+}
+
+/// One `DELEGATE_GIT_ALLOWED_HOSTS` entry: `host`, `host:port`, `[v6]` or `[v6]:port`, the host
+/// normalized the way a parsed URL spells it, so that the two compare equal.
+pub fn parse_git_host(v: &str) -> Result<GitHost, SettingsError> {
+    let invalid = || SettingsError::Invalid {
+        name: "DELEGATE_GIT_ALLOWED_HOSTS",
+        message: format!("{v:?} is not host[:port] (e.g. git.example.internal:8080)"),
+    };
+    let v = v.trim();
+    let (host, port) = match v.rsplit_once(':') {
+        // A colon inside brackets belongs to an IPv6 address, not to a port.
+        Some((h, p)) if !p.contains(']') && (!h.contains(':') || h.ends_with(']')) => {
+            (h, Some(p.parse::<u16>().map_err(|_| invalid())?))
+        }
+        _ => (v, None),
+    };
+    if host.is_empty() || host.contains(['/', '@', '?', '#']) {
+        return Err(invalid());
+    }
+    let url = reqwest::Url::parse(&format!("https://{host}/")).map_err(|_| invalid())?;
+    let host = url.host_str().ok_or_else(invalid)?.to_string();
+    Ok(GitHost { host, port })
 }
 
 fn default_data_dir() -> PathBuf {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use default_config::DEFAULT_CONFIG;
-pub use load::{EnvSource, ProcessEnv, SettingsError, parse_duration};
+pub use load::{EnvSource, ProcessEnv, SettingsError, parse_duration, parse_git_host};
 
 /// A secret value: never printed by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -217,6 +217,10 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpRange>,
     /// `DELEGATE_METRICS_PUBLIC` (default `false`): serve `/metrics` without a token.
     pub metrics_public: bool,
+    /// `DELEGATE_GIT_ALLOWED_HOSTS` (comma-separated `host[:port]`; default none): on-prem git
+    /// servers that `repo` URLs may reach although they resolve to private addresses, over
+    /// `http://` too.
+    pub git_allowed_hosts: Vec<GitHost>,
 }
 
 /// An address range (`10.0.0.0/8`, `::1/128`; a bare address is a range of one).
@@ -274,6 +278,15 @@ impl std::str::FromStr for IpRange {
         };
         Ok(IpRange { network, prefix })
     }
+}
+
+/// A git server an admin trusts (one entry of `DELEGATE_GIT_ALLOWED_HOSTS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitHost {
+    /// The host as a URL spells it after normalization: lower case, IPv6 in brackets.
+    pub host: String,
+    /// Only this port; any port when `None`.
+    pub port: Option<u16>,
 }
 
 /// Single sign-on settings. Callbacks are `{redirect_base_url}/api/auth/oidc/callback` and
