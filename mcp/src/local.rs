@@ -682,12 +682,7 @@ fn repo_error(e: RepoError) -> DelegateError {
 }
 
 fn repo_base(snapshot: &Snapshot) -> RepoBase {
-    RepoBase {
-        repo: snapshot.base.repo.clone(),
-        commit: snapshot.base.commit.clone(),
-        branch: snapshot.base.branch.clone(),
-        dirty: snapshot.base.dirty,
-    }
+    RepoBase::from(&snapshot.base)
 }
 
 /// The `base` of a kept snapshot.

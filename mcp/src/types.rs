@@ -327,6 +327,17 @@ pub struct RunResult {
     pub patch_url: Option<String>,
 }
 
+impl From<&delegate_repo::Base> for RepoBase {
+    fn from(base: &delegate_repo::Base) -> Self {
+        RepoBase {
+            repo: base.repo.clone(),
+            commit: base.commit.clone(),
+            branch: base.branch.clone(),
+            dirty: base.dirty,
+        }
+    }
+}
+
 /// Where a sandbox's repository came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RepoBase {

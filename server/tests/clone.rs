@@ -4,6 +4,8 @@
 //! reachable only because each test lists the server in the clone policy, as an admin would
 //! with `DELEGATE_GIT_ALLOWED_HOSTS`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -448,4 +450,65 @@ async fn a_repository_over_the_limit_is_refused() {
     assert_eq!(e.kind(), "repo_too_large", "{e}");
     assert!(e.to_string().contains("README.md"), "{e}");
     assert!(e.to_string().contains(&server.url("project.git")), "{e}");
+}
+
+/// A run whose `repo` is a URL: the server clones it outside the sandbox and the agent reads the
+/// asked-for branch; the result names the URL and the commit as its base.
+#[tokio::test]
+async fn a_run_from_a_url_starts_from_the_clone() {
+    use delegate_mcp::delegator::{Caller, Delegator};
+    use delegate_mcp::tools::RunInSandboxInput;
+    use delegate_mcp::types::RunStatus;
+    use delegate_testkit::anthropic::Script;
+
+    let (server, [_, _, feature]) = serve(false).await;
+    let Some(h) = common::Harness::new(Script::read_file("feature.txt")).await else {
+        return;
+    };
+    let mut settings = h.settings();
+    settings.git_allowed_hosts = server.policy().allowed_hosts;
+    let orch = delegate_server::app::embedded(settings).await.unwrap();
+    let delegator = delegate_server::delegation::EmbeddedDelegator::new(orch.clone());
+    let caller = Caller {
+        user_id: orch.local_user().id.clone(),
+        token_id: None,
+        client: None,
+        workspace_id: None,
+    };
+    let run = |repo: String| {
+        let (progress, _) = tokio::sync::mpsc::channel(64);
+        let input = RunInSandboxInput {
+            task: "read feature.txt".into(),
+            repo: Some(repo),
+            git_ref: Some("feature".into()),
+            ..Default::default()
+        };
+        delegator.run_in_sandbox(
+            &caller,
+            input,
+            progress,
+            tokio_util::sync::CancellationToken::new(),
+        )
+    };
+    let url = server.url("project.git");
+    let r = run(url.clone()).await.unwrap();
+    assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.error);
+    assert!(
+        r.final_message.contains("on the feature branch"),
+        "{}",
+        r.final_message
+    );
+    let base = r.base.expect("the run names its base");
+    assert_eq!(base.repo, url);
+    assert_eq!(base.commit.as_deref(), Some(feature.as_str()));
+    assert_eq!(base.branch.as_deref(), Some("feature"));
+
+    // Loopback that no admin listed is refused before any request and before any sandbox.
+    let (other, _) = serve(false).await;
+    let err = run(other.url("project.git").replace("http://", "https://"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("loopback"), "{err}");
+    assert_eq!(other.hits(), 0);
+    orch.shutdown().await;
 }

@@ -91,13 +91,12 @@ impl CloneError {
     }
 }
 
-impl From<CloneError> for delegate_mcp::delegator::DelegateError {
+impl From<CloneError> for crate::error::Error {
     fn from(e: CloneError) -> Self {
-        use delegate_mcp::delegator::DelegateError;
         match e {
-            CloneError::Invalid(m) => DelegateError::Invalid(m),
-            other => DelegateError::Repo {
-                kind: other.kind().to_string(),
+            CloneError::Invalid(m) => crate::error::Error::Invalid(m),
+            other => crate::error::Error::Repo {
+                kind: other.kind(),
                 message: other.to_string(),
             },
         }

@@ -73,7 +73,8 @@ impl Service {
                 Err(Error::Invalid("ref: only with an https:// repo".into()))
             }
             None => Ok(None),
-            Some(url) if url.starts_with("https://") => self
+            // Plain http only reaches hosts an admin listed; `clone_url` decides.
+            Some(url) if url.starts_with("https://") || url.starts_with("http://") => self
                 .clone_repository(caller, ws, url, input.git_ref)
                 .await
                 .map(Some),
@@ -89,22 +90,37 @@ impl Service {
     }
 
     /// Clones an `https://` repository outside any sandbox into a snapshot for one sandbox.
+    /// The clone happens in a scratch dir next to the uploads; its bundle is then registered and
+    /// taken like an upload, so every backend seeds it the same way.
     async fn clone_repository(
         &self,
-        _caller: &Caller,
-        _ws: &Workspace,
+        caller: &Caller,
+        ws: &Workspace,
         url: &str,
-        _git_ref: Option<&str>,
+        git_ref: Option<&str>,
     ) -> Result<Arc<SnapshotFile>> {
-        // The place for server-side clones: clone into `snapshots().dir()`, then
-        // `snapshots().register(..)` and `take(..)` the result for this caller.
-        Err(Error::Repo {
-            kind: "repo_unreachable",
-            message: format!(
-                "{url}: cloning https:// repositories on the server is not supported yet; run \
-                 delegate on your machine (`delegate mcp --server URL`) to send a local checkout"
-            ),
-        })
+        let settings = self.orch.settings();
+        let snapshots = self.orch.snapshots();
+        let snapshot = super::clone::clone_url(
+            url,
+            git_ref,
+            settings.repo_limits(),
+            &snapshots.dir().join("clones"),
+            &super::clone::ClonePolicy::from_settings(settings),
+        )
+        .await?;
+        let (id, _) = snapshots
+            .register(
+                &caller.user_id,
+                &ws.id,
+                RepoBase::from(&snapshot.base),
+                &snapshot.bundle(),
+                settings.max_repo_bytes,
+            )
+            .await?;
+        // The bundle has moved out; dropping the snapshot removes its scratch dir (blocking I/O).
+        tokio::task::spawn_blocking(move || drop(snapshot));
+        Ok(Arc::new(snapshots.take(&id, &caller.user_id, &ws.id)?))
     }
 
     /// Receives a snapshot upload for the caller in `workspace` (Write needed): streamed to disk,

@@ -9,8 +9,7 @@ use serde::Deserialize;
 
 use super::{
     BackendChoice, DEFAULT_SANDBOX_IMAGE, DockerNetwork, DockerSettings, GitHost, GithubSettings,
-    IpRange,
-    Isolation, OidcSettings, Registration, Secret, Settings, SsoSettings, Upstream,
+    IpRange, Isolation, OidcSettings, Registration, Secret, Settings, SsoSettings, Upstream,
     UpstreamCredential,
 };
 
