@@ -128,6 +128,8 @@ async fn a_run_inside_a_repository_comes_back_as_a_branch_and_the_repository_is_
     let changed = git(
         &root,
         &[
+            "-c",
+            "core.quotepath=false",
             "diff",
             "--name-status",
             "--no-renames",
@@ -150,7 +152,7 @@ async fn a_run_inside_a_repository_comes_back_as_a_branch_and_the_repository_is_
         git(&root, &["rev-parse", &format!("{branch}:data/blob.bin")]),
         blob_id(h.dir.path(), AGENT_BLOB)
     );
-    let tree = git(&root, &["ls-tree", &branch]);
+    let tree = git(&root, &["ls-tree", "-r", &branch]);
     assert!(
         tree.contains("120000 blob") && tree.contains("link-to-readme"),
         "{tree}"
@@ -187,7 +189,7 @@ async fn delegate_apply_lands_a_kept_change_only_when_it_applies_cleanly() {
     let r = run.result();
     assert_eq!(r.status, RunStatus::Succeeded, "{}", run.stderr);
     assert!(r.branch.is_none(), "--apply none wrote a branch");
-    assert!(run.stderr.contains("delegate apply"), "{}", run.stderr);
+    assert!(r.commit.is_some(), "the change is kept on the server");
     let branches = git(&root, &["branch", "--list", "delegate/*"]);
     assert!(branches.is_empty(), "{branches}");
 

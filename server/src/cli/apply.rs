@@ -55,7 +55,7 @@ pub async fn main(settings: Settings, args: &ApplyArgs) -> anyhow::Result<ExitCo
             (Arc::new(EmbeddedDelegator::new(orch.clone())), Some(orch))
         }
     };
-    let delegator = super::local_repositories(inner, &settings);
+    let delegator = super::local_repositories(inner, &settings, None);
     let input = ApplyChangesInput {
         run_id: args.run_id.clone(),
         to: Some(if args.worktree {

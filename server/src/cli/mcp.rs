@@ -36,8 +36,11 @@ pub async fn main(settings: Settings) -> anyhow::Result<ExitCode> {
         client: None,
         workspace_id: None,
     };
-    let delegator =
-        super::local_repositories(Arc::new(EmbeddedDelegator::new(orch.clone())), &settings);
+    let delegator = super::local_repositories(
+        Arc::new(EmbeddedDelegator::new(orch.clone())),
+        &settings,
+        None,
+    );
     let served = delegate_mcp::serve_stdio(delegator, caller).await;
     // The client hung up: nothing of ours may outlive it.
     orch.shutdown().await;
@@ -56,7 +59,7 @@ pub async fn remote(delegator: RemoteDelegator, settings: &Settings) -> anyhow::
         workspace_id: None,
     };
     delegate_mcp::serve_stdio(
-        super::local_repositories(Arc::new(delegator), settings),
+        super::local_repositories(Arc::new(delegator), settings, None),
         caller,
     )
     .await

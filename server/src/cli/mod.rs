@@ -87,15 +87,23 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
 ///
 /// Every command uses the same state dir (the data dir's `local/`), so `delegate apply` and the
 /// `apply_changes` tool find the snapshot a run started from, whichever command started it.
+///
+/// `project` is the project root when the person at the keyboard named one (`--repo`); a
+/// repository they name is theirs to hand over, wherever it is.
 fn local_repositories(
     inner: std::sync::Arc<dyn delegate_mcp::Delegator>,
     settings: &Settings,
+    project: Option<&std::path::Path>,
 ) -> std::sync::Arc<dyn delegate_mcp::Delegator> {
-    std::sync::Arc::new(delegate_mcp::LocalDelegator::new(
+    let local = delegate_mcp::LocalDelegator::new(
         inner,
         settings.data_dir.join("local"),
-        delegate_repo::Limits::default(),
-    ))
+        settings.repo_limits(),
+    );
+    std::sync::Arc::new(match project {
+        Some(root) => local.with_project_root(root),
+        None => local,
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -185,8 +185,11 @@ pub async fn main(mut settings: Settings, args: &RunArgs) -> anyhow::Result<Exit
         user_id: orch.local_user().id.clone(),
         ..cli_caller()
     };
-    let delegator =
-        super::local_repositories(Arc::new(EmbeddedDelegator::new(orch.clone())), &settings);
+    let delegator = super::local_repositories(
+        Arc::new(EmbeddedDelegator::new(orch.clone())),
+        &settings,
+        args.repo.as_deref(),
+    );
     let outcome = delegate(delegator, caller, input, args, None).await;
     orch.shutdown().await;
     outcome
@@ -200,7 +203,7 @@ pub async fn remote(
 ) -> anyhow::Result<ExitCode> {
     let input = run_input(args)?;
     let server = delegator.server().to_string();
-    let delegator = super::local_repositories(Arc::new(delegator), settings);
+    let delegator = super::local_repositories(Arc::new(delegator), settings, args.repo.as_deref());
     delegate(delegator, cli_caller(), input, args, Some(&server)).await
 }
 
