@@ -96,6 +96,7 @@ fn run_result(status: RunStatus) -> RunResult {
         applied: None,
         conflicts: Vec::new(),
         patch_url: None,
+        egress: None,
     }
 }
 

@@ -286,6 +286,7 @@ async fn seed(store: &dyn Store) {
                     },
                     error,
                     ttft_ms: Some(900),
+                    egress: None,
                 },
             };
             store.insert_run(&run).await.unwrap();

@@ -66,6 +66,7 @@ impl Service {
             timeout: input.timeout_seconds.map(Duration::from_secs),
             continue_session: input.continue_session.unwrap_or(false),
             created_by: Some(created_by),
+            network: input.network,
         };
         let started = match sandbox {
             Some(sandbox) => self.orch.start_run_in(sandbox, request).await,

@@ -30,6 +30,7 @@ impl Service {
                 files: input.files.unwrap_or_default(),
                 idle_timeout: input.idle_timeout_seconds.map(Duration::from_secs),
                 created_by: Some(Origin::User(caller.user_id.clone())),
+                network: input.network,
             })
             .await?;
         Ok(self.info(&sandbox))

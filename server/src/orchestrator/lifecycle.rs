@@ -3,6 +3,7 @@
 //! ([`sandbox_transition`]) and a compare-and-set in the store.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use delegate_mcp::types::SandboxStatus;
@@ -48,6 +49,7 @@ impl Orchestrator {
                 req.files,
                 req.idle_timeout,
                 req.created_by,
+                req.network.as_deref(),
             )
             .await?;
         let endpoint = self.start_sandbox(&sandbox, &spec).await?;
@@ -82,7 +84,10 @@ impl Orchestrator {
         files: BTreeMap<String, String>,
         idle_timeout: Option<Duration>,
         created_by: Option<Origin>,
+        network: Option<&str>,
     ) -> Result<(Sandbox, SandboxSpec)> {
+        // Checked before the sandbox exists: a bad `network` leaves nothing behind.
+        let policy = self.choose_policy(ws, network).await?;
         let now = now_ms();
         let id = SandboxId::new().into_string();
         let sandbox = Sandbox {
@@ -94,7 +99,7 @@ impl Orchestrator {
             status: SandboxStatus::Creating,
             status_reason: None,
             idle_timeout_s: idle_timeout.map(|d| d.as_secs() as i64),
-            meta: serde_json::json!({}),
+            meta: serde_json::json!({ "network": policy.name }),
             created_by: created_by.map(|o| o.to_string()),
             created_at: now,
             updated_at: now,
@@ -105,6 +110,9 @@ impl Orchestrator {
             .set_sandbox_owner(&sandbox.id, &self.inner.instance_id)
             .await?;
         let token = issue_sandbox_token(self.inner.store.as_ref(), &id, &ws.id, None).await?;
+        let egress = self
+            .egress_for(&id, policy)
+            .map(|e| e as Arc<dyn crate::sandbox::EgressService>);
         let spec = SandboxSpec {
             id,
             kind,
@@ -112,6 +120,7 @@ impl Orchestrator {
             repo: None,
             proxy_token: Secret::new(token),
             serve_password: (kind == SandboxKind::Warm).then(|| Secret::new(new_secret(""))),
+            egress,
         };
         Ok((sandbox, spec))
     }
@@ -124,6 +133,9 @@ impl Orchestrator {
     ) -> Result<Option<ServeEndpoint>> {
         let created = self.inner.backend.create(spec).await;
         let failed = created.is_err();
+        if failed {
+            self.drop_egress(&sandbox.id);
+        }
         let settled = self
             .settle(
                 &sandbox.id,
@@ -212,6 +224,7 @@ impl Orchestrator {
         }
         self.revoke_sandbox_tokens(sandbox_id).await;
         lock(&self.inner.warm).remove(sandbox_id);
+        self.drop_egress(sandbox_id);
         let destroyed = if sandbox.backend == LOCAL_BACKEND {
             // Its files are the developer's: only the link goes.
             self.revoke_local(sandbox_id);

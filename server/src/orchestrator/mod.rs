@@ -10,6 +10,7 @@
 //! the tunnel) and `grants.rs` (sandbox proxy tokens).
 
 mod agent;
+mod egress;
 mod grants;
 mod lifecycle;
 mod local;
@@ -27,6 +28,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 // Bootstrap lives in `crate::bootstrap`; re-exported for the callers that name it here.
+pub use egress::WorkspaceEgress;
 pub use grants::register_external_sandbox;
 pub use local::LOCAL_BACKEND;
 pub use log::{LiveLog, follow};
@@ -69,6 +71,8 @@ pub struct RunRequest {
     pub continue_session: bool,
     /// Who delegated it.
     pub created_by: Option<Origin>,
+    /// The egress policy of a fresh sandbox; `None` for the workspace's default.
+    pub network: Option<String>,
 }
 
 /// A request for a warm sandbox (the `create_sandbox` input).
@@ -84,6 +88,8 @@ pub struct SandboxRequest {
     pub idle_timeout: Option<Duration>,
     /// Who created it.
     pub created_by: Option<Origin>,
+    /// The sandbox's egress policy; `None` for the workspace's default.
+    pub network: Option<String>,
 }
 
 /// A warm sandbox's live facts, kept in memory while its opencode serve runs.
@@ -129,6 +135,10 @@ struct Inner {
     /// the process sandboxes it holds. Kept in the data dir, so a restart knows its own.
     instance_id: String,
     shutdown: CancellationToken,
+    /// The egress policies (built in and configured).
+    policies: crate::egress::Policies,
+    /// Each sandbox's egress proxy, while it exists; none for a `none` sandbox.
+    egress: Mutex<HashMap<String, Arc<crate::egress::Egress>>>,
 }
 
 impl Orchestrator {
@@ -140,6 +150,7 @@ impl Orchestrator {
         proxy: Proxy,
         active_runs: ActiveRuns,
     ) -> Result<Orchestrator> {
+        let policies = egress::policies(&settings)?;
         let (local_user, default_workspace) = ensure_local_user(store.as_ref()).await?;
         let instance_id = instance_id(&settings.data_dir)
             .await
@@ -160,6 +171,8 @@ impl Orchestrator {
                 local_user,
                 instance_id,
                 shutdown: CancellationToken::new(),
+                policies,
+                egress: Mutex::new(HashMap::new()),
             }),
         };
         orch.every(lifecycle::IDLE_SWEEP, lifecycle::sweep_idle);

@@ -134,5 +134,6 @@ pub fn result_of(run: &Run, event_count: u64, public_url: Option<&str>) -> RunRe
         applied: None,
         conflicts: Vec::new(),
         patch_url: None,
+        egress: o.egress,
     }
 }

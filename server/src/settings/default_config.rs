@@ -58,4 +58,17 @@ registration = "invite"                                            # DELEGATE_RE
 # github_client_secret = "..."                                     # GITHUB_CLIENT_SECRET
 # github_api_url = "https://api.github.com"                        # GITHUB_API_URL
 # github_oauth_url = "https://github.com"                          # GITHUB_OAUTH_URL
+
+# Egress: sandboxes have no network; HTTP_PROXY/HTTPS_PROXY inside point at delegate's egress
+# proxy, which lets a connection through only when the sandbox's policy names the host, and
+# only to public addresses unless allow_addresses lists the address. Built in: none (nothing;
+# the default) and open (any host at a public address). List your team's real registries;
+# the hosts below are placeholders. DELEGATE_EGRESS_POLICIES takes the same as JSON:
+# {"packages": {"hosts": ["npm.internal.example", "*.pypi.internal.example"]}}
+[egress]
+default = "none"                                                   # DELEGATE_EGRESS_DEFAULT
+max_bytes = 1073741824                                             # DELEGATE_EGRESS_MAX_BYTES (per run)
+# [egress.policies.packages]                                       # DELEGATE_EGRESS_POLICIES
+# hosts = ["npm.internal.example", "*.pypi.internal.example", "git.internal.example:443"]
+# allow_addresses = ["10.20.0.0/16"]                               # private, yet allowed
 "#;

@@ -8,8 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    BackendChoice, DEFAULT_SANDBOX_IMAGE, DockerNetwork, DockerSettings, GithubSettings, Isolation,
-    OidcSettings, Registration, Secret, Settings, SsoSettings, Upstream, UpstreamCredential,
+    BackendChoice, DEFAULT_SANDBOX_IMAGE, DockerNetwork, DockerSettings, EgressSettings,
+    GithubSettings, Isolation, OidcSettings, Registration, Secret, Settings, SsoSettings, Upstream,
+    UpstreamCredential,
 };
 
 /// The optional settings file; every field optional, same names as the env vars in lower case.
@@ -49,6 +50,7 @@ struct FileSettings {
     github_oauth_url: Option<String>,
     base_domain: Option<String>,
     base_scheme: Option<String>,
+    egress: Option<EgressSettings>,
 }
 
 /// Why the settings could not be loaded; the message names the file or variable.
@@ -242,7 +244,30 @@ impl Settings {
             });
         }
 
+        let mut egress = f.egress.take().unwrap_or_default();
+        if let Some(json) = env.var("DELEGATE_EGRESS_POLICIES") {
+            egress.policies = serde_json::from_str(&json).map_err(|e| SettingsError::Invalid {
+                name: "DELEGATE_EGRESS_POLICIES",
+                message: format!(
+                    "expected JSON like {{\"npm\": {{\"hosts\": [\"npm.internal.example\"]}}}}: {e}"
+                ),
+            })?;
+        }
+        if let Some(name) = env.var("DELEGATE_EGRESS_DEFAULT") {
+            egress.default = Some(name);
+        }
+        if let Some(v) = env.var("DELEGATE_EGRESS_MAX_BYTES") {
+            egress.max_bytes = Some(parse_value("DELEGATE_EGRESS_MAX_BYTES", &v)?);
+        }
+        if egress.max_bytes == Some(0) {
+            return Err(SettingsError::Invalid {
+                name: "DELEGATE_EGRESS_MAX_BYTES",
+                message: "must be more than 0".into(),
+            });
+        }
+
         Ok(Settings {
+            egress,
             base_domain,
             base_scheme,
             listen,
