@@ -3,6 +3,8 @@
 //! the metadata address, or after a redirect, the same requests are refused with a readable 403.
 //! Byte and connection caps, and every connection's record.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -218,8 +220,8 @@ async fn refusals_say_which_policy_refused_which_host_and_why() {
     assert!(by_ip.starts_with("HTTP/1.1 403 Forbidden"), "{by_ip}");
     assert!(
         by_ip.contains(
-            "delegate egress: 127.0.0.1 resolves to 127.0.0.1, a loopback address; an admin can \
-             allow it in the allow_addresses of policy `registry`"
+            "delegate egress: 127.0.0.1 is a loopback address; an admin can allow it in the \
+             allow_addresses of policy `registry`"
         ),
         "{by_ip}"
     );
@@ -426,5 +428,103 @@ async fn bad_request_heads_get_clear_errors() {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out).await;
     assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    stop.cancel();
+}
+
+/// A real opencode run on the process backend: the agent's `bash` tool runs curl, which goes
+/// through the sandbox's proxy variables and relay to the egress proxy. The registry's address
+/// is allowed; the metadata address is listed by host but refused by its address class. Each
+/// connection is an `egress` event and the result counts them. With `none` there is no proxy.
+#[tokio::test]
+async fn a_run_reaches_an_allowed_registry_through_the_egress_proxy_and_is_refused_elsewhere() {
+    use delegate_mcp::types::RunStatus;
+    use delegate_server::orchestrator::RunRequest;
+    use delegate_testkit::anthropic::Script;
+    use futures::StreamExt;
+
+    let stop = CancellationToken::new();
+    let server = registry(stop.clone()).await;
+    let port = server.port();
+    // NO_PROXY keeps loopback direct inside the sandbox (the model proxy's relay lives there);
+    // the stand-in registry is on the host's loopback, so curl is told to proxy it anyway.
+    let command = format!(
+        "echo \"proxy=$HTTP_PROXY\"; curl -sS --noproxy '' http://127.0.0.1:{port}/hello; echo; \
+         curl -sS --noproxy '' http://169.254.169.254/latest/meta-data/; echo"
+    );
+    let Some(h) = common::Harness::new(Script::bash(&command, "{tool_result}")).await else {
+        return;
+    };
+    let mut settings = h.settings();
+    settings.egress.policies.insert(
+        "registry".into(),
+        EgressPolicySettings {
+            hosts: vec![format!("127.0.0.1:{port}"), "169.254.169.254".into()],
+            allow_addresses: vec!["127.0.0.1".into()],
+        },
+    );
+    let orch = delegate_server::app::embedded(settings).await.unwrap();
+    let task = |network: Option<&str>| RunRequest {
+        task: "fetch the registry's greeting".into(),
+        network: network.map(str::to_string),
+        ..Default::default()
+    };
+
+    let (run_id, _) = orch.start_run(task(Some("registry"))).await.unwrap();
+    let r = orch.wait(&run_id).await.unwrap();
+    assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.error);
+    let seen = &r.final_message;
+    assert!(seen.contains("proxy=http://127.0.0.1:4001"), "{seen}");
+    assert!(seen.contains("hello from the registry"), "{seen}");
+    assert!(
+        seen.contains("delegate egress: 169.254.169.254 is a cloud metadata address"),
+        "the 403 body reached the agent: {seen}"
+    );
+    let events: Vec<_> = orch
+        .events(&run_id, 0)
+        .filter_map(|e| async move { e.ok().filter(|e| e.kind == "egress") })
+        .collect()
+        .await;
+    let egress = r.egress.expect("the result counts egress");
+    // opencode itself may try its package registry (plugins); that is refused and shown too.
+    let denied = events
+        .iter()
+        .filter(|e| e.data["decision"] == "denied")
+        .count() as u64;
+    assert_eq!(egress.allowed, 1, "{egress:?} {events:?}");
+    assert!(denied >= 1);
+    assert_eq!(egress.denied, denied, "{events:?}");
+    assert!(egress.bytes > 0);
+    assert_eq!(events.len() as u64, egress.allowed + egress.denied);
+    assert!(events.iter().any(|e| e.data["decision"] == "allowed"
+        && e.data["host"] == "127.0.0.1"
+        && e.data["port"] == port));
+    assert!(events.iter().any(|e| {
+        e.data["decision"] == "denied"
+            && e.data["host"] == "169.254.169.254"
+            && e.data["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("a cloud metadata address"))
+    }));
+
+    // `none`: no proxy variables, no relay, no socket; curl has no network at all.
+    h.fake.set_script(Script::bash(&command, "{tool_result}"));
+    let (run_id, _) = orch.start_run(task(None)).await.unwrap();
+    let r = orch.wait(&run_id).await.unwrap();
+    assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.error);
+    assert!(
+        r.final_message.contains("proxy=\n") || r.final_message.contains("proxy=\r"),
+        "{}",
+        r.final_message
+    );
+    assert!(
+        !r.final_message.contains("hello from the registry"),
+        "{}",
+        r.final_message
+    );
+    assert_eq!(r.egress, None);
+
+    // Asking for a policy that does not exist fails before any sandbox is made.
+    let err = orch.start_run(task(Some("nope"))).await.unwrap_err();
+    assert!(err.to_string().contains("no egress policy `nope`"), "{err}");
     stop.cancel();
 }

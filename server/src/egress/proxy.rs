@@ -165,13 +165,14 @@ where
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
+        let what = if request.host.parse::<IpAddr>().is_ok() {
+            format!("{ip} is {}", classify(ip))
+        } else {
+            format!("{} resolves to {ip}, {}", request.host, classify(ip))
+        };
         return Err(Refusal::new(
             "403 Forbidden",
-            format!(
-                "{} resolves to {ip}, {}; an admin can allow it in the allow_addresses of policy {policy}",
-                request.host,
-                classify(ip)
-            ),
+            format!("{what}; an admin can allow it in the allow_addresses of policy {policy}"),
         ));
     }
     let upstream = connect(&allowed, limits.connect_timeout)
