@@ -30,7 +30,7 @@ async fn registry(stop: CancellationToken) -> std::net::SocketAddr {
         .route(
             "/headers",
             get(|headers: HeaderMap| async move {
-                let mut names: Vec<String> = headers.keys().map(|k| k.to_string()).collect();
+                let mut names: Vec<String> = headers.keys().map(ToString::to_string).collect();
                 names.sort();
                 format!(
                     "{}\nhost={}",
@@ -71,7 +71,7 @@ fn policy(name: &str, hosts: &[String], addresses: &[&str]) -> Arc<Policy> {
             name,
             &EgressPolicySettings {
                 hosts: hosts.to_vec(),
-                allow_addresses: addresses.iter().map(|s| s.to_string()).collect(),
+                allow_addresses: addresses.iter().map(ToString::to_string).collect(),
             },
         )
         .unwrap(),

@@ -315,8 +315,8 @@ mod tests {
         Policy::parse(
             "team",
             &EgressPolicySettings {
-                hosts: hosts.iter().map(|s| s.to_string()).collect(),
-                allow_addresses: addresses.iter().map(|s| s.to_string()).collect(),
+                hosts: hosts.iter().map(ToString::to_string).collect(),
+                allow_addresses: addresses.iter().map(ToString::to_string).collect(),
             },
         )
         .unwrap()

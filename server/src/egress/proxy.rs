@@ -197,7 +197,7 @@ where
             None => {
                 client
                     .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                    .await?
+                    .await?;
             }
             Some(head) => upstream.write_all(head).await?,
         }

@@ -76,6 +76,7 @@ impl Orchestrator {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn insert_sandbox(
         &self,
         ws: &Workspace,
