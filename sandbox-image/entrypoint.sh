@@ -15,6 +15,9 @@
 # With no network at all (--network none):
 #   DELEGATE_PROXY_SOCKET        the proxy as a unix socket bound in; relayed to 127.0.0.1:4000
 #   DELEGATE_SERVE_SOCKET        serve mode: opencode serve is also offered on this unix socket
+#   DELEGATE_EGRESS_SOCKET       delegate's egress proxy as a unix socket bound in; relayed to
+#                                127.0.0.1:4001, where HTTP_PROXY/HTTPS_PROXY/ALL_PROXY point
+#                                (delegate sets them when the sandbox's policy allows anything)
 # Started as root (plain `docker run` without --user), it gives /workspace and $HOME to
 # PUID:PGID [1000:1000] and drops to them; delegate and compose.headless.yml start it non-root.
 set -eu
@@ -48,6 +51,9 @@ fi
 if [ -n "${DELEGATE_PROXY_SOCKET:-}" ]; then
     socat TCP-LISTEN:4000,bind=127.0.0.1,reuseaddr,fork "UNIX-CONNECT:$DELEGATE_PROXY_SOCKET" &
     DELEGATE_PROXY_URL="${DELEGATE_PROXY_URL:-http://127.0.0.1:4000/v1}"
+fi
+if [ -n "${DELEGATE_EGRESS_SOCKET:-}" ]; then
+    socat TCP-LISTEN:4001,bind=127.0.0.1,reuseaddr,fork "UNIX-CONNECT:$DELEGATE_EGRESS_SOCKET" &
 fi
 
 # Only characters that need no JSON escaping go into the config.

@@ -68,6 +68,13 @@ pub struct RunInSandboxInput {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(skip)]
     pub snapshot: Option<String>,
+    /// Network access for the sandbox: the name of an egress policy the workspace allows
+    /// [the workspace's default, usually `none`: no network at all]. With a policy, HTTP and
+    /// HTTPS clients in the sandbox (npm, pip, cargo, git, curl) go through delegate's egress
+    /// proxy, which allows only the policy's hosts; a refused connection gets HTTP 403 with a
+    /// body naming the policy and host. Only for a fresh sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// Input of `create_sandbox`.
@@ -101,6 +108,13 @@ pub struct CreateSandboxInput {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(skip)]
     pub snapshot: Option<String>,
+    /// Network access for the sandbox: the name of an egress policy the workspace allows
+    /// [the workspace's default, usually `none`: no network at all]. With a policy, HTTP and
+    /// HTTPS clients in the sandbox (npm, pip, cargo, git, curl) go through delegate's egress
+    /// proxy, which allows only the policy's hosts; a refused connection gets HTTP 403 with a
+    /// body naming the policy and host. Only for a fresh sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// What happens to the caller's repository when a run ends.

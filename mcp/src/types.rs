@@ -325,6 +325,21 @@ pub struct RunResult {
     /// clients can also read `delegate://runs/{run_id}/patch`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patch_url: Option<String>,
+    /// Connections the sandbox made through delegate's egress proxy during the run; absent
+    /// when its network policy is `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressSummary>,
+}
+
+/// A run's traffic through the egress proxy (each connection is also an `egress` event).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EgressSummary {
+    /// Connections the policy let through.
+    pub allowed: u64,
+    /// Connections refused (host not in the policy, a forbidden address, a limit).
+    pub denied: u64,
+    /// Bytes both ways through allowed connections.
+    pub bytes: u64,
 }
 
 impl From<&delegate_repo::Base> for RepoBase {

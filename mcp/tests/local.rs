@@ -273,6 +273,7 @@ impl FakeServer {
             conflicts: Vec::new(),
             apply_message: None,
             patch_url: None,
+            egress: None,
         }
     }
 

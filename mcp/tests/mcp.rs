@@ -105,6 +105,7 @@ fn run_result(status: RunStatus) -> RunResult {
         conflicts: Vec::new(),
         apply_message: None,
         patch_url: None,
+        egress: None,
     }
 }
 

@@ -289,6 +289,7 @@ async fn seed(store: &dyn Store) {
                     ttft_ms: Some(900),
                     base: None,
                     commit: None,
+                    egress: None,
                 },
             };
             store.insert_run(&run).await.unwrap();

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod credentials;
 pub mod delegation;
+pub mod egress;
 pub mod envelope;
 pub mod error;
 pub mod gateway;

@@ -70,6 +70,20 @@ async fn lifecycle(store: &dyn Store) {
     store.create_workspace(&ws, "u1").await.unwrap();
     assert_eq!(store.workspace_by_id("w1").await.unwrap(), ws);
     assert_eq!(store.workspace_by_slug("acme").await.unwrap(), ws);
+    // A workspace's egress choice: unset, set, cleared; an unknown workspace is not found.
+    assert_eq!(store.workspace_egress(&ws.id).await.unwrap(), None);
+    let choice = serde_json::json!({"allowed": ["none", "npm"], "default": "npm"});
+    store
+        .set_workspace_egress(&ws.id, Some(&choice))
+        .await
+        .unwrap();
+    assert_eq!(store.workspace_egress(&ws.id).await.unwrap(), Some(choice));
+    store.set_workspace_egress(&ws.id, None).await.unwrap();
+    assert_eq!(store.workspace_egress(&ws.id).await.unwrap(), None);
+    assert!(matches!(
+        store.set_workspace_egress("ws_missing", None).await,
+        Err(StoreError::NotFound(_))
+    ));
     assert_eq!(
         store.member_role("w1", "u1").await.unwrap(),
         Some(Role::Owner)
@@ -430,6 +444,11 @@ async fn lifecycle(store: &dyn Store) {
         // Written by finish_run; `base` is the inserted run's and stays.
         commit: Some("0f3a".repeat(10)),
         base: None,
+        egress: Some(delegate_mcp::types::EgressSummary {
+            allowed: 3,
+            denied: 2,
+            bytes: 4096,
+        }),
     };
     store
         .finish_run("r1", RunStatus::Running, RunStatus::Failed, &outcome, 900)

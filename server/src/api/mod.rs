@@ -24,7 +24,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
-use axum::routing::{MethodRouter, delete, get, patch, post};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use delegate_mcp::delegator::Caller;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 
@@ -379,6 +379,13 @@ pub fn table() -> Vec<Route> {
             .param("ws", In::Path, "string", "Workspace slug or id")
             .param("user_id", In::Path, "string", "The member's user id")
             .reply_text(204, "Removed", ""),
+        Route::new(Method::GET, "/api/workspaces/{ws}/egress", "getWorkspaceEgress", "The egress policies members may pick for a sandbox's network, and the default", get(workspaces::egress))
+            .param("ws", In::Path, "string", "Workspace slug or id")
+            .reply(200, "The choice in effect", schema::<crate::orchestrator::WorkspaceEgress>),
+        Route::new(Method::PUT, "/api/workspaces/{ws}/egress", "setWorkspaceEgress", "Choose the egress policies members may pick (none always) and the default (maintainers and owners)", put(workspaces::set_egress))
+            .param("ws", In::Path, "string", "Workspace slug or id")
+            .body(schema::<crate::orchestrator::WorkspaceEgress>)
+            .reply(200, "The choice in effect", schema::<crate::orchestrator::WorkspaceEgress>),
         Route::new(Method::POST, "/api/workspaces/{ws}/invites", "createInvite", "Create a one-time invite code (7 days) for sign-up into this workspace", post(workspaces::create_invite))
             .param("ws", In::Path, "string", "Workspace slug or id")
             .body(schema::<workspaces::RoleInput>)

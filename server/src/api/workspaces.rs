@@ -265,3 +265,36 @@ pub async fn revoke_invite(
     accounts::revoke_invite(&state.service, &caller, &ws, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// `GET /api/workspaces/{ws}/egress`: the egress policies members may pick and the default,
+/// as the workspace's admins chose them (unset: every policy of the server, its default).
+pub async fn egress(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    Path(ws): Path<String>,
+) -> ApiResult<axum::Json<crate::orchestrator::WorkspaceEgress>> {
+    let (ws, _) = state
+        .service
+        .authorize_role(&caller, Some(&ws), Action::Read)
+        .await?;
+    let orch = state.service.orchestrator();
+    Ok(axum::Json(orch.workspace_egress(&ws).await?))
+}
+
+/// `PUT /api/workspaces/{ws}/egress`: maintainers and owners choose which egress policies
+/// members may use (`none` always) and the default.
+pub async fn set_egress(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    Path(ws): Path<String>,
+    Json(input): Json<crate::orchestrator::WorkspaceEgress>,
+) -> ApiResult<axum::Json<crate::orchestrator::WorkspaceEgress>> {
+    let (ws, _) = state
+        .service
+        .authorize_role(&caller, Some(&ws), Action::ManageMembers)
+        .await?;
+    let orch = state.service.orchestrator();
+    Ok(axum::Json(
+        orch.set_workspace_egress(&ws, Some(input)).await?,
+    ))
+}

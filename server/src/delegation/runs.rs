@@ -79,6 +79,7 @@ impl Service {
             continue_session: input.continue_session.unwrap_or(false),
             snapshot,
             created_by: Some(created_by),
+            network: input.network,
         };
         let started = match sandbox {
             Some(sandbox) => self.orch.start_run_in(sandbox, request).await,

@@ -43,6 +43,7 @@ impl Service {
                 idle_timeout: input.idle_timeout_seconds.map(Duration::from_secs),
                 snapshot,
                 created_by: Some(Origin::User(caller.user_id.clone())),
+                network: input.network,
             })
             .await?;
         Ok(self.info(&sandbox))

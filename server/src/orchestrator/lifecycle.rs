@@ -3,6 +3,7 @@
 //! ([`sandbox_transition`]) and a compare-and-set in the store.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use delegate_mcp::types::SandboxStatus;
@@ -32,6 +33,8 @@ pub(super) struct NewSandbox<'a> {
     pub(super) snapshot: Option<&'a SnapshotFile>,
     pub(super) idle_timeout: Option<Duration>,
     pub(super) created_by: Option<Origin>,
+    /// The egress policy asked for; the workspace's default when `None`.
+    pub(super) network: Option<&'a str>,
 }
 
 impl Orchestrator {
@@ -61,6 +64,7 @@ impl Orchestrator {
                     snapshot: req.snapshot.as_deref(),
                     idle_timeout: req.idle_timeout,
                     created_by: req.created_by,
+                    network: req.network.as_deref(),
                 },
             )
             .await?;
@@ -90,6 +94,7 @@ impl Orchestrator {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn insert_sandbox(
         &self,
         ws: &Workspace,
@@ -102,7 +107,10 @@ impl Orchestrator {
             snapshot,
             idle_timeout,
             created_by,
+            network,
         } = new;
+        // Checked before the sandbox exists: a bad `network` leaves nothing behind.
+        let policy = self.choose_policy(ws, network).await?;
         let now = now_ms();
         let id = SandboxId::new().into_string();
         let sandbox = Sandbox {
@@ -114,7 +122,7 @@ impl Orchestrator {
             status: SandboxStatus::Creating,
             status_reason: None,
             idle_timeout_s: idle_timeout.map(|d| d.as_secs() as i64),
-            meta: serde_json::json!({}),
+            meta: serde_json::json!({ "network": policy.name }),
             created_by: created_by.map(|o| o.to_string()),
             created_at: now,
             updated_at: now,
@@ -126,6 +134,9 @@ impl Orchestrator {
             .set_sandbox_owner(&sandbox.id, &self.inner.instance_id)
             .await?;
         let token = issue_sandbox_token(self.inner.store.as_ref(), &id, &ws.id, None).await?;
+        let egress = self
+            .egress_for(&id, policy)
+            .map(|e| e as Arc<dyn crate::sandbox::EgressService>);
         let spec = SandboxSpec {
             id,
             kind,
@@ -133,6 +144,7 @@ impl Orchestrator {
             repo: snapshot.map(|s| s.path.clone()),
             proxy_token: Secret::new(token),
             serve_password: (kind == SandboxKind::Warm).then(|| Secret::new(new_secret(""))),
+            egress,
         };
         Ok((sandbox, spec))
     }
@@ -145,6 +157,9 @@ impl Orchestrator {
     ) -> Result<Option<ServeEndpoint>> {
         let created = self.inner.backend.create(spec).await;
         let failed = created.is_err();
+        if failed {
+            self.drop_egress(&sandbox.id);
+        }
         let settled = self
             .settle(
                 &sandbox.id,
@@ -233,6 +248,7 @@ impl Orchestrator {
         }
         self.revoke_sandbox_tokens(sandbox_id).await;
         lock(&self.inner.warm).remove(sandbox_id);
+        self.drop_egress(sandbox_id);
         let destroyed = if sandbox.backend == LOCAL_BACKEND {
             // Its files are the developer's: only the link goes.
             self.revoke_local(sandbox_id);

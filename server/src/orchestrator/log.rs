@@ -16,11 +16,23 @@ const BROADCAST_CAPACITY: usize = 1024;
 /// Rows per store page while replaying.
 const PAGE: i64 = 500;
 
-/// The writer side of one active run's log.
+/// The writer side of one active run's log; closing it (or dropping it) completes the log.
 pub struct RunLog {
+    shared: Arc<Shared>,
+}
+
+/// A second writer of an active run's log, for events that arrive beside the agent's output (the
+/// egress proxy's connections). It appends only while the log is open and never closes it.
+#[derive(Clone)]
+pub struct LogWriter {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     run_id: String,
     store: Arc<dyn Store>,
-    next_seq: u64,
+    /// Held across the store write, so sequence numbers stay gapless with two writers.
+    next_seq: tokio::sync::Mutex<u64>,
     tx: broadcast::Sender<Event>,
     done: watch::Sender<bool>,
 }
@@ -38,17 +50,21 @@ impl RunLog {
         let (done, done_rx) = watch::channel(false);
         (
             RunLog {
-                run_id: run_id.to_string(),
-                store,
-                next_seq: 1,
-                tx: tx.clone(),
-                done,
+                shared: Arc::new(Shared {
+                    run_id: run_id.to_string(),
+                    store,
+                    next_seq: tokio::sync::Mutex::new(1),
+                    tx: tx.clone(),
+                    done,
+                }),
             },
             LiveLog { tx, done: done_rx },
         )
     }
 
     /// Appends one event (sequence numbers from 1, no gaps) and tells subscribers.
+    // `&mut`: the run's driver is the log's one owner; other writers go through `writer()`.
+    #[allow(clippy::needless_pass_by_ref_mut)]
     pub async fn append(
         &mut self,
         ts: i64,
@@ -56,9 +72,49 @@ impl RunLog {
         data: serde_json::Value,
         raw: Option<serde_json::Value>,
     ) -> Result<Event, StoreError> {
+        self.shared.append(ts, kind, data, raw).await
+    }
+
+    /// Another writer of this log, which appends only while it is open.
+    pub fn writer(&self) -> LogWriter {
+        LogWriter {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Marks the log complete: followers drain and stop.
+    pub fn close(&self) {
+        let _ = self.shared.done.send(true);
+    }
+}
+
+impl LogWriter {
+    /// Appends one event unless the log is already complete (`Ok(None)` then).
+    pub async fn append(
+        &self,
+        ts: i64,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<Option<Event>, StoreError> {
+        if *self.shared.done.borrow() {
+            return Ok(None);
+        }
+        self.shared.append(ts, kind, data, None).await.map(Some)
+    }
+}
+
+impl Shared {
+    async fn append(
+        &self,
+        ts: i64,
+        kind: &str,
+        data: serde_json::Value,
+        raw: Option<serde_json::Value>,
+    ) -> Result<Event, StoreError> {
+        let mut next_seq = self.next_seq.lock().await;
         let event = NewEvent {
             run_id: self.run_id.clone(),
-            seq: self.next_seq,
+            seq: *next_seq,
             ts,
             kind: kind.to_string(),
             data,
@@ -67,7 +123,7 @@ impl RunLog {
         self.store
             .append_events(std::slice::from_ref(&event))
             .await?;
-        self.next_seq += 1;
+        *next_seq += 1;
         let event = Event {
             seq: event.seq,
             ts: event.ts,
@@ -78,11 +134,6 @@ impl RunLog {
         // No receivers is fine: nobody is watching live.
         let _ = self.tx.send(event.clone());
         Ok(event)
-    }
-
-    /// Marks the log complete: followers drain and stop.
-    pub fn close(&self) {
-        let _ = self.done.send(true);
     }
 }
 

@@ -13,6 +13,7 @@
 
 mod agent;
 mod artifacts;
+mod egress;
 mod grants;
 mod lifecycle;
 mod local;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 // Bootstrap lives in `crate::bootstrap`; re-exported for the callers that name it here.
 pub use artifacts::{bundle_path, patch_path, run_dir};
+pub use egress::WorkspaceEgress;
 pub use grants::register_external_sandbox;
 pub use local::LOCAL_BACKEND;
 pub use log::{LiveLog, follow};
@@ -77,6 +79,8 @@ pub struct RunRequest {
     pub snapshot: Option<Arc<SnapshotFile>>,
     /// Who delegated it.
     pub created_by: Option<Origin>,
+    /// The egress policy of a fresh sandbox; `None` for the workspace's default.
+    pub network: Option<String>,
 }
 
 /// A request for a warm sandbox (the `create_sandbox` input).
@@ -94,6 +98,8 @@ pub struct SandboxRequest {
     pub snapshot: Option<Arc<SnapshotFile>>,
     /// Who created it.
     pub created_by: Option<Origin>,
+    /// The sandbox's egress policy; `None` for the workspace's default.
+    pub network: Option<String>,
 }
 
 /// A warm sandbox's live facts, kept in memory while its opencode serve runs.
@@ -141,6 +147,10 @@ struct Inner {
     /// the process sandboxes it holds. Kept in the data dir, so a restart knows its own.
     instance_id: String,
     shutdown: CancellationToken,
+    /// The egress policies (built in and configured).
+    policies: crate::egress::Policies,
+    /// Each sandbox's egress proxy, while it exists; none for a `none` sandbox.
+    egress: Mutex<HashMap<String, Arc<crate::egress::Egress>>>,
 }
 
 impl Orchestrator {
@@ -152,6 +162,7 @@ impl Orchestrator {
         proxy: Proxy,
         active_runs: ActiveRuns,
     ) -> Result<Orchestrator> {
+        let policies = egress::policies(&settings)?;
         let (local_user, default_workspace) = ensure_local_user(store.as_ref()).await?;
         let instance_id = instance_id(&settings.data_dir)
             .await
@@ -176,6 +187,8 @@ impl Orchestrator {
                 local_user,
                 instance_id,
                 shutdown: CancellationToken::new(),
+                policies,
+                egress: Mutex::new(HashMap::new()),
             }),
         };
         orch.every(lifecycle::IDLE_SWEEP, lifecycle::sweep_idle);

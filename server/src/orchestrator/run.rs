@@ -91,6 +91,13 @@ pub(super) async fn start(
                         .into(),
                 ));
             }
+            if req.network.is_some() {
+                return Err(Error::Invalid(
+                    "network: only for a fresh sandbox; a warm sandbox keeps the policy it was \
+                     created with"
+                        .into(),
+                ));
+            }
             let (sandbox_id, sandbox) = match loaded {
                 Some(sandbox) => (sandbox.id.parse::<SandboxId>()?, sandbox),
                 // The request's text is parsed here, once: a malformed id is not found.
@@ -141,6 +148,7 @@ pub(super) async fn start(
                         snapshot: snapshot.as_deref(),
                         idle_timeout: None,
                         created_by: req.created_by.clone(),
+                        network: req.network.as_deref(),
                     },
                 )
                 .await?;
@@ -238,6 +246,7 @@ async fn drive(
     let deadline = Instant::now() + timeout;
     let mut state = RunState::new(run.status);
     let ephemeral = matches!(target, Target::Ephemeral(..));
+    let mut egress = None;
 
     let outcome = async {
         state
@@ -260,6 +269,7 @@ async fn drive(
         if let Ok(mut active) = inner.active_runs.write() {
             active.insert(run.sandbox_id.clone(), run.id.clone());
         }
+        egress = orch.begin_egress(&run.sandbox_id, &log);
         state
             .advance(&orch, &run.id, RunStatus::Running, &mut log)
             .await?;
@@ -324,6 +334,7 @@ async fn drive(
     if let Ok(mut active) = inner.active_runs.write() {
         active.remove(&run.sandbox_id);
     }
+    finish.outcome.egress = orch.end_egress(egress).await;
     // Usage as the proxy measured it; opencode's own count when the proxy saw nothing.
     inner.proxy.flush(Duration::from_secs(2)).await;
     if let Ok((usage, ttft)) = inner.store.run_usage(&run.id).await {

@@ -12,6 +12,7 @@ pub use workdir::Changes;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -60,6 +61,55 @@ pub struct SandboxSpec {
     pub proxy_token: Secret,
     /// Basic-auth password of a warm sandbox's `opencode serve`.
     pub serve_password: Option<Secret>,
+    /// delegate's egress proxy for this sandbox; `None` when its policy allows nothing (then
+    /// no socket exists and no proxy variables are set).
+    pub egress: Option<Arc<dyn EgressService>>,
+}
+
+/// Serves the connections a sandbox makes through its `egress.sock` (delegate's egress proxy,
+/// which lives above the backends: they only bind the socket and hand it over).
+pub trait EgressService: Send + Sync + std::fmt::Debug + 'static {
+    /// Accepts and serves connections from `listener` on background tasks until `stop`.
+    fn serve_unix(self: Arc<Self>, listener: tokio::net::UnixListener, stop: CancellationToken);
+}
+
+/// Binds a sandbox's `egress.sock` at `path` (replacing a stale one, `mode` as for the model
+/// proxy's socket) and hands it to `service` until `stop`.
+pub fn serve_egress(
+    service: &Arc<dyn EgressService>,
+    path: &std::path::Path,
+    mode: u32,
+    stop: CancellationToken,
+) -> Result<(), SandboxError> {
+    use std::os::unix::fs::PermissionsExt;
+    let bind = || -> std::io::Result<tokio::net::UnixListener> {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        Ok(listener)
+    };
+    let listener = bind().map_err(|e| SandboxError::Io(format!("bind {}: {e}", path.display())))?;
+    service.clone().serve_unix(listener, stop);
+    Ok(())
+}
+
+/// Where the in-sandbox relay offers the egress proxy (the model proxy is on port 4000).
+pub const IN_EGRESS_PROXY: &str = "127.0.0.1:4001";
+
+/// The environment that sends a sandbox's HTTP clients (npm, pip, cargo, git, curl) through
+/// the egress relay at [`IN_EGRESS_PROXY`]; the model proxy on loopback stays direct.
+pub fn egress_environment() -> Vec<(&'static str, String)> {
+    let url = format!("http://{IN_EGRESS_PROXY}");
+    let mut env = Vec::new();
+    for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+        env.push((name, url.clone()));
+    }
+    for name in ["http_proxy", "https_proxy", "all_proxy"] {
+        env.push((name, url.clone()));
+    }
+    env.push(("NO_PROXY", "127.0.0.1,localhost".into()));
+    env.push(("no_proxy", "127.0.0.1,localhost".into()));
+    env
 }
 
 /// A warm sandbox's `opencode serve`, as reachable from the server.

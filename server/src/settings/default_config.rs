@@ -68,4 +68,17 @@ registration = "invite"                                            # DELEGATE_RE
 # github_allowed_orgs = "my-org,other-org"                         # GITHUB_ALLOWED_ORGS
 # Only verified emails in these domains may sign in with OIDC (comma list).
 # oidc_allowed_email_domains = "example.com"                       # OIDC_ALLOWED_EMAIL_DOMAINS
+
+# Egress: sandboxes have no network; HTTP_PROXY/HTTPS_PROXY inside point at delegate's egress
+# proxy, which lets a connection through only when the sandbox's policy names the host, and
+# only to public addresses unless allow_addresses lists the address. Built in: none (nothing;
+# the default) and open (any host at a public address). List your team's real registries;
+# the hosts below are placeholders. DELEGATE_EGRESS_POLICIES takes the same as JSON:
+# {"packages": {"hosts": ["npm.internal.example", "*.pypi.internal.example"]}}
+[egress]
+default = "none"                                                   # DELEGATE_EGRESS_DEFAULT
+max_bytes = 1073741824                                             # DELEGATE_EGRESS_MAX_BYTES (per run)
+# [egress.policies.packages]                                       # DELEGATE_EGRESS_POLICIES
+# hosts = ["npm.internal.example", "*.pypi.internal.example", "git.internal.example:443"]
+# allow_addresses = ["10.20.0.0/16"]                               # private, yet allowed
 "#;

@@ -8,9 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    BackendChoice, DEFAULT_SANDBOX_IMAGE, DockerNetwork, DockerSettings, GitHost, GithubSettings,
-    IpRange, Isolation, OidcSettings, Registration, Secret, Settings, SsoSettings, Upstream,
-    UpstreamCredential,
+    BackendChoice, DEFAULT_SANDBOX_IMAGE, DockerNetwork, DockerSettings, EgressSettings, GitHost,
+    GithubSettings, IpRange, Isolation, OidcSettings, Registration, Secret, Settings, SsoSettings,
+    Upstream, UpstreamCredential,
 };
 
 /// The optional settings file; every field optional, same names as the env vars in lower case.
@@ -57,6 +57,7 @@ struct FileSettings {
     trusted_proxies: Option<String>,
     metrics_public: Option<bool>,
     git_allowed_hosts: Option<Vec<String>>,
+    egress: Option<EgressSettings>,
 }
 
 /// Why the settings could not be loaded; the message names the file or variable.
@@ -277,9 +278,32 @@ impl Settings {
         .map(|h| parse_git_host(h))
         .collect::<Result<Vec<_>, _>>()?;
 
+        let mut egress = f.egress.take().unwrap_or_default();
+        if let Some(json) = env.var("DELEGATE_EGRESS_POLICIES") {
+            egress.policies = serde_json::from_str(&json).map_err(|e| SettingsError::Invalid {
+                name: "DELEGATE_EGRESS_POLICIES",
+                message: format!(
+                    "expected JSON like {{\"npm\": {{\"hosts\": [\"npm.internal.example\"]}}}}: {e}"
+                ),
+            })?;
+        }
+        if let Some(name) = env.var("DELEGATE_EGRESS_DEFAULT") {
+            egress.default = Some(name);
+        }
+        if let Some(v) = env.var("DELEGATE_EGRESS_MAX_BYTES") {
+            egress.max_bytes = Some(parse_value("DELEGATE_EGRESS_MAX_BYTES", &v)?);
+        }
+        if egress.max_bytes == Some(0) {
+            return Err(SettingsError::Invalid {
+                name: "DELEGATE_EGRESS_MAX_BYTES",
+                message: "must be more than 0".into(),
+            });
+        }
+
         Ok(Settings {
             trusted_proxies,
             metrics_public,
+            egress,
             base_domain,
             base_scheme,
             git_allowed_hosts,

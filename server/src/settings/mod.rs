@@ -221,6 +221,8 @@ pub struct Settings {
     /// servers that `repo` URLs may reach although they resolve to private addresses, over
     /// `http://` too.
     pub git_allowed_hosts: Vec<GitHost>,
+    /// Egress policies and limits (`[egress]`, `DELEGATE_EGRESS_*`).
+    pub egress: EgressSettings,
 }
 
 /// An address range (`10.0.0.0/8`, `::1/128`; a bare address is a range of one).
@@ -287,6 +289,49 @@ pub struct GitHost {
     pub host: String,
     /// Only this port; any port when `None`.
     pub port: Option<u16>,
+}
+
+/// The egress proxy's settings. The policies are checked (patterns, addresses, names) when the
+/// orchestrator starts, by `egress::Policies`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSettings {
+    /// `DELEGATE_EGRESS_POLICIES` (JSON, replaces the file's) or `[egress.policies.NAME]`:
+    /// the named policies besides the built-in `none` and `open`.
+    #[serde(default)]
+    pub policies: std::collections::BTreeMap<String, EgressPolicySettings>,
+    /// `DELEGATE_EGRESS_DEFAULT` (default `none`): the policy of a sandbox when neither the
+    /// request nor its workspace picks one.
+    #[serde(default)]
+    pub default: Option<String>,
+    /// `DELEGATE_EGRESS_MAX_BYTES` (default 1 GiB): bytes through the egress proxy per run.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+}
+
+impl EgressSettings {
+    /// The default policy's name.
+    pub fn default_policy(&self) -> &str {
+        self.default.as_deref().unwrap_or("none")
+    }
+
+    /// The byte cap per run.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes.unwrap_or(1 << 30)
+    }
+}
+
+/// One named egress policy as written in the settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressPolicySettings {
+    /// Host patterns: `example.com`, `*.example.org` (subdomains), `example.com:8443`,
+    /// `example.com:*`; without a port, 80 and 443.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Addresses or CIDR networks allowed although private, loopback or otherwise not public.
+    #[serde(default)]
+    pub allow_addresses: Vec<String>,
 }
 
 /// Single sign-on settings. Callbacks are `{redirect_base_url}/api/auth/oidc/callback` and

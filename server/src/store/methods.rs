@@ -219,6 +219,35 @@ macro_rules! impl_store {
                 ))
             }
 
+            async fn workspace_egress(&self, workspace_id: &str) -> Result<Option<Value>> {
+                let text = sqlx::query_scalar::<_, Option<String>>(sql::WORKSPACE_EGRESS)
+                    .bind(workspace_id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("workspace"))?;
+                text.map(|t| {
+                    serde_json::from_str(&t).map_err(|e| sql::corrupt("workspace egress", e))
+                })
+                .transpose()
+            }
+
+            async fn set_workspace_egress(
+                &self,
+                workspace_id: &str,
+                egress: Option<&Value>,
+            ) -> Result<()> {
+                let done = sqlx::query(sql::SET_WORKSPACE_EGRESS)
+                    .bind(egress.map(sql::json_text))
+                    .bind(workspace_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("workspace"))?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound("workspace"));
+                }
+                Ok(())
+            }
+
             async fn set_sandbox_meta(&self, id: &str, meta: &Value, now: Millis) -> Result<()> {
                 let done = sqlx::query(sql::SET_SANDBOX_META)
                     .bind(sql::json_text(meta))
@@ -372,6 +401,7 @@ macro_rules! impl_store {
                     .bind(&o.commit)
                     .bind(id)
                     .bind(expected.as_str())
+                    .bind(o.egress.map(|e| sql::json_text(&serde_json::json!(e))))
                     .execute(&self.pool)
                     .await
                     .map_err(db_error("run"))?;

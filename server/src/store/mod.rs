@@ -237,6 +237,8 @@ pub struct RunOutcome {
     /// The commit the run's change became (its patch and bundle are kept under the data dir);
     /// `None` when nothing was collected.
     pub commit: Option<String>,
+    /// Connections through the egress proxy; `None` when the sandbox had no egress.
+    pub egress: Option<delegate_mcp::types::EgressSummary>,
 }
 
 /// What kind of secret a token row stands for. Only the SHA-256 of the secret is stored.
@@ -386,6 +388,11 @@ pub trait Store: Send + Sync + 'static {
     async fn set_member(&self, workspace_id: &str, user_id: &str, role: Role) -> Result<()>;
     /// A user's role in a workspace; `None` if they are not a member.
     async fn member_role(&self, workspace_id: &str, user_id: &str) -> Result<Option<Role>>;
+    /// The workspace's egress choice (`{"allowed": [...], "default": ...}`) as its admins set
+    /// it; `None` when they have not.
+    async fn workspace_egress(&self, workspace_id: &str) -> Result<Option<Value>>;
+    /// Sets (or with `None` clears) the workspace's egress choice.
+    async fn set_workspace_egress(&self, workspace_id: &str, egress: Option<&Value>) -> Result<()>;
 
     // Sandboxes.
     /// Inserts a new sandbox row.

@@ -71,6 +71,8 @@ pub(super) fn sandboxes_with_status(n: usize) -> String {
 pub(super) const CAS_SANDBOX_STATUS: &str = "UPDATE sandboxes \
      SET status = $1, status_reason = $2, updated_at = $3 WHERE id = $4 AND status = $5";
 pub(super) const SANDBOX_STATUS: &str = "SELECT status FROM sandboxes WHERE id = $1";
+pub(super) const WORKSPACE_EGRESS: &str = "SELECT egress FROM workspaces WHERE id = $1";
+pub(super) const SET_WORKSPACE_EGRESS: &str = "UPDATE workspaces SET egress = $1 WHERE id = $2";
 pub(super) const SET_SANDBOX_META: &str =
     "UPDATE sandboxes SET meta = $1, updated_at = $2 WHERE id = $3";
 
@@ -79,7 +81,7 @@ pub(super) const SET_SANDBOX_META: &str =
 const RUN_COLUMNS: &str = "id, sandbox_id, workspace_id, task, model, agent, status, timeout_s, \
      created_by, created_at, started_at, finished_at, final_message, changed_files, diff, \
      diff_truncated, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, \
-     error_kind, error_message, ttft_ms, base, commit_sha";
+     error_kind, error_message, ttft_ms, base, commit_sha, egress";
 
 pub(super) const INSERT_RUN: &str = "INSERT INTO runs (id, sandbox_id, workspace_id, task, model, \
      agent, status, timeout_s, created_by, created_at, started_at, finished_at, final_message, \
@@ -124,7 +126,7 @@ pub(super) const RUN_STATUS: &str = "SELECT status FROM runs WHERE id = $1";
 pub(super) const FINISH_RUN: &str = "UPDATE runs SET status = $1, finished_at = $2, \
      final_message = $3, changed_files = $4, diff = $5, diff_truncated = $6, input_tokens = $7, \
      output_tokens = $8, cache_read_tokens = $9, cache_write_tokens = $10, cost_usd = $11, \
-     error_kind = $12, error_message = $13, ttft_ms = $14, commit_sha = $15 \
+     error_kind = $12, error_message = $13, ttft_ms = $14, commit_sha = $15, egress = $18 \
      WHERE id = $16 AND status = $17";
 
 // ---- Events -----------------------------------------------------------------------------------
@@ -218,7 +220,7 @@ pub(super) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Database(format!("corrupt {what} in database: {detail}"))
 }
 
@@ -430,6 +432,7 @@ pub(super) struct RunRow {
     ttft_ms: Option<i64>,
     base: Option<String>,
     commit_sha: Option<String>,
+    egress: Option<String>,
 }
 
 impl RunRow {
@@ -472,6 +475,12 @@ impl RunRow {
                 ttft_ms: self.ttft_ms,
                 base: parse_base("run base", self.base.as_deref())?,
                 commit: self.commit_sha,
+                egress: match &self.egress {
+                    Some(text) => {
+                        Some(serde_json::from_str(text).map_err(|e| corrupt("run egress", e))?)
+                    }
+                    None => None,
+                },
             },
         })
     }

@@ -82,6 +82,7 @@ impl DockerBackend {
                 .cloned()
                 .map(Secret::new),
             stop: self.shutdown.child_token(),
+            egress: false,
             serve_relay: Mutex::new(None),
         });
         self.serve_proxy_socket(&live)?;
@@ -156,11 +157,23 @@ impl SandboxBackend for DockerBackend {
             token: spec.proxy_token.clone(),
             password: spec.serve_password.clone(),
             stop: self.shutdown.child_token(),
+            egress: spec.egress.is_some(),
             serve_relay: Mutex::new(None),
         });
+        if spec.egress.is_some() && self.settings.network != DockerNetwork::None {
+            return Err(SandboxError::BadInput(
+                "network: egress policies need DELEGATE_DOCKER_NETWORK=none (containers on a \
+                 network of their own would bypass the egress proxy)"
+                    .into(),
+            ));
+        }
         self.remember(&spec.id, live.clone())?;
         let made = async {
             self.serve_proxy_socket(&live)?;
+            if let Some(egress) = &spec.egress {
+                let socket = live.dirs.run.join("egress.sock");
+                crate::sandbox::serve_egress(egress, &socket, 0o666, live.stop.clone())?;
+            }
             self.create_volume(&spec.id, "work").await?;
             if spec.kind != SandboxKind::Warm {
                 // The container is made per run, with the run's arguments.

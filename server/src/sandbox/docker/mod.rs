@@ -91,6 +91,9 @@ struct Live {
     password: Option<Secret>,
     /// Ends the sandbox's proxy socket and serve relay.
     stop: CancellationToken,
+    /// Whether the sandbox has an `egress.sock` (its policy allows something). Not known after
+    /// a restart: an adopted sandbox's proxy variables then lead nowhere, which denies.
+    egress: bool,
     /// The switch of the current serve relay (none while paused).
     serve_relay: Mutex<Option<CancellationToken>>,
 }

@@ -33,6 +33,15 @@ impl DockerBackend {
         let network = &self.settings.network;
         if *network == DockerNetwork::None {
             env.push(format!("DELEGATE_PROXY_SOCKET={IN_RUN}/proxy.sock"));
+            if live.egress {
+                // The entrypoint relays 127.0.0.1:4001 to it, where the proxy variables point.
+                env.push(format!("DELEGATE_EGRESS_SOCKET={IN_RUN}/egress.sock"));
+                env.extend(
+                    crate::sandbox::egress_environment()
+                        .into_iter()
+                        .map(|(k, v)| format!("{k}={v}")),
+                );
+            }
         }
         let mut binds = vec![format!("{}:{IN_WORKSPACE}", volume_name(id, "work"))];
         let mut tmpfs = HashMap::from([(

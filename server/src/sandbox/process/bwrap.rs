@@ -32,6 +32,9 @@ impl ProcessBackend {
                 // Secrets go in the environment bubblewrap inherits (readable by delegate's own
                 // user alone), never on its command line (readable by anyone in /proc).
                 cmd.envs(env);
+                if live.egress {
+                    cmd.envs(crate::sandbox::egress_environment());
+                }
                 if serve {
                     cmd.env("OPENCODE_SERVER_PASSWORD", live_password(live)?);
                 }
@@ -42,6 +45,15 @@ impl ProcessBackend {
                     "--forward",
                     &format!("tcp:{IN_PROXY}=unix:{IN_RUN}/proxy.sock"),
                 ]);
+                if live.egress {
+                    cmd.args([
+                        "--forward",
+                        &format!(
+                            "tcp:{}=unix:{IN_RUN}/egress.sock",
+                            crate::sandbox::IN_EGRESS_PROXY
+                        ),
+                    ]);
+                }
                 if serve {
                     cmd.args([
                         "--forward",

@@ -87,6 +87,8 @@ struct Live {
     token: Secret,
     stop: CancellationToken,
     cgroup: Option<Cgroup>,
+    /// Whether the sandbox has an `egress.sock` (its policy allows something).
+    egress: bool,
     /// The running `opencode serve` and the switch of its host-side relay.
     serve: Mutex<Option<(Child, CancellationToken)>>,
 }
@@ -243,12 +245,23 @@ impl SandboxBackend for ProcessBackend {
             token: spec.proxy_token.clone(),
             stop: self.shutdown.child_token(),
             cgroup,
+            egress: spec.egress.is_some() && self.bwrap.is_some(),
             serve: Mutex::new(None),
         });
         if self.bwrap.is_some() {
             let socket = live.dirs.run.join("proxy.sock");
             crate::net::serve_unix(self.proxy.clone(), &socket, 0o600, live.stop.clone())
                 .map_err(|e| SandboxError::Io(format!("bind {}: {e}", socket.display())))?;
+            if let Some(egress) = &spec.egress {
+                let socket = live.dirs.run.join("egress.sock");
+                super::serve_egress(egress, &socket, 0o600, live.stop.clone())?;
+            }
+        } else if spec.egress.is_some() {
+            tracing::warn!(
+                "sandbox {}: isolation is off, so it has the host's network and its egress \
+                 policy is not enforced",
+                spec.id
+            );
         }
         self.sandboxes
             .lock()

@@ -1,0 +1,275 @@
+//! delegate's egress proxy: the only way a sandbox reaches anything but the model. A sandbox has
+//! no network of its own; `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` inside it point at a relay that
+//! carries each connection to this proxy over the sandbox's `egress.sock`. Here every connection
+//! is checked against the sandbox's [`Policy`], its host name is resolved by delegate (never by
+//! the sandbox), addresses that are not public are refused unless an admin listed them, and the
+//! bytes are counted against the run's cap.
+//!
+//! One [`Egress`] serves one sandbox. The orchestrator opens a window per run
+//! ([`Egress::begin`]): each connection is reported on the window's channel as an
+//! [`EgressRecord`] (which becomes an `egress` run event) and summed into its totals, which
+//! [`Egress::end`] returns for the run's result once the sandbox's connections have closed.
+//!
+//! Files: `policy.rs` (patterns, named policies), `address.rs` (address classes, CIDR
+//! networks), `proxy.rs` (one connection: CONNECT and plain-HTTP forwarding, refusals, metering).
+
+pub mod address;
+pub mod policy;
+mod proxy;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use delegate_mcp::types::EgressSummary;
+use serde::Serialize;
+use tokio::net::UnixListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use policy::{Policies, Policy};
+
+/// Per-sandbox limits of the egress proxy.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections open at once; more are refused with 503 until one closes.
+    pub max_connections: usize,
+    /// Bytes (both directions) per run window; past it connections are cut.
+    pub max_bytes: u64,
+    /// How long a client may take to send its request head.
+    pub head_timeout: Duration,
+    /// How long connecting to the destination may take.
+    pub connect_timeout: Duration,
+}
+
+impl Limits {
+    /// The defaults with `max_bytes` from the settings.
+    pub fn with_max_bytes(max_bytes: u64) -> Limits {
+        Limits {
+            max_connections: 64,
+            max_bytes,
+            head_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Whether a connection was let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Connected to the destination.
+    Allowed,
+    /// Refused (policy, address, limit, bad request); the client got an error reply.
+    Denied,
+}
+
+/// One connection through the proxy, as the run's `egress` event shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EgressRecord {
+    /// The host the sandbox asked for (empty when the request could not be read).
+    pub host: String,
+    /// The port it asked for.
+    pub port: u16,
+    /// Allowed or denied.
+    pub decision: Decision,
+    /// Why it was denied, or why an allowed connection was cut (the byte cap).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Bytes from the sandbox to the destination.
+    pub bytes_up: u64,
+    /// Bytes from the destination to the sandbox.
+    pub bytes_down: u64,
+    /// From accepting the connection to closing it.
+    pub duration_ms: u64,
+}
+
+/// A run window's counters, shared by its connections.
+#[derive(Debug, Default)]
+struct Totals {
+    allowed: AtomicU64,
+    denied: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// The run window connections are attributed to.
+#[derive(Clone)]
+struct Window {
+    totals: Arc<Totals>,
+    sink: Option<mpsc::Sender<EgressRecord>>,
+}
+
+/// One sandbox's egress proxy.
+pub struct Egress {
+    policy: Arc<Policy>,
+    limits: Limits,
+    connections: Arc<Semaphore>,
+    window: Mutex<Window>,
+    /// Connections being served; [`Egress::end`] waits for zero.
+    open: watch::Sender<usize>,
+}
+
+impl fmt::Debug for Egress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Egress")
+            .field("policy", &self.policy.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Egress {
+    /// A proxy for one sandbox under `policy`.
+    pub fn new(policy: Arc<Policy>, limits: Limits) -> Arc<Egress> {
+        Arc::new(Egress {
+            policy,
+            connections: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            limits,
+            window: Mutex::new(Window {
+                totals: Arc::default(),
+                sink: None,
+            }),
+            open: watch::Sender::new(0),
+        })
+    }
+
+    /// The sandbox's policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Starts a run's window: from now on connections are reported on `sink` (a full channel
+    /// drops the record, never blocks the proxy) and counted towards a fresh byte cap.
+    pub fn begin(&self, sink: mpsc::Sender<EgressRecord>) {
+        *lock(&self.window) = Window {
+            totals: Arc::default(),
+            sink: Some(sink),
+        };
+    }
+
+    /// Ends the run's window: waits up to `settle` for the sandbox's open connections to close
+    /// (their bytes belong to the run), then returns the window's totals.
+    pub async fn end(&self, settle: Duration) -> EgressSummary {
+        let mut open = self.open.subscribe();
+        let _ = tokio::time::timeout(settle, open.wait_for(|n| *n == 0)).await;
+        let window = std::mem::replace(
+            &mut *lock(&self.window),
+            Window {
+                totals: Arc::default(),
+                sink: None,
+            },
+        );
+        EgressSummary {
+            allowed: window.totals.allowed.load(Ordering::Relaxed),
+            denied: window.totals.denied.load(Ordering::Relaxed),
+            bytes: window.totals.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn current(&self) -> Window {
+        lock(&self.window).clone()
+    }
+
+    /// Accepts connections until `stop`, each served on its own task while a connection slot is
+    /// free; when none is, the connection gets a 503 right away, so a flood costs the server one
+    /// short write per attempt and nothing piles up.
+    pub async fn serve<L: Accept>(self: Arc<Self>, listener: L, stop: CancellationToken) {
+        loop {
+            let stream = tokio::select! {
+                _ = stop.cancelled() => return,
+                s = listener.accept_one() => match s {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "egress: accept failed");
+                        continue;
+                    }
+                },
+            };
+            let window = self.current();
+            match self.connections.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let egress = self.clone();
+                    let stop = stop.clone();
+                    self.open.send_modify(|n| *n += 1);
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            _ = proxy::serve_connection(&egress, &window, stream) => {}
+                        }
+                        drop(permit);
+                        egress.open.send_modify(|n| *n -= 1);
+                    });
+                }
+                Err(_) => {
+                    let reason = format!(
+                        "too many connections at once (at most {})",
+                        self.limits.max_connections
+                    );
+                    proxy::refuse_busy(stream, &reason).await;
+                    report(
+                        &window,
+                        EgressRecord {
+                            host: String::new(),
+                            port: 0,
+                            decision: Decision::Denied,
+                            reason: Some(reason),
+                            bytes_up: 0,
+                            bytes_down: 0,
+                            duration_ms: 0,
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Counts a finished connection into its window and hands it to the window's sink.
+fn report(window: &Window, record: EgressRecord) {
+    let t = &window.totals;
+    match record.decision {
+        Decision::Allowed => t.allowed.fetch_add(1, Ordering::Relaxed),
+        Decision::Denied => t.denied.fetch_add(1, Ordering::Relaxed),
+    };
+    if let Some(sink) = &window.sink
+        && sink.try_send(record).is_err()
+    {
+        tracing::debug!("egress: event channel full or closed; record dropped");
+    }
+}
+
+/// A listener the proxy can accept client streams from (the sandbox's unix socket; loopback TCP
+/// in tests and benches).
+pub trait Accept: Send + 'static {
+    /// The accepted stream.
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    /// Waits for the next connection.
+    fn accept_one(&self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept_one(&self) -> std::io::Result<Self::Stream> {
+        Ok(self.accept().await?.0)
+    }
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept_one(&self) -> std::io::Result<Self::Stream> {
+        let (s, _) = self.accept().await?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+}
+
+impl crate::sandbox::EgressService for Egress {
+    fn serve_unix(self: Arc<Self>, listener: UnixListener, stop: CancellationToken) {
+        tokio::spawn(self.serve(listener, stop));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Only plain assignments happen under these locks.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
