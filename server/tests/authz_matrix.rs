@@ -111,6 +111,8 @@ fn expected(operation_id: &str, access: Access, who: Who) -> u16 {
         "addMember" | "createInvite" => ws(Role::Maintainer, 201),
         "listInvites" => ws(Role::Maintainer, 200),
         "revokeInvite" => ws(Role::Maintainer, 204),
+        "getWorkspaceEgress" => ws(Role::Guest, 200),
+        "setWorkspaceEgress" => ws(Role::Maintainer, 200),
         "createAgentCode" => ws(Role::Developer, 201),
         "changeMember" => ws(Role::Maintainer, 200),
         "removeMember" => ws(Role::Maintainer, 204),
@@ -245,6 +247,7 @@ impl World {
             "addMember" => json!({ "email": self.newcomer.user.email, "role": "developer" }),
             "changeMember" => json!({ "role": "guest" }),
             "createInvite" => json!({ "role": "developer" }),
+            "setWorkspaceEgress" => json!({ "allowed": ["none"], "default": "none" }),
             "createAgentCode" => json!({}),
             "registerAgent" => json!({ "code": "dac_made_up", "name": "laptop" }),
             "signup" => json!({
