@@ -50,6 +50,9 @@ BLOB = bytes([0, 159, 146, 150, 0, 1, 2, 3])
 AGENT_MAIN = b'fn main() { println!("hi"); }\n'
 AGENT_BLOB = bytes([1, 2, 3, 0, 255])
 
+# Per SSE event of the fake's slow replies: long enough to read a live sandbox's files.
+SLOW_EVENT_MS = 150
+
 # The scripted agent: records what it can read (the ignored files must be missing, the untracked
 # one there, the snapshot's commits named) in a new file, then changes a text file and a binary one.
 AGENT = (
@@ -238,6 +241,11 @@ def contents_of(path: Path) -> Iterator[bytes]:
             yield zlib.decompress(data)
 
 
+def found_below(top: Path, name: str) -> bool:
+    """Whether a file called `name` is below `top` (a tree that may change while it is walked)."""
+    return any(name in filenames for _, _, filenames in os.walk(top))
+
+
 def assert_no_secrets(*dirs: Path) -> int:
     """No file below `dirs` holds an ignored file's content; returns how many files were read."""
     read = 0
@@ -420,22 +428,49 @@ async def test_apply_none_then_apply_changes_to_the_worktree_and_a_conflict_chan
     assert branch in delegate_branches(root)
 
 
+@pytest.mark.parametrize("project_from", ["cwd", "CLAUDE_PROJECT_DIR"])
 async def test_bridged_mcp_snapshots_here_and_the_server_keeps_no_ignored_content(
-    serve_factory: Callable[..., Serve], fake_agent: Fake, tmp_path: Path
+    project_from: str,
+    serve_factory: Callable[..., Serve],
+    fake_factory: Callable[[str], Fake],
+    tmp_path: Path,
+    elsewhere: Path,
 ) -> None:
     root = make_project(tmp_path / "caller")
     head = git(root, "rev-parse", "HEAD")
     before = fingerprint(root)
-    serve = serve_factory(fake_agent.url)
+    serve = serve_factory(fake_factory(f"slow:{SLOW_EVENT_MS}:bash:{AGENT}").url)
     token = serve.token()
     local = fresh_data_dir()
+    # the project root: the server process's cwd, or CLAUDE_PROJECT_DIR (as Claude Code sets it)
+    env = bridged_env(local)
+    if project_from == "cwd":
+        cwd = root
+    else:
+        cwd = elsewhere
+        env["CLAUDE_PROJECT_DIR"] = str(root)
     try:
         with anyio.fail_after(180):
             async with mcp_stdio(
                 ["mcp", "--server", serve.base_url, "--token", token],
-                bridged_env(local), tmp_path / "bridged-mcp.log", cwd=root, mode="auto",
+                env, tmp_path / "bridged-mcp.log", cwd=cwd, mode="auto",
             ) as c:
-                r = await c.call_tool("run_in_sandbox", {"task": "make the change"})
+                done: dict[str, Any] = {}
+
+                async def run() -> None:
+                    done["r"] = await c.call_tool("run_in_sandbox", {"task": "make the change"})
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(run)
+                    # while the agent works (the fake answers slowly), the server holds the
+                    # repository at its fullest: the uploaded snapshot checked out in the sandbox
+                    await await_cond(
+                        lambda: found_below(serve.data_dir, "untracked.txt"), 60,
+                        "the snapshot checked out in the server's sandbox",
+                    )
+                    assert "r" not in done, "the run ended before the sandbox could be read"
+                    mid_run = assert_no_secrets(serve.data_dir)
+                r = done["r"]
                 assert not r.is_error, show(r)
                 out = r.structured_content
                 assert isinstance(out, dict), show(r)
@@ -447,7 +482,7 @@ async def test_bridged_mcp_snapshots_here_and_the_server_keeps_no_ignored_conten
         check_patch_applies(root, branch, patch, tmp_path)
         await await_cond(lambda: not serve.sandbox_processes(), 30, "the run's sandbox processes to exit")
         # the snapshot went to the server (and is kept here for apply_changes), without ignored files
-        assert assert_no_secrets(serve.data_dir) > 0
+        assert mid_run > 0 and assert_no_secrets(serve.data_dir) > 0
         assert assert_no_secrets(local) > 0
         assert token not in (tmp_path / "bridged-mcp.log").read_text(errors="replace")
     finally:
