@@ -278,7 +278,9 @@ async def stdio_client(env: dict[str, str], mode: str, errlog: Path) -> AsyncIte
     from mcp import Client, StdioServerParameters
     from mcp.client.stdio import stdio_client as sdk_stdio_client
 
-    params = StdioServerParameters(command=str(DELEGATE), args=["mcp"], env=env)
+    # in the test's own temp dir: started inside delegate's checkout, `delegate mcp` would take it
+    # as the project, snapshot it for every run and write delegate/ branches into it
+    params = StdioServerParameters(command=str(DELEGATE), args=["mcp"], env=env, cwd=errlog.parent)
     with open(errlog, "a") as err:
         async with Client(sdk_stdio_client(params, errlog=err), mode=mode) as client:
             yield client

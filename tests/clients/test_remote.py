@@ -36,7 +36,8 @@ async def remote_client(args: list[str], env: dict[str, str], errlog: Path, mode
     from mcp import Client, StdioServerParameters
     from mcp.client.stdio import stdio_client as sdk_stdio_client
 
-    params = StdioServerParameters(command=str(DELEGATE), args=["mcp", *args], env=env)
+    # not in delegate's checkout (the project root would be it: snapshotted, branches written)
+    params = StdioServerParameters(command=str(DELEGATE), args=["mcp", *args], env=env, cwd=errlog.parent)
     with open(errlog, "a") as err:
         async with Client(sdk_stdio_client(params, errlog=err), mode=mode) as client:
             yield client
@@ -136,13 +137,16 @@ async def test_remote_mcp_unreachable_server_is_a_readable_tool_error(local_dir:
             assert token not in text
 
 
-def test_remote_run_cli_json(serve_factory: Callable[..., Serve], fake_write: Fake, local_dir: Path) -> None:
+def test_remote_run_cli_json(
+    serve_factory: Callable[..., Serve], fake_write: Fake, local_dir: Path, tmp_path: Path
+) -> None:
     """`delegate run --server --token --json`: progress on stderr, the result JSON on stdout, exit 0."""
     serve = serve_factory(fake_write.url)
     token = serve.token()
     p = subprocess.run(
         [str(DELEGATE), "run", "--json", "--server", serve.base_url, "--token", token, "create hello.txt saying hi"],
         env=remote_env(local_dir),
+        cwd=tmp_path,  # not in delegate's checkout, which `delegate run` would take as the repository
         capture_output=True,
         text=True,
         timeout=180,
@@ -171,6 +175,7 @@ def test_remote_run_cli_json(serve_factory: Callable[..., Serve], fake_write: Fa
     p = subprocess.run(
         [str(DELEGATE), "run", "--json", "--sandbox", sandbox_id, "create hello.txt saying hi"],
         env=remote_env(local_dir, DELEGATE_SERVER=serve.base_url, DELEGATE_TOKEN=token),
+        cwd=tmp_path,  # not in delegate's checkout, which `delegate run` would take as the repository
         capture_output=True,
         text=True,
         timeout=180,
