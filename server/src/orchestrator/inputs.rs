@@ -141,7 +141,9 @@ pub fn validate(inputs: &SandboxInputs, images: &[String], backend: &str) -> Res
             )));
         }
         if setup.contains('\0') {
-            return Err(Error::Invalid("setup: the script contains a NUL byte".into()));
+            return Err(Error::Invalid(
+                "setup: the script contains a NUL byte".into(),
+            ));
         }
     }
     if let Some(image) = &inputs.image {
@@ -172,7 +174,11 @@ impl Orchestrator {
         inputs: &SandboxInputs,
     ) -> Result<ResolvedInputs> {
         let settings = &self.inner.settings;
-        validate(inputs, &settings.sandbox_images(), self.inner.backend.name())?;
+        validate(
+            inputs,
+            &settings.sandbox_images(),
+            self.inner.backend.name(),
+        )?;
         let mut env: Vec<(String, Secret)> = inputs
             .env
             .iter()
@@ -237,7 +243,14 @@ mod tests {
             let err = validate(&env(&[(bad, "x")]), &[], "process").unwrap_err();
             assert!(err.to_string().contains("not a variable name"), "{err}");
         }
-        for reserved in ["PATH", "home", "https_proxy", "DELEGATE_X", "OPENCODE_CONFIG", "ANTHROPIC_API_KEY"] {
+        for reserved in [
+            "PATH",
+            "home",
+            "https_proxy",
+            "DELEGATE_X",
+            "OPENCODE_CONFIG",
+            "ANTHROPIC_API_KEY",
+        ] {
             let err = validate(&env(&[(reserved, "x")]), &[], "process").unwrap_err();
             assert!(err.to_string().contains("set by delegate itself"), "{err}");
         }
@@ -250,14 +263,29 @@ mod tests {
             env: many.into_iter().collect(),
             ..Default::default()
         };
-        assert!(validate(&inputs, &[], "process").unwrap_err().to_string().contains("at most 64"));
+        assert!(
+            validate(&inputs, &[], "process")
+                .unwrap_err()
+                .to_string()
+                .contains("at most 64")
+        );
         let big = "x".repeat(MAX_ENV_BYTES);
-        assert!(validate(&env(&[("BIG", &big)]), &[], "process").unwrap_err().to_string().contains("64 KiB"));
+        assert!(
+            validate(&env(&[("BIG", &big)]), &[], "process")
+                .unwrap_err()
+                .to_string()
+                .contains("64 KiB")
+        );
         let setup = SandboxInputs {
             setup: Some("x".repeat(MAX_SETUP_BYTES + 1)),
             ..Default::default()
         };
-        assert!(validate(&setup, &[], "process").unwrap_err().to_string().contains("setup:"));
+        assert!(
+            validate(&setup, &[], "process")
+                .unwrap_err()
+                .to_string()
+                .contains("setup:")
+        );
     }
 
     #[test]
@@ -271,6 +299,10 @@ mod tests {
         let err = validate(&want("node:22"), &listed, "process").unwrap_err();
         assert!(err.to_string().contains("runs no containers"), "{err}");
         let err = validate(&want("evil:latest"), &listed, "docker").unwrap_err();
-        assert!(err.to_string().contains("not one of this server's sandbox images"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("not one of this server's sandbox images"),
+            "{err}"
+        );
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use delegate_mcp::types::SandboxStatus;
 
 use super::grants::issue_sandbox_token;
-use super::reservation::Reservation;
 use super::inputs::SandboxInputs;
+use super::reservation::Reservation;
 use super::setup::SetupEnd;
 use super::{Error, LOCAL_BACKEND, Orchestrator, Result, SandboxRequest, SnapshotFile, Warm, lock};
 use crate::ids::{Origin, SandboxId, new_secret, now_ms};

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::agent::{headless, served};
 use super::lifecycle::NewSandbox;
 use super::log::{Redactor, RunLog};
-use super::setup::SetupEnd;
 use super::reservation::Reservation;
+use super::setup::SetupEnd;
 use super::{Error, Orchestrator, Result, RunRequest, SnapshotFile, Warm, lock};
 use crate::ids::{Origin, RunId, SandboxId, now_ms};
 use crate::sandbox::{RunSpec, SandboxError, SandboxSpec};
@@ -118,7 +118,9 @@ pub(super) async fn start(
                 }
             };
             loaded_base = sandbox.base.clone();
-            if sandbox.meta["secrets"].as_array().is_some_and(|s| !s.is_empty())
+            if sandbox.meta["secrets"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty())
                 && let Ok(ws) = orch.workspace(Some(&sandbox.workspace_id)).await
             {
                 secrets = orch.sandbox_secrets(&ws, &sandbox.meta).await;
@@ -221,11 +223,7 @@ pub(super) async fn start(
     reservation.hold_for_run(&run_id);
 
     let cancel = orch.inner.shutdown.child_token();
-    let (log, live) = RunLog::new(
-        &run_id,
-        orch.inner.store.clone(),
-        Redactor::new(&secrets),
-    );
+    let (log, live) = RunLog::new(&run_id, orch.inner.store.clone(), Redactor::new(&secrets));
     lock(&orch.inner.live).insert(run_id.clone(), (cancel.clone(), live));
 
     let spec = RunSpec {

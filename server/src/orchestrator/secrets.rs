@@ -126,7 +126,12 @@ impl Orchestrator {
 
     /// Removes a workspace secret; an unknown one is not found.
     pub async fn delete_secret(&self, ws: &Workspace, name: &str) -> Result<()> {
-        if self.inner.store.delete_workspace_secret(&ws.id, name).await? {
+        if self
+            .inner
+            .store
+            .delete_workspace_secret(&ws.id, name)
+            .await?
+        {
             Ok(())
         } else {
             Err(Error::NotFound(format!("secret {name}")))
@@ -162,7 +167,10 @@ mod tests {
         let key = SecretKey([7; 32]);
         let sealed = seal(&key, "wsp_a", "TOKEN", "hunter2").unwrap();
         assert!(!sealed.contains("hunter2"));
-        assert_eq!(open(&key, "wsp_a", "TOKEN", &sealed).unwrap().expose(), "hunter2");
+        assert_eq!(
+            open(&key, "wsp_a", "TOKEN", &sealed).unwrap().expose(),
+            "hunter2"
+        );
         assert!(open(&key, "wsp_b", "TOKEN", &sealed).is_none());
         assert!(open(&key, "wsp_a", "OTHER", &sealed).is_none());
         assert!(open(&SecretKey([8; 32]), "wsp_a", "TOKEN", &sealed).is_none());

@@ -88,10 +88,14 @@ impl Orchestrator {
         mut log: Option<&mut RunLog>,
     ) -> Result<SetupEnd> {
         let stop = cancel.child_token();
+        // One stream, so the tail is in the order the script wrote it (two pipes read apart
+        // would let an error on stderr overtake the stdout lines before it). On the first
+        // line, so the script's line numbers stay as written.
+        let merged = format!("exec 2>&1; {script}");
         let mut output = self
             .inner
             .backend
-            .run_setup(sandbox_id, script, stop.clone())
+            .run_setup(sandbox_id, &merged, stop.clone())
             .await?;
         let mut tail = Tail::default();
         let mut shown = 0usize;

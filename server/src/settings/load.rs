@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::{
     BackendChoice, DEFAULT_SANDBOX_IMAGE, DockerNetwork, DockerSettings, EgressSettings, GitHost,
-    GithubSettings, IpRange, Isolation, OidcSettings, Registration, Secret, SecretKey, Settings, SsoSettings,
-    Upstream, UpstreamCredential,
+    GithubSettings, IpRange, Isolation, OidcSettings, Registration, Secret, SecretKey, Settings,
+    SsoSettings, Upstream, UpstreamCredential,
 };
 
 /// The optional settings file; every field optional, same names as the env vars in lower case.

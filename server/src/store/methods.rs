@@ -292,7 +292,11 @@ macro_rules! impl_store {
                     .map_err(db_error("secret"))
             }
 
-            async fn delete_workspace_secret(&self, workspace_id: &str, name: &str) -> Result<bool> {
+            async fn delete_workspace_secret(
+                &self,
+                workspace_id: &str,
+                name: &str,
+            ) -> Result<bool> {
                 let done = sqlx::query(sql::DELETE_WORKSPACE_SECRET)
                     .bind(workspace_id)
                     .bind(name)

@@ -84,7 +84,10 @@ impl DockerBackend {
             stop: self.shutdown.child_token(),
             egress: false,
             env: Vec::new(),
-            image: config.image.clone().unwrap_or_else(|| self.settings.image.clone()),
+            image: config
+                .image
+                .clone()
+                .unwrap_or_else(|| self.settings.image.clone()),
             serve_relay: Mutex::new(None),
         });
         self.serve_proxy_socket(&live)?;

@@ -45,11 +45,7 @@ impl DockerBackend {
         }
         // The caller's env and secrets; a secret's value is visible to whoever may inspect
         // the engine's containers, as any container environment is.
-        env.extend(
-            live.env
-                .iter()
-                .map(|(k, v)| format!("{k}={}", v.expose())),
-        );
+        env.extend(live.env.iter().map(|(k, v)| format!("{k}={}", v.expose())));
         let mut binds = vec![format!("{}:{IN_WORKSPACE}", volume_name(id, "work"))];
         let mut tmpfs = HashMap::from([(
             "/tmp".to_string(),
