@@ -134,7 +134,10 @@ async fn a_failing_setup_fails_the_run_with_the_tail_of_its_output() {
     assert!(error.message.len() < 3 * 1024, "{}", error.message.len());
     assert_eq!(events_of(&orch, &run_id, "setup").await.len(), 401);
     assert!(
-        h.fake.requests().iter().all(|r| r.is_title_request()),
+        h.fake
+            .requests()
+            .iter()
+            .all(delegate_testkit::anthropic::RecordedRequest::is_title_request),
         "opencode never ran the task"
     );
 }

@@ -44,7 +44,7 @@ struct Shared {
 pub struct Redactor {
     /// (value, replacement), longest value first so a secret containing another is replaced
     /// whole.
-    pairs: Arc<Vec<(String, String)>>,
+    pairs: Arc<[(String, String)]>,
 }
 
 impl Redactor {
@@ -56,9 +56,9 @@ impl Redactor {
             .filter(|(_, v)| !v.expose().is_empty())
             .map(|(name, v)| (v.expose().to_string(), format!("[secret {name}]")))
             .collect();
-        pairs.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        pairs.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         Redactor {
-            pairs: Arc::new(pairs),
+            pairs: pairs.into(),
         }
     }
 

@@ -139,7 +139,7 @@ impl Orchestrator {
             }
         };
         if hidden > 0
-            && let Some(log) = log.as_deref_mut()
+            && let Some(log) = log
         {
             log.append(
                 now_ms(),
