@@ -75,6 +75,28 @@ pub struct RunInSandboxInput {
     /// body naming the policy and host. Only for a fresh sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// Environment variables for the sandbox: NAME -> value, not secret (use `secrets` for
+    /// credentials). Names are identifiers (`[A-Za-z_][A-Za-z0-9_]*`) other than the ones
+    /// delegate sets (`HOME`, `PATH`, the proxy variables, `DELEGATE_*`, `OPENCODE_*`,
+    /// `ANTHROPIC_*`); at most 64 of them, 64 KiB in all. Only for a fresh sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Names of workspace secrets (set by its maintainers) to put in the sandbox's environment
+    /// under the same names. Their values are never shown: anything the sandbox prints of them
+    /// reads `[secret NAME]`. Only for a fresh sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Vec<String>>,
+    /// A shell script (`sh`, at most 64 KiB) run in the work dir before the task, with the
+    /// sandbox's environment and network, e.g. `npm ci`. Its output becomes `setup` events; a
+    /// non-zero exit ends the run `failed` (`setup_failed`) with the output's tail. A warm
+    /// sandbox runs it once, when created. Only for a fresh sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<String>,
+    /// Container image of the sandbox: one of the images the server's admin lists
+    /// (`DELEGATE_SANDBOX_IMAGES`) [the default sandbox image]. Only on container backends, and
+    /// only for a fresh sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// Input of `create_sandbox`.
@@ -115,6 +137,28 @@ pub struct CreateSandboxInput {
     /// body naming the policy and host. Only for a fresh sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// Environment variables for the sandbox: NAME -> value, not secret (use `secrets` for
+    /// credentials). Names are identifiers (`[A-Za-z_][A-Za-z0-9_]*`) other than the ones
+    /// delegate sets (`HOME`, `PATH`, the proxy variables, `DELEGATE_*`, `OPENCODE_*`,
+    /// `ANTHROPIC_*`); at most 64 of them, 64 KiB in all. Only for a fresh sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Names of workspace secrets (set by its maintainers) to put in the sandbox's environment
+    /// under the same names. Their values are never shown: anything the sandbox prints of them
+    /// reads `[secret NAME]`. Only for a fresh sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Vec<String>>,
+    /// A shell script (`sh`, at most 64 KiB) run in the work dir before the task, with the
+    /// sandbox's environment and network, e.g. `npm ci`. Its output becomes `setup` events; a
+    /// non-zero exit ends the run `failed` (`setup_failed`) with the output's tail. A warm
+    /// sandbox runs it once, when created. Only for a fresh sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<String>,
+    /// Container image of the sandbox: one of the images the server's admin lists
+    /// (`DELEGATE_SANDBOX_IMAGES`) [the default sandbox image]. Only on container backends, and
+    /// only for a fresh sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// What happens to the caller's repository when a run ends.

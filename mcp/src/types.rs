@@ -236,6 +236,9 @@ pub enum ErrorKind {
     ImageMissing,
     /// opencode exited non-zero or reported an error of its own.
     AgentFailed,
+    /// The `setup` script exited non-zero or ran out of time; the message ends with its
+    /// output's tail.
+    SetupFailed,
     /// The server restarted and could not reattach to the run.
     Lost,
     /// Anything else; the message says what.
@@ -255,6 +258,7 @@ impl ErrorKind {
             Self::Oom => "oom",
             Self::ImageMissing => "image_missing",
             Self::AgentFailed => "agent_failed",
+            Self::SetupFailed => "setup_failed",
             Self::Lost => "lost",
             Self::Internal => "internal",
         }

@@ -113,6 +113,11 @@ fn expected(operation_id: &str, access: Access, who: Who) -> u16 {
         "revokeInvite" => ws(Role::Maintainer, 204),
         "getWorkspaceEgress" => ws(Role::Guest, 200),
         "setWorkspaceEgress" => ws(Role::Maintainer, 200),
+        // Secrets: maintainers and owners. This server has no DELEGATE_SECRET_KEY, so setting one
+        // is refused after authorization (409); deleting an unknown one is not found.
+        "listSecrets" => ws(Role::Maintainer, 200),
+        "setSecret" => ws(Role::Maintainer, 409),
+        "deleteSecret" => ws(Role::Maintainer, 404),
         "createAgentCode" => ws(Role::Developer, 201),
         "changeMember" => ws(Role::Maintainer, 200),
         "removeMember" => ws(Role::Maintainer, 204),
@@ -223,7 +228,8 @@ impl World {
         let path = template
             .replace("{id}", id)
             .replace("{ws}", &self.ws.slug)
-            .replace("{user_id}", &self.target.user.id);
+            .replace("{user_id}", &self.target.user.id)
+            .replace("{name}", "MATRIX_SECRET");
         assert!(!path.contains('{'), "unfilled parameter in {path}");
         match operation_id {
             "listRuns" | "listSandboxes" | "getUsage" | "listRunSummaries" => {
@@ -249,6 +255,7 @@ impl World {
             "createInvite" => json!({ "role": "developer" }),
             "setWorkspaceEgress" => json!({ "allowed": ["none"], "default": "none" }),
             "createAgentCode" => json!({}),
+            "setSecret" => json!({ "value": "matrix value" }),
             "registerAgent" => json!({ "code": "dac_made_up", "name": "laptop" }),
             "signup" => json!({
                 "email": format!("{}@example.com", new_id("new")),

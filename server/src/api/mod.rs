@@ -386,6 +386,18 @@ pub fn table() -> Vec<Route> {
             .param("ws", In::Path, "string", "Workspace slug or id")
             .body(schema::<crate::orchestrator::WorkspaceEgress>)
             .reply(200, "The choice in effect", schema::<crate::orchestrator::WorkspaceEgress>),
+        Route::new(Method::GET, "/api/workspaces/{ws}/secrets", "listSecrets", "The names of the workspace's secrets, never their values (maintainers and owners)", get(workspaces::secrets))
+            .param("ws", In::Path, "string", "Workspace slug or id")
+            .reply(200, "The names", schema::<workspaces::SecretList>),
+        Route::new(Method::PUT, "/api/workspaces/{ws}/secrets/{name}", "setSecret", "Set a workspace secret, stored encrypted; runs and sandboxes name it in `secrets` (maintainers and owners)", put(workspaces::set_secret))
+            .param("ws", In::Path, "string", "Workspace slug or id")
+            .param("name", In::Path, "string", "The variable name the sandbox sees")
+            .body(schema::<workspaces::SecretInput>)
+            .reply_text(204, "Set", ""),
+        Route::new(Method::DELETE, "/api/workspaces/{ws}/secrets/{name}", "deleteSecret", "Remove a workspace secret (maintainers and owners)", delete(workspaces::delete_secret))
+            .param("ws", In::Path, "string", "Workspace slug or id")
+            .param("name", In::Path, "string", "The secret's name")
+            .reply_text(204, "Removed", ""),
         Route::new(Method::POST, "/api/workspaces/{ws}/invites", "createInvite", "Create a one-time invite code (7 days) for sign-up into this workspace", post(workspaces::create_invite))
             .param("ws", In::Path, "string", "Workspace slug or id")
             .body(schema::<workspaces::RoleInput>)

@@ -298,3 +298,71 @@ pub async fn set_egress(
         orch.set_workspace_egress(&ws, Some(input)).await?,
     ))
 }
+
+/// `PUT /api/workspaces/{ws}/secrets/{name}` body.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretInput {
+    /// The secret's value (at most 32 KiB); stored encrypted, never shown again.
+    pub value: String,
+}
+
+/// `GET /api/workspaces/{ws}/secrets` reply: names only.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SecretList {
+    /// By name.
+    pub secrets: Vec<crate::orchestrator::SecretName>,
+}
+
+/// `GET /api/workspaces/{ws}/secrets`: the names of the workspace's secrets (maintainers and
+/// owners), never their values.
+pub async fn secrets(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    Path(ws): Path<String>,
+) -> ApiResult<axum::Json<SecretList>> {
+    let (ws, _) = state
+        .service
+        .authorize_role(&caller, Some(&ws), Action::ManageMembers)
+        .await?;
+    let secrets = state.service.orchestrator().list_secrets(&ws).await?;
+    Ok(axum::Json(SecretList { secrets }))
+}
+
+/// `PUT /api/workspaces/{ws}/secrets/{name}`: sets a workspace secret (maintainers and owners).
+pub async fn set_secret(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    Path((ws, name)): Path<(String, String)>,
+    Json(input): Json<SecretInput>,
+) -> ApiResult<StatusCode> {
+    let (ws, _) = state
+        .service
+        .authorize_role(&caller, Some(&ws), Action::ManageMembers)
+        .await?;
+    state
+        .service
+        .orchestrator()
+        .set_secret(&ws, &name, &input.value, Some(&caller.user_id))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/workspaces/{ws}/secrets/{name}`: removes a workspace secret (maintainers and
+/// owners); sandboxes made with it keep their copy.
+pub async fn delete_secret(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    Path((ws, name)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let (ws, _) = state
+        .service
+        .authorize_role(&caller, Some(&ws), Action::ManageMembers)
+        .await?;
+    state
+        .service
+        .orchestrator()
+        .delete_secret(&ws, &name)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

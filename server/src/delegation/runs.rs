@@ -80,6 +80,12 @@ impl Service {
             snapshot,
             created_by: Some(created_by),
             network: input.network,
+            inputs: crate::orchestrator::SandboxInputs {
+                env: input.env.unwrap_or_default(),
+                secrets: input.secrets.unwrap_or_default(),
+                setup: input.setup,
+                image: input.image,
+            },
         };
         let started = match sandbox {
             Some(sandbox) => self.orch.start_run_in(sandbox, request).await,

@@ -44,6 +44,12 @@ impl Service {
                 snapshot,
                 created_by: Some(Origin::User(caller.user_id.clone())),
                 network: input.network,
+                inputs: crate::orchestrator::SandboxInputs {
+                    env: input.env.unwrap_or_default(),
+                    secrets: input.secrets.unwrap_or_default(),
+                    setup: input.setup,
+                    image: input.image,
+                },
             })
             .await?;
         Ok(self.info(&sandbox))

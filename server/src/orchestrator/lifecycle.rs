@@ -9,7 +9,9 @@ use std::time::Duration;
 use delegate_mcp::types::SandboxStatus;
 
 use super::grants::issue_sandbox_token;
+use super::inputs::SandboxInputs;
 use super::reservation::Reservation;
+use super::setup::SetupEnd;
 use super::{Error, LOCAL_BACKEND, Orchestrator, Result, SandboxRequest, SnapshotFile, Warm, lock};
 use crate::ids::{Origin, SandboxId, new_secret, now_ms};
 use crate::names::Name;
@@ -35,7 +37,12 @@ pub(super) struct NewSandbox<'a> {
     pub(super) created_by: Option<Origin>,
     /// The egress policy asked for; the workspace's default when `None`.
     pub(super) network: Option<&'a str>,
+    /// `env`, `secrets`, `setup` and `image`.
+    pub(super) inputs: &'a SandboxInputs,
 }
+
+/// The secrets a sandbox's environment holds (name, value): what its runs' logs redact.
+pub(super) type Redactions = Arc<Vec<(String, Secret)>>;
 
 impl Orchestrator {
     /// Makes a warm sandbox (opencode serve inside) and waits until it is running.
@@ -54,7 +61,7 @@ impl Orchestrator {
             Err(bad) => return Err(Error::Invalid(bad.to_string())),
         };
         let ws = self.workspace(req.workspace.as_deref()).await?;
-        let (sandbox, spec) = self
+        let (sandbox, spec, _) = self
             .insert_sandbox(
                 &ws,
                 NewSandbox {
@@ -65,12 +72,16 @@ impl Orchestrator {
                     idle_timeout: req.idle_timeout,
                     created_by: req.created_by,
                     network: req.network.as_deref(),
+                    inputs: &req.inputs,
                 },
             )
             .await?;
         let endpoint = self.start_sandbox(&sandbox, &spec).await?;
         // Cloned into the work dir: the uploaded bundle is not needed any more.
         SnapshotFile::release(req.snapshot).await;
+        if let Some(script) = &req.inputs.setup {
+            self.setup_warm(&sandbox.id, script).await?;
+        }
         if let Some(endpoint) = endpoint {
             let idle_timeout = req.idle_timeout.unwrap_or(self.inner.settings.idle_timeout);
             lock(&self.inner.warm).insert(
@@ -86,6 +97,39 @@ impl Orchestrator {
         Ok(self.inner.store.sandbox(&sandbox.id).await?)
     }
 
+    /// Runs a warm sandbox's setup once, within the server's default run timeout; a failure
+    /// fails the sandbox (its reason carries the output's tail) and frees what it held.
+    async fn setup_warm(&self, sandbox_id: &str, script: &str) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.inner.settings.default_timeout;
+        let cancel = self.inner.shutdown.child_token();
+        let end = self
+            .run_setup(sandbox_id, script, deadline, &cancel, None)
+            .await;
+        let why = match end {
+            Ok(SetupEnd::Done) => return Ok(()),
+            Ok(SetupEnd::Failed(why)) => why,
+            Ok(SetupEnd::TimedOut) => format!(
+                "setup: the script did not finish within {}s",
+                self.inner.settings.default_timeout.as_secs()
+            ),
+            Ok(SetupEnd::Cancelled) => "setup: cancelled (the server is shutting down)".into(),
+            Err(e) => format!("setup: {e}"),
+        };
+        self.set_sandbox_status(
+            sandbox_id,
+            SandboxStatus::Running,
+            SandboxStatus::Failed,
+            Some(&why),
+        )
+        .await?;
+        self.drop_egress(sandbox_id);
+        self.revoke_sandbox_tokens(sandbox_id).await;
+        if let Err(e) = self.inner.backend.destroy(sandbox_id).await {
+            tracing::warn!(sandbox = sandbox_id, error = %e, "could not remove a sandbox whose setup failed");
+        }
+        Err(Error::Conflict(why))
+    }
+
     /// Someone is looking at the sandbox (a browser through the gateway): its idle time starts
     /// over, so a sandbox in use is not paused under its viewer.
     pub fn touch_sandbox(&self, sandbox_id: &SandboxId) {
@@ -99,7 +143,7 @@ impl Orchestrator {
         &self,
         ws: &Workspace,
         new: NewSandbox<'_>,
-    ) -> Result<(Sandbox, SandboxSpec)> {
+    ) -> Result<(Sandbox, SandboxSpec, Redactions)> {
         let NewSandbox {
             kind,
             name,
@@ -108,8 +152,16 @@ impl Orchestrator {
             idle_timeout,
             created_by,
             network,
+            inputs,
         } = new;
-        // Checked before the sandbox exists: a bad `network` leaves nothing behind.
+        // Checked before the sandbox exists: bad input leaves nothing behind.
+        if inputs.setup.is_some() && !self.inner.backend.runs_setup() {
+            return Err(Error::Invalid(format!(
+                "setup: the {} backend cannot run a setup script yet",
+                self.inner.backend.name()
+            )));
+        }
+        let resolved = self.resolve_inputs(ws, inputs).await?;
         let policy = self.choose_policy(ws, network).await?;
         let now = now_ms();
         let id = SandboxId::new().into_string();
@@ -122,7 +174,14 @@ impl Orchestrator {
             status: SandboxStatus::Creating,
             status_reason: None,
             idle_timeout_s: idle_timeout.map(|d| d.as_secs() as i64),
-            meta: serde_json::json!({ "network": policy.name }),
+            // Names only: values of env may be long, of secrets never stored here.
+            meta: serde_json::json!({
+                "network": policy.name,
+                "env": inputs.env.keys().collect::<Vec<_>>(),
+                "secrets": inputs.secrets,
+                "image": inputs.image,
+                "setup": inputs.setup.is_some(),
+            }),
             created_by: created_by.map(|o| o.to_string()),
             created_at: now,
             updated_at: now,
@@ -145,8 +204,10 @@ impl Orchestrator {
             proxy_token: Secret::new(token),
             serve_password: (kind == SandboxKind::Warm).then(|| Secret::new(new_secret(""))),
             egress,
+            env: resolved.env,
+            image: inputs.image.clone(),
         };
-        Ok((sandbox, spec))
+        Ok((sandbox, spec, Arc::new(resolved.secrets)))
     }
 
     /// Asks the backend for the sandbox; on failure the sandbox is `failed` with the reason.

@@ -35,6 +35,77 @@ struct Shared {
     next_seq: tokio::sync::Mutex<u64>,
     tx: broadcast::Sender<Event>,
     done: watch::Sender<bool>,
+    /// Secret values replaced by `[secret NAME]` in every event before it is stored.
+    redactor: Redactor,
+}
+
+/// Replaces the values of a sandbox's secrets with `[secret NAME]`.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    /// (value, replacement), longest value first so a secret containing another is replaced
+    /// whole.
+    pairs: Arc<[(String, String)]>,
+}
+
+impl Redactor {
+    /// A redactor for these (name, value) secrets; empty values are skipped (they would match
+    /// everywhere).
+    pub fn new(secrets: &[(String, crate::settings::Secret)]) -> Redactor {
+        let mut pairs: Vec<(String, String)> = secrets
+            .iter()
+            .filter(|(_, v)| !v.expose().is_empty())
+            .map(|(name, v)| (v.expose().to_string(), format!("[secret {name}]")))
+            .collect();
+        pairs.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+        Redactor {
+            pairs: pairs.into(),
+        }
+    }
+
+    /// Whether there is nothing to redact.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// `text` with every secret value replaced.
+    pub fn text(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for (value, replacement) in self.pairs.iter() {
+            if out.contains(value.as_str()) {
+                out = out.replace(value.as_str(), replacement);
+            }
+        }
+        out
+    }
+
+    /// Redacts every string (keys included) of a JSON value in place.
+    pub fn json(&self, value: &mut serde_json::Value) {
+        if self.is_empty() {
+            return;
+        }
+        match value {
+            serde_json::Value::String(s) => {
+                let redacted = self.text(s);
+                if redacted != *s {
+                    *s = redacted;
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| self.json(v)),
+            serde_json::Value::Object(map) => {
+                let needs_key = map.keys().any(|k| self.text(k) != *k);
+                if needs_key {
+                    let old = std::mem::take(map);
+                    for (k, mut v) in old {
+                        self.json(&mut v);
+                        map.insert(self.text(&k), v);
+                    }
+                } else {
+                    map.values_mut().for_each(|v| self.json(v));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// What a subscriber needs of an active run.
@@ -45,7 +116,8 @@ pub struct LiveLog {
 }
 
 impl RunLog {
-    pub fn new(run_id: &RunId, store: Arc<dyn Store>) -> (RunLog, LiveLog) {
+    /// The log of `run_id`; `redactor` scrubs every event before it is stored.
+    pub fn new(run_id: &RunId, store: Arc<dyn Store>, redactor: Redactor) -> (RunLog, LiveLog) {
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
         let (done, done_rx) = watch::channel(false);
         (
@@ -56,6 +128,7 @@ impl RunLog {
                     next_seq: tokio::sync::Mutex::new(1),
                     tx: tx.clone(),
                     done,
+                    redactor,
                 }),
             },
             LiveLog { tx, done: done_rx },
@@ -80,6 +153,11 @@ impl RunLog {
         LogWriter {
             shared: self.shared.clone(),
         }
+    }
+
+    /// What this log scrubs, for the run's result.
+    pub fn redactor(&self) -> &Redactor {
+        &self.shared.redactor
     }
 
     /// Marks the log complete: followers drain and stop.
@@ -108,9 +186,13 @@ impl Shared {
         &self,
         ts: i64,
         kind: &str,
-        data: serde_json::Value,
-        raw: Option<serde_json::Value>,
+        mut data: serde_json::Value,
+        mut raw: Option<serde_json::Value>,
     ) -> Result<Event, StoreError> {
+        self.redactor.json(&mut data);
+        if let Some(raw) = raw.as_mut() {
+            self.redactor.json(raw);
+        }
         let mut next_seq = self.next_seq.lock().await;
         let event = NewEvent {
             run_id: self.run_id.clone(),

@@ -15,6 +15,7 @@ mod agent;
 mod artifacts;
 mod egress;
 mod grants;
+mod inputs;
 mod lifecycle;
 mod local;
 mod log;
@@ -22,6 +23,8 @@ mod recovery;
 mod reservation;
 mod run;
 mod runs;
+mod secrets;
+mod setup;
 mod snapshots;
 
 use std::collections::{BTreeMap, HashMap};
@@ -35,9 +38,11 @@ use tokio_util::sync::CancellationToken;
 pub use artifacts::{bundle_path, patch_path, run_dir};
 pub use egress::WorkspaceEgress;
 pub use grants::register_external_sandbox;
+pub use inputs::{MAX_ENV_BYTES, MAX_ENV_ENTRIES, MAX_SETUP_BYTES, SandboxInputs, check_env_name};
 pub use local::LOCAL_BACKEND;
 pub use log::{LiveLog, follow};
 pub use runs::{REMOTE_WAIT, result_of};
+pub use secrets::{MAX_SECRET_BYTES, SecretName};
 pub use snapshots::{SNAPSHOT_PREFIX, SNAPSHOT_TTL, SnapshotFile, Snapshots};
 
 use crate::bootstrap::{ensure_local_user, instance_id};
@@ -81,6 +86,8 @@ pub struct RunRequest {
     pub created_by: Option<Origin>,
     /// The egress policy of a fresh sandbox; `None` for the workspace's default.
     pub network: Option<String>,
+    /// `env`, `secrets`, `setup` and `image` of a fresh sandbox.
+    pub inputs: SandboxInputs,
 }
 
 /// A request for a warm sandbox (the `create_sandbox` input).
@@ -100,6 +107,8 @@ pub struct SandboxRequest {
     pub created_by: Option<Origin>,
     /// The sandbox's egress policy; `None` for the workspace's default.
     pub network: Option<String>,
+    /// `env`, `secrets`, `setup` (run once, at creation) and `image`.
+    pub inputs: SandboxInputs,
 }
 
 /// A warm sandbox's live facts, kept in memory while its opencode serve runs.

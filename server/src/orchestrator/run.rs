@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::agent::{headless, served};
 use super::lifecycle::NewSandbox;
-use super::log::RunLog;
+use super::log::{Redactor, RunLog};
 use super::reservation::Reservation;
+use super::setup::SetupEnd;
 use super::{Error, Orchestrator, Result, RunRequest, SnapshotFile, Warm, lock};
 use crate::ids::{Origin, RunId, SandboxId, now_ms};
 use crate::sandbox::{RunSpec, SandboxError, SandboxSpec};
@@ -76,6 +77,7 @@ pub(super) async fn start(
     })?;
 
     let mut loaded_base = None;
+    let mut secrets = Vec::new();
     let (sandbox_id, workspace_id, target, reservation) = match &req.sandbox_id {
         Some(id) => {
             if !req.files.is_empty() {
@@ -98,6 +100,14 @@ pub(super) async fn start(
                         .into(),
                 ));
             }
+            // opencode serve's environment is fixed when it starts, so a run cannot change it.
+            if !req.inputs.is_empty() {
+                return Err(Error::Invalid(
+                    "env, secrets, setup and image: only for a fresh sandbox; a warm sandbox \
+                     keeps what it was created with (give them to create_sandbox)"
+                        .into(),
+                ));
+            }
             let (sandbox_id, sandbox) = match loaded {
                 Some(sandbox) => (sandbox.id.parse::<SandboxId>()?, sandbox),
                 // The request's text is parsed here, once: a malformed id is not found.
@@ -108,6 +118,13 @@ pub(super) async fn start(
                 }
             };
             loaded_base = sandbox.base.clone();
+            if sandbox.meta["secrets"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty())
+                && let Ok(ws) = orch.workspace(Some(&sandbox.workspace_id)).await
+            {
+                secrets = orch.sandbox_secrets(&ws, &sandbox.meta).await;
+            }
             // On any error below, dropping the reservation frees the sandbox again.
             let reservation = orch.inner.reservations.reserve(&sandbox.id)?;
             let warm = match sandbox.status {
@@ -138,7 +155,7 @@ pub(super) async fn start(
             // The driver holds the only reference, so it can remove the file once cloned.
             let snapshot = req.snapshot.take();
             let ws = orch.workspace(req.workspace.as_deref()).await?;
-            let (sandbox, spec) = orch
+            let (sandbox, spec, redactions) = orch
                 .insert_sandbox(
                     &ws,
                     NewSandbox {
@@ -149,9 +166,11 @@ pub(super) async fn start(
                         idle_timeout: None,
                         created_by: req.created_by.clone(),
                         network: req.network.as_deref(),
+                        inputs: &req.inputs,
                     },
                 )
                 .await?;
+            secrets = redactions.to_vec();
             // A fresh sandbox nobody else knows yet.
             let reservation = orch.inner.reservations.reserve(&sandbox.id)?;
             (
@@ -204,7 +223,7 @@ pub(super) async fn start(
     reservation.hold_for_run(&run_id);
 
     let cancel = orch.inner.shutdown.child_token();
-    let (log, live) = RunLog::new(&run_id, orch.inner.store.clone());
+    let (log, live) = RunLog::new(&run_id, orch.inner.store.clone(), Redactor::new(&secrets));
     lock(&orch.inner.live).insert(run_id.clone(), (cancel.clone(), live));
 
     let spec = RunSpec {
@@ -215,10 +234,12 @@ pub(super) async fn start(
         agent: req.agent,
         continue_session: req.continue_session,
     };
+    let setup = req.inputs.setup.take();
     tokio::spawn(drive(
         orch,
         run,
         spec,
+        setup,
         target,
         timeout,
         cancel,
@@ -235,6 +256,7 @@ async fn drive(
     orch: Orchestrator,
     run: Run,
     spec: RunSpec,
+    setup: Option<String>,
     target: Target,
     timeout: Duration,
     cancel: CancellationToken,
@@ -273,6 +295,20 @@ async fn drive(
         state
             .advance(&orch, &run.id, RunStatus::Running, &mut log)
             .await?;
+        // Within the run's time, through its egress window, before the agent sees anything.
+        if let Some(script) = &setup {
+            match orch
+                .run_setup(&run.sandbox_id, script, deadline, &cancel, Some(&mut log))
+                .await?
+            {
+                SetupEnd::Done => {}
+                SetupEnd::Failed(why) => {
+                    return Ok(Finish::failed(ErrorKind::SetupFailed, why));
+                }
+                SetupEnd::TimedOut => return Ok(Finish::timed_out(timeout)),
+                SetupEnd::Cancelled => return Ok(Finish::cancelled()),
+            }
+        }
         let finish = match warm {
             None => headless(&orch, &run, &spec, deadline, timeout, &cancel, &mut log).await?,
             Some(w) => served(&orch, &run, &spec, w, deadline, timeout, &cancel, &mut log).await?,
@@ -352,6 +388,16 @@ async fn drive(
         finish.outcome.ttft_ms = ttft;
     }
 
+    // Whatever the sandbox printed of its secrets is scrubbed before the result is stored.
+    let redactor = log.redactor().clone();
+    if !redactor.is_empty() {
+        let outcome = &mut finish.outcome;
+        outcome.final_message = redactor.text(&outcome.final_message);
+        outcome.diff = redactor.text(&outcome.diff);
+        if let Some(error) = outcome.error.as_mut() {
+            error.message = redactor.text(&error.message);
+        }
+    }
     let status = finish.status;
     if let Err(e) = state
         .finish(&orch, &run.id, status, &finish.outcome, &mut log)

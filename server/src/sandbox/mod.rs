@@ -64,6 +64,11 @@ pub struct SandboxSpec {
     /// delegate's egress proxy for this sandbox; `None` when its policy allows nothing (then
     /// no socket exists and no proxy variables are set).
     pub egress: Option<Arc<dyn EgressService>>,
+    /// Extra environment of every process in the sandbox: the caller's `env`, then the
+    /// workspace secrets it asked for (values kept out of command lines and logs).
+    pub env: Vec<(String, Secret)>,
+    /// The container image; the backend's default when `None` (container backends only).
+    pub image: Option<String>,
 }
 
 /// Serves the connections a sandbox makes through its `egress.sock` (delegate's egress proxy,
@@ -211,6 +216,28 @@ pub trait SandboxBackend: Send + Sync + 'static {
         max_diff: usize,
         label: &str,
     ) -> Result<Changes, SandboxError>;
+
+    /// Whether [`run_setup`](Self::run_setup) works here, so a `setup` it cannot run is refused
+    /// before any sandbox exists.
+    fn runs_setup(&self) -> bool {
+        false
+    }
+
+    /// Runs `script` with `sh -c` in the sandbox's work dir, as its user, with its environment
+    /// and network. Output arrives as for [`run_headless`](Self::run_headless), ending with
+    /// `Exited`; cancelling `stop` kills it.
+    async fn run_setup(
+        &self,
+        sandbox_id: &str,
+        script: &str,
+        stop: CancellationToken,
+    ) -> Result<mpsc::Receiver<AgentOutput>, SandboxError> {
+        let _ = (script, stop);
+        Err(SandboxError::BadInput(format!(
+            "setup: the {} backend cannot run a setup script (sandbox {sandbox_id})",
+            self.name()
+        )))
+    }
 
     /// Stops a warm sandbox's processes, keeping its files (and opencode's sessions).
     async fn pause(&self, sandbox_id: &str) -> Result<(), SandboxError>;

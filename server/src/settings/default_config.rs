@@ -35,6 +35,8 @@ sandbox_pids_max = 1024                                            # DELEGATE_SA
 
 # Docker backend (DOCKER_HOST picks the engine). The image comes from sandbox-image/build.
 sandbox_image = "delegate-sandbox:1.18.33"                         # DELEGATE_SANDBOX_IMAGE
+# Further images a run or sandbox may pick with `image` (comma list).  DELEGATE_SANDBOX_IMAGES
+# sandbox_images = ["delegate-sandbox:rust"]
 sandbox_cpus = 2.0                                                 # DELEGATE_SANDBOX_CPUS
 # none: no network, the proxy through a unix socket (server and engine on one machine) |
 # host: the host's network, proxy on loopback (one box) | NAME: a network the server is on too.

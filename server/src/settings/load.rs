@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::{
     BackendChoice, DEFAULT_SANDBOX_IMAGE, DockerNetwork, DockerSettings, EgressSettings, GitHost,
-    GithubSettings, IpRange, Isolation, OidcSettings, Registration, Secret, Settings, SsoSettings,
-    Upstream, UpstreamCredential,
+    GithubSettings, IpRange, Isolation, OidcSettings, Registration, Secret, SecretKey, Settings,
+    SsoSettings, Upstream, UpstreamCredential,
 };
 
 /// The optional settings file; every field optional, same names as the env vars in lower case.
@@ -33,6 +33,7 @@ struct FileSettings {
     sandbox_memory_mb: Option<u64>,
     sandbox_pids_max: Option<u64>,
     sandbox_image: Option<String>,
+    sandbox_images: Option<Vec<String>>,
     sandbox_cpus: Option<f64>,
     docker_network: Option<String>,
     docker_proxy_url: Option<String>,
@@ -58,6 +59,7 @@ struct FileSettings {
     metrics_public: Option<bool>,
     git_allowed_hosts: Option<Vec<String>>,
     egress: Option<EgressSettings>,
+    secret_key: Option<Secret>,
 }
 
 /// Why the settings could not be loaded; the message names the file or variable.
@@ -203,6 +205,14 @@ impl Settings {
                 .var("DELEGATE_SANDBOX_IMAGE")
                 .or(f.sandbox_image)
                 .unwrap_or_else(|| DEFAULT_SANDBOX_IMAGE.into()),
+            images: match env.var("DELEGATE_SANDBOX_IMAGES") {
+                Some(v) => v.split(',').map(str::to_string).collect(),
+                None => f.sandbox_images.take().unwrap_or_default(),
+            }
+            .into_iter()
+            .map(|i| i.trim().to_string())
+            .filter(|i| !i.is_empty())
+            .collect(),
             network: docker_network
                 .parse()
                 .map_err(|message| SettingsError::Invalid {
@@ -300,7 +310,23 @@ impl Settings {
             });
         }
 
+        let secret_key = match env
+            .var("DELEGATE_SECRET_KEY")
+            .map(Secret::new)
+            .or(f.secret_key.take())
+            .filter(|k| !k.expose().trim().is_empty())
+        {
+            Some(key) => Some(key.expose().parse::<SecretKey>().map_err(|message| {
+                SettingsError::Invalid {
+                    name: "DELEGATE_SECRET_KEY",
+                    message,
+                }
+            })?),
+            None => None,
+        };
+
         Ok(Settings {
+            secret_key,
             trusted_proxies,
             metrics_public,
             egress,

@@ -17,6 +17,50 @@ use serde::Deserialize;
 pub use default_config::DEFAULT_CONFIG;
 pub use load::{EnvSource, ProcessEnv, SettingsError, parse_duration, parse_git_host};
 
+/// The 32-byte key that seals workspace secrets; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretKey(pub [u8; 32]);
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for SecretKey {
+    type Err = String;
+
+    /// 32 bytes as 64 hex digits or as base64 (standard or URL-safe, padded or not).
+    fn from_str(text: &str) -> Result<Self, String> {
+        use base64::Engine;
+        let text = text.trim();
+        let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            hex::decode(text).ok()
+        } else {
+            [
+                base64::engine::general_purpose::STANDARD,
+                base64::engine::general_purpose::STANDARD_NO_PAD,
+                base64::engine::general_purpose::URL_SAFE,
+                base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            ]
+            .iter()
+            .find_map(|e| e.decode(text).ok())
+        };
+        match bytes.map(<[u8; 32]>::try_from) {
+            Some(Ok(key)) => Ok(SecretKey(key)),
+            Some(Err(v)) => Err(format!(
+                "must be 32 bytes, this is {} (make one with `openssl rand -base64 32`)",
+                v.len()
+            )),
+            None => Err(
+                "must be 32 bytes as 64 hex digits or base64 (make one with `openssl rand \
+                 -base64 32`)"
+                    .into(),
+            ),
+        }
+    }
+}
+
 /// A secret value: never printed by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -110,6 +154,9 @@ pub struct DockerSettings {
     pub host: Option<String>,
     /// `DELEGATE_SANDBOX_IMAGE`: built by `sandbox-image/build`.
     pub image: String,
+    /// `DELEGATE_SANDBOX_IMAGES` (comma list): further images a run or sandbox may ask for
+    /// with `image`; the default image is always allowed.
+    pub images: Vec<String>,
     /// `DELEGATE_DOCKER_NETWORK` (default `none`).
     pub network: DockerNetwork,
     /// `DELEGATE_DOCKER_PROXY_URL`: the proxy as containers on a named network see it
@@ -223,6 +270,9 @@ pub struct Settings {
     pub git_allowed_hosts: Vec<GitHost>,
     /// Egress policies and limits (`[egress]`, `DELEGATE_EGRESS_*`).
     pub egress: EgressSettings,
+    /// `DELEGATE_SECRET_KEY` (32 bytes, base64 or hex): encrypts workspace secrets at rest.
+    /// Without it secrets cannot be stored or used.
+    pub secret_key: Option<SecretKey>,
 }
 
 /// An address range (`10.0.0.0/8`, `::1/128`; a bare address is a range of one).
@@ -378,6 +428,17 @@ pub struct GithubSettings {
 }
 
 impl Settings {
+    /// The images a sandbox may ask for: the default first, then `DELEGATE_SANDBOX_IMAGES`.
+    pub fn sandbox_images(&self) -> Vec<String> {
+        let mut images = vec![self.docker.image.clone()];
+        for image in &self.docker.images {
+            if !images.contains(image) {
+                images.push(image.clone());
+            }
+        }
+        images
+    }
+
     /// The caps on a repository snapshot (`DELEGATE_MAX_REPO_BYTES`, `DELEGATE_MAX_REPO_FILES`).
     pub fn repo_limits(&self) -> delegate_repo::Limits {
         delegate_repo::Limits {

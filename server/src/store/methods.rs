@@ -248,6 +248,64 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn put_workspace_secret(
+                &self,
+                workspace_id: &str,
+                name: &str,
+                sealed: &str,
+                updated_by: Option<&str>,
+                now: Millis,
+            ) -> Result<()> {
+                sqlx::query(sql::PUT_WORKSPACE_SECRET)
+                    .bind(workspace_id)
+                    .bind(name)
+                    .bind(sealed)
+                    .bind(now)
+                    .bind(updated_by)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("secret"))?;
+                Ok(())
+            }
+
+            async fn workspace_secret(
+                &self,
+                workspace_id: &str,
+                name: &str,
+            ) -> Result<Option<String>> {
+                sqlx::query_scalar::<_, String>(sql::WORKSPACE_SECRET)
+                    .bind(workspace_id)
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_error("secret"))
+            }
+
+            async fn workspace_secret_names(
+                &self,
+                workspace_id: &str,
+            ) -> Result<Vec<(String, Millis)>> {
+                sqlx::query_as::<_, (String, Millis)>(sql::WORKSPACE_SECRET_NAMES)
+                    .bind(workspace_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error("secret"))
+            }
+
+            async fn delete_workspace_secret(
+                &self,
+                workspace_id: &str,
+                name: &str,
+            ) -> Result<bool> {
+                let done = sqlx::query(sql::DELETE_WORKSPACE_SECRET)
+                    .bind(workspace_id)
+                    .bind(name)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("secret"))?;
+                Ok(done.rows_affected() > 0)
+            }
+
             async fn set_sandbox_meta(&self, id: &str, meta: &Value, now: Millis) -> Result<()> {
                 let done = sqlx::query(sql::SET_SANDBOX_META)
                     .bind(sql::json_text(meta))

@@ -393,6 +393,21 @@ pub trait Store: Send + Sync + 'static {
     async fn workspace_egress(&self, workspace_id: &str) -> Result<Option<Value>>;
     /// Sets (or with `None` clears) the workspace's egress choice.
     async fn set_workspace_egress(&self, workspace_id: &str, egress: Option<&Value>) -> Result<()>;
+    /// Sets (or replaces) a workspace secret, already sealed (encrypted) by the caller.
+    async fn put_workspace_secret(
+        &self,
+        workspace_id: &str,
+        name: &str,
+        sealed: &str,
+        updated_by: Option<&str>,
+        now: Millis,
+    ) -> Result<()>;
+    /// A workspace secret's sealed value; `None` when there is none of that name.
+    async fn workspace_secret(&self, workspace_id: &str, name: &str) -> Result<Option<String>>;
+    /// The names of a workspace's secrets with when each was last set, by name.
+    async fn workspace_secret_names(&self, workspace_id: &str) -> Result<Vec<(String, Millis)>>;
+    /// Removes a workspace secret; whether there was one.
+    async fn delete_workspace_secret(&self, workspace_id: &str, name: &str) -> Result<bool>;
 
     // Sandboxes.
     /// Inserts a new sandbox row.

@@ -73,6 +73,16 @@ pub(super) const CAS_SANDBOX_STATUS: &str = "UPDATE sandboxes \
 pub(super) const SANDBOX_STATUS: &str = "SELECT status FROM sandboxes WHERE id = $1";
 pub(super) const WORKSPACE_EGRESS: &str = "SELECT egress FROM workspaces WHERE id = $1";
 pub(super) const SET_WORKSPACE_EGRESS: &str = "UPDATE workspaces SET egress = $1 WHERE id = $2";
+pub(super) const PUT_WORKSPACE_SECRET: &str = "INSERT INTO workspace_secrets \
+     (workspace_id, name, sealed, updated_at, updated_by) VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (workspace_id, name) DO UPDATE SET sealed = excluded.sealed, \
+     updated_at = excluded.updated_at, updated_by = excluded.updated_by";
+pub(super) const WORKSPACE_SECRET: &str =
+    "SELECT sealed FROM workspace_secrets WHERE workspace_id = $1 AND name = $2";
+pub(super) const WORKSPACE_SECRET_NAMES: &str =
+    "SELECT name, updated_at FROM workspace_secrets WHERE workspace_id = $1 ORDER BY name";
+pub(super) const DELETE_WORKSPACE_SECRET: &str =
+    "DELETE FROM workspace_secrets WHERE workspace_id = $1 AND name = $2";
 pub(super) const SET_SANDBOX_META: &str =
     "UPDATE sandboxes SET meta = $1, updated_at = $2 WHERE id = $3";
 

@@ -83,6 +83,11 @@ impl DockerBackend {
                 .map(Secret::new),
             stop: self.shutdown.child_token(),
             egress: false,
+            env: Vec::new(),
+            image: config
+                .image
+                .clone()
+                .unwrap_or_else(|| self.settings.image.clone()),
             serve_relay: Mutex::new(None),
         });
         self.serve_proxy_socket(&live)?;
@@ -139,7 +144,11 @@ impl SandboxBackend for DockerBackend {
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Option<ServeEndpoint>, SandboxError> {
-        check_image(&self.docker, &self.settings.image).await?;
+        let image = spec
+            .image
+            .clone()
+            .unwrap_or_else(|| self.settings.image.clone());
+        check_image(&self.docker, &image).await?;
         let dirs = SandboxDirs::new(self.root.join(&spec.id));
         if let Err(e) = dirs.create(&spec.files, spec.repo.as_deref()).await {
             let _ = tokio::fs::remove_dir_all(&dirs.root).await;
@@ -158,6 +167,8 @@ impl SandboxBackend for DockerBackend {
             password: spec.serve_password.clone(),
             stop: self.shutdown.child_token(),
             egress: spec.egress.is_some(),
+            env: spec.env.clone(),
+            image,
             serve_relay: Mutex::new(None),
         });
         if spec.egress.is_some() && self.settings.network != DockerNetwork::None {

@@ -35,7 +35,7 @@ impl DockerBackend {
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         if let Err(e) = self.docker.create_container(Some(options), body).await {
             return Err(match e {
-                ref err if not_found(err) => check_image(&self.docker, &self.settings.image)
+                ref err if not_found(err) => check_image(&self.docker, &live.image)
                     .await
                     .err()
                     .unwrap_or_else(|| engine_error(e)),

@@ -94,6 +94,10 @@ struct Live {
     /// Whether the sandbox has an `egress.sock` (its policy allows something). Not known after
     /// a restart: an adopted sandbox's proxy variables then lead nowhere, which denies.
     egress: bool,
+    /// The caller's env and secrets (empty after a restart: the container keeps its own).
+    env: Vec<(String, Secret)>,
+    /// The image its containers are made from.
+    image: String,
     /// The switch of the current serve relay (none while paused).
     serve_relay: Mutex<Option<CancellationToken>>,
 }

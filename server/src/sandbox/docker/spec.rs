@@ -43,6 +43,9 @@ impl DockerBackend {
                 );
             }
         }
+        // The caller's env and secrets; a secret's value is visible to whoever may inspect
+        // the engine's containers, as any container environment is.
+        env.extend(live.env.iter().map(|(k, v)| format!("{k}={}", v.expose())));
         let mut binds = vec![format!("{}:{IN_WORKSPACE}", volume_name(id, "work"))];
         let mut tmpfs = HashMap::from([(
             "/tmp".to_string(),
@@ -87,7 +90,7 @@ impl DockerBackend {
             "warm"
         };
         Ok(ContainerCreateBody {
-            image: Some(self.settings.image.clone()),
+            image: Some(live.image.clone()),
             user: Some(format!("{SANDBOX_UID}:{SANDBOX_UID}")),
             hostname: (*network != DockerNetwork::Host).then(|| "sandbox".to_string()),
             working_dir: Some(IN_WORKSPACE.into()),

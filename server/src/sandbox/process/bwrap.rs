@@ -10,13 +10,17 @@ use tokio::process::Command;
 use super::*;
 
 impl ProcessBackend {
-    /// The command that runs `args` (opencode's arguments) in the sandbox.
+    /// The command that runs `program` with `args` in the sandbox, with the sandbox's
+    /// environment (the caller's env and secrets included) and relays.
     pub(super) async fn command(
         &self,
         live: &Live,
+        program: Program,
         args: &[String],
         serve: bool,
     ) -> Result<Command, SandboxError> {
+        // The caller's env and secrets go in the environment too, never on a command line.
+        let extra = live.env.iter().map(|(k, v)| (k.as_str(), v.expose()));
         let dirs = &live.dirs;
         let mut cmd;
         match &self.bwrap {
@@ -35,6 +39,7 @@ impl ProcessBackend {
                 if live.egress {
                     cmd.envs(crate::sandbox::egress_environment());
                 }
+                cmd.envs(extra);
                 if serve {
                     cmd.env("OPENCODE_SERVER_PASSWORD", live_password(live)?);
                 }
@@ -60,12 +65,20 @@ impl ProcessBackend {
                         &format!("unix:{IN_RUN}/opencode.sock=tcp:127.0.0.1:{IN_SERVE_PORT}"),
                     ]);
                 }
-                cmd.arg("--").arg(IN_OPENCODE).args(args);
+                let inside = match program {
+                    Program::Opencode => IN_OPENCODE,
+                    Program::Shell => "/bin/sh",
+                };
+                cmd.arg("--").arg(inside).args(args);
             }
             None => {
                 let proxy = self.tcp_proxy().await?;
                 let home = dirs.home.to_string_lossy().into_owned();
-                cmd = self.cgroup_wrapper(live, &self.opencode);
+                let host_program = match program {
+                    Program::Opencode => self.opencode.as_path(),
+                    Program::Shell => Path::new("/bin/sh"),
+                };
+                cmd = self.cgroup_wrapper(live, host_program);
                 cmd.args(args)
                     .current_dir(&dirs.workspace)
                     .envs(crate::opencode::environment(
@@ -74,7 +87,8 @@ impl ProcessBackend {
                         live.token.expose(),
                         &self.model,
                         &self.small_model,
-                    ));
+                    ))
+                    .envs(extra);
                 if serve {
                     cmd.env("OPENCODE_SERVER_PASSWORD", live_password(live)?);
                 }

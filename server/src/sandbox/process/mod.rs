@@ -89,6 +89,8 @@ struct Live {
     cgroup: Option<Cgroup>,
     /// Whether the sandbox has an `egress.sock` (its policy allows something).
     egress: bool,
+    /// The caller's env and secrets, for every process of the sandbox.
+    env: Vec<(String, Secret)>,
     /// The running `opencode serve` and the switch of its host-side relay.
     serve: Mutex<Option<(Child, CancellationToken)>>,
 }
@@ -123,6 +125,85 @@ async fn kill_sandbox(
     }
     let _ = child.start_kill();
     child.wait().await
+}
+
+/// What a sandbox command runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Program {
+    /// opencode (`run` or `serve`).
+    Opencode,
+    /// `/bin/sh`, for the caller's setup script.
+    Shell,
+}
+
+/// Feeds `stdin` (closed at once when `None`), sends the child's output lines on the returned
+/// channel and ends it with `Exited`; cancelling `stop` kills the sandbox's processes.
+fn stream_output(
+    mut child: Child,
+    live: Arc<Live>,
+    stdin: Option<String>,
+    stop: CancellationToken,
+) -> Result<mpsc::Receiver<AgentOutput>, SandboxError> {
+    let (tx, rx) = mpsc::channel(256);
+    let mut input = child
+        .stdin
+        .take()
+        .ok_or_else(|| SandboxError::Start("no stdin".into()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| SandboxError::Start("no stdout".into()))?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| SandboxError::Start("no stderr".into()))?;
+    tokio::spawn(async move {
+        // opencode reads the prompt to EOF; a failed write means it already exited.
+        if let Some(text) = stdin {
+            let _ = input.write_all(text.as_bytes()).await;
+        }
+        let _ = input.shutdown().await;
+    });
+    let out_tx = tx.clone();
+    let reader = tokio::spawn(read_lines(stdout, move |l| {
+        let tx = out_tx.clone();
+        async move { tx.send(AgentOutput::Stdout(l)).await.is_ok() }
+    }));
+    let err_tx = tx.clone();
+    let err_reader = tokio::spawn(read_lines(stderr, move |l| {
+        let tx = err_tx.clone();
+        async move { tx.send(AgentOutput::Stderr(l)).await.is_ok() }
+    }));
+    tokio::spawn(async move {
+        let mut killed = false;
+        let status = tokio::select! {
+            s = child.wait() => s,
+            _ = stop.cancelled() => {
+                killed = true;
+                kill_sandbox(&mut child, live.cgroup.as_ref()).await
+            }
+        };
+        if let Some(cg) = &live.cgroup {
+            // Nothing of the run may outlive it (a backgrounded shell, say). A warm sandbox's
+            // serve is spared: only its setup ran here, and serve is in another process tree.
+            if live.serve.lock().map(|s| s.is_none()).unwrap_or(true) {
+                cg.kill_all();
+            }
+        }
+        // Output already written is still delivered, but a pipe held open by a stray process
+        // must not keep the run alive.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = reader.await;
+            let _ = err_reader.await;
+        })
+        .await;
+        let code = status.ok().and_then(|s| s.code());
+        let oom = live.cgroup.as_ref().is_some_and(Cgroup::oom_killed);
+        let _ = tx
+            .send(AgentOutput::Exited(ExitInfo { code, killed, oom }))
+            .await;
+    });
+    Ok(rx)
 }
 
 impl ProcessBackend {
@@ -246,6 +327,7 @@ impl SandboxBackend for ProcessBackend {
             stop: self.shutdown.child_token(),
             cgroup,
             egress: spec.egress.is_some() && self.bwrap.is_some(),
+            env: spec.env.clone(),
             serve: Mutex::new(None),
         });
         if self.bwrap.is_some() {
@@ -293,67 +375,32 @@ impl SandboxBackend for ProcessBackend {
             "--auto".into(),
         ];
         args.extend(run.opencode_options());
-        let mut child = self
-            .command(&live, &args, false)
+        let child = self
+            .command(&live, Program::Opencode, &args, false)
             .await?
             .spawn()
             .map_err(|e| SandboxError::Start(format!("cannot start the sandbox: {e}")))?;
-        let (tx, rx) = mpsc::channel(256);
-        let mut stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| SandboxError::Start("no stdin".into()))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| SandboxError::Start("no stdout".into()))?;
-        let stderr = child
-            .stderr
-            .take()
-            .ok_or_else(|| SandboxError::Start("no stderr".into()))?;
-        let task = run.task.clone();
-        tokio::spawn(async move {
-            // opencode reads the prompt to EOF; a failed write means it already exited.
-            let _ = stdin.write_all(task.as_bytes()).await;
-            let _ = stdin.shutdown().await;
-        });
-        let out_tx = tx.clone();
-        let reader = tokio::spawn(read_lines(stdout, move |l| {
-            let tx = out_tx.clone();
-            async move { tx.send(AgentOutput::Stdout(l)).await.is_ok() }
-        }));
-        let err_tx = tx.clone();
-        let err_reader = tokio::spawn(read_lines(stderr, move |l| {
-            let tx = err_tx.clone();
-            async move { tx.send(AgentOutput::Stderr(l)).await.is_ok() }
-        }));
-        tokio::spawn(async move {
-            let mut killed = false;
-            let status = tokio::select! {
-                s = child.wait() => s,
-                _ = stop.cancelled() => {
-                    killed = true;
-                    kill_sandbox(&mut child, live.cgroup.as_ref()).await
-                }
-            };
-            if let Some(cg) = &live.cgroup {
-                // Nothing of the run may outlive it (a backgrounded shell, say).
-                cg.kill_all();
-            }
-            // Output already written is still delivered, but a pipe held open by a stray process
-            // must not keep the run alive.
-            let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                let _ = reader.await;
-                let _ = err_reader.await;
-            })
-            .await;
-            let code = status.ok().and_then(|s| s.code());
-            let oom = live.cgroup.as_ref().is_some_and(Cgroup::oom_killed);
-            let _ = tx
-                .send(AgentOutput::Exited(ExitInfo { code, killed, oom }))
-                .await;
-        });
-        Ok(rx)
+        stream_output(child, live, Some(run.task.clone()), stop)
+    }
+
+    fn runs_setup(&self) -> bool {
+        true
+    }
+
+    async fn run_setup(
+        &self,
+        sandbox_id: &str,
+        script: &str,
+        stop: CancellationToken,
+    ) -> Result<mpsc::Receiver<AgentOutput>, SandboxError> {
+        let live = self.live(sandbox_id)?;
+        let args = ["-c".to_string(), script.to_string()];
+        let child = self
+            .command(&live, Program::Shell, &args, false)
+            .await?
+            .spawn()
+            .map_err(|e| SandboxError::Start(format!("cannot start the setup script: {e}")))?;
+        stream_output(child, live, None, stop)
     }
 
     async fn collect_changes(

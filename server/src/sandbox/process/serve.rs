@@ -23,7 +23,7 @@ impl ProcessBackend {
             .map(String::from)
             .collect();
         let mut child = self
-            .command(live, &args, true)
+            .command(live, Program::Opencode, &args, true)
             .await?
             .spawn()
             .map_err(|e| SandboxError::Start(format!("cannot start opencode serve: {e}")))?;
