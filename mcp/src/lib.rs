@@ -11,6 +11,7 @@ pub mod local;
 pub mod remote;
 pub mod rest;
 pub mod service;
+pub mod sessions;
 pub mod tools;
 pub mod types;
 
@@ -72,10 +73,12 @@ pub struct HttpConfig {
     pub allowed_hosts: Vec<String>,
     /// Cancelling it ends every session and stream (server shutdown).
     pub shutdown: CancellationToken,
+    /// Live sessions at most; [`sessions::DEFAULT_MAX_SESSIONS`] when `None`.
+    pub max_sessions: Option<usize>,
 }
 
 /// The tower service [`http_service`] returns; mount it with axum's `nest_service("/mcp", ...)`.
-pub type McpHttpService = StreamableHttpService<DelegateMcp, LocalSessionManager>;
+pub type McpHttpService = StreamableHttpService<DelegateMcp, sessions::BoundedSessions>;
 
 /// The MCP streamable-HTTP endpoint (POST/GET/DELETE on one path).
 ///
@@ -98,5 +101,11 @@ pub fn http_service(delegator: Arc<dyn Delegator>, config: HttpConfig) -> McpHtt
     } else {
         server_config.with_allowed_hosts(config.allowed_hosts)
     };
+    let sessions = sessions::BoundedSessions::new(
+        sessions,
+        config
+            .max_sessions
+            .unwrap_or(sessions::DEFAULT_MAX_SESSIONS),
+    );
     StreamableHttpService::new(move || Ok(mcp.clone()), Arc::new(sessions), server_config)
 }

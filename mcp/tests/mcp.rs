@@ -794,6 +794,7 @@ async fn start_http(with_auth: bool) -> HttpServer {
         HttpConfig {
             allowed_hosts: vec!["127.0.0.1".into(), "localhost".into()],
             shutdown: shutdown.clone(),
+            max_sessions: None,
         },
     );
     let mut app = axum::Router::new().nest_service("/mcp", mcp);
@@ -897,6 +898,7 @@ async fn http_raw_requests() {
         HttpConfig {
             allowed_hosts: vec!["delegate.example".into()],
             shutdown: CancellationToken::new(),
+            max_sessions: None,
         },
     );
     let post = |host: &str, body: Value| {
@@ -1173,4 +1175,51 @@ async fn apply_changes_needs_delegate_on_the_callers_machine() {
         .expect_err("bad target");
     assert!(invalid_params(error).contains("`to`"));
     client.cancel().await.unwrap();
+}
+
+/// Sessions over HTTP are capped: past the limit `initialize` is refused with a message that
+/// says why, and closing a session frees its slot.
+#[tokio::test]
+async fn http_sessions_are_capped() {
+    let service = http_service(
+        Arc::new(Recorder::default()),
+        HttpConfig {
+            allowed_hosts: vec!["delegate.example".into()],
+            shutdown: CancellationToken::new(),
+            max_sessions: Some(2),
+        },
+    );
+    let initialize = || {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"}}});
+        let mut request = http::Request::post("http://delegate.example/mcp")
+            .header("host", "delegate.example")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body.to_string())
+            .unwrap();
+        request.extensions_mut().insert(http_caller());
+        request
+    };
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let response = service.handle(initialize()).await;
+        assert_eq!(response.status(), http::StatusCode::OK);
+        ids.push(response.headers()["mcp-session-id"].clone());
+    }
+    let refused = service.handle(initialize()).await;
+    assert!(!refused.status().is_success(), "{}", refused.status());
+    let body = body_json(refused).await;
+    assert!(body.to_string().contains("too many MCP sessions"), "{body}");
+
+    let mut close = http::Request::delete("http://delegate.example/mcp")
+        .header("host", "delegate.example")
+        .header("mcp-session-id", ids[0].clone())
+        .body(String::new())
+        .unwrap();
+    close.extensions_mut().insert(http_caller());
+    assert!(service.handle(close).await.status().is_success());
+    let again = service.handle(initialize()).await;
+    assert_eq!(again.status(), http::StatusCode::OK);
 }

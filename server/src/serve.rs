@@ -29,6 +29,7 @@ pub fn router(
         HttpConfig {
             allowed_hosts,
             shutdown,
+            max_sessions: None,
         },
     );
     let mcp = Router::new()
