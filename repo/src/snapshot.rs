@@ -344,11 +344,6 @@ impl Snapshot {
             .args(["symbolic-ref", "HEAD", &local_branch])
             .run()
             .await?;
-        // Serve any commit by id later (`apply`: the caller's repository fetches from here).
-        in_scratch()
-            .args(["config", "uploadpack.allowAnySHA1InWant", "true"])
-            .run()
-            .await?;
         let bundle = dir.path().join("snapshot.bundle");
         in_scratch()
             .args(["-c", "pack.compression=1", "bundle", "create", "-q"])
