@@ -1,12 +1,21 @@
 //! The repository transport against plain git, side by side on the same repositories:
 //!
-//! 1. Snapshot + seed: `Snapshot::take` of a work tree with uncommitted changes, then the clone of
-//!    its bundle that a sandbox starts from ÷ `git clone --depth 1 file://…` of the same
-//!    repository (what a shallow checkout costs at best).
+//! 1. Snapshot + transfer + seed ÷ `git clone --depth 1 file://…` of the same repository (what a
+//!    shallow checkout costs at best):
+//!    - snapshot: `Snapshot::take` of a work tree with uncommitted changes;
+//!    - transfer: the bundle copied into the server's snapshots dir and its heads read, as the
+//!      embedded upload (`register_copy`, `check_bundle`) does when it cannot hard-link (a copy,
+//!      the slower case; a remote upload streams the same bytes over HTTP instead);
+//!    - seed: what `server/src/sandbox/workdir.rs` does with it: the sandbox's clone
+//!      (`--no-hardlinks`), and delegate's own change repository seeded from the snapshot.
 //! 2. A change of 1,000 files coming back: the in-sandbox commit and bundle, the server's checked
-//!    import with its file list and preview, and the branch written into the caller's repository.
+//!    import with its file list and preview, the export bundle and the branch written into the
+//!    caller's repository, beside plain git doing the same: commit in a clone, `git fetch` of it
+//!    into the caller's repository as a branch.
 //!
-//!   cargo bench -p delegate-repo --bench repo [-- --sizes 10,100 --runs 5]
+//!   cargo bench -p delegate-repo --bench repo [-- --sizes 10,100,1000 --runs 3 --big-runs 1]
+//!
+//! `--big-runs` is the number of runs for sizes of 1,000 MB and more (default: `--runs`).
 //!
 //! Sizes are in MB of file content, about 10 KB a file (a 100 MB repository has 10,000 files).
 //! Prints a Markdown table for BENCHMARKS.md.
@@ -73,6 +82,24 @@ fn make_repo(dir: &Path, mb: usize) -> PathBuf {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text(i as u64 + 1, 10_000)).unwrap();
     }
+    // Files last written an hour ago, as in a work tree one did not just create: git trusts its
+    // index for them instead of hashing every file again as "racily clean".
+    let status = Command::new("find")
+        .args([
+            "src",
+            "-type",
+            "f",
+            "-exec",
+            "touch",
+            "-d",
+            "1 hour ago",
+            "{}",
+            "+",
+        ])
+        .current_dir(&root)
+        .status()
+        .unwrap();
+    assert!(status.success());
     git(&root, &["add", "-A"]);
     git(&root, &["commit", "-q", "-m", "all"]);
     std::fs::write(root.join("src/m0/d0/f0.rs"), text(999_999, 10_000)).unwrap();
@@ -104,33 +131,67 @@ async fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let runs: usize = arg("--runs").and_then(|r| r.parse().ok()).unwrap_or(5);
+    let big_runs: usize = arg("--big-runs")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(runs);
     let tmp = tempfile::tempdir().unwrap();
     let mut out = String::from(
-        "| repository | snapshot + seed (s) | `git clone --depth 1` (s) | ratio |\n|---|---|---|---|\n",
+        "| repository | runs | snapshot | transfer | seed: sandbox clone | seed: change repo | total | `git clone --depth 1` | ratio |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut change_rows = String::new();
     for &mb in &sizes {
+        let runs = if mb >= 1000 { big_runs } else { runs };
         let root = make_repo(tmp.path(), mb);
+        let mut steps: [Vec<Duration>; 4] = Default::default();
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for run in 0..runs {
             // Interleaved, so machine noise hits both sides alike.
-            let work = tmp.path().join(format!("seed-{mb}-{run}"));
+            let server = tmp.path().join(format!("server-{mb}-{run}"));
+            std::fs::create_dir_all(&server).unwrap();
             let t = Instant::now();
             let snap = Snapshot::take(&root, Limits::default(), &tmp.path().join("scratch"))
                 .await
                 .unwrap();
+            let snapshot_time = t.elapsed();
+
+            let t = Instant::now();
+            let uploaded = server.join("snp.bundle");
+            std::fs::copy(snap.bundle(), &uploaded).unwrap();
             git(
-                tmp.path(),
+                &server,
+                &["bundle", "list-heads", uploaded.to_str().unwrap()],
+            );
+            let transfer_time = t.elapsed();
+
+            let t = Instant::now();
+            let work = server.join("workspace");
+            git(
+                &server,
                 &[
                     "clone",
                     "-q",
-                    snap.bundle().to_str().unwrap(),
+                    "--no-hardlinks",
+                    uploaded.to_str().unwrap(),
                     work.to_str().unwrap(),
                 ],
             );
-            ours.push(t.elapsed());
+            git(&work, &["remote", "remove", "origin"]);
+            let clone_time = t.elapsed();
+            let t = Instant::now();
+            ChangeRepo::create(&server.join("changes.git"), &uploaded)
+                .await
+                .unwrap();
+            let change_repo_time = t.elapsed();
+            ours.push(snapshot_time + transfer_time + clone_time + change_repo_time);
+            for (step, d) in
+                steps
+                    .iter_mut()
+                    .zip([snapshot_time, transfer_time, clone_time, change_repo_time])
+            {
+                step.push(d);
+            }
             drop(snap);
-            std::fs::remove_dir_all(&work).unwrap();
+            std::fs::remove_dir_all(&server).unwrap();
 
             let clone = tmp.path().join(format!("clone-{mb}-{run}"));
             let t = Instant::now();
@@ -148,10 +209,15 @@ async fn main() {
             theirs.push(t.elapsed());
             std::fs::remove_dir_all(&clone).unwrap();
         }
+        let [s, tr, cl, cr] = steps.map(median);
         let (a, b) = (median(ours), median(theirs));
         out += &format!(
-            "| {mb} MB, {} files, dirty | {} | {} | **{:.2}** |\n",
+            "| {mb} MB, {} files, dirty | {runs} | {} | {} | {} | {} | {} | {} | **{:.2}** |\n",
             mb * 100,
+            secs(s),
+            secs(tr),
+            secs(cl),
+            secs(cr),
             secs(a),
             secs(b),
             a.as_secs_f64() / b.as_secs_f64()
@@ -171,15 +237,21 @@ async fn main() {
                 work.to_str().unwrap(),
             ],
         );
-        for i in 0..1000 {
-            let path = work.join(format!("src/m{}/d{}/f{i}.rs", i % 20, i % 7));
-            if path.exists() {
-                std::fs::write(&path, text(i as u64 + 7, 10_000)).unwrap();
-            } else {
-                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-                std::fs::write(&path, text(i as u64 + 7, 10_000)).unwrap();
-            }
-        }
+        // The same change in a plain shallow clone, for git's own way back.
+        let plain = tmp.path().join(format!("plain-{mb}"));
+        git(
+            tmp.path(),
+            &[
+                "clone",
+                "-q",
+                "--depth",
+                "1",
+                &format!("file://{}", root.display()),
+                plain.to_str().unwrap(),
+            ],
+        );
+        change_files(&work);
+        change_files(&plain);
         let bundle = tmp.path().join(format!("change-{mb}.bundle"));
         let t = Instant::now();
         let status = Command::new("sh")
@@ -206,9 +278,9 @@ async fn main() {
         let files = repo.files(&snap.tip, &result).await.unwrap();
         let _ = repo.preview(&snap.tip, &result, 20_000).await.unwrap();
         let import_time = t.elapsed();
+        let t = Instant::now();
         let export = server.join("export.bundle");
         repo.bundle(&snap.tip, &result, &export).await.unwrap();
-        let t = Instant::now();
         let applied = apply(
             &snap,
             &export,
@@ -220,17 +292,49 @@ async fn main() {
         .unwrap();
         let apply_time = t.elapsed();
         assert!(applied.branch.is_some());
+        let ours = commit_time + import_time + apply_time;
+
+        let t = Instant::now();
+        git(&plain, &["add", "-A"]);
+        git(&plain, &["commit", "-q", "-m", "bench"]);
+        git(
+            &root,
+            &[
+                "fetch",
+                "-q",
+                plain.to_str().unwrap(),
+                &format!("HEAD:refs/heads/plain-{mb}"),
+            ],
+        );
+        let theirs = t.elapsed();
         change_rows += &format!(
-            "| {mb} MB | {} | {} | {} | {} |\n",
+            "| {mb} MB | {} | {} | {} | {} | {} | {} | **{:.2}** |\n",
             files.len(),
             secs(commit_time),
             secs(import_time),
-            secs(apply_time)
+            secs(apply_time),
+            secs(ours),
+            secs(theirs),
+            ours.as_secs_f64() / theirs.as_secs_f64()
         );
+        drop(snap);
+        for dir in [&work, &plain, &server, &root] {
+            std::fs::remove_dir_all(dir).unwrap();
+        }
     }
-    println!("## Repositories in and out ({runs} runs each, medians, interleaved)\n");
+    println!("## Repositories in and out (medians of the runs, interleaved; times in s)\n");
     println!("{out}");
     println!(
-        "| repository | files changed | commit + bundle in the sandbox (s) | import + describe on the server (s) | branch in the caller's repo (s) |\n|---|---|---|---|---|\n{change_rows}"
+        "| repository | files changed | commit + bundle in the sandbox | import + describe on the server | export + branch in the caller's repo | total | plain git: commit + `git fetch` as a branch | ratio |\n|---|---|---|---|---|---|---|---|\n{change_rows}"
     );
+}
+
+/// The agent's change: 1,000 files rewritten or added.
+fn change_files(work: &Path) {
+    for i in 0..1000 {
+        let path = work.join(format!("src/m{}/d{}/f{i}.rs", i % 20, i % 7));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // Fresh content (the seeds of the original files are 1..=files): new blobs.
+        std::fs::write(&path, text(i as u64 + 10_000_000, 10_000)).unwrap();
+    }
 }

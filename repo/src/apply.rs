@@ -109,13 +109,7 @@ pub async fn apply(
 
     let found = locate(&snapshot.root).await?;
     let caller = || Git::new(&found.root).dirs(&found.git_dir, Some(&found.root));
-    // Objects only: no ref, no FETCH_HEAD, no hook.
-    caller()
-        .args(["fetch", "-q", "--no-tags", "--no-write-fetch-head"])
-        .arg(&scratch)
-        .arg(result)
-        .run()
-        .await?;
+    copy_objects(snapshot, result, caller()).await?;
 
     // Rebuild the chain on the caller's own commits: the parentless base becomes HEAD.
     let chain = in_scratch()
@@ -229,6 +223,42 @@ pub async fn apply(
         }
     }
     Ok(applied)
+}
+
+/// Copies into the caller's object store exactly the objects it lacks for `result`: those in the
+/// scratch repository's own store (the snapshot's new blobs, trees and commits, and the change
+/// as read from the server), never the ones the scratch borrows from the caller.
+///
+/// A `git fetch` from the scratch repository would do it with the caller's HEAD as its only
+/// "have"; the parentless snapshot commit does not descend from it, so upload-pack sent (and
+/// delta-searched) every object of the tree again: 12 s for a 1,000-file change in a 100 MB
+/// repository. `pack-objects --local` leaves out everything the caller already has, without a
+/// delta search (the copy is local, and deltas already in the scratch packs are reused), and
+/// `index-pack --strict` checks each object and every link of the result on the caller's side,
+/// as a fetch with `fsckObjects` would. No ref, FETCH_HEAD, hook or working tree file is
+/// touched; objects nothing points at yet are left to the caller's `git gc`, as after a fetch.
+async fn copy_objects(snapshot: &Snapshot, result: &str, caller: Git) -> Result<(), RepoError> {
+    let scratch = snapshot.scratch();
+    let mut revs = format!("{result}\n");
+    // The snapshot's base tree is the caller's HEAD tree: known to be there, not walked.
+    // (Without a HEAD it is the empty tree, which the caller may lack: walked and sent.)
+    if snapshot.base.commit.is_some() {
+        revs += &format!("^{}^{{tree}}\n", snapshot.base_commit);
+    }
+    Git::new(&scratch)
+        .dirs(&scratch, None)
+        .args([
+            "pack-objects",
+            "--revs",
+            "--local",
+            "--stdout",
+            "--window=0",
+            "-q",
+        ])
+        .stdin(revs.into_bytes())
+        .pipe(caller.args(["index-pack", "--stdin", "--strict"]))
+        .await?;
+    Ok(())
 }
 
 /// Who made a commit and when, exactly as git stores it (dates raw: seconds and zone).

@@ -157,6 +157,52 @@ impl Git {
             .map_err(|e| RepoError::Git(format!("git: {e}")))
     }
 
+    /// Runs it with its stdout piped straight into `into`'s stdin (an OS pipe: nothing passes
+    /// through this process, so memory stays flat however much flows); `into`'s stdout on
+    /// success. When either fails, the error names the first that did: a producer that dies
+    /// leaves the consumer with cut input, and its own words say why.
+    pub async fn pipe(self, into: Git) -> Result<Vec<u8>, RepoError> {
+        let spawn_failed =
+            |e: std::io::Error| RepoError::Git(format!("cannot run git (is it installed?): {e}"));
+        let mut producer = self.command();
+        producer
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut producing = producer.spawn().map_err(spawn_failed)?;
+        let stdout: Stdio = producing
+            .stdout
+            .take()
+            .expect("piped")
+            .try_into()
+            .map_err(|e| RepoError::Git(format!("git pipe: {e}")))?;
+        let mut consumer = into.command();
+        consumer
+            .stdin(stdout)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let consuming = consumer.spawn().map_err(spawn_failed)?;
+        if let (Some(bytes), Some(mut stdin)) = (self.stdin.as_ref(), producing.stdin.take()) {
+            // Written while git reads; dropped (closed) at the end of this block.
+            let _ = stdin.write_all(bytes).await;
+        }
+        let (produced, consumed) =
+            tokio::join!(producing.wait_with_output(), consuming.wait_with_output());
+        let produced = produced.map_err(|e| RepoError::Git(format!("git: {e}")))?;
+        let consumed = consumed.map_err(|e| RepoError::Git(format!("git: {e}")))?;
+        if !produced.status.success() {
+            return Err(self.failed(&produced.stderr));
+        }
+        if !consumed.status.success() {
+            return Err(into.failed(&consumed.stderr));
+        }
+        Ok(consumed.stdout)
+    }
+
     /// Streams its stdout into `out`, failing (and removing `out`) past `max_bytes`: memory stays
     /// flat however large the output.
     pub async fn to_file(self, out: &Path, max_bytes: u64) -> Result<u64, RepoError> {

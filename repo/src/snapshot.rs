@@ -344,14 +344,20 @@ impl Snapshot {
             .args(["symbolic-ref", "HEAD", &local_branch])
             .run()
             .await?;
-        // Serve any commit by id later (`apply`: the caller's repository fetches from here).
-        in_scratch()
-            .args(["config", "uploadpack.allowAnySHA1InWant", "true"])
-            .run()
-            .await?;
         let bundle = dir.path().join("snapshot.bundle");
+        // Fast over small: light compression, and no delta search (deltas already in the
+        // caller's packs are reused as they are; new ones between the unrelated files of one
+        // tree save little and cost as much as the rest of the snapshot together).
         in_scratch()
-            .args(["-c", "pack.compression=1", "bundle", "create", "-q"])
+            .args([
+                "-c",
+                "pack.compression=1",
+                "-c",
+                "pack.window=0",
+                "bundle",
+                "create",
+                "-q",
+            ])
             .arg(&bundle)
             .args(["HEAD", &local_branch])
             .run()

@@ -120,6 +120,42 @@ fn project(base: &Path) -> PathBuf {
     root
 }
 
+/// `git fsck` of the caller's repository finds every object and link whole (dangling objects,
+/// which a fetch leaves too until `git gc`, are fine).
+fn assert_fsck(root: &Path) {
+    git(
+        root,
+        &[
+            "fsck",
+            "--strict",
+            "--full",
+            "--no-dangling",
+            "--no-progress",
+        ],
+    );
+}
+
+/// Every ref of the repository but delegate's own branches, with its commit.
+fn other_refs(root: &Path) -> String {
+    git(root, &["for-each-ref", "--format=%(refname) %(objectname)"])
+        .lines()
+        .filter(|l| !l.starts_with("refs/heads/delegate/"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Objects in the repository's store, loose and packed, counting a copy twice.
+fn object_count(root: &Path) -> u64 {
+    git(root, &["count-objects", "-v"])
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("count: ")
+                .or_else(|| l.strip_prefix("in-pack: "))
+        })
+        .map(|n| n.parse::<u64>().unwrap())
+        .sum()
+}
+
 fn fresh(name: &str) -> BranchName {
     BranchName::Fresh(name.into())
 }
@@ -168,6 +204,7 @@ async fn a_dirty_project_goes_in_and_the_change_comes_back_as_a_branch() {
     let root = project(tmp.path());
     let head = git(&root, &["rev-parse", "HEAD"]);
     let before = fingerprint(&root);
+    let refs_before = other_refs(&root);
 
     let snap = Snapshot::take(&root.join("src"), Limits::default(), &scratch(tmp.path()))
         .await
@@ -287,6 +324,8 @@ async fn a_dirty_project_goes_in_and_the_change_comes_back_as_a_branch() {
         before,
         "branch mode touched the working tree or index"
     );
+    assert_eq!(other_refs(&root), refs_before, "another ref moved");
+    assert_fsck(&root);
     let tip = git(&root, &["rev-parse", "delegate/run1"]);
     // Parents: the agent's commit -> the uncommitted-changes commit -> the caller's HEAD.
     assert_eq!(git(&root, &["rev-parse", "delegate/run1~2"]), head);
@@ -334,6 +373,111 @@ async fn a_dirty_project_goes_in_and_the_change_comes_back_as_a_branch() {
         std::fs::read(root.join(".git/index")).unwrap(),
         index_before
     );
+    assert_eq!(other_refs(&root), refs_before);
+    assert_fsck(&root);
+}
+
+/// A change of one file in a repository of a few hundred brings the caller only what it lacks:
+/// the new blob, the trees above it and the commits, not the tree it already has (a `git fetch`
+/// from the scratch repository sent all of it again, since the snapshot's parentless commit does
+/// not descend from anything the caller has).
+#[tokio::test]
+async fn applying_copies_only_the_objects_the_caller_lacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("big");
+    std::fs::create_dir_all(&root).unwrap();
+    git(&root, &["init", "-q"]);
+    for i in 0..300 {
+        write(
+            &root.join(format!("src/d{}/f{i}.txt", i % 3)),
+            format!("file {i}\n"),
+        );
+    }
+    git(&root, &["add", "."]);
+    git(&root, &["commit", "-q", "-m", "many files"]);
+    // Dirty: one tracked file changed, so the snapshot has its own blob, trees and two commits.
+    write(&root.join("src/d0/f0.txt"), "changed by the caller\n");
+    let snap = Snapshot::take(&root, Limits::default(), &scratch(tmp.path()))
+        .await
+        .unwrap();
+    let out = agent_run(tmp.path(), &snap, |work| {
+        write(&work.join("src/d1/f1.txt"), "changed by the agent\n");
+    });
+    let server = tmp.path().join("server");
+    std::fs::create_dir_all(&server).unwrap();
+    let repo = ChangeRepo::create(&server.join("changes.git"), &snap.bundle())
+        .await
+        .unwrap();
+    let result = repo
+        .import(&out, &snap.tip, 1 << 20, &server)
+        .await
+        .unwrap();
+    let export = server.join("export.bundle");
+    repo.bundle(&snap.tip, &result, &export).await.unwrap();
+
+    let before = object_count(&root);
+    let applied = apply(&snap, &export, &result, &fresh("one"), ApplyTo::Branch)
+        .await
+        .unwrap();
+    let added = object_count(&root) - before;
+    // Snapshot: base commit, dirty commit, blob, root + src + d0 trees (6). Change: commit,
+    // blob, root + src + d1 trees (5). The rebuilt chain: two commits. The old fetch: 300+.
+    assert!(
+        (8..=20).contains(&added),
+        "{added} objects copied for a one-file change"
+    );
+    assert_eq!(
+        git(&root, &["show", "delegate/one:src/d1/f1.txt"]),
+        "changed by the agent"
+    );
+    assert_eq!(
+        git(&root, &["show", "delegate/one~1:src/d0/f0.txt"]),
+        "changed by the caller"
+    );
+    assert!(applied.branch.is_some());
+    assert_fsck(&root);
+}
+
+/// A repository with no commit yet: the snapshot's base is the empty tree, which the caller may
+/// not have; the branch it gets is whole all the same.
+#[tokio::test]
+async fn a_repository_without_commits_gets_a_whole_branch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("empty");
+    std::fs::create_dir_all(&root).unwrap();
+    git(&root, &["init", "-q"]);
+    write(&root.join("draft.txt"), "first draft\n");
+    let snap = Snapshot::take(&root, Limits::default(), &scratch(tmp.path()))
+        .await
+        .unwrap();
+    assert!(snap.base.commit.is_none());
+    let out = agent_run(tmp.path(), &snap, |work| {
+        write(&work.join("draft.txt"), "second draft\n");
+    });
+    let server = tmp.path().join("server");
+    std::fs::create_dir_all(&server).unwrap();
+    let repo = ChangeRepo::create(&server.join("changes.git"), &snap.bundle())
+        .await
+        .unwrap();
+    let result = repo
+        .import(&out, &snap.tip, 1 << 20, &server)
+        .await
+        .unwrap();
+    let export = server.join("export.bundle");
+    repo.bundle(&snap.tip, &result, &export).await.unwrap();
+    let applied = apply(&snap, &export, &result, &fresh("first"), ApplyTo::Branch)
+        .await
+        .unwrap();
+    assert_eq!(applied.branch.as_deref(), Some("delegate/first"));
+    assert_eq!(
+        git(&root, &["show", "delegate/first:draft.txt"]),
+        "second draft"
+    );
+    assert_eq!(
+        git(&root, &["show", "delegate/first~1:draft.txt"]),
+        "first draft"
+    );
+    assert_fsck(&root);
 }
 
 #[tokio::test]
@@ -618,4 +762,5 @@ async fn a_warm_sandbox_moves_its_branch_forward_from_a_kept_snapshot() {
     assert!(!root.join("one.txt").exists(), "run 1's change came along");
     std::fs::remove_file(root.join("two.txt")).unwrap();
     assert_eq!(fingerprint(&root), before);
+    assert_fsck(&root);
 }

@@ -192,19 +192,27 @@ impl SandboxDirs {
                 .await
                 .map_err(repo_err)?;
         }
-        // delegate's own copy of the seed, outside anything the sandbox can reach.
-        let seed = self.root.join("seed.bundle");
-        git(&self.workspace)
-            .args(["bundle", "create", "-q"])
-            .arg(&seed)
-            .arg("HEAD")
-            .run()
-            .await
-            .map_err(repo_err)?;
-        let changes = ChangeRepo::create(&self.changes, &seed)
-            .await
-            .map_err(repo_err)?;
-        let _ = tokio::fs::remove_file(&seed).await;
+        // delegate's own copy of the seed, outside anything the sandbox can reach. A snapshot
+        // with no seed files on top is its own seed: bundling the clone again would pack (and
+        // delta-search) the whole repository a second time.
+        let changes = match repo {
+            Some(bundle) if files.is_empty() => ChangeRepo::create(&self.changes, bundle)
+                .await
+                .map_err(repo_err)?,
+            _ => {
+                let seed = self.root.join("seed.bundle");
+                git(&self.workspace)
+                    .args(["bundle", "create", "-q"])
+                    .arg(&seed)
+                    .arg("HEAD")
+                    .run()
+                    .await
+                    .map_err(repo_err)?;
+                let changes = ChangeRepo::create(&self.changes, &seed).await;
+                let _ = tokio::fs::remove_file(&seed).await;
+                changes.map_err(repo_err)?
+            }
+        };
         let tip = changes
             .resolve("refs/delegate/snapshot")
             .await
