@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -28,114 +27,7 @@ use delegate_repo::{COMMIT_SCRIPT, ChangeRepo, Limits};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "protocol.file.allow=always",
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "core.quotepath=false",
-        ])
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn write(path: &Path, bytes: impl AsRef<[u8]>) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, bytes).unwrap();
-}
-
-/// HEAD, the current branch, the index's bytes and every file of the working tree, hashed.
-fn fingerprint(root: &Path) -> String {
-    use std::hash::{DefaultHasher, Hash, Hasher};
-    let mut text = String::new();
-    text += &git(root, &["rev-parse", "HEAD"]);
-    text += &git(root, &["symbolic-ref", "HEAD"]);
-    text += &format!("{:?}", std::fs::read(root.join(".git/index")).unwrap());
-    fn walk(dir: &Path, out: &mut String) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap())
-            .collect();
-        entries.sort_by_key(std::fs::DirEntry::file_name);
-        for e in entries {
-            let p = e.path();
-            if e.file_name() == ".git" {
-                continue;
-            }
-            let meta = std::fs::symlink_metadata(&p).unwrap();
-            out.push_str(&format!("{}\n", p.display()));
-            if meta.file_type().is_symlink() {
-                out.push_str(&format!("-> {:?}\n", std::fs::read_link(&p).unwrap()));
-            } else if meta.is_dir() {
-                walk(&p, out);
-            } else {
-                out.push_str(&format!("{:?}\n", std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    walk(root, &mut text);
-    let mut hasher = DefaultHasher::new();
-    text.hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
-}
-
-fn project(base: &Path) -> PathBuf {
-    let sub = base.join("sub-origin");
-    std::fs::create_dir_all(&sub).unwrap();
-    git(&sub, &["init", "-q"]);
-    write(&sub.join("lib.txt"), "submodule file\n");
-    git(&sub, &["add", "."]);
-    git(&sub, &["commit", "-q", "-m", "sub"]);
-
-    let root = base.join("project");
-    std::fs::create_dir_all(&root).unwrap();
-    git(&root, &["init", "-q"]);
-    write(&root.join("README.md"), "# project\n");
-    write(&root.join(".gitignore"), "target/\n*.log\n");
-    git(&root, &["add", "."]);
-    git(&root, &["commit", "-q", "-m", "first"]);
-    write(&root.join("src/main.rs"), "fn main() {}\n");
-    write(
-        &root.join("data/blob.bin"),
-        [0u8, 159, 146, 150, 0, 1, 2, 3],
-    );
-    write(&root.join("name with spaces ü.txt"), "odd name\n");
-    std::os::unix::fs::symlink("README.md", root.join("link-to-readme")).unwrap();
-    git(
-        &root,
-        &[
-            "submodule",
-            "add",
-            "-q",
-            sub.to_str().unwrap(),
-            "vendor/sub",
-        ],
-    );
-    git(&root, &["add", "."]);
-    git(&root, &["commit", "-q", "-m", "second"]);
-    write(&root.join("README.md"), "# project\n\ndirty line\n");
-    write(&root.join("notes/untracked.txt"), "not yet added\n");
-    write(&root.join("target/build.o"), "ignored\n");
-    write(&root.join("debug.log"), "ignored too\n");
-    root
-}
+use delegate_testkit::repos::{fingerprint, git, project, write};
 
 // ---------------------------------------------------------------- the server double
 

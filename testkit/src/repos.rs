@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Runs git in `dir` without user or system config (a fixed identity, `main` as the first
-/// branch, file-protocol submodules allowed); panics with git's stderr when it fails. Returns
+/// branch, file-protocol submodules allowed, paths printed as they are); panics with git's stderr when it fails. Returns
 /// stdout, trimmed.
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -26,6 +26,8 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
             "protocol.file.allow=always",
             "-c",
             "init.defaultBranch=main",
+            "-c",
+            "core.quotepath=false",
         ])
         .args(args)
         .output()
