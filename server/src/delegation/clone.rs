@@ -10,7 +10,7 @@
 //! differently between the check and the connection, and it follows no redirects (a redirect
 //! could point anywhere), speaks no other protocol, asks for no password and uses no proxy.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use delegate_repo::{Base, Limits, RepoError, Snapshot};
 use reqwest::Url;
 use tokio::time::Instant;
 
+use crate::egress::address::classify;
 use crate::settings::{GitHost, Settings};
 
 /// How long a clone may take, DNS to checkout, before it is stopped.
@@ -274,10 +275,13 @@ impl Target {
             )));
         };
         if !self.allowed
-            && let Some((ip, what)) = addrs.iter().find_map(|ip| non_public(*ip).map(|w| (ip, w)))
+            && let Some((ip, class)) = addrs
+                .iter()
+                .map(|ip| (ip, classify(*ip)))
+                .find(|(_, class)| !class.is_public())
         {
             return Err(CloneError::Invalid(format!(
-                "{}: {} is {ip}, a {what} address; delegate clones only from public addresses \
+                "{}: {} is {ip}, {class}; delegate clones only from public addresses \
                  (an admin can allow an on-prem git server with DELEGATE_GIT_ALLOWED_HOSTS)",
                 self.url, self.host
             )));
@@ -624,63 +628,6 @@ fn io_error(path: &Path, e: std::io::Error) -> CloneError {
     CloneError::Repo(RepoError::Io(format!("{}: {e}", path.display())))
 }
 
-/// Why `ip` is not a public address, or `None` when it is.
-pub fn non_public(ip: IpAddr) -> Option<&'static str> {
-    match ip {
-        IpAddr::V4(a) => non_public_v4(a),
-        IpAddr::V6(a) => non_public_v6(a),
-    }
-}
-
-fn non_public_v4(a: Ipv4Addr) -> Option<&'static str> {
-    let [o0, o1, o2, o3] = a.octets();
-    Some(match (o0, o1, o2, o3) {
-        (169, 254, 169, 254) | (100, 100, 100, 200) => "cloud metadata",
-        (0, ..) => "unspecified",
-        (127, ..) => "loopback",
-        (10, ..) | (192, 168, ..) => "private",
-        (172, b, ..) if (16..32).contains(&b) => "private",
-        (169, 254, ..) => "link-local",
-        (100, b, ..) if (64..128).contains(&b) => "carrier-grade NAT",
-        (224..=239, ..) => "multicast",
-        (240..=255, ..) => "reserved",
-        (192, 0, 0 | 2, _) | (198, 51, 100, _) | (203, 0, 113, _) => "reserved",
-        (198, 18 | 19, ..) => "reserved",
-        _ => return None,
-    })
-}
-
-fn non_public_v6(a: Ipv6Addr) -> Option<&'static str> {
-    let s = a.segments();
-    // Addresses that carry an IPv4 address are what that address is.
-    if let Some(v4) = a.to_ipv4_mapped() {
-        return non_public_v4(v4).or(Some("IPv4-mapped"));
-    }
-    let embedded = |hi: u16, lo: u16| Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
-    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        // NAT64: public only if the IPv4 address inside is.
-        return non_public_v4(embedded(s[6], s[7]));
-    }
-    if s[0] == 0x2002 {
-        // 6to4 carries its IPv4 address in the next 32 bits.
-        return non_public_v4(embedded(s[1], s[2]));
-    }
-    Some(match s[0] {
-        _ if a.is_unspecified() => "unspecified",
-        _ if a.is_loopback() => "loopback",
-        0 => "reserved",
-        0xfd00 if s[1] == 0xec2 => "cloud metadata",
-        x if x & 0xfe00 == 0xfc00 => "unique local",
-        x if x & 0xffc0 == 0xfe80 => "link-local",
-        x if x & 0xffc0 == 0xfec0 => "site-local",
-        x if x & 0xff00 == 0xff00 => "multicast",
-        0x2001 if s[1] == 0x0db8 => "reserved",
-        0x2001 if s[1] == 0 => "Teredo",
-        0x0100 if s[1..4] == [0, 0, 0] => "reserved",
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -694,39 +641,6 @@ mod tests {
                 .collect(),
             timeout: CLONE_TIMEOUT,
         }
-    }
-
-    #[rstest]
-    #[case("127.0.0.1", Some("loopback"))]
-    #[case("127.255.1.2", Some("loopback"))]
-    #[case("10.1.2.3", Some("private"))]
-    #[case("172.16.0.1", Some("private"))]
-    #[case("172.31.255.255", Some("private"))]
-    #[case("172.32.0.1", None)]
-    #[case("192.168.1.1", Some("private"))]
-    #[case("169.254.169.254", Some("cloud metadata"))]
-    #[case("169.254.1.1", Some("link-local"))]
-    #[case("100.64.0.1", Some("carrier-grade NAT"))]
-    #[case("100.100.100.200", Some("cloud metadata"))]
-    #[case("100.128.0.1", None)]
-    #[case("0.0.0.0", Some("unspecified"))]
-    #[case("224.0.0.1", Some("multicast"))]
-    #[case("255.255.255.255", Some("reserved"))]
-    #[case("140.82.112.3", None)]
-    #[case("::1", Some("loopback"))]
-    #[case("::", Some("unspecified"))]
-    #[case("::ffff:127.0.0.1", Some("loopback"))]
-    #[case("::ffff:10.0.0.1", Some("private"))]
-    #[case("64:ff9b::7f00:1", Some("loopback"))]
-    #[case("2002:a00:1::", Some("private"))]
-    #[case("fd00:ec2::254", Some("cloud metadata"))]
-    #[case("fd12:3456::1", Some("unique local"))]
-    #[case("fe80::1", Some("link-local"))]
-    #[case("ff02::1", Some("multicast"))]
-    #[case("2001:db8::1", Some("reserved"))]
-    #[case("2606:4700:4700::1111", None)]
-    fn addresses_are_classified(#[case] ip: &str, #[case] expect: Option<&str>) {
-        assert_eq!(non_public(ip.parse().unwrap()), expect, "{ip}");
     }
 
     #[rstest]

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use super::address::Network;
 use crate::settings::EgressPolicySettings;
+use crate::settings::IpRange;
 
 /// The built-in policy that allows nothing; sandboxes get it unless something else is chosen.
 pub const NONE: &str = "none";
@@ -159,7 +159,7 @@ pub struct Policy {
     any_host: bool,
     hosts: Vec<HostPattern>,
     /// Addresses allowed although they are not public.
-    allow_addresses: Vec<Network>,
+    allow_addresses: Vec<IpRange>,
 }
 
 impl Policy {
@@ -199,7 +199,7 @@ impl Policy {
         let allow_addresses = settings
             .allow_addresses
             .iter()
-            .map(|a| Network::parse(a.trim()))
+            .map(|a| IpRange::parse(a.trim()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("egress policy `{name}`: allow_addresses: {e}"))?;
         Ok(Policy {

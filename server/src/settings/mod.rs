@@ -275,60 +275,90 @@ pub struct Settings {
     pub secret_key: Option<SecretKey>,
 }
 
-/// An address range (`10.0.0.0/8`, `::1/128`; a bare address is a range of one).
+/// An address or a network in CIDR form (`10.0.0.5`, `10.1.0.0/16`, `fd00::/8`), as an admin
+/// writes it (trusted proxies, egress `allow_addresses`); a bare address is a network of one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpRange {
-    /// The first address of the range.
-    pub network: std::net::IpAddr,
-    /// How many leading bits must match.
-    pub prefix: u8,
+    addr: std::net::IpAddr,
+    prefix: u8,
 }
 
 impl IpRange {
-    /// Whether `ip` is in the range (an IPv4-mapped IPv6 address counts as its IPv4 address).
+    /// Parses `ADDR` or `ADDR/PREFIX`; the address must be the network's first (no host bits).
+    pub fn parse(text: &str) -> Result<IpRange, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: std::net::IpAddr = addr
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IP address or a CIDR network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?,
+        };
+        let net = IpRange { addr, prefix };
+        if bits(addr) & !mask(max, prefix) != 0 {
+            return Err(format!(
+                "{text:?}: host bits are set after the /{prefix}; write the network's first address"
+            ));
+        }
+        Ok(net)
+    }
+
+    /// Whether `ip` is in this network. An IPv4-mapped IPv6 address matches IPv4 networks.
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
-        use std::net::IpAddr;
         let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
             v4 => v4,
         };
-        let bits = |a: IpAddr| -> u128 {
-            match a {
-                IpAddr::V4(v4) => u128::from(u32::from(v4)),
-                IpAddr::V6(v6) => u128::from(v6),
-            }
+        let max = match (self.addr, ip) {
+            (std::net::IpAddr::V4(_), std::net::IpAddr::V4(_)) => 32,
+            (std::net::IpAddr::V6(_), std::net::IpAddr::V6(_)) => 128,
+            _ => return false,
         };
-        let width = if self.network.is_ipv4() { 32 } else { 128 };
-        if ip.is_ipv4() != self.network.is_ipv4() {
-            return false;
-        }
-        let shift = width - u32::from(self.prefix);
-        shift >= width || (bits(ip) >> shift) == (bits(self.network) >> shift)
+        let m = mask(max, self.prefix);
+        bits(ip) & m == bits(self.addr) & m
+    }
+}
+
+impl std::fmt::Display for IpRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+fn bits(ip: std::net::IpAddr) -> u128 {
+    match ip {
+        std::net::IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        std::net::IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+fn mask(max: u8, prefix: u8) -> u128 {
+    let all: u128 = if max == 32 {
+        u128::from(u32::MAX)
+    } else {
+        u128::MAX
+    };
+    if prefix == 0 {
+        0
+    } else {
+        all & (all << (max - prefix))
     }
 }
 
 impl std::str::FromStr for IpRange {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let network: std::net::IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IP address or CIDR range"))?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
-        };
-        Ok(IpRange { network, prefix })
+        IpRange::parse(s.trim())
     }
 }
 
@@ -455,5 +485,38 @@ impl Settings {
             "{}://{SANDBOX_HOST_PREFIX}{sandbox_id}.{domain}",
             self.base_scheme
         ))
+    }
+}
+
+#[cfg(test)]
+mod ip_range_tests {
+    use super::IpRange;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case("127.0.0.1", "127.0.0.1", true)]
+    #[case("127.0.0.1", "127.0.0.2", false)]
+    #[case("10.1.0.0/16", "10.1.200.3", true)]
+    #[case("10.1.0.0/16", "10.2.0.1", false)]
+    #[case("0.0.0.0/0", "8.8.8.8", true)]
+    #[case("0.0.0.0/0", "::1", false)]
+    #[case("127.0.0.1", "::ffff:127.0.0.1", true)]
+    #[case("fd00::/8", "fd12::1", true)]
+    #[case("fd00::/8", "fe80::1", false)]
+    #[case("[::1]", "::1", true)]
+    fn networks_contain(#[case] net: &str, #[case] ip: &str, #[case] inside: bool) {
+        let net = IpRange::parse(net).unwrap();
+        assert_eq!(net.contains(ip.parse().unwrap()), inside, "{net} {ip}");
+    }
+
+    #[rstest]
+    #[case("localhost", "not an IP address")]
+    #[case("10.0.0.0/33", "prefix length must be 0 to 32")]
+    #[case("10.0.0.1/8", "host bits")]
+    #[case("::1/129", "0 to 128")]
+    #[case("10.0.0.0/x", "prefix length")]
+    fn bad_networks_say_why(#[case] text: &str, #[case] why: &str) {
+        let err = IpRange::parse(text).unwrap_err();
+        assert!(err.contains(why), "{text}: {err}");
     }
 }
