@@ -423,7 +423,12 @@ impl Delegator for RemoteDelegator {
         input: StreamSessionInput,
     ) -> Result<StreamSessionOutput, DelegateError> {
         let run_id = match (input.run_id, input.sandbox_id) {
-            (Some(run_id), _) => run_id,
+            (Some(_), Some(_)) => {
+                return Err(DelegateError::Invalid(
+                    "give run_id or sandbox_id, not both".into(),
+                ));
+            }
+            (Some(run_id), None) => run_id,
             (None, Some(sandbox_id)) => {
                 let url = self.url(
                     &["api", "runs"],

@@ -220,7 +220,7 @@ pub struct ApplyChangesOutput {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamSessionInput {
-    /// The run to follow. Give this or `sandbox_id`.
+    /// The run to follow. Give this or `sandbox_id`, not both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
     /// Follow the latest run of this sandbox instead.

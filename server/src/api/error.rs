@@ -2,10 +2,10 @@
 //! extractors that turn axum's rejections (malformed JSON, wrong content type, unknown fields,
 //! oversized bodies, bad query strings) into that same envelope.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
@@ -126,7 +126,22 @@ impl From<PathRejection> for ApiError {
     }
 }
 
-/// `axum::Json` whose rejections are [`ApiError`]s.
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the request body is over {} bytes", super::MAX_BODY_BYTES),
+            );
+        }
+        Self::invalid(r.body_text())
+    }
+}
+
+/// `axum::Json` whose rejections are [`ApiError`]s, and whose body must be a JSON object: every
+/// body the API takes is one, and serde would otherwise fill a struct from an array (`[]` would
+/// create a sandbox with every default).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
@@ -134,9 +149,35 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+        if !is_json(req.headers()) {
+            return Err(JsonRejection::from(
+                axum::extract::rejection::MissingJsonContentType::default(),
+            )
+            .into());
+        }
+        let bytes = axum::body::Bytes::from_request(req, state).await?;
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::invalid("the request body must be a JSON object"));
+        }
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
         Ok(Json(value))
     }
+}
+
+/// `Content-Type: application/json` or `application/<anything>+json`, as axum's `Json` takes.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let Some((kind, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json") || sub.to_ascii_lowercase().ends_with("+json"))
 }
 
 /// `axum::extract::Query` whose rejections are [`ApiError`]s.

@@ -131,7 +131,10 @@ impl Service {
         limit: Option<usize>,
     ) -> Result<StreamSessionOutput> {
         let run = match (&input.run_id, &input.sandbox_id) {
-            (Some(run_id), _) => self.run(caller, &run_id.parse()?, Action::Read).await?,
+            (Some(_), Some(_)) => {
+                return Err(Error::Invalid("give run_id or sandbox_id, not both".into()));
+            }
+            (Some(run_id), None) => self.run(caller, &run_id.parse()?, Action::Read).await?,
             (None, Some(sandbox_id)) => {
                 let sandbox = self
                     .sandbox(caller, &sandbox_id.parse()?, Action::Read)

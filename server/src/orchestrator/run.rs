@@ -43,6 +43,12 @@ pub(super) async fn start(
     if req.task.trim().is_empty() {
         return Err(Error::Invalid("task: must not be empty".into()));
     }
+    // It goes to opencode as an argument, which cannot hold a NUL.
+    if req.task.contains('\0') {
+        return Err(Error::Invalid(
+            "task: must not contain NUL characters".into(),
+        ));
+    }
     if req.task.len() > super::MAX_TASK_BYTES {
         return Err(Error::Invalid(format!(
             "task: {} bytes, at most {} (1 MiB); put large inputs in `files`",

@@ -345,13 +345,22 @@ async fn check_bundle(path: &Path, max_bytes: u64) -> Result<u64> {
         .windows(2)
         .position(|w| w == b"\n\n")
         .ok_or_else(|| not_bundle("its header does not end"))?;
-    if header[..end]
-        .split(|b| *b == b'\n')
-        .any(|l| l.starts_with(b"-"))
-    {
-        return Err(not_bundle(
-            "it needs commits it does not carry (made with a `^` or `--since` limit)",
-        ));
+    // After the signature line (and a v3 bundle's `@capability` lines), one line per ref.
+    for line in header[..end].split(|b| *b == b'\n').skip(1) {
+        if line.starts_with(b"@") {
+            continue;
+        }
+        if line.starts_with(b"-") {
+            return Err(not_bundle(
+                "it needs commits it does not carry (made with a `^` or `--since` limit)",
+            ));
+        }
+        if !is_ref_line(line) {
+            return Err(not_bundle(&format!(
+                "a ref line is malformed: {:?}",
+                String::from_utf8_lossy(&line[..line.len().min(120)])
+            )));
+        }
     }
     let heads = Git::new(path.parent().unwrap_or(Path::new("/")))
         .args(["bundle", "list-heads"])
@@ -366,6 +375,32 @@ async fn check_bundle(path: &Path, max_bytes: u64) -> Result<u64> {
         return Err(not_bundle("it has no HEAD for the sandbox to check out"));
     }
     Ok(bytes)
+}
+
+/// `<object id> <ref name>`: a hex id (SHA-1 or SHA-256) and a name git itself would accept
+/// (`git check-ref-format`'s rules, for names a bundle can carry: `HEAD` or under `refs/`).
+fn is_ref_line(line: &[u8]) -> bool {
+    let Some(space) = line.iter().position(|b| *b == b' ') else {
+        return false;
+    };
+    let (id, name) = (&line[..space], &line[space + 1..]);
+    let id_ok = matches!(id.len(), 40 | 64) && id.iter().all(u8::is_ascii_hexdigit);
+    let Ok(name) = std::str::from_utf8(name) else {
+        return false;
+    };
+    let name_ok = name == "HEAD"
+        || (name.starts_with("refs/")
+            && !name.ends_with('/')
+            && !name.ends_with('.')
+            && !name.ends_with(".lock")
+            && !name.contains("..")
+            && !name.contains("//")
+            && !name.contains("@{")
+            && !name.split('/').any(|c| c.is_empty() || c.starts_with('.'))
+            && !name
+                .chars()
+                .any(|c| c.is_control() || " ~^:?*[\\".contains(c)));
+    id_ok && name_ok
 }
 
 impl Orchestrator {

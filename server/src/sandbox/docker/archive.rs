@@ -98,7 +98,8 @@ where
         if path != Path::new(name) || entry.header().entry_type() != tar::EntryType::Regular {
             return Err(refuse(format!("unexpected entry {}", path.display())));
         }
-        if entry.size() > max {
+        let declared = entry.size();
+        if declared > max {
             return Err(refuse(format!("over {max} bytes")));
         }
         let _ = std::fs::remove_file(&dest);
@@ -112,6 +113,23 @@ where
         if copied > max {
             let _ = std::fs::remove_file(&dest);
             return Err(refuse(format!("over {max} bytes")));
+        }
+        // A cut archive reads as a short file, and a second entry means it is not what Docker
+        // makes of one file: refuse both rather than import half a change or the wrong one.
+        let why = if copied != declared {
+            Some(format!(
+                "the archive ends after {copied} of the file's {declared} bytes"
+            ))
+        } else {
+            match entries.next() {
+                None => None,
+                Some(Ok(_)) => Some("the archive holds more than the one file".to_string()),
+                Some(Err(e)) => Some(e.to_string()),
+            }
+        };
+        if let Some(why) = why {
+            let _ = std::fs::remove_file(&dest);
+            return Err(refuse(why));
         }
         Ok(())
     })
@@ -226,5 +244,30 @@ mod tests {
             assert!(err.to_string().contains("refused"), "{err}");
             assert_eq!(std::fs::read_to_string(&outside).unwrap(), "host file");
         }
+    }
+
+    /// tests/corpus/tar.jsonl: every archive is refused with a reason, and nothing is left
+    /// where the change would go.
+    #[tokio::test]
+    async fn every_archive_in_the_bad_input_corpus_is_refused_and_leaves_nothing() {
+        use base64::Engine;
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/corpus/tar.jsonl");
+        let corpus = std::fs::read_to_string(path).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("changes.bundle");
+        let mut count = 0;
+        for line in corpus.lines() {
+            let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(entry["b64"].as_str().unwrap())
+                .unwrap();
+            let Err(err) = unpack(bytes, &dest, 1024).await else {
+                panic!("archive #{count} was accepted");
+            };
+            assert!(err.to_string().contains("refused"), "{err}");
+            assert!(!dest.exists(), "archive #{count} left a file");
+            count += 1;
+        }
+        assert!(count >= 20, "{count}");
     }
 }
