@@ -7,7 +7,7 @@
 //! makes itself use Anthropic's JSON error shape, so opencode reports them like the real API's.
 //! When the client goes away, the response stream is dropped, which drops the upstream request.
 
-mod usage;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::pin::Pin;

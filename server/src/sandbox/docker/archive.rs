@@ -82,59 +82,62 @@ where
         archive.map(|chunk| chunk.map_err(|e| std::io::Error::other(e.to_string()))),
     );
     let bridge = SyncIoBridge::new(reader);
-    tokio::task::spawn_blocking(move || {
-        let refuse =
-            |why: String| SandboxError::Io(format!("the sandbox's change was refused: {why}"));
-        let mut archive = tar::Archive::new(bridge);
-        let mut entries = archive.entries().map_err(|e| refuse(e.to_string()))?;
-        let mut entry = match entries.next() {
-            Some(entry) => entry.map_err(|e| refuse(e.to_string()))?,
-            None => return Err(refuse("the archive is empty".into())),
-        };
-        let path = entry
-            .path()
-            .map_err(|e| refuse(e.to_string()))?
-            .into_owned();
-        if path != Path::new(name) || entry.header().entry_type() != tar::EntryType::Regular {
-            return Err(refuse(format!("unexpected entry {}", path.display())));
-        }
-        let declared = entry.size();
-        if declared > max {
-            return Err(refuse(format!("over {max} bytes")));
-        }
-        let _ = std::fs::remove_file(&dest);
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&dest)
-            .map_err(|e| SandboxError::Io(format!("{}: {e}", dest.display())))?;
-        let copied = std::io::copy(&mut (&mut entry).take(max + 1), &mut out)
-            .map_err(|e| refuse(e.to_string()))?;
-        if copied > max {
-            let _ = std::fs::remove_file(&dest);
-            return Err(refuse(format!("over {max} bytes")));
-        }
-        // A cut archive reads as a short file, and a second entry means it is not what Docker
-        // makes of one file: refuse both rather than import half a change or the wrong one.
-        let why = if copied != declared {
-            Some(format!(
-                "the archive ends after {copied} of the file's {declared} bytes"
-            ))
-        } else {
-            match entries.next() {
-                None => None,
-                Some(Ok(_)) => Some("the archive holds more than the one file".to_string()),
-                Some(Err(e)) => Some(e.to_string()),
-            }
-        };
-        if let Some(why) = why {
-            let _ = std::fs::remove_file(&dest);
-            return Err(refuse(why));
-        }
-        Ok(())
-    })
-    .await
-    .map_err(|e| SandboxError::Io(format!("unpack the change: {e}")))?
+    tokio::task::spawn_blocking(move || unpack_one(bridge, name, &dest, max))
+        .await
+        .map_err(|e| SandboxError::Io(format!("unpack the change: {e}")))?
+}
+
+/// [`unpack_file`]'s blocking core, over any reader (public for the fuzz target).
+pub fn unpack_one(
+    archive: impl Read,
+    name: &str,
+    dest: &Path,
+    max: u64,
+) -> Result<(), SandboxError> {
+    let refuse = |why: String| SandboxError::Io(format!("the sandbox's change was refused: {why}"));
+    let mut archive = tar::Archive::new(archive);
+    let mut entries = archive.entries().map_err(|e| refuse(e.to_string()))?;
+    let mut entry = match entries.next() {
+        Some(entry) => entry.map_err(|e| refuse(e.to_string()))?,
+        None => return Err(refuse("the archive is empty".into())),
+    };
+    let path = entry
+        .path()
+        .map_err(|e| refuse(e.to_string()))?
+        .into_owned();
+    if path != Path::new(name) || entry.header().entry_type() != tar::EntryType::Regular {
+        return Err(refuse(format!("unexpected entry {}", path.display())));
+    }
+    let declared = entry.size();
+    if declared > max {
+        return Err(refuse(format!("over {max} bytes")));
+    }
+    let _ = std::fs::remove_file(dest);
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .map_err(|e| SandboxError::Io(format!("{}: {e}", dest.display())))?;
+    let copied = std::io::copy(&mut (&mut entry).take(max + 1), &mut out);
+    // A cut archive reads as a short file, and a second entry means it is not what Docker makes
+    // of one file: refuse both rather than import half a change or the wrong one.
+    let why = match copied {
+        Err(e) => Some(e.to_string()),
+        Ok(copied) if copied > max => Some(format!("over {max} bytes")),
+        Ok(copied) if copied != declared => Some(format!(
+            "the archive ends after {copied} of the file's {declared} bytes"
+        )),
+        Ok(_) => match entries.next() {
+            None => None,
+            Some(Ok(_)) => Some("the archive holds more than the one file".to_string()),
+            Some(Err(e)) => Some(e.to_string()),
+        },
+    };
+    if let Some(why) = why {
+        let _ = std::fs::remove_file(dest);
+        return Err(refuse(why));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@
 //! [`SandboxBackend`](super::SandboxBackend) impl and picking sandboxes up after a restart,
 //! `archive.rs` moving the work dir in and out.
 
-mod archive;
+pub mod archive;
 mod backend;
 mod change;
 mod container;
