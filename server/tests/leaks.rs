@@ -152,7 +152,10 @@ async fn churn(orch: &Orchestrator, kill: &Kill<'_>, n: usize, seed: u64) -> (St
                     assert_eq!(result.status, RunStatus::Succeeded, "{result:?}");
                 }
                 log.push_str(&serde_json::to_string(&result).unwrap());
-                eprintln!("{sandbox_id}: {ending:?} after {after_events} events: {:?}", result.status);
+                eprintln!(
+                    "{sandbox_id}: {ending:?} after {after_events} events: {:?}",
+                    result.status
+                );
                 (log, sandbox_id.into_string())
             });
         }
@@ -224,7 +227,11 @@ async fn assert_nothing_left(h: &Harness, orch: &Orchestrator, seen: &str, sandb
         .map(|e| e.path())
         .collect();
     let inside: Vec<_> = left.iter().flat_map(|d| files(d)).collect();
-    assert_eq!(left, Vec::<std::path::PathBuf>::new(), "work dirs left, holding {inside:?}");
+    assert_eq!(
+        left,
+        Vec::<std::path::PathBuf>::new(),
+        "work dirs left, holding {inside:?}"
+    );
     for file in files(&h.data_dir()) {
         let bytes = std::fs::read(&file).unwrap_or_default();
         assert!(

@@ -109,6 +109,19 @@ impl TestPostgres {
         Err(last_err)
     }
 
+    /// Stops the server (`fast`: every connection is cut, committed work kept; `immediate` would
+    /// lose commits here, where `synchronous_commit` is off for speed) and starts it again on the
+    /// same port and data: what a database restart or failover looks like to delegate.
+    pub fn restart(&self) -> Result<(), String> {
+        let mut cmd = self.tool("pg_ctl");
+        cmd.arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "fast", "-w", "stop"])
+            .current_dir(self.dir.path());
+        check(cmd.output(), "pg_ctl stop")?;
+        self.pg_ctl_start(self.port)
+    }
+
     /// The server's data and log directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -405,10 +405,26 @@ async fn drive(
         }
     }
     let status = finish.status;
-    if let Err(e) = state
+    let mut recorded = state
         .finish(&orch, &run.id, status, &finish.outcome, &mut log)
-        .await
-    {
+        .await;
+    if recorded.is_err() && ephemeral {
+        // The store refused the write, e.g. a full data disk, often full of this very sandbox's
+        // files: free what the sandbox holds first (its row follows below), then try again.
+        if let Err(e) = inner.backend.destroy(&run.sandbox_id).await {
+            tracing::warn!(sandbox = %run.sandbox_id, error = %e, "could not free the sandbox");
+        }
+        for wait in RECORD_RETRIES {
+            tokio::time::sleep(wait).await;
+            recorded = state
+                .finish(&orch, &run.id, status, &finish.outcome, &mut log)
+                .await;
+            if recorded.is_ok() {
+                break;
+            }
+        }
+    }
+    if let Err(e) = recorded {
         tracing::error!(run = %run.id, error = %e, "could not record the end of the run");
     }
     if ephemeral {
@@ -494,11 +510,25 @@ impl Finish {
 /// compare-and-set, and is logged as a `status` event.
 struct RunState {
     status: RunStatus,
+    /// The closing `status` event is in the log (so a retried finish does not log it twice).
+    closing_logged: bool,
 }
+
+/// How long the end of a run is retried when the store refuses it (about half a minute).
+const RECORD_RETRIES: [Duration; 5] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::from_secs(15),
+];
 
 impl RunState {
     fn new(status: RunStatus) -> Self {
-        RunState { status }
+        RunState {
+            status,
+            closing_logged: false,
+        }
     }
 
     async fn advance(
@@ -533,7 +563,10 @@ impl RunState {
         if let Some(e) = &outcome.error {
             data["error"] = json!(e);
         }
-        log.append(now_ms(), "status", data, None).await?;
+        if !self.closing_logged {
+            log.append(now_ms(), "status", data, None).await?;
+            self.closing_logged = true;
+        }
         orch.inner
             .store
             .finish_run(run_id, self.status, next, outcome, now_ms())
