@@ -218,11 +218,7 @@ async fn a_hostile_change_from_an_agent_fails_the_run_with_bad_change_and_nothin
     else {
         return;
     };
-    let s = h
-        .serve()
-        .registration(Registration::Invite)
-        .start()
-        .await;
+    let s = h.serve().registration(Registration::Invite).start().await;
     let owner = s.account("owner").await;
     let machine = h.dir.path().join("machine");
     let bin = hostile_git(&machine.join("bin"));
@@ -232,15 +228,9 @@ async fn a_hostile_change_from_an_agent_fails_the_run_with_bad_change_and_nothin
         std::env::var("PATH").unwrap_or_default()
     );
     let (_opencode, url) = local_agent::local_opencode(&h, &machine).await;
-    let (agent, id) = local_agent::join_with_path(
-        &s,
-        &owner,
-        &s.base,
-        &machine.join("config"),
-        &url,
-        &path,
-    )
-    .await;
+    let (agent, id) =
+        local_agent::join_with_path(&s, &owner, &s.base, &machine.join("config"), &url, &path)
+            .await;
     local_agent::wait_status(&s, &id, SandboxStatus::Running, Duration::from_secs(30)).await;
     let runs_dir = machine.join("config/.local/share/delegate/agent/runs");
 
@@ -277,7 +267,9 @@ async fn a_hostile_change_from_an_agent_fails_the_run_with_bad_change_and_nothin
         assert!(body.contains(says), "{head}: {body}");
     }
     assert!(
-        !machine.join("config/.local/share/delegate/agent/x").exists()
+        !machine
+            .join("config/.local/share/delegate/agent/x")
+            .exists()
             && !runs_dir.join("run_big").exists()
     );
 
@@ -304,7 +296,10 @@ async fn a_hostile_change_from_an_agent_fails_the_run_with_bad_change_and_nothin
         // Nothing of it was kept or written anywhere.
         assert!(r.commit.is_none() && r.branch.is_none(), "{mode}: {r:?}");
         assert!(r.changed_files.is_empty(), "{mode}: {r:?}");
-        assert!(!h.data_dir().join("runs").join(&r.run_id).exists(), "{mode}");
+        assert!(
+            !h.data_dir().join("runs").join(&r.run_id).exists(),
+            "{mode}"
+        );
         assert!(
             !h.data_dir().join("local-runs").join(&r.run_id).exists(),
             "{mode}"

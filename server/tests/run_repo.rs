@@ -105,11 +105,7 @@ async fn a_run_inside_a_repository_comes_back_as_a_branch_and_the_repository_is_
 fn assert_came_back_as_a_branch(h: &Harness, root: &Path, head: &str, before: &str, run: &CliRun) {
     let r = run.result();
     assert_eq!(r.status, RunStatus::Succeeded, "{}", run.stderr);
-    assert_eq!(
-        fingerprint(root),
-        before,
-        "the caller's repository changed"
-    );
+    assert_eq!(fingerprint(root), before, "the caller's repository changed");
 
     // What arrived: the uncommitted and untracked files, the snapshot's two commits; not the
     // ignored files.
@@ -143,7 +139,7 @@ fn assert_came_back_as_a_branch(h: &Harness, root: &Path, head: &str, before: &s
     );
     // Its tip: exactly the agent's work, binary included; the symlink and submodule unchanged.
     let changed = git(
-        &root,
+        root,
         &[
             "-c",
             "core.quotepath=false",
@@ -278,7 +274,10 @@ async fn bridged_run(backend: Backend) {
         let project = machine.join("project");
         assert!(!project.join("src").exists() && !project.join("added ö.txt").exists());
         assert!(
-            !h.data_dir().join("local-runs").join(&run.result().run_id).exists(),
+            !h.data_dir()
+                .join("local-runs")
+                .join(&run.result().run_id)
+                .exists(),
             "the server's scratch repository of the run is left"
         );
         // The patch and bundle are kept on the server as for any other backend.

@@ -24,7 +24,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn spawn(config_home: &Path, args: &[&str]) -> Agent {
-        Agent::spawn_with_path(config_home, args, &std::env::var("PATH").unwrap_or_default())
+        Agent::spawn_with_path(
+            config_home,
+            args,
+            &std::env::var("PATH").unwrap_or_default(),
+        )
     }
 
     /// [`Agent::spawn`] with its own `PATH` (the programs of the agent's machine).
