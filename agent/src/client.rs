@@ -1,7 +1,8 @@
 //! `delegate agent connect`: register once with a code, then keep a tunnel to the server for as long
 //! as the process runs, reconnecting with backoff (1 s doubling to 60 s, back to 1 s after a link
 //! that held for a minute). Each stream the server opens is connected to the local
-//! `opencode serve`.
+//! `opencode serve`, except the server's repository requests ([`crate::repos`]), which the agent
+//! answers itself when it has a data dir (and says so in [`CAPABILITIES_HEADER`]).
 
 use std::io;
 use std::time::Duration;
@@ -12,8 +13,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
 
-use crate::mux::{Closed, Mux, Role, Transport, pump, recv_frame, send_frame};
-use crate::protocol::{Frame, Header, MAX_FRAME, VERSION};
+use crate::mux::{Closed, Mux, Role, Transport, recv_frame, send_frame};
+use crate::protocol::{CAP_REPOS, CAPABILITIES_HEADER, Frame, Header, MAX_FRAME, VERSION};
+use crate::repos::RunDirs;
 use crate::wire::{RegisterInput, Registered};
 
 /// Backoff before the first retry.
@@ -57,6 +59,9 @@ pub struct AgentConfig {
     pub opencode_url: String,
     /// The local opencode's password, if it has one.
     pub opencode_password: Option<String>,
+    /// Where runs delegated with a repository get their work dirs (`<data_dir>/runs/<run_id>`);
+    /// `None`: this agent takes no repositories.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -65,6 +70,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("server", &self.server)
             .field("sandbox_id", &self.sandbox_id)
             .field("opencode_url", &self.opencode_url)
+            .field("data_dir", &self.data_dir)
             .finish_non_exhaustive()
     }
 }
@@ -220,6 +226,19 @@ async fn connect_once(
         .parse()
         .map_err(|_| AgentError::BadInput("the saved token is not a valid header".into()))?;
     request.headers_mut().insert("authorization", auth);
+    let runs = match &config.data_dir {
+        Some(dir) => Some(
+            RunDirs::new(dir)
+                .map_err(|e| AgentError::BadInput(format!("--data-dir {}: {e}", dir.display())))?,
+        ),
+        None => None,
+    };
+    if runs.is_some() {
+        request.headers_mut().insert(
+            CAPABILITIES_HEADER,
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(CAP_REPOS),
+        );
+    }
     let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME))
         .max_frame_size(Some(MAX_FRAME));
@@ -273,20 +292,7 @@ async fn connect_once(
     on_event(LinkEvent::Connected);
     let target = format!("{host}:{port}");
     while let Some(stream) = incoming.next().await {
-        let target = target.clone();
-        tokio::spawn(async move {
-            match tokio::net::TcpStream::connect(&target).await {
-                Ok(tcp) => {
-                    let _ = tcp.set_nodelay(true);
-                    pump(stream, tcp).await;
-                }
-                Err(e) => {
-                    let reason = format!("cannot reach opencode at {target}: {e}");
-                    tracing::warn!("{reason} (is `opencode serve` running?)");
-                    stream.reset(&reason);
-                }
-            }
-        });
+        tokio::spawn(crate::repos::route(stream, target.clone(), runs.clone()));
     }
     Ok(mux.closed().await)
 }

@@ -72,6 +72,12 @@ pub fn default_path() -> Result<PathBuf, CredentialsError> {
         .ok_or(CredentialsError::NoConfigDir)
 }
 
+/// `$XDG_DATA_HOME/delegate/agent` (or the platform's data dir): where the work dirs of runs
+/// delegated with a repository go, under `runs/`. `None` when the platform has no data dir.
+pub fn default_data_dir() -> Option<PathBuf> {
+    dirs::data_dir().map(|d| d.join("delegate").join("agent"))
+}
+
 /// The key a server URL is stored under (no trailing slash).
 pub fn server_key(url: &str) -> String {
     url.trim().trim_end_matches('/').to_string()

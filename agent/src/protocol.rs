@@ -42,6 +42,31 @@ pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(20
 /// slack, so a silent peer is noticed within 25 s.
 pub const LINK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(25);
 
+/// The WebSocket upgrade request header in which the agent lists what it can do beyond
+/// forwarding streams to opencode (comma-separated). A request header rather than a `hello` field
+/// so that a newer agent still joins an older server (which ignores it) and an older agent, which
+/// sends none, is known to lack them.
+pub const CAPABILITIES_HEADER: &str = "x-delegate-agent-capabilities";
+/// The capability of taking repositories: the agent answers the requests under
+/// [`RESERVED_PREFIX`] itself (seed a run's work dir from a bundle, export its change as a bundle,
+/// remove it) instead of forwarding them to opencode.
+pub const CAP_REPOS: &str = "repos";
+/// Request paths the agent answers itself, never forwarding them to opencode:
+///
+/// - `PUT /.delegate/runs/{run_id}/seed` (body: a git bundle, `Content-Length` required, at most
+///   [`MAX_SEED_BYTES`]): clones it into a fresh `<agent data>/runs/{run_id}`; answers
+///   `{"directory": "<absolute path>", "head": "<commit>"}`;
+/// - `POST /.delegate/runs/{run_id}/export?base=<commit>`: commits the work dir on top of `base`
+///   (no hooks, no global config) and answers the commit as a git bundle (ref
+///   `refs/delegate/result`);
+/// - `DELETE /.delegate/runs/{run_id}`: removes the run's work dir.
+///
+/// Errors are `{"error": "..."}` with a 4xx/5xx status. Only the first request of a stream is
+/// looked at: the server sends each of these on a connection of its own.
+pub const RESERVED_PREFIX: &str = "/.delegate/";
+/// The largest seed bundle an agent takes (the server's default `DELEGATE_MAX_REPO_BYTES`).
+pub const MAX_SEED_BYTES: u64 = 1 << 30;
+
 /// A stream's id, chosen by the side that opens it (the server), never reused on one tunnel.
 pub type StreamId = u64;
 

@@ -379,13 +379,6 @@ impl Delegator for LocalDelegator {
         progress: mpsc::Sender<Progress>,
         cancel: CancellationToken,
     ) -> Result<RunResult, DelegateError> {
-        if input.sandbox_id.is_some() && input.repo.is_some() {
-            return Err(DelegateError::Invalid(
-                "repo cannot be given with sandbox_id: a warm sandbox already has its files \
-                 (give repo to create_sandbox instead)"
-                    .into(),
-            ));
-        }
         if input.snapshot.is_some() {
             return Err(DelegateError::Invalid(
                 "snapshot is set by delegate itself; pass repo instead".into(),
@@ -398,7 +391,10 @@ impl Delegator for LocalDelegator {
                 "ref is only for an https:// repo; a local repository goes in as it is now".into(),
             ));
         }
-        let (snapshot, inner_input) = if url || input.sandbox_id.is_some() {
+        // A warm sandbox has its files; a repository given with one goes in all the same (a
+        // local agent takes it, in a work dir of its own; the server refuses it for others).
+        let warm_as_it_is = input.sandbox_id.is_some() && repo.is_none();
+        let (snapshot, inner_input) = if url || warm_as_it_is {
             (None, input.clone())
         } else {
             let prepared = tokio::select! {

@@ -91,7 +91,8 @@ Result `status`: succeeded, failed, cancelled, timed_out, running (only with `wa
 provider refused delegate's credential; retrying will not help), upstream_unavailable (provider \
 overloaded; retry later), upstream_error, timeout (past `timeout_seconds`; give more time or a \
 smaller task), cancelled, sandbox_failed, oom (out of memory), image_missing, agent_failed (the \
-agent itself failed; see `error.message`), lost, internal. A tool result with isError means the \
+agent itself failed; see `error.message`), bad_change (the change that came back was malformed \
+or too large; nothing of it was kept), lost, internal. A tool result with isError means the \
 request itself was refused (not found, invalid input, sandbox busy or paused, a limit reached); \
 its text says what to change.";
 

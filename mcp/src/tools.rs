@@ -52,6 +52,8 @@ pub struct RunInSandboxInput {
     /// when it is a git work tree, else an empty sandbox. `none`: an empty sandbox. The sandbox
     /// gets the work tree as it is now, uncommitted and untracked (not ignored) files included;
     /// your repository is never changed unless `apply` says so. Over HTTP: an `https://` git URL.
+    /// With `sandbox_id` only when given, and only a local agent's sandbox takes it (in a fresh
+    /// work dir of its own for this run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repo: Option<String>,
     /// Branch, tag or commit of an `https://` `repo` [its default branch].

@@ -239,6 +239,9 @@ pub enum ErrorKind {
     /// The `setup` script exited non-zero or ran out of time; the message ends with its
     /// output's tail.
     SetupFailed,
+    /// The change the agent handed back is not a well-formed commit on top of the repository it
+    /// was given, or is over the size limit; nothing of it was kept.
+    BadChange,
     /// The server restarted and could not reattach to the run.
     Lost,
     /// Anything else; the message says what.
@@ -259,6 +262,7 @@ impl ErrorKind {
             Self::ImageMissing => "image_missing",
             Self::AgentFailed => "agent_failed",
             Self::SetupFailed => "setup_failed",
+            Self::BadChange => "bad_change",
             Self::Lost => "lost",
             Self::Internal => "internal",
         }

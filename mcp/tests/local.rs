@@ -206,7 +206,12 @@ impl Delegator for FakeServer {
                 self.state.lock().unwrap().runs_without_snapshot += 1;
                 return Ok(FakeServer::result(&run_id, "sbx_empty", None));
             }
-            (Some(_), Some(_)) => panic!("snapshot and sandbox_id together"),
+            // As the server answers for a warm sandbox that is not a local agent's.
+            (Some(_), Some(_)) => {
+                return Err(DelegateError::Invalid(
+                    "snapshot: only for a fresh sandbox or a local agent".into(),
+                ));
+            }
         };
         self.state
             .lock()
@@ -584,7 +589,8 @@ async fn a_warm_sandbox_moves_its_branch_forward() {
     assert_eq!(git(&s.root, &["rev-parse", &format!("{branch}~3")]), head);
     assert_eq!(second.base, first.base);
 
-    // A run with both a sandbox and a repo is refused before anything happens.
+    // A repo with a warm sandbox is snapshotted and sent (a local agent's sandbox takes it); the
+    // server refuses it for any other warm sandbox, and nothing is applied.
     let (refused, _) = run(
         &s.local,
         RunInSandboxInput {

@@ -1,16 +1,19 @@
 //! `delegate run` and `delegate apply` inside a caller's repository, end to end: the real binary,
-//! real git, the real opencode under bubblewrap, and the scripted fake upstream. The repository
-//! goes in as it is now (uncommitted and untracked files, not ignored ones) and the agent's change
-//! comes back as a branch; the caller's working tree, index and HEAD stay byte-identical unless
-//! the change is applied to the working tree on request.
+//! real git, the real opencode under bubblewrap, and the scripted fake upstream; embedded, and
+//! bridged (`--server`) to `delegate serve` on the process and docker backends and on a local
+//! agent. The repository goes in as it is now (uncommitted and untracked files, not ignored ones)
+//! and the agent's change comes back as a branch; the caller's working tree, index and HEAD stay
+//! byte-identical unless the change is applied to the working tree on request.
 
 mod common;
+#[path = "support/local_agent.rs"]
+mod local_agent;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{CliRun, Harness};
-use delegate_mcp::types::{ChangeKind, RunStatus};
+use delegate_mcp::types::{ChangeKind, RunStatus, SandboxStatus};
 use delegate_testkit::anthropic::Script;
 use delegate_testkit::repos::{fingerprint, git, project, write};
 
@@ -27,10 +30,16 @@ const AGENT: &str = "cat debug.log target/build.o 2>&1; cat notes/untracked.txt;
 const AGENT_BLOB: &[u8] = &[1, 2, 3, 0, 255];
 
 async fn run_in(h: &Harness, dir: &Path, args: &[&str]) -> CliRun {
+    run_in_with(h, dir, &[], args).await
+}
+
+/// [`run_in`] with some of the environment changed.
+async fn run_in_with(h: &Harness, dir: &Path, env: &[(&str, &Path)], args: &[&str]) -> CliRun {
     let out = tokio::time::timeout(
         Duration::from_secs(300),
         h.delegate()
             .current_dir(dir)
+            .envs(env.iter().copied())
             .arg("run")
             .arg("--json")
             .args(args)
@@ -86,13 +95,17 @@ async fn a_run_inside_a_repository_comes_back_as_a_branch_and_the_repository_is_
     let before = fingerprint(&root);
 
     let run = run_in(&h, &root, &["make the change"]).await;
+    assert_came_back_as_a_branch(&h, &root, &head, &before, &run);
+}
+
+/// What every run of [`AGENT`] in the caller's project must give, wherever it ran: the caller's
+/// repository byte-identical (`before`), the snapshot arrived (uncommitted and untracked files, not
+/// ignored ones), and the change came back as a branch whose parents are the caller's HEAD and
+/// the uncommitted changes, binary file, symlink and submodule included.
+fn assert_came_back_as_a_branch(h: &Harness, root: &Path, head: &str, before: &str, run: &CliRun) {
     let r = run.result();
     assert_eq!(r.status, RunStatus::Succeeded, "{}", run.stderr);
-    assert_eq!(
-        fingerprint(&root),
-        before,
-        "the caller's repository changed"
-    );
+    assert_eq!(fingerprint(root), before, "the caller's repository changed");
 
     // What arrived: the uncommitted and untracked files, the snapshot's two commits; not the
     // ignored files.
@@ -108,25 +121,25 @@ async fn a_run_inside_a_repository_comes_back_as_a_branch_and_the_repository_is_
     );
 
     let base = r.base.as_ref().expect("the result names its base");
-    assert_eq!(base.commit.as_deref(), Some(head.as_str()));
+    assert_eq!(base.commit.as_deref(), Some(head));
     assert!(base.dirty);
     let branch = r.branch.clone().expect("a branch was written");
     assert!(branch.starts_with("delegate/"), "{branch}");
     assert!(run.stderr.contains(&branch), "{}", run.stderr);
     assert_eq!(
         r.commit.as_deref(),
-        Some(git(&root, &["rev-parse", &branch]).as_str())
+        Some(git(root, &["rev-parse", &branch]).as_str())
     );
 
     // Its parents: the uncommitted changes on top of the caller's HEAD.
-    assert_eq!(git(&root, &["rev-parse", &format!("{branch}~2")]), head);
+    assert_eq!(git(root, &["rev-parse", &format!("{branch}~2")]), head);
     assert_eq!(
-        git(&root, &["show", &format!("{branch}~1:notes/untracked.txt")]),
+        git(root, &["show", &format!("{branch}~1:notes/untracked.txt")]),
         "not yet added"
     );
     // Its tip: exactly the agent's work, binary included; the symlink and submodule unchanged.
     let changed = git(
-        &root,
+        root,
         &[
             "-c",
             "core.quotepath=false",
@@ -149,10 +162,10 @@ async fn a_run_inside_a_repository_comes_back_as_a_branch_and_the_repository_is_
         ]
     );
     assert_eq!(
-        git(&root, &["rev-parse", &format!("{branch}:data/blob.bin")]),
+        git(root, &["rev-parse", &format!("{branch}:data/blob.bin")]),
         blob_id(h.dir.path(), AGENT_BLOB)
     );
-    let tree = git(&root, &["ls-tree", "-r", &branch]);
+    let tree = git(root, &["ls-tree", "-r", &branch]);
     assert!(
         tree.contains("120000 blob") && tree.contains("link-to-readme"),
         "{tree}"
@@ -177,6 +190,124 @@ async fn a_run_inside_a_repository_comes_back_as_a_branch_and_the_repository_is_
         .find(|f| f.path == "src/main.rs")
         .expect("src/main.rs is listed");
     assert_eq!((main.additions, main.deletions), (1, 1));
+}
+
+/// Where a bridged run (`delegate run --server`) executes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// `delegate serve` with the process backend (bubblewrap).
+    Process,
+    /// `delegate serve` with the docker backend (needs `DELEGATE_TEST_DOCKER_HOST` and the
+    /// sandbox image).
+    Docker,
+    /// A local agent (`delegate agent connect` in front of its own `opencode serve`) joined to
+    /// `delegate serve`; the run goes to its sandbox with `--repo`.
+    LocalAgent,
+}
+
+/// `delegate run --server URL` inside the caller's repository, against `delegate serve` on
+/// `backend`: the repository is snapshotted on the caller's side, streamed to the server, seeded
+/// into the sandbox, and the change comes back as a branch exactly as in embedded mode.
+async fn bridged_run(backend: Backend) {
+    let Some(h) = Harness::new(Script::bash(AGENT, "{tool_result}")).await else {
+        return;
+    };
+    let mut serve = h.serve();
+    if backend == Backend::Docker {
+        let Some(host) = delegate_testkit::real::docker_host() else {
+            return;
+        };
+        let image = delegate_testkit::real::sandbox_image();
+        let docker = bollard::Docker::connect_with_host(&host)
+            .unwrap()
+            .negotiate_version()
+            .await
+            .expect("negotiate the Docker API version");
+        if docker.inspect_image(&image).await.is_err() {
+            let why = format!("{image} is not built (sandbox-image/build --offline --lean)");
+            return delegate_testkit::real::unavailable::<()>("the sandbox image", &why)
+                .unwrap_or_default();
+        }
+        serve = serve
+            .env("DELEGATE_BACKEND", "docker")
+            .env("DOCKER_HOST", host)
+            .env("DELEGATE_SANDBOX_IMAGE", image)
+            .env("DELEGATE_SANDBOX_MEMORY_MB", "1024");
+    }
+    let s = serve.start().await;
+    let owner = s.account("owner").await;
+    let root = caller_project(&h);
+    let head = git(&root, &["rev-parse", "HEAD"]);
+    let before = fingerprint(&root);
+
+    let mut args = vec![
+        "--server".to_string(),
+        s.base.clone(),
+        "--token".to_string(),
+        owner.token.clone(),
+    ];
+    let mut agent = None;
+    let machine = h.dir.path().join("machine");
+    if backend == Backend::LocalAgent {
+        let (opencode, url) = local_agent::local_opencode(&h, &machine).await;
+        let (joined, id) =
+            local_agent::join(&s, &owner, &s.base, &machine.join("config"), &url).await;
+        local_agent::wait_status(&s, &id, SandboxStatus::Running, Duration::from_secs(30)).await;
+        args.extend(["--sandbox".into(), id, "--repo".into(), ".".into()]);
+        agent = Some((opencode, joined));
+    }
+    args.push("make the change".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The caller's side keeps its state apart from the server's.
+    let client_data = h.dir.path().join("client");
+    let run = run_in_with(&h, &root, &[("DELEGATE_DATA_DIR", &client_data)], &args).await;
+    assert_came_back_as_a_branch(&h, &root, &head, &before, &run);
+
+    if let Some((_opencode, agent)) = agent {
+        // The run had a work dir of its own on the agent's machine, gone once the change was
+        // back; the developer's own project there was never touched.
+        let runs = machine.join("config/.local/share/delegate/agent/runs");
+        let left: Vec<_> = std::fs::read_dir(&runs)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left on the agent's machine: {left:?}");
+        let project = machine.join("project");
+        assert!(!project.join("src").exists() && !project.join("added ö.txt").exists());
+        assert!(
+            !h.data_dir()
+                .join("local-runs")
+                .join(&run.result().run_id)
+                .exists(),
+            "the server's scratch repository of the run is left"
+        );
+        // The patch and bundle are kept on the server as for any other backend.
+        let patch = s
+            .http
+            .get(format!("{}/api/runs/{}/patch", s.base, run.result().run_id))
+            .bearer_auth(&owner.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(patch.status(), 200);
+        let patch = patch.text().await.unwrap();
+        assert!(patch.contains("GIT binary patch"), "{patch}");
+        assert!(!agent.stderr().contains(&owner.token));
+    }
+}
+
+#[tokio::test]
+async fn bridged_mode_on_the_process_backend_comes_back_as_a_branch() {
+    bridged_run(Backend::Process).await;
+}
+
+#[tokio::test]
+async fn bridged_mode_on_the_docker_backend_comes_back_as_a_branch() {
+    bridged_run(Backend::Docker).await;
+}
+
+#[tokio::test]
+async fn bridged_mode_on_a_local_agent_comes_back_as_a_branch() {
+    bridged_run(Backend::LocalAgent).await;
 }
 
 #[tokio::test]

@@ -49,6 +49,10 @@ pub struct ConnectArgs {
     /// Where credentials are kept [default: $XDG_CONFIG_HOME/delegate/agent.json].
     #[arg(long, env = "DELEGATE_AGENT_CREDENTIALS", value_name = "FILE")]
     credentials: Option<PathBuf>,
+    /// Where runs delegated here with a repository get their own work dir, `runs/<run id>`
+    /// (removed when the run ends) [default: $XDG_DATA_HOME/delegate/agent].
+    #[arg(long, env = "DELEGATE_AGENT_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 const DEFAULT_OPENCODE_URL: &str = "http://127.0.0.1:4096";
@@ -105,6 +109,7 @@ pub async fn main(cmd: &AgentCommand) -> anyhow::Result<ExitCode> {
         token: saved.token.clone(),
         opencode_url: saved.opencode_url.clone(),
         opencode_password: args.opencode_password.clone(),
+        data_dir: args.data_dir.clone().or_else(credentials::default_data_dir),
     };
     let stop = CancellationToken::new();
     let stopping = stop.clone();

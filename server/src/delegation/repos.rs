@@ -43,7 +43,7 @@ pub struct RunChange {
 
 impl Service {
     /// What a sandbox in `ws` starts from: the caller's uploaded snapshot, or nothing. `warm` is
-    /// the sandbox a run borrows, which already has its files.
+    /// the sandbox a run borrows, which already has its files unless it is a local agent's.
     pub(super) async fn starting_point(
         &self,
         caller: &Caller,
@@ -53,16 +53,14 @@ impl Service {
     ) -> Result<Option<Arc<SnapshotFile>>> {
         let repo = input.repo.map(str::trim).filter(|r| *r != "none");
         let wants_repo = input.snapshot.is_some() || repo.is_some();
-        if let Some(sandbox) = warm.filter(|_| wants_repo) {
-            return Err(Error::Invalid(if sandbox.backend == LOCAL_BACKEND {
-                "repo: local agents do not take repositories yet; their sandbox is the files on \
-                 their machine"
-                    .into()
-            } else {
-                "repo, snapshot: only for a fresh sandbox; a warm sandbox already has its files \
-                 (give the repository to create_sandbox instead)"
-                    .into()
-            }));
+        // A local agent takes a repository per run (in a work dir of its own); any other warm
+        // sandbox already has its files.
+        if warm.is_some_and(|s| wants_repo && s.backend != LOCAL_BACKEND) {
+            return Err(Error::Invalid(
+                "repo, snapshot: only for a fresh sandbox or a local agent; a warm sandbox \
+                 already has its files (give the repository to create_sandbox instead)"
+                    .into(),
+            ));
         }
         if let Some(id) = input.snapshot {
             let taken = self.orch.snapshots().take(id, &caller.user_id, &ws.id)?;

@@ -29,6 +29,8 @@ pub(super) struct Links {
 /// The link currently serving a local sandbox.
 pub(super) struct LocalLink {
     generation: u64,
+    /// Its agent takes runs with a repository (said so when it connected).
+    takes_repos: bool,
     /// Cancelled when the sandbox is deleted: the tunnel then closes the link.
     revoked: CancellationToken,
 }
@@ -64,13 +66,15 @@ impl Orchestrator {
     }
 
     /// An agent's link is up: the sandbox is `running` and its opencode answers at `endpoint`.
-    /// `generation` tells this link from later ones; `revoked` is cancelled if the sandbox is
-    /// deleted while the link lasts.
+    /// `generation` tells this link from later ones; `takes_repos` says whether its agent seeds
+    /// and exports repositories; `revoked` is cancelled if the sandbox is deleted while the link
+    /// lasts.
     pub async fn local_up(
         &self,
         sandbox_id: &SandboxId,
         endpoint: ServeEndpoint,
         generation: u64,
+        takes_repos: bool,
         revoked: CancellationToken,
     ) -> Result<()> {
         let id = sandbox_id;
@@ -86,6 +90,7 @@ impl Orchestrator {
             id.clone(),
             LocalLink {
                 generation,
+                takes_repos,
                 revoked,
             },
         );
@@ -167,7 +172,14 @@ impl Orchestrator {
         self.local_endpoint_of(sandbox_id.as_str())
     }
 
-    fn local_endpoint_of(&self, sandbox_id: &str) -> Option<ServeEndpoint> {
+    /// Whether the agent of a connected local sandbox takes repositories.
+    pub(super) fn local_takes_repos(&self, sandbox_id: &str) -> bool {
+        lock(&self.inner.local.map)
+            .get(sandbox_id)
+            .is_some_and(|l| l.takes_repos)
+    }
+
+    pub(super) fn local_endpoint_of(&self, sandbox_id: &str) -> Option<ServeEndpoint> {
         lock(&self.inner.warm)
             .get(sandbox_id)
             .map(|w| w.endpoint.clone())

@@ -18,6 +18,7 @@ mod grants;
 mod inputs;
 mod lifecycle;
 mod local;
+mod local_repo;
 mod log;
 mod recovery;
 mod reservation;

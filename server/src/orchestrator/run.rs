@@ -29,6 +29,9 @@ enum Target {
     Ephemeral(SandboxSpec, Option<Arc<SnapshotFile>>),
     /// A warm sandbox's opencode serve.
     Warm(Warm),
+    /// A local agent's opencode serve, working in a fresh work dir on the agent's machine seeded
+    /// from the snapshot.
+    Local(Warm, Arc<SnapshotFile>),
 }
 
 /// Checks the request, takes a run slot, reserves the sandbox (a warm one, or a fresh ephemeral
@@ -91,14 +94,6 @@ pub(super) async fn start(
                     "files: only for a fresh sandbox; a warm sandbox already has its files".into(),
                 ));
             }
-            if req.snapshot.is_some() {
-                return Err(Error::Invalid(
-                    "snapshot: only for a fresh sandbox; a warm sandbox already has its files \
-                     (give the repository to create_sandbox instead), and local agents do not \
-                     take repositories yet"
-                        .into(),
-                ));
-            }
             if req.network.is_some() {
                 return Err(Error::Invalid(
                     "network: only for a fresh sandbox; a warm sandbox keeps the policy it was \
@@ -124,6 +119,14 @@ pub(super) async fn start(
                 }
             };
             loaded_base = sandbox.base.clone();
+            // A local agent takes a repository per run; any other warm sandbox has its files.
+            if req.snapshot.is_some() && sandbox.backend != super::LOCAL_BACKEND {
+                return Err(Error::Invalid(
+                    "snapshot: only for a fresh sandbox or a local agent; a warm sandbox already \
+                     has its files (give the repository to create_sandbox instead)"
+                        .into(),
+                ));
+            }
             if sandbox.meta["secrets"]
                 .as_array()
                 .is_some_and(|s| !s.is_empty())
@@ -150,12 +153,20 @@ pub(super) async fn start(
                     });
                 }
             };
-            (
-                sandbox_id,
-                sandbox.workspace_id,
-                Target::Warm(warm),
-                reservation,
-            )
+            let target = match req.snapshot.take() {
+                Some(snapshot) if orch.local_takes_repos(&sandbox.id) => {
+                    Target::Local(warm, snapshot)
+                }
+                Some(_) => {
+                    return Err(Error::Invalid(format!(
+                        "this agent does not take repositories; update delegate on {} (sandbox \
+                         {}) and reconnect it, or run without a repository",
+                        sandbox.name, sandbox.id
+                    )));
+                }
+                None => Target::Warm(warm),
+            };
+            (sandbox_id, sandbox.workspace_id, target, reservation)
         }
         None => {
             // The driver holds the only reference, so it can remove the file once cloned.
@@ -191,6 +202,7 @@ pub(super) async fn start(
     // The run carries its sandbox's base, so its result needs no second read.
     let base = match (&target, &loaded_base) {
         (Target::Ephemeral(_, snapshot), _) => snapshot.as_ref().map(|s| s.base.clone()),
+        (Target::Local(_, snapshot), _) => Some(snapshot.base.clone()),
         (Target::Warm(_), base) => base.clone(),
     };
     let run_id = RunId::new();
@@ -274,6 +286,8 @@ async fn drive(
     let deadline = Instant::now() + timeout;
     let mut state = RunState::new(run.status);
     let ephemeral = matches!(target, Target::Ephemeral(..));
+    let local_run = matches!(target, Target::Local(..));
+    let mut local_repo = None;
     let mut egress = None;
 
     let outcome = async {
@@ -293,6 +307,17 @@ async fn drive(
                 None
             }
             Target::Warm(w) => Some(w),
+            Target::Local(w, snapshot) => {
+                let seeded = tokio::select! {
+                    r = orch.local_seed(&run.sandbox_id, &run.id, &snapshot) => r?,
+                    _ = cancel.cancelled() => return Ok(Finish::cancelled()),
+                    _ = tokio::time::sleep_until(deadline) => return Ok(Finish::timed_out(timeout)),
+                };
+                SnapshotFile::release(Some(snapshot)).await;
+                let w = seeded.endpoint_of(w);
+                local_repo = Some(seeded);
+                Some(w)
+            }
         };
         if let Ok(mut active) = inner.active_runs.write() {
             active.insert(run.sandbox_id.clone(), run.id.clone());
@@ -336,42 +361,71 @@ async fn drive(
     };
 
     // What changed, even when the run failed: partial work is worth seeing.
-    if inner
+    let collected = if let Some(repo) = &local_repo {
+        // Committed on the agent's machine, read back here as hostile input.
+        Some(orch.local_export(&run.sandbox_id, &run.id, repo).await)
+    } else if inner
         .store
         .sandbox(&run.sandbox_id)
         .await
         .is_ok_and(|s| s.status == SandboxStatus::Running && s.backend != super::LOCAL_BACKEND)
     {
-        match inner
-            .backend
-            .collect_changes(
-                &run.sandbox_id,
-                inner.settings.diff_max_bytes,
-                &format!("delegate: run {}", run.id),
-            )
-            .await
-        {
-            Ok(changes) => {
-                // Kept now, before an ephemeral sandbox (and its change repository) goes.
-                if let Err(e) =
-                    super::artifacts::keep(&inner.settings.data_dir, &run.id, &changes).await
-                {
-                    tracing::warn!(run = %run.id, error = %e, "could not keep the run's change");
-                }
-                finish.outcome.commit = Some(changes.commit);
-                finish.outcome.changed_files = changes.files;
-                finish.outcome.diff = changes.diff;
-                finish.outcome.diff_truncated = changes.diff_truncated;
+        Some(
+            inner
+                .backend
+                .collect_changes(
+                    &run.sandbox_id,
+                    inner.settings.diff_max_bytes,
+                    &format!("delegate: run {}", run.id),
+                )
+                .await
+                .map_err(Error::from),
+        )
+    } else {
+        None
+    };
+    match collected {
+        Some(Ok(changes)) => {
+            // Kept now, before an ephemeral sandbox (and its change repository) goes.
+            if let Err(e) =
+                super::artifacts::keep(&inner.settings.data_dir, &run.id, &changes).await
+            {
+                tracing::warn!(run = %run.id, error = %e, "could not keep the run's change");
             }
-            Err(e) => tracing::warn!(run = %run.id, error = %e, "could not collect changes"),
+            finish.outcome.commit = Some(changes.commit);
+            finish.outcome.changed_files = changes.files;
+            finish.outcome.diff = changes.diff;
+            finish.outcome.diff_truncated = changes.diff_truncated;
         }
-    } else if let Some(session) = &finish.session
-        && let Some((changed, diff, truncated)) = orch.local_changes(&run.sandbox_id, session).await
-    {
-        // A local sandbox's files are not ours to diff: its opencode says what the session changed.
-        finish.outcome.changed_files = changed;
-        finish.outcome.diff = diff;
-        finish.outcome.diff_truncated = truncated;
+        // A local agent's change that fails the checks fails the run; nothing of it is kept.
+        Some(Err(Error::Repo {
+            kind: "bad_change",
+            message,
+        })) if local_run => {
+            finish.status = RunStatus::Failed;
+            finish.outcome.error = Some(RunError {
+                kind: ErrorKind::BadChange,
+                message,
+            });
+        }
+        Some(Err(e)) => tracing::warn!(run = %run.id, error = %e, "could not collect changes"),
+        None if local_run => {}
+        None => {
+            if let Some(session) = &finish.session
+                && let Some((changed, diff, truncated)) =
+                    orch.local_changes(&run.sandbox_id, session).await
+            {
+                // A local sandbox's files are not ours to diff: its opencode says what the
+                // session changed.
+                finish.outcome.changed_files = changed;
+                finish.outcome.diff = diff;
+                finish.outcome.diff_truncated = truncated;
+            }
+        }
+    }
+    if local_run {
+        orch.local_forget_run(&run.sandbox_id, &run.id, local_repo.as_ref())
+            .await;
     }
     if let Ok(mut active) = inner.active_runs.write() {
         active.remove(&run.sandbox_id);
@@ -433,7 +487,8 @@ async fn drive(
         }
     } else {
         if let Some(w) = lock(&inner.warm).get_mut(&run.sandbox_id) {
-            if let Some(session) = finish.session {
+            // A run in its own work dir left a session of that directory: not one to continue.
+            if let Some(session) = finish.session.filter(|_| !local_run) {
                 w.last_session = Some(session);
             }
             w.last_active = std::time::Instant::now();

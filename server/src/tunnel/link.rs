@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use delegate_agent::mux::{Mux, Role, Transport, pump, recv_frame, send_frame};
-use delegate_agent::protocol::{Frame, Header, MAX_FRAME, VERSION};
+use delegate_agent::protocol::{CAP_REPOS, CAPABILITIES_HEADER, Frame, Header, MAX_FRAME, VERSION};
 use delegate_mcp::types::SandboxStatus;
 use futures::{SinkExt, StreamExt, future};
 use tokio_util::sync::CancellationToken;
@@ -162,10 +162,22 @@ pub(super) async fn upgrade(
             );
         }
     };
+    let takes_repos = takes_repos(&headers);
     ws.max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
-        .on_upgrade(move |socket| session(tunnels, sandbox_id, record, socket))
+        .on_upgrade(move |socket| session(tunnels, sandbox_id, record, takes_repos, socket))
         .into_response()
+}
+
+/// Whether the agent says (in its upgrade request) that it takes repositories. Agents older than
+/// that send nothing, and runs with a repository are refused for them with a clear error.
+fn takes_repos(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(CAPABILITIES_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|c| c.trim() == CAP_REPOS)
 }
 
 /// Runs one link until it drops, is replaced, or its sandbox is deleted.
@@ -173,6 +185,7 @@ async fn session(
     tunnels: Tunnels,
     sandbox_id: SandboxId,
     record: crate::store::TokenRecord,
+    takes_repos: bool,
     socket: WebSocket,
 ) {
     let mut link = adapt(socket);
@@ -245,7 +258,13 @@ async fn session(
     };
     let orch = tunnels.inner.orch.clone();
     if let Err(e) = orch
-        .local_up(&sandbox_id, endpoint, generation, revoked.clone())
+        .local_up(
+            &sandbox_id,
+            endpoint,
+            generation,
+            takes_repos,
+            revoked.clone(),
+        )
         .await
     {
         tracing::warn!(sandbox = %sandbox_id, error = %e, "refused a local agent's link");
