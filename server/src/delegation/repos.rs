@@ -16,7 +16,7 @@ use futures::Stream;
 
 use super::{Action, Error, Result, Service};
 use crate::ids::RunId;
-use crate::orchestrator::{LOCAL_BACKEND, SnapshotFile, bundle_path, patch_path};
+use crate::orchestrator::{LOCAL_BACKEND, SnapshotFile, TreeCheck, bundle_path, patch_path};
 use crate::store::{Sandbox, Workspace};
 
 /// What a caller asked a sandbox to start from (the `repo`, `ref` and `snapshot` inputs).
@@ -115,7 +115,8 @@ impl Service {
                 &ws.id,
                 RepoBase::from(&snapshot.base),
                 &snapshot.bundle(),
-                settings.max_repo_bytes,
+                settings.repo_limits(),
+                TreeCheck::Measured,
             )
             .await?;
         // The bundle has moved out; dropping the snapshot removes its scratch dir (blocking I/O).
@@ -124,7 +125,9 @@ impl Service {
     }
 
     /// Receives a snapshot upload for the caller in `workspace` (Write needed): streamed to disk,
-    /// capped at `DELEGATE_MAX_REPO_BYTES`, checked as a git bundle. Returns its id and size.
+    /// capped at `DELEGATE_MAX_REPO_BYTES`, checked as a git bundle whose tip holds at most
+    /// `DELEGATE_MAX_REPO_FILES` files and `DELEGATE_MAX_REPO_BYTES` of content. Returns its id
+    /// and size.
     pub async fn receive_snapshot<S, E>(
         &self,
         caller: &Caller,
@@ -137,10 +140,10 @@ impl Service {
         E: std::fmt::Display,
     {
         let ws = self.authorize(caller, workspace, Action::Write).await?;
-        let max = self.orch.settings().max_repo_bytes;
+        let limits = self.orch.settings().repo_limits();
         self.orch
             .snapshots()
-            .receive(&caller.user_id, &ws.id, base, body, max)
+            .receive(&caller.user_id, &ws.id, base, body, limits)
             .await
     }
 
@@ -154,11 +157,19 @@ impl Service {
         bundle: &Path,
     ) -> Result<String> {
         let ws = self.authorize(caller, workspace, Action::Write).await?;
-        let max = self.orch.settings().max_repo_bytes;
+        // The caller's own client in this process made and measured it with these limits.
+        let limits = self.orch.settings().repo_limits();
         let (id, _) = self
             .orch
             .snapshots()
-            .register_copy(&caller.user_id, &ws.id, base, bundle, max)
+            .register_copy(
+                &caller.user_id,
+                &ws.id,
+                base,
+                bundle,
+                limits,
+                TreeCheck::Measured,
+            )
             .await?;
         Ok(id)
     }

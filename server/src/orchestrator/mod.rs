@@ -43,7 +43,7 @@ pub use local::LOCAL_BACKEND;
 pub use log::{LiveLog, follow};
 pub use runs::{REMOTE_WAIT, result_of};
 pub use secrets::{MAX_SECRET_BYTES, SecretName};
-pub use snapshots::{SNAPSHOT_PREFIX, SNAPSHOT_TTL, SnapshotFile, Snapshots};
+pub use snapshots::{SNAPSHOT_PREFIX, SNAPSHOT_TTL, SnapshotFile, Snapshots, TreeCheck};
 
 use crate::bootstrap::{ensure_local_user, instance_id};
 use crate::ids::{Origin, RunId, SandboxId};
