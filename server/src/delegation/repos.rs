@@ -101,12 +101,17 @@ impl Service {
     ) -> Result<Arc<SnapshotFile>> {
         let settings = self.orch.settings();
         let snapshots = self.orch.snapshots();
+        let credential = match super::clone::credential_host(url) {
+            Some(host) => self.orch.git_credential(ws, &host).await?,
+            None => None,
+        };
+        let policy = super::clone::ClonePolicy::from_settings(settings).with_credential(credential);
         let snapshot = super::clone::clone_url(
             url,
             git_ref,
             settings.repo_limits(),
             &snapshots.dir().join("clones"),
-            &super::clone::ClonePolicy::from_settings(settings),
+            &policy,
         )
         .await?;
         let (id, _) = snapshots

@@ -654,7 +654,7 @@ mod tests {
         assert_eq!(*kind, "repo_too_large");
         assert!(message.contains("2500 files"), "{message}");
         assert!(message.contains("DELEGATE_MAX_REPO_FILES"), "{message}");
-        assert!(message.contains("d00/f00 (1.1 KiB)"), "{message}");
+        assert!(message.contains("d00/f00 (1.2 KiB)"), "{message}");
         assert!(message.contains("/home/a/project"), "{message}");
 
         // 2.9 MB of content in a bundle of a few hundred bytes: over the byte limit.
