@@ -402,6 +402,7 @@ async fn failures_name_what_was_unreachable() {
     let closed_policy = ClonePolicy {
         allowed_hosts: vec![parse_git_host(&format!("127.0.0.1:{closed}")).unwrap()],
         timeout: CLONE_TIMEOUT,
+        credential: None,
     };
     let e = clone_url(
         &format!("http://127.0.0.1:{closed}/project.git"),
