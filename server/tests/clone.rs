@@ -472,6 +472,27 @@ async fn a_repository_over_the_limit_is_refused() {
     assert_eq!(e.kind(), "repo_too_large", "{e}");
     assert!(e.to_string().contains("README.md"), "{e}");
     assert!(e.to_string().contains(&server.url("project.git")), "{e}");
+    assert!(e.to_string().contains("DELEGATE_MAX_REPO_BYTES"), "{e}");
+
+    // The file count too, with its own setting named.
+    let e = clone_url(
+        &server.url("project.git"),
+        None,
+        Limits {
+            max_bytes: 1 << 30,
+            max_files: 0,
+        },
+        scratch.path(),
+        &server.policy(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind(), "repo_too_large", "{e}");
+    assert!(
+        e.to_string().contains("DELEGATE_MAX_REPO_FILES (0 files)"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("README.md"), "{e}");
 }
 
 /// A run whose `repo` is a URL: the server clones it outside the sandbox and the agent reads the
