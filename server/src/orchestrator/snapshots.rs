@@ -154,7 +154,7 @@ impl Snapshots {
                 return Err(Error::Invalid(format!("the snapshot bundle: {e}")));
             }
         }
-        self.admit(id, owner, workspace_id, base, path, limits, tree)
+        self.admit(id, (owner, workspace_id), base, path, limits, tree)
             .await
     }
 
@@ -187,7 +187,7 @@ impl Snapshots {
             let _ = tokio::fs::remove_file(&path).await;
             return Err(Error::Invalid(format!("{}: {e}", bundle.display())));
         }
-        self.admit(id, owner, workspace_id, base, path, limits, tree)
+        self.admit(id, (owner, workspace_id), base, path, limits, tree)
             .await
     }
 
@@ -235,11 +235,11 @@ impl Snapshots {
     }
 
     /// Checks a bundle now in the snapshots dir and registers it; removes it when it fails.
+    /// `owner` is (user, workspace).
     async fn admit(
         &self,
         id: String,
-        owner: &str,
-        workspace_id: &str,
+        (owner, workspace_id): (&str, &str),
         base: RepoBase,
         path: PathBuf,
         limits: Limits,
