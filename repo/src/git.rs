@@ -282,6 +282,73 @@ impl Git {
         Ok((text, truncated))
     }
 
+    /// Hands each `sep`-terminated record of its stdout to `each` as it arrives, so memory holds
+    /// one record (at most `max_record` bytes) however long the output; `each` returning `false`
+    /// stops git. Returns whether the output was read to its end.
+    pub async fn records(
+        self,
+        sep: u8,
+        max_record: usize,
+        mut each: impl FnMut(&[u8]) -> bool,
+    ) -> Result<bool, RepoError> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+        let mut cmd = self.command();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| RepoError::Git(format!("cannot run git (is it installed?): {e}")))?;
+        let mut stderr = child.stderr.take().expect("piped");
+        // Drained beside stdout so git never blocks on a full pipe; the start is kept.
+        let said = tokio::spawn(async move {
+            let (mut kept, mut chunk) = (Vec::new(), [0u8; 4096]);
+            while let Ok(n) = stderr.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                if kept.len() < 8192 {
+                    kept.extend_from_slice(&chunk[..n]);
+                }
+            }
+            kept
+        });
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut record = Vec::new();
+        loop {
+            record.clear();
+            (&mut stdout)
+                .take(max_record as u64 + 1)
+                .read_until(sep, &mut record)
+                .await
+                .map_err(|e| RepoError::Io(format!("git output: {e}")))?;
+            if record.is_empty() {
+                break;
+            }
+            if record.last() == Some(&sep) {
+                record.pop();
+            } else if record.len() > max_record {
+                let _ = child.kill().await;
+                return Err(RepoError::Git(format!(
+                    "git printed a record longer than {max_record} bytes"
+                )));
+            }
+            if !each(&record) {
+                let _ = child.kill().await;
+                return Ok(false);
+            }
+        }
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| RepoError::Git(format!("git: {e}")))?;
+        let said = said.await.unwrap_or_default();
+        if !status.success() {
+            return Err(self.failed(&said));
+        }
+        Ok(true)
+    }
+
     fn failed(&self, stderr: &[u8]) -> RepoError {
         let what = self
             .args

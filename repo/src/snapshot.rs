@@ -317,21 +317,9 @@ impl Snapshot {
             base_commit.clone()
         };
 
-        let (bytes, files, largest) = measure(&scratch, &tip).await?;
-        if bytes > limits.max_bytes || files > limits.max_files {
-            let top: Vec<String> = largest
-                .iter()
-                .map(|(size, path)| format!("{path} ({})", human(*size)))
-                .collect();
-            return Err(RepoError::TooLarge(format!(
-                "{}: {} in {files} files, over the limit of {} in {} files; largest: {}",
-                found.root.display(),
-                human(bytes),
-                human(limits.max_bytes),
-                limits.max_files,
-                top.join(", ")
-            )));
-        }
+        let measured = measure_tree(&scratch, &tip, limits).await?;
+        measured.check(&found.root.display().to_string(), limits)?;
+        let (bytes, files) = (measured.bytes, measured.files);
 
         // The sandbox's clone checks out the caller's branch name (or `main`).
         let local_branch = format!("refs/heads/{}", branch.as_deref().unwrap_or("main"));
@@ -459,41 +447,103 @@ async fn empty_tree(scratch: &Path) -> Result<String, RepoError> {
         .await
 }
 
-/// Bytes and entries of a commit's tree, and its five largest files.
-async fn measure(
-    scratch: &Path,
-    commit: &str,
-) -> Result<(u64, u64, Vec<(u64, String)>), RepoError> {
-    let listing = Git::new(scratch)
-        .dirs(scratch, None)
-        .args(["ls-tree", "-r", "-l", "-z", "--full-tree", commit])
-        .run()
-        .await?;
-    let (mut bytes, mut files) = (0u64, 0u64);
-    let mut largest: Vec<(u64, String)> = Vec::new();
-    for entry in listing.split(|b| *b == 0).filter(|e| !e.is_empty()) {
-        // `<mode> <type> <object> <size>\t<path>`; a gitlink's size is `-`.
-        let Some(tab) = entry.iter().position(|b| *b == b'\t') else {
-            continue;
-        };
-        let meta = String::from_utf8_lossy(&entry[..tab]);
-        let size: u64 = meta
-            .split_whitespace()
-            .nth(3)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        files += 1;
-        bytes += size;
-        let path = String::from_utf8_lossy(&entry[tab + 1..]).into_owned();
-        largest.push((size, path));
-        if largest.len() > 64 {
-            largest.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
-            largest.truncate(5);
+/// What a commit's tree holds, as [`measure_tree`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeSize {
+    /// Bytes of file content (blob sizes).
+    pub bytes: u64,
+    /// Entries: files, symlinks, gitlinks.
+    pub files: u64,
+    /// The five largest files, largest first: (size, path).
+    pub largest: Vec<(u64, String)>,
+    /// Whether every entry was listed; `false` when the listing was stopped far past the file
+    /// limit (a tree that repeats one subtree can list billions of entries), so `bytes` and
+    /// `files` are lower bounds.
+    pub complete: bool,
+}
+
+impl TreeSize {
+    /// A `repo_too_large` error when over either limit, naming the size and count, the setting
+    /// that sets the limit crossed, and the largest paths; `what` names the repository.
+    pub fn check(&self, what: &str, limits: Limits) -> Result<(), RepoError> {
+        let mut over = Vec::new();
+        if self.bytes > limits.max_bytes {
+            over.push(format!(
+                "over DELEGATE_MAX_REPO_BYTES ({})",
+                human(limits.max_bytes)
+            ));
         }
+        if self.files > limits.max_files {
+            over.push(format!(
+                "over DELEGATE_MAX_REPO_FILES ({} files)",
+                limits.max_files
+            ));
+        }
+        if over.is_empty() {
+            return Ok(());
+        }
+        let at_least = if self.complete { "" } else { "at least " };
+        let top: Vec<String> = self
+            .largest
+            .iter()
+            .map(|(size, path)| format!("{path} ({})", human(*size)))
+            .collect();
+        Err(RepoError::TooLarge(format!(
+            "{what}: {at_least}{} in {at_least}{} files, {}; largest: {}",
+            human(self.bytes),
+            self.files,
+            over.join(" and "),
+            top.join(", ")
+        )))
     }
-    largest.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
-    largest.truncate(5);
-    Ok((bytes, files, largest))
+}
+
+/// The longest `ls-tree` record read (a mode, a type, an id, a size and a path).
+const MAX_TREE_RECORD: usize = 64 << 10;
+
+/// Measures `commit`'s tree in the repository `git_dir`, recursively and without checking it
+/// out: `git ls-tree -r` is read as it streams (one entry in memory at a time) and stopped once
+/// it has listed four times `limits.max_files` entries.
+pub async fn measure_tree(
+    git_dir: &Path,
+    commit: &str,
+    limits: Limits,
+) -> Result<TreeSize, RepoError> {
+    let stop_after = limits.max_files.saturating_mul(4).max(1);
+    let mut size = TreeSize {
+        bytes: 0,
+        files: 0,
+        largest: Vec::new(),
+        complete: true,
+    };
+    let finished = Git::new(git_dir)
+        .dirs(git_dir, None)
+        .args(["ls-tree", "-r", "-l", "-z", "--full-tree", commit])
+        .records(0, MAX_TREE_RECORD, |entry| {
+            // `<mode> <type> <object> <size>\t<path>`; a gitlink's size is `-`.
+            let Some(tab) = entry.iter().position(|b| *b == b'\t') else {
+                return true;
+            };
+            let meta = String::from_utf8_lossy(&entry[..tab]);
+            let bytes: u64 = meta
+                .split_whitespace()
+                .nth(3)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            size.files += 1;
+            size.bytes = size.bytes.saturating_add(bytes);
+            let smallest_kept = size.largest.last().map_or(0, |e| e.0);
+            if size.largest.len() < 5 || bytes > smallest_kept {
+                let path = String::from_utf8_lossy(&entry[tab + 1..]).into_owned();
+                size.largest.push((bytes, path));
+                size.largest.sort_by_key(|e| std::cmp::Reverse(e.0));
+                size.largest.truncate(5);
+            }
+            size.files < stop_after
+        })
+        .await?;
+    size.complete = finished;
+    Ok(size)
 }
 
 /// `1.5 MiB`-style sizes for messages.

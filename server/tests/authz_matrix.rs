@@ -118,6 +118,10 @@ fn expected(operation_id: &str, access: Access, who: Who) -> u16 {
         "listSecrets" => ws(Role::Maintainer, 200),
         "setSecret" => ws(Role::Maintainer, 409),
         "deleteSecret" => ws(Role::Maintainer, 404),
+        // Git credentials alike: no key to seal with (409); an unknown host is not found.
+        "listGitCredentials" => ws(Role::Maintainer, 200),
+        "setGitCredential" => ws(Role::Maintainer, 409),
+        "deleteGitCredential" => ws(Role::Maintainer, 404),
         "createAgentCode" => ws(Role::Developer, 201),
         "changeMember" => ws(Role::Maintainer, 200),
         "removeMember" => ws(Role::Maintainer, 204),
@@ -229,7 +233,8 @@ impl World {
             .replace("{id}", id)
             .replace("{ws}", &self.ws.slug)
             .replace("{user_id}", &self.target.user.id)
-            .replace("{name}", "MATRIX_SECRET");
+            .replace("{name}", "MATRIX_SECRET")
+            .replace("{host}", "git.example.com");
         assert!(!path.contains('{'), "unfilled parameter in {path}");
         match operation_id {
             "listRuns" | "listSandboxes" | "getUsage" | "listRunSummaries" => {
@@ -256,6 +261,7 @@ impl World {
             "setWorkspaceEgress" => json!({ "allowed": ["none"], "default": "none" }),
             "createAgentCode" => json!({}),
             "setSecret" => json!({ "value": "matrix value" }),
+            "setGitCredential" => json!({ "username": "matrix", "token": "matrix token" }),
             "registerAgent" => json!({ "code": "dac_made_up", "name": "laptop" }),
             "signup" => json!({
                 "email": format!("{}@example.com", new_id("new")),

@@ -32,6 +32,8 @@ struct Served {
     root: PathBuf,
     dumb: bool,
     hits: Arc<AtomicUsize>,
+    /// The `Authorization` header every request must carry (a private repository).
+    auth: Option<String>,
 }
 
 impl GitServer {
@@ -43,6 +45,7 @@ impl GitServer {
         ClonePolicy {
             allowed_hosts: vec![parse_git_host(&format!("127.0.0.1:{}", self.port)).unwrap()],
             timeout: CLONE_TIMEOUT,
+            credential: None,
         }
     }
 
@@ -54,6 +57,11 @@ impl GitServer {
 /// The repository every test clones, as `project.git`: `main` with two commits (the first is
 /// tagged `v1`), and `feature` with one more. Returns the commit ids: first, main, feature.
 async fn serve(dumb: bool) -> (GitServer, [String; 3]) {
+    serve_as(dumb, None).await
+}
+
+/// [`serve`], answering only requests that carry the `Authorization` header `auth`.
+async fn serve_as(dumb: bool, auth: Option<String>) -> (GitServer, [String; 3]) {
     let root = tempfile::tempdir().unwrap();
     let src = root.path().join("src");
     tokio::fs::create_dir_all(&src).await.unwrap();
@@ -97,6 +105,7 @@ async fn serve(dumb: bool) -> (GitServer, [String; 3]) {
         root: root.path().to_path_buf(),
         dumb,
         hits: hits.clone(),
+        auth,
     };
     let app = axum::Router::new().fallback(handle).with_state(served);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -117,6 +126,18 @@ async fn handle(State(s): State<Served>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     if path.contains("..") {
         return status(StatusCode::BAD_REQUEST);
+    }
+    if let Some(want) = &s.auth {
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if given != Some(want.as_str()) {
+            let mut r = status(StatusCode::UNAUTHORIZED);
+            r.headers_mut()
+                .insert("www-authenticate", "Basic realm=\"git\"".parse().unwrap());
+            return r;
+        }
     }
     if s.dumb {
         return match tokio::fs::read(s.root.join(path.trim_start_matches('/'))).await {
@@ -381,6 +402,7 @@ async fn failures_name_what_was_unreachable() {
     let closed_policy = ClonePolicy {
         allowed_hosts: vec![parse_git_host(&format!("127.0.0.1:{closed}")).unwrap()],
         timeout: CLONE_TIMEOUT,
+        credential: None,
     };
     let e = clone_url(
         &format!("http://127.0.0.1:{closed}/project.git"),
@@ -450,6 +472,27 @@ async fn a_repository_over_the_limit_is_refused() {
     assert_eq!(e.kind(), "repo_too_large", "{e}");
     assert!(e.to_string().contains("README.md"), "{e}");
     assert!(e.to_string().contains(&server.url("project.git")), "{e}");
+    assert!(e.to_string().contains("DELEGATE_MAX_REPO_BYTES"), "{e}");
+
+    // The file count too, with its own setting named.
+    let e = clone_url(
+        &server.url("project.git"),
+        None,
+        Limits {
+            max_bytes: 1 << 30,
+            max_files: 0,
+        },
+        scratch.path(),
+        &server.policy(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind(), "repo_too_large", "{e}");
+    assert!(
+        e.to_string().contains("DELEGATE_MAX_REPO_FILES (0 files)"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("README.md"), "{e}");
 }
 
 /// A run whose `repo` is a URL: the server clones it outside the sandbox and the agent reads the
@@ -510,5 +553,150 @@ async fn a_run_from_a_url_starts_from_the_clone() {
         .unwrap_err();
     assert!(err.to_string().contains("loopback"), "{err}");
     assert_eq!(other.hits(), 0);
+    orch.shutdown().await;
+}
+
+/// Every file under `dir` (not following links), for leak checks.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                todo.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// A private repository (basic auth): without the workspace's git credential the run fails
+/// `repo_unreachable` saying how to add one; with it the sandbox reads the files, and the token
+/// shows up in no result, event, run row or file under the data dir (the sandbox's work dir, the
+/// database and the run's artifacts among them).
+#[tokio::test]
+#[allow(clippy::disallowed_methods)] // the leak scan reads files synchronously, after the run
+async fn a_private_repository_clones_with_the_workspace_credential_and_leaks_it_nowhere() {
+    use base64::Engine;
+    use delegate_mcp::delegator::{Caller, Delegator};
+    use delegate_mcp::tools::RunInSandboxInput;
+    use delegate_mcp::types::RunStatus;
+    use delegate_server::settings::SecretKey;
+    use delegate_testkit::anthropic::Script;
+
+    const TOKEN: &str = "ghp_private-token-must-never-leak-5e1d";
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("bot:{TOKEN}"));
+    let (server, [_, _, _]) = serve_as(false, Some(format!("Basic {basic}"))).await;
+    let Some(h) = common::Harness::new(Script::read_file("feature.txt")).await else {
+        return;
+    };
+    let mut settings = h.settings();
+    settings.git_allowed_hosts = server.policy().allowed_hosts;
+    settings.secret_key = Some(SecretKey([5; 32]));
+    let orch = delegate_server::app::embedded(settings).await.unwrap();
+    let delegator = delegate_server::delegation::EmbeddedDelegator::new(orch.clone());
+    let caller = Caller {
+        user_id: orch.local_user().id.clone(),
+        token_id: None,
+        client: None,
+        workspace_id: None,
+    };
+    let run = |repo: String| {
+        let (progress, _) = tokio::sync::mpsc::channel(64);
+        let input = RunInSandboxInput {
+            task: "read feature.txt".into(),
+            repo: Some(repo),
+            git_ref: Some("feature".into()),
+            ..Default::default()
+        };
+        delegator.run_in_sandbox(
+            &caller,
+            input,
+            progress,
+            tokio_util::sync::CancellationToken::new(),
+        )
+    };
+    let url = server.url("project.git");
+    let host = format!("127.0.0.1:{}", server.port);
+
+    let err = run(url.clone()).await.unwrap_err();
+    let said = err.to_string();
+    assert!(
+        said.contains("needs authentication") && said.contains(&host),
+        "{said}"
+    );
+    assert!(
+        matches!(&err, delegate_mcp::DelegateError::Repo { kind, .. } if kind == "repo_unreachable"),
+        "{said}"
+    );
+
+    let (ws, _) = orch
+        .store()
+        .workspaces_of_user(&orch.local_user().id)
+        .await
+        .unwrap()
+        .remove(0);
+    // A wrong token is refused by the server, and said so.
+    orch.set_git_credential(&ws, &format!("http://{host}"), "bot", "wrong", None)
+        .await
+        .unwrap();
+    let said = run(url.clone()).await.unwrap_err().to_string();
+    assert!(
+        said.contains("refused the workspace's git credential"),
+        "{said}"
+    );
+    assert!(!said.contains("wrong"), "{said}");
+
+    let info = orch
+        .set_git_credential(&ws, &host, "bot", TOKEN, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (info.host.as_str(), info.username.as_str()),
+        (host.as_str(), "bot")
+    );
+    let listed = orch.list_git_credentials(&ws).await.unwrap();
+    assert_eq!(listed, vec![info]);
+
+    let r = run(url.clone()).await.unwrap();
+    assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.error);
+    assert!(
+        r.final_message.contains("on the feature branch"),
+        "{}",
+        r.final_message
+    );
+
+    let leaks = |text: &[u8]| common::contains(text, TOKEN) || common::contains(text, &basic);
+    assert!(
+        !leaks(serde_json::to_string(&r).unwrap().as_bytes()),
+        "the result"
+    );
+    let row = orch.store().run(&r.run_id).await.unwrap();
+    assert!(!leaks(format!("{row:?}").as_bytes()), "the run row");
+    let events = orch
+        .store()
+        .events_after(&r.run_id, 0, 100_000)
+        .await
+        .unwrap();
+    assert!(!events.is_empty());
+    assert!(
+        !leaks(serde_json::to_string(&events).unwrap().as_bytes()),
+        "an event"
+    );
+    let files = files_under(&h.data_dir());
+    assert!(files.len() > 3, "{files:?}");
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(!leaks(&bytes), "{} holds the token", f.display());
+    }
+
+    orch.delete_git_credential(&ws, &host).await.unwrap();
+    assert!(orch.list_git_credentials(&ws).await.unwrap().is_empty());
     orch.shutdown().await;
 }

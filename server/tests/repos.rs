@@ -338,6 +338,7 @@ async fn bad_snapshots_and_missing_changes_get_their_own_errors() {
     let s = h
         .serve()
         .env("DELEGATE_MAX_REPO_BYTES", "4096")
+        .env("DELEGATE_MAX_REPO_FILES", "3")
         .start()
         .await;
     let alice = s.account("alice").await;
@@ -374,6 +375,35 @@ async fn bad_snapshots_and_missing_changes_get_their_own_errors() {
     assert_eq!(reply.status.as_u16(), 400, "{}", reply.body);
     assert_eq!(reply.error_code(), "invalid_input");
     assert!(is_empty(&snapshots_dir).await);
+
+    // A real bundle of five files from a client whose own limits are larger: the server counts
+    // its tree against DELEGATE_MAX_REPO_FILES, refuses it naming the largest paths, keeps nothing.
+    let many = h.dir.path().join("many");
+    tokio::fs::create_dir_all(&many).await.unwrap();
+    git(&many, &["init", "-q"]).await;
+    for i in 0..5 {
+        let body = "x".repeat(10 + i * 10);
+        tokio::fs::write(many.join(format!("f{i}.txt")), body)
+            .await
+            .unwrap();
+    }
+    git(&many, &["add", "-A"]).await;
+    git(&many, &["commit", "-q", "-m", "five"]).await;
+    let five = Snapshot::take(&many, Limits::default(), &h.dir.path().join("scratch"))
+        .await
+        .unwrap();
+    let bundle = tokio::fs::read(five.bundle()).await.unwrap();
+    let reply = s.send(post(&alice, bundle)).await;
+    assert_eq!(reply.status.as_u16(), 413, "{}", reply.body);
+    assert_eq!(reply.error_code(), "repo_too_large");
+    let said = reply.body["error"]["message"].as_str().unwrap();
+    assert!(
+        said.contains("5 files")
+            && said.contains("DELEGATE_MAX_REPO_FILES (3 files)")
+            && said.contains("f4.txt (50 B)"),
+        "{said}"
+    );
+    assert!(is_empty(&snapshots_dir).await, "nothing kept");
 
     // A real (small) snapshot: someone else's id is unknown, in any workspace.
     let repo = h.dir.path().join("small");

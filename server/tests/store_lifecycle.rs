@@ -506,6 +506,216 @@ async fn lifecycle(store: &dyn Store) {
     assert!(store.runs_with_status(&[]).await.unwrap().is_empty());
 }
 
+/// Retention's queries: which runs may go (ended before the cut-off; never one still going nor
+/// the latest run of a live warm sandbox), events in small deletes, a run with its usage, and
+/// usage rows of no run.
+async fn retention(store: &dyn Store) {
+    use common::{run_row, sandbox_row};
+    store
+        .create_user(&User {
+            id: "ru".into(),
+            email: "ret@example.com".into(),
+            name: "R".into(),
+            created_at: 1,
+        })
+        .await
+        .unwrap();
+    let ws = Workspace {
+        id: "rw".into(),
+        slug: "ret".into(),
+        name: "R".into(),
+        created_at: 1,
+    };
+    store.create_workspace(&ws, "ru").await.unwrap();
+    let ephemeral = Sandbox {
+        kind: SandboxKind::Ephemeral,
+        ..sandbox_row(&ws.id, SandboxStatus::Deleted)
+    };
+    let warm = sandbox_row(&ws.id, SandboxStatus::Running);
+    let gone = sandbox_row(&ws.id, SandboxStatus::Deleted);
+    for s in [&ephemeral, &warm, &gone] {
+        store.insert_sandbox(s).await.unwrap();
+    }
+    let ended = |sandbox: &Sandbox, id: &str, created_at: i64, finished: Option<i64>| Run {
+        id: id.into(),
+        created_at,
+        started_at: Some(created_at),
+        finished_at: finished,
+        status: if finished.is_some() {
+            RunStatus::Succeeded
+        } else {
+            RunStatus::Running
+        },
+        ..run_row(sandbox, RunStatus::Succeeded)
+    };
+    let runs = [
+        ended(&ephemeral, "old", 10, Some(1000)),
+        ended(&warm, "warm-older", 20, Some(1001)),
+        // The warm sandbox's latest: its next run starts from this one's work.
+        ended(&warm, "warm-latest", 30, Some(1002)),
+        // The latest of a deleted warm sandbox may go.
+        ended(&gone, "gone", 40, Some(1003)),
+        ended(&ephemeral, "going", 50, None),
+        ended(&ephemeral, "recent", 60, Some(5000)),
+    ];
+    for r in &runs {
+        store.insert_run(r).await.unwrap();
+    }
+    let events: Vec<NewEvent> = (1..=5).map(|seq| event("old", seq, true)).collect();
+    store.append_events(&events).await.unwrap();
+    let usage = |id: &str, run: Option<&str>, created_at: i64| UsageRecord {
+        id: id.into(),
+        sandbox_id: ephemeral.id.clone(),
+        run_id: run.map(str::to_string),
+        workspace_id: ws.id.clone(),
+        model: None,
+        usage: Usage::default(),
+        status_code: 200,
+        ttft_ms: None,
+        duration_ms: 1,
+        created_at,
+    };
+    store
+        .record_usage(&usage("u-old", Some("old"), 900))
+        .await
+        .unwrap();
+    store
+        .record_usage(&usage("u-none-old", None, 900))
+        .await
+        .unwrap();
+    store
+        .record_usage(&usage("u-none-new", None, 9000))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        store.expired_runs(2000, 100).await.unwrap(),
+        ["old", "warm-older", "gone"]
+    );
+    assert_eq!(
+        store.expired_runs(2000, 2).await.unwrap(),
+        ["old", "warm-older"]
+    );
+    assert_eq!(store.expired_runs(6000, 100).await.unwrap().len(), 4);
+
+    // Events go a few per statement.
+    assert_eq!(store.prune_run_events("old", 2).await.unwrap(), 2);
+    assert_eq!(store.event_count("old").await.unwrap(), 3);
+    assert_eq!(store.prune_run_events("old", 2).await.unwrap(), 2);
+    assert_eq!(store.prune_run_events("old", 2).await.unwrap(), 1);
+    assert_eq!(store.prune_run_events("old", 2).await.unwrap(), 0);
+
+    assert_eq!(store.delete_ended_run("old").await.unwrap(), (1, 1));
+    assert!(matches!(
+        store.run("old").await,
+        Err(StoreError::NotFound("run"))
+    ));
+    // A run still going is never deleted, nor its usage.
+    assert_eq!(store.delete_ended_run("going").await.unwrap(), (0, 0));
+    assert_eq!(store.run("going").await.unwrap().status, RunStatus::Running);
+
+    assert_eq!(store.prune_usage(2000, 10).await.unwrap(), 1);
+    assert_eq!(store.prune_usage(2000, 10).await.unwrap(), 0);
+    let (_, runs_left) = store.workspace_usage(&ws.id).await.unwrap();
+    assert_eq!(runs_left, 5);
+}
+
+/// Workspace git credentials: set, replaced, listed without tokens, removed, per workspace.
+async fn git_credentials(store: &dyn Store) {
+    store
+        .create_user(&User {
+            id: "gu".into(),
+            email: "git@example.com".into(),
+            name: "G".into(),
+            created_at: 1,
+        })
+        .await
+        .unwrap();
+    for id in ["gw1", "gw2"] {
+        let ws = Workspace {
+            id: id.into(),
+            slug: id.into(),
+            name: id.into(),
+            created_at: 1,
+        };
+        store.create_workspace(&ws, "gu").await.unwrap();
+    }
+    assert_eq!(
+        store.git_credential("gw1", "github.com").await.unwrap(),
+        None
+    );
+    store
+        .put_git_credential("gw1", "github.com", "bot", "sealed-1", Some("gu"), 100)
+        .await
+        .unwrap();
+    store
+        .put_git_credential("gw1", "github.com", "bot2", "sealed-2", None, 200)
+        .await
+        .unwrap();
+    store
+        .put_git_credential("gw1", "git.corp:8443", "me", "sealed-3", None, 300)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.git_credential("gw1", "github.com").await.unwrap(),
+        Some(("bot2".to_string(), "sealed-2".to_string()))
+    );
+    assert_eq!(
+        store.git_credential("gw2", "github.com").await.unwrap(),
+        None
+    );
+    let listed = store.git_credentials("gw1").await.unwrap();
+    let hosts: Vec<(&str, &str, i64, i64)> = listed
+        .iter()
+        .map(|c| {
+            (
+                c.host.as_str(),
+                c.username.as_str(),
+                c.created_at,
+                c.updated_at,
+            )
+        })
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            ("git.corp:8443", "me", 300, 300),
+            ("github.com", "bot2", 100, 200)
+        ]
+    );
+    assert!(
+        store
+            .delete_git_credential("gw1", "github.com")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_git_credential("gw1", "github.com")
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.git_credentials("gw1").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_retention_and_git_credentials() {
+    let store = delegate_server::store::connect("sqlite::memory:")
+        .await
+        .unwrap();
+    retention(store.as_ref()).await;
+    git_credentials(store.as_ref()).await;
+}
+
+#[tokio::test]
+async fn postgres_retention_and_git_credentials() {
+    common::on_postgres(|store| async move {
+        retention(store.as_ref()).await;
+        git_credentials(store.as_ref()).await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn sqlite_lifecycle() {
     let dir = tempfile::tempdir().unwrap();

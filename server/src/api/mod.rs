@@ -398,6 +398,18 @@ pub fn table() -> Vec<Route> {
             .param("ws", In::Path, "string", "Workspace slug or id")
             .param("name", In::Path, "string", "The secret's name")
             .reply_text(204, "Removed", ""),
+        Route::new(Method::GET, "/api/workspaces/{ws}/git-credentials", "listGitCredentials", "The workspace's git credentials: hosts and user names, never tokens (maintainers and owners)", get(workspaces::git_credentials))
+            .param("ws", In::Path, "string", "Workspace slug or id")
+            .reply(200, "By host", schema::<workspaces::GitCredentialList>),
+        Route::new(Method::PUT, "/api/workspaces/{ws}/git-credentials/{host}", "setGitCredential", "Set the username and token the server's clones of https:// repos on this host use, stored encrypted and never given to a sandbox (maintainers and owners)", put(workspaces::set_git_credential))
+            .param("ws", In::Path, "string", "Workspace slug or id")
+            .param("host", In::Path, "string", "The git host: host, or host:port when the port is not 443")
+            .body(schema::<workspaces::GitCredentialInput>)
+            .reply(200, "Set (without the token)", schema::<crate::store::GitCredentialInfo>),
+        Route::new(Method::DELETE, "/api/workspaces/{ws}/git-credentials/{host}", "deleteGitCredential", "Remove a git credential (maintainers and owners)", delete(workspaces::delete_git_credential))
+            .param("ws", In::Path, "string", "Workspace slug or id")
+            .param("host", In::Path, "string", "The git host: host, or host:port")
+            .reply_text(204, "Removed", ""),
         Route::new(Method::POST, "/api/workspaces/{ws}/invites", "createInvite", "Create a one-time invite code (7 days) for sign-up into this workspace", post(workspaces::create_invite))
             .param("ws", In::Path, "string", "Workspace slug or id")
             .body(schema::<workspaces::RoleInput>)

@@ -169,6 +169,23 @@ pub async fn metrics(
     );
     let _ = writeln!(
         out,
+        "# HELP delegate_retention_pruned_total Rows pruned by retention (DELEGATE_RETAIN_RUNS_DAYS) since this process started."
+    );
+    let _ = writeln!(out, "# TYPE delegate_retention_pruned_total counter");
+    let pruned = state.orch().pruned();
+    for (what, n) in [
+        ("runs", &pruned.runs),
+        ("events", &pruned.events),
+        ("usage", &pruned.usage),
+    ] {
+        let n = n.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "delegate_retention_pruned_total{{what=\"{what}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
         "# HELP delegate_http_requests_total HTTP requests served by this process, by route and status."
     );
     let _ = writeln!(out, "# TYPE delegate_http_requests_total counter");

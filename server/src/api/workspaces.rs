@@ -366,3 +366,85 @@ pub async fn delete_secret(
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// `PUT /api/workspaces/{ws}/git-credentials/{host}` body.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GitCredentialInput {
+    /// The user name sent with the token (for GitHub tokens any non-empty name, e.g.
+    /// `x-access-token`).
+    pub username: String,
+    /// The token (or password), at most 4 KiB; stored encrypted, never shown again.
+    pub token: String,
+}
+
+/// `GET /api/workspaces/{ws}/git-credentials` reply: hosts and user names, never tokens.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct GitCredentialList {
+    /// By host.
+    pub credentials: Vec<crate::store::GitCredentialInfo>,
+}
+
+/// `GET /api/workspaces/{ws}/git-credentials`: the workspace's git credentials without their
+/// tokens (maintainers and owners).
+pub async fn git_credentials(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    Path(ws): Path<String>,
+) -> ApiResult<axum::Json<GitCredentialList>> {
+    let (ws, _) = state
+        .service
+        .authorize_role(&caller, Some(&ws), Action::ManageMembers)
+        .await?;
+    let credentials = state
+        .service
+        .orchestrator()
+        .list_git_credentials(&ws)
+        .await?;
+    Ok(axum::Json(GitCredentialList { credentials }))
+}
+
+/// `PUT /api/workspaces/{ws}/git-credentials/{host}`: sets the credential the server's clones of
+/// `https://` repos on `host` use (maintainers and owners).
+pub async fn set_git_credential(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    Path((ws, host)): Path<(String, String)>,
+    Json(input): Json<GitCredentialInput>,
+) -> ApiResult<axum::Json<crate::store::GitCredentialInfo>> {
+    let (ws, _) = state
+        .service
+        .authorize_role(&caller, Some(&ws), Action::ManageMembers)
+        .await?;
+    let set = state
+        .service
+        .orchestrator()
+        .set_git_credential(
+            &ws,
+            &host,
+            &input.username,
+            &input.token,
+            Some(&caller.user_id),
+        )
+        .await?;
+    Ok(axum::Json(set))
+}
+
+/// `DELETE /api/workspaces/{ws}/git-credentials/{host}`: removes a git credential (maintainers
+/// and owners).
+pub async fn delete_git_credential(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    Path((ws, host)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let (ws, _) = state
+        .service
+        .authorize_role(&caller, Some(&ws), Action::ManageMembers)
+        .await?;
+    state
+        .service
+        .orchestrator()
+        .delete_git_credential(&ws, &host)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

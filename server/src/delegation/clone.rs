@@ -9,6 +9,10 @@
 //! it. git is then pinned to the address checked (`http.curloptResolve`), so DNS cannot answer
 //! differently between the check and the connection, and it follows no redirects (a redirect
 //! could point anywhere), speaks no other protocol, asks for no password and uses no proxy.
+//!
+//! A workspace may keep a git credential for the URL's host (`ClonePolicy::credential`): it
+//! reaches git only as an `Authorization` header in git's environment (`GIT_CONFIG_COUNT`), never
+//! in argv, the URL, the clone's `.git/config`, a message or the snapshot the sandbox gets.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -20,6 +24,7 @@ use reqwest::Url;
 use tokio::time::Instant;
 
 use crate::egress::address::classify;
+use crate::orchestrator::{GitCredential, host_key};
 use crate::settings::{GitHost, Settings};
 
 /// How long a clone may take, DNS to checkout, before it is stopped.
@@ -37,6 +42,8 @@ pub struct ClonePolicy {
     pub allowed_hosts: Vec<GitHost>,
     /// The whole clone's time limit; git is killed past it.
     pub timeout: Duration,
+    /// The workspace's credential for the URL's host ([`credential_host`]), when it has one.
+    pub credential: Option<GitCredential>,
 }
 
 impl Default for ClonePolicy {
@@ -44,6 +51,7 @@ impl Default for ClonePolicy {
         ClonePolicy {
             allowed_hosts: Vec::new(),
             timeout: CLONE_TIMEOUT,
+            credential: None,
         }
     }
 }
@@ -54,7 +62,14 @@ impl ClonePolicy {
         ClonePolicy {
             allowed_hosts: settings.git_allowed_hosts.clone(),
             timeout: CLONE_TIMEOUT,
+            credential: None,
         }
+    }
+
+    /// This policy with `credential` sent to the URL's host.
+    pub fn with_credential(mut self, credential: Option<GitCredential>) -> Self {
+        self.credential = credential;
+        self
     }
 
     /// Whether the admin listed `host` (as a URL spells it) on `port`.
@@ -104,6 +119,16 @@ impl From<CloneError> for crate::error::Error {
     }
 }
 
+/// The key a workspace git credential for `url`'s host is stored under (`host`, or
+/// `host:port` when the port is not 443); `None` when `url` is no `http(s)://` URL with a host.
+pub fn credential_host(url: &str) -> Option<String> {
+    let url = Url::parse(url.trim()).ok()?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return None;
+    }
+    Some(host_key(url.host_str()?, url.port_or_known_default()?))
+}
+
 /// Clones `url` at `git_ref` (a branch, a tag or a full commit id; the remote's default branch
 /// when `None`) under `scratch` and snapshots it within `limits`. The snapshot owns everything
 /// it needs (the clone is gone when this returns); its base is the URL, the ref and the commit
@@ -127,11 +152,17 @@ pub async fn clone_url(
         .prefix("clone-")
         .tempdir_in(scratch)
         .map_err(|e| io_error(scratch, e))?;
+    // Sent only to the host it was stored for (redirects are never followed).
+    let credential = policy
+        .credential
+        .as_ref()
+        .filter(|c| c.host == host_key(&target.host, target.port));
     let fetch = Fetch {
         target: &target,
         pin,
         deadline,
         timeout: policy.timeout,
+        credential,
     };
     let taken = snapshot_clone(
         &fetch,
@@ -349,6 +380,7 @@ struct Fetch<'a> {
     pin: Option<IpAddr>,
     deadline: Instant,
     timeout: Duration,
+    credential: Option<&'a GitCredential>,
 }
 
 impl Fetch<'_> {
@@ -377,6 +409,23 @@ impl Fetch<'_> {
             "-c".to_string(),
             format!("http.lowSpeedTime={LOW_SPEED_SECS}"),
         ]);
+        if let Some(c) = self.credential {
+            // Config from the environment: not on argv (readable in /proc), and never written
+            // to the clone's .git/config.
+            use base64::Engine;
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                c.username,
+                c.token.expose()
+            ));
+            git = git
+                .env("GIT_CONFIG_COUNT", "1")
+                .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+                .env(
+                    "GIT_CONFIG_VALUE_0",
+                    format!("Authorization: Basic {basic}"),
+                );
+        }
         if let Some(ip) = self.pin {
             let addr = match ip {
                 IpAddr::V4(a) => a.to_string(),
@@ -508,9 +557,19 @@ impl Fetch<'_> {
             || has("returned error: 401")
             || has("returned error: 403")
         {
-            return unreachable(format!(
-                "{url} needs authentication; delegate clones public repositories only"
-            ));
+            let host = host_key(&self.target.host, self.target.port);
+            return unreachable(match self.credential {
+                Some(c) => format!(
+                    "{url} refused the workspace's git credential for {host} (user {}); a \
+                     maintainer can replace it with PUT /api/workspaces/{{ws}}/git-credentials/{host}",
+                    c.username
+                ),
+                None => format!(
+                    "{url} needs authentication, and the workspace has no git credential for \
+                     {host}; a maintainer can store one with PUT \
+                     /api/workspaces/{{ws}}/git-credentials/{host}"
+                ),
+            });
         }
         if has("returned error: 404") || (has("repository '") && has("not found")) {
             return unreachable(format!("no git repository at {url} (HTTP 404)"));
@@ -640,6 +699,7 @@ mod tests {
                 .map(|h| crate::settings::parse_git_host(h).unwrap())
                 .collect(),
             timeout: CLONE_TIMEOUT,
+            credential: None,
         }
     }
 
@@ -744,6 +804,7 @@ mod tests {
             pin: None,
             deadline: Instant::now(),
             timeout: CLONE_TIMEOUT,
+            credential: None,
         };
         let want = Want::Name("nope".into());
         let cases = [

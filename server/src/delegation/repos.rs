@@ -16,7 +16,7 @@ use futures::Stream;
 
 use super::{Action, Error, Result, Service};
 use crate::ids::RunId;
-use crate::orchestrator::{LOCAL_BACKEND, SnapshotFile, bundle_path, patch_path};
+use crate::orchestrator::{LOCAL_BACKEND, SnapshotFile, TreeCheck, bundle_path, patch_path};
 use crate::store::{Sandbox, Workspace};
 
 /// What a caller asked a sandbox to start from (the `repo`, `ref` and `snapshot` inputs).
@@ -99,12 +99,17 @@ impl Service {
     ) -> Result<Arc<SnapshotFile>> {
         let settings = self.orch.settings();
         let snapshots = self.orch.snapshots();
+        let credential = match super::clone::credential_host(url) {
+            Some(host) => self.orch.git_credential(ws, &host).await?,
+            None => None,
+        };
+        let policy = super::clone::ClonePolicy::from_settings(settings).with_credential(credential);
         let snapshot = super::clone::clone_url(
             url,
             git_ref,
             settings.repo_limits(),
             &snapshots.dir().join("clones"),
-            &super::clone::ClonePolicy::from_settings(settings),
+            &policy,
         )
         .await?;
         let (id, _) = snapshots
@@ -113,7 +118,8 @@ impl Service {
                 &ws.id,
                 RepoBase::from(&snapshot.base),
                 &snapshot.bundle(),
-                settings.max_repo_bytes,
+                settings.repo_limits(),
+                TreeCheck::Measured,
             )
             .await?;
         // The bundle has moved out; dropping the snapshot removes its scratch dir (blocking I/O).
@@ -122,7 +128,9 @@ impl Service {
     }
 
     /// Receives a snapshot upload for the caller in `workspace` (Write needed): streamed to disk,
-    /// capped at `DELEGATE_MAX_REPO_BYTES`, checked as a git bundle. Returns its id and size.
+    /// capped at `DELEGATE_MAX_REPO_BYTES`, checked as a git bundle whose tip holds at most
+    /// `DELEGATE_MAX_REPO_FILES` files and `DELEGATE_MAX_REPO_BYTES` of content. Returns its id
+    /// and size.
     pub async fn receive_snapshot<S, E>(
         &self,
         caller: &Caller,
@@ -135,10 +143,10 @@ impl Service {
         E: std::fmt::Display,
     {
         let ws = self.authorize(caller, workspace, Action::Write).await?;
-        let max = self.orch.settings().max_repo_bytes;
+        let limits = self.orch.settings().repo_limits();
         self.orch
             .snapshots()
-            .receive(&caller.user_id, &ws.id, base, body, max)
+            .receive(&caller.user_id, &ws.id, base, body, limits)
             .await
     }
 
@@ -152,11 +160,19 @@ impl Service {
         bundle: &Path,
     ) -> Result<String> {
         let ws = self.authorize(caller, workspace, Action::Write).await?;
-        let max = self.orch.settings().max_repo_bytes;
+        // The caller's own client in this process made and measured it with these limits.
+        let limits = self.orch.settings().repo_limits();
         let (id, _) = self
             .orch
             .snapshots()
-            .register_copy(&caller.user_id, &ws.id, base, bundle, max)
+            .register_copy(
+                &caller.user_id,
+                &ws.id,
+                base,
+                bundle,
+                limits,
+                TreeCheck::Measured,
+            )
             .await?;
         Ok(id)
     }

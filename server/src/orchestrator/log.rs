@@ -15,6 +15,11 @@ use crate::store::{NewEvent, Store, StoreError};
 const BROADCAST_CAPACITY: usize = 1024;
 /// Rows per store page while replaying.
 const PAGE: i64 = 500;
+/// The most events a run keeps. Past it, one `truncated` event says so and the agent's further
+/// output is dropped; `status` events (the run's own progress and its end) are always kept.
+pub const MAX_RUN_EVENTS: u64 = 50_000;
+/// The kind of the one event that says a run's log was cut at [`MAX_RUN_EVENTS`].
+pub const TRUNCATED_EVENT: &str = "truncated";
 
 /// The writer side of one active run's log; closing it (or dropping it) completes the log.
 pub struct RunLog {
@@ -32,7 +37,9 @@ struct Shared {
     run_id: String,
     store: Arc<dyn Store>,
     /// Held across the store write, so sequence numbers stay gapless with two writers.
-    next_seq: tokio::sync::Mutex<u64>,
+    next_seq: tokio::sync::Mutex<Seq>,
+    /// [`MAX_RUN_EVENTS`], smaller in tests.
+    max_events: u64,
     tx: broadcast::Sender<Event>,
     done: watch::Sender<bool>,
     /// Secret values replaced by `[secret NAME]` in every event before it is stored.
@@ -125,7 +132,11 @@ impl RunLog {
                 shared: Arc::new(Shared {
                     run_id: run_id.to_string(),
                     store,
-                    next_seq: tokio::sync::Mutex::new(1),
+                    next_seq: tokio::sync::Mutex::new(Seq {
+                        next: 1,
+                        truncated: None,
+                    }),
+                    max_events: MAX_RUN_EVENTS,
                     tx: tx.clone(),
                     done,
                     redactor,
@@ -181,6 +192,12 @@ impl LogWriter {
     }
 }
 
+/// Where a log is: the next sequence number, and the `truncated` event once it was cut.
+struct Seq {
+    next: u64,
+    truncated: Option<Event>,
+}
+
 impl Shared {
     async fn append(
         &self,
@@ -194,9 +211,44 @@ impl Shared {
             self.redactor.json(raw);
         }
         let mut next_seq = self.next_seq.lock().await;
+        if next_seq.next > self.max_events && kind != "status" {
+            if let Some(marker) = &next_seq.truncated {
+                return Ok(marker.clone());
+            }
+            let marker = self
+                .write(
+                    &mut next_seq,
+                    ts,
+                    TRUNCATED_EVENT,
+                    serde_json::json!({
+                        "message": format!(
+                            "this run logged {} events; the agent's further output is not \
+                             kept (its status and result still are)",
+                            self.max_events
+                        ),
+                        "max_events": self.max_events,
+                    }),
+                    None,
+                )
+                .await?;
+            next_seq.truncated = Some(marker.clone());
+            return Ok(marker);
+        }
+        self.write(&mut next_seq, ts, kind, data, raw).await
+    }
+
+    /// Stores and broadcasts one event as the next in sequence.
+    async fn write(
+        &self,
+        next_seq: &mut Seq,
+        ts: i64,
+        kind: &str,
+        data: serde_json::Value,
+        raw: Option<serde_json::Value>,
+    ) -> Result<Event, StoreError> {
         let event = NewEvent {
             run_id: self.run_id.clone(),
-            seq: *next_seq,
+            seq: next_seq.next,
             ts,
             kind: kind.to_string(),
             data,
@@ -205,7 +257,7 @@ impl Shared {
         self.store
             .append_events(std::slice::from_ref(&event))
             .await?;
-        *next_seq += 1;
+        next_seq.next += 1;
         let event = Event {
             seq: event.seq,
             ts: event.ts,
@@ -303,5 +355,87 @@ pub fn follow(
 impl LiveLog {
     pub(super) fn done_rx(&mut self) -> &mut watch::Receiver<bool> {
         &mut self.done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Run, Sandbox, SandboxKind, User, Workspace};
+    use delegate_mcp::types::{RunStatus, SandboxStatus};
+
+    #[tokio::test]
+    async fn a_log_past_its_cap_says_so_once_and_keeps_status_events() {
+        let store = crate::store::connect("sqlite::memory:").await.unwrap();
+        let user = User {
+            id: "u".into(),
+            email: "u@example.com".into(),
+            name: "U".into(),
+            created_at: 1,
+        };
+        store.create_user(&user).await.unwrap();
+        let ws = Workspace {
+            id: "w".into(),
+            slug: "w".into(),
+            name: "W".into(),
+            created_at: 1,
+        };
+        store.create_workspace(&ws, "u").await.unwrap();
+        store
+            .insert_sandbox(&Sandbox {
+                id: "s".into(),
+                workspace_id: "w".into(),
+                name: "s".into(),
+                kind: SandboxKind::Ephemeral,
+                backend: "process".into(),
+                status: SandboxStatus::Running,
+                status_reason: None,
+                idle_timeout_s: None,
+                meta: serde_json::json!({}),
+                created_by: None,
+                created_at: 1,
+                updated_at: 1,
+                base: None,
+            })
+            .await
+            .unwrap();
+        let run_id = RunId::new();
+        store
+            .insert_run(&Run {
+                id: run_id.to_string(),
+                sandbox_id: "s".into(),
+                workspace_id: "w".into(),
+                task: "t".into(),
+                model: None,
+                agent: None,
+                status: RunStatus::Running,
+                timeout_s: 60,
+                created_by: None,
+                created_at: 1,
+                started_at: Some(1),
+                finished_at: None,
+                outcome: Default::default(),
+            })
+            .await
+            .unwrap();
+        let (mut log, _) = RunLog::new(&run_id, store.clone(), Redactor::default());
+        Arc::get_mut(&mut log.shared).unwrap().max_events = 3;
+        for i in 0..10 {
+            log.append(i, "text", serde_json::json!({ "i": i }), None)
+                .await
+                .unwrap();
+        }
+        log.append(
+            20,
+            "status",
+            serde_json::json!({ "status": "succeeded" }),
+            None,
+        )
+        .await
+        .unwrap();
+        let kept = store.events_after(run_id.as_str(), 0, 100).await.unwrap();
+        let kinds: Vec<&str> = kept.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["text", "text", "text", TRUNCATED_EVENT, "status"]);
+        assert_eq!(kept.last().unwrap().seq, 5, "no gaps");
     }
 }

@@ -14,6 +14,7 @@
 mod agent;
 mod artifacts;
 mod egress;
+mod git_credentials;
 mod grants;
 mod inputs;
 mod lifecycle;
@@ -22,6 +23,7 @@ mod local_repo;
 mod log;
 mod recovery;
 mod reservation;
+mod retention;
 mod run;
 mod runs;
 mod secrets;
@@ -38,13 +40,17 @@ use tokio_util::sync::CancellationToken;
 // Bootstrap lives in `crate::bootstrap`; re-exported for the callers that name it here.
 pub use artifacts::{bundle_path, patch_path, run_dir};
 pub use egress::WorkspaceEgress;
+pub use git_credentials::{
+    GitCredential, MAX_GIT_TOKEN_BYTES, MAX_WORKSPACE_GIT_CREDENTIALS, git_host_key, host_key,
+};
 pub use grants::register_external_sandbox;
 pub use inputs::{MAX_ENV_BYTES, MAX_ENV_ENTRIES, MAX_SETUP_BYTES, SandboxInputs, check_env_name};
 pub use local::LOCAL_BACKEND;
 pub use log::{LiveLog, follow};
+pub use retention::{PruneReport, Pruned};
 pub use runs::{REMOTE_WAIT, result_of};
 pub use secrets::{MAX_SECRET_BYTES, SecretName};
-pub use snapshots::{SNAPSHOT_PREFIX, SNAPSHOT_TTL, SnapshotFile, Snapshots};
+pub use snapshots::{SNAPSHOT_PREFIX, SNAPSHOT_TTL, SnapshotFile, Snapshots, TreeCheck};
 
 use crate::bootstrap::{ensure_local_user, instance_id};
 use crate::ids::{Origin, RunId, SandboxId};
@@ -161,6 +167,8 @@ struct Inner {
     policies: crate::egress::Policies,
     /// Each sandbox's egress proxy, while it exists; none for a `none` sandbox.
     egress: Mutex<HashMap<String, Arc<crate::egress::Egress>>>,
+    /// What retention pruned since this process started.
+    pruned: Pruned,
 }
 
 impl Orchestrator {
@@ -199,11 +207,13 @@ impl Orchestrator {
                 shutdown: CancellationToken::new(),
                 policies,
                 egress: Mutex::new(HashMap::new()),
+                pruned: Pruned::default(),
             }),
         };
         orch.every(lifecycle::IDLE_SWEEP, lifecycle::sweep_idle);
         orch.every(REMOTE_POLL, recovery::watch_cancel_requests);
         orch.every(snapshots::SNAPSHOT_SWEEP, snapshots::sweep_snapshots);
+        orch.every(retention::RETENTION_SWEEP, retention::sweep_expired);
         Ok(orch)
     }
 

@@ -24,15 +24,21 @@ fn associated(workspace_id: &str, name: &str) -> Vec<u8> {
 
 /// Encrypts `value` for `workspace_id`/`name`: base64 of nonce and ciphertext.
 pub fn seal(key: &SecretKey, workspace_id: &str, name: &str, value: &str) -> Result<String> {
+    seal_bound(key, &associated(workspace_id, name), value)
+}
+
+/// Encrypts `value` bound to `aad` (what it is and where it belongs; a sealed value opens only
+/// with the same): base64 of a random nonce and the ciphertext. [`seal`] for workspace secrets;
+/// other stored credentials bind their own associated data.
+pub(super) fn seal_bound(key: &SecretKey, aad: &[u8], value: &str) -> Result<String> {
     let cipher = XChaCha20Poly1305::new((&key.0).into());
     let nonce: [u8; NONCE_BYTES] = rand::random();
-    let aad = associated(workspace_id, name);
     let sealed = cipher
         .encrypt(
             XNonce::from_slice(&nonce),
             Payload {
                 msg: value.as_bytes(),
-                aad: &aad,
+                aad,
             },
         )
         .map_err(|_| crate::error::internal("sealing a secret failed"))?;
@@ -43,6 +49,11 @@ pub fn seal(key: &SecretKey, workspace_id: &str, name: &str, value: &str) -> Res
 
 /// Decrypts what [`seal`] made for the same workspace and name; anything else fails.
 pub fn open(key: &SecretKey, workspace_id: &str, name: &str, sealed: &str) -> Option<Secret> {
+    open_bound(key, &associated(workspace_id, name), sealed)
+}
+
+/// Decrypts what [`seal_bound`] made with the same `aad`; anything else fails.
+pub(super) fn open_bound(key: &SecretKey, aad: &[u8], sealed: &str) -> Option<Secret> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(sealed)
         .ok()?;
@@ -50,13 +61,12 @@ pub fn open(key: &SecretKey, workspace_id: &str, name: &str, sealed: &str) -> Op
         return None;
     }
     let (nonce, ciphertext) = bytes.split_at(NONCE_BYTES);
-    let aad = associated(workspace_id, name);
     let plain = XChaCha20Poly1305::new((&key.0).into())
         .decrypt(
             XNonce::from_slice(nonce),
             Payload {
                 msg: ciphertext,
-                aad: &aad,
+                aad,
             },
         )
         .ok()?;
@@ -73,7 +83,7 @@ pub struct SecretName {
 }
 
 impl Orchestrator {
-    fn secret_key(&self) -> Result<&SecretKey> {
+    pub(super) fn secret_key(&self) -> Result<&SecretKey> {
         self.inner.settings.secret_key.as_ref().ok_or_else(|| {
             Error::Conflict(
                 "secrets: this server has no DELEGATE_SECRET_KEY, so it cannot store or use \

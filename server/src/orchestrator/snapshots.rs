@@ -2,8 +2,10 @@
 //! this machine) before the `run_in_sandbox` or `create_sandbox` that starts from one.
 //!
 //! A bundle is hostile input until a sandbox has cloned it: it must look like a git bundle and
-//! `git bundle list-heads` (through delegate_repo's hardened runner) must read its refs, or it is
-//! refused and nothing is kept. Each one is a file under `<data_dir>/snapshots/`, registered with
+//! `git bundle list-heads` (through delegate_repo's hardened runner) must read its refs, and an
+//! upload's tip must stay within `DELEGATE_MAX_REPO_FILES` and `DELEGATE_MAX_REPO_BYTES` of file
+//! content (counted in a scratch repository the bundle is unpacked into, never checked out), or it
+//! is refused and nothing is kept. Each one is a file under `<data_dir>/snapshots/`, registered with
 //! its owner (user and workspace) for an hour. Taking one checks the owner and removes it from the
 //! registry, so an id works once; the file goes when the taker drops it (after the clone).
 //! Leftovers of an earlier process are removed at start, expired ones by a sweep.
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use delegate_mcp::types::RepoBase;
 use delegate_repo::git::Git;
+use delegate_repo::{Limits, RepoError, measure_tree};
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -44,6 +47,16 @@ struct Entry {
     path: PathBuf,
     bytes: u64,
     expires: Instant,
+}
+
+/// Whether a bundle's tree still has to be counted against the limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeCheck {
+    /// Someone else made it (an upload): its tip's tree is counted.
+    Count,
+    /// This process made it and measured its tree against the same limits already (a URL clone,
+    /// an embedded caller's snapshot): counting again would only double the cost.
+    Measured,
 }
 
 /// A snapshot taken for one sandbox: its bundle stays on disk until this is dropped (once the
@@ -127,7 +140,8 @@ impl Snapshots {
         workspace_id: &str,
         base: RepoBase,
         bundle: &Path,
-        max_bytes: u64,
+        limits: Limits,
+        tree: TreeCheck,
     ) -> Result<(String, u64)> {
         let id = new_secret(SNAPSHOT_PREFIX);
         let path = self.dir.join(format!("{id}.bundle"));
@@ -140,7 +154,7 @@ impl Snapshots {
                 return Err(Error::Invalid(format!("the snapshot bundle: {e}")));
             }
         }
-        self.admit(id, owner, workspace_id, base, path, max_bytes)
+        self.admit(id, (owner, workspace_id), base, path, limits, tree)
             .await
     }
 
@@ -152,7 +166,8 @@ impl Snapshots {
         workspace_id: &str,
         base: RepoBase,
         bundle: &Path,
-        max_bytes: u64,
+        limits: Limits,
+        tree: TreeCheck,
     ) -> Result<(String, u64)> {
         let meta = tokio::fs::symlink_metadata(bundle)
             .await
@@ -163,7 +178,7 @@ impl Snapshots {
                 bundle.display()
             )));
         }
-        check_size(meta.len(), max_bytes)?;
+        check_size(meta.len(), limits.max_bytes)?;
         let id = new_secret(SNAPSHOT_PREFIX);
         let path = self.dir.join(format!("{id}.bundle"));
         if tokio::fs::hard_link(bundle, &path).await.is_err()
@@ -172,19 +187,20 @@ impl Snapshots {
             let _ = tokio::fs::remove_file(&path).await;
             return Err(Error::Invalid(format!("{}: {e}", bundle.display())));
         }
-        self.admit(id, owner, workspace_id, base, path, max_bytes)
+        self.admit(id, (owner, workspace_id), base, path, limits, tree)
             .await
     }
 
     /// Streams an upload to a file in the snapshots dir, counting bytes and stopping past
-    /// `max_bytes` (`repo_too_large`, the partial file removed), then registers it.
+    /// `limits.max_bytes` (`repo_too_large`, the partial file removed), then registers it with
+    /// its tree counted ([`TreeCheck::Count`]).
     pub async fn receive<S, E>(
         &self,
         owner: &str,
         workspace_id: &str,
         base: RepoBase,
         mut body: S,
-        max_bytes: u64,
+        limits: Limits,
     ) -> Result<(String, u64)>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
@@ -201,7 +217,7 @@ impl Snapshots {
                     Error::Invalid(format!("the upload broke off after {total} bytes: {e}"))
                 })?;
                 total += chunk.len() as u64;
-                check_size(total, max_bytes)?;
+                check_size(total, limits.max_bytes)?;
                 file.write_all(&chunk)
                     .await
                     .map_err(crate::error::internal)?;
@@ -214,21 +230,30 @@ impl Snapshots {
             let _ = tokio::fs::remove_file(&part).await;
             return Err(e);
         }
-        self.register(owner, workspace_id, base, &part, max_bytes)
+        self.register(owner, workspace_id, base, &part, limits, TreeCheck::Count)
             .await
     }
 
     /// Checks a bundle now in the snapshots dir and registers it; removes it when it fails.
+    /// `owner` is (user, workspace).
     async fn admit(
         &self,
         id: String,
-        owner: &str,
-        workspace_id: &str,
+        (owner, workspace_id): (&str, &str),
         base: RepoBase,
         path: PathBuf,
-        max_bytes: u64,
+        limits: Limits,
+        tree: TreeCheck,
     ) -> Result<(String, u64)> {
-        let checked = check_bundle(&path, max_bytes).await;
+        let checked = match check_bundle(&path, limits.max_bytes).await {
+            Ok((bytes, head)) if tree == TreeCheck::Count => {
+                let scratch = self.dir.join(format!("{id}.count.git"));
+                let counted = count_tree(&path, &head, &scratch, limits, &base.repo).await;
+                let _ = tokio::fs::remove_dir_all(&scratch).await;
+                counted.map(|()| bytes)
+            }
+            other => other.map(|(bytes, _)| bytes),
+        };
         let bytes = match checked {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -296,7 +321,7 @@ fn check_size(bytes: u64, max_bytes: u64) -> Result<()> {
         return Err(Error::Repo {
             kind: "repo_too_large",
             message: format!(
-                "the snapshot is over {} (DELEGATE_MAX_REPO_BYTES)",
+                "the snapshot is over {} (DELEGATE_MAX_REPO_BYTES); it was not kept",
                 human(max_bytes)
             ),
         });
@@ -321,8 +346,8 @@ pub(crate) fn human(bytes: u64) -> String {
 }
 
 /// A file that starts like a git bundle, with no prerequisites (a sandbox clones it alone), whose
-/// refs git can read and which names a `HEAD`. Returns its size.
-async fn check_bundle(path: &Path, max_bytes: u64) -> Result<u64> {
+/// refs git can read and which names a `HEAD`. Returns its size and its `HEAD` commit.
+async fn check_bundle(path: &Path, max_bytes: u64) -> Result<(u64, String)> {
     let not_bundle = |why: &str| Error::Invalid(format!("the snapshot is not a git bundle: {why}"));
     let mut file = tokio::fs::File::open(path)
         .await
@@ -368,13 +393,49 @@ async fn check_bundle(path: &Path, max_bytes: u64) -> Result<u64> {
         .run()
         .await
         .map_err(|e| not_bundle(&e.to_string()))?;
-    let names_head = String::from_utf8_lossy(&heads)
+    let head = String::from_utf8_lossy(&heads)
         .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("HEAD"));
-    if !names_head {
-        return Err(not_bundle("it has no HEAD for the sandbox to check out"));
-    }
-    Ok(bytes)
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            let id = words.next()?;
+            (words.next() == Some("HEAD")).then(|| id.to_string())
+        })
+        .filter(|id| id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| not_bundle("it has no HEAD for the sandbox to check out"))?;
+    Ok((bytes, head))
+}
+
+/// Unpacks the bundle into a bare repository at `scratch` (its objects only: nothing is checked
+/// out) and counts the tree of its `head` against `limits`; `repo` names it in the error.
+async fn count_tree(
+    bundle: &Path,
+    head: &str,
+    scratch: &Path,
+    limits: Limits,
+    repo: &str,
+) -> Result<()> {
+    let parent = scratch.parent().unwrap_or(Path::new("/"));
+    let bad =
+        |e: RepoError| Error::Invalid(format!("the snapshot is not a usable git bundle: {e}"));
+    Git::new(parent)
+        .args(["init", "-q", "--bare"])
+        .arg(scratch)
+        .run()
+        .await
+        .map_err(crate::error::internal)?;
+    Git::new(scratch)
+        .dirs(scratch, None)
+        .args(["bundle", "unbundle"])
+        .arg(bundle)
+        .run()
+        .await
+        .map_err(bad)?;
+    let size = measure_tree(scratch, head, limits).await.map_err(bad)?;
+    size.check(&format!("the snapshot of {repo}"), limits)
+        .map_err(|e| Error::Repo {
+            kind: e.kind(),
+            message: e.to_string(),
+        })
 }
 
 /// `<object id> <ref name>`: a hex id (SHA-1 or SHA-256) and a name git itself would accept
@@ -428,6 +489,13 @@ mod tests {
         }
     }
 
+    fn limits(max_bytes: u64, max_files: u64) -> Limits {
+        Limits {
+            max_bytes,
+            max_files,
+        }
+    }
+
     async fn bundle(dir: &Path) -> PathBuf {
         let repo = dir.join("repo");
         tokio::fs::create_dir_all(&repo).await.unwrap();
@@ -457,7 +525,14 @@ mod tests {
         let snaps = Snapshots::open(&tmp.path().join("data")).await.unwrap();
         let made = bundle(tmp.path()).await;
         let (id, bytes) = snaps
-            .register_copy("usr_a", "wsp_a", base(), &made, 1 << 30)
+            .register_copy(
+                "usr_a",
+                "wsp_a",
+                base(),
+                &made,
+                limits(1 << 30, 10),
+                TreeCheck::Count,
+            )
             .await
             .unwrap();
         assert!(id.starts_with(SNAPSHOT_PREFIX) && bytes > 0);
@@ -485,13 +560,27 @@ mod tests {
             .await
             .unwrap();
         let err = snaps
-            .register("usr_a", "wsp_a", base(), &junk, 1 << 30)
+            .register(
+                "usr_a",
+                "wsp_a",
+                base(),
+                &junk,
+                limits(1 << 30, 10),
+                TreeCheck::Count,
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Invalid(_)), "{err}");
         let made = bundle(tmp.path()).await;
         let err = snaps
-            .register_copy("usr_a", "wsp_a", base(), &made, 10)
+            .register_copy(
+                "usr_a",
+                "wsp_a",
+                base(),
+                &made,
+                limits(10, 10),
+                TreeCheck::Count,
+            )
             .await
             .unwrap_err();
         assert!(
@@ -503,7 +592,7 @@ mod tests {
             Ok(Bytes::from(vec![b'x'; 600])),
         ]);
         let err = snaps
-            .receive("usr_a", "wsp_a", base(), body, 1000)
+            .receive("usr_a", "wsp_a", base(), body, limits(1000, 10))
             .await
             .unwrap_err();
         assert!(
@@ -519,5 +608,116 @@ mod tests {
         let mut left = tokio::fs::read_dir(snaps.dir()).await.unwrap();
         assert!(left.next_entry().await.unwrap().is_none(), "nothing kept");
         assert_eq!(human(1 << 30), "1 GiB");
+    }
+
+    /// A bundle of a few bytes whose tip lists many files: the root repeats one subtree, so
+    /// only counting the tree (not the bundle's size) finds it.
+    async fn tree_bomb(dir: &Path) -> PathBuf {
+        let repo = dir.join("bomb");
+        tokio::fs::create_dir_all(&repo).await.unwrap();
+        let git = || Git::new(&repo);
+        git()
+            .args(["init", "-q", "-b", "main"])
+            .run()
+            .await
+            .unwrap();
+        let blob = git()
+            .args(["hash-object", "-w", "--stdin"])
+            .stdin(b"big content\n".repeat(100))
+            .line()
+            .await
+            .unwrap();
+        let mut leaves = String::new();
+        for i in 0..50 {
+            leaves.push_str(&format!("100644 blob {blob}\tf{i:02}\n"));
+        }
+        let sub = git()
+            .arg("mktree")
+            .stdin(leaves.into_bytes())
+            .line()
+            .await
+            .unwrap();
+        let mut dirs = String::new();
+        for i in 0..50 {
+            dirs.push_str(&format!("040000 tree {sub}\td{i:02}\n"));
+        }
+        let root = git()
+            .arg("mktree")
+            .stdin(dirs.into_bytes())
+            .line()
+            .await
+            .unwrap();
+        let commit = git()
+            .args(["commit-tree", &root, "-m", "bomb"])
+            .line()
+            .await
+            .unwrap();
+        git()
+            .args(["update-ref", "refs/heads/main", &commit])
+            .run()
+            .await
+            .unwrap();
+        let out = dir.join("bomb.bundle");
+        git()
+            .args(["bundle", "create", "-q"])
+            .arg(&out)
+            .args(["HEAD", "main"])
+            .run()
+            .await
+            .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn an_upload_over_the_file_count_is_refused_naming_the_setting_and_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        let snaps = Snapshots::open(&tmp.path().join("data")).await.unwrap();
+        let made = tree_bomb(tmp.path()).await;
+        let small = tokio::fs::metadata(&made).await.unwrap().len();
+        assert!(small < 4096, "the bundle is {small} bytes");
+        let body = tokio::fs::read(&made).await.unwrap();
+        let upload = || futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(body.clone()))]);
+
+        // 2,500 files: over a limit of 1,000 files.
+        let err = snaps
+            .receive("usr_a", "wsp_a", base(), upload(), limits(1 << 30, 1000))
+            .await
+            .unwrap_err();
+        let Error::Repo { kind, message } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(*kind, "repo_too_large");
+        assert!(message.contains("2500 files"), "{message}");
+        assert!(message.contains("DELEGATE_MAX_REPO_FILES"), "{message}");
+        assert!(message.contains("d00/f00 (1.2 KiB)"), "{message}");
+        assert!(message.contains("/home/a/project"), "{message}");
+
+        // 2.9 MB of content in a bundle of a few hundred bytes: over the byte limit.
+        let err = snaps
+            .receive("usr_a", "wsp_a", base(), upload(), limits(1 << 20, 10_000))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Repo { kind: "repo_too_large", message } if message.contains("DELEGATE_MAX_REPO_BYTES") && !message.contains("FILES")),
+            "{err}"
+        );
+
+        // A tree far past the limit is not listed to its end.
+        let err = snaps
+            .receive("usr_a", "wsp_a", base(), upload(), limits(1 << 30, 10))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("at least 40 files"), "{err}");
+
+        let mut left = tokio::fs::read_dir(snaps.dir()).await.unwrap();
+        assert!(left.next_entry().await.unwrap().is_none(), "nothing kept");
+        assert!(lock(&snaps.entries).is_empty(), "nothing registered");
+
+        // Within both limits it is kept.
+        let (id, _) = snaps
+            .receive("usr_a", "wsp_a", base(), upload(), limits(1 << 30, 2500))
+            .await
+            .unwrap();
+        assert!(snaps.take(&id, "usr_a", "wsp_a").is_ok());
     }
 }

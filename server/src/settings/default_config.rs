@@ -49,6 +49,9 @@ diff_max_bytes = 262144                                            # DELEGATE_DI
 # Repositories a sandbox starts from: the largest snapshot, and the most files in it.
 max_repo_bytes = 1073741824                                        # DELEGATE_MAX_REPO_BYTES
 max_repo_files = 200000                                            # DELEGATE_MAX_REPO_FILES
+# Runs that ended more than this many days ago are pruned with their events, usage and files
+# (0 keeps everything).
+retain_runs_days = 30                                              # DELEGATE_RETAIN_RUNS_DAYS
 # `repo` URLs are cloned over https from public addresses only; these on-prem git servers
 # (host[:port]) may also be private, and plain http.          DELEGATE_GIT_ALLOWED_HOSTS
 # git_allowed_hosts = ["git.example.internal", "10.0.0.5:8080"]

@@ -248,6 +248,9 @@ pub struct Settings {
     pub max_repo_bytes: u64,
     /// `DELEGATE_MAX_REPO_FILES` (default 200000): the most files a repository snapshot may hold.
     pub max_repo_files: u64,
+    /// `DELEGATE_RETAIN_RUNS_DAYS` (default 30): runs that ended longer ago than this are pruned
+    /// in the background with their events, usage rows and files; 0 keeps them forever.
+    pub retain_runs_days: u64,
     /// Who may sign up with a password (`DELEGATE_REGISTRATION`).
     pub registration: Registration,
     /// Single sign-on (generic OIDC, GitHub); each provider is on when its client id is set.

@@ -306,6 +306,114 @@ macro_rules! impl_store {
                 Ok(done.rows_affected() > 0)
             }
 
+            async fn put_git_credential(
+                &self,
+                workspace_id: &str,
+                host: &str,
+                username: &str,
+                sealed: &str,
+                updated_by: Option<&str>,
+                now: Millis,
+            ) -> Result<()> {
+                sqlx::query(sql::PUT_GIT_CREDENTIAL)
+                    .bind(workspace_id)
+                    .bind(host)
+                    .bind(username)
+                    .bind(sealed)
+                    .bind(now)
+                    .bind(updated_by)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("git credential"))?;
+                Ok(())
+            }
+
+            async fn git_credential(
+                &self,
+                workspace_id: &str,
+                host: &str,
+            ) -> Result<Option<(String, String)>> {
+                sqlx::query_as::<_, (String, String)>(sql::GIT_CREDENTIAL)
+                    .bind(workspace_id)
+                    .bind(host)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_error("git credential"))
+            }
+
+            async fn git_credentials(
+                &self,
+                workspace_id: &str,
+            ) -> Result<Vec<super::GitCredentialInfo>> {
+                sqlx::query_as::<_, super::GitCredentialInfo>(sql::GIT_CREDENTIALS)
+                    .bind(workspace_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error("git credential"))
+            }
+
+            async fn delete_git_credential(&self, workspace_id: &str, host: &str) -> Result<bool> {
+                let done = sqlx::query(sql::DELETE_GIT_CREDENTIAL)
+                    .bind(workspace_id)
+                    .bind(host)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("git credential"))?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn expired_runs(&self, ended_before: Millis, limit: i64) -> Result<Vec<String>> {
+                sqlx::query_scalar::<_, String>(sql::EXPIRED_RUNS)
+                    .bind(ended_before)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error("run"))
+            }
+
+            async fn prune_run_events(&self, run_id: &str, limit: i64) -> Result<u64> {
+                let done = sqlx::query(sql::PRUNE_RUN_EVENTS)
+                    .bind(run_id)
+                    .bind(limit)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("event"))?;
+                Ok(done.rows_affected())
+            }
+
+            async fn delete_ended_run(&self, run_id: &str) -> Result<(u64, u64)> {
+                let mut tx = self.pool.begin().await.map_err(db_error("run"))?;
+                let usage = sqlx::query(sql::DELETE_RUN_USAGE)
+                    .bind(run_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("usage"))?
+                    .rows_affected();
+                let runs = sqlx::query(sql::DELETE_ENDED_RUN)
+                    .bind(run_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("run"))?
+                    .rows_affected();
+                if runs == 0 {
+                    // Not there, or not ended: leave its usage alone too.
+                    tx.rollback().await.map_err(db_error("run"))?;
+                    return Ok((0, 0));
+                }
+                tx.commit().await.map_err(db_error("run"))?;
+                Ok((runs, usage))
+            }
+
+            async fn prune_usage(&self, before: Millis, limit: i64) -> Result<u64> {
+                let done = sqlx::query(sql::PRUNE_USAGE)
+                    .bind(before)
+                    .bind(limit)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("usage"))?;
+                Ok(done.rows_affected())
+            }
+
             async fn set_sandbox_meta(&self, id: &str, meta: &Value, now: Millis) -> Result<()> {
                 let done = sqlx::query(sql::SET_SANDBOX_META)
                     .bind(sql::json_text(meta))

@@ -241,6 +241,28 @@ pub struct RunOutcome {
     pub egress: Option<delegate_mcp::types::EgressSummary>,
 }
 
+/// A workspace git credential as listed: never its token.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    sqlx::FromRow,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+pub struct GitCredentialInfo {
+    /// The git host it is sent to: `host`, or `host:port` when the port is not 443.
+    pub host: String,
+    /// The user name sent with the token.
+    pub username: String,
+    /// When it was first set (ms since the epoch).
+    pub created_at: Millis,
+    /// When it was last set (ms since the epoch).
+    pub updated_at: Millis,
+}
+
 /// What kind of secret a token row stands for. Only the SHA-256 of the secret is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenKind {
@@ -408,6 +430,39 @@ pub trait Store: Send + Sync + 'static {
     async fn workspace_secret_names(&self, workspace_id: &str) -> Result<Vec<(String, Millis)>>;
     /// Removes a workspace secret; whether there was one.
     async fn delete_workspace_secret(&self, workspace_id: &str, name: &str) -> Result<bool>;
+
+    /// Sets (or replaces) the workspace's git credential for `host`, its token already sealed.
+    async fn put_git_credential(
+        &self,
+        workspace_id: &str,
+        host: &str,
+        username: &str,
+        sealed: &str,
+        updated_by: Option<&str>,
+        now: Millis,
+    ) -> Result<()>;
+    /// The workspace's git credential for `host` as (username, sealed token); `None` if unset.
+    async fn git_credential(
+        &self,
+        workspace_id: &str,
+        host: &str,
+    ) -> Result<Option<(String, String)>>;
+    /// The workspace's git credentials, by host, without their tokens.
+    async fn git_credentials(&self, workspace_id: &str) -> Result<Vec<GitCredentialInfo>>;
+    /// Removes the workspace's git credential for `host`; whether there was one.
+    async fn delete_git_credential(&self, workspace_id: &str, host: &str) -> Result<bool>;
+
+    // Retention: each call is one short statement, so pruning never holds a long transaction.
+    /// Up to `limit` runs that ended before `ended_before`, oldest first, that may be pruned: not
+    /// one still going, nor the latest run of a warm sandbox that still exists.
+    async fn expired_runs(&self, ended_before: Millis, limit: i64) -> Result<Vec<String>>;
+    /// Deletes up to `limit` of a run's events (the first ones); how many went.
+    async fn prune_run_events(&self, run_id: &str, limit: i64) -> Result<u64>;
+    /// Deletes a run that ended, with its usage rows (its events should be pruned first);
+    /// returns (runs, usage rows) deleted.
+    async fn delete_ended_run(&self, run_id: &str) -> Result<(u64, u64)>;
+    /// Deletes up to `limit` usage rows of no run recorded before `before`; how many went.
+    async fn prune_usage(&self, before: Millis, limit: i64) -> Result<u64>;
 
     // Sandboxes.
     /// Inserts a new sandbox row.

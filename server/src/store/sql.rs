@@ -83,6 +83,37 @@ pub(super) const WORKSPACE_SECRET_NAMES: &str =
     "SELECT name, updated_at FROM workspace_secrets WHERE workspace_id = $1 ORDER BY name";
 pub(super) const DELETE_WORKSPACE_SECRET: &str =
     "DELETE FROM workspace_secrets WHERE workspace_id = $1 AND name = $2";
+pub(super) const PUT_GIT_CREDENTIAL: &str = "INSERT INTO workspace_git_credentials \
+     (workspace_id, host, username, sealed, created_at, updated_at, updated_by) \
+     VALUES ($1, $2, $3, $4, $5, $5, $6) \
+     ON CONFLICT (workspace_id, host) DO UPDATE SET username = excluded.username, \
+     sealed = excluded.sealed, updated_at = excluded.updated_at, updated_by = excluded.updated_by";
+pub(super) const GIT_CREDENTIAL: &str = "SELECT username, sealed FROM workspace_git_credentials \
+     WHERE workspace_id = $1 AND host = $2";
+pub(super) const GIT_CREDENTIALS: &str = "SELECT host, username, created_at, updated_at \
+     FROM workspace_git_credentials WHERE workspace_id = $1 ORDER BY host";
+pub(super) const DELETE_GIT_CREDENTIAL: &str =
+    "DELETE FROM workspace_git_credentials WHERE workspace_id = $1 AND host = $2";
+// ---- Retention --------------------------------------------------------------------------------
+
+/// Runs that ended before `$1`, oldest first, at most `$2`: never one still going, nor the
+/// latest run of a warm sandbox that still exists (its next run starts from that one's work).
+pub(super) const EXPIRED_RUNS: &str = "SELECT r.id FROM runs r \
+     WHERE r.finished_at IS NOT NULL AND r.finished_at < $1 \
+     AND r.status NOT IN ('queued', 'starting', 'running') \
+     AND NOT EXISTS (SELECT 1 FROM sandboxes s WHERE s.id = r.sandbox_id AND s.kind = 'warm' \
+         AND s.status <> 'deleted' AND NOT EXISTS (SELECT 1 FROM runs n \
+             WHERE n.sandbox_id = s.id AND (n.created_at > r.created_at \
+                 OR (n.created_at = r.created_at AND n.id > r.id)))) \
+     ORDER BY r.finished_at, r.id LIMIT $2";
+pub(super) const PRUNE_RUN_EVENTS: &str = "DELETE FROM run_events WHERE run_id = $1 AND seq IN \
+     (SELECT seq FROM run_events WHERE run_id = $1 ORDER BY seq LIMIT $2)";
+pub(super) const DELETE_RUN_USAGE: &str = "DELETE FROM usage WHERE run_id = $1";
+pub(super) const DELETE_ENDED_RUN: &str =
+    "DELETE FROM runs WHERE id = $1 AND finished_at IS NOT NULL";
+pub(super) const PRUNE_USAGE: &str = "DELETE FROM usage WHERE id IN (SELECT id FROM usage \
+     WHERE run_id IS NULL AND created_at < $1 ORDER BY created_at LIMIT $2)";
+
 pub(super) const SET_SANDBOX_META: &str =
     "UPDATE sandboxes SET meta = $1, updated_at = $2 WHERE id = $3";
 
