@@ -121,13 +121,17 @@ pub fn run_result(run: &RunResult, detail: Detail) -> RunResult {
     out.diff = String::new();
     out.omitted = Some(omitted.clone());
     let fixed = json_chars(&out) + limits.diff_summaries;
-    let preview = Preview::build(
+    let mut preview = Preview::build(
         &run.diff,
         &run.changed_files,
         limits.total.saturating_sub(fixed),
     );
     out.diff = preview.diff;
     out.diff_truncated = run.diff_truncated || !preview.left_out.is_empty();
+    // The files a model most needs named are the partly shown one and the largest left out.
+    preview
+        .left_out
+        .sort_by_key(|d| (!d.partial, std::cmp::Reverse(d.diff_chars)));
     let summaries = fit_count(&preview.left_out, limits.diff_summaries);
     omitted.more_diff_files = (preview.left_out.len() - summaries) as u64;
     omitted.diff_files = preview.left_out[..summaries].to_vec();

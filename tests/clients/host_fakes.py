@@ -262,9 +262,20 @@ class ResponsesFake(_Server):
             body = {}
         with self.lock:
             self.requests.append(body)
-            names = []
+            # Codex groups an MCP server's tools in a `namespace` tool (`mcp__delegate`); a call
+            # names the namespace and the tool.
+            names: list[str] = []
+            where: dict[str, tuple[str | None, str]] = {}
             for t in body.get("tools") or []:
-                names.append(t.get("name") or (t.get("function") or {}).get("name") or "")
+                if t.get("type") == "namespace":
+                    for sub in t.get("tools") or []:
+                        full = f"{t.get('name')}__{sub.get('name')}"
+                        names.append(full)
+                        where[full] = (t.get("name"), sub.get("name", ""))
+                else:
+                    name = t.get("name") or (t.get("function") or {}).get("name") or ""
+                    names.append(name)
+                    where[name] = (None, name)
             self.offered.append(names)
             outputs = [
                 i for i in body.get("input") or []
@@ -276,10 +287,13 @@ class ResponsesFake(_Server):
                 item = self._message("The delegated run is finished.")
             elif tool and self.call_id is None:
                 self.call_id = f"call_{uuid.uuid4().hex[:20]}"
+                namespace, name = where[tool]
                 item = {
                     "type": "function_call", "id": f"fc_{uuid.uuid4().hex[:20]}", "call_id": self.call_id,
-                    "name": tool, "arguments": json.dumps(self.arguments), "status": "completed",
+                    "name": name, "arguments": json.dumps(self.arguments), "status": "completed",
                 }  # fmt: skip
+                if namespace:
+                    item["namespace"] = namespace
             else:
                 item = self._message("OK.")
         resp_id = f"resp_{uuid.uuid4().hex[:20]}"

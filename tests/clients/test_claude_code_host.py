@@ -46,6 +46,8 @@ def run_claude(tmp_path: Path, host: ClaudeHostFake, stdio: StdioEnv, *extra: st
         DISABLE_AUTOUPDATER="1",
         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
         DISABLE_TELEMETRY="1",
+        # MCP tools offered up front rather than behind ToolSearch, so the scripted model sees them
+        ENABLE_TOOL_SEARCH="false",
     )
     env.pop("XDG_CONFIG_HOME", None)
     args = [
@@ -73,15 +75,17 @@ def test_plugin_loads_and_a_large_result_stays_under_budget(
         out = run_claude(tmp_path, host, stdio)
     finally:
         host.stop()
+        (tmp_path / "host-requests.json").write_text(json.dumps(host.host_requests, indent=1))
 
     # The plugin loaded: its server's tools, its sub-agent and its skill reach the model.
-    main = next(r for r in host.host_requests if any(n.endswith("__run_in_sandbox") for n in offered(r)))
+    main = next((r for r in host.host_requests if any(n.endswith("__run_in_sandbox") for n in offered(r))), None)
+    assert main is not None, f"delegate's tools were never offered: {[sorted(offered(r)) for r in host.host_requests]}"
     tools = offered(main)
     assert f"{PLUGIN_SERVER}__run_in_sandbox" in tools, sorted(tools)
     assert f"{PLUGIN_SERVER}__apply_changes" in tools, sorted(tools)
     everything = json.dumps(main)
-    assert "delegator" in everything, "the plugin's sub-agent is not offered"
-    assert "delegating" in everything, "the plugin's skill is not offered"
+    assert "- delegate:delegator: Delegates one self-contained coding task" in everything, "no sub-agent"
+    assert "- delegate:delegating: When and how to hand a coding task" in everything, "no skill"
 
     result = host.tool_results.get("run_in_sandbox")
     assert result is not None, f"Claude Code never handed its model the tool result; it printed {out[-1000:]}"

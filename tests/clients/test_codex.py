@@ -55,6 +55,7 @@ def test_codex_exec_delegates_over_stdio(
         p = subprocess.run(args, env=env, cwd=project, capture_output=True, text=True, timeout=600, check=False)
     finally:
         model.stop()
+        (tmp_path / "model-requests.json").write_text(json.dumps(model.requests, indent=1))
     (tmp_path / "codex.log").write_text(f"$ {' '.join(args)}\n[rc] {p.returncode}\n{p.stdout}\n{p.stderr}\n")
     assert p.returncode == 0, f"codex exec exited {p.returncode}: {p.stdout[-1500:]}\n{p.stderr[-1500:]}"
     assert any(any(n.endswith("run_in_sandbox") for n in names) for names in model.offered), (
