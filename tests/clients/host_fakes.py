@@ -91,14 +91,13 @@ def _tool_names(body: dict[str, Any]) -> list[str]:
 
 
 def _tool_results(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The tool_result blocks of the last user message."""
-    messages = body.get("messages") or []
-    if not messages or messages[-1].get("role") != "user":
-        return []
-    content = messages[-1].get("content")
-    if not isinstance(content, list):
-        return []
-    return [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
+    """The tool_result blocks of the conversation (Claude Code may put system messages after them)."""
+    blocks: list[dict[str, Any]] = []
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        if message.get("role") == "user" and isinstance(content, list):
+            blocks += [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
+    return blocks
 
 
 def _result_text(block: dict[str, Any]) -> str:
