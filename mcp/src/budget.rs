@@ -220,10 +220,8 @@ const EVENT_DEPTH: usize = 4;
 
 fn compact_value(value: &mut Value, max_chars: usize, depth: usize) {
     match value {
-        Value::String(text) => {
-            if text.chars().count() > max_chars {
-                *text = cut_end(text, max_chars);
-            }
+        Value::String(text) if text.chars().count() > max_chars => {
+            *text = cut_end(text, max_chars);
         }
         Value::Array(items) => {
             if depth >= EVENT_DEPTH {
