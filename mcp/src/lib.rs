@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod budget;
 pub mod delegator;
 pub mod local;
 pub mod remote;
@@ -30,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 pub use delegator::{Caller, ClientRoots, DelegateError, Delegator, Progress};
 pub use local::LocalDelegator;
 pub use remote::RemoteDelegator;
-pub use service::DelegateMcp;
+pub use service::{DelegateMcp, McpOptions};
 
 /// How long an HTTP session may go without any message before it is closed. Longer than the
 /// longest run ([`tools::MAX_TIMEOUT_SECONDS`]) by an hour: a `run_in_sandbox` call without a
@@ -57,8 +58,13 @@ impl From<ServerInitializeError> for ServeError {
 /// Serves MCP on stdin/stdout, every request running as `caller`, until the client closes stdin.
 ///
 /// Only MCP frames are written to stdout; logs must go elsewhere (the caller's tracing setup).
-pub async fn serve_stdio(delegator: Arc<dyn Delegator>, caller: Caller) -> Result<(), ServeError> {
+pub async fn serve_stdio(
+    delegator: Arc<dyn Delegator>,
+    caller: Caller,
+    options: McpOptions,
+) -> Result<(), ServeError> {
     let service = DelegateMcp::new(delegator, Some(caller))
+        .with_options(options)
         .serve(rmcp::transport::stdio())
         .await?;
     service.waiting().await?;
@@ -75,6 +81,8 @@ pub struct HttpConfig {
     pub shutdown: CancellationToken,
     /// Live sessions at most; [`sessions::DEFAULT_MAX_SESSIONS`] when `None`.
     pub max_sessions: Option<usize>,
+    /// The MCP service's own settings (the progress heartbeat).
+    pub options: McpOptions,
 }
 
 /// The tower service [`http_service`] returns; mount it with axum's `nest_service("/mcp", ...)`.
@@ -88,7 +96,7 @@ pub type McpHttpService = StreamableHttpService<DelegateMcp, sessions::BoundedSe
 /// (`server/discover`, per-request `_meta`) are served statelessly, with plain JSON replies when
 /// a call sends no notifications.
 pub fn http_service(delegator: Arc<dyn Delegator>, config: HttpConfig) -> McpHttpService {
-    let mcp = DelegateMcp::new(delegator, None);
+    let mcp = DelegateMcp::new(delegator, None).with_options(config.options);
     let mut sessions = LocalSessionManager::default();
     sessions.session_config.keep_alive = Some(SESSION_IDLE_TIMEOUT);
     let server_config = StreamableHttpServerConfig::default()

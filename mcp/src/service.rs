@@ -27,7 +27,9 @@ use rmcp::{
 use schemars::JsonSchema;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::budget;
 use crate::delegator::{Caller, ClientRoots, DelegateError, Delegator, Progress};
 use crate::tools::{
     ApplyChangesInput, ApplyChangesOutput, CancelRunInput, CancelRunOutput, CreateSandboxInput,
@@ -39,8 +41,6 @@ use crate::types::RunResult;
 /// Capacity of the progress queues between a run and the client. A full queue drops progress
 /// (the events stay in the run's log) instead of slowing the run down.
 const PROGRESS_QUEUE: usize = 64;
-/// How much of the final message the text summary of a run quotes.
-const SUMMARY_MESSAGE_CHARS: usize = 500;
 /// Cap on the text rendering of `stream_session` events (the full events are structured).
 const SUMMARY_EVENTS_CHARS: usize = 4000;
 /// How long a tool call waits for the client's answer to `roots/list`; without one, the project
@@ -50,6 +50,28 @@ const ROOTS_WAIT: Duration = Duration::from_secs(5);
 pub const MAX_PATCH_RESOURCE_BYTES: u64 = 8 << 20;
 /// The resource template of a run's whole patch.
 pub const PATCH_URI_TEMPLATE: &str = "delegate://runs/{run_id}/patch";
+/// How often a run with a progress token sends a progress notification when it has nothing
+/// else to say ([`McpOptions::heartbeat`]'s default).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+/// The shortest heartbeat interval honoured.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// Settings of the MCP service, the same on every transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct McpOptions {
+    /// While a run is active and the client sent a progress token, a progress notification
+    /// (elapsed time, last activity) goes out at least this often, even when the agent is
+    /// silent, so clients and proxies with idle timeouts keep waiting.
+    pub heartbeat: Duration,
+}
+
+impl Default for McpOptions {
+    fn default() -> Self {
+        Self {
+            heartbeat: DEFAULT_HEARTBEAT,
+        }
+    }
+}
 
 /// What the server tells a calling model in `initialize` / `server/discover`.
 pub const INSTRUCTIONS: &str = "\
@@ -137,6 +159,7 @@ pub struct DelegateMcp {
     delegator: Arc<dyn Delegator>,
     fixed_caller: Option<Caller>,
     tools: Arc<[Tool]>,
+    options: McpOptions,
 }
 
 impl std::fmt::Debug for DelegateMcp {
@@ -156,7 +179,14 @@ impl DelegateMcp {
             delegator,
             fixed_caller,
             tools: tool_definitions().into(),
+            options: McpOptions::default(),
         }
+    }
+
+    /// The same server with these options.
+    pub fn with_options(mut self, options: McpOptions) -> Self {
+        self.options = options;
+        self
     }
 
     /// Resolves who is calling: the HTTP request's [`Caller`] first, else the fixed one; the MCP
@@ -228,6 +258,7 @@ impl DelegateMcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let roots = self.client_roots(input.repo.as_deref(), &ctx).await;
+        let detail = input.detail.unwrap_or_default();
         // The delegator's token is a child of the request's: `notifications/cancelled` (or the
         // connection going away) cancels the run, while the delegator cancelling its own token
         // touches nothing else.
@@ -241,7 +272,12 @@ impl DelegateMcp {
                 .run_in_sandbox(&caller, input, progress_tx, cancel)
                 .await
         }));
-        let forward = forward_progress(progress_rx, ctx.meta.get_progress_token(), ctx.peer);
+        let forward = forward_progress(
+            progress_rx,
+            ctx.meta.get_progress_token(),
+            ctx.peer,
+            self.options.heartbeat,
+        );
         let (joined, ()) = tokio::join!(run, forward);
         match joined {
             Ok(result) => {
@@ -250,7 +286,8 @@ impl DelegateMcp {
                     .ok()
                     .filter(|run| run.commit.is_some())
                     .map(|run| patch_link(&run.run_id));
-                let mut answer = to_tool_result(result, summarize_run)?;
+                let result = result.map(|run| budget::run_result(&run, detail));
+                let mut answer = to_tool_result(result, budget::run_text)?;
                 answer.content.extend(link);
                 Ok(answer)
             }
@@ -295,6 +332,7 @@ impl DelegateMcp {
             "stream_session" => {
                 let input: StreamSessionInput = parse_arguments(name, arguments)?;
                 let caller = self.caller(&ctx)?;
+                let detail = input.detail.unwrap_or_default();
                 // A read-only long poll: when the request is cancelled there is nothing to finish,
                 // so stop waiting at once.
                 let result = tokio::select! {
@@ -303,6 +341,7 @@ impl DelegateMcp {
                         return Err(ErrorData::internal_error("request cancelled", None));
                     }
                 };
+                let result = result.map(|page| budget::stream_page(page, detail));
                 to_tool_result(result, summarize_stream)
             }
             "list_sandboxes" => {
@@ -567,7 +606,8 @@ fn error_result(error: &DelegateError) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(error.to_string())])
 }
 
-/// Forwards a run's progress to the client until the run drops its sender.
+/// Forwards a run's progress to the client until the run drops its sender, with a heartbeat
+/// (elapsed time and the last activity) whenever nothing was sent for `heartbeat`.
 ///
 /// Two hops keep the run from ever waiting on the client: the run's queue is drained at once into
 /// a second bounded queue with `try_send` (dropping progress when the client is behind), and only
@@ -576,6 +616,7 @@ async fn forward_progress(
     mut from_run: mpsc::Receiver<Progress>,
     token: Option<ProgressToken>,
     peer: Peer<RoleServer>,
+    heartbeat: Duration,
 ) {
     let Some(token) = token else {
         // Nobody asked for progress: drain so the run's sends never fill up.
@@ -596,13 +637,44 @@ async fn forward_progress(
         // `to_client` drops here, which ends the sender below once it has sent what is queued.
     };
     let send = async move {
+        let every = heartbeat.max(MIN_HEARTBEAT);
+        let started = Instant::now();
+        let mut ticks = tokio::time::interval_at(started + every, every);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_activity = (started, String::from("starting"));
+        // MCP wants `progress` to increase with every notification: events count by their
+        // sequence number, heartbeats add a thousandth.
+        let mut progress_value = 0f64;
         let mut client_gone = false;
-        while let Some(progress) = outbox.recv().await {
+        loop {
+            let (value, message) = tokio::select! {
+                next = outbox.recv() => match next {
+                    Some(progress) => {
+                        ticks.reset();
+                        last_activity = (Instant::now(), progress.message.clone());
+                        (progress.seq as f64, progress.message)
+                    }
+                    None => break,
+                },
+                _ = ticks.tick() => {
+                    let (at, what) = &last_activity;
+                    (0.0, format!(
+                        "still working, {}s elapsed; last activity {}s ago: {what}",
+                        started.elapsed().as_secs(),
+                        at.elapsed().as_secs(),
+                    ))
+                }
+            };
             if client_gone {
                 continue;
             }
-            let notification = ProgressNotificationParam::new(token.clone(), progress.seq as f64)
-                .with_message(progress.message);
+            progress_value = if value > progress_value {
+                value
+            } else {
+                progress_value + 0.001
+            };
+            let notification =
+                ProgressNotificationParam::new(token.clone(), progress_value).with_message(message);
             if let Err(error) = peer.notify_progress(notification).await {
                 tracing::debug!(%error, "progress notification not delivered; stopping progress");
                 client_gone = true;
@@ -658,52 +730,6 @@ fn truncate_chars(text: &str, max: usize) -> String {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_owned(),
     }
-}
-
-fn summarize_run(run: &RunResult) -> String {
-    if !run.status.is_terminal() {
-        return format!(
-            "run {} is {} in sandbox {}; follow it with stream_session(run_id: \"{}\")",
-            run.run_id, run.status, run.sandbox_id, run.run_id
-        );
-    }
-    let mut text = format!("run {} {}", run.run_id, run.status);
-    if let Some(error) = &run.error {
-        text.push_str(&format!(" ({}: {})", error.kind.as_str(), error.message));
-    }
-    let message = run.final_message.trim();
-    if !message.is_empty() {
-        text.push_str(": ");
-        text.push_str(&truncate_chars(message, SUMMARY_MESSAGE_CHARS));
-    }
-    if run.changed_files.is_empty() {
-        text.push_str("; no files changed");
-    } else {
-        let files: Vec<&str> = run.changed_files.iter().map(|f| f.path.as_str()).collect();
-        text.push_str("; changed: ");
-        text.push_str(&truncate_chars(&files.join(", "), SUMMARY_MESSAGE_CHARS));
-    }
-    if let Some(branch) = &run.branch {
-        text.push_str(&format!("; branch {branch}"));
-        if run.applied == Some(true) {
-            text.push_str(" (applied to the working tree)");
-        }
-    }
-    if !run.conflicts.is_empty() {
-        text.push_str(&format!(
-            "; not applied, conflicts: {}",
-            truncate_chars(&run.conflicts.join(", "), SUMMARY_MESSAGE_CHARS)
-        ));
-    } else if run.branch.is_none()
-        && let Some(message) = &run.apply_message
-    {
-        text.push_str(&format!("; {message}"));
-    }
-    text.push_str(&format!("; sandbox {}", run.sandbox_id));
-    if let Some(url) = &run.watch_url {
-        text.push_str(&format!("; watch: {url}"));
-    }
-    text
 }
 
 fn summarize_sandbox(sandbox: &CreateSandboxOutput) -> String {

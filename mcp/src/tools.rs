@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Event, RunStatus, SandboxStatus};
+use crate::types::{Detail, Event, RunStatus, SandboxStatus};
 
 /// The longest a run may take (`timeout_seconds`): one day. The server enforces it.
 pub const MAX_TIMEOUT_SECONDS: u64 = 86_400;
@@ -99,6 +99,14 @@ pub struct RunInSandboxInput {
     /// only for a fresh sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// How much of the result to return: `normal` (default; at most about 20,000 characters:
+    /// status, the final message's first and last 4,000 characters, changed files with counts,
+    /// the diff of whole files smallest first, then per-file summaries in `omitted`), `summary`
+    /// (about 4,000 characters) or `full` (everything; can be hundreds of KB). What is left out
+    /// stays available: the whole patch as resource delegate://runs/{run_id}/patch, every event
+    /// with `stream_session`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Detail>,
 }
 
 /// Input of `create_sandbox`.
@@ -235,6 +243,13 @@ pub struct StreamSessionInput {
     /// How long to wait for new events when there are none yet (default 20, at most 60).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_seconds: Option<u64>,
+    /// How much of each event to return: `normal` (default; at most 200 events and about
+    /// 20,000 characters a reply, strings in `data` cut to 1,000 characters, no `raw`),
+    /// `summary` (at most 50 events, about 4,000 characters, strings cut to 200) or `full`
+    /// (up to 500 events with opencode's original JSON in `raw`). A reply cut short has
+    /// `done: false`; call again from `next_cursor` for the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Detail>,
 }
 
 /// `stream_session`'s long poll when `wait_seconds` is not given.

@@ -337,6 +337,83 @@ pub struct RunResult {
     /// when its network policy is `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<EgressSummary>,
+    /// What this result leaves out to stay within its `detail`'s size, and how to get it;
+    /// absent when nothing was left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omitted: Option<Omitted>,
+}
+
+/// How much of a result a tool returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Detail {
+    /// At most about 4,000 characters: status, the final message's first and last 1,000
+    /// characters, the first changed files, only small diffs.
+    Summary,
+    /// At most about 20,000 characters (the default): status, the final message's first and
+    /// last 4,000 characters, changed files with their counts, the diff of whole files smallest
+    /// first and then per-file summaries.
+    #[default]
+    Normal,
+    /// Everything, however large (the diff is still capped by the server).
+    Full,
+}
+
+impl Detail {
+    /// The wire name (`normal`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Summary => "summary",
+            Self::Normal => "normal",
+            Self::Full => "full",
+        }
+    }
+}
+
+/// What a [`RunResult`] left out to fit its `detail`, and where the rest is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Omitted {
+    /// The `detail` the result was cut to.
+    pub detail: Detail,
+    /// Characters cut from the middle of `final_message` (marked `[… N characters left out …]`).
+    #[serde(default)]
+    pub final_message_chars: u64,
+    /// Changed files not listed in `changed_files` (the list keeps the first ones).
+    #[serde(default)]
+    pub changed_files: u64,
+    /// Files whose diff is not in `diff`, or only its start (`partial`): per-file summaries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diff_files: Vec<OmittedDiff>,
+    /// Further files whose diff is left out, beyond those in `diff_files`.
+    #[serde(default)]
+    pub more_diff_files: u64,
+    /// Conflicting paths not listed in `conflicts`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub conflicts: u64,
+    /// Where to get everything: the whole patch and the run's events.
+    pub rest: String,
+}
+
+/// One file whose diff a budgeted result leaves out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OmittedDiff {
+    /// Path of the file, as in `changed_files`.
+    pub path: String,
+    /// Characters of its diff left out.
+    pub diff_chars: u64,
+    /// Lines it adds, and removes (0 when not known or binary).
+    #[serde(default)]
+    pub additions: u64,
+    /// Lines it removes.
+    #[serde(default)]
+    pub deletions: u64,
+    /// True when the start of its diff is at the end of `diff`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A run's traffic through the egress proxy (each connection is also an `egress` event).

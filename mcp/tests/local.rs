@@ -166,6 +166,7 @@ impl FakeServer {
             apply_message: None,
             patch_url: None,
             egress: None,
+            omitted: None,
         }
     }
 

@@ -106,6 +106,7 @@ fn run_result(status: RunStatus) -> RunResult {
         apply_message: None,
         patch_url: None,
         egress: None,
+        omitted: None,
     }
 }
 
@@ -795,6 +796,7 @@ async fn start_http(with_auth: bool) -> HttpServer {
             allowed_hosts: vec!["127.0.0.1".into(), "localhost".into()],
             shutdown: shutdown.clone(),
             max_sessions: None,
+            options: Default::default(),
         },
     );
     let mut app = axum::Router::new().nest_service("/mcp", mcp);
@@ -899,6 +901,7 @@ async fn http_raw_requests() {
             allowed_hosts: vec!["delegate.example".into()],
             shutdown: CancellationToken::new(),
             max_sessions: None,
+            options: Default::default(),
         },
     );
     let post = |host: &str, body: Value| {
@@ -1187,6 +1190,7 @@ async fn http_sessions_are_capped() {
             allowed_hosts: vec!["delegate.example".into()],
             shutdown: CancellationToken::new(),
             max_sessions: Some(2),
+            options: Default::default(),
         },
     );
     let initialize = || {

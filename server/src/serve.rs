@@ -30,6 +30,9 @@ pub fn router(
             allowed_hosts,
             shutdown,
             max_sessions: None,
+            options: delegate_mcp::McpOptions {
+                heartbeat: orch.settings().heartbeat,
+            },
         },
     );
     let mcp = Router::new()

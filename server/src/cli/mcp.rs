@@ -5,8 +5,8 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use delegate_mcp::RemoteDelegator;
 use delegate_mcp::delegator::Caller;
+use delegate_mcp::{McpOptions, RemoteDelegator};
 use delegate_server::delegation::EmbeddedDelegator;
 use delegate_server::settings::Settings;
 
@@ -41,7 +41,7 @@ pub async fn main(settings: Settings) -> anyhow::Result<ExitCode> {
         &settings,
         None,
     );
-    let served = delegate_mcp::serve_stdio(delegator, caller).await;
+    let served = delegate_mcp::serve_stdio(delegator, caller, options(&settings)).await;
     // The client hung up: nothing of ours may outlive it.
     orch.shutdown().await;
     served.map_err(|e| anyhow::anyhow!("mcp: {e}"))?;
@@ -61,8 +61,16 @@ pub async fn remote(delegator: RemoteDelegator, settings: &Settings) -> anyhow::
     delegate_mcp::serve_stdio(
         super::local_repositories(Arc::new(delegator), settings, None),
         caller,
+        options(settings),
     )
     .await
     .map_err(|e| anyhow::anyhow!("mcp: {e}"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The MCP service's settings from delegate's.
+fn options(settings: &Settings) -> McpOptions {
+    McpOptions {
+        heartbeat: settings.heartbeat,
+    }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use delegate_mcp::delegator::{CLI_CLIENT, Caller, Delegator};
 use delegate_mcp::tools::{ApplyMode, RunInSandboxInput};
-use delegate_mcp::types::{RunResult, RunStatus};
+use delegate_mcp::types::{Detail, RunResult, RunStatus};
 use delegate_server::delegation::EmbeddedDelegator;
 use delegate_server::settings::{Isolation, Settings, UpstreamCredential, parse_duration};
 use tokio::sync::mpsc;
@@ -52,6 +52,7 @@ impl ApplyArg {
   delegate run --no-repo \"write a haiku about rust\"      # an empty sandbox
   delegate run \"add a --verbose flag to main.py\" -f main.py
   delegate run --json --timeout 15m \"make the tests in tests/ pass\" -f src/lib.rs -f tests/it.rs
+  delegate run --json --full \"regenerate the fixtures\" > result.json   # every file, the whole diff
   delegate run - < task.md                      # a long task from stdin
   DELEGATE_SERVER=https://delegate.example.com DELEGATE_TOKEN=dlg_... delegate run \\
     --sandbox sbx_... \"run the tests again\"     # on a team server, in a warm sandbox
@@ -116,9 +117,15 @@ pub struct RunArgs {
     #[arg(long, value_enum, value_name = "TO", default_value = "branch")]
     apply: ApplyArg,
 
-    /// Print the result object as JSON on stdout (progress still goes to stderr).
+    /// Print the result object as JSON on stdout (progress still goes to stderr), cut to about
+    /// 20,000 characters as MCP hosts get it (`omitted` says what was left out and where it is).
     #[arg(long)]
     json: bool,
+
+    /// With --json, print the whole result: every changed file and the diff up to
+    /// DELEGATE_DIFF_MAX_BYTES.
+    #[arg(long, requires = "json")]
+    full: bool,
 
     /// No progress lines; only the result.
     #[arg(long, short = 'q')]
@@ -303,8 +310,13 @@ async fn delegate(
 /// 0 succeeded, 130 interrupted, 1 any other end.
 fn finish(args: &RunArgs, result: &RunResult, interrupted: bool) -> anyhow::Result<ExitCode> {
     if args.json {
+        let detail = match args.full {
+            true => Detail::Full,
+            false => Detail::Normal,
+        };
+        let result = delegate_mcp::budget::run_result(result, detail);
         let mut out = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, result)?;
+        serde_json::to_writer_pretty(&mut out, &result)?;
         writeln!(out)?;
     } else {
         print_summary(result);

@@ -46,6 +46,8 @@ docker_network = "none"                                            # DELEGATE_DO
 max_concurrent_runs = 16                                           # DELEGATE_MAX_CONCURRENT_RUNS
 default_timeout = "900s"                                           # DELEGATE_DEFAULT_TIMEOUT
 diff_max_bytes = 262144                                            # DELEGATE_DIFF_MAX_BYTES
+# MCP progress at least this often (seconds) during a run, even when the agent is silent.
+heartbeat_secs = 15                                                # DELEGATE_HEARTBEAT_SECS
 # Repositories a sandbox starts from: the largest snapshot, and the most files in it.
 max_repo_bytes = 1073741824                                        # DELEGATE_MAX_REPO_BYTES
 max_repo_files = 200000                                            # DELEGATE_MAX_REPO_FILES

@@ -40,6 +40,7 @@ struct FileSettings {
     max_concurrent_runs: Option<usize>,
     default_timeout: Option<String>,
     diff_max_bytes: Option<usize>,
+    heartbeat_secs: Option<u64>,
     max_repo_bytes: Option<u64>,
     max_repo_files: Option<u64>,
     retain_runs_days: Option<u64>,
@@ -371,6 +372,10 @@ impl Settings {
                 f.diff_max_bytes.map(|n| n as u64),
                 256 * 1024,
             )? as usize,
+            heartbeat: Duration::from_secs(positive(
+                "DELEGATE_HEARTBEAT_SECS",
+                number("DELEGATE_HEARTBEAT_SECS", f.heartbeat_secs, 15)?,
+            )?),
             max_repo_bytes: positive(
                 "DELEGATE_MAX_REPO_BYTES",
                 number("DELEGATE_MAX_REPO_BYTES", f.max_repo_bytes, 1 << 30)?,

@@ -243,6 +243,10 @@ pub struct Settings {
     pub default_timeout: Duration,
     /// The largest diff a result carries; longer ones are cut and flagged `diff_truncated`.
     pub diff_max_bytes: usize,
+    /// `DELEGATE_HEARTBEAT_SECS` (default `15`): while a run is active, an MCP client that sent
+    /// a progress token gets a progress notification at least this often, even when the agent
+    /// is silent.
+    pub heartbeat: Duration,
     /// `DELEGATE_MAX_REPO_BYTES` (default 1 GiB): the largest repository snapshot a sandbox may
     /// start from (an upload, or a tree's file content).
     pub max_repo_bytes: u64,

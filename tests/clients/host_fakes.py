@@ -1,0 +1,326 @@
+"""Scripted model upstreams for host agents under test: the host (Claude Code, Codex CLI) is real,
+only its model is scripted.
+
+- `ClaudeHostFake` speaks the Anthropic Messages API (SSE) to Claude Code: it answers the first
+  request that offers delegate's `run_in_sandbox` with a `tool_use` of it, records the request that
+  carries the tool's result, and answers that with a short text. Requests that are not Claude
+  Code's (delegate's proxy, on behalf of the sandbox's opencode, behind the same
+  ANTHROPIC_BASE_URL) are forwarded to the scripted `fake-anthropic`, so one base URL serves both.
+- `ResponsesFake` speaks the OpenAI Responses API (SSE) to Codex CLI: the first turn is a
+  `function_call` of delegate's tool, the next turn (which carries the tool's output) is recorded
+  and answered with a message.
+
+Both run in a thread on 127.0.0.1:0 and record every request body."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+TASK = "Write the files the task script describes."
+
+
+def _sse(handler: BaseHTTPRequestHandler, events: list[tuple[str | None, dict[str, Any]]]) -> None:
+    handler.send_response(200)
+    handler.send_header("content-type", "text/event-stream")
+    handler.send_header("cache-control", "no-cache")
+    handler.send_header("connection", "close")
+    handler.end_headers()
+    for name, data in events:
+        chunk = (f"event: {name}\n" if name else "") + f"data: {json.dumps(data)}\n\n"
+        handler.wfile.write(chunk.encode())
+        handler.wfile.flush()
+    handler.close_connection = True
+
+
+def _json(handler: BaseHTTPRequestHandler, status: int, body: Any) -> None:
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+class _Server:
+    """A threaded HTTP server on 127.0.0.1:0 whose handler calls `self.handle`."""
+
+    def __init__(self) -> None:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                owner.handle(self, "GET", b"")
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("content-length") or 0)
+                owner.handle(self, "POST", self.rfile.read(length))
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.lock = threading.Lock()
+        self.requests: list[dict[str, Any]] = []
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def handle(self, h: BaseHTTPRequestHandler, method: str, body: bytes) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Anthropic Messages API, for Claude Code
+
+
+def _tool_names(body: dict[str, Any]) -> list[str]:
+    return [t.get("name", "") for t in body.get("tools") or []]
+
+
+def _tool_results(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tool_result blocks of the conversation (Claude Code may put system messages after them)."""
+    blocks: list[dict[str, Any]] = []
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        if message.get("role") == "user" and isinstance(content, list):
+            blocks += [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
+    return blocks
+
+
+def _result_text(block: dict[str, Any]) -> str:
+    content = block.get("content")
+    if isinstance(content, str):
+        return content
+    return "\n".join(c.get("text", "") for c in content or [] if isinstance(c, dict))
+
+
+def _message_events(model: str, blocks: list[dict[str, Any]], stop: str) -> list[tuple[str | None, dict[str, Any]]]:
+    msg_id = f"msg_{uuid.uuid4().hex[:24]}"
+    events: list[tuple[str | None, dict[str, Any]]] = [
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [],
+                    "stop_reason": None, "stop_sequence": None,
+                    "usage": {"input_tokens": 100, "output_tokens": 1},
+                },
+            },
+        ),
+    ]  # fmt: skip
+    for i, block in enumerate(blocks):
+        if block["type"] == "text":
+            events.append(("content_block_start", {"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}}))
+            events.append(("content_block_delta", {"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": block["text"]}}))
+        else:
+            start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
+            events.append(("content_block_start", {"type": "content_block_start", "index": i, "content_block": start}))
+            partial = json.dumps(block["input"])
+            events.append(("content_block_delta", {"type": "content_block_delta", "index": i, "delta": {"type": "input_json_delta", "partial_json": partial}}))
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": i}))
+    events.append(("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": 20}}))
+    events.append(("message_stop", {"type": "message_stop"}))
+    return events
+
+
+class ClaudeHostFake(_Server):
+    """Claude Code's scripted model; everything else goes on to `forward_to` (fake-anthropic).
+
+    `arguments` are the `run_in_sandbox` arguments the scripted model sends. With `via_agent`, the
+    main agent first hands the task to the plugin's sub-agent (`Task`/`Agent` tool with
+    `subagent_type` = `via_agent`), and the sub-agent calls `run_in_sandbox`."""
+
+    def __init__(self, forward_to: str, arguments: dict[str, Any], via_agent: str | None = None):
+        self.forward_to = urlsplit(forward_to)
+        self.arguments = arguments
+        self.via_agent = via_agent
+        # What Claude Code sent: every request of its own, and the ones carrying tool results.
+        self.host_requests: list[dict[str, Any]] = []
+        self.tool_results: dict[str, dict[str, Any]] = {}
+        self.tool_uses: dict[str, str] = {}  # tool_use id -> tool name
+        super().__init__()
+
+    @staticmethod
+    def is_claude_code(h: BaseHTTPRequestHandler, body: dict[str, Any]) -> bool:
+        return "claude-cli" in (h.headers.get("user-agent") or "") or any(
+            n.startswith("mcp__") for n in _tool_names(body)
+        )
+
+    def handle(self, h: BaseHTTPRequestHandler, method: str, raw: bytes) -> None:
+        path = h.path.split("?")[0]
+        if method == "POST" and path.endswith("/count_tokens"):
+            return _json(h, 200, {"input_tokens": 100})
+        if method != "POST" or not path.endswith("/v1/messages"):
+            return _json(h, 404, {"type": "error", "error": {"type": "not_found_error", "message": "Not found"}})
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = {}
+        if not self.is_claude_code(h, body):
+            return self.forward(h, raw)
+        with self.lock:
+            self.host_requests.append(body)
+        blocks, stop = self.answer(body)
+        model = body.get("model", "claude-sonnet-4-5")
+        if body.get("stream"):
+            return _sse(h, _message_events(model, blocks, stop))
+        msg = {
+            "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
+            "content": blocks, "stop_reason": stop, "stop_sequence": None,
+            "usage": {"input_tokens": 100, "output_tokens": 20},
+        }  # fmt: skip
+        return _json(h, 200, msg)
+
+    def answer(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+        names = _tool_names(body)
+        results = _tool_results(body)
+        with self.lock:
+            for r in results:
+                tool = self.tool_uses.get(r.get("tool_use_id", ""))
+                if tool is not None:
+                    self.tool_results[tool] = {"text": _result_text(r), "is_error": bool(r.get("is_error")), "request": body}
+            if results:
+                return [{"type": "text", "text": "The delegated run is finished."}], "end_turn"
+            run_tool = next((n for n in names if n.endswith("__run_in_sandbox")), None)
+            agent_tool = next((n for n in names if n in ("Task", "Agent")), None)
+            if self.via_agent and agent_tool and "agent" not in self.tool_uses.values():
+                use_id = f"toolu_{uuid.uuid4().hex[:20]}"
+                self.tool_uses[use_id] = "agent"
+                return [
+                    {"type": "tool_use", "id": use_id, "name": agent_tool, "input": {
+                        "subagent_type": self.via_agent, "description": "Delegate the task",
+                        "prompt": TASK,
+                    }},
+                ], "tool_use"  # fmt: skip
+            if run_tool and "run_in_sandbox" not in self.tool_uses.values() and (
+                not self.via_agent or agent_tool is None
+            ):
+                use_id = f"toolu_{uuid.uuid4().hex[:20]}"
+                self.tool_uses[use_id] = "run_in_sandbox"
+                return [{"type": "tool_use", "id": use_id, "name": run_tool, "input": self.arguments}], "tool_use"
+        return [{"type": "text", "text": "OK."}], "end_turn"
+
+    def forward(self, h: BaseHTTPRequestHandler, raw: bytes) -> None:
+        """Passes a request through to the sandbox's fake upstream, streaming its answer back."""
+        conn = http.client.HTTPConnection(self.forward_to.hostname, self.forward_to.port, timeout=300)
+        headers = {k: v for k, v in h.headers.items() if k.lower() not in ("host", "content-length", "connection")}
+        conn.request("POST", h.path, body=raw, headers=headers)
+        resp = conn.getresponse()
+        h.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                h.send_header(k, v)
+        h.send_header("connection", "close")
+        h.end_headers()
+        while chunk := resp.read1(65536):
+            h.wfile.write(chunk)
+            h.wfile.flush()
+        h.close_connection = True
+        conn.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# OpenAI Responses API, for Codex CLI
+
+
+class ResponsesFake(_Server):
+    """Codex CLI's scripted model: a function call of the tool whose name ends with `tool_suffix`,
+    then, once its output comes back, a message. Records every request."""
+
+    def __init__(self, tool_suffix: str, arguments: dict[str, Any]):
+        self.tool_suffix = tool_suffix
+        self.arguments = arguments
+        self.call_id: str | None = None
+        self.tool_output: dict[str, Any] | None = None
+        self.offered: list[list[str]] = []
+        super().__init__()
+
+    def handle(self, h: BaseHTTPRequestHandler, method: str, raw: bytes) -> None:
+        path = h.path.split("?")[0]
+        if method == "GET" and path.endswith("/models"):
+            return _json(h, 200, {"object": "list", "data": [], "models": []})
+        if method != "POST" or not path.endswith("/responses"):
+            return _json(h, 404, {"error": {"message": f"no {method} {path} here", "type": "not_found"}})
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = {}
+        with self.lock:
+            self.requests.append(body)
+            # Codex groups an MCP server's tools in a `namespace` tool (`mcp__delegate`); a call
+            # names the namespace and the tool.
+            names: list[str] = []
+            where: dict[str, tuple[str | None, str]] = {}
+            for t in body.get("tools") or []:
+                if t.get("type") == "namespace":
+                    for sub in t.get("tools") or []:
+                        full = f"{t.get('name')}__{sub.get('name')}"
+                        names.append(full)
+                        where[full] = (t.get("name"), sub.get("name", ""))
+                else:
+                    name = t.get("name") or (t.get("function") or {}).get("name") or ""
+                    names.append(name)
+                    where[name] = (None, name)
+            self.offered.append(names)
+            outputs = [
+                i for i in body.get("input") or []
+                if isinstance(i, dict) and i.get("type") == "function_call_output" and i.get("call_id") == self.call_id
+            ]  # fmt: skip
+            tool = next((n for n in names if n.endswith(self.tool_suffix)), None)
+            if outputs:
+                self.tool_output = outputs[-1]
+                item = self._message("The delegated run is finished.")
+            elif tool and self.call_id is None:
+                self.call_id = f"call_{uuid.uuid4().hex[:20]}"
+                namespace, name = where[tool]
+                item = {
+                    "type": "function_call", "id": f"fc_{uuid.uuid4().hex[:20]}", "call_id": self.call_id,
+                    "name": name, "arguments": json.dumps(self.arguments), "status": "completed",
+                }  # fmt: skip
+                if namespace:
+                    item["namespace"] = namespace
+            else:
+                item = self._message("OK.")
+        resp_id = f"resp_{uuid.uuid4().hex[:20]}"
+        base = {"id": resp_id, "object": "response", "model": body.get("model", "gpt-test"), "output": []}
+        events: list[tuple[str | None, dict[str, Any]]] = [
+            ("response.created", {"type": "response.created", "response": {**base, "status": "in_progress"}}),
+            ("response.output_item.added", {"type": "response.output_item.added", "output_index": 0, "item": item}),
+            ("response.output_item.done", {"type": "response.output_item.done", "output_index": 0, "item": item}),
+            (
+                "response.completed",
+                {
+                    "type": "response.completed",
+                    "response": {
+                        **base, "status": "completed", "output": [item],
+                        "usage": {
+                            "input_tokens": 100, "input_tokens_details": {"cached_tokens": 0},
+                            "output_tokens": 20, "output_tokens_details": {"reasoning_tokens": 0},
+                            "total_tokens": 120,
+                        },
+                    },
+                },
+            ),
+        ]  # fmt: skip
+        return _sse(h, events)
+
+    @staticmethod
+    def _message(text: str) -> dict[str, Any]:
+        return {
+            "type": "message", "id": f"msg_{uuid.uuid4().hex[:20]}", "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }  # fmt: skip
