@@ -53,7 +53,6 @@ impl RunStatus {
             Self::Cancelled => "cancelled",
             Self::TimedOut => "timed_out",
             Self::Lost => "lost",
-            Self::BudgetExceeded => "budget_exceeded",
         }
     }
 
@@ -264,6 +263,7 @@ impl ErrorKind {
             Self::AgentFailed => "agent_failed",
             Self::SetupFailed => "setup_failed",
             Self::Lost => "lost",
+            Self::BudgetExceeded => "budget_exceeded",
             Self::Internal => "internal",
         }
     }

@@ -78,7 +78,10 @@ async fn a_run_over_its_max_cost_is_refused_its_next_call_and_fails_budget_excee
     );
     // The follow-up call with the tool's result never reached the upstream.
     let (main, with_tool_result) = main_requests(&h);
-    assert_eq!(with_tool_result, 0, "a call after the budget was spent went through");
+    assert_eq!(
+        with_tool_result, 0,
+        "a call after the budget was spent went through"
+    );
     assert!(main <= 1, "{main} main calls reached the upstream");
     let stored = orch.run(&run_id).await.unwrap();
     assert_eq!(stored.outcome.max_cost_usd, Some(0.0001));
@@ -111,12 +114,20 @@ async fn a_workspace_over_its_daily_budget_refuses_new_runs() {
         }
         other => panic!("expected budget_exceeded, got {other:?}"),
     }
-    assert_eq!(h.fake.requests().len(), seen, "nothing reached the upstream");
+    assert_eq!(
+        h.fake.requests().len(),
+        seen,
+        "nothing reached the upstream"
+    );
     let (spent, _) = orch
         .spent_today(&default_workspace(&orch).await)
         .await
         .unwrap();
-    assert!((spent - r.usage.cost_usd).abs() < 1e-9, "{spent} vs {:?}", r.usage);
+    assert!(
+        (spent - r.usage.cost_usd).abs() < 1e-9,
+        "{spent} vs {:?}",
+        r.usage
+    );
 }
 
 #[tokio::test]
@@ -152,10 +163,7 @@ async fn runs_over_the_concurrency_quota_queue_in_order_and_can_be_cancelled_the
     assert_eq!(r2.status, RunStatus::Cancelled, "{r2:?}");
     assert_eq!(orch.run(&second).await.unwrap().started_at, None);
     let r3 = orch.result(&third).await.unwrap();
-    assert_eq!(
-        (r3.status, r3.queue_position),
-        (RunStatus::Queued, Some(1))
-    );
+    assert_eq!((r3.status, r3.queue_position), (RunStatus::Queued, Some(1)));
 
     // When the first ends, the third gets its slot and runs.
     h.fake.set_script(Script::text("third done"));

@@ -406,11 +406,16 @@ async fn the_web_ui_end_to_end_in_chromium() {
     assert_not_injected(&b, "runs list").await;
 
     // Usage: a chart and the numbers, and today's spend against the daily budget.
-    let r = api(&s, reqwest::Method::PUT, "/api/workspaces/team-web/limits", &token)
-        .json(&json!({ "daily_budget_usd": 250.0, "max_concurrent_runs": 3 }))
-        .send()
-        .await
-        .unwrap();
+    let r = api(
+        &s,
+        reqwest::Method::PUT,
+        "/api/workspaces/team-web/limits",
+        &token,
+    )
+    .json(&json!({ "daily_budget_usd": 250.0, "max_concurrent_runs": 3 }))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     b.click("nav a[href='/w/team-web/usage']").await;
     b.wait_for("#usage-chart rect.bar").await;

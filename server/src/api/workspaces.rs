@@ -347,7 +347,11 @@ async fn limits_view(
     orch: &crate::orchestrator::Orchestrator,
     ws: &Workspace,
 ) -> ApiResult<axum::Json<LimitsView>> {
-    let own = orch.store().workspace_limits(&ws.id).await.map_err(crate::error::Error::from)?;
+    let own = orch
+        .store()
+        .workspace_limits(&ws.id)
+        .await
+        .map_err(crate::error::Error::from)?;
     let effective = orch.workspace_limits(&ws.id).await?;
     let (spent_today_usd, resets) = orch.spent_today(&ws.id).await?;
     Ok(axum::Json(LimitsView {

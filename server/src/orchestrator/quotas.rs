@@ -57,8 +57,8 @@ impl Admission {
         })
     }
 
-    /// Joins the line for a slot; the ticket says whether the run got one at once
-    /// ([`Ticket::position`] is `None`) or its place. Refused when the line is full.
+    /// Joins the line for a slot: the run gets one at once ([`Admission::position`] is then
+    /// `None`) or waits. Refused when the line is full.
     pub(super) fn enter(
         self: &Arc<Self>,
         run_id: &str,
@@ -117,13 +117,8 @@ impl Admission {
         let mut i = 0;
         while i < line.queue.len() && line.running < self.max_running {
             let w = &line.queue[i];
-            let used = line
-                .by_workspace
-                .get(&w.workspace_id)
-                .copied()
-                .unwrap_or(0);
-            if held_back.contains(&w.workspace_id) || w.workspace_limit.is_some_and(|l| used >= l)
-            {
+            let used = line.by_workspace.get(&w.workspace_id).copied().unwrap_or(0);
+            if held_back.contains(&w.workspace_id) || w.workspace_limit.is_some_and(|l| used >= l) {
                 held_back.insert(w.workspace_id.clone());
                 i += 1;
                 continue;
@@ -162,19 +157,6 @@ pub(super) struct Ticket {
 }
 
 impl Ticket {
-    /// `None` when the run has its slot; else its place among its workspace's waiting runs.
-    pub(super) fn position(&self) -> Option<u64> {
-        let line = lock(&self.admission.state);
-        let me = line.queue.iter().position(|w| w.ticket == self.ticket)?;
-        let ahead = line
-            .queue
-            .iter()
-            .take(me)
-            .filter(|w| w.workspace_id == self.workspace_id)
-            .count();
-        Some(ahead as u64 + 1)
-    }
-
     /// Waits for the run's slot.
     pub(super) async fn slot(mut self) -> Slot {
         if let Some(admitted) = self.admitted.take() {
@@ -229,9 +211,7 @@ impl Orchestrator {
         Ok(WorkspaceLimits {
             max_run_cost_usd: own.max_run_cost_usd.or(d.max_run_cost_usd),
             daily_budget_usd: own.daily_budget_usd.or(d.workspace_daily_budget_usd),
-            max_concurrent_runs: own
-                .max_concurrent_runs
-                .or(d.workspace_max_concurrent_runs),
+            max_concurrent_runs: own.max_concurrent_runs.or(d.workspace_max_concurrent_runs),
             max_warm_sandboxes: own.max_warm_sandboxes.or(d.workspace_max_warm_sandboxes),
         })
     }
@@ -261,7 +241,11 @@ impl Orchestrator {
         workspace_id: &str,
     ) -> Result<tokio::sync::MutexGuard<'_, ()>> {
         let guard = self.inner.warm_quota.lock().await;
-        let Some(max) = self.effective_limits(workspace_id).await?.max_warm_sandboxes else {
+        let Some(max) = self
+            .effective_limits(workspace_id)
+            .await?
+            .max_warm_sandboxes
+        else {
             return Ok(guard);
         };
         let warm = self
@@ -352,19 +336,27 @@ mod tests {
     async fn a_run_over_its_workspace_limit_waits_first_in_line_and_gets_the_freed_slot() {
         let admission = Admission::new(16, 8);
         let first = admission.enter("run_1", "wsp_a", Some(1)).unwrap();
-        assert_eq!(first.position(), None, "a free slot is taken at once");
+        assert_eq!(
+            admission.position("run_1"),
+            None,
+            "a free slot is taken at once"
+        );
         let first = first.slot().await;
         let second = admission.enter("run_2", "wsp_a", Some(1)).unwrap();
         let third = admission.enter("run_3", "wsp_a", Some(1)).unwrap();
-        assert_eq!(second.position(), Some(1));
-        assert_eq!(third.position(), Some(2));
+        assert_eq!(admission.position("run_2"), Some(1));
+        assert_eq!(admission.position("run_3"), Some(2));
         assert_eq!(admission.position("run_3"), Some(2));
         // Another workspace is not held up by this one's limit.
         let other = admission.enter("run_4", "wsp_b", Some(1)).unwrap();
-        assert_eq!(other.position(), None);
+        assert_eq!(admission.position("run_4"), None);
         drop(first);
-        assert_eq!(second.position(), None, "the freed slot went to the oldest");
-        assert_eq!(third.position(), Some(1));
+        assert_eq!(
+            admission.position("run_2"),
+            None,
+            "the freed slot went to the oldest"
+        );
+        assert_eq!(admission.position("run_3"), Some(1));
         let second = second.slot().await;
         // Leaving the line (a cancel) frees the place; dropping a slot lets the next in.
         drop(third);
@@ -379,15 +371,19 @@ mod tests {
     #[tokio::test]
     async fn the_server_limit_queues_too_and_the_line_is_bounded() {
         let admission = Admission::new(1, 1);
-        let running = admission.enter("run_1", "wsp_a", None).unwrap().slot().await;
+        let running = admission
+            .enter("run_1", "wsp_a", None)
+            .unwrap()
+            .slot()
+            .await;
         let waiting = admission.enter("run_2", "wsp_b", None).unwrap();
-        assert_eq!(waiting.position(), Some(1));
+        assert_eq!(admission.position("run_2"), Some(1));
         let refused = admission.enter("run_3", "wsp_c", None);
         assert!(matches!(refused, Err(Error::Limit(m)) if m.contains("DELEGATE_MAX_QUEUED_RUNS")));
         assert_eq!(admission.position("run_3"), None);
         // An admitted ticket dropped before its run took the slot gives it back.
         drop(running);
-        assert_eq!(waiting.position(), None);
+        assert_eq!(admission.position("run_2"), None);
         drop(waiting);
         let line = lock(&admission.state);
         assert_eq!((line.running, line.queue.len()), (0, 0));

@@ -92,11 +92,7 @@ impl Orchestrator {
     pub async fn result(&self, run_id: &RunId) -> Result<RunResult> {
         let run = self.run(run_id).await?;
         let event_count = self.inner.store.event_count(run_id.as_str()).await?;
-        let mut result = result_of(
-            &run,
-            event_count,
-            self.inner.settings.public_url.as_deref(),
-        );
+        let mut result = result_of(&run, event_count, self.inner.settings.public_url.as_deref());
         if result.status == RunStatus::Queued {
             result.queue_position = self.queue_position(run_id.as_str());
         }

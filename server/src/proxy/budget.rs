@@ -72,11 +72,7 @@ impl Budgets {
 
     /// The server-wide defaults.
     pub fn defaults(&self) -> LimitSettings {
-        self.inner
-            .defaults
-            .read()
-            .map(|d| *d)
-            .unwrap_or_default()
+        self.inner.defaults.read().map(|d| *d).unwrap_or_default()
     }
 
     /// Starts metering a run: once its calls cost `max_cost_usd` (or its workspace's day is
@@ -100,7 +96,9 @@ impl Budgets {
 
     /// Why a run was stopped for its budget, if it was.
     pub fn stopped(&self, run_id: &str) -> Option<String> {
-        lock(&self.inner.runs).get(run_id).and_then(|w| w.why.clone())
+        lock(&self.inner.runs)
+            .get(run_id)
+            .and_then(|w| w.why.clone())
     }
 
     /// Books a call that just ended: on its run at once, on its workspace until its usage row
@@ -244,7 +242,10 @@ mod tests {
         assert_eq!(day_start(noon), 20_000 * DAY_MS);
         assert_eq!(day_start(20_000 * DAY_MS), 20_000 * DAY_MS);
         assert_eq!(resets_in(noon), "resets at 00:00 UTC, in 12h 00m");
-        assert_eq!(resets_in(20_001 * DAY_MS - 60_000), "resets at 00:00 UTC, in 0h 01m");
+        assert_eq!(
+            resets_in(20_001 * DAY_MS - 60_000),
+            "resets at 00:00 UTC, in 0h 01m"
+        );
     }
 
     #[test]

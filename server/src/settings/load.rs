@@ -8,9 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    BackendChoice, DEFAULT_SANDBOX_IMAGE, DockerNetwork, DockerSettings, EgressSettings, LimitSettings, GitHost,
-    GithubSettings, IpRange, Isolation, OidcSettings, Registration, Secret, SecretKey, Settings,
-    SsoSettings, Upstream, UpstreamCredential,
+    BackendChoice, DEFAULT_SANDBOX_IMAGE, DockerNetwork, DockerSettings, EgressSettings, GitHost,
+    GithubSettings, IpRange, Isolation, LimitSettings, OidcSettings, Registration, Secret,
+    SecretKey, Settings, SsoSettings, Upstream, UpstreamCredential,
 };
 
 /// The optional settings file; every field optional, same names as the env vars in lower case.

@@ -661,13 +661,14 @@ macro_rules! impl_store {
             }
 
             async fn workspace_limits(&self, workspace_id: &str) -> Result<WorkspaceLimits> {
-                let row = sqlx::query_as::<_, (Option<f64>, Option<f64>, Option<i64>, Option<i64>)>(
-                    sql::WORKSPACE_LIMITS,
-                )
-                .bind(workspace_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_error("workspace limits"))?;
+                let row =
+                    sqlx::query_as::<_, (Option<f64>, Option<f64>, Option<i64>, Option<i64>)>(
+                        sql::WORKSPACE_LIMITS,
+                    )
+                    .bind(workspace_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_error("workspace limits"))?;
                 Ok(match row {
                     Some((run, day, runs, warm)) => WorkspaceLimits {
                         max_run_cost_usd: run,
