@@ -298,7 +298,8 @@ async fn drive(
         if slot.is_none() {
             return Ok(Finish::cancelled());
         }
-        let cancel = &stop;
+        // Inside, "cancelled" means either: a cancel, or the budget (told apart after).
+        let cancel = stop.clone();
         state
             .advance(&orch, &run.id, RunStatus::Starting, &mut log)
             .await?;
