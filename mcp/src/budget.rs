@@ -593,6 +593,7 @@ mod tests {
             event_count: 9,
             error: None,
             watch_url: None,
+            queue_position: None,
             base: None,
             commit: Some("c0ffee".into()),
             branch: Some("delegate/run_1".into()),

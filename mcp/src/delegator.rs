@@ -93,6 +93,9 @@ pub enum DelegateError {
     /// A quota or concurrency limit; try again later.
     #[error("limit reached: {0}")]
     Limit(String),
+    /// The workspace's budget for the day is spent; the message says when it resets.
+    #[error("budget exceeded: {0}")]
+    BudgetExceeded(String),
     /// A repository could not be used or changed; `kind` is `not_a_repo`, `repo_busy`,
     /// `repo_too_large`, `repo_unreachable`, `bad_change`, `conflict`, `repo_failed`, or (on the
     /// caller's machine) `outside_project`.

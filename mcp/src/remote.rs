@@ -734,6 +734,7 @@ fn map_error_response(status: StatusCode, body: &[u8]) -> DelegateError {
         "not_found" => DelegateError::NotFound(message),
         "conflict" => DelegateError::Unavailable(message),
         "limit" => DelegateError::Limit(message),
+        "budget_exceeded" => DelegateError::BudgetExceeded(message),
         _ => DelegateError::Internal(format!("the delegate server failed: {message}")),
     }
 }

@@ -42,6 +42,11 @@ pub struct RunInSandboxInput {
     /// conversation) instead of starting a new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continue_session: Option<bool>,
+    /// Stop the run once its model calls cost this many US dollars (list prices) [the
+    /// workspace's or server's default, if any]. The call that crosses it completes; the next is
+    /// refused and the run ends `failed` with `budget_exceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
     /// Wait for the run to end (default true). With false the call returns at once with
     /// `status: "running"`; follow the run with `stream_session`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -244,6 +244,9 @@ pub enum ErrorKind {
     BadChange,
     /// The server restarted and could not reattach to the run.
     Lost,
+    /// The run's `max_cost_usd`, or its workspace's budget for the day, was spent: the model
+    /// proxy refused the next call and the run was stopped.
+    BudgetExceeded,
     /// Anything else; the message says what.
     Internal,
 }
@@ -264,6 +267,7 @@ impl ErrorKind {
             Self::SetupFailed => "setup_failed",
             Self::BadChange => "bad_change",
             Self::Lost => "lost",
+            Self::BudgetExceeded => "budget_exceeded",
             Self::Internal => "internal",
         }
     }
@@ -286,7 +290,8 @@ pub struct RunResult {
     /// The sandbox the run used; pass it as `sandbox_id` to run again there (warm sandboxes only:
     /// a fresh sandbox is destroyed after its run).
     pub sandbox_id: String,
-    /// `running` (only with `wait: false`) or how the run ended.
+    /// `queued` (waiting for a free run slot, see `queue_position`) or `running` (only with
+    /// `wait: false`), or how the run ended.
     pub status: RunStatus,
     /// The last text the agent wrote; empty while running or when it wrote none.
     pub final_message: String,
@@ -302,6 +307,9 @@ pub struct RunResult {
     pub duration_ms: u64,
     /// Events in the run's log; `stream_session` returns them.
     pub event_count: u64,
+    /// While the run waits for a free slot (`status: "queued"`): its place in line, 1 for next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u64>,
     /// Why the run did not succeed; absent when it succeeded or is still running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<RunError>,

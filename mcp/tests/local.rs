@@ -156,6 +156,7 @@ impl FakeServer {
             usage: Usage::default(),
             duration_ms: 1,
             event_count: 3,
+            queue_position: None,
             error: None,
             watch_url: None,
             base: None,

@@ -96,6 +96,7 @@ fn run_result(status: RunStatus) -> RunResult {
         },
         duration_ms: 1234,
         event_count: 7,
+        queue_position: None,
         error: None,
         watch_url: Some("https://delegate.example/runs/run_1".into()),
         base: None,

@@ -290,6 +290,7 @@ async fn seed(store: &dyn Store) {
                     base: None,
                     commit: None,
                     egress: None,
+                    max_cost_usd: None,
                 },
             };
             store.insert_run(&run).await.unwrap();

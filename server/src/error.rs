@@ -42,6 +42,9 @@ pub enum Error {
     /// A quota or concurrency limit.
     #[error("{0}")]
     Limit(String),
+    /// A workspace's budget for the day is spent; the message says when it resets.
+    #[error("{0}")]
+    BudgetExceeded(String),
     /// A repository could not be used or changed. `kind` is the error kind callers branch on:
     /// `not_a_repo`, `repo_busy`, `repo_too_large`, `repo_unreachable`, `bad_change`, `conflict`
     /// or `repo_failed`.
@@ -126,6 +129,7 @@ impl From<Error> for DelegateError {
             Error::Conflict(m) => DelegateError::Unavailable(m),
             Error::Sandbox(e) => DelegateError::Unavailable(format!("the sandbox failed: {e}")),
             Error::Limit(m) => DelegateError::Limit(m),
+            Error::BudgetExceeded(m) => DelegateError::BudgetExceeded(m),
             Error::Repo { kind, message } => DelegateError::Repo {
                 kind: kind.to_string(),
                 message,

@@ -113,6 +113,9 @@ fn expected(operation_id: &str, access: Access, who: Who) -> u16 {
         "revokeInvite" => ws(Role::Maintainer, 204),
         "getWorkspaceEgress" => ws(Role::Guest, 200),
         "setWorkspaceEgress" => ws(Role::Maintainer, 200),
+        // Budgets and quotas: members read them (the web UI shows spend), maintainers set them.
+        "getWorkspaceLimits" => ws(Role::Guest, 200),
+        "setWorkspaceLimits" => ws(Role::Maintainer, 200),
         // Secrets: maintainers and owners. This server has no DELEGATE_SECRET_KEY, so setting one
         // is refused after authorization (409); deleting an unknown one is not found.
         "listSecrets" => ws(Role::Maintainer, 200),
@@ -259,6 +262,7 @@ impl World {
             "changeMember" => json!({ "role": "guest" }),
             "createInvite" => json!({ "role": "developer" }),
             "setWorkspaceEgress" => json!({ "allowed": ["none"], "default": "none" }),
+            "setWorkspaceLimits" => json!({ "daily_budget_usd": 5.0, "max_concurrent_runs": 2 }),
             "createAgentCode" => json!({}),
             "setSecret" => json!({ "value": "matrix value" }),
             "setGitCredential" => json!({ "username": "matrix", "token": "matrix token" }),

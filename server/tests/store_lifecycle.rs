@@ -8,7 +8,7 @@ use delegate_mcp::types::{
 };
 use delegate_server::store::{
     NewEvent, Role, Run, RunOutcome, Sandbox, SandboxKind, SqliteStore, Store, StoreError,
-    TokenKind, TokenRecord, UsageRecord, User, Workspace,
+    TokenKind, TokenRecord, UsageRecord, User, Workspace, WorkspaceLimits,
 };
 use serde_json::json;
 
@@ -200,7 +200,11 @@ async fn lifecycle(store: &dyn Store) {
         created_at: 400,
         started_at: None,
         finished_at: None,
-        outcome: RunOutcome::default(),
+        // A budget is the one outcome field besides `base` known when the run is recorded.
+        outcome: RunOutcome {
+            max_cost_usd: Some(2.5),
+            ..RunOutcome::default()
+        },
     };
     store.insert_run(&run).await.unwrap();
     assert_eq!(store.run("r1").await.unwrap(), run);
@@ -417,6 +421,41 @@ async fn lifecycle(store: &dyn Store) {
     );
     assert_eq!(ttft, Some(120));
 
+    // Today's spend of a workspace is a sum over its usage rows from a moment on.
+    assert!((store.workspace_spend_since("w1", 0).await.unwrap() - 0.75).abs() < 1e-9);
+    assert!((store.workspace_spend_since("w1", 800).await.unwrap() - 0.5).abs() < 1e-9);
+    assert_eq!(store.workspace_spend_since("w1", 811).await.unwrap(), 0.0);
+    assert_eq!(store.workspace_spend_since("w404", 0).await.unwrap(), 0.0);
+    // Workspace limits: none until set, then replaced whole.
+    assert_eq!(
+        store.workspace_limits("w1").await.unwrap(),
+        WorkspaceLimits::default()
+    );
+    let limits = WorkspaceLimits {
+        max_run_cost_usd: Some(1.5),
+        daily_budget_usd: Some(20.0),
+        max_concurrent_runs: Some(3),
+        max_warm_sandboxes: None,
+    };
+    store
+        .set_workspace_limits("w1", &limits, Some("u1"), 820)
+        .await
+        .unwrap();
+    assert_eq!(store.workspace_limits("w1").await.unwrap(), limits);
+    let fewer = WorkspaceLimits {
+        max_warm_sandboxes: Some(2),
+        ..WorkspaceLimits::default()
+    };
+    store
+        .set_workspace_limits("w1", &fewer, None, 830)
+        .await
+        .unwrap();
+    assert_eq!(store.workspace_limits("w1").await.unwrap(), fewer);
+    assert!(matches!(
+        store.set_workspace_limits("w404", &fewer, None, 830).await,
+        Err(StoreError::Conflict(_))
+    ));
+
     // Finish with an outcome; read it back whole.
     let outcome = RunOutcome {
         final_message: "Fixed it.".into(),
@@ -449,6 +488,7 @@ async fn lifecycle(store: &dyn Store) {
             denied: 2,
             bytes: 4096,
         }),
+        max_cost_usd: Some(2.5),
     };
     store
         .finish_run("r1", RunStatus::Running, RunStatus::Failed, &outcome, 900)

@@ -405,9 +405,35 @@ async fn the_web_ui_end_to_end_in_chromium() {
     assert_eq!(by, "API token laptop");
     assert_not_injected(&b, "runs list").await;
 
-    // Usage: a chart and the numbers.
+    // Usage: a chart and the numbers, and today's spend against the daily budget.
+    let r = api(
+        &s,
+        reqwest::Method::PUT,
+        "/api/workspaces/team-web/limits",
+        &token,
+    )
+    .json(&json!({ "daily_budget_usd": 250.0, "max_concurrent_runs": 3 }))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
     b.click("nav a[href='/w/team-web/usage']").await;
     b.wait_for("#usage-chart rect.bar").await;
+    let spent = b
+        .js(
+            "return document.getElementById('spent-today').textContent",
+            vec![],
+        )
+        .await;
+    let spent = spent.as_str().unwrap();
+    assert!(
+        spent.starts_with("$0.0") && spent.contains("of $250.0000") && spent.contains("UTC"),
+        "{spent}"
+    );
+    assert!(
+        !spent.starts_with("$0.0000"),
+        "the runs above spent something today: {spent}"
+    );
 
     // Open: through the gateway into opencode's own UI.
     b.goto(&s.url(&format!("/sandboxes/{sandbox_id}"))).await;

@@ -14,7 +14,9 @@ export async function runView(main, id) {
   const writer = can(roleIn(run.workspace), 'developer');
   const status = h('span', { id: 'run-status' }, badge(run.status));
   const meta = h('p.meta', {}, `Delegated by ${run.delegated_by} · ${fmtTime(run.created_at)} · sandbox `,
-    h('a', { href: `/sandboxes/${q(run.sandbox_id)}` }, h('code', {}, run.sandbox_id)));
+    h('a', { href: `/sandboxes/${q(run.sandbox_id)}` }, h('code', {}, run.sandbox_id)),
+    run.max_cost_usd == null ? '' : h('span', { id: 'run-budget' }, ` · budget ${fmtCost(run.max_cost_usd)}`),
+    run.queue_position == null ? '' : h('span', { id: 'queue-position' }, ` · waiting for a run slot, #${run.queue_position} in line`));
   const cancel = writer && !TERMINAL.has(run.status)
     ? h('button.danger', {
       type: 'button', id: 'cancel-run',
@@ -130,7 +132,9 @@ function drawOutcome(el, run) {
       h('dt', {}, 'Status'), h('dd', {}, badge(run.status)),
       h('dt', {}, 'Duration'), h('dd', {}, fmtDuration(run.duration_ms)),
       h('dt', {}, 'Tokens'), h('dd', {}, `${fmtTokens(u)} (${u.input_tokens || 0} in, ${u.output_tokens || 0} out)`),
-      h('dt', {}, 'Cost'), h('dd', {}, fmtCost(u.cost_usd))),
+      h('dt', {}, 'Cost'), h('dd', { id: 'run-cost' }, run.max_cost_usd == null
+        ? fmtCost(u.cost_usd)
+        : `${fmtCost(u.cost_usd)} of ${fmtCost(run.max_cost_usd)} budget`)),
   ];
   if (run.error) parts.push(h('p.error', { role: 'alert', id: 'run-error' }, `${run.error.kind}: ${run.error.message}`));
   if (run.final_message) parts.push(h('h3', {}, 'Final message'), h('div.text.final', { id: 'final-message' }, run.final_message));

@@ -2,18 +2,31 @@
 // create, pause, resume, delete, and Open into opencode's own UI through delegate's gateway.
 
 import { get, post, del, q } from '../api.js';
-import { h, fill, field, badge, fmtTime, toast } from '../dom.js';
+import { h, fill, field, badge, fmtCost, fmtTime, toast } from '../dom.js';
 import { can, roleIn, session, setWorkspace } from '../app.js';
 import { runTable } from './runs.js';
 
 /** How often the list looks again. */
 const POLL_MS = 1500;
 
+/** Today's spend against the daily budget and the quotas, in one line (the Usage page has more). */
+function spendLine(l) {
+  const e = l.effective;
+  const parts = [e.daily_budget_usd == null
+    ? `Spent today: ${fmtCost(l.spent_today_usd)}`
+    : `Spent today: ${fmtCost(l.spent_today_usd)} of ${fmtCost(e.daily_budget_usd)}`];
+  if (e.max_concurrent_runs != null) parts.push(`runs at once: ${e.max_concurrent_runs}`);
+  if (e.max_warm_sandboxes != null) parts.push(`warm sandboxes: ${e.max_warm_sandboxes}`);
+  return parts.join(' · ');
+}
+
 export async function sandboxesView(main, ws) {
   const role = roleIn(ws);
   const writer = can(role, 'developer');
   const list = h('div', { id: 'sandbox-list', 'aria-live': 'polite' }, h('p.muted', {}, 'Loading…'));
-  const parts = [h('h1', {}, 'Sandboxes')];
+  const spend = h('p.muted', { id: 'workspace-spend' });
+  const parts = [h('h1', {}, 'Sandboxes'), spend];
+  get(`/api/workspaces/${q(ws)}/limits`).then((l) => fill(spend, spendLine(l)), () => {});
   if (writer) parts.push(createForm(ws, () => refresh()), connectMachine(ws));
   else parts.push(h('p.muted', { id: 'read-only-note' }, `You are a ${role || 'visitor'} here: you can look, not change.`));
   parts.push(list);

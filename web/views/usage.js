@@ -1,4 +1,5 @@
-// Usage of a workspace: totals, and tokens and cost per day as a small inline SVG chart.
+// Usage of a workspace: today's spend against its daily budget and its quotas, totals, and tokens
+// and cost per day as a small inline SVG chart.
 
 import { get, q } from '../api.js';
 import { h, fill, svg, fmtCost } from '../dom.js';
@@ -6,13 +7,15 @@ import { h, fill, svg, fmtCost } from '../dom.js';
 const DAYS = 14;
 
 export async function usageView(main, ws) {
-  const [total, runs] = await Promise.all([
+  const [total, runs, limits] = await Promise.all([
     get(`/api/usage?workspace=${q(ws)}`),
     get(`/api/runs/summaries?workspace=${q(ws)}&limit=500`),
+    get(`/api/workspaces/${q(ws)}/limits`),
   ]);
   const u = total.usage;
   const days = perDay(runs.runs);
   fill(main, h('h1', {}, 'Usage'),
+    budgetView(limits),
     h('dl.facts', { id: 'usage-totals' },
       h('dt', {}, 'Runs'), h('dd', {}, String(total.runs)),
       h('dt', {}, 'Input tokens'), h('dd', {}, u.input_tokens.toLocaleString()),
@@ -22,6 +25,23 @@ export async function usageView(main, ws) {
     h('h2', {}, `The last ${DAYS} days`),
     chart(days),
     table(days));
+}
+
+/** Today's spend against the daily budget, and the quotas in effect (no limit: "none"). */
+export function budgetView(limits) {
+  const e = limits.effective;
+  const none = (v, f) => (v == null ? 'none' : f(v));
+  const spent = fmtCost(limits.spent_today_usd);
+  const today = e.daily_budget_usd == null
+    ? `${spent} (no daily budget)`
+    : `${spent} of ${fmtCost(e.daily_budget_usd)} (${limits.resets})`;
+  return h('section', { 'aria-label': 'Budget and quotas' },
+    h('h2', {}, 'Budget and quotas'),
+    h('dl.facts', { id: 'workspace-budget' },
+      h('dt', {}, 'Spent today (UTC)'), h('dd', { id: 'spent-today' }, today),
+      h('dt', {}, 'Budget per run'), h('dd', {}, none(e.max_run_cost_usd, fmtCost)),
+      h('dt', {}, 'Runs at once'), h('dd', {}, none(e.max_concurrent_runs, String)),
+      h('dt', {}, 'Warm sandboxes'), h('dd', {}, none(e.max_warm_sandboxes, (n) => `${n} (paused ones count)`))));
 }
 
 /** Tokens and cost per calendar day (local time) of the recent runs, oldest first. */

@@ -79,6 +79,9 @@ impl From<Error> for ApiError {
                 format!("the sandbox failed: {e}"),
             ),
             Error::Limit(m) => Self::new(StatusCode::TOO_MANY_REQUESTS, "limit", m),
+            Error::BudgetExceeded(m) => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "budget_exceeded", m)
+            }
             // The code is the kind, so REST and MCP clients branch on the same words.
             Error::Repo { kind, message } => {
                 let status = match kind {

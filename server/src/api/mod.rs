@@ -386,6 +386,13 @@ pub fn table() -> Vec<Route> {
             .param("ws", In::Path, "string", "Workspace slug or id")
             .body(schema::<crate::orchestrator::WorkspaceEgress>)
             .reply(200, "The choice in effect", schema::<crate::orchestrator::WorkspaceEgress>),
+        Route::new(Method::GET, "/api/workspaces/{ws}/limits", "getWorkspaceLimits", "The workspace's budgets and quotas (its own and those in effect) and today's spend", get(workspaces::limits))
+            .param("ws", In::Path, "string", "Workspace slug or id")
+            .reply(200, "The limits and spend", schema::<workspaces::LimitsView>),
+        Route::new(Method::PUT, "/api/workspaces/{ws}/limits", "setWorkspaceLimits", "Set the workspace's budgets and quotas; null for the server's default (maintainers and owners)", put(workspaces::set_limits))
+            .param("ws", In::Path, "string", "Workspace slug or id")
+            .body(schema::<workspaces::LimitsInput>)
+            .reply(200, "The limits and spend", schema::<workspaces::LimitsView>),
         Route::new(Method::GET, "/api/workspaces/{ws}/secrets", "listSecrets", "The names of the workspace's secrets, never their values (maintainers and owners)", get(workspaces::secrets))
             .param("ws", In::Path, "string", "Workspace slug or id")
             .reply(200, "The names", schema::<workspaces::SecretList>),

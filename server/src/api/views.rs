@@ -60,6 +60,9 @@ pub struct RunDetail {
     pub created_at: i64,
     /// The workspace's slug.
     pub workspace: String,
+    /// The run's budget in dollars (`max_cost_usd` or the default it got); `null`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
 }
 
 /// `GET /api/runs/summaries` query: `workspace`, `sandbox_id` and `limit`, as for `GET /api/runs`.
@@ -124,6 +127,7 @@ pub async fn detail(
         created_by: run.created_by,
         created_at: run.created_at,
         workspace,
+        max_cost_usd: run.outcome.max_cost_usd,
     }))
 }
 

@@ -299,6 +299,110 @@ pub async fn set_egress(
     ))
 }
 
+/// A workspace's limits as `GET/PUT /api/workspaces/{ws}/limits` carry them; `null` (or absent)
+/// for "the server's default".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsInput {
+    /// A run's `max_cost_usd` when its caller gives none, in dollars.
+    #[serde(default)]
+    pub max_run_cost_usd: Option<f64>,
+    /// What the workspace's model calls may cost per UTC day, in dollars; once spent, runs are
+    /// stopped and new ones refused (`budget_exceeded`) until 00:00 UTC.
+    #[serde(default)]
+    pub daily_budget_usd: Option<f64>,
+    /// The workspace's runs at once; more wait in `queued`.
+    #[serde(default)]
+    pub max_concurrent_runs: Option<u64>,
+    /// The workspace's warm sandboxes, paused ones included; one more is refused (`limit`).
+    #[serde(default)]
+    pub max_warm_sandboxes: Option<u64>,
+}
+
+impl From<crate::store::WorkspaceLimits> for LimitsInput {
+    fn from(l: crate::store::WorkspaceLimits) -> Self {
+        LimitsInput {
+            max_run_cost_usd: l.max_run_cost_usd,
+            daily_budget_usd: l.daily_budget_usd,
+            max_concurrent_runs: l.max_concurrent_runs,
+            max_warm_sandboxes: l.max_warm_sandboxes,
+        }
+    }
+}
+
+/// `GET /api/workspaces/{ws}/limits` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LimitsView {
+    /// What the workspace's maintainers set (`null`: the server's default).
+    pub own: LimitsInput,
+    /// What applies: the workspace's own, else the server's defaults (`null`: no limit).
+    pub effective: LimitsInput,
+    /// What the workspace's model calls cost today (UTC), in dollars.
+    pub spent_today_usd: f64,
+    /// When today's spend starts again from zero, in words.
+    pub resets: String,
+}
+
+async fn limits_view(
+    orch: &crate::orchestrator::Orchestrator,
+    ws: &Workspace,
+) -> ApiResult<axum::Json<LimitsView>> {
+    let own = orch
+        .store()
+        .workspace_limits(&ws.id)
+        .await
+        .map_err(crate::error::Error::from)?;
+    let effective = orch.workspace_limits(&ws.id).await?;
+    let (spent_today_usd, resets) = orch.spent_today(&ws.id).await?;
+    Ok(axum::Json(LimitsView {
+        own: own.into(),
+        effective: effective.into(),
+        spent_today_usd,
+        resets,
+    }))
+}
+
+/// `GET /api/workspaces/{ws}/limits`: the workspace's budgets and quotas and today's spend
+/// (members).
+pub async fn limits(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    Path(ws): Path<String>,
+) -> ApiResult<axum::Json<LimitsView>> {
+    let (ws, _) = state
+        .service
+        .authorize_role(&caller, Some(&ws), Action::Read)
+        .await?;
+    limits_view(state.service.orchestrator(), &ws).await
+}
+
+/// `PUT /api/workspaces/{ws}/limits`: maintainers and owners set the workspace's budgets and
+/// quotas; each field replaces the old value (`null` or absent: the server's default).
+pub async fn set_limits(
+    State(state): State<ApiState>,
+    Authed(caller): Authed,
+    Path(ws): Path<String>,
+    Json(input): Json<LimitsInput>,
+) -> ApiResult<axum::Json<LimitsView>> {
+    let (ws, _) = state
+        .service
+        .authorize_role(&caller, Some(&ws), Action::ManageMembers)
+        .await?;
+    let orch = state.service.orchestrator();
+    orch.set_workspace_limits(
+        &ws.id,
+        crate::store::WorkspaceLimits {
+            max_run_cost_usd: input.max_run_cost_usd,
+            daily_budget_usd: input.daily_budget_usd,
+            max_concurrent_runs: input.max_concurrent_runs,
+            max_warm_sandboxes: input.max_warm_sandboxes,
+        },
+        Some(&caller.user_id),
+    )
+    .await?;
+    limits_view(orch, &ws).await
+}
+
 /// `PUT /api/workspaces/{ws}/secrets/{name}` body.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

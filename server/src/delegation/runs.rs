@@ -86,6 +86,7 @@ impl Service {
                 setup: input.setup,
                 image: input.image,
             },
+            max_cost_usd: input.max_cost_usd,
         };
         let started = match sandbox {
             Some(sandbox) => self.orch.start_run_in(sandbox, request).await,

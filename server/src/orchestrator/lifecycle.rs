@@ -61,6 +61,8 @@ impl Orchestrator {
             Err(bad) => return Err(Error::Invalid(bad.to_string())),
         };
         let ws = self.workspace(req.workspace.as_deref()).await?;
+        // Held until the row is in, so two creates at once cannot both pass the quota.
+        let quota = self.check_warm_quota(&ws.id).await?;
         let (sandbox, spec, _) = self
             .insert_sandbox(
                 &ws,
@@ -76,6 +78,7 @@ impl Orchestrator {
                 },
             )
             .await?;
+        drop(quota);
         let endpoint = self.start_sandbox(&sandbox, &spec).await?;
         // Cloned into the work dir: the uploaded bundle is not needed any more.
         SnapshotFile::release(req.snapshot).await;

@@ -8,8 +8,9 @@
 //! agent), `log.rs` (the event log), `reservation.rs` (one operation per sandbox), `recovery.rs`
 //! (restart, shutdown, cancel requests from other servers), `local.rs` (local sandboxes through
 //! the tunnel), `grants.rs` (sandbox proxy tokens), `snapshots.rs` (repository snapshots
-//! uploaded for a sandbox to start from) and `artifacts.rs` (each run's change kept as a patch
-//! and a bundle).
+//! uploaded for a sandbox to start from), `artifacts.rs` (each run's change kept as a patch
+//! and a bundle) and `quotas.rs` (run slots, the queue of runs waiting for one, and workspace
+//! quotas).
 
 mod agent;
 mod artifacts;
@@ -21,6 +22,7 @@ mod lifecycle;
 mod local;
 mod local_repo;
 mod log;
+mod quotas;
 mod recovery;
 mod reservation;
 mod retention;
@@ -34,7 +36,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 // Bootstrap lives in `crate::bootstrap`; re-exported for the callers that name it here.
@@ -95,6 +96,9 @@ pub struct RunRequest {
     pub network: Option<String>,
     /// `env`, `secrets`, `setup` and `image` of a fresh sandbox.
     pub inputs: SandboxInputs,
+    /// Stop the run once its model calls cost this many dollars; `None` for the workspace's or
+    /// server's default, if any.
+    pub max_cost_usd: Option<f64>,
 }
 
 /// A request for a warm sandbox (the `create_sandbox` input).
@@ -155,7 +159,10 @@ struct Inner {
     local: local::Links,
     /// Repository snapshots uploaded for the next run or sandbox.
     snapshots: Arc<Snapshots>,
-    slots: Arc<Semaphore>,
+    /// Run slots (server-wide and per workspace) and the runs waiting for one.
+    admission: Arc<quotas::Admission>,
+    /// Held from a warm sandbox's quota check until its row is written.
+    warm_quota: tokio::sync::Mutex<()>,
     default_workspace: Workspace,
     /// The user embedded mode acts as (stdio MCP, `delegate run`).
     local_user: User,
@@ -181,6 +188,7 @@ impl Orchestrator {
         active_runs: ActiveRuns,
     ) -> Result<Orchestrator> {
         let policies = egress::policies(&settings)?;
+        proxy.budgets().set_defaults(settings.limits);
         let (local_user, default_workspace) = ensure_local_user(store.as_ref()).await?;
         let instance_id = instance_id(&settings.data_dir)
             .await
@@ -199,7 +207,11 @@ impl Orchestrator {
                 warm: Mutex::new(HashMap::new()),
                 local: local::Links::default(),
                 snapshots: Arc::new(snapshots),
-                slots: Arc::new(Semaphore::new(settings.max_concurrent_runs.max(1))),
+                admission: quotas::Admission::new(
+                    settings.max_concurrent_runs,
+                    settings.max_queued_runs,
+                ),
+                warm_quota: tokio::sync::Mutex::new(()),
                 settings,
                 default_workspace,
                 local_user,

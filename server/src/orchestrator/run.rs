@@ -1,5 +1,6 @@
-//! Driving one run: check the request, make (or borrow) the sandbox, run opencode, turn its output
-//! into the event log, enforce the timeout and cancellation, then collect changes and usage and
+//! Driving one run: check the request and its workspace's budget, take a place in line for a run
+//! slot (`quotas.rs`), make (or borrow) the sandbox, run opencode, turn its output into the event
+//! log, enforce the timeout, cancellation and the run's budget, then collect changes and usage and
 //! write the outcome with one checked transition.
 
 use std::sync::Arc;
@@ -7,13 +8,13 @@ use std::time::Duration;
 
 use delegate_mcp::types::{ErrorKind, RunError, RunStatus, SandboxStatus, Usage};
 use serde_json::json;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::agent::{headless, served};
 use super::lifecycle::NewSandbox;
 use super::log::{Redactor, RunLog};
+use super::quotas::Ticket;
 use super::reservation::Reservation;
 use super::setup::SetupEnd;
 use super::{Error, Orchestrator, Result, RunRequest, SnapshotFile, Warm, lock};
@@ -34,7 +35,10 @@ enum Target {
     Local(Warm, Arc<SnapshotFile>),
 }
 
-/// Checks the request, takes a run slot, reserves the sandbox (a warm one, or a fresh ephemeral
+/// The largest `max_cost_usd` a run may ask for, in dollars.
+pub const MAX_RUN_COST_USD: f64 = 10_000.0;
+
+/// Checks the request, joins the line for a run slot, reserves the sandbox (a warm one, or a fresh ephemeral
 /// one it makes), records the run and spawns its driver. `loaded` is the warm sandbox when the
 /// caller has already read it (so it is not read twice); otherwise it is read here.
 pub(super) async fn start(
@@ -78,16 +82,18 @@ pub(super) async fn start(
             )));
         }
     }
-    let permit = orch.inner.slots.clone().try_acquire_owned().map_err(|_| {
-        Error::Limit(format!(
-            "too many runs at once (limit {}); retry later or raise DELEGATE_MAX_CONCURRENT_RUNS",
-            orch.inner.settings.max_concurrent_runs
-        ))
-    })?;
+    if let Some(max) = req.max_cost_usd
+        && !(max.is_finite() && max > 0.0 && max <= MAX_RUN_COST_USD)
+    {
+        return Err(Error::Invalid(format!(
+            "max_cost_usd: a dollar amount above 0 and at most {MAX_RUN_COST_USD}"
+        )));
+    }
+    let run_id = RunId::new();
 
     let mut loaded_base = None;
     let mut secrets = Vec::new();
-    let (sandbox_id, workspace_id, target, reservation) = match &req.sandbox_id {
+    let (sandbox_id, workspace_id, target, reservation, ticket) = match &req.sandbox_id {
         Some(id) => {
             if !req.files.is_empty() {
                 return Err(Error::Invalid(
@@ -118,6 +124,7 @@ pub(super) async fn start(
                     (id, sandbox)
                 }
             };
+            let ticket = admit(&orch, &run_id, &sandbox.workspace_id).await?;
             loaded_base = sandbox.base.clone();
             // A local agent takes a repository per run; any other warm sandbox has its files.
             if req.snapshot.is_some() && sandbox.backend != super::LOCAL_BACKEND {
@@ -166,12 +173,19 @@ pub(super) async fn start(
                 }
                 None => Target::Warm(warm),
             };
-            (sandbox_id, sandbox.workspace_id, target, reservation)
+            (
+                sandbox_id,
+                sandbox.workspace_id,
+                target,
+                reservation,
+                ticket,
+            )
         }
         None => {
             // The driver holds the only reference, so it can remove the file once cloned.
             let snapshot = req.snapshot.take();
             let ws = orch.workspace(req.workspace.as_deref()).await?;
+            let ticket = admit(&orch, &run_id, &ws.id).await?;
             let (sandbox, spec, redactions) = orch
                 .insert_sandbox(
                     &ws,
@@ -195,6 +209,7 @@ pub(super) async fn start(
                 ws.id,
                 Target::Ephemeral(spec, snapshot),
                 reservation,
+                ticket,
             )
         }
     };
@@ -205,7 +220,10 @@ pub(super) async fn start(
         (Target::Local(_, snapshot), _) => Some(snapshot.base.clone()),
         (Target::Warm(_), base) => base.clone(),
     };
-    let run_id = RunId::new();
+    let max_cost_usd = match req.max_cost_usd {
+        Some(max) => Some(max),
+        None => orch.effective_limits(&workspace_id).await?.max_run_cost_usd,
+    };
     let model = req
         .model
         .clone()
@@ -225,6 +243,7 @@ pub(super) async fn start(
         finished_at: None,
         outcome: RunOutcome {
             base,
+            max_cost_usd,
             ..RunOutcome::default()
         },
     };
@@ -262,7 +281,7 @@ pub(super) async fn start(
         timeout,
         cancel,
         log,
-        permit,
+        ticket,
         reservation,
     ));
     Ok((run_id, sandbox_id))
@@ -279,18 +298,33 @@ async fn drive(
     timeout: Duration,
     cancel: CancellationToken,
     mut log: RunLog,
-    _permit: OwnedSemaphorePermit,
+    ticket: Ticket,
     reservation: Reservation,
 ) {
     let inner = &orch.inner;
-    let deadline = Instant::now() + timeout;
     let mut state = RunState::new(run.status);
     let ephemeral = matches!(target, Target::Ephemeral(..));
     let local_run = matches!(target, Target::Local(..));
     let mut local_repo = None;
     let mut egress = None;
+    let budgets = inner.proxy.budgets().clone();
+
+    // Queued until a slot is free; cancelling leaves the line. The time limit starts after.
+    let slot = tokio::select! {
+        slot = ticket.slot() => Some(slot),
+        _ = cancel.cancelled() => None,
+    };
+    let deadline = Instant::now() + timeout;
+    // The proxy cancels `stop` when the run's budget is spent; a cancel stops it too.
+    let stop = cancel.child_token();
+    budgets.watch_run(&run.id, run.outcome.max_cost_usd, stop.clone());
 
     let outcome = async {
+        if slot.is_none() {
+            return Ok(Finish::cancelled());
+        }
+        // Inside, "cancelled" means either: a cancel, or the budget (told apart after).
+        let cancel = stop.clone();
         state
             .advance(&orch, &run.id, RunStatus::Starting, &mut log)
             .await?;
@@ -359,6 +393,15 @@ async fn drive(
             e.to_string(),
         ),
     };
+    // A refused model call ends the run however the agent took it (stopped, or gave up on the
+    // error), unless somebody cancelled it.
+    if let Some(why) = budgets.forget_run(&run.id)
+        && !cancel.is_cancelled()
+    {
+        let session = finish.session.take();
+        finish = Finish::failed(ErrorKind::BudgetExceeded, why);
+        finish.session = session;
+    }
 
     // What changed, even when the run failed: partial work is worth seeing.
     let collected = if let Some(repo) = &local_repo {
@@ -498,6 +541,21 @@ async fn drive(
     }
     lock(&inner.live).remove(run.id.as_str());
     log.close();
+    // The next queued run starts only once this one's sandbox and records are settled.
+    drop(slot);
+}
+
+/// Refuses the run when its workspace's day is spent; else joins the line for a run slot.
+async fn admit(orch: &Orchestrator, run_id: &RunId, workspace_id: &str) -> Result<Ticket> {
+    orch.check_daily_budget(workspace_id).await?;
+    let limit = orch
+        .effective_limits(workspace_id)
+        .await?
+        .max_concurrent_runs
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    orch.inner
+        .admission
+        .enter(run_id.as_str(), workspace_id, limit)
 }
 
 impl Orchestrator {

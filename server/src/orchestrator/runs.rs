@@ -92,11 +92,11 @@ impl Orchestrator {
     pub async fn result(&self, run_id: &RunId) -> Result<RunResult> {
         let run = self.run(run_id).await?;
         let event_count = self.inner.store.event_count(run_id.as_str()).await?;
-        Ok(result_of(
-            &run,
-            event_count,
-            self.inner.settings.public_url.as_deref(),
-        ))
+        let mut result = result_of(&run, event_count, self.inner.settings.public_url.as_deref());
+        if result.status == RunStatus::Queued {
+            result.queue_position = self.queue_position(run_id.as_str());
+        }
+        Ok(result)
     }
 }
 
@@ -114,7 +114,9 @@ pub fn result_of(run: &Run, event_count: u64, public_url: Option<&str>) -> RunRe
     RunResult {
         run_id: run.id.clone(),
         sandbox_id: run.sandbox_id.clone(),
-        status: if run.status.is_terminal() {
+        // Queued runs say so (and their place, see `Orchestrator::result`); a starting one is
+        // already running as far as the caller is concerned.
+        status: if run.status.is_terminal() || run.status == RunStatus::Queued {
             run.status
         } else {
             RunStatus::Running
@@ -126,6 +128,7 @@ pub fn result_of(run: &Run, event_count: u64, public_url: Option<&str>) -> RunRe
         usage: o.usage,
         duration_ms: (end - start).max(0) as u64,
         event_count,
+        queue_position: None,
         error: o.error.clone(),
         watch_url: public_url.map(|u| format!("{}/runs/{}", u.trim_end_matches('/'), run.id)),
         base: o.base.clone(),

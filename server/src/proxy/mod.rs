@@ -6,7 +6,10 @@
 //! credential, streams the reply through chunk by chunk, and records usage per model call. Errors it
 //! makes itself use Anthropic's JSON error shape, so opencode reports them like the real API's.
 //! When the client goes away, the response stream is dropped, which drops the upstream request.
+//! Before relaying a call it checks the budgets of the calling run and its workspace
+//! (`budget.rs`).
 
+mod budget;
 pub mod usage;
 
 use std::collections::HashMap;
@@ -23,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use delegate_mcp::types::SandboxStatus;
 use futures::Stream;
 
+pub use budget::{Budgets, DAY_MS, OverBudget, day_start, resets_in};
 pub use usage::{UsageScanner, cost_usd};
 
 use crate::credentials::{self, AuthError};
@@ -58,6 +62,7 @@ struct Inner {
     client: reqwest::Client,
     grants: Mutex<HashMap<String, (Instant, Grant)>>,
     active_runs: ActiveRuns,
+    budgets: Budgets,
 }
 
 impl Proxy {
@@ -78,6 +83,7 @@ impl Proxy {
                 client,
                 grants: Mutex::new(HashMap::new()),
                 active_runs,
+                budgets: Budgets::default(),
             }),
         }
     }
@@ -90,6 +96,11 @@ impl Proxy {
                 anthropic_error(StatusCode::NOT_FOUND, "not_found_error", "not found")
             })
             .with_state(self.clone())
+    }
+
+    /// The budgets this proxy enforces; the orchestrator registers its runs here.
+    pub fn budgets(&self) -> &Budgets {
+        &self.inner.budgets
     }
 
     /// Waits (at most `limit`) until every usage record of finished model calls is written, so a
@@ -274,6 +285,41 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
         Ok(url) => url,
         Err((status, kind, message)) => return anthropic_error(status, kind, &message),
     };
+    let run_id = proxy
+        .inner
+        .active_runs
+        .read()
+        .ok()
+        .and_then(|m| m.get(&grant.sandbox_id).cloned());
+    match proxy
+        .inner
+        .budgets
+        .check(
+            proxy.inner.store.as_ref(),
+            &grant.workspace_id,
+            run_id.as_deref(),
+        )
+        .await
+    {
+        Ok(()) => {}
+        // 402 `billing_error`: Anthropic's answer when spending is not allowed, which clients
+        // report and do not retry.
+        Err(budget::CheckError::Over(OverBudget(why))) => {
+            return anthropic_error(
+                StatusCode::PAYMENT_REQUIRED,
+                "billing_error",
+                &format!("delegate: {why}"),
+            );
+        }
+        Err(budget::CheckError::Store(e)) => {
+            tracing::error!(error = %e, "proxy: budget lookup failed");
+            return anthropic_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "api_error",
+                "delegate could not check the budget",
+            );
+        }
+    }
     let Ok(body) = axum::body::to_bytes(body, MAX_REQUEST_BODY).await else {
         return anthropic_error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -338,17 +384,13 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
             response = response.header(name, value);
         }
     }
-    let run_id = inner
-        .active_runs
-        .read()
-        .ok()
-        .and_then(|m| m.get(&grant.sandbox_id).cloned());
     let metered = MeteredBody {
         inner: Box::pin(upstream.bytes_stream()),
         scanner: UsageScanner::new(&content_type),
         recorder: Some(Recorder {
             pending: inner.pending.clone(),
             store: inner.store.clone(),
+            budgets: inner.budgets.clone(),
             sandbox_id: grant.sandbox_id,
             workspace_id: grant.workspace_id,
             run_id,
@@ -376,6 +418,7 @@ struct MeteredBody {
 struct Recorder {
     pending: tokio::sync::watch::Sender<usize>,
     store: Arc<dyn Store>,
+    budgets: Budgets,
     sandbox_id: String,
     workspace_id: String,
     run_id: Option<String>,
@@ -432,14 +475,21 @@ impl MeteredBody {
         };
         let store = r.store;
         let pending = r.pending;
+        let budgets = r.budgets;
+        let cost = record.usage.cost_usd;
+        // Booked before the row is written, so the next call's budget check already sees it.
+        budgets.ended(record.run_id.as_deref(), &record.workspace_id, cost);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             pending.send_modify(|n| *n += 1);
             handle.spawn(async move {
                 if let Err(e) = store.record_usage(&record).await {
                     tracing::warn!(error = %e, "proxy: could not record usage");
                 }
+                budgets.written(&record.workspace_id, cost);
                 pending.send_modify(|n| *n -= 1);
             });
+        } else {
+            budgets.written(&record.workspace_id, cost);
         }
     }
 }

@@ -44,6 +44,13 @@ docker_network = "none"                                            # DELEGATE_DO
 # With a named network: the proxy as containers see it.            DELEGATE_DOCKER_PROXY_URL
 # docker_proxy_url = "http://delegate:8080/v1"
 max_concurrent_runs = 16                                           # DELEGATE_MAX_CONCURRENT_RUNS
+# More runs wait in `queued` (FIFO per workspace), up to this many; then they are refused.
+max_queued_runs = 256                                              # DELEGATE_MAX_QUEUED_RUNS
+# Budgets and quotas, all off unless set; a workspace's maintainers may set their own.
+# max_run_cost_usd = 2.0                   # a run's max_cost_usd default  DELEGATE_MAX_RUN_COST_USD
+# workspace_daily_budget_usd = 50.0        # per UTC day   DELEGATE_WORKSPACE_DAILY_BUDGET_USD
+# workspace_max_concurrent_runs = 4        # more queue    DELEGATE_WORKSPACE_MAX_CONCURRENT_RUNS
+# workspace_max_warm_sandboxes = 10        # paused count  DELEGATE_WORKSPACE_MAX_WARM_SANDBOXES
 default_timeout = "900s"                                           # DELEGATE_DEFAULT_TIMEOUT
 diff_max_bytes = 262144                                            # DELEGATE_DIFF_MAX_BYTES
 # MCP progress at least this often (seconds) during a run, even when the agent is silent.

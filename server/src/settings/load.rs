@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::{
     BackendChoice, DEFAULT_SANDBOX_IMAGE, DockerNetwork, DockerSettings, EgressSettings, GitHost,
-    GithubSettings, IpRange, Isolation, OidcSettings, Registration, Secret, SecretKey, Settings,
-    SsoSettings, Upstream, UpstreamCredential,
+    GithubSettings, IpRange, Isolation, LimitSettings, OidcSettings, Registration, Secret,
+    SecretKey, Settings, SsoSettings, Upstream, UpstreamCredential,
 };
 
 /// The optional settings file; every field optional, same names as the env vars in lower case.
@@ -38,6 +38,11 @@ struct FileSettings {
     docker_network: Option<String>,
     docker_proxy_url: Option<String>,
     max_concurrent_runs: Option<usize>,
+    max_queued_runs: Option<usize>,
+    max_run_cost_usd: Option<f64>,
+    workspace_daily_budget_usd: Option<f64>,
+    workspace_max_concurrent_runs: Option<u64>,
+    workspace_max_warm_sandboxes: Option<u64>,
     default_timeout: Option<String>,
     diff_max_bytes: Option<usize>,
     heartbeat_secs: Option<u64>,
@@ -366,6 +371,33 @@ impl Settings {
                 f.max_concurrent_runs.map(|n| n as u64),
                 16,
             )? as usize,
+            max_queued_runs: number(
+                "DELEGATE_MAX_QUEUED_RUNS",
+                f.max_queued_runs.map(|n| n as u64),
+                256,
+            )? as usize,
+            limits: LimitSettings {
+                max_run_cost_usd: dollars(
+                    "DELEGATE_MAX_RUN_COST_USD",
+                    env.var("DELEGATE_MAX_RUN_COST_USD"),
+                    f.max_run_cost_usd,
+                )?,
+                workspace_daily_budget_usd: dollars(
+                    "DELEGATE_WORKSPACE_DAILY_BUDGET_USD",
+                    env.var("DELEGATE_WORKSPACE_DAILY_BUDGET_USD"),
+                    f.workspace_daily_budget_usd,
+                )?,
+                workspace_max_concurrent_runs: count(
+                    "DELEGATE_WORKSPACE_MAX_CONCURRENT_RUNS",
+                    env.var("DELEGATE_WORKSPACE_MAX_CONCURRENT_RUNS"),
+                    f.workspace_max_concurrent_runs,
+                )?,
+                workspace_max_warm_sandboxes: count(
+                    "DELEGATE_WORKSPACE_MAX_WARM_SANDBOXES",
+                    env.var("DELEGATE_WORKSPACE_MAX_WARM_SANDBOXES"),
+                    f.workspace_max_warm_sandboxes,
+                )?,
+            },
             default_timeout,
             diff_max_bytes: number(
                 "DELEGATE_DIFF_MAX_BYTES",
@@ -538,6 +570,40 @@ fn parse_base_domain(v: &str) -> Result<String, SettingsError> {
 }
 
 /// A limit of 0 would refuse everything; say so instead.
+/// An optional dollar amount: more than 0 and finite; empty in the environment means unset.
+fn dollars(
+    name: &'static str,
+    env: Option<String>,
+    file: Option<f64>,
+) -> Result<Option<f64>, SettingsError> {
+    let value = match env.as_deref().map(str::trim) {
+        Some("") => None,
+        Some(v) => Some(parse_value::<f64>(name, v)?),
+        None => file,
+    };
+    match value {
+        Some(v) if !(v.is_finite() && v > 0.0) => Err(SettingsError::Invalid {
+            name,
+            message: "must be a dollar amount above 0, e.g. 2.50".into(),
+        }),
+        v => Ok(v),
+    }
+}
+
+/// An optional count of at least 1; empty in the environment means unset.
+fn count(
+    name: &'static str,
+    env: Option<String>,
+    file: Option<u64>,
+) -> Result<Option<u64>, SettingsError> {
+    let value = match env.as_deref().map(str::trim) {
+        Some("") => None,
+        Some(v) => Some(parse_value::<u64>(name, v)?),
+        None => file,
+    };
+    value.map(|n| positive(name, n)).transpose()
+}
+
 fn positive(name: &'static str, n: u64) -> Result<u64, SettingsError> {
     if n == 0 {
         return Err(SettingsError::Invalid {
@@ -697,6 +763,37 @@ mod tests {
         assert!(err.to_string().contains("DELEGATE_MAX_REPO_FILES"), "{err}");
         let f: FileSettings = toml::from_str("max_repo_bytes = 5\nmax_repo_files = 7\n").unwrap();
         assert_eq!((f.max_repo_bytes, f.max_repo_files), (Some(5), Some(7)));
+    }
+
+    #[test]
+    fn limits_are_off_by_default_and_checked_when_set() {
+        let s = Settings::load(None, &[]).unwrap();
+        assert_eq!(s.limits, LimitSettings::default());
+        assert_eq!(s.max_queued_runs, 256);
+        let s = Settings::load(
+            None,
+            &[
+                ("DELEGATE_MAX_RUN_COST_USD", "0.5"),
+                ("DELEGATE_WORKSPACE_DAILY_BUDGET_USD", "20"),
+                ("DELEGATE_WORKSPACE_MAX_CONCURRENT_RUNS", "2"),
+                ("DELEGATE_WORKSPACE_MAX_WARM_SANDBOXES", ""),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.limits.max_run_cost_usd, Some(0.5));
+        assert_eq!(s.limits.workspace_daily_budget_usd, Some(20.0));
+        assert_eq!(s.limits.workspace_max_concurrent_runs, Some(2));
+        assert_eq!(s.limits.workspace_max_warm_sandboxes, None);
+        for (name, bad) in [
+            ("DELEGATE_MAX_RUN_COST_USD", "-1"),
+            ("DELEGATE_MAX_RUN_COST_USD", "NaN"),
+            ("DELEGATE_WORKSPACE_DAILY_BUDGET_USD", "0"),
+            ("DELEGATE_WORKSPACE_MAX_CONCURRENT_RUNS", "0"),
+            ("DELEGATE_WORKSPACE_MAX_WARM_SANDBOXES", "lots"),
+        ] {
+            let err = Settings::load(None, &[(name, bad)]).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}={bad}: {err}");
+        }
     }
 
     #[test]

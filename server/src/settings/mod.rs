@@ -147,6 +147,22 @@ impl std::str::FromStr for DockerNetwork {
     }
 }
 
+/// Budgets and quotas: each is off when unset. A workspace's maintainers can set their own
+/// (`PUT /api/workspaces/{ws}/limits`), which replace these defaults for that workspace.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LimitSettings {
+    /// `DELEGATE_MAX_RUN_COST_USD`: a run's `max_cost_usd` when the caller gives none.
+    pub max_run_cost_usd: Option<f64>,
+    /// `DELEGATE_WORKSPACE_DAILY_BUDGET_USD`: what a workspace's runs may spend per UTC day.
+    pub workspace_daily_budget_usd: Option<f64>,
+    /// `DELEGATE_WORKSPACE_MAX_CONCURRENT_RUNS`: a workspace's runs at once; more wait in
+    /// `queued`.
+    pub workspace_max_concurrent_runs: Option<u64>,
+    /// `DELEGATE_WORKSPACE_MAX_WARM_SANDBOXES`: a workspace's warm sandboxes (paused ones
+    /// count); one more is refused with a `limit` error.
+    pub workspace_max_warm_sandboxes: Option<u64>,
+}
+
 /// The docker backend's settings.
 #[derive(Debug, Clone)]
 pub struct DockerSettings {
@@ -237,8 +253,13 @@ pub struct Settings {
     pub sandbox_pids_max: u64,
     /// The docker backend's settings.
     pub docker: DockerSettings,
-    /// `DELEGATE_MAX_CONCURRENT_RUNS` (default `16`): more runs at once are refused, not queued.
+    /// `DELEGATE_MAX_CONCURRENT_RUNS` (default `16`): more runs at once wait in `queued`.
     pub max_concurrent_runs: usize,
+    /// `DELEGATE_MAX_QUEUED_RUNS` (default `256`): the most runs waiting for a slot on this
+    /// server; past it a run is refused with a `limit` error.
+    pub max_queued_runs: usize,
+    /// Spending and capacity limits: the server-wide defaults of every workspace's limits.
+    pub limits: LimitSettings,
     /// `DELEGATE_DEFAULT_TIMEOUT` (default `15m`): a run's time limit when the caller gives none.
     pub default_timeout: Duration,
     /// The largest diff a result carries; longer ones are cut and flagged `diff_truncated`.

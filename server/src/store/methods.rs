@@ -457,6 +457,7 @@ macro_rules! impl_store {
                     .bind(o.ttft_ms)
                     .bind(sql::base_text(o.base.as_ref())?)
                     .bind(&o.commit)
+                    .bind(o.max_cost_usd)
                     .execute(&self.pool)
                     .await
                     .map_err(db_error("run"))?;
@@ -752,6 +753,60 @@ macro_rules! impl_store {
                     .map_err(db_error("usage"))?;
                 let (usage, runs) = sql::usage_from_sums(row);
                 Ok((usage, sql::to_u64(runs.unwrap_or(0))))
+            }
+
+            async fn workspace_spend_since(
+                &self,
+                workspace_id: &str,
+                since: Millis,
+            ) -> Result<f64> {
+                sqlx::query_scalar::<_, f64>(sql::WORKSPACE_SPEND_SINCE)
+                    .bind(workspace_id)
+                    .bind(since)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("usage"))
+            }
+
+            async fn workspace_limits(&self, workspace_id: &str) -> Result<WorkspaceLimits> {
+                let row =
+                    sqlx::query_as::<_, (Option<f64>, Option<f64>, Option<i64>, Option<i64>)>(
+                        sql::WORKSPACE_LIMITS,
+                    )
+                    .bind(workspace_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_error("workspace limits"))?;
+                Ok(match row {
+                    Some((run, day, runs, warm)) => WorkspaceLimits {
+                        max_run_cost_usd: run,
+                        daily_budget_usd: day,
+                        max_concurrent_runs: runs.map(sql::to_u64),
+                        max_warm_sandboxes: warm.map(sql::to_u64),
+                    },
+                    None => WorkspaceLimits::default(),
+                })
+            }
+
+            async fn set_workspace_limits(
+                &self,
+                workspace_id: &str,
+                limits: &WorkspaceLimits,
+                updated_by: Option<&str>,
+                now: Millis,
+            ) -> Result<()> {
+                sqlx::query(sql::PUT_WORKSPACE_LIMITS)
+                    .bind(workspace_id)
+                    .bind(limits.max_run_cost_usd)
+                    .bind(limits.daily_budget_usd)
+                    .bind(limits.max_concurrent_runs.map(to_i64))
+                    .bind(limits.max_warm_sandboxes.map(to_i64))
+                    .bind(now)
+                    .bind(updated_by)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("workspace limits"))?;
+                Ok(())
             }
 
             async fn ping(&self) -> Result<()> {

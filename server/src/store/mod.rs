@@ -239,6 +239,22 @@ pub struct RunOutcome {
     pub commit: Option<String>,
     /// Connections through the egress proxy; `None` when the sandbox had no egress.
     pub egress: Option<delegate_mcp::types::EgressSummary>,
+    /// The run's budget in dollars (its `max_cost_usd` or the default it got); written when the
+    /// run is recorded, never changed after. `None`: no per-run budget.
+    pub max_cost_usd: Option<f64>,
+}
+
+/// A workspace's own limits, set by its maintainers; `None` falls back to the server default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WorkspaceLimits {
+    /// A run's `max_cost_usd` when its caller gives none.
+    pub max_run_cost_usd: Option<f64>,
+    /// What the workspace's model calls may cost per UTC day.
+    pub daily_budget_usd: Option<f64>,
+    /// The workspace's runs at once; more wait in `queued`.
+    pub max_concurrent_runs: Option<u64>,
+    /// The workspace's warm sandboxes, paused ones included.
+    pub max_warm_sandboxes: Option<u64>,
 }
 
 /// A workspace git credential as listed: never its token.
@@ -550,6 +566,19 @@ pub trait Store: Send + Sync + 'static {
     async fn run_usage(&self, run_id: &str) -> Result<(Usage, Option<i64>)>;
     /// Sum of a workspace's proxied model calls, and how many runs the workspace has.
     async fn workspace_usage(&self, workspace_id: &str) -> Result<(Usage, u64)>;
+    /// What a workspace's proxied model calls since `since` cost, in dollars (a sum over the
+    /// usage rows, so it always agrees with them).
+    async fn workspace_spend_since(&self, workspace_id: &str, since: Millis) -> Result<f64>;
+    /// A workspace's own limits; all `None` when its maintainers set none.
+    async fn workspace_limits(&self, workspace_id: &str) -> Result<WorkspaceLimits>;
+    /// Replaces a workspace's own limits.
+    async fn set_workspace_limits(
+        &self,
+        workspace_id: &str,
+        limits: &WorkspaceLimits,
+        updated_by: Option<&str>,
+        now: Millis,
+    ) -> Result<()>;
 
     // Operations.
     /// A trivial query: does the database answer?

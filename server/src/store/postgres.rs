@@ -14,7 +14,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use super::sql::{self, db_error, to_i64};
 use super::{
     Millis, NewEvent, Result, Role, Run, RunOutcome, Sandbox, Store, StoreError, TokenRecord,
-    UsageRecord, User, Workspace,
+    UsageRecord, User, Workspace, WorkspaceLimits,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");

@@ -122,14 +122,15 @@ pub(super) const SET_SANDBOX_META: &str =
 const RUN_COLUMNS: &str = "id, sandbox_id, workspace_id, task, model, agent, status, timeout_s, \
      created_by, created_at, started_at, finished_at, final_message, changed_files, diff, \
      diff_truncated, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, \
-     error_kind, error_message, ttft_ms, base, commit_sha, egress";
+     error_kind, error_message, ttft_ms, base, commit_sha, egress, max_cost_usd";
 
 pub(super) const INSERT_RUN: &str = "INSERT INTO runs (id, sandbox_id, workspace_id, task, model, \
      agent, status, timeout_s, created_by, created_at, started_at, finished_at, final_message, \
      changed_files, diff, diff_truncated, input_tokens, output_tokens, cache_read_tokens, \
-     cache_write_tokens, cost_usd, error_kind, error_message, ttft_ms, base, commit_sha) \
+     cache_write_tokens, cost_usd, error_kind, error_message, ttft_ms, base, commit_sha, \
+     max_cost_usd) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-     $19, $20, $21, $22, $23, $24, $25, $26)";
+     $19, $20, $21, $22, $23, $24, $25, $26, $27)";
 
 pub(super) fn run_by_id() -> String {
     format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1")
@@ -220,6 +221,22 @@ pub(super) const RUN_USAGE: &str = "SELECT \
      (SELECT u2.ttft_ms FROM usage u2 WHERE u2.run_id = $1 AND u2.ttft_ms IS NOT NULL \
       ORDER BY u2.created_at, u2.id LIMIT 1) \
      FROM usage WHERE run_id = $1";
+
+/// `$1` workspace, `$2` since (ms): the dollars of its calls since then.
+pub(super) const WORKSPACE_SPEND_SINCE: &str = "SELECT \
+     CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION) \
+     FROM usage WHERE workspace_id = $1 AND created_at >= $2";
+
+pub(super) const WORKSPACE_LIMITS: &str = "SELECT max_run_cost_usd, daily_budget_usd, \
+     max_concurrent_runs, max_warm_sandboxes FROM workspace_limits WHERE workspace_id = $1";
+pub(super) const PUT_WORKSPACE_LIMITS: &str = "INSERT INTO workspace_limits (workspace_id, \
+     max_run_cost_usd, daily_budget_usd, max_concurrent_runs, max_warm_sandboxes, updated_at, \
+     updated_by) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     ON CONFLICT (workspace_id) DO UPDATE SET max_run_cost_usd = excluded.max_run_cost_usd, \
+     daily_budget_usd = excluded.daily_budget_usd, \
+     max_concurrent_runs = excluded.max_concurrent_runs, \
+     max_warm_sandboxes = excluded.max_warm_sandboxes, updated_at = excluded.updated_at, \
+     updated_by = excluded.updated_by";
 
 /// Like [`RUN_USAGE`] over a workspace's calls; the last column is its number of runs.
 pub(super) const WORKSPACE_USAGE: &str = "SELECT \
@@ -474,6 +491,7 @@ pub(super) struct RunRow {
     base: Option<String>,
     commit_sha: Option<String>,
     egress: Option<String>,
+    max_cost_usd: Option<f64>,
 }
 
 impl RunRow {
@@ -522,6 +540,7 @@ impl RunRow {
                     }
                     None => None,
                 },
+                max_cost_usd: self.max_cost_usd,
             },
         })
     }

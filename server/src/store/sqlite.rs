@@ -16,7 +16,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use super::sql::{self, db_error, to_i64};
 use super::{
     Millis, NewEvent, Result, Role, Run, RunOutcome, Sandbox, Store, StoreError, TokenRecord,
-    UsageRecord, User, Workspace,
+    UsageRecord, User, Workspace, WorkspaceLimits,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
