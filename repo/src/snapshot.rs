@@ -317,22 +317,6 @@ impl Snapshot {
             base_commit.clone()
         };
 
-        let (bytes, files, largest) = measure(&scratch, &tip).await?;
-        if bytes > limits.max_bytes || files > limits.max_files {
-            let top: Vec<String> = largest
-                .iter()
-                .map(|(size, path)| format!("{path} ({})", human(*size)))
-                .collect();
-            return Err(RepoError::TooLarge(format!(
-                "{}: {} in {files} files, over the limit of {} in {} files; largest: {}",
-                found.root.display(),
-                human(bytes),
-                human(limits.max_bytes),
-                limits.max_files,
-                top.join(", ")
-            )));
-        }
-
         // The sandbox's clone checks out the caller's branch name (or `main`).
         let local_branch = format!("refs/heads/{}", branch.as_deref().unwrap_or("main"));
         let in_scratch = || Git::new(dir.path()).dirs(&scratch, None);
@@ -347,21 +331,53 @@ impl Snapshot {
         let bundle = dir.path().join("snapshot.bundle");
         // Fast over small: light compression, and no delta search (deltas already in the
         // caller's packs are reused as they are; new ones between the unrelated files of one
-        // tree save little and cost as much as the rest of the snapshot together).
-        in_scratch()
-            .args([
-                "-c",
-                "pack.compression=1",
-                "-c",
-                "pack.window=0",
-                "bundle",
-                "create",
-                "-q",
-            ])
-            .arg(&bundle)
-            .args(["HEAD", &local_branch])
-            .run()
-            .await?;
+        // tree save little and cost as much as the rest of the snapshot together). Written while
+        // the tree is measured (both read every object); stopped (the child killed as its
+        // future is dropped) when the measure says no.
+        let bundling = tokio::spawn(
+            in_scratch()
+                .args([
+                    "-c",
+                    "pack.compression=1",
+                    "-c",
+                    "pack.window=0",
+                    "bundle",
+                    "create",
+                    "-q",
+                ])
+                .arg(&bundle)
+                .args(["HEAD", &local_branch])
+                .run(),
+        );
+        let stop = |bundling: tokio::task::JoinHandle<_>| async move {
+            bundling.abort();
+            let _ = bundling.await;
+        };
+        let (bytes, files, largest) = match measure(&scratch, &tip).await {
+            Ok(measured) => measured,
+            Err(e) => {
+                stop(bundling).await;
+                return Err(e);
+            }
+        };
+        if bytes > limits.max_bytes || files > limits.max_files {
+            stop(bundling).await;
+            let top: Vec<String> = largest
+                .iter()
+                .map(|(size, path)| format!("{path} ({})", human(*size)))
+                .collect();
+            return Err(RepoError::TooLarge(format!(
+                "{}: {} in {files} files, over the limit of {} in {} files; largest: {}",
+                found.root.display(),
+                human(bytes),
+                human(limits.max_bytes),
+                limits.max_files,
+                top.join(", ")
+            )));
+        }
+        bundling
+            .await
+            .map_err(|e| RepoError::Git(format!("git bundle create: {e}")))??;
 
         Ok(Snapshot {
             dir: Scratch::Temporary(dir),
