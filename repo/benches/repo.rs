@@ -230,6 +230,13 @@ async fn main() {
             .unwrap();
         let work = tmp.path().join(format!("agent-{mb}"));
         let head = seed_clone(&snap.bundle(), &work).await;
+        // The server's side is seeded before the sandbox starts, as workdir.rs does.
+        let server = tmp.path().join(format!("server-{mb}"));
+        std::fs::create_dir_all(&server).unwrap();
+        let repo =
+            ChangeRepo::create_from_clone(&server.join("changes.git"), &work.join(".git"), &head)
+                .await
+                .unwrap();
         // The same change in a plain shallow clone, for git's own way back.
         let plain = tmp.path().join(format!("plain-{mb}"));
         git(
@@ -258,12 +265,6 @@ async fn main() {
             .unwrap();
         assert!(status.success());
         let commit_time = t.elapsed();
-        let server = tmp.path().join(format!("server-{mb}"));
-        std::fs::create_dir_all(&server).unwrap();
-        let repo =
-            ChangeRepo::create_from_clone(&server.join("changes.git"), &work.join(".git"), &head)
-                .await
-                .unwrap();
         let t = Instant::now();
         let result = repo
             .import(&bundle, &snap.tip, 1 << 30, &server)

@@ -2,7 +2,8 @@
 //! machine noise hits both sides alike. Prints a Markdown report for BENCHMARKS.md.
 //!
 //!   DELEGATE_OPENCODE_BIN=.tools/node_modules/opencode-linux-x64/bin/opencode \
-//!     cargo bench -p delegate-server --bench bench [-- --runs 5 --requests 200]
+//!     cargo bench -p delegate-server --bench bench [-- --runs 5 --requests 200 --repo-mb 10]
+//!       [--only overhead,warm,repo,proxy,lists]
 //!
 //! 1. Overhead: `delegate run` (bubblewrap, proxy, git, event log) ÷ bare `opencode run` on the same
 //!    task against the same fake upstream.
@@ -60,11 +61,32 @@ async fn main() {
         runs,
         requests
     );
-    out += &overhead(&opencode, &fake, tmp.path(), runs).await;
-    out += &warm_vs_ephemeral(&opencode, &fake, tmp.path(), runs).await;
-    out += &repo_overhead(&opencode, &fake, tmp.path(), runs, arg("--repo-mb", 10)).await;
-    out += &proxy(&fake, tmp.path(), requests).await;
-    out += &list_sandboxes_under_load(&opencode, &fake, tmp.path()).await;
+    // `--only overhead,warm,repo,proxy,lists` runs some of them.
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let wanted = |name: &str| {
+        only.as_ref()
+            .is_none_or(|o| o.split(',').any(|n| n == name))
+    };
+    if wanted("overhead") {
+        out += &overhead(&opencode, &fake, tmp.path(), runs).await;
+    }
+    if wanted("warm") {
+        out += &warm_vs_ephemeral(&opencode, &fake, tmp.path(), runs).await;
+    }
+    if wanted("repo") {
+        out += &repo_overhead(&opencode, &fake, tmp.path(), runs, arg("--repo-mb", 10)).await;
+    }
+    if wanted("proxy") {
+        out += &proxy(&fake, tmp.path(), requests).await;
+    }
+    if wanted("lists") {
+        out += &list_sandboxes_under_load(&opencode, &fake, tmp.path()).await;
+    }
     #[allow(clippy::print_stdout)]
     {
         println!("{out}");
