@@ -45,6 +45,12 @@ fn git(dir: &Path, args: &[&str]) {
             "user.email=b@b",
             "-c",
             "init.defaultBranch=main",
+            // git's auto-gc packs a large fixture at its commit: in the foreground, so that it
+            // does not repack beside the timed runs.
+            "-c",
+            "gc.autoDetach=false",
+            "-c",
+            "maintenance.autoDetach=false",
         ])
         .args(args)
         .output()
