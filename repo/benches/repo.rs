@@ -7,7 +7,8 @@
 //!      embedded upload (`register_copy`, `check_bundle`) does when it cannot hard-link (a copy,
 //!      the slower case; a remote upload streams the same bytes over HTTP instead);
 //!    - seed: what `server/src/sandbox/workdir.rs` does with it: the sandbox's clone
-//!      (`--no-hardlinks`), and delegate's own change repository seeded from the snapshot.
+//!      (`--no-hardlinks`, parallel checkout), and delegate's own change repository seeded with
+//!      a copy of the clone's checked pack.
 //! 2. A change of 1,000 files coming back: the in-sandbox commit and bundle, the server's checked
 //!    import with its file list and preview, the export bundle and the branch written into the
 //!    caller's repository, beside plain git doing the same: commit in a clone, `git fetch` of it
@@ -16,6 +17,8 @@
 //!   cargo bench -p delegate-repo --bench repo [-- --sizes 10,100,1000 --runs 3 --big-runs 1]
 //!
 //! `--big-runs` is the number of runs for sizes of 1,000 MB and more (default: `--runs`).
+//! `--fixtures DIR` makes the test repositories in DIR and keeps them for the next run (which
+//! then starts at once); without it they are made in a temporary directory and removed.
 //!
 //! Sizes are in MB of file content, about 10 KB a file (a 100 MB repository has 10,000 files).
 //! Prints a Markdown table for BENCHMARKS.md.
@@ -27,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use delegate_repo::git::Git;
 use delegate_repo::{ApplyTo, BranchName, COMMIT_SCRIPT, ChangeRepo, Limits, Snapshot, apply};
 
 fn git(dir: &Path, args: &[&str]) {
@@ -41,6 +45,12 @@ fn git(dir: &Path, args: &[&str]) {
             "user.email=b@b",
             "-c",
             "init.defaultBranch=main",
+            // git's auto-gc packs a large fixture at its commit: in the foreground, so that it
+            // does not repack beside the timed runs.
+            "-c",
+            "gc.autoDetach=false",
+            "-c",
+            "maintenance.autoDetach=false",
         ])
         .args(args)
         .output()
@@ -54,7 +64,8 @@ fn git(dir: &Path, args: &[&str]) {
 
 /// Source-like text: lines of hex from a fixed generator (compresses about as well as code).
 fn text(seed: u64, bytes: usize) -> String {
-    let mut x = seed | 1;
+    // Odd and distinct for distinct seeds (`seed | 1` made pairs of files identical).
+    let mut x = seed.wrapping_mul(2) | 1;
     let mut out = String::with_capacity(bytes + 80);
     while out.len() < bytes {
         x ^= x << 13;
@@ -74,6 +85,10 @@ fn text(seed: u64, bytes: usize) -> String {
 /// tracked file and an untracked one.
 fn make_repo(dir: &Path, mb: usize) -> PathBuf {
     let root = dir.join(format!("repo-{mb}mb"));
+    if root.join(".git").is_dir() {
+        // Kept from an earlier run (`--fixtures`).
+        return root;
+    }
     std::fs::create_dir_all(&root).unwrap();
     git(&root, &["init", "-q"]);
     let files = mb * 100;
@@ -135,13 +150,15 @@ async fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(runs);
     let tmp = tempfile::tempdir().unwrap();
+    // Where the test repositories are made, and kept for the next run when given.
+    let fixtures = arg("--fixtures").map_or_else(|| tmp.path().to_path_buf(), PathBuf::from);
     let mut out = String::from(
         "| repository | runs | snapshot | transfer | seed: sandbox clone | seed: change repo | total | `git clone --depth 1` | ratio |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut change_rows = String::new();
     for &mb in &sizes {
         let runs = if mb >= 1000 { big_runs } else { runs };
-        let root = make_repo(tmp.path(), mb);
+        let root = make_repo(&fixtures, mb);
         let mut steps: [Vec<Duration>; 4] = Default::default();
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for run in 0..runs {
@@ -165,20 +182,10 @@ async fn main() {
 
             let t = Instant::now();
             let work = server.join("workspace");
-            git(
-                &server,
-                &[
-                    "clone",
-                    "-q",
-                    "--no-hardlinks",
-                    uploaded.to_str().unwrap(),
-                    work.to_str().unwrap(),
-                ],
-            );
-            git(&work, &["remote", "remove", "origin"]);
+            let head = seed_clone(&uploaded, &work).await;
             let clone_time = t.elapsed();
             let t = Instant::now();
-            ChangeRepo::create(&server.join("changes.git"), &uploaded)
+            ChangeRepo::create_from_clone(&server.join("changes.git"), &work.join(".git"), &head)
                 .await
                 .unwrap();
             let change_repo_time = t.elapsed();
@@ -228,15 +235,14 @@ async fn main() {
             .await
             .unwrap();
         let work = tmp.path().join(format!("agent-{mb}"));
-        git(
-            tmp.path(),
-            &[
-                "clone",
-                "-q",
-                snap.bundle().to_str().unwrap(),
-                work.to_str().unwrap(),
-            ],
-        );
+        let head = seed_clone(&snap.bundle(), &work).await;
+        // The server's side is seeded before the sandbox starts, as workdir.rs does.
+        let server = tmp.path().join(format!("server-{mb}"));
+        std::fs::create_dir_all(&server).unwrap();
+        let repo =
+            ChangeRepo::create_from_clone(&server.join("changes.git"), &work.join(".git"), &head)
+                .await
+                .unwrap();
         // The same change in a plain shallow clone, for git's own way back.
         let plain = tmp.path().join(format!("plain-{mb}"));
         git(
@@ -265,11 +271,6 @@ async fn main() {
             .unwrap();
         assert!(status.success());
         let commit_time = t.elapsed();
-        let server = tmp.path().join(format!("server-{mb}"));
-        std::fs::create_dir_all(&server).unwrap();
-        let repo = ChangeRepo::create(&server.join("changes.git"), &snap.bundle())
-            .await
-            .unwrap();
         let t = Instant::now();
         let result = repo
             .import(&bundle, &snap.tip, 1 << 30, &server)
@@ -303,7 +304,7 @@ async fn main() {
                 "fetch",
                 "-q",
                 plain.to_str().unwrap(),
-                &format!("HEAD:refs/heads/plain-{mb}"),
+                &format!("+HEAD:refs/heads/plain-{mb}"),
             ],
         );
         let theirs = t.elapsed();
@@ -318,8 +319,11 @@ async fn main() {
             ours.as_secs_f64() / theirs.as_secs_f64()
         );
         drop(snap);
-        for dir in [&work, &plain, &server, &root] {
+        for dir in [&work, &plain, &server] {
             std::fs::remove_dir_all(dir).unwrap();
+        }
+        if arg("--fixtures").is_none() {
+            std::fs::remove_dir_all(&root).unwrap();
         }
     }
     println!("## Repositories in and out (medians of the runs, interleaved; times in s)\n");
@@ -327,6 +331,28 @@ async fn main() {
     println!(
         "| repository | files changed | commit + bundle in the sandbox | import + describe on the server | export + branch in the caller's repo | total | plain git: commit + `git fetch` as a branch | ratio |\n|---|---|---|---|---|---|---|---|\n{change_rows}"
     );
+}
+
+/// The sandbox's clone of a snapshot bundle, as `server/src/sandbox/workdir.rs` makes it; returns
+/// its HEAD commit.
+async fn seed_clone(bundle: &Path, work: &Path) -> String {
+    Git::new(work.parent().unwrap())
+        .args(["-c", "checkout.workers=0", "clone", "-q", "--no-hardlinks"])
+        .arg(bundle)
+        .arg(work)
+        .run()
+        .await
+        .unwrap();
+    Git::new(work)
+        .args(["remote", "remove", "origin"])
+        .run()
+        .await
+        .unwrap();
+    Git::new(work)
+        .args(["rev-parse", "--verify", "-q", "HEAD^{commit}"])
+        .line()
+        .await
+        .unwrap()
 }
 
 /// The agent's change: 1,000 files rewritten or added.

@@ -317,10 +317,6 @@ impl Snapshot {
             base_commit.clone()
         };
 
-        let measured = measure_tree(&scratch, &tip, limits).await?;
-        measured.check(&found.root.display().to_string(), limits)?;
-        let (bytes, files) = (measured.bytes, measured.files);
-
         // The sandbox's clone checks out the caller's branch name (or `main`).
         let local_branch = format!("refs/heads/{}", branch.as_deref().unwrap_or("main"));
         let in_scratch = || Git::new(dir.path()).dirs(&scratch, None);
@@ -335,21 +331,43 @@ impl Snapshot {
         let bundle = dir.path().join("snapshot.bundle");
         // Fast over small: light compression, and no delta search (deltas already in the
         // caller's packs are reused as they are; new ones between the unrelated files of one
-        // tree save little and cost as much as the rest of the snapshot together).
-        in_scratch()
-            .args([
-                "-c",
-                "pack.compression=1",
-                "-c",
-                "pack.window=0",
-                "bundle",
-                "create",
-                "-q",
-            ])
-            .arg(&bundle)
-            .args(["HEAD", &local_branch])
-            .run()
-            .await?;
+        // tree save little and cost as much as the rest of the snapshot together). Written while
+        // the tree is measured (both read every object); stopped (the child killed as its
+        // future is dropped) when the measure says no.
+        let bundling = tokio::spawn(
+            in_scratch()
+                .args([
+                    "-c",
+                    "pack.compression=1",
+                    "-c",
+                    "pack.window=0",
+                    "bundle",
+                    "create",
+                    "-q",
+                ])
+                .arg(&bundle)
+                .args(["HEAD", &local_branch])
+                .run(),
+        );
+        let stop = |bundling: tokio::task::JoinHandle<_>| async move {
+            bundling.abort();
+            let _ = bundling.await;
+        };
+        let measured = match measure_tree(&scratch, &tip, limits).await {
+            Ok(measured) => measured,
+            Err(e) => {
+                stop(bundling).await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = measured.check(&found.root.display().to_string(), limits) {
+            stop(bundling).await;
+            return Err(e);
+        }
+        let (bytes, files) = (measured.bytes, measured.files);
+        bundling
+            .await
+            .map_err(|e| RepoError::Git(format!("git bundle create: {e}")))??;
 
         Ok(Snapshot {
             dir: Scratch::Temporary(dir),

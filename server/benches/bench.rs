@@ -2,12 +2,16 @@
 //! machine noise hits both sides alike. Prints a Markdown report for BENCHMARKS.md.
 //!
 //!   DELEGATE_OPENCODE_BIN=.tools/node_modules/opencode-linux-x64/bin/opencode \
-//!     cargo bench -p delegate-server --bench bench [-- --runs 5 --requests 200]
+//!     cargo bench -p delegate-server --bench bench [-- --runs 5 --requests 200 --repo-mb 10]
+//!       [--only overhead,warm,repo,proxy,lists]
 //!
 //! 1. Overhead: `delegate run` (bubblewrap, proxy, git, event log) ÷ bare `opencode run` on the same
 //!    task against the same fake upstream.
 //! 2. Warm ÷ ephemeral: a run in a warm sandbox (opencode serve) ÷ a run in a fresh sandbox.
-//! 3. Proxy: 200 streamed requests direct to the upstream and through the proxy: added p50/p99
+//! 3. Repository: `delegate run` started in a git repository (snapshot, seed, the change back as
+//!    a branch) ÷ the same run with `--no-repo`, and the difference in seconds
+//!    (`--repo-mb 10`: MB of files in the repository, about 10 KB each).
+//! 4. Proxy: 200 streamed requests direct to the upstream and through the proxy: added p50/p99
 //!    latency, and time to first byte proxied ÷ direct.
 
 mod support;
@@ -57,10 +61,32 @@ async fn main() {
         runs,
         requests
     );
-    out += &overhead(&opencode, &fake, tmp.path(), runs).await;
-    out += &warm_vs_ephemeral(&opencode, &fake, tmp.path(), runs).await;
-    out += &proxy(&fake, tmp.path(), requests).await;
-    out += &list_sandboxes_under_load(&opencode, &fake, tmp.path()).await;
+    // `--only overhead,warm,repo,proxy,lists` runs some of them.
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let wanted = |name: &str| {
+        only.as_ref()
+            .is_none_or(|o| o.split(',').any(|n| n == name))
+    };
+    if wanted("overhead") {
+        out += &overhead(&opencode, &fake, tmp.path(), runs).await;
+    }
+    if wanted("warm") {
+        out += &warm_vs_ephemeral(&opencode, &fake, tmp.path(), runs).await;
+    }
+    if wanted("repo") {
+        out += &repo_overhead(&opencode, &fake, tmp.path(), runs, arg("--repo-mb", 10)).await;
+    }
+    if wanted("proxy") {
+        out += &proxy(&fake, tmp.path(), requests).await;
+    }
+    if wanted("lists") {
+        out += &list_sandboxes_under_load(&opencode, &fake, tmp.path()).await;
+    }
     #[allow(clippy::print_stdout)]
     {
         println!("{out}");
@@ -253,6 +279,122 @@ async fn warm_vs_ephemeral(
          Creating the warm sandbox (to `running`, opencode serve listening): {create_s:.2} s.\n\n",
         w / e
     )
+}
+
+/// `delegate run` in a repository of `mb` MB ÷ the same run with `--no-repo`, interleaved: the
+/// time a `repo` adds (snapshot, upload, the sandbox's clone, the commit inside it, the import,
+/// the branch written back).
+async fn repo_overhead(
+    opencode: &Path,
+    fake: &FakeAnthropic,
+    tmp: &Path,
+    runs: usize,
+    mb: usize,
+) -> String {
+    let repo = tmp.join("bench-repo");
+    make_repo(&repo, mb).await;
+    let mut with = Vec::new();
+    let mut without = Vec::new();
+    for i in 0..runs + 1 {
+        for use_repo in [true, false] {
+            let data = tmp.join(format!("repo-run{i}-{use_repo}"));
+            let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_delegate"));
+            cmd.args(["run", "--json", "--quiet"]);
+            if !use_repo {
+                cmd.arg("--no-repo");
+            }
+            let t = Instant::now();
+            let o = cmd
+                .arg(TASK)
+                .current_dir(&repo)
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("DELEGATE_DATA_DIR", &data)
+                .env("ANTHROPIC_API_KEY", KEY)
+                .env("ANTHROPIC_BASE_URL", fake.base_url())
+                .env("DELEGATE_OPENCODE_BIN", opencode)
+                .env("DELEGATE_BACKEND", "process")
+                .output()
+                .await
+                .unwrap();
+            let s = t.elapsed().as_secs_f64();
+            let json = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                o.status.success() && json.contains("succeeded"),
+                "delegate run failed: {json} {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            if use_repo {
+                assert!(json.contains("delegate/"), "no branch written back: {json}");
+            }
+            // The first pair warms the page cache for both; it is not counted.
+            if i > 0 {
+                if use_repo { &mut with } else { &mut without }.push(s);
+            }
+        }
+    }
+    let (w, n) = (median(&mut with), median(&mut without));
+    format!(
+        "## The time a repository adds to a run (`delegate run`, process backend)\n\n\
+         | | median wall time |\n|---|---|\n\
+         | `delegate run --no-repo` | {n:.2} s |\n\
+         | `delegate run` in a {mb} MB repository ({} files, one dirty, one untracked; the \
+         change comes back as a branch) | {w:.2} s |\n\
+         | **added** | **{:.2} s (ratio {:.3})** |\n\n",
+        mb * 100,
+        w - n,
+        w / n
+    )
+}
+
+/// A committed repository of `mb` MB in files of about 10 KB of source-like text, plus a dirty
+/// tracked file and an untracked one.
+async fn make_repo(root: &Path, mb: usize) {
+    for i in 0..mb * 100 {
+        let path = root.join(format!("src/m{}/f{i}.rs", i % 20));
+        tokio::fs::create_dir_all(path.parent().unwrap())
+            .await
+            .unwrap();
+        let mut x = (i as u64).wrapping_mul(2) | 1;
+        let mut text = String::with_capacity(10_100);
+        while text.len() < 10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            text += &format!("    let v{:x} = {x:016x};\n", x % 4096);
+        }
+        tokio::fs::write(path, text).await.unwrap();
+    }
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=b",
+            "-c",
+            "user.email=b@b",
+            "commit",
+            "-q",
+            "-m",
+            "all",
+        ],
+    ] {
+        let ok = tokio::process::Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .status()
+            .await
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+    tokio::fs::write(root.join("src/m0/f0.rs"), "changed\n")
+        .await
+        .unwrap();
+    tokio::fs::write(root.join("NOTES.txt"), "untracked\n")
+        .await
+        .unwrap();
 }
 
 /// Streams `requests` requests straight to the fake and through the proxy, alternating.

@@ -131,8 +131,9 @@ impl SandboxDirs {
         }
         let origin = match repo {
             Some(bundle) => {
+                // Parallel checkout: a 100,000-file tree is mostly file writes, which overlap.
                 git(&self.root)
-                    .args(["clone", "-q", "--no-hardlinks"])
+                    .args(["-c", "checkout.workers=0", "clone", "-q", "--no-hardlinks"])
                     .arg(bundle)
                     .arg(&self.workspace)
                     .run()
@@ -192,13 +193,43 @@ impl SandboxDirs {
                 .await
                 .map_err(repo_err)?;
         }
-        // delegate's own copy of the seed, outside anything the sandbox can reach. A snapshot
-        // with no seed files on top is its own seed: bundling the clone again would pack (and
-        // delta-search) the whole repository a second time.
-        let changes = match repo {
-            Some(bundle) if files.is_empty() => ChangeRepo::create(&self.changes, bundle)
+        // delegate's own copy of the seed, outside anything the sandbox can reach. From a
+        // snapshot: the clone's packs, already indexed and checked (indexing the bundle again
+        // cost as much as the clone's own fetch), plus the seed files' commit on top when there
+        // is one. From nothing: a bundle of the seed commit.
+        let changes = match (repo, &origin) {
+            (Some(bundle), Some(head)) => {
+                let changes = match ChangeRepo::create_from_clone(
+                    &self.changes,
+                    &self.workspace.join(".git"),
+                    head,
+                )
                 .await
-                .map_err(repo_err)?,
+                {
+                    Ok(changes) => changes,
+                    Err(e) => {
+                        tracing::debug!("seeding the change repository from the bundle: {e}");
+                        let _ = tokio::fs::remove_dir_all(&self.changes).await;
+                        ChangeRepo::create(&self.changes, bundle)
+                            .await
+                            .map_err(repo_err)?
+                    }
+                };
+                if !files.is_empty() {
+                    let seed = self.root.join("seed.bundle");
+                    git(&self.workspace)
+                        .args(["bundle", "create", "-q"])
+                        .arg(&seed)
+                        .args(["HEAD", &format!("^{head}")])
+                        .run()
+                        .await
+                        .map_err(repo_err)?;
+                    let fetched = changes.fetch_snapshot(&seed).await;
+                    let _ = tokio::fs::remove_file(&seed).await;
+                    fetched.map_err(repo_err)?;
+                }
+                changes
+            }
             _ => {
                 let seed = self.root.join("seed.bundle");
                 git(&self.workspace)
@@ -218,8 +249,8 @@ impl SandboxDirs {
             .await
             .map_err(repo_err)?;
         changes.set_ref("tip", &tip).await.map_err(repo_err)?;
-        if let Some(origin) = origin {
-            changes.set_ref("origin", &origin).await.map_err(repo_err)?;
+        if let Some(origin) = &origin {
+            changes.set_ref("origin", origin).await.map_err(repo_err)?;
         }
         Ok(())
     }
