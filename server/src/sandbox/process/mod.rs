@@ -431,12 +431,20 @@ impl SandboxBackend for ProcessBackend {
             .lock()
             .map_err(|_| SandboxError::Io("sandbox table poisoned".into()))?
             .remove(sandbox_id);
-        let Some(live) = live else {
-            return Ok(());
+        let root = match live {
+            Some(live) => {
+                live.stop.cancel();
+                live.stop_serve().await;
+                live.dirs.root.clone()
+            }
+            // Never came up: a run cancelled while its sandbox was being made drops `create`
+            // part-way, and what it wrote by then is still on disk.
+            None if crate::ids::SandboxId::parse(sandbox_id).is_some() => {
+                self.root.join(sandbox_id)
+            }
+            None => return Ok(()),
         };
-        live.stop.cancel();
-        live.stop_serve().await;
-        tokio::fs::remove_dir_all(&live.dirs.root)
+        tokio::fs::remove_dir_all(&root)
             .await
             .or_else(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
@@ -445,7 +453,7 @@ impl SandboxBackend for ProcessBackend {
                     Err(e)
                 }
             })
-            .map_err(|e| SandboxError::Io(format!("remove {}: {e}", live.dirs.root.display())))
+            .map_err(|e| SandboxError::Io(format!("remove {}: {e}", root.display())))
     }
 }
 
