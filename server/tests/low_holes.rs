@@ -173,7 +173,7 @@ async fn a_run_started_over_mcp_records_the_user_and_the_token_id() {
         .unwrap_or_else(|| panic!("no run id in {text}"));
 
     let detail: serde_json::Value = http
-        .get(format!("{}/api/runs/{run_id}", s.base))
+        .get(format!("{}/api/runs/{run_id}/summary", s.base))
         .bearer_auth(&token)
         .send()
         .await
@@ -194,9 +194,8 @@ async fn a_run_started_over_mcp_records_the_user_and_the_token_id() {
         .json()
         .await
         .unwrap();
-    let user_id = me["user"]["id"]
+    let user_id = me["user_id"]
         .as_str()
-        .or_else(|| me["id"].as_str())
         .unwrap_or_else(|| panic!("no user id in {me}"));
     assert!(
         created_by.starts_with(&format!("mcp@{user_id}/tok_"))
