@@ -166,7 +166,7 @@ async fn a_run_started_over_mcp_records_the_user_and_the_token_id() {
         .map(|rest| {
             let id: String = rest
                 .chars()
-                .take_while(|c| c.is_ascii_alphanumeric())
+                .take_while(char::is_ascii_alphanumeric)
                 .collect();
             format!("run_{id}")
         })
