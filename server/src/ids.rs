@@ -140,7 +140,7 @@ typed_id!(
 );
 
 /// Who made a run or a sandbox, as the `created_by` column keeps it: `user:<id>`,
-/// `token:<id>`, `mcp:<client>` or `cli`. [`Display`](std::fmt::Display) and
+/// `token:<id>`, `mcp@<user>[/<token>]:<client>` (`mcp:<client>` in older rows) or `cli`. [`Display`](std::fmt::Display) and
 /// [`FromStr`](std::str::FromStr) are the stored text both ways, so rows written before this type
 /// read back as they were.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -149,8 +149,19 @@ pub enum Origin {
     User(String),
     /// An API token (`token:<id>`).
     Token(String),
-    /// An MCP client, by the name it gave (`mcp:<client>`).
+    /// An MCP client, by the name it gave (`mcp:<client>`): rows written before the caller was
+    /// recorded too.
     Mcp(String),
+    /// An MCP client (the name it gave, which proves nothing) and who it authenticated as: the
+    /// user and the API token's id, never the token (`mcp@<user>[/<token>]:<client>`).
+    McpAs {
+        /// The name from `initialize`.
+        client: String,
+        /// The authenticated user's id.
+        user: String,
+        /// The API token's id, when one was used.
+        token: Option<String>,
+    },
     /// `delegate run` or an admin command (`cli`).
     Cli,
     /// Any other stored text, kept as it is (tests and older rows write free text).
@@ -163,6 +174,16 @@ impl std::fmt::Display for Origin {
             Origin::User(id) => write!(f, "user:{id}"),
             Origin::Token(id) => write!(f, "token:{id}"),
             Origin::Mcp(client) => write!(f, "mcp:{client}"),
+            Origin::McpAs {
+                client,
+                user,
+                token: Some(token),
+            } => write!(f, "mcp@{user}/{token}:{client}"),
+            Origin::McpAs {
+                client,
+                user,
+                token: None,
+            } => write!(f, "mcp@{user}:{client}"),
             Origin::Cli => f.write_str("cli"),
             Origin::Other(text) => f.write_str(text),
         }
@@ -174,6 +195,17 @@ impl std::str::FromStr for Origin {
 
     /// Never fails: unknown text is [`Origin::Other`].
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some((who, client)) = s.strip_prefix("mcp@").and_then(|r| r.split_once(':')) {
+            let (user, token) = match who.split_once('/') {
+                Some((user, token)) => (user, Some(token.to_string())),
+                None => (who, None),
+            };
+            return Ok(Origin::McpAs {
+                client: client.to_string(),
+                user: user.to_string(),
+                token,
+            });
+        }
         Ok(match s.split_once(':') {
             Some(("user", id)) => Origin::User(id.to_string()),
             Some(("token", id)) => Origin::Token(id.to_string()),
@@ -232,6 +264,8 @@ mod tests {
             "user:u1",
             "token:tok_1",
             "mcp:claude-code",
+            "mcp@usr_1:claude-code",
+            "mcp@usr_1/tok_2:claude:code",
             "cli",
             "test",
             "user:",
@@ -241,6 +275,14 @@ mod tests {
         }
         assert_eq!(Origin::from("user:u1"), Origin::User("u1".into()));
         assert_eq!(Origin::from("mcp:a:b"), Origin::Mcp("a:b".into()));
+        assert_eq!(
+            Origin::from("mcp@usr_1/tok_2:cc"),
+            Origin::McpAs {
+                client: "cc".into(),
+                user: "usr_1".into(),
+                token: Some("tok_2".into())
+            }
+        );
         assert_eq!(Origin::from("cli"), Origin::Cli);
         assert_eq!(Origin::from("cli:x"), Origin::Other("cli:x".into()));
     }

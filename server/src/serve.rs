@@ -1,6 +1,7 @@
 //! `delegate serve`'s HTTP surface: the REST API under `/api` and `/healthz`, `/readyz`, `/metrics`
-//! (see [`crate::api`]), MCP over streamable HTTP at `/mcp` (bearer API tokens), and the Anthropic
-//! proxy at `/v1` (for sandboxes that reach the server over the network), the web UI
+//! (see [`crate::api`]), MCP over streamable HTTP at `/mcp` (bearer API tokens), the Anthropic
+//! proxy at `/v1` only where sandboxes reach the server over the network (docker on a named
+//! network; every other backend serves it on a socket or loopback port of its own), the web UI
 //! ([`crate::web`]), the opencode gateway on `oc-{id}.BASE_DOMAIN` hosts ([`crate::gateway`]) and
 //! the tunnel of local agents at `/api/tunnel/{sandbox_id}` (see [`crate::tunnel`]).
 //! The caller binds the listener and decides when to stop.
@@ -46,11 +47,11 @@ pub fn router(
     let gateway = state.gateway.clone();
     let api = crate::api::routes(state);
     let tunnels = crate::tunnel::Tunnels::new(orch.clone());
-    Router::new()
-        .merge(api)
-        .merge(tunnels.router())
-        .merge(mcp)
-        .merge(orch.proxy().router())
+    let mut router = Router::new().merge(api).merge(tunnels.router()).merge(mcp);
+    if orch.proxy_on_listener() {
+        router = router.merge(orch.proxy().router());
+    }
+    router
         .merge(crate::web::routes())
         .fallback(crate::web::fallback)
         .layer(axum::middleware::from_fn_with_state(metrics, track))

@@ -108,7 +108,8 @@ fn expected(operation_id: &str, access: Access, who: Who) -> u16 {
         "cancelRun" | "deleteSandbox" | "pauseSandbox" | "resumeSandbox" => {
             ws(Role::Developer, 200)
         }
-        "addMember" | "createInvite" => ws(Role::Maintainer, 201),
+        "addMember" => ws(Role::Maintainer, 202),
+        "createInvite" => ws(Role::Maintainer, 201),
         "listInvites" => ws(Role::Maintainer, 200),
         "revokeInvite" => ws(Role::Maintainer, 204),
         "getWorkspaceEgress" => ws(Role::Guest, 200),

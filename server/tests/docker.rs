@@ -576,6 +576,8 @@ async fn compose_headless_runs_one_hardened_task_through_the_proxy() {
             .env("DOCKER_HOST", &d.host)
             .env("TASK", "write from-compose.txt")
             .env("WORKDIR", &work)
+            // The test's proxy is on loopback: the host's network, not the file's bridge default.
+            .env("DELEGATE_DOCKER_NETWORK", "host")
             .env("DELEGATE_PROXY_URL", format!("http://{proxy}/v1"))
             .env("DELEGATE_PROXY_TOKEN", &token)
             .env("DELEGATE_SANDBOX_IMAGE", real::sandbox_image())

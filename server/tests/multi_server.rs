@@ -140,3 +140,98 @@ async fn a_run_started_on_one_server_is_listed_streamed_and_cancelled_through_an
     b.stop().await;
     drop(pg);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_servers_process_sandbox_is_not_marked_deleted_while_it_runs() {
+    let Some(pg) = tokio::task::spawn_blocking(TestPostgres::start)
+        .await
+        .unwrap()
+        .expect("start PostgreSQL")
+    else {
+        return;
+    };
+    let Some(h) = Harness::new(Script::text("unused")).await else {
+        return;
+    };
+    let db = [("DATABASE_URL", pg.url.as_str())];
+    let a = Served::start(&h, &db, "a").await;
+    let b = Served::start(&h, &db, "b").await;
+    let token = api_token(&h, &db, &h.dir.path().join("admin")).await;
+    let http = reqwest::Client::new();
+
+    // A warm process sandbox, made (and run) by A.
+    let resp = http
+        .post(format!("{}/api/sandboxes", a.base))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "name": "on-a" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED, "{}", a.log());
+    let sandbox: serde_json::Value = resp.json().await.unwrap();
+    let id = sandbox["sandbox_id"]
+        .as_str()
+        .or_else(|| sandbox["id"].as_str())
+        .unwrap_or_else(|| panic!("no id in {sandbox}"))
+        .to_string();
+    let a_id = std::fs::read_to_string(a.data.join("instance-id")).unwrap();
+    let a_id = a_id.trim();
+
+    // B cannot stop A's processes: it refuses, naming A, and the sandbox stays as it is.
+    let resp = http
+        .delete(format!("{}/api/sandboxes/{id}", b.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT, "{}", b.log());
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let message = body["error"]["message"]
+        .as_str()
+        .or_else(|| body["message"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(message.contains(a_id), "{body}");
+    let status = |base: String| {
+        let http = http.clone();
+        let token = token.clone();
+        let id = id.clone();
+        async move {
+            let v: serde_json::Value = http
+                .get(format!("{base}/api/sandboxes/{id}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["status"].as_str().unwrap_or_default().to_string()
+        }
+    };
+    assert_eq!(status(b.base.clone()).await, "running");
+    assert!(
+        !processes_mentioning(&a.data.display().to_string()).is_empty(),
+        "A's sandbox still runs"
+    );
+
+    // Through A it goes, processes and all.
+    let resp = http
+        .delete(format!("{}/api/sandboxes/{id}", a.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{}", a.log());
+    assert_eq!(status(b.base.clone()).await, "deleted");
+    let marker = a.data.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !processes_mentioning(&marker).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(processes_mentioning(&marker), Vec::<String>::new());
+
+    a.stop().await;
+    b.stop().await;
+    drop(pg);
+}

@@ -366,10 +366,10 @@ pub fn table() -> Vec<Route> {
         Route::new(Method::GET, "/api/workspaces/{ws}/members", "listMembers", "The members of a workspace", get(workspaces::members))
             .param("ws", In::Path, "string", "Workspace slug or id")
             .reply(200, "The members", schema::<workspaces::MemberList>),
-        Route::new(Method::POST, "/api/workspaces/{ws}/members", "addMember", "Add an existing account as a member (maintainers: below maintainer only)", post(workspaces::add_member))
+        Route::new(Method::POST, "/api/workspaces/{ws}/members", "addMember", "Add an existing account as a member (maintainers: below maintainer only); an email without an account gets the same answer and changes nothing", post(workspaces::add_member))
             .param("ws", In::Path, "string", "Workspace slug or id")
             .body(schema::<workspaces::AddMemberInput>)
-            .reply(201, "Added", schema::<workspaces::MemberInfo>),
+            .reply(202, "Added if an account has the email", schema::<workspaces::MemberAdded>),
         Route::new(Method::PATCH, "/api/workspaces/{ws}/members/{user_id}", "changeMember", "Change a member's role (the last owner stays an owner)", patch(workspaces::change_member))
             .param("ws", In::Path, "string", "Workspace slug or id")
             .param("user_id", In::Path, "string", "The member's user id")

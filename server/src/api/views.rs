@@ -176,6 +176,21 @@ impl Names {
                 None => "API token".into(),
             },
             Origin::Mcp(client) => format!("MCP client {client}"),
+            Origin::McpAs {
+                client,
+                user,
+                token,
+            } => {
+                let who = Box::pin(self.of(state, Some(&Origin::User(user).to_string()))).await;
+                match token {
+                    Some(t) => {
+                        let token =
+                            Box::pin(self.of(state, Some(&Origin::Token(t).to_string()))).await;
+                        format!("MCP client {client} ({who}, {token})")
+                    }
+                    None => format!("MCP client {client} ({who})"),
+                }
+            }
             Origin::Cli => "CLI".into(),
             Origin::Other(text) => text,
         }

@@ -44,6 +44,18 @@ pub struct MemberInfo {
     pub role: String,
 }
 
+/// `POST /api/workspaces/{ws}/members` reply: the same whether or not the email has an account,
+/// so that adding members tells nobody which emails do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MemberAdded {
+    /// The email as given (normalized).
+    pub email: String,
+    /// The role asked for.
+    pub role: String,
+    /// What happened, in words.
+    pub note: String,
+}
+
 /// `GET /api/workspaces/{ws}/members` reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MemberList {
@@ -187,9 +199,16 @@ pub async fn add_member(
     Path(ws): Path<String>,
     Json(input): Json<AddMemberInput>,
 ) -> ApiResult<Response> {
-    let (user, role) =
+    let (email, role) =
         accounts::add_member(&state.service, &caller, &ws, &input.email, &input.role).await?;
-    Ok((StatusCode::CREATED, axum::Json(member(user, role))).into_response())
+    let reply = MemberAdded {
+        email,
+        role: role.as_str().to_string(),
+        note: "if an account has this email, it is a member now (see the member list); \
+               otherwise nothing changed: send an invite"
+            .into(),
+    };
+    Ok((StatusCode::ACCEPTED, axum::Json(reply)).into_response())
 }
 
 /// `PATCH /api/workspaces/{ws}/members/{user_id}`: changes a member's role; a workspace keeps at

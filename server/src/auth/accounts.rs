@@ -417,14 +417,15 @@ pub async fn members(svc: &Service, caller: &Caller, ws: &str) -> Result<Vec<(Us
     Ok(svc.orchestrator().store().workspace_members(&ws.id).await?)
 }
 
-/// Adds an existing user (by email) to a workspace with `role`.
+/// Adds an existing user (by email) to a workspace with `role`. An email without an account gets
+/// the same answer and nothing happens (see `docs/hardening.md`); returns the email and role.
 pub async fn add_member(
     svc: &Service,
     caller: &Caller,
     ws: &str,
     email: &str,
     role: &str,
-) -> Result<(User, Role)> {
+) -> Result<(String, Role)> {
     let (ws, actor) = svc
         .authorize_role(caller, Some(ws), Action::ManageMembers)
         .await?;
@@ -434,22 +435,21 @@ pub async fn add_member(
         return Err(forbidden("your role can not add members with that role"));
     }
     let store = svc.orchestrator().store();
+    // An unknown email answers like a known one: anyone may own a workspace, so a different
+    // answer would tell anyone which emails have accounts here.
     let user = match store.user_by_email(email.as_str()).await {
         Ok(u) => u,
-        Err(StoreError::NotFound(_)) => {
-            return Err(AccountError::NotFound(
-                "no account with that email; send an invite instead".into(),
-            ));
-        }
+        Err(StoreError::NotFound(_)) => return Ok((email.as_str().to_string(), new)),
         Err(e) => return Err(e.into()),
     };
+    // Members are listed to the caller anyway: this tells nothing new.
     if store.member_role(&ws.id, &user.id).await?.is_some() {
         return Err(AccountError::Conflict(
             "already a member; change the role with PATCH".into(),
         ));
     }
     store.set_member(&ws.id, &user.id, new).await?;
-    Ok((user, new))
+    Ok((email.as_str().to_string(), new))
 }
 
 /// The target's current role, or `NotFound` when they are not a member.

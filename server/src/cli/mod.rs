@@ -42,8 +42,10 @@ enum Command {
     /// Serve MCP over stdio (for Claude Code, Codex, ...): `claude mcp add delegate -- delegate
     /// mcp`. The orchestrator is embedded, or with --server/--token a running server does the work.
     Mcp(mcp::McpArgs),
-    /// Run the HTTP server: MCP (streamable HTTP) at /mcp with bearer tokens, the Anthropic proxy
-    /// at /v1, /healthz.
+    /// Run the HTTP server: MCP (streamable HTTP) at /mcp with bearer tokens, the REST API, the
+    /// web UI, /healthz. The Anthropic proxy is at /v1 only with DELEGATE_PROXY_PUBLIC=true or
+    /// docker on a named network. Process sandboxes refuse to start without memory, pids and CPU
+    /// limits (cgroups) unless DELEGATE_SANDBOX_LIMITS=optional; settings: `delegate default-config`.
     Serve,
     /// Manage users.
     #[command(subcommand)]

@@ -17,7 +17,9 @@ use delegate_mcp::delegator::{CLI_CLIENT, Caller, Delegator};
 use delegate_mcp::tools::{ApplyMode, RunInSandboxInput};
 use delegate_mcp::types::{Detail, RunResult, RunStatus};
 use delegate_server::delegation::EmbeddedDelegator;
-use delegate_server::settings::{Isolation, Settings, UpstreamCredential, parse_duration};
+use delegate_server::settings::{
+    Isolation, SandboxLimits, Settings, UpstreamCredential, parse_duration,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -101,6 +103,13 @@ pub struct RunArgs {
     #[arg(long, value_enum, env = "DELEGATE_ISOLATION")]
     isolation: Option<Isolation>,
 
+    /// Whether the sandbox must get its memory, pids and CPU limits (cgroup v2, or v1 where the
+    /// host has that; needs root or a delegated cgroup). `required` [default] refuses to start
+    /// a sandbox that cannot be limited; `optional` starts it unlimited, with a warning.
+    /// `--isolation none` implies `optional`.
+    #[arg(long, value_enum, env = "DELEGATE_SANDBOX_LIMITS")]
+    sandbox_limits: Option<SandboxLimits>,
+
     /// The git work tree the sandbox starts from: its files as they are now, uncommitted and
     /// untracked (not ignored) ones included [default: the work tree the current directory is in,
     /// if any]. Your repository is only read, until the run's change comes back (see --apply).
@@ -175,6 +184,9 @@ pub async fn main(mut settings: Settings, args: &RunArgs) -> anyhow::Result<Exit
     }
     if let Some(isolation) = args.isolation {
         settings.isolation = isolation;
+    }
+    if let Some(limits) = args.sandbox_limits {
+        settings.sandbox_limits = limits;
     }
     if settings.upstream.credential.is_none() {
         bail!(

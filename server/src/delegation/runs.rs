@@ -64,7 +64,12 @@ impl Service {
             .await?;
         let created_by = match (&caller.client, &caller.token_id) {
             (Some(client), None) if client == delegate_mcp::delegator::CLI_CLIENT => Origin::Cli,
-            (Some(client), _) => Origin::Mcp(client.clone()),
+            // The client's name is its own say; who it authenticated as is not.
+            (Some(client), token) => Origin::McpAs {
+                client: client.clone(),
+                user: caller.user_id.clone(),
+                token: token.clone(),
+            },
             (None, Some(token)) => Origin::Token(token.clone()),
             (None, None) => Origin::User(caller.user_id.clone()),
         };

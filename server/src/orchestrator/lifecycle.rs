@@ -290,6 +290,7 @@ impl Orchestrator {
     pub async fn delete_sandbox(&self, sandbox_id: &SandboxId) -> Result<()> {
         let sandbox_id = sandbox_id.as_str();
         let sandbox = self.inner.store.sandbox(sandbox_id).await?;
+        self.refuse_if_elsewhere(&sandbox).await?;
         match self.inner.reservations.holder(sandbox_id) {
             Some(Some(run_id)) => {
                 self.cancel_run(&run_id).await?;
@@ -328,6 +329,22 @@ impl Orchestrator {
             destroyed,
         )
         .await
+    }
+
+    /// A process sandbox lives in the server that made it: another server sharing the database
+    /// can neither stop its processes nor remove its files, so it must not mark it deleted.
+    async fn refuse_if_elsewhere(&self, sandbox: &Sandbox) -> Result<()> {
+        if sandbox.backend != "process" || sandbox.status == SandboxStatus::Deleted {
+            return Ok(());
+        }
+        match self.inner.store.sandbox_owner(&sandbox.id).await? {
+            Some(owner) if owner != self.inner.instance_id => Err(Error::Conflict(format!(
+                "sandbox {} is a process sandbox of server {owner}, not of this one ({}); \
+                 delete it through that server",
+                sandbox.id, self.inner.instance_id
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Stops a warm sandbox's processes, keeping its files; the next run resumes it. Refused
@@ -378,6 +395,8 @@ impl Orchestrator {
             None,
         )
         .await?;
+        // Its token stays (a resume needs it), but not the proxy's cached word that it runs.
+        self.inner.proxy.forget_sandbox(sandbox_id);
         let paused = self.inner.backend.pause(sandbox_id).await;
         if paused.is_ok()
             && let Some(mut w) = lock(&self.inner.warm).remove(sandbox_id)

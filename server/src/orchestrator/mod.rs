@@ -269,9 +269,23 @@ impl Orchestrator {
         &self.inner.local_user
     }
 
-    /// The proxy sandboxes of this orchestrator talk to (mounted at `/v1` by `delegate serve`).
+    /// The proxy sandboxes of this orchestrator talk to (each backend serves it where its
+    /// sandboxes connect; see [`Orchestrator::proxy_on_listener`]).
     pub fn proxy(&self) -> &Proxy {
         &self.inner.proxy
+    }
+
+    /// Whether sandboxes reach the proxy through `delegate serve`'s own listener: only the docker
+    /// backend on a named network does (`DELEGATE_DOCKER_PROXY_URL`), and sandboxes run outside
+    /// delegate when the admin says so (`DELEGATE_PROXY_PUBLIC`). The process backend and docker
+    /// with no network or the host's use a unix socket or a loopback port of their own.
+    pub fn proxy_on_listener(&self) -> bool {
+        self.inner.settings.proxy_public
+            || self.inner.backend.name() == "docker"
+                && matches!(
+                    self.inner.settings.docker.network,
+                    crate::settings::DockerNetwork::Named(_)
+                )
     }
 
     async fn workspace(&self, slug: Option<&str>) -> Result<Workspace> {

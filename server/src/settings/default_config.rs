@@ -32,6 +32,9 @@ small_model = "anthropic/claude-haiku-4-5"                         # DELEGATE_SM
 isolation = "bwrap"
 sandbox_memory_mb = 4096                                           # DELEGATE_SANDBOX_MEMORY_MB
 sandbox_pids_max = 1024                                            # DELEGATE_SANDBOX_PIDS_MAX
+# required: a process sandbox that cannot get its memory, pids and CPU limits (cgroup v2 or v1)
+# refuses to start; optional: it starts unlimited, with a warning.  DELEGATE_SANDBOX_LIMITS
+sandbox_limits = "required"
 
 # Docker backend (DOCKER_HOST picks the engine). The image comes from sandbox-image/build.
 sandbox_image = "delegate-sandbox:1.18.33"                         # DELEGATE_SANDBOX_IMAGE
@@ -43,6 +46,9 @@ sandbox_cpus = 2.0                                                 # DELEGATE_SA
 docker_network = "none"                                            # DELEGATE_DOCKER_NETWORK
 # With a named network: the proxy as containers see it.            DELEGATE_DOCKER_PROXY_URL
 # docker_proxy_url = "http://delegate:8080/v1"
+# The model proxy at /v1 on the listener too, for sandboxes run outside delegate (`delegate token
+# proxy`, compose.headless.yml). Off: only a named docker network serves it there.
+proxy_public = false                                               # DELEGATE_PROXY_PUBLIC
 max_concurrent_runs = 16                                           # DELEGATE_MAX_CONCURRENT_RUNS
 # More runs wait in `queued` (FIFO per workspace), up to this many; then they are refused.
 max_queued_runs = 256                                              # DELEGATE_MAX_QUEUED_RUNS

@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::{
     BackendChoice, DEFAULT_SANDBOX_IMAGE, DockerNetwork, DockerSettings, EgressSettings, GitHost,
-    GithubSettings, IpRange, Isolation, LimitSettings, OidcSettings, Registration, Secret,
-    SecretKey, Settings, SsoSettings, Upstream, UpstreamCredential,
+    GithubSettings, IpRange, Isolation, LimitSettings, OidcSettings, Registration, SandboxLimits,
+    Secret, SecretKey, Settings, SsoSettings, Upstream, UpstreamCredential,
 };
 
 /// The optional settings file; every field optional, same names as the env vars in lower case.
@@ -32,6 +32,7 @@ struct FileSettings {
     isolation: Option<Isolation>,
     sandbox_memory_mb: Option<u64>,
     sandbox_pids_max: Option<u64>,
+    sandbox_limits: Option<SandboxLimits>,
     sandbox_image: Option<String>,
     sandbox_images: Option<Vec<String>>,
     sandbox_cpus: Option<f64>,
@@ -64,6 +65,7 @@ struct FileSettings {
     base_scheme: Option<String>,
     trusted_proxies: Option<String>,
     metrics_public: Option<bool>,
+    proxy_public: Option<bool>,
     git_allowed_hosts: Option<Vec<String>>,
     egress: Option<EgressSettings>,
     secret_key: Option<Secret>,
@@ -286,6 +288,10 @@ impl Settings {
             Some(v) => parse_value("DELEGATE_METRICS_PUBLIC", &v)?,
             None => f.metrics_public.unwrap_or(false),
         };
+        let proxy_public = match env.var("DELEGATE_PROXY_PUBLIC") {
+            Some(v) => parse_value("DELEGATE_PROXY_PUBLIC", &v)?,
+            None => f.proxy_public.unwrap_or(false),
+        };
         let git_allowed_hosts = match env.var("DELEGATE_GIT_ALLOWED_HOSTS") {
             Some(v) => v.split(',').map(str::to_string).collect(),
             None => f.git_allowed_hosts.unwrap_or_default(),
@@ -336,6 +342,7 @@ impl Settings {
             secret_key,
             trusted_proxies,
             metrics_public,
+            proxy_public,
             egress,
             base_domain,
             base_scheme,
@@ -365,6 +372,10 @@ impl Settings {
             relay_bin: None,
             sandbox_memory_mb: number("DELEGATE_SANDBOX_MEMORY_MB", f.sandbox_memory_mb, 4096)?,
             sandbox_pids_max: number("DELEGATE_SANDBOX_PIDS_MAX", f.sandbox_pids_max, 1024)?,
+            sandbox_limits: match env.var("DELEGATE_SANDBOX_LIMITS") {
+                Some(v) => parse_enum("DELEGATE_SANDBOX_LIMITS", &v)?,
+                None => f.sandbox_limits.unwrap_or(SandboxLimits::Required),
+            },
             docker,
             max_concurrent_runs: number(
                 "DELEGATE_MAX_CONCURRENT_RUNS",

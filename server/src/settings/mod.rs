@@ -112,6 +112,18 @@ pub enum Isolation {
     None,
 }
 
+/// Whether a process sandbox whose memory, pids and CPU limits cannot be applied (no usable
+/// cgroups on this host, or no permission) may start anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxLimits {
+    /// The sandbox refuses to start, saying why.
+    Required,
+    /// The sandbox starts without limits, with a warning in the log. `--isolation none` implies
+    /// this: an unconfined sandbox has no limits to insist on.
+    Optional,
+}
+
 /// How containers of the docker backend reach delegate's proxy (and the server their opencode).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DockerNetwork {
@@ -178,7 +190,8 @@ pub struct DockerSettings {
     /// `DELEGATE_DOCKER_PROXY_URL`: the proxy as containers on a named network see it
     /// (e.g. `http://delegate:8080/v1`); required with a named network.
     pub proxy_url: Option<String>,
-    /// `DELEGATE_SANDBOX_CPUS` (default `2`): CPUs per sandbox.
+    /// `DELEGATE_SANDBOX_CPUS` (default `2`): CPUs per sandbox (containers, and process
+    /// sandboxes through their cgroup).
     pub cpus: f64,
 }
 
@@ -251,6 +264,9 @@ pub struct Settings {
     pub sandbox_memory_mb: u64,
     /// `DELEGATE_SANDBOX_PIDS_MAX` (default `1024`): process limit per sandbox.
     pub sandbox_pids_max: u64,
+    /// `DELEGATE_SANDBOX_LIMITS` (default `required`): whether a process sandbox that cannot be
+    /// limited (memory, pids, CPU through cgroups) refuses to start.
+    pub sandbox_limits: SandboxLimits,
     /// The docker backend's settings.
     pub docker: DockerSettings,
     /// `DELEGATE_MAX_CONCURRENT_RUNS` (default `16`): more runs at once wait in `queued`.
@@ -292,6 +308,10 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpRange>,
     /// `DELEGATE_METRICS_PUBLIC` (default `false`): serve `/metrics` without a token.
     pub metrics_public: bool,
+    /// `DELEGATE_PROXY_PUBLIC` (default `false`): serve the model proxy at `/v1` on the listener,
+    /// for sandboxes run outside delegate (`delegate token proxy`). The docker backend on a named
+    /// network serves it there regardless; every other backend reaches it on its own socket.
+    pub proxy_public: bool,
     /// `DELEGATE_GIT_ALLOWED_HOSTS` (comma-separated `host[:port]`; default none): on-prem git
     /// servers that `repo` URLs may reach although they resolve to private addresses, over
     /// `http://` too.

@@ -1104,6 +1104,15 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn sandbox_owner(&self, sandbox_id: &str) -> Result<Option<String>> {
+                sqlx::query_scalar::<_, Option<String>>(sql::SANDBOX_OWNER)
+                    .bind(sandbox_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_error("sandbox"))?
+                    .ok_or(StoreError::NotFound("sandbox"))
+            }
+
             async fn runs_owned_with_status(
                 &self,
                 owner: &str,

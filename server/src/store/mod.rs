@@ -641,6 +641,8 @@ pub trait Store: Send + Sync + 'static {
     async fn set_run_owner(&self, run_id: &str, owner: &str) -> Result<()>;
     /// Records which server process holds a sandbox.
     async fn set_sandbox_owner(&self, sandbox_id: &str, owner: &str) -> Result<()>;
+    /// The server (instance id) that runs a sandbox, if recorded.
+    async fn sandbox_owner(&self, sandbox_id: &str) -> Result<Option<String>>;
     /// Runs of `owner` (or of no recorded owner) in any of `statuses`.
     async fn runs_owned_with_status(&self, owner: &str, statuses: &[RunStatus])
     -> Result<Vec<Run>>;

@@ -798,6 +798,7 @@ impl From<SsoLoginRow> for super::SsoLogin {
 
 pub(super) const SET_RUN_OWNER: &str = "UPDATE runs SET owner = $1 WHERE id = $2";
 pub(super) const SET_SANDBOX_OWNER: &str = "UPDATE sandboxes SET owner = $1 WHERE id = $2";
+pub(super) const SANDBOX_OWNER: &str = "SELECT owner FROM sandboxes WHERE id = $1";
 
 /// Rows of `owner` (or of nobody: written before ownership was recorded) in one of the statuses.
 pub(super) fn runs_owned_with_status(n: usize) -> String {

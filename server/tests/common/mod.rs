@@ -58,6 +58,9 @@ impl Harness {
             ("ANTHROPIC_BASE_URL", self.fake.base_url()),
             ("DELEGATE_OPENCODE_BIN", self.opencode.display().to_string()),
             ("DELEGATE_BACKEND", "process".to_string()),
+            // Limits are applied wherever this host allows; tests about something else must not
+            // fail on a host without usable cgroups (tests/cgroups.rs requires them).
+            ("DELEGATE_SANDBOX_LIMITS", "optional".to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

@@ -1,6 +1,6 @@
 //! The process backend: the real opencode binary in a per-sandbox work dir, isolated with
 //! bubblewrap (every namespace unshared, uid 1000, no capabilities, read-only system binds, a
-//! private /proc, /dev and /tmp, cgroup memory and pids limits). The sandbox has no network at all:
+//! private /proc, /dev and /tmp, cgroup memory, pids and CPU limits). The sandbox has no network at all:
 //! its only way out is the proxy's unix socket, bound in and relayed to 127.0.0.1:4000 inside by
 //! delegate's own binary. `--isolation none` runs opencode unconfined, only when asked for.
 
@@ -18,13 +18,13 @@ use tokio::process::Child;
 use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::cgroup::Cgroup;
+use super::cgroup::{Cgroup, Limits};
 use super::lines::{drain, read_lines};
 use super::workdir::SandboxDirs;
 use super::{
     AgentOutput, ExitInfo, RunSpec, SandboxBackend, SandboxError, SandboxSpec, ServeEndpoint,
 };
-use crate::settings::{Isolation, Secret, Settings};
+use crate::settings::{Isolation, SandboxLimits, Secret, Settings};
 use crate::store::SandboxKind;
 
 mod bwrap;
@@ -75,8 +75,9 @@ pub struct ProcessBackend {
     tcp_proxy: OnceCell<SocketAddr>,
     model: String,
     small_model: String,
-    memory_bytes: u64,
-    pids_max: u64,
+    limits: Limits,
+    /// Whether a sandbox that cannot be limited refuses to start.
+    limits_required: bool,
     sandboxes: Mutex<HashMap<String, Arc<Live>>>,
     shutdown: CancellationToken,
 }
@@ -243,8 +244,14 @@ impl ProcessBackend {
             tcp_proxy: OnceCell::new(),
             model: settings.model.clone(),
             small_model: settings.small_model.clone(),
-            memory_bytes: settings.sandbox_memory_mb.saturating_mul(1 << 20),
-            pids_max: settings.sandbox_pids_max,
+            limits: Limits {
+                memory_bytes: settings.sandbox_memory_mb.saturating_mul(1 << 20),
+                pids_max: settings.sandbox_pids_max,
+                cpus: settings.docker.cpus,
+            },
+            // Unconfined (`--isolation none`) has nothing to insist on.
+            limits_required: settings.sandbox_limits == SandboxLimits::Required
+                && settings.isolation == Isolation::Bwrap,
             sandboxes: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
         })
@@ -257,6 +264,32 @@ impl ProcessBackend {
             .get(id)
             .cloned()
             .ok_or_else(|| SandboxError::Unknown(id.to_string()))
+    }
+
+    /// The cgroup(s) limiting sandbox `id`; `None` (with a warning) when the host cannot limit it
+    /// and limits are optional, else an error saying why and how to allow it.
+    async fn limit(&self, id: &str) -> Result<Option<Cgroup>, SandboxError> {
+        let name = format!("delegate-{id}");
+        let limits = self.limits;
+        // The cgroup file system: quick writes, but blocking calls all the same.
+        let made = tokio::task::spawn_blocking(move || Cgroup::create(&name, &limits))
+            .await
+            .map_err(|e| SandboxError::Io(format!("cgroup setup: {e}")))?;
+        match made {
+            Ok(cg) => Ok(Some(cg)),
+            Err(why) if self.limits_required => Err(SandboxError::Start(format!(
+                "the sandbox cannot be limited (memory, pids and CPU through cgroups): {why}. \
+                 Run delegate as root or in a cgroup it may manage (a systemd unit with \
+                 Delegate=yes), or set DELEGATE_SANDBOX_LIMITS=optional (--sandbox-limits \
+                 optional) to run sandboxes without limits"
+            ))),
+            Err(why) => {
+                tracing::warn!(
+                    "memory, pids and CPU limits are not enforced for sandbox {id}: {why}"
+                );
+                Ok(None)
+            }
+        }
     }
 
     /// The loopback TCP proxy used when isolation is off (no socket to bind in).
@@ -307,18 +340,11 @@ impl SandboxBackend for ProcessBackend {
             // Outside the work dir and home: the sandbox gets it only as an env var of serve.
             write("serve.password", pw.expose().to_string())?;
         }
-        let cgroup = match Cgroup::create(
-            &format!("delegate-{}", spec.id),
-            self.memory_bytes,
-            self.pids_max,
-        ) {
-            Ok(c) => Some(c),
-            Err(why) => {
-                tracing::warn!(
-                    "memory and pids limits are not enforced for sandbox {}: {why}",
-                    spec.id
-                );
-                None
+        let cgroup = match self.limit(&spec.id).await {
+            Ok(cg) => cg,
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dirs.root).await;
+                return Err(e);
             }
         };
         let live = Arc::new(Live {
@@ -435,6 +461,11 @@ impl SandboxBackend for ProcessBackend {
             Some(live) => {
                 live.stop.cancel();
                 live.stop_serve().await;
+                if let Some(cg) = &live.cgroup {
+                    // Now, not when the last reference goes: nothing of a deleted sandbox may
+                    // linger.
+                    cg.remove().await;
+                }
                 live.dirs.root.clone()
             }
             // Never came up: a run cancelled while its sandbox was being made drops `create`
