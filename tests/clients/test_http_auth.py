@@ -71,7 +71,7 @@ async def test_users_are_isolated(serve_factory: Callable[..., Serve], fake_fact
             assert sb["status"] == "running", sb
             run = await call_ok(b, "run_in_sandbox", {"task": "hang on", "sandbox_id": sandbox_b, "wait": False})
             run_b = run["run_id"]
-            assert run["status"] == "running", run
+            assert run["status"] in ("queued", "starting", "running"), run
             await await_cond(hang.requests, 60, "B's run to reach the fake upstream")
 
             listed_a = await call_ok(a, "list_sandboxes", {})

@@ -181,7 +181,7 @@ async def test_cancel_mid_run(make_target: Callable[[Fake], Target], fake_factor
                 assert running[0]["kind"] == "ephemeral", running
                 first = await call_ok(c, "stream_session", {"sandbox_id": sandbox_id, "wait_seconds": 0})
                 run_id = first["run_id"]
-                assert first["status"] == "running", first
+                assert first["status"] in ("starting", "running"), first
                 assert t.sandbox_processes(), "no sandbox process while the run hangs"
                 scope.cancel()
             assert not call_result and not call_error, (
@@ -205,7 +205,7 @@ async def test_wait_false_then_stream_session(make_target: Callable[[Fake], Targ
             started = time.monotonic()
             out = await call_ok(c, "run_in_sandbox", {"task": "create hello.txt saying hi", "wait": False})
             assert time.monotonic() - started < 10, "wait: false did not return at once"
-            assert out["status"] == "running", out
+            assert out["status"] in ("queued", "starting", "running"), out
             run_id = out["run_id"]
 
             events, last = await follow(c, run_id, wait_seconds=20, timeout=90)
