@@ -502,15 +502,18 @@ async fn drive(
         }
     }
     let status = finish.status;
-    let mut recorded = state
-        .finish(&orch, &run.id, status, &finish.outcome, &mut log)
-        .await;
-    if recorded.is_err() && ephemeral {
-        // The store refused the write, e.g. a full data disk, often full of this very sandbox's
-        // files: free what the sandbox holds first (its row follows below), then try again.
+    if ephemeral {
+        // Its change is kept: free what the sandbox holds before writing to the store, so a store
+        // that refuses writes (a full data disk, often full of this very sandbox's files) cannot
+        // keep it. Its row follows below.
         if let Err(e) = inner.backend.destroy(&run.sandbox_id).await {
             tracing::warn!(sandbox = %run.sandbox_id, error = %e, "could not free the sandbox");
         }
+    }
+    let mut recorded = state
+        .finish(&orch, &run.id, status, &finish.outcome, &mut log)
+        .await;
+    if recorded.is_err() {
         for wait in RECORD_RETRIES {
             tokio::time::sleep(wait).await;
             recorded = state
