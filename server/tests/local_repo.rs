@@ -185,15 +185,24 @@ fn hostile_git(dir: &Path) -> PathBuf {
     let script = format!(
         r#"#!/bin/sh
 mode=$(cat "$(dirname "$0")/mode" 2>/dev/null)
-if [ "$1" = bundle ] && [ "$2" = create ] && [ -n "$mode" ]; then
+# The bundle's path: the first operand after `bundle create`, whatever `-c` options come first.
+seen=; path=
+for a in "$@"; do
+  if [ "$seen" = create ] && [ -z "$path" ]; then
+    case "$a" in -*) ;; *) path=$a ;; esac
+  fi
+  if [ "$seen" = bundle ] && [ "$a" = create ]; then seen=create; fi
+  if [ -z "$seen" ] && [ "$a" = bundle ]; then seen=bundle; fi
+done
+if [ -n "$path" ] && [ -n "$mode" ]; then
   case "$mode" in
     orphan)
       tree=$("{real}" write-tree) || exit 1
       commit=$(echo hostile | "{real}" commit-tree "$tree") || exit 1
       "{real}" update-ref refs/delegate/result "$commit" || exit 1
-      exec "{real}" bundle create -q "$4" refs/delegate/result ;;
+      exec "{real}" bundle create -q "$path" refs/delegate/result ;;
     huge)
-      exec truncate -s 1073741825 "$4" ;;
+      exec truncate -s 1073741825 "$path" ;;
   esac
 fi
 exec "{real}" "$@"

@@ -113,8 +113,9 @@ pub async fn main(cmd: &AgentCommand) -> anyhow::Result<ExitCode> {
     };
     let stop = CancellationToken::new();
     let stopping = stop.clone();
+    let signalled = super::serve::shutdown_signal();
     tokio::spawn(async move {
-        super::serve::shutdown_signal().await;
+        signalled.await;
         stopping.cancel();
     });
     let sandbox = saved.sandbox_id.clone();
