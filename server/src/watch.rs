@@ -241,7 +241,7 @@ async fn loopback_host(State(watch): State<Arc<Watch>>, request: Request, next: 
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+        .or_else(|| request.uri().authority().map(http::uri::Authority::as_str));
     if watch.answers_to(host) {
         return next.run(request).await;
     }
