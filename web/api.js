@@ -25,7 +25,8 @@ export async function api(method, path, body) {
   const text = await resp.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = null; }
-  if (resp.status === 401 && !path.startsWith('/api/auth/') && location.pathname !== '/signin') {
+  if (resp.status === 401 && !path.startsWith('/api/auth/') && location.pathname !== '/signin'
+      && !(data && data.error && data.error.code === 'watch_link_required')) {
     // The session ended (expired, signed out elsewhere): sign in again and come back here.
     location.assign(`/signin?next=${encodeURIComponent(location.pathname + location.search)}`);
   }

@@ -82,6 +82,12 @@ async function render() {
     try {
       await refreshMe();
     } catch (e) {
+      if (e instanceof ApiError && e.status === 401 && e.code === 'watch_link_required') {
+        // The watch UI of `delegate mcp` / `delegate run` has no sign-in: only a run's link opens it.
+        drawHeader();
+        fill(main, h('h1', {}, 'Open a watch link'), h('p', { id: 'watch-link-required' }, e.message));
+        return;
+      }
       if (e instanceof ApiError && e.status === 401) {
         const next = location.pathname + location.search;
         return go(`/signin?next=${encodeURIComponent(next)}`, { replace: true });
@@ -114,6 +120,11 @@ function drawHeader() {
   const top = document.getElementById('top');
   if (!session.me) {
     fill(top, h('a.brand', { href: '/' }, 'delegate'));
+    return;
+  }
+  if (session.me.watch) {
+    // The watch UI of `delegate mcp` / `delegate run` serves runs only: no workspaces, no tokens.
+    fill(top, h('span.brand', {}, 'delegate'), h('span.muted', { id: 'watch-note' }, 'Watching runs on this machine'));
     return;
   }
   const wss = session.me.workspaces;

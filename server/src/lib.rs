@@ -28,4 +28,5 @@ pub mod settings;
 pub mod state;
 pub mod store;
 pub mod tunnel;
+pub mod watch;
 pub mod web;

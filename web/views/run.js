@@ -4,7 +4,7 @@
 
 import { get, post, q, followEvents } from '../api.js';
 import { h, fill, badge, fmtDuration, fmtTokens, fmtCost, fmtTime, toast } from '../dom.js';
-import { can, roleIn, setWorkspace } from '../app.js';
+import { can, roleIn, setWorkspace, session } from '../app.js';
 
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled', 'timed_out', 'lost']);
 
@@ -14,7 +14,9 @@ export async function runView(main, id) {
   const writer = can(roleIn(run.workspace), 'developer');
   const status = h('span', { id: 'run-status' }, badge(run.status));
   const meta = h('p.meta', {}, `Delegated by ${run.delegated_by} · ${fmtTime(run.created_at)} · sandbox `,
-    h('a', { href: `/sandboxes/${q(run.sandbox_id)}` }, h('code', {}, run.sandbox_id)),
+    // The watch UI of `delegate mcp` / `delegate run` serves runs only.
+    session.me && session.me.watch ? h('code', {}, run.sandbox_id)
+      : h('a', { href: `/sandboxes/${q(run.sandbox_id)}` }, h('code', {}, run.sandbox_id)),
     run.max_cost_usd == null ? '' : h('span', { id: 'run-budget' }, ` · budget ${fmtCost(run.max_cost_usd)}`),
     run.queue_position == null ? '' : h('span', { id: 'queue-position' }, ` · waiting for a run slot, #${run.queue_position} in line`));
   const cancel = writer && !TERMINAL.has(run.status)

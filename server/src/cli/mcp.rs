@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use delegate_mcp::delegator::Caller;
 use delegate_mcp::{McpOptions, RemoteDelegator};
-use delegate_server::delegation::EmbeddedDelegator;
 use delegate_server::settings::Settings;
 
 use super::remote::RemoteArgs;
@@ -16,7 +15,11 @@ use super::remote::RemoteArgs;
 #[command(after_help = "Examples:
   claude mcp add delegate -- delegate mcp                # embedded: runs on this machine
   claude mcp add delegate -e DELEGATE_SERVER=https://delegate.example.com \\
-    -e DELEGATE_TOKEN=dlg_... -- delegate mcp            # forwards to a team server")]
+    -e DELEGATE_TOKEN=dlg_... -- delegate mcp            # forwards to a team server
+
+Embedded, every run's watch_url (and its first progress line) is a link to follow it live in a
+browser: http://127.0.0.1:PORT/watch/... , served by this process on loopback, opening once
+within 10 minutes. DELEGATE_WATCH=off turns that off; DELEGATE_WATCH_ADDR picks the address.")]
 pub struct McpArgs {
     #[command(flatten)]
     pub remote: RemoteArgs,
@@ -36,13 +39,13 @@ pub async fn main(settings: Settings) -> anyhow::Result<ExitCode> {
         client: None,
         workspace_id: None,
     };
-    let delegator = super::local_repositories(
-        Arc::new(EmbeddedDelegator::new(orch.clone())),
-        &settings,
-        None,
-    );
+    let (embedded, watch) = super::embedded_delegator(&orch, &settings).await;
+    let delegator = super::local_repositories(Arc::new(embedded), &settings, None);
     let served = delegate_mcp::serve_stdio(delegator, caller, options(&settings)).await;
     // The client hung up: nothing of ours may outlive it.
+    if let Some(watch) = watch {
+        watch.stop().await;
+    }
     orch.shutdown().await;
     served.map_err(|e| anyhow::anyhow!("mcp: {e}"))?;
     Ok(ExitCode::SUCCESS)

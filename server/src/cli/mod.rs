@@ -108,6 +108,32 @@ fn local_repositories(
     })
 }
 
+/// Starts the watch UI (`DELEGATE_WATCH`) of an embedded orchestrator and returns the MCP tools'
+/// delegator over it, its runs carrying watch links. A listener that can not start costs the
+/// links, not the command: it says why on stderr and goes on.
+async fn embedded_delegator(
+    orch: &delegate_server::orchestrator::Orchestrator,
+    settings: &Settings,
+) -> (
+    delegate_server::delegation::EmbeddedDelegator,
+    Option<delegate_server::watch::WatchServer>,
+) {
+    let delegator = delegate_server::delegation::EmbeddedDelegator::new(orch.clone());
+    let Some(addr) = settings.watch else {
+        return (delegator, None);
+    };
+    match delegate_server::watch::WatchServer::start(orch, addr).await {
+        Ok(watch) => (delegator.with_watch(watch.links()), Some(watch)),
+        Err(e) => {
+            tracing::warn!(
+                "the watch UI could not listen on {addr}: {e}; runs get no watch_url \
+                 (DELEGATE_WATCH_ADDR picks another address, DELEGATE_WATCH=off turns it off)"
+            );
+            (delegator, None)
+        }
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use delegate_mcp::delegator::{CLI_CLIENT, Caller, Delegator};
 use delegate_mcp::tools::{ApplyMode, RunInSandboxInput};
 use delegate_mcp::types::{Detail, RunResult, RunStatus};
-use delegate_server::delegation::EmbeddedDelegator;
 use delegate_server::settings::{
     Isolation, SandboxLimits, Settings, UpstreamCredential, parse_duration,
 };
@@ -61,8 +60,14 @@ impl ApplyArg {
 
 Embedded (no --server): needs ANTHROPIC_API_KEY (kept in this process; the sandbox gets a proxy
 token) and opencode (DELEGATE_OPENCODE_BIN). With --server the server does the work and needs
-neither here. Exit code: 0 when the run succeeded, 1 when it did not, 2 on bad usage, 130 when
-interrupted.")]
+neither here.
+
+Watch it in a browser: embedded, the first progress line is `watch it live: URL`, a link to the
+run's page served by this process on loopback until it exits (it opens once, within 10 minutes;
+DELEGATE_WATCH=off turns it off, DELEGATE_WATCH_ADDR picks the address). With --server, the
+result's watch_url is on the server.
+
+Exit code: 0 when the run succeeded, 1 when it did not, 2 on bad usage, 130 when interrupted.")]
 pub struct RunArgs {
     /// What the agent should do, in plain words. `-` reads it from stdin.
     task: String,
@@ -204,12 +209,12 @@ pub async fn main(mut settings: Settings, args: &RunArgs) -> anyhow::Result<Exit
         user_id: orch.local_user().id.clone(),
         ..cli_caller()
     };
-    let delegator = super::local_repositories(
-        Arc::new(EmbeddedDelegator::new(orch.clone())),
-        &settings,
-        args.repo.as_deref(),
-    );
+    let (embedded, watch) = super::embedded_delegator(&orch, &settings).await;
+    let delegator = super::local_repositories(Arc::new(embedded), &settings, args.repo.as_deref());
     let outcome = delegate(delegator, caller, input, args, None).await;
+    if let Some(watch) = watch {
+        watch.stop().await;
+    }
     orch.shutdown().await;
     outcome
 }

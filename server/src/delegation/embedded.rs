@@ -30,6 +30,14 @@ impl EmbeddedDelegator {
             service: Service::new(orch),
         }
     }
+
+    /// Runs started here get their `watch_url` and a first progress line naming it from `watch`
+    /// (the embedded mode's loopback UI).
+    pub fn with_watch(self, watch: std::sync::Arc<dyn super::WatchLinks>) -> Self {
+        EmbeddedDelegator {
+            service: self.service.with_watch(watch),
+        }
+    }
 }
 
 #[async_trait]

@@ -33,12 +33,32 @@ pub use crate::roles::Action;
 #[derive(Clone)]
 pub struct Service {
     orch: Orchestrator,
+    watch: Option<std::sync::Arc<dyn WatchLinks>>,
+}
+
+/// Makes the links a person opens to watch a run live, where the runs' `watch_url` can not come
+/// from `DELEGATE_PUBLIC_URL`: the embedded mode's loopback UI (`crate::watch`).
+pub trait WatchLinks: Send + Sync {
+    /// A fresh link to watch `run_id`, or `None` when none can be made.
+    fn link(&self, run_id: &str) -> Option<String>;
 }
 
 impl Service {
     /// The service over one orchestrator.
     pub fn new(orch: Orchestrator) -> Self {
-        Service { orch }
+        Service { orch, watch: None }
+    }
+
+    /// The service whose runs get their `watch_url` (and a first progress line naming it) from
+    /// `watch`.
+    pub fn with_watch(mut self, watch: std::sync::Arc<dyn WatchLinks>) -> Self {
+        self.watch = Some(watch);
+        self
+    }
+
+    /// A link to watch `run_id` live, when this service makes them.
+    fn watch_link(&self, run_id: &str) -> Option<String> {
+        self.watch.as_ref().and_then(|w| w.link(run_id))
     }
 
     /// The orchestrator underneath, for callers that need more than the service's checked calls.

@@ -98,8 +98,15 @@ impl Service {
             None => self.orch.start_run(request).await,
         };
         let (run_id, _) = started?;
+        // Each link works once: the progress line and the result get one each.
+        if let Some(url) = self.watch_link(run_id.as_str()) {
+            let _ = progress.try_send(Progress {
+                seq: 0,
+                message: format!("watch it live: {url}"),
+            });
+        }
         if input.wait == Some(false) {
-            return self.orch.result(&run_id).await;
+            return self.with_watch_url(self.orch.result(&run_id).await);
         }
         let mut events = Box::pin(self.orch.events(&run_id, 0));
         let mut cancelled = false;
@@ -124,7 +131,17 @@ impl Service {
                 }
             }
         }
-        self.orch.wait(&run_id).await
+        self.with_watch_url(self.orch.wait(&run_id).await)
+    }
+
+    /// `result` with a fresh watch link when this service makes them and the server has none.
+    fn with_watch_url(&self, result: Result<RunResult>) -> Result<RunResult> {
+        result.map(|mut run| {
+            if run.watch_url.is_none() {
+                run.watch_url = self.watch_link(&run.run_id);
+            }
+            run
+        })
     }
 
     /// Events after a cursor, long-polling up to `wait_seconds` (default `default_wait`) when there

@@ -61,6 +61,10 @@ default_timeout = "900s"                                           # DELEGATE_DE
 diff_max_bytes = 262144                                            # DELEGATE_DIFF_MAX_BYTES
 # MCP progress at least this often (seconds) during a run, even when the agent is silent.
 heartbeat_secs = 15                                                # DELEGATE_HEARTBEAT_SECS
+# `delegate mcp` and `delegate run` (embedded) serve the web UI's run page on loopback, so a
+# run's watch_url opens it live (a one-time link); off: no listener, no watch_url.
+watch = true                                                       # DELEGATE_WATCH
+watch_addr = "127.0.0.1:0"                # loopback only; port 0 picks one  DELEGATE_WATCH_ADDR
 # Repositories a sandbox starts from: the largest snapshot, and the most files in it.
 max_repo_bytes = 1073741824                                        # DELEGATE_MAX_REPO_BYTES
 max_repo_files = 200000                                            # DELEGATE_MAX_REPO_FILES

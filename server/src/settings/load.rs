@@ -69,6 +69,8 @@ struct FileSettings {
     git_allowed_hosts: Option<Vec<String>>,
     egress: Option<EgressSettings>,
     secret_key: Option<Secret>,
+    watch: Option<Switch>,
+    watch_addr: Option<SocketAddr>,
 }
 
 /// Why the settings could not be loaded; the message names the file or variable.
@@ -338,7 +340,30 @@ impl Settings {
             None => None,
         };
 
+        let watch = match env.var("DELEGATE_WATCH") {
+            Some(v) => parse_switch("DELEGATE_WATCH", &v)?,
+            None => f.watch.map(|s| s.0).unwrap_or(true),
+        };
+        let watch_addr = match env.var("DELEGATE_WATCH_ADDR") {
+            Some(v) => parse_value("DELEGATE_WATCH_ADDR", &v)?,
+            None => f
+                .watch_addr
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+        };
+        // The watch UI authenticates with a cookie on plain http: anything but loopback would
+        // hand it to the network.
+        if !watch_addr.ip().is_loopback() {
+            return Err(SettingsError::Invalid {
+                name: "DELEGATE_WATCH_ADDR",
+                message: format!(
+                    "{watch_addr} is not a loopback address; the watch UI listens on loopback \
+                     only (127.0.0.1:PORT or [::1]:PORT)"
+                ),
+            });
+        }
+
         Ok(Settings {
+            watch: watch.then_some(watch_addr),
             secret_key,
             trusted_proxies,
             metrics_public,
@@ -666,6 +691,39 @@ where
         })
 }
 
+/// An on/off setting: `on`, `true`, `yes`, `1` or `off`, `false`, `no`, `0`.
+fn parse_switch(name: &'static str, v: &str) -> Result<bool, SettingsError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(SettingsError::Invalid {
+            name,
+            message: format!("{v:?} is not on or off (true, false)"),
+        }),
+    }
+}
+
+/// An on/off value in the settings file: a TOML boolean or the same words as the environment.
+#[derive(Debug, Clone, Copy)]
+struct Switch(bool);
+
+impl<'de> Deserialize<'de> for Switch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(b) => Ok(Switch(b)),
+            Raw::Word(w) => parse_switch("watch", &w)
+                .map(Switch)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 fn parse_enum<T: clap::ValueEnum>(name: &'static str, v: &str) -> Result<T, SettingsError> {
     T::from_str(v.trim(), true).map_err(|_| SettingsError::Invalid {
         name,
@@ -906,6 +964,36 @@ mod tests {
             err.to_string().contains("OIDC_ALLOWED_EMAIL_DOMAINS"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_watch_ui_is_on_by_default_on_loopback_only() {
+        let s = Settings::load(None, &[]).unwrap();
+        assert_eq!(s.watch, Some(SocketAddr::from(([127, 0, 0, 1], 0))));
+        for off in ["off", "false", "OFF", "0"] {
+            let s = Settings::load(None, &[("DELEGATE_WATCH", off)]).unwrap();
+            assert_eq!(s.watch, None, "{off}");
+        }
+        let s = Settings::load(
+            None,
+            &[
+                ("DELEGATE_WATCH", "on"),
+                ("DELEGATE_WATCH_ADDR", "[::1]:7001"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.watch, Some("[::1]:7001".parse().unwrap()));
+        let err = Settings::load(None, &[("DELEGATE_WATCH_ADDR", "0.0.0.0:7001")]).unwrap_err();
+        assert!(
+            err.to_string().contains("DELEGATE_WATCH_ADDR") && err.to_string().contains("loopback"),
+            "{err}"
+        );
+        let err = Settings::load(None, &[("DELEGATE_WATCH", "maybe")]).unwrap_err();
+        assert!(err.to_string().contains("DELEGATE_WATCH"), "{err}");
+        let file: FileSettings = toml::from_str("watch = \"off\"").unwrap();
+        assert!(matches!(file.watch, Some(Switch(false))));
+        let file: FileSettings = toml::from_str("watch = true").unwrap();
+        assert!(matches!(file.watch, Some(Switch(true))));
     }
 
     #[test]

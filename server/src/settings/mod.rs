@@ -321,6 +321,10 @@ pub struct Settings {
     /// `DELEGATE_SECRET_KEY` (32 bytes, base64 or hex): encrypts workspace secrets at rest.
     /// Without it secrets cannot be stored or used.
     pub secret_key: Option<SecretKey>,
+    /// `DELEGATE_WATCH` (default on; `off`/`false` disables) and `DELEGATE_WATCH_ADDR` (default
+    /// `127.0.0.1:0`, loopback only): where `delegate mcp` and `delegate run` (embedded) serve
+    /// the web UI's run page, so each run's `watch_url` can be opened; `None` when off.
+    pub watch: Option<SocketAddr>,
 }
 
 /// An address or a network in CIDR form (`10.0.0.5`, `10.1.0.0/16`, `fd00::/8`), as an admin
