@@ -13,6 +13,7 @@ pub mod remote;
 pub mod rest;
 pub mod service;
 pub mod sessions;
+pub mod tasks;
 pub mod tools;
 pub mod types;
 
