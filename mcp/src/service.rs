@@ -191,6 +191,11 @@ impl DelegateMcp {
         }
     }
 
+    /// The `run_in_sandbox` calls running as MCP tasks (shared with every clone).
+    pub fn tasks(&self) -> RunTasks {
+        self.tasks.clone()
+    }
+
     /// The same server with these options.
     pub fn with_options(mut self, options: McpOptions) -> Self {
         self.options = options;

@@ -267,6 +267,25 @@ impl RunTasks {
         Ok(())
     }
 
+    /// Cancels every working task and waits until each has ended: over stdio a task ends with
+    /// the connection that started it, as the run of a plain call does.
+    pub async fn cancel_all(&self) {
+        let waits: Vec<_> = {
+            let tasks = lock(&self.inner);
+            tasks
+                .values()
+                .filter(|entry| entry.ended_at.is_none())
+                .map(|entry| {
+                    entry.cancel.cancel();
+                    entry.ended.subscribe()
+                })
+                .collect()
+        };
+        for mut ended in waits {
+            let _ = ended.wait_for(|ended| *ended).await;
+        }
+    }
+
     /// `tasks/result`: waits until the task ended, then returns it.
     pub async fn wait(&self, owner: &str, task_id: &str) -> Result<DetailedTask, ErrorData> {
         let mut ended = {
@@ -330,6 +349,29 @@ mod tests {
             Some("run r_1 cancelled")
         );
         assert!(tasks.get("alice", "task_nope").is_err());
+    }
+
+    #[tokio::test]
+    async fn cancel_all_ends_every_working_task() {
+        let tasks = RunTasks::default();
+        let ids: Vec<String> = (0..3)
+            .map(|_| {
+                tasks
+                    .start("alice", Duration::from_secs(60), |handle| async move {
+                        handle.cancel_token().cancelled().await;
+                        TaskEnd::Cancelled("run cancelled".into())
+                    })
+                    .unwrap()
+                    .task_id
+            })
+            .collect();
+        tasks.cancel_all().await;
+        for id in ids {
+            assert_eq!(
+                tasks.get("alice", &id).unwrap().status(),
+                TaskStatus::Cancelled
+            );
+        }
     }
 
     #[test]
