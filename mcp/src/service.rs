@@ -339,6 +339,7 @@ impl DelegateMcp {
                 },
             }
         })?;
+        tracing::info!(task = %task.task_id, "run_in_sandbox started as an MCP task");
         Ok(CallToolResponse::Task(CreateTaskResult::new(task)))
     }
 
