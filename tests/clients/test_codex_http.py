@@ -21,10 +21,8 @@ from test_codex import CODEX, EXAMPLE
 def http_block() -> str:
     """The example's commented HTTP alternative, uncommented."""
     text = EXAMPLE.read_text()
-    start = text.index("# Or HTTP")
-    lines = text[start:].splitlines()[1:]
-    block = [line[2:] for line in lines if line.startswith("# ")]
-    assert block and block[0] == "[mcp_servers.delegate]", block
+    start = text.index("# [mcp_servers.delegate]", text.index("# Or HTTP"))
+    block = [line[2:] for line in text[start:].splitlines() if line.startswith("# ")]
     return "\n".join(block) + "\n"
 
 
