@@ -13,6 +13,7 @@ pub mod remote;
 pub mod rest;
 pub mod service;
 pub mod sessions;
+pub mod tasks;
 pub mod tools;
 pub mod types;
 
@@ -63,11 +64,13 @@ pub async fn serve_stdio(
     caller: Caller,
     options: McpOptions,
 ) -> Result<(), ServeError> {
-    let service = DelegateMcp::new(delegator, Some(caller))
-        .with_options(options)
-        .serve(rmcp::transport::stdio())
-        .await?;
-    service.waiting().await?;
+    let mcp = DelegateMcp::new(delegator, Some(caller)).with_options(options);
+    let tasks = mcp.tasks();
+    let service = mcp.serve(rmcp::transport::stdio()).await?;
+    let served = service.waiting().await;
+    // The client hung up: its tasks' runs are cancelled, as a plain call's run would be.
+    tasks.cancel_all().await;
+    served?;
     Ok(())
 }
 

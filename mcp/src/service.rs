@@ -16,11 +16,13 @@ use rmcp::{
     ErrorData, RoleServer, ServerHandler,
     handler::server::tool::{schema_for_input, schema_for_output, schema_for_type},
     model::{
-        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-        JsonObject, ListResourceTemplatesResult, ListToolsResult, PaginatedRequestParams,
-        ProgressNotificationParam, ProgressToken, ReadResourceRequestParams, ReadResourceResponse,
-        ReadResourceResult, Resource, ResourceContents, ResourceTemplate, ServerCapabilities,
-        ServerConfig, Tool, ToolAnnotations,
+        CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams,
+        ClientCapabilities, ContentBlock, CreateTaskResult, CustomRequest, CustomResult, ErrorCode,
+        GetTaskParams, GetTaskResult, Implementation, JsonObject, ListResourceTemplatesResult,
+        ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
+        ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
+        ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig, TaskPayload, Tool,
+        ToolAnnotations,
     },
     service::{Peer, RequestContext},
 };
@@ -31,12 +33,14 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::budget;
 use crate::delegator::{Caller, ClientRoots, DelegateError, Delegator, Progress};
+use crate::tasks::{RETAIN_ENDED, RunTasks, TaskEnd};
 use crate::tools::{
     ApplyChangesInput, ApplyChangesOutput, CancelRunInput, CancelRunOutput, CreateSandboxInput,
     CreateSandboxOutput, DeleteSandboxInput, DeleteSandboxOutput, ListSandboxesInput,
-    ListSandboxesOutput, RunInSandboxInput, StreamSessionInput, StreamSessionOutput,
+    ListSandboxesOutput, MAX_TIMEOUT_SECONDS, RunInSandboxInput, StreamSessionInput,
+    StreamSessionOutput,
 };
-use crate::types::RunResult;
+use crate::types::{Detail, RunResult, RunStatus};
 
 /// Capacity of the progress queues between a run and the client. A full queue drops progress
 /// (the events stay in the run's log) instead of slowing the run down.
@@ -160,6 +164,9 @@ pub struct DelegateMcp {
     fixed_caller: Option<Caller>,
     tools: Arc<[Tool]>,
     options: McpOptions,
+    /// `run_in_sandbox` calls running as MCP tasks; shared by every clone, so a task outlives
+    /// the HTTP request and session that started it.
+    tasks: RunTasks,
 }
 
 impl std::fmt::Debug for DelegateMcp {
@@ -180,7 +187,13 @@ impl DelegateMcp {
             fixed_caller,
             tools: tool_definitions().into(),
             options: McpOptions::default(),
+            tasks: RunTasks::default(),
         }
+    }
+
+    /// The `run_in_sandbox` calls running as MCP tasks (shared with every clone).
+    pub fn tasks(&self) -> RunTasks {
+        self.tasks.clone()
     }
 
     /// The same server with these options.
@@ -279,25 +292,66 @@ impl DelegateMcp {
             self.options.heartbeat,
         );
         let (joined, ()) = tokio::join!(run, forward);
-        match joined {
-            Ok(result) => {
-                let link = result
-                    .as_ref()
-                    .ok()
-                    .filter(|run| run.commit.is_some())
-                    .map(|run| patch_link(&run.run_id));
-                let result = result.map(|run| budget::run_result(&run, detail));
-                let mut answer = to_tool_result(result, budget::run_text)?;
-                answer.content.extend(link);
-                Ok(answer)
+        run_tool_result(joined, detail)
+    }
+
+    /// `run_in_sandbox` as an MCP task: returns at once with the task; the run goes on with the
+    /// task's own cancellation (`tasks/cancel`), not the request's, and its last activity becomes
+    /// the task's `statusMessage`. The task's result is the same budgeted result a plain call
+    /// returns.
+    async fn start_run_task(
+        &self,
+        caller: Caller,
+        input: RunInSandboxInput,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let roots = self.client_roots(input.repo.as_deref(), &ctx).await;
+        let detail = input.detail.unwrap_or_default();
+        // The server's default timeout is not known here: without one, the longest a run may take.
+        let timeout = input
+            .timeout_seconds
+            .unwrap_or(MAX_TIMEOUT_SECONDS)
+            .min(MAX_TIMEOUT_SECONDS);
+        let ttl = Duration::from_secs(timeout) + RETAIN_ENDED;
+        let delegator = self.delegator.clone();
+        let owner = caller.user_id.clone();
+        let task = self.tasks.start(&owner, ttl, move |handle| async move {
+            let cancel = handle.cancel_token();
+            let (progress_tx, mut progress_rx) = mpsc::channel::<Progress>(PROGRESS_QUEUE);
+            let run = tokio::spawn(roots.scope(async move {
+                delegator
+                    .run_in_sandbox(&caller, input, progress_tx, cancel)
+                    .await
+            }));
+            let activity = async {
+                while let Some(progress) = progress_rx.recv().await {
+                    handle.set_activity(&progress.message);
+                }
+            };
+            let (joined, ()) = tokio::join!(run, activity);
+            match joined {
+                Ok(Ok(run)) if handle.cancel_requested() && run.status == RunStatus::Cancelled => {
+                    TaskEnd::Cancelled(format!("run {} cancelled", run.run_id))
+                }
+                joined => match run_tool_result(joined, detail) {
+                    Ok(result) => TaskEnd::Completed(result),
+                    Err(error) => TaskEnd::Failed(error),
+                },
             }
-            Err(join_error) => {
-                tracing::error!(error = %join_error, "run_in_sandbox task failed");
-                Ok(error_result(&DelegateError::Internal(
-                    "the run's task failed; see the server log".into(),
-                )))
-            }
+        })?;
+        tracing::info!(task = %task.task_id, "run_in_sandbox started as an MCP task");
+        Ok(CallToolResponse::Task(CreateTaskResult::new(task)))
+    }
+
+    /// The caller's id for the task methods, which also need the client to have declared the
+    /// tasks extension (rmcp checks it for `tasks/get` and `tasks/cancel`).
+    fn task_owner(&self, ctx: &RequestContext<RoleServer>) -> Result<String, ErrorData> {
+        if !client_wants_tasks(ctx) {
+            return Err(ErrorData::missing_required_client_capability(
+                ClientCapabilities::builder().enable_tasks().build(),
+            ));
         }
+        Ok(self.caller(ctx)?.user_id)
     }
 
     async fn dispatch(
@@ -384,6 +438,7 @@ impl ServerHandler for DelegateMcp {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_resources()
+                .enable_tasks()
                 .build(),
         )
         .with_server_info(
@@ -469,9 +524,122 @@ impl ServerHandler for DelegateMcp {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        // A client that declared the tasks extension gets a task for a run it would otherwise
+        // wait for; `wait: false` already returns at once, and the other tools are quick.
+        if request.name == "run_in_sandbox" && client_wants_tasks(&ctx) {
+            let input: RunInSandboxInput =
+                parse_arguments("run_in_sandbox", request.arguments.clone())?;
+            if input.wait != Some(false) {
+                let caller = self.caller(&ctx)?;
+                return self.start_run_task(caller, input, ctx).await;
+            }
+        }
         self.dispatch(request, ctx)
             .await
             .map(CallToolResponse::from)
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        let owner = self.task_owner(&ctx)?;
+        self.tasks
+            .get(&owner, &request.task_id)
+            .map(GetTaskResult::new)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let owner = self.task_owner(&ctx)?;
+        self.tasks.cancel(&owner, &request.task_id)
+    }
+
+    /// `tasks/result`, the 2025-11-25 protocol's blocking read of a task's result, for clients
+    /// that would rather wait than poll `tasks/get`: the tool's result once the run ended, or
+    /// the task's error.
+    async fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CustomResult, ErrorData> {
+        if request.method != TASKS_RESULT {
+            return Err(ErrorData::new(
+                ErrorCode::METHOD_NOT_FOUND,
+                format!("unknown method `{}`", truncate_chars(&request.method, 100)),
+                None,
+            ));
+        }
+        let owner = self.task_owner(&ctx)?;
+        let params: TaskIdParams = request
+            .params_as()
+            .map_err(|error| ErrorData::invalid_params(format!("{TASKS_RESULT}: {error}"), None))?
+            .ok_or_else(|| {
+                ErrorData::invalid_params(format!("{TASKS_RESULT} needs params.taskId"), None)
+            })?;
+        let task = tokio::select! {
+            task = self.tasks.wait(&owner, &params.task_id) => task?,
+            () = ctx.ct.cancelled() => {
+                return Err(ErrorData::internal_error("request cancelled", None));
+            }
+        };
+        let message = task.task.status_message.clone().unwrap_or_default();
+        match task.payload {
+            TaskPayload::Completed { result } => Ok(CustomResult::new(result.into())),
+            TaskPayload::Failed { error } => Err(serde_json::from_value(error.into())
+                .unwrap_or_else(|_| ErrorData::internal_error(message, None))),
+            _ => Err(ErrorData::invalid_request(
+                format!("task {} ended without a result: {message}", params.task_id),
+                None,
+            )),
+        }
+    }
+}
+
+/// The 2025-11-25 method that blocks until a task ended and returns its result.
+const TASKS_RESULT: &str = "tasks/result";
+
+/// The params of `tasks/result`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TaskIdParams {
+    task_id: String,
+}
+
+/// Whether the client declared the tasks extension (at `initialize` or in this request's `_meta`).
+fn client_wants_tasks(ctx: &RequestContext<RoleServer>) -> bool {
+    ctx.client_capabilities()
+        .is_some_and(|capabilities| capabilities.supports_tasks())
+}
+
+/// A finished `run_in_sandbox` as its tool result: the budgeted run plus a link to its patch, or
+/// the tool error the model reads.
+fn run_tool_result(
+    joined: Result<Result<RunResult, DelegateError>, tokio::task::JoinError>,
+    detail: Detail,
+) -> Result<CallToolResult, ErrorData> {
+    match joined {
+        Ok(result) => {
+            let link = result
+                .as_ref()
+                .ok()
+                .filter(|run| run.commit.is_some())
+                .map(|run| patch_link(&run.run_id));
+            let result = result.map(|run| budget::run_result(&run, detail));
+            let mut answer = to_tool_result(result, budget::run_text)?;
+            answer.content.extend(link);
+            Ok(answer)
+        }
+        Err(join_error) => {
+            tracing::error!(error = %join_error, "run_in_sandbox task failed");
+            Ok(error_result(&DelegateError::Internal(
+                "the run's task failed; see the server log".into(),
+            )))
+        }
     }
 }
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -144,10 +145,18 @@ class ClaudeHostFake(_Server):
     main agent first hands the task to the plugin's sub-agent (`Task`/`Agent` tool with
     `subagent_type` = `via_agent`), and the sub-agent calls `run_in_sandbox`."""
 
-    def __init__(self, forward_to: str, arguments: dict[str, Any], via_agent: str | None = None):
+    def __init__(
+        self, forward_to: str, arguments: dict[str, Any], via_agent: str | None = None, sandbox_silence: float = 0.0
+    ):
         self.forward_to = urlsplit(forward_to)
         self.arguments = arguments
         self.via_agent = via_agent
+        # With `sandbox_silence`, the sandbox's first agent turn (a forwarded request offering tools)
+        # starts its answer, then says nothing but Anthropic's `ping` events for that many seconds:
+        # a model thinking for long, silent to opencode and so to delegate. `silence` holds its
+        # (start, end) in time.monotonic() once over.
+        self.sandbox_silence = sandbox_silence
+        self.silence: tuple[float, float] | None = None
         # What Claude Code sent: every request of its own, and the ones carrying tool results.
         self.host_requests: list[dict[str, Any]] = []
         self.tool_results: dict[str, dict[str, Any]] = {}
@@ -226,11 +235,46 @@ class ClaudeHostFake(_Server):
                 h.send_header(k, v)
         h.send_header("connection", "close")
         h.end_headers()
+        silence = self._take_silence(raw)
+        held = b""
         while chunk := resp.read1(65536):
+            if silence:
+                # Up to the end of the first event (`message_start`), then the silence.
+                held += chunk
+                end = held.find(b"\n\n")
+                if end < 0:
+                    continue
+                h.wfile.write(held[: end + 2])
+                h.wfile.flush()
+                self._stay_silent(h, silence)
+                chunk, held, silence = held[end + 2 :], b"", 0.0
             h.wfile.write(chunk)
             h.wfile.flush()
+        h.wfile.write(held)
         h.close_connection = True
         conn.close()
+
+    def _take_silence(self, raw: bytes) -> float:
+        try:
+            agent_turn = bool(json.loads(raw or b"{}").get("tools"))
+        except ValueError:
+            agent_turn = False
+        with self.lock:
+            if not agent_turn or not self.sandbox_silence or self.silence is not None:
+                return 0.0
+            self.silence = (time.monotonic(), 0.0)
+            return self.sandbox_silence
+
+    def _stay_silent(self, h: BaseHTTPRequestHandler, seconds: float) -> None:
+        """The scripted model's silence: only `ping` events (as the real API sends), every 15 s, so
+        opencode's 5-minute chunk timeout is not what ends it."""
+        start = time.monotonic()
+        while (left := start + seconds - time.monotonic()) > 0:
+            time.sleep(min(15.0, left))
+            h.wfile.write(b'event: ping\ndata: {"type": "ping"}\n\n')
+            h.wfile.flush()
+        with self.lock:
+            self.silence = (start, time.monotonic())
 
 
 # ---------------------------------------------------------------------------------------------------
