@@ -671,7 +671,9 @@ pub fn parse_allowed_host(v: &str) -> Result<String, SettingsError> {
         return Err(invalid());
     }
     let authority = http::uri::Authority::try_from(v.as_str()).map_err(|_| invalid())?;
-    if authority.host().is_empty() {
+    // `Authority` takes any port text; a port that is no number would otherwise allow every port.
+    let bad_port = authority.port().is_some() && authority.port_u16().is_none();
+    if authority.host().is_empty() || bad_port {
         return Err(invalid());
     }
     Ok(v)
