@@ -6,6 +6,8 @@
 # Outside scripts/test: Open WebUI is a large install (about 2 GB here) and slow to start. Run
 #   scripts/setup --test && cargo build --bins && examples/open-webui/check.sh
 # It installs open-webui (pinned below) into OPEN_WEBUI_VENV (default .tools/open-webui) once.
+# OPEN_WEBUI_CHECK_SCRIPT=slow:30000:write:hello.txt:hi makes the sandbox's run last minutes, and
+# OPEN_WEBUI_CHECK_FOLLOW=1 has the model start it with `wait: false` and follow it with stream_session.
 # PyTorch and its CUDA libraries (several GB more) are left out: they serve Open WebUI's local
 # embedding and speech models, which this check turns off (BYPASS_EMBEDDING_AND_RETRIEVAL).
 set -euo pipefail

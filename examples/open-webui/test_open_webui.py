@@ -123,7 +123,12 @@ class OpenWebUI:
 
 @pytest.fixture
 def webui(tmp_path: Path) -> Iterator[tuple[OpenWebUI, ChatCompletionsFake]]:
-    model = ChatCompletionsFake("run_in_sandbox", {"task": TASK, "repo": "none"})
+    # OPEN_WEBUI_CHECK_FOLLOW=1: the model starts the run with `wait: false` and follows it with
+    # stream_session, the way to run past Open WebUI's 300 s read timeout
+    if os.environ.get("OPEN_WEBUI_CHECK_FOLLOW") == "1":
+        model = ChatCompletionsFake("run_in_sandbox", {"task": TASK, "repo": "none", "wait": False}, follow=True)
+    else:
+        model = ChatCompletionsFake("run_in_sandbox", {"task": TASK, "repo": "none"})
     ui = OpenWebUI(model.url, tmp_path)
     try:
         ui.sign_up_admin()
@@ -202,8 +207,11 @@ def test_open_webui_delegates_through_mcp(
     print(f"the chat took {time.monotonic() - started:.0f}s")
     assert model.tool_name and model.tool_name.endswith("run_in_sandbox"), model.offered
     result = json.dumps(model.tool_message)
-    print(f"Open WebUI handed its model {len(result)} characters: {result[:300]}")
-    assert "succeeded" in result and "hello.txt" in result, result[:2000]
+    print(f"Open WebUI handed its model {len(model.tool_messages)} tool result(s), the last {len(result)} characters: {result[:300]}")
+    assert "succeeded" in result, result[:2000]
+    assert "hello.txt" in json.dumps(model.tool_messages), json.dumps(model.tool_messages)[:2000]
+    if model.follow:
+        assert re.search(r'"done\\?": true', result), f"the last stream_session result is not done: {result[:2000]}"
 
     # and the model's final answer is saved in the new chat, after the tool call
     chats = ui.http.get("/api/v1/chats/").json()

@@ -671,8 +671,9 @@ pub fn parse_allowed_host(v: &str) -> Result<String, SettingsError> {
         return Err(invalid());
     }
     let authority = http::uri::Authority::try_from(v.as_str()).map_err(|_| invalid())?;
-    // `Authority` takes any port text; a port that is no number would otherwise allow every port.
-    let bad_port = authority.port().is_some() && authority.port_u16().is_none();
+    // `Authority` takes any text after the colon as a port: one that is no number would
+    // otherwise be dropped, allowing every port.
+    let bad_port = authority.port_u16().is_none() && authority.host() != v;
     if authority.host().is_empty() || bad_port {
         return Err(invalid());
     }
@@ -851,9 +852,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.allowed_hosts, ["delegate:8080", "mcp.internal"]);
+        let s =
+            Settings::load(None, &[("DELEGATE_ALLOWED_HOSTS", "[::1]:8080,[fd00::2]")]).unwrap();
+        assert_eq!(s.allowed_hosts, ["[::1]:8080", "[fd00::2]"]);
         for bad in [
             "http://delegate:8080",
             "delegate:port",
+            "delegate:",
+            "delegate:99999",
             "user@delegate",
             "delegate/mcp",
         ] {
