@@ -62,7 +62,8 @@ pub fn router(
         ))
 }
 
-/// Host names the MCP endpoint answers to: the public URL's host, the listen address, loopback.
+/// Host names the MCP endpoint answers to: the public URL's host, the listen address, loopback,
+/// and `DELEGATE_ALLOWED_HOSTS`.
 pub fn allowed_hosts(orch: &Orchestrator, local: std::net::SocketAddr) -> Vec<String> {
     let mut hosts = vec![
         local.to_string(),
@@ -82,6 +83,7 @@ pub fn allowed_hosts(orch: &Orchestrator, local: std::net::SocketAddr) -> Vec<St
             hosts.push(name.to_string());
         }
     }
+    hosts.extend(orch.settings().allowed_hosts.iter().cloned());
     hosts
 }
 

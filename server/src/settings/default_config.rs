@@ -15,6 +15,8 @@ listen = "127.0.0.1:8080"
 backend = "auto"                                                   # DELEGATE_BACKEND
 # How browsers and sandboxes reach this server.                     DELEGATE_PUBLIC_URL
 # public_url = "https://delegate.example.com"
+# More Host names /mcp answers to, e.g. a compose service name.     DELEGATE_ALLOWED_HOSTS
+# allowed_hosts = ["delegate:8080"]                                # host (any port) or host:port
 # A warm sandbox with no runs and no viewers is paused after this.  IDLE_TIMEOUT
 idle_timeout = "30m"
 

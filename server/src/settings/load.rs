@@ -22,6 +22,7 @@ struct FileSettings {
     database_url: Option<Secret>,
     backend: Option<BackendChoice>,
     public_url: Option<String>,
+    allowed_hosts: Option<Vec<String>>,
     idle_timeout: Option<String>,
     anthropic_base_url: Option<String>,
     anthropic_api_key: Option<Secret>,
@@ -303,6 +304,15 @@ impl Settings {
         .map(|h| parse_git_host(h))
         .collect::<Result<Vec<_>, _>>()?;
 
+        let allowed_hosts = match env.var("DELEGATE_ALLOWED_HOSTS") {
+            Some(v) => v.split(',').map(str::to_string).collect(),
+            None => f.allowed_hosts.take().unwrap_or_default(),
+        }
+        .iter()
+        .filter(|h| !h.trim().is_empty())
+        .map(|h| parse_allowed_host(h))
+        .collect::<Result<Vec<_>, _>>()?;
+
         let mut egress = f.egress.take().unwrap_or_default();
         if let Some(json) = env.var("DELEGATE_EGRESS_POLICIES") {
             egress.policies = serde_json::from_str(&json).map_err(|e| SettingsError::Invalid {
@@ -375,6 +385,7 @@ impl Settings {
             listen,
             database_url,
             backend,
+            allowed_hosts,
             public_url: env.var("DELEGATE_PUBLIC_URL").or(f.public_url),
             idle_timeout,
             upstream: Upstream {
@@ -673,6 +684,27 @@ pub fn parse_git_host(v: &str) -> Result<GitHost, SettingsError> {
     Ok(GitHost { host, port })
 }
 
+/// One `DELEGATE_ALLOWED_HOSTS` entry: `host` (any port) or `host:port`, lower case, as a `Host`
+/// header spells it. A URL or user info is refused rather than silently never matching.
+pub fn parse_allowed_host(v: &str) -> Result<String, SettingsError> {
+    let v = v.trim().to_ascii_lowercase();
+    let invalid = || SettingsError::Invalid {
+        name: "DELEGATE_ALLOWED_HOSTS",
+        message: format!("{v:?} is not host[:port] (e.g. delegate:8080)"),
+    };
+    if v.contains(['/', '@', '?', '#']) {
+        return Err(invalid());
+    }
+    let authority = http::uri::Authority::try_from(v.as_str()).map_err(|_| invalid())?;
+    // `Authority` takes any text after the colon as a port: one that is no number would
+    // otherwise be dropped, allowing every port.
+    let bad_port = authority.port_u16().is_none() && authority.host() != v;
+    if authority.host().is_empty() || bad_port {
+        return Err(invalid());
+    }
+    Ok(v)
+}
+
 fn default_data_dir() -> PathBuf {
     dirs::data_dir()
         .unwrap_or_else(|| PathBuf::from(".local/share"))
@@ -868,6 +900,33 @@ mod tests {
     #[test]
     fn the_default_config_parses() {
         toml::from_str::<FileSettings>(DEFAULT_CONFIG).unwrap();
+    }
+
+    #[test]
+    fn allowed_hosts_are_host_or_host_and_port_in_lower_case() {
+        let s = Settings::load(
+            None,
+            &[("DELEGATE_ALLOWED_HOSTS", " Delegate:8080, ,mcp.internal")],
+        )
+        .unwrap();
+        assert_eq!(s.allowed_hosts, ["delegate:8080", "mcp.internal"]);
+        let s =
+            Settings::load(None, &[("DELEGATE_ALLOWED_HOSTS", "[::1]:8080,[fd00::2]")]).unwrap();
+        assert_eq!(s.allowed_hosts, ["[::1]:8080", "[fd00::2]"]);
+        for bad in [
+            "http://delegate:8080",
+            "delegate:port",
+            "delegate:",
+            "delegate:99999",
+            "user@delegate",
+            "delegate/mcp",
+        ] {
+            let err = Settings::load(None, &[("DELEGATE_ALLOWED_HOSTS", bad)]).unwrap_err();
+            assert!(
+                err.to_string().contains("DELEGATE_ALLOWED_HOSTS"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

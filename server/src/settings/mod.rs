@@ -245,6 +245,11 @@ pub struct Settings {
     pub backend: BackendChoice,
     /// `DELEGATE_PUBLIC_URL`: how browsers and sandboxes reach the server (links, `watch_url`).
     pub public_url: Option<String>,
+    /// `DELEGATE_ALLOWED_HOSTS` (comma-separated `host[:port]`; default none): further `Host`
+    /// names `/mcp` answers to besides loopback and the public URL's host, e.g. the service name a
+    /// client beside the server in a compose network uses. Everything else is refused (DNS
+    /// rebinding protection).
+    pub allowed_hosts: Vec<String>,
     /// `IDLE_TIMEOUT` (default `30m`): a warm sandbox without activity this long is paused.
     pub idle_timeout: Duration,
     /// `ANTHROPIC_*`: where the proxy forwards model calls.
