@@ -462,7 +462,7 @@ async fn the_warm_sandbox_quota_holds_across_servers_even_for_racing_creates() {
                 assert_eq!(
                     (status, code.as_str()),
                     (StatusCode::TOO_MANY_REQUESTS, "limit")
-                )
+                );
             }
         }
     }

@@ -242,8 +242,10 @@ pub(super) const PUT_WORKSPACE_LIMITS: &str = "INSERT INTO workspace_limits (wor
 
 /// The first statement of an admission transaction: it takes the workspace row's lock on
 /// PostgreSQL and the database's write lock on SQLite, so two servers (or two tasks) admitting into
-/// one workspace at once take turns, and the count that follows cannot be stale when acted on.
-pub(super) const LOCK_WORKSPACE: &str = "UPDATE workspaces SET id = id WHERE id = $1";
+/// one workspace at once take turns, and the count that follows cannot be stale when acted on. A
+/// column that is no key is "changed", so PostgreSQL's lock (FOR NO KEY UPDATE) does not hold up
+/// rows being written that refer to the workspace.
+pub(super) const LOCK_WORKSPACE: &str = "UPDATE workspaces SET name = name WHERE id = $1";
 
 /// `$1` workspace: its runs holding a slot (admitted, or started before admission was recorded)
 /// and not finished.
