@@ -398,3 +398,159 @@ impl Orchestrator {
         self.effective_limits(workspace_id).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Run, Sandbox, SandboxKind, User, Workspace};
+    use delegate_mcp::types::{RunStatus, SandboxStatus};
+
+    /// A store with workspaces `a` and `b`, each with a sandbox `s_a` / `s_b`.
+    async fn store() -> Arc<dyn Store> {
+        let store = crate::store::connect("sqlite::memory:").await.unwrap();
+        let user = User {
+            id: "u".into(),
+            email: "u@example.com".into(),
+            name: "U".into(),
+            created_at: 1,
+        };
+        store.create_user(&user).await.unwrap();
+        for w in ["a", "b"] {
+            let ws = Workspace {
+                id: w.into(),
+                slug: w.into(),
+                name: w.into(),
+                created_at: 1,
+            };
+            store.create_workspace(&ws, "u").await.unwrap();
+            store
+                .insert_sandbox(&Sandbox {
+                    id: format!("s_{w}"),
+                    workspace_id: w.into(),
+                    name: "s".into(),
+                    kind: SandboxKind::Ephemeral,
+                    backend: "process".into(),
+                    status: SandboxStatus::Running,
+                    status_reason: None,
+                    idle_timeout_s: None,
+                    meta: serde_json::json!({}),
+                    created_by: None,
+                    created_at: 1,
+                    updated_at: 1,
+                    base: None,
+                })
+                .await
+                .unwrap();
+        }
+        store
+    }
+
+    /// Writes run `id` of workspace `ws` (queued, created at `at`) and marks its ticket ready.
+    async fn queue(store: &Arc<dyn Store>, ticket: &Ticket, id: &str, ws: &str, at: i64) {
+        store
+            .insert_run(&Run {
+                id: id.into(),
+                sandbox_id: format!("s_{ws}"),
+                workspace_id: ws.into(),
+                task: "t".into(),
+                model: None,
+                agent: None,
+                status: RunStatus::Queued,
+                timeout_s: 60,
+                created_by: None,
+                created_at: at,
+                started_at: None,
+                finished_at: None,
+                outcome: Default::default(),
+            })
+            .await
+            .unwrap();
+        ticket.ready().await;
+    }
+
+    async fn end(store: &Arc<dyn Store>, id: &str) {
+        store
+            .finish_run(
+                id,
+                RunStatus::Queued,
+                RunStatus::Cancelled,
+                &Default::default(),
+                9,
+            )
+            .await
+            .unwrap();
+    }
+
+    fn running(admission: &Admission) -> usize {
+        lock(&admission.state).running
+    }
+
+    #[tokio::test]
+    async fn a_run_over_its_workspace_quota_waits_in_the_databases_order_and_gets_the_freed_slot() {
+        let store = store().await;
+        let admission = Admission::new(16, 8, store.clone());
+        let first = admission.enter("run_1", "a", Some(1)).unwrap();
+        queue(&store, &first, "run_1", "a", 1).await;
+        assert_eq!(
+            store.queue_position("run_1").await.unwrap(),
+            None,
+            "taken at once"
+        );
+        let first = first.slot().await;
+        let second = admission.enter("run_2", "a", Some(1)).unwrap();
+        queue(&store, &second, "run_2", "a", 2).await;
+        let third = admission.enter("run_3", "a", Some(1)).unwrap();
+        queue(&store, &third, "run_3", "a", 3).await;
+        assert_eq!(store.queue_position("run_2").await.unwrap(), Some(1));
+        assert_eq!(store.queue_position("run_3").await.unwrap(), Some(2));
+        // Another workspace is not held up by this one's quota.
+        let other = admission.enter("run_4", "b", Some(1)).unwrap();
+        queue(&store, &other, "run_4", "b", 4).await;
+        assert_eq!(store.queue_position("run_4").await.unwrap(), None);
+        let other = other.slot().await;
+        assert_eq!(running(&admission), 2);
+
+        // The first ends: its slot goes to the oldest waiting run.
+        end(&store, "run_1").await;
+        drop(first);
+        let second = tokio::time::timeout(POLL * 5, second.slot())
+            .await
+            .expect("the second run gets the freed slot");
+        assert_eq!(store.queue_position("run_3").await.unwrap(), Some(1));
+        // Leaving the line (a cancel) frees the place.
+        drop(third);
+        end(&store, "run_3").await;
+        assert_eq!(store.queue_position("run_3").await.unwrap(), None);
+        drop(second);
+        drop(other);
+        assert_eq!(
+            (running(&admission), lock(&admission.state).queue.len()),
+            (0, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_server_limit_queues_too_and_the_line_is_bounded() {
+        let store = store().await;
+        let admission = Admission::new(1, 1, store.clone());
+        let first = admission.enter("run_1", "a", None).unwrap();
+        queue(&store, &first, "run_1", "a", 1).await;
+        let first = first.slot().await;
+        let waiting = admission.enter("run_2", "b", None).unwrap();
+        queue(&store, &waiting, "run_2", "b", 2).await;
+        assert_eq!(store.queue_position("run_2").await.unwrap(), Some(1));
+        let refused = admission.enter("run_3", "b", None);
+        assert!(matches!(refused, Err(Error::Limit(m)) if m.contains("DELEGATE_MAX_QUEUED_RUNS")));
+        // This server's slot frees: the waiting run is let in.
+        drop(first);
+        let waiting = tokio::time::timeout(POLL * 5, waiting.slot())
+            .await
+            .expect("the waiting run gets the slot");
+        assert_eq!(store.queue_position("run_2").await.unwrap(), None);
+        drop(waiting);
+        assert_eq!(
+            (running(&admission), lock(&admission.state).queue.len()),
+            (0, 0)
+        );
+    }
+}
