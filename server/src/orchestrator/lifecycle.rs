@@ -39,6 +39,8 @@ pub(super) struct NewSandbox<'a> {
     pub(super) network: Option<&'a str>,
     /// `env`, `secrets`, `setup` and `image`.
     pub(super) inputs: &'a SandboxInputs,
+    /// The workspace's `max_warm_sandboxes` quota, checked as the row is written.
+    pub(super) max_warm: Option<u64>,
 }
 
 /// The secrets a sandbox's environment holds (name, value): what its runs' logs redact.
@@ -61,8 +63,7 @@ impl Orchestrator {
             Err(bad) => return Err(Error::Invalid(bad.to_string())),
         };
         let ws = self.workspace(req.workspace.as_deref()).await?;
-        // Held until the row is in, so two creates at once cannot both pass the quota.
-        let quota = self.check_warm_quota(&ws.id).await?;
+        let max_warm = self.warm_quota(&ws.id).await?;
         let (sandbox, spec, _) = self
             .insert_sandbox(
                 &ws,
@@ -75,10 +76,10 @@ impl Orchestrator {
                     created_by: req.created_by,
                     network: req.network.as_deref(),
                     inputs: &req.inputs,
+                    max_warm,
                 },
             )
             .await?;
-        drop(quota);
         let endpoint = self.start_sandbox(&sandbox, &spec).await?;
         // Cloned into the work dir: the uploaded bundle is not needed any more.
         SnapshotFile::release(req.snapshot).await;
@@ -156,6 +157,7 @@ impl Orchestrator {
             created_by,
             network,
             inputs,
+            max_warm,
         } = new;
         // Checked before the sandbox exists: bad input leaves nothing behind.
         if inputs.setup.is_some() && !self.inner.backend.runs_setup() {
@@ -190,7 +192,15 @@ impl Orchestrator {
             updated_at: now,
             base: snapshot.map(|s| s.base.clone()),
         };
-        self.inner.store.insert_sandbox(&sandbox).await?;
+        match max_warm {
+            // Counted and written in one transaction: creates racing on any server cannot pass it.
+            Some(max) => {
+                if let Some(warm) = self.inner.store.insert_warm_sandbox(&sandbox, max).await? {
+                    return Err(super::quotas::warm_quota_full(warm, max));
+                }
+            }
+            None => self.inner.store.insert_sandbox(&sandbox).await?,
+        }
         self.inner
             .store
             .set_sandbox_owner(&sandbox.id, &self.inner.instance_id)

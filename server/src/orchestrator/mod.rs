@@ -159,10 +159,9 @@ struct Inner {
     local: local::Links,
     /// Repository snapshots uploaded for the next run or sandbox.
     snapshots: Arc<Snapshots>,
-    /// Run slots (server-wide and per workspace) and the runs waiting for one.
+    /// This server's run slots and its runs waiting for one (workspace quotas are counted in the
+    /// database, across servers).
     admission: Arc<quotas::Admission>,
-    /// Held from a warm sandbox's quota check until its row is written.
-    warm_quota: tokio::sync::Mutex<()>,
     default_workspace: Workspace,
     /// The user embedded mode acts as (stdio MCP, `delegate run`).
     local_user: User,
@@ -196,6 +195,11 @@ impl Orchestrator {
         let snapshots = Snapshots::open(&settings.data_dir)
             .await
             .map_err(|e| Error::Sandbox(SandboxError::Io(format!("the snapshots dir: {e}"))))?;
+        let admission = quotas::Admission::new(
+            settings.max_concurrent_runs,
+            settings.max_queued_runs,
+            store.clone(),
+        );
         let orch = Orchestrator {
             inner: Arc::new(Inner {
                 store,
@@ -207,11 +211,7 @@ impl Orchestrator {
                 warm: Mutex::new(HashMap::new()),
                 local: local::Links::default(),
                 snapshots: Arc::new(snapshots),
-                admission: quotas::Admission::new(
-                    settings.max_concurrent_runs,
-                    settings.max_queued_runs,
-                ),
-                warm_quota: tokio::sync::Mutex::new(()),
+                admission,
                 settings,
                 default_workspace,
                 local_user,

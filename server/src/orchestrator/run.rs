@@ -198,6 +198,7 @@ pub(super) async fn start(
                         created_by: req.created_by.clone(),
                         network: req.network.as_deref(),
                         inputs: &req.inputs,
+                        max_warm: None,
                     },
                 )
                 .await?;
@@ -257,6 +258,8 @@ pub(super) async fn start(
         Err(e) => Err(e),
     };
     inserted?;
+    // Admitted now if there is room, so the caller reads its true status (or place in line).
+    ticket.ready().await;
     reservation.hold_for_run(&run_id);
 
     let cancel = orch.inner.shutdown.child_token();
@@ -554,8 +557,7 @@ async fn admit(orch: &Orchestrator, run_id: &RunId, workspace_id: &str) -> Resul
     let limit = orch
         .effective_limits(workspace_id)
         .await?
-        .max_concurrent_runs
-        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        .max_concurrent_runs;
     orch.inner
         .admission
         .enter(run_id.as_str(), workspace_id, limit)

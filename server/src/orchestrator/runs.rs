@@ -94,7 +94,7 @@ impl Orchestrator {
         let event_count = self.inner.store.event_count(run_id.as_str()).await?;
         let mut result = result_of(&run, event_count, self.inner.settings.public_url.as_deref());
         if result.status == RunStatus::Queued {
-            result.queue_position = self.queue_position(run_id.as_str());
+            result.queue_position = self.queue_position(run_id.as_str()).await?;
         }
         Ok(result)
     }

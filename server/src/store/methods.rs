@@ -809,6 +809,130 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn admit_run(
+                &self,
+                run_id: &str,
+                max_running: Option<u64>,
+                now: Millis,
+            ) -> Result<bool> {
+                let Some(max) = max_running else {
+                    // No quota: nothing to count, and one statement is atomic by itself.
+                    let done = sqlx::query(sql::ADMIT_RUN)
+                        .bind(now)
+                        .bind(run_id)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(db_error("run"))?;
+                    return Ok(done.rows_affected() == 1);
+                };
+                let Some((workspace_id, created_at, waiting)) =
+                    sqlx::query_as::<_, (String, i64, bool)>(sql::RUN_WAITING)
+                        .bind(run_id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(db_error("run"))?
+                else {
+                    return Ok(false);
+                };
+                if !waiting {
+                    return Ok(false);
+                }
+                // Dropping the transaction on any early return rolls it back.
+                let mut tx = self.pool.begin().await.map_err(db_error("run"))?;
+                sqlx::query(sql::LOCK_WORKSPACE)
+                    .bind(&workspace_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("workspace"))?;
+                let admitted = sqlx::query_scalar::<_, i64>(sql::WORKSPACE_ADMITTED_RUNS)
+                    .bind(&workspace_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_error("run"))?;
+                let ahead = sqlx::query_scalar::<_, i64>(sql::WAITING_AHEAD)
+                    .bind(&workspace_id)
+                    .bind(created_at)
+                    .bind(run_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_error("run"))?;
+                if sql::to_u64(admitted) + sql::to_u64(ahead) >= max {
+                    return Ok(false);
+                }
+                let done = sqlx::query(sql::ADMIT_RUN)
+                    .bind(now)
+                    .bind(run_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("run"))?;
+                tx.commit().await.map_err(db_error("run"))?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn queue_position(&self, run_id: &str) -> Result<Option<u64>> {
+                let Some((workspace_id, created_at, waiting)) =
+                    sqlx::query_as::<_, (String, i64, bool)>(sql::RUN_WAITING)
+                        .bind(run_id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(db_error("run"))?
+                else {
+                    return Ok(None);
+                };
+                if !waiting {
+                    return Ok(None);
+                }
+                let ahead = sqlx::query_scalar::<_, i64>(sql::WAITING_AHEAD)
+                    .bind(&workspace_id)
+                    .bind(created_at)
+                    .bind(run_id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error("run"))?;
+                Ok(Some(sql::to_u64(ahead) + 1))
+            }
+
+            async fn insert_warm_sandbox(
+                &self,
+                sandbox: &Sandbox,
+                max_warm: u64,
+            ) -> Result<Option<u64>> {
+                let mut tx = self.pool.begin().await.map_err(db_error("sandbox"))?;
+                sqlx::query(sql::LOCK_WORKSPACE)
+                    .bind(&sandbox.workspace_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("workspace"))?;
+                let warm = sqlx::query_scalar::<_, i64>(sql::WORKSPACE_WARM_SANDBOXES)
+                    .bind(&sandbox.workspace_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_error("sandbox"))?;
+                let warm = sql::to_u64(warm);
+                if warm >= max_warm {
+                    return Ok(Some(warm));
+                }
+                sqlx::query(sql::INSERT_SANDBOX)
+                    .bind(&sandbox.id)
+                    .bind(&sandbox.workspace_id)
+                    .bind(&sandbox.name)
+                    .bind(sandbox.kind.as_str())
+                    .bind(&sandbox.backend)
+                    .bind(sandbox.status.as_str())
+                    .bind(&sandbox.status_reason)
+                    .bind(sandbox.idle_timeout_s)
+                    .bind(sql::json_text(&sandbox.meta))
+                    .bind(&sandbox.created_by)
+                    .bind(sandbox.created_at)
+                    .bind(sandbox.updated_at)
+                    .bind(sql::base_text(sandbox.base.as_ref())?)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("sandbox"))?;
+                tx.commit().await.map_err(db_error("sandbox"))?;
+                Ok(None)
+            }
+
             async fn ping(&self) -> Result<()> {
                 sqlx::query_scalar::<_, i64>(sql::PING)
                     .fetch_one(&self.pool)

@@ -580,6 +580,21 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> Result<()>;
 
+    // Admission: decided in the database so that it holds across servers sharing it.
+    /// Lets the waiting run `run_id` in if its workspace has room: fewer than `max_running` of
+    /// its runs admitted and unfinished (`None`: no limit), counting the runs waiting ahead of it
+    /// (oldest first by `(created_at, id)`) as taking the places before it. One transaction that
+    /// holds the workspace's lock, so servers racing cannot pass the limit together. `false` when
+    /// it must wait, or is not waiting any more.
+    async fn admit_run(&self, run_id: &str, max_running: Option<u64>, now: Millis) -> Result<bool>;
+    /// A waiting run's place among its workspace's waiting runs on every server (1: next);
+    /// `None` once it is admitted, or when it is not waiting.
+    async fn queue_position(&self, run_id: &str) -> Result<Option<u64>>;
+    /// Inserts a warm sandbox unless its workspace already has `max_warm` of them (paused ones
+    /// count, deleted and failed ones do not); one transaction holding the workspace's lock.
+    /// `Some(count)` when refused.
+    async fn insert_warm_sandbox(&self, sandbox: &Sandbox, max_warm: u64) -> Result<Option<u64>>;
+
     // Operations.
     /// A trivial query: does the database answer?
     async fn ping(&self) -> Result<()>;

@@ -238,6 +238,39 @@ pub(super) const PUT_WORKSPACE_LIMITS: &str = "INSERT INTO workspace_limits (wor
      max_warm_sandboxes = excluded.max_warm_sandboxes, updated_at = excluded.updated_at, \
      updated_by = excluded.updated_by";
 
+// ---- Admission: quotas that hold across servers sharing the database -------------------------
+
+/// The first statement of an admission transaction: it takes the workspace row's lock on
+/// PostgreSQL and the database's write lock on SQLite, so two servers (or two tasks) admitting into
+/// one workspace at once take turns, and the count that follows cannot be stale when acted on. A
+/// column that is no key is "changed", so PostgreSQL's lock (FOR NO KEY UPDATE) does not hold up
+/// rows being written that refer to the workspace.
+pub(super) const LOCK_WORKSPACE: &str = "UPDATE workspaces SET name = name WHERE id = $1";
+
+/// `$1` workspace: its runs holding a slot (admitted, or started before admission was recorded)
+/// and not finished.
+pub(super) const WORKSPACE_ADMITTED_RUNS: &str = "SELECT COUNT(*) FROM runs \
+     WHERE workspace_id = $1 AND (status IN ('starting', 'running') \
+     OR (status = 'queued' AND admitted_at IS NOT NULL))";
+
+/// `$1` run: its workspace, creation time and whether it still waits.
+pub(super) const RUN_WAITING: &str = "SELECT workspace_id, created_at, \
+     (status = 'queued' AND admitted_at IS NULL) FROM runs WHERE id = $1";
+
+/// `$1` workspace, `$2` created_at, `$3` id: its waiting runs ahead of that one (the line's order
+/// is (created_at, id), the same on every server).
+pub(super) const WAITING_AHEAD: &str = "SELECT COUNT(*) FROM runs \
+     WHERE workspace_id = $1 AND status = 'queued' AND admitted_at IS NULL \
+     AND (created_at < $2 OR (created_at = $2 AND id < $3))";
+
+/// `$1` now, `$2` run: lets a waiting run in.
+pub(super) const ADMIT_RUN: &str = "UPDATE runs SET admitted_at = $1 \
+     WHERE id = $2 AND status = 'queued' AND admitted_at IS NULL";
+
+/// `$1` workspace: its warm sandboxes counted by `max_warm_sandboxes` (paused ones too).
+pub(super) const WORKSPACE_WARM_SANDBOXES: &str = "SELECT COUNT(*) FROM sandboxes \
+     WHERE workspace_id = $1 AND kind = 'warm' AND status NOT IN ('deleted', 'failed')";
+
 /// Like [`RUN_USAGE`] over a workspace's calls; the last column is its number of runs.
 pub(super) const WORKSPACE_USAGE: &str = "SELECT \
      CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), \
