@@ -154,14 +154,14 @@ impl LocalDelegator {
         let guard = self.keeper.live.hold(key);
         self.pinned
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(key.to_string(), guard);
     }
 
     fn unpin(&self, key: &str) {
         self.pinned
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(key);
     }
 

@@ -117,7 +117,7 @@ impl Live {
         *self
             .keys
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(key.to_string())
             .or_default() += 1;
         LiveGuard {
@@ -129,7 +129,11 @@ impl Live {
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        let mut keys = self.live.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut keys = self
+            .live
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(count) = keys.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
@@ -196,7 +200,10 @@ impl Keeper {
 
     /// Runs on the blocking pool (see [`Keeper::prune`]).
     fn prune_blocking(&self, now: SystemTime) -> std::io::Result<PruneReport> {
-        let _one_at_a_time = self.pruning.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = self
+            .pruning
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut report = PruneReport::default();
         let tmp = self.state_dir.join("tmp");
         let snapshots = self.state_dir.join("snapshots");
@@ -270,7 +277,11 @@ impl Keeper {
         {
             // Checked and moved under the lock that `hold` takes: a use starting now either
             // holds the key first (and it stays) or finds it gone (and reads the tombstone).
-            let keys = self.live.keys.lock().unwrap_or_else(|e| e.into_inner());
+            let keys = self
+                .live
+                .keys
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if keys.contains_key(key) {
                 drop(keys);
                 let _ = std::fs::remove_file(&tombstone);
