@@ -337,22 +337,16 @@ impl LocalDelegator {
         branch: BranchName,
         to: ApplyTo,
     ) -> Result<delegate_repo::Applied, DelegateError> {
+        if let Some(why) = self.keeper.expire_if_old(&record.snapshot).await {
+            return Err(pruned(run_id, &why));
+        }
         let _in_use = self.keeper.live.hold(&record.snapshot);
         let dir = self.snapshot_dir(&record.snapshot);
         let snapshot = match Snapshot::open(&dir).await {
             Ok(snapshot) => snapshot,
             Err(e) => {
                 return Err(match self.keeper.pruned(&record.snapshot).await {
-                    Some(why) => DelegateError::Repo {
-                        kind: "snapshot_pruned".into(),
-                        message: format!(
-                            "the snapshot run {run_id} started from is gone from this machine: \
-                             {}; its change is still in the run's patch (patch_url, or the \
-                             resource delegate://runs/{run_id}/patch) while the server keeps \
-                             the run",
-                            why.explain()
-                        ),
-                    },
+                    Some(why) => pruned(run_id, &why),
                     None => DelegateError::NotFound(format!(
                         "the snapshot run {run_id} started from is gone from this machine ({e})"
                     )),
@@ -762,6 +756,19 @@ pub fn short_id(id: &str) -> String {
         "run".into()
     } else {
         short.to_string()
+    }
+}
+
+/// The error of an apply whose snapshot was pruned.
+fn pruned(run_id: &str, why: &prune::Pruned) -> DelegateError {
+    DelegateError::Repo {
+        kind: "snapshot_pruned".into(),
+        message: format!(
+            "the snapshot run {run_id} started from is gone from this machine: {}; its change is \
+             still in the run's patch (patch_url, or the resource delegate://runs/{run_id}/patch) \
+             while the server keeps the run",
+            why.explain()
+        ),
     }
 }
 

@@ -807,7 +807,7 @@ async fn kept_snapshots_go_after_the_retention_then_oldest_first_over_the_cap() 
     let state = s.base.join("state/local");
     let runner = keeping(&s, KEEP_ALL);
     let mut runs = Vec::new();
-    for n in 0..3 {
+    for n in 0..4 {
         let (result, _) = run(
             &runner,
             RunInSandboxInput {
@@ -855,7 +855,7 @@ async fn kept_snapshots_go_after_the_retention_then_oldest_first_over_the_cap() 
         "{message}"
     );
 
-    // Over the cap by a byte: the least recently used goes, the newest stays and applies.
+    // Over the cap by a byte: the least recently used goes, a newer one stays and applies.
     let total = du(&state.join("snapshots")) + du(&state.join("tmp"));
     let capped = keeping(
         &s,
@@ -886,6 +886,13 @@ async fn kept_snapshots_go_after_the_retention_then_oldest_first_over_the_cap() 
         Vec::<String>::new(),
         "under the cap now"
     );
+
+    // Past the retention but not pruned yet: an apply prunes it rather than use it.
+    age_snapshot(&state, &key(&runs[3]), 31);
+    let (kind, message) = apply_error(&capped, &runs[3]).await;
+    assert_eq!(kind, "snapshot_pruned");
+    assert!(message.contains("after 30 days"), "{message}");
+    assert!(!state.join("snapshots").join(key(&runs[3])).exists());
 }
 
 #[tokio::test]

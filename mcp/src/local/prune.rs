@@ -182,6 +182,34 @@ impl Keeper {
             .map_err(std::io::Error::other)?
     }
 
+    /// Prunes `key` now when it is past the retention and not in use here, and says why: an
+    /// apply must not depend on whether a background prune got to it first.
+    pub(super) async fn expire_if_old(self: &Arc<Self>, key: &str) -> Option<Pruned> {
+        let retain = (self.policy.retain_days > 0).then(|| days(self.policy.retain_days))?;
+        let keeper = self.clone();
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = keeper
+                .pruning
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let dir = keeper.state_dir.join("snapshots").join(&key);
+            let unused = SystemTime::now()
+                .duration_since(last_used(&dir))
+                .unwrap_or_default();
+            if !dir.is_dir() || unused <= retain {
+                return None;
+            }
+            let why = Pruned::Age {
+                retain_days: keeper.policy.retain_days,
+            };
+            matches!(keeper.remove_snapshot(&key, &why), Ok(true)).then_some(why)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     /// Prunes in the background; a failure is logged.
     pub(super) fn prune_in_background(self: &Arc<Self>) {
         let keeper = self.clone();
@@ -289,13 +317,12 @@ impl Keeper {
             }
             if let Err(e) = std::fs::rename(&from, &trash) {
                 drop(keys);
+                // Gone already: another process pruned it, and its tombstone (the same) stays.
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    return Ok(false);
+                }
                 let _ = std::fs::remove_file(&tombstone);
-                // Another process pruned it first.
-                return if e.kind() == std::io::ErrorKind::NotFound {
-                    Ok(false)
-                } else {
-                    Err(e)
-                };
+                return Err(e);
             }
         }
         if let Some(sandbox_id) = key.strip_prefix("sandbox-") {
