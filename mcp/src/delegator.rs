@@ -98,7 +98,7 @@ pub enum DelegateError {
     BudgetExceeded(String),
     /// A repository could not be used or changed; `kind` is `not_a_repo`, `repo_busy`,
     /// `repo_too_large`, `repo_unreachable`, `bad_change`, `conflict`, `repo_failed`, or (on the
-    /// caller's machine) `outside_project`.
+    /// caller's machine) `outside_project` and `snapshot_pruned`.
     #[error("{kind}: {message}")]
     Repo {
         /// The error kind, to branch on.

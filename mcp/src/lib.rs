@@ -30,7 +30,7 @@ use rmcp::{
 use tokio_util::sync::CancellationToken;
 
 pub use delegator::{Caller, ClientRoots, DelegateError, Delegator, Progress};
-pub use local::LocalDelegator;
+pub use local::{KeepPolicy, LocalDelegator, PruneReport};
 pub use remote::RemoteDelegator;
 pub use service::{DelegateMcp, McpOptions};
 

@@ -18,8 +18,15 @@
 //! - `snapshots/run-<run_id>/`, `snapshots/sandbox-<sandbox_id>/`: kept snapshots;
 //! - `runs/<run_id>.json`: which snapshot a run started from ([`RunRecord`]);
 //! - `sandboxes/<sandbox_id>.json`: the branch a warm sandbox's runs move forward
-//!   ([`SandboxRecord`]).
+//!   ([`SandboxRecord`]);
+//! - `pruned/<key>.json`: why a kept snapshot was pruned ([`prune`]: unused for longer than the
+//!   run retention, or over the state dir's cap), for an apply that comes too late.
 
+mod prune;
+
+pub use prune::{KeepPolicy, PruneReport};
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -36,6 +43,7 @@ use crate::tools::{
     ListSandboxesOutput, RunInSandboxInput, SandboxInfo, StreamSessionInput, StreamSessionOutput,
 };
 use crate::types::{RepoBase, RunResult};
+use prune::{Keeper, LiveGuard};
 
 /// Which snapshot a run started from, written when the run is created.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,6 +90,11 @@ pub struct LocalDelegator {
     default_root: Option<PathBuf>,
     /// One apply at a time: applies share a snapshot's scratch repository and the caller's refs.
     applying: Mutex<()>,
+    /// Prunes the state dir, sparing the snapshots in use here.
+    keeper: Arc<Keeper>,
+    /// Snapshots held for as long as this process lives, or until their sandbox is deleted
+    /// here: warm sandboxes created here, runs that went on after `run_in_sandbox` returned.
+    pinned: std::sync::Mutex<HashMap<String, LiveGuard>>,
 }
 
 impl std::fmt::Debug for LocalDelegator {
@@ -90,6 +103,7 @@ impl std::fmt::Debug for LocalDelegator {
             .field("state_dir", &self.state_dir)
             .field("limits", &self.limits)
             .field("default_root", &self.default_root)
+            .field("keep", &self.keeper.policy)
             .finish_non_exhaustive()
     }
 }
@@ -104,13 +118,51 @@ impl LocalDelegator {
             .filter(|dir| !dir.is_empty())
             .map(PathBuf::from)
             .or_else(|| std::env::current_dir().ok());
+        let state_dir = state_dir.into();
         Self {
             inner,
-            state_dir: state_dir.into(),
+            keeper: Arc::new(Keeper::new(state_dir.clone(), KeepPolicy::default())),
+            state_dir,
             limits,
             default_root,
             applying: Mutex::new(()),
+            pinned: std::sync::Mutex::default(),
         }
+    }
+
+    /// How long and how much of the kept snapshots stay (`DELEGATE_RETAIN_RUNS_DAYS`,
+    /// `DELEGATE_LOCAL_KEEP_BYTES`); [`KeepPolicy::default`] otherwise.
+    pub fn with_keep_policy(mut self, policy: KeepPolicy) -> Self {
+        self.keeper = Arc::new(Keeper::new(self.state_dir.clone(), policy));
+        self
+    }
+
+    /// Prunes the kept snapshots now (see [`KeepPolicy`]), on the blocking pool; never one a run
+    /// or an apply in this process is using.
+    pub async fn prune(&self) -> std::io::Result<PruneReport> {
+        self.keeper.prune().await
+    }
+
+    /// [`prune`](Self::prune) in the background (commands call it at start-up; every run ends
+    /// with one); a failure is logged.
+    pub fn prune_in_background(&self) {
+        self.keeper.prune_in_background();
+    }
+
+    /// Holds `key` live for as long as this delegator lives (or until [`unpin`](Self::unpin)).
+    fn pin(&self, key: &str) {
+        let guard = self.keeper.live.hold(key);
+        self.pinned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.to_string(), guard);
+    }
+
+    fn unpin(&self, key: &str) {
+        self.pinned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
     }
 
     /// Uses `root` as the project root when the MCP client names none (instead of
@@ -285,13 +337,23 @@ impl LocalDelegator {
         branch: BranchName,
         to: ApplyTo,
     ) -> Result<delegate_repo::Applied, DelegateError> {
-        let snapshot = Snapshot::open(&self.snapshot_dir(&record.snapshot))
-            .await
-            .map_err(|e| {
-                DelegateError::NotFound(format!(
-                    "the snapshot run {run_id} started from is gone from this machine ({e})"
-                ))
-            })?;
+        if let Some(why) = self.keeper.expire_if_old(&record.snapshot).await {
+            return Err(pruned(run_id, &why));
+        }
+        let _in_use = self.keeper.live.hold(&record.snapshot);
+        let dir = self.snapshot_dir(&record.snapshot);
+        let snapshot = match Snapshot::open(&dir).await {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                return Err(match self.keeper.pruned(&record.snapshot).await {
+                    Some(why) => pruned(run_id, &why),
+                    None => DelegateError::NotFound(format!(
+                        "the snapshot run {run_id} started from is gone from this machine ({e})"
+                    )),
+                });
+            }
+        };
+        prune::touch(&dir).await;
         let tmp = self.state_dir.join("tmp");
         tokio::fs::create_dir_all(&tmp)
             .await
@@ -368,11 +430,10 @@ impl LocalDelegator {
             }
         }
     }
-}
 
-#[async_trait]
-impl Delegator for LocalDelegator {
-    async fn run_in_sandbox(
+    /// [`Delegator::run_in_sandbox`] up to the apply at its end, the run's snapshot kept and
+    /// held in use meanwhile.
+    async fn run_and_keep(
         &self,
         caller: &Caller,
         input: RunInSandboxInput,
@@ -422,14 +483,29 @@ impl Delegator for LocalDelegator {
                 ),
             }
         };
+        // A warm sandbox's snapshot is in use for the whole run (a fresh one is in `tmp/`, which
+        // a prune leaves alone while it is young).
+        let _warm_in_use = input
+            .sandbox_id
+            .as_deref()
+            .map(|id| self.keeper.live.hold(&format!("sandbox-{id}")));
         let mut result = self
             .inner
             .run_in_sandbox(caller, inner_input, progress.clone(), cancel)
             .await?;
 
+        let key = match (&snapshot, &input.sandbox_id) {
+            (Some(_), _) => format!("run-{}", result.run_id),
+            (None, Some(sandbox_id)) => format!("sandbox-{sandbox_id}"),
+            (None, None) => String::new(),
+        };
+        let _in_use = (!key.is_empty()).then(|| self.keeper.live.hold(&key));
+        if !result.status.is_terminal() && !key.is_empty() {
+            // The run goes on without us; `apply_changes` needs its snapshot when it ends.
+            self.pin(&key);
+        }
         let record = match (snapshot, &input.sandbox_id) {
             (Some(snapshot), _) => {
-                let key = format!("run-{}", result.run_id);
                 if safe_id(&result.run_id) && self.keep(snapshot, &key).await {
                     let record = RunRecord {
                         snapshot: key,
@@ -442,11 +518,11 @@ impl Delegator for LocalDelegator {
                 }
             }
             (None, Some(sandbox_id)) if safe_id(sandbox_id) && safe_id(&result.run_id) => {
-                let key = format!("sandbox-{sandbox_id}");
                 if tokio::fs::try_exists(self.snapshot_dir(&key))
                     .await
                     .unwrap_or(false)
                 {
+                    prune::touch(&self.snapshot_dir(&key)).await;
                     let record = RunRecord {
                         snapshot: key,
                         sandbox_id: Some(sandbox_id.clone()),
@@ -476,6 +552,23 @@ impl Delegator for LocalDelegator {
             }
         }
         Ok(result)
+    }
+}
+
+#[async_trait]
+impl Delegator for LocalDelegator {
+    async fn run_in_sandbox(
+        &self,
+        caller: &Caller,
+        input: RunInSandboxInput,
+        progress: mpsc::Sender<Progress>,
+        cancel: CancellationToken,
+    ) -> Result<RunResult, DelegateError> {
+        let outcome = self.run_and_keep(caller, input, progress, cancel).await;
+        // The run's own snapshot is no longer in use (unless the run goes on): it may be the one
+        // that has to go.
+        self.prune_in_background();
+        outcome
     }
 
     async fn create_sandbox(
@@ -522,6 +615,8 @@ impl Delegator for LocalDelegator {
             .await?;
         if safe_id(&info.sandbox_id) {
             let key = format!("sandbox-{}", info.sandbox_id);
+            // Its runs need it for as long as the sandbox lives.
+            self.pin(&key);
             self.keep(snapshot, &key).await;
         }
         info.base.get_or_insert(base);
@@ -549,7 +644,10 @@ impl Delegator for LocalDelegator {
         caller: &Caller,
         input: DeleteSandboxInput,
     ) -> Result<DeleteSandboxOutput, DelegateError> {
-        self.inner.delete_sandbox(caller, input).await
+        let key = format!("sandbox-{}", input.sandbox_id);
+        let deleted = self.inner.delete_sandbox(caller, input).await?;
+        self.unpin(&key);
+        Ok(deleted)
     }
 
     async fn cancel_run(
@@ -658,6 +756,19 @@ pub fn short_id(id: &str) -> String {
         "run".into()
     } else {
         short.to_string()
+    }
+}
+
+/// The error of an apply whose snapshot was pruned.
+fn pruned(run_id: &str, why: &prune::Pruned) -> DelegateError {
+    DelegateError::Repo {
+        kind: "snapshot_pruned".into(),
+        message: format!(
+            "the snapshot run {run_id} started from is gone from this machine: {}; its change is \
+             still in the run's patch (patch_url, or the resource delegate://runs/{run_id}/patch) \
+             while the server keeps the run",
+            why.explain()
+        ),
     }
 }
 

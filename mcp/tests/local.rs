@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use delegate_mcp::{
-    Caller, ClientRoots, DelegateError, Delegator, LocalDelegator, Progress,
+    Caller, ClientRoots, DelegateError, Delegator, KeepPolicy, LocalDelegator, Progress,
     tools::{
         ApplyChangesInput, ApplyMode, ApplyTarget, CancelRunInput, CancelRunOutput,
         CreateSandboxInput, DeleteSandboxInput, DeleteSandboxOutput, ListSandboxesInput,
@@ -57,6 +57,9 @@ struct ServerState {
 struct FakeServer {
     dir: PathBuf,
     state: Mutex<ServerState>,
+    /// A task with the step `pause` says so here, then waits for `resume`: a run in flight.
+    paused: tokio::sync::Notify,
+    resume: tokio::sync::Notify,
 }
 
 impl FakeServer {
@@ -65,6 +68,8 @@ impl FakeServer {
         Arc::new(FakeServer {
             dir: dir.to_path_buf(),
             state: Mutex::new(ServerState::default()),
+            paused: tokio::sync::Notify::new(),
+            resume: tokio::sync::Notify::new(),
         })
     }
 
@@ -220,6 +225,10 @@ impl Delegator for FakeServer {
             .unwrap()
             .seen
             .push(FakeServer::files_of(&sandbox.work));
+        if input.task.split(';').any(|step| step.trim() == "pause") {
+            self.paused.notify_one();
+            self.resume.notified().await;
+        }
         let commit = self.agent(&mut sandbox, &input.task).await;
         let mut state = self.state.lock().unwrap();
         state
@@ -732,4 +741,215 @@ async fn repositories_that_cannot_go_in_get_their_own_errors() {
         "{err:?}"
     );
     assert_eq!(fingerprint(&s.root), before);
+}
+
+// ---------------------------------------------------------------- pruning the kept snapshots
+
+/// Makes a kept snapshot look last used `days` ago (its description's mtime).
+fn age_snapshot(state: &Path, key: &str, days: u64) {
+    let when = std::time::SystemTime::now() - std::time::Duration::from_secs(days * 24 * 3600);
+    std::fs::File::options()
+        .append(true)
+        .open(state.join("snapshots").join(key).join("snapshot.json"))
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+}
+
+/// Bytes under `path`.
+fn du(path: &Path) -> u64 {
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .unwrap()
+        .map(|e| du(&e.unwrap().path()))
+        .sum()
+}
+
+/// A delegator on `s`'s state dir with `policy`.
+fn keeping(s: &Setup, policy: KeepPolicy) -> LocalDelegator {
+    LocalDelegator::new(
+        s.server.clone(),
+        s.base.join("state/local"),
+        Limits::default(),
+    )
+    .with_project_root(&s.root)
+    .with_keep_policy(policy)
+}
+
+/// Never prunes (its background prunes after each run must not race the test's own).
+const KEEP_ALL: KeepPolicy = KeepPolicy {
+    retain_days: 0,
+    max_bytes: u64::MAX,
+};
+
+async fn apply_error(local: &LocalDelegator, run_id: &str) -> (String, String) {
+    match local
+        .apply_changes(
+            &caller(),
+            ApplyChangesInput {
+                run_id: run_id.into(),
+                to: None,
+            },
+        )
+        .await
+    {
+        Err(DelegateError::Repo { kind, message }) => (kind, message),
+        other => panic!("a repository error expected, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn kept_snapshots_go_after_the_retention_then_oldest_first_over_the_cap() {
+    let s = setup();
+    let state = s.base.join("state/local");
+    let runner = keeping(&s, KEEP_ALL);
+    let mut runs = Vec::new();
+    for n in 0..4 {
+        let (result, _) = run(
+            &runner,
+            RunInSandboxInput {
+                apply: Some(ApplyMode::None),
+                ..task(&format!("write out{n}.txt={n}\n"))
+            },
+        )
+        .await;
+        runs.push(result.unwrap().run_id);
+    }
+    let key = |run: &str| format!("run-{run}");
+    for run in &runs {
+        assert!(state.join("snapshots").join(key(run)).is_dir());
+    }
+    // Used 40, 10 and 0 days ago; a dead process's half-taken snapshot, and a live one.
+    age_snapshot(&state, &key(&runs[0]), 40);
+    age_snapshot(&state, &key(&runs[1]), 10);
+    let stale = state.join("tmp/snapshot-dead");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("snapshot.bundle"), vec![0u8; 4096]).unwrap();
+    std::fs::File::open(&stale)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400))
+        .unwrap();
+    let young = state.join("tmp/snapshot-young");
+    std::fs::create_dir_all(&young).unwrap();
+
+    let pruner = keeping(
+        &s,
+        KeepPolicy {
+            retain_days: 30,
+            max_bytes: u64::MAX,
+        },
+    );
+    let report = pruner.prune().await.unwrap();
+    assert_eq!(report.pruned, [key(&runs[0])], "only the one past 30 days");
+    assert!(report.freed_bytes >= 4096, "{report:?}");
+    assert!(!state.join("snapshots").join(key(&runs[0])).exists());
+    assert!(!stale.exists(), "a stale temporary snapshot stayed");
+    assert!(young.exists(), "a young temporary snapshot went");
+    let (kind, message) = apply_error(&pruner, &runs[0]).await;
+    assert_eq!(kind, "snapshot_pruned");
+    assert!(
+        message.contains("after 30 days") && message.contains("DELEGATE_RETAIN_RUNS_DAYS"),
+        "{message}"
+    );
+
+    // Over the cap by a byte: the least recently used goes, a newer one stays and applies.
+    let total = du(&state.join("snapshots")) + du(&state.join("tmp"));
+    let capped = keeping(
+        &s,
+        KeepPolicy {
+            retain_days: 30,
+            max_bytes: total - 1,
+        },
+    );
+    let report = capped.prune().await.unwrap();
+    assert_eq!(report.pruned, [key(&runs[1])]);
+    assert!(report.kept_bytes < total, "{report:?}");
+    let (kind, message) = apply_error(&capped, &runs[1]).await;
+    assert_eq!(kind, "snapshot_pruned");
+    assert!(message.contains("DELEGATE_LOCAL_KEEP_BYTES"), "{message}");
+    let applied = capped
+        .apply_changes(
+            &caller(),
+            ApplyChangesInput {
+                run_id: runs[2].clone(),
+                to: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(applied.branch.is_some(), "{applied:?}");
+    assert_eq!(
+        capped.prune().await.unwrap().pruned,
+        Vec::<String>::new(),
+        "under the cap now"
+    );
+
+    // Past the retention but not pruned yet: an apply prunes it rather than use it.
+    age_snapshot(&state, &key(&runs[3]), 31);
+    let (kind, message) = apply_error(&capped, &runs[3]).await;
+    assert_eq!(kind, "snapshot_pruned");
+    assert!(message.contains("after 30 days"), "{message}");
+    assert!(!state.join("snapshots").join(key(&runs[3])).exists());
+}
+
+#[tokio::test]
+async fn a_snapshot_in_use_here_is_never_pruned() {
+    let s = Arc::new(setup());
+    let state = s.base.join("state/local");
+    let old = KeepPolicy {
+        retain_days: 1,
+        max_bytes: u64::MAX,
+    };
+    // A warm sandbox created by another process (not pinned here) ...
+    let info = keeping(&s, KEEP_ALL)
+        .create_sandbox(&caller(), CreateSandboxInput::default())
+        .await
+        .unwrap();
+    let key = format!("sandbox-{}", info.sandbox_id);
+    let local = Arc::new(keeping(&s, old));
+    // ... with a run in flight here.
+    let in_flight = tokio::spawn({
+        let local = local.clone();
+        let sandbox_id = info.sandbox_id.clone();
+        async move {
+            run(
+                &local,
+                RunInSandboxInput {
+                    sandbox_id: Some(sandbox_id),
+                    apply: Some(ApplyMode::None),
+                    ..task("write late.txt=1\n; pause")
+                },
+            )
+            .await
+            .0
+        }
+    });
+    s.server.paused.notified().await;
+    age_snapshot(&state, &key, 5);
+    let report = local.prune().await.unwrap();
+    assert!(report.pruned.is_empty(), "{report:?}");
+    assert!(state.join("snapshots").join(&key).is_dir());
+    s.server.resume.notify_one();
+    let result = in_flight.await.unwrap().unwrap();
+
+    // The run has ended: unused for 5 days it goes, and its change cannot be applied here.
+    age_snapshot(&state, &key, 5);
+    local.prune().await.unwrap();
+    assert!(!state.join("snapshots").join(&key).exists());
+    let (kind, message) = apply_error(&local, &result.run_id).await;
+    assert_eq!(kind, "snapshot_pruned");
+    assert!(message.contains("after 1 day unused"), "{message}");
+
+    // A warm sandbox created here stays for as long as this process does.
+    let mine = local
+        .create_sandbox(&caller(), CreateSandboxInput::default())
+        .await
+        .unwrap();
+    let key = format!("sandbox-{}", mine.sandbox_id);
+    age_snapshot(&state, &key, 5);
+    assert!(local.prune().await.unwrap().pruned.is_empty());
+    assert!(state.join("snapshots").join(&key).is_dir());
 }

@@ -297,18 +297,46 @@ impl ChangeRepo {
         git.to_file(out, max_bytes).await
     }
 
-    /// A readable preview of the change: the text diff, at most `max_bytes`, binary files named
-    /// and not dumped. Returns the preview and whether it was cut.
+    /// A readable preview of the change: the text diff in at most `max_bytes`, binary files
+    /// named and not dumped. It holds whole files' diffs, smallest first, so one large file
+    /// cannot push every small one out, in path order, after a note naming the files left out
+    /// ([`PreviewCut`]). Returns the preview and whether anything was left out. git's output is
+    /// read once, as it comes; memory holds about twice `max_bytes`.
     pub async fn preview(
         &self,
         from: &str,
         to: &str,
         max_bytes: usize,
     ) -> Result<(String, bool), RepoError> {
+        let mut cut = PreviewCut::new(max_bytes);
+        // The file being read: its header's path, its diff while that fits, its size.
+        let mut current: Option<(String, Vec<u8>, usize)> = None;
+        let mut line_start = true;
         self.git()
             .args(["diff", "--no-renames", "--no-color", from, to])
-            .head(max_bytes)
-            .await
+            .pieces(b'\n', 64 * 1024, |piece, _| {
+                if line_start && piece.starts_with(b"diff --git ") {
+                    if let Some((path, text, size)) = current.take() {
+                        cut.add(path, text, size);
+                    }
+                    current = Some((header_path(piece), Vec::new(), 0));
+                }
+                let (_, text, size) = current.get_or_insert_with(Default::default);
+                *size += piece.len();
+                if *size <= max_bytes {
+                    text.extend_from_slice(piece);
+                } else {
+                    // Too large to show whatever else fits: only its size is kept.
+                    *text = Vec::new();
+                }
+                line_start = piece.ends_with(b"\n");
+                true
+            })
+            .await?;
+        if let Some((path, text, size)) = current {
+            cut.add(path, text, size);
+        }
+        Ok(cut.finish())
     }
 
     /// A bundle of the commits from `from` (which the receiver has) to `to`, for the caller's
@@ -325,6 +353,147 @@ impl ChangeRepo {
             .await
             .map(|_| ())
     }
+}
+
+/// At most this many left-out files are named in a preview's note; the rest are counted.
+const NAMED_LEFT_OUT: usize = 20;
+
+/// Chooses which files' diffs a preview of at most `max_bytes` shows: whole files, smallest
+/// first (the most files for the room), then puts them back in the order they came (path
+/// order, for reading), after a note naming the files left out. Files are added one at a time
+/// and only the chosen ones are held, so memory stays about `max_bytes` however large the
+/// change.
+#[derive(Debug)]
+pub struct PreviewCut {
+    max_bytes: usize,
+    /// The files chosen so far: the smallest ones seen, as many as fit.
+    chosen: Vec<CutFile>,
+    chosen_bytes: usize,
+    /// (order, path, diff bytes) of every file left out.
+    left_out: Vec<(usize, String, usize)>,
+    next: usize,
+}
+
+#[derive(Debug)]
+struct CutFile {
+    order: usize,
+    path: String,
+    text: Vec<u8>,
+}
+
+impl PreviewCut {
+    /// An empty preview of at most `max_bytes`.
+    pub fn new(max_bytes: usize) -> PreviewCut {
+        PreviewCut {
+            max_bytes,
+            chosen: Vec::new(),
+            chosen_bytes: 0,
+            left_out: Vec::new(),
+            next: 0,
+        }
+    }
+
+    /// The next file's diff, `size` bytes long; `text` is all of it, or may be empty when
+    /// `size` is over the preview's room anyway (it will be left out).
+    pub fn add(&mut self, path: String, text: Vec<u8>, size: usize) {
+        let order = self.next;
+        self.next += 1;
+        if size > self.max_bytes || text.len() != size {
+            self.left_out.push((order, path, size));
+            return;
+        }
+        self.chosen_bytes += size;
+        self.chosen.push(CutFile { order, path, text });
+        // Over the room: the largest go. What stays is always the smallest files seen so far,
+        // as many as fit, exactly as if all had been sorted by size first.
+        while self.chosen_bytes > self.max_bytes {
+            self.drop_largest();
+        }
+    }
+
+    /// Moves the largest chosen file (the later one of equals) to the left-out ones.
+    fn drop_largest(&mut self) {
+        let Some(at) = (0..self.chosen.len())
+            .max_by_key(|&i| (self.chosen[i].text.len(), self.chosen[i].order))
+        else {
+            return;
+        };
+        let file = self.chosen.swap_remove(at);
+        self.chosen_bytes -= file.text.len();
+        self.left_out.push((file.order, file.path, file.text.len()));
+    }
+
+    /// What was left out, as the preview's first lines.
+    fn note(&mut self) -> Vec<u8> {
+        if self.left_out.is_empty() {
+            return Vec::new();
+        }
+        self.left_out.sort_by_key(|(order, _, _)| *order);
+        // Short: a reader (or a budget taking the smallest pieces first) gets it before any
+        // file's diff.
+        let mut note = String::from("# left out of this preview (the whole patch has them):\n");
+        for (_, path, bytes) in self.left_out.iter().take(NAMED_LEFT_OUT) {
+            note.push_str(&format!(
+                "#   {path} ({})\n",
+                crate::snapshot::human(*bytes as u64)
+            ));
+        }
+        if self.left_out.len() > NAMED_LEFT_OUT {
+            note.push_str(&format!(
+                "#   and {} more\n",
+                self.left_out.len() - NAMED_LEFT_OUT
+            ));
+        }
+        note.into_bytes()
+    }
+
+    /// The preview and whether anything was left out. The note counts against the room: when
+    /// it does not fit, more files go; with no room even for the note, it is cut at a line.
+    pub fn finish(mut self) -> (String, bool) {
+        let mut note = self.note();
+        while !self.chosen.is_empty() && self.chosen_bytes + note.len() > self.max_bytes {
+            self.drop_largest();
+            note = self.note();
+        }
+        if note.len() > self.max_bytes {
+            let end = note[..self.max_bytes]
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1);
+            note.truncate(end);
+        }
+        self.chosen.sort_by_key(|f| f.order);
+        let mut out = note;
+        for file in &self.chosen {
+            out.extend_from_slice(&file.text);
+        }
+        (
+            String::from_utf8_lossy(&out).into_owned(),
+            !self.left_out.is_empty(),
+        )
+    }
+}
+
+/// The path a `diff --git a/P b/P` header names (with --no-renames both are the same); the
+/// header's rest when it is not so plain (quoted paths stay quoted).
+fn header_path(line: &[u8]) -> String {
+    let line = String::from_utf8_lossy(line);
+    let rest = line
+        .trim_end_matches('\n')
+        .strip_prefix("diff --git ")
+        .unwrap_or_default();
+    let half = rest.len().saturating_sub(1) / 2;
+    if rest.len() % 2 == 1
+        && rest.is_char_boundary(half)
+        && let (Some(a), Some(b)) = (
+            rest[..half].strip_prefix("a/"),
+            rest[half + 1..].strip_prefix("b/"),
+        )
+        && a == b
+    {
+        return a.to_string();
+    }
+    rest.to_string()
 }
 
 /// Copies at most `max` bytes of `from`, refusing a longer file or anything but a plain file. The

@@ -291,6 +291,35 @@ impl Git {
         max_record: usize,
         mut each: impl FnMut(&[u8]) -> bool,
     ) -> Result<bool, RepoError> {
+        let mut too_long = false;
+        let read = self
+            .pieces(sep, max_record + 1, |piece, ends| {
+                if !ends {
+                    too_long = true;
+                    return false;
+                }
+                each(piece.strip_suffix(&[sep]).unwrap_or(piece))
+            })
+            .await?;
+        if too_long {
+            return Err(RepoError::Git(format!(
+                "git printed a record longer than {max_record} bytes"
+            )));
+        }
+        Ok(read)
+    }
+
+    /// Hands its stdout to `each` in pieces of at most `max_piece` bytes, each ending at the
+    /// next `sep` (kept in the piece) when one comes that soon, with whether the piece ends a
+    /// record (at `sep` or at the end of the output). Memory holds one piece however long the
+    /// output or a record; `each` returning `false` stops git. Returns whether the output was
+    /// read to its end.
+    pub async fn pieces(
+        self,
+        sep: u8,
+        max_piece: usize,
+        mut each: impl FnMut(&[u8], bool) -> bool,
+    ) -> Result<bool, RepoError> {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
         let mut cmd = self.command();
         cmd.stdin(Stdio::null())
@@ -314,26 +343,20 @@ impl Git {
             kept
         });
         let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
-        let mut record = Vec::new();
+        let mut piece = Vec::new();
         loop {
-            record.clear();
+            piece.clear();
             (&mut stdout)
-                .take(max_record as u64 + 1)
-                .read_until(sep, &mut record)
+                .take(max_piece.max(1) as u64)
+                .read_until(sep, &mut piece)
                 .await
                 .map_err(|e| RepoError::Io(format!("git output: {e}")))?;
-            if record.is_empty() {
+            if piece.is_empty() {
                 break;
             }
-            if record.last() == Some(&sep) {
-                record.pop();
-            } else if record.len() > max_record {
-                let _ = child.kill().await;
-                return Err(RepoError::Git(format!(
-                    "git printed a record longer than {max_record} bytes"
-                )));
-            }
-            if !each(&record) {
+            // Short of the limit without `sep`: the output ended there.
+            let ends = piece.last() == Some(&sep) || piece.len() < max_piece.max(1);
+            if !each(&piece, ends) {
                 let _ = child.kill().await;
                 return Ok(false);
             }

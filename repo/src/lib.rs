@@ -19,7 +19,7 @@ pub mod git;
 pub mod snapshot;
 
 pub use apply::{Applied, ApplyTo, BranchName, apply};
-pub use changes::{COMMIT_SCRIPT, ChangeRepo, FileChange, RESULT_REF};
+pub use changes::{COMMIT_SCRIPT, ChangeRepo, FileChange, PreviewCut, RESULT_REF};
 pub use snapshot::{Base, Limits, Snapshot, TreeSize, measure_tree};
 
 /// Why a repository operation failed; [`RepoError::kind`] is the error kind a result reports.

@@ -102,8 +102,9 @@ struct Kept {
     files: u64,
 }
 
-/// The file [`Snapshot::keep`] writes in the kept directory.
-const KEPT_FILE: &str = "snapshot.json";
+/// The file [`Snapshot::keep`] writes in the kept directory (its time is when the snapshot was
+/// kept, for whoever prunes kept snapshots).
+pub const KEPT_FILE: &str = "snapshot.json";
 
 impl Snapshot {
     /// The scratch repository (bare; its object store falls back on the caller's).

@@ -365,6 +365,36 @@ async fn delegate_apply_lands_a_kept_change_only_when_it_applies_cleanly() {
     );
     let branches = git(&root, &["branch", "--list", "delegate/*"]);
     assert_eq!(branches.lines().count(), 2, "{branches}");
+
+    // Unused for longer than the retention, the kept snapshot is pruned: the apply says so.
+    let kept = h
+        .data_dir()
+        .join("local/snapshots")
+        .join(format!("run-{}", r.run_id))
+        .join("snapshot.json");
+    std::fs::File::options()
+        .append(true)
+        .open(&kept)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(3 * 86400))
+        .unwrap();
+    let before = fingerprint(&root);
+    let out = h
+        .delegate()
+        .current_dir(&root)
+        .env("DELEGATE_RETAIN_RUNS_DAYS", "2")
+        .args(["apply", &r.run_id])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("snapshot_pruned") && stderr.contains("after 2 days unused"),
+        "{stderr}"
+    );
+    assert!(!kept.exists(), "the expired snapshot is still kept");
+    assert_eq!(fingerprint(&root), before);
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@ from host_fakes import TASK, ClaudeHostFake
 from support import CLAUDE, DELEGATE, NODE22_BIN, ROOT, assert_nothing_running, need
 
 PLUGIN = ROOT / "examples" / "claude-code"
-LARGE_CHANGE = "bash:seq 1 400000 > zz_big.txt && for i in $(seq 1 300); do echo line $i > small_$i.txt; done"
+LARGE_CHANGE = "bash:seq 1 400000 > aa_big.txt && for i in $(seq 1 300); do echo line $i > small_$i.txt; done"
 # What Claude Code may hand its model for one tool result: delegate's budget (20,000 characters
 # of JSON) plus Claude Code's own wrapping.
 BUDGET = 22_000
@@ -95,7 +95,7 @@ def test_plugin_loads_and_a_large_result_stays_under_budget(
     assert len(text) <= BUDGET, f"{len(text)} characters: {text[:500]}"
     assert "exceeds maximum allowed tokens" not in text, text[:500]
     assert "succeeded" in text, text[:1000]
-    assert "small_1.txt" in text and "zz_big.txt" in text, text[:3000]
+    assert "small_1.txt" in text and "aa_big.txt" in text, text[:3000]
     assert "diff --git" in text, "no diff preview"
     assert "delegate://runs/" in text, "no way to the whole patch"
     assert_nothing_running(stdio.data_dir)

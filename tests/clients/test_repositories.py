@@ -428,7 +428,13 @@ async def test_apply_none_then_apply_changes_to_the_worktree_and_a_conflict_chan
     assert branch in delegate_branches(root)
 
 
-@pytest.mark.parametrize("project_from", ["cwd", "CLAUDE_PROJECT_DIR"])
+def short_id(run_id: str) -> str:
+    """The branch name of a run: the last 8 characters of its id's random part."""
+    tail = "".join(c for c in run_id.rsplit("_", 1)[-1] if c.isascii() and (c.isalnum() or c == "-"))
+    return tail[-8:] or "run"
+
+
+@pytest.mark.parametrize("project_from", ["cwd", "CLAUDE_PROJECT_DIR", "roots", "repo"])
 async def test_bridged_mcp_snapshots_here_and_the_server_keeps_no_ignored_content(
     project_from: str,
     serve_factory: Callable[..., Serve],
@@ -442,23 +448,33 @@ async def test_bridged_mcp_snapshots_here_and_the_server_keeps_no_ignored_conten
     serve = serve_factory(fake_factory(f"slow:{SLOW_EVENT_MS}:bash:{AGENT}").url)
     token = serve.token()
     local = fresh_data_dir()
-    # the project root: the server process's cwd, or CLAUDE_PROJECT_DIR (as Claude Code sets it)
+    # the project: the server process's cwd, CLAUDE_PROJECT_DIR (as Claude Code sets it), the
+    # client's MCP roots, or `repo`, a path relative to the cwd above the work tree
     env = bridged_env(local)
+    task: dict[str, Any] = {"task": "make the change"}
+    roots: list[Path] | None = None
+    mode = "auto"
     if project_from == "cwd":
         cwd = root
-    else:
+    elif project_from == "CLAUDE_PROJECT_DIR":
         cwd = elsewhere
         env["CLAUDE_PROJECT_DIR"] = str(root)
+    elif project_from == "roots":
+        # roots/list is a server-to-client request: the initialize era only (auto finds the newer)
+        cwd, roots, mode = elsewhere, [root], "legacy"
+    else:
+        cwd = root.parent
+        task["repo"] = root.name
     try:
         with anyio.fail_after(180):
             async with mcp_stdio(
                 ["mcp", "--server", serve.base_url, "--token", token],
-                env, tmp_path / "bridged-mcp.log", cwd=cwd, mode="auto",
+                env, tmp_path / "bridged-mcp.log", cwd=cwd, mode=mode, roots=roots,
             ) as c:
                 done: dict[str, Any] = {}
 
                 async def run() -> None:
-                    done["r"] = await c.call_tool("run_in_sandbox", {"task": "make the change"})
+                    done["r"] = await c.call_tool("run_in_sandbox", task)
 
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(run)
@@ -479,6 +495,8 @@ async def test_bridged_mcp_snapshots_here_and_the_server_keeps_no_ignored_conten
                 patch = await read_patch(c, f"delegate://runs/{out['run_id']}/patch")
         assert fingerprint(root) == before, "the caller's HEAD, index or working tree changed"
         branch = check_branch(root, out, head)
+        assert branch == f"delegate/{short_id(out['run_id'])}", (branch, out["run_id"])
+        assert delegate_branches(root) == [branch]
         check_patch_applies(root, branch, patch, tmp_path)
         await await_cond(lambda: not serve.sandbox_processes(), 30, "the run's sandbox processes to exit")
         # the snapshot went to the server (and is kept here for apply_changes), without ignored files

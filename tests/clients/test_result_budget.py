@@ -22,9 +22,9 @@ from support import call_ok, stdio_client, text_of
 pytestmark = pytest.mark.anyio
 
 # One 2.7 MB file (400,000 lines) and 300 one-line files; no `:` (the fake's script separator).
-# The big one sorts last: the server cuts the diff at DELEGATE_DIFF_MAX_BYTES in path order
-# before the budget sees it.
-LARGE_CHANGE = "bash:seq 1 400000 > zz_big.txt && for i in $(seq 1 300); do echo line $i > small_$i.txt; done"
+# The big one sorts first: the server's preview (DELEGATE_DIFF_MAX_BYTES) takes whole files smallest
+# first, so the small ones still reach the budget, and its note names the big one left out.
+LARGE_CHANGE = "bash:seq 1 400000 > aa_big.txt && for i in $(seq 1 300); do echo line $i > small_$i.txt; done"
 NORMAL_CHARS = 20_000
 SUMMARY_CHARS = 4_000
 
@@ -54,7 +54,8 @@ async def test_large_change_stays_within_budget(
         assert out["diff"].count("diff --git") >= 10, "whole small files first"
         assert "+line 1\n" in out["diff"]
         left = {d["path"]: d for d in omitted["diff_files"]}
-        assert "zz_big.txt" in left or omitted["more_diff_files"] > 0, omitted
+        assert "diff --git a/aa_big.txt" not in out["diff"], "the big file's diff took the room"
+        assert "aa_big.txt" in left or "#   aa_big.txt (" in out["diff"], (omitted, out["diff"][:500])
         assert "stream_session" in omitted["rest"], omitted["rest"]
 
         # Clients that read only `content` get the essentials too.

@@ -92,6 +92,9 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
 ///
 /// `project` is the project root when the person at the keyboard named one (`--repo`); a
 /// repository they name is theirs to hand over, wherever it is.
+///
+/// Kept snapshots older than the run retention, or over `DELEGATE_LOCAL_KEEP_BYTES`, are pruned
+/// now in the background, and after every run.
 fn local_repositories(
     inner: std::sync::Arc<dyn delegate_mcp::Delegator>,
     settings: &Settings,
@@ -101,11 +104,14 @@ fn local_repositories(
         inner,
         settings.data_dir.join("local"),
         settings.repo_limits(),
-    );
-    std::sync::Arc::new(match project {
+    )
+    .with_keep_policy(settings.keep_policy());
+    let local = match project {
         Some(root) => local.with_project_root(root),
         None => local,
-    })
+    };
+    local.prune_in_background();
+    std::sync::Arc::new(local)
 }
 
 /// Starts the watch UI (`DELEGATE_WATCH`) of an embedded orchestrator and returns the MCP tools'

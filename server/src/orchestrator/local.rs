@@ -232,8 +232,8 @@ impl Orchestrator {
                 return None;
             }
         };
-        let max = self.inner.settings.diff_max_bytes;
-        let (mut changed, mut diff, mut truncated) = (Vec::new(), String::new(), false);
+        let mut changed = Vec::new();
+        let mut preview = delegate_repo::PreviewCut::new(self.inner.settings.diff_max_bytes);
         for f in files.as_array().into_iter().flatten() {
             let Some(path) = f.get("file").and_then(|v| v.as_str()) else {
                 continue;
@@ -249,22 +249,18 @@ impl Orchestrator {
                 deletions: count("deletions"),
                 ..ChangedFile::new(path, change)
             });
-            let patch = f.get("patch").and_then(|v| v.as_str()).unwrap_or("");
-            if diff.len() + patch.len() > max {
-                let room = max.saturating_sub(diff.len());
-                let cut = (0..=room.min(patch.len()))
-                    .rev()
-                    .find(|i| patch.is_char_boundary(*i))
-                    .unwrap_or(0);
-                diff.push_str(&patch[..cut]);
-                truncated = true;
-            } else if !truncated {
-                diff.push_str(patch);
-                if !patch.is_empty() && !patch.ends_with('\n') {
-                    diff.push('\n');
-                }
+            let mut patch = f
+                .get("patch")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string();
+            if !patch.is_empty() && !patch.ends_with('\n') {
+                patch.push('\n');
             }
+            let size = patch.len();
+            preview.add(path.to_string(), patch.into_bytes(), size);
         }
+        let (diff, truncated) = preview.finish();
         Some((changed, diff, truncated))
     }
 

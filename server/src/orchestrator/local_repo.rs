@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use delegate_agent::protocol::RESERVED_PREFIX;
-use delegate_mcp::types::{ChangeKind, ChangedFile};
 use delegate_repo::{ChangeRepo, RepoError};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -104,6 +103,12 @@ async fn refusal(resp: reqwest::Response) -> String {
 }
 
 impl Orchestrator {
+    /// The endpoint of `sandbox_id`'s agent, which must be connected for a repository to move.
+    fn connected_agent(&self, sandbox_id: &str) -> Result<ServeEndpoint> {
+        self.local_endpoint_of(sandbox_id)
+            .ok_or_else(|| agent_error("is not connected", "its link dropped"))
+    }
+
     /// Sends `snapshot` to the agent of `sandbox_id`, which clones it into a fresh work dir for
     /// `run_id`, and starts delegate's change repository for the run from the same bundle.
     pub(super) async fn local_seed(
@@ -112,9 +117,7 @@ impl Orchestrator {
         run_id: &str,
         snapshot: &SnapshotFile,
     ) -> Result<LocalRepo> {
-        let endpoint = self
-            .local_endpoint_of(sandbox_id)
-            .ok_or_else(|| agent_error("is not connected", "its link dropped"))?;
+        let endpoint = self.connected_agent(sandbox_id)?;
         let scratch = scratch_dir(&self.inner.settings.data_dir, run_id);
         tokio::fs::create_dir_all(&scratch)
             .await
@@ -179,9 +182,7 @@ impl Orchestrator {
         run_id: &str,
         repo: &LocalRepo,
     ) -> Result<Changes> {
-        let endpoint = self
-            .local_endpoint_of(sandbox_id)
-            .ok_or_else(|| agent_error("is not connected", "its link dropped"))?;
+        let endpoint = self.connected_agent(sandbox_id)?;
         let scratch = scratch_dir(&self.inner.settings.data_dir, run_id);
         let resp = tokio::time::timeout(
             EXPORT_TIMEOUT,
@@ -224,34 +225,14 @@ impl Orchestrator {
         };
         let _ = tokio::fs::remove_file(&incoming).await;
         let commit = imported.map_err(bad_change)?;
-        let files = changes
-            .files(&repo.base, &commit)
-            .await?
-            .into_iter()
-            .map(|f| ChangedFile {
-                change: match f.change {
-                    "added" => ChangeKind::Added,
-                    "deleted" => ChangeKind::Deleted,
-                    _ => ChangeKind::Modified,
-                },
-                path: f.path,
-                additions: f.additions,
-                deletions: f.deletions,
-                binary: f.binary,
-            })
-            .collect();
-        let (diff, diff_truncated) = changes
-            .preview(&repo.base, &commit, self.inner.settings.diff_max_bytes)
-            .await?;
-        Ok(Changes {
-            base: repo.base.clone(),
+        Ok(Changes::describe(
+            &changes,
+            repo.base.clone(),
             commit,
-            files,
-            diff,
-            diff_truncated,
-            repo: changes.path().to_path_buf(),
-            origin: Some(repo.base.clone()),
-        })
+            self.inner.settings.diff_max_bytes,
+            Some(repo.base.clone()),
+        )
+        .await?)
     }
 
     /// The run is over: the agent removes its work dir and opencode forgets the directory (best

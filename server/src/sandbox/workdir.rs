@@ -103,6 +103,46 @@ pub struct Changes {
     pub origin: Option<String>,
 }
 
+impl Changes {
+    /// Describes the change from `base` to `commit` in `repo` (both imported already): its files
+    /// with line counts, and a diff preview of at most `max_diff` bytes. `origin` is the
+    /// snapshot the sandbox was cloned from, when it was.
+    pub async fn describe(
+        repo: &ChangeRepo,
+        base: String,
+        commit: String,
+        max_diff: usize,
+        origin: Option<String>,
+    ) -> Result<Changes, delegate_repo::RepoError> {
+        let files = repo
+            .files(&base, &commit)
+            .await?
+            .into_iter()
+            .map(|f| ChangedFile {
+                change: match f.change {
+                    "added" => ChangeKind::Added,
+                    "deleted" => ChangeKind::Deleted,
+                    _ => ChangeKind::Modified,
+                },
+                path: f.path,
+                additions: f.additions,
+                deletions: f.deletions,
+                binary: f.binary,
+            })
+            .collect();
+        let (diff, diff_truncated) = repo.preview(&base, &commit, max_diff).await?;
+        Ok(Changes {
+            base,
+            commit,
+            files,
+            diff,
+            diff_truncated,
+            repo: repo.path().to_path_buf(),
+            origin,
+        })
+    }
+}
+
 impl SandboxDirs {
     /// The layout under `root`; nothing is created.
     pub fn new(root: PathBuf) -> Self {
@@ -275,38 +315,14 @@ impl SandboxDirs {
             .await;
         let _ = tokio::fs::remove_file(&bundle).await;
         let commit = imported.map_err(repo_err)?;
-        let files = repo
-            .files(&base, &commit)
-            .await
-            .map_err(repo_err)?
-            .into_iter()
-            .map(|f| ChangedFile {
-                change: match f.change {
-                    "added" => ChangeKind::Added,
-                    "deleted" => ChangeKind::Deleted,
-                    _ => ChangeKind::Modified,
-                },
-                path: f.path,
-                additions: f.additions,
-                deletions: f.deletions,
-                binary: f.binary,
-            })
-            .collect();
-        let (diff, diff_truncated) = repo
-            .preview(&base, &commit, max_diff)
+        let origin = repo.resolve("refs/delegate/origin").await.ok();
+        let changes = Changes::describe(&repo, base, commit, max_diff, origin)
             .await
             .map_err(repo_err)?;
-        repo.set_ref("tip", &commit).await.map_err(repo_err)?;
-        let origin = repo.resolve("refs/delegate/origin").await.ok();
-        Ok(Changes {
-            base,
-            commit,
-            files,
-            diff,
-            diff_truncated,
-            repo: self.changes.clone(),
-            origin,
-        })
+        repo.set_ref("tip", &changes.commit)
+            .await
+            .map_err(repo_err)?;
+        Ok(changes)
     }
 }
 

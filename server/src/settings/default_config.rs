@@ -71,8 +71,11 @@ watch_addr = "127.0.0.1:0"                # loopback only; port 0 picks one  DEL
 max_repo_bytes = 1073741824                                        # DELEGATE_MAX_REPO_BYTES
 max_repo_files = 200000                                            # DELEGATE_MAX_REPO_FILES
 # Runs that ended more than this many days ago are pruned with their events, usage and files
-# (0 keeps everything).
+# (0 keeps everything); on the caller's machine, so are the snapshots runs started from.
 retain_runs_days = 30                                              # DELEGATE_RETAIN_RUNS_DAYS
+# The snapshots kept on the caller's machine (data dir's local/, for `delegate apply` later) take
+# at most this much; over it the least recently used go first.
+local_keep_bytes = 5368709120                                      # DELEGATE_LOCAL_KEEP_BYTES
 # `repo` URLs are cloned over https from public addresses only; these on-prem git servers
 # (host[:port]) may also be private, and plain http.          DELEGATE_GIT_ALLOWED_HOSTS
 # git_allowed_hosts = ["git.example.internal", "10.0.0.5:8080"]

@@ -51,6 +51,7 @@ struct FileSettings {
     max_repo_bytes: Option<u64>,
     max_repo_files: Option<u64>,
     retain_runs_days: Option<u64>,
+    local_keep_bytes: Option<u64>,
     registration: Option<Registration>,
     oidc_redirect_base_url: Option<String>,
     oidc_issuer_url: Option<String>,
@@ -464,6 +465,10 @@ impl Settings {
                 number("DELEGATE_MAX_REPO_FILES", f.max_repo_files, 200_000)?,
             )?,
             retain_runs_days: number("DELEGATE_RETAIN_RUNS_DAYS", f.retain_runs_days, 30)?,
+            local_keep_bytes: positive(
+                "DELEGATE_LOCAL_KEEP_BYTES",
+                number("DELEGATE_LOCAL_KEEP_BYTES", f.local_keep_bytes, 5 << 30)?,
+            )?,
             sso,
             registration,
             data_dir,
@@ -864,6 +869,14 @@ mod tests {
         assert!(err.to_string().contains("DELEGATE_MAX_REPO_FILES"), "{err}");
         let f: FileSettings = toml::from_str("max_repo_bytes = 5\nmax_repo_files = 7\n").unwrap();
         assert_eq!((f.max_repo_bytes, f.max_repo_files), (Some(5), Some(7)));
+        assert_eq!(s.local_keep_bytes, 5 << 30);
+        let s = Settings::load(None, &[("DELEGATE_LOCAL_KEEP_BYTES", "1048576")]).unwrap();
+        assert_eq!(s.keep_policy().max_bytes, 1 << 20);
+        let err = Settings::load(None, &[("DELEGATE_LOCAL_KEEP_BYTES", "0")]).unwrap_err();
+        assert!(
+            err.to_string().contains("DELEGATE_LOCAL_KEEP_BYTES"),
+            "{err}"
+        );
     }
 
     #[test]

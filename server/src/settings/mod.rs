@@ -295,8 +295,13 @@ pub struct Settings {
     /// `DELEGATE_MAX_REPO_FILES` (default 200000): the most files a repository snapshot may hold.
     pub max_repo_files: u64,
     /// `DELEGATE_RETAIN_RUNS_DAYS` (default 30): runs that ended longer ago than this are pruned
-    /// in the background with their events, usage rows and files; 0 keeps them forever.
+    /// in the background with their events, usage rows and files; 0 keeps them forever. On the
+    /// caller's machine, the snapshots runs started from go after as many days unused.
     pub retain_runs_days: u64,
+    /// `DELEGATE_LOCAL_KEEP_BYTES` (default 5 GiB): the most the snapshots kept on the caller's
+    /// machine (the data dir's `local/`, for applying a run's change later) may take; over it
+    /// the least recently used go first.
+    pub local_keep_bytes: u64,
     /// Who may sign up with a password (`DELEGATE_REGISTRATION`).
     pub registration: Registration,
     /// Single sign-on (generic OIDC, GitHub); each provider is on when its client id is set.
@@ -531,6 +536,15 @@ impl Settings {
         delegate_repo::Limits {
             max_bytes: self.max_repo_bytes,
             max_files: self.max_repo_files,
+        }
+    }
+
+    /// How long and how much of the snapshots runs started from stay on the caller's machine
+    /// (`DELEGATE_RETAIN_RUNS_DAYS`, `DELEGATE_LOCAL_KEEP_BYTES`).
+    pub fn keep_policy(&self) -> delegate_mcp::KeepPolicy {
+        delegate_mcp::KeepPolicy {
+            retain_days: self.retain_runs_days,
+            max_bytes: self.local_keep_bytes,
         }
     }
 
