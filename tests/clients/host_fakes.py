@@ -106,6 +106,7 @@ def _tool_results(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 PATCH_URI = re.compile(r"delegate://runs/[A-Za-z0-9_-]+/patch")
 RESOURCE_TOOL = "ReadMcpResourceTool"
+SAVED_AT = re.compile(r"Full output saved to: (\S+)")
 
 
 def _texts(content: Any) -> list[str]:
@@ -179,7 +180,9 @@ class ClaudeHostFake(_Server):
     `subagent_type` = `via_agent`), and the sub-agent calls `run_in_sandbox`. With `read_patch`,
     the model that got the `run_in_sandbox` result then calls `ReadMcpResourceTool` with the patch
     URI the result names; its result is `tool_results["read_patch"]`, and `resource_call` the
-    input it sent (`server`, `uri`), or a reason it could not."""
+    input it sent (`server`, `uri`), or a reason it could not. With `read_saved` too (extra `Read`
+    arguments), when Claude Code saved that result to a file, the model then reads the file with
+    Claude Code's `Read` tool: `tool_results["read_saved"]`."""
 
     def __init__(
         self,
@@ -188,11 +191,13 @@ class ClaudeHostFake(_Server):
         via_agent: str | None = None,
         sandbox_silence: float = 0.0,
         read_patch: bool = False,
+        read_saved: dict[str, Any] | None = None,
     ):
         self.forward_to = urlsplit(forward_to)
         self.arguments = arguments
         self.via_agent = via_agent
         self.read_patch = read_patch
+        self.read_saved = read_saved
         self.resource_call: dict[str, Any] | None = None
         # With `sandbox_silence`, the sandbox's first agent turn (a forwarded request offering tools)
         # starts its answer, then says nothing but Anthropic's `ping` events for that many seconds:
@@ -249,6 +254,12 @@ class ClaudeHostFake(_Server):
                 read = self._read_patch(body, names)
                 if read is not None:
                     return read
+            saved = SAVED_AT.search(self.tool_results.get("read_patch", {}).get("text", ""))
+            if self.read_saved is not None and saved and "read_saved" not in self.tool_uses.values() and "Read" in names:
+                use_id = f"toolu_{uuid.uuid4().hex[:20]}"
+                self.tool_uses[use_id] = "read_saved"
+                read = {"file_path": saved.group(1), **self.read_saved}
+                return [{"type": "tool_use", "id": use_id, "name": "Read", "input": read}], "tool_use"
             if results:
                 return [{"type": "text", "text": "The delegated run is finished."}], "end_turn"
             run_tool = next((n for n in names if n.endswith("__run_in_sandbox")), None)

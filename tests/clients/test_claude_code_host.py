@@ -9,7 +9,9 @@ Code sent its model, what it handed the model:
   stays under the budget; the model then reads the whole patch with Claude Code's
   `ReadMcpResourceTool`. Claude Code does not hand a resource that large to its model: it saves
   the result to a file and hands over a 2 KB preview with the file's path, as with large tool
-  results (measured: 3.4 MB of JSON for this patch; even a 104 KB patch is saved so);
+  results (measured: 3.4 MB of JSON for this patch; even a 104 KB patch is saved so). The file is
+  the resource's JSON on one line, so `Read` refuses it whole (over 256 KB) and by lines (one 3.1
+  MB line); the model reads it with `allow_large: true`;
 - the sub-agent: the main agent hands the task to `delegate:delegator`, whose model is offered only
   delegate's tools, and its `run_in_sandbox` result reaches it."""
 
@@ -79,7 +81,8 @@ def test_plugin_loads_and_a_large_result_stays_under_budget(
     need(CLAUDE, "Claude Code")
     sandbox_model = fake_factory(LARGE_CHANGE)
     stdio = stdio_factory(sandbox_model.url)
-    host = ClaudeHostFake(sandbox_model.url, {"task": TASK, "repo": "none"}, read_patch=True)
+    arguments = {"task": TASK, "repo": "none"}
+    host = ClaudeHostFake(sandbox_model.url, arguments, read_patch=True, read_saved={"allow_large": True})
     try:
         out = run_claude(tmp_path, host, stdio)
     finally:
@@ -135,6 +138,15 @@ def test_plugin_loads_and_a_large_result_stays_under_budget(
     assert patch.count("diff --git ") == 301, patch.count("diff --git ")
     assert "@@ -0,0 +1,400000 @@\n" in patch and "\n+400000\n" in patch, "the big file's diff is cut"
     assert "diff --git a/small_300.txt b/small_300.txt" in patch and "\n+line 300\n" in patch
+
+    # And the model gets it: Claude Code's Read of that file hands over all of it. (The scripted
+    # model reports 100 input tokens a turn, so Claude Code sees room for it; a real model's
+    # context would take only part of a patch this large.)
+    whole = host.tool_results.get("read_saved")
+    assert whole is not None, "the model's Read of the saved result never came back"
+    assert not whole["is_error"], whole["text"][:1000]
+    print(f"Read handed the model {len(whole['text'])} characters of the saved patch")
+    assert json.dumps(patch)[1:-1] in whole["text"], "Read did not hand over the whole patch"
     assert_nothing_running(stdio.data_dir)
 
 
