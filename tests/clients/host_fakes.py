@@ -3,7 +3,9 @@ only its model is scripted.
 
 - `ClaudeHostFake` speaks the Anthropic Messages API (SSE) to Claude Code: it answers the first
   request that offers delegate's `run_in_sandbox` with a `tool_use` of it, records the request that
-  carries the tool's result, and answers that with a short text. Requests that are not Claude
+  carries the tool's result, and answers that with a short text (with `read_patch`, first a call
+  of Claude Code's `ReadMcpResourceTool` for the run's `delegate://runs/<id>/patch`, whose result
+  it records too). Requests that are not Claude
   Code's (delegate's proxy, on behalf of the sandbox's opencode, behind the same
   ANTHROPIC_BASE_URL) are forwarded to the scripted `fake-anthropic`, so one base URL serves both.
 - `ResponsesFake` speaks the OpenAI Responses API (SSE) to Codex CLI: the first turn is a
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import threading
 import time
 import uuid
@@ -101,6 +104,37 @@ def _tool_results(body: dict[str, Any]) -> list[dict[str, Any]]:
     return blocks
 
 
+PATCH_URI = re.compile(r"delegate://runs/[A-Za-z0-9_-]+/patch")
+RESOURCE_TOOL = "ReadMcpResourceTool"
+SAVED_AT = re.compile(r"Full output saved to: (\S+)")
+
+
+def _texts(content: Any) -> list[str]:
+    if isinstance(content, str):
+        return [content]
+    return [b.get("text", "") for b in content or [] if isinstance(b, dict)]
+
+
+def _prompt_text(body: dict[str, Any]) -> str:
+    """The request's system prompt and its messages' text (Claude Code puts parts of what it tells
+    the model, such as MCP servers' instructions, in messages of role `system`)."""
+    texts = _texts(body.get("system"))
+    for message in body.get("messages") or []:
+        texts += _texts(message.get("content"))
+    return "\n".join(texts)
+
+
+def _server_name(body: dict[str, Any], tool: str) -> str | None:
+    """The MCP server name behind `tool` (`mcp__<server>__<tool>`), as Claude Code knows it.
+
+    Tool names carry it normalized (`plugin:delegate:delegate` becomes `plugin_delegate_delegate`);
+    the prompt's "MCP Server Instructions" heads each server's instructions with its own name, so
+    that is the name whose normalized form matches."""
+    normalized = tool.removeprefix("mcp__").rsplit("__", 1)[0]
+    headings = re.findall(r"^## (\S+)$", _prompt_text(body), flags=re.MULTILINE)
+    return next((h for h in headings if re.sub(r"[^A-Za-z0-9_-]", "_", h) == normalized), None)
+
+
 def _result_text(block: dict[str, Any]) -> str:
     content = block.get("content")
     if isinstance(content, str):
@@ -143,14 +177,28 @@ class ClaudeHostFake(_Server):
 
     `arguments` are the `run_in_sandbox` arguments the scripted model sends. With `via_agent`, the
     main agent first hands the task to the plugin's sub-agent (`Task`/`Agent` tool with
-    `subagent_type` = `via_agent`), and the sub-agent calls `run_in_sandbox`."""
+    `subagent_type` = `via_agent`), and the sub-agent calls `run_in_sandbox`. With `read_patch`,
+    the model that got the `run_in_sandbox` result then calls `ReadMcpResourceTool` with the patch
+    URI the result names; its result is `tool_results["read_patch"]`, and `resource_call` the
+    input it sent (`server`, `uri`), or a reason it could not. With `read_saved` too (extra `Read`
+    arguments), when Claude Code saved that result to a file, the model then reads the file with
+    Claude Code's `Read` tool: `tool_results["read_saved"]`."""
 
     def __init__(
-        self, forward_to: str, arguments: dict[str, Any], via_agent: str | None = None, sandbox_silence: float = 0.0
+        self,
+        forward_to: str,
+        arguments: dict[str, Any],
+        via_agent: str | None = None,
+        sandbox_silence: float = 0.0,
+        read_patch: bool = False,
+        read_saved: dict[str, Any] | None = None,
     ):
         self.forward_to = urlsplit(forward_to)
         self.arguments = arguments
         self.via_agent = via_agent
+        self.read_patch = read_patch
+        self.read_saved = read_saved
+        self.resource_call: dict[str, Any] | None = None
         # With `sandbox_silence`, the sandbox's first agent turn (a forwarded request offering tools)
         # starts its answer, then says nothing but Anthropic's `ping` events for that many seconds:
         # a model thinking for long, silent to opencode and so to delegate. `silence` holds its
@@ -202,6 +250,16 @@ class ClaudeHostFake(_Server):
                 tool = self.tool_uses.get(r.get("tool_use_id", ""))
                 if tool is not None:
                     self.tool_results[tool] = {"text": _result_text(r), "is_error": bool(r.get("is_error")), "request": body}
+            if self.read_patch and "read_patch" not in self.tool_uses.values() and "run_in_sandbox" in self.tool_results:
+                read = self._read_patch(body, names)
+                if read is not None:
+                    return read
+            saved = SAVED_AT.search(self.tool_results.get("read_patch", {}).get("text", ""))
+            if self.read_saved is not None and saved and "read_saved" not in self.tool_uses.values() and "Read" in names:
+                use_id = f"toolu_{uuid.uuid4().hex[:20]}"
+                self.tool_uses[use_id] = "read_saved"
+                read = {"file_path": saved.group(1), **self.read_saved}
+                return [{"type": "tool_use", "id": use_id, "name": "Read", "input": read}], "tool_use"
             if results:
                 return [{"type": "text", "text": "The delegated run is finished."}], "end_turn"
             run_tool = next((n for n in names if n.endswith("__run_in_sandbox")), None)
@@ -222,6 +280,22 @@ class ClaudeHostFake(_Server):
                 self.tool_uses[use_id] = "run_in_sandbox"
                 return [{"type": "tool_use", "id": use_id, "name": run_tool, "input": self.arguments}], "tool_use"
         return [{"type": "text", "text": "OK."}], "end_turn"
+
+    def _read_patch(self, body: dict[str, Any], names: list[str]) -> tuple[list[dict[str, Any]], str] | None:
+        """The `ReadMcpResourceTool` call for the patch the run's result names (lock held)."""
+        run_tool = next((n for n in names if n.endswith("__run_in_sandbox")), None)
+        uri = PATCH_URI.search(self.tool_results["run_in_sandbox"]["text"])
+        server = _server_name(body, run_tool) if run_tool else None
+        if RESOURCE_TOOL not in names or uri is None or server is None:
+            self.resource_call = {
+                "unable": f"{RESOURCE_TOOL} offered: {RESOURCE_TOOL in names}; patch URI: "
+                f"{uri and uri.group(0)}; server of {run_tool}: {server}"
+            }
+            return None
+        self.resource_call = {"server": server, "uri": uri.group(0)}
+        use_id = f"toolu_{uuid.uuid4().hex[:20]}"
+        self.tool_uses[use_id] = "read_patch"
+        return [{"type": "tool_use", "id": use_id, "name": RESOURCE_TOOL, "input": self.resource_call}], "tool_use"
 
     def forward(self, h: BaseHTTPRequestHandler, raw: bytes) -> None:
         """Passes a request through to the sandbox's fake upstream, streaming its answer back."""

@@ -6,20 +6,26 @@ Code sent its model, what it handed the model:
 - the plugin loaded: its MCP server's tools, its `delegator` sub-agent and `delegating` skill are
   offered to the model;
 - a run with a 2.7 MB change: the tool result holds status, changed files and the diff preview and
-  stays under the budget;
+  stays under the budget; the model then reads the whole patch with Claude Code's
+  `ReadMcpResourceTool`. Claude Code does not hand a resource that large to its model: it saves
+  the result to a file and hands over a 2 KB preview with the file's path, as with large tool
+  results (measured: 3.4 MB of JSON for this patch; even a 104 KB patch is saved so). The file is
+  the resource's JSON on one line, so `Read` refuses it whole (over 256 KB) and by lines (one 3.1
+  MB line); the model reads it with `allow_large: true`;
 - the sub-agent: the main agent hands the task to `delegate:delegator`, whose model is offered only
   delegate's tools, and its `run_in_sandbox` result reaches it."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from conftest import Fake, StdioEnv, base_env
-from host_fakes import TASK, ClaudeHostFake
+from host_fakes import PATCH_URI, RESOURCE_TOOL, TASK, ClaudeHostFake
 from support import CLAUDE, DELEGATE, NODE22_BIN, ROOT, assert_nothing_running, need
 
 PLUGIN = ROOT / "examples" / "claude-code"
@@ -28,6 +34,11 @@ LARGE_CHANGE = "bash:seq 1 400000 > aa_big.txt && for i in $(seq 1 300); do echo
 # of JSON) plus Claude Code's own wrapping.
 BUDGET = 22_000
 PLUGIN_SERVER = "mcp__plugin_delegate_delegate"
+# The plugin's server as Claude Code names it to its model (MCP Server Instructions) and takes it in
+# ReadMcpResourceTool's `server`; tool names carry it normalized, as PLUGIN_SERVER.
+PLUGIN_SERVER_NAME = "plugin:delegate:delegate"
+# How much of a saved tool result Claude Code hands its model, around its "<persisted-output>" note.
+PERSISTED_PREVIEW = 3_000
 
 
 def run_claude(tmp_path: Path, host: ClaudeHostFake, stdio: StdioEnv, *extra: str) -> str:
@@ -70,7 +81,8 @@ def test_plugin_loads_and_a_large_result_stays_under_budget(
     need(CLAUDE, "Claude Code")
     sandbox_model = fake_factory(LARGE_CHANGE)
     stdio = stdio_factory(sandbox_model.url)
-    host = ClaudeHostFake(sandbox_model.url, {"task": TASK, "repo": "none"})
+    arguments = {"task": TASK, "repo": "none"}
+    host = ClaudeHostFake(sandbox_model.url, arguments, read_patch=True, read_saved={"allow_large": True})
     try:
         out = run_claude(tmp_path, host, stdio)
     finally:
@@ -97,7 +109,44 @@ def test_plugin_loads_and_a_large_result_stays_under_budget(
     assert "succeeded" in text, text[:1000]
     assert "small_1.txt" in text and "aa_big.txt" in text, text[:3000]
     assert "diff --git" in text, "no diff preview"
-    assert "delegate://runs/" in text, "no way to the whole patch"
+    uri = PATCH_URI.search(text)
+    assert uri is not None, "no way to the whole patch"
+    assert "+400000" not in text, "the preview was to leave the big file's end out"
+
+    # The model fetches the whole patch as a resource, naming the server as Claude Code does.
+    assert RESOURCE_TOOL in tools, f"Claude Code offered no {RESOURCE_TOOL}: {sorted(tools)}"
+    assert host.resource_call == {"server": PLUGIN_SERVER_NAME, "uri": uri.group(0)}, host.resource_call
+    read = host.tool_results.get("read_patch")
+    assert read is not None, f"the next model request carried no {RESOURCE_TOOL} result"
+    handed = read["text"]
+    print(f"for the whole patch, Claude Code handed its model {len(handed)} characters: {handed[:160]!r}")
+    assert not read["is_error"], handed[:2000]
+    # Too large to hand over whole: Claude Code saved it and handed a preview and the file's path.
+    assert handed.startswith("<persisted-output>") and "Output too large (" in handed, handed[:500]
+    assert len(handed) <= PERSISTED_PREVIEW, f"{len(handed)} characters: {handed[:500]}"
+    saved = re.search(r"Full output saved to: (\S+)", handed)
+    assert saved is not None, handed[:500]
+    saved_path = Path(saved.group(1))
+    assert saved_path.is_relative_to(tmp_path / "claude-home"), saved_path
+    assert "diff --git a/aa_big.txt" in handed, "the preview is not the patch's beginning"
+
+    # The saved file is the resources/read result whole: every file's diff, the big one to its end.
+    print(f"Claude Code saved {saved_path.stat().st_size} bytes for the model to read")
+    contents = json.loads(saved_path.read_text())["contents"]
+    assert [(c["uri"], c["mimeType"]) for c in contents] == [(uri.group(0), "text/x-diff")], contents[:1]
+    patch = contents[0]["text"]
+    assert patch.count("diff --git ") == 301, patch.count("diff --git ")
+    assert "@@ -0,0 +1,400000 @@\n" in patch and "\n+400000\n" in patch, "the big file's diff is cut"
+    assert "diff --git a/small_300.txt b/small_300.txt" in patch and "\n+line 300\n" in patch
+
+    # And the model gets it: Claude Code's Read of that file hands over all of it. (The scripted
+    # model reports 100 input tokens a turn, so Claude Code sees room for it; a real model's
+    # context would take only part of a patch this large.)
+    whole = host.tool_results.get("read_saved")
+    assert whole is not None, "the model's Read of the saved result never came back"
+    assert not whole["is_error"], whole["text"][:1000]
+    print(f"Read handed the model {len(whole['text'])} characters of the saved patch")
+    assert json.dumps(patch)[1:-1] in whole["text"], "Read did not hand over the whole patch"
     assert_nothing_running(stdio.data_dir)
 
 
