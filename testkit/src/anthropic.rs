@@ -304,6 +304,9 @@ async fn handle(
         Ok(b) => serde_json::from_slice::<Value>(b).ok(),
         Err(_) => None,
     };
+    // The script is read before the request is counted: a test that waits for request n and
+    // then switches the script must not change the reply to request n itself.
+    let script = lock(&shared.script).clone();
     let number = {
         let mut requests = lock(&shared.requests);
         let number = requests.len() as u64 + 1;
@@ -368,7 +371,6 @@ async fn handle(
         return error_response(&request_id, &reply);
     };
 
-    let script = lock(&shared.script).clone();
     let plan = plan(&script, &body, number);
     let ctx = Reply {
         request_id,
