@@ -3,11 +3,37 @@
 //! their own pool type; a macro rather than generics because sqlx's `Database` bounds for `bind`
 //! and `FromRow` across drivers would drown every method.
 
-/// `impl_store!(SqliteStore, "sqlite")`: implements `Store` for a struct with a `pool` field. The
+/// `impl_store!(SqliteStore, "sqlite", sqlx::Sqlite)`: implements `Store` for a struct with a `pool` field. The
 /// invoking module imports what the bodies name.
 macro_rules! impl_store {
-    ($store:ident, $kind:literal) => {
+    ($store:ident, $kind:literal, $db:ty) => {
         impl $store {
+            /// Inserts `sandbox` through `executor`: the pool, or a transaction that checked a
+            /// quota first.
+            async fn insert_sandbox_on<'c, E>(executor: E, sandbox: &Sandbox) -> Result<()>
+            where
+                E: sqlx::Executor<'c, Database = $db>,
+            {
+                sqlx::query(sql::INSERT_SANDBOX)
+                    .bind(&sandbox.id)
+                    .bind(&sandbox.workspace_id)
+                    .bind(&sandbox.name)
+                    .bind(sandbox.kind.as_str())
+                    .bind(&sandbox.backend)
+                    .bind(sandbox.status.as_str())
+                    .bind(&sandbox.status_reason)
+                    .bind(sandbox.idle_timeout_s)
+                    .bind(sql::json_text(&sandbox.meta))
+                    .bind(&sandbox.created_by)
+                    .bind(sandbox.created_at)
+                    .bind(sandbox.updated_at)
+                    .bind(sql::base_text(sandbox.base.as_ref())?)
+                    .execute(executor)
+                    .await
+                    .map_err(db_error("sandbox"))?;
+                Ok(())
+            }
+
             /// The status a compare-and-set found instead of the expected one, or `None` if the row is gone.
             async fn current_status(&self, query: &str, id: &str) -> Result<Option<String>> {
                 sqlx::query_scalar::<_, String>(query)
@@ -130,24 +156,7 @@ macro_rules! impl_store {
             }
 
             async fn insert_sandbox(&self, sandbox: &Sandbox) -> Result<()> {
-                sqlx::query(sql::INSERT_SANDBOX)
-                    .bind(&sandbox.id)
-                    .bind(&sandbox.workspace_id)
-                    .bind(&sandbox.name)
-                    .bind(sandbox.kind.as_str())
-                    .bind(&sandbox.backend)
-                    .bind(sandbox.status.as_str())
-                    .bind(&sandbox.status_reason)
-                    .bind(sandbox.idle_timeout_s)
-                    .bind(sql::json_text(&sandbox.meta))
-                    .bind(&sandbox.created_by)
-                    .bind(sandbox.created_at)
-                    .bind(sandbox.updated_at)
-                    .bind(sql::base_text(sandbox.base.as_ref())?)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db_error("sandbox"))?;
-                Ok(())
+                Self::insert_sandbox_on(&self.pool, sandbox).await
             }
 
             async fn sandbox(&self, id: &str) -> Result<Sandbox> {
@@ -912,23 +921,7 @@ macro_rules! impl_store {
                 if warm >= max_warm {
                     return Ok(Some(warm));
                 }
-                sqlx::query(sql::INSERT_SANDBOX)
-                    .bind(&sandbox.id)
-                    .bind(&sandbox.workspace_id)
-                    .bind(&sandbox.name)
-                    .bind(sandbox.kind.as_str())
-                    .bind(&sandbox.backend)
-                    .bind(sandbox.status.as_str())
-                    .bind(&sandbox.status_reason)
-                    .bind(sandbox.idle_timeout_s)
-                    .bind(sql::json_text(&sandbox.meta))
-                    .bind(&sandbox.created_by)
-                    .bind(sandbox.created_at)
-                    .bind(sandbox.updated_at)
-                    .bind(sql::base_text(sandbox.base.as_ref())?)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_error("sandbox"))?;
+                Self::insert_sandbox_on(&mut *tx, sandbox).await?;
                 tx.commit().await.map_err(db_error("sandbox"))?;
                 Ok(None)
             }

@@ -46,4 +46,4 @@ impl PostgresStore {
     }
 }
 
-super::methods::impl_store!(PostgresStore, "postgres");
+super::methods::impl_store!(PostgresStore, "postgres", sqlx::Postgres);

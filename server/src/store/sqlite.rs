@@ -63,4 +63,4 @@ impl SqliteStore {
     }
 }
 
-super::methods::impl_store!(SqliteStore, "sqlite");
+super::methods::impl_store!(SqliteStore, "sqlite", sqlx::Sqlite);
