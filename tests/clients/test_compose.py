@@ -200,3 +200,38 @@ def test_compose_run_with_socket_proxy(engine: str, server_image: str) -> None:
 def test_compose_run_on_named_network(engine: str, server_image: str) -> None:
     """DELEGATE_DOCKER_NETWORK=NAME: sandboxes join the compose network and reach http://delegate:8080/v1."""
     run_through_compose(engine, server_image, "compose")
+
+
+def test_server_image_runs_as_the_chart_runs_it(engine: str, server_image: str) -> None:
+    """helm/delegate runs the server image as uid 10001 on a read-only root with every capability
+    dropped and only /tmp and the data dir writable: it starts so and answers both probes."""
+    network = f"dlghelm{secrets.token_hex(4)}-probe"
+    assert docker(engine, "network", "create", "--internal", network).returncode == 0
+    name = f"{network}-server"
+    try:
+        started = docker(
+            engine, "run", "-d", "--name", name, "--network", network, "--user", "10001:10001", "--read-only",
+            "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--tmpfs", "/tmp",
+            "--tmpfs", "/var/lib/delegate:uid=10001,gid=10001", "-e", "HOME=/tmp",
+            # No engine and no cluster here: the process backend without isolation, never used.
+            "-e", "DELEGATE_BACKEND=process", "-e", "DELEGATE_ISOLATION=none", "-e", "DELEGATE_OPENCODE_BIN=/bin/true",
+            "-e", "ANTHROPIC_API_KEY=sk-ant-test-fake-key-0000", server_image, "serve",
+        )
+        assert started.returncode == 0, started.stderr
+        ip = docker(engine, "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name).stdout.strip()
+
+        def answers(path: str) -> bool:
+            try:
+                with urllib.request.urlopen(f"http://{ip}:8080{path}", timeout=2) as r:
+                    return r.status == 200
+            except (urllib.error.URLError, OSError):
+                return False
+
+        wait_until(lambda: answers("/healthz"), 60, "/healthz of the server image as uid 10001\n"
+                   + docker(engine, "logs", "--tail", "20", name).stderr)
+        assert answers("/readyz")
+        user = docker(engine, "exec", name, "id", "-u").stdout.strip()
+        assert user == "10001", user
+    finally:
+        docker(engine, "rm", "-f", name)
+        docker(engine, "network", "rm", network)
