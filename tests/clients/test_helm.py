@@ -28,14 +28,13 @@ SERVER_LABELS = {
     "app.kubernetes.io/instance": RELEASE,
     "app.kubernetes.io/component": "server",
 }
-# Everything the kubernetes backend may do, per resource; the Role may grant no more.
+# Everything the kubernetes backend does, per resource (server/src/sandbox/kube/): the Role may
+# grant no more. No exec, no attach, nothing cluster-wide.
 ALLOWED_VERBS = {
-    "pods": {"get", "list", "watch", "create", "delete"},
+    "pods": {"get", "list", "watch", "create", "delete", "deletecollection"},
     "pods/log": {"get"},
-    "pods/exec": {"get", "create"},
-    "pods/attach": {"get", "create"},
-    "persistentvolumeclaims": {"get", "list", "watch", "create", "delete"},
-    "networkpolicies": {"get", "list"},
+    "secrets": {"get", "list", "create", "delete", "deletecollection"},
+    "persistentvolumeclaims": {"get", "list", "create", "delete", "deletecollection"},
 }
 
 
@@ -135,6 +134,9 @@ def test_default_values() -> None:
     config = one(kinds, "ConfigMap")["data"]
     assert config["DELEGATE_BACKEND"] == "kubernetes"
     assert config["DELEGATE_K8S_NAMESPACE"] == NAMESPACE
+    # Sandboxes reach the proxy through this release's Service, on the Service's port.
+    assert config["DELEGATE_K8S_SERVICE"] == FULLNAME
+    assert config["DELEGATE_K8S_PROXY_URL"] == f"http://{FULLNAME}.{NAMESPACE}.svc:80/v1"
     assert config["DELEGATE_PUBLIC_URL"] == "https://delegate.example.com"
     assert "DELEGATE_K8S_RUNTIME_CLASS" not in config and "BASE_DOMAIN" not in config
     # Secrets stay out of the ConfigMap.
@@ -147,8 +149,9 @@ def test_default_values() -> None:
     assert pod["automountServiceAccountToken"] is True
 
     role = one(kinds, "Role")
+    assert all(rule["apiGroups"] == [""] for rule in role["rules"]), role["rules"]
     granted = {r: set(rule["verbs"]) for rule in role["rules"] for r in rule["resources"]}
-    assert "pods/exec" not in granted and "pods/attach" not in granted, "exec is off by default"
+    assert set(granted) == set(ALLOWED_VERBS), granted
     for resource, verbs in granted.items():
         assert resource in ALLOWED_VERBS, f"the Role grants {resource}"
         assert verbs <= ALLOWED_VERBS[resource], f"{resource}: {verbs - ALLOWED_VERBS[resource]} beyond the list"
@@ -166,6 +169,7 @@ def test_default_values() -> None:
     assert to_dns["to"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kube-system"}
     assert {p["port"] for p in to_dns["ports"]} == {53}
     assert [peer["podSelector"]["matchLabels"] for peer in policy["ingress"][0]["from"]] == [SERVER_LABELS]
+    assert policy["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 4096}], "opencode serve's port only"
 
     assert one(kinds, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     ingress = one(kinds, "Ingress")["spec"]
@@ -180,8 +184,9 @@ def test_non_default_values() -> None:
         "existingSecret": "delegate-credentials",
         "ingress": {"enabled": False},
         "postgresql": {"enabled": True, "storageClassName": "fast"},
-        "sandbox": {"runtimeClassName": "gvisor", "storageClassName": "fast-rwo", "namespace": "sandboxes"},
-        "rbac": {"podsExec": True},
+        "sandbox": {"runtimeClassName": "gvisor", "storageClassName": "fast-rwo", "namespace": "sandboxes",
+                    "cpuRequest": "500m", "volumeSize": "20Gi"},
+        "service": {"port": 8081},
         "settings": {"DELEGATE_MAX_CONCURRENT_RUNS": 64, "IDLE_TIMEOUT": "10m"},
         "image": {"repository": "registry.example.com/delegate", "tag": "1.2.3"},
     }))
@@ -198,14 +203,15 @@ def test_non_default_values() -> None:
     assert config["DELEGATE_K8S_RUNTIME_CLASS"] == "gvisor"
     assert config["DELEGATE_K8S_STORAGE_CLASS"] == "fast-rwo"
     assert config["DELEGATE_K8S_NAMESPACE"] == "sandboxes"
+    assert config["DELEGATE_K8S_CPU_REQUEST"] == "500m" and config["DELEGATE_K8S_VOLUME_SIZE"] == "20Gi"
+    # The sandboxes live elsewhere; the proxy URL still names the server's namespace and port.
+    assert config["DELEGATE_K8S_PROXY_URL"] == f"http://{FULLNAME}.{NAMESPACE}.svc:8081/v1"
     assert config["DELEGATE_MAX_CONCURRENT_RUNS"] == "64" and config["IDLE_TIMEOUT"] == "10m"
 
     # The sandbox namespace gets the Role, its binding and the sandbox policy; the server stays in its own.
     role, binding = one(kinds, "Role"), one(kinds, "RoleBinding")
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "sandboxes"
     assert binding["subjects"][0]["namespace"] == NAMESPACE
-    granted = {r: set(rule["verbs"]) for rule in role["rules"] for r in rule["resources"]}
-    assert granted["pods/exec"] == {"get", "create"}
     sandbox_policy = next(p for p in kinds["NetworkPolicy"] if p["metadata"]["namespace"] == "sandboxes")
     peer = sandbox_policy["spec"]["egress"][0]["to"][0]
     assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": NAMESPACE}
@@ -254,6 +260,7 @@ def test_gateway_ingress_and_tls() -> None:
         ({"settings": {"delegate_log": "debug"}}, "delegate_log"),
         ({"secrets": {"databaseUrl": "mysql://db/x"}}, "databaseUrl"),
         ({"rbac": {"clusterWide": True}}, "clusterWide"),
+        ({"sandbox": {"volumeSize": "lots"}}, "volumeSize"),
         ({"replicas": 3}, "replicas"),
     ],
 )
