@@ -141,8 +141,11 @@ class Composed:
         with urllib.request.urlopen(req, timeout=300) as r:
             return json.loads(r.read())
 
-    def sandbox_containers(self) -> list[str]:
-        return docker(self.engine, "ps", "-a", "-q", "--filter", "label=delegate.sandbox").stdout.split()
+    def sandbox_leftovers(self, sandbox_id: str) -> list[str]:
+        """The containers and volumes of one sandbox still on the engine."""
+        label = f"label=delegate.sandbox={sandbox_id}"
+        return (docker(self.engine, "ps", "-a", "-q", "--filter", label).stdout.split()
+                + docker(self.engine, "volume", "ls", "-q", "--filter", label).stdout.split())
 
     def down(self) -> None:
         self.compose("down", "-v", "--remove-orphans", timeout=120)
@@ -151,20 +154,21 @@ class Composed:
 
 def run_through_compose(engine: str, image: str, docker_network: str | None) -> None:
     composed = Composed(engine, image, docker_network)
-    before = set(composed.sandbox_containers())
     try:
         composed.up()
         token = composed.admin("token", "create", "--name", "compose-test")
         assert token.startswith("dlg_"), token
-        networks: set[str] = set()
+        networks: dict[str, set[str]] = {}
         stop = threading.Event()
 
         def watch_engine() -> None:
-            # While the run goes, which networks its container is on.
+            # While the run goes, which networks its container is on (by sandbox: other tests may
+            # run containers on the same engine).
+            fmt = '{{index .Config.Labels "delegate.sandbox"}} {{range $n, $_ := .NetworkSettings.Networks}}{{$n}} {{end}}'
             while not stop.is_set():
                 for cid in docker(engine, "ps", "-q", "--filter", "label=delegate.kind=ephemeral").stdout.split():
-                    got = docker(engine, "inspect", "--format", "{{range $n, $_ := .NetworkSettings.Networks}}{{$n}} {{end}}", cid)
-                    networks.update(got.stdout.split())
+                    sandbox, *nets = docker(engine, "inspect", "--format", fmt, cid).stdout.split() or [""]
+                    networks.setdefault(sandbox, set()).update(nets)
                 stop.wait(0.1)
 
         watcher = threading.Thread(target=watch_engine, daemon=True)
@@ -176,16 +180,17 @@ def run_through_compose(engine: str, image: str, docker_network: str | None) -> 
         finally:
             stop.set()
             watcher.join(10)
-        want = composed.network if docker_network == "compose" else "none"
-        assert networks == {want}, f"the run's container was on {networks or 'nothing seen'}, not {want}"
         assert out["status"] == "succeeded", json.dumps(out)[:3000] + "\n" + composed.logs()
+        want = composed.network if docker_network == "compose" else "none"
+        seen = networks.get(out["sandbox_id"])
+        assert seen == {want}, f"the run's container was on {seen or 'nothing seen'}, not {want}"
         assert HELLO_ADDED in out["changed_files"], out["changed_files"]
         assert "+hi" in out["diff"], out["diff"]
         assert out["final_message"].strip() == "done", out
         # The model's tokens were counted: the calls went through the server's proxy to the fake.
         assert out["usage"]["input_tokens"] > 0, out["usage"]
-        # The sandbox is gone once the run ended.
-        wait_until(lambda: set(composed.sandbox_containers()) <= before, 60, "the run's sandbox container to go")
+        # The sandbox's container and volumes are gone once the run ended.
+        wait_until(lambda: not composed.sandbox_leftovers(out["sandbox_id"]), 60, "the run's sandbox to go")
     finally:
         composed.down()
     gone = docker(engine, "network", "inspect", composed.network)
