@@ -276,3 +276,20 @@ def test_validation_bites() -> None:
          "spec": {"replicas": "two", "selector": {}, "template": {"spec": {"containers": []}}}},
     ]})
     assert len(out["invalid"]) == 1 and "replicas" in out["invalid"][0], out
+
+
+def test_values_cannot_inject_yaml() -> None:
+    """A value with quotes and line breaks lands as that one string, never as more keys."""
+    hostile = 'x"\n  DELEGATE_BACKEND: process\n#'
+    kinds = by_kind(render({
+        "secrets": {"databaseUrl": DB, "extra": {"OIDC_CLIENT_SECRET": hostile}},
+        "settings": {"DELEGATE_MODEL": hostile},
+    }))
+    config = one(kinds, "ConfigMap")["data"]
+    assert config["DELEGATE_MODEL"] == hostile and config["DELEGATE_BACKEND"] == "kubernetes"
+    assert one(kinds, "Secret")["stringData"]["OIDC_CLIENT_SECRET"] == hostile
+
+
+def test_settings_cannot_override_the_charts_own() -> None:
+    err = render_error({"secrets": {"databaseUrl": DB}, "settings": {"DELEGATE_BACKEND": "process"}})
+    assert "settings.DELEGATE_BACKEND: the chart sets DELEGATE_BACKEND" in err, err
