@@ -1,6 +1,10 @@
-# delegate's server image: `delegate serve` for compose.yml (the docker backend on a team box).
-#   docker build -t delegate .
-# The sandboxes themselves use sandbox-image/, not this.
+# delegate's server image: `delegate serve` for compose.yml (the docker backend on a team box) and
+# helm/delegate (the kubernetes backend).
+#   scripts/server-image              (docker build -t delegate:VERSION .)
+#   scripts/server-image --offline    the same runtime stage on the debootstrap base, with a binary
+#                                     built on this machine: no registry (what the tests build)
+# The sandboxes themselves use sandbox-image/, not this. The chart runs it as uid 10001 with a
+# read-only root filesystem: it writes only under DELEGATE_DATA_DIR and /tmp.
 ARG RUST_IMAGE=rust:1-bookworm
 ARG BASE=debian:bookworm-slim
 
