@@ -3,7 +3,7 @@
 //! with one test body: `pip download` from a PEP 503 index over HTTPS, `git clone` over HTTP
 //! from `git http-backend`, and `curl` over HTTPS, against loopback stand-ins
 //! ([`delegate_testkit::registry`]) that an admin-listed exception allows; the test CA reaches
-//! the sandbox through `files` and `env`. Refused through the same run: a host outside the
+//! the sandbox through `files` and `env`, and a setup script reaches it the same way. Refused through the same run: a host outside the
 //! policy, the metadata address and a redirect to loopback; and in a second run a DNS name
 //! (`localhost`) that resolves to a loopback address. Each is the 403 body and an `egress`
 //! event, and the result's totals match the events.
@@ -45,13 +45,14 @@ fn ca_env() -> BTreeMap<String, String> {
     .collect()
 }
 
-fn run_request(policy: &str, registry: &Registry) -> RunRequest {
+fn run_request(policy: &str, registry: &Registry, setup: Option<String>) -> RunRequest {
     RunRequest {
         task: "fetch the project's dependencies".into(),
         network: Some(policy.into()),
         files: BTreeMap::from([(CA_FILE.to_string(), registry.ca_pem.clone())]),
         inputs: SandboxInputs {
             env: ca_env(),
+            setup,
             ..Default::default()
         },
         ..Default::default()
@@ -65,8 +66,13 @@ async fn real_clients_through_the_egress_proxy(backend: Backend) {
     let (http, https) = (registry.http.port(), registry.https.port());
     // NO_PROXY keeps loopback direct inside the sandbox (the model proxy's relay lives there);
     // the stand-ins are on the host's loopback, so the clients are told to proxy it anyway.
+    // Setup reaches the registry through the same relay, and leaves its fetch in $HOME.
+    let setup = format!(
+        "unset NO_PROXY no_proxy; curl -sS https://127.0.0.1:{https}/hello > \"$HOME/from-setup\""
+    );
     let command = format!(
         "unset NO_PROXY no_proxy; \
+         echo \"setup=$(cat \"$HOME/from-setup\")\"; \
          python3 -m pip download --disable-pip-version-check --no-cache-dir --quiet \
            --index-url https://127.0.0.1:{https}/simple/ --dest /tmp/wheels \
            {package}=={version} 2>&1 | tail -n 5; ls /tmp/wheels; \
@@ -104,12 +110,16 @@ async fn real_clients_through_the_egress_proxy(backend: Backend) {
     let orch = delegate_server::app::embedded(settings).await.unwrap();
 
     let (run_id, _) = orch
-        .start_run(run_request("registry", &registry))
+        .start_run(run_request("registry", &registry, Some(setup)))
         .await
         .unwrap();
     let r = orch.wait(&run_id).await.unwrap();
     assert_eq!(r.status, RunStatus::Succeeded, "{backend:?}: {:?}", r.error);
     let seen = &r.final_message;
+    assert!(
+        seen.contains(&format!("setup={}", registry::GREETING)),
+        "{backend:?} setup: {seen}"
+    );
     assert!(seen.contains(registry::WHEEL), "{backend:?} pip: {seen}");
     assert!(
         seen.contains(registry::REPO_LINE),
@@ -185,7 +195,7 @@ async fn real_clients_through_the_egress_proxy(backend: Backend) {
     bed.fake()
         .set_script(Script::bash(&command, "{tool_result}"));
     let (run_id, _) = orch
-        .start_run(run_request("names", &registry))
+        .start_run(run_request("names", &registry, None))
         .await
         .unwrap();
     let r = orch.wait(&run_id).await.unwrap();
