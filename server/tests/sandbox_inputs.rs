@@ -83,6 +83,63 @@ async fn env_reaches_the_agent_and_setup_runs_first_with_its_output_as_events(ba
         "{setup:?}"
     );
     assert!(setup.iter().any(|e| e["line"] == "to-stderr"), "{setup:?}");
+    assert_eq!(
+        h.leftovers(&r.sandbox_id).await,
+        Vec::<String>::new(),
+        "{backend:?}"
+    );
+}
+
+/// A setup script that outlives the run's timeout is killed: the run ends `timed_out`, the
+/// agent never starts, and nothing of the sandbox is left (on docker: no setup container).
+async fn a_setup_past_the_timeout_is_killed(backend: Backend) {
+    let Some(h) = Bed::new(backend, Script::text("the agent must not run")).await else {
+        return;
+    };
+    let orch = h.orchestrator().await;
+    let started = std::time::Instant::now();
+    let (run_id, _) = orch
+        .start_run(RunRequest {
+            task: "never reached".into(),
+            timeout: Some(std::time::Duration::from_secs(10)),
+            inputs: SandboxInputs {
+                setup: Some("echo started; sleep 600".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let r = orch.wait(&run_id).await.unwrap();
+    assert_eq!(r.status, RunStatus::TimedOut, "{backend:?}: {:?}", r.error);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(120),
+        "{backend:?}: the setup was not killed at the timeout"
+    );
+    let setup = events_of(&orch, &run_id, "setup").await;
+    assert!(setup.iter().any(|e| e["line"] == "started"), "{setup:?}");
+    assert!(
+        h.fake()
+            .requests()
+            .iter()
+            .all(delegate_testkit::anthropic::RecordedRequest::is_title_request),
+        "opencode never ran the task"
+    );
+    assert_eq!(
+        h.leftovers(&r.sandbox_id).await,
+        Vec::<String>::new(),
+        "{backend:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_setup_past_the_timeout_is_killed_on_process() {
+    a_setup_past_the_timeout_is_killed(Backend::Process).await;
+}
+
+#[tokio::test]
+async fn a_setup_past_the_timeout_is_killed_on_docker() {
+    a_setup_past_the_timeout_is_killed(Backend::Docker).await;
 }
 
 /// A non-zero exit ends the run `failed` with `setup_failed` and the output's tail; the agent
