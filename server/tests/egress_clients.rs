@@ -4,7 +4,8 @@
 //! from `git http-backend`, and `curl` over HTTPS, against loopback stand-ins
 //! ([`delegate_testkit::registry`]) that an admin-listed exception allows; the test CA reaches
 //! the sandbox through `files` and `env`, and a setup script reaches it the same way. Refused through the same run: a host outside the
-//! policy, the metadata address and a redirect to loopback; and in a second run a DNS name
+//! policy, the metadata address and redirects to loopback (a name the policy does not list, and an
+//! address it lists whose class no admin allowed); and in a second run a DNS name
 //! (`localhost`) that resolves to a loopback address. Each is the 403 body and an `egress`
 //! event, and the result's totals match the events.
 
@@ -80,6 +81,7 @@ async fn real_clients_through_the_egress_proxy(backend: Backend) {
          cat /tmp/clone/README; \
          echo \"https=$(curl -sS https://127.0.0.1:{https}/hello 2>&1)\"; \
          echo \"redirect=$(curl -sS -L http://127.0.0.1:{http}/redirect 2>&1)\"; \
+         echo \"redirect_ip=$(curl -sS -L http://127.0.0.1:{http}/redirect-loopback 2>&1)\"; \
          echo \"outside=$(curl -sS http://registry.invalid/ 2>&1)\"; \
          echo \"metadata=$(curl -sS http://169.254.169.254/latest/meta-data/ 2>&1)\"",
         package = registry::PACKAGE,
@@ -95,6 +97,8 @@ async fn real_clients_through_the_egress_proxy(backend: Backend) {
             hosts: vec![
                 format!("127.0.0.1:{http}"),
                 format!("127.0.0.1:{https}"),
+                // Listed by host, refused by its address class: the exception is 127.0.0.1 only.
+                format!("127.0.0.2:{http}"),
                 "169.254.169.254".into(),
             ],
             allow_addresses: vec!["127.0.0.1".into()],
@@ -137,6 +141,13 @@ async fn real_clients_through_the_egress_proxy(backend: Backend) {
     );
     assert!(
         seen.contains(
+            "redirect_ip=delegate egress: 127.0.0.2 is a loopback address; an admin can allow \
+             it in the allow_addresses of policy `registry`"
+        ),
+        "{backend:?} redirect to a listed loopback host: {seen}"
+    );
+    assert!(
+        seen.contains(
             "outside=delegate egress: policy `registry` does not allow registry.invalid:80"
         ),
         "{backend:?} outside: {seen}"
@@ -174,6 +185,7 @@ async fn real_clients_through_the_egress_proxy(backend: Backend) {
         "{backend:?}: {events:#?}"
     );
     assert!(has("denied", "localhost", http), "{backend:?}: {events:#?}");
+    assert!(has("denied", "127.0.0.2", http), "{backend:?}: {events:#?}");
     assert!(
         has("denied", "registry.invalid", 80),
         "{backend:?}: {events:#?}"

@@ -45,7 +45,8 @@ const MAX_REQUEST_BYTES: usize = 8 << 20;
 
 /// The running stand-ins; they stop when this is dropped.
 pub struct Registry {
-    /// Plain HTTP: `/hello`, `/redirect` (to `localhost`, on this same port), `/simple/...`,
+    /// Plain HTTP: `/hello`, `/redirect` (to `localhost`, on this same port),
+    /// `/redirect-loopback` (to `127.0.0.2`, on this same port), `/simple/...`,
     /// `/files/WHEEL` and `/git/project.git` (git's smart HTTP).
     pub http: SocketAddr,
     /// The same routes over TLS, for a certificate valid for `127.0.0.1` only.
@@ -155,6 +156,7 @@ fn routes(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/hello", get(|| async { GREETING }))
         .route("/redirect", get(redirect))
+        .route("/redirect-loopback", get(redirect_loopback))
         .route("/simple/", get(index))
         .route("/simple/{name}/", get(project))
         .route("/files/{file}", get(file))
@@ -167,6 +169,17 @@ async fn redirect(State(shared): State<Arc<Shared>>) -> Response {
     (
         StatusCode::FOUND,
         [(header::LOCATION, format!("http://localhost:{port}/hello"))],
+    )
+        .into_response()
+}
+
+/// To another loopback address (nothing listens there: the proxy must refuse before any
+/// connection).
+async fn redirect_loopback(State(shared): State<Arc<Shared>>) -> Response {
+    let port = shared.http_port.get().copied().unwrap_or(0);
+    (
+        StatusCode::FOUND,
+        [(header::LOCATION, format!("http://127.0.0.2:{port}/hello"))],
     )
         .into_response()
 }
