@@ -413,6 +413,8 @@ async fn a_secret_reaches_the_sandbox_and_is_redacted_everywhere(backend: Backen
             task: "print the token".into(),
             inputs: SandboxInputs {
                 secrets: vec!["API_TOKEN".into()],
+                // Setup's output is redacted as the agent's is.
+                setup: Some("echo \"setup-token=$API_TOKEN\"".into()),
                 ..Default::default()
             },
             ..Default::default()
@@ -438,6 +440,10 @@ async fn a_secret_reaches_the_sandbox_and_is_redacted_everywhere(backend: Backen
     assert!(
         text.contains("[secret API_TOKEN]"),
         "the agent did print it"
+    );
+    assert!(
+        text.contains("setup-token=[secret API_TOKEN]"),
+        "{backend:?}: setup printed it"
     );
     assert!(!text.contains(VALUE), "no event holds the value");
     let result = serde_json::to_string(&orch.result(&run_id).await.unwrap()).unwrap();
