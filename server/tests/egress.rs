@@ -431,12 +431,14 @@ async fn bad_request_heads_get_clear_errors() {
     stop.cancel();
 }
 
-/// A real opencode run on the process backend: the agent's `bash` tool runs curl, which goes
-/// through the sandbox's proxy variables and relay to the egress proxy. The registry's address
-/// is allowed; the metadata address is listed by host but refused by its address class. Each
+/// A real opencode run on each backend: the agent's `bash` tool runs curl, which goes through
+/// the sandbox's proxy variables and relay to the egress proxy. The registry's address is
+/// allowed; the metadata address is listed by host but refused by its address class. Each
 /// connection is an `egress` event and the result counts them. With `none` there is no proxy.
-#[tokio::test]
-async fn a_run_reaches_an_allowed_registry_through_the_egress_proxy_and_is_refused_elsewhere() {
+/// (`egress_clients.rs` drives pip, git and curl over HTTPS the same way.)
+async fn a_run_reaches_an_allowed_registry_through_the_egress_proxy_and_is_refused_elsewhere(
+    backend: common::backends::Backend,
+) {
     use delegate_mcp::types::RunStatus;
     use delegate_server::orchestrator::RunRequest;
     use delegate_testkit::anthropic::Script;
@@ -451,7 +453,9 @@ async fn a_run_reaches_an_allowed_registry_through_the_egress_proxy_and_is_refus
         "echo \"proxy=$HTTP_PROXY\"; curl -sS --noproxy '' http://127.0.0.1:{port}/hello; echo; \
          curl -sS --noproxy '' http://169.254.169.254/latest/meta-data/; echo"
     );
-    let Some(h) = common::Harness::new(Script::bash(&command, "{tool_result}")).await else {
+    let Some(h) =
+        common::backends::Bed::new(backend, Script::bash(&command, "{tool_result}")).await
+    else {
         return;
     };
     let mut settings = h.settings();
@@ -471,7 +475,7 @@ async fn a_run_reaches_an_allowed_registry_through_the_egress_proxy_and_is_refus
 
     let (run_id, _) = orch.start_run(task(Some("registry"))).await.unwrap();
     let r = orch.wait(&run_id).await.unwrap();
-    assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.error);
+    assert_eq!(r.status, RunStatus::Succeeded, "{backend:?}: {:?}", r.error);
     let seen = &r.final_message;
     assert!(seen.contains("proxy=http://127.0.0.1:4001"), "{seen}");
     assert!(seen.contains("hello from the registry"), "{seen}");
@@ -507,10 +511,10 @@ async fn a_run_reaches_an_allowed_registry_through_the_egress_proxy_and_is_refus
     }));
 
     // `none`: no proxy variables, no relay, no socket; curl has no network at all.
-    h.fake.set_script(Script::bash(&command, "{tool_result}"));
+    h.fake().set_script(Script::bash(&command, "{tool_result}"));
     let (run_id, _) = orch.start_run(task(None)).await.unwrap();
     let r = orch.wait(&run_id).await.unwrap();
-    assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.error);
+    assert_eq!(r.status, RunStatus::Succeeded, "{backend:?}: {:?}", r.error);
     assert!(
         r.final_message.contains("proxy=\n") || r.final_message.contains("proxy=\r"),
         "{}",
@@ -527,4 +531,20 @@ async fn a_run_reaches_an_allowed_registry_through_the_egress_proxy_and_is_refus
     let err = orch.start_run(task(Some("nope"))).await.unwrap_err();
     assert!(err.to_string().contains("no egress policy `nope`"), "{err}");
     stop.cancel();
+}
+
+#[tokio::test]
+async fn a_run_reaches_an_allowed_registry_through_the_egress_proxy_on_process() {
+    a_run_reaches_an_allowed_registry_through_the_egress_proxy_and_is_refused_elsewhere(
+        common::backends::Backend::Process,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_run_reaches_an_allowed_registry_through_the_egress_proxy_on_docker() {
+    a_run_reaches_an_allowed_registry_through_the_egress_proxy_and_is_refused_elsewhere(
+        common::backends::Backend::Docker,
+    )
+    .await;
 }

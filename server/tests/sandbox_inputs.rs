@@ -1,11 +1,13 @@
-//! `env`, `setup`, `image` and `secrets` of a sandbox, through real opencode runs on the process
-//! backend against the scripted fake Anthropic API: the sandbox sees its env and secrets, setup
-//! output becomes `setup` events and a failing setup ends the run `setup_failed` with the
-//! output's tail, a secret's value appears nowhere delegate keeps or shows, and bad input is
-//! refused before any sandbox row is written.
+//! `env`, `setup`, `image` and `secrets` of a sandbox, through real opencode runs against the
+//! scripted fake Anthropic API, each body on the process AND docker backends: the sandbox sees
+//! its env and secrets, setup output becomes `setup` events and a failing setup ends the run
+//! `setup_failed` with the output's tail, a secret's value appears nowhere delegate keeps or
+//! shows (events, result, database, server log), a listed image is the one used, and bad input
+//! is refused before any sandbox row is written.
 
 mod common;
 
+use common::backends::{Backend, Bed};
 use delegate_mcp::types::{ErrorKind, RunStatus};
 use delegate_server::ids::RunId;
 use delegate_server::orchestrator::{Orchestrator, RunRequest, SandboxInputs, SandboxRequest};
@@ -39,10 +41,9 @@ fn env(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
 
 /// The agent's shell sees `env`; setup ran first in the work dir with the same env, and each of
 /// its lines is a `setup` event.
-#[tokio::test]
-async fn env_reaches_the_agent_and_setup_runs_first_with_its_output_as_events() {
+async fn env_reaches_the_agent_and_setup_runs_first_with_its_output_as_events(backend: Backend) {
     let command = "echo \"env=$GREETING\"; cat made-by-setup.txt";
-    let Some(h) = common::Harness::new(Script::bash(command, "{tool_result}")).await else {
+    let Some(h) = Bed::new(backend, Script::bash(command, "{tool_result}")).await else {
         return;
     };
     let orch = h.orchestrator().await;
@@ -82,13 +83,69 @@ async fn env_reaches_the_agent_and_setup_runs_first_with_its_output_as_events() 
         "{setup:?}"
     );
     assert!(setup.iter().any(|e| e["line"] == "to-stderr"), "{setup:?}");
+    assert_eq!(
+        h.leftovers(&r.sandbox_id).await,
+        Vec::<String>::new(),
+        "{backend:?}"
+    );
+}
+
+/// A setup script that outlives the run's timeout is killed: the run ends `timed_out`, the
+/// agent never starts, and nothing of the sandbox is left (on docker: no setup container).
+async fn a_setup_past_the_timeout_is_killed(backend: Backend) {
+    let Some(h) = Bed::new(backend, Script::text("the agent must not run")).await else {
+        return;
+    };
+    let orch = h.orchestrator().await;
+    let started = std::time::Instant::now();
+    let (run_id, _) = orch
+        .start_run(RunRequest {
+            task: "never reached".into(),
+            timeout: Some(std::time::Duration::from_secs(10)),
+            inputs: SandboxInputs {
+                setup: Some("echo started; sleep 600".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let r = orch.wait(&run_id).await.unwrap();
+    assert_eq!(r.status, RunStatus::TimedOut, "{backend:?}: {:?}", r.error);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(120),
+        "{backend:?}: the setup was not killed at the timeout"
+    );
+    let setup = events_of(&orch, &run_id, "setup").await;
+    assert!(setup.iter().any(|e| e["line"] == "started"), "{setup:?}");
+    assert!(
+        h.fake()
+            .requests()
+            .iter()
+            .all(delegate_testkit::anthropic::RecordedRequest::is_title_request),
+        "opencode never ran the task"
+    );
+    assert_eq!(
+        h.leftovers(&r.sandbox_id).await,
+        Vec::<String>::new(),
+        "{backend:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_setup_past_the_timeout_is_killed_on_process() {
+    a_setup_past_the_timeout_is_killed(Backend::Process).await;
+}
+
+#[tokio::test]
+async fn a_setup_past_the_timeout_is_killed_on_docker() {
+    a_setup_past_the_timeout_is_killed(Backend::Docker).await;
 }
 
 /// A non-zero exit ends the run `failed` with `setup_failed` and the output's tail; the agent
 /// never starts.
-#[tokio::test]
-async fn a_failing_setup_fails_the_run_with_the_tail_of_its_output() {
-    let Some(h) = common::Harness::new(Script::text("the agent must not run")).await else {
+async fn a_failing_setup_fails_the_run_with_the_tail_of_its_output(backend: Backend) {
+    let Some(h) = Bed::new(backend, Script::text("the agent must not run")).await else {
         return;
     };
     let orch = h.orchestrator().await;
@@ -108,7 +165,7 @@ async fn a_failing_setup_fails_the_run_with_the_tail_of_its_output() {
         .await
         .unwrap();
     let r = orch.wait(&run_id).await.unwrap();
-    assert_eq!(r.status, RunStatus::Failed);
+    assert_eq!(r.status, RunStatus::Failed, "{backend:?}");
     let error = r.error.expect("an error");
     assert_eq!(error.kind, ErrorKind::SetupFailed);
     assert!(
@@ -134,7 +191,7 @@ async fn a_failing_setup_fails_the_run_with_the_tail_of_its_output() {
     assert!(error.message.len() < 3 * 1024, "{}", error.message.len());
     assert_eq!(events_of(&orch, &run_id, "setup").await.len(), 401);
     assert!(
-        h.fake
+        h.fake()
             .requests()
             .iter()
             .all(delegate_testkit::anthropic::RecordedRequest::is_title_request),
@@ -144,10 +201,9 @@ async fn a_failing_setup_fails_the_run_with_the_tail_of_its_output() {
 
 /// A warm sandbox gets its env and runs setup once at creation; a run in it may not bring env
 /// of its own; a failing setup fails the creation with the tail.
-#[tokio::test]
-async fn a_warm_sandbox_runs_setup_once_at_creation() {
+async fn a_warm_sandbox_runs_setup_once_at_creation(backend: Backend) {
     let command = "echo \"env=$COLOUR\"; cat count.txt";
-    let Some(h) = common::Harness::new(Script::bash(command, "{tool_result}")).await else {
+    let Some(h) = Bed::new(backend, Script::bash(command, "{tool_result}")).await else {
         return;
     };
     let orch = h.orchestrator().await;
@@ -229,12 +285,19 @@ async fn a_warm_sandbox_runs_setup_once_at_creation() {
     orch.delete_sandbox(&sandbox.id.parse().unwrap())
         .await
         .unwrap();
+    // Nothing of either is left (on docker: the serve and setup containers, both volumes).
+    for id in [&sandbox.id, &failed[0].id] {
+        assert_eq!(
+            h.leftovers(id).await,
+            Vec::<String>::new(),
+            "{backend:?} {id}"
+        );
+    }
 }
 
 /// Each kind of bad input is a clear error, and no sandbox row exists afterwards.
-#[tokio::test]
-async fn bad_input_is_refused_before_any_sandbox_exists() {
-    let Some(h) = common::Harness::new(Script::text("unused")).await else {
+async fn bad_input_is_refused_before_any_sandbox_exists(backend: Backend) {
+    let Some(h) = Bed::new(backend, Script::text("unused")).await else {
         return;
     };
     let mut settings = h.settings();
@@ -269,13 +332,22 @@ async fn bad_input_is_refused_before_any_sandbox_exists() {
             },
             "setup: 65537 bytes, at most 65536",
         ),
-        (
-            SandboxInputs {
-                image: Some("delegate-sandbox:1.18.33".into()),
-                ..Default::default()
-            },
-            "runs no containers",
-        ),
+        match backend {
+            Backend::Process => (
+                SandboxInputs {
+                    image: Some("delegate-sandbox:1.18.33".into()),
+                    ..Default::default()
+                },
+                "runs no containers",
+            ),
+            Backend::Docker => (
+                SandboxInputs {
+                    image: Some("delegate-sandbox:not-on-the-list".into()),
+                    ..Default::default()
+                },
+                "`delegate-sandbox:not-on-the-list` is not one of this server's sandbox images",
+            ),
+        },
     ];
     for (inputs, says) in cases {
         let err = orch
@@ -303,13 +375,13 @@ async fn bad_input_is_refused_before_any_sandbox_exists() {
 /// in no event, not in the result and not in the database: `[secret NAME]` stands in for it.
 /// At rest it is sealed: the database holds neither the value nor anything that opens without
 /// the key.
-#[tokio::test]
-async fn a_secret_reaches_the_sandbox_and_is_redacted_everywhere() {
+async fn a_secret_reaches_the_sandbox_and_is_redacted_everywhere(backend: Backend) {
     const VALUE: &str = "s3cr3t-VALUE-4f9a2c7e";
     let command = "echo \"token=$API_TOKEN\"; echo \"$API_TOKEN\" > leaked.txt; cat leaked.txt";
-    let Some(h) = common::Harness::new(Script::bash(command, "{tool_result}")).await else {
+    let Some(h) = Bed::new(backend, Script::bash(command, "{tool_result}")).await else {
         return;
     };
+    let logs = common::serve::logs();
     let mut settings = h.settings();
     // Without a key, secrets cannot be stored.
     let orch = delegate_server::app::embedded(settings.clone())
@@ -332,7 +404,7 @@ async fn a_secret_reaches_the_sandbox_and_is_redacted_everywhere() {
     assert_eq!(names.len(), 1);
     assert_eq!(names[0].name, "API_TOKEN");
     assert!(
-        !common::contains(&h.database_bytes(), VALUE),
+        !common::contains(&h.harness().database_bytes(), VALUE),
         "sealed at rest"
     );
 
@@ -341,6 +413,8 @@ async fn a_secret_reaches_the_sandbox_and_is_redacted_everywhere() {
             task: "print the token".into(),
             inputs: SandboxInputs {
                 secrets: vec!["API_TOKEN".into()],
+                // Setup's output is redacted as the agent's is.
+                setup: Some("echo \"setup-token=$API_TOKEN\"".into()),
                 ..Default::default()
             },
             ..Default::default()
@@ -367,12 +441,139 @@ async fn a_secret_reaches_the_sandbox_and_is_redacted_everywhere() {
         text.contains("[secret API_TOKEN]"),
         "the agent did print it"
     );
+    assert!(
+        text.contains("setup-token=[secret API_TOKEN]"),
+        "{backend:?}: setup printed it"
+    );
     assert!(!text.contains(VALUE), "no event holds the value");
     let result = serde_json::to_string(&orch.result(&run_id).await.unwrap()).unwrap();
     assert!(!result.contains(VALUE));
     drop(orch);
     assert!(
-        !common::contains(&h.database_bytes(), VALUE),
+        !common::contains(&h.harness().database_bytes(), VALUE),
         "no database byte holds the value"
     );
+    // The capture is the server's subscriber: a line planted through it must show up.
+    tracing::info!("control line {run_id}");
+    let log = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        log.contains(&format!("control line {run_id}")),
+        "the log capture works"
+    );
+    assert!(!log.contains(VALUE), "the server log holds the value");
+}
+
+#[tokio::test]
+async fn env_reaches_the_agent_and_setup_runs_first_with_its_output_as_events_on_process() {
+    env_reaches_the_agent_and_setup_runs_first_with_its_output_as_events(Backend::Process).await;
+}
+
+#[tokio::test]
+async fn env_reaches_the_agent_and_setup_runs_first_with_its_output_as_events_on_docker() {
+    env_reaches_the_agent_and_setup_runs_first_with_its_output_as_events(Backend::Docker).await;
+}
+
+#[tokio::test]
+async fn a_failing_setup_fails_the_run_with_the_tail_of_its_output_on_process() {
+    a_failing_setup_fails_the_run_with_the_tail_of_its_output(Backend::Process).await;
+}
+
+#[tokio::test]
+async fn a_failing_setup_fails_the_run_with_the_tail_of_its_output_on_docker() {
+    a_failing_setup_fails_the_run_with_the_tail_of_its_output(Backend::Docker).await;
+}
+
+#[tokio::test]
+async fn a_warm_sandbox_runs_setup_once_at_creation_on_process() {
+    a_warm_sandbox_runs_setup_once_at_creation(Backend::Process).await;
+}
+
+#[tokio::test]
+async fn a_warm_sandbox_runs_setup_once_at_creation_on_docker() {
+    a_warm_sandbox_runs_setup_once_at_creation(Backend::Docker).await;
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_before_any_sandbox_exists_on_process() {
+    bad_input_is_refused_before_any_sandbox_exists(Backend::Process).await;
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_before_any_sandbox_exists_on_docker() {
+    bad_input_is_refused_before_any_sandbox_exists(Backend::Docker).await;
+}
+
+#[tokio::test]
+async fn a_secret_reaches_the_sandbox_and_is_redacted_everywhere_on_process() {
+    a_secret_reaches_the_sandbox_and_is_redacted_everywhere(Backend::Process).await;
+}
+
+#[tokio::test]
+async fn a_secret_reaches_the_sandbox_and_is_redacted_everywhere_on_docker() {
+    a_secret_reaches_the_sandbox_and_is_redacted_everywhere(Backend::Docker).await;
+}
+
+/// On docker, `image` picks one of the admin's list: a listed image that the engine has runs
+/// the task; a listed one it lacks fails the run `image_missing` naming it, which shows the
+/// choice is the image actually used.
+#[tokio::test]
+async fn a_listed_image_is_the_one_a_docker_run_uses() {
+    use bollard::query_parameters::{RemoveImageOptionsBuilder, TagImageOptionsBuilder};
+    let Some(h) = common::docker::DockerHarness::new(Script::bash(
+        "echo ran-in-the-listed-image",
+        "{tool_result}",
+    ))
+    .await
+    else {
+        return;
+    };
+    // A tag of our own for the shared image, removed again at the end.
+    let tag = format!("listed-{}", std::process::id());
+    let listed = format!("delegate-sandbox:{tag}");
+    let absent = format!("delegate-sandbox:absent-{}", std::process::id());
+    h.docker
+        .tag_image(
+            &delegate_testkit::real::sandbox_image(),
+            Some(
+                TagImageOptionsBuilder::new()
+                    .repo("delegate-sandbox")
+                    .tag(&tag)
+                    .build(),
+            ),
+        )
+        .await
+        .unwrap();
+    let mut settings = h.settings();
+    settings.docker.images = vec![listed.clone(), absent.clone()];
+    let orch = h.orchestrator(settings).await;
+    let run = |image: &str| RunRequest {
+        task: "where am I".into(),
+        inputs: SandboxInputs {
+            image: Some(image.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (run_id, _) = orch.start_run(run(&listed)).await.unwrap();
+    let r = orch.wait(&run_id).await.unwrap();
+    let (missing_id, _) = orch.start_run(run(&absent)).await.unwrap();
+    let missing = orch.wait(&missing_id).await.unwrap();
+    let _ = h
+        .docker
+        .remove_image(
+            &listed,
+            Some(RemoveImageOptionsBuilder::new().noprune(true).build()),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.error);
+    assert!(
+        r.final_message.contains("ran-in-the-listed-image"),
+        "{}",
+        r.final_message
+    );
+    assert_eq!(missing.status, RunStatus::Failed);
+    let error = missing.error.expect("an error");
+    assert_eq!(error.kind, ErrorKind::ImageMissing, "{}", error.message);
+    assert!(error.message.contains(&absent), "{}", error.message);
 }

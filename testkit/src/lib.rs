@@ -1,5 +1,5 @@
 //! Test support for delegate: a scripted fake of the Anthropic Messages API (the only stand-in the
-//! tests use for an LLM), throwaway PostgreSQL servers, lookups of the other real components, and
+//! tests use for an LLM), throwaway PostgreSQL servers, loopback stand-ins for package registries and git servers, lookups of the other real components, and
 //! caller repositories made with real git.
 
 #![warn(missing_docs)]
@@ -8,4 +8,5 @@
 pub mod anthropic;
 pub mod postgres;
 pub mod real;
+pub mod registry;
 pub mod repos;

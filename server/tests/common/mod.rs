@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod backends;
 pub mod docker;
 pub mod secret_scan;
 pub mod serve;

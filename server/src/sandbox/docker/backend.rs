@@ -2,6 +2,7 @@
 //! containers and volumes carry labels; the rest is rebuilt from the container).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,12 +10,13 @@ use crate::sandbox::Changes;
 use async_trait::async_trait;
 use bollard::query_parameters::{
     KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListVolumesOptionsBuilder,
-    RemoveVolumeOptions,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptions,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::container::exit_info;
+use super::spec::{Role, setup_container_name};
 use super::{
     DockerBackend, LABEL_KIND, LABEL_OWNER, LABEL_SANDBOX, Live, check_image, container_name,
     engine_error, not_found, volume_name,
@@ -89,10 +91,82 @@ impl DockerBackend {
                 .clone()
                 .unwrap_or_else(|| self.settings.image.clone()),
             serve_relay: Mutex::new(None),
+            seeded: AtomicBool::new(true),
+            home_kept: AtomicBool::new(kind == SandboxKind::Warm),
         });
         self.serve_proxy_socket(&live)?;
         self.remember(id, live.clone())?;
         Ok(live)
+    }
+
+    /// Attaches to the made container `name`, starts it with `stdin` and streams its output
+    /// lines, ending with `Exited`; cancelling `stop` kills it. `remove` removes it once it
+    /// ended (a setup container; a run's stays until the next is made or the sandbox goes).
+    async fn start_streaming(
+        &self,
+        name: String,
+        stdin: Option<String>,
+        stop: CancellationToken,
+        remove: bool,
+    ) -> Result<mpsc::Receiver<AgentOutput>, SandboxError> {
+        let (mut out, mut err) = self.attach(&name, stdin).await?;
+        if let Err(e) = self.docker.start_container(&name, None).await {
+            if remove {
+                let _ = self.remove_container(&name).await;
+            }
+            return Err(SandboxError::Start(engine_error(e).to_string()));
+        }
+        let (tx, rx) = mpsc::channel(256);
+        let out_tx = tx.clone();
+        let reader = tokio::spawn(async move {
+            while let Some(line) = out.recv().await {
+                if out_tx.send(AgentOutput::Stdout(line)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let err_tx = tx.clone();
+        let err_reader = tokio::spawn(async move {
+            while let Some(line) = err.recv().await {
+                if err_tx.send(AgentOutput::Stderr(line)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let docker = self.docker.clone();
+        tokio::spawn(async move {
+            let mut killed = false;
+            let exit = tokio::select! {
+                info = exit_info(&docker, &name) => info,
+                _ = stop.cancelled() => {
+                    killed = true;
+                    let options = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
+                    if let Err(e) = docker.kill_container(&name, Some(options)).await {
+                        tracing::debug!(container = %name, error = %e, "kill");
+                    }
+                    exit_info(&docker, &name).await
+                }
+            };
+            // Output already written is still delivered, but must not keep the run alive.
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                let _ = reader.await;
+                let _ = err_reader.await;
+            })
+            .await;
+            if remove {
+                let options = RemoveContainerOptionsBuilder::new()
+                    .force(true)
+                    .v(true)
+                    .build();
+                if let Err(e) = docker.remove_container(&name, Some(options)).await {
+                    tracing::debug!(container = %name, error = %e, "remove");
+                }
+            }
+            let _ = tx
+                .send(AgentOutput::Exited(ExitInfo { killed, ..exit }))
+                .await;
+        });
+        Ok(rx)
     }
 
     /// Ids of the sandboxes this server has containers or volumes of.
@@ -170,6 +244,8 @@ impl SandboxBackend for DockerBackend {
             env: spec.env.clone(),
             image,
             serve_relay: Mutex::new(None),
+            seeded: AtomicBool::new(false),
+            home_kept: AtomicBool::new(spec.kind == SandboxKind::Warm),
         });
         if spec.egress.is_some() && self.settings.network != DockerNetwork::None {
             return Err(SandboxError::BadInput(
@@ -191,7 +267,7 @@ impl SandboxBackend for DockerBackend {
                 return Ok(None);
             }
             self.create_volume(&spec.id, "home").await?;
-            self.make_container(&spec.id, &live, None).await?;
+            self.make_container(&spec.id, &live, Role::Serve).await?;
             self.start_serve(&spec.id, &live).await.map(Some)
         }
         .await;
@@ -209,56 +285,32 @@ impl SandboxBackend for DockerBackend {
     ) -> Result<mpsc::Receiver<AgentOutput>, SandboxError> {
         let live = self.live(sandbox_id)?;
         let args = run.opencode_options();
-        self.make_container(sandbox_id, &live, Some(&args)).await?;
-        let name = container_name(sandbox_id);
-        let (mut out, mut err) = self.attach(&name, Some(run.task.clone())).await?;
-        self.docker
-            .start_container(&name, None)
+        let name = self
+            .make_container(sandbox_id, &live, Role::Headless(&args))
+            .await?;
+        self.start_streaming(name, Some(run.task.clone()), stop, false)
             .await
-            .map_err(|e| SandboxError::Start(engine_error(e).to_string()))?;
+    }
 
-        let (tx, rx) = mpsc::channel(256);
-        let out_tx = tx.clone();
-        let reader = tokio::spawn(async move {
-            while let Some(line) = out.recv().await {
-                if out_tx.send(AgentOutput::Stdout(line)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let err_tx = tx.clone();
-        let err_reader = tokio::spawn(async move {
-            while let Some(line) = err.recv().await {
-                if err_tx.send(AgentOutput::Stderr(line)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let docker = self.docker.clone();
-        tokio::spawn(async move {
-            let mut killed = false;
-            let exit = tokio::select! {
-                info = exit_info(&docker, &name) => info,
-                _ = stop.cancelled() => {
-                    killed = true;
-                    let options = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
-                    if let Err(e) = docker.kill_container(&name, Some(options)).await {
-                        tracing::debug!(container = %name, error = %e, "kill");
-                    }
-                    exit_info(&docker, &name).await
-                }
-            };
-            // Output already written is still delivered, but must not keep the run alive.
-            let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                let _ = reader.await;
-                let _ = err_reader.await;
-            })
-            .await;
-            let _ = tx
-                .send(AgentOutput::Exited(ExitInfo { killed, ..exit }))
-                .await;
-        });
-        Ok(rx)
+    fn runs_setup(&self) -> bool {
+        true
+    }
+
+    async fn run_setup(
+        &self,
+        sandbox_id: &str,
+        script: &str,
+        stop: CancellationToken,
+    ) -> Result<mpsc::Receiver<AgentOutput>, SandboxError> {
+        let live = self.live(sandbox_id)?;
+        // $HOME outlives the setup container: a warm sandbox's home volume exists already, an
+        // ephemeral one gets one now and its run mounts it too.
+        self.create_volume(sandbox_id, "home").await?;
+        live.home_kept.store(true, Ordering::Release);
+        let name = self
+            .make_container(sandbox_id, &live, Role::Setup(script))
+            .await?;
+        self.start_streaming(name, None, stop, true).await
     }
 
     async fn collect_changes(
@@ -298,6 +350,8 @@ impl SandboxBackend for DockerBackend {
         if let Some(live) = &live {
             live.stop.cancel();
         }
+        self.remove_container(&setup_container_name(sandbox_id))
+            .await?;
         self.remove_container(&container_name(sandbox_id)).await?;
         for what in ["work", "home"] {
             match self

@@ -1,6 +1,8 @@
 //! Driving containers: make one (seeding its work volume), attach to its output, stop it,
 //! remove it, and read how it ended.
 
+use std::sync::atomic::Ordering;
+
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
@@ -13,25 +15,27 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::io::StreamReader;
 
+use super::spec::Role;
 use super::{
-    DockerBackend, IN_WORKSPACE, Live, SANDBOX_UID, archive, check_image, container_name,
-    engine_error, not_found,
+    DockerBackend, IN_WORKSPACE, Live, SANDBOX_UID, archive, check_image, engine_error, not_found,
 };
 use crate::sandbox::lines::read_lines;
 use crate::sandbox::{ExitInfo, SandboxError};
 
 impl DockerBackend {
-    /// Makes the sandbox's container (replacing a leftover of the same name) and seeds its work
-    /// volume from the host mirror.
+    /// Makes the sandbox's container for `role` (replacing a leftover of the same name) and,
+    /// the first time, seeds its work volume from the host mirror; later containers find the
+    /// volume as the previous one left it (an ephemeral run sees what its setup changed).
+    /// Returns the container's name.
     pub(super) async fn make_container(
         &self,
         id: &str,
         live: &Live,
-        headless: Option<&[String]>,
-    ) -> Result<(), SandboxError> {
-        let name = container_name(id);
+        role: Role<'_>,
+    ) -> Result<String, SandboxError> {
+        let name = role.container_name(id);
         self.remove_container(&name).await?;
-        let body = self.container_body(id, live, headless).await?;
+        let body = self.container_body(id, live, role).await?;
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         if let Err(e) = self.docker.create_container(Some(options), body).await {
             return Err(match e {
@@ -41,6 +45,9 @@ impl DockerBackend {
                     .unwrap_or_else(|| engine_error(e)),
                 other => engine_error(other),
             });
+        }
+        if live.seeded.load(Ordering::Acquire) {
+            return Ok(name);
         }
         let seed = archive::pack(live.dirs.workspace.clone(), SANDBOX_UID, SANDBOX_UID).await?;
         self.docker
@@ -54,7 +61,9 @@ impl DockerBackend {
                 bollard::body_full(seed.into()),
             )
             .await
-            .map_err(engine_error)
+            .map_err(engine_error)?;
+        live.seeded.store(true, Ordering::Release);
+        Ok(name)
     }
 
     pub(super) async fn remove_container(&self, name: &str) -> Result<(), SandboxError> {

@@ -4,6 +4,9 @@
 //!
 //! - Ephemeral: the container is made for its one run in the image's headless mode (`TASK=-`,
 //!   the task on stdin); its stdout and stderr come back apart over an attach opened before start.
+//! - Setup: a container of its own (`delegate-ID-setup`) on the sandbox's volumes, with its
+//!   env, secrets and egress relay, runs the script under `sh -c` and is removed when it ends;
+//!   for a warm sandbox beside its running serve container, for an ephemeral one before its run.
 //! - Warm: the container runs `opencode serve` with a per-sandbox password and a second volume
 //!   for `$HOME` (opencode's sessions). Pause stops it, resume starts it; files are kept.
 //! - Changes: the host keeps a mirror of the work dir tracked by delegate's own git dir. The
@@ -33,6 +36,7 @@ mod spec;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -100,6 +104,12 @@ struct Live {
     image: String,
     /// The switch of the current serve relay (none while paused).
     serve_relay: Mutex<Option<CancellationToken>>,
+    /// The work volume holds the seed: later containers must not overwrite what earlier ones
+    /// (setup) changed there.
+    seeded: AtomicBool,
+    /// `$HOME` is the home volume rather than a tmpfs: always for a warm sandbox, and for an
+    /// ephemeral one once setup ran, so its run finds what setup put there.
+    home_kept: AtomicBool,
 }
 
 impl Live {

@@ -2,23 +2,71 @@
 //! tmpfs, limits, environment, network) and its labelled volumes.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use bollard::models::{ContainerCreateBody, HostConfig, VolumeCreateRequest};
 
 use super::{
     DockerBackend, IN_HOME, IN_RUN, IN_WORKSPACE, LABEL_KIND, LABEL_OWNER, LABEL_SANDBOX, Live,
-    SANDBOX_UID, engine_error, volume_name,
+    SANDBOX_UID, container_name, engine_error, volume_name,
 };
 use crate::sandbox::SandboxError;
 use crate::settings::DockerNetwork;
 
+/// What a sandbox's container runs.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Role<'a> {
+    /// `opencode serve`: a warm sandbox's long-lived container.
+    Serve,
+    /// `opencode run` with these options, the task on stdin: an ephemeral sandbox's run.
+    Headless(&'a [String]),
+    /// The caller's setup script under `sh -c`, once the egress relay listens.
+    Setup(&'a str),
+}
+
+impl Role<'_> {
+    /// The container's name: setup has one of its own, so it can run beside a warm sandbox's
+    /// serve container.
+    pub(super) fn container_name(self, id: &str) -> String {
+        match self {
+            Role::Setup(_) => setup_container_name(id),
+            Role::Serve | Role::Headless(_) => container_name(id),
+        }
+    }
+}
+
+pub(super) fn setup_container_name(id: &str) -> String {
+    format!("delegate-{id}-setup")
+}
+
+/// The setup container's entrypoint (`$1` is the script). The image's entrypoint only knows
+/// opencode's two modes, so this starts the egress relay the same way and waits until it
+/// listens (0FA1 is port 4001, 0A is LISTEN): the script's first request must not race it.
+const SETUP_ENTRYPOINT: &str = r#"
+if [ -n "${DELEGATE_EGRESS_SOCKET:-}" ]; then
+    socat TCP-LISTEN:4001,bind=127.0.0.1,reuseaddr,fork "UNIX-CONNECT:$DELEGATE_EGRESS_SOCKET" &
+    tries=0
+    until grep -q ':0FA1 00000000:0000 0A' /proc/net/tcp; do
+        tries=$((tries + 1))
+        if [ "$tries" -gt 500 ]; then
+            echo "delegate: the egress relay did not start" >&2
+            exit 70
+        fi
+        sleep 0.01
+    done
+fi
+mkdir -p "$XDG_DATA_HOME" "$XDG_CONFIG_HOME" "$XDG_CACHE_HOME" "$XDG_STATE_HOME" 2>/dev/null || true
+cd /workspace
+exec /bin/sh -c "$1"
+"#;
+
 impl DockerBackend {
-    /// The container of a sandbox: headless (`args` for `opencode run`) or serve (`None`).
+    /// The container of a sandbox in its `role`.
     pub(super) async fn container_body(
         &self,
         id: &str,
         live: &Live,
-        headless: Option<&[String]>,
+        role: Role<'_>,
     ) -> Result<ContainerCreateBody, SandboxError> {
         let mut env: Vec<String> = crate::opencode::environment(
             IN_HOME,
@@ -51,18 +99,25 @@ impl DockerBackend {
             "/tmp".to_string(),
             "rw,nosuid,nodev,size=1g,mode=1777".to_string(),
         )]);
-        match headless {
-            Some(_) => {
+        let home_volume = format!("{}:{IN_HOME}", volume_name(id, "home"));
+        match role {
+            Role::Headless(_) => {
                 env.push("TASK=-".into());
-                tmpfs.insert(
-                    IN_HOME.into(),
-                    format!(
-                        "rw,nosuid,nodev,size=1g,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700"
-                    ),
-                );
+                if live.home_kept.load(Ordering::Acquire) {
+                    // What setup left in $HOME (pip --user, caches) is the run's too.
+                    binds.push(home_volume);
+                } else {
+                    tmpfs.insert(
+                        IN_HOME.into(),
+                        format!(
+                            "rw,nosuid,nodev,size=1g,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700"
+                        ),
+                    );
+                }
             }
-            None => {
-                binds.push(format!("{}:{IN_HOME}", volume_name(id, "home")));
+            Role::Setup(_) => binds.push(home_volume),
+            Role::Serve => {
+                binds.push(home_volume);
                 if let Some(pw) = &live.password {
                     env.push(format!("OPENCODE_SERVER_PASSWORD={}", pw.expose()));
                 }
@@ -84,26 +139,37 @@ impl DockerBackend {
             DockerNetwork::Host => "host".to_string(),
             DockerNetwork::Named(name) => name.clone(),
         };
-        let kind = if headless.is_some() {
-            "ephemeral"
-        } else {
-            "warm"
+        let (kind, entrypoint, cmd) = match role {
+            Role::Headless(args) => ("ephemeral", None, Some(args.to_vec())),
+            Role::Serve => ("warm", None, None),
+            Role::Setup(script) => (
+                "setup",
+                Some(vec![
+                    "/bin/sh".to_string(),
+                    "-c".into(),
+                    SETUP_ENTRYPOINT.into(),
+                    "delegate-setup".into(),
+                ]),
+                Some(vec![script.to_string()]),
+            ),
         };
+        let stdin = matches!(role, Role::Headless(_));
         Ok(ContainerCreateBody {
             image: Some(live.image.clone()),
             user: Some(format!("{SANDBOX_UID}:{SANDBOX_UID}")),
             hostname: (*network != DockerNetwork::Host).then(|| "sandbox".to_string()),
             working_dir: Some(IN_WORKSPACE.into()),
             env: Some(env),
-            cmd: headless.map(<[String]>::to_vec),
+            entrypoint,
+            cmd,
             labels: Some(HashMap::from([
                 (LABEL_SANDBOX.to_string(), id.to_string()),
                 (LABEL_KIND.to_string(), kind.to_string()),
                 (LABEL_OWNER.to_string(), self.owner.clone()),
             ])),
-            attach_stdin: Some(headless.is_some()),
-            open_stdin: Some(headless.is_some()),
-            stdin_once: Some(headless.is_some()),
+            attach_stdin: Some(stdin),
+            open_stdin: Some(stdin),
+            stdin_once: Some(stdin),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             host_config: Some(HostConfig {
