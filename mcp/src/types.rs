@@ -474,7 +474,7 @@ pub struct Event {
     /// Milliseconds since the Unix epoch.
     pub ts: i64,
     /// The event's kind: `text`, `tool`, `step_start`, `step_finish`, `reasoning`, `error`,
-    /// `status`, `stderr`, or an opencode type delegate passes through as is.
+    /// `status`, `stderr`, `setup`, `egress`, or an opencode type delegate passes through as is.
     #[serde(rename = "type")]
     pub kind: String,
     /// The normalized fields of this kind of event (e.g. `text` for `text`; `tool`, `title` and
@@ -527,6 +527,20 @@ impl Event {
             }
             "error" => format!("error {}: {}", s("name"), s("message")),
             "stderr" => format!("opencode: {}", s("line")),
+            "setup" => format!("setup: {}", s("line")),
+            "egress" => {
+                let n = |k: &str| e.data.get(k).and_then(Value::as_u64).unwrap_or(0);
+                let target = format!("{}:{}", s("host"), n("port"));
+                match e.data.get("reason").and_then(|v| v.as_str()) {
+                    Some(reason) => format!("egress {} {target}: {reason}", s("decision")),
+                    None => format!(
+                        "egress {} {target} ({} bytes up, {} down)",
+                        s("decision"),
+                        n("bytes_up"),
+                        n("bytes_down")
+                    ),
+                }
+            }
             "malformed" => format!("unreadable opencode output: {}", s("error")),
             other => other.to_string(),
         };
@@ -543,4 +557,45 @@ impl Event {
 /// portable across MCP clients).
 fn object_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({ "type": "object" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Event;
+    use serde_json::json;
+
+    fn event(kind: &str, data: serde_json::Value) -> Event {
+        Event {
+            seq: 1,
+            ts: 0,
+            kind: kind.into(),
+            data,
+            raw: None,
+        }
+    }
+
+    #[test]
+    fn egress_and_setup_events_read_as_what_happened() {
+        let denied = event(
+            "egress",
+            json!({"host": "registry.invalid", "port": 443, "decision": "denied",
+                   "reason": "policy `none` does not allow registry.invalid:443",
+                   "bytes_up": 0, "bytes_down": 0, "duration_ms": 1}),
+        );
+        assert_eq!(
+            denied.describe(),
+            "egress denied registry.invalid:443: policy `none` does not allow registry.invalid:443"
+        );
+        let allowed = event(
+            "egress",
+            json!({"host": "pypi.internal", "port": 443, "decision": "allowed",
+                   "bytes_up": 812, "bytes_down": 40960, "duration_ms": 30}),
+        );
+        assert_eq!(
+            allowed.describe(),
+            "egress allowed pypi.internal:443 (812 bytes up, 40960 down)"
+        );
+        let setup = event("setup", json!({"stream": "stdout", "line": "npm ci"}));
+        assert_eq!(setup.describe(), "setup: npm ci");
+    }
 }
