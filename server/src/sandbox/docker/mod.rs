@@ -72,6 +72,9 @@ pub struct DockerBackend {
     owner: String,
     settings: DockerSettings,
     root: PathBuf,
+    /// `root` is shared with the other servers (`DELEGATE_DOCKER_DIR`): any of them may pick up
+    /// a sandbox another holds.
+    shared_dir: bool,
     proxy: Router,
     /// The proxy on loopback, for containers on the host's network.
     loopback_proxy: OnceCell<SocketAddr>,
@@ -194,7 +197,12 @@ impl DockerBackend {
             docker,
             owner,
             settings: settings.docker.clone(),
-            root: settings.data_dir.join("docker"),
+            shared_dir: settings.docker.dir.is_some(),
+            root: settings
+                .docker
+                .dir
+                .clone()
+                .unwrap_or_else(|| settings.data_dir.join("docker")),
             proxy,
             loopback_proxy: OnceCell::new(),
             model: settings.model.clone(),
