@@ -549,12 +549,25 @@ impl Orchestrator {
 /// [`Orchestrator::every`]). A sandbox with a run going is reserved, so it is never paused under
 /// a run.
 pub(super) async fn sweep_idle(orch: Orchestrator) {
-    let idle: Vec<String> = lock(&orch.inner.warm)
+    let idle: Vec<(String, bool)> = lock(&orch.inner.warm)
         .iter()
         .filter(|(_, w)| w.last_active.elapsed() >= w.idle_timeout)
-        .map(|(id, _)| id.clone())
+        .map(|(id, w)| (id.clone(), w.backend.any_replica()))
         .collect();
-    for id in idle {
+    for (id, any_replica) in idle {
+        // Another server may have picked it up since (and run in it): then its idle clock is
+        // that server's, and what this one kept is stale.
+        if any_replica
+            && orch
+                .inner
+                .store
+                .sandbox_owner(&id)
+                .await
+                .is_ok_and(|owner| owner.as_deref() != Some(orch.inner.instance_id.as_str()))
+        {
+            lock(&orch.inner.warm).remove(&id);
+            continue;
+        }
         let Ok(reservation) = orch.inner.reservations.reserve(&id) else {
             continue;
         };
