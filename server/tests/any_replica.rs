@@ -136,6 +136,33 @@ async fn a_docker_sandbox_made_through_one_server_is_run_paused_resumed_and_dele
         "{first:?}"
     );
 
+    // A run through A holds the sandbox for every server: B neither pauses it nor starts a
+    // second run in it; B's cancel reaches A.
+    d.h.fake.set_script(Script::Hang);
+    let requests = d.h.fake.requests().len();
+    let (status, body) = api
+        .post(
+            &a.base,
+            "/api/runs",
+            json!({ "task": "hang", "sandbox_id": id, "wait": false }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}\n{}", logs());
+    let hanging = body["run_id"].as_str().unwrap().to_string();
+    d.h.fake.wait_for_requests(requests + 1).await;
+    let (status, body) = api
+        .post(&b.base, &format!("/api/sandboxes/{id}/pause"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}\n{}", logs());
+    let (status, body) = api.run_in(&b.base, &id, "a second run").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}\n{}", logs());
+    let (status, body) = api
+        .post(&b.base, &format!("/api/runs/{hanging}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", logs());
+    assert_eq!(body["status"], "cancelled", "{body}");
+    assert_eq!(api.status(&b.base, &id).await, "running");
+
     // Paused through B: the container stops, and both servers say so.
     let (status, body) = api
         .post(&b.base, &format!("/api/sandboxes/{id}/pause"), json!({}))

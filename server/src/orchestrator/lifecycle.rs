@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use delegate_mcp::types::SandboxStatus;
+use delegate_mcp::types::{RunStatus, SandboxStatus};
 
 use super::grants::issue_sandbox_token;
 use super::inputs::SandboxInputs;
 use super::reservation::Reservation;
 use super::setup::SetupEnd;
 use super::{Error, Orchestrator, Result, SandboxRequest, SnapshotFile, Warm, lock};
-use crate::ids::{Origin, SandboxId, new_secret, now_ms};
+use crate::ids::{Origin, RunId, SandboxId, new_secret, now_ms};
 use crate::names::Name;
 use crate::sandbox::{SandboxBackend, SandboxError, SandboxSpec, ServeEndpoint};
 use crate::settings::Secret;
@@ -318,6 +318,15 @@ impl Orchestrator {
         let backend = self.backend_for(&sandbox)?;
         self.refuse_if_elsewhere(&sandbox, backend.as_ref(), "delete")
             .await?;
+        if backend.any_replica()
+            && let Some(run_id) = self.run_elsewhere(sandbox_id).await?
+        {
+            // Its server stops it (a cancel request in the store) before the sandbox goes.
+            self.cancel_run(&run_id).await?;
+            if !self.wait(&run_id).await?.status.is_terminal() {
+                return Err(Error::Busy(sandbox_id.to_string()));
+            }
+        }
         match self.inner.reservations.holder(sandbox_id) {
             Some(Some(run_id)) => {
                 self.cancel_run(&run_id).await?;
@@ -381,6 +390,19 @@ impl Orchestrator {
         }
     }
 
+    /// A run active in `sandbox_id` on another server (a backend every server reaches): the
+    /// reservation that keeps one operation at a time per sandbox is per process, so the store
+    /// is asked.
+    pub(super) async fn run_elsewhere(&self, sandbox_id: &str) -> Result<Option<RunId>> {
+        let active = [RunStatus::Queued, RunStatus::Starting, RunStatus::Running];
+        let runs = self.inner.store.runs_with_status(&active).await?;
+        let live = lock(&self.inner.live);
+        Ok(runs
+            .into_iter()
+            .filter(|r| r.sandbox_id == sandbox_id && !live.contains_key(r.id.as_str()))
+            .find_map(|r| r.id.parse::<RunId>().ok()))
+    }
+
     /// Picks up a running warm sandbox another server held, on a backend whose sandboxes every
     /// server can reach (as restart recovery does): this server serves it from now on.
     pub(super) async fn adopt_warm(
@@ -413,6 +435,10 @@ impl Orchestrator {
         }
         self.refuse_if_elsewhere(&sandbox, backend.as_ref(), "pause")
             .await?;
+        // Never paused under a run, whichever server drives it.
+        if backend.any_replica() && self.run_elsewhere(sandbox_id).await?.is_some() {
+            return Err(Error::Busy(sandbox_id.to_string()));
+        }
         let reservation = self.inner.reservations.reserve(sandbox_id)?;
         self.pause_reserved(&reservation).await
     }

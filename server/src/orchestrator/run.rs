@@ -127,6 +127,10 @@ pub(super) async fn start(
             let backend = orch.backend_for(&sandbox)?;
             orch.refuse_if_elsewhere(&sandbox, backend.as_ref(), "run in")
                 .await?;
+            // One run at a time, whichever server drives it.
+            if backend.any_replica() && orch.run_elsewhere(&sandbox.id).await?.is_some() {
+                return Err(Error::Busy(sandbox.id.clone()));
+            }
             let ticket = admit(&orch, &run_id, &sandbox.workspace_id).await?;
             loaded_base = sandbox.base.clone();
             // A local agent takes a repository per run; any other warm sandbox has its files.
