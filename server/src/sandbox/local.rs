@@ -219,3 +219,67 @@ impl SandboxBackend for LocalBackend {
         Some(self.links().get(sandbox_id).is_some_and(|l| l.takes_repos))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Secret;
+
+    fn link(generation: u64, takes_repos: bool) -> (LocalLink, CancellationToken) {
+        let revoked = CancellationToken::new();
+        let link = LocalLink {
+            generation,
+            takes_repos,
+            endpoint: ServeEndpoint {
+                url: "http://127.0.0.1:9".into(),
+                password: Secret::new("pw"),
+                directory: "/work".into(),
+            },
+            revoked: revoked.clone(),
+        };
+        (link, revoked)
+    }
+
+    #[tokio::test]
+    async fn a_newer_link_survives_the_older_ones_departure_and_a_delete_revokes_it() {
+        let local = LocalBackend::default();
+        let (first, _) = link(1, false);
+        local.link_up("sbx_a", first);
+        assert_eq!(local.takes_repo_per_run("sbx_a"), Some(false));
+        let (second, revoked) = link(2, true);
+        local.link_up("sbx_a", second);
+        assert!(!local.link_down("sbx_a", 1), "the old link's departure");
+        assert!(local.is_linked("sbx_a"));
+        assert_eq!(local.takes_repo_per_run("sbx_a"), Some(true));
+        assert_eq!(local.linked(), vec![("sbx_a".to_string(), 2)]);
+
+        local.destroy("sbx_a").await.unwrap();
+        assert!(revoked.is_cancelled());
+        assert!(!local.is_linked("sbx_a"));
+        // Gone already: not an error.
+        local.destroy("sbx_a").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn what_a_machine_cannot_do_is_refused_with_the_reason() {
+        let local = LocalBackend::default();
+        assert!(!local.pauses());
+        assert!(local.reconnects());
+        assert!(!local.any_replica());
+        let err = local.pause("sbx_a").await.unwrap_err();
+        assert!(err.to_string().contains("cannot be paused"), "{err}");
+        let err = local.collect_changes("sbx_a", 100, "x").await.unwrap_err();
+        assert!(matches!(err, SandboxError::BadInput(_)), "{err}");
+        // No session (no warm run happened): nothing changed.
+        match local.run_changes("sbx_a", None, 100, "x").await.unwrap() {
+            RunChanges::Reported(r) => assert!(r.files.is_empty() && r.diff.is_empty()),
+            RunChanges::Committed(_) => panic!("a local sandbox commits nothing here"),
+        }
+        // A session but no link: a clear error, not an empty change.
+        let err = local
+            .run_changes("sbx_a", Some("ses_1"), 100, "x")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SandboxError::Unknown(_)), "{err}");
+    }
+}
