@@ -403,6 +403,15 @@ impl Orchestrator {
             .find_map(|r| r.id.parse::<RunId>().ok()))
     }
 
+    /// Forgets a warm sandbox another server took over (or paused, or deleted): its endpoint, its
+    /// egress proxy and what the backend keeps for it in this process.
+    pub(super) fn release_stale(&self, sandbox_id: &str) {
+        if let Some(w) = lock(&self.inner.warm).remove(sandbox_id) {
+            w.backend.release(sandbox_id);
+            self.drop_egress(sandbox_id);
+        }
+    }
+
     /// Picks up a running warm sandbox another server held, on a backend whose sandboxes every
     /// server can reach (as restart recovery does): this server serves it from now on.
     pub(super) async fn adopt_warm(
@@ -484,7 +493,7 @@ impl Orchestrator {
             Ok(()) => {}
             Err(e @ Error::Store(StoreError::StaleStatus { .. })) => {
                 // Another server paused or deleted it meanwhile: what this one kept is stale.
-                lock(&self.inner.warm).remove(sandbox_id);
+                self.release_stale(sandbox_id);
                 return Err(e);
             }
             Err(e) => return Err(e),
@@ -591,7 +600,7 @@ pub(super) async fn sweep_idle(orch: Orchestrator) {
                 .await
                 .is_ok_and(|owner| owner.as_deref() != Some(orch.inner.instance_id.as_str()))
         {
-            lock(&orch.inner.warm).remove(&id);
+            orch.release_stale(&id);
             continue;
         }
         let Ok(reservation) = orch.inner.reservations.reserve(&id) else {

@@ -376,6 +376,12 @@ pub trait SandboxBackend: Send + Sync + 'static {
             .map(RunChanges::Committed)
     }
 
+    /// Drops what this process keeps for a sandbox another server now holds (its listeners and
+    /// relays here), leaving the sandbox itself alone.
+    fn release(&self, sandbox_id: &str) {
+        let _ = sandbox_id;
+    }
+
     /// Whether a sandbox may choose its image (from the server's list): backends that run
     /// containers.
     fn takes_images(&self) -> bool {

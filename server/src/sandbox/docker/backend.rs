@@ -146,6 +146,18 @@ impl SandboxBackend for DockerBackend {
     /// Containers live in the engine every server shares; their host side (the work dir mirror
     /// and the sockets bound in) in `DELEGATE_DOCKER_DIR`, which servers serving one another's
     /// sandboxes share too.
+    fn release(&self, sandbox_id: &str) {
+        if let Some(live) = self
+            .sandboxes
+            .lock()
+            .ok()
+            .and_then(|mut s| s.remove(sandbox_id))
+        {
+            // Its sockets' paths are the adopter's now (bound over these): only the listeners go.
+            live.stop.cancel();
+        }
+    }
+
     fn takes_images(&self) -> bool {
         true
     }

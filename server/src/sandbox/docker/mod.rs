@@ -224,10 +224,15 @@ impl DockerBackend {
     }
 
     fn remember(&self, id: &str, live: Arc<Live>) -> Result<(), SandboxError> {
-        self.sandboxes
+        let replaced = self
+            .sandboxes
             .lock()
             .map_err(|_| SandboxError::Io("sandbox table poisoned".into()))?
             .insert(id.to_string(), live);
+        // Picked up again (another server held it meanwhile): the old listeners and relay go.
+        if let Some(old) = replaced {
+            old.stop.cancel();
+        }
         Ok(())
     }
 
