@@ -11,10 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::log::RunLog;
 use super::run::Finish;
-use super::{Error, Orchestrator, Result, Warm};
+use super::{Orchestrator, Result, Warm};
 use crate::ids::now_ms;
 use crate::opencode::events::{AgentEvent, ParsedEvent, ServeEvent, ServeTracker, parse_run_line};
-use crate::opencode::serve::ServeClient;
 use crate::sandbox::{AgentOutput, RunSpec};
 use crate::store::{Run, RunOutcome};
 
@@ -194,28 +193,17 @@ pub(super) async fn served(
     log: &mut RunLog,
 ) -> Result<Finish> {
     let _ = orch;
-    let client = ServeClient::new(
-        &warm.endpoint.url,
-        warm.endpoint.password.clone(),
-        &warm.endpoint.directory,
-    );
-    let sandbox_err = |e: crate::opencode::serve::ServeError| {
-        Error::Sandbox(crate::sandbox::SandboxError::Start(e.to_string()))
-    };
-    // Subscribe before prompting, so no event of the turn is missed.
-    let events = client.events().await.map_err(sandbox_err)?;
-    let mut events = Box::pin(events);
-    let session = match (spec.continue_session, &warm.last_session) {
-        (true, Some(s)) => s.clone(),
-        _ => client
-            .create_session(&spec.title)
-            .await
-            .map_err(sandbox_err)?,
-    };
-    client
-        .prompt_async(&session, &spec.task, &spec.model, spec.agent.as_deref())
-        .await
-        .map_err(sandbox_err)?;
+    let continued = warm
+        .last_session
+        .as_deref()
+        .filter(|_| spec.continue_session);
+    // Whatever the backend, a warm sandbox's turn goes through the same trait path.
+    let started = warm
+        .backend
+        .start_warm_run(&run.sandbox_id, &warm.endpoint, spec, continued)
+        .await?;
+    let session = started.session;
+    let mut events = started.events;
     let mut tracker = ServeTracker::new(session.clone());
     let mut tally = Tally::default();
     let mut saw_activity = false;
@@ -247,7 +235,7 @@ pub(super) async fn served(
         }
     };
     if ended_by.is_some()
-        && let Err(e) = client.abort(&session).await
+        && let Err(e) = warm.backend.abort_warm_run(&warm.endpoint, &session).await
     {
         tracing::warn!(run = %run.id, error = %e, "could not abort the opencode session");
     }

@@ -95,8 +95,14 @@ pub fn check_env_name(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks what needs no store: names, sizes, the image list and the backend.
-pub fn validate(inputs: &SandboxInputs, images: &[String], backend: &str) -> Result<()> {
+/// Checks what needs no store: names, sizes, the image list and the backend (`takes_images`:
+/// whether it runs containers whose image a sandbox may choose).
+pub fn validate(
+    inputs: &SandboxInputs,
+    images: &[String],
+    backend: &str,
+    takes_images: bool,
+) -> Result<()> {
     if inputs.env.len() > MAX_ENV_ENTRIES {
         return Err(Error::Invalid(format!(
             "env: {} entries, at most {MAX_ENV_ENTRIES}",
@@ -147,7 +153,7 @@ pub fn validate(inputs: &SandboxInputs, images: &[String], backend: &str) -> Res
         }
     }
     if let Some(image) = &inputs.image {
-        if backend != "docker" {
+        if !takes_images {
             return Err(Error::Invalid(format!(
                 "image: the {backend} backend runs no containers, so it has no image to choose; \
                  omit `image` (a server with DELEGATE_BACKEND=docker offers images)"
@@ -178,6 +184,7 @@ impl Orchestrator {
             inputs,
             &settings.sandbox_images(),
             self.inner.backend.name(),
+            self.inner.backend.takes_images(),
         )?;
         let mut env: Vec<(String, Secret)> = inputs
             .env
@@ -238,9 +245,9 @@ mod tests {
 
     #[test]
     fn env_names_are_identifiers_and_not_delegates_own() {
-        assert!(validate(&env(&[("FOO_1", "x"), ("_bar", "")]), &[], "process").is_ok());
+        assert!(validate(&env(&[("FOO_1", "x"), ("_bar", "")]), &[], "process", false).is_ok());
         for bad in ["1FOO", "FOO-BAR", "", "A B", "é"] {
-            let err = validate(&env(&[(bad, "x")]), &[], "process").unwrap_err();
+            let err = validate(&env(&[(bad, "x")]), &[], "process", false).unwrap_err();
             assert!(err.to_string().contains("not a variable name"), "{err}");
         }
         for reserved in [
@@ -251,7 +258,7 @@ mod tests {
             "OPENCODE_CONFIG",
             "ANTHROPIC_API_KEY",
         ] {
-            let err = validate(&env(&[(reserved, "x")]), &[], "process").unwrap_err();
+            let err = validate(&env(&[(reserved, "x")]), &[], "process", false).unwrap_err();
             assert!(err.to_string().contains("set by delegate itself"), "{err}");
         }
     }
@@ -264,14 +271,14 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            validate(&inputs, &[], "process")
+            validate(&inputs, &[], "process", false)
                 .unwrap_err()
                 .to_string()
                 .contains("at most 64")
         );
         let big = "x".repeat(MAX_ENV_BYTES);
         assert!(
-            validate(&env(&[("BIG", &big)]), &[], "process")
+            validate(&env(&[("BIG", &big)]), &[], "process", false)
                 .unwrap_err()
                 .to_string()
                 .contains("64 KiB")
@@ -281,7 +288,7 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            validate(&setup, &[], "process")
+            validate(&setup, &[], "process", false)
                 .unwrap_err()
                 .to_string()
                 .contains("setup:")
@@ -295,10 +302,10 @@ mod tests {
             image: Some(i.into()),
             ..Default::default()
         };
-        assert!(validate(&want("node:22"), &listed, "docker").is_ok());
-        let err = validate(&want("node:22"), &listed, "process").unwrap_err();
+        assert!(validate(&want("node:22"), &listed, "docker", true).is_ok());
+        let err = validate(&want("node:22"), &listed, "process", false).unwrap_err();
         assert!(err.to_string().contains("runs no containers"), "{err}");
-        let err = validate(&want("evil:latest"), &listed, "docker").unwrap_err();
+        let err = validate(&want("evil:latest"), &listed, "docker", true).unwrap_err();
         assert!(
             err.to_string()
                 .contains("not one of this server's sandbox images"),

@@ -6,19 +6,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use delegate_mcp::types::SandboxStatus;
+use delegate_mcp::types::{RunStatus, SandboxStatus};
 
 use super::grants::issue_sandbox_token;
 use super::inputs::SandboxInputs;
 use super::reservation::Reservation;
 use super::setup::SetupEnd;
-use super::{Error, LOCAL_BACKEND, Orchestrator, Result, SandboxRequest, SnapshotFile, Warm, lock};
-use crate::ids::{Origin, SandboxId, new_secret, now_ms};
+use super::{Error, Orchestrator, Result, SandboxRequest, SnapshotFile, Warm, lock};
+use crate::ids::{Origin, RunId, SandboxId, new_secret, now_ms};
 use crate::names::Name;
-use crate::sandbox::{SandboxError, SandboxSpec, ServeEndpoint};
+use crate::sandbox::{SandboxBackend, SandboxError, SandboxSpec, ServeEndpoint};
 use crate::settings::Secret;
 use crate::state::sandbox_transition;
-use crate::store::{Sandbox, SandboxKind, Workspace};
+use crate::store::{Sandbox, SandboxKind, StoreError, Workspace};
 
 /// How often idle warm sandboxes are looked for.
 pub(super) const IDLE_SWEEP: Duration = Duration::from_secs(1);
@@ -46,6 +46,13 @@ pub(super) struct NewSandbox<'a> {
 /// The secrets a sandbox's environment holds (name, value): what its runs' logs redact.
 pub(super) type Redactions = Arc<Vec<(String, Secret)>>;
 
+/// A sandbox row just written, with what its backend needs to make it.
+pub(super) struct Inserted {
+    pub(super) sandbox: Sandbox,
+    pub(super) spec: SandboxSpec,
+    pub(super) redactions: Redactions,
+}
+
 impl Orchestrator {
     /// Makes a warm sandbox (opencode serve inside) and waits until it is running.
     pub async fn create_sandbox(&self, req: SandboxRequest) -> Result<Sandbox> {
@@ -64,7 +71,7 @@ impl Orchestrator {
         };
         let ws = self.workspace(req.workspace.as_deref()).await?;
         let max_warm = self.warm_quota(&ws.id).await?;
-        let (sandbox, spec, _) = self
+        let Inserted { sandbox, spec, .. } = self
             .insert_sandbox(
                 &ws,
                 NewSandbox {
@@ -91,6 +98,7 @@ impl Orchestrator {
             lock(&self.inner.warm).insert(
                 sandbox.id.clone(),
                 Warm {
+                    backend: self.inner.backend.clone(),
                     endpoint,
                     last_session: None,
                     last_active: std::time::Instant::now(),
@@ -147,7 +155,7 @@ impl Orchestrator {
         &self,
         ws: &Workspace,
         new: NewSandbox<'_>,
-    ) -> Result<(Sandbox, SandboxSpec, Redactions)> {
+    ) -> Result<Inserted> {
         let NewSandbox {
             kind,
             name,
@@ -220,7 +228,11 @@ impl Orchestrator {
             env: resolved.env,
             image: inputs.image.clone(),
         };
-        Ok((sandbox, spec, Arc::new(resolved.secrets)))
+        Ok(Inserted {
+            sandbox,
+            spec,
+            redactions: Arc::new(resolved.secrets),
+        })
     }
 
     /// Asks the backend for the sandbox; on failure the sandbox is `failed` with the reason.
@@ -300,7 +312,21 @@ impl Orchestrator {
     pub async fn delete_sandbox(&self, sandbox_id: &SandboxId) -> Result<()> {
         let sandbox_id = sandbox_id.as_str();
         let sandbox = self.inner.store.sandbox(sandbox_id).await?;
-        self.refuse_if_elsewhere(&sandbox).await?;
+        if sandbox.status == SandboxStatus::Deleted {
+            return Ok(());
+        }
+        let backend = self.backend_for(&sandbox)?;
+        self.refuse_if_elsewhere(&sandbox, backend.as_ref(), "delete")
+            .await?;
+        if backend.any_replica()
+            && let Some(run_id) = self.run_elsewhere(sandbox_id).await?
+        {
+            // Its server stops it (a cancel request in the store) before the sandbox goes.
+            self.cancel_run(&run_id).await?;
+            if !self.wait(&run_id).await?.status.is_terminal() {
+                return Err(Error::Busy(sandbox_id.to_string()));
+            }
+        }
         match self.inner.reservations.holder(sandbox_id) {
             Some(Some(run_id)) => {
                 self.cancel_run(&run_id).await?;
@@ -324,13 +350,7 @@ impl Orchestrator {
         self.revoke_sandbox_tokens(sandbox_id).await;
         lock(&self.inner.warm).remove(sandbox_id);
         self.drop_egress(sandbox_id);
-        let destroyed = if sandbox.backend == LOCAL_BACKEND {
-            // Its files are the developer's: only the link goes.
-            self.revoke_local(sandbox_id);
-            Ok(())
-        } else {
-            self.inner.backend.destroy(sandbox_id).await
-        };
+        let destroyed = backend.destroy(sandbox_id).await;
         self.settle(
             sandbox_id,
             SandboxStatus::Deleting,
@@ -341,36 +361,92 @@ impl Orchestrator {
         .await
     }
 
-    /// A process sandbox lives in the server that made it: another server sharing the database
-    /// can neither stop its processes nor remove its files, so it must not mark it deleted.
-    async fn refuse_if_elsewhere(&self, sandbox: &Sandbox) -> Result<()> {
-        if sandbox.backend != "process" || sandbox.status == SandboxStatus::Deleted {
+    /// A sandbox of a backend that cannot serve it from any server (a process sandbox lives in
+    /// the server that made it; a local one's link ends in one server) is operated through its
+    /// holder only: another server sharing the database can neither stop its processes nor
+    /// reach its agent, so it refuses, naming the holder, rather than pretend. An offline local
+    /// sandbox has no holder.
+    pub(super) async fn refuse_if_elsewhere(
+        &self,
+        sandbox: &Sandbox,
+        backend: &dyn SandboxBackend,
+        what: &str,
+    ) -> Result<()> {
+        if backend.any_replica()
+            || matches!(
+                sandbox.status,
+                SandboxStatus::Deleted | SandboxStatus::Offline
+            )
+        {
             return Ok(());
         }
         match self.inner.store.sandbox_owner(&sandbox.id).await? {
             Some(owner) if owner != self.inner.instance_id => Err(Error::Conflict(format!(
-                "sandbox {} is a process sandbox of server {owner}, not of this one ({}); \
-                 delete it through that server",
-                sandbox.id, self.inner.instance_id
+                "sandbox {} is a {} sandbox held by server {owner}, not by this one ({}); \
+                 {what} it through that server",
+                sandbox.id, sandbox.backend, self.inner.instance_id
             ))),
             _ => Ok(()),
         }
+    }
+
+    /// A run active in `sandbox_id` on another server (a backend every server reaches): the
+    /// reservation that keeps one operation at a time per sandbox is per process, so the store
+    /// is asked.
+    pub(super) async fn run_elsewhere(&self, sandbox_id: &str) -> Result<Option<RunId>> {
+        let active = [RunStatus::Queued, RunStatus::Starting, RunStatus::Running];
+        let runs = self.inner.store.runs_with_status(&active).await?;
+        let live = lock(&self.inner.live);
+        Ok(runs
+            .into_iter()
+            .filter(|r| r.sandbox_id == sandbox_id && !live.contains_key(r.id.as_str()))
+            .find_map(|r| r.id.parse::<RunId>().ok()))
+    }
+
+    /// Forgets a warm sandbox another server took over (or paused, or deleted): its endpoint, its
+    /// egress proxy and what the backend keeps for it in this process.
+    pub(super) fn release_stale(&self, sandbox_id: &str) {
+        if let Some(w) = lock(&self.inner.warm).remove(sandbox_id) {
+            w.backend.release(sandbox_id);
+            self.drop_egress(sandbox_id);
+        }
+    }
+
+    /// Picks up a running warm sandbox another server held, on a backend whose sandboxes every
+    /// server can reach (as restart recovery does): this server serves it from now on.
+    pub(super) async fn adopt_warm(
+        &self,
+        sandbox: &Sandbox,
+        backend: &Arc<dyn SandboxBackend>,
+    ) -> Result<Warm> {
+        let endpoint = backend.adopt(&sandbox.id).await?;
+        let warm = self.warm_state(backend, sandbox, endpoint);
+        lock(&self.inner.warm).insert(sandbox.id.clone(), warm.clone());
+        self.inner
+            .store
+            .set_sandbox_owner(&sandbox.id, &self.inner.instance_id)
+            .await?;
+        tracing::info!(sandbox = %sandbox.id, "adopted a warm sandbox another server held");
+        Ok(warm)
     }
 
     /// Stops a warm sandbox's processes, keeping its files; the next run resumes it. Refused
     /// while a run is in it.
     pub async fn pause_sandbox(&self, sandbox_id: &SandboxId) -> Result<()> {
         let sandbox_id = sandbox_id.as_str();
-        if self
-            .inner
-            .store
-            .sandbox(sandbox_id)
-            .await
-            .is_ok_and(|s| s.backend == LOCAL_BACKEND)
-        {
-            return Err(Error::Invalid(
-                "a local sandbox runs on its owner's machine and cannot be paused".into(),
-            ));
+        let sandbox = self.inner.store.sandbox(sandbox_id).await?;
+        let backend = self.backend_for(&sandbox)?;
+        if !backend.pauses() {
+            return Err(Error::Invalid(format!(
+                "a {} sandbox runs on its owner's machine and cannot be paused",
+                sandbox.backend
+            )));
+        }
+        self.refuse_if_elsewhere(&sandbox, backend.as_ref(), "pause")
+            .await?;
+        // Never paused under a run, whichever server drives it.
+        if backend.any_replica() && self.run_elsewhere(sandbox_id).await?.is_some() {
+            return Err(Error::Busy(sandbox_id.to_string()));
         }
         let reservation = self.inner.reservations.reserve(sandbox_id)?;
         self.pause_reserved(&reservation).await
@@ -384,10 +460,13 @@ impl Orchestrator {
         let sandbox = self.inner.store.sandbox(sandbox_id).await?;
         match sandbox.status {
             SandboxStatus::Running => Ok(()),
-            SandboxStatus::Paused => self
-                .resume_reserved(&sandbox, &reservation)
-                .await
-                .map(|_| ()),
+            SandboxStatus::Paused => {
+                let backend = self.backend_for(&sandbox)?;
+                self.refuse_if_elsewhere(&sandbox, backend.as_ref(), "resume")
+                    .await?;
+                self.resume_reserved(&sandbox, &reservation).await?;
+                Ok(())
+            }
             status => Err(Error::NotRunning {
                 id: sandbox.id.clone(),
                 status,
@@ -398,16 +477,30 @@ impl Orchestrator {
     /// Pauses the sandbox the caller holds.
     pub(super) async fn pause_reserved(&self, reservation: &Reservation) -> Result<()> {
         let sandbox_id = reservation.sandbox_id();
-        self.set_sandbox_status(
-            sandbox_id,
-            SandboxStatus::Running,
-            SandboxStatus::Pausing,
-            None,
-        )
-        .await?;
+        let backend = match lock(&self.inner.warm).get(sandbox_id) {
+            Some(w) => w.backend.clone(),
+            None => self.inner.backend.clone(),
+        };
+        match self
+            .set_sandbox_status(
+                sandbox_id,
+                SandboxStatus::Running,
+                SandboxStatus::Pausing,
+                None,
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(e @ Error::Store(StoreError::StaleStatus { .. })) => {
+                // Another server paused or deleted it meanwhile: what this one kept is stale.
+                self.release_stale(sandbox_id);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
         // Its token stays (a resume needs it), but not the proxy's cached word that it runs.
         self.inner.proxy.forget_sandbox(sandbox_id);
-        let paused = self.inner.backend.pause(sandbox_id).await;
+        let paused = backend.pause(sandbox_id).await;
         if paused.is_ok()
             && let Some(mut w) = lock(&self.inner.warm).remove(sandbox_id)
         {
@@ -436,14 +529,20 @@ impl Orchestrator {
             None,
         )
         .await?;
-        let resumed = self
-            .inner
-            .backend
+        let backend = self.backend_for(sandbox)?;
+        let resumed = backend
             .resume(&sandbox.id)
             .await
-            .map(|endpoint| self.warm_state(sandbox, endpoint));
+            .map(|endpoint| self.warm_state(&backend, sandbox, endpoint));
         if let Ok(warm) = &resumed {
             lock(&self.inner.warm).insert(sandbox.id.clone(), warm.clone());
+            if backend.any_replica() {
+                // Paused through any server, resumed here: this one serves it now.
+                self.inner
+                    .store
+                    .set_sandbox_owner(&sandbox.id, &self.inner.instance_id)
+                    .await?;
+            }
         }
         self.settle(
             &sandbox.id,
@@ -456,8 +555,14 @@ impl Orchestrator {
     }
 
     /// A warm sandbox's live facts as it (re)starts: idle from now on.
-    pub(super) fn warm_state(&self, sandbox: &Sandbox, endpoint: ServeEndpoint) -> Warm {
+    pub(super) fn warm_state(
+        &self,
+        backend: &Arc<dyn SandboxBackend>,
+        sandbox: &Sandbox,
+        endpoint: ServeEndpoint,
+    ) -> Warm {
         Warm {
+            backend: backend.clone(),
             endpoint,
             last_session: None,
             last_active: std::time::Instant::now(),
@@ -479,12 +584,25 @@ impl Orchestrator {
 /// [`Orchestrator::every`]). A sandbox with a run going is reserved, so it is never paused under
 /// a run.
 pub(super) async fn sweep_idle(orch: Orchestrator) {
-    let idle: Vec<String> = lock(&orch.inner.warm)
+    let idle: Vec<(String, bool)> = lock(&orch.inner.warm)
         .iter()
         .filter(|(_, w)| w.last_active.elapsed() >= w.idle_timeout)
-        .map(|(id, _)| id.clone())
+        .map(|(id, w)| (id.clone(), w.backend.any_replica()))
         .collect();
-    for id in idle {
+    for (id, any_replica) in idle {
+        // Another server may have picked it up since (and run in it): then its idle clock is
+        // that server's, and what this one kept is stale.
+        if any_replica
+            && orch
+                .inner
+                .store
+                .sandbox_owner(&id)
+                .await
+                .is_ok_and(|owner| owner.as_deref() != Some(orch.inner.instance_id.as_str()))
+        {
+            orch.release_stale(&id);
+            continue;
+        }
         let Ok(reservation) = orch.inner.reservations.reserve(&id) else {
             continue;
         };

@@ -39,6 +39,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 // Bootstrap lives in `crate::bootstrap`; re-exported for the callers that name it here.
+pub use crate::sandbox::local::LOCAL_BACKEND;
 pub use artifacts::{bundle_path, patch_path, run_dir};
 pub use egress::WorkspaceEgress;
 pub use git_credentials::{
@@ -46,7 +47,6 @@ pub use git_credentials::{
 };
 pub use grants::register_external_sandbox;
 pub use inputs::{MAX_ENV_BYTES, MAX_ENV_ENTRIES, MAX_SETUP_BYTES, SandboxInputs, check_env_name};
-pub use local::LOCAL_BACKEND;
 pub use log::{LiveLog, follow};
 pub use retention::{PruneReport, Pruned};
 pub use runs::{REMOTE_WAIT, result_of};
@@ -58,7 +58,7 @@ use crate::ids::{Origin, RunId, SandboxId};
 use crate::proxy::{ActiveRuns, Proxy};
 use crate::sandbox::{SandboxBackend, SandboxError, ServeEndpoint};
 use crate::settings::Settings;
-use crate::store::{Store, StoreError, User, Workspace};
+use crate::store::{Sandbox, Store, StoreError, User, Workspace};
 use reservation::Reservations;
 
 /// The largest task delegate accepts.
@@ -125,6 +125,8 @@ pub struct SandboxRequest {
 /// A warm sandbox's live facts, kept in memory while its opencode serve runs.
 #[derive(Clone)]
 struct Warm {
+    /// The backend that holds it (chosen once, by `Sandbox.backend`).
+    backend: Arc<dyn SandboxBackend>,
     endpoint: ServeEndpoint,
     /// The opencode session of the previous run, for `continue_session`.
     last_session: Option<String>,
@@ -280,12 +282,26 @@ impl Orchestrator {
     /// delegate when the admin says so (`DELEGATE_PROXY_PUBLIC`). The process backend and docker
     /// with no network or the host's use a unix socket or a loopback port of their own.
     pub fn proxy_on_listener(&self) -> bool {
-        self.inner.settings.proxy_public
-            || self.inner.backend.name() == "docker"
-                && matches!(
-                    self.inner.settings.docker.network,
-                    crate::settings::DockerNetwork::Named(_)
-                )
+        self.inner.settings.proxy_public || self.inner.backend.proxy_on_listener()
+    }
+
+    /// The backend that holds `sandbox`: this server's own (which makes new sandboxes), or the
+    /// local one (machines joined through the tunnel). A sandbox of a backend this server does
+    /// not run (another server's, configured differently) is refused rather than mistaken.
+    pub(super) fn backend_for(&self, sandbox: &Sandbox) -> Result<Arc<dyn SandboxBackend>> {
+        let local: Arc<dyn SandboxBackend> = self.inner.local.backend.clone();
+        [self.inner.backend.clone(), local]
+            .into_iter()
+            .find(|b| b.name() == sandbox.backend)
+            .ok_or_else(|| {
+                Error::Conflict(format!(
+                    "sandbox {} is a {} sandbox, and this server runs the {} backend; use a \
+                     server that runs it",
+                    sandbox.id,
+                    sandbox.backend,
+                    self.inner.backend.name()
+                ))
+            })
     }
 
     async fn workspace(&self, slug: Option<&str>) -> Result<Workspace> {

@@ -4,7 +4,7 @@
 
 use delegate_mcp::types::{RunStatus, SandboxStatus};
 
-use super::{Error, LOCAL_BACKEND, Orchestrator, Result, lock};
+use super::{Error, Orchestrator, Result, lock};
 use crate::ids::{RunId, SandboxId, now_ms};
 use crate::store::{RunOutcome, SandboxKind, StoreError};
 
@@ -54,10 +54,14 @@ impl Orchestrator {
             self.inner.backend.held().await?.into_iter().collect();
         let mut failed = 0;
         for sandbox in store.sandboxes_owned_with_status(me, &up).await? {
-            if sandbox.backend == LOCAL_BACKEND
-                && sandbox.status == SandboxStatus::Running
-                && !lock(&self.inner.local.map).contains_key(sandbox.id.as_str())
-            {
+            // Another backend's (another configuration of this server's): not this one's to judge.
+            let Ok(backend) = self.backend_for(&sandbox) else {
+                continue;
+            };
+            if lock(&self.inner.warm).contains_key(&sandbox.id) {
+                continue;
+            }
+            if backend.reconnects() && sandbox.status == SandboxStatus::Running {
                 // Its link ended with the old process; the agent reconnects by itself.
                 let _ = self
                     .set_sandbox_status(
@@ -69,12 +73,7 @@ impl Orchestrator {
                     .await;
                 continue;
             }
-            if sandbox.backend != self.inner.backend.name()
-                || lock(&self.inner.warm).contains_key(&sandbox.id)
-            {
-                continue;
-            }
-            let outlives = self.inner.backend.outlives_process();
+            let outlives = backend.outlives_process();
             let reason = match sandbox.status {
                 // A paused sandbox keeps its files; a container one only has to still exist.
                 SandboxStatus::Paused if !outlives || held.contains(&sandbox.id) => continue,
@@ -83,11 +82,13 @@ impl Orchestrator {
                     "the server restarted and the sandbox's processes ended with it".into()
                 }
                 SandboxStatus::Running if sandbox.kind == SandboxKind::Warm => {
-                    match self.inner.backend.adopt(&sandbox.id).await {
+                    match backend.adopt(&sandbox.id).await {
                         Ok(endpoint) => {
                             tracing::info!(sandbox = %sandbox.id, "adopted a warm sandbox that outlived the previous server");
-                            lock(&self.inner.warm)
-                                .insert(sandbox.id.clone(), self.warm_state(&sandbox, endpoint));
+                            lock(&self.inner.warm).insert(
+                                sandbox.id.clone(),
+                                self.warm_state(&backend, &sandbox, endpoint),
+                            );
                             continue;
                         }
                         Err(e) => format!(
@@ -155,14 +156,11 @@ impl Orchestrator {
         }
         if delete_warm {
             // Local sandboxes are their owners' machines: they go offline, never away.
-            let warm: Vec<String> = {
-                let local = lock(&self.inner.local.map);
-                lock(&self.inner.warm)
-                    .keys()
-                    .filter(|id| !local.contains_key(id.as_str()))
-                    .cloned()
-                    .collect()
-            };
+            let warm: Vec<String> = lock(&self.inner.warm)
+                .iter()
+                .filter(|(_, w)| !w.backend.reconnects())
+                .map(|(id, _)| id.clone())
+                .collect();
             for id in warm {
                 // The warm map's ids are the orchestrator's own, so this always parses.
                 let deleted = match id.parse::<SandboxId>() {

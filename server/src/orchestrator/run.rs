@@ -12,14 +12,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::agent::{headless, served};
-use super::lifecycle::NewSandbox;
+use super::lifecycle::{Inserted, NewSandbox};
 use super::log::{Redactor, RunLog};
 use super::quotas::Ticket;
 use super::reservation::Reservation;
 use super::setup::SetupEnd;
 use super::{Error, Orchestrator, Result, RunRequest, SnapshotFile, Warm, lock};
 use crate::ids::{Origin, RunId, SandboxId, now_ms};
-use crate::sandbox::{RunSpec, SandboxError, SandboxSpec};
+use crate::sandbox::{RunChanges, RunSpec, SandboxError, SandboxSpec};
 use crate::state::run_transition;
 use crate::store::{Run, RunOutcome, Sandbox, SandboxKind};
 
@@ -124,10 +124,17 @@ pub(super) async fn start(
                     (id, sandbox)
                 }
             };
+            let backend = orch.backend_for(&sandbox)?;
+            orch.refuse_if_elsewhere(&sandbox, backend.as_ref(), "run in")
+                .await?;
+            // One run at a time, whichever server drives it.
+            if backend.any_replica() && orch.run_elsewhere(&sandbox.id).await?.is_some() {
+                return Err(Error::Busy(sandbox.id.clone()));
+            }
             let ticket = admit(&orch, &run_id, &sandbox.workspace_id).await?;
             loaded_base = sandbox.base.clone();
             // A local agent takes a repository per run; any other warm sandbox has its files.
-            if req.snapshot.is_some() && sandbox.backend != super::LOCAL_BACKEND {
+            if req.snapshot.is_some() && backend.takes_repo_per_run(&sandbox.id).is_none() {
                 return Err(Error::Invalid(
                     "snapshot: only for a fresh sandbox or a local agent; a warm sandbox already \
                      has its files (give the repository to create_sandbox instead)"
@@ -147,11 +154,29 @@ pub(super) async fn start(
                 // A paused sandbox wakes up for the run.
                 SandboxStatus::Paused => orch.resume_reserved(&sandbox, &reservation).await?,
                 SandboxStatus::Running => {
-                    lock(&orch.inner.warm).get(id).cloned().ok_or_else(|| {
-                        Error::Invalid(format!(
-                            "sandbox {id} is not served by this delegate process"
-                        ))
-                    })?
+                    let kept = lock(&orch.inner.warm).get(sandbox.id.as_str()).cloned();
+                    match kept {
+                        // Any server may have moved it since: it is this one's only while the
+                        // store says so.
+                        Some(w)
+                            if !backend.any_replica()
+                                || orch
+                                    .inner
+                                    .store
+                                    .sandbox_owner(&sandbox.id)
+                                    .await?
+                                    .as_deref()
+                                    == Some(orch.inner.instance_id.as_str()) =>
+                        {
+                            w
+                        }
+                        _ if backend.any_replica() => orch.adopt_warm(&sandbox, &backend).await?,
+                        _ => {
+                            return Err(Error::Invalid(format!(
+                                "sandbox {id} is not served by this delegate process"
+                            )));
+                        }
+                    }
                 }
                 status => {
                     return Err(Error::NotRunning {
@@ -161,7 +186,7 @@ pub(super) async fn start(
                 }
             };
             let target = match req.snapshot.take() {
-                Some(snapshot) if orch.local_takes_repos(&sandbox.id) => {
+                Some(snapshot) if backend.takes_repo_per_run(&sandbox.id) == Some(true) => {
                     Target::Local(warm, snapshot)
                 }
                 Some(_) => {
@@ -186,7 +211,11 @@ pub(super) async fn start(
             let snapshot = req.snapshot.take();
             let ws = orch.workspace(req.workspace.as_deref()).await?;
             let ticket = admit(&orch, &run_id, &ws.id).await?;
-            let (sandbox, spec, redactions) = orch
+            let Inserted {
+                sandbox,
+                spec,
+                redactions,
+            } = orch
                 .insert_sandbox(
                     &ws,
                     NewSandbox {
@@ -409,29 +438,32 @@ async fn drive(
     // What changed, even when the run failed: partial work is worth seeing.
     let collected = if let Some(repo) = &local_repo {
         // Committed on the agent's machine, read back here as hostile input.
-        Some(orch.local_export(&run.sandbox_id, &run.id, repo).await)
-    } else if inner
-        .store
-        .sandbox(&run.sandbox_id)
-        .await
-        .is_ok_and(|s| s.status == SandboxStatus::Running && s.backend != super::LOCAL_BACKEND)
-    {
         Some(
-            inner
-                .backend
-                .collect_changes(
-                    &run.sandbox_id,
-                    inner.settings.diff_max_bytes,
-                    &format!("delegate: run {}", run.id),
-                )
+            orch.local_export(&run.sandbox_id, &run.id, repo)
                 .await
-                .map_err(Error::from),
+                .map(RunChanges::Committed),
         )
     } else {
-        None
+        match inner.store.sandbox(&run.sandbox_id).await {
+            Ok(s) if s.status == SandboxStatus::Running => match orch.backend_for(&s) {
+                Ok(backend) => Some(
+                    backend
+                        .run_changes(
+                            &run.sandbox_id,
+                            finish.session.as_deref(),
+                            inner.settings.diff_max_bytes,
+                            &format!("delegate: run {}", run.id),
+                        )
+                        .await
+                        .map_err(Error::from),
+                ),
+                Err(e) => Some(Err(e)),
+            },
+            _ => None,
+        }
     };
     match collected {
-        Some(Ok(changes)) => {
+        Some(Ok(RunChanges::Committed(changes))) => {
             // Kept now, before an ephemeral sandbox (and its change repository) goes.
             if let Err(e) =
                 super::artifacts::keep(&inner.settings.data_dir, &run.id, &changes).await
@@ -442,6 +474,13 @@ async fn drive(
             finish.outcome.changed_files = changes.files;
             finish.outcome.diff = changes.diff;
             finish.outcome.diff_truncated = changes.diff_truncated;
+        }
+        // A sandbox whose files are not ours to diff (a local one): its opencode says what the
+        // session changed.
+        Some(Ok(RunChanges::Reported(reported))) => {
+            finish.outcome.changed_files = reported.files;
+            finish.outcome.diff = reported.diff;
+            finish.outcome.diff_truncated = reported.diff_truncated;
         }
         // A local agent's change that fails the checks fails the run; nothing of it is kept.
         Some(Err(Error::Repo {
@@ -455,19 +494,7 @@ async fn drive(
             });
         }
         Some(Err(e)) => tracing::warn!(run = %run.id, error = %e, "could not collect changes"),
-        None if local_run => {}
-        None => {
-            if let Some(session) = &finish.session
-                && let Some((changed, diff, truncated)) =
-                    orch.local_changes(&run.sandbox_id, session).await
-            {
-                // A local sandbox's files are not ours to diff: its opencode says what the
-                // session changed.
-                finish.outcome.changed_files = changed;
-                finish.outcome.diff = diff;
-                finish.outcome.diff_truncated = truncated;
-            }
-        }
+        None => {}
     }
     if local_run {
         orch.local_forget_run(&run.sandbox_id, &run.id, local_repo.as_ref())

@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod docker;
 pub mod lines;
+pub mod local;
 pub mod process;
 pub mod workdir;
 
@@ -19,6 +20,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::opencode::serve::{ServeClient, ServeError};
 use crate::settings::Secret;
 use crate::store::SandboxKind;
 
@@ -187,8 +189,45 @@ pub struct ExitInfo {
     pub oom: bool,
 }
 
+/// A turn started in a warm sandbox's `opencode serve`: its session and the server's events.
+pub struct WarmRun {
+    /// The opencode session the turn runs in (a new one, or the one it continues).
+    pub session: String,
+    /// The `data` of each of opencode serve's events, subscribed to before the prompt went in,
+    /// so no event of the turn is missed. The end of the stream is the end of the server.
+    pub events: futures::stream::BoxStream<'static, Result<String, SandboxError>>,
+}
+
+/// What a run changed, as its backend can tell.
+#[derive(Debug)]
+pub enum RunChanges {
+    /// Committed inside the sandbox and imported on the server (a bundle and patch are kept).
+    Committed(Changes),
+    /// Reported by the sandbox's opencode (the files are not the server's to read: a local
+    /// sandbox's machine).
+    Reported(ReportedChanges),
+}
+
+/// Files a sandbox's opencode says a session changed, with their diff.
+#[derive(Debug, Default)]
+pub struct ReportedChanges {
+    /// Files added, modified or deleted, with line counts.
+    pub files: Vec<delegate_mcp::types::ChangedFile>,
+    /// The text diff, at most the asked-for bytes.
+    pub diff: String,
+    /// Whether [`ReportedChanges::diff`] was cut.
+    pub diff_truncated: bool,
+}
+
+fn serve_failed(e: ServeError) -> SandboxError {
+    SandboxError::Start(e.to_string())
+}
+
 /// What the orchestrator needs from a place that runs opencode; one implementation per backend
-/// (`process`, `docker`).
+/// (`process`, `docker`, and `local` for a developer's machine joined through the tunnel). The
+/// orchestrator picks a sandbox's implementation once, by `Sandbox.backend`, and asks it what it
+/// can do ([`pauses`](Self::pauses), [`any_replica`](Self::any_replica), ...) rather than
+/// testing names.
 #[async_trait]
 pub trait SandboxBackend: Send + Sync + 'static {
     /// `process`, `docker`, `kubernetes`.
@@ -265,5 +304,120 @@ pub trait SandboxBackend: Send + Sync + 'static {
     /// (labelled containers, volumes), so orphans can be swept at start.
     async fn held(&self) -> Result<Vec<String>, SandboxError> {
         Ok(Vec::new())
+    }
+
+    /// Starts a turn in a warm sandbox's `opencode serve` at `endpoint`: subscribes to its
+    /// events, then prompts `session` (or a new session titled after the run) with the task.
+    /// Every backend's warm sandboxes speak opencode's HTTP API, so few need their own.
+    async fn start_warm_run(
+        &self,
+        sandbox_id: &str,
+        endpoint: &ServeEndpoint,
+        run: &RunSpec,
+        session: Option<&str>,
+    ) -> Result<WarmRun, SandboxError> {
+        let _ = sandbox_id;
+        let client = ServeClient::new(
+            &endpoint.url,
+            endpoint.password.clone(),
+            &endpoint.directory,
+        );
+        // Subscribe before prompting, so no event of the turn is missed.
+        let events = client.events().await.map_err(serve_failed)?;
+        let session = match session {
+            Some(s) => s.to_string(),
+            None => client
+                .create_session(&run.title)
+                .await
+                .map_err(serve_failed)?,
+        };
+        client
+            .prompt_async(&session, &run.task, &run.model, run.agent.as_deref())
+            .await
+            .map_err(serve_failed)?;
+        use futures::StreamExt;
+        Ok(WarmRun {
+            session,
+            events: events
+                .map(|item| item.map_err(|e| SandboxError::Io(e.to_string())))
+                .boxed(),
+        })
+    }
+
+    /// Stops a turn [`start_warm_run`](Self::start_warm_run) started (timeout, cancel).
+    async fn abort_warm_run(
+        &self,
+        endpoint: &ServeEndpoint,
+        session: &str,
+    ) -> Result<(), SandboxError> {
+        ServeClient::new(
+            &endpoint.url,
+            endpoint.password.clone(),
+            &endpoint.directory,
+        )
+        .abort(session)
+        .await
+        .map_err(serve_failed)
+    }
+
+    /// What a run changed: by default the backend's commit inside the sandbox
+    /// ([`collect_changes`](Self::collect_changes)); `session` is the opencode session of a warm
+    /// run, for backends whose opencode reports it instead.
+    async fn run_changes(
+        &self,
+        sandbox_id: &str,
+        session: Option<&str>,
+        max_diff: usize,
+        label: &str,
+    ) -> Result<RunChanges, SandboxError> {
+        let _ = session;
+        self.collect_changes(sandbox_id, max_diff, label)
+            .await
+            .map(RunChanges::Committed)
+    }
+
+    /// Drops what this process keeps for a sandbox another server now holds (its listeners and
+    /// relays here), leaving the sandbox itself alone.
+    fn release(&self, sandbox_id: &str) {
+        let _ = sandbox_id;
+    }
+
+    /// Whether a sandbox may choose its image (from the server's list): backends that run
+    /// containers.
+    fn takes_images(&self) -> bool {
+        false
+    }
+
+    /// Whether its sandboxes reach the model proxy through `delegate serve`'s own listener (a
+    /// container on a named network does), rather than a socket or port of the backend's own.
+    fn proxy_on_listener(&self) -> bool {
+        false
+    }
+
+    /// Whether its warm sandboxes can be paused (a developer's machine cannot).
+    fn pauses(&self) -> bool {
+        true
+    }
+
+    /// Whether every server sharing the database can run in, pause, resume and delete this
+    /// backend's sandboxes, adopting one another holds (they live in a shared container engine
+    /// or cluster). When not, an operation through another server is refused, naming the
+    /// holder.
+    fn any_replica(&self) -> bool {
+        false
+    }
+
+    /// Whether its sandboxes come back by themselves when the server that held them ends (a
+    /// local agent reconnects): they go `offline` then, and are never deleted at shutdown.
+    fn reconnects(&self) -> bool {
+        false
+    }
+
+    /// Whether a run in warm sandbox `sandbox_id` may bring a repository of its own (a local
+    /// agent clones it into a fresh work dir): `None` when the backend's warm sandboxes never do
+    /// (they have their files), `Some(false)` when this sandbox cannot now (an older agent).
+    fn takes_repo_per_run(&self, sandbox_id: &str) -> Option<bool> {
+        let _ = sandbox_id;
+        None
     }
 }

@@ -48,6 +48,9 @@ sandbox_cpus = 2.0                                                 # DELEGATE_SA
 docker_network = "none"                                            # DELEGATE_DOCKER_NETWORK
 # With a named network: the proxy as containers see it.            DELEGATE_DOCKER_PROXY_URL
 # docker_proxy_url = "http://delegate:8080/v1"
+# The host side of docker sandboxes; servers sharing it (and the engine) serve one another's
+# sandboxes. Default: DATA_DIR/docker.                              DELEGATE_DOCKER_DIR
+# docker_dir = "/srv/delegate/docker"
 # The model proxy at /v1 on the listener too, for sandboxes run outside delegate (`delegate token
 # proxy`, compose.headless.yml). Off: only a named docker network serves it there.
 proxy_public = false                                               # DELEGATE_PROXY_PUBLIC

@@ -39,6 +39,7 @@ struct FileSettings {
     sandbox_cpus: Option<f64>,
     docker_network: Option<String>,
     docker_proxy_url: Option<String>,
+    docker_dir: Option<PathBuf>,
     max_concurrent_runs: Option<usize>,
     max_queued_runs: Option<usize>,
     max_run_cost_usd: Option<f64>,
@@ -233,6 +234,10 @@ impl Settings {
                     message,
                 })?,
             proxy_url: env.var("DELEGATE_DOCKER_PROXY_URL").or(f.docker_proxy_url),
+            dir: env
+                .var("DELEGATE_DOCKER_DIR")
+                .map(PathBuf::from)
+                .or(f.docker_dir),
             cpus: match env.var("DELEGATE_SANDBOX_CPUS") {
                 Some(v) => parse_value("DELEGATE_SANDBOX_CPUS", &v)?,
                 None => f.sandbox_cpus.unwrap_or(2.0),

@@ -190,6 +190,11 @@ pub struct DockerSettings {
     /// `DELEGATE_DOCKER_PROXY_URL`: the proxy as containers on a named network see it
     /// (e.g. `http://delegate:8080/v1`); required with a named network.
     pub proxy_url: Option<String>,
+    /// `DELEGATE_DOCKER_DIR`: the host side of docker sandboxes (work dir mirrors, sockets
+    /// bound into containers); `DATA_DIR/docker` when unset. Servers that share it (and the
+    /// engine) serve one another's sandboxes; otherwise a sandbox is reached through the server
+    /// that holds it.
+    pub dir: Option<PathBuf>,
     /// `DELEGATE_SANDBOX_CPUS` (default `2`): CPUs per sandbox (containers, and process
     /// sandboxes through their cgroup).
     pub cpus: f64,

@@ -217,6 +217,33 @@ impl SandboxBackend for DockerBackend {
         true
     }
 
+    /// Containers live in the engine every server shares; their host side (the work dir mirror
+    /// and the sockets bound in) in `DELEGATE_DOCKER_DIR`, which servers serving one another's
+    /// sandboxes share too.
+    fn release(&self, sandbox_id: &str) {
+        if let Some(live) = self
+            .sandboxes
+            .lock()
+            .ok()
+            .and_then(|mut s| s.remove(sandbox_id))
+        {
+            // Its sockets' paths are the adopter's now (bound over these): only the listeners go.
+            live.stop.cancel();
+        }
+    }
+
+    fn takes_images(&self) -> bool {
+        true
+    }
+
+    fn proxy_on_listener(&self) -> bool {
+        matches!(self.settings.network, DockerNetwork::Named(_))
+    }
+
+    fn any_replica(&self) -> bool {
+        self.shared_dir
+    }
+
     async fn create(&self, spec: &SandboxSpec) -> Result<Option<ServeEndpoint>, SandboxError> {
         let image = spec
             .image
@@ -325,9 +352,12 @@ impl SandboxBackend for DockerBackend {
         live.dirs.import_changes(max_diff).await
     }
 
+    /// Any server may pause any sandbox: the container is the engine's, so one this process
+    /// never held is stopped all the same.
     async fn pause(&self, sandbox_id: &str) -> Result<(), SandboxError> {
-        let live = self.live(sandbox_id)?;
-        live.stop_serve_relay();
+        if let Ok(live) = self.live(sandbox_id) {
+            live.stop_serve_relay();
+        }
         self.stop_container(&container_name(sandbox_id)).await
     }
 

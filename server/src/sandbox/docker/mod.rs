@@ -76,6 +76,9 @@ pub struct DockerBackend {
     owner: String,
     settings: DockerSettings,
     root: PathBuf,
+    /// `root` is shared with the other servers (`DELEGATE_DOCKER_DIR`): any of them may pick up
+    /// a sandbox another holds.
+    shared_dir: bool,
     proxy: Router,
     /// The proxy on loopback, for containers on the host's network.
     loopback_proxy: OnceCell<SocketAddr>,
@@ -204,7 +207,12 @@ impl DockerBackend {
             docker,
             owner,
             settings: settings.docker.clone(),
-            root: settings.data_dir.join("docker"),
+            shared_dir: settings.docker.dir.is_some(),
+            root: settings
+                .docker
+                .dir
+                .clone()
+                .unwrap_or_else(|| settings.data_dir.join("docker")),
             proxy,
             loopback_proxy: OnceCell::new(),
             model: settings.model.clone(),
@@ -226,10 +234,15 @@ impl DockerBackend {
     }
 
     fn remember(&self, id: &str, live: Arc<Live>) -> Result<(), SandboxError> {
-        self.sandboxes
+        let replaced = self
+            .sandboxes
             .lock()
             .map_err(|_| SandboxError::Io("sandbox table poisoned".into()))?
             .insert(id.to_string(), live);
+        // Picked up again (another server held it meanwhile): the old listeners and relay go.
+        if let Some(old) = replaced {
+            old.stop.cancel();
+        }
         Ok(())
     }
 
