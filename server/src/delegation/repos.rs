@@ -16,7 +16,7 @@ use futures::Stream;
 
 use super::{Action, Error, Result, Service};
 use crate::ids::RunId;
-use crate::orchestrator::{LOCAL_BACKEND, SnapshotFile, TreeCheck, bundle_path, patch_path};
+use crate::orchestrator::{SnapshotFile, TreeCheck, bundle_path, patch_path};
 use crate::store::{Sandbox, Workspace};
 
 /// What a caller asked a sandbox to start from (the `repo`, `ref` and `snapshot` inputs).
@@ -55,7 +55,7 @@ impl Service {
         let wants_repo = input.snapshot.is_some() || repo.is_some();
         // A local agent takes a repository per run (in a work dir of its own); any other warm
         // sandbox already has its files.
-        if warm.is_some_and(|s| wants_repo && s.backend != LOCAL_BACKEND) {
+        if warm.is_some_and(|s| wants_repo && !self.orch.takes_repo_per_run(s)) {
             return Err(Error::Invalid(
                 "repo, snapshot: only for a fresh sandbox or a local agent; a warm sandbox \
                  already has its files (give the repository to create_sandbox instead)"

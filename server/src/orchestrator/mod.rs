@@ -39,7 +39,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 // Bootstrap lives in `crate::bootstrap`; re-exported for the callers that name it here.
-pub use crate::sandbox::local::LOCAL_BACKEND;
 pub use artifacts::{bundle_path, patch_path, run_dir};
 pub use egress::WorkspaceEgress;
 pub use git_credentials::{
@@ -283,6 +282,13 @@ impl Orchestrator {
     /// with no network or the host's use a unix socket or a loopback port of their own.
     pub fn proxy_on_listener(&self) -> bool {
         self.inner.settings.proxy_public || self.inner.backend.proxy_on_listener()
+    }
+
+    /// Whether a run in warm `sandbox` may bring a repository of its own (a local agent clones
+    /// it per run); any other warm sandbox already has its files.
+    pub fn takes_repo_per_run(&self, sandbox: &Sandbox) -> bool {
+        self.backend_for(sandbox)
+            .is_ok_and(|b| b.takes_repo_per_run(&sandbox.id).is_some())
     }
 
     /// The backend that holds `sandbox`: this server's own (which makes new sandboxes), or the
