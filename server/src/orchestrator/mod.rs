@@ -286,6 +286,8 @@ impl Orchestrator {
                     self.inner.settings.docker.network,
                     crate::settings::DockerNetwork::Named(_)
                 )
+            || self.inner.backend.name() == "kubernetes"
+                && crate::sandbox::kube::KubeBackend::proxy_on_listener(&self.inner.settings.kube)
     }
 
     async fn workspace(&self, slug: Option<&str>) -> Result<Workspace> {

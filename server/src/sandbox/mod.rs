@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod docker;
+pub mod kube;
 pub mod lines;
 pub mod process;
 pub mod workdir;
@@ -188,7 +189,7 @@ pub struct ExitInfo {
 }
 
 /// What the orchestrator needs from a place that runs opencode; one implementation per backend
-/// (`process`, `docker`).
+/// (`process`, `docker`, `kubernetes`).
 #[async_trait]
 pub trait SandboxBackend: Send + Sync + 'static {
     /// `process`, `docker`, `kubernetes`.

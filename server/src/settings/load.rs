@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::{
     BackendChoice, DEFAULT_SANDBOX_IMAGE, DockerNetwork, DockerSettings, EgressSettings, GitHost,
-    GithubSettings, IpRange, Isolation, LimitSettings, OidcSettings, Registration, SandboxLimits,
-    Secret, SecretKey, Settings, SsoSettings, Upstream, UpstreamCredential,
+    GithubSettings, IpRange, Isolation, KubeSettings, LimitSettings, OidcSettings, Registration,
+    SandboxLimits, Secret, SecretKey, Settings, SsoSettings, Upstream, UpstreamCredential,
 };
 
 /// The optional settings file; every field optional, same names as the env vars in lower case.
@@ -39,6 +39,14 @@ struct FileSettings {
     sandbox_cpus: Option<f64>,
     docker_network: Option<String>,
     docker_proxy_url: Option<String>,
+    k8s_namespace: Option<String>,
+    k8s_kubeconfig: Option<PathBuf>,
+    k8s_runtime_class: Option<String>,
+    k8s_storage_class: Option<String>,
+    k8s_volume_size: Option<String>,
+    k8s_cpu_request: Option<String>,
+    k8s_service: Option<String>,
+    k8s_proxy_url: Option<String>,
     max_concurrent_runs: Option<usize>,
     max_queued_runs: Option<usize>,
     max_run_cost_usd: Option<f64>,
@@ -253,6 +261,44 @@ impl Settings {
             });
         }
 
+        let non_empty = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+        let kube = KubeSettings {
+            namespace: non_empty(env.var("DELEGATE_K8S_NAMESPACE").or(f.k8s_namespace)),
+            kubeconfig: env
+                .var("DELEGATE_K8S_KUBECONFIG")
+                .map(PathBuf::from)
+                .or(f.k8s_kubeconfig),
+            runtime_class: non_empty(
+                env.var("DELEGATE_K8S_RUNTIME_CLASS")
+                    .or(f.k8s_runtime_class),
+            ),
+            storage_class: non_empty(
+                env.var("DELEGATE_K8S_STORAGE_CLASS")
+                    .or(f.k8s_storage_class),
+            ),
+            volume_size: non_empty(env.var("DELEGATE_K8S_VOLUME_SIZE").or(f.k8s_volume_size))
+                .unwrap_or_else(|| "10Gi".into()),
+            cpu_request: non_empty(env.var("DELEGATE_K8S_CPU_REQUEST").or(f.k8s_cpu_request))
+                .unwrap_or_else(|| "250m".into()),
+            service: non_empty(env.var("DELEGATE_K8S_SERVICE").or(f.k8s_service))
+                .unwrap_or_else(|| "delegate".into()),
+            proxy_url: non_empty(env.var("DELEGATE_K8S_PROXY_URL").or(f.k8s_proxy_url)),
+        };
+        for (name, quantity) in [
+            ("DELEGATE_K8S_VOLUME_SIZE", &kube.volume_size),
+            ("DELEGATE_K8S_CPU_REQUEST", &kube.cpu_request),
+        ] {
+            if !quantity
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.')
+            {
+                return Err(SettingsError::Invalid {
+                    name,
+                    message: "must be a Kubernetes quantity, e.g. 10Gi or 250m".into(),
+                });
+            }
+        }
+
         let registration = match env.var("DELEGATE_REGISTRATION") {
             Some(v) => parse_enum("DELEGATE_REGISTRATION", &v)?,
             None => f.registration.unwrap_or(Registration::Invite),
@@ -414,6 +460,7 @@ impl Settings {
                 None => f.sandbox_limits.unwrap_or(SandboxLimits::Required),
             },
             docker,
+            kube,
             max_concurrent_runs: number(
                 "DELEGATE_MAX_CONCURRENT_RUNS",
                 f.max_concurrent_runs.map(|n| n as u64),
