@@ -373,9 +373,17 @@ impl Shared {
                     .as_str()
                     .and_then(bytes_of)
                     .unwrap_or(1 << 30);
+                // The kubelet makes an emptyDir writable for the pod; docker's tmpfs copies the
+                // image directory's mode, so ownership by the pod's user stands in for that.
+                let owner = pod["spec"]["securityContext"]["runAsUser"]
+                    .as_i64()
+                    .unwrap_or(0);
+                let group = pod["spec"]["securityContext"]["fsGroup"]
+                    .as_i64()
+                    .unwrap_or(0);
                 tmpfs.insert(
                     path.to_string(),
-                    format!("rw,nosuid,nodev,size={size},mode=1777"),
+                    format!("rw,nosuid,nodev,size={size},uid={owner},gid={group},mode=1777"),
                 );
             } else {
                 let mut sources = Vec::new();
