@@ -13,7 +13,8 @@ use std::time::Duration;
 use common::Harness;
 use delegate_mcp::types::{ChangeKind, RunResult, RunStatus, SandboxStatus};
 use delegate_server::orchestrator::{Orchestrator, RunRequest, SandboxRequest};
-use delegate_server::sandbox::kube::{Manifests, manifest::PodRole};
+use delegate_server::sandbox::kube::Manifests;
+use delegate_server::sandbox::kube::manifest::{Job, PodRole};
 use delegate_server::settings::{BackendChoice, Settings};
 use delegate_testkit::anthropic::{Script, TOOL_RESULT_PLACEHOLDER};
 use delegate_testkit::kube::{FakeCluster, Recorded};
@@ -379,8 +380,8 @@ fn kubernetes_validate() -> Option<PathBuf> {
     }
 }
 
-#[test]
-fn every_manifest_the_backend_makes_is_valid_for_kubernetes_1_37() {
+#[tokio::test]
+async fn every_manifest_the_backend_makes_is_valid_for_kubernetes_1_37() {
     let Some(validate) = kubernetes_validate() else {
         return;
     };
@@ -437,18 +438,31 @@ fn every_manifest_the_backend_makes_is_valid_for_kubernetes_1_37() {
         ),
         (
             "seed-pod",
-            serde_json::to_value(m.job_pod(id, "seed", image, "true", &[], 3, None)).unwrap(),
+            serde_json::to_value(m.job_pod(
+                id,
+                &Job {
+                    what: "seed",
+                    image,
+                    script: "true",
+                    env: &[],
+                    seed_parts: 3,
+                    node: None,
+                },
+            ))
+            .unwrap(),
         ),
         (
             "commit-pod",
             serde_json::to_value(m.job_pod(
                 id,
-                "commit",
-                image,
-                "true",
-                &[("DELEGATE_BASE", "abc".into())],
-                0,
-                Some("node-1".into()),
+                &Job {
+                    what: "commit",
+                    image,
+                    script: "true",
+                    env: &[("DELEGATE_BASE", "abc".into())],
+                    seed_parts: 0,
+                    node: Some("node-1".into()),
+                },
             ))
             .unwrap(),
         ),
@@ -464,13 +478,14 @@ fn every_manifest_the_backend_makes_is_valid_for_kubernetes_1_37() {
         object["apiVersion"] = "v1".into();
         object["kind"] = kind.into();
         let path = dir.path().join(format!("{name}.json"));
-        std::fs::write(&path, object.to_string()).unwrap();
+        tokio::fs::write(&path, object.to_string()).await.unwrap();
         files.push(path);
     }
-    let out = std::process::Command::new(&validate)
+    let out = tokio::process::Command::new(&validate)
         .args(["--kubernetes-version", "1.37.0", "--strict"])
         .args(&files)
         .output()
+        .await
         .expect("run kubernetes-validate");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

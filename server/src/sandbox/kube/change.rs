@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use tokio::io::AsyncWriteExt;
 
-use super::manifest::{LABEL_SANDBOX, SANDBOX_UID, SEED_CHUNK, seed_script};
+use super::manifest::{Job as JobSpec, LABEL_SANDBOX, SANDBOX_UID, SEED_CHUNK, seed_script};
 use super::pods::START_TIMEOUT;
 use super::{KubeBackend, Live, api_error, object_name};
 use crate::sandbox::SandboxError;
@@ -104,14 +104,17 @@ impl KubeBackend {
                 .await
                 .map_err(api_error)?;
         }
+        let script = seed_script();
         let pod = self.manifests.job_pod(
             id,
-            "seed",
-            &live.image,
-            &seed_script(),
-            &[],
-            chunks.len(),
-            None,
+            &JobSpec {
+                what: "seed",
+                image: &live.image,
+                script: &script,
+                env: &[],
+                seed_parts: chunks.len(),
+                node: None,
+            },
         );
         let outcome = match self.start_job(&pod).await {
             Ok(job) => self.end_job(job, "seeding the work dir", Ok(())).await,
@@ -149,18 +152,22 @@ impl KubeBackend {
             .map_err(api_error)?
             .and_then(|p| p.spec)
             .and_then(|s| s.node_name);
+        let script = commit_script();
+        let env = [
+            ("DELEGATE_BASE", base.to_string()),
+            ("DELEGATE_OUT", IN_BUNDLE.to_string()),
+            ("DELEGATE_MESSAGE", label.to_string()),
+        ];
         let pod = self.manifests.job_pod(
             id,
-            "commit",
-            &live.image,
-            &commit_script(),
-            &[
-                ("DELEGATE_BASE", base.to_string()),
-                ("DELEGATE_OUT", IN_BUNDLE.to_string()),
-                ("DELEGATE_MESSAGE", label.to_string()),
-            ],
-            0,
-            node,
+            &JobSpec {
+                what: "commit",
+                image: &live.image,
+                script: &script,
+                env: &env,
+                seed_parts: 0,
+                node,
+            },
         );
         let path = live.dirs.run.join("changes.bundle");
         let io = |e: std::io::Error| SandboxError::Io(format!("{}: {e}", path.display()));

@@ -51,6 +51,23 @@ pub enum PodRole<'a> {
     Serve,
 }
 
+/// A short-lived pod's work (see [`Manifests::job_pod`]).
+#[derive(Debug, Clone)]
+pub struct Job<'a> {
+    /// `seed` or `commit`: its name's suffix and its kind label.
+    pub what: &'a str,
+    /// The sandbox's image.
+    pub image: &'a str,
+    /// The script `sh -c` runs.
+    pub script: &'a str,
+    /// Its environment (no secrets: it has no `envFrom`).
+    pub env: &'a [(&'a str, String)],
+    /// How many seed Secrets to mount at `/run/delegate-seed`.
+    pub seed_parts: usize,
+    /// The node to run on (where a ReadWriteOnce claim in use is).
+    pub node: Option<String>,
+}
+
 /// Builds the backend's objects from the settings (see the module docs).
 #[derive(Debug, Clone)]
 pub struct Manifests {
@@ -384,18 +401,17 @@ impl Manifests {
         self.pod(object_name(id, ""), id, kind, container, volumes, None)
     }
 
-    /// A short-lived pod on the work claim running `script` with `sh -c` (seed or commit);
-    /// `seed_parts` mounts that many seed Secrets at `/run/delegate-seed`.
-    pub fn job_pod(
-        &self,
-        id: &str,
-        what: &str,
-        image: &str,
-        script: &str,
-        env_vars: &[(&str, String)],
-        seed_parts: usize,
-        node: Option<String>,
-    ) -> Pod {
+    /// A short-lived pod on the work claim running `job.script` with `sh -c` (seed or commit).
+    pub fn job_pod(&self, id: &str, job: &Job<'_>) -> Pod {
+        let Job {
+            what,
+            image,
+            script,
+            env: env_vars,
+            seed_parts,
+            node,
+        } = job;
+        let seed_parts = *seed_parts;
         let mut volumes = vec![
             claim_volume("work", object_name(id, "work")),
             empty_dir("tmp", "256Mi"),
@@ -430,13 +446,20 @@ impl Manifests {
         let mut all_env = vec![env("HOME", "/tmp")];
         all_env.extend(env_vars.iter().map(|(k, v)| env(k, v)));
         let container = Container {
-            image: Some(image.into()),
-            command: Some(vec!["/bin/sh".into(), "-c".into(), script.into()]),
+            image: Some(image.to_string()),
+            command: Some(vec!["/bin/sh".into(), "-c".into(), script.to_string()]),
             env: Some(all_env),
             volume_mounts: Some(mounts),
             ..Default::default()
         };
-        self.pod(object_name(id, what), id, what, container, volumes, node)
+        self.pod(
+            object_name(id, what),
+            id,
+            what,
+            container,
+            volumes,
+            node.clone(),
+        )
     }
 }
 
