@@ -500,3 +500,112 @@ async fn every_manifest_the_backend_makes_is_valid_for_kubernetes_1_37() {
     );
     assert!(settings.kube.runtime_class.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_adopts_warm_sandboxes_and_sweeps_its_own_orphans_by_label() {
+    let Some(k) = KubeHarness::new(Script::text("never asked")).await else {
+        return;
+    };
+    let a = k.orchestrator().await;
+    let warm = a
+        .create_sandbox(SandboxRequest {
+            name: Some("survivor".into()),
+            created_by: Some("test".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("create a warm sandbox");
+    drop(a);
+    // Secrets of delegate's that no database row knows: one this server made (swept), one
+    // another installation in the same namespace made (left alone).
+    let me = tokio::fs::read_to_string(k.h.data_dir().join("instance-id"))
+        .await
+        .unwrap();
+    let orphan = "sbx_0192f3cc0192f3cc0192f3cc0192f3cc";
+    let foreign = "sbx_0192f3dd0192f3dd0192f3dd0192f3dd";
+    let client = reqwest::Client::new();
+    for (id, owner) in [(orphan, me.trim()), (foreign, "srv_someone_else")] {
+        let made = client
+            .post(format!(
+                "{}/api/v1/namespaces/{NAMESPACE}/secrets",
+                k.cluster.url
+            ))
+            .json(&serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {
+                    "name": format!("delegate-{}", id.replace('_', "-")),
+                    "labels": {"delegate.sandbox": id, "delegate.owner": owner},
+                },
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(made.status(), reqwest::StatusCode::CREATED);
+    }
+
+    let b = k.orchestrator().await;
+    // What `delegate serve` does at start.
+    b.reconcile().await.expect("reconcile");
+    let adopted = b.store().sandbox(&warm.id).await.unwrap();
+    assert_eq!(adopted.status, SandboxStatus::Running, "{adopted:?}");
+    let names = k.cluster.names("secrets", NAMESPACE);
+    assert!(!names.iter().any(|n| n.contains("0192f3cc")), "{names:?}");
+    assert!(names.iter().any(|n| n.contains("0192f3dd")), "{names:?}");
+    // The adopted sandbox pauses, resumes and is deleted through the new server.
+    let id = warm.id.parse().unwrap();
+    b.pause_sandbox(&id).await.expect("pause");
+    b.resume_sandbox(&id).await.expect("resume");
+    b.delete_sandbox(&id).await.expect("delete");
+    let left = k.leftovers();
+    assert_eq!(left.len(), 1, "{left:?}");
+    k.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_the_cluster_cannot_pull_fails_the_run_with_its_reason() {
+    let Some(k) = KubeHarness::new(Script::text("never asked")).await else {
+        return;
+    };
+    let mut settings = k.settings();
+    settings.docker.image = "delegate-sandbox:no-such-tag".into();
+    let orch = delegate_server::app::embedded(settings)
+        .await
+        .expect("an orchestrator");
+    let result = run(&orch, task("anything")).await;
+    assert_eq!(result.status, RunStatus::Failed, "{result:?}");
+    let error = result.error.expect("an error");
+    assert_eq!(
+        error.kind,
+        delegate_mcp::types::ErrorKind::ImageMissing,
+        "{error:?}"
+    );
+    assert!(error.message.contains("no-such-tag"), "{}", error.message);
+    assert_eq!(k.leftovers(), Vec::<String>::new());
+    assert!(k.h.fake.requests().is_empty());
+    k.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allocation_over_the_memory_limit_ends_the_run_oom_from_the_container_status() {
+    // `tail` keeps a whole line in memory, and /dev/zero has no newline.
+    let Some(k) = KubeHarness::new(Script::bash(
+        "head -c 3000m /dev/zero | tail > /dev/null; echo survived",
+        "done",
+    ))
+    .await
+    else {
+        return;
+    };
+    let mut settings = k.settings();
+    settings.sandbox_memory_mb = 600;
+    let orch = delegate_server::app::embedded(settings)
+        .await
+        .expect("an orchestrator");
+    let result = run(&orch, task("use too much memory")).await;
+    assert_eq!(result.status, RunStatus::Failed, "{result:?}");
+    let error = result.error.expect("an error");
+    assert_eq!(error.kind, delegate_mcp::types::ErrorKind::Oom, "{error:?}");
+    assert!(error.message.contains("600 MiB"), "{}", error.message);
+    assert_eq!(k.leftovers(), Vec::<String>::new());
+    k.cluster.shutdown().await;
+}

@@ -68,11 +68,14 @@ struct Inner {
     objects: BTreeMap<(String, String, String), Value>,
     history: VecDeque<Event>,
     next_ip: u32,
+    /// The second octet of this cluster's pod IPs (127.NET.x.y).
+    net: u8,
     requests: Vec<Recorded>,
 }
 
 struct Shared {
     id: String,
+    host: String,
     docker: Docker,
     files: tempfile::TempDir,
     inner: Mutex<Inner>,
@@ -829,7 +832,9 @@ async fn create(
                 let mut inner = shared.inner.lock().expect("fake cluster state");
                 inner.next_ip += 1;
                 let n = inner.next_ip;
-                format!("127.0.{}.{}", (n >> 8) & 0xff, n & 0xff)
+                // A /16 of loopback per cluster, so clusters of tests side by side (or a
+                // leftover of a crashed one) never share a pod IP.
+                format!("127.{}.{}.{}", inner.net, (n >> 8) & 0xff, n & 0xff)
             };
             object["status"] = json!({"phase": "Pending"});
             let stored = shared.put(resource, "ADDED", object.clone());
@@ -1068,6 +1073,7 @@ impl FakeCluster {
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             id: format!("{:08x}", rand_u128() as u32),
+            host: docker_host.to_string(),
             docker,
             files: tempfile::tempdir()?,
             inner: Mutex::new(Inner {
@@ -1075,6 +1081,7 @@ impl FakeCluster {
                 objects: BTreeMap::new(),
                 history: VecDeque::new(),
                 next_ip: 1,
+                net: (rand_u128() % 250) as u8 + 2,
                 requests: Vec::new(),
             }),
             events,
@@ -1144,12 +1151,41 @@ impl FakeCluster {
             .collect()
     }
 
-    /// Stops serving and removes every container and volume the fake made.
+    /// Stops serving and removes every container and volume the fake made (dropping it does
+    /// the same, also when a test panics).
     pub async fn shutdown(&self) {
         self.shared.stop.cancel();
-        let label = format!("{LABEL_CLUSTER}={}", self.shared.id);
+        remove_all(&self.shared.docker, &self.shared.id).await;
+    }
+}
+
+impl Drop for FakeCluster {
+    fn drop(&mut self) {
+        self.shared.stop.cancel();
+        let (host, id) = (self.shared.host.clone(), self.shared.id.clone());
+        // Drop cannot await; a thread with a runtime (and an engine client) of its own can,
+        // inside a runtime or not.
+        let cleaned = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(async {
+                    if let Ok(docker) = Docker::connect_with_host(&host) {
+                        remove_all(&docker, &id).await;
+                    }
+                });
+            }
+        });
+        let _ = cleaned.join();
+    }
+}
+
+/// Removes every container and volume of cluster `id`.
+async fn remove_all(docker: &Docker, id: &str) {
+    {
+        let label = format!("{LABEL_CLUSTER}={id}");
         let filters = std::collections::HashMap::from([("label", vec![label.as_str()])]);
-        let docker = &self.shared.docker;
         if let Ok(containers) = docker
             .list_containers(Some(
                 ListContainersOptionsBuilder::new()
