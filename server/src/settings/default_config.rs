@@ -59,7 +59,7 @@ k8s_service = "delegate"              # the server's Service       DELEGATE_K8S_
 # The proxy as pods see it (default http://SERVICE.NAMESPACE.svc:PORT/v1). DELEGATE_K8S_PROXY_URL
 # k8s_proxy_url = "http://delegate.delegate.svc:8080/v1"
 # The model proxy at /v1 on the listener too, for sandboxes run outside delegate (`delegate token
-# proxy`, compose.headless.yml). Off: only a named docker network serves it there.
+# proxy`, compose.headless.yml). Off: only a named docker network and kubernetes serve it there.
 proxy_public = false                                               # DELEGATE_PROXY_PUBLIC
 max_concurrent_runs = 16                                           # DELEGATE_MAX_CONCURRENT_RUNS
 # More runs wait in `queued` (FIFO per workspace), up to this many; then they are refused.
