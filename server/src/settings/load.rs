@@ -998,6 +998,43 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_settings_have_defaults_and_refuse_what_is_no_quantity() {
+        let s = Settings::load(None, &[("DELEGATE_BACKEND", "kubernetes")]).unwrap();
+        assert_eq!(s.backend, BackendChoice::Kubernetes);
+        assert_eq!(s.kube.namespace, None);
+        assert_eq!(s.kube.volume_size, "10Gi");
+        assert_eq!(s.kube.cpu_request, "250m");
+        assert_eq!(s.kube.service, "delegate");
+        assert_eq!(s.kube.proxy_url, None);
+        let s = Settings::load(
+            None,
+            &[
+                ("DELEGATE_K8S_NAMESPACE", "sandboxes"),
+                ("DELEGATE_K8S_RUNTIME_CLASS", "gvisor"),
+                ("DELEGATE_K8S_STORAGE_CLASS", ""),
+                ("DELEGATE_K8S_VOLUME_SIZE", "20Gi"),
+                (
+                    "DELEGATE_K8S_PROXY_URL",
+                    "http://delegate.sandboxes.svc:8080/v1",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.kube.namespace.as_deref(), Some("sandboxes"));
+        assert_eq!(s.kube.runtime_class.as_deref(), Some("gvisor"));
+        // Empty is unset: the cluster's default storage class.
+        assert_eq!(s.kube.storage_class, None);
+        assert_eq!(s.kube.volume_size, "20Gi");
+        for (name, bad) in [
+            ("DELEGATE_K8S_VOLUME_SIZE", "10 Gi"),
+            ("DELEGATE_K8S_CPU_REQUEST", "1/2"),
+        ] {
+            let err = Settings::load(None, &[(name, bad)]).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+
+    #[test]
     fn docker_networks_are_none_host_or_a_named_one_with_the_proxy_url() {
         let s = Settings::load(None, &[("DELEGATE_DATA_DIR", "/tmp/x")]).unwrap();
         assert_eq!(s.docker.network, DockerNetwork::None);
