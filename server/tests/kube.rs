@@ -609,3 +609,43 @@ async fn an_allocation_over_the_memory_limit_ends_the_run_oom_from_the_container
     assert_eq!(k.leftovers(), Vec::<String>::new());
     k.cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_deletes_its_pod_and_ends_cancelled() {
+    let Some(k) = KubeHarness::new(Script::Hang).await else {
+        return;
+    };
+    let orch = k.orchestrator().await;
+    let (run_id, _) = orch.start_run(task("hang")).await.expect("start the run");
+    // The model was asked: opencode runs in its pod.
+    k.h.fake.wait_for_requests(1).await;
+    orch.cancel_run(&run_id).await.expect("cancel");
+    let result = tokio::time::timeout(Duration::from_secs(60), orch.wait(&run_id))
+        .await
+        .expect("the run ends within a minute of its cancel")
+        .expect("wait for the run");
+    assert_eq!(result.status, RunStatus::Cancelled, "{result:?}");
+    assert_eq!(k.leftovers(), Vec::<String>::new());
+    // The pod went with a delete without grace: its processes are gone, not asked to finish.
+    let deletes: Vec<Recorded> = k
+        .cluster
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "DELETE"
+                && r.path.ends_with(&format!(
+                    "/pods/delegate-{}",
+                    result.sandbox_id.replace('_', "-")
+                ))
+        })
+        .collect();
+    assert!(!deletes.is_empty());
+    assert!(
+        deletes.iter().all(|r| r
+            .body
+            .as_ref()
+            .is_some_and(|b| b["gracePeriodSeconds"] == 0)),
+        "{deletes:?}"
+    );
+    k.cluster.shutdown().await;
+}

@@ -344,16 +344,17 @@ impl SandboxBackend for KubeBackend {
             } else {
                 backend.wait_ended(&name, EXIT_TIMEOUT).await
             };
-            if let Err(e) = pods
+            if killed {
+                // Gone means its processes are gone too: wait for that.
+                if let Err(e) = backend.delete_pod(&name).await {
+                    tracing::warn!(pod = %name, error = %e, "cannot delete a cancelled run's pod");
+                }
+            } else if let Err(e) = pods
                 .delete(&name, &DeleteParams::default().grace_period(0))
                 .await
                 && !not_found(&e)
             {
                 tracing::warn!(pod = %name, error = %e, "cannot delete a finished run's pod");
-            }
-            if killed {
-                // Gone means its processes are gone too.
-                let _ = backend.delete_pod(&name).await;
             }
             if let Err(e) = secrets.delete(&task_name, &DeleteParams::default()).await
                 && !not_found(&e)
