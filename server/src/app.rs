@@ -32,9 +32,6 @@ pub enum StartError {
     /// The orchestrator failed to start (e.g. reconciling what it found in the store).
     #[error(transparent)]
     Orchestrator(#[from] Error),
-    /// The chosen backend is named in the settings but not built yet (`kubernetes`).
-    #[error("the {0} backend is not available in this build yet; use DELEGATE_BACKEND=process")]
-    BackendUnavailable(&'static str),
 }
 
 /// Opens the store named by the settings, creating the data dir first (mode 0700: it holds the
