@@ -1219,3 +1219,44 @@ async fn remove_all(docker: &Docker, id: &str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_match_as_the_api_server_does() {
+        let labels = json!({"delegate.sandbox": "sbx_1", "delegate.owner": "srv_a"});
+        assert!(selects("delegate.sandbox", &labels));
+        assert!(selects("delegate.sandbox,delegate.owner=srv_a", &labels));
+        assert!(selects("delegate.owner==srv_a", &labels));
+        assert!(!selects("delegate.owner=srv_b", &labels));
+        assert!(selects("delegate.owner!=srv_b", &labels));
+        assert!(!selects("delegate.kind", &labels));
+        let pod = json!({"metadata": {"name": "p1", "labels": labels}});
+        let query = BTreeMap::from([("fieldSelector".to_string(), "metadata.name=p1".to_string())]);
+        assert!(matches(&query, &pod));
+        let query = BTreeMap::from([("fieldSelector".to_string(), "metadata.name=p2".to_string())]);
+        assert!(!matches(&query, &pod));
+    }
+
+    #[test]
+    fn queries_are_percent_decoded_and_quantities_read() {
+        let pairs = url_pairs("labelSelector=a%3Db%2Cc&watch=true&x=%zz&y=50%");
+        assert_eq!(
+            pairs,
+            [
+                ("labelSelector".to_string(), "a=b,c".to_string()),
+                ("watch".to_string(), "true".to_string()),
+                ("x".to_string(), "%zz".to_string()),
+                ("y".to_string(), "50%".to_string()),
+            ]
+        );
+        assert_eq!(bytes_of("512Mi"), Some(512 << 20));
+        assert_eq!(bytes_of("1Gi"), Some(1 << 30));
+        assert_eq!(bytes_of("lots"), None);
+        assert_eq!(nano_cpus("250m"), Some(250_000_000));
+        assert_eq!(nano_cpus("2"), Some(2_000_000_000));
+        assert!(now().ends_with('Z') && now().len() == 20, "{}", now());
+    }
+}
