@@ -7,6 +7,7 @@ use crate::orchestrator::{Error, Orchestrator};
 use crate::proxy::{ActiveRuns, Proxy};
 use crate::sandbox::SandboxBackend;
 use crate::sandbox::docker::DockerBackend;
+use crate::sandbox::kube::KubeBackend;
 use crate::sandbox::process::ProcessBackend;
 use crate::settings::{BackendChoice, Settings};
 use crate::store::{self, Store, StoreError};
@@ -31,9 +32,6 @@ pub enum StartError {
     /// The orchestrator failed to start (e.g. reconciling what it found in the store).
     #[error(transparent)]
     Orchestrator(#[from] Error),
-    /// The chosen backend is named in the settings but not built yet (`kubernetes`).
-    #[error("the {0} backend is not available in this build yet; use DELEGATE_BACKEND=process")]
-    BackendUnavailable(&'static str),
 }
 
 /// Opens the store named by the settings, creating the data dir first (mode 0700: it holds the
@@ -64,6 +62,13 @@ async fn docker_backend(settings: &Settings, proxy: &Proxy) -> Result<DockerBack
     Ok(DockerBackend::new(settings, proxy.router(), owner).await?)
 }
 
+async fn kube_backend(settings: &Settings, proxy: &Proxy) -> Result<KubeBackend, StartError> {
+    let owner = crate::bootstrap::instance_id(&settings.data_dir)
+        .await
+        .map_err(|e| crate::sandbox::SandboxError::Io(e.to_string()))?;
+    Ok(KubeBackend::new(settings, proxy.router(), owner).await?)
+}
+
 /// An orchestrator embedded in this process: its own store, proxy and backend.
 pub async fn embedded(settings: Settings) -> Result<Orchestrator, StartError> {
     crate::net::install_crypto();
@@ -84,7 +89,7 @@ pub async fn embedded(settings: Settings) -> Result<Orchestrator, StartError> {
                 Arc::new(ProcessBackend::new(&settings, proxy.router())?)
             }
         },
-        BackendChoice::Kubernetes => return Err(StartError::BackendUnavailable("kubernetes")),
+        BackendChoice::Kubernetes => Arc::new(kube_backend(&settings, &proxy).await?),
     };
     Ok(Orchestrator::new(Arc::new(settings), store, backend, proxy, active_runs).await?)
 }

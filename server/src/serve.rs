@@ -1,7 +1,8 @@
 //! `delegate serve`'s HTTP surface: the REST API under `/api` and `/healthz`, `/readyz`, `/metrics`
 //! (see [`crate::api`]), MCP over streamable HTTP at `/mcp` (bearer API tokens), the Anthropic
 //! proxy at `/v1` only where sandboxes reach the server over the network (docker on a named
-//! network; every other backend serves it on a socket or loopback port of its own), the web UI
+//! network, kubernetes through the server's Service; every other backend serves it on a socket or
+//! loopback port of its own), the web UI
 //! ([`crate::web`]), the opencode gateway on `oc-{id}.BASE_DOMAIN` hosts ([`crate::gateway`]) and
 //! the tunnel of local agents at `/api/tunnel/{sandbox_id}` (see [`crate::tunnel`]).
 //! The caller binds the listener and decides when to stop.

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod anthropic;
+pub mod kube;
 pub mod postgres;
 pub mod real;
 pub mod registry;

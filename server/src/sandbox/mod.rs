@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod docker;
+pub mod kube;
 pub mod lines;
 pub mod local;
 pub mod process;
@@ -224,7 +225,7 @@ fn serve_failed(e: ServeError) -> SandboxError {
 }
 
 /// What the orchestrator needs from a place that runs opencode; one implementation per backend
-/// (`process`, `docker`, and `local` for a developer's machine joined through the tunnel). The
+/// (`process`, `docker`, `kubernetes`, and `local` for a developer's machine joined through the tunnel). The
 /// orchestrator picks a sandbox's implementation once, by `Sandbox.backend`, and asks it what it
 /// can do ([`pauses`](Self::pauses), [`any_replica`](Self::any_replica), ...) rather than
 /// testing names.

@@ -51,8 +51,18 @@ docker_network = "none"                                            # DELEGATE_DO
 # The host side of docker sandboxes; servers sharing it (and the engine) serve one another's
 # sandboxes. Default: DATA_DIR/docker.                              DELEGATE_DOCKER_DIR
 # docker_dir = "/srv/delegate/docker"
+# Kubernetes backend (DELEGATE_BACKEND=kubernetes); image and limits as for docker above.
+# k8s_namespace = "delegate"          # default: the client config's   DELEGATE_K8S_NAMESPACE
+# k8s_kubeconfig = "/etc/delegate/kubeconfig"  # default: KUBECONFIG or in-cluster  DELEGATE_K8S_KUBECONFIG
+# k8s_runtime_class = "gvisor"                                     # DELEGATE_K8S_RUNTIME_CLASS
+# k8s_storage_class = "standard"      # default: the cluster's     DELEGATE_K8S_STORAGE_CLASS
+k8s_volume_size = "10Gi"                                           # DELEGATE_K8S_VOLUME_SIZE
+k8s_cpu_request = "250m"                                           # DELEGATE_K8S_CPU_REQUEST
+k8s_service = "delegate"              # the server's Service       DELEGATE_K8S_SERVICE
+# The proxy as pods see it (default http://SERVICE.NAMESPACE.svc:PORT/v1). DELEGATE_K8S_PROXY_URL
+# k8s_proxy_url = "http://delegate.delegate.svc:8080/v1"
 # The model proxy at /v1 on the listener too, for sandboxes run outside delegate (`delegate token
-# proxy`, compose.headless.yml). Off: only a named docker network serves it there.
+# proxy`, compose.headless.yml). Off: only a named docker network and kubernetes serve it there.
 proxy_public = false                                               # DELEGATE_PROXY_PUBLIC
 max_concurrent_runs = 16                                           # DELEGATE_MAX_CONCURRENT_RUNS
 # More runs wait in `queued` (FIFO per workspace), up to this many; then they are refused.

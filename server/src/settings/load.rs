@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::{
     BackendChoice, DEFAULT_SANDBOX_IMAGE, DockerNetwork, DockerSettings, EgressSettings, GitHost,
-    GithubSettings, IpRange, Isolation, LimitSettings, OidcSettings, Registration, SandboxLimits,
-    Secret, SecretKey, Settings, SsoSettings, Upstream, UpstreamCredential,
+    GithubSettings, IpRange, Isolation, KubeSettings, LimitSettings, OidcSettings, Registration,
+    SandboxLimits, Secret, SecretKey, Settings, SsoSettings, Upstream, UpstreamCredential,
 };
 
 /// The optional settings file; every field optional, same names as the env vars in lower case.
@@ -40,6 +40,14 @@ struct FileSettings {
     docker_network: Option<String>,
     docker_proxy_url: Option<String>,
     docker_dir: Option<PathBuf>,
+    k8s_namespace: Option<String>,
+    k8s_kubeconfig: Option<PathBuf>,
+    k8s_runtime_class: Option<String>,
+    k8s_storage_class: Option<String>,
+    k8s_volume_size: Option<String>,
+    k8s_cpu_request: Option<String>,
+    k8s_service: Option<String>,
+    k8s_proxy_url: Option<String>,
     max_concurrent_runs: Option<usize>,
     max_queued_runs: Option<usize>,
     max_run_cost_usd: Option<f64>,
@@ -258,6 +266,44 @@ impl Settings {
             });
         }
 
+        let non_empty = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+        let kube = KubeSettings {
+            namespace: non_empty(env.var("DELEGATE_K8S_NAMESPACE").or(f.k8s_namespace)),
+            kubeconfig: env
+                .var("DELEGATE_K8S_KUBECONFIG")
+                .map(PathBuf::from)
+                .or(f.k8s_kubeconfig),
+            runtime_class: non_empty(
+                env.var("DELEGATE_K8S_RUNTIME_CLASS")
+                    .or(f.k8s_runtime_class),
+            ),
+            storage_class: non_empty(
+                env.var("DELEGATE_K8S_STORAGE_CLASS")
+                    .or(f.k8s_storage_class),
+            ),
+            volume_size: non_empty(env.var("DELEGATE_K8S_VOLUME_SIZE").or(f.k8s_volume_size))
+                .unwrap_or_else(|| "10Gi".into()),
+            cpu_request: non_empty(env.var("DELEGATE_K8S_CPU_REQUEST").or(f.k8s_cpu_request))
+                .unwrap_or_else(|| "250m".into()),
+            service: non_empty(env.var("DELEGATE_K8S_SERVICE").or(f.k8s_service))
+                .unwrap_or_else(|| "delegate".into()),
+            proxy_url: non_empty(env.var("DELEGATE_K8S_PROXY_URL").or(f.k8s_proxy_url)),
+        };
+        for (name, quantity) in [
+            ("DELEGATE_K8S_VOLUME_SIZE", &kube.volume_size),
+            ("DELEGATE_K8S_CPU_REQUEST", &kube.cpu_request),
+        ] {
+            if !quantity
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.')
+            {
+                return Err(SettingsError::Invalid {
+                    name,
+                    message: "must be a Kubernetes quantity, e.g. 10Gi or 250m".into(),
+                });
+            }
+        }
+
         let registration = match env.var("DELEGATE_REGISTRATION") {
             Some(v) => parse_enum("DELEGATE_REGISTRATION", &v)?,
             None => f.registration.unwrap_or(Registration::Invite),
@@ -419,6 +465,7 @@ impl Settings {
                 None => f.sandbox_limits.unwrap_or(SandboxLimits::Required),
             },
             docker,
+            kube,
             max_concurrent_runs: number(
                 "DELEGATE_MAX_CONCURRENT_RUNS",
                 f.max_concurrent_runs.map(|n| n as u64),
@@ -953,6 +1000,43 @@ mod tests {
         assert!(err.to_string().contains("DELEGATE_BACKEND"), "{err}");
         let err = Settings::load(None, &[("IDLE_TIMEOUT", "soon")]).unwrap_err();
         assert!(err.to_string().contains("IDLE_TIMEOUT"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_settings_have_defaults_and_refuse_what_is_no_quantity() {
+        let s = Settings::load(None, &[("DELEGATE_BACKEND", "kubernetes")]).unwrap();
+        assert_eq!(s.backend, BackendChoice::Kubernetes);
+        assert_eq!(s.kube.namespace, None);
+        assert_eq!(s.kube.volume_size, "10Gi");
+        assert_eq!(s.kube.cpu_request, "250m");
+        assert_eq!(s.kube.service, "delegate");
+        assert_eq!(s.kube.proxy_url, None);
+        let s = Settings::load(
+            None,
+            &[
+                ("DELEGATE_K8S_NAMESPACE", "sandboxes"),
+                ("DELEGATE_K8S_RUNTIME_CLASS", "gvisor"),
+                ("DELEGATE_K8S_STORAGE_CLASS", ""),
+                ("DELEGATE_K8S_VOLUME_SIZE", "20Gi"),
+                (
+                    "DELEGATE_K8S_PROXY_URL",
+                    "http://delegate.sandboxes.svc:8080/v1",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.kube.namespace.as_deref(), Some("sandboxes"));
+        assert_eq!(s.kube.runtime_class.as_deref(), Some("gvisor"));
+        // Empty is unset: the cluster's default storage class.
+        assert_eq!(s.kube.storage_class, None);
+        assert_eq!(s.kube.volume_size, "20Gi");
+        for (name, bad) in [
+            ("DELEGATE_K8S_VOLUME_SIZE", "10 Gi"),
+            ("DELEGATE_K8S_CPU_REQUEST", "1/2"),
+        ] {
+            let err = Settings::load(None, &[(name, bad)]).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
     }
 
     #[test]

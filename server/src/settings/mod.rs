@@ -98,7 +98,7 @@ pub enum BackendChoice {
     Process,
     /// Docker containers, one per sandbox.
     Docker,
-    /// Kubernetes pods; not available yet (start-up refuses it).
+    /// Kubernetes pods, one per sandbox run or warm sandbox (see [`KubeSettings`]).
     Kubernetes,
 }
 
@@ -200,6 +200,37 @@ pub struct DockerSettings {
     pub cpus: f64,
 }
 
+/// The kubernetes backend's settings (`DELEGATE_K8S_*`). The image, memory, pids and CPU limits
+/// are the docker backend's (`DELEGATE_SANDBOX_*`).
+#[derive(Debug, Clone)]
+pub struct KubeSettings {
+    /// `DELEGATE_K8S_NAMESPACE`: where sandboxes live (one per installation); the client
+    /// config's namespace when unset (in a cluster: the server's own).
+    pub namespace: Option<String>,
+    /// `DELEGATE_K8S_KUBECONFIG`: the kubeconfig file to use; unset: `KUBECONFIG`, then
+    /// `~/.kube/config`, then the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// `DELEGATE_K8S_RUNTIME_CLASS`: the sandbox pods' `runtimeClassName` (e.g. `gvisor`).
+    pub runtime_class: Option<String>,
+    /// `DELEGATE_K8S_STORAGE_CLASS`: the storage class of sandboxes' volume claims; the
+    /// cluster's default when unset.
+    pub storage_class: Option<String>,
+    /// `DELEGATE_K8S_VOLUME_SIZE` (default `10Gi`): the size of a sandbox's work volume claim
+    /// (its home claim is a tenth of it, at least 1Gi).
+    pub volume_size: String,
+    /// `DELEGATE_K8S_CPU_REQUEST` (default `250m`): the CPU a sandbox pod requests; its limit is
+    /// `DELEGATE_SANDBOX_CPUS` and its memory request equals its limit.
+    pub cpu_request: String,
+    /// `DELEGATE_K8S_SERVICE` (default `delegate`): the server's Service, through which pods
+    /// reach the model proxy.
+    pub service: String,
+    /// `DELEGATE_K8S_PROXY_URL`: the proxy as pods see it; unset:
+    /// `http://SERVICE.NAMESPACE.svc:PORT/v1` with the listen port. `loopback` serves the proxy
+    /// on a loopback port of this host instead, for pods on the host's network (a one-node test
+    /// cluster).
+    pub proxy_url: Option<String>,
+}
+
 /// The sandbox image `sandbox-image/build` makes (opencode's version is the tag).
 pub const DEFAULT_SANDBOX_IMAGE: &str = "delegate-sandbox:1.18.33";
 
@@ -279,6 +310,8 @@ pub struct Settings {
     pub sandbox_limits: SandboxLimits,
     /// The docker backend's settings.
     pub docker: DockerSettings,
+    /// The kubernetes backend's settings.
+    pub kube: KubeSettings,
     /// `DELEGATE_MAX_CONCURRENT_RUNS` (default `16`): more runs at once wait in `queued`.
     pub max_concurrent_runs: usize,
     /// `DELEGATE_MAX_QUEUED_RUNS` (default `256`): the most runs waiting for a slot on this

@@ -1,0 +1,459 @@
+//! [`SandboxBackend`] for kubernetes, and picking sandboxes up again after a restart (their
+//! objects carry labels; the sandbox's Secret holds what the pods need).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::core::{ObjectList, PartialObjectMeta};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::manifest::{ANNOTATION_IMAGE, LABEL_KIND, LABEL_SANDBOX, PodRole, SERVE_PORT};
+use super::pods::PodState;
+use super::{KubeBackend, Live, api_error, not_found, object_name};
+use crate::sandbox::workdir::SandboxDirs;
+use crate::sandbox::{
+    AgentOutput, Changes, ExitInfo, RunSpec, SandboxBackend, SandboxError, SandboxSpec,
+    ServeEndpoint,
+};
+use crate::settings::Secret;
+use crate::store::SandboxKind;
+
+/// Home of the sandbox user in the image.
+const IN_HOME: &str = "/home/sandbox";
+/// How long `opencode serve` may take to say it listens once its pod runs.
+const SERVE_START_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a run's pod may take to be read to its end after its log stream closed.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl KubeBackend {
+    /// Rebuilds what this process keeps for a sandbox from its Secret (after a restart).
+    async fn recover(&self, id: &str) -> Result<Arc<Live>, SandboxError> {
+        let secret = match self.secrets.get_opt(&object_name(id, "")).await {
+            Ok(Some(secret)) => secret,
+            Ok(None) => {
+                return Err(SandboxError::Unknown(format!("{id} (its secret is gone)")));
+            }
+            Err(e) => return Err(api_error(e)),
+        };
+        let labels = secret.metadata.labels.clone().unwrap_or_default();
+        if labels.get(LABEL_SANDBOX).map(String::as_str) != Some(id) {
+            return Err(SandboxError::Unknown(format!("{id} (secret not labelled)")));
+        }
+        let kind = match labels.get(LABEL_KIND).map(String::as_str) {
+            Some("warm") => SandboxKind::Warm,
+            _ => SandboxKind::Ephemeral,
+        };
+        let password = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("OPENCODE_SERVER_PASSWORD"))
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .map(Secret::new);
+        let image = secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_IMAGE))
+            .cloned()
+            .ok_or_else(|| SandboxError::Io(format!("{id}: its secret names no image")))?;
+        let live = Arc::new(Live {
+            dirs: SandboxDirs::new(self.root.join(id)),
+            kind,
+            password,
+            image,
+        });
+        self.remember(id, live.clone())?;
+        Ok(live)
+    }
+
+    /// The sandbox's environment, as its Secret holds it.
+    async fn environment(
+        &self,
+        spec: &SandboxSpec,
+    ) -> Result<BTreeMap<String, String>, SandboxError> {
+        let mut env: BTreeMap<String, String> = crate::opencode::environment(
+            IN_HOME,
+            &self.proxy_url().await?,
+            spec.proxy_token.expose(),
+            &self.model,
+            &self.small_model,
+        )
+        .into_iter()
+        .collect();
+        if let Some(pw) = &spec.serve_password {
+            env.insert("OPENCODE_SERVER_PASSWORD".into(), pw.expose().to_string());
+        }
+        for (k, v) in &spec.env {
+            env.insert(k.clone(), v.expose().to_string());
+        }
+        Ok(env)
+    }
+
+    /// Starts the serve pod and waits until opencode listens on its pod IP.
+    async fn start_serve(&self, id: &str, live: &Live) -> Result<ServeEndpoint, SandboxError> {
+        let pod = self.manifests.sandbox_pod(id, &live.image, &PodRole::Serve);
+        let name = object_name(id, "");
+        self.ops.make_pod(&pod).await?;
+        let started = async {
+            let ip = match self.ops.wait_started(&name).await? {
+                PodState::Running(Some(ip)) => ip,
+                PodState::Running(None) => {
+                    // An IP comes with or soon after running.
+                    let ip = self
+                        .ops
+                        .watch_pod(&name, SERVE_START_TIMEOUT, |state| match state {
+                            PodState::Running(Some(ip)) => Some(Ok(ip.clone())),
+                            PodState::Running(None) | PodState::Pending => None,
+                            _ => Some(Err(())),
+                        })
+                        .await?;
+                    ip.map_err(|()| SandboxError::Start("opencode serve ended".into()))?
+                }
+                other => {
+                    return Err(SandboxError::Start(format!(
+                        "opencode serve did not run ({other:?})"
+                    )));
+                }
+            };
+            let mut lines = self.ops.follow_log(&name).await?;
+            let mut tail = Vec::new();
+            let listening = tokio::time::timeout(SERVE_START_TIMEOUT, async {
+                while let Some(line) = lines.recv().await {
+                    tracing::debug!(sandbox = %id, "opencode serve: {line}");
+                    if line.contains("listening on ") {
+                        return true;
+                    }
+                    if tail.len() < 5 {
+                        tail.push(line);
+                    }
+                }
+                false
+            })
+            .await;
+            if listening != Ok(true) {
+                let why = match listening {
+                    Err(_) => format!("did not listen within {}s", SERVE_START_TIMEOUT.as_secs()),
+                    _ => "exited before listening".to_string(),
+                };
+                return Err(SandboxError::Start(format!(
+                    "opencode serve {why}: {}",
+                    tail.join(" | ")
+                )));
+            }
+            let log_id = id.to_string();
+            tokio::spawn(async move {
+                while let Some(line) = lines.recv().await {
+                    tracing::debug!(sandbox = %log_id, "opencode serve: {line}");
+                }
+            });
+            self.endpoint(live, &ip)
+        }
+        .await;
+        if started.is_err() {
+            let _ = self.ops.delete_pod(&name).await;
+        }
+        started
+    }
+
+    fn endpoint(&self, live: &Live, ip: &str) -> Result<ServeEndpoint, SandboxError> {
+        let host = if ip.contains(':') {
+            format!("[{ip}]")
+        } else {
+            ip.to_string()
+        };
+        Ok(ServeEndpoint {
+            url: format!("http://{host}:{SERVE_PORT}"),
+            password: live.password.clone().ok_or_else(|| {
+                SandboxError::Start("a warm sandbox without a serve password".into())
+            })?,
+            directory: "/workspace".into(),
+        })
+    }
+
+    /// Ids of the sandboxes this server has pods, claims or secrets of.
+    async fn labelled(&self) -> Result<Vec<String>, SandboxError> {
+        let params = ListParams::default().labels(&self.manifests.owned_selector());
+        fn ids<K: Clone>(list: ObjectList<PartialObjectMeta<K>>) -> impl Iterator<Item = String> {
+            list.items
+                .into_iter()
+                .filter_map(|o| o.metadata.labels.and_then(|mut l| l.remove(LABEL_SANDBOX)))
+        }
+        let pods = self
+            .ops
+            .pods
+            .list_metadata(&params)
+            .await
+            .map_err(api_error)?;
+        let claims = self
+            .claims
+            .list_metadata(&params)
+            .await
+            .map_err(api_error)?;
+        let secrets = self
+            .secrets
+            .list_metadata(&params)
+            .await
+            .map_err(api_error)?;
+        let mut all: Vec<String> = ids(pods).chain(ids(claims)).chain(ids(secrets)).collect();
+        all.sort();
+        all.dedup();
+        Ok(all)
+    }
+}
+
+#[async_trait]
+impl SandboxBackend for KubeBackend {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn outlives_process(&self) -> bool {
+        true
+    }
+
+    fn takes_images(&self) -> bool {
+        true
+    }
+
+    fn proxy_on_listener(&self) -> bool {
+        KubeBackend::serves_proxy_on_listener(&self.settings)
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<Option<ServeEndpoint>, SandboxError> {
+        if spec.egress.is_some() {
+            return Err(SandboxError::BadInput(
+                "network: egress policies are not available on the kubernetes backend yet (its \
+                 pods reach only the model proxy)"
+                    .into(),
+            ));
+        }
+        let image = spec
+            .image
+            .clone()
+            .unwrap_or_else(|| self.default_image.clone());
+        let dirs = SandboxDirs::new(self.root.join(&spec.id));
+        if let Err(e) = dirs.create(&spec.files, spec.repo.as_deref()).await {
+            let _ = tokio::fs::remove_dir_all(&dirs.root).await;
+            return Err(e);
+        }
+        let live = Arc::new(Live {
+            dirs,
+            kind: spec.kind,
+            password: spec.serve_password.clone(),
+            image,
+        });
+        self.remember(&spec.id, live.clone())?;
+        let kind = if spec.kind == SandboxKind::Warm {
+            "warm"
+        } else {
+            "ephemeral"
+        };
+        let made = async {
+            let env = self.environment(spec).await?;
+            let secret = self.manifests.env_secret(&spec.id, kind, &live.image, &env);
+            self.secrets
+                .create(&PostParams::default(), &secret)
+                .await
+                .map_err(api_error)?;
+            let mut claims = vec!["work"];
+            if spec.kind == SandboxKind::Warm {
+                claims.push("home");
+            }
+            for what in claims {
+                self.claims
+                    .create(
+                        &PostParams::default(),
+                        &self.manifests.claim(&spec.id, what),
+                    )
+                    .await
+                    .map_err(api_error)?;
+            }
+            self.seed(&spec.id, &live).await?;
+            if spec.kind != SandboxKind::Warm {
+                // The pod is made per run, with the run's arguments.
+                return Ok(None);
+            }
+            self.start_serve(&spec.id, &live).await.map(Some)
+        }
+        .await;
+        if made.is_err() {
+            let _ = self.destroy(&spec.id).await;
+        }
+        made
+    }
+
+    async fn run_headless(
+        &self,
+        sandbox_id: &str,
+        run: &RunSpec,
+        stop: CancellationToken,
+    ) -> Result<mpsc::Receiver<AgentOutput>, SandboxError> {
+        let live = self.live(sandbox_id)?;
+        let args = run.opencode_options();
+        let task_name = object_name(sandbox_id, "task");
+        match self
+            .secrets
+            .delete(&task_name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(api_error(e)),
+        }
+        self.secrets
+            .create(
+                &PostParams::default(),
+                &self.manifests.task_secret(sandbox_id, &run.task),
+            )
+            .await
+            .map_err(api_error)?;
+        let pod = self
+            .manifests
+            .sandbox_pod(sandbox_id, &live.image, &PodRole::Headless(&args));
+        let name = object_name(sandbox_id, "");
+        self.ops.make_pod(&pod).await?;
+        if let Err(e) = self.ops.wait_started(&name).await {
+            let _ = self.ops.delete_pod(&name).await;
+            return Err(e);
+        }
+        let mut lines = self.ops.follow_log(&name).await?;
+        let (tx, rx) = mpsc::channel(256);
+        let pods = self.ops.pods.clone();
+        let secrets = self.secrets.clone();
+        let backend = self.ops.clone();
+        tokio::spawn(async move {
+            let mut killed = false;
+            let read = async {
+                while let Some(line) = lines.recv().await {
+                    // The log API merges stdout and stderr: opencode's events are its JSON
+                    // lines, anything else is a diagnostic.
+                    let item = if line.starts_with('{') {
+                        AgentOutput::Stdout(line)
+                    } else {
+                        AgentOutput::Stderr(line)
+                    };
+                    if tx.send(item).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            tokio::select! {
+                () = read => {}
+                () = stop.cancelled() => {
+                    killed = true;
+                }
+            }
+            let exit = if killed {
+                ExitInfo::default()
+            } else {
+                backend.wait_ended(&name, EXIT_TIMEOUT).await
+            };
+            if killed {
+                // Gone means its processes are gone too: wait for that.
+                if let Err(e) = backend.delete_pod(&name).await {
+                    tracing::warn!(pod = %name, error = %e, "cannot delete a cancelled run's pod");
+                }
+            } else if let Err(e) = pods
+                .delete(&name, &DeleteParams::default().grace_period(0))
+                .await
+                && !not_found(&e)
+            {
+                tracing::warn!(pod = %name, error = %e, "cannot delete a finished run's pod");
+            }
+            if let Err(e) = secrets.delete(&task_name, &DeleteParams::default()).await
+                && !not_found(&e)
+            {
+                tracing::warn!(secret = %task_name, error = %e, "cannot delete a run's task");
+            }
+            let _ = tx
+                .send(AgentOutput::Exited(ExitInfo { killed, ..exit }))
+                .await;
+        });
+        Ok(rx)
+    }
+
+    async fn collect_changes(
+        &self,
+        sandbox_id: &str,
+        max_diff: usize,
+        label: &str,
+    ) -> Result<Changes, SandboxError> {
+        let live = self.live(sandbox_id)?;
+        let base = live.dirs.tip().await?;
+        self.export_change(sandbox_id, &live, &base, label).await?;
+        live.dirs.import_changes(max_diff).await
+    }
+
+    async fn pause(&self, sandbox_id: &str) -> Result<(), SandboxError> {
+        self.ops.delete_pod(&object_name(sandbox_id, "")).await
+    }
+
+    async fn resume(&self, sandbox_id: &str) -> Result<ServeEndpoint, SandboxError> {
+        let live = match self.live(sandbox_id) {
+            Ok(live) => live,
+            // Paused before this process started: its Secret knows the rest.
+            Err(SandboxError::Unknown(_)) => self.recover(sandbox_id).await?,
+            Err(e) => return Err(e),
+        };
+        self.start_serve(sandbox_id, &live).await
+    }
+
+    async fn destroy(&self, sandbox_id: &str) -> Result<(), SandboxError> {
+        self.sandboxes
+            .lock()
+            .map_err(|_| SandboxError::Io("sandbox table poisoned".into()))?
+            .remove(sandbox_id);
+        let mine = ListParams::default().labels(&format!(
+            "{LABEL_SANDBOX}={sandbox_id},{}={}",
+            super::manifest::LABEL_OWNER,
+            self.manifests.owner()
+        ));
+        let now = DeleteParams::default().grace_period(0);
+        self.ops
+            .pods
+            .delete_collection(&now, &mine)
+            .await
+            .map_err(api_error)?;
+        self.secrets
+            .delete_collection(&DeleteParams::default(), &mine)
+            .await
+            .map_err(api_error)?;
+        self.claims
+            .delete_collection(&DeleteParams::default(), &mine)
+            .await
+            .map_err(api_error)?;
+        let root = self.root.join(sandbox_id);
+        match tokio::fs::remove_dir_all(&root).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(SandboxError::Io(format!("remove {}: {e}", root.display()))),
+        }
+    }
+
+    async fn adopt(&self, sandbox_id: &str) -> Result<ServeEndpoint, SandboxError> {
+        let live = self.recover(sandbox_id).await?;
+        if live.kind != SandboxKind::Warm {
+            return Err(SandboxError::Unknown(format!(
+                "{sandbox_id} (an ephemeral sandbox's run ended with the old server)"
+            )));
+        }
+        let pod = self
+            .ops
+            .pods
+            .get_opt(&object_name(sandbox_id, ""))
+            .await
+            .map_err(api_error)?;
+        match pod.as_ref().map(super::pods::pod_state) {
+            Some(PodState::Running(Some(ip))) => self.endpoint(&live, &ip),
+            _ => Err(SandboxError::Start("its pod is no longer running".into())),
+        }
+    }
+
+    async fn held(&self) -> Result<Vec<String>, SandboxError> {
+        self.labelled().await
+    }
+}

@@ -1,0 +1,651 @@
+//! The kubernetes backend against the fake API server of `delegate_testkit::kube`, whose pods
+//! are containers of delegate's real sandbox image on the test Docker Engine: a real opencode
+//! run (the model is the scripted fake) goes through pods, claims and secrets made over the
+//! Kubernetes wire format; the requests the backend sends are checked field by field; and every
+//! manifest it makes is validated against Kubernetes 1.37's schema with `kubernetes-validate`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::Harness;
+use delegate_mcp::types::{ChangeKind, RunResult, RunStatus, SandboxStatus};
+use delegate_server::orchestrator::{Orchestrator, RunRequest, SandboxRequest};
+use delegate_server::sandbox::kube::Manifests;
+use delegate_server::sandbox::kube::manifest::{Job, PodRole};
+use delegate_server::settings::{BackendChoice, Settings};
+use delegate_testkit::anthropic::{Script, TOOL_RESULT_PLACEHOLDER};
+use delegate_testkit::kube::{FakeCluster, Recorded};
+use delegate_testkit::real;
+use serde_json::Value;
+
+const NAMESPACE: &str = "delegate-test";
+
+struct KubeHarness {
+    h: Harness,
+    cluster: FakeCluster,
+    kubeconfig: PathBuf,
+}
+
+impl KubeHarness {
+    async fn new(script: Script) -> Option<KubeHarness> {
+        let h = Harness::new(script).await?;
+        let host = real::docker_host()?;
+        let docker = bollard::Docker::connect_with_host(&host)
+            .unwrap()
+            .negotiate_version()
+            .await
+            .expect("negotiate the API version");
+        let image = real::sandbox_image();
+        if docker.inspect_image(&image).await.is_err() {
+            return real::unavailable(
+                "the sandbox image",
+                &format!("{image} is not built (sandbox-image/build --offline --lean)"),
+            );
+        }
+        let cluster = FakeCluster::start(&host)
+            .await
+            .expect("start the fake API server");
+        let kubeconfig = cluster
+            .kubeconfig(h.dir.path(), NAMESPACE)
+            .expect("write a kubeconfig");
+        Some(KubeHarness {
+            h,
+            cluster,
+            kubeconfig,
+        })
+    }
+
+    fn settings(&self) -> Settings {
+        let mut s = self.h.settings();
+        s.backend = BackendChoice::Kubernetes;
+        s.docker.image = real::sandbox_image();
+        s.kube.kubeconfig = Some(self.kubeconfig.clone());
+        s.kube.namespace = Some(NAMESPACE.into());
+        // The fake's pods share the host's network: the proxy on loopback stands in for the
+        // server's Service.
+        s.kube.proxy_url = Some("loopback".into());
+        s.sandbox_memory_mb = 1024;
+        s
+    }
+
+    async fn orchestrator(&self) -> Orchestrator {
+        delegate_server::app::embedded(self.settings())
+            .await
+            .expect("an orchestrator with the kubernetes backend")
+    }
+
+    /// Names of every pod, secret and claim left in the namespace.
+    fn leftovers(&self) -> Vec<String> {
+        ["pods", "secrets", "persistentvolumeclaims"]
+            .into_iter()
+            .flat_map(|r| {
+                self.cluster
+                    .names(r, NAMESPACE)
+                    .into_iter()
+                    .map(move |n| format!("{r}/{n}"))
+            })
+            .collect()
+    }
+
+    /// The bodies of the objects of `resource` the backend created, in order.
+    fn created(&self, resource: &str) -> Vec<Value> {
+        let path = format!("/api/v1/namespaces/{NAMESPACE}/{resource}");
+        self.cluster
+            .requests()
+            .into_iter()
+            .filter(|r: &Recorded| r.method == "POST" && r.path == path)
+            .filter_map(|r| r.body)
+            .collect()
+    }
+}
+
+fn task(text: &str) -> RunRequest {
+    RunRequest {
+        task: text.into(),
+        timeout: Some(Duration::from_secs(180)),
+        created_by: Some("test".into()),
+        ..Default::default()
+    }
+}
+
+async fn run(orch: &Orchestrator, req: RunRequest) -> RunResult {
+    let (run_id, _) = orch.start_run(req).await.expect("start the run");
+    tokio::time::timeout(Duration::from_secs(240), orch.wait(&run_id))
+        .await
+        .expect("the run ends within 4 minutes")
+        .expect("wait for the run")
+}
+
+/// The hardening every pod must have, checked on the body the backend sent.
+fn assert_hardened(pod: &Value) {
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let spec = &pod["spec"];
+    assert_eq!(spec["automountServiceAccountToken"], false, "{name}");
+    assert_eq!(spec["enableServiceLinks"], false, "{name}");
+    assert_eq!(spec["restartPolicy"], "Never", "{name}");
+    assert_eq!(spec["hostNetwork"], false, "{name}");
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true, "{name}");
+    assert_eq!(spec["securityContext"]["runAsUser"], 1000, "{name}");
+    assert_eq!(
+        spec["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+        "{name}"
+    );
+    let containers = spec["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 1, "{name}");
+    let c = &containers[0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+    assert_eq!(sc["privileged"], false, "{name}");
+    assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+    assert_eq!(sc["runAsNonRoot"], true, "{name}");
+    assert_eq!(
+        sc["capabilities"]["drop"],
+        serde_json::json!(["ALL"]),
+        "{name}"
+    );
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+    assert_eq!(c["resources"]["limits"]["memory"], "1024Mi", "{name}");
+    assert_eq!(c["resources"]["requests"]["memory"], "1024Mi", "{name}");
+    assert_eq!(c["resources"]["limits"]["cpu"], "2000m", "{name}");
+    assert_eq!(c["resources"]["requests"]["cpu"], "250m", "{name}");
+    let labels = &pod["metadata"]["labels"];
+    assert!(
+        labels["delegate.sandbox"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("sbx_")
+    );
+    assert!(
+        labels["delegate.owner"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("srv_")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ephemeral_run_goes_through_hardened_pods_and_leaves_nothing_behind() {
+    let Some(k) = KubeHarness::new(Script::write_file(
+        "hello.txt",
+        "hi from kubernetes\n",
+        "Wrote it.",
+    ))
+    .await
+    else {
+        return;
+    };
+    let orch = k.orchestrator().await;
+    let result = run(
+        &orch,
+        RunRequest {
+            files: BTreeMap::from([("seed.md".to_string(), "# seeded\n".to_string())]),
+            ..task("write hello.txt")
+        },
+    )
+    .await;
+    assert_eq!(result.status, RunStatus::Succeeded, "{result:?}");
+    assert_eq!(result.final_message, "Wrote it.");
+    assert_eq!(result.changed_files.len(), 1, "{:?}", result.changed_files);
+    assert_eq!(result.changed_files[0].path, "hello.txt");
+    assert_eq!(result.changed_files[0].change, ChangeKind::Added);
+    assert!(
+        result.diff.contains("+hi from kubernetes"),
+        "{}",
+        result.diff
+    );
+    for request in k.h.fake.requests() {
+        assert_eq!(request.header("x-api-key"), Some(common::REAL_KEY));
+    }
+    let sandbox = orch.store().sandbox(&result.sandbox_id).await.unwrap();
+    assert_eq!(sandbox.backend, "kubernetes");
+    assert_eq!(sandbox.status, SandboxStatus::Deleted);
+    assert_eq!(k.leftovers(), Vec::<String>::new());
+    assert!(
+        !k.h.data_dir()
+            .join("kubernetes")
+            .join(&result.sandbox_id)
+            .exists()
+    );
+
+    // What the backend sent, field by field.
+    let pods = k.created("pods");
+    let roles: Vec<&str> = pods
+        .iter()
+        .map(|p| {
+            p["metadata"]["labels"]["delegate.kind"]
+                .as_str()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(roles, ["seed", "ephemeral", "commit"]);
+    for pod in &pods {
+        assert_hardened(pod);
+    }
+    let run_pod = &pods[1];
+    let container = &run_pod["spec"]["containers"][0];
+    assert_eq!(container["image"], real::sandbox_image().as_str());
+    assert_eq!(
+        container["envFrom"][0]["secretRef"]["name"],
+        format!("delegate-{}", result.sandbox_id.replace('_', "-"))
+    );
+    assert_eq!(
+        container["env"],
+        serde_json::json!([{"name": "TASK", "value": "-"}])
+    );
+    assert!(
+        container["command"][2]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("< /run/delegate-task/task"),
+        "{container}"
+    );
+    // Credentials are in the Secret only: no pod body carries the proxy token or the config.
+    let secrets = k.created("secrets");
+    let env_secret = secrets
+        .iter()
+        .find(|s| {
+            s["metadata"]["labels"]["delegate.kind"] == "ephemeral"
+                && s["data"].get("OPENCODE_CONFIG_CONTENT").is_some()
+        })
+        .expect("the sandbox's env secret");
+    assert_eq!(env_secret["immutable"], true);
+    for pod in &pods {
+        let text = pod.to_string();
+        assert!(
+            !text.contains("OPENCODE_CONFIG_CONTENT") && !text.contains("dsb_"),
+            "{text}"
+        );
+    }
+    // The work claim, then deleted with everything else by label.
+    let claims = k.created("persistentvolumeclaims");
+    assert_eq!(claims.len(), 1);
+    assert_eq!(
+        claims[0]["spec"]["accessModes"],
+        serde_json::json!(["ReadWriteOnce"])
+    );
+    assert_eq!(
+        claims[0]["spec"]["resources"]["requests"]["storage"],
+        "10Gi"
+    );
+    // Waiting is watching from a resourceVersion, and output is the followed log stream.
+    let requests = k.cluster.requests();
+    assert!(requests.iter().any(|r| {
+        r.query.get("watch").is_some_and(|w| w == "true")
+            && r.query.contains_key("resourceVersion")
+            && r.query
+                .get("fieldSelector")
+                .is_some_and(|f| f.starts_with("metadata.name="))
+    }));
+    assert!(requests.iter().any(|r| r.path.ends_with("/log")
+        && r.query.get("follow").is_some_and(|f| f == "true")
+        && r.query.get("container").is_some_and(|c| c == "sandbox")));
+    k.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_sandbox_keeps_its_files_across_pause_and_resume() {
+    let Some(k) = KubeHarness::new(Script::write_file("first.txt", "from run one\n", "done")).await
+    else {
+        return;
+    };
+    let orch = k.orchestrator().await;
+    let sandbox = orch
+        .create_sandbox(SandboxRequest {
+            name: Some("warm".into()),
+            files: BTreeMap::from([("seed.txt".to_string(), "seeded\n".to_string())]),
+            created_by: Some("test".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("create a warm sandbox");
+    assert_eq!(sandbox.status, SandboxStatus::Running);
+    let pod_name = format!("delegate-{}", sandbox.id.replace('_', "-"));
+    let serve_pod = k
+        .cluster
+        .object("pods", NAMESPACE, &pod_name)
+        .expect("the serve pod");
+    assert_eq!(serve_pod["status"]["phase"], "Running");
+    assert_eq!(
+        serve_pod["spec"]["containers"][0]["env"][1]["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.podIP"
+    );
+    assert_hardened(&serve_pod);
+    let in_sandbox = |text: &str| RunRequest {
+        sandbox_id: Some(sandbox.id.clone()),
+        ..task(text)
+    };
+    let first = run(&orch, in_sandbox("write first.txt")).await;
+    assert_eq!(first.status, RunStatus::Succeeded, "{first:?}");
+    assert_eq!(first.changed_files[0].path, "first.txt");
+
+    // Pause deletes the pod and keeps the claims; resume makes the pod again on them.
+    orch.pause_sandbox(&sandbox.id.parse().unwrap())
+        .await
+        .expect("pause");
+    assert!(k.cluster.object("pods", NAMESPACE, &pod_name).is_none());
+    let mut claims = k.cluster.names("persistentvolumeclaims", NAMESPACE);
+    claims.sort();
+    assert_eq!(
+        claims,
+        [format!("{pod_name}-home"), format!("{pod_name}-work")]
+    );
+    orch.resume_sandbox(&sandbox.id.parse().unwrap())
+        .await
+        .expect("resume");
+    assert_eq!(
+        k.cluster
+            .object("pods", NAMESPACE, &pod_name)
+            .expect("pod again")["status"]["phase"],
+        "Running"
+    );
+    k.h.fake.set_script(Script::bash(
+        "cat seed.txt first.txt && echo more >> first.txt",
+        TOOL_RESULT_PLACEHOLDER,
+    ));
+    let after = run(&orch, in_sandbox("after resume")).await;
+    assert_eq!(after.status, RunStatus::Succeeded, "{after:?}");
+    assert!(
+        after.final_message.contains("seeded") && after.final_message.contains("from run one"),
+        "{}",
+        after.final_message
+    );
+    assert_eq!(after.changed_files[0].path, "first.txt");
+    assert_eq!(after.changed_files[0].change, ChangeKind::Modified);
+
+    orch.delete_sandbox(&sandbox.id.parse().unwrap())
+        .await
+        .expect("delete");
+    assert_eq!(k.leftovers(), Vec::<String>::new());
+    k.cluster.shutdown().await;
+}
+
+/// `kubernetes-validate` from `DELEGATE_KUBERNETES_VALIDATE`, or the test venv's.
+fn kubernetes_validate() -> Option<PathBuf> {
+    let path = std::env::var_os("DELEGATE_KUBERNETES_VALIDATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| real::repo_root().join(".tools/venv/bin/kubernetes-validate"));
+    if path.exists() {
+        Some(path)
+    } else {
+        real::unavailable(
+            "kubernetes-validate",
+            &format!(
+                "{} is missing (scripts/setup --test installs it)",
+                path.display()
+            ),
+        )
+    }
+}
+
+#[tokio::test]
+async fn every_manifest_the_backend_makes_is_valid_for_kubernetes_1_37() {
+    let Some(validate) = kubernetes_validate() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::load(
+        None,
+        &[
+            ("DELEGATE_DATA_DIR", dir.path().to_str().unwrap()),
+            ("DELEGATE_K8S_RUNTIME_CLASS", "gvisor"),
+            ("DELEGATE_K8S_STORAGE_CLASS", "standard"),
+        ],
+    )
+    .expect("settings");
+    settings.sandbox_memory_mb = 2048;
+    let m = Manifests::new(&settings, "srv_0192f3aa0192f3aa0192f3aa0192f3aa".into());
+    let id = "sbx_0192f3bb0192f3bb0192f3bb0192f3bb";
+    let image = "delegate-sandbox:1.18.33";
+    let args = vec![
+        "--model=anthropic/claude".to_string(),
+        "--title=t".to_string(),
+    ];
+    let env = BTreeMap::from([
+        ("OPENCODE_CONFIG_CONTENT".to_string(), "{}".to_string()),
+        ("OPENCODE_SERVER_PASSWORD".to_string(), "pw".to_string()),
+    ]);
+    let manifests: Vec<(&str, Value)> = vec![
+        (
+            "env-secret",
+            serde_json::to_value(m.env_secret(id, "warm", image, &env)).unwrap(),
+        ),
+        (
+            "task-secret",
+            serde_json::to_value(m.task_secret(id, "do it")).unwrap(),
+        ),
+        (
+            "seed-secret",
+            serde_json::to_value(m.seed_secret(id, 0, b"tar")).unwrap(),
+        ),
+        (
+            "work-claim",
+            serde_json::to_value(m.claim(id, "work")).unwrap(),
+        ),
+        (
+            "home-claim",
+            serde_json::to_value(m.claim(id, "home")).unwrap(),
+        ),
+        (
+            "headless-pod",
+            serde_json::to_value(m.sandbox_pod(id, image, &PodRole::Headless(&args))).unwrap(),
+        ),
+        (
+            "serve-pod",
+            serde_json::to_value(m.sandbox_pod(id, image, &PodRole::Serve)).unwrap(),
+        ),
+        (
+            "seed-pod",
+            serde_json::to_value(m.job_pod(
+                id,
+                &Job {
+                    what: "seed",
+                    image,
+                    script: "true",
+                    env: &[],
+                    seed_parts: 3,
+                    node: None,
+                },
+            ))
+            .unwrap(),
+        ),
+        (
+            "commit-pod",
+            serde_json::to_value(m.job_pod(
+                id,
+                &Job {
+                    what: "commit",
+                    image,
+                    script: "true",
+                    env: &[("DELEGATE_BASE", "abc".into())],
+                    seed_parts: 0,
+                    node: Some("node-1".into()),
+                },
+            ))
+            .unwrap(),
+        ),
+    ];
+    let mut files = Vec::new();
+    for (name, mut object) in manifests {
+        // kube-rs sends apiVersion and kind with every object; so does the dump.
+        let kind = match name {
+            n if n.ends_with("secret") => "Secret",
+            n if n.ends_with("claim") => "PersistentVolumeClaim",
+            _ => "Pod",
+        };
+        object["apiVersion"] = "v1".into();
+        object["kind"] = kind.into();
+        let path = dir.path().join(format!("{name}.json"));
+        tokio::fs::write(&path, object.to_string()).await.unwrap();
+        files.push(path);
+    }
+    let out = tokio::process::Command::new(&validate)
+        .args(["--kubernetes-version", "1.37.0", "--strict"])
+        .args(&files)
+        .output()
+        .await
+        .expect("run kubernetes-validate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.matches(" passed for resource ").count(),
+        files.len(),
+        "{stdout}"
+    );
+    assert!(settings.kube.runtime_class.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_adopts_warm_sandboxes_and_sweeps_its_own_orphans_by_label() {
+    let Some(k) = KubeHarness::new(Script::text("never asked")).await else {
+        return;
+    };
+    let a = k.orchestrator().await;
+    let warm = a
+        .create_sandbox(SandboxRequest {
+            name: Some("survivor".into()),
+            created_by: Some("test".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("create a warm sandbox");
+    drop(a);
+    // Secrets of delegate's that no database row knows: one this server made (swept), one
+    // another installation in the same namespace made (left alone).
+    let me = tokio::fs::read_to_string(k.h.data_dir().join("instance-id"))
+        .await
+        .unwrap();
+    let orphan = "sbx_0192f3cc0192f3cc0192f3cc0192f3cc";
+    let foreign = "sbx_0192f3dd0192f3dd0192f3dd0192f3dd";
+    let client = reqwest::Client::new();
+    for (id, owner) in [(orphan, me.trim()), (foreign, "srv_someone_else")] {
+        let made = client
+            .post(format!(
+                "{}/api/v1/namespaces/{NAMESPACE}/secrets",
+                k.cluster.url
+            ))
+            .json(&serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {
+                    "name": format!("delegate-{}", id.replace('_', "-")),
+                    "labels": {"delegate.sandbox": id, "delegate.owner": owner},
+                },
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(made.status(), reqwest::StatusCode::CREATED);
+    }
+
+    let b = k.orchestrator().await;
+    // What `delegate serve` does at start.
+    b.reconcile().await.expect("reconcile");
+    let adopted = b.store().sandbox(&warm.id).await.unwrap();
+    assert_eq!(adopted.status, SandboxStatus::Running, "{adopted:?}");
+    let names = k.cluster.names("secrets", NAMESPACE);
+    assert!(!names.iter().any(|n| n.contains("0192f3cc")), "{names:?}");
+    assert!(names.iter().any(|n| n.contains("0192f3dd")), "{names:?}");
+    // The adopted sandbox pauses, resumes and is deleted through the new server.
+    let id = warm.id.parse().unwrap();
+    b.pause_sandbox(&id).await.expect("pause");
+    b.resume_sandbox(&id).await.expect("resume");
+    b.delete_sandbox(&id).await.expect("delete");
+    let left = k.leftovers();
+    assert_eq!(left.len(), 1, "{left:?}");
+    k.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_the_cluster_cannot_pull_fails_the_run_with_its_reason() {
+    let Some(k) = KubeHarness::new(Script::text("never asked")).await else {
+        return;
+    };
+    let mut settings = k.settings();
+    settings.docker.image = "delegate-sandbox:no-such-tag".into();
+    let orch = delegate_server::app::embedded(settings)
+        .await
+        .expect("an orchestrator");
+    let result = run(&orch, task("anything")).await;
+    assert_eq!(result.status, RunStatus::Failed, "{result:?}");
+    let error = result.error.expect("an error");
+    assert_eq!(
+        error.kind,
+        delegate_mcp::types::ErrorKind::ImageMissing,
+        "{error:?}"
+    );
+    assert!(error.message.contains("no-such-tag"), "{}", error.message);
+    assert_eq!(k.leftovers(), Vec::<String>::new());
+    assert!(k.h.fake.requests().is_empty());
+    k.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allocation_over_the_memory_limit_ends_the_run_oom_from_the_container_status() {
+    // `tail` keeps a whole line in memory, and /dev/zero has no newline.
+    let Some(k) = KubeHarness::new(Script::bash(
+        "head -c 3000m /dev/zero | tail > /dev/null; echo survived",
+        "done",
+    ))
+    .await
+    else {
+        return;
+    };
+    let mut settings = k.settings();
+    settings.sandbox_memory_mb = 600;
+    let orch = delegate_server::app::embedded(settings)
+        .await
+        .expect("an orchestrator");
+    let result = run(&orch, task("use too much memory")).await;
+    assert_eq!(result.status, RunStatus::Failed, "{result:?}");
+    let error = result.error.expect("an error");
+    assert_eq!(error.kind, delegate_mcp::types::ErrorKind::Oom, "{error:?}");
+    assert!(error.message.contains("600 MiB"), "{}", error.message);
+    assert_eq!(k.leftovers(), Vec::<String>::new());
+    k.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_deletes_its_pod_and_ends_cancelled() {
+    let Some(k) = KubeHarness::new(Script::Hang).await else {
+        return;
+    };
+    let orch = k.orchestrator().await;
+    let (run_id, _) = orch.start_run(task("hang")).await.expect("start the run");
+    // The model was asked: opencode runs in its pod.
+    k.h.fake.wait_for_requests(1).await;
+    orch.cancel_run(&run_id).await.expect("cancel");
+    let result = tokio::time::timeout(Duration::from_secs(60), orch.wait(&run_id))
+        .await
+        .expect("the run ends within a minute of its cancel")
+        .expect("wait for the run");
+    assert_eq!(result.status, RunStatus::Cancelled, "{result:?}");
+    assert_eq!(k.leftovers(), Vec::<String>::new());
+    // The pod went with a delete without grace: its processes are gone, not asked to finish.
+    let deletes: Vec<Recorded> = k
+        .cluster
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "DELETE"
+                && r.path.ends_with(&format!(
+                    "/pods/delegate-{}",
+                    result.sandbox_id.replace('_', "-")
+                ))
+        })
+        .collect();
+    assert!(!deletes.is_empty());
+    assert!(
+        deletes.iter().all(|r| r
+            .body
+            .as_ref()
+            .is_some_and(|b| b["gracePeriodSeconds"] == 0)),
+        "{deletes:?}"
+    );
+    k.cluster.shutdown().await;
+}
