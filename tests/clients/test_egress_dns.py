@@ -57,13 +57,11 @@ def test_a_listed_name_that_resolves_to_a_private_address_is_refused(
 
     fake = fake_factory(COMMAND)
     policies = {"mirror": {"hosts": [NAME, f"{NAME}:443"], "allow_addresses": []}}
-    stdio = stdio_factory(
-        fake.url, DELEGATE_EGRESS_POLICIES=json.dumps(policies), DELEGATE_EGRESS_DEFAULT="mirror"
-    )
+    stdio = stdio_factory(fake.url, DELEGATE_EGRESS_POLICIES=json.dumps(policies))
     workdir = tmp_path / "caller"
     workdir.mkdir()
     p = subprocess.run(
-        namespaced(hosts, [str(DELEGATE), "run", "--json", "--full", "--no-repo", "fetch the index"]),
+        namespaced(hosts, [str(DELEGATE), "run", "--json", "--full", "--no-repo", "--network", "mirror", "fetch the index"]),
         env=stdio.env,
         cwd=workdir,
         capture_output=True,

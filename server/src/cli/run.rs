@@ -125,6 +125,30 @@ pub struct RunArgs {
     #[arg(long)]
     no_repo: bool,
 
+    /// The egress policy of the sandbox (one the workspace allows): its HTTP clients reach the
+    /// policy's hosts through delegate's egress proxy [default: the workspace's, else `none`].
+    #[arg(long, value_name = "POLICY")]
+    network: Option<String>,
+
+    /// Set an environment variable in the sandbox (not a secret: use --secret). Repeatable.
+    #[arg(long = "env", short = 'e', value_name = "NAME=VALUE")]
+    env: Vec<String>,
+
+    /// Put a workspace secret in the sandbox's environment under its name; its value is never
+    /// shown. Repeatable.
+    #[arg(long = "secret", value_name = "NAME")]
+    secrets: Vec<String>,
+
+    /// A shell script run in the sandbox before the task, e.g. `npm ci`; `@FILE` reads it from a
+    /// file. A failure ends the run `setup_failed` with the output's tail.
+    #[arg(long, value_name = "SCRIPT|@FILE")]
+    setup: Option<String>,
+
+    /// The sandbox's container image: one the admin lists in DELEGATE_SANDBOX_IMAGES (container
+    /// backends only).
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
+
     /// What happens to your repository when the run ends: `branch` writes the change as branch
     /// delegate/<run> and touches nothing else; `worktree` also applies it to your working tree
     /// when it applies cleanly; `none` leaves the repository alone (`delegate apply RUN` later).
@@ -268,8 +292,36 @@ fn run_input(args: &RunArgs) -> anyhow::Result<RunInSandboxInput> {
         wait: Some(true),
         repo,
         apply: Some(args.apply.mode()),
+        network: args.network.clone(),
+        env: read_env(&args.env)?,
+        secrets: (!args.secrets.is_empty()).then(|| args.secrets.clone()),
+        setup: args.setup.as_deref().map(read_setup).transpose()?,
+        image: args.image.clone(),
         ..Default::default()
     })
+}
+
+/// `--env NAME=VALUE`s as the tool's `env`; the server checks the names and sizes.
+fn read_env(specs: &[String]) -> anyhow::Result<Option<BTreeMap<String, String>>> {
+    let mut env = BTreeMap::new();
+    for spec in specs {
+        let Some((name, value)) = spec.split_once('=') else {
+            bail!("--env {spec}: expected NAME=VALUE");
+        };
+        if env.insert(name.to_string(), value.to_string()).is_some() {
+            bail!("--env {name}: given twice");
+        }
+    }
+    Ok((!env.is_empty()).then_some(env))
+}
+
+/// `--setup`: the script itself, or `@FILE`'s text.
+fn read_setup(spec: &str) -> anyhow::Result<String> {
+    match spec.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("--setup @{path}: cannot read it as text")),
+        None => Ok(spec.to_string()),
+    }
 }
 
 /// Runs the task through `delegator` with progress on stderr and Ctrl-C cancelling the run.
@@ -498,5 +550,41 @@ fn print_summary(r: &RunResult) {
         {
             println!("{}", r.final_message);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{read_env, read_setup};
+
+    #[test]
+    fn env_flags_become_the_tools_env_and_bad_ones_say_why() {
+        let env = read_env(&["A=1".into(), "B=x=y".into(), "EMPTY=".into()])
+            .unwrap()
+            .unwrap();
+        assert_eq!(env["A"], "1");
+        assert_eq!(env["B"], "x=y", "only the first = splits");
+        assert_eq!(env["EMPTY"], "");
+        assert!(read_env(&[]).unwrap().is_none());
+        let err = read_env(&["NOVALUE".into()]).unwrap_err().to_string();
+        assert!(err.contains("expected NAME=VALUE"), "{err}");
+        let err = read_env(&["A=1".into(), "A=2".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("given twice"), "{err}");
+    }
+
+    #[test]
+    fn setup_is_the_script_or_a_files_text() {
+        assert_eq!(read_setup("npm ci").unwrap(), "npm ci");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("setup.sh");
+        std::fs::write(&file, "set -e\npip install -r requirements.txt\n").unwrap();
+        let script = read_setup(&format!("@{}", file.display())).unwrap();
+        assert!(script.starts_with("set -e\n"), "{script}");
+        let err = read_setup("@/nonexistent/setup.sh")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--setup @/nonexistent/setup.sh"), "{err}");
     }
 }
