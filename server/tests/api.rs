@@ -420,6 +420,8 @@ async fn every_api_route_needs_a_token_and_ops_endpoints_answer() {
         "delegate_runs_active 0",
         "delegate_sandboxes{status=\"running\"}",
         "delegate_proxy_requests_total 0",
+        "delegate_egress_connections_total{decision=\"denied\"} 0",
+        "delegate_egress_bytes_total{direction=\"down\"} 0",
         "delegate_http_requests_total{route=\"/api/openapi.json\",status=\"200\"} 1",
         "delegate_http_requests_total{route=\"/api/runs\",status=\"401\"}",
     ] {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
-use delegate_server::egress::{Decision, Egress, EgressRecord, Limits, Policy};
+use delegate_server::egress::{Decision, Egress, EgressMetrics, EgressRecord, Limits, Policy};
 use delegate_server::settings::EgressPolicySettings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -85,7 +85,17 @@ struct Running {
 }
 
 async fn proxy(policy: Arc<Policy>, limits: Limits, stop: &CancellationToken) -> Running {
-    let egress = Egress::new(policy, limits);
+    metered_proxy(policy, limits, Arc::default(), stop).await
+}
+
+/// A proxy that also counts into `metrics`, as a server's sandboxes share one.
+async fn metered_proxy(
+    policy: Arc<Policy>,
+    limits: Limits,
+    metrics: Arc<EgressMetrics>,
+    stop: &CancellationToken,
+) -> Running {
+    let egress = Egress::with_metrics(policy, limits, metrics);
     let (tx, records) = mpsc::channel(64);
     egress.begin(tx);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -196,6 +206,62 @@ async fn an_admin_listed_loopback_registry_is_reachable_by_connect_and_plain_htt
             .map(|r| r.bytes_up + r.bytes_down)
             .sum::<u64>()
     );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn the_process_metrics_count_every_sandboxs_connections_and_bytes_by_direction() {
+    let stop = CancellationToken::new();
+    let server = registry(stop.clone()).await;
+    let target = format!("127.0.0.1:{}", server.port());
+    let metrics = Arc::new(EgressMetrics::default());
+    // Two sandboxes of one server: one allowed to reach the registry, one not.
+    let allowed = metered_proxy(
+        policy("local", std::slice::from_ref(&target), &["127.0.0.1"]),
+        limits(),
+        metrics.clone(),
+        &stop,
+    )
+    .await;
+    let denied = metered_proxy(Arc::new(Policy::open()), limits(), metrics.clone(), &stop).await;
+
+    let big = tunnel(allowed.proxy, &target, "/big").await;
+    assert!(
+        big.starts_with("HTTP/1.1 200"),
+        "{}",
+        &big[..big.len().min(200)]
+    );
+    let refused = tunnel(denied.proxy, &target, "/big").await;
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    let (_, mut records) = finish(allowed).await;
+    let (_, denied_records) = finish(denied).await;
+    records.extend(denied_records);
+    assert_eq!(records.len(), 2, "{records:?}");
+
+    let up: u64 = records.iter().map(|r| r.bytes_up).sum();
+    let down: u64 = records.iter().map(|r| r.bytes_down).sum();
+    assert!(down > BIG as u64 && up > 0, "up {up}, down {down}");
+    assert_eq!(
+        (
+            metrics.allowed(),
+            metrics.denied(),
+            metrics.bytes_up(),
+            metrics.bytes_down()
+        ),
+        (1, 1, up, down)
+    );
+    let mut text = String::new();
+    metrics.render(&mut text);
+    for line in [
+        "# TYPE delegate_egress_connections_total counter".to_string(),
+        "delegate_egress_connections_total{decision=\"allowed\"} 1".to_string(),
+        "delegate_egress_connections_total{decision=\"denied\"} 1".to_string(),
+        "# TYPE delegate_egress_bytes_total counter".to_string(),
+        format!("delegate_egress_bytes_total{{direction=\"up\"}} {up}"),
+        format!("delegate_egress_bytes_total{{direction=\"down\"}} {down}"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
     stop.cancel();
 }
 
@@ -325,9 +391,9 @@ async fn the_byte_cap_cuts_the_run_and_refuses_further_connections() {
     );
     let (summary, records) = finish(running).await;
     assert_eq!((summary.allowed, summary.denied), (1, 1));
-    // At most one relay buffer over the cap per direction.
+    // At most one relay buffer (256 KiB) over the cap per direction.
     assert!(
-        summary.bytes >= cap && summary.bytes <= cap + 2 * 64 * 1024,
+        summary.bytes >= cap && summary.bytes <= cap + 2 * 256 * 1024,
         "{summary:?}"
     );
     let cut = records

@@ -90,7 +90,8 @@ fn not_ready() -> Response {
     .into_response()
 }
 
-/// `GET /metrics`: Prometheus text with the HTTP counters and the runs and sandboxes per status.
+/// `GET /metrics`: Prometheus text with the HTTP counters, the runs and sandboxes per status and
+/// the egress proxy's connections and bytes.
 pub async fn metrics(
     State(state): State<ApiState>,
     headers: http::HeaderMap,
@@ -184,6 +185,7 @@ pub async fn metrics(
             "delegate_retention_pruned_total{{what=\"{what}\"}} {n}"
         );
     }
+    state.orch().egress_metrics().render(&mut out);
     let _ = writeln!(
         out,
         "# HELP delegate_http_requests_total HTTP requests served by this process, by route and status."

@@ -85,6 +85,67 @@ pub struct EgressRecord {
     pub duration_ms: u64,
 }
 
+/// Egress counters of one server process, over all its sandboxes, for `/metrics`:
+/// connections by decision and bytes by direction (counted as they flow, so a long download
+/// shows while it runs).
+#[derive(Debug, Default)]
+pub struct EgressMetrics {
+    allowed: AtomicU64,
+    denied: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+}
+
+impl EgressMetrics {
+    /// Connections let through so far.
+    pub fn allowed(&self) -> u64 {
+        self.allowed.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused so far.
+    pub fn denied(&self) -> u64 {
+        self.denied.load(Ordering::Relaxed)
+    }
+
+    /// Bytes from sandboxes to destinations so far.
+    pub fn bytes_up(&self) -> u64 {
+        self.bytes_up.load(Ordering::Relaxed)
+    }
+
+    /// Bytes from destinations to sandboxes so far.
+    pub fn bytes_down(&self) -> u64 {
+        self.bytes_down.load(Ordering::Relaxed)
+    }
+
+    /// Appends the counters in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        // `write!` to a String cannot fail.
+        let _ = writeln!(
+            out,
+            "# HELP delegate_egress_connections_total Connections through the egress proxy since this process started, by decision."
+        );
+        let _ = writeln!(out, "# TYPE delegate_egress_connections_total counter");
+        for (decision, n) in [("allowed", self.allowed()), ("denied", self.denied())] {
+            let _ = writeln!(
+                out,
+                "delegate_egress_connections_total{{decision=\"{decision}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP delegate_egress_bytes_total Bytes through the egress proxy since this process started, up (sandbox to destination) and down."
+        );
+        let _ = writeln!(out, "# TYPE delegate_egress_bytes_total counter");
+        for (direction, n) in [("up", self.bytes_up()), ("down", self.bytes_down())] {
+            let _ = writeln!(
+                out,
+                "delegate_egress_bytes_total{{direction=\"{direction}\"}} {n}"
+            );
+        }
+    }
+}
+
 /// A run window's counters, shared by its connections.
 #[derive(Debug, Default)]
 struct Totals {
@@ -104,6 +165,7 @@ struct Window {
 pub struct Egress {
     policy: Arc<Policy>,
     limits: Limits,
+    metrics: Arc<EgressMetrics>,
     connections: Arc<Semaphore>,
     window: Mutex<Window>,
     /// Connections being served; [`Egress::end`] waits for zero.
@@ -119,10 +181,20 @@ impl fmt::Debug for Egress {
 }
 
 impl Egress {
-    /// A proxy for one sandbox under `policy`.
+    /// A proxy for one sandbox under `policy`, with counters of its own.
     pub fn new(policy: Arc<Policy>, limits: Limits) -> Arc<Egress> {
+        Egress::with_metrics(policy, limits, Arc::default())
+    }
+
+    /// A proxy for one sandbox under `policy` that also counts into the process's `metrics`.
+    pub fn with_metrics(
+        policy: Arc<Policy>,
+        limits: Limits,
+        metrics: Arc<EgressMetrics>,
+    ) -> Arc<Egress> {
         Arc::new(Egress {
             policy,
+            metrics,
             connections: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             limits,
             window: Mutex::new(Window {
@@ -207,6 +279,7 @@ impl Egress {
                     );
                     proxy::refuse_busy(stream, &reason).await;
                     report(
+                        &self.metrics,
                         &window,
                         EgressRecord {
                             host: String::new(),
@@ -224,13 +297,20 @@ impl Egress {
     }
 }
 
-/// Counts a finished connection into its window and hands it to the window's sink.
-fn report(window: &Window, record: EgressRecord) {
+/// Counts a finished connection into its window and the process's metrics, and hands it to the
+/// window's sink.
+fn report(metrics: &EgressMetrics, window: &Window, record: EgressRecord) {
     let t = &window.totals;
     match record.decision {
-        Decision::Allowed => t.allowed.fetch_add(1, Ordering::Relaxed),
-        Decision::Denied => t.denied.fetch_add(1, Ordering::Relaxed),
-    };
+        Decision::Allowed => {
+            t.allowed.fetch_add(1, Ordering::Relaxed);
+            metrics.allowed.fetch_add(1, Ordering::Relaxed);
+        }
+        Decision::Denied => {
+            t.denied.fetch_add(1, Ordering::Relaxed);
+            metrics.denied.fetch_add(1, Ordering::Relaxed);
+        }
+    }
     if let Some(sink) = &window.sink
         && sink.try_send(record).is_err()
     {

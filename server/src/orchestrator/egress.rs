@@ -141,14 +141,20 @@ impl Orchestrator {
         Ok(policy)
     }
 
+    /// Every egress proxy's counters since this process started (`/metrics`).
+    pub fn egress_metrics(&self) -> &crate::egress::EgressMetrics {
+        &self.inner.egress_metrics
+    }
+
     /// The egress proxy of a new sandbox under `policy`; `None` when it allows nothing.
     pub(super) fn egress_for(&self, sandbox_id: &str, policy: Arc<Policy>) -> Option<Arc<Egress>> {
         if policy.denies_all() {
             return None;
         }
-        let egress = Egress::new(
+        let egress = Egress::with_metrics(
             policy,
             Limits::with_max_bytes(self.inner.settings.egress.max_bytes()),
+            self.inner.egress_metrics.clone(),
         );
         lock(&self.inner.egress).insert(sandbox_id.to_string(), egress.clone());
         Some(egress)

@@ -174,6 +174,8 @@ struct Inner {
     policies: crate::egress::Policies,
     /// Each sandbox's egress proxy, while it exists; none for a `none` sandbox.
     egress: Mutex<HashMap<String, Arc<crate::egress::Egress>>>,
+    /// Every egress proxy's connections and bytes, for `/metrics`.
+    egress_metrics: Arc<crate::egress::EgressMetrics>,
     /// What retention pruned since this process started.
     pruned: Pruned,
 }
@@ -220,6 +222,7 @@ impl Orchestrator {
                 shutdown: CancellationToken::new(),
                 policies,
                 egress: Mutex::new(HashMap::new()),
+                egress_metrics: Arc::default(),
                 pruned: Pruned::default(),
             }),
         };

@@ -95,9 +95,11 @@ impl DockerBackend {
         // the engine's containers, as any container environment is.
         env.extend(live.env.iter().map(|(k, v)| format!("{k}={}", v.expose())));
         let mut binds = vec![format!("{}:{IN_WORKSPACE}", volume_name(id, "work"))];
+        // `exec`: Docker mounts a tmpfs noexec unless told, which breaks venvs, `pip install
+        // --user` scripts and `go test` (its binaries go to /tmp); /workspace is exec anyway.
         let mut tmpfs = HashMap::from([(
             "/tmp".to_string(),
-            "rw,nosuid,nodev,size=1g,mode=1777".to_string(),
+            "rw,nosuid,nodev,exec,size=1g,mode=1777".to_string(),
         )]);
         let home_volume = format!("{}:{IN_HOME}", volume_name(id, "home"));
         match role {
@@ -110,7 +112,7 @@ impl DockerBackend {
                     tmpfs.insert(
                         IN_HOME.into(),
                         format!(
-                            "rw,nosuid,nodev,size=1g,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700"
+                            "rw,nosuid,nodev,exec,size=1g,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700"
                         ),
                     );
                 }
