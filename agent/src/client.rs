@@ -394,6 +394,7 @@ mod tests {
         use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
         use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+        let _ = rustls::crypto::ring::default_provider().install_default();
         // The agent's local service: 1 MiB for any request, then close.
         let service = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let service_url = format!("http://{}", service.local_addr().unwrap());
