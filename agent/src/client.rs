@@ -14,7 +14,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
 
 use crate::mux::{Closed, Mux, Role, Transport, recv_frame, send_frame};
-use crate::protocol::{CAP_REPOS, CAPABILITIES_HEADER, Frame, Header, MAX_FRAME, VERSION};
+use crate::protocol::{
+    CAP_REPOS, CAPABILITIES_HEADER, Frame, Header, Limits, MAX_FRAME, VERSIONS_HEADER,
+    shared_version,
+};
 use crate::repos::RunDirs;
 use crate::wire::{RegisterInput, Registered};
 
@@ -242,27 +245,37 @@ async fn connect_once(
     let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME))
         .max_frame_size(Some(MAX_FRAME));
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true)
-        .await
-        .map_err(|e| match e {
-            tokio_tungstenite::tungstenite::Error::Http(resp)
-                if matches!(resp.status().as_u16(), 401 | 403 | 404) =>
-            {
-                let body: String = resp
-                    .body()
-                    .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).chars().take(300).collect())
-                    .unwrap_or_default();
-                AgentError::Refused(format!("{}: {body}", resp.status()))
-            }
-            other => AgentError::Unreachable(other.to_string()),
-        })?;
+    let (ws, response) =
+        tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true)
+            .await
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(resp)
+                    if matches!(resp.status().as_u16(), 401 | 403 | 404) =>
+                {
+                    let body: String = resp
+                        .body()
+                        .as_ref()
+                        .map(|b| String::from_utf8_lossy(b).chars().take(300).collect())
+                        .unwrap_or_default();
+                    AgentError::Refused(format!("{}: {body}", resp.status()))
+                }
+                other => AgentError::Unreachable(other.to_string()),
+            })?;
+    // The newest version the server lists; 1 for a server from before the list.
+    let version = shared_version(
+        response
+            .headers()
+            .get(VERSIONS_HEADER)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let limits = Limits::of(version)
+        .ok_or_else(|| AgentError::Unreachable(format!("no limits for version {version}")))?;
     let mut link = adapt(ws);
     let directory = opencode_directory(config).await;
     send_frame(
         &mut link,
         Frame::new(Header::Hello {
-            version: VERSION,
+            version,
             agent: env!("CARGO_PKG_VERSION").into(),
             directory,
             password: config.opencode_password.clone(),
@@ -285,7 +298,7 @@ async fn connect_once(
             )));
         }
     }
-    let (mux, incoming) = Mux::start(link, Role::Acceptor);
+    let (mux, incoming) = Mux::start(link, Role::Acceptor, limits);
     let Some(mut incoming) = incoming else {
         return Err(AgentError::Unreachable("no incoming streams".into()));
     };
@@ -368,5 +381,133 @@ mod tests {
         );
         assert!(validate_opencode_url("https://127.0.0.1:4096").is_err());
         assert!(validate_opencode_url("nonsense").is_err());
+    }
+
+    /// A stand-in server that speaks only `version` 1 (a server from before version 2: no
+    /// versions header, a WebSocket that takes no message bigger than version 1's) or, with
+    /// `offer`, lists the versions this crate speaks. Runs the handshake for one agent, opens a
+    /// stream to the agent's local service, and returns the version the agent said and the
+    /// reply it carried.
+    async fn serve_one_agent(offer: bool) -> (u32, Vec<u8>) {
+        use crate::protocol::{MAX_HEADER, versions_offered};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+        use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // The agent's local service: 1 MiB for any request, then close.
+        let service = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let service_url = format!("http://{}", service.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = service.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let body: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 241) as u8).collect();
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = tcp.write_all(reply.as_bytes()).await;
+                    let _ = tcp.write_all(&body).await;
+                });
+            }
+        });
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = AgentConfig {
+            server: format!("http://{}", server.local_addr().unwrap()),
+            sandbox_id: "sbx_old".into(),
+            token: "dlt_test".into(),
+            opencode_url: service_url,
+            opencode_password: None,
+            data_dir: None,
+        };
+        let stop = CancellationToken::new();
+        let agent = tokio::spawn(run(config, stop.clone(), |_| {}));
+
+        let (tcp, _) = server.accept().await.unwrap();
+        let (limits, max) = if offer {
+            (Limits::V2, MAX_FRAME)
+        } else {
+            (Limits::V1, 4 + MAX_HEADER + Limits::V1.chunk)
+        };
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max));
+        #[allow(clippy::result_large_err)] // tungstenite's callback type
+        let add_versions = move |_: &Request, mut response: Response| {
+            if offer {
+                response
+                    .headers_mut()
+                    .insert(VERSIONS_HEADER, versions_offered().parse().unwrap());
+            }
+            Ok(response)
+        };
+        let ws =
+            tokio_tungstenite::accept_hdr_async_with_config(tcp, add_versions, Some(ws_config))
+                .await
+                .unwrap();
+        let mut link = adapt(ws);
+        let hello = recv_frame(&mut link, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let Header::Hello { version, .. } = hello.header else {
+            panic!("expected hello, got {:?}", hello.header);
+        };
+        if Limits::of(version) != Some(limits) {
+            // What a server from before version 2 answered.
+            let bye = Frame::new(Header::Goodbye {
+                code: "protocol".into(),
+                reason: format!("protocol version {version} is not supported"),
+            });
+            let _ = send_frame(&mut link, bye).await;
+            stop.cancel();
+            return (version, Vec::new());
+        }
+        let welcome = Frame::new(Header::Welcome {
+            sandbox_id: "sbx_old".into(),
+        });
+        send_frame(&mut link, welcome).await.unwrap();
+        let (mux, _) = Mux::start(link, Role::Opener, limits);
+        let stream = mux.open().await.unwrap();
+        stream
+            .send(Bytes::from_static(b"GET /blob HTTP/1.1\r\nhost: x\r\n\r\n"))
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        while let Some(b) = stream.recv().await.unwrap() {
+            reply.extend_from_slice(&b);
+            stream.consumed(b.len()).await.unwrap();
+        }
+        assert!(!mux.is_closed(), "every frame was within the link's limits");
+        stop.cancel();
+        agent.await.unwrap().unwrap();
+        (version, reply)
+    }
+
+    #[tokio::test]
+    async fn this_agent_joins_servers_from_before_and_after_version_2() {
+        for (offer, want) in [(false, 1), (true, 2)] {
+            let (version, reply) = serve_one_agent(offer).await;
+            assert_eq!(
+                version, want,
+                "the version said to a server that offers: {offer}"
+            );
+            let body_at = reply
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .expect("a whole reply")
+                + 4;
+            assert!(reply.starts_with(b"HTTP/1.1 200 OK"));
+            let body = &reply[body_at..];
+            assert_eq!(body.len(), 1 << 20, "offer: {offer}");
+            assert!(body.iter().enumerate().all(|(i, b)| *b == (i % 241) as u8));
+        }
     }
 }

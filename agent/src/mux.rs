@@ -7,19 +7,20 @@
 //! flooding us and the link is closed. So a slow stream can stall only itself, and two sides
 //! whose sockets are both full cannot deadlock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{
-    self, CHUNK, Frame, Header, LINK_TIMEOUT, MAX_STREAMS, PING_INTERVAL, StreamId, WINDOW,
+    self, Frame, Header, LINK_TIMEOUT, Limits, MAX_DATA_PREFIX, MAX_STREAMS, PING_INTERVAL,
+    StreamId,
 };
 
 /// A link's raw messages: each item is one whole frame as bytes (a WebSocket binary message).
@@ -50,9 +51,9 @@ const DATA_QUEUE: usize = 64;
 const WRITE_BATCH: usize = 32;
 /// Streams the acceptor has been offered and not yet taken.
 const ACCEPT_QUEUE: usize = 128;
-/// Credit is returned once this many bytes were handed on (a quarter window: the sender never
-/// runs dry while the receiver keeps up).
-const CREDIT_STEP: u32 = WINDOW / 4;
+/// Credit is returned once a window's quarter was handed on: the sender never runs dry while the
+/// receiver keeps up.
+const CREDIT_FRACTION: u32 = 4;
 
 /// Why a stream cannot be used any more.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,18 +83,30 @@ pub struct Mux {
 }
 
 struct Shared {
+    /// What the link's protocol version allows.
+    limits: Limits,
     streams: Mutex<HashMap<StreamId, Arc<StreamState>>>,
     next_id: AtomicU64,
     control: mpsc::Sender<Frame>,
-    data: mpsc::Sender<Frame>,
+    data: mpsc::Sender<Outgoing>,
     closed: CancellationToken,
     close_reason: Mutex<Option<Closed>>,
 }
 
+/// What the writer sends for the streams, in order.
+enum Outgoing {
+    /// A frame to encode (`open`, `end`, and `data` of [`MuxStream::send`]).
+    Frame(Frame),
+    /// A whole `data` frame ([`protocol::put_data_prefix`], then the payload), encoded by its
+    /// sender: [`pump`] reads stream bytes straight into it.
+    Data(Bytes),
+}
+
 #[derive(Default)]
 struct Inbound {
-    buf: BytesMut,
-    /// Received and not yet credited back: never above [`WINDOW`].
+    /// Payloads received and not yet handed on, as they came (no copy).
+    queue: VecDeque<Bytes>,
+    /// Received and not yet credited back: never above the window.
     outstanding: u32,
     /// Handed on and not yet credited back.
     consumed: u32,
@@ -117,13 +130,13 @@ struct StreamState {
 }
 
 impl StreamState {
-    fn new(id: StreamId) -> Arc<StreamState> {
+    fn new(id: StreamId, limits: Limits) -> Arc<StreamState> {
         Arc::new(StreamState {
             id,
             inbound: Mutex::new(Inbound::default()),
             readable: Notify::new(),
             outbound: Mutex::new(Outbound {
-                window: WINDOW as u64,
+                window: limits.window as u64,
                 reset: None,
                 ended: false,
             }),
@@ -156,12 +169,18 @@ impl Incoming {
 }
 
 impl Mux {
-    /// Starts the reader and writer tasks of a link. The acceptor gets [`Incoming`].
-    pub fn start<T: Transport>(transport: T, role: Role) -> (Mux, Option<Incoming>) {
+    /// Starts the reader and writer tasks of a link whose handshake settled on `limits` (both
+    /// sides must use the same). The acceptor gets [`Incoming`].
+    pub fn start<T: Transport>(
+        transport: T,
+        role: Role,
+        limits: Limits,
+    ) -> (Mux, Option<Incoming>) {
         let (sink, stream) = transport.split();
         let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
         let shared = Arc::new(Shared {
+            limits,
             streams: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             control: control_tx,
@@ -188,7 +207,7 @@ impl Mux {
             return Err(StreamError::Closed(c.reason));
         }
         let id = s.next_id.fetch_add(1, Ordering::Relaxed);
-        let state = StreamState::new(id);
+        let state = StreamState::new(id, s.limits);
         {
             let mut streams = lock(&s.streams);
             if streams.len() >= MAX_STREAMS {
@@ -199,7 +218,7 @@ impl Mux {
             streams.insert(id, state.clone());
         }
         if s.data
-            .send(Frame::new(Header::Open { stream: id }))
+            .send(Outgoing::Frame(Frame::new(Header::Open { stream: id })))
             .await
             .is_err()
         {
@@ -250,6 +269,11 @@ impl Mux {
     pub fn stream_count(&self) -> usize {
         lock(&self.shared.streams).len()
     }
+
+    /// What the link's protocol version allows.
+    pub fn limits(&self) -> Limits {
+        self.shared.limits
+    }
 }
 
 fn set_reason(shared: &Shared, code: &str, reason: &str) {
@@ -277,44 +301,53 @@ async fn write_loop(
     shared: Arc<Shared>,
     mut sink: futures::stream::SplitSink<impl Transport, Bytes>,
     mut control: mpsc::Receiver<Frame>,
-    mut data: mpsc::Receiver<Frame>,
+    mut data: mpsc::Receiver<Outgoing>,
 ) {
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
     let mut nonce = 0u64;
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
     'link: loop {
         let first = tokio::select! {
             biased;
             _ = shared.closed.cancelled() => break,
-            Some(f) = control.recv() => f,
+            Some(f) = control.recv() => Outgoing::Frame(f),
             _ = ping.tick() => {
                 nonce += 1;
-                Frame::new(Header::Ping { nonce })
+                Outgoing::Frame(Frame::new(Header::Ping { nonce }))
             }
             Some(f) = data.recv() => f,
             else => break,
         };
         // Whatever else is queued goes out in the same flush: one write for many frames.
-        let mut batch = vec![first];
+        batch.push(first);
         while batch.len() < WRITE_BATCH {
-            match control.try_recv().or_else(|_| data.try_recv()) {
-                Ok(f) => batch.push(f),
-                Err(_) => break,
+            match control.try_recv() {
+                Ok(f) => batch.push(Outgoing::Frame(f)),
+                Err(_) => match data.try_recv() {
+                    Ok(f) => batch.push(f),
+                    Err(_) => break,
+                },
             }
         }
         let mut goodbye = false;
-        for frame in batch {
-            goodbye |= matches!(frame.header, Header::Goodbye { .. });
-            let bytes = match protocol::encode(&frame) {
-                Ok(b) => b,
-                Err(e) => {
-                    // A bug on this side; the frame is not sent and its stream is reset.
-                    if let Some(id) = stream_of(&frame.header)
-                        && let Some(s) = lock(&shared.streams).remove(&id)
-                    {
-                        s.reset(&format!("cannot encode a frame: {e}"));
+        for out in batch.drain(..) {
+            let bytes = match out {
+                Outgoing::Data(encoded) => encoded,
+                Outgoing::Frame(frame) => {
+                    goodbye |= matches!(frame.header, Header::Goodbye { .. });
+                    match protocol::encode(&frame) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            // A bug on this side; the frame is not sent and its stream is reset.
+                            if let Some(id) = stream_of(&frame.header)
+                                && let Some(s) = lock(&shared.streams).remove(&id)
+                            {
+                                s.reset(&format!("cannot encode a frame: {e}"));
+                            }
+                            continue;
+                        }
                     }
-                    continue;
                 }
             };
             let fed = tokio::select! {
@@ -440,7 +473,7 @@ fn handle(
                     reason: format!("too many open streams (at most {MAX_STREAMS})"),
                 }));
             }
-            let state = StreamState::new(stream);
+            let state = StreamState::new(stream, shared.limits);
             streams.insert(stream, state.clone());
             drop(streams);
             let s = MuxStream {
@@ -459,20 +492,27 @@ fn handle(
         }
         Header::Data { stream } => {
             // Data for a stream this side already dropped (reset) is late, not wrong.
+            let Limits { chunk, window } = shared.limits;
+            if frame.payload.len() > chunk {
+                return violation(format!(
+                    "a data frame of {} bytes on stream {stream}, over this link's {chunk}",
+                    frame.payload.len()
+                ));
+            }
             if let Some(s) = find(stream) {
                 let mut inb = lock(&s.inbound);
                 let len = frame.payload.len() as u32;
                 if inb.ended {
                     return violation(format!("data on stream {stream} after its end"));
                 }
-                if inb.outstanding + len > WINDOW {
+                if inb.outstanding + len > window {
                     return violation(format!(
-                        "stream {stream} overran its window ({} + {len} > {WINDOW} bytes)",
+                        "stream {stream} overran its window ({} + {len} > {window} bytes)",
                         inb.outstanding
                     ));
                 }
                 inb.outstanding += len;
-                inb.buf.extend_from_slice(&frame.payload);
+                inb.queue.push_back(frame.payload);
                 drop(inb);
                 s.readable.notify_one();
             }
@@ -493,7 +533,7 @@ fn handle(
             if let Some(s) = find(stream) {
                 let mut out = lock(&s.outbound);
                 out.window += bytes as u64;
-                if out.window > WINDOW as u64 {
+                if out.window > shared.limits.window as u64 {
                     return violation(format!(
                         "stream {stream} was credited beyond its window ({} bytes)",
                         out.window
@@ -531,16 +571,59 @@ impl MuxStream {
     /// Sends bytes, in chunks, waiting for window as needed.
     pub async fn send(&self, mut bytes: Bytes) -> Result<(), StreamError> {
         while !bytes.is_empty() {
-            let n = self.reserve(bytes.len().min(CHUNK)).await?;
+            let n = self
+                .reserve(bytes.len().min(self.mux.shared.limits.chunk))
+                .await?;
             let piece = bytes.split_to(n);
-            self.mux
-                .shared
-                .data
-                .send(Frame::data(self.state.id, piece))
-                .await
-                .map_err(|_| self.gone())?;
+            self.queue(Outgoing::Frame(Frame::data(self.state.id, piece)))
+                .await?;
         }
         Ok(())
+    }
+
+    async fn queue(&self, out: Outgoing) -> Result<(), StreamError> {
+        self.mux
+            .shared
+            .data
+            .send(out)
+            .await
+            .map_err(|_| self.gone())
+    }
+
+    /// Reads from `rd` straight into a `data` frame (no copy of the bytes on this side): waits
+    /// for window, reads at most that much (and at most a chunk), and queues the frame. `Ok(0)`
+    /// at the end of `rd`. `buf` is reused from call to call.
+    async fn send_from<R>(&self, rd: &mut R, buf: &mut BytesMut) -> Result<usize, String>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+    {
+        let want = self
+            .reserve(self.mux.shared.limits.chunk)
+            .await
+            .map_err(|e| e.to_string())?;
+        buf.clear();
+        buf.reserve(MAX_DATA_PREFIX + want);
+        protocol::put_data_prefix(self.state.id, buf);
+        let prefix = buf.len();
+        let read = rd.read_buf(&mut (&mut *buf).limit(want)).await;
+        let n = buf.len() - prefix;
+        // What the read did not fill goes back to the window.
+        self.unreserve(want - n);
+        read.map_err(|e| format!("reading the local connection: {e}"))?;
+        if n > 0 {
+            self.queue(Outgoing::Data(buf.split().freeze()))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(n)
+    }
+
+    /// Returns window taken by [`Self::reserve`] and not used.
+    fn unreserve(&self, n: usize) {
+        if n > 0 {
+            lock(&self.state.outbound).window += n as u64;
+            self.state.writable.notify_one();
+        }
     }
 
     /// Waits until at least one byte of window is free; takes up to `want` of it.
@@ -567,14 +650,10 @@ impl MuxStream {
     /// Half-closes: no more bytes from this side.
     pub async fn finish(&self) -> Result<(), StreamError> {
         lock(&self.state.outbound).ended = true;
-        self.mux
-            .shared
-            .data
-            .send(Frame::new(Header::End {
-                stream: self.state.id,
-            }))
-            .await
-            .map_err(|_| self.gone())?;
+        self.queue(Outgoing::Frame(Frame::new(Header::End {
+            stream: self.state.id,
+        })))
+        .await?;
         maybe_forget(&self.mux.shared, &self.state);
         Ok(())
     }
@@ -585,8 +664,8 @@ impl MuxStream {
         loop {
             {
                 let mut inb = lock(&self.state.inbound);
-                if !inb.buf.is_empty() {
-                    return Ok(Some(inb.buf.split().freeze()));
+                if let Some(bytes) = inb.queue.pop_front() {
+                    return Ok(Some(bytes));
                 }
                 if let Some(r) = &inb.reset {
                     return Err(StreamError::Reset(r.clone()));
@@ -607,7 +686,7 @@ impl MuxStream {
         let credit = {
             let mut inb = lock(&self.state.inbound);
             inb.consumed += n as u32;
-            if inb.consumed >= CREDIT_STEP {
+            if inb.consumed >= self.mux.shared.limits.window / CREDIT_FRACTION {
                 let c = inb.consumed.min(inb.outstanding);
                 inb.consumed = 0;
                 inb.outstanding -= c;
@@ -673,20 +752,8 @@ where
     let (mut rd, mut wr) = tokio::io::split(io);
     let up = async {
         let mut buf = BytesMut::new();
-        loop {
-            buf.reserve(CHUNK);
-            let n = rd
-                .read_buf(&mut buf)
-                .await
-                .map_err(|e| format!("reading the local connection: {e}"))?;
-            if n == 0 {
-                return stream.finish().await.map_err(|e| e.to_string());
-            }
-            stream
-                .send(buf.split().freeze())
-                .await
-                .map_err(|e| e.to_string())?;
-        }
+        while stream.send_from(&mut rd, &mut buf).await? > 0 {}
+        stream.finish().await.map_err(|e| e.to_string())
     };
     let down = async {
         loop {
@@ -760,8 +827,8 @@ mod tests {
     }
 
     /// An acceptor whose streams echo everything back.
-    fn echo(t: impl Transport) -> Mux {
-        let (mux, incoming) = Mux::start(t, Role::Acceptor);
+    fn echo(t: impl Transport, limits: Limits) -> Mux {
+        let (mux, incoming) = Mux::start(t, Role::Acceptor, limits);
         let mut incoming = incoming.unwrap();
         tokio::spawn(async move {
             while let Some(s) = incoming.next().await {
@@ -790,33 +857,67 @@ mod tests {
 
     #[tokio::test]
     async fn a_large_stream_arrives_intact_through_a_small_window() {
-        let (a, b) = pair();
-        let (opener, _) = Mux::start(a, Role::Opener);
-        let _acceptor = echo(b);
-        let body: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-        let s = opener.open().await.unwrap();
-        let (sent, got) = tokio::join!(
-            async {
-                s.send(Bytes::from(body.clone())).await.unwrap();
-                s.finish().await.unwrap();
-            },
-            read_all(&s)
-        );
-        let () = sent;
-        assert_eq!(got.unwrap(), body);
-        assert_eq!(opener.stream_count(), 0, "a finished stream is forgotten");
+        // Each version's sizes: a frame bigger than the link's chunk would close it.
+        for limits in [Limits::V1, Limits::V2] {
+            let (a, b) = pair();
+            let (opener, _) = Mux::start(a, Role::Opener, limits);
+            let _acceptor = echo(b, limits);
+            let body: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+            let s = opener.open().await.unwrap();
+            let (sent, got) = tokio::join!(
+                async {
+                    s.send(Bytes::from(body.clone())).await.unwrap();
+                    s.finish().await.unwrap();
+                },
+                read_all(&s)
+            );
+            let () = sent;
+            assert_eq!(got.unwrap(), body, "{limits:?}");
+            assert_eq!(opener.stream_count(), 0, "a finished stream is forgotten");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pumped_connection_crosses_intact_in_frames_of_the_links_size() {
+        for limits in [Limits::V1, Limits::V2] {
+            let (a, b) = pair();
+            let (opener, _) = Mux::start(a, Role::Opener, limits);
+            let _acceptor = echo(b, limits);
+            let s = opener.open().await.unwrap();
+            // `pump` reads the local side straight into frames; the echo sends them back.
+            let (mut local, far) = tokio::io::duplex(64 * 1024);
+            let pumping = tokio::spawn(pump(s, far));
+            let body: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+            let (mut rd, mut wr) = tokio::io::split(&mut local);
+            let (wrote, got) = tokio::join!(
+                async {
+                    wr.write_all(&body).await.unwrap();
+                    wr.shutdown().await.unwrap();
+                },
+                async {
+                    let mut got = Vec::new();
+                    rd.read_to_end(&mut got).await.unwrap();
+                    got
+                }
+            );
+            let () = wrote;
+            assert_eq!(got, body, "{limits:?}");
+            pumping.await.unwrap();
+            assert!(!opener.is_closed(), "no frame broke the link's limits");
+        }
     }
 
     #[tokio::test]
     async fn a_stalled_reader_stalls_only_its_own_stream() {
         let (a, b) = pair();
-        let (opener, _) = Mux::start(a, Role::Opener);
-        let _acceptor = echo(b);
+        let limits = Limits::V2;
+        let (opener, _) = Mux::start(a, Role::Opener, limits);
+        let _acceptor = echo(b, limits);
         // The echo of `stuck` is never read here: its window fills, and its sender waits.
         let stuck = opener.open().await.unwrap();
         let filling = tokio::spawn(async move {
             let r = stuck
-                .send(Bytes::from(vec![7u8; 4 * WINDOW as usize]))
+                .send(Bytes::from(vec![7u8; 4 * limits.window as usize]))
                 .await;
             (stuck, r)
         });
@@ -836,7 +937,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_peer_is_noticed_within_the_link_timeout() {
         let (a, b) = pair();
-        let (mux, _) = Mux::start(a, Role::Opener);
+        let (mux, _) = Mux::start(a, Role::Opener, Limits::V2);
         // The other end holds the socket and never says anything, not even pong.
         let _silent = b;
         let started = tokio::time::Instant::now();
@@ -849,8 +950,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn pings_keep_an_idle_link_alive() {
         let (a, b) = pair();
-        let (mux, _) = Mux::start(a, Role::Opener);
-        let _acceptor = echo(b);
+        let (mux, _) = Mux::start(a, Role::Opener, Limits::V2);
+        let _acceptor = echo(b, Limits::V2);
         tokio::time::sleep(LINK_TIMEOUT * 10).await;
         assert!(!mux.is_closed());
     }
@@ -858,7 +959,7 @@ mod tests {
     #[tokio::test]
     async fn garbage_closes_the_link_with_the_reason_and_fails_open_streams() {
         let (a, mut b) = pair();
-        let (mux, _) = Mux::start(a, Role::Opener);
+        let (mux, _) = Mux::start(a, Role::Opener, Limits::V2);
         let s = mux.open().await.unwrap();
         b.send(Bytes::from_static(b"\0\0\0\x09{\"type\":"))
             .await
@@ -878,25 +979,48 @@ mod tests {
 
     #[tokio::test]
     async fn overrunning_the_window_is_a_protocol_error() {
+        for limits in [Limits::V1, Limits::V2] {
+            let (a, mut b) = pair();
+            let (mux, incoming) = Mux::start(a, Role::Acceptor, limits);
+            let mut incoming = incoming.unwrap();
+            send_frame(&mut b, Frame::new(Header::Open { stream: 1 }))
+                .await
+                .unwrap();
+            let _s = incoming.next().await.unwrap();
+            let chunk = Bytes::from(vec![0; limits.chunk]);
+            for _ in 0..(limits.window as usize / limits.chunk + 1) {
+                if send_frame(&mut b, Frame::data(1, chunk.clone()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            let closed = mux.closed().await;
+            assert_eq!(closed.code, "protocol");
+            assert!(
+                closed.reason.contains("overran its window"),
+                "{limits:?}: {}",
+                closed.reason
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_version_1_link_refuses_a_version_2_frame() {
         let (a, mut b) = pair();
-        let (mux, incoming) = Mux::start(a, Role::Acceptor);
+        let (mux, incoming) = Mux::start(a, Role::Acceptor, Limits::V1);
         let mut incoming = incoming.unwrap();
         send_frame(&mut b, Frame::new(Header::Open { stream: 1 }))
             .await
             .unwrap();
         let _s = incoming.next().await.unwrap();
-        for _ in 0..(WINDOW as usize / CHUNK + 1) {
-            if send_frame(&mut b, Frame::data(1, Bytes::from(vec![0; CHUNK])))
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
+        let big = Bytes::from(vec![0; Limits::V1.chunk + 1]);
+        send_frame(&mut b, Frame::data(1, big)).await.unwrap();
         let closed = mux.closed().await;
         assert_eq!(closed.code, "protocol");
         assert!(
-            closed.reason.contains("overran its window"),
+            closed.reason.contains("over this link's 16384"),
             "{}",
             closed.reason
         );

@@ -9,31 +9,96 @@
 //! ```
 //!
 //! The header says what the frame is ([`Header`]); only `data` frames carry a payload (at most
-//! [`CHUNK`] bytes). Streams are byte streams (a TCP connection each): the server opens them, the
+//! [`Limits::chunk`] bytes). Streams are byte streams (a TCP connection each): the server opens them, the
 //! agent connects each to its local `opencode serve`, and both sides pump bytes until both halves
 //! are closed (`end`) or one side gives up (`reset`). HTTP, SSE and WebSocket upgrades pass through
 //! unchanged because the tunnel never looks inside the bytes.
 //!
-//! Flow control is per stream: a sender may have at most [`WINDOW`] bytes that the receiver has not
-//! yet handed on; the receiver returns `credit` as it writes them out. A slow reader therefore stops
-//! only its own stream's sender, and no frame is ever dropped.
+//! Flow control is per stream: a sender may have at most a window of bytes that the receiver has
+//! not yet handed on; the receiver returns `credit` as it writes them out. A slow reader therefore
+//! stops only its own stream's sender, and no frame is ever dropped.
+//!
+//! Versions: the frame layout is the same in every version; what a version changes is the largest
+//! `data` payload and the window ([`Limits::of`]). Version 2 moves 16 times the bytes per frame
+//! and per window of version 1, so a download costs a sixteenth of the per-frame work and does not
+//! wait for credit on a fast link. The server lists the versions it speaks in the upgrade response
+//! ([`VERSIONS_HEADER`]); the agent says the newest one both speak in its `hello` (1 to a server
+//! that lists none: one from before version 2), and the server answers any version from
+//! [`MIN_VERSION`] to [`VERSION`] in it. So agents and servers of either release join each other.
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-/// Protocol version the agent announces in [`Header::Hello`]; the server refuses others.
-pub const VERSION: u32 = 1;
-/// Payloads are cut into chunks of at most this many bytes, in both directions.
-pub const CHUNK: usize = 16 * 1024;
-/// The largest payload a frame may carry: one chunk. Anything bigger is a broken or hostile peer.
-pub const MAX_PAYLOAD: usize = CHUNK;
+/// The newest protocol version, which this side prefers.
+pub const VERSION: u32 = 2;
+/// The oldest version this side still speaks: agents and servers from before version 2 speak 1.
+pub const MIN_VERSION: u32 = 1;
+/// The upgrade response header in which the server lists the versions it speaks (`1,2`). A server
+/// from before version 2 sends none, and an agent then says version 1.
+pub const VERSIONS_HEADER: &str = "x-delegate-tunnel-versions";
+
+/// What a link's protocol version allows, the same on both sides: the largest `data` payload
+/// and each stream's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Payloads are cut into chunks of at most this many bytes, in both directions.
+    pub chunk: usize,
+    /// Bytes a sender may have in flight per stream before it waits for credit.
+    pub window: u32,
+}
+
+impl Limits {
+    /// Version 1: 16 KiB chunks, a 256 KiB window.
+    pub const V1: Limits = Limits {
+        chunk: 16 * 1024,
+        window: 256 * 1024,
+    };
+    /// Version 2: 256 KiB chunks, a 4 MiB window.
+    pub const V2: Limits = Limits {
+        chunk: 256 * 1024,
+        window: 4 * 1024 * 1024,
+    };
+
+    /// The limits of a version this side speaks.
+    pub fn of(version: u32) -> Option<Limits> {
+        match version {
+            1 => Some(Limits::V1),
+            2 => Some(Limits::V2),
+            _ => None,
+        }
+    }
+}
+
+/// The versions in a [`VERSIONS_HEADER`] value that this side speaks, newest first: the one to
+/// say in `hello` is the first; `None` (no header) means a server that speaks only 1.
+pub fn shared_version(header: Option<&str>) -> u32 {
+    header
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .filter_map(|v| v.trim().parse::<u32>().ok())
+        .filter(|v| (MIN_VERSION..=VERSION).contains(v))
+        .max()
+        .unwrap_or(MIN_VERSION)
+}
+
+/// The [`VERSIONS_HEADER`] value this side sends: every version it speaks.
+pub fn versions_offered() -> String {
+    (MIN_VERSION..=VERSION)
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The largest payload any version's frame may carry. A link refuses more than its own version's
+/// chunk ([`Limits::chunk`]); anything bigger than this is refused before that.
+pub const MAX_PAYLOAD: usize = Limits::V2.chunk;
+// Every version's chunk fits the decoder's limit.
+const _: () = assert!(Limits::V1.chunk <= MAX_PAYLOAD && Limits::V2.chunk <= MAX_PAYLOAD);
 /// The largest JSON header accepted. Headers are a few dozen bytes; `hello` carries a directory and
 /// a password, hence the room.
 pub const MAX_HEADER: usize = 8 * 1024;
 /// The largest whole frame (length prefix, header, payload).
 pub const MAX_FRAME: usize = 4 + MAX_HEADER + MAX_PAYLOAD;
-/// Bytes a sender may have in flight per stream before it waits for credit.
-pub const WINDOW: u32 = 256 * 1024;
 /// Streams open at once on one tunnel; an `open` beyond it is reset.
 pub const MAX_STREAMS: usize = 1024;
 /// Each side pings this often.
@@ -76,7 +141,7 @@ pub type StreamId = u64;
 pub enum Header {
     /// First frame from the agent: who it is and how to reach its opencode.
     Hello {
-        /// The protocol [`VERSION`] the agent speaks.
+        /// The protocol version the agent speaks on this link ([`MIN_VERSION`]..=[`VERSION`]).
         version: u32,
         /// The agent's software version, for logs.
         agent: String,
@@ -97,7 +162,7 @@ pub enum Header {
         /// The new stream's id; later frames of the stream name it.
         stream: StreamId,
     },
-    /// Bytes of a stream (the payload, 1..=[`CHUNK`] bytes).
+    /// Bytes of a stream (the payload, 1 to the link's [`Limits::chunk`] bytes).
     Data {
         /// The stream the bytes belong to.
         stream: StreamId,
@@ -167,7 +232,7 @@ impl Frame {
         }
     }
 
-    /// A `data` frame carrying `payload` (1..=[`CHUNK`] bytes) on `stream`.
+    /// A `data` frame carrying `payload` (1 to the link's chunk of bytes) on `stream`.
     pub fn data(stream: StreamId, payload: Bytes) -> Frame {
         Frame {
             header: Header::Data { stream },
@@ -240,6 +305,51 @@ pub fn encode(frame: &Frame) -> Result<Bytes, FrameError> {
     Ok(out.freeze())
 }
 
+/// Writes the start of a `data` frame of `stream` (length prefix and header) to `out`: its payload
+/// follows it in the same buffer, so a sender reads stream bytes straight into the frame instead
+/// of copying them into one. The bytes are exactly those [`encode`] makes.
+pub fn put_data_prefix(stream: StreamId, out: &mut BytesMut) {
+    // `{"type":"data","stream":N}`, as serde writes it (see the round-trip test).
+    let digits = itoa_u64(stream);
+    let digits = digits.as_slice();
+    let header_len = DATA_HEAD.len() + digits.len() + 1;
+    out.extend_from_slice(&(header_len as u32).to_be_bytes());
+    out.extend_from_slice(DATA_HEAD);
+    out.extend_from_slice(digits);
+    out.extend_from_slice(b"}");
+}
+
+const DATA_HEAD: &[u8] = br#"{"type":"data","stream":"#;
+
+/// The decimal digits of `n`, without allocating.
+fn itoa_u64(mut n: u64) -> Digits {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    Digits { buf, start: i }
+}
+
+struct Digits {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Digits {
+    fn as_slice(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+/// The longest prefix [`put_data_prefix`] writes.
+pub const MAX_DATA_PREFIX: usize = 4 + 24 + 20 + 1;
+
 /// Decodes one whole frame (one WebSocket message). Never panics, whatever the input.
 pub fn decode(message: Bytes) -> Result<Frame, FrameError> {
     if message.len() < 4 {
@@ -298,10 +408,10 @@ mod tests {
                 password: None,
             }),
             Frame::new(Header::Open { stream: 7 }),
-            Frame::data(7, Bytes::from(vec![0xAB; CHUNK])),
+            Frame::data(7, Bytes::from(vec![0xAB; MAX_PAYLOAD])),
             Frame::new(Header::Credit {
                 stream: 7,
-                bytes: WINDOW,
+                bytes: Limits::V2.window,
             }),
             Frame::new(Header::Reset {
                 stream: u64::MAX,
@@ -380,10 +490,10 @@ mod tests {
 
     #[test]
     fn this_side_never_sends_what_the_peer_would_refuse() {
-        let too_big = Frame::data(1, Bytes::from(vec![1; CHUNK + 1]));
+        let too_big = Frame::data(1, Bytes::from(vec![1; MAX_PAYLOAD + 1]));
         assert_eq!(
             encode(&too_big).unwrap_err(),
-            FrameError::PayloadTooLarge(CHUNK + 1)
+            FrameError::PayloadTooLarge(MAX_PAYLOAD + 1)
         );
         let huge_header = Frame::new(Header::Reset {
             stream: 1,
@@ -393,5 +503,32 @@ mod tests {
             encode(&huge_header).unwrap_err(),
             FrameError::HeaderTooLarge(_)
         ));
+    }
+
+    #[test]
+    fn a_data_prefix_is_what_encode_writes() {
+        for stream in [0, 7, 10, 12_345, u64::MAX] {
+            let mut out = BytesMut::new();
+            put_data_prefix(stream, &mut out);
+            assert!(out.len() <= MAX_DATA_PREFIX);
+            out.extend_from_slice(b"payload");
+            let encoded = encode(&Frame::data(stream, Bytes::from_static(b"payload"))).unwrap();
+            assert_eq!(&out[..], &encoded[..], "stream {stream}");
+        }
+    }
+
+    #[test]
+    fn both_sides_settle_on_the_newest_version_they_share() {
+        // A server from before version 2 lists nothing: the agent says 1.
+        assert_eq!(shared_version(None), 1);
+        assert_eq!(shared_version(Some(&versions_offered())), VERSION);
+        assert_eq!(versions_offered(), "1,2");
+        // A newer server's versions this agent does not know are skipped; junk is ignored.
+        assert_eq!(shared_version(Some("1, 2, 3")), 2);
+        assert_eq!(shared_version(Some("1")), 1);
+        assert_eq!(shared_version(Some("7,x")), 1);
+        assert_eq!(Limits::of(1), Some(Limits::V1));
+        assert_eq!(Limits::of(2), Some(Limits::V2));
+        assert_eq!(Limits::of(3), None);
     }
 }

@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::mux::{MuxStream, pump};
-use crate::protocol::{CHUNK, MAX_SEED_BYTES, RESERVED_PREFIX};
+use crate::protocol::{MAX_SEED_BYTES, RESERVED_PREFIX};
 
 /// The longest first request head read before deciding where a stream goes.
 const MAX_HEAD: usize = 16 * 1024;
@@ -448,9 +448,11 @@ async fn send_file(stream: &MuxStream, path: &Path) -> Result<(), String> {
         .send(Bytes::from(head.into_bytes()))
         .await
         .map_err(|e| e.to_string())?;
-    let mut buf = BytesMut::with_capacity(4 * CHUNK);
+    // Read in pieces of the largest chunk; `send` cuts them to the link's own.
+    let piece = crate::protocol::MAX_PAYLOAD;
+    let mut buf = BytesMut::with_capacity(piece);
     loop {
-        buf.reserve(4 * CHUNK);
+        buf.reserve(piece);
         let n = file
             .read_buf(&mut buf)
             .await

@@ -630,3 +630,115 @@ async fn a_silent_link_is_noticed_by_its_pings_and_replaced() {
     let after = s.orch.store().sandbox(&id).await.unwrap();
     assert_eq!(after.status, SandboxStatus::Offline, "{after:?}");
 }
+
+/// An agent from before protocol version 2 says version 1 in its hello and takes no WebSocket
+/// message bigger than version 1's frames (16 KiB of payload): the server still welcomes it,
+/// cuts what it sends to that size, and carries a download and an upload intact.
+#[tokio::test]
+async fn an_agent_speaking_version_1_still_joins_and_carries_streams() {
+    use bytes::Bytes;
+    use delegate_agent::mux::{Mux, Role, recv_frame, send_frame};
+    use delegate_agent::protocol::{Frame, Header, Limits, MAX_HEADER, VERSIONS_HEADER};
+    use futures::{SinkExt, future};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+    let Some(h) = Harness::new(Script::text("unused")).await else {
+        return;
+    };
+    let s = h.serve().registration(Registration::Invite).start().await;
+    let owner = s.account("owner").await;
+    let local = checksum_server().await;
+    let code = create_code(&s, &owner, json!({})).await;
+    assert_eq!(code.status, 201, "{}", code.body);
+    let registered = s
+        .send(
+            s.req(Method::POST, "/api/agents/register")
+                .json(&json!({ "code": code.body["code"], "name": "old laptop" })),
+        )
+        .await;
+    assert_eq!(registered.status, 201, "{}", registered.body);
+    let id = registered.body["sandbox_id"].as_str().unwrap().to_string();
+    let token = registered.body["token"].as_str().unwrap().to_string();
+
+    let url = format!("{}/api/tunnel/{id}", s.base.replacen("http", "ws", 1));
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let v1_message = 4 + MAX_HEADER + Limits::V1.chunk;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(v1_message))
+        .max_frame_size(Some(v1_message));
+    let (ws, response) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()[VERSIONS_HEADER],
+        "1,2",
+        "the server lists what it speaks"
+    );
+    // The old agent reads nothing of that header: hello says 1.
+    let mut link = ws
+        .sink_map_err(std::io::Error::other)
+        .with(|b: Bytes| future::ready(Ok::<_, std::io::Error>(Message::Binary(b))))
+        .filter_map(|m| {
+            future::ready(match m {
+                Ok(Message::Binary(b)) => Some(Ok(b)),
+                Ok(_) => None,
+                Err(e) => Some(Err(std::io::Error::other(e))),
+            })
+        });
+    let hello = Frame::new(Header::Hello {
+        version: 1,
+        agent: "0.0.9".into(),
+        directory: None,
+        password: None,
+    });
+    send_frame(&mut link, hello).await.unwrap();
+    let welcome = recv_frame(&mut link, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        matches!(welcome.header, Header::Welcome { .. }),
+        "{:?}",
+        welcome.header
+    );
+    let (mux, incoming) = Mux::start(link, Role::Acceptor, Limits::V1);
+    let mut incoming = incoming.unwrap();
+    let target = local.trim_start_matches("http://").to_string();
+    tokio::spawn(async move {
+        while let Some(stream) = incoming.next().await {
+            tokio::spawn(delegate_agent::repos::route(stream, target.clone(), None));
+        }
+    });
+    wait_status(&s, &id, SandboxStatus::Running, Duration::from_secs(30)).await;
+    let (endpoint, http) = endpoint(&s, &id);
+
+    let size = 3 << 20;
+    let got = http
+        .get(format!("{endpoint}/blob/{size}"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(got == pattern(0, size), "the download arrived intact");
+    let upload = pattern(3, 2 << 20);
+    let sum = http
+        .post(format!("{endpoint}/sha256"))
+        .body(upload.clone())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(sum, hex::encode(Sha256::digest(&upload)), "the upload too");
+    assert!(
+        !mux.is_closed(),
+        "no message over version 1's size reached the old agent"
+    );
+}

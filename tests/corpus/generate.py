@@ -528,9 +528,10 @@ def frames() -> list[dict[str, Any]]:
         b"[" * 300 + b"]" * 300,
     ]
     raw += [frame(h) for h in headers]
-    # Payload rules: data needs 1..=16 KiB; nothing else carries one.
+    # Payload rules: data needs 1..=256 KiB (version 2's chunk, the largest of any version; a
+    # version 1 link refuses more than 16 KiB itself); nothing else carries one.
     raw.append(frame(b"{\"type\":\"data\",\"stream\":1}"))
-    raw.append(frame(b"{\"type\":\"data\",\"stream\":1}", b"x" * (16 * 1024 + 1)))
+    raw.append(frame(b"{\"type\":\"data\",\"stream\":1}", b"x" * (256 * 1024 + 1)))
     for kind in [b"{\"type\":\"open\",\"stream\":1}", b"{\"type\":\"ping\",\"nonce\":1}", b"{\"type\":\"end\",\"stream\":1}"]:
         raw.append(frame(kind, b"payload"))
     raw.append(frame(b"{\"type\":\"ping\",\"nonce\":1}", declared=len(b"{\"type\":\"ping\",\"nonce\":1}") + 1))

@@ -390,6 +390,8 @@ impl Orchestrator {
             .store
             .set_workspace_limits(workspace_id, &limits, updated_by, now_ms())
             .await?;
+        // The proxy remembers budgets briefly; the next model call must see this one.
+        self.inner.proxy.budgets().limits_changed(workspace_id);
         Ok(())
     }
 

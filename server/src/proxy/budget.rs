@@ -10,9 +10,15 @@
 //! and its usage row landing. A workspace's spend is the sum of its usage rows for the day plus
 //! the calls this process has ended but not yet written, so it agrees with the rows and never
 //! lags them.
+//!
+//! A workspace's own daily budget is read from the store at most every [`LIMITS_TTL`] per
+//! workspace (a store round trip on every model call was most of what the proxy added to a call):
+//! a change made through this process applies to the next call ([`Budgets::limits_changed`]), one
+//! made through another server process within [`LIMITS_TTL`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +28,10 @@ use crate::store::{Store, StoreError};
 
 /// A UTC day in milliseconds.
 pub const DAY_MS: i64 = 86_400_000;
+/// How long a workspace's own daily budget, once read, is used without reading it again.
+pub const LIMITS_TTL: Duration = Duration::from_secs(5);
+/// Workspaces whose budget is remembered before the stale ones are dropped.
+const MAX_REMEMBERED: usize = 10_000;
 
 /// The start of the UTC day `at` (ms) falls in.
 pub fn day_start(at: i64) -> i64 {
@@ -48,6 +58,8 @@ struct Inner {
     runs: Mutex<HashMap<String, Watched>>,
     /// Dollars of calls that have ended but whose usage row is not written yet, by workspace.
     unwritten: Mutex<HashMap<String, f64>>,
+    /// Each workspace's own daily budget (`None`: the server's default) and when it was read.
+    own_budgets: Mutex<HashMap<String, (Instant, Option<f64>)>>,
 }
 
 struct Watched {
@@ -163,17 +175,39 @@ impl Budgets {
         Ok(())
     }
 
+    /// The workspace's own limits were changed: its next call reads them again.
+    pub fn limits_changed(&self, workspace_id: &str) {
+        lock(&self.inner.own_budgets).remove(workspace_id);
+    }
+
+    /// The workspace's own daily budget, from the store at most every [`LIMITS_TTL`].
+    async fn own_budget(
+        &self,
+        store: &dyn Store,
+        workspace_id: &str,
+    ) -> Result<Option<f64>, StoreError> {
+        if let Some((at, budget)) = lock(&self.inner.own_budgets).get(workspace_id)
+            && at.elapsed() < LIMITS_TTL
+        {
+            return Ok(*budget);
+        }
+        let budget = store.workspace_limits(workspace_id).await?.daily_budget_usd;
+        let mut remembered = lock(&self.inner.own_budgets);
+        if remembered.len() >= MAX_REMEMBERED {
+            remembered.retain(|_, (at, _)| at.elapsed() < LIMITS_TTL);
+        }
+        remembered.insert(workspace_id.to_owned(), (Instant::now(), budget));
+        Ok(budget)
+    }
+
     /// Why the workspace may not spend more today, if it may not.
     pub async fn workspace_over(
         &self,
         store: &dyn Store,
         workspace_id: &str,
     ) -> Result<Option<String>, StoreError> {
-        let own = store.workspace_limits(workspace_id).await?;
-        let Some(budget) = own
-            .daily_budget_usd
-            .or(self.defaults().workspace_daily_budget_usd)
-        else {
+        let own = self.own_budget(store, workspace_id).await?;
+        let Some(budget) = own.or(self.defaults().workspace_daily_budget_usd) else {
             return Ok(None);
         };
         let now = now_ms();

@@ -327,9 +327,10 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
             "request body too large",
         );
     };
-    let requested_model = serde_json::from_slice::<serde_json::Value>(&body)
+    let requested_model = serde_json::from_slice::<RequestedModel<'_>>(&body)
         .ok()
-        .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_string));
+        .and_then(|r| r.model)
+        .map(std::borrow::Cow::into_owned);
 
     let inner = &proxy.inner;
     let mut headers = HeaderMap::new();
@@ -405,6 +406,14 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
         .unwrap_or_else(|_| {
             anthropic_error(StatusCode::BAD_GATEWAY, "api_error", "bad upstream reply")
         })
+}
+
+/// The `model` of a request body, read without building the rest (a long conversation is
+/// skipped over, not copied into a tree).
+#[derive(serde::Deserialize)]
+struct RequestedModel<'a> {
+    #[serde(borrow, default)]
+    model: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// The upstream body on its way to the client: every chunk is passed on as it arrives and fed to

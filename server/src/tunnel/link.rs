@@ -7,11 +7,14 @@ use std::time::Duration;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use delegate_agent::mux::{Mux, Role, Transport, pump, recv_frame, send_frame};
-use delegate_agent::protocol::{CAP_REPOS, CAPABILITIES_HEADER, Frame, Header, MAX_FRAME, VERSION};
+use delegate_agent::protocol::{
+    CAP_REPOS, CAPABILITIES_HEADER, Frame, Header, Limits, MAX_FRAME, MIN_VERSION, VERSION,
+    VERSIONS_HEADER, versions_offered,
+};
 use delegate_mcp::types::SandboxStatus;
 use futures::{SinkExt, StreamExt, future};
 use tokio_util::sync::CancellationToken;
@@ -163,10 +166,16 @@ pub(super) async fn upgrade(
         }
     };
     let takes_repos = takes_repos(&headers);
-    ws.max_message_size(MAX_FRAME)
+    let mut response = ws
+        .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
         .on_upgrade(move |socket| session(tunnels, sandbox_id, record, takes_repos, socket))
-        .into_response()
+        .into_response();
+    // The versions this server speaks; the agent says the newest it shares in its hello.
+    if let Ok(v) = HeaderValue::from_str(&versions_offered()) {
+        response.headers_mut().insert(VERSIONS_HEADER, v);
+    }
+    response
 }
 
 /// Whether the agent says (in its upgrade request) that it takes repositories. Agents older than
@@ -195,28 +204,17 @@ async fn session(
             reason,
         })
     };
-    let (directory, password) = match recv_frame(&mut link, HELLO_TIMEOUT).await {
+    let (version, directory, password) = match recv_frame(&mut link, HELLO_TIMEOUT).await {
         Ok(Frame {
             header:
                 Header::Hello {
-                    version: VERSION,
+                    version,
                     directory,
                     password,
                     ..
                 },
             ..
-        }) => (directory, password),
-        Ok(Frame {
-            header: Header::Hello { version, .. },
-            ..
-        }) => {
-            let reason = format!(
-                "protocol version {version} is not supported (this server speaks {VERSION}); \
-                 update delegate on the agent's machine"
-            );
-            let _ = send_frame(&mut link, refuse(reason)).await;
-            return;
-        }
+        }) => (version, directory, password),
         Ok(other) => {
             let reason = format!("expected hello, got {:?}", other.header);
             let _ = send_frame(&mut link, refuse(reason)).await;
@@ -226,6 +224,14 @@ async fn session(
             tracing::warn!(sandbox = %sandbox_id, error = %e, "tunnel handshake failed");
             return;
         }
+    };
+    let Some(limits) = Limits::of(version) else {
+        let reason = format!(
+            "protocol version {version} is not supported (this server speaks {MIN_VERSION} to \
+             {VERSION}); update delegate on the agent's machine"
+        );
+        let _ = send_frame(&mut link, refuse(reason)).await;
+        return;
     };
     // The agent's opencode, as an HTTP endpoint on this host for runs and the gateway.
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
@@ -246,7 +252,7 @@ async fn session(
     if send_frame(&mut link, welcome).await.is_err() {
         return;
     }
-    let (mux, _) = Mux::start(link, Role::Opener);
+    let (mux, _) = Mux::start(link, Role::Opener, limits);
     let generation = tunnels.install(sandbox_id.as_str(), mux.clone());
     let revoked = CancellationToken::new();
     // opencode without a password of its own ignores this one; the guard checks it either way.
