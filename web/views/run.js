@@ -109,6 +109,18 @@ export function eventItem(e) {
       li.append(time, h('span', {}, 'Status ', badge(d.status || '?'),
         d.error ? h('span.error', {}, ` ${d.error.kind || ''}: ${d.error.message || ''}`) : null));
       break;
+    case 'egress': {
+      // One connection through the egress proxy: where to, allowed or refused, and why or how much.
+      const where = `${d.host || '?'}:${d.port ?? '?'}`;
+      const detail = d.reason
+        ? h('span.error', {}, ` ${d.reason}`)
+        : h('span.muted', {}, ` ${fmtBytes(d.bytes_up)} up · ${fmtBytes(d.bytes_down)} down · ${d.duration_ms ?? 0} ms`);
+      li.append(time, h('span', {}, 'Egress ', h('code', {}, where), ' ', badge(d.decision || '?'), detail));
+      break;
+    }
+    case 'setup':
+      li.append(time, h('pre.setup', {}, `setup${d.stream === 'stderr' ? ' (stderr)' : ''}: ${d.line || ''}`));
+      break;
     case 'stderr':
       li.append(time, h('details', {}, h('summary.muted', {}, 'stderr'), h('pre', {}, d.line || d.text || pretty(d))));
       break;
@@ -117,6 +129,13 @@ export function eventItem(e) {
       li.append(time, h('details', {}, h('summary', {}, String(e.type)), h('pre', {}, pretty(e.raw || d))));
   }
   return li;
+}
+
+function fmtBytes(n) {
+  const v = Number(n) || 0;
+  if (v < 1024) return `${v} B`;
+  if (v < 1024 * 1024) return `${(v / 1024).toFixed(1)} KiB`;
+  return `${(v / 1024 / 1024).toFixed(1)} MiB`;
 }
 
 function pretty(v) {
