@@ -23,23 +23,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+mod support;
+use support::{arg, percentile};
+
 const DOWNLOAD: usize = 200 << 20;
 /// The client's read buffer.
 const READ: usize = 256 * 1024;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
 
 /// The HTTP server every path ends at: `/blob/{n}` streams n bytes with a Content-Length.
 async fn target() -> SocketAddr {

@@ -21,22 +21,11 @@ use tokio::io::AsyncBufReadExt;
 mod common;
 use common::serve::Serve;
 
+mod support;
+use support::{arg, percentile};
+
 const DOWNLOAD: usize = 200 << 20;
 const SMALL: usize = 1024;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
 
 /// The HTTP server every path ends at: `/blob/{n}` streams n bytes, `/small` answers 1 KiB.
 async fn target() -> u16 {
