@@ -113,14 +113,14 @@ def test_default_values() -> None:
     kinds = by_kind(render({"secrets": {"databaseUrl": DB, "anthropicApiKey": "sk-ant-chart-test"}}))
     assert set(kinds) == {
         "ServiceAccount", "Secret", "ConfigMap", "Role", "RoleBinding", "Service", "Deployment", "Ingress",
-        "PodDisruptionBudget", "NetworkPolicy",
+        "NetworkPolicy",
     }
     for manifests in kinds.values():
         for m in manifests:
             assert m["metadata"]["namespace"] == NAMESPACE, m["metadata"]
 
     deploy = one(kinds, "Deployment")
-    assert deploy["spec"]["replicas"] == 2
+    assert deploy["spec"]["replicas"] == 1, "one replica until kubernetes sandboxes answer through any"
     assert deploy["spec"]["selector"]["matchLabels"] == SERVER_LABELS
     pod = deploy["spec"]["template"]["spec"]
     c = server_container(deploy)
@@ -171,7 +171,6 @@ def test_default_values() -> None:
     assert [peer["podSelector"]["matchLabels"] for peer in policy["ingress"][0]["from"]] == [SERVER_LABELS]
     assert policy["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 4096}], "opencode serve's port only"
 
-    assert one(kinds, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     ingress = one(kinds, "Ingress")["spec"]
     assert [r["host"] for r in ingress["rules"]] == ["delegate.example.com"]
     service = one(kinds, "Service")["spec"]
@@ -225,7 +224,8 @@ def test_non_default_values() -> None:
     assert stateful["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "fast"
     pg_policy = next(p for p in kinds["NetworkPolicy"] if p["metadata"]["name"].endswith("-postgresql"))
     assert pg_policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == SERVER_LABELS
-    assert one(kinds, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"] == SERVER_LABELS
+    budget = one(kinds, "PodDisruptionBudget")["spec"]
+    assert budget["selector"]["matchLabels"] == SERVER_LABELS and budget["maxUnavailable"] == 1
 
 
 def test_bundled_postgres_builds_the_database_url() -> None:
