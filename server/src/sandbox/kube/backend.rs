@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ObjectList, PartialObjectMeta};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::manifest::{ANNOTATION_IMAGE, LABEL_KIND, LABEL_SANDBOX, PodRole, SERVE_PORT};
+use super::manifest::{
+    ANNOTATION_IMAGE, ANNOTATION_ORIGIN, ANNOTATION_TIP, LABEL_KIND, LABEL_OWNER, LABEL_SANDBOX,
+    PodRole, SERVE_PORT,
+};
 use super::pods::PodState;
 use super::{KubeBackend, Live, api_error, not_found, object_name};
 use crate::sandbox::workdir::SandboxDirs;
@@ -68,6 +71,50 @@ impl KubeBackend {
         });
         self.remember(id, live.clone())?;
         Ok(live)
+    }
+
+    /// What this process keeps for a sandbox, rebuilt from its Secret when it has nothing
+    /// (made by another server, or before this one started).
+    async fn live_or_recover(&self, id: &str) -> Result<Arc<Live>, SandboxError> {
+        match self.live(id) {
+            Err(SandboxError::Unknown(_)) => self.recover(id).await,
+            other => other,
+        }
+    }
+
+    /// Labels the sandbox's lasting objects as this server's, which now holds it (a resume or
+    /// an adoption through it): its sweep and restart see them as the database does.
+    async fn take_over(&self, id: &str) -> Result<(), SandboxError> {
+        let patch = serde_json::json!({
+            "metadata": { "labels": { LABEL_OWNER: self.manifests.owner() } }
+        });
+        let patch = Patch::Merge(&patch);
+        let params = PatchParams::default();
+        fn missing_ok<T>(r: Result<T, kube::Error>) -> Result<(), SandboxError> {
+            match r {
+                Ok(_) => Ok(()),
+                Err(e) if not_found(&e) => Ok(()),
+                Err(e) => Err(api_error(e)),
+            }
+        }
+        missing_ok(
+            self.secrets
+                .patch(&object_name(id, ""), &params, &patch)
+                .await,
+        )?;
+        for what in ["work", "home"] {
+            missing_ok(
+                self.claims
+                    .patch(&object_name(id, what), &params, &patch)
+                    .await,
+            )?;
+        }
+        missing_ok(
+            self.ops
+                .pods
+                .patch(&object_name(id, ""), &params, &patch)
+                .await,
+        )
     }
 
     /// The sandbox's environment, as its Secret holds it.
@@ -219,6 +266,21 @@ impl SandboxBackend for KubeBackend {
         true
     }
 
+    /// Everything a sandbox is lives in the cluster (its pods, claims and Secret, which records
+    /// the commit its next change sits on): any server reaches it, and rebuilds the host side
+    /// it lacks (`change.rs`).
+    fn any_replica(&self) -> bool {
+        true
+    }
+
+    /// Another server holds it now: what this one kept (its image, password, an old change
+    /// repository) is read again from the cluster if it is ever back.
+    fn release(&self, sandbox_id: &str) {
+        if let Ok(mut sandboxes) = self.sandboxes.lock() {
+            sandboxes.remove(sandbox_id);
+        }
+    }
+
     fn proxy_on_listener(&self) -> bool {
         KubeBackend::serves_proxy_on_listener(&self.settings)
     }
@@ -254,7 +316,14 @@ impl SandboxBackend for KubeBackend {
         };
         let made = async {
             let env = self.environment(spec).await?;
-            let secret = self.manifests.env_secret(&spec.id, kind, &live.image, &env);
+            let mut secret = self.manifests.env_secret(&spec.id, kind, &live.image, &env);
+            // Where its first change must sit, for whichever server collects it.
+            let repo = delegate_repo::ChangeRepo::open(&live.dirs.changes);
+            let notes = secret.metadata.annotations.get_or_insert_default();
+            notes.insert(ANNOTATION_TIP.into(), live.dirs.tip().await?);
+            if let Ok(origin) = repo.resolve("refs/delegate/origin").await {
+                notes.insert(ANNOTATION_ORIGIN.into(), origin);
+            }
             self.secrets
                 .create(&PostParams::default(), &secret)
                 .await
@@ -382,10 +451,8 @@ impl SandboxBackend for KubeBackend {
         max_diff: usize,
         label: &str,
     ) -> Result<Changes, SandboxError> {
-        let live = self.live(sandbox_id)?;
-        let base = live.dirs.tip().await?;
-        self.export_change(sandbox_id, &live, &base, label).await?;
-        live.dirs.import_changes(max_diff).await
+        let live = self.live_or_recover(sandbox_id).await?;
+        self.collect(sandbox_id, &live, max_diff, label).await
     }
 
     async fn pause(&self, sandbox_id: &str) -> Result<(), SandboxError> {
@@ -393,12 +460,10 @@ impl SandboxBackend for KubeBackend {
     }
 
     async fn resume(&self, sandbox_id: &str) -> Result<ServeEndpoint, SandboxError> {
-        let live = match self.live(sandbox_id) {
-            Ok(live) => live,
-            // Paused before this process started: its Secret knows the rest.
-            Err(SandboxError::Unknown(_)) => self.recover(sandbox_id).await?,
-            Err(e) => return Err(e),
-        };
+        // Paused before this process started, or through another server: its Secret knows
+        // the rest.
+        let live = self.live_or_recover(sandbox_id).await?;
+        self.take_over(sandbox_id).await?;
         self.start_serve(sandbox_id, &live).await
     }
 
@@ -407,11 +472,8 @@ impl SandboxBackend for KubeBackend {
             .lock()
             .map_err(|_| SandboxError::Io("sandbox table poisoned".into()))?
             .remove(sandbox_id);
-        let mine = ListParams::default().labels(&format!(
-            "{LABEL_SANDBOX}={sandbox_id},{}={}",
-            super::manifest::LABEL_OWNER,
-            self.manifests.owner()
-        ));
+        // Whichever server made them or holds them now: ids are unique across installations.
+        let mine = ListParams::default().labels(&format!("{LABEL_SANDBOX}={sandbox_id}"));
         let now = DeleteParams::default().grace_period(0);
         self.ops
             .pods
@@ -448,7 +510,10 @@ impl SandboxBackend for KubeBackend {
             .await
             .map_err(api_error)?;
         match pod.as_ref().map(super::pods::pod_state) {
-            Some(PodState::Running(Some(ip))) => self.endpoint(&live, &ip),
+            Some(PodState::Running(Some(ip))) => {
+                self.take_over(sandbox_id).await?;
+                self.endpoint(&live, &ip)
+            }
             _ => Err(SandboxError::Start("its pod is no longer running".into())),
         }
     }

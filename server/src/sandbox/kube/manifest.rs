@@ -23,10 +23,16 @@ use crate::settings::Settings;
 pub const LABEL_SANDBOX: &str = "delegate.sandbox";
 /// `ephemeral`, `warm`, `seed` or `commit`.
 pub const LABEL_KIND: &str = "delegate.kind";
-/// The server instance that made it: a server sweeps only its own.
+/// The server instance that holds it (the one that made it, or took it over since): a server
+/// sweeps only its own.
 pub const LABEL_OWNER: &str = "delegate.owner";
 /// On the sandbox's Secret: the image its pods run.
 pub const ANNOTATION_IMAGE: &str = "delegate.image";
+/// On the sandbox's Secret: the commit its next change must sit on (the seed, then each run's
+/// change), so any server can check a change without the host repository that made it.
+pub const ANNOTATION_TIP: &str = "delegate.tip";
+/// On the sandbox's Secret: the snapshot it was cloned from, when it was.
+pub const ANNOTATION_ORIGIN: &str = "delegate.origin";
 /// The sandbox user of the image.
 pub const SANDBOX_UID: i64 = 1000;
 /// The one container of every pod.
