@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::Harness;
 use common::served::{Served, api_token};
 use delegate_mcp::types::{ChangeKind, RunResult, RunStatus, SandboxStatus};
-use delegate_server::orchestrator::{Orchestrator, RunRequest, SandboxRequest};
+use delegate_server::orchestrator::{Orchestrator, RunRequest, SandboxInputs, SandboxRequest};
 use delegate_server::sandbox::kube::Manifests;
 use delegate_server::sandbox::kube::manifest::{Job, PodRole};
 use delegate_server::settings::{BackendChoice, Settings};
@@ -438,6 +438,19 @@ async fn every_manifest_the_backend_makes_is_valid_for_kubernetes_1_37() {
             serde_json::to_value(m.sandbox_pod(id, image, &PodRole::Serve)).unwrap(),
         ),
         (
+            "setup-pod",
+            serde_json::to_value(m.sandbox_pod(id, image, &PodRole::Setup("echo hi"))).unwrap(),
+        ),
+        (
+            "headless-pod-after-setup",
+            serde_json::to_value({
+                let mut pod = m.sandbox_pod(id, image, &PodRole::Headless(&args));
+                m.keep_home(&mut pod, id);
+                pod
+            })
+            .unwrap(),
+        ),
+        (
             "seed-pod",
             serde_json::to_value(m.job_pod(
                 id,
@@ -835,4 +848,139 @@ async fn a_sandbox_made_through_one_replica_is_run_paused_resumed_and_deleted_th
     b.stop().await;
     k.cluster.shutdown().await;
     drop(pg);
+}
+
+/// The `data` of the run's events of `kind`.
+async fn events_of(
+    orch: &Orchestrator,
+    run_id: &delegate_server::ids::RunId,
+    kind: &str,
+) -> Vec<Value> {
+    use futures::StreamExt;
+    orch.events(run_id, 0)
+        .filter_map(|e| async move { e.ok().filter(|e| e.kind == kind).map(|e| e.data) })
+        .collect()
+        .await
+}
+
+/// Setup on kubernetes: a hardened pod of its own with the sandbox's env, on its claims. Its
+/// lines are `setup` events; the run then sees what it wrote, in the work dir and in `$HOME`. A
+/// warm sandbox runs it once at creation; a setup past the timeout is killed, its pod deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_runs_in_a_hardened_pod_with_the_sandboxes_env_and_claims() {
+    let Some(k) = KubeHarness::new(Script::bash(
+        "echo \"env=$GREETING\"; cat made-by-setup.txt ~/from-setup.txt",
+        TOOL_RESULT_PLACEHOLDER,
+    ))
+    .await
+    else {
+        return;
+    };
+    let orch = k.orchestrator().await;
+    let inputs = |setup: &str| SandboxInputs {
+        env: BTreeMap::from([("GREETING".to_string(), "hello from env".to_string())]),
+        setup: Some(setup.into()),
+        ..Default::default()
+    };
+    let (run_id, _) = orch
+        .start_run(RunRequest {
+            inputs: inputs(
+                "echo \"setup sees $GREETING in $(pwd)\"; echo 'setup was here' > made-by-setup.txt; \
+                 echo 'home kept' > ~/from-setup.txt; echo to-stderr >&2",
+            ),
+            ..task("show the greeting")
+        })
+        .await
+        .unwrap();
+    let r = orch.wait(&run_id).await.unwrap();
+    assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.error);
+    for said in ["env=hello from env", "setup was here", "home kept"] {
+        assert!(
+            r.final_message.contains(said),
+            "{said}: {}",
+            r.final_message
+        );
+    }
+    let setup = events_of(&orch, &run_id, "setup").await;
+    let lines: Vec<&str> = setup.iter().filter_map(|e| e["line"].as_str()).collect();
+    assert_eq!(
+        lines,
+        ["setup sees hello from env in /workspace", "to-stderr"],
+        "{setup:?}"
+    );
+    let pods = k.created("pods");
+    let setup_pod = pods
+        .iter()
+        .find(|p| p["metadata"]["labels"]["delegate.kind"] == "setup")
+        .expect("a setup pod");
+    assert_hardened(setup_pod);
+    let spec = &setup_pod["spec"];
+    assert_eq!(
+        spec["containers"][0]["envFrom"][0]["secretRef"]["name"],
+        format!("delegate-{}", r.sandbox_id.replace('_', "-"))
+    );
+    let claims: Vec<&str> = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
+        .collect();
+    assert_eq!(claims.len(), 2, "work and home: {spec}");
+    assert_eq!(k.leftovers(), Vec::<String>::new());
+
+    // A warm sandbox: once, at creation.
+    k.h.fake
+        .set_script(Script::bash("cat count.txt", TOOL_RESULT_PLACEHOLDER));
+    let sandbox = orch
+        .create_sandbox(SandboxRequest {
+            inputs: inputs("echo once >> count.txt"),
+            created_by: Some("test".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("create a warm sandbox with setup");
+    let r = run(
+        &orch,
+        RunRequest {
+            sandbox_id: Some(sandbox.id.clone()),
+            ..task("count")
+        },
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.error);
+    assert_eq!(
+        r.final_message.matches("once").count(),
+        1,
+        "{}",
+        r.final_message
+    );
+    orch.delete_sandbox(&sandbox.id.parse().unwrap())
+        .await
+        .expect("delete");
+    assert_eq!(k.leftovers(), Vec::<String>::new());
+
+    // Past the timeout: killed, the agent never asked, nothing left.
+    let asked = k.h.fake.requests().len();
+    let started = std::time::Instant::now();
+    let (run_id, _) = orch
+        .start_run(RunRequest {
+            inputs: inputs("echo started; sleep 600"),
+            timeout: Some(Duration::from_secs(10)),
+            ..task("never reached")
+        })
+        .await
+        .unwrap();
+    let r = orch.wait(&run_id).await.unwrap();
+    assert_eq!(r.status, RunStatus::TimedOut, "{:?}", r.error);
+    assert!(started.elapsed() < Duration::from_secs(120));
+    let setup = events_of(&orch, &run_id, "setup").await;
+    assert!(setup.iter().any(|e| e["line"] == "started"), "{setup:?}");
+    assert!(
+        k.h.fake.requests()[asked..]
+            .iter()
+            .all(delegate_testkit::anthropic::RecordedRequest::is_title_request),
+        "opencode never ran the task"
+    );
+    assert_eq!(k.leftovers(), Vec::<String>::new());
+    k.cluster.shutdown().await;
 }

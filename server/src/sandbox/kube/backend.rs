@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -68,6 +69,7 @@ impl KubeBackend {
             kind,
             password,
             image,
+            home_kept: AtomicBool::new(kind == SandboxKind::Warm),
         });
         self.remember(id, live.clone())?;
         Ok(live)
@@ -221,6 +223,73 @@ impl KubeBackend {
         })
     }
 
+    /// Streams a started pod's log lines, ending with `Exited` (its exit code and `OOMKilled`
+    /// from the container status); cancelling `stop` deletes it (and waits until it is gone).
+    /// The pod, and the Secret `then_delete` names, are deleted once it ended. `split`: the
+    /// log merges stdout and stderr, so opencode's JSON lines are told from diagnostics by
+    /// their first byte; without it every line is output (a setup script's).
+    async fn stream_pod(
+        &self,
+        name: String,
+        mut lines: mpsc::Receiver<String>,
+        stop: CancellationToken,
+        then_delete: Option<String>,
+        split: bool,
+    ) -> mpsc::Receiver<AgentOutput> {
+        let (tx, rx) = mpsc::channel(256);
+        let pods = self.ops.pods.clone();
+        let secrets = self.secrets.clone();
+        let backend = self.ops.clone();
+        tokio::spawn(async move {
+            let mut killed = false;
+            let read = async {
+                while let Some(line) = lines.recv().await {
+                    let item = if !split || line.starts_with('{') {
+                        AgentOutput::Stdout(line)
+                    } else {
+                        AgentOutput::Stderr(line)
+                    };
+                    if tx.send(item).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            tokio::select! {
+                () = read => {}
+                () = stop.cancelled() => {
+                    killed = true;
+                }
+            }
+            let exit = if killed {
+                ExitInfo::default()
+            } else {
+                backend.wait_ended(&name, EXIT_TIMEOUT).await
+            };
+            if killed {
+                // Gone means its processes are gone too: wait for that.
+                if let Err(e) = backend.delete_pod(&name).await {
+                    tracing::warn!(pod = %name, error = %e, "cannot delete a cancelled pod");
+                }
+            } else if let Err(e) = pods
+                .delete(&name, &DeleteParams::default().grace_period(0))
+                .await
+                && !not_found(&e)
+            {
+                tracing::warn!(pod = %name, error = %e, "cannot delete a finished pod");
+            }
+            if let Some(secret) = then_delete
+                && let Err(e) = secrets.delete(&secret, &DeleteParams::default()).await
+                && !not_found(&e)
+            {
+                tracing::warn!(secret = %secret, error = %e, "cannot delete a run's task");
+            }
+            let _ = tx
+                .send(AgentOutput::Exited(ExitInfo { killed, ..exit }))
+                .await;
+        });
+        rx
+    }
+
     /// Ids of the sandboxes this server has pods, claims or secrets of.
     async fn labelled(&self) -> Result<Vec<String>, SandboxError> {
         let params = ListParams::default().labels(&self.manifests.owned_selector());
@@ -307,6 +376,7 @@ impl SandboxBackend for KubeBackend {
             kind: spec.kind,
             password: spec.serve_password.clone(),
             image,
+            home_kept: AtomicBool::new(spec.kind == SandboxKind::Warm),
         });
         self.remember(&spec.id, live.clone())?;
         let kind = if spec.kind == SandboxKind::Warm {
@@ -380,69 +450,73 @@ impl SandboxBackend for KubeBackend {
             )
             .await
             .map_err(api_error)?;
-        let pod = self
-            .manifests
-            .sandbox_pod(sandbox_id, &live.image, &PodRole::Headless(&args));
+        let mut pod =
+            self.manifests
+                .sandbox_pod(sandbox_id, &live.image, &PodRole::Headless(&args));
+        if live.home_kept.load(Ordering::Acquire) {
+            self.manifests.keep_home(&mut pod, sandbox_id);
+        }
         let name = object_name(sandbox_id, "");
         self.ops.make_pod(&pod).await?;
         if let Err(e) = self.ops.wait_started(&name).await {
             let _ = self.ops.delete_pod(&name).await;
             return Err(e);
         }
-        let mut lines = self.ops.follow_log(&name).await?;
-        let (tx, rx) = mpsc::channel(256);
-        let pods = self.ops.pods.clone();
-        let secrets = self.secrets.clone();
-        let backend = self.ops.clone();
-        tokio::spawn(async move {
-            let mut killed = false;
-            let read = async {
-                while let Some(line) = lines.recv().await {
-                    // The log API merges stdout and stderr: opencode's events are its JSON
-                    // lines, anything else is a diagnostic.
-                    let item = if line.starts_with('{') {
-                        AgentOutput::Stdout(line)
-                    } else {
-                        AgentOutput::Stderr(line)
-                    };
-                    if tx.send(item).await.is_err() {
-                        break;
-                    }
-                }
-            };
-            tokio::select! {
-                () = read => {}
-                () = stop.cancelled() => {
-                    killed = true;
-                }
-            }
-            let exit = if killed {
-                ExitInfo::default()
-            } else {
-                backend.wait_ended(&name, EXIT_TIMEOUT).await
-            };
-            if killed {
-                // Gone means its processes are gone too: wait for that.
-                if let Err(e) = backend.delete_pod(&name).await {
-                    tracing::warn!(pod = %name, error = %e, "cannot delete a cancelled run's pod");
-                }
-            } else if let Err(e) = pods
-                .delete(&name, &DeleteParams::default().grace_period(0))
+        let lines = self.ops.follow_log(&name).await?;
+        Ok(self
+            .stream_pod(name, lines, stop, Some(task_name), true)
+            .await)
+    }
+
+    fn runs_setup(&self) -> bool {
+        true
+    }
+
+    /// A pod of its own (`PodRole::Setup`): the sandbox's image, claims, env and secrets, with
+    /// the same hardening; beside a running serve pod, on its node.
+    async fn run_setup(
+        &self,
+        sandbox_id: &str,
+        script: &str,
+        stop: CancellationToken,
+    ) -> Result<mpsc::Receiver<AgentOutput>, SandboxError> {
+        let live = self.live_or_recover(sandbox_id).await?;
+        if !live.home_kept.load(Ordering::Acquire) {
+            // An ephemeral sandbox's $HOME outlives its setup pod for the run that follows.
+            match self
+                .claims
+                .create(
+                    &PostParams::default(),
+                    &self.manifests.claim(sandbox_id, "home"),
+                )
                 .await
-                && !not_found(&e)
             {
-                tracing::warn!(pod = %name, error = %e, "cannot delete a finished run's pod");
+                Ok(_) => {}
+                Err(e) if super::conflict(&e) => {}
+                Err(e) => return Err(api_error(e)),
             }
-            if let Err(e) = secrets.delete(&task_name, &DeleteParams::default()).await
-                && !not_found(&e)
-            {
-                tracing::warn!(secret = %task_name, error = %e, "cannot delete a run's task");
+            live.home_kept.store(true, Ordering::Release);
+        }
+        let mut pod = self
+            .manifests
+            .sandbox_pod(sandbox_id, &live.image, &PodRole::Setup(script));
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.node_name = self.claims_node(sandbox_id).await?;
+        }
+        let name = object_name(sandbox_id, "setup");
+        self.ops.make_pod(&pod).await?;
+        let lines = async {
+            self.ops.wait_started(&name).await?;
+            self.ops.follow_log(&name).await
+        }
+        .await;
+        match lines {
+            Ok(lines) => Ok(self.stream_pod(name, lines, stop, None, false).await),
+            Err(e) => {
+                let _ = self.ops.delete_pod(&name).await;
+                Err(e)
             }
-            let _ = tx
-                .send(AgentOutput::Exited(ExitInfo { killed, ..exit }))
-                .await;
-        });
-        Ok(rx)
+        }
     }
 
     async fn collect_changes(

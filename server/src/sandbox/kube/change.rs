@@ -253,6 +253,19 @@ impl KubeBackend {
         Ok(changes)
     }
 
+    /// The node of the sandbox's serve pod, when it runs: a ReadWriteOnce claim in use is
+    /// reachable only there.
+    pub(super) async fn claims_node(&self, id: &str) -> Result<Option<String>, SandboxError> {
+        Ok(self
+            .ops
+            .pods
+            .get_opt(&object_name(id, ""))
+            .await
+            .map_err(api_error)?
+            .and_then(|p| p.spec)
+            .and_then(|s| s.node_name))
+    }
+
     /// Commits the work claim's state on top of `base` in a pod, and puts the bundle (of what
     /// came after `since`, a commit this server has; the whole history when empty) into the
     /// sandbox's run dir.
@@ -264,15 +277,7 @@ impl KubeBackend {
         since: &str,
         label: &str,
     ) -> Result<(), SandboxError> {
-        // A ReadWriteOnce claim in use by the serve pod is reachable only on its node.
-        let node = self
-            .ops
-            .pods
-            .get_opt(&object_name(id, ""))
-            .await
-            .map_err(api_error)?
-            .and_then(|p| p.spec)
-            .and_then(|s| s.node_name);
+        let node = self.claims_node(id).await?;
         let script = commit_script();
         let env = [
             ("DELEGATE_BASE", base.to_string()),

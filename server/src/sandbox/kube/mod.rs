@@ -78,6 +78,9 @@ struct Live {
     password: Option<Secret>,
     /// The image its pods are made from.
     image: String,
+    /// Whether it has a home claim (a warm sandbox always; an ephemeral one once its setup
+    /// ran, so the run sees what setup wrote to `$HOME`).
+    home_kept: std::sync::atomic::AtomicBool,
 }
 
 /// The Kubernetes name of a sandbox's object: `delegate-sbx-...` plus `what` (names may not
