@@ -844,6 +844,14 @@ async fn a_sandbox_made_through_one_replica_is_run_paused_resumed_and_deleted_th
     assert_eq!(api.status(&a.base, &id).await, "deleted");
     assert_eq!(k.leftovers(), Vec::<String>::new());
 
+    // A still has its copy of the change repository; restarted, it sees the sandbox is gone
+    // from the cluster and removes it.
+    let kept = a.data.join("kubernetes").join(&id);
+    assert!(kept.join("changes.git").exists(), "{}", kept.display());
+    a.stop().await;
+    let a = Served::start(&k.h, &env, "a").await;
+    assert!(!kept.exists(), "{}\n{}", kept.display(), a.log());
+
     a.stop().await;
     b.stop().await;
     k.cluster.shutdown().await;

@@ -290,6 +290,43 @@ impl KubeBackend {
         rx
     }
 
+    /// Removes this server's host side (a change repository, a run dir) of sandboxes the
+    /// cluster no longer has: deleted through another server while this one held a copy. Best
+    /// effort, at start (the only caller is the restart's reconcile, before any sandbox is made
+    /// here, so no half-made sandbox's dir is taken for one that is gone).
+    async fn forget_gone(&self) {
+        let params = ListParams::default().labels(LABEL_SANDBOX);
+        let known: std::collections::HashSet<String> =
+            match self.secrets.list_metadata(&params).await {
+                Ok(list) => list
+                    .items
+                    .into_iter()
+                    .filter_map(|o| o.metadata.labels.and_then(|mut l| l.remove(LABEL_SANDBOX)))
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list sandboxes to clean up their host side");
+                    return;
+                }
+            };
+        let Ok(mut dir) = tokio::fs::read_dir(&self.root).await else {
+            return;
+        };
+        while let Ok(Some(entry)) = dir.next_entry().await {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if !id.starts_with("sbx_") || known.contains(&id) || self.live(&id).is_ok() {
+                continue;
+            }
+            match tokio::fs::remove_dir_all(entry.path()).await {
+                Ok(()) => {
+                    tracing::info!(sandbox = %id, "removed the host side of a sandbox that is gone")
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e, "cannot remove a gone sandbox's host side")
+                }
+            }
+        }
+    }
+
     /// Ids of the sandboxes this server has pods, claims or secrets of.
     async fn labelled(&self) -> Result<Vec<String>, SandboxError> {
         let params = ListParams::default().labels(&self.manifests.owned_selector());
@@ -593,6 +630,8 @@ impl SandboxBackend for KubeBackend {
     }
 
     async fn held(&self) -> Result<Vec<String>, SandboxError> {
-        self.labelled().await
+        let mine = self.labelled().await?;
+        self.forget_gone().await;
+        Ok(mine)
     }
 }
