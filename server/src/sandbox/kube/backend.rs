@@ -318,10 +318,10 @@ impl KubeBackend {
             }
             match tokio::fs::remove_dir_all(entry.path()).await {
                 Ok(()) => {
-                    tracing::info!(sandbox = %id, "removed the host side of a sandbox that is gone")
+                    tracing::info!(sandbox = %id, "removed the host side of a sandbox that is gone");
                 }
                 Err(e) => {
-                    tracing::warn!(sandbox = %id, error = %e, "cannot remove a gone sandbox's host side")
+                    tracing::warn!(sandbox = %id, error = %e, "cannot remove a gone sandbox's host side");
                 }
             }
         }
