@@ -11,8 +11,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::Harness;
+use common::served::{Served, api_token};
 use delegate_mcp::types::{ChangeKind, RunResult, RunStatus, SandboxStatus};
-use delegate_server::orchestrator::{Orchestrator, RunRequest, SandboxRequest};
+use delegate_server::orchestrator::{Orchestrator, RunRequest, SandboxInputs, SandboxRequest};
 use delegate_server::sandbox::kube::Manifests;
 use delegate_server::sandbox::kube::manifest::{Job, PodRole};
 use delegate_server::settings::{BackendChoice, Settings};
@@ -437,6 +438,19 @@ async fn every_manifest_the_backend_makes_is_valid_for_kubernetes_1_37() {
             serde_json::to_value(m.sandbox_pod(id, image, &PodRole::Serve)).unwrap(),
         ),
         (
+            "setup-pod",
+            serde_json::to_value(m.sandbox_pod(id, image, &PodRole::Setup("echo hi"))).unwrap(),
+        ),
+        (
+            "headless-pod-after-setup",
+            serde_json::to_value({
+                let mut pod = m.sandbox_pod(id, image, &PodRole::Headless(&args));
+                m.keep_home(&mut pod, id);
+                pod
+            })
+            .unwrap(),
+        ),
+        (
             "seed-pod",
             serde_json::to_value(m.job_pod(
                 id,
@@ -647,5 +661,334 @@ async fn a_cancelled_run_deletes_its_pod_and_ends_cancelled() {
             .is_some_and(|b| b["gracePeriodSeconds"] == 0)),
         "{deletes:?}"
     );
+    k.cluster.shutdown().await;
+}
+
+/// The REST API of `delegate serve`, with a bearer token.
+struct Rest {
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Rest {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        body: Option<Value>,
+    ) -> (reqwest::StatusCode, Value) {
+        let mut req = self.http.request(method, url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, base: &str, path: &str, body: Value) -> (reqwest::StatusCode, Value) {
+        self.send(reqwest::Method::POST, format!("{base}{path}"), Some(body))
+            .await
+    }
+
+    async fn status(&self, base: &str, sandbox_id: &str) -> String {
+        let url = format!("{base}/api/sandboxes/{sandbox_id}");
+        let (_, v) = self.send(reqwest::Method::GET, url, None).await;
+        v["status"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// A run in `sandbox_id` through `base`, waited for; it must succeed.
+    async fn run_in(&self, base: &str, sandbox_id: &str, task: &str, logs: &str) -> RunResult {
+        let body = serde_json::json!({
+            "task": task, "sandbox_id": sandbox_id, "wait": true, "timeout_seconds": 240,
+        });
+        let (status, body) = self.post(base, "/api/runs", body).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}\n{logs}");
+        let result: RunResult = serde_json::from_value(body).unwrap();
+        assert_eq!(result.status, RunStatus::Succeeded, "{result:?}\n{logs}");
+        result
+    }
+}
+
+fn paths(result: &RunResult) -> Vec<&str> {
+    result
+        .changed_files
+        .iter()
+        .map(|f| f.path.as_str())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_made_through_one_replica_is_run_paused_resumed_and_deleted_through_another() {
+    let Some(pg) = tokio::task::spawn_blocking(delegate_testkit::postgres::TestPostgres::start)
+        .await
+        .unwrap()
+        .expect("start PostgreSQL")
+    else {
+        return;
+    };
+    let Some(k) = KubeHarness::new(Script::write_file(
+        "from-a.txt",
+        "written through A\n",
+        "done on A",
+    ))
+    .await
+    else {
+        return;
+    };
+    // Nothing shared but the database and the cluster: each replica has its own data dir.
+    let env = [
+        ("DATABASE_URL", pg.url.clone()),
+        ("DELEGATE_BACKEND", "kubernetes".into()),
+        ("DELEGATE_SANDBOX_IMAGE", real::sandbox_image()),
+        ("DELEGATE_SANDBOX_MEMORY_MB", "1024".into()),
+        (
+            "DELEGATE_K8S_KUBECONFIG",
+            k.kubeconfig.display().to_string(),
+        ),
+        ("DELEGATE_K8S_NAMESPACE", NAMESPACE.into()),
+        ("DELEGATE_K8S_PROXY_URL", "loopback".into()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = Served::start(&k.h, &env, "a").await;
+    let b = Served::start(&k.h, &env, "b").await;
+    let api = Rest {
+        http: reqwest::Client::new(),
+        token: api_token(&k.h, &env, &k.h.dir.path().join("admin")).await,
+    };
+    let logs = || format!("--- A\n{}\n--- B\n{}", a.log(), b.log());
+
+    // Made through A, and a task run in it through A.
+    let (status, made) = api
+        .post(
+            &a.base,
+            "/api/sandboxes",
+            serde_json::json!({ "name": "shared", "files": { "seed.txt": "seeded\n" } }),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{made}\n{}", logs());
+    let id = made["sandbox_id"].as_str().unwrap().to_string();
+    let pod = format!("delegate-{}", id.replace('_', "-"));
+    let first = api.run_in(&a.base, &id, "write from-a.txt", &logs()).await;
+    assert_eq!(paths(&first), ["from-a.txt"]);
+
+    // Paused through B: the pod goes, the claims stay, both replicas say so.
+    let (status, body) = api
+        .post(
+            &b.base,
+            &format!("/api/sandboxes/{id}/pause"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}\n{}", logs());
+    assert_eq!(api.status(&a.base, &id).await, "paused");
+    assert!(k.cluster.object("pods", NAMESPACE, &pod).is_none());
+
+    // Resumed through B, which holds it from now on (its objects carry B's label), and run in
+    // through B: it sees A's file, and its change is only its own, on A's change (B never had
+    // the host repository A made at creation).
+    let (status, body) = api
+        .post(
+            &b.base,
+            &format!("/api/sandboxes/{id}/resume"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}\n{}", logs());
+    assert_eq!(api.status(&a.base, &id).await, "running");
+    let b_id = std::fs::read_to_string(b.data.join("instance-id")).unwrap();
+    let secret = k.cluster.object("secrets", NAMESPACE, &pod).unwrap();
+    assert_eq!(secret["metadata"]["labels"]["delegate.owner"], b_id.trim());
+    k.h.fake.set_script(Script::bash(
+        "cat seed.txt from-a.txt && echo through-b > from-b.txt",
+        TOOL_RESULT_PLACEHOLDER,
+    ));
+    let second = api
+        .run_in(&b.base, &id, "read them, write one", &logs())
+        .await;
+    assert!(
+        second.final_message.contains("seeded")
+            && second.final_message.contains("written through A"),
+        "{second:?}"
+    );
+    assert_eq!(paths(&second), ["from-b.txt"]);
+    assert!(
+        b.log().contains("rebuilding the change repository"),
+        "{}",
+        logs()
+    );
+    // The commit the next change must sit on moved with it, in the cluster.
+    let tip = |secret: &Value| secret["metadata"]["annotations"]["delegate.tip"].clone();
+    let moved = k.cluster.object("secrets", NAMESPACE, &pod).unwrap();
+    assert_ne!(tip(&moved), tip(&secret), "{moved}");
+    assert_eq!(tip(&moved).as_str().map(str::len), Some(40), "{moved}");
+
+    // Back through A, whose change repository stops at its own run: the change is the third
+    // run's alone again.
+    k.h.fake.set_script(Script::bash(
+        "echo again > from-a2.txt",
+        TOOL_RESULT_PLACEHOLDER,
+    ));
+    let third = api.run_in(&a.base, &id, "write another", &logs()).await;
+    assert_eq!(paths(&third), ["from-a2.txt"]);
+
+    // Deleted through B: the row says so on A too, and nothing of it is left in the cluster.
+    let (status, body) = api
+        .send(
+            reqwest::Method::DELETE,
+            format!("{}/api/sandboxes/{id}", b.base),
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}\n{}", logs());
+    assert_eq!(api.status(&a.base, &id).await, "deleted");
+    assert_eq!(k.leftovers(), Vec::<String>::new());
+
+    // A still has its copy of the change repository; restarted, it sees the sandbox is gone
+    // from the cluster and removes it.
+    let kept = a.data.join("kubernetes").join(&id);
+    assert!(kept.join("changes.git").exists(), "{}", kept.display());
+    a.stop().await;
+    let a = Served::start(&k.h, &env, "a").await;
+    assert!(!kept.exists(), "{}\n{}", kept.display(), a.log());
+
+    a.stop().await;
+    b.stop().await;
+    k.cluster.shutdown().await;
+    drop(pg);
+}
+
+/// The `data` of the run's events of `kind`.
+async fn events_of(
+    orch: &Orchestrator,
+    run_id: &delegate_server::ids::RunId,
+    kind: &str,
+) -> Vec<Value> {
+    use futures::StreamExt;
+    orch.events(run_id, 0)
+        .filter_map(|e| async move { e.ok().filter(|e| e.kind == kind).map(|e| e.data) })
+        .collect()
+        .await
+}
+
+/// Setup on kubernetes: a hardened pod of its own with the sandbox's env, on its claims. Its
+/// lines are `setup` events; the run then sees what it wrote, in the work dir and in `$HOME`. A
+/// warm sandbox runs it once at creation; a setup past the timeout is killed, its pod deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_runs_in_a_hardened_pod_with_the_sandboxes_env_and_claims() {
+    let Some(k) = KubeHarness::new(Script::bash(
+        "echo \"env=$GREETING\"; cat made-by-setup.txt ~/from-setup.txt",
+        TOOL_RESULT_PLACEHOLDER,
+    ))
+    .await
+    else {
+        return;
+    };
+    let orch = k.orchestrator().await;
+    let inputs = |setup: &str| SandboxInputs {
+        env: BTreeMap::from([("GREETING".to_string(), "hello from env".to_string())]),
+        setup: Some(setup.into()),
+        ..Default::default()
+    };
+    let (run_id, _) = orch
+        .start_run(RunRequest {
+            inputs: inputs(
+                "echo \"setup sees $GREETING in $(pwd)\"; echo 'setup was here' > made-by-setup.txt; \
+                 echo 'home kept' > ~/from-setup.txt; echo to-stderr >&2",
+            ),
+            ..task("show the greeting")
+        })
+        .await
+        .unwrap();
+    let r = orch.wait(&run_id).await.unwrap();
+    assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.error);
+    for said in ["env=hello from env", "setup was here", "home kept"] {
+        assert!(
+            r.final_message.contains(said),
+            "{said}: {}",
+            r.final_message
+        );
+    }
+    let setup = events_of(&orch, &run_id, "setup").await;
+    let lines: Vec<&str> = setup.iter().filter_map(|e| e["line"].as_str()).collect();
+    assert_eq!(
+        lines,
+        ["setup sees hello from env in /workspace", "to-stderr"],
+        "{setup:?}"
+    );
+    let pods = k.created("pods");
+    let setup_pod = pods
+        .iter()
+        .find(|p| p["metadata"]["labels"]["delegate.kind"] == "setup")
+        .expect("a setup pod");
+    assert_hardened(setup_pod);
+    let spec = &setup_pod["spec"];
+    assert_eq!(
+        spec["containers"][0]["envFrom"][0]["secretRef"]["name"],
+        format!("delegate-{}", r.sandbox_id.replace('_', "-"))
+    );
+    let claims: Vec<&str> = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
+        .collect();
+    assert_eq!(claims.len(), 2, "work and home: {spec}");
+    assert_eq!(k.leftovers(), Vec::<String>::new());
+
+    // A warm sandbox: once, at creation.
+    k.h.fake
+        .set_script(Script::bash("cat count.txt", TOOL_RESULT_PLACEHOLDER));
+    let sandbox = orch
+        .create_sandbox(SandboxRequest {
+            inputs: inputs("echo once >> count.txt"),
+            created_by: Some("test".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("create a warm sandbox with setup");
+    let r = run(
+        &orch,
+        RunRequest {
+            sandbox_id: Some(sandbox.id.clone()),
+            ..task("count")
+        },
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.error);
+    assert_eq!(
+        r.final_message.matches("once").count(),
+        1,
+        "{}",
+        r.final_message
+    );
+    orch.delete_sandbox(&sandbox.id.parse().unwrap())
+        .await
+        .expect("delete");
+    assert_eq!(k.leftovers(), Vec::<String>::new());
+
+    // Past the timeout: killed, the agent never asked, nothing left.
+    let asked = k.h.fake.requests().len();
+    let started = std::time::Instant::now();
+    let (run_id, _) = orch
+        .start_run(RunRequest {
+            inputs: inputs("echo started; sleep 600"),
+            timeout: Some(Duration::from_secs(10)),
+            ..task("never reached")
+        })
+        .await
+        .unwrap();
+    let r = orch.wait(&run_id).await.unwrap();
+    assert_eq!(r.status, RunStatus::TimedOut, "{:?}", r.error);
+    assert!(started.elapsed() < Duration::from_secs(120));
+    let setup = events_of(&orch, &run_id, "setup").await;
+    assert!(setup.iter().any(|e| e["line"] == "started"), "{setup:?}");
+    assert!(
+        k.h.fake.requests()[asked..]
+            .iter()
+            .all(delegate_testkit::anthropic::RecordedRequest::is_title_request),
+        "opencode never ran the task"
+    );
+    assert_eq!(k.leftovers(), Vec::<String>::new());
     k.cluster.shutdown().await;
 }

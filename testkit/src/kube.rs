@@ -1,7 +1,8 @@
 //! A fake Kubernetes API server for the kubernetes backend's tests: it speaks the real wire
 //! format for what the backend uses (JSON objects with `resourceVersion`, `Status` errors, list,
 //! watch streams with `?watch=1`, label and field selectors, the log stream with `follow=true`,
-//! collection deletes) for Pods, Secrets and PersistentVolumeClaims in any namespace.
+//! collection deletes, JSON merge patches) for Pods, Secrets and PersistentVolumeClaims in any
+//! namespace.
 //!
 //! Pods really run: each is a container on a Docker Engine (the test engine), on the host's
 //! network with a loopback address of its own as its pod IP (so pods reach a proxy on the
@@ -164,6 +165,27 @@ fn matches(query: &BTreeMap<String, String>, object: &Value) -> bool {
         }
     }
     true
+}
+
+/// Applies an RFC 7386 JSON merge patch (`application/merge-patch+json`, kube-rs's
+/// `Patch::Merge`): objects merge key by key, `null` removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(changes) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Value::Object(fields) = target {
+        for (key, value) in changes {
+            if value.is_null() {
+                fields.remove(key);
+            } else {
+                merge_patch(fields.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
 }
 
 /// `512Mi`, `1Gi`, `1000` -> bytes.
@@ -1003,6 +1025,30 @@ async fn object(
     };
     match method {
         Method::GET => axum::Json(found).into_response(),
+        Method::PATCH => {
+            let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "the patch is not JSON".into(),
+                );
+            };
+            let mut patched = found.clone();
+            merge_patch(&mut patched, &patch);
+            // As the API server does: an immutable Secret's data never changes, its metadata may.
+            if found["immutable"] == json!(true)
+                && (patched["data"] != found["data"] || patched["immutable"] != found["immutable"])
+            {
+                return status(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    format!("{resource} \"{name}\" is invalid: data: field is immutable"),
+                );
+            }
+            patched["metadata"]["name"] = found["metadata"]["name"].clone();
+            patched["metadata"]["namespace"] = found["metadata"]["namespace"].clone();
+            axum::Json(shared.put(&resource, "MODIFIED", patched)).into_response()
+        }
         Method::DELETE => {
             shared.release(&resource, &found).await;
             axum::Json(shared.put(&resource, "DELETED", found)).into_response()
@@ -1094,7 +1140,7 @@ impl FakeCluster {
             )
             .route(
                 "/api/v1/namespaces/{ns}/{resource}/{name}",
-                get(object).delete(object),
+                get(object).delete(object).patch(object),
             )
             .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(log))
             .with_state(shared.clone());
@@ -1223,6 +1269,20 @@ async fn remove_all(docker: &Docker, id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_merge_patch_merges_objects_removes_nulls_and_replaces_the_rest() {
+        let mut object =
+            json!({"metadata": {"labels": {"a": "1", "b": "2"}, "name": "x"}, "n": [1]});
+        merge_patch(
+            &mut object,
+            &json!({"metadata": {"labels": {"a": "3", "b": null}, "annotations": {"t": "c"}}, "n": [2]}),
+        );
+        assert_eq!(
+            object,
+            json!({"metadata": {"labels": {"a": "3"}, "annotations": {"t": "c"}, "name": "x"}, "n": [2]})
+        );
+    }
 
     #[test]
     fn selectors_match_as_the_api_server_does() {

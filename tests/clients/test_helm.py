@@ -31,10 +31,10 @@ SERVER_LABELS = {
 # Everything the kubernetes backend does, per resource (server/src/sandbox/kube/): the Role may
 # grant no more. No exec, no attach, nothing cluster-wide.
 ALLOWED_VERBS = {
-    "pods": {"get", "list", "watch", "create", "delete", "deletecollection"},
+    "pods": {"get", "list", "watch", "create", "patch", "delete", "deletecollection"},
     "pods/log": {"get"},
-    "secrets": {"get", "list", "create", "delete", "deletecollection"},
-    "persistentvolumeclaims": {"get", "list", "create", "delete", "deletecollection"},
+    "secrets": {"get", "list", "create", "patch", "delete", "deletecollection"},
+    "persistentvolumeclaims": {"get", "list", "create", "patch", "delete", "deletecollection"},
 }
 
 
@@ -113,14 +113,14 @@ def test_default_values() -> None:
     kinds = by_kind(render({"secrets": {"databaseUrl": DB, "anthropicApiKey": "sk-ant-chart-test"}}))
     assert set(kinds) == {
         "ServiceAccount", "Secret", "ConfigMap", "Role", "RoleBinding", "Service", "Deployment", "Ingress",
-        "NetworkPolicy",
+        "PodDisruptionBudget", "NetworkPolicy",
     }
     for manifests in kinds.values():
         for m in manifests:
             assert m["metadata"]["namespace"] == NAMESPACE, m["metadata"]
 
     deploy = one(kinds, "Deployment")
-    assert deploy["spec"]["replicas"] == 1, "one replica until kubernetes sandboxes answer through any"
+    assert deploy["spec"]["replicas"] == 2, "any replica serves any kubernetes sandbox"
     assert deploy["spec"]["selector"]["matchLabels"] == SERVER_LABELS
     pod = deploy["spec"]["template"]["spec"]
     c = server_container(deploy)
@@ -171,6 +171,7 @@ def test_default_values() -> None:
     assert [peer["podSelector"]["matchLabels"] for peer in policy["ingress"][0]["from"]] == [SERVER_LABELS]
     assert policy["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 4096}], "opencode serve's port only"
 
+    assert one(kinds, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     ingress = one(kinds, "Ingress")["spec"]
     assert [r["host"] for r in ingress["rules"]] == ["delegate.example.com"]
     service = one(kinds, "Service")["spec"]

@@ -3,15 +3,19 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ObjectList, PartialObjectMeta};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::manifest::{ANNOTATION_IMAGE, LABEL_KIND, LABEL_SANDBOX, PodRole, SERVE_PORT};
+use super::manifest::{
+    ANNOTATION_IMAGE, ANNOTATION_ORIGIN, ANNOTATION_TIP, LABEL_KIND, LABEL_OWNER, LABEL_SANDBOX,
+    PodRole, SERVE_PORT,
+};
 use super::pods::PodState;
 use super::{KubeBackend, Live, api_error, not_found, object_name};
 use crate::sandbox::workdir::SandboxDirs;
@@ -65,9 +69,54 @@ impl KubeBackend {
             kind,
             password,
             image,
+            home_kept: AtomicBool::new(kind == SandboxKind::Warm),
         });
         self.remember(id, live.clone())?;
         Ok(live)
+    }
+
+    /// What this process keeps for a sandbox, rebuilt from its Secret when it has nothing
+    /// (made by another server, or before this one started).
+    async fn live_or_recover(&self, id: &str) -> Result<Arc<Live>, SandboxError> {
+        match self.live(id) {
+            Err(SandboxError::Unknown(_)) => self.recover(id).await,
+            other => other,
+        }
+    }
+
+    /// Labels the sandbox's lasting objects as this server's, which now holds it (a resume or
+    /// an adoption through it): its sweep and restart see them as the database does.
+    async fn take_over(&self, id: &str) -> Result<(), SandboxError> {
+        let patch = serde_json::json!({
+            "metadata": { "labels": { LABEL_OWNER: self.manifests.owner() } }
+        });
+        let patch = Patch::Merge(&patch);
+        let params = PatchParams::default();
+        fn missing_ok<T>(r: Result<T, kube::Error>) -> Result<(), SandboxError> {
+            match r {
+                Ok(_) => Ok(()),
+                Err(e) if not_found(&e) => Ok(()),
+                Err(e) => Err(api_error(e)),
+            }
+        }
+        missing_ok(
+            self.secrets
+                .patch(&object_name(id, ""), &params, &patch)
+                .await,
+        )?;
+        for what in ["work", "home"] {
+            missing_ok(
+                self.claims
+                    .patch(&object_name(id, what), &params, &patch)
+                    .await,
+            )?;
+        }
+        missing_ok(
+            self.ops
+                .pods
+                .patch(&object_name(id, ""), &params, &patch)
+                .await,
+        )
     }
 
     /// The sandbox's environment, as its Secret holds it.
@@ -174,6 +223,110 @@ impl KubeBackend {
         })
     }
 
+    /// Streams a started pod's log lines, ending with `Exited` (its exit code and `OOMKilled`
+    /// from the container status); cancelling `stop` deletes it (and waits until it is gone).
+    /// The pod, and the Secret `then_delete` names, are deleted once it ended. `split`: the
+    /// log merges stdout and stderr, so opencode's JSON lines are told from diagnostics by
+    /// their first byte; without it every line is output (a setup script's).
+    async fn stream_pod(
+        &self,
+        name: String,
+        mut lines: mpsc::Receiver<String>,
+        stop: CancellationToken,
+        then_delete: Option<String>,
+        split: bool,
+    ) -> mpsc::Receiver<AgentOutput> {
+        let (tx, rx) = mpsc::channel(256);
+        let pods = self.ops.pods.clone();
+        let secrets = self.secrets.clone();
+        let backend = self.ops.clone();
+        tokio::spawn(async move {
+            let mut killed = false;
+            let read = async {
+                while let Some(line) = lines.recv().await {
+                    let item = if !split || line.starts_with('{') {
+                        AgentOutput::Stdout(line)
+                    } else {
+                        AgentOutput::Stderr(line)
+                    };
+                    if tx.send(item).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            tokio::select! {
+                () = read => {}
+                () = stop.cancelled() => {
+                    killed = true;
+                }
+            }
+            let exit = if killed {
+                ExitInfo::default()
+            } else {
+                backend.wait_ended(&name, EXIT_TIMEOUT).await
+            };
+            if killed {
+                // Gone means its processes are gone too: wait for that.
+                if let Err(e) = backend.delete_pod(&name).await {
+                    tracing::warn!(pod = %name, error = %e, "cannot delete a cancelled pod");
+                }
+            } else if let Err(e) = pods
+                .delete(&name, &DeleteParams::default().grace_period(0))
+                .await
+                && !not_found(&e)
+            {
+                tracing::warn!(pod = %name, error = %e, "cannot delete a finished pod");
+            }
+            if let Some(secret) = then_delete
+                && let Err(e) = secrets.delete(&secret, &DeleteParams::default()).await
+                && !not_found(&e)
+            {
+                tracing::warn!(secret = %secret, error = %e, "cannot delete a run's task");
+            }
+            let _ = tx
+                .send(AgentOutput::Exited(ExitInfo { killed, ..exit }))
+                .await;
+        });
+        rx
+    }
+
+    /// Removes this server's host side (a change repository, a run dir) of sandboxes the
+    /// cluster no longer has: deleted through another server while this one held a copy. Best
+    /// effort, at start (the only caller is the restart's reconcile, before any sandbox is made
+    /// here, so no half-made sandbox's dir is taken for one that is gone).
+    async fn forget_gone(&self) {
+        let params = ListParams::default().labels(LABEL_SANDBOX);
+        let known: std::collections::HashSet<String> =
+            match self.secrets.list_metadata(&params).await {
+                Ok(list) => list
+                    .items
+                    .into_iter()
+                    .filter_map(|o| o.metadata.labels.and_then(|mut l| l.remove(LABEL_SANDBOX)))
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list sandboxes to clean up their host side");
+                    return;
+                }
+            };
+        let Ok(mut dir) = tokio::fs::read_dir(&self.root).await else {
+            return;
+        };
+        while let Ok(Some(entry)) = dir.next_entry().await {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if !id.starts_with("sbx_") || known.contains(&id) || self.live(&id).is_ok() {
+                continue;
+            }
+            match tokio::fs::remove_dir_all(entry.path()).await {
+                Ok(()) => {
+                    tracing::info!(sandbox = %id, "removed the host side of a sandbox that is gone");
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e, "cannot remove a gone sandbox's host side");
+                }
+            }
+        }
+    }
+
     /// Ids of the sandboxes this server has pods, claims or secrets of.
     async fn labelled(&self) -> Result<Vec<String>, SandboxError> {
         let params = ListParams::default().labels(&self.manifests.owned_selector());
@@ -219,6 +372,21 @@ impl SandboxBackend for KubeBackend {
         true
     }
 
+    /// Everything a sandbox is lives in the cluster (its pods, claims and Secret, which records
+    /// the commit its next change sits on): any server reaches it, and rebuilds the host side
+    /// it lacks (`change.rs`).
+    fn any_replica(&self) -> bool {
+        true
+    }
+
+    /// Another server holds it now: what this one kept (its image, password, an old change
+    /// repository) is read again from the cluster if it is ever back.
+    fn release(&self, sandbox_id: &str) {
+        if let Ok(mut sandboxes) = self.sandboxes.lock() {
+            sandboxes.remove(sandbox_id);
+        }
+    }
+
     fn proxy_on_listener(&self) -> bool {
         KubeBackend::serves_proxy_on_listener(&self.settings)
     }
@@ -245,6 +413,7 @@ impl SandboxBackend for KubeBackend {
             kind: spec.kind,
             password: spec.serve_password.clone(),
             image,
+            home_kept: AtomicBool::new(spec.kind == SandboxKind::Warm),
         });
         self.remember(&spec.id, live.clone())?;
         let kind = if spec.kind == SandboxKind::Warm {
@@ -254,7 +423,14 @@ impl SandboxBackend for KubeBackend {
         };
         let made = async {
             let env = self.environment(spec).await?;
-            let secret = self.manifests.env_secret(&spec.id, kind, &live.image, &env);
+            let mut secret = self.manifests.env_secret(&spec.id, kind, &live.image, &env);
+            // Where its first change must sit, for whichever server collects it.
+            let repo = delegate_repo::ChangeRepo::open(&live.dirs.changes);
+            let notes = secret.metadata.annotations.get_or_insert_default();
+            notes.insert(ANNOTATION_TIP.into(), live.dirs.tip().await?);
+            if let Ok(origin) = repo.resolve("refs/delegate/origin").await {
+                notes.insert(ANNOTATION_ORIGIN.into(), origin);
+            }
             self.secrets
                 .create(&PostParams::default(), &secret)
                 .await
@@ -311,69 +487,73 @@ impl SandboxBackend for KubeBackend {
             )
             .await
             .map_err(api_error)?;
-        let pod = self
-            .manifests
-            .sandbox_pod(sandbox_id, &live.image, &PodRole::Headless(&args));
+        let mut pod =
+            self.manifests
+                .sandbox_pod(sandbox_id, &live.image, &PodRole::Headless(&args));
+        if live.home_kept.load(Ordering::Acquire) {
+            self.manifests.keep_home(&mut pod, sandbox_id);
+        }
         let name = object_name(sandbox_id, "");
         self.ops.make_pod(&pod).await?;
         if let Err(e) = self.ops.wait_started(&name).await {
             let _ = self.ops.delete_pod(&name).await;
             return Err(e);
         }
-        let mut lines = self.ops.follow_log(&name).await?;
-        let (tx, rx) = mpsc::channel(256);
-        let pods = self.ops.pods.clone();
-        let secrets = self.secrets.clone();
-        let backend = self.ops.clone();
-        tokio::spawn(async move {
-            let mut killed = false;
-            let read = async {
-                while let Some(line) = lines.recv().await {
-                    // The log API merges stdout and stderr: opencode's events are its JSON
-                    // lines, anything else is a diagnostic.
-                    let item = if line.starts_with('{') {
-                        AgentOutput::Stdout(line)
-                    } else {
-                        AgentOutput::Stderr(line)
-                    };
-                    if tx.send(item).await.is_err() {
-                        break;
-                    }
-                }
-            };
-            tokio::select! {
-                () = read => {}
-                () = stop.cancelled() => {
-                    killed = true;
-                }
-            }
-            let exit = if killed {
-                ExitInfo::default()
-            } else {
-                backend.wait_ended(&name, EXIT_TIMEOUT).await
-            };
-            if killed {
-                // Gone means its processes are gone too: wait for that.
-                if let Err(e) = backend.delete_pod(&name).await {
-                    tracing::warn!(pod = %name, error = %e, "cannot delete a cancelled run's pod");
-                }
-            } else if let Err(e) = pods
-                .delete(&name, &DeleteParams::default().grace_period(0))
+        let lines = self.ops.follow_log(&name).await?;
+        Ok(self
+            .stream_pod(name, lines, stop, Some(task_name), true)
+            .await)
+    }
+
+    fn runs_setup(&self) -> bool {
+        true
+    }
+
+    /// A pod of its own (`PodRole::Setup`): the sandbox's image, claims, env and secrets, with
+    /// the same hardening; beside a running serve pod, on its node.
+    async fn run_setup(
+        &self,
+        sandbox_id: &str,
+        script: &str,
+        stop: CancellationToken,
+    ) -> Result<mpsc::Receiver<AgentOutput>, SandboxError> {
+        let live = self.live_or_recover(sandbox_id).await?;
+        if !live.home_kept.load(Ordering::Acquire) {
+            // An ephemeral sandbox's $HOME outlives its setup pod for the run that follows.
+            match self
+                .claims
+                .create(
+                    &PostParams::default(),
+                    &self.manifests.claim(sandbox_id, "home"),
+                )
                 .await
-                && !not_found(&e)
             {
-                tracing::warn!(pod = %name, error = %e, "cannot delete a finished run's pod");
+                Ok(_) => {}
+                Err(e) if super::conflict(&e) => {}
+                Err(e) => return Err(api_error(e)),
             }
-            if let Err(e) = secrets.delete(&task_name, &DeleteParams::default()).await
-                && !not_found(&e)
-            {
-                tracing::warn!(secret = %task_name, error = %e, "cannot delete a run's task");
+            live.home_kept.store(true, Ordering::Release);
+        }
+        let mut pod = self
+            .manifests
+            .sandbox_pod(sandbox_id, &live.image, &PodRole::Setup(script));
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.node_name = self.claims_node(sandbox_id).await?;
+        }
+        let name = object_name(sandbox_id, "setup");
+        self.ops.make_pod(&pod).await?;
+        let lines = async {
+            self.ops.wait_started(&name).await?;
+            self.ops.follow_log(&name).await
+        }
+        .await;
+        match lines {
+            Ok(lines) => Ok(self.stream_pod(name, lines, stop, None, false).await),
+            Err(e) => {
+                let _ = self.ops.delete_pod(&name).await;
+                Err(e)
             }
-            let _ = tx
-                .send(AgentOutput::Exited(ExitInfo { killed, ..exit }))
-                .await;
-        });
-        Ok(rx)
+        }
     }
 
     async fn collect_changes(
@@ -382,10 +562,8 @@ impl SandboxBackend for KubeBackend {
         max_diff: usize,
         label: &str,
     ) -> Result<Changes, SandboxError> {
-        let live = self.live(sandbox_id)?;
-        let base = live.dirs.tip().await?;
-        self.export_change(sandbox_id, &live, &base, label).await?;
-        live.dirs.import_changes(max_diff).await
+        let live = self.live_or_recover(sandbox_id).await?;
+        self.collect(sandbox_id, &live, max_diff, label).await
     }
 
     async fn pause(&self, sandbox_id: &str) -> Result<(), SandboxError> {
@@ -393,12 +571,10 @@ impl SandboxBackend for KubeBackend {
     }
 
     async fn resume(&self, sandbox_id: &str) -> Result<ServeEndpoint, SandboxError> {
-        let live = match self.live(sandbox_id) {
-            Ok(live) => live,
-            // Paused before this process started: its Secret knows the rest.
-            Err(SandboxError::Unknown(_)) => self.recover(sandbox_id).await?,
-            Err(e) => return Err(e),
-        };
+        // Paused before this process started, or through another server: its Secret knows
+        // the rest.
+        let live = self.live_or_recover(sandbox_id).await?;
+        self.take_over(sandbox_id).await?;
         self.start_serve(sandbox_id, &live).await
     }
 
@@ -407,11 +583,8 @@ impl SandboxBackend for KubeBackend {
             .lock()
             .map_err(|_| SandboxError::Io("sandbox table poisoned".into()))?
             .remove(sandbox_id);
-        let mine = ListParams::default().labels(&format!(
-            "{LABEL_SANDBOX}={sandbox_id},{}={}",
-            super::manifest::LABEL_OWNER,
-            self.manifests.owner()
-        ));
+        // Whichever server made them or holds them now: ids are unique across installations.
+        let mine = ListParams::default().labels(&format!("{LABEL_SANDBOX}={sandbox_id}"));
         let now = DeleteParams::default().grace_period(0);
         self.ops
             .pods
@@ -448,12 +621,17 @@ impl SandboxBackend for KubeBackend {
             .await
             .map_err(api_error)?;
         match pod.as_ref().map(super::pods::pod_state) {
-            Some(PodState::Running(Some(ip))) => self.endpoint(&live, &ip),
+            Some(PodState::Running(Some(ip))) => {
+                self.take_over(sandbox_id).await?;
+                self.endpoint(&live, &ip)
+            }
             _ => Err(SandboxError::Start("its pod is no longer running".into())),
         }
     }
 
     async fn held(&self) -> Result<Vec<String>, SandboxError> {
-        self.labelled().await
+        let mine = self.labelled().await?;
+        self.forget_gone().await;
+        Ok(mine)
     }
 }

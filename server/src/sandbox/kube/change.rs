@@ -4,18 +4,35 @@
 //! in base64 between two marker lines; the log stream brings it back, read as hostile input
 //! (only the marked block, only base64, at most the size announced and [`MAX_CHANGE_BYTES`]),
 //! into the sandbox's run dir where the host's import reads it.
+//!
+//! Any server can collect a change: the commit it must sit on is recorded on the sandbox's
+//! Secret ([`ANNOTATION_TIP`]), not only in the host repository of the server that made the
+//! sandbox. A server whose own change repository lacks that commit (it never held the sandbox,
+//! or another server ran in it since) asks the commit pod for a bundle of the whole history, or
+//! of what came after the newest commit it has, and imports it into a repository it makes: the
+//! same hostile-input import, which still insists the change sits exactly on the recorded tip.
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use tokio::io::AsyncWriteExt;
 
-use super::manifest::{Job as JobSpec, LABEL_SANDBOX, SANDBOX_UID, SEED_CHUNK, seed_script};
+use delegate_repo::ChangeRepo;
+use kube::api::{Patch, PatchParams};
+
+use super::manifest::{
+    ANNOTATION_ORIGIN, ANNOTATION_TIP, Job as JobSpec, LABEL_SANDBOX, SANDBOX_UID, SEED_CHUNK,
+    seed_script,
+};
 use super::pods::START_TIMEOUT;
 use super::{KubeBackend, Live, api_error, object_name};
-use crate::sandbox::SandboxError;
 use crate::sandbox::docker::archive;
 use crate::sandbox::workdir::MAX_CHANGE_BYTES;
+use crate::sandbox::{Changes, SandboxError};
+
+fn repo_err(e: delegate_repo::RepoError) -> SandboxError {
+    SandboxError::Io(format!("the sandbox's change repository: {e}"))
+}
 
 /// Where the commit pod leaves the bundle: inside `.git`, so it is never part of a change.
 const IN_BUNDLE: &str = "/workspace/.git/delegate-change.bundle";
@@ -24,11 +41,19 @@ const BEGIN: &str = "DELEGATE-BUNDLE-BEGIN ";
 /// The marker line after it.
 const END: &str = "DELEGATE-BUNDLE-END";
 
+/// The commit script, then (when the host lacks the base) the bundle again from
+/// `$DELEGATE_SINCE` (a commit the host has; empty or unknown here: the whole history), then
+/// the bundle printed between the markers.
 fn commit_script() -> String {
     format!(
-        "{}size=$(wc -c < \"$DELEGATE_OUT\")\necho \"{BEGIN}$size\"\nbase64 -w 76 \"$DELEGATE_OUT\"\n\
+        "{}if [ \"${{DELEGATE_SINCE-}}\" != \"$DELEGATE_BASE\" ]; then\n\
+         git cat-file -e \"${{DELEGATE_SINCE-}}^{{commit}}\" 2>/dev/null || DELEGATE_SINCE=\n\
+         git -c pack.window=2 bundle create -q \"$DELEGATE_OUT\" {} ${{DELEGATE_SINCE:+\"^$DELEGATE_SINCE\"}}\n\
+         fi\n\
+         size=$(wc -c < \"$DELEGATE_OUT\")\necho \"{BEGIN}$size\"\nbase64 -w 76 \"$DELEGATE_OUT\"\n\
          echo {END}\nrm -f \"$DELEGATE_OUT\"\n",
-        delegate_repo::COMMIT_SCRIPT
+        delegate_repo::COMMIT_SCRIPT,
+        delegate_repo::RESULT_REF,
     )
 }
 
@@ -134,27 +159,129 @@ impl KubeBackend {
         outcome
     }
 
-    /// Commits the work claim's state on top of `base` in a pod, and puts the bundle into the
-    /// sandbox's run dir for [`crate::sandbox::workdir::SandboxDirs::import_changes`].
-    pub(super) async fn export_change(
+    /// The commit the sandbox's next change must sit on, and the snapshot it was cloned from,
+    /// as recorded on its Secret (only servers write there: its pods hold no token).
+    async fn recorded(&self, id: &str) -> Result<(String, Option<String>), SandboxError> {
+        let secret = self
+            .secrets
+            .get_opt(&object_name(id, ""))
+            .await
+            .map_err(api_error)?
+            .ok_or_else(|| SandboxError::Unknown(format!("{id} (its secret is gone)")))?;
+        let mut notes = secret.metadata.annotations.unwrap_or_default();
+        let commit = |c: Option<String>| {
+            c.filter(|c| c.len() >= 40 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+        };
+        let tip = commit(notes.remove(ANNOTATION_TIP))
+            .ok_or_else(|| SandboxError::Io(format!("{id}: its secret records no tip commit")))?;
+        Ok((tip, commit(notes.remove(ANNOTATION_ORIGIN))))
+    }
+
+    /// Records `tip` as the commit the sandbox's next change must sit on.
+    async fn record_tip(&self, id: &str, tip: &str) -> Result<(), SandboxError> {
+        let patch = serde_json::json!({ "metadata": { "annotations": { ANNOTATION_TIP: tip } } });
+        self.secrets
+            .patch(
+                &object_name(id, ""),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(api_error)?;
+        Ok(())
+    }
+
+    /// What changed since the recorded tip: committed in a pod, imported into this server's
+    /// change repository of the sandbox (made here when this server has none), and recorded as
+    /// the new tip.
+    pub(super) async fn collect(
         &self,
         id: &str,
         live: &Live,
-        base: &str,
+        max_diff: usize,
         label: &str,
-    ) -> Result<(), SandboxError> {
-        // A ReadWriteOnce claim in use by the serve pod is reachable only on its node.
-        let node = self
+    ) -> Result<Changes, SandboxError> {
+        let (base, origin) = self.recorded(id).await?;
+        let dirs = &live.dirs;
+        let repo = ChangeRepo::open(&dirs.changes);
+        let held = tokio::fs::try_exists(dirs.changes.join("HEAD"))
+            .await
+            .unwrap_or(false);
+        let since = if held {
+            match repo.resolve(&base).await {
+                Ok(_) => Some(base.clone()),
+                // Another server ran in it since: what came after this one's newest is enough.
+                Err(_) => repo.resolve("refs/delegate/tip").await.ok(),
+            }
+        } else {
+            for dir in [&dirs.root, &dirs.run] {
+                tokio::fs::create_dir_all(dir)
+                    .await
+                    .map_err(|e| SandboxError::Io(format!("{}: {e}", dir.display())))?;
+            }
+            let _ = tokio::fs::remove_dir_all(&dirs.changes).await;
+            delegate_repo::git::Git::new(&dirs.root)
+                .args(["init", "-q", "--bare"])
+                .arg(&dirs.changes)
+                .run()
+                .await
+                .map_err(repo_err)?;
+            tracing::info!(sandbox = %id, "rebuilding the change repository of a sandbox another server made");
+            None
+        };
+        self.export_change(id, live, &base, since.as_deref().unwrap_or(""), label)
+            .await?;
+        let bundle = dirs.run.join("changes.bundle");
+        let imported = repo
+            .import(&bundle, &base, MAX_CHANGE_BYTES, &dirs.root)
+            .await;
+        let _ = tokio::fs::remove_file(&bundle).await;
+        let commit = imported.map_err(repo_err)?;
+        if let Some(origin) = &origin
+            && repo.resolve("refs/delegate/origin").await.is_err()
+        {
+            // An ancestor of the tip, so a whole history holds it.
+            repo.set_ref("origin", origin).await.map_err(repo_err)?;
+        }
+        let changes = Changes::describe(&repo, base, commit, max_diff, origin)
+            .await
+            .map_err(repo_err)?;
+        self.record_tip(id, &changes.commit).await?;
+        repo.set_ref("tip", &changes.commit)
+            .await
+            .map_err(repo_err)?;
+        Ok(changes)
+    }
+
+    /// The node of the sandbox's serve pod, when it runs: a ReadWriteOnce claim in use is
+    /// reachable only there.
+    pub(super) async fn claims_node(&self, id: &str) -> Result<Option<String>, SandboxError> {
+        Ok(self
             .ops
             .pods
             .get_opt(&object_name(id, ""))
             .await
             .map_err(api_error)?
             .and_then(|p| p.spec)
-            .and_then(|s| s.node_name);
+            .and_then(|s| s.node_name))
+    }
+
+    /// Commits the work claim's state on top of `base` in a pod, and puts the bundle (of what
+    /// came after `since`, a commit this server has; the whole history when empty) into the
+    /// sandbox's run dir.
+    async fn export_change(
+        &self,
+        id: &str,
+        live: &Live,
+        base: &str,
+        since: &str,
+        label: &str,
+    ) -> Result<(), SandboxError> {
+        let node = self.claims_node(id).await?;
         let script = commit_script();
         let env = [
             ("DELEGATE_BASE", base.to_string()),
+            ("DELEGATE_SINCE", since.to_string()),
             ("DELEGATE_OUT", IN_BUNDLE.to_string()),
             ("DELEGATE_MESSAGE", label.to_string()),
         ];

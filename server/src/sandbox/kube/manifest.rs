@@ -21,12 +21,18 @@ use crate::settings::Settings;
 
 /// Labels every object of delegate's carries (the docker backend's).
 pub const LABEL_SANDBOX: &str = "delegate.sandbox";
-/// `ephemeral`, `warm`, `seed` or `commit`.
+/// `ephemeral`, `warm`, `setup`, `seed` or `commit`.
 pub const LABEL_KIND: &str = "delegate.kind";
-/// The server instance that made it: a server sweeps only its own.
+/// The server instance that holds it (the one that made it, or took it over since): a server
+/// sweeps only its own.
 pub const LABEL_OWNER: &str = "delegate.owner";
 /// On the sandbox's Secret: the image its pods run.
 pub const ANNOTATION_IMAGE: &str = "delegate.image";
+/// On the sandbox's Secret: the commit its next change must sit on (the seed, then each run's
+/// change), so any server can check a change without the host repository that made it.
+pub const ANNOTATION_TIP: &str = "delegate.tip";
+/// On the sandbox's Secret: the snapshot it was cloned from, when it was.
+pub const ANNOTATION_ORIGIN: &str = "delegate.origin";
 /// The sandbox user of the image.
 pub const SANDBOX_UID: i64 = 1000;
 /// The one container of every pod.
@@ -49,6 +55,9 @@ pub enum PodRole<'a> {
     Headless(&'a [String]),
     /// A warm sandbox's `opencode serve`.
     Serve,
+    /// The sandbox's setup script (`sh -c`), with its env and secrets, on its work and home
+    /// claims (what it writes to `$HOME` stays for the runs).
+    Setup(&'a str),
 }
 
 /// A short-lived pod's work (see [`Manifests::job_pod`]).
@@ -331,7 +340,8 @@ impl Manifests {
         }
     }
 
-    /// A sandbox's own pod: a headless run, or a warm sandbox's `opencode serve`.
+    /// A sandbox's own pod: a headless run, a warm sandbox's `opencode serve`, or its setup
+    /// (named `...-setup`: it may run beside the serve pod).
     pub fn sandbox_pod(&self, id: &str, image: &str, role: &PodRole<'_>) -> Pod {
         let mut volumes = vec![
             claim_volume("work", object_name(id, "work")),
@@ -396,9 +406,29 @@ impl Manifests {
                 ]);
                 "warm"
             }
+            PodRole::Setup(script) => {
+                volumes.push(claim_volume("home", object_name(id, "home")));
+                container.command = Some(vec!["/bin/sh".into(), "-c".into(), script.to_string()]);
+                "setup"
+            }
         };
         container.volume_mounts = Some(mounts);
-        self.pod(object_name(id, ""), id, kind, container, volumes, None)
+        let name = match role {
+            PodRole::Setup(_) => object_name(id, "setup"),
+            _ => object_name(id, ""),
+        };
+        self.pod(name, id, kind, container, volumes, None)
+    }
+
+    /// Gives a headless run's pod the sandbox's home claim instead of an empty dir: an
+    /// ephemeral sandbox whose setup ran keeps what setup wrote to `$HOME`.
+    pub fn keep_home(&self, pod: &mut Pod, id: &str) {
+        let volumes = pod.spec.as_mut().and_then(|s| s.volumes.as_mut());
+        for volume in volumes.into_iter().flatten() {
+            if volume.name == "home" {
+                *volume = claim_volume("home", object_name(id, "home"));
+            }
+        }
     }
 
     /// A short-lived pod on the work claim running `job.script` with `sh -c` (seed or commit).

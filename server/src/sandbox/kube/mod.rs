@@ -16,6 +16,11 @@
 //!   code and `OOMKilled` from the container status.
 //! - Warm: a Pod running `opencode serve` on its pod IP; pause deletes the Pod and keeps the
 //!   claims, resume makes it again.
+//! - Setup: a Pod of its own with the sandbox's image, env and claims (and a home claim for an
+//!   ephemeral sandbox, which its run then mounts), streamed like a run.
+//! - Any server sharing the database and the cluster serves any sandbox: the commit its next
+//!   change must sit on is on its Secret (`change.rs`), and the server that takes it over
+//!   relabels its objects as its own.
 //! - Changes: a short-lived pod of the same image on the work claim runs delegate_repo's commit
 //!   script and prints the bundle in base64 between markers; the log stream brings it back,
 //!   read as hostile input (`change.rs`).
@@ -78,6 +83,9 @@ struct Live {
     password: Option<Secret>,
     /// The image its pods are made from.
     image: String,
+    /// Whether it has a home claim (a warm sandbox always; an ephemeral one once its setup
+    /// ran, so the run sees what setup wrote to `$HOME`).
+    home_kept: std::sync::atomic::AtomicBool,
 }
 
 /// The Kubernetes name of a sandbox's object: `delegate-sbx-...` plus `what` (names may not
