@@ -602,6 +602,8 @@ mod tests {
             apply_message: None,
             patch_url: None,
             egress: None,
+            parent_run_id: None,
+            attempts: Vec::new(),
             omitted: None,
         }
     }
