@@ -316,3 +316,83 @@ async fn bad_attempts_are_refused_and_nothing_is_written() {
     assert!(s.h.fake.requests().is_empty());
     s.orch.shutdown().await;
 }
+
+/// The migration and the three attempt queries, the same on SQLite and PostgreSQL.
+#[tokio::test]
+async fn the_store_links_attempts_to_their_parent_on_both_databases() {
+    async fn check(store: &dyn delegate_server::store::Store) -> serde_json::Value {
+        use delegate_server::ids::{new_id, now_ms};
+        use delegate_server::store::{User, Workspace};
+        let now = now_ms();
+        let user = User {
+            id: new_id("usr"),
+            email: "a@example.com".into(),
+            name: "a".into(),
+            created_at: now,
+        };
+        store.create_user(&user).await.unwrap();
+        let ws = Workspace {
+            id: new_id("wsp"),
+            slug: "w".into(),
+            name: "w".into(),
+            created_at: now,
+        };
+        store.create_workspace(&ws, &user.id).await.unwrap();
+        let mut runs = Vec::new();
+        for (i, status) in [RunStatus::Succeeded, RunStatus::Failed, RunStatus::Running]
+            .into_iter()
+            .enumerate()
+        {
+            let sandbox = common::sandbox_row(&ws.id, SandboxStatus::Running);
+            store.insert_sandbox(&sandbox).await.unwrap();
+            let run = delegate_server::store::Run {
+                created_at: now + i as i64,
+                ..common::run_row(&sandbox, status)
+            };
+            store.insert_run(&run).await.unwrap();
+            runs.push(run);
+        }
+        let parent = new_id("run");
+        for run in &runs[..2] {
+            store.set_run_parent(&run.id, &parent).await.unwrap();
+        }
+        let missing = store.set_run_parent("run_nope", &parent).await.is_err();
+        let attempts = store.runs_of_parent(&parent).await.unwrap();
+        let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
+        let mut parents = store.run_parents(&ids).await.unwrap();
+        parents.sort();
+        let mut expected: Vec<(String, String)> = ids[..2]
+            .iter()
+            .map(|id| (id.clone(), parent.clone()))
+            .collect();
+        expected.sort();
+        serde_json::json!({
+            "attempts_oldest_first": attempts.iter().map(|r| r.id.clone()).collect::<Vec<_>>() == ids[..2],
+            "statuses": attempts.iter().map(|r| r.status.as_str()).collect::<Vec<_>>(),
+            "parents_match": parents == expected,
+            "no_parent": store.runs_of_parent(&new_id("run")).await.unwrap().len(),
+            "none_asked": store.run_parents(&[]).await.unwrap().len(),
+            "missing_refused": missing,
+        })
+    }
+    let sqlite = delegate_server::store::connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let on_sqlite = check(sqlite.as_ref()).await;
+    assert_eq!(
+        on_sqlite,
+        serde_json::json!({
+            "attempts_oldest_first": true,
+            "statuses": ["succeeded", "failed"],
+            "parents_match": true,
+            "no_parent": 0,
+            "none_asked": 0,
+            "missing_refused": true,
+        })
+    );
+    if let Some(on_postgres) =
+        common::on_postgres(|store| async move { check(store.as_ref()).await }).await
+    {
+        assert_eq!(on_postgres, on_sqlite);
+    }
+}
