@@ -40,6 +40,8 @@ struct Limits {
     events: usize,
     /// Any string inside an event's `data`.
     event_string: usize,
+    /// Each attempt's `summary` and `error.message` (a parent of attempts).
+    attempt_note: usize,
 }
 
 impl Limits {
@@ -55,6 +57,7 @@ impl Limits {
                 conflicts: 50,
                 events: 200,
                 event_string: 1_000,
+                attempt_note: 200,
             }),
             Detail::Summary => Some(Limits {
                 total: SUMMARY_CHARS,
@@ -65,6 +68,7 @@ impl Limits {
                 conflicts: 10,
                 events: 50,
                 event_string: 200,
+                attempt_note: 60,
             }),
         }
     }
@@ -108,6 +112,12 @@ pub fn run_result(run: &RunResult, detail: Detail) -> RunResult {
     }
     if let Some(message) = &mut out.apply_message {
         *message = cut_end(message, limits.note);
+    }
+    for attempt in &mut out.attempts {
+        attempt.summary = cut_end(&attempt.summary, limits.attempt_note);
+        if let Some(error) = &mut attempt.error {
+            error.message = cut_end(&error.message, limits.attempt_note);
+        }
     }
     if out.conflicts.len() > limits.conflicts {
         omitted.conflicts = (out.conflicts.len() - limits.conflicts) as u64;
@@ -160,6 +170,30 @@ pub fn run_result(run: &RunResult, detail: Detail) -> RunResult {
         } else if !out.conflicts.is_empty() {
             omitted.conflicts += out.conflicts.len() as u64;
             out.conflicts.clear();
+        } else if out.attempts.iter().any(|a| !a.summary.is_empty()) {
+            // Each attempt's own result has its message; the comparison keeps its numbers.
+            for attempt in &mut out.attempts {
+                attempt.summary.clear();
+            }
+        } else if out.attempts.iter().any(|a| a.watch_url.is_some()) {
+            for attempt in &mut out.attempts {
+                attempt.watch_url = None;
+            }
+        } else if let Some(attempt) = out
+            .attempts
+            .iter_mut()
+            .find(|a| a.commit.is_some() && (a.branch.is_some() || a.patch_url.is_some()))
+        {
+            // Its branch or patch names the change; the commit is in the attempt's own result.
+            attempt.commit = None;
+        } else if let Some(error) = out
+            .attempts
+            .iter_mut()
+            .filter_map(|a| a.error.as_mut())
+            .find(|e| !e.message.is_empty())
+        {
+            // The kind stays; the words are in the attempt's own result.
+            error.message.clear();
         } else {
             break;
         }
@@ -465,6 +499,9 @@ fn header_path(section: &str) -> String {
 /// The text a client that reads only `content` gets for a (budgeted) run: the same essentials as
 /// the structured result, as prose and a fenced diff.
 pub fn run_text(run: &RunResult) -> String {
+    if !run.attempts.is_empty() {
+        return attempts_text(run);
+    }
     if !run.status.is_terminal() {
         return format!(
             "run {} is {} in sandbox {}; follow it with stream_session(run_id: \"{}\")",
@@ -574,6 +611,33 @@ pub fn run_text(run: &RunResult) -> String {
     text
 }
 
+/// A parent of attempts for people: its status, then one line per attempt to compare.
+fn attempts_text(run: &RunResult) -> String {
+    let mut text = format!(
+        "run {} {} ({} attempts, ${:.4} in all)",
+        run.run_id,
+        run.status,
+        run.attempts.len(),
+        run.usage.cost_usd
+    );
+    if !run.status.is_terminal() {
+        text.push_str(&format!(
+            "; follow it with stream_session(run_id: \"{}\")",
+            run.run_id
+        ));
+    }
+    for (i, attempt) in run.attempts.iter().enumerate() {
+        text.push_str(&format!("\n{}. {}", i + 1, attempt.describe()));
+    }
+    if run.status.is_terminal() {
+        text.push_str("\n\nApply the attempt you choose with apply_changes and its run_id.");
+    }
+    if let Some(message) = &run.apply_message {
+        text.push_str(&format!("\n{message}"));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,8 +666,56 @@ mod tests {
             apply_message: None,
             patch_url: None,
             egress: None,
+            parent_run_id: None,
+            attempts: Vec::new(),
             omitted: None,
         }
+    }
+
+    #[test]
+    fn eight_attempts_fit_every_budget() {
+        let attempt = |i: usize| crate::types::Attempt {
+            run_id: format!("run_{i:032}"),
+            sandbox_id: format!("sbx_{i:032}"),
+            status: RunStatus::Failed,
+            files_changed: 40,
+            additions: 1200,
+            deletions: 300,
+            cost_usd: 0.1234,
+            duration_ms: 61_000,
+            summary: "s".repeat(crate::types::ATTEMPT_SUMMARY_CHARS),
+            commit: Some("c".repeat(40)),
+            branch: Some(format!("delegate/{i:08}")),
+            patch_url: Some(format!(
+                "https://delegate.example/api/runs/run_{i:032}/patch"
+            )),
+            watch_url: Some(format!("https://delegate.example/runs/run_{i:032}")),
+            error: Some(crate::types::RunError {
+                kind: crate::types::ErrorKind::AgentFailed,
+                message: "e".repeat(5_000),
+            }),
+        };
+        let mut parent = run("8 attempts", Vec::new(), String::new());
+        parent.attempts = (0..8).map(attempt).collect();
+        for (detail, max) in [
+            (Detail::Summary, SUMMARY_CHARS),
+            (Detail::Normal, NORMAL_CHARS),
+        ] {
+            let cut = run_result(&parent, detail);
+            assert!(json_chars(&cut) <= max, "{detail:?}: {}", json_chars(&cut));
+            assert_eq!(cut.attempts.len(), 8, "every attempt stays listed");
+            for a in &cut.attempts {
+                // What a host compares on is never cut.
+                assert_eq!((a.files_changed, a.additions, a.deletions), (40, 1200, 300));
+                assert!(a.branch.is_some() && a.patch_url.is_some());
+            }
+        }
+        let text = run_text(&parent);
+        assert_eq!(
+            text.lines().filter(|l| l.contains("+1200 -300")).count(),
+            8,
+            "{text}"
+        );
     }
 
     fn added(path: &str, lines: usize, line: &str) -> (ChangedFile, String) {

@@ -431,6 +431,46 @@ impl LocalDelegator {
         }
     }
 
+    /// A parent of attempts: each attempt shares the parent's snapshot, so `apply_changes`
+    /// takes any attempt's run id. Once they have all ended, each attempt with a change gets a
+    /// branch of its own (never the working tree: there is no one change to apply there).
+    async fn keep_attempts(
+        &self,
+        caller: &Caller,
+        result: &mut RunResult,
+        record: &RunRecord,
+        apply: Option<ApplyMode>,
+    ) {
+        for attempt in &result.attempts {
+            if safe_id(&attempt.run_id) {
+                self.record_run(&attempt.run_id, record).await;
+            }
+        }
+        if !result.status.is_terminal() || apply == Some(ApplyMode::None) {
+            return;
+        }
+        let mut written = 0;
+        for attempt in result.attempts.iter_mut().filter(|a| a.commit.is_some()) {
+            let branch = BranchName::Fresh(short_id(&attempt.run_id));
+            match self
+                .apply_run(caller, &attempt.run_id, record, branch, ApplyTo::Branch)
+                .await
+            {
+                Ok(applied) => {
+                    written += usize::from(applied.branch.is_some());
+                    attempt.branch = applied.branch;
+                }
+                Err(e) => {
+                    tracing::warn!(run = %attempt.run_id, error = %e, "the attempt's branch was not written");
+                }
+            }
+        }
+        result.apply_message = Some(format!(
+            "{written} branch(es) written, one per attempt with a change; your working tree was \
+             left alone: apply the attempt you choose with apply_changes and its run_id"
+        ));
+    }
+
     /// [`Delegator::run_in_sandbox`] up to the apply at its end, the run's snapshot kept and
     /// held in use meanwhile.
     async fn run_and_keep(
@@ -540,6 +580,11 @@ impl LocalDelegator {
         };
         if let Some(base) = read_base(&self.snapshot_dir(&record.snapshot)).await {
             result.base = Some(base);
+        }
+        if !result.attempts.is_empty() {
+            self.keep_attempts(caller, &mut result, &record, input.apply)
+                .await;
+            return Ok(result);
         }
         if result.status.is_terminal() {
             let mode = input.apply.unwrap_or(ApplyMode::Branch);

@@ -188,11 +188,19 @@ impl RemoteDelegator {
         Ok(self.with_patch_url(result))
     }
 
-    /// Fills `patch_url` when the run has a change and the server did not say where its patch is.
+    /// Fills `patch_url` when the run (or an attempt) has a change and the server did not say
+    /// where its patch is.
     fn with_patch_url(&self, mut result: RunResult) -> RunResult {
         if result.commit.is_some() && result.patch_url.is_none() {
             let url = self.url(&["api", "runs", &result.run_id, "patch"], &[]);
             result.patch_url = Some(url.to_string());
+        }
+        // A parent's attempts, each the same way.
+        for attempt in &mut result.attempts {
+            if attempt.commit.is_some() && attempt.patch_url.is_none() {
+                let url = self.url(&["api", "runs", &attempt.run_id, "patch"], &[]);
+                attempt.patch_url = Some(url.to_string());
+            }
         }
         result
     }

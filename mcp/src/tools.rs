@@ -104,6 +104,16 @@ pub struct RunInSandboxInput {
     /// only for a fresh sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Run the same task this many times (1 to 8, default 1), each in a fresh sandbox of its own,
+    /// in parallel within the workspace's run quota (attempts past it wait in line). The result
+    /// is then a parent: `run_id` is the parent's (`get_run`, `cancel_run` and `stream_session`
+    /// take it; cancelling it cancels every attempt) and `attempts` lists each attempt
+    /// compactly (status, files changed, lines added and removed, cost, duration, branch or
+    /// patch) so you can compare them and apply one with `apply_changes` and its `run_id`.
+    /// Only for fresh sandboxes (not with `sandbox_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 8))]
+    pub attempts: Option<u64>,
     /// How much of the result to return: `normal` (default; at most about 20,000 characters:
     /// status, the final message's first and last 4,000 characters, changed files with counts,
     /// the diff of whole files smallest first, then per-file summaries in `omitted`), `summary`

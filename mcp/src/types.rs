@@ -345,10 +345,136 @@ pub struct RunResult {
     /// when its network policy is `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<EgressSummary>,
+    /// The parent this run is an attempt of (`run_in_sandbox` with `attempts`): its id lists
+    /// every attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_run_id: Option<String>,
+    /// On a parent of attempts (`run_in_sandbox` with `attempts: N`): each attempt, compactly, to
+    /// compare them; apply the one you choose with `apply_changes` and its `run_id`. A parent
+    /// has no sandbox, diff or files of its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
     /// What this result leaves out to stay within its `detail`'s size, and how to get it;
     /// absent when nothing was left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub omitted: Option<Omitted>,
+}
+
+/// The most attempts one `run_in_sandbox` call may ask for.
+pub const MAX_ATTEMPTS: u64 = 8;
+
+/// One attempt of a best-of-N run, as its parent's result lists it: enough to compare them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Attempt {
+    /// The attempt's own run: `get_run`, `stream_session`, `apply_changes` take it.
+    pub run_id: String,
+    /// The fresh sandbox it ran in.
+    pub sandbox_id: String,
+    /// How it ended, or `queued` / `running`.
+    pub status: RunStatus,
+    /// How many files it added, modified or deleted.
+    pub files_changed: u64,
+    /// Lines added over all its files.
+    pub additions: u64,
+    /// Lines removed over all its files.
+    pub deletions: u64,
+    /// What its model calls cost, in US dollars.
+    pub cost_usd: f64,
+    /// Its wall time so far, in milliseconds.
+    pub duration_ms: u64,
+    /// The start of its final message, cut short.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub summary: String,
+    /// Its commit, when it changed something.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// The branch written into your repository for it, when one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Its whole patch over HTTP, when the server has a public URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch_url: Option<String>,
+    /// Its page in a browser, when the server has a public URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_url: Option<String>,
+    /// Why it did not succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RunError>,
+}
+
+/// How much of an attempt's final message its [`Attempt::summary`] keeps, in characters.
+pub const ATTEMPT_SUMMARY_CHARS: usize = 200;
+
+impl Attempt {
+    /// The compact line of one attempt's full result.
+    pub fn of(run: &RunResult) -> Attempt {
+        let summary: String = run
+            .final_message
+            .trim()
+            .chars()
+            .take(ATTEMPT_SUMMARY_CHARS)
+            .collect();
+        Attempt {
+            run_id: run.run_id.clone(),
+            sandbox_id: run.sandbox_id.clone(),
+            status: run.status,
+            files_changed: run.changed_files.len() as u64,
+            additions: run.changed_files.iter().map(|f| f.additions).sum(),
+            deletions: run.changed_files.iter().map(|f| f.deletions).sum(),
+            cost_usd: run.usage.cost_usd,
+            duration_ms: run.duration_ms,
+            summary,
+            commit: run.commit.clone(),
+            branch: run.branch.clone(),
+            patch_url: run.patch_url.clone(),
+            watch_url: run.watch_url.clone(),
+            error: run.error.clone(),
+        }
+    }
+
+    /// One line for people: `run_… succeeded: 3 files +10 -2, $0.0123, 4.2 s`.
+    pub fn describe(&self) -> String {
+        let mut line = format!(
+            "{} {}: {} files +{} -{}, ${:.4}, {:.1} s",
+            self.run_id,
+            self.status,
+            self.files_changed,
+            self.additions,
+            self.deletions,
+            self.cost_usd,
+            self.duration_ms as f64 / 1000.0
+        );
+        if let Some(branch) = &self.branch {
+            line.push_str(&format!(", branch {branch}"));
+        } else if let Some(url) = &self.patch_url {
+            line.push_str(&format!(", patch {url}"));
+        }
+        if let Some(error) = &self.error {
+            line.push_str(&format!(" ({})", error.kind.as_str()));
+        }
+        line
+    }
+}
+
+/// The status of a parent from its attempts': running while any runs (queued while all wait),
+/// succeeded when any succeeded, else the status they all share, else cancelled when any was
+/// cancelled, else failed.
+pub fn parent_status(attempts: &[RunStatus]) -> RunStatus {
+    if attempts.iter().any(|s| !s.is_terminal()) {
+        return if attempts.iter().all(|s| *s == RunStatus::Queued) {
+            RunStatus::Queued
+        } else {
+            RunStatus::Running
+        };
+    }
+    if attempts.contains(&RunStatus::Succeeded) {
+        return RunStatus::Succeeded;
+    }
+    match attempts.first() {
+        Some(first) if attempts.iter().all(|s| s == first) => *first,
+        _ if attempts.contains(&RunStatus::Cancelled) => RunStatus::Cancelled,
+        _ => RunStatus::Failed,
+    }
 }
 
 /// How much of a result a tool returns.
@@ -474,7 +600,8 @@ pub struct Event {
     /// Milliseconds since the Unix epoch.
     pub ts: i64,
     /// The event's kind: `text`, `tool`, `step_start`, `step_finish`, `reasoning`, `error`,
-    /// `status`, `stderr`, `setup`, `egress`, or an opencode type delegate passes through as is.
+    /// `status`, `stderr`, `setup`, `egress`, `attempt` (on a parent of attempts: one attempt
+    /// ended), or an opencode type delegate passes through as is.
     #[serde(rename = "type")]
     pub kind: String,
     /// The normalized fields of this kind of event (e.g. `text` for `text`; `tool`, `title` and
@@ -541,6 +668,10 @@ impl Event {
                     ),
                 }
             }
+            "attempt" => match serde_json::from_value::<Attempt>(e.data.clone()) {
+                Ok(attempt) => format!("attempt {}", attempt.describe()),
+                Err(_) => "attempt".into(),
+            },
             "malformed" => format!("unreadable opencode output: {}", s("error")),
             other => other.to_string(),
         };

@@ -172,6 +172,8 @@ impl FakeServer {
             apply_message: None,
             patch_url: None,
             egress: None,
+            parent_run_id: None,
+            attempts: Vec::new(),
             omitted: None,
         }
     }

@@ -107,6 +107,8 @@ fn run_result(status: RunStatus) -> RunResult {
         apply_message: None,
         patch_url: None,
         egress: None,
+        parent_run_id: None,
+        attempts: Vec::new(),
         omitted: None,
     }
 }

@@ -13,10 +13,15 @@ export async function runView(main, id) {
   setWorkspace(run.workspace);
   const writer = can(roleIn(run.workspace), 'developer');
   const status = h('span', { id: 'run-status' }, badge(run.status));
-  const meta = h('p.meta', {}, `Delegated by ${run.delegated_by} · ${fmtTime(run.created_at)} · sandbox `,
-    // The watch UI of `delegate mcp` / `delegate run` serves runs only.
-    session.me && session.me.watch ? h('code', {}, run.sandbox_id)
-      : h('a', { href: `/sandboxes/${q(run.sandbox_id)}` }, h('code', {}, run.sandbox_id)),
+  // A parent of attempts has no sandbox of its own: its attempts are listed side by side.
+  const parent = (run.attempts || []).length > 0;
+  const meta = h('p.meta', {}, `Delegated by ${run.delegated_by} · ${fmtTime(run.created_at)}`,
+    parent ? ` · ${run.attempts.length} attempts` : [' · sandbox ',
+      // The watch UI of `delegate mcp` / `delegate run` serves runs only.
+      session.me && session.me.watch ? h('code', {}, run.sandbox_id)
+        : h('a', { href: `/sandboxes/${q(run.sandbox_id)}` }, h('code', {}, run.sandbox_id))],
+    run.parent_run_id ? h('span', { id: 'parent-run' }, ' · attempt of ',
+      h('a', { href: `/runs/${q(run.parent_run_id)}` }, h('code', {}, run.parent_run_id))) : '',
     run.max_cost_usd == null ? '' : h('span', { id: 'run-budget' }, ` · budget ${fmtCost(run.max_cost_usd)}`),
     run.queue_position == null ? '' : h('span', { id: 'queue-position' }, ` · waiting for a run slot, #${run.queue_position} in line`));
   const cancel = writer && !TERMINAL.has(run.status)
@@ -44,10 +49,13 @@ export async function runView(main, id) {
   });
   const connection = h('p.muted', { id: 'stream-note' });
   const outcome = h('section', { id: 'outcome', 'aria-label': 'Result' });
+  const attempts = h('section', { id: 'attempts', 'aria-label': 'Attempts' });
+  if (parent) fill(attempts, ...attemptsView(run));
   fill(main,
-    h('div.run-head', {}, h('h1', {}, 'Run ', status), cancel),
+    h('div.run-head', {}, h('h1', {}, parent ? 'Attempts ' : 'Run ', status), cancel),
     meta,
     h('h2', {}, 'Task'), h('pre.task', { id: 'task' }, run.task),
+    parent ? attempts : null,
     h('h2', {}, 'Events'),
     h('p.toggle', {}, showOther, ' ', h('label', { for: 'show-other' }, "Show opencode's internal events")),
     connection, events, outcome);
@@ -58,15 +66,23 @@ export async function runView(main, id) {
   }
 
   const stop = followEvents(id, {
-    onEvent: (e) => {
+    onEvent: async (e) => {
       fill(connection);
       if (e.type === 'status' && e.data && e.data.status) setStatus(e.data.status);
       events.append(eventItem(e));
+      // An attempt ended: the comparison is read again.
+      if (parent && e.type === 'attempt') {
+        try { fill(attempts, ...attemptsView(await get(`/api/runs/${q(id)}/summary`))); } catch (err) { toast(err.message, 'error'); }
+      }
     },
     onEnd: async (s) => {
       setStatus(s);
       fill(connection, `Run ${s}.`);
-      try { drawOutcome(outcome, await get(`/api/runs/${q(id)}/summary`)); } catch (e) { toast(e.message, 'error'); }
+      try {
+        const ended = await get(`/api/runs/${q(id)}/summary`);
+        if (parent) fill(attempts, ...attemptsView(ended));
+        drawOutcome(outcome, ended);
+      } catch (e) { toast(e.message, 'error'); }
     },
     onError: (m) => fill(connection, m),
   });
@@ -118,6 +134,10 @@ export function eventItem(e) {
       li.append(time, h('span', {}, 'Egress ', h('code', {}, where), ' ', badge(d.decision || '?'), detail));
       break;
     }
+    case 'attempt':
+      li.append(time, h('span', {}, 'Attempt ', h('a', { href: `/runs/${q(d.run_id || '')}` }, h('code', {}, d.run_id || '?')),
+        ' ', badge(d.status || '?'), h('span.muted', {}, ` ${d.files_changed ?? 0} files · +${d.additions ?? 0} −${d.deletions ?? 0}`)));
+      break;
     case 'setup':
       li.append(time, h('pre.setup', {}, `setup${d.stream === 'stderr' ? ' (stderr)' : ''}: ${d.line || ''}`));
       break;
@@ -144,6 +164,24 @@ function pretty(v) {
   try { return JSON.stringify(v, null, 2); } catch { return String(v); }
 }
 
+/** A parent's attempts side by side: one card each, with what to compare them on and a link to its page. */
+export function attemptsView(run) {
+  const cards = (run.attempts || []).map((a, i) => h('li.attempt', { dataset: { run: a.run_id, status: a.status } },
+    h('h3', {}, h('a', { href: `/runs/${q(a.run_id)}` }, `Attempt ${i + 1}`), ' ', badge(a.status)),
+    h('dl.facts', {},
+      h('dt', {}, 'Files'), h('dd', {}, String(a.files_changed)),
+      h('dt', {}, 'Lines'), h('dd', {}, h('span.add', {}, `+${a.additions}`), ' ', h('span.del', {}, `−${a.deletions}`)),
+      h('dt', {}, 'Cost'), h('dd', {}, fmtCost(a.cost_usd)),
+      h('dt', {}, 'Duration'), h('dd', {}, fmtDuration(a.duration_ms))),
+    a.error ? h('p.error', {}, `${a.error.kind}${a.error.message ? `: ${a.error.message}` : ''}`) : null,
+    a.summary ? h('p.summary', {}, a.summary) : null,
+    h('p.links', {},
+      h('a', { href: `/runs/${q(a.run_id)}` }, h('code', {}, a.run_id)),
+      a.commit ? [' · ', h('a', { href: `/api/runs/${q(a.run_id)}/patch`, download: `${a.run_id}.patch` }, 'patch')] : null,
+      a.branch ? [' · branch ', h('code', {}, a.branch)] : null)));
+  return [h('h2', {}, 'Attempts'), h('ol.attempts', { id: 'attempt-list' }, cards)];
+}
+
 /** The result at the end: totals, then each changed file with its part of the diff preview. */
 function drawOutcome(el, run) {
   const u = run.usage || {};
@@ -159,7 +197,8 @@ function drawOutcome(el, run) {
   ];
   if (run.error) parts.push(h('p.error', { role: 'alert', id: 'run-error' }, `${run.error.kind}: ${run.error.message}`));
   if (run.final_message) parts.push(h('h3', {}, 'Final message'), h('div.text.final', { id: 'final-message' }, run.final_message));
-  parts.push(...changesView(run));
+  // A parent's changes are its attempts', each on its own page.
+  if (!(run.attempts || []).length) parts.push(...changesView(run));
   fill(el, ...parts);
 }
 

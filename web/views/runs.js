@@ -1,5 +1,5 @@
 // Runs of a workspace: who or what delegated each (a person, an API token, an MCP client), its
-// status, duration, tokens and cost.
+// status, duration, tokens and cost. Best-of-N attempts come as one row, their parent's.
 
 import { get, q } from '../api.js';
 import { h, fill, badge, fmtDuration, fmtTokens, fmtCost, fmtTime } from '../dom.js';
@@ -32,7 +32,9 @@ export function runTable(runs) {
     h('thead', {}, h('tr', {}, ['Task', 'Delegated by', 'Status', 'Started', 'Duration', 'Tokens', 'Cost']
       .map((t) => h('th', { scope: 'col' }, t)))),
     h('tbody', {}, runs.map((r) => h('tr', { dataset: { run: r.run_id } },
-      h('td.task', { 'data-label': 'Task' }, h('a', { href: `/runs/${q(r.run_id)}` }, oneLine(r.task))),
+      h('td.task', { 'data-label': 'Task' }, h('a', { href: `/runs/${q(r.run_id)}` }, oneLine(r.task)),
+        // A parent of attempts is one row; its page shows them side by side.
+        r.attempts ? h('span.attempt-count', {}, ` · ${r.attempts} attempts`) : null),
       h('td', { 'data-label': 'Delegated by' }, r.delegated_by),
       h('td', { 'data-label': 'Status' }, badge(r.status)),
       h('td', { 'data-label': 'Started' }, fmtTime(r.created_at)),

@@ -188,12 +188,59 @@ pub async fn events(
         ),
     };
     let IdPath(id) = id?;
-    state.service.run(&caller, &id, Action::Read).await?;
+    let run = state.service.run(&caller, &id, Action::Read).await?;
     let after = last_event_id.or(q.after).unwrap_or(0);
+    if crate::delegation::is_parent(&run) {
+        let stream = sse_attempt_events(state.orch().clone(), id, after);
+        return Ok(Sse::new(stream)
+            .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+            .into_response());
+    }
     let stream = sse_events(state.orch().clone(), id, after);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
+}
+
+/// A parent's events as SSE: one `attempt` event per attempt as it ends, then `event: end`
+/// once every attempt has ended.
+fn sse_attempt_events(
+    orch: Orchestrator,
+    parent: RunId,
+    after: u64,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send {
+    async_stream::stream! {
+        let mut cursor = after;
+        loop {
+            let runs = match orch.attempts_of(&parent).await {
+                Ok(runs) => runs,
+                Err(e) => {
+                    tracing::warn!(run = %parent, error = %e, "SSE: cannot read the attempts; closing");
+                    return;
+                }
+            };
+            let total = runs.len() as u64;
+            let (runs, events) = match orch.attempt_events(&parent, runs, cursor, KEEP_ALIVE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(run = %parent, error = %e, "SSE: cannot read the attempts; closing");
+                    return;
+                }
+            };
+            for e in &events {
+                cursor = e.seq;
+                yield Ok(sse_event(e));
+            }
+            let statuses: Vec<_> = runs.iter().map(|r| r.status).collect();
+            let status = delegate_mcp::types::parent_status(&statuses);
+            if status.is_terminal() && cursor >= total {
+                let data = serde_json::to_string(&delegate_mcp::rest::StreamEnd { status })
+                    .unwrap_or_default();
+                yield Ok(SseEvent::default().event("end").data(data));
+                return;
+            }
+        }
+    }
 }
 
 /// A run's events after `after` as SSE, then `event: end` once the run has ended and every event

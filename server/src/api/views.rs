@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use axum::extract::State;
 use delegate_mcp::delegator::Caller;
-use delegate_mcp::types::{RunResult, RunStatus, Usage};
+use delegate_mcp::types::{RunResult, RunStatus, Usage, parent_status};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +19,7 @@ use crate::store::Run;
 pub struct RunSummary {
     /// The run's id.
     pub run_id: String,
-    /// The sandbox the run ran in.
+    /// The sandbox the run ran in; empty for a parent of attempts.
     pub sandbox_id: String,
     /// `running` or how the run ended.
     pub status: RunStatus,
@@ -35,6 +35,14 @@ pub struct RunSummary {
     pub duration_ms: u64,
     /// Tokens and cost of the run's model calls.
     pub usage: Usage,
+    /// On a parent of attempts (`run_id` is the parent's): how many of its attempts the list
+    /// holds; its status and usage are theirs together. 0 for a single run.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `GET /api/runs/summaries`.
@@ -87,18 +95,46 @@ pub async fn summaries(
         .runs(&caller, q.workspace.as_deref(), sandbox_id.as_ref(), limit)
         .await?;
     let mut names = Names::new(&state, &caller).await;
-    let mut runs = Vec::with_capacity(listed.len());
+    let mut runs: Vec<RunSummary> = Vec::with_capacity(listed.len());
+    // A workspace's list shows a parent once, where its newest attempt would be; one sandbox's
+    // list shows the attempt that ran there.
+    let group = sandbox_id.is_none();
+    let mut parents: HashMap<String, (usize, Vec<RunStatus>)> = HashMap::new();
     for (run, r) in listed {
+        if let Some(parent) = r.parent_run_id.as_ref().filter(|_| group) {
+            if let Some((at, statuses)) = parents.get_mut(parent) {
+                let row = &mut runs[*at];
+                statuses.push(r.status);
+                row.status = parent_status(statuses);
+                row.attempts += 1;
+                row.usage.add(&r.usage);
+                row.created_at = row.created_at.min(run.created_at);
+                row.duration_ms = row.duration_ms.max(r.duration_ms);
+                continue;
+            }
+            parents.insert(parent.clone(), (runs.len(), vec![r.status]));
+        }
         runs.push(RunSummary {
             delegated_by: names.of(&state, run.created_by.as_deref()).await,
-            run_id: r.run_id,
-            sandbox_id: r.sandbox_id,
-            status: r.status,
+            run_id: match r.parent_run_id.as_ref().filter(|_| group) {
+                Some(parent) => parent.clone(),
+                None => r.run_id,
+            },
+            sandbox_id: if r.parent_run_id.is_some() && group {
+                String::new()
+            } else {
+                r.sandbox_id
+            },
+            status: match r.parent_run_id.as_ref().filter(|_| group) {
+                Some(_) => parent_status(&[r.status]),
+                None => r.status,
+            },
             task: run.task,
             created_by: run.created_by,
             created_at: run.created_at,
             duration_ms: r.duration_ms,
             usage: r.usage,
+            attempts: u64::from(r.parent_run_id.is_some() && group),
         });
     }
     Ok(axum::Json(RunSummaryList { runs }))

@@ -103,6 +103,13 @@ pub struct RunArgs {
     #[arg(long = "continue", requires = "sandbox")]
     continue_session: bool,
 
+    /// Run the task N times (1 to 8), each in a fresh sandbox of its own, in parallel within the
+    /// workspace's run quota, and print the attempts side by side (status, files, +/-, cost,
+    /// duration, branch or patch); `delegate apply RUN` takes the attempt you choose. Not with
+    /// --sandbox. Exit code 0 when any attempt succeeded.
+    #[arg(long, value_name = "N", conflicts_with = "sandbox")]
+    attempts: Option<u64>,
+
     /// How the process backend isolates opencode (embedded mode only). `none` runs it
     /// unconfined, as you.
     #[arg(long, value_enum, env = "DELEGATE_ISOLATION")]
@@ -297,6 +304,7 @@ fn run_input(args: &RunArgs) -> anyhow::Result<RunInSandboxInput> {
         secrets: (!args.secrets.is_empty()).then(|| args.secrets.clone()),
         setup: args.setup.as_deref().map(read_setup).transpose()?,
         image: args.image.clone(),
+        attempts: args.attempts,
         ..Default::default()
     })
 }
@@ -502,6 +510,9 @@ fn print_summary(r: &RunResult) {
     if let Some(e) = &r.error {
         let _ = writeln!(err, "error ({}): {}", e.kind.as_str(), e.message);
     }
+    if !r.attempts.is_empty() {
+        print_attempts(&mut err, r);
+    }
     if !r.changed_files.is_empty() {
         let _ = writeln!(err, "changed files:");
         for f in &r.changed_files {
@@ -550,6 +561,37 @@ fn print_summary(r: &RunResult) {
         {
             println!("{}", r.final_message);
         }
+    }
+}
+
+/// A parent's attempts side by side, one row each, for people to compare.
+fn print_attempts(err: &mut impl Write, r: &RunResult) {
+    let _ = writeln!(
+        err,
+        "  #  {:<36}  {:<9}  {:>5}  {:>13}  {:>9}  {:>8}  branch or patch",
+        "attempt", "status", "files", "+/-", "cost", "time"
+    );
+    for (i, a) in r.attempts.iter().enumerate() {
+        let link =
+            a.branch
+                .as_deref()
+                .or(a.patch_url.as_deref())
+                .unwrap_or(if a.commit.is_some() {
+                    "delegate apply RUN"
+                } else {
+                    "-"
+                });
+        let _ = writeln!(
+            err,
+            "  {:<2} {:<36}  {:<9}  {:>5}  {:>13}  {:>9}  {:>7.1}s  {link}",
+            i + 1,
+            a.run_id,
+            a.status.as_str(),
+            a.files_changed,
+            format!("+{} -{}", a.additions, a.deletions),
+            format!("${:.4}", a.cost_usd),
+            a.duration_ms as f64 / 1000.0,
+        );
     }
 }
 

@@ -15,7 +15,7 @@ mod sandboxes;
 
 pub use embedded::EmbeddedDelegator;
 pub use repos::{RepoInput, RunChange};
-pub use runs::{MAX_EVENTS_PER_POLL, MAX_WAIT};
+pub use runs::{MAX_EVENTS_PER_POLL, MAX_WAIT, is_parent};
 
 use delegate_mcp::delegator::Caller;
 use delegate_mcp::tools::SandboxInfo;
@@ -150,10 +150,11 @@ impl Service {
         }
     }
 
-    /// A run the caller may act on.
+    /// A run the caller may act on, or a parent of attempts (a row standing for it, see
+    /// [`crate::orchestrator::parent_row`]).
     pub async fn run(&self, caller: &Caller, id: &RunId, action: Action) -> Result<Run> {
         let not_found = || Error::NotFound(format!("run {:?}", id.as_str()));
-        let run = match self.orch.run(id).await {
+        let run = match self.run_or_parent(id).await {
             Ok(r) => r,
             Err(Error::NotFound(_)) => return Err(not_found()),
             Err(e) => return Err(e),

@@ -32,6 +32,9 @@ impl Service {
         progress: mpsc::Sender<Progress>,
         cancel: CancellationToken,
     ) -> Result<RunResult> {
+        // Before anything is read or written: a bad `attempts` starts nothing.
+        let attempts = input.attempts.unwrap_or(1);
+        crate::orchestrator::check_attempts(attempts, input.sandbox_id.is_some())?;
         // A warm sandbox is read and authorized once here; the orchestrator takes it as it is.
         let sandbox_id = input
             .sandbox_id
@@ -93,6 +96,12 @@ impl Service {
             },
             max_cost_usd: input.max_cost_usd,
         };
+        if attempts > 1 {
+            let wait = input.wait != Some(false);
+            return self
+                .run_attempts(request, attempts, wait, progress, cancel)
+                .await;
+        }
         let started = match sandbox {
             Some(sandbox) => self.orch.start_run_in(sandbox, request).await,
             None => self.orch.start_run(request).await,
@@ -132,6 +141,75 @@ impl Service {
             }
         }
         self.with_watch_url(self.orch.wait(&run_id).await)
+    }
+
+    /// [`Self::run_in_sandbox`] with `attempts` over 1: starts them under a parent and, with
+    /// `wait`, follows them all (progress lines say which attempt) until every one has ended.
+    async fn run_attempts(
+        &self,
+        request: RunRequest,
+        attempts: u64,
+        wait: bool,
+        progress: mpsc::Sender<Progress>,
+        cancel: CancellationToken,
+    ) -> Result<RunResult> {
+        let started = self.orch.start_attempts(request, attempts).await?;
+        let parent = started.parent;
+        if let Some(url) = self.watch_link(parent.as_str()) {
+            let _ = progress.try_send(Progress {
+                seq: 0,
+                message: format!("watch them live: {url}"),
+            });
+        }
+        if wait {
+            let streams = started.attempts.iter().enumerate().map(|(i, (run_id, _))| {
+                Box::pin(self.orch.events(run_id, 0).map(move |e| (i + 1, e)))
+            });
+            let mut events = futures::stream::select_all(streams);
+            let mut cancelled = false;
+            // Every attempt numbers its own events: progress gets one sequence of its own.
+            let mut seq = 0u64;
+            loop {
+                tokio::select! {
+                    e = events.next() => match e {
+                        Some((n, Ok(e))) => {
+                            if e.is_progress() {
+                                seq += 1;
+                                let message = format!("attempt {n}: {}", e.describe());
+                                let _ = progress.try_send(Progress { seq, message });
+                            }
+                        }
+                        Some((n, Err(e))) => {
+                            tracing::warn!(parent = %parent, attempt = n, error = %e, "event stream broke; waiting for the result");
+                        }
+                        None => break,
+                    },
+                    _ = cancel.cancelled(), if !cancelled => {
+                        cancelled = true;
+                        let runs = self.orch.attempts_of(&parent).await?;
+                        self.orch.cancel_attempts(&runs).await?;
+                    }
+                }
+            }
+        }
+        let runs = self.orch.attempts_of(&parent).await?;
+        let result = if wait {
+            self.orch.wait_attempts(&parent, &runs).await
+        } else {
+            self.orch.parent_result(&parent, &runs).await
+        };
+        self.with_watch_url(result)
+    }
+
+    /// A run's row, or a row standing for a parent of attempts; `NotFound` for neither.
+    pub(super) async fn run_or_parent(&self, id: &RunId) -> Result<Run> {
+        match self.orch.run(id).await {
+            Err(Error::NotFound(what)) => {
+                let attempts = self.orch.attempts_of(id).await?;
+                crate::orchestrator::parent_row(id, &attempts).ok_or(Error::NotFound(what))
+            }
+            found => found,
+        }
     }
 
     /// `result` with a fresh watch link when this service makes them and the server has none.
@@ -192,6 +270,11 @@ impl Service {
     ) -> Result<StreamSessionOutput> {
         // The row was read by id, so its id is well formed.
         let run_id: RunId = run.id.parse()?;
+        if is_parent(&run) {
+            return self
+                .parent_events_page(run_id, after, wait_seconds, default_wait)
+                .await;
+        }
         let page = limit
             .unwrap_or(MAX_EVENTS_PER_POLL)
             .clamp(1, MAX_EVENTS_PER_POLL);
@@ -249,9 +332,50 @@ impl Service {
         })
     }
 
+    /// A parent's page: one `attempt` event per ended attempt, in the order they ended,
+    /// long-polling up to `wait_seconds` for the next one to end.
+    async fn parent_events_page(
+        &self,
+        parent: RunId,
+        after: Option<u64>,
+        wait_seconds: Option<u64>,
+        default_wait: Duration,
+    ) -> Result<StreamSessionOutput> {
+        let after = after.unwrap_or(0);
+        let wait = wait_seconds
+            .map_or(default_wait, Duration::from_secs)
+            .min(MAX_WAIT);
+        let runs = self.orch.attempts_of(&parent).await?;
+        let (runs, events) = self.orch.attempt_events(&parent, runs, after, wait).await?;
+        let statuses: Vec<RunStatus> = runs.iter().map(|r| r.status).collect();
+        let status = delegate_mcp::types::parent_status(&statuses);
+        let next_cursor = events.last().map_or(after, |e| e.seq);
+        Ok(StreamSessionOutput {
+            run_id: parent.to_string(),
+            status: if status.is_terminal() {
+                status
+            } else {
+                RunStatus::Running
+            },
+            done: status.is_terminal() && next_cursor >= runs.len() as u64,
+            events,
+            next_cursor,
+        })
+    }
+
     /// Cancels a run (writers only) and waits until it has ended, so the reply says how it ended.
+    /// A parent's attempts are all cancelled.
     pub async fn cancel_run(&self, caller: &Caller, id: &RunId) -> Result<CancelRunOutput> {
         let run = self.run(caller, id, Action::Write).await?;
+        if is_parent(&run) {
+            let runs = self.orch.attempts_of(id).await?;
+            self.orch.cancel_attempts(&runs).await?;
+            let result = self.orch.wait_attempts(id, &runs).await?;
+            return Ok(CancelRunOutput {
+                run_id: run.id,
+                status: result.status,
+            });
+        }
         self.orch.cancel_run(id).await?;
         let result = self.orch.wait(id).await?;
         Ok(CancelRunOutput {
@@ -260,10 +384,34 @@ impl Service {
         })
     }
 
-    /// A run's result as it stands.
+    /// A run's result as it stands; a parent's lists its attempts.
     pub async fn get_run(&self, caller: &Caller, id: &RunId) -> Result<RunResult> {
-        self.run(caller, id, Action::Read).await?;
-        self.orch.result(id).await
+        let run = self.run(caller, id, Action::Read).await?;
+        if is_parent(&run) {
+            let runs = self.orch.attempts_of(id).await?;
+            return self.orch.parent_result(id, &runs).await;
+        }
+        let mut result = self.orch.result(id).await?;
+        result.parent_run_id = self
+            .orch
+            .store()
+            .run_parents(std::slice::from_ref(&run.id))
+            .await
+            .map_err(internal)?
+            .pop()
+            .map(|(_, parent)| parent);
+        Ok(result)
+    }
+
+    /// Waits for a run (or every attempt of a parent) to end; its result then.
+    pub async fn wait_run(&self, caller: &Caller, id: &RunId) -> Result<RunResult> {
+        let run = self.run(caller, id, Action::Read).await?;
+        if is_parent(&run) {
+            let runs = self.orch.attempts_of(id).await?;
+            return self.orch.wait_attempts(id, &runs).await;
+        }
+        self.orch.wait(id).await?;
+        self.get_run(caller, id).await
     }
 
     /// Runs of a workspace (or of one sandbox), newest first.
@@ -315,12 +463,19 @@ impl Service {
             .map_err(internal)?
             .into_iter()
             .collect();
+        let mut parents: std::collections::HashMap<String, String> = store
+            .run_parents(&ids)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .collect();
         let public = self.orch.settings().public_url.as_deref();
         Ok(runs
             .into_iter()
             .map(|run| {
                 let events = counts.get(&run.id).copied().unwrap_or(0);
-                let result = crate::orchestrator::result_of(&run, events, public);
+                let mut result = crate::orchestrator::result_of(&run, events, public);
+                result.parent_run_id = parents.remove(&run.id);
                 (run, result)
             })
             .collect())
@@ -341,4 +496,9 @@ impl Service {
             .map_err(internal)?;
         Ok((ws, usage, runs))
     }
+}
+
+/// Whether a row stands for a parent of attempts (which has no sandbox of its own).
+pub fn is_parent(run: &Run) -> bool {
+    run.sandbox_id.is_empty()
 }

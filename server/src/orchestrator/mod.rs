@@ -9,11 +9,12 @@
 //! (restart, shutdown, cancel requests from other servers), `local.rs` (local sandboxes through
 //! the tunnel), `grants.rs` (sandbox proxy tokens), `snapshots.rs` (repository snapshots
 //! uploaded for a sandbox to start from), `artifacts.rs` (each run's change kept as a patch
-//! and a bundle) and `quotas.rs` (run slots, the queue of runs waiting for one, and workspace
-//! quotas).
+//! and a bundle), `attempts.rs` (best-of-N: N runs of one task under a parent) and
+//! `quotas.rs` (run slots, the queue of runs waiting for one, and workspace quotas).
 
 mod agent;
 mod artifacts;
+mod attempts;
 mod egress;
 mod git_credentials;
 mod grants;
@@ -40,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 // Bootstrap lives in `crate::bootstrap`; re-exported for the callers that name it here.
 pub use artifacts::{bundle_path, patch_path, run_dir};
+pub use attempts::{StartedAttempts, check_attempts, parent_row};
 pub use egress::WorkspaceEgress;
 pub use git_credentials::{
     GitCredential, MAX_GIT_TOKEN_BYTES, MAX_WORKSPACE_GIT_CREDENTIALS, git_host_key, host_key,

@@ -144,6 +144,8 @@ pub fn result_of(run: &Run, event_count: u64, public_url: Option<&str>) -> RunRe
             .and(public_url)
             .map(|u| format!("{}/api/runs/{}/patch", u.trim_end_matches('/'), run.id)),
         egress: o.egress,
+        parent_run_id: None,
+        attempts: Vec::new(),
         omitted: None,
     }
 }

@@ -631,6 +631,15 @@ pub trait Store: Send + Sync + 'static {
     /// How many events each of `run_ids` has, in one query; runs without events are left out.
     async fn event_counts(&self, run_ids: &[String]) -> Result<Vec<(String, u64)>>;
 
+    // ---- Attempts
+    /// Makes `run_id` an attempt of `parent_run_id` (a best-of-N parent, which has no row).
+    async fn set_run_parent(&self, run_id: &str, parent_run_id: &str) -> Result<()>;
+    /// The attempts of a parent, oldest first; empty when `parent_run_id` is no parent.
+    async fn runs_of_parent(&self, parent_run_id: &str) -> Result<Vec<Run>>;
+    /// The parent of each of `run_ids` that is an attempt, in one query; single runs are left
+    /// out.
+    async fn run_parents(&self, run_ids: &[String]) -> Result<Vec<(String, String)>>;
+
     // ---- Identities
     /// The account a provider's subject is linked to.
     async fn identity(&self, provider: &str, subject: &str) -> Result<Identity>;

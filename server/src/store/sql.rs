@@ -763,6 +763,24 @@ pub(super) fn event_counts(n: usize) -> String {
     )
 }
 
+// ---- Attempts ---------------------------------------------------------------------------------
+
+/// `$1` parent, `$2` run id.
+pub(super) const SET_RUN_PARENT: &str = "UPDATE runs SET parent_run_id = $1 WHERE id = $2";
+
+/// `$1` parent: its attempts, oldest first.
+pub(super) fn runs_of_parent() -> String {
+    format!("SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = $1 ORDER BY created_at, id")
+}
+
+/// The parents of `n` runs (`$1..$n`), one row per run that is an attempt.
+pub(super) fn run_parents(n: usize) -> String {
+    format!(
+        "SELECT id, parent_run_id FROM runs WHERE id IN ({}) AND parent_run_id IS NOT NULL",
+        placeholders(1, n)
+    )
+}
+
 // ---- Identities -------------------------------------------------------------------------------
 
 pub(super) const IDENTITY: &str = "SELECT provider, subject, user_id, email, email_verified, \
