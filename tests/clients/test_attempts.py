@@ -136,6 +136,6 @@ async def test_attempts_in_a_repository_get_a_branch_each_and_apply_changes_take
             chosen = out["attempts"][1]["run_id"]
             applied = await call_ok(c, "apply_changes", {"run_id": chosen, "to": "worktree"})
             assert applied["applied"] is True, applied
-            assert (repo / "hello.txt").read_text() == "hi\n"
+            assert (repo / "hello.txt").read_text().strip() == "hi"
             assert git(repo, "rev-parse", "HEAD") == head, "HEAD moved"
             assert HELLO_ADDED["path"] in git(repo, "status", "--porcelain")

@@ -35,7 +35,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Delegate one task: run it in a fresh sandbox with live progress, then print the result.
-    Run(run::RunArgs),
+    // Boxed: its many flags make it far the largest variant.
+    Run(Box<run::RunArgs>),
     /// Write a finished run's change into your repository as a branch (or, with --worktree, also
     /// into the working tree): for runs started with `--apply none`, or to apply again.
     Apply(apply::ApplyArgs),
