@@ -92,7 +92,11 @@ fn process_memory(sandbox_id: &str) -> (f64, f64) {
     let mut parent = std::collections::HashMap::<u32, Vec<u32>>::new();
     let mut roots = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -184,8 +188,22 @@ async fn measure(
     fake: &FakeAnthropic,
     tmp: &Path,
 ) -> Figures {
-    let pooled = orchestrator(backend, 1, opencode, fake, &tmp.join(format!("{name}-pool"))).await;
-    let fresh = orchestrator(backend, 0, opencode, fake, &tmp.join(format!("{name}-fresh"))).await;
+    let pooled = orchestrator(
+        backend,
+        1,
+        opencode,
+        fake,
+        &tmp.join(format!("{name}-pool")),
+    )
+    .await;
+    let fresh = orchestrator(
+        backend,
+        0,
+        opencode,
+        fake,
+        &tmp.join(format!("{name}-fresh")),
+    )
+    .await;
     let warm = pooled
         .create_sandbox(SandboxRequest::default())
         .await
@@ -208,7 +226,10 @@ async fn measure(
         pooled.pool_ready(1).await;
         let waiting = pooled.pooled_sandbox_ids();
         let (p, p_ready, sandbox) = timed_run(&pooled, None).await;
-        assert!(waiting.contains(&sandbox), "the run claimed the pooled sandbox");
+        assert!(
+            waiting.contains(&sandbox),
+            "the run claimed the pooled sandbox"
+        );
         let (w, _, _) = timed_run(&pooled, Some(warm.id.clone())).await;
         let (f, f_ready, _) = timed_run(&fresh, None).await;
         if i > 0 {
@@ -277,7 +298,7 @@ async fn main() {
     {
         println!(
             "Machine: {} cores; {runs} rounds per backend (medians), the first round not counted.\n",
-            std::thread::available_parallelism().map_or(0, |n| n.get())
+            std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
         );
         println!(
             "| backend | ephemeral, pool hit | warm sandbox | **hit ÷ warm** (target <= 1.2) | ephemeral, no pool | no pool ÷ warm |"

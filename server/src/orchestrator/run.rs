@@ -266,7 +266,7 @@ pub(super) async fn start(
 
     // The run carries its sandbox's base, so its result needs no second read.
     let base = match (&target, &loaded_base) {
-        (Target::Ephemeral(_, snapshot), _) | (Target::Pooled(_, _, snapshot), _) => {
+        (Target::Ephemeral(_, snapshot) | Target::Pooled(_, _, snapshot), _) => {
             snapshot.as_ref().map(|s| s.base.clone())
         }
         (Target::Local(_, snapshot), _) => Some(snapshot.base.clone()),
