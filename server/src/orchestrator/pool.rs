@@ -1,6 +1,7 @@
 //! The warm pool (`DELEGATE_WARM_POOL`): sandboxes of the server's backend and default image
 //! kept started with `opencode serve` up, an empty work dir and no egress, so an ephemeral run
-//! starts as fast as a run in a warm sandbox.
+//! skips making a sandbox and starting `opencode serve` (BENCHMARKS.md, "Warm pool", says what a
+//! hit still costs).
 //!
 //! - A pooled sandbox is not in the store until a run claims it: it counts against no quota and
 //!   shows in no list. Its id, minted when it is made, becomes the row's id at claim.
@@ -499,5 +500,63 @@ impl Orchestrator {
         };
         let mut rx = pool.size.subscribe();
         let _ = rx.wait_for(|size| *size >= n).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str) -> Pooled {
+        Pooled {
+            id: id.into(),
+            token: Secret::new("dsb_x".to_string()),
+            endpoint: ServeEndpoint {
+                url: "http://127.0.0.1:1".into(),
+                password: Secret::new("pw".to_string()),
+                directory: "/workspace".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_claim_takes_the_oldest_and_the_metrics_count_hits_misses_and_refills() {
+        let pool = Pool::new(2, Duration::from_secs(60));
+        assert!(pool.take().is_none(), "an empty pool is a miss");
+        pool.miss(Miss::Inputs);
+        for id in ["sbx_a", "sbx_b"] {
+            lock(&pool.held).insert(id.into());
+            lock(&pool.ready).push_back(entry(id));
+        }
+        pool.publish_size();
+        assert!(!pool.wants_more(), "full");
+        assert_eq!(pool.take().map(|p| p.id).as_deref(), Some("sbx_a"));
+        assert!(
+            !lock(&pool.held).contains("sbx_a"),
+            "claimed: the store has it now"
+        );
+        assert!(pool.wants_more());
+        assert_eq!(*pool.size.borrow(), 1);
+        pool.record_refill(Duration::from_millis(700));
+        pool.record_refill(Duration::from_secs(3));
+        let mut out = String::new();
+        pool.render(&mut out);
+        for needle in [
+            "delegate_pool_size 1\n",
+            "delegate_pool_target 2\n",
+            "delegate_pool_hits_total 1\n",
+            "delegate_pool_misses_total{reason=\"empty\"} 1\n",
+            "delegate_pool_misses_total{reason=\"inputs\"} 1\n",
+            "delegate_pool_refill_seconds_bucket{le=\"0.5\"} 0\n",
+            "delegate_pool_refill_seconds_bucket{le=\"1\"} 1\n",
+            "delegate_pool_refill_seconds_bucket{le=\"4\"} 2\n",
+            "delegate_pool_refill_seconds_bucket{le=\"+Inf\"} 2\n",
+            "delegate_pool_refill_seconds_sum 3.7\n",
+            "delegate_pool_refill_seconds_count 2\n",
+        ] {
+            assert!(out.contains(needle), "{needle} not in\n{out}");
+        }
+        assert_eq!(pool.drain().len(), 1);
+        assert_eq!(*pool.size.borrow(), 0);
     }
 }

@@ -68,7 +68,7 @@ max_concurrent_runs = 16                                           # DELEGATE_MA
 # More runs wait in `queued` (FIFO per workspace), up to this many; then they are refused.
 max_queued_runs = 256                                              # DELEGATE_MAX_QUEUED_RUNS
 # Idle sandboxes kept started (opencode serve up, empty work dir) for ephemeral runs with no env,
-# secrets, setup, image or egress: they start like a warm run. 0 = off; at most 32.
+# secrets, setup, image or egress: they skip starting a sandbox. 0 = off; at most 32.
 warm_pool = 0                                                      # DELEGATE_WARM_POOL
 # With no run taking one this long, the pool empties; the next run fills it again.
 warm_pool_idle = "10m"                                             # DELEGATE_WARM_POOL_IDLE
