@@ -62,7 +62,20 @@ pub struct Holder {
 /// stored; the caller inserts the record.
 pub fn issue(kind: TokenKind, holder: Holder, expires_at: Option<Millis>) -> (String, TokenRecord) {
     let secret = new_secret(prefix(kind));
-    let record = TokenRecord {
+    let record = record_for(kind, &secret, holder, expires_at);
+    (secret, record)
+}
+
+/// The record to store for `secret`, a secret of `kind` minted earlier (with [`new_secret`] and
+/// [`prefix`]) but not valid until this record is stored: a pooled sandbox gets its proxy token
+/// in its environment when it starts, and the token starts working only once a run claims it.
+pub fn record_for(
+    kind: TokenKind,
+    secret: &str,
+    holder: Holder,
+    expires_at: Option<Millis>,
+) -> TokenRecord {
+    TokenRecord {
         // Session ids are told apart by their prefix ("is this request's token a session?").
         id: new_id(if kind == TokenKind::Session {
             "ses"
@@ -70,7 +83,7 @@ pub fn issue(kind: TokenKind, holder: Holder, expires_at: Option<Millis>) -> (St
             "tok"
         }),
         kind,
-        hash: hash_secret(&secret),
+        hash: hash_secret(secret),
         name: holder.name,
         user_id: holder.user_id,
         sandbox_id: holder.sandbox_id,
@@ -78,8 +91,7 @@ pub fn issue(kind: TokenKind, holder: Holder, expires_at: Option<Millis>) -> (St
         created_at: now_ms(),
         expires_at,
         revoked_at: None,
-    };
-    (secret, record)
+    }
 }
 
 /// A new invite code for `workspace_id` with `role`, valid for `ttl_ms`, and its record.

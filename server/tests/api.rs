@@ -422,6 +422,10 @@ async fn every_api_route_needs_a_token_and_ops_endpoints_answer() {
         "delegate_proxy_requests_total 0",
         "delegate_egress_connections_total{decision=\"denied\"} 0",
         "delegate_egress_bytes_total{direction=\"down\"} 0",
+        "# TYPE delegate_pool_size gauge",
+        "delegate_pool_size 0",
+        "delegate_pool_misses_total{reason=\"empty\"} 0",
+        "delegate_pool_refill_seconds_count 0",
         "delegate_http_requests_total{route=\"/api/openapi.json\",status=\"200\"} 1",
         "delegate_http_requests_total{route=\"/api/runs\",status=\"401\"}",
     ] {

@@ -186,6 +186,7 @@ pub async fn metrics(
         );
     }
     state.orch().egress_metrics().render(&mut out);
+    state.orch().render_pool_metrics(&mut out);
     let _ = writeln!(
         out,
         "# HELP delegate_http_requests_total HTTP requests served by this process, by route and status."

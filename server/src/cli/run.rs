@@ -224,6 +224,8 @@ pub async fn main(mut settings: Settings, args: &RunArgs) -> anyhow::Result<Exit
     if let Some(limits) = args.sandbox_limits {
         settings.sandbox_limits = limits;
     }
+    // One run and gone: a pool would only start a sandbox nobody claims, beside the run's own.
+    settings.warm_pool = 0;
     if settings.upstream.credential.is_none() {
         bail!(
             "no model API credential: set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN). It stays in \

@@ -5,7 +5,8 @@ use delegate_mcp::types::SandboxStatus;
 
 use super::Result;
 use crate::credentials::{self, Holder};
-use crate::ids::{Origin, SandboxId, now_ms};
+use crate::ids::{Origin, SandboxId, new_secret, now_ms};
+use crate::settings::Secret;
 use crate::store::{Sandbox, SandboxKind, Store, TokenKind, Workspace};
 
 /// A new proxy token for a sandbox (`dsb_...`); only its hash is stored.
@@ -23,6 +24,31 @@ pub(super) async fn issue_sandbox_token(
     let (token, record) = credentials::issue(TokenKind::Sandbox, holder, expires_at);
     store.insert_token(&record).await?;
     Ok(token)
+}
+
+/// A new proxy token for a pooled sandbox: `dsb_...`, passed to the sandbox as it starts, with no
+/// record yet, so the proxy refuses it until [`grant_pooled_token`] binds it at claim.
+pub(super) fn mint_pooled_token() -> Secret {
+    Secret::new(new_secret(credentials::prefix(TokenKind::Sandbox)))
+}
+
+/// Makes a pooled sandbox's token (minted by [`mint_pooled_token`] when the sandbox started)
+/// valid for the run that claimed it: its hashed record, bound to the sandbox and the run's
+/// workspace, as [`issue_sandbox_token`] stores one. Revoked with the sandbox, as any other.
+pub(super) async fn grant_pooled_token(
+    store: &dyn Store,
+    token: &Secret,
+    sandbox_id: &str,
+    workspace_id: &str,
+) -> Result<()> {
+    let holder = Holder {
+        sandbox_id: Some(sandbox_id.to_string()),
+        workspace_id: Some(workspace_id.to_string()),
+        ..Holder::default()
+    };
+    let record = credentials::record_for(TokenKind::Sandbox, token.expose(), holder, None);
+    store.insert_token(&record).await?;
+    Ok(())
 }
 
 /// Registers a sandbox delegate does not run itself (a container started from

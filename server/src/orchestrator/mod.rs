@@ -9,8 +9,9 @@
 //! (restart, shutdown, cancel requests from other servers), `local.rs` (local sandboxes through
 //! the tunnel), `grants.rs` (sandbox proxy tokens), `snapshots.rs` (repository snapshots
 //! uploaded for a sandbox to start from), `artifacts.rs` (each run's change kept as a patch
-//! and a bundle), `attempts.rs` (best-of-N: N runs of one task under a parent) and
-//! `quotas.rs` (run slots, the queue of runs waiting for one, and workspace quotas).
+//! and a bundle), `attempts.rs` (best-of-N: N runs of one task under a parent), `quotas.rs`
+//! (run slots, the queue of runs waiting for one, and workspace quotas) and `pool.rs` (the warm
+//! pool of started sandboxes ephemeral runs claim).
 
 mod agent;
 mod artifacts;
@@ -23,6 +24,7 @@ mod lifecycle;
 mod local;
 mod local_repo;
 mod log;
+mod pool;
 mod quotas;
 mod recovery;
 mod reservation;
@@ -180,6 +182,8 @@ struct Inner {
     egress_metrics: Arc<crate::egress::EgressMetrics>,
     /// What retention pruned since this process started.
     pruned: Pruned,
+    /// The warm pool, when `DELEGATE_WARM_POOL` asks for one and the backend keeps one.
+    pool: Option<Arc<pool::Pool>>,
 }
 
 impl Orchestrator {
@@ -205,6 +209,17 @@ impl Orchestrator {
             settings.max_queued_runs,
             store.clone(),
         );
+        let pool = match settings.warm_pool {
+            0 => None,
+            n if backend.pools() => Some(Arc::new(pool::Pool::new(n, settings.warm_pool_idle))),
+            n => {
+                tracing::warn!(
+                    "DELEGATE_WARM_POOL={n} is ignored: the {} backend keeps no warm pool",
+                    backend.name()
+                );
+                None
+            }
+        };
         let orch = Orchestrator {
             inner: Arc::new(Inner {
                 store,
@@ -226,12 +241,14 @@ impl Orchestrator {
                 egress: Mutex::new(HashMap::new()),
                 egress_metrics: Arc::default(),
                 pruned: Pruned::default(),
+                pool,
             }),
         };
         orch.every(lifecycle::IDLE_SWEEP, lifecycle::sweep_idle);
         orch.every(REMOTE_POLL, recovery::watch_cancel_requests);
         orch.every(snapshots::SNAPSHOT_SWEEP, snapshots::sweep_snapshots);
         orch.every(retention::RETENTION_SWEEP, retention::sweep_expired);
+        pool::start(&orch);
         Ok(orch)
     }
 

@@ -115,6 +115,10 @@ impl Orchestrator {
         }
         // Orphans: what the backend holds for sandboxes that no longer exist, or failed.
         for id in held {
+            // A pooled sandbox of this process has no row until a run claims it.
+            if self.pool_holds(&id) {
+                continue;
+            }
             let orphan = match store.sandbox(&id).await {
                 Err(StoreError::NotFound(_)) => true,
                 Ok(s) => matches!(s.status, SandboxStatus::Failed | SandboxStatus::Deleted),
@@ -154,6 +158,8 @@ impl Orchestrator {
         for run_id in &runs {
             let _ = self.wait(run_id).await;
         }
+        // Never adopted by the next start (it makes its own): destroyed with this process.
+        self.empty_pool().await;
         if delete_warm {
             // Local sandboxes are their owners' machines: they go offline, never away.
             let warm: Vec<String> = lock(&self.inner.warm)

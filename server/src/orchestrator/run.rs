@@ -30,6 +30,13 @@ enum Target {
     Ephemeral(SandboxSpec, Option<Arc<SnapshotFile>>),
     /// A warm sandbox's opencode serve.
     Warm(Warm),
+    /// A pooled sandbox (opencode serve up, work dir empty) claimed for this run: seeded with
+    /// these files and snapshot, run through its opencode serve, destroyed after the run.
+    Pooled(
+        super::pool::Pooled,
+        std::collections::BTreeMap<String, String>,
+        Option<Arc<SnapshotFile>>,
+    ),
     /// A local agent's opencode serve, working in a fresh work dir on the agent's machine seeded
     /// from the snapshot.
     Local(Warm, Arc<SnapshotFile>),
@@ -211,42 +218,57 @@ pub(super) async fn start(
             let snapshot = req.snapshot.take();
             let ws = orch.workspace(req.workspace.as_deref()).await?;
             let ticket = admit(&orch, &run_id, &ws.id).await?;
-            let Inserted {
-                sandbox,
-                spec,
-                redactions,
-            } = orch
-                .insert_sandbox(
-                    &ws,
-                    NewSandbox {
-                        kind: SandboxKind::Ephemeral,
-                        name: None,
-                        files: req.files.clone(),
-                        snapshot: snapshot.as_deref(),
-                        idle_timeout: None,
-                        created_by: req.created_by.clone(),
-                        network: req.network.as_deref(),
-                        inputs: &req.inputs,
-                        max_warm: None,
-                    },
+            let claimed = orch.claim_pooled(&ws, &req, snapshot.as_deref()).await?;
+            if let Some((sandbox, pooled)) = claimed {
+                // A sandbox nobody else knows yet, started before anyone asked for it.
+                let reservation = orch.inner.reservations.reserve(&sandbox.id)?;
+                (
+                    sandbox.id.parse()?,
+                    ws.id,
+                    Target::Pooled(pooled, req.files.clone(), snapshot),
+                    reservation,
+                    ticket,
                 )
-                .await?;
-            secrets = redactions.to_vec();
-            // A fresh sandbox nobody else knows yet.
-            let reservation = orch.inner.reservations.reserve(&sandbox.id)?;
-            (
-                sandbox.id.parse()?,
-                ws.id,
-                Target::Ephemeral(spec, snapshot),
-                reservation,
-                ticket,
-            )
+            } else {
+                let Inserted {
+                    sandbox,
+                    spec,
+                    redactions,
+                } = orch
+                    .insert_sandbox(
+                        &ws,
+                        NewSandbox {
+                            kind: SandboxKind::Ephemeral,
+                            name: None,
+                            files: req.files.clone(),
+                            snapshot: snapshot.as_deref(),
+                            idle_timeout: None,
+                            created_by: req.created_by.clone(),
+                            network: req.network.as_deref(),
+                            inputs: &req.inputs,
+                            max_warm: None,
+                        },
+                    )
+                    .await?;
+                secrets = redactions.to_vec();
+                // A fresh sandbox nobody else knows yet.
+                let reservation = orch.inner.reservations.reserve(&sandbox.id)?;
+                (
+                    sandbox.id.parse()?,
+                    ws.id,
+                    Target::Ephemeral(spec, snapshot),
+                    reservation,
+                    ticket,
+                )
+            }
         }
     };
 
     // The run carries its sandbox's base, so its result needs no second read.
     let base = match (&target, &loaded_base) {
-        (Target::Ephemeral(_, snapshot), _) => snapshot.as_ref().map(|s| s.base.clone()),
+        (Target::Ephemeral(_, snapshot) | Target::Pooled(_, _, snapshot), _) => {
+            snapshot.as_ref().map(|s| s.base.clone())
+        }
         (Target::Local(_, snapshot), _) => Some(snapshot.base.clone()),
         (Target::Warm(_), base) => base.clone(),
     };
@@ -335,7 +357,8 @@ async fn drive(
 ) {
     let inner = &orch.inner;
     let mut state = RunState::new(run.status);
-    let ephemeral = matches!(target, Target::Ephemeral(..));
+    // A pooled sandbox is the run's alone, as a fresh one: it goes with the run.
+    let ephemeral = matches!(target, Target::Ephemeral(..) | Target::Pooled(..));
     let local_run = matches!(target, Target::Local(..));
     let mut local_repo = None;
     let mut egress = None;
@@ -371,6 +394,16 @@ async fn drive(
                 // Cloned into the work dir: the uploaded bundle is not needed any more.
                 SnapshotFile::release(snapshot).await;
                 None
+            }
+            Target::Pooled(pooled, files, snapshot) => {
+                let repo = snapshot.as_ref().map(|s| s.path.as_path());
+                tokio::select! {
+                    r = orch.seed_pooled(&run.sandbox_id, &files, repo) => r?,
+                    _ = cancel.cancelled() => return Ok(Finish::cancelled()),
+                    _ = tokio::time::sleep_until(deadline) => return Ok(Finish::timed_out(timeout)),
+                }
+                SnapshotFile::release(snapshot).await;
+                Some(orch.pooled_warm(pooled))
             }
             Target::Warm(w) => Some(w),
             Target::Local(w, snapshot) => {
@@ -539,6 +572,8 @@ async fn drive(
         if let Err(e) = inner.backend.destroy(&run.sandbox_id).await {
             tracing::warn!(sandbox = %run.sandbox_id, error = %e, "could not free the sandbox");
         }
+        // Gone with it, before the result says the run ended: its token is dead by then.
+        orch.revoke_sandbox_tokens(&run.sandbox_id).await;
     }
     let mut recorded = state
         .finish(&orch, &run.id, status, &finish.outcome, &mut log)

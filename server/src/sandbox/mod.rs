@@ -237,6 +237,40 @@ pub trait SandboxBackend: Send + Sync + 'static {
     /// Makes the sandbox; for a warm one also starts `opencode serve` and returns its endpoint.
     async fn create(&self, spec: &SandboxSpec) -> Result<Option<ServeEndpoint>, SandboxError>;
 
+    /// Whether this backend keeps a warm pool: it can make a sandbox with an empty work dir
+    /// ([`create_pooled`](Self::create_pooled)) and seed it later ([`seed`](Self::seed)).
+    fn pools(&self) -> bool {
+        false
+    }
+
+    /// Makes a warm sandbox for the pool: `opencode serve` up, its work dir empty (not yet a
+    /// repository), for a run to claim and [`seed`](Self::seed). `spec` carries no files,
+    /// repository, env or egress.
+    async fn create_pooled(&self, spec: &SandboxSpec) -> Result<ServeEndpoint, SandboxError> {
+        Err(SandboxError::BadInput(format!(
+            "the {} backend keeps no warm pool (sandbox {})",
+            self.name(),
+            spec.id
+        )))
+    }
+
+    /// Seeds a pooled sandbox's empty work dir as [`create`](Self::create) seeds a fresh one (a
+    /// clone of `repo`, then `files`, committed) while its `opencode serve` runs. Nothing may
+    /// have asked that serve about the work dir before (opencode makes its per-directory
+    /// instance on the first request naming it, and would see an empty dir).
+    async fn seed(
+        &self,
+        sandbox_id: &str,
+        files: &BTreeMap<String, String>,
+        repo: Option<&std::path::Path>,
+    ) -> Result<(), SandboxError> {
+        let _ = (files, repo);
+        Err(SandboxError::BadInput(format!(
+            "the {} backend cannot seed a running sandbox (sandbox {sandbox_id})",
+            self.name()
+        )))
+    }
+
     /// Starts `opencode run --format json` with the task on stdin. Output arrives on the channel;
     /// cancelling `stop` kills the run (and everything it started) and still ends with `Exited`.
     async fn run_headless(

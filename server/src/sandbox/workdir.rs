@@ -295,6 +295,42 @@ impl SandboxDirs {
         Ok(())
     }
 
+    /// Creates the dirs of a pooled sandbox with its work dir empty; [`seed_empty`](Self::seed_empty)
+    /// makes it the agent's repository when a run claims the sandbox.
+    pub async fn create_empty(&self) -> Result<(), SandboxError> {
+        for d in [&self.root, &self.workspace, &self.home, &self.run] {
+            tokio::fs::create_dir_all(d)
+                .await
+                .map_err(io("create dir"))?;
+        }
+        Ok(())
+    }
+
+    /// Seeds a pooled sandbox's work dir as [`create`](Self::create) seeds a fresh one. Only
+    /// `opencode serve` ran in the sandbox so far, with no task; the work dir must still be
+    /// empty, so git on the host never reads anything the sandbox wrote.
+    pub async fn seed_empty(
+        &self,
+        files: &BTreeMap<String, String>,
+        repo: Option<&Path>,
+    ) -> Result<(), SandboxError> {
+        validate_files(files)?;
+        let mut entries = tokio::fs::read_dir(&self.workspace)
+            .await
+            .map_err(io("read the pooled work dir"))?;
+        if let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(io("read the pooled work dir"))?
+        {
+            return Err(SandboxError::Io(format!(
+                "the pooled sandbox's work dir is not empty (it holds {:?})",
+                entry.file_name()
+            )));
+        }
+        self.create(files, repo).await
+    }
+
     /// The commit the sandbox's next change must sit on.
     pub async fn tip(&self) -> Result<String, SandboxError> {
         ChangeRepo::open(&self.changes)

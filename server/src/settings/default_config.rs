@@ -67,6 +67,11 @@ proxy_public = false                                               # DELEGATE_PR
 max_concurrent_runs = 16                                           # DELEGATE_MAX_CONCURRENT_RUNS
 # More runs wait in `queued` (FIFO per workspace), up to this many; then they are refused.
 max_queued_runs = 256                                              # DELEGATE_MAX_QUEUED_RUNS
+# Idle sandboxes kept started (opencode serve up, empty work dir) for ephemeral runs with no env,
+# secrets, setup, image or egress: they skip starting a sandbox. 0 = off; at most 32.
+warm_pool = 0                                                      # DELEGATE_WARM_POOL
+# With no run taking one this long, the pool empties; the next run fills it again.
+warm_pool_idle = "10m"                                             # DELEGATE_WARM_POOL_IDLE
 # Budgets and quotas, all off unless set; a workspace's maintainers may set their own.
 # max_run_cost_usd = 2.0                   # a run's max_cost_usd default  DELEGATE_MAX_RUN_COST_USD
 # workspace_daily_budget_usd = 50.0        # per UTC day   DELEGATE_WORKSPACE_DAILY_BUDGET_USD

@@ -8,9 +8,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    BackendChoice, DEFAULT_SANDBOX_IMAGE, DockerNetwork, DockerSettings, EgressSettings, GitHost,
-    GithubSettings, IpRange, Isolation, KubeSettings, LimitSettings, OidcSettings, Registration,
-    SandboxLimits, Secret, SecretKey, Settings, SsoSettings, Upstream, UpstreamCredential,
+    BackendChoice, DEFAULT_SANDBOX_IMAGE, DEFAULT_WARM_POOL, DEFAULT_WARM_POOL_IDLE, DockerNetwork,
+    DockerSettings, EgressSettings, GitHost, GithubSettings, IpRange, Isolation, KubeSettings,
+    LimitSettings, MAX_WARM_POOL, OidcSettings, Registration, SandboxLimits, Secret, SecretKey,
+    Settings, SsoSettings, Upstream, UpstreamCredential,
 };
 
 /// The optional settings file; every field optional, same names as the env vars in lower case.
@@ -50,6 +51,8 @@ struct FileSettings {
     k8s_proxy_url: Option<String>,
     max_concurrent_runs: Option<usize>,
     max_queued_runs: Option<usize>,
+    warm_pool: Option<u64>,
+    warm_pool_idle: Option<String>,
     max_run_cost_usd: Option<f64>,
     workspace_daily_budget_usd: Option<f64>,
     workspace_max_concurrent_runs: Option<u64>,
@@ -184,6 +187,29 @@ impl Settings {
             Some(v) => parse_duration("IDLE_TIMEOUT", &v)?,
             None => Duration::from_secs(30 * 60),
         };
+        let warm_pool_idle = match env.var("DELEGATE_WARM_POOL_IDLE").or(f.warm_pool_idle) {
+            Some(v) => parse_duration("DELEGATE_WARM_POOL_IDLE", &v)?,
+            None => DEFAULT_WARM_POOL_IDLE,
+        };
+        if warm_pool_idle.is_zero() {
+            return Err(SettingsError::Invalid {
+                name: "DELEGATE_WARM_POOL_IDLE",
+                message: "must be at least 1s".into(),
+            });
+        }
+        let warm_pool = match env.var("DELEGATE_WARM_POOL") {
+            Some(v) => parse_value::<u64>("DELEGATE_WARM_POOL", &v)?,
+            None => f.warm_pool.unwrap_or(DEFAULT_WARM_POOL as u64),
+        };
+        if warm_pool > MAX_WARM_POOL as u64 {
+            return Err(SettingsError::Invalid {
+                name: "DELEGATE_WARM_POOL",
+                message: format!(
+                    "{warm_pool}: at most {MAX_WARM_POOL} sandboxes (each idle one holds an \
+                     opencode serve, about 0.3 GB; see BENCHMARKS.md, \"Warm pool\")"
+                ),
+            });
+        }
         let default_timeout = match env.var("DELEGATE_DEFAULT_TIMEOUT").or(f.default_timeout) {
             Some(v) => parse_duration("DELEGATE_DEFAULT_TIMEOUT", &v)?,
             None => Duration::from_secs(900),
@@ -476,6 +502,8 @@ impl Settings {
                 f.max_queued_runs.map(|n| n as u64),
                 256,
             )? as usize,
+            warm_pool: warm_pool as usize,
+            warm_pool_idle,
             limits: LimitSettings {
                 max_run_cost_usd: dollars(
                     "DELEGATE_MAX_RUN_COST_USD",

@@ -234,6 +234,14 @@ pub struct KubeSettings {
 /// The sandbox image `sandbox-image/build` makes (opencode's version is the tag).
 pub const DEFAULT_SANDBOX_IMAGE: &str = "delegate-sandbox:1.18.33";
 
+/// `DELEGATE_WARM_POOL`'s default: off (see BENCHMARKS.md, "Warm pool", for what an idle pooled
+/// sandbox holds).
+pub const DEFAULT_WARM_POOL: usize = 0;
+/// The largest `DELEGATE_WARM_POOL`: each idle entry holds an `opencode serve`.
+pub const MAX_WARM_POOL: usize = 32;
+/// `DELEGATE_WARM_POOL_IDLE`'s default.
+pub const DEFAULT_WARM_POOL_IDLE: Duration = Duration::from_secs(600);
+
 /// Who may create an account with a password (`POST /api/auth/signup`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -317,6 +325,13 @@ pub struct Settings {
     /// `DELEGATE_MAX_QUEUED_RUNS` (default `256`): the most runs waiting for a slot on this
     /// server; past it a run is refused with a `limit` error.
     pub max_queued_runs: usize,
+    /// `DELEGATE_WARM_POOL` (default [`DEFAULT_WARM_POOL`], at most [`MAX_WARM_POOL`]): how many
+    /// idle sandboxes of the server's backend and default image are kept with `opencode serve`
+    /// up, for ephemeral runs to claim instead of starting a fresh one. `0` turns the pool off.
+    pub warm_pool: usize,
+    /// `DELEGATE_WARM_POOL_IDLE` (default `10m`): with no run claiming a pooled sandbox this
+    /// long, the pool is emptied; the next run that could have used it fills it again.
+    pub warm_pool_idle: Duration,
     /// Spending and capacity limits: the server-wide defaults of every workspace's limits.
     pub limits: LimitSettings,
     /// `DELEGATE_DEFAULT_TIMEOUT` (default `15m`): a run's time limit when the caller gives none.

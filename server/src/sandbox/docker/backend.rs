@@ -1,7 +1,8 @@
 //! [`SandboxBackend`] for docker, and picking sandboxes up again after a restart (their
 //! containers and volumes carry labels; the rest is rebuilt from the container).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -169,6 +170,77 @@ impl DockerBackend {
         Ok(rx)
     }
 
+    /// Makes a sandbox: its host mirror (seeded when `seeded`, else left empty for the pool),
+    /// sockets and volumes and, for a warm one, its serve container with `opencode serve` up.
+    async fn make(
+        &self,
+        spec: &SandboxSpec,
+        seeded: bool,
+    ) -> Result<Option<ServeEndpoint>, SandboxError> {
+        let image = spec
+            .image
+            .clone()
+            .unwrap_or_else(|| self.settings.image.clone());
+        check_image(&self.docker, &image).await?;
+        let dirs = SandboxDirs::new(self.root.join(&spec.id));
+        let made = if seeded {
+            dirs.create(&spec.files, spec.repo.as_deref()).await
+        } else {
+            dirs.create_empty().await
+        };
+        if let Err(e) = made {
+            let _ = tokio::fs::remove_dir_all(&dirs.root).await;
+            return Err(e);
+        }
+        {
+            // The container's user (not ours) makes opencode's socket here.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dirs.run, std::fs::Permissions::from_mode(0o777))
+                .map_err(|e| SandboxError::Io(format!("run dir: {e}")))?;
+        }
+        let live = Arc::new(Live {
+            dirs,
+            kind: spec.kind,
+            token: spec.proxy_token.clone(),
+            password: spec.serve_password.clone(),
+            stop: self.shutdown.child_token(),
+            egress: spec.egress.is_some(),
+            env: spec.env.clone(),
+            image,
+            serve_relay: Mutex::new(None),
+            seeded: AtomicBool::new(false),
+            home_kept: AtomicBool::new(spec.kind == SandboxKind::Warm),
+        });
+        if spec.egress.is_some() && self.settings.network != DockerNetwork::None {
+            return Err(SandboxError::BadInput(
+                "network: egress policies need DELEGATE_DOCKER_NETWORK=none (containers on a \
+                 network of their own would bypass the egress proxy)"
+                    .into(),
+            ));
+        }
+        self.remember(&spec.id, live.clone())?;
+        let made = async {
+            self.serve_proxy_socket(&live)?;
+            if let Some(egress) = &spec.egress {
+                let socket = live.dirs.run.join("egress.sock");
+                crate::sandbox::serve_egress(egress, &socket, 0o666, live.stop.clone())?;
+            }
+            self.create_volume(&spec.id, "work").await?;
+            if spec.kind != SandboxKind::Warm {
+                // The container is made per run, with the run's arguments.
+                return Ok(None);
+            }
+            self.create_volume(&spec.id, "home").await?;
+            self.make_container(&spec.id, &live, Role::Serve).await?;
+            self.start_serve(&spec.id, &live).await.map(Some)
+        }
+        .await;
+        if made.is_err() {
+            let _ = self.destroy(&spec.id).await;
+        }
+        made
+    }
+
     /// Ids of the sandboxes this server has containers or volumes of.
     async fn labelled(&self) -> Result<Vec<String>, SandboxError> {
         let mine = format!("{LABEL_OWNER}={}", self.owner);
@@ -245,63 +317,36 @@ impl SandboxBackend for DockerBackend {
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Option<ServeEndpoint>, SandboxError> {
-        let image = spec
-            .image
-            .clone()
-            .unwrap_or_else(|| self.settings.image.clone());
-        check_image(&self.docker, &image).await?;
-        let dirs = SandboxDirs::new(self.root.join(&spec.id));
-        if let Err(e) = dirs.create(&spec.files, spec.repo.as_deref()).await {
-            let _ = tokio::fs::remove_dir_all(&dirs.root).await;
-            return Err(e);
-        }
-        {
-            // The container's user (not ours) makes opencode's socket here.
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&dirs.run, std::fs::Permissions::from_mode(0o777))
-                .map_err(|e| SandboxError::Io(format!("run dir: {e}")))?;
-        }
-        let live = Arc::new(Live {
-            dirs,
-            kind: spec.kind,
-            token: spec.proxy_token.clone(),
-            password: spec.serve_password.clone(),
-            stop: self.shutdown.child_token(),
-            egress: spec.egress.is_some(),
-            env: spec.env.clone(),
-            image,
-            serve_relay: Mutex::new(None),
-            seeded: AtomicBool::new(false),
-            home_kept: AtomicBool::new(spec.kind == SandboxKind::Warm),
-        });
-        if spec.egress.is_some() && self.settings.network != DockerNetwork::None {
+        self.make(spec, true).await
+    }
+
+    fn pools(&self) -> bool {
+        true
+    }
+
+    async fn create_pooled(&self, spec: &SandboxSpec) -> Result<ServeEndpoint, SandboxError> {
+        if spec.kind != SandboxKind::Warm {
             return Err(SandboxError::BadInput(
-                "network: egress policies need DELEGATE_DOCKER_NETWORK=none (containers on a \
-                 network of their own would bypass the egress proxy)"
-                    .into(),
+                "a pooled sandbox is a warm one (opencode serve up)".into(),
             ));
         }
-        self.remember(&spec.id, live.clone())?;
-        let made = async {
-            self.serve_proxy_socket(&live)?;
-            if let Some(egress) = &spec.egress {
-                let socket = live.dirs.run.join("egress.sock");
-                crate::sandbox::serve_egress(egress, &socket, 0o666, live.stop.clone())?;
-            }
-            self.create_volume(&spec.id, "work").await?;
-            if spec.kind != SandboxKind::Warm {
-                // The container is made per run, with the run's arguments.
-                return Ok(None);
-            }
-            self.create_volume(&spec.id, "home").await?;
-            self.make_container(&spec.id, &live, Role::Serve).await?;
-            self.start_serve(&spec.id, &live).await.map(Some)
-        }
-        .await;
-        if made.is_err() {
-            let _ = self.destroy(&spec.id).await;
-        }
-        made
+        self.make(spec, false)
+            .await?
+            .ok_or_else(|| SandboxError::Start("a pooled sandbox without opencode serve".into()))
+    }
+
+    /// The host mirror is seeded as for a fresh sandbox, then copied into the running serve
+    /// container's work volume through the engine's archive API, owned by the sandbox user.
+    async fn seed(
+        &self,
+        sandbox_id: &str,
+        files: &BTreeMap<String, String>,
+        repo: Option<&Path>,
+    ) -> Result<(), SandboxError> {
+        let live = self.live(sandbox_id)?;
+        live.dirs.seed_empty(files, repo).await?;
+        self.upload_workspace(&container_name(sandbox_id), &live)
+            .await
     }
 
     async fn run_headless(

@@ -49,10 +49,22 @@ impl DockerBackend {
         if live.seeded.load(Ordering::Acquire) {
             return Ok(name);
         }
+        self.upload_workspace(&name, live).await?;
+        live.seeded.store(true, Ordering::Release);
+        Ok(name)
+    }
+
+    /// Copies the host mirror of the work dir into container `name`'s work volume (made or
+    /// running), owned by the sandbox user.
+    pub(super) async fn upload_workspace(
+        &self,
+        name: &str,
+        live: &Live,
+    ) -> Result<(), SandboxError> {
         let seed = archive::pack(live.dirs.workspace.clone(), SANDBOX_UID, SANDBOX_UID).await?;
         self.docker
             .upload_to_container(
-                &name,
+                name,
                 Some(
                     UploadToContainerOptionsBuilder::new()
                         .path(IN_WORKSPACE)
@@ -61,9 +73,7 @@ impl DockerBackend {
                 bollard::body_full(seed.into()),
             )
             .await
-            .map_err(engine_error)?;
-        live.seeded.store(true, Ordering::Release);
-        Ok(name)
+            .map_err(engine_error)
     }
 
     pub(super) async fn remove_container(&self, name: &str) -> Result<(), SandboxError> {

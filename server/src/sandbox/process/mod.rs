@@ -4,7 +4,7 @@
 //! its only way out is the proxy's unix socket, bound in and relayed to 127.0.0.1:4000 inside by
 //! delegate's own binary. `--isolation none` runs opencode unconfined, only when asked for.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -292,27 +292,20 @@ impl ProcessBackend {
         }
     }
 
-    /// The loopback TCP proxy used when isolation is off (no socket to bind in).
-    async fn tcp_proxy(&self) -> Result<SocketAddr, SandboxError> {
-        self.tcp_proxy
-            .get_or_try_init(|| {
-                crate::net::serve_loopback(self.proxy.clone(), self.shutdown.clone())
-            })
-            .await
-            .copied()
-            .map_err(|e| SandboxError::Io(format!("bind proxy: {e}")))
-    }
-}
-
-#[async_trait]
-impl SandboxBackend for ProcessBackend {
-    fn name(&self) -> &'static str {
-        "process"
-    }
-
-    async fn create(&self, spec: &SandboxSpec) -> Result<Option<ServeEndpoint>, SandboxError> {
+    /// Makes a sandbox: its dirs (the work dir seeded when `seeded`, else left empty for the
+    /// pool), limits, sockets and, for a warm one, `opencode serve`.
+    async fn make(
+        &self,
+        spec: &SandboxSpec,
+        seeded: bool,
+    ) -> Result<Option<ServeEndpoint>, SandboxError> {
         let dirs = SandboxDirs::new(self.root.join(&spec.id));
-        if let Err(e) = dirs.create(&spec.files, spec.repo.as_deref()).await {
+        let made = if seeded {
+            dirs.create(&spec.files, spec.repo.as_deref()).await
+        } else {
+            dirs.create_empty().await
+        };
+        if let Err(e) = made {
             let _ = tokio::fs::remove_dir_all(&dirs.root).await;
             return Err(e);
         }
@@ -385,6 +378,54 @@ impl SandboxBackend for ProcessBackend {
             }
         }
         Ok(None)
+    }
+
+    /// The loopback TCP proxy used when isolation is off (no socket to bind in).
+    async fn tcp_proxy(&self) -> Result<SocketAddr, SandboxError> {
+        self.tcp_proxy
+            .get_or_try_init(|| {
+                crate::net::serve_loopback(self.proxy.clone(), self.shutdown.clone())
+            })
+            .await
+            .copied()
+            .map_err(|e| SandboxError::Io(format!("bind proxy: {e}")))
+    }
+}
+
+#[async_trait]
+impl SandboxBackend for ProcessBackend {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<Option<ServeEndpoint>, SandboxError> {
+        self.make(spec, true).await
+    }
+
+    fn pools(&self) -> bool {
+        true
+    }
+
+    async fn create_pooled(&self, spec: &SandboxSpec) -> Result<ServeEndpoint, SandboxError> {
+        if spec.kind != SandboxKind::Warm {
+            return Err(SandboxError::BadInput(
+                "a pooled sandbox is a warm one (opencode serve up)".into(),
+            ));
+        }
+        self.make(spec, false)
+            .await?
+            .ok_or_else(|| SandboxError::Start("a pooled sandbox without opencode serve".into()))
+    }
+
+    async fn seed(
+        &self,
+        sandbox_id: &str,
+        files: &BTreeMap<String, String>,
+        repo: Option<&Path>,
+    ) -> Result<(), SandboxError> {
+        // The work dir is bound into the sandbox as a directory: it is filled in place (the
+        // bind would keep a replaced directory's old inode).
+        self.live(sandbox_id)?.dirs.seed_empty(files, repo).await
     }
 
     async fn run_headless(
