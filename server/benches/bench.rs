@@ -11,8 +11,9 @@
 //! 3. Repository: `delegate run` started in a git repository (snapshot, seed, the change back as
 //!    a branch) ÷ the same run with `--no-repo`, and the difference in seconds
 //!    (`--repo-mb 10`: MB of files in the repository, about 10 KB each).
-//! 4. Proxy: 200 streamed requests direct to the upstream and through the proxy: added p50/p99
-//!    latency, and time to first byte proxied ÷ direct.
+//! 4. Proxy: 200 streamed requests direct to the upstream, through a plain byte relay, a bare HTTP
+//!    pass-through, nginx (if installed) and delegate's proxy: added p50 latency, and time to
+//!    first byte ÷ direct for each.
 
 mod support;
 
@@ -397,93 +398,81 @@ async fn make_repo(root: &Path, mb: usize) {
         .unwrap();
 }
 
-/// Streams `requests` requests straight to the fake and through the proxy, alternating.
+/// Streams `requests` requests straight to the fake and through each relay, alternating: a plain
+/// byte relay and a bare HTTP pass-through (the floor any extra hop has on this machine), nginx if
+/// installed (a standard reverse proxy), and delegate's proxy.
 async fn proxy(fake: &FakeAnthropic, tmp: &Path, requests: usize) -> String {
     let seeded = common::seed_sandbox(&tmp.join("proxy.db")).await;
     let (store, token) = (seeded.store, seeded.token);
-    let fast = side_by_side(&store, &token, &fake.base_url(), requests).await;
+    let fast = side_by_side(&store, &token, fake, &tmp.join("nginx-fast"), requests).await;
     // A model answers its first token after a while; 25 ms per SSE event models that.
     let slow_fake = FakeAnthropic::start(Script::slow(25, Script::text("hi")))
         .await
         .unwrap();
-    let slow = side_by_side(&store, &token, &slow_fake.base_url(), 50).await;
-    format!(
-        "## Anthropic proxy, streamed requests, alternating direct and proxied\n\n\
-         | upstream | requests | direct p50 / p99 | proxied p50 / p99 | **added p50** / p99 | TTFB direct / proxied | **TTFB ratio** |\n\
-         |---|---|---|---|---|---|---|\n\
-         | fake on loopback, instant | {requests} | {} | {} | {} | {} | {} |\n\
-         | fake with 25 ms per event (a model's pace) | 50 | {} | {} | {} | {} | {} |\n\n\
-         Targets: added p50 <= 1 ms; TTFB ratio <= 1.05. On the instant fake the ratio is pure proxy \
-         cost over a sub-millisecond baseline (token check, header rewrite, usage metering); with any \
-         realistic first-token time it approaches 1.\n\n",
-        fast.direct(),
-        fast.proxied(),
-        fast.added(),
-        fast.ttfb(),
-        fast.ratio(),
-        slow.direct(),
-        slow.proxied(),
-        slow.added(),
-        slow.ttfb(),
-        slow.ratio(),
-    )
+    let slow = side_by_side(&store, &token, &slow_fake, &tmp.join("nginx-slow"), 50).await;
+    let mut out = format!(
+        "## Anthropic proxy, streamed requests, alternating direct and through each relay\n\n\
+         Each request goes straight to the fake, then through each relay in turn, on one \
+         keep-alive connection per path (reqwest, TCP_NODELAY). The byte relay only copies \
+         (what one more loopback hop costs by itself); the bare HTTP relay is the same server \
+         and reqwest client settings as delegate's proxy with nothing else (no token check, \
+         budget, metering or header rewrite); nginx {} streams with keep-alive upstream.\n\n\
+         | upstream | path | requests | total p50 / p99 | **added p50** | TTFB p50 | **TTFB ratio** |\n\
+         |---|---|---|---|---|---|---|\n",
+        if fast.has("nginx") {
+            "(one worker)"
+        } else {
+            "(not installed: left out)"
+        }
+    );
+    out += &fast.rows("instant", requests);
+    out += &slow.rows("25 ms per event", 50);
+    out += "\nTargets: added p50 <= 0.1 ms; TTFB ratio <= 1.2 on the instant fake.\n\n";
+    out
 }
 
+/// Per path: total times and times to first byte, in ms.
 struct Sides {
-    direct: (Vec<f64>, Vec<f64>),
-    proxied: (Vec<f64>, Vec<f64>),
+    paths: Vec<(&'static str, Vec<f64>, Vec<f64>)>,
 }
 
 impl Sides {
     fn p(v: &[f64], q: f64) -> f64 {
         percentile(&mut v.to_vec(), q)
     }
-    fn direct(&self) -> String {
-        format!(
-            "{:.3} / {:.3} ms",
-            Self::p(&self.direct.0, 0.5),
-            Self::p(&self.direct.0, 0.99)
-        )
+    fn has(&self, name: &str) -> bool {
+        self.paths.iter().any(|(n, _, _)| *n == name)
     }
-    fn proxied(&self) -> String {
-        format!(
-            "{:.3} / {:.3} ms",
-            Self::p(&self.proxied.0, 0.5),
-            Self::p(&self.proxied.0, 0.99)
-        )
-    }
-    fn added(&self) -> String {
-        format!(
-            "**{:.3}** / {:.3} ms",
-            Self::p(&self.proxied.0, 0.5) - Self::p(&self.direct.0, 0.5),
-            Self::p(&self.proxied.0, 0.99) - Self::p(&self.direct.0, 0.99)
-        )
-    }
-    fn ttfb(&self) -> String {
-        format!(
-            "{:.3} / {:.3} ms",
-            Self::p(&self.direct.1, 0.5),
-            Self::p(&self.proxied.1, 0.5)
-        )
-    }
-    fn ratio(&self) -> String {
-        format!(
-            "**{:.3}**",
-            Self::p(&self.proxied.1, 0.5) / Self::p(&self.direct.1, 0.5)
-        )
+    fn rows(&self, upstream: &str, requests: usize) -> String {
+        let (_, direct_total, direct_ttfb) = &self.paths[0];
+        let (d50, dt50) = (Self::p(direct_total, 0.5), Self::p(direct_ttfb, 0.5));
+        let mut out = String::new();
+        for (name, total, ttfb) in &self.paths {
+            out += &format!(
+                "| {upstream} | {name} | {requests} | {:.3} / {:.3} ms | **{:.3}** ms | {:.3} ms | **{:.2}** |\n",
+                Self::p(total, 0.5),
+                Self::p(total, 0.99),
+                Self::p(total, 0.5) - d50,
+                Self::p(ttfb, 0.5),
+                Self::p(ttfb, 0.5) / dt50,
+            );
+        }
+        out
     }
 }
 
 async fn side_by_side(
     store: &Arc<dyn Store>,
     token: &str,
-    upstream: &str,
+    fake: &FakeAnthropic,
+    nginx_dir: &Path,
     requests: usize,
 ) -> Sides {
+    let upstream = fake.base_url();
     let proxy = Proxy::new(
         store.clone(),
         Upstream {
-            base_url: upstream.to_string(),
+            base_url: upstream.clone(),
             credential: Some(UpstreamCredential::ApiKey(Secret::new(KEY))),
         },
         ActiveRuns::default(),
@@ -495,30 +484,45 @@ async fn side_by_side(
         proxy.router(),
         std::future::pending(),
     ));
+    let byte_relay = support::relays::byte_relay(fake.addr()).await;
+    let bare = support::relays::bare_http_relay(upstream.clone()).await;
+    let nginx = support::relays::nginx(fake.addr(), nginx_dir).await;
 
-    let client = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .build()
-        .unwrap();
+    let mut paths: Vec<(&'static str, String, &str)> = vec![
+        ("direct", upstream.clone(), KEY),
+        ("byte relay", format!("http://{byte_relay}"), KEY),
+        ("bare HTTP relay", format!("http://{bare}"), KEY),
+    ];
+    if let Some((_, addr)) = &nginx {
+        paths.push(("nginx", format!("http://{addr}"), KEY));
+    }
+    paths.push(("delegate proxy", proxy_url, token));
+    // One client per path, so each keeps its own warm connection.
+    let clients: Vec<reqwest::Client> = paths
+        .iter()
+        .map(|_| {
+            reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .build()
+                .unwrap()
+        })
+        .collect();
     let body = serde_json::json!({
         "model": "claude-sonnet-4-5", "max_tokens": 100, "stream": true,
         "messages": [{ "role": "user", "content": "hello" }],
     });
     let mut sides = Sides {
-        direct: (Vec::new(), Vec::new()),
-        proxied: (Vec::new(), Vec::new()),
+        paths: paths
+            .iter()
+            .map(|(n, _, _)| (*n, Vec::new(), Vec::new()))
+            .collect(),
     };
     for i in 0..requests + 10 {
-        for via_proxy in [false, true] {
-            let (url, key) = if via_proxy {
-                (proxy_url.as_str(), token)
-            } else {
-                (upstream, KEY)
-            };
+        for (k, (_, url, key)) in paths.iter().enumerate() {
             let t = Instant::now();
-            let resp = client
+            let resp = clients[k]
                 .post(format!("{url}/v1/messages"))
-                .header("x-api-key", key)
+                .header("x-api-key", *key)
                 .header("anthropic-version", "2023-06-01")
                 .json(&body)
                 .send()
@@ -534,16 +538,12 @@ async fn side_by_side(
             let total = t.elapsed();
             // The first 10 of each warm up connections and caches.
             if i >= 10 {
-                let side = if via_proxy {
-                    &mut sides.proxied
-                } else {
-                    &mut sides.direct
-                };
-                side.0.push(ms(total));
-                side.1.push(ms(ttfb.unwrap_or(total)));
+                sides.paths[k].1.push(ms(total));
+                sides.paths[k].2.push(ms(ttfb.unwrap_or(total)));
             }
         }
     }
+    drop(nginx);
     sides
 }
 

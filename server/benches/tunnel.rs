@@ -1,11 +1,14 @@
 //! The tunnel's cost, side by side in one run: a 200 MiB download and small-request latency
 //! (p50/p99, one keep-alive connection) straight to an HTTP server on loopback, through delegate's
 //! tunnel (`delegate serve` in this process, a real `delegate agent connect` process, the server's
-//! loopback endpoint), and through `bore` (`bore server` + `bore local`, the reference tunnel).
+//! loopback endpoint), through `bore` (`bore server` + `bore local`, the reference tunnel), and
+//! through two plain byte relays chained in this process (the floor: the two extra loopback hops
+//! any tunnel of this shape makes, with nothing but copies).
 //! Prints a Markdown section for BENCHMARKS.md.
 //!
 //!   DELEGATE_OPENCODE_BIN=.tools/node_modules/opencode-linux-x64/bin/opencode \
 //!     cargo bench -p delegate-server --bench tunnel [-- --requests 2000 --downloads 3]
+//!       [--only direct,floor,delegate,bore]
 //!
 //! Needs `bore` on PATH (`cargo install bore-cli`).
 
@@ -242,9 +245,43 @@ async fn main() {
     let bore_addr = line_after(&mut bore_local, "listening at ").await;
     let bore = format!("http://{bore_addr}");
 
-    let d = measure(&direct, &client(None), requests, downloads).await;
-    let t = measure(&endpoint.url, &client(Some(auth)), requests, downloads).await;
-    let b = measure(&bore, &client(None), requests, downloads).await;
+    // The floor: client -> relay -> relay -> target, each relay a plain copy both ways.
+    let target_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let inner = support::relays::byte_relay(target_addr).await;
+    let floor = format!("http://{}", support::relays::byte_relay(inner).await);
+
+    // `--only delegate` (say, under a profiler) measures one path; the others read as zero.
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let wanted = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|n| n == name))
+    };
+    let skipped = || Figures {
+        mib_s: 0.0,
+        p50: 0.0,
+        p99: 0.0,
+    };
+    let mut d = skipped();
+    let mut f = skipped();
+    let mut t = skipped();
+    let mut b = skipped();
+    if wanted("direct") {
+        d = measure(&direct, &client(None), requests, downloads).await;
+    }
+    if wanted("floor") {
+        f = measure(&floor, &client(None), requests, downloads).await;
+    }
+    if wanted("delegate") {
+        t = measure(&endpoint.url, &client(Some(auth)), requests, downloads).await;
+    }
+    if wanted("bore") {
+        b = measure(&bore, &client(None), requests, downloads).await;
+    }
 
     let row = |name: &str, f: &Figures| {
         format!(
@@ -263,13 +300,15 @@ async fn main() {
          connection) reaches it directly, through delegate's tunnel (this process serves the \
          router; a real `delegate agent connect` process connects the streams to the server; \
          the client talks to the sandbox's loopback endpoint with its Basic credentials), and \
-         through `bore` (`bore server` + `bore local` on loopback). Download: {} MiB, median of \
+         through `bore` (`bore server` + `bore local` on loopback), and through two plain byte \
+         relays chained in the bench process (the floor of two extra hops). Download: {} MiB, median of \
          {downloads}. Small requests: {SMALL} B replies, {requests} after 100 warm-up.\n\n\
          | path | 200 MiB download | ÷ direct | small p50 / p99 | ÷ direct (p50 / p99) |\n\
          |---|---|---|---|---|\n",
         DOWNLOAD >> 20
     );
     out += &row("direct loopback", &d);
+    out += &row("two byte relays (floor)", &f);
     out += &row("delegate tunnel", &t);
     out += &row("bore", &b);
     out += &format!(
@@ -277,6 +316,11 @@ async fn main() {
         t.mib_s / b.mib_s,
         t.p50 / b.p50,
         t.p99 / b.p99
+    );
+    out += &format!(
+        "delegate ÷ floor: throughput **{:.2}**, small p50 **{:.2}**.\n",
+        t.mib_s / f.mib_s,
+        t.p50 / f.p50,
     );
     #[allow(clippy::print_stdout)]
     {

@@ -34,3 +34,5 @@ impl EnvSource for Env {
             .map(|(_, v)| v.clone())
     }
 }
+
+pub mod relays;

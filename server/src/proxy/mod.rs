@@ -58,9 +58,13 @@ struct Inner {
     /// Usage records still being written; [`Proxy::flush`] waits for them.
     pending: tokio::sync::watch::Sender<usize>,
     store: Arc<dyn Store>,
-    upstream: Upstream,
+    /// The upstream URL of each call in [`ALLOWED`], in its order, joined onto the base URL once
+    /// (not on every call); `None` if the base URL is not a URL (every call answers 502).
+    targets: Option<Vec<reqwest::Url>>,
+    /// The credential header sent upstream, built once and marked sensitive.
+    credential: Option<(HeaderName, HeaderValue)>,
     client: reqwest::Client,
-    grants: Mutex<HashMap<String, (Instant, Grant)>>,
+    grants: Mutex<HashMap<String, (Instant, Arc<Grant>)>>,
     active_runs: ActiveRuns,
     budgets: Budgets,
 }
@@ -79,7 +83,8 @@ impl Proxy {
             inner: Arc::new(Inner {
                 pending: tokio::sync::watch::channel(0).0,
                 store,
-                upstream,
+                targets: upstream_targets(&upstream.base_url),
+                credential: credential_header(upstream.credential.as_ref()),
                 client,
                 grants: Mutex::new(HashMap::new()),
                 active_runs,
@@ -130,7 +135,7 @@ impl Proxy {
         }
     }
 
-    async fn authorize(&self, headers: &HeaderMap) -> Result<Grant, Response> {
+    async fn authorize(&self, headers: &HeaderMap) -> Result<Arc<Grant>, Response> {
         let token = presented_token(headers).ok_or_else(|| {
             anthropic_error(
                 StatusCode::UNAUTHORIZED,
@@ -178,10 +183,10 @@ impl Proxy {
                 &format!("sandbox {} is {}, not running", sandbox.id, sandbox.status),
             ));
         }
-        let grant = Grant {
+        let grant = Arc::new(Grant {
             sandbox_id,
             workspace_id: sandbox.workspace_id,
-        };
+        });
         if let Ok(mut grants) = self.inner.grants.lock() {
             grants.insert(hash, (Instant::now(), grant.clone()));
         }
@@ -238,9 +243,8 @@ const ALLOWED: &[(Method, &str)] = &[
 /// Why a call is not relayed: the status, Anthropic's error type and the message.
 type Refusal = (StatusCode, &'static str, String);
 
-/// The upstream URL of an allowed call: the fixed path joined onto the base URL (keeping any
-/// path prefix the base has), with the request's query; or why it is refused.
-fn upstream_url(base: &str, method: &Method, uri: &Uri) -> Result<reqwest::Url, Refusal> {
+/// Which of [`ALLOWED`] a call is (its index), or why it is refused.
+fn allowed_call(method: &Method, uri: &Uri) -> Result<usize, Refusal> {
     let path = uri.path();
     let Some((_, allowed)) = ALLOWED.iter().find(|(_, p)| *p == path) else {
         return Err((
@@ -251,37 +255,73 @@ fn upstream_url(base: &str, method: &Method, uri: &Uri) -> Result<reqwest::Url, 
                 .into(),
         ));
     };
-    if !ALLOWED.iter().any(|(m, p)| m == method && p == allowed) {
+    ALLOWED
+        .iter()
+        .position(|(m, p)| m == method && p == allowed)
+        .ok_or_else(|| {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                format!("{method} is not allowed on {allowed}"),
+            )
+        })
+}
+
+/// The upstream URL of each call in [`ALLOWED`]: its fixed path joined onto the base URL
+/// (keeping any path prefix the base has); `None` if the base is not a URL.
+fn upstream_targets(base: &str) -> Option<Vec<reqwest::Url>> {
+    let base = reqwest::Url::parse(&format!("{}/", base.trim_end_matches('/'))).ok()?;
+    ALLOWED
+        .iter()
+        .map(|(_, path)| base.join(path.trim_start_matches('/')).ok())
+        .collect()
+}
+
+/// The upstream URL of an allowed call, with the request's query; or why it is refused.
+fn upstream_url(
+    targets: Option<&[reqwest::Url]>,
+    method: &Method,
+    uri: &Uri,
+) -> Result<reqwest::Url, Refusal> {
+    let call = allowed_call(method, uri)?;
+    let Some(target) = targets.and_then(|t| t.get(call)) else {
         return Err((
-            StatusCode::METHOD_NOT_ALLOWED,
-            "invalid_request_error",
-            format!("{method} is not allowed on {allowed}"),
-        ));
-    }
-    let not_a_url = || {
-        (
             StatusCode::BAD_GATEWAY,
             "api_error",
             "delegate's model API base URL is not a URL".to_string(),
-        )
+        ));
     };
-    let base = reqwest::Url::parse(&format!("{}/", base.trim_end_matches('/')))
-        .map_err(|_| not_a_url())?;
-    let mut url = base
-        .join(allowed.trim_start_matches('/'))
-        .map_err(|_| not_a_url())?;
+    let mut url = target.clone();
     url.set_query(uri.query());
     Ok(url)
 }
 
+/// The header that carries the real credential upstream, marked sensitive (hyper never logs or
+/// compresses it); `None` without a credential or if it cannot be a header value.
+fn credential_header(credential: Option<&UpstreamCredential>) -> Option<(HeaderName, HeaderValue)> {
+    let (name, value) = match credential? {
+        UpstreamCredential::ApiKey(key) => (
+            HeaderName::from_static("x-api-key"),
+            HeaderValue::from_str(key.expose()),
+        ),
+        UpstreamCredential::AuthToken(token) => (
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {}", token.expose())),
+        ),
+    };
+    let mut value = value.ok()?;
+    value.set_sensitive(true);
+    Some((name, value))
+}
+
 async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     let started = Instant::now();
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let grant = match proxy.authorize(&parts.headers).await {
         Ok(g) => g,
         Err(response) => return response,
     };
-    let url = match upstream_url(&proxy.inner.upstream.base_url, &parts.method, &parts.uri) {
+    let url = match upstream_url(proxy.inner.targets.as_deref(), &parts.method, &parts.uri) {
         Ok(url) => url,
         Err((status, kind, message)) => return anthropic_error(status, kind, &message),
     };
@@ -333,33 +373,22 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
         .map(std::borrow::Cow::into_owned);
 
     let inner = &proxy.inner;
-    let mut headers = HeaderMap::new();
-    for (name, value) in parts.headers.iter() {
-        if !DROP_REQUEST_HEADERS.contains(&name.as_str()) {
-            headers.append(name.clone(), value.clone());
-        }
+    // The request's own headers, less the dropped ones, in place (no copy of the rest).
+    let mut headers = std::mem::take(&mut parts.headers);
+    for name in DROP_REQUEST_HEADERS {
+        headers.remove(*name);
     }
-    match &inner.upstream.credential {
-        Some(UpstreamCredential::ApiKey(key)) => {
-            if let Ok(v) = HeaderValue::from_str(key.expose()) {
-                headers.insert(HeaderName::from_static("x-api-key"), v);
-            }
-        }
-        Some(UpstreamCredential::AuthToken(token)) => {
-            if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", token.expose())) {
-                headers.insert(header::AUTHORIZATION, v);
-            }
-        }
-        None => {}
+    if let Some((name, value)) = &inner.credential {
+        headers.insert(name.clone(), value.clone());
     }
     let upstream = inner
         .client
-        .request(parts.method.clone(), url)
+        .request(parts.method, url)
         .headers(headers)
         .body(body)
         .send()
         .await;
-    let upstream = match upstream {
+    let mut upstream = match upstream {
         Ok(r) => r,
         Err(e) => {
             // reqwest errors name the URL, never headers: safe to log.
@@ -379,21 +408,20 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let mut response = Response::builder().status(status);
-    for (name, value) in upstream.headers() {
-        if !DROP_RESPONSE_HEADERS.contains(&name.as_str()) {
-            response = response.header(name, value);
-        }
+    let mut headers = std::mem::take(upstream.headers_mut());
+    for name in DROP_RESPONSE_HEADERS {
+        headers.remove(*name);
     }
     let metered = MeteredBody {
         inner: Box::pin(upstream.bytes_stream()),
         scanner: UsageScanner::new(&content_type),
+        unscanned: None,
         recorder: Some(Recorder {
             pending: inner.pending.clone(),
             store: inner.store.clone(),
             budgets: inner.budgets.clone(),
-            sandbox_id: grant.sandbox_id,
-            workspace_id: grant.workspace_id,
+            sandbox_id: grant.sandbox_id.clone(),
+            workspace_id: grant.workspace_id.clone(),
             run_id,
             model: requested_model,
             status: status.as_u16(),
@@ -401,11 +429,10 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
             ttft: None,
         }),
     };
+    let mut response = Response::new(Body::from_stream(metered));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
     response
-        .body(Body::from_stream(metered))
-        .unwrap_or_else(|_| {
-            anthropic_error(StatusCode::BAD_GATEWAY, "api_error", "bad upstream reply")
-        })
 }
 
 /// The `model` of a request body, read without building the rest (a long conversation is
@@ -418,9 +445,14 @@ struct RequestedModel<'a> {
 
 /// The upstream body on its way to the client: every chunk is passed on as it arrives and fed to
 /// the usage scanner; when the stream ends or the client drops it, usage is recorded once.
+///
+/// A chunk is scanned at the next poll, after the client has it: reading usage (a JSON parse of
+/// each SSE event) never delays the bytes, the first ones included.
 struct MeteredBody {
     inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
     scanner: UsageScanner,
+    /// The last chunk handed on and not yet scanned, with when it arrived.
+    unscanned: Option<(Bytes, Instant)>,
     recorder: Option<Recorder>,
 }
 
@@ -441,13 +473,10 @@ impl Stream for MeteredBody {
     type Item = Result<Bytes, std::io::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.scan_unscanned();
         match self.inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
-                if self.scanner.feed(&chunk)
-                    && let Some(r) = self.recorder.as_mut()
-                {
-                    r.ttft = Some(r.started.elapsed());
-                }
+                self.unscanned = Some((chunk.clone(), Instant::now()));
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -464,7 +493,18 @@ impl Stream for MeteredBody {
 }
 
 impl MeteredBody {
+    /// Feeds the chunk handed on last to the scanner; the first token's time is when it arrived.
+    fn scan_unscanned(&mut self) {
+        if let Some((chunk, arrived)) = self.unscanned.take()
+            && self.scanner.feed(&chunk)
+            && let Some(r) = self.recorder.as_mut()
+        {
+            r.ttft = Some(arrived.duration_since(r.started));
+        }
+    }
+
     fn record(&mut self) {
+        self.scan_unscanned();
         let Some(r) = self.recorder.take() else {
             return;
         };
@@ -525,26 +565,50 @@ mod tests {
 
     #[test]
     fn the_upstream_url_keeps_the_base_path_and_only_the_fixed_call() {
-        let uri: Uri = "/v1/messages?beta=true".parse().unwrap();
-        let url = upstream_url("https://gw.example/anthropic", &Method::POST, &uri).unwrap();
-        assert_eq!(
-            url.as_str(),
-            "https://gw.example/anthropic/v1/messages?beta=true"
+        let url = |base: &str, method: &Method, uri: &str| {
+            let targets = upstream_targets(base);
+            upstream_url(targets.as_deref(), method, &uri.parse().unwrap())
+        };
+        let prefixed = "https://gw.example/anthropic/v1/messages?beta=true";
+        let got = url(
+            "https://gw.example/anthropic",
+            &Method::POST,
+            "/v1/messages?beta=true",
         );
-        let url = upstream_url("https://gw.example/anthropic/", &Method::POST, &uri).unwrap();
-        assert_eq!(
-            url.as_str(),
-            "https://gw.example/anthropic/v1/messages?beta=true"
+        assert_eq!(got.unwrap().as_str(), prefixed);
+        let got = url(
+            "https://gw.example/anthropic/",
+            &Method::POST,
+            "/v1/messages?beta=true",
         );
+        assert_eq!(got.unwrap().as_str(), prefixed);
+        // The query of one call never sticks to the next.
+        let got = url("https://gw.example", &Method::POST, "/v1/messages");
+        assert_eq!(got.unwrap().as_str(), "https://gw.example/v1/messages");
         for bad in ["/v1/../secret", "/v1/files", "/v1/messages/batches", "/"] {
-            let uri: Uri = bad.parse().unwrap();
             assert!(
-                upstream_url("https://gw.example", &Method::POST, &uri).is_err(),
+                url("https://gw.example", &Method::POST, bad).is_err(),
                 "{bad}"
             );
         }
-        let uri: Uri = "/v1/models".parse().unwrap();
-        assert!(upstream_url("https://gw.example", &Method::GET, &uri).is_ok());
-        assert!(upstream_url("https://gw.example", &Method::POST, &uri).is_err());
+        assert!(url("https://gw.example", &Method::GET, "/v1/models").is_ok());
+        assert!(url("https://gw.example", &Method::POST, "/v1/models").is_err());
+        let (status, _, _) = url("not a url", &Method::POST, "/v1/messages").unwrap_err();
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
+    fn the_credential_header_is_sensitive() {
+        let key = UpstreamCredential::ApiKey(crate::settings::Secret::new("sk-ant-x"));
+        let (name, value) = credential_header(Some(&key)).unwrap();
+        assert_eq!(name, "x-api-key");
+        assert!(value.is_sensitive());
+        let token = UpstreamCredential::AuthToken(crate::settings::Secret::new("t"));
+        let (name, value) = credential_header(Some(&token)).unwrap();
+        assert_eq!(
+            (name.as_str(), value.to_str().unwrap()),
+            ("authorization", "Bearer t")
+        );
+        assert!(credential_header(None).is_none());
     }
 }
