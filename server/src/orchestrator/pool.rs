@@ -9,9 +9,11 @@
 //!   the proxy refuses it until the claim stores one (bound to the sandbox and the run's
 //!   workspace). The sandbox is destroyed after its one run and its token revoked, as a fresh
 //!   sandbox's: nothing of one run can reach the next, which gets a sandbox of its own.
-//! - A claim seeds the work dir (the run's repository and files) while opencode serve runs;
-//!   nothing asks that serve about the work dir before, so its per-directory instance sees the
-//!   seeded repository. The run then goes through the HTTP API as a warm run does.
+//! - Once made, its serve builds opencode's per-directory instance for the empty work dir (most
+//!   of a first run's time). A claim seeds the work dir (the run's repository and files) while
+//!   opencode serve runs; a seed that carries opencode config or instructions has the instance
+//!   disposed, so it is rebuilt from them. The run then goes through the HTTP API as a warm run
+//!   does.
 //! - Only runs the pool can serve claim: no env, secrets, setup or image, and an egress policy
 //!   that allows nothing. An empty pool (or such inputs) falls back to a fresh sandbox.
 //! - One background task refills it, one sandbox at a time, never in a run's way. With no claim

@@ -278,10 +278,9 @@ pub trait SandboxBackend: Send + Sync + 'static {
 
     /// Seeds a pooled sandbox's empty work dir as [`create`](Self::create) seeds a fresh one (a
     /// clone of `repo`, then `files`, committed) while its `opencode serve` runs. opencode makes
-    /// its per-directory
-    /// instance on the first request naming it; the pool builds it on the empty dir, so the
-    /// answer says whether that instance must be rebuilt: `true` when the seeded work dir
-    /// carries its own opencode config or instructions ([`carries_opencode_config`]).
+    /// its per-directory instance on the first request naming the work dir, and the pool has it
+    /// made on the empty dir; `true` means it must be rebuilt: the seeded work dir carries its
+    /// own opencode config or instructions ([`carries_opencode_config`]).
     async fn seed(
         &self,
         sandbox_id: &str,
