@@ -4,7 +4,8 @@
 //! dies with it; a claim takes the pooled sandbox and the metrics say so, while a run the pool
 //! cannot serve (or an empty pool) falls back to a fresh sandbox; a repository and files seeded
 //! into a pooled sandbox give the same change as a fresh sandbox; a server that ends leaves no
-//! pooled sandbox behind, and one that crashed has its leftovers swept at the next start; bad
+//! pooled sandbox behind, and one that crashed has its leftovers swept at the next start; a
+//! seeded opencode config is followed (the pool's prebuilt opencode instance is rebuilt); bad
 //! settings are refused at start.
 
 mod common;
@@ -438,6 +439,73 @@ fn bad_pool_settings_are_refused_at_start_with_the_setting_named() {
     assert_eq!(ok.warm_pool_idle, Duration::from_secs(120));
     let off = load(vec![]).unwrap();
     assert_eq!(off.warm_pool, 0, "off unless asked for");
+}
+
+/// The pool builds opencode's instance on the empty work dir; a seed that brings its own opencode
+/// config has it rebuilt, so the config counts: here `opencode.json` names an instructions file
+/// whose text must reach the model. A pooled run without such a file keeps the prebuilt instance
+/// and is a hit as well.
+async fn a_pooled_run_follows_the_seeded_opencode_config(backend: Backend) {
+    let Some(bed) = Bed::new(backend, Script::text("done")).await else {
+        return;
+    };
+    let orch = pooled_orchestrator(&bed, 1).await;
+    let marker = "pool-instructions-7f3a";
+    let pooled = orch.pooled_sandbox_ids();
+    let (_, sandbox, configured) = run(
+        &orch,
+        RunRequest {
+            files: [
+                (
+                    "opencode.json".to_string(),
+                    r#"{"instructions": ["NOTES.md"]}"#.to_string(),
+                ),
+                ("NOTES.md".to_string(), format!("Always say {marker}.\n")),
+            ]
+            .into(),
+            ..task("hello")
+        },
+    )
+    .await;
+    assert_eq!(
+        configured.status,
+        RunStatus::Succeeded,
+        "{:?}",
+        configured.error
+    );
+    assert_eq!(vec![sandbox], pooled, "a pool hit");
+    let requests = bed.fake().requests();
+    assert!(!requests.is_empty());
+    assert!(
+        requests.iter().any(|r| r.body.to_string().contains(marker)),
+        "the seeded opencode.json's instructions reach the model"
+    );
+
+    fill(&orch, 1).await;
+    let pooled = orch.pooled_sandbox_ids();
+    let seen = requests.len();
+    let (_, sandbox, plain) = run(&orch, task("hello")).await;
+    assert_eq!(plain.status, RunStatus::Succeeded, "{:?}", plain.error);
+    assert_eq!(vec![sandbox], pooled, "a pool hit");
+    let requests = bed.fake().requests();
+    assert!(requests.len() > seen);
+    assert!(
+        requests[seen..]
+            .iter()
+            .all(|r| !r.body.to_string().contains(marker)),
+        "nothing of the previous run's config"
+    );
+    orch.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pooled_run_follows_the_seeded_opencode_config_on_process() {
+    a_pooled_run_follows_the_seeded_opencode_config(Backend::Process).await;
+}
+
+#[tokio::test]
+async fn a_pooled_run_follows_the_seeded_opencode_config_on_docker() {
+    a_pooled_run_follows_the_seeded_opencode_config(Backend::Docker).await;
 }
 
 #[tokio::test]

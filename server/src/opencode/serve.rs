@@ -99,6 +99,37 @@ impl ServeClient {
         .map(|_| ())
     }
 
+    /// Makes opencode build its per-directory instance for the work dir now (config, agents,
+    /// providers and models, the tool registry), so a later run does not wait for it. Asked of
+    /// a pooled sandbox while its work dir is still empty.
+    pub async fn warm_instance(&self, model: &str) -> Result<(), ServeError> {
+        let (provider, model) = super::split_model(model);
+        self.call("config", self.request(reqwest::Method::GET, "/config"))
+            .await?;
+        self.call("agents", self.request(reqwest::Method::GET, "/agent"))
+            .await?;
+        self.call("providers", self.request(reqwest::Method::GET, "/provider"))
+            .await?;
+        self.call(
+            "tools",
+            self.request(reqwest::Method::GET, "/experimental/tool")
+                .query(&[("provider", provider), ("model", model)]),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Drops the work dir's instance: the next request builds it again from what the work dir
+    /// holds now (its own config and instructions).
+    pub async fn dispose_instance(&self) -> Result<(), ServeError> {
+        self.call(
+            "dispose instance",
+            self.request(reqwest::Method::POST, "/instance/dispose"),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Creates a session and returns its id.
     pub async fn create_session(&self, title: &str) -> Result<String, ServeError> {
         let v = self

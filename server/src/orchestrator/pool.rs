@@ -9,9 +9,11 @@
 //!   the proxy refuses it until the claim stores one (bound to the sandbox and the run's
 //!   workspace). The sandbox is destroyed after its one run and its token revoked, as a fresh
 //!   sandbox's: nothing of one run can reach the next, which gets a sandbox of its own.
-//! - A claim seeds the work dir (the run's repository and files) while opencode serve runs;
-//!   nothing asks that serve about the work dir before, so its per-directory instance sees the
-//!   seeded repository. The run then goes through the HTTP API as a warm run does.
+//! - Once made, its serve builds opencode's per-directory instance for the empty work dir (most
+//!   of a first run's time). A claim seeds the work dir (the run's repository and files) while
+//!   opencode serve runs; a seed that carries opencode config or instructions has the instance
+//!   disposed, so it is rebuilt from them. The run then goes through the HTTP API as a warm run
+//!   does.
 //! - Only runs the pool can serve claim: no env, secrets, setup or image, and an egress policy
 //!   that allows nothing. An empty pool (or such inputs) falls back to a fresh sandbox.
 //! - One background task refills it, one sandbox at a time, never in a run's way. With no claim
@@ -31,7 +33,8 @@ use tokio::sync::{Notify, watch};
 use super::grants::{grant_pooled_token, mint_pooled_token};
 use super::{Orchestrator, Result, RunRequest, SnapshotFile, Warm, lock};
 use crate::ids::{Origin, SandboxId, new_secret, now_ms};
-use crate::sandbox::{SandboxSpec, ServeEndpoint};
+use crate::opencode::serve::ServeClient;
+use crate::sandbox::{SandboxError, SandboxSpec, ServeEndpoint};
 use crate::settings::Secret;
 use crate::store::{Sandbox, SandboxKind, Workspace};
 
@@ -312,6 +315,21 @@ impl Orchestrator {
         lock(&pool.held).insert(id.clone());
         let started = Instant::now();
         let made = self.inner.backend.create_pooled(&spec).await;
+        // The run's first request would build opencode's instance for the work dir (most of a
+        // hit's time): build it now, on the empty dir; a seed that brings its own opencode
+        // config drops it again (`seed_pooled`).
+        let made = match made {
+            Ok(endpoint) => ServeClient::new(
+                &endpoint.url,
+                endpoint.password.clone(),
+                &endpoint.directory,
+            )
+            .warm_instance(&self.inner.settings.model)
+            .await
+            .map(|()| endpoint)
+            .map_err(|e| SandboxError::Start(format!("warming the pooled sandbox: {e}"))),
+            Err(e) => Err(e),
+        };
         let endpoint = match made {
             Ok(endpoint) => endpoint,
             Err(e) => {
@@ -436,11 +454,26 @@ impl Orchestrator {
     /// `running`; on failure it is `failed` with the reason and its token revoked.
     pub(super) async fn seed_pooled(
         &self,
-        sandbox_id: &str,
+        entry: &Pooled,
         files: &BTreeMap<String, String>,
         repo: Option<&Path>,
     ) -> Result<()> {
-        let seeded = self.inner.backend.seed(sandbox_id, files, repo).await;
+        let sandbox_id = entry.id.as_str();
+        let seeded = match self.inner.backend.seed(sandbox_id, files, repo).await {
+            // The instance was built on the empty work dir: a repository with its own opencode
+            // config or instructions gets it rebuilt from them (the slow path, for those alone).
+            Ok(true) => {
+                let e = &entry.endpoint;
+                ServeClient::new(&e.url, e.password.clone(), &e.directory)
+                    .dispose_instance()
+                    .await
+                    .map_err(|e| {
+                        SandboxError::Start(format!("rebuilding opencode's instance: {e}"))
+                    })
+            }
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
         let failed = seeded.is_err();
         let settled = self
             .settle(

@@ -398,7 +398,7 @@ async fn drive(
             Target::Pooled(pooled, files, snapshot) => {
                 let repo = snapshot.as_ref().map(|s| s.path.as_path());
                 tokio::select! {
-                    r = orch.seed_pooled(&run.sandbox_id, &files, repo) => r?,
+                    r = orch.seed_pooled(&pooled, &files, repo) => r?,
                     _ = cancel.cancelled() => return Ok(Finish::cancelled()),
                     _ = tokio::time::sleep_until(deadline) => return Ok(Finish::timed_out(timeout)),
                 }

@@ -131,6 +131,28 @@ pub struct ServeEndpoint {
     pub directory: String,
 }
 
+/// The names in a work dir's top level that change what opencode does there: its config and
+/// the instructions it reads. opencode reads them when it builds the directory's instance.
+const OPENCODE_CONFIG_NAMES: [&str; 6] = [
+    "opencode.json",
+    "opencode.jsonc",
+    ".opencode",
+    "AGENTS.md",
+    "CLAUDE.md",
+    "CONTEXT.md",
+];
+
+/// Whether the work dir `dir` (on the host) carries its own opencode config or instructions, so
+/// an opencode instance built before it was seeded would ignore them.
+pub async fn carries_opencode_config(dir: &std::path::Path) -> bool {
+    for name in OPENCODE_CONFIG_NAMES {
+        if tokio::fs::symlink_metadata(dir.join(name)).await.is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
 /// One headless opencode run.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
@@ -255,15 +277,16 @@ pub trait SandboxBackend: Send + Sync + 'static {
     }
 
     /// Seeds a pooled sandbox's empty work dir as [`create`](Self::create) seeds a fresh one (a
-    /// clone of `repo`, then `files`, committed) while its `opencode serve` runs. Nothing may
-    /// have asked that serve about the work dir before (opencode makes its per-directory
-    /// instance on the first request naming it, and would see an empty dir).
+    /// clone of `repo`, then `files`, committed) while its `opencode serve` runs. opencode makes
+    /// its per-directory instance on the first request naming the work dir, and the pool has it
+    /// made on the empty dir; `true` means it must be rebuilt: the seeded work dir carries its
+    /// own opencode config or instructions ([`carries_opencode_config`]).
     async fn seed(
         &self,
         sandbox_id: &str,
         files: &BTreeMap<String, String>,
         repo: Option<&std::path::Path>,
-    ) -> Result<(), SandboxError> {
+    ) -> Result<bool, SandboxError> {
         let _ = (files, repo);
         Err(SandboxError::BadInput(format!(
             "the {} backend cannot seed a running sandbox (sandbox {sandbox_id})",

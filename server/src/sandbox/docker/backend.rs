@@ -342,11 +342,12 @@ impl SandboxBackend for DockerBackend {
         sandbox_id: &str,
         files: &BTreeMap<String, String>,
         repo: Option<&Path>,
-    ) -> Result<(), SandboxError> {
+    ) -> Result<bool, SandboxError> {
         let live = self.live(sandbox_id)?;
         live.dirs.seed_empty(files, repo).await?;
         self.upload_workspace(&container_name(sandbox_id), &live)
-            .await
+            .await?;
+        Ok(crate::sandbox::carries_opencode_config(&live.dirs.workspace).await)
     }
 
     async fn run_headless(

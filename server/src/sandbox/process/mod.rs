@@ -422,10 +422,12 @@ impl SandboxBackend for ProcessBackend {
         sandbox_id: &str,
         files: &BTreeMap<String, String>,
         repo: Option<&Path>,
-    ) -> Result<(), SandboxError> {
+    ) -> Result<bool, SandboxError> {
         // The work dir is bound into the sandbox as a directory: it is filled in place (the
         // bind would keep a replaced directory's old inode).
-        self.live(sandbox_id)?.dirs.seed_empty(files, repo).await
+        let live = self.live(sandbox_id)?;
+        live.dirs.seed_empty(files, repo).await?;
+        Ok(crate::sandbox::carries_opencode_config(&live.dirs.workspace).await)
     }
 
     async fn run_headless(
