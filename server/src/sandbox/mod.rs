@@ -242,6 +242,25 @@ pub struct ReportedChanges {
     pub diff_truncated: bool,
 }
 
+/// What a backend's [`SandboxBackend::create_pooled`] does around its own `make`: a pooled
+/// sandbox is a warm one, and must come up with its `opencode serve`.
+pub(crate) async fn make_pooled<F>(
+    spec: &SandboxSpec,
+    make: impl FnOnce() -> F,
+) -> Result<ServeEndpoint, SandboxError>
+where
+    F: Future<Output = Result<Option<ServeEndpoint>, SandboxError>>,
+{
+    if spec.kind != SandboxKind::Warm {
+        return Err(SandboxError::BadInput(
+            "a pooled sandbox is a warm one (opencode serve up)".into(),
+        ));
+    }
+    make()
+        .await?
+        .ok_or_else(|| SandboxError::Start("a pooled sandbox without opencode serve".into()))
+}
+
 fn serve_failed(e: ServeError) -> SandboxError {
     SandboxError::Start(e.to_string())
 }

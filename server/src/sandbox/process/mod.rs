@@ -407,14 +407,7 @@ impl SandboxBackend for ProcessBackend {
     }
 
     async fn create_pooled(&self, spec: &SandboxSpec) -> Result<ServeEndpoint, SandboxError> {
-        if spec.kind != SandboxKind::Warm {
-            return Err(SandboxError::BadInput(
-                "a pooled sandbox is a warm one (opencode serve up)".into(),
-            ));
-        }
-        self.make(spec, false)
-            .await?
-            .ok_or_else(|| SandboxError::Start("a pooled sandbox without opencode serve".into()))
+        super::make_pooled(spec, || self.make(spec, false)).await
     }
 
     async fn seed(
