@@ -295,6 +295,29 @@ impl SandboxDirs {
         Ok(())
     }
 
+    /// Creates the dirs of sandbox `id` under `root`: seeded from `spec` (see [`create`](Self::create)),
+    /// or with an empty work dir for the pool when `seeded` is false. A failure removes whatever
+    /// was made, so no half-made sandbox dir is left behind.
+    pub async fn make_for(
+        root: &Path,
+        spec: &super::SandboxSpec,
+        seeded: bool,
+    ) -> Result<Self, SandboxError> {
+        let dirs = SandboxDirs::new(root.join(&spec.id));
+        let made = if seeded {
+            dirs.create(&spec.files, spec.repo.as_deref()).await
+        } else {
+            dirs.create_empty().await
+        };
+        match made {
+            Ok(()) => Ok(dirs),
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dirs.root).await;
+                Err(e)
+            }
+        }
+    }
+
     /// Creates the dirs of a pooled sandbox with its work dir empty; [`seed_empty`](Self::seed_empty)
     /// makes it the agent's repository when a run claims the sandbox.
     pub async fn create_empty(&self) -> Result<(), SandboxError> {

@@ -182,16 +182,7 @@ impl DockerBackend {
             .clone()
             .unwrap_or_else(|| self.settings.image.clone());
         check_image(&self.docker, &image).await?;
-        let dirs = SandboxDirs::new(self.root.join(&spec.id));
-        let made = if seeded {
-            dirs.create(&spec.files, spec.repo.as_deref()).await
-        } else {
-            dirs.create_empty().await
-        };
-        if let Err(e) = made {
-            let _ = tokio::fs::remove_dir_all(&dirs.root).await;
-            return Err(e);
-        }
+        let dirs = SandboxDirs::make_for(&self.root, spec, seeded).await?;
         {
             // The container's user (not ours) makes opencode's socket here.
             use std::os::unix::fs::PermissionsExt;

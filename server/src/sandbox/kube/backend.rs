@@ -403,11 +403,7 @@ impl SandboxBackend for KubeBackend {
             .image
             .clone()
             .unwrap_or_else(|| self.default_image.clone());
-        let dirs = SandboxDirs::new(self.root.join(&spec.id));
-        if let Err(e) = dirs.create(&spec.files, spec.repo.as_deref()).await {
-            let _ = tokio::fs::remove_dir_all(&dirs.root).await;
-            return Err(e);
-        }
+        let dirs = SandboxDirs::make_for(&self.root, spec, true).await?;
         let live = Arc::new(Live {
             dirs,
             kind: spec.kind,

@@ -299,16 +299,7 @@ impl ProcessBackend {
         spec: &SandboxSpec,
         seeded: bool,
     ) -> Result<Option<ServeEndpoint>, SandboxError> {
-        let dirs = SandboxDirs::new(self.root.join(&spec.id));
-        let made = if seeded {
-            dirs.create(&spec.files, spec.repo.as_deref()).await
-        } else {
-            dirs.create_empty().await
-        };
-        if let Err(e) = made {
-            let _ = tokio::fs::remove_dir_all(&dirs.root).await;
-            return Err(e);
-        }
+        let dirs = SandboxDirs::make_for(&self.root, spec, seeded).await?;
         // Readable by delegate alone: the password file is a secret, the rest nobody else's business.
         let write = |name: &str, text: String| {
             use std::io::Write;
