@@ -69,6 +69,11 @@ def render_error(values: dict[str, Any]) -> str:
     return out["error"]
 
 
+def chart_annotations(m: dict[str, Any]) -> dict[str, str]:
+    """A manifest's annotations but the ones Helm adds to every object."""
+    return {k: v for k, v in m["metadata"].get("annotations", {}).items() if not k.startswith("meta.helm.sh/")}
+
+
 def by_kind(out: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     kinds: dict[str, list[dict[str, Any]]] = {}
     for m in out["manifests"]:
@@ -172,10 +177,14 @@ def test_default_values() -> None:
     assert policy["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 4096}], "opencode serve's port only"
 
     assert one(kinds, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
-    ingress = one(kinds, "Ingress")["spec"]
-    assert [r["host"] for r in ingress["rules"]] == ["delegate.example.com"]
+    ingress = one(kinds, "Ingress")
+    assert [r["host"] for r in ingress["spec"]["rules"]] == ["delegate.example.com"]
     service = one(kinds, "Service")["spec"]
     assert service["selector"] == SERVER_LABELS and service["ports"][0]["targetPort"] == "http"
+    # Two replicas, and state (MCP sessions, snapshots, run patches) in the one a client used:
+    # each client stays on one replica, through the Ingress and inside the cluster.
+    assert chart_annotations(ingress) == {"nginx.ingress.kubernetes.io/upstream-hash-by": "$remote_addr"}
+    assert service["sessionAffinity"] == "ClientIP"
 
 
 def test_non_default_values() -> None:
@@ -236,6 +245,20 @@ def test_bundled_postgres_builds_the_database_url() -> None:
     assert secret["DATABASE_URL"] == "postgres://delegate:p%40ss%2Fw%3Ard@dlg-delegate-postgresql:5432/delegate"
     assert secret["POSTGRES_PASSWORD"] == "p@ss/w:rd"
     assert "PodDisruptionBudget" not in kinds, "one replica: a budget would block every drain"
+
+
+def test_client_affinity_can_be_turned_off_or_replaced() -> None:
+    base = {"secrets": {"databaseUrl": DB}}
+    off = by_kind(render({**base, "ingress": {"clientAffinity": False, "annotations": {"a.example/x": "1"}},
+                          "service": {"sessionAffinity": "None"}}))
+    assert chart_annotations(one(off, "Ingress")) == {"a.example/x": "1"}
+    assert one(off, "Service")["spec"]["sessionAffinity"] == "None"
+    # The user's own hash key wins over the chart's.
+    own = by_kind(render({**base, "ingress": {"annotations": {
+        "nginx.ingress.kubernetes.io/upstream-hash-by": "$http_x_forwarded_for"}}}))
+    assert chart_annotations(one(own, "Ingress")) == {
+        "nginx.ingress.kubernetes.io/upstream-hash-by": "$http_x_forwarded_for"}
+    assert "sessionAffinity" in render_error({**base, "service": {"sessionAffinity": "Cookie"}})
 
 
 def test_gateway_ingress_and_tls() -> None:

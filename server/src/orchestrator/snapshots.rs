@@ -278,7 +278,12 @@ impl Snapshots {
     /// Takes a snapshot for one sandbox: only its owner, only in its workspace, only once, only
     /// before it expires. Any other case is not found, alike.
     pub fn take(&self, id: &str, owner: &str, workspace_id: &str) -> Result<SnapshotFile> {
-        let not_found = || Error::NotFound(format!("snapshot {id:?} (used, expired or not yours)"));
+        let not_found = || {
+            Error::NotFound(format!(
+                "snapshot {id:?} (used, expired, not yours, or uploaded to another replica of \
+                 this server: a snapshot is kept by the replica that received it)"
+            ))
+        };
         let mut entries = lock(&self.entries);
         let ok = entries.get(id).is_some_and(|e| {
             e.owner == owner && e.workspace_id == workspace_id && e.expires > Instant::now()
