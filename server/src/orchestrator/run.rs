@@ -47,11 +47,13 @@ pub const MAX_RUN_COST_USD: f64 = 10_000.0;
 
 /// Checks the request, joins the line for a run slot, reserves the sandbox (a warm one, or a fresh ephemeral
 /// one it makes), records the run and spawns its driver. `loaded` is the warm sandbox when the
-/// caller has already read it (so it is not read twice); otherwise it is read here.
+/// caller has already read it (so it is not read twice); otherwise it is read here. `parent` is
+/// the best-of-N parent of an attempt, recorded with the run's row.
 pub(super) async fn start(
     orch: Orchestrator,
     mut req: RunRequest,
     loaded: Option<Sandbox>,
+    parent: Option<&RunId>,
 ) -> Result<(RunId, SandboxId)> {
     // Everything the caller controls is checked before anything is written.
     if req.task.trim().is_empty() {
@@ -293,6 +295,7 @@ pub(super) async fn start(
         created_at: now_ms(),
         started_at: None,
         finished_at: None,
+        parent_run_id: parent.map(RunId::to_string),
         outcome: RunOutcome {
             base,
             max_cost_usd,
