@@ -56,12 +56,17 @@ impl Orchestrator {
         let parent = RunId::new();
         let starts = (0..attempts)
             .map(|_| super::run::start(self.clone(), req.clone(), None, Some(&parent)));
-        let (started, failed): (Vec<_>, Vec<_>) = futures::future::join_all(starts)
-            .await
-            .into_iter()
-            .partition(Result::is_ok);
-        let started: Vec<(RunId, SandboxId)> = started.into_iter().flatten().collect();
-        if let Some(Err(e)) = failed.into_iter().next() {
+        let mut started: Vec<(RunId, SandboxId)> = Vec::new();
+        let mut failed = None;
+        for one in futures::future::join_all(starts).await {
+            match one {
+                Ok(attempt) => started.push(attempt),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
             for (run_id, _) in &started {
                 if let Err(e) = self.cancel_run(run_id).await {
                     tracing::warn!(run = %run_id, error = %e, "could not cancel an attempt");
