@@ -5,8 +5,11 @@
 //!
 //!   DELEGATE_OPENCODE_BIN=.tools/node_modules/opencode-linux-x64/bin/opencode \
 //!     nice -n 10 cargo bench -p delegate-server --bench attempts \
-//!       [-- --runs 5 --attempts 4 --delay-ms 150]
+//!       [-- --runs 5 --attempts 4 --delay-ms 150 --pool 4]
 //!   DOCKER_HOST=unix:///run/delegate-dockerd/docker.sock ... adds the docker backend.
+//!
+//! `--pool N` measures each backend twice, without a warm pool and with `DELEGATE_WARM_POOL=N`
+//! (refilled, untimed, before every call, so each call finds it full).
 
 mod support;
 
@@ -34,6 +37,7 @@ async fn main() {
     let runs = arg("--runs", 5);
     let attempts = arg("--attempts", 4) as u64;
     let delay_ms = arg("--delay-ms", 150) as u64;
+    let pool = arg("--pool", 0);
     let fake = FakeAnthropic::start(Script::slow(
         delay_ms,
         Script::write_file("hello.txt", "hi\n", "done"),
@@ -49,19 +53,27 @@ async fn main() {
     let mut out = format!(
         "Machine: {} cores; {runs} rounds per backend after one to warm up; every streamed event \
          of the fake model delayed {delay_ms} ms: one tool-call turn takes {turn:.2} s.\n\n\
-         | backend | one run, median | {attempts} attempts, median | **ratio** (target <= 1.5) |\n\
-         |---|---|---|---|\n",
+         | backend | warm pool | one run, median | {attempts} attempts, median | **ratio** (target <= 1.5) |\n\
+         |---|---|---|---|---|\n",
         std::thread::available_parallelism()
             .map(std::num::NonZero::get)
             .unwrap_or(0),
     );
+    let pools = if pool > 0 { vec![0, pool] } else { vec![0] };
     for (name, backend) in backends {
-        let data = tmp.path().join(name);
-        let (one, many) = measure(backend, &opencode, &fake, &data, runs, attempts).await;
-        out += &format!(
-            "| {name} | {one:.2} s | {many:.2} s | **{:.3}** |\n",
-            many / one
-        );
+        for &pool in &pools {
+            let data = tmp.path().join(format!("{name}-{pool}"));
+            let (one, many) = measure(backend, &opencode, &fake, &data, runs, attempts, pool).await;
+            out += &format!(
+                "| {name} | {} | {one:.2} s | {many:.2} s | **{:.3}** |\n",
+                if pool > 0 {
+                    pool.to_string()
+                } else {
+                    "none".into()
+                },
+                many / one
+            );
+        }
     }
     #[allow(clippy::print_stdout)]
     {
@@ -69,7 +81,8 @@ async fn main() {
     }
 }
 
-/// Medians of one run and of `attempts` attempts, interleaved on one orchestrator.
+/// Medians of one run and of `attempts` attempts, interleaved on one orchestrator with a warm
+/// pool of `pool` sandboxes (none for 0).
 async fn measure(
     backend: BackendChoice,
     opencode: &Path,
@@ -77,6 +90,7 @@ async fn measure(
     data: &Path,
     runs: usize,
     attempts: u64,
+    pool: usize,
 ) -> (f64, f64) {
     let mut pairs = vec![
         ("DELEGATE_DATA_DIR".into(), data.display().to_string()),
@@ -94,6 +108,7 @@ async fn measure(
     let mut settings = Settings::load(None, &Env(pairs)).unwrap();
     settings.backend = backend;
     settings.relay_bin = Some(PathBuf::from(env!("CARGO_BIN_EXE_delegate")));
+    settings.warm_pool = pool;
     let orch = delegate_server::app::embedded(settings).await.unwrap();
     let delegator = EmbeddedDelegator::new(orch.clone());
     let caller = Caller {
@@ -112,6 +127,9 @@ async fn measure(
                 attempts: Some(n),
                 ..Default::default()
             };
+            tokio::time::timeout(Duration::from_secs(300), orch.pool_ready(pool))
+                .await
+                .expect("the warm pool refills");
             let t = Instant::now();
             let r = delegator
                 .run_in_sandbox(&caller, input, progress, CancellationToken::new())

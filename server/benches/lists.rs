@@ -256,6 +256,7 @@ async fn seed(store: &dyn Store) {
                 created_at: created,
                 started_at: Some(created + 40),
                 finished_at: Some(created + 45_000),
+                parent_run_id: None,
                 outcome: RunOutcome {
                     final_message: if succeeded {
                         "Added validation for empty names and a test covering it.".into()

@@ -639,6 +639,7 @@ async fn api_store_methods_agree_on_both_databases() {
                 created_at: now + i as i64,
                 started_at: None,
                 finished_at: None,
+                parent_run_id: None,
                 outcome: Default::default(),
             };
             store.insert_run(&run).await.unwrap();

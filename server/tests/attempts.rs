@@ -214,6 +214,62 @@ async fn cancelling_the_parent_cancels_every_attempt_and_leaves_no_sandbox() {
     s.orch.shutdown().await;
 }
 
+/// The parent id answers from the moment the start call returns it: every attempt's row
+/// carries the parent from its insert, so get_run, stream_session and cancel_run on the parent
+/// right after the start call find all of them.
+#[tokio::test]
+async fn the_parent_answers_get_stream_and_cancel_right_after_the_start_call() {
+    let Some(s) = setup(Script::Hang).await else {
+        return;
+    };
+    let service = s.service();
+    let (result, _) = s.run(attempts(4, false)).await;
+    let started = result.expect("attempts started");
+    let parent: delegate_server::ids::RunId = started.run_id.parse().unwrap();
+    let now = service.get_run(&s.caller, &parent).await.unwrap();
+    assert_eq!(now.attempts.len(), 4, "{now:?}");
+    assert!(!now.status.is_terminal(), "{now:?}");
+    for a in &now.attempts {
+        let row = s.orch.run(&a.run_id.parse().unwrap()).await.unwrap();
+        assert_eq!(row.parent_run_id.as_deref(), Some(started.run_id.as_str()));
+    }
+    let page = s
+        .delegator
+        .stream_session(
+            &s.caller,
+            StreamSessionInput {
+                run_id: Some(started.run_id.clone()),
+                wait_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("the parent's events");
+    assert!(!page.done, "{page:?}");
+    let out = s
+        .delegator
+        .cancel_run(
+            &s.caller,
+            CancelRunInput {
+                run_id: started.run_id.clone(),
+            },
+        )
+        .await
+        .expect("the parent cancels");
+    assert_eq!(out.status, RunStatus::Cancelled);
+    let ended = service.get_run(&s.caller, &parent).await.unwrap();
+    assert_eq!(ended.attempts.len(), 4);
+    assert!(
+        ended
+            .attempts
+            .iter()
+            .all(|a| a.status == RunStatus::Cancelled),
+        "{ended:?}"
+    );
+    s.assert_no_sandbox_left(&ended).await;
+    s.orch.shutdown().await;
+}
+
 #[tokio::test]
 async fn one_attempt_failing_leaves_the_others_and_the_parent_shows_both() {
     let Some(s) = setup(Script::write_file("hello.txt", "hi\n", "written")).await else {
@@ -317,7 +373,8 @@ async fn bad_attempts_are_refused_and_nothing_is_written() {
     s.orch.shutdown().await;
 }
 
-/// The migration and the three attempt queries, the same on SQLite and PostgreSQL.
+/// The migration, the parent written with the row and the attempts query, the same on SQLite and
+/// PostgreSQL.
 #[tokio::test]
 async fn the_store_links_attempts_to_their_parent_on_both_databases() {
     async fn check(store: &dyn delegate_server::store::Store) -> serde_json::Value {
@@ -338,41 +395,41 @@ async fn the_store_links_attempts_to_their_parent_on_both_databases() {
             created_at: now,
         };
         store.create_workspace(&ws, &user.id).await.unwrap();
+        let parents = [new_id("run"), new_id("run")];
+        // Two attempts of the first parent, one of the second, one single run.
         let mut runs = Vec::new();
-        for (i, status) in [RunStatus::Succeeded, RunStatus::Failed, RunStatus::Running]
-            .into_iter()
-            .enumerate()
+        for (i, (status, parent)) in [
+            (RunStatus::Succeeded, Some(&parents[0])),
+            (RunStatus::Failed, Some(&parents[0])),
+            (RunStatus::Running, Some(&parents[1])),
+            (RunStatus::Running, None),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let sandbox = common::sandbox_row(&ws.id, SandboxStatus::Running);
             store.insert_sandbox(&sandbox).await.unwrap();
             let run = delegate_server::store::Run {
                 created_at: now + i as i64,
+                parent_run_id: parent.cloned(),
                 ..common::run_row(&sandbox, status)
             };
             store.insert_run(&run).await.unwrap();
             runs.push(run);
         }
-        let parent = new_id("run");
-        for run in &runs[..2] {
-            store.set_run_parent(&run.id, &parent).await.unwrap();
-        }
-        let missing = store.set_run_parent("run_nope", &parent).await.is_err();
-        let attempts = store.runs_of_parent(&parent).await.unwrap();
         let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
-        let mut parents = store.run_parents(&ids).await.unwrap();
-        parents.sort();
-        let mut expected: Vec<(String, String)> = ids[..2]
-            .iter()
-            .map(|id| (id.clone(), parent.clone()))
-            .collect();
-        expected.sort();
+        let of = |found: Vec<delegate_server::store::Run>| {
+            found.into_iter().map(|r| r.id).collect::<Vec<_>>()
+        };
+        let read_back = store.run(&ids[0]).await.unwrap().parent_run_id;
         serde_json::json!({
-            "attempts_oldest_first": attempts.iter().map(|r| r.id.clone()).collect::<Vec<_>>() == ids[..2],
-            "statuses": attempts.iter().map(|r| r.status.as_str()).collect::<Vec<_>>(),
-            "parents_match": parents == expected,
-            "no_parent": store.runs_of_parent(&new_id("run")).await.unwrap().len(),
-            "none_asked": store.run_parents(&[]).await.unwrap().len(),
-            "missing_refused": missing,
+            "first": of(store.runs_of_parents(&parents[..1]).await.unwrap()) == ids[..2],
+            "both": of(store.runs_of_parents(&parents).await.unwrap()) == ids[..3],
+            "statuses": store.runs_of_parents(&parents[..1]).await.unwrap().iter().map(|r| r.status.as_str()).collect::<Vec<_>>(),
+            "read_back": read_back == Some(parents[0].clone()),
+            "single": store.run(&ids[3]).await.unwrap().parent_run_id,
+            "no_parent": store.runs_of_parents(&[new_id("run")]).await.unwrap().len(),
+            "none_asked": store.runs_of_parents(&[]).await.unwrap().len(),
         })
     }
     let sqlite = delegate_server::store::connect("sqlite::memory:")
@@ -382,12 +439,13 @@ async fn the_store_links_attempts_to_their_parent_on_both_databases() {
     assert_eq!(
         on_sqlite,
         serde_json::json!({
-            "attempts_oldest_first": true,
+            "first": true,
+            "both": true,
             "statuses": ["succeeded", "failed"],
-            "parents_match": true,
+            "read_back": true,
+            "single": null,
             "no_parent": 0,
             "none_asked": 0,
-            "missing_refused": true,
         })
     );
     if let Some(on_postgres) =

@@ -5,8 +5,9 @@
 //! cannot serve (or an empty pool) falls back to a fresh sandbox; a repository and files seeded
 //! into a pooled sandbox give the same change as a fresh sandbox; a server that ends leaves no
 //! pooled sandbox behind, and one that crashed has its leftovers swept at the next start; a
-//! seeded opencode config is followed (the pool's prebuilt opencode instance is rebuilt); bad
-//! settings are refused at start.
+//! seeded opencode config is followed (the pool's prebuilt opencode instance is rebuilt);
+//! best-of-N attempts claim pooled sandboxes, the rest starting fresh; bad settings are refused
+//! at start.
 
 mod common;
 
@@ -405,6 +406,50 @@ async fn no_pooled_sandbox_outlives_its_server(backend: Backend) {
     let _ = SandboxStatus::Deleted;
 }
 
+/// Best-of-N attempts claim pooled sandboxes like any run the pool can serve: with a pool of 2,
+/// 3 attempts take both pooled sandboxes (2 hits) and the third, finding the pool empty (a new
+/// one takes seconds), makes a fresh sandbox; all three make the same change.
+async fn attempts_claim_pooled_sandboxes_and_the_rest_start_fresh(backend: Backend) {
+    let Some(bed) = Bed::new(backend, Script::write_file("hello.txt", "hi\n", "written")).await
+    else {
+        return;
+    };
+    let orch = pooled_orchestrator(&bed, 2).await;
+    let pooled = orch.pooled_sandbox_ids();
+    let started = orch
+        .start_attempts(task("create hello.txt"), 3)
+        .await
+        .expect("the attempts start");
+    let sandboxes: Vec<String> = started
+        .attempts
+        .iter()
+        .map(|(_, s)| s.to_string())
+        .collect();
+    for id in &pooled {
+        assert!(sandboxes.contains(id), "{id} not claimed: {sandboxes:?}");
+    }
+    assert_eq!(metric(&orch, "delegate_pool_hits_total"), 2);
+    assert_eq!(
+        metric(&orch, "delegate_pool_misses_total{reason=\"empty\"}"),
+        1
+    );
+    let fresh: Vec<&String> = sandboxes.iter().filter(|s| !pooled.contains(s)).collect();
+    assert_eq!(fresh.len(), 1, "{sandboxes:?}");
+    let row = orch.store().sandbox(fresh[0]).await.unwrap();
+    assert!(row.meta.get("pooled").is_none(), "{}", row.meta);
+    for (run_id, _) in &started.attempts {
+        let r = orch.wait(run_id).await.unwrap();
+        assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.error);
+        assert_eq!(r.changed_files.len(), 1, "{r:?}");
+        assert_eq!(r.parent_run_id.as_deref(), Some(started.parent.as_str()));
+    }
+    orch.shutdown().await;
+    for id in &sandboxes {
+        assert_eq!(bed.leftovers(id).await, Vec::<String>::new());
+        assert_eq!(processes_mentioning(id), Vec::<String>::new());
+    }
+}
+
 #[test]
 fn bad_pool_settings_are_refused_at_start_with_the_setting_named() {
     let load = |pairs: Vec<(&str, &str)>| Settings::load(None, &EnvList(pairs));
@@ -546,4 +591,14 @@ async fn no_pooled_sandbox_outlives_its_server_on_process() {
 #[tokio::test]
 async fn no_pooled_sandbox_outlives_its_server_on_docker() {
     no_pooled_sandbox_outlives_its_server(Backend::Docker).await;
+}
+
+#[tokio::test]
+async fn attempts_claim_pooled_sandboxes_and_the_rest_start_fresh_on_process() {
+    attempts_claim_pooled_sandboxes_and_the_rest_start_fresh(Backend::Process).await;
+}
+
+#[tokio::test]
+async fn attempts_claim_pooled_sandboxes_and_the_rest_start_fresh_on_docker() {
+    attempts_claim_pooled_sandboxes_and_the_rest_start_fresh(Backend::Docker).await;
 }

@@ -200,6 +200,7 @@ async fn lifecycle(store: &dyn Store) {
         created_at: 400,
         started_at: None,
         finished_at: None,
+        parent_run_id: None,
         // A budget is the one outcome field besides `base` known when the run is recorded.
         outcome: RunOutcome {
             max_cost_usd: Some(2.5),

@@ -163,6 +163,80 @@ async fn run_summaries_say_who_delegated_each_run() {
     assert_eq!(r.status(), 404);
 }
 
+/// A workspace's list shows a parent of attempts once, counting and summing all its attempts
+/// even when the page holds only some of them; one sandbox's list shows the attempt there.
+#[tokio::test]
+async fn a_parent_is_listed_once_with_every_attempt_even_past_the_page() {
+    let Some(h) = Harness::new(Script::text("unused")).await else {
+        return;
+    };
+    let s = h.serve().localhost_domain().start().await;
+    let alice = s.person("alice").await;
+    let store = s.orch.store();
+    let ws = &alice.personal;
+    let now = now_ms();
+    let parent = delegate_server::ids::new_id("run");
+    // Three attempts (the oldest failed), then a single run, newest last.
+    let mut sandboxes = Vec::new();
+    for (i, (status, parent)) in [
+        (RunStatus::Failed, Some(&parent)),
+        (RunStatus::Succeeded, Some(&parent)),
+        (RunStatus::Succeeded, Some(&parent)),
+        (RunStatus::Succeeded, None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sandbox = Sandbox {
+            kind: SandboxKind::Ephemeral,
+            ..common::sandbox_row(&ws.id, delegate_mcp::types::SandboxStatus::Deleted)
+        };
+        store.insert_sandbox(&sandbox).await.unwrap();
+        let mut run = Run {
+            created_at: now + i as i64,
+            started_at: Some(now),
+            finished_at: Some(now + 1000 * (i as i64 + 1)),
+            parent_run_id: parent.cloned(),
+            ..common::run_row(&sandbox, status)
+        };
+        run.outcome.usage.cost_usd = 0.25;
+        store.insert_run(&run).await.unwrap();
+        sandboxes.push(sandbox.id);
+    }
+    let list = |query: String| {
+        let (url, token) = (s.url(&format!("/api/runs/summaries?{query}")), &alice.token);
+        async move {
+            let r = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()["runs"]
+                .as_array()
+                .unwrap()
+                .clone()
+        }
+    };
+    // Two rows of the list: the single run and the newest attempt; the parent row counts all 3.
+    let runs = list(format!("workspace={}&limit=2", ws.slug)).await;
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[1]["run_id"], parent.as_str());
+    assert_eq!(runs[1]["attempts"], 3, "{runs:?}");
+    assert_eq!(runs[1]["status"], "succeeded");
+    assert_eq!(runs[1]["sandbox_id"], "");
+    assert_eq!(runs[1]["created_at"], now);
+    assert_eq!(runs[1]["duration_ms"], 3000);
+    assert!((runs[1]["usage"]["cost_usd"].as_f64().unwrap() - 0.75).abs() < 1e-9);
+    assert!(runs[0].get("attempts").is_none(), "{runs:?}");
+    // One sandbox's list: the attempt that ran there, as itself.
+    let one = list(format!("sandbox_id={}", sandboxes[0])).await;
+    assert_eq!(one.len(), 1);
+    assert_ne!(one[0]["run_id"], parent.as_str());
+    assert_eq!(one[0]["status"], "failed");
+}
+
 #[tokio::test]
 async fn the_sign_in_page_offers_single_sign_on_when_configured() {
     let Some(h) = Harness::new(Script::text("unused")).await else {

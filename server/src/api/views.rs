@@ -96,46 +96,58 @@ pub async fn summaries(
         .await?;
     let mut names = Names::new(&state, &caller).await;
     let mut runs: Vec<RunSummary> = Vec::with_capacity(listed.len());
-    // A workspace's list shows a parent once, where its newest attempt would be; one sandbox's
-    // list shows the attempt that ran there.
+    // A workspace's list shows a parent once, where its newest attempt would be, summed over
+    // all its attempts (read below: the page may hold only some of them); one sandbox's list
+    // shows the attempt that ran there.
     let group = sandbox_id.is_none();
     let mut parents: HashMap<String, (usize, Vec<RunStatus>)> = HashMap::new();
     for (run, r) in listed {
-        if let Some(parent) = r.parent_run_id.as_ref().filter(|_| group) {
-            if let Some((at, statuses)) = parents.get_mut(parent) {
-                let row = &mut runs[*at];
-                statuses.push(r.status);
-                row.status = parent_status(statuses);
-                row.attempts += 1;
-                row.usage.add(&r.usage);
-                row.created_at = row.created_at.min(run.created_at);
-                row.duration_ms = row.duration_ms.max(r.duration_ms);
+        let parent = r.parent_run_id.clone().filter(|_| group);
+        if let Some(parent) = &parent {
+            if parents.contains_key(parent) {
                 continue;
             }
-            parents.insert(parent.clone(), (runs.len(), vec![r.status]));
+            parents.insert(parent.clone(), (runs.len(), Vec::new()));
         }
+        let grouped = parent.is_some();
         runs.push(RunSummary {
             delegated_by: names.of(&state, run.created_by.as_deref()).await,
-            run_id: match r.parent_run_id.as_ref().filter(|_| group) {
-                Some(parent) => parent.clone(),
-                None => r.run_id,
-            },
-            sandbox_id: if r.parent_run_id.is_some() && group {
-                String::new()
-            } else {
-                r.sandbox_id
-            },
-            status: match r.parent_run_id.as_ref().filter(|_| group) {
-                Some(_) => parent_status(&[r.status]),
-                None => r.status,
-            },
+            sandbox_id: if grouped { String::new() } else { r.sandbox_id },
+            run_id: parent.unwrap_or(r.run_id),
+            status: r.status,
             task: run.task,
             created_by: run.created_by,
             created_at: run.created_at,
-            duration_ms: r.duration_ms,
-            usage: r.usage,
-            attempts: u64::from(r.parent_run_id.is_some() && group),
+            // A parent's are its attempts' together, summed below.
+            duration_ms: if grouped { 0 } else { r.duration_ms },
+            usage: if grouped { Usage::default() } else { r.usage },
+            attempts: 0,
         });
+    }
+    let ids: Vec<String> = parents.keys().cloned().collect();
+    let public = state.orch().settings().public_url.as_deref();
+    for attempt in state
+        .orch()
+        .store()
+        .runs_of_parents(&ids)
+        .await
+        .map_err(internal)?
+    {
+        let Some((at, statuses)) = attempt
+            .parent_run_id
+            .as_ref()
+            .and_then(|p| parents.get_mut(p))
+        else {
+            continue;
+        };
+        let r = crate::orchestrator::result_of(&attempt, 0, public);
+        let row = &mut runs[*at];
+        row.attempts += 1;
+        row.usage.add(&r.usage);
+        row.created_at = row.created_at.min(attempt.created_at);
+        row.duration_ms = row.duration_ms.max(r.duration_ms);
+        statuses.push(r.status);
+        row.status = parent_status(statuses);
     }
     Ok(axum::Json(RunSummaryList { runs }))
 }

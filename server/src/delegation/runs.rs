@@ -391,16 +391,7 @@ impl Service {
             let runs = self.orch.attempts_of(id).await?;
             return self.orch.parent_result(id, &runs).await;
         }
-        let mut result = self.orch.result(id).await?;
-        result.parent_run_id = self
-            .orch
-            .store()
-            .run_parents(std::slice::from_ref(&run.id))
-            .await
-            .map_err(internal)?
-            .pop()
-            .map(|(_, parent)| parent);
-        Ok(result)
+        self.orch.result(id).await
     }
 
     /// Waits for a run (or every attempt of a parent) to end; its result then.
@@ -463,19 +454,12 @@ impl Service {
             .map_err(internal)?
             .into_iter()
             .collect();
-        let mut parents: std::collections::HashMap<String, String> = store
-            .run_parents(&ids)
-            .await
-            .map_err(internal)?
-            .into_iter()
-            .collect();
         let public = self.orch.settings().public_url.as_deref();
         Ok(runs
             .into_iter()
             .map(|run| {
                 let events = counts.get(&run.id).copied().unwrap_or(0);
-                let mut result = crate::orchestrator::result_of(&run, events, public);
-                result.parent_run_id = parents.remove(&run.id);
+                let result = crate::orchestrator::result_of(&run, events, public);
                 (run, result)
             })
             .collect())

@@ -46,36 +46,33 @@ pub struct StartedAttempts {
 }
 
 impl Orchestrator {
-    /// Starts `attempts` runs of `req`, each in a fresh sandbox and each taking a run slot like
-    /// any other run, under a new parent. When one cannot start (the queue is full, say), those
-    /// already started are cancelled and the error is returned.
+    /// Starts `attempts` runs of `req` at once, each in a fresh sandbox (a pooled one when the
+    /// pool has it) and each taking a run slot like any other run, under a new parent. Every
+    /// attempt's row carries the parent from its insert, so once this returns the parent id
+    /// finds them all. When one cannot start (the queue is full, say), those that did are
+    /// cancelled and the error is returned.
     pub async fn start_attempts(&self, req: RunRequest, attempts: u64) -> Result<StartedAttempts> {
         check_attempts(attempts, req.sandbox_id.is_some())?;
         let parent = RunId::new();
+        let starts = (0..attempts)
+            .map(|_| super::run::start(self.clone(), req.clone(), None, Some(&parent)));
         let mut started: Vec<(RunId, SandboxId)> = Vec::new();
-        for _ in 0..attempts {
-            let one = match self.start_run(req.clone()).await {
-                Ok((run_id, sandbox_id)) => self
-                    .inner
-                    .store
-                    .set_run_parent(run_id.as_str(), parent.as_str())
-                    .await
-                    .map(|()| (run_id.clone(), sandbox_id))
-                    .map_err(|e| (Some(run_id), Error::from(e))),
-                Err(e) => Err((None, e)),
-            };
+        let mut failed = None;
+        for one in futures::future::join_all(starts).await {
             match one {
                 Ok(attempt) => started.push(attempt),
-                Err((orphan, e)) => {
-                    let abandoned = started.iter().map(|(r, _)| r).chain(orphan.as_ref());
-                    for run_id in abandoned {
-                        if let Err(e) = self.cancel_run(run_id).await {
-                            tracing::warn!(run = %run_id, error = %e, "could not cancel an attempt");
-                        }
-                    }
-                    return Err(e);
+                Err(e) => {
+                    failed.get_or_insert(e);
                 }
             }
+        }
+        if let Some(e) = failed {
+            for (run_id, _) in &started {
+                if let Err(e) = self.cancel_run(run_id).await {
+                    tracing::warn!(run = %run_id, error = %e, "could not cancel an attempt");
+                }
+            }
+            return Err(e);
         }
         Ok(StartedAttempts {
             parent,
@@ -85,7 +82,11 @@ impl Orchestrator {
 
     /// The attempts of `parent`, oldest first; empty when it is no parent.
     pub async fn attempts_of(&self, parent: &RunId) -> Result<Vec<Run>> {
-        Ok(self.inner.store.runs_of_parent(parent.as_str()).await?)
+        Ok(self
+            .inner
+            .store
+            .runs_of_parents(std::slice::from_ref(&parent.to_string()))
+            .await?)
     }
 
     /// The parent's result from its attempts' rows: each attempt compactly in `attempts`.
@@ -101,11 +102,7 @@ impl Orchestrator {
         let public = self.inner.settings.public_url.as_deref();
         let results: Vec<RunResult> = runs
             .iter()
-            .map(|run| {
-                let mut result = result_of(run, counts.get(&run.id).copied().unwrap_or(0), public);
-                result.parent_run_id = Some(parent.to_string());
-                result
-            })
+            .map(|run| result_of(run, counts.get(&run.id).copied().unwrap_or(0), public))
             .collect();
         Ok(combine(parent, runs, &results, public))
     }
@@ -198,6 +195,7 @@ pub fn parent_row(parent: &RunId, runs: &[Run]) -> Option<Run> {
             .is_terminal()
             .then(|| runs.iter().filter_map(|r| r.finished_at).max())
             .flatten(),
+        parent_run_id: None,
         outcome: RunOutcome {
             usage,
             base: first.outcome.base.clone(),

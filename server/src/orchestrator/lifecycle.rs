@@ -310,6 +310,16 @@ impl Orchestrator {
     /// Deletes a sandbox: stops its processes, removes its files, revokes its token. A running
     /// run in it is cancelled first.
     pub async fn delete_sandbox(&self, sandbox_id: &SandboxId) -> Result<()> {
+        self.delete_sandbox_row(sandbox_id, false).await
+    }
+
+    /// [`Self::delete_sandbox`]; `freed`: the backend has destroyed it already (an ephemeral
+    /// run's driver does, before it records the result), so it is not asked again.
+    pub(super) async fn delete_sandbox_row(
+        &self,
+        sandbox_id: &SandboxId,
+        freed: bool,
+    ) -> Result<()> {
         let sandbox_id = sandbox_id.as_str();
         let sandbox = self.inner.store.sandbox(sandbox_id).await?;
         if sandbox.status == SandboxStatus::Deleted {
@@ -350,7 +360,11 @@ impl Orchestrator {
         self.revoke_sandbox_tokens(sandbox_id).await;
         lock(&self.inner.warm).remove(sandbox_id);
         self.drop_egress(sandbox_id);
-        let destroyed = backend.destroy(sandbox_id).await;
+        let destroyed = if freed {
+            Ok(())
+        } else {
+            backend.destroy(sandbox_id).await
+        };
         self.settle(
             sandbox_id,
             SandboxStatus::Deleting,

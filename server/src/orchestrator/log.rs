@@ -414,6 +414,7 @@ mod tests {
                 created_at: 1,
                 started_at: Some(1),
                 finished_at: None,
+                parent_run_id: None,
                 outcome: Default::default(),
             })
             .await

@@ -463,6 +463,7 @@ mod tests {
                 created_at: at,
                 started_at: None,
                 finished_at: None,
+                parent_run_id: None,
                 outcome: Default::default(),
             })
             .await

@@ -47,11 +47,13 @@ pub const MAX_RUN_COST_USD: f64 = 10_000.0;
 
 /// Checks the request, joins the line for a run slot, reserves the sandbox (a warm one, or a fresh ephemeral
 /// one it makes), records the run and spawns its driver. `loaded` is the warm sandbox when the
-/// caller has already read it (so it is not read twice); otherwise it is read here.
+/// caller has already read it (so it is not read twice); otherwise it is read here. `parent` is
+/// the best-of-N parent of an attempt, recorded with the run's row.
 pub(super) async fn start(
     orch: Orchestrator,
     mut req: RunRequest,
     loaded: Option<Sandbox>,
+    parent: Option<&RunId>,
 ) -> Result<(RunId, SandboxId)> {
     // Everything the caller controls is checked before anything is written.
     if req.task.trim().is_empty() {
@@ -293,6 +295,7 @@ pub(super) async fn start(
         created_at: now_ms(),
         started_at: None,
         finished_at: None,
+        parent_run_id: parent.map(RunId::to_string),
         outcome: RunOutcome {
             base,
             max_cost_usd,
@@ -565,12 +568,16 @@ async fn drive(
         }
     }
     let status = finish.status;
+    // Its change is kept: free what the sandbox holds before writing to the store, so a store
+    // that refuses writes (a full data disk, often full of this very sandbox's files) cannot
+    // keep it. Its row follows below, without freeing it twice.
+    let mut freed = false;
     if ephemeral {
-        // Its change is kept: free what the sandbox holds before writing to the store, so a store
-        // that refuses writes (a full data disk, often full of this very sandbox's files) cannot
-        // keep it. Its row follows below.
-        if let Err(e) = inner.backend.destroy(&run.sandbox_id).await {
-            tracing::warn!(sandbox = %run.sandbox_id, error = %e, "could not free the sandbox");
+        match inner.backend.destroy(&run.sandbox_id).await {
+            Ok(()) => freed = true,
+            Err(e) => {
+                tracing::warn!(sandbox = %run.sandbox_id, error = %e, "could not free the sandbox");
+            }
         }
         // Gone with it, before the result says the run ended: its token is dead by then.
         orch.revoke_sandbox_tokens(&run.sandbox_id).await;
@@ -593,7 +600,7 @@ async fn drive(
         tracing::error!(run = %run.id, error = %e, "could not record the end of the run");
     }
     if ephemeral {
-        if let Err(e) = orch.delete_sandbox_after_run(reservation).await {
+        if let Err(e) = orch.delete_sandbox_after_run(reservation, freed).await {
             tracing::warn!(sandbox = %run.sandbox_id, error = %e, "could not delete ephemeral sandbox");
         }
     } else {
@@ -626,16 +633,19 @@ async fn admit(orch: &Orchestrator, run_id: &RunId, workspace_id: &str) -> Resul
 }
 
 impl Orchestrator {
-    async fn delete_sandbox_after_run(&self, reservation: Reservation) -> Result<()> {
+    /// `freed`: the backend's sandbox is gone already (the driver freed it before recording).
+    async fn delete_sandbox_after_run(&self, reservation: Reservation, freed: bool) -> Result<()> {
         let sandbox_id = &reservation.sandbox_id().to_owned();
         // The run is over; `delete_sandbox` must not wait for it.
         drop(reservation);
         if self.inner.store.sandbox(sandbox_id).await?.status == SandboxStatus::Failed {
             // It never came up: free what the backend holds, but keep the row and its reason.
-            self.inner.backend.destroy(sandbox_id).await?;
+            if !freed {
+                self.inner.backend.destroy(sandbox_id).await?;
+            }
             return Ok(());
         }
-        self.delete_sandbox(&sandbox_id.parse()?).await
+        self.delete_sandbox_row(&sandbox_id.parse()?, freed).await
     }
 }
 

@@ -17,7 +17,7 @@ impl Orchestrator {
     /// Starts a run and returns its id and sandbox id at once; follow it with [`Self::events`] or
     /// [`Self::wait`]. Input is checked before anything is written.
     pub async fn start_run(&self, req: RunRequest) -> Result<(RunId, SandboxId)> {
-        run::start(self.clone(), req, None).await
+        run::start(self.clone(), req, None, None).await
     }
 
     /// [`Self::start_run`] in a warm sandbox the caller has already read (to authorize the
@@ -28,7 +28,7 @@ impl Orchestrator {
         mut req: RunRequest,
     ) -> Result<(RunId, SandboxId)> {
         req.sandbox_id = Some(sandbox.id.clone());
-        run::start(self.clone(), req, Some(sandbox)).await
+        run::start(self.clone(), req, Some(sandbox), None).await
     }
 
     /// Cancels a run; it ends `cancelled` once its processes are gone. A run executing in another
@@ -144,7 +144,7 @@ pub fn result_of(run: &Run, event_count: u64, public_url: Option<&str>) -> RunRe
             .and(public_url)
             .map(|u| format!("{}/api/runs/{}/patch", u.trim_end_matches('/'), run.id)),
         egress: o.egress,
-        parent_run_id: None,
+        parent_run_id: run.parent_run_id.clone(),
         attempts: Vec::new(),
         omitted: None,
     }

@@ -467,6 +467,7 @@ macro_rules! impl_store {
                     .bind(sql::base_text(o.base.as_ref())?)
                     .bind(&o.commit)
                     .bind(o.max_cost_usd)
+                    .bind(&run.parent_run_id)
                     .execute(&self.pool)
                     .await
                     .map_err(db_error("run"))?;
@@ -1002,40 +1003,21 @@ macro_rules! impl_store {
 
             // ---- Attempts
 
-            async fn set_run_parent(&self, run_id: &str, parent_run_id: &str) -> Result<()> {
-                let done = sqlx::query(sql::SET_RUN_PARENT)
-                    .bind(parent_run_id)
-                    .bind(run_id)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db_error("run"))?;
-                if done.rows_affected() == 0 {
-                    return Err(StoreError::NotFound("run"));
+            async fn runs_of_parents(&self, parents: &[String]) -> Result<Vec<Run>> {
+                if parents.is_empty() {
+                    return Ok(Vec::new());
                 }
-                Ok(())
-            }
-
-            async fn runs_of_parent(&self, parent_run_id: &str) -> Result<Vec<Run>> {
-                sqlx::query_as::<_, sql::RunRow>(&sql::runs_of_parent())
-                    .bind(parent_run_id)
-                    .fetch_all(&self.pool)
+                let query = sql::runs_of_parents(parents.len());
+                let mut q = sqlx::query_as::<_, sql::RunRow>(&query);
+                for id in parents {
+                    q = q.bind(id);
+                }
+                q.fetch_all(&self.pool)
                     .await
                     .map_err(db_error("run"))?
                     .into_iter()
                     .map(sql::RunRow::into_run)
                     .collect()
-            }
-
-            async fn run_parents(&self, run_ids: &[String]) -> Result<Vec<(String, String)>> {
-                if run_ids.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let query = sql::run_parents(run_ids.len());
-                let mut q = sqlx::query_as::<_, (String, String)>(&query);
-                for id in run_ids {
-                    q = q.bind(id);
-                }
-                q.fetch_all(&self.pool).await.map_err(db_error("run"))
             }
 
             // ---- Accounts

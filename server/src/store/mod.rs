@@ -210,6 +210,9 @@ pub struct Run {
     pub started_at: Option<Millis>,
     /// When it reached a terminal status; `None` while active.
     pub finished_at: Option<Millis>,
+    /// The best-of-N parent this run is an attempt of (`run_in_sandbox` with `attempts`), written
+    /// with the row so an attempt is never seen without it; `None` for a single run.
+    pub parent_run_id: Option<String>,
     /// What it produced; empty ([`RunOutcome::default`]) until it ends.
     pub outcome: RunOutcome,
 }
@@ -632,13 +635,9 @@ pub trait Store: Send + Sync + 'static {
     async fn event_counts(&self, run_ids: &[String]) -> Result<Vec<(String, u64)>>;
 
     // ---- Attempts
-    /// Makes `run_id` an attempt of `parent_run_id` (a best-of-N parent, which has no row).
-    async fn set_run_parent(&self, run_id: &str, parent_run_id: &str) -> Result<()>;
-    /// The attempts of a parent, oldest first; empty when `parent_run_id` is no parent.
-    async fn runs_of_parent(&self, parent_run_id: &str) -> Result<Vec<Run>>;
-    /// The parent of each of `run_ids` that is an attempt, in one query; single runs are left
-    /// out.
-    async fn run_parents(&self, run_ids: &[String]) -> Result<Vec<(String, String)>>;
+    /// The attempts of each of `parents`, oldest first, in one query; none for an id that is
+    /// no parent.
+    async fn runs_of_parents(&self, parents: &[String]) -> Result<Vec<Run>>;
 
     // ---- Identities
     /// The account a provider's subject is linked to.

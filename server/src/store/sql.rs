@@ -122,15 +122,15 @@ pub(super) const SET_SANDBOX_META: &str =
 const RUN_COLUMNS: &str = "id, sandbox_id, workspace_id, task, model, agent, status, timeout_s, \
      created_by, created_at, started_at, finished_at, final_message, changed_files, diff, \
      diff_truncated, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, \
-     error_kind, error_message, ttft_ms, base, commit_sha, egress, max_cost_usd";
+     error_kind, error_message, ttft_ms, base, commit_sha, egress, max_cost_usd, parent_run_id";
 
 pub(super) const INSERT_RUN: &str = "INSERT INTO runs (id, sandbox_id, workspace_id, task, model, \
      agent, status, timeout_s, created_by, created_at, started_at, finished_at, final_message, \
      changed_files, diff, diff_truncated, input_tokens, output_tokens, cache_read_tokens, \
      cache_write_tokens, cost_usd, error_kind, error_message, ttft_ms, base, commit_sha, \
-     max_cost_usd) \
+     max_cost_usd, parent_run_id) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-     $19, $20, $21, $22, $23, $24, $25, $26, $27)";
+     $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)";
 
 pub(super) fn run_by_id() -> String {
     format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1")
@@ -525,6 +525,7 @@ pub(super) struct RunRow {
     commit_sha: Option<String>,
     egress: Option<String>,
     max_cost_usd: Option<f64>,
+    parent_run_id: Option<String>,
 }
 
 impl RunRow {
@@ -551,6 +552,7 @@ impl RunRow {
             created_at: self.created_at,
             started_at: self.started_at,
             finished_at: self.finished_at,
+            parent_run_id: self.parent_run_id,
             outcome: RunOutcome {
                 final_message: self.final_message,
                 changed_files,
@@ -765,18 +767,10 @@ pub(super) fn event_counts(n: usize) -> String {
 
 // ---- Attempts ---------------------------------------------------------------------------------
 
-/// `$1` parent, `$2` run id.
-pub(super) const SET_RUN_PARENT: &str = "UPDATE runs SET parent_run_id = $1 WHERE id = $2";
-
-/// `$1` parent: its attempts, oldest first.
-pub(super) fn runs_of_parent() -> String {
-    format!("SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = $1 ORDER BY created_at, id")
-}
-
-/// The parents of `n` runs (`$1..$n`), one row per run that is an attempt.
-pub(super) fn run_parents(n: usize) -> String {
+/// The attempts of `n` parents (`$1..$n`), oldest first.
+pub(super) fn runs_of_parents(n: usize) -> String {
     format!(
-        "SELECT id, parent_run_id FROM runs WHERE id IN ({}) AND parent_run_id IS NOT NULL",
+        "SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id IN ({}) ORDER BY created_at, id",
         placeholders(1, n)
     )
 }

@@ -328,6 +328,7 @@ pub fn run_row(
         created_at: now,
         started_at: started.then_some(now),
         finished_at: finished.then_some(now),
+        parent_run_id: None,
         outcome: Default::default(),
     }
 }

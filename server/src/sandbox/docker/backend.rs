@@ -94,6 +94,7 @@ impl DockerBackend {
             serve_relay: Mutex::new(None),
             seeded: AtomicBool::new(true),
             home_kept: AtomicBool::new(kind == SandboxKind::Warm),
+            made_here: false,
         });
         self.serve_proxy_socket(&live)?;
         self.remember(id, live.clone())?;
@@ -201,6 +202,7 @@ impl DockerBackend {
             serve_relay: Mutex::new(None),
             seeded: AtomicBool::new(false),
             home_kept: AtomicBool::new(spec.kind == SandboxKind::Warm),
+            made_here: true,
         });
         if spec.egress.is_some() && self.settings.network != DockerNetwork::None {
             return Err(SandboxError::BadInput(
@@ -410,10 +412,17 @@ impl SandboxBackend for DockerBackend {
         if let Some(live) = &live {
             live.stop.cancel();
         }
-        self.remove_container(&setup_container_name(sandbox_id))
-            .await?;
+        // A sandbox this process made and never gave a home volume (no setup, not warm) has no
+        // setup container or home volume to ask the engine for; any other is swept whole.
+        let home = live
+            .as_ref()
+            .is_none_or(|l| !l.made_here || l.home_kept.load(Ordering::Acquire));
+        if home {
+            self.remove_container(&setup_container_name(sandbox_id))
+                .await?;
+        }
         self.remove_container(&container_name(sandbox_id)).await?;
-        for what in ["work", "home"] {
+        for what in ["work", "home"].into_iter().take(if home { 2 } else { 1 }) {
             match self
                 .docker
                 .remove_volume(&volume_name(sandbox_id, what), None::<RemoveVolumeOptions>)

@@ -113,6 +113,9 @@ struct Live {
     /// `$HOME` is the home volume rather than a tmpfs: always for a warm sandbox, and for an
     /// ephemeral one once setup ran, so its run finds what setup put there.
     home_kept: AtomicBool,
+    /// Made by this process rather than recovered from its container: what it never made (a
+    /// setup container, a home volume) is known, so destroying it skips those engine calls.
+    made_here: bool,
 }
 
 impl Live {
