@@ -1094,8 +1094,12 @@ async fn setup_runs_in_a_hardened_pod_with_the_sandboxes_env_and_claims() {
 async fn each_workspace_gets_its_own_namespace_and_the_sweep_reaches_across_them() {
     use delegate_server::ids::{new_id, now_ms};
     use delegate_server::store::{User, Workspace};
-    let Some(k) = KubeHarness::new(Script::write_file("ns.txt", "in my namespace\n", "Wrote it."))
-        .await
+    let Some(k) = KubeHarness::new(Script::write_file(
+        "ns.txt",
+        "in my namespace\n",
+        "Wrote it.",
+    ))
+    .await
     else {
         return;
     };
@@ -1161,11 +1165,15 @@ async fn each_workspace_gets_its_own_namespace_and_the_sweep_reaches_across_them
             })
         );
         // The chart's policy, copied before any sandbox object.
-        let policies =
-            k.created_at(&format!("/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies"));
+        let policies = k.created_at(&format!(
+            "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies"
+        ));
         assert_eq!(policies.len(), 1, "{policies:?}");
         assert_eq!(policies[0]["metadata"]["name"], "delegate-sandboxes");
-        assert_eq!(policies[0]["metadata"]["labels"]["delegate.workspace"], ws.as_str());
+        assert_eq!(
+            policies[0]["metadata"]["labels"]["delegate.workspace"],
+            ws.as_str()
+        );
         assert_eq!(
             policies[0]["metadata"]["labels"]["app.kubernetes.io/name"],
             "delegate"

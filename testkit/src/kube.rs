@@ -729,7 +729,14 @@ async fn collection(
         Method::GET if matches!(query.get("watch").map(String::as_str), Some("1" | "true")) => {
             watch(&shared, &namespace, &resource, &query)
         }
-        Method::GET => list(&shared, &resource, Some(&namespace), (kind, api), &query, &headers),
+        Method::GET => list(
+            &shared,
+            &resource,
+            Some(&namespace),
+            (kind, api),
+            &query,
+            &headers,
+        ),
         Method::DELETE => {
             let doomed: Vec<Value> = {
                 let inner = shared.inner.lock().expect("fake cluster state");

@@ -113,17 +113,20 @@ impl KubeBackend {
             Err(e) => return Err(api_error(e)),
         }
         if let Some(policy) = &self.settings.network_policy {
-            let template = Api::<NetworkPolicy>::namespaced(self.client.clone(), &self.home.namespace)
-                .get_opt(policy)
-                .await
-                .map_err(api_error)?
-                .ok_or_else(|| {
-                    SandboxError::Missing(format!(
-                        "DELEGATE_K8S_NETWORK_POLICY: no NetworkPolicy {policy} in namespace {} \
+            let template = Api::<NetworkPolicy>::namespaced(
+                self.client.clone(),
+                &self.home.namespace,
+            )
+            .get_opt(policy)
+            .await
+            .map_err(api_error)?
+            .ok_or_else(|| {
+                SandboxError::Missing(format!(
+                    "DELEGATE_K8S_NETWORK_POLICY: no NetworkPolicy {policy} in namespace {} \
                          to copy into workspace namespace {name}",
-                        self.home.namespace
-                    ))
-                })?;
+                    self.home.namespace
+                ))
+            })?;
             let policies: Api<NetworkPolicy> = Api::namespaced(self.client.clone(), name);
             match policies
                 .create(&post, &workspace_policy(&template, workspace))
