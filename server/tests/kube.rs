@@ -15,7 +15,7 @@ use common::served::{Served, api_token};
 use delegate_mcp::types::{ChangeKind, RunResult, RunStatus, SandboxStatus};
 use delegate_server::orchestrator::{Orchestrator, RunRequest, SandboxInputs, SandboxRequest};
 use delegate_server::sandbox::kube::Manifests;
-use delegate_server::sandbox::kube::manifest::{Job, PodRole};
+use delegate_server::sandbox::kube::manifest::{self, Job, PodRole};
 use delegate_server::settings::{BackendChoice, Settings};
 use delegate_testkit::anthropic::{Script, TOOL_RESULT_PLACEHOLDER};
 use delegate_testkit::kube::{FakeCluster, Recorded};
@@ -80,11 +80,16 @@ impl KubeHarness {
 
     /// Names of every pod, secret and claim left in the namespace.
     fn leftovers(&self) -> Vec<String> {
+        self.leftovers_in(NAMESPACE)
+    }
+
+    /// Names of every pod, secret and claim left in `namespace`.
+    fn leftovers_in(&self, namespace: &str) -> Vec<String> {
         ["pods", "secrets", "persistentvolumeclaims"]
             .into_iter()
             .flat_map(|r| {
                 self.cluster
-                    .names(r, NAMESPACE)
+                    .names(r, namespace)
                     .into_iter()
                     .map(move |n| format!("{r}/{n}"))
             })
@@ -93,7 +98,11 @@ impl KubeHarness {
 
     /// The bodies of the objects of `resource` the backend created, in order.
     fn created(&self, resource: &str) -> Vec<Value> {
-        let path = format!("/api/v1/namespaces/{NAMESPACE}/{resource}");
+        self.created_at(&format!("/api/v1/namespaces/{NAMESPACE}/{resource}"))
+    }
+
+    /// The bodies the backend POSTed to `path`, in order.
+    fn created_at(&self, path: &str) -> Vec<Value> {
         self.cluster
             .requests()
             .into_iter()
@@ -101,6 +110,49 @@ impl KubeHarness {
             .filter_map(|r| r.body)
             .collect()
     }
+}
+
+/// The chart's sandbox NetworkPolicy (templates/networkpolicy.yaml as rendered for release
+/// `delegate` in `NAMESPACE`), which a namespace per workspace gets a copy of.
+fn chart_policy() -> Value {
+    let server = serde_json::json!({
+        "app.kubernetes.io/name": "delegate", "app.kubernetes.io/instance": "delegate",
+        "app.kubernetes.io/component": "server",
+    });
+    let from_server = serde_json::json!([{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}},
+        "podSelector": {"matchLabels": server},
+    }]);
+    serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "delegate-sandboxes", "labels": {"app.kubernetes.io/name": "delegate"}},
+        "spec": {
+            "podSelector": {"matchExpressions": [{"key": "delegate.sandbox", "operator": "Exists"}]},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": from_server, "ports": [{"protocol": "TCP", "port": 4096}]}],
+            "egress": [
+                {"to": from_server, "ports": [{"protocol": "TCP", "port": 8080}]},
+                {"to": [{
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                }], "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+            ],
+        },
+    })
+}
+
+/// Puts the chart's sandbox NetworkPolicy into `NAMESPACE`, as `helm install` would.
+async fn install_chart_policy(cluster: &FakeCluster) {
+    let made = reqwest::Client::new()
+        .post(format!(
+            "{}/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/networkpolicies",
+            cluster.url
+        ))
+        .json(&chart_policy())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), reqwest::StatusCode::CREATED);
 }
 
 fn task(text: &str) -> RunRequest {
@@ -481,15 +533,33 @@ async fn every_manifest_the_backend_makes_is_valid_for_kubernetes_1_37() {
             .unwrap(),
         ),
     ];
+    let ws = "wsp_0192f3ee0192f3ee0192f3ee0192f3ee";
+    let template: k8s_openapi::api::networking::v1::NetworkPolicy =
+        serde_json::from_value(chart_policy()).unwrap();
+    let mut manifests = manifests;
+    manifests.push((
+        "workspace-namespace",
+        serde_json::to_value(manifest::workspace_namespace(
+            "delegate-wsp-0192f3ee0192f3ee0192f3ee0192f3ee",
+            ws,
+        ))
+        .unwrap(),
+    ));
+    manifests.push((
+        "workspace-policy",
+        serde_json::to_value(manifest::workspace_policy(&template, ws)).unwrap(),
+    ));
     let mut files = Vec::new();
     for (name, mut object) in manifests {
         // kube-rs sends apiVersion and kind with every object; so does the dump.
-        let kind = match name {
-            n if n.ends_with("secret") => "Secret",
-            n if n.ends_with("claim") => "PersistentVolumeClaim",
-            _ => "Pod",
+        let (kind, api) = match name {
+            n if n.ends_with("secret") => ("Secret", "v1"),
+            n if n.ends_with("claim") => ("PersistentVolumeClaim", "v1"),
+            n if n.ends_with("namespace") => ("Namespace", "v1"),
+            n if n.ends_with("policy") => ("NetworkPolicy", "networking.k8s.io/v1"),
+            _ => ("Pod", "v1"),
         };
-        object["apiVersion"] = "v1".into();
+        object["apiVersion"] = api.into();
         object["kind"] = kind.into();
         let path = dir.path().join(format!("{name}.json"));
         tokio::fs::write(&path, object.to_string()).await.unwrap();
@@ -720,6 +790,16 @@ fn paths(result: &RunResult) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_made_through_one_replica_is_run_paused_resumed_and_deleted_through_another() {
+    two_replicas(false).await;
+}
+
+/// The same with a namespace per workspace: B finds the sandbox's namespace from its Secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_in_a_workspace_namespace_is_served_by_either_replica() {
+    two_replicas(true).await;
+}
+
+async fn two_replicas(per_workspace: bool) {
     let Some(pg) = tokio::task::spawn_blocking(delegate_testkit::postgres::TestPostgres::start)
         .await
         .unwrap()
@@ -748,7 +828,13 @@ async fn a_sandbox_made_through_one_replica_is_run_paused_resumed_and_deleted_th
         ),
         ("DELEGATE_K8S_NAMESPACE", NAMESPACE.into()),
         ("DELEGATE_K8S_PROXY_URL", "loopback".into()),
+        (
+            "DELEGATE_K8S_NAMESPACE_PER_WORKSPACE",
+            per_workspace.to_string(),
+        ),
+        ("DELEGATE_K8S_NETWORK_POLICY", "delegate-sandboxes".into()),
     ];
+    install_chart_policy(&k.cluster).await;
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let a = Served::start(&k.h, &env, "a").await;
     let b = Served::start(&k.h, &env, "b").await;
@@ -769,6 +855,14 @@ async fn a_sandbox_made_through_one_replica_is_run_paused_resumed_and_deleted_th
     assert_eq!(status, reqwest::StatusCode::CREATED, "{made}\n{}", logs());
     let id = made["sandbox_id"].as_str().unwrap().to_string();
     let pod = format!("delegate-{}", id.replace('_', "-"));
+    let namespaces = k.cluster.namespaces_of("secrets", &pod);
+    assert_eq!(namespaces.len(), 1, "{namespaces:?}");
+    let ns = namespaces[0].as_str();
+    if per_workspace {
+        assert!(ns.starts_with(&format!("{NAMESPACE}-wsp-")), "{ns}");
+    } else {
+        assert_eq!(ns, NAMESPACE);
+    }
     let first = api.run_in(&a.base, &id, "write from-a.txt", &logs()).await;
     assert_eq!(paths(&first), ["from-a.txt"]);
 
@@ -782,7 +876,7 @@ async fn a_sandbox_made_through_one_replica_is_run_paused_resumed_and_deleted_th
         .await;
     assert_eq!(status, reqwest::StatusCode::OK, "{body}\n{}", logs());
     assert_eq!(api.status(&a.base, &id).await, "paused");
-    assert!(k.cluster.object("pods", NAMESPACE, &pod).is_none());
+    assert!(k.cluster.object("pods", ns, &pod).is_none());
 
     // Resumed through B, which holds it from now on (its objects carry B's label), and run in
     // through B: it sees A's file, and its change is only its own, on A's change (B never had
@@ -797,7 +891,7 @@ async fn a_sandbox_made_through_one_replica_is_run_paused_resumed_and_deleted_th
     assert_eq!(status, reqwest::StatusCode::OK, "{body}\n{}", logs());
     assert_eq!(api.status(&a.base, &id).await, "running");
     let b_id = std::fs::read_to_string(b.data.join("instance-id")).unwrap();
-    let secret = k.cluster.object("secrets", NAMESPACE, &pod).unwrap();
+    let secret = k.cluster.object("secrets", ns, &pod).unwrap();
     assert_eq!(secret["metadata"]["labels"]["delegate.owner"], b_id.trim());
     k.h.fake.set_script(Script::bash(
         "cat seed.txt from-a.txt && echo through-b > from-b.txt",
@@ -819,7 +913,7 @@ async fn a_sandbox_made_through_one_replica_is_run_paused_resumed_and_deleted_th
     );
     // The commit the next change must sit on moved with it, in the cluster.
     let tip = |secret: &Value| secret["metadata"]["annotations"]["delegate.tip"].clone();
-    let moved = k.cluster.object("secrets", NAMESPACE, &pod).unwrap();
+    let moved = k.cluster.object("secrets", ns, &pod).unwrap();
     assert_ne!(tip(&moved), tip(&secret), "{moved}");
     assert_eq!(tip(&moved).as_str().map(str::len), Some(40), "{moved}");
 
@@ -842,7 +936,7 @@ async fn a_sandbox_made_through_one_replica_is_run_paused_resumed_and_deleted_th
         .await;
     assert!(status.is_success(), "{status} {body}\n{}", logs());
     assert_eq!(api.status(&a.base, &id).await, "deleted");
-    assert_eq!(k.leftovers(), Vec::<String>::new());
+    assert_eq!(k.leftovers_in(ns), Vec::<String>::new());
 
     // A still has its copy of the change repository; restarted, it sees the sandbox is gone
     // from the cluster and removes it.
@@ -990,5 +1084,166 @@ async fn setup_runs_in_a_hardened_pod_with_the_sandboxes_env_and_claims() {
         "opencode never ran the task"
     );
     assert_eq!(k.leftovers(), Vec::<String>::new());
+    k.cluster.shutdown().await;
+}
+
+/// With a namespace per workspace: two workspaces' sandboxes land in two namespaces, made
+/// with the workspace label and the chart's NetworkPolicy; a run works there end to end; a
+/// restarted server sweeps its orphans across namespaces and leaves the namespaces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_workspace_gets_its_own_namespace_and_the_sweep_reaches_across_them() {
+    use delegate_server::ids::{new_id, now_ms};
+    use delegate_server::store::{User, Workspace};
+    let Some(k) = KubeHarness::new(Script::write_file(
+        "ns.txt",
+        "in my namespace\n",
+        "Wrote it.",
+    ))
+    .await
+    else {
+        return;
+    };
+    install_chart_policy(&k.cluster).await;
+    let mut settings = k.settings();
+    settings.kube.namespace_per_workspace = true;
+    settings.kube.network_policy = Some("delegate-sandboxes".into());
+    let orch = delegate_server::app::embedded(settings.clone())
+        .await
+        .expect("an orchestrator");
+    let user = User {
+        id: new_id("usr"),
+        email: "two@example.com".into(),
+        name: "two".into(),
+        created_at: now_ms(),
+    };
+    orch.store().create_user(&user).await.unwrap();
+    let second = Workspace {
+        id: new_id("wsp"),
+        slug: "second".into(),
+        name: "second".into(),
+        created_at: now_ms(),
+    };
+    orch.store()
+        .create_workspace(&second, &user.id)
+        .await
+        .unwrap();
+
+    // A run in the default workspace, end to end, in its namespace.
+    let result = run(&orch, task("write ns.txt")).await;
+    assert_eq!(result.status, RunStatus::Succeeded, "{result:?}");
+    assert_eq!(paths(&result), ["ns.txt"]);
+    // A warm sandbox in the second workspace.
+    let warm = orch
+        .create_sandbox(SandboxRequest {
+            workspace: Some("second".into()),
+            created_by: Some("test".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("a warm sandbox in the second workspace");
+    let first_ws = orch
+        .store()
+        .sandbox(&result.sandbox_id)
+        .await
+        .unwrap()
+        .workspace_id;
+    assert_ne!(first_ws, second.id);
+    let ns_of = |ws: &str| format!("{NAMESPACE}-{}", ws.replace('_', "-"));
+    let (ns1, ns2) = (ns_of(&first_ws), ns_of(&second.id));
+
+    // The namespaces, field by field: one POST each, labelled with the workspace.
+    let made = k.created_at("/api/v1/namespaces");
+    assert_eq!(made.len(), 2, "{made:?}");
+    for (body, (ns, ws)) in made.iter().zip([(&ns1, &first_ws), (&ns2, &second.id)]) {
+        assert_eq!(body["apiVersion"], "v1");
+        assert_eq!(body["kind"], "Namespace");
+        assert_eq!(body["metadata"]["name"], ns.as_str());
+        assert_eq!(
+            body["metadata"]["labels"],
+            serde_json::json!({
+                "delegate.workspace": ws, "pod-security.kubernetes.io/enforce": "restricted",
+            })
+        );
+        // The chart's policy, copied before any sandbox object.
+        let policies = k.created_at(&format!(
+            "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies"
+        ));
+        assert_eq!(policies.len(), 1, "{policies:?}");
+        assert_eq!(policies[0]["metadata"]["name"], "delegate-sandboxes");
+        assert_eq!(
+            policies[0]["metadata"]["labels"]["delegate.workspace"],
+            ws.as_str()
+        );
+        assert_eq!(
+            policies[0]["metadata"]["labels"]["app.kubernetes.io/name"],
+            "delegate"
+        );
+        assert_eq!(policies[0]["spec"], chart_policy()["spec"]);
+        assert!(k.cluster.object("namespaces", "", ns).is_some());
+    }
+    let kinds = |ns: &str| -> Vec<String> {
+        k.created_at(&format!("/api/v1/namespaces/{ns}/pods"))
+            .iter()
+            .map(|p| p["metadata"]["labels"]["delegate.kind"].to_string())
+            .collect()
+    };
+    assert_eq!(kinds(&ns1), ["\"seed\"", "\"ephemeral\"", "\"commit\""]);
+    assert_eq!(kinds(&ns2), ["\"seed\"", "\"warm\""]);
+    for ns in [&ns1, &ns2] {
+        for pod in k.created_at(&format!("/api/v1/namespaces/{ns}/pods")) {
+            assert_hardened(&pod);
+        }
+    }
+    // Nothing of a sandbox's in the installation's namespace but the chart's policy.
+    assert!(k.created("pods").is_empty() && k.created("secrets").is_empty());
+    assert_eq!(k.leftovers(), Vec::<String>::new());
+    assert_eq!(k.leftovers_in(&ns1), Vec::<String>::new());
+
+    // Restarted: an orphan of this server's in the second workspace's namespace is swept
+    // (found by a list across namespaces), another server's is left, the warm one adopted.
+    drop(orch);
+    let me = tokio::fs::read_to_string(k.h.data_dir().join("instance-id"))
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    for (id, owner) in [
+        ("sbx_0192f3cc0192f3cc0192f3cc0192f3cc", me.trim()),
+        ("sbx_0192f3dd0192f3dd0192f3dd0192f3dd", "srv_someone_else"),
+    ] {
+        let made = client
+            .post(format!("{}/api/v1/namespaces/{ns2}/secrets", k.cluster.url))
+            .json(&serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {
+                    "name": format!("delegate-{}", id.replace('_', "-")),
+                    "labels": {"delegate.sandbox": id, "delegate.owner": owner},
+                },
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(made.status(), reqwest::StatusCode::CREATED);
+    }
+    let b = delegate_server::app::embedded(settings)
+        .await
+        .expect("an orchestrator");
+    b.reconcile().await.expect("reconcile");
+    let names = k.cluster.names("secrets", &ns2);
+    assert!(!names.iter().any(|n| n.contains("0192f3cc")), "{names:?}");
+    assert!(names.iter().any(|n| n.contains("0192f3dd")), "{names:?}");
+    assert!(
+        k.cluster.requests().iter().any(|r| r.method == "GET"
+            && r.path == "/api/v1/secrets"
+            && r.query.contains_key("labelSelector")),
+        "no list across namespaces"
+    );
+    let adopted = b.store().sandbox(&warm.id).await.unwrap();
+    assert_eq!(adopted.status, SandboxStatus::Running, "{adopted:?}");
+    b.delete_sandbox(&warm.id.parse().unwrap())
+        .await
+        .expect("delete");
+    assert_eq!(k.leftovers_in(&ns2).len(), 1, "{:?}", k.leftovers_in(&ns2));
+    // Empty namespaces stay.
+    assert!(k.cluster.object("namespaces", "", &ns1).is_some());
     k.cluster.shutdown().await;
 }

@@ -1,8 +1,11 @@
 //! A fake Kubernetes API server for the kubernetes backend's tests: it speaks the real wire
 //! format for what the backend uses (JSON objects with `resourceVersion`, `Status` errors, list,
 //! watch streams with `?watch=1`, label and field selectors, the log stream with `follow=true`,
-//! collection deletes, JSON merge patches) for Pods, Secrets and PersistentVolumeClaims in any
-//! namespace.
+//! collection deletes, JSON merge patches) for Pods, Secrets, PersistentVolumeClaims and
+//! `networking.k8s.io/v1` NetworkPolicies in any namespace, lists across namespaces
+//! (`/api/v1/pods?labelSelector=...`), and the cluster-scoped Namespaces. As the API server
+//! does, it makes nothing in a namespace that does not exist ([`FakeCluster::kubeconfig`]
+//! makes the one it names).
 //!
 //! Pods really run: each is a container on a Docker Engine (the test engine), on the host's
 //! network with a loopback address of its own as its pod IP (so pods reach a proxy on the
@@ -99,13 +102,38 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
-fn kind_of(resource: &str) -> Option<&'static str> {
+/// A namespaced resource's kind and the API group version it is served under.
+fn kind_of(resource: &str) -> Option<(&'static str, &'static str)> {
     match resource {
-        "pods" => Some("Pod"),
-        "secrets" => Some("Secret"),
-        "persistentvolumeclaims" => Some("PersistentVolumeClaim"),
+        "pods" => Some(("Pod", "v1")),
+        "secrets" => Some(("Secret", "v1")),
+        "persistentvolumeclaims" => Some(("PersistentVolumeClaim", "v1")),
+        "networkpolicies" => Some(("NetworkPolicy", "networking.k8s.io/v1")),
         _ => None,
     }
+}
+
+/// The kind of `resource` if the request's path serves it (`/api/v1/...` for the core group,
+/// `/apis/GROUP/VERSION/...` for the others).
+fn kind_at(uri: &Uri, resource: &str) -> Option<(&'static str, &'static str)> {
+    let (kind, api) = kind_of(resource)?;
+    let prefix = if api == "v1" {
+        "/api/v1/".to_string()
+    } else {
+        format!("/apis/{api}/")
+    };
+    uri.path().starts_with(&prefix).then_some((kind, api))
+}
+
+/// Whether `name` is a DNS-1123 label (what a namespace's name must be).
+fn dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 fn now() -> String {
@@ -255,6 +283,23 @@ impl Shared {
         }
         let _ = self.events.send(event);
         object
+    }
+
+    /// Stores namespace `object` as the API server completes it; `None` if it exists.
+    fn make_namespace(&self, mut object: Value) -> Option<Value> {
+        let name = object["metadata"]["name"].as_str()?.to_string();
+        if self.get("namespaces", "", &name).is_some() {
+            return None;
+        }
+        object["apiVersion"] = json!("v1");
+        object["kind"] = json!("Namespace");
+        object["metadata"]["uid"] = json!(format!("{:032x}", rand_u128()));
+        object["metadata"]["creationTimestamp"] = json!(now());
+        // The API server labels every namespace with its name (what NetworkPolicies select by).
+        object["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+        object["spec"] = json!({"finalizers": ["kubernetes"]});
+        object["status"] = json!({"phase": "Active"});
+        Some(self.put("namespaces", "ADDED", object))
     }
 
     fn get(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
@@ -672,7 +717,7 @@ async fn collection(
     body: Bytes,
 ) -> Response {
     let query = record(&shared, &method, &uri, &body);
-    let Some(kind) = kind_of(&resource) else {
+    let Some((kind, api)) = kind_at(&uri, &resource) else {
         return status(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -680,45 +725,18 @@ async fn collection(
         );
     };
     match method {
-        Method::POST => create(&shared, &namespace, &resource, kind, &body).await,
+        Method::POST => create(&shared, &namespace, &resource, (kind, api), &body).await,
         Method::GET if matches!(query.get("watch").map(String::as_str), Some("1" | "true")) => {
             watch(&shared, &namespace, &resource, &query)
         }
-        Method::GET => {
-            let (version, items) = {
-                let inner = shared.inner.lock().expect("fake cluster state");
-                let items: Vec<Value> = inner
-                    .objects
-                    .iter()
-                    .filter(|((r, ns, _), o)| {
-                        *r == resource && *ns == namespace && matches(&query, o)
-                    })
-                    .map(|(_, o)| o.clone())
-                    .collect();
-                (inner.version, items)
-            };
-            let metadata_only = headers
-                .get("accept")
-                .and_then(|a| a.to_str().ok())
-                .is_some_and(|a| a.contains("as=PartialObjectMetadataList"));
-            let list = if metadata_only {
-                json!({
-                    "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
-                    "metadata": {"resourceVersion": version.to_string()},
-                    "items": items.iter().map(|o| json!({
-                        "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                        "metadata": o["metadata"],
-                    })).collect::<Vec<_>>(),
-                })
-            } else {
-                json!({
-                    "kind": format!("{kind}List"), "apiVersion": "v1",
-                    "metadata": {"resourceVersion": version.to_string()},
-                    "items": items,
-                })
-            };
-            axum::Json(list).into_response()
-        }
+        Method::GET => list(
+            &shared,
+            &resource,
+            Some(&namespace),
+            (kind, api),
+            &query,
+            &headers,
+        ),
         Method::DELETE => {
             let doomed: Vec<Value> = {
                 let inner = shared.inner.lock().expect("fake cluster state");
@@ -737,7 +755,7 @@ async fn collection(
                 gone.push(shared.put(&resource, "DELETED", object));
             }
             axum::Json(json!({
-                "kind": format!("{kind}List"), "apiVersion": "v1", "metadata": {}, "items": gone,
+                "kind": format!("{kind}List"), "apiVersion": api, "metadata": {}, "items": gone,
             }))
             .into_response()
         }
@@ -749,13 +767,151 @@ async fn collection(
     }
 }
 
+/// The objects of `resource` in `namespace` (every namespace: `None`) the query selects, as a
+/// list (of their metadata only when the client asks for `PartialObjectMetadataList`).
+fn list(
+    shared: &Shared,
+    resource: &str,
+    namespace: Option<&str>,
+    (kind, api): (&str, &str),
+    query: &BTreeMap<String, String>,
+    headers: &axum::http::HeaderMap,
+) -> Response {
+    let (version, items) = {
+        let inner = shared.inner.lock().expect("fake cluster state");
+        let items: Vec<Value> = inner
+            .objects
+            .iter()
+            .filter(|((r, ns, _), o)| {
+                r == resource && namespace.is_none_or(|n| n == ns) && matches(query, o)
+            })
+            .map(|(_, o)| o.clone())
+            .collect();
+        (inner.version, items)
+    };
+    let metadata_only = headers
+        .get("accept")
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("as=PartialObjectMetadataList"));
+    let list = if metadata_only {
+        json!({
+            "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"resourceVersion": version.to_string()},
+            "items": items.iter().map(|o| json!({
+                "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                "metadata": o["metadata"],
+            })).collect::<Vec<_>>(),
+        })
+    } else {
+        json!({
+            "kind": format!("{kind}List"), "apiVersion": api,
+            "metadata": {"resourceVersion": version.to_string()},
+            "items": items,
+        })
+    };
+    axum::Json(list).into_response()
+}
+
+/// `GET /api/v1/{resource}`: a list across namespaces.
+async fn list_all(
+    State(shared): Shared_,
+    UrlPath(resource): UrlPath<String>,
+    method: Method,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let query = record(&shared, &method, &uri, &Bytes::new());
+    match kind_at(&uri, &resource) {
+        Some(kind) => list(&shared, &resource, None, kind, &query, &headers),
+        None => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("no resource {resource}"),
+        ),
+    }
+}
+
+/// `/api/v1/namespaces`: list (`GET`) or make (`POST`) a namespace.
+async fn namespaces(
+    State(shared): Shared_,
+    method: Method,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let query = record(&shared, &method, &uri, &body);
+    if method == Method::GET {
+        return list(
+            &shared,
+            "namespaces",
+            None,
+            ("Namespace", "v1"),
+            &query,
+            &headers,
+        );
+    }
+    let Ok(object) = serde_json::from_slice::<Value>(&body) else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the body is not JSON".into(),
+        );
+    };
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if !dns_label(&name) {
+        return status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!(
+                "metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"
+            ),
+        );
+    }
+    match shared.make_namespace(object) {
+        Some(made) => (StatusCode::CREATED, axum::Json(made)).into_response(),
+        None => status(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("namespaces \"{name}\" already exists"),
+        ),
+    }
+}
+
+/// `GET /api/v1/namespaces/{name}`.
+async fn namespace(
+    State(shared): Shared_,
+    UrlPath(name): UrlPath<String>,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    record(&shared, &method, &uri, &Bytes::new());
+    match shared.get("namespaces", "", &name) {
+        Some(found) => axum::Json(found).into_response(),
+        None => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("namespaces \"{name}\" not found"),
+        ),
+    }
+}
+
 async fn create(
     shared: &Arc<Shared>,
     namespace: &str,
     resource: &str,
-    kind: &'static str,
+    (kind, api): (&'static str, &'static str),
     body: &Bytes,
 ) -> Response {
+    if shared.get("namespaces", "", namespace).is_none() {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("namespaces \"{namespace}\" not found"),
+        );
+    }
     let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
         return status(
             StatusCode::BAD_REQUEST,
@@ -791,7 +947,7 @@ async fn create(
             format!("{resource} \"{name}\" already exists"),
         );
     }
-    object["apiVersion"] = json!("v1");
+    object["apiVersion"] = json!(api);
     object["kind"] = json!(kind);
     object["metadata"]["namespace"] = json!(namespace);
     object["metadata"]["uid"] = json!(format!("{:032x}", rand_u128()));
@@ -822,6 +978,10 @@ async fn create(
                     "data: Too long: must have at most 1048576 bytes".into(),
                 );
             }
+            let object = shared.put(resource, "ADDED", object);
+            (StatusCode::CREATED, axum::Json(object)).into_response()
+        }
+        "networkpolicies" => {
             let object = shared.put(resource, "ADDED", object);
             (StatusCode::CREATED, axum::Json(object)).into_response()
         }
@@ -1009,7 +1169,7 @@ async fn object(
     body: Bytes,
 ) -> Response {
     record(&shared, &method, &uri, &body);
-    if kind_of(&resource).is_none() {
+    if kind_at(&uri, &resource).is_none() {
         return status(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -1134,6 +1294,9 @@ impl FakeCluster {
             stop: CancellationToken::new(),
         });
         let app = Router::new()
+            .route("/api/v1/namespaces", get(namespaces).post(namespaces))
+            .route("/api/v1/namespaces/{name}", get(namespace))
+            .route("/api/v1/{resource}", get(list_all))
             .route(
                 "/api/v1/namespaces/{ns}/{resource}",
                 get(collection).post(collection).delete(collection),
@@ -1141,6 +1304,14 @@ impl FakeCluster {
             .route(
                 "/api/v1/namespaces/{ns}/{resource}/{name}",
                 get(object).delete(object).patch(object),
+            )
+            .route(
+                "/apis/networking.k8s.io/v1/namespaces/{ns}/{resource}",
+                get(collection).post(collection).delete(collection),
+            )
+            .route(
+                "/apis/networking.k8s.io/v1/namespaces/{ns}/{resource}/{name}",
+                get(object).delete(object),
             )
             .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(log))
             .with_state(shared.clone());
@@ -1155,8 +1326,11 @@ impl FakeCluster {
         Ok(FakeCluster { url, shared })
     }
 
-    /// Writes a kubeconfig for this cluster (namespace `namespace`) into `dir`.
+    /// Writes a kubeconfig for this cluster (namespace `namespace`, made if need be, as a
+    /// cluster's admin would) into `dir`.
     pub fn kubeconfig(&self, dir: &Path, namespace: &str) -> std::io::Result<PathBuf> {
+        self.shared
+            .make_namespace(json!({"metadata": {"name": namespace}}));
         // JSON is YAML: kubeconfig readers take it as it is.
         let config = json!({
             "apiVersion": "v1", "kind": "Config", "current-context": "fake",
@@ -1182,6 +1356,19 @@ impl FakeCluster {
     /// The stored object, as a client would GET it.
     pub fn object(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
         self.shared.get(resource, namespace, name)
+    }
+
+    /// The namespaces holding an object of `resource` named `name`.
+    pub fn namespaces_of(&self, resource: &str, name: &str) -> Vec<String> {
+        self.shared
+            .inner
+            .lock()
+            .expect("fake cluster state")
+            .objects
+            .keys()
+            .filter(|(r, _, n)| r == resource && n == name)
+            .map(|(_, ns, _)| ns.clone())
+            .collect()
     }
 
     /// Names of the objects of `resource` in `namespace`.

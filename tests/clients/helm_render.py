@@ -39,7 +39,10 @@ RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
     ],
     "apps/v1": [("deployments", "Deployment", True), ("statefulsets", "StatefulSet", True)],
     "networking.k8s.io/v1": [("ingresses", "Ingress", True), ("networkpolicies", "NetworkPolicy", True)],
-    "rbac.authorization.k8s.io/v1": [("roles", "Role", True), ("rolebindings", "RoleBinding", True)],
+    "rbac.authorization.k8s.io/v1": [
+        ("roles", "Role", True), ("rolebindings", "RoleBinding", True),
+        ("clusterroles", "ClusterRole", False), ("clusterrolebindings", "ClusterRoleBinding", False),
+    ],
     "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
 }
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]

@@ -143,6 +143,7 @@ def test_default_values() -> None:
     assert config["DELEGATE_K8S_SERVICE"] == FULLNAME
     assert config["DELEGATE_K8S_PROXY_URL"] == f"http://{FULLNAME}.{NAMESPACE}.svc:80/v1"
     assert config["DELEGATE_PUBLIC_URL"] == "https://delegate.example.com"
+    assert "DELEGATE_K8S_NAMESPACE_PER_WORKSPACE" not in config and "DELEGATE_K8S_NETWORK_POLICY" not in config
     assert "DELEGATE_K8S_RUNTIME_CLASS" not in config and "BASE_DOMAIN" not in config
     # Secrets stay out of the ConfigMap.
     assert not any("sk-ant" in v or "postgres://" in v for v in config.values())
@@ -236,6 +237,37 @@ def test_non_default_values() -> None:
     assert pg_policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == SERVER_LABELS
     budget = one(kinds, "PodDisruptionBudget")["spec"]
     assert budget["selector"]["matchLabels"] == SERVER_LABELS and budget["maxUnavailable"] == 1
+
+
+def test_namespace_per_workspace_binds_a_cluster_role() -> None:
+    kinds = by_kind(render({
+        "secrets": {"databaseUrl": DB},
+        "sandbox": {"namespacePerWorkspace": True, "namespace": "sandboxes"},
+    }))
+    # Namespaces made later cannot be reached by a Role: a ClusterRole instead, and no Role.
+    assert "Role" not in kinds and "RoleBinding" not in kinds
+    role, binding = one(kinds, "ClusterRole"), one(kinds, "ClusterRoleBinding")
+    assert "namespace" not in role["metadata"] and "namespace" not in binding["metadata"]
+    granted = {(tuple(rule["apiGroups"]), r): set(rule["verbs"]) for rule in role["rules"] for r in rule["resources"]}
+    assert granted == {
+        **{(("",), r): verbs for r, verbs in ALLOWED_VERBS.items()},
+        (("",), "namespaces"): {"get", "create"},
+        (("networking.k8s.io",), "networkpolicies"): {"get", "create"},
+    }, granted
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": FULLNAME}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+    config = one(kinds, "ConfigMap")["data"]
+    assert config["DELEGATE_K8S_NAMESPACE_PER_WORKSPACE"] == "true"
+    # The policy the server copies into each workspace namespace is the one the chart renders.
+    policy = next(p for p in kinds["NetworkPolicy"] if p["metadata"]["namespace"] == "sandboxes")
+    assert config["DELEGATE_K8S_NETWORK_POLICY"] == policy["metadata"]["name"] == f"{FULLNAME}-sandboxes"
+    # Without the sandbox policy there is nothing to copy.
+    config = one(by_kind(render({
+        "secrets": {"databaseUrl": DB},
+        "sandbox": {"namespacePerWorkspace": True},
+        "networkPolicy": {"enabled": False},
+    })), "ConfigMap")["data"]
+    assert config["DELEGATE_K8S_NAMESPACE_PER_WORKSPACE"] == "true" and "DELEGATE_K8S_NETWORK_POLICY" not in config
 
 
 def test_bundled_postgres_builds_the_database_url() -> None:

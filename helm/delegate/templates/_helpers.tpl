@@ -26,6 +26,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default .Release.Namespace .Values.sandbox.namespace -}}
 {{- end -}}
 
+{{/* The sandbox NetworkPolicy's name (copied into each workspace namespace by the server). */}}
+{{- define "delegate.sandboxPolicyName" -}}
+{{- printf "%s-sandboxes" (include "delegate.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "delegate.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "delegate.fullname" .) .Values.serviceAccount.name -}}

@@ -219,6 +219,7 @@ impl Orchestrator {
             .map(|e| e as Arc<dyn crate::sandbox::EgressService>);
         let spec = SandboxSpec {
             id,
+            workspace: Some(ws.id.clone()),
             kind,
             files,
             repo: snapshot.map(|s| s.path.clone()),

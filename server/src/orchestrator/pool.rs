@@ -303,6 +303,7 @@ impl Orchestrator {
         let token = mint_pooled_token();
         let spec = SandboxSpec {
             id: id.clone(),
+            workspace: None,
             kind: SandboxKind::Warm,
             files: BTreeMap::new(),
             repo: None,

@@ -53,6 +53,10 @@ pub enum SandboxError {
 pub struct SandboxSpec {
     /// The sandbox's id (`sbx_...`), which names its dirs, container and cgroups.
     pub id: String,
+    /// The workspace it belongs to (`wsp_...`); `None` for a pooled sandbox, whose workspace
+    /// is known only when a run takes it. The kubernetes backend's namespace per workspace
+    /// is named after it.
+    pub workspace: Option<String>,
     /// Ephemeral or warm: a warm sandbox also gets `opencode serve`.
     pub kind: SandboxKind,
     /// Files to write into the work dir before the seed commit: path relative to it -> text.

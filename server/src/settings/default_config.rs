@@ -61,6 +61,10 @@ k8s_cpu_request = "250m"                                           # DELEGATE_K8
 k8s_service = "delegate"              # the server's Service       DELEGATE_K8S_SERVICE
 # The proxy as pods see it (default http://SERVICE.NAMESPACE.svc:PORT/v1). DELEGATE_K8S_PROXY_URL
 # k8s_proxy_url = "http://delegate.delegate.svc:8080/v1"
+# A namespace per workspace, NAMESPACE-<workspace id>, made on first use.  DELEGATE_K8S_NAMESPACE_PER_WORKSPACE
+k8s_namespace_per_workspace = false
+# The NetworkPolicy in NAMESPACE copied into each workspace namespace.  DELEGATE_K8S_NETWORK_POLICY
+# k8s_network_policy = "delegate-sandboxes"
 # The model proxy at /v1 on the listener too, for sandboxes run outside delegate (`delegate token
 # proxy`, compose.headless.yml). Off: only a named docker network and kubernetes serve it there.
 proxy_public = false                                               # DELEGATE_PROXY_PUBLIC

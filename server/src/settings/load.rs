@@ -49,6 +49,8 @@ struct FileSettings {
     k8s_cpu_request: Option<String>,
     k8s_service: Option<String>,
     k8s_proxy_url: Option<String>,
+    k8s_namespace_per_workspace: Option<bool>,
+    k8s_network_policy: Option<String>,
     max_concurrent_runs: Option<usize>,
     max_queued_runs: Option<usize>,
     warm_pool: Option<u64>,
@@ -314,6 +316,14 @@ impl Settings {
             service: non_empty(env.var("DELEGATE_K8S_SERVICE").or(f.k8s_service))
                 .unwrap_or_else(|| "delegate".into()),
             proxy_url: non_empty(env.var("DELEGATE_K8S_PROXY_URL").or(f.k8s_proxy_url)),
+            namespace_per_workspace: match env.var("DELEGATE_K8S_NAMESPACE_PER_WORKSPACE") {
+                Some(v) => parse_value("DELEGATE_K8S_NAMESPACE_PER_WORKSPACE", &v)?,
+                None => f.k8s_namespace_per_workspace.unwrap_or(false),
+            },
+            network_policy: non_empty(
+                env.var("DELEGATE_K8S_NETWORK_POLICY")
+                    .or(f.k8s_network_policy),
+            ),
         };
         for (name, quantity) in [
             ("DELEGATE_K8S_VOLUME_SIZE", &kube.volume_size),
@@ -1039,6 +1049,8 @@ mod tests {
         assert_eq!(s.kube.cpu_request, "250m");
         assert_eq!(s.kube.service, "delegate");
         assert_eq!(s.kube.proxy_url, None);
+        assert!(!s.kube.namespace_per_workspace);
+        assert_eq!(s.kube.network_policy, None);
         let s = Settings::load(
             None,
             &[
@@ -1050,10 +1062,14 @@ mod tests {
                     "DELEGATE_K8S_PROXY_URL",
                     "http://delegate.sandboxes.svc:8080/v1",
                 ),
+                ("DELEGATE_K8S_NAMESPACE_PER_WORKSPACE", "true"),
+                ("DELEGATE_K8S_NETWORK_POLICY", "delegate-sandboxes"),
             ],
         )
         .unwrap();
         assert_eq!(s.kube.namespace.as_deref(), Some("sandboxes"));
+        assert!(s.kube.namespace_per_workspace);
+        assert_eq!(s.kube.network_policy.as_deref(), Some("delegate-sandboxes"));
         assert_eq!(s.kube.runtime_class.as_deref(), Some("gvisor"));
         // Empty is unset: the cluster's default storage class.
         assert_eq!(s.kube.storage_class, None);

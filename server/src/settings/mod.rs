@@ -229,6 +229,13 @@ pub struct KubeSettings {
     /// on a loopback port of this host instead, for pods on the host's network (a one-node test
     /// cluster).
     pub proxy_url: Option<String>,
+    /// `DELEGATE_K8S_NAMESPACE_PER_WORKSPACE` (default `false`): a sandbox's objects go to
+    /// `NAMESPACE-<workspace id>` (made on first use) rather than to `NAMESPACE` itself.
+    pub namespace_per_workspace: bool,
+    /// `DELEGATE_K8S_NETWORK_POLICY`: with a namespace per workspace, the NetworkPolicy in
+    /// `NAMESPACE` (the chart's sandbox policy) copied into each workspace namespace as it is
+    /// made; unset: none is copied.
+    pub network_policy: Option<String>,
 }
 
 /// The sandbox image `sandbox-image/build` makes (opencode's version is the tag).

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret as KubeSecret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ObjectList, PartialObjectMeta};
 use tokio::sync::mpsc;
@@ -17,7 +18,7 @@ use super::manifest::{
     PodRole, SERVE_PORT,
 };
 use super::pods::PodState;
-use super::{KubeBackend, Live, api_error, not_found, object_name};
+use super::{KubeBackend, Live, Place, api_error, not_found, object_name};
 use crate::sandbox::workdir::SandboxDirs;
 use crate::sandbox::{
     AgentOutput, Changes, ExitInfo, RunSpec, SandboxBackend, SandboxError, SandboxSpec,
@@ -36,12 +37,8 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 impl KubeBackend {
     /// Rebuilds what this process keeps for a sandbox from its Secret (after a restart).
     async fn recover(&self, id: &str) -> Result<Arc<Live>, SandboxError> {
-        let secret = match self.secrets.get_opt(&object_name(id, "")).await {
-            Ok(Some(secret)) => secret,
-            Ok(None) => {
-                return Err(SandboxError::Unknown(format!("{id} (its secret is gone)")));
-            }
-            Err(e) => return Err(api_error(e)),
+        let Some((at, secret)) = self.find_secret(id).await? else {
+            return Err(SandboxError::Unknown(format!("{id} (its secret is gone)")));
         };
         let labels = secret.metadata.labels.clone().unwrap_or_default();
         if labels.get(LABEL_SANDBOX).map(String::as_str) != Some(id) {
@@ -65,6 +62,7 @@ impl KubeBackend {
             .cloned()
             .ok_or_else(|| SandboxError::Io(format!("{id}: its secret names no image")))?;
         let live = Arc::new(Live {
+            at,
             dirs: SandboxDirs::new(self.root.join(id)),
             kind,
             password,
@@ -86,7 +84,7 @@ impl KubeBackend {
 
     /// Labels the sandbox's lasting objects as this server's, which now holds it (a resume or
     /// an adoption through it): its sweep and restart see them as the database does.
-    async fn take_over(&self, id: &str) -> Result<(), SandboxError> {
+    async fn take_over(&self, id: &str, at: &Place) -> Result<(), SandboxError> {
         let patch = serde_json::json!({
             "metadata": { "labels": { LABEL_OWNER: self.manifests.owner() } }
         });
@@ -100,19 +98,19 @@ impl KubeBackend {
             }
         }
         missing_ok(
-            self.secrets
+            at.secrets
                 .patch(&object_name(id, ""), &params, &patch)
                 .await,
         )?;
         for what in ["work", "home"] {
             missing_ok(
-                self.claims
+                at.claims
                     .patch(&object_name(id, what), &params, &patch)
                     .await,
             )?;
         }
         missing_ok(
-            self.ops
+            at.ops
                 .pods
                 .patch(&object_name(id, ""), &params, &patch)
                 .await,
@@ -146,14 +144,14 @@ impl KubeBackend {
     async fn start_serve(&self, id: &str, live: &Live) -> Result<ServeEndpoint, SandboxError> {
         let pod = self.manifests.sandbox_pod(id, &live.image, &PodRole::Serve);
         let name = object_name(id, "");
-        self.ops.make_pod(&pod).await?;
+        let ops = &live.at.ops;
+        ops.make_pod(&pod).await?;
         let started = async {
-            let ip = match self.ops.wait_started(&name).await? {
+            let ip = match ops.wait_started(&name).await? {
                 PodState::Running(Some(ip)) => ip,
                 PodState::Running(None) => {
                     // An IP comes with or soon after running.
-                    let ip = self
-                        .ops
+                    let ip = ops
                         .watch_pod(&name, SERVE_START_TIMEOUT, |state| match state {
                             PodState::Running(Some(ip)) => Some(Ok(ip.clone())),
                             PodState::Running(None) | PodState::Pending => None,
@@ -168,7 +166,7 @@ impl KubeBackend {
                     )));
                 }
             };
-            let mut lines = self.ops.follow_log(&name).await?;
+            let mut lines = ops.follow_log(&name).await?;
             let mut tail = Vec::new();
             let listening = tokio::time::timeout(SERVE_START_TIMEOUT, async {
                 while let Some(line) = lines.recv().await {
@@ -203,7 +201,7 @@ impl KubeBackend {
         }
         .await;
         if started.is_err() {
-            let _ = self.ops.delete_pod(&name).await;
+            let _ = ops.delete_pod(&name).await;
         }
         started
     }
@@ -230,6 +228,7 @@ impl KubeBackend {
     /// their first byte; without it every line is output (a setup script's).
     async fn stream_pod(
         &self,
+        at: &Place,
         name: String,
         mut lines: mpsc::Receiver<String>,
         stop: CancellationToken,
@@ -237,9 +236,9 @@ impl KubeBackend {
         split: bool,
     ) -> mpsc::Receiver<AgentOutput> {
         let (tx, rx) = mpsc::channel(256);
-        let pods = self.ops.pods.clone();
-        let secrets = self.secrets.clone();
-        let backend = self.ops.clone();
+        let pods = at.ops.pods.clone();
+        let secrets = at.secrets.clone();
+        let backend = at.ops.clone();
         tokio::spawn(async move {
             let mut killed = false;
             let read = async {
@@ -297,7 +296,7 @@ impl KubeBackend {
     async fn forget_gone(&self) {
         let params = ListParams::default().labels(LABEL_SANDBOX);
         let known: std::collections::HashSet<String> =
-            match self.secrets.list_metadata(&params).await {
+            match self.across::<KubeSecret>().list_metadata(&params).await {
                 Ok(list) => list
                     .items
                     .into_iter()
@@ -336,18 +335,17 @@ impl KubeBackend {
                 .filter_map(|o| o.metadata.labels.and_then(|mut l| l.remove(LABEL_SANDBOX)))
         }
         let pods = self
-            .ops
-            .pods
+            .across::<Pod>()
             .list_metadata(&params)
             .await
             .map_err(api_error)?;
         let claims = self
-            .claims
+            .across::<PersistentVolumeClaim>()
             .list_metadata(&params)
             .await
             .map_err(api_error)?;
         let secrets = self
-            .secrets
+            .across::<KubeSecret>()
             .list_metadata(&params)
             .await
             .map_err(api_error)?;
@@ -403,8 +401,10 @@ impl SandboxBackend for KubeBackend {
             .image
             .clone()
             .unwrap_or_else(|| self.default_image.clone());
+        let at = self.place_for(spec).await?;
         let dirs = SandboxDirs::make_for(&self.root, spec, true).await?;
         let live = Arc::new(Live {
+            at,
             dirs,
             kind: spec.kind,
             password: spec.serve_password.clone(),
@@ -427,7 +427,8 @@ impl SandboxBackend for KubeBackend {
             if let Ok(origin) = repo.resolve("refs/delegate/origin").await {
                 notes.insert(ANNOTATION_ORIGIN.into(), origin);
             }
-            self.secrets
+            live.at
+                .secrets
                 .create(&PostParams::default(), &secret)
                 .await
                 .map_err(api_error)?;
@@ -436,7 +437,8 @@ impl SandboxBackend for KubeBackend {
                 claims.push("home");
             }
             for what in claims {
-                self.claims
+                live.at
+                    .claims
                     .create(
                         &PostParams::default(),
                         &self.manifests.claim(&spec.id, what),
@@ -467,7 +469,8 @@ impl SandboxBackend for KubeBackend {
         let live = self.live(sandbox_id)?;
         let args = run.opencode_options();
         let task_name = object_name(sandbox_id, "task");
-        match self
+        let at = &live.at;
+        match at
             .secrets
             .delete(&task_name, &DeleteParams::default())
             .await
@@ -476,7 +479,7 @@ impl SandboxBackend for KubeBackend {
             Err(e) if not_found(&e) => {}
             Err(e) => return Err(api_error(e)),
         }
-        self.secrets
+        at.secrets
             .create(
                 &PostParams::default(),
                 &self.manifests.task_secret(sandbox_id, &run.task),
@@ -490,14 +493,14 @@ impl SandboxBackend for KubeBackend {
             self.manifests.keep_home(&mut pod, sandbox_id);
         }
         let name = object_name(sandbox_id, "");
-        self.ops.make_pod(&pod).await?;
-        if let Err(e) = self.ops.wait_started(&name).await {
-            let _ = self.ops.delete_pod(&name).await;
+        at.ops.make_pod(&pod).await?;
+        if let Err(e) = at.ops.wait_started(&name).await {
+            let _ = at.ops.delete_pod(&name).await;
             return Err(e);
         }
-        let lines = self.ops.follow_log(&name).await?;
+        let lines = at.ops.follow_log(&name).await?;
         Ok(self
-            .stream_pod(name, lines, stop, Some(task_name), true)
+            .stream_pod(at, name, lines, stop, Some(task_name), true)
             .await)
     }
 
@@ -516,7 +519,8 @@ impl SandboxBackend for KubeBackend {
         let live = self.live_or_recover(sandbox_id).await?;
         if !live.home_kept.load(Ordering::Acquire) {
             // An ephemeral sandbox's $HOME outlives its setup pod for the run that follows.
-            match self
+            match live
+                .at
                 .claims
                 .create(
                     &PostParams::default(),
@@ -534,19 +538,22 @@ impl SandboxBackend for KubeBackend {
             .manifests
             .sandbox_pod(sandbox_id, &live.image, &PodRole::Setup(script));
         if let Some(spec) = pod.spec.as_mut() {
-            spec.node_name = self.claims_node(sandbox_id).await?;
+            spec.node_name = self.claims_node(sandbox_id, &live.at).await?;
         }
         let name = object_name(sandbox_id, "setup");
-        self.ops.make_pod(&pod).await?;
+        let ops = &live.at.ops;
+        ops.make_pod(&pod).await?;
         let lines = async {
-            self.ops.wait_started(&name).await?;
-            self.ops.follow_log(&name).await
+            ops.wait_started(&name).await?;
+            ops.follow_log(&name).await
         }
         .await;
         match lines {
-            Ok(lines) => Ok(self.stream_pod(name, lines, stop, None, false).await),
+            Ok(lines) => Ok(self
+                .stream_pod(&live.at, name, lines, stop, None, false)
+                .await),
             Err(e) => {
-                let _ = self.ops.delete_pod(&name).await;
+                let _ = ops.delete_pod(&name).await;
                 Err(e)
             }
         }
@@ -563,38 +570,47 @@ impl SandboxBackend for KubeBackend {
     }
 
     async fn pause(&self, sandbox_id: &str) -> Result<(), SandboxError> {
-        self.ops.delete_pod(&object_name(sandbox_id, "")).await
+        let live = self.live_or_recover(sandbox_id).await?;
+        live.at.ops.delete_pod(&object_name(sandbox_id, "")).await
     }
 
     async fn resume(&self, sandbox_id: &str) -> Result<ServeEndpoint, SandboxError> {
         // Paused before this process started, or through another server: its Secret knows
         // the rest.
         let live = self.live_or_recover(sandbox_id).await?;
-        self.take_over(sandbox_id).await?;
+        self.take_over(sandbox_id, &live.at).await?;
         self.start_serve(sandbox_id, &live).await
     }
 
     async fn destroy(&self, sandbox_id: &str) -> Result<(), SandboxError> {
-        self.sandboxes
+        let held = self
+            .sandboxes
             .lock()
             .map_err(|_| SandboxError::Io("sandbox table poisoned".into()))?
             .remove(sandbox_id);
+        let places = match held {
+            Some(live) => vec![live.at.clone()],
+            None => self.places_of(sandbox_id).await?,
+        };
         // Whichever server made them or holds them now: ids are unique across installations.
+        // The Secret goes last: until it does, a retry finds the sandbox's namespace by it.
         let mine = ListParams::default().labels(&format!("{LABEL_SANDBOX}={sandbox_id}"));
         let now = DeleteParams::default().grace_period(0);
-        self.ops
-            .pods
-            .delete_collection(&now, &mine)
-            .await
-            .map_err(api_error)?;
-        self.secrets
-            .delete_collection(&DeleteParams::default(), &mine)
-            .await
-            .map_err(api_error)?;
-        self.claims
-            .delete_collection(&DeleteParams::default(), &mine)
-            .await
-            .map_err(api_error)?;
+        for at in places {
+            at.ops
+                .pods
+                .delete_collection(&now, &mine)
+                .await
+                .map_err(api_error)?;
+            at.claims
+                .delete_collection(&DeleteParams::default(), &mine)
+                .await
+                .map_err(api_error)?;
+            at.secrets
+                .delete_collection(&DeleteParams::default(), &mine)
+                .await
+                .map_err(api_error)?;
+        }
         let root = self.root.join(sandbox_id);
         match tokio::fs::remove_dir_all(&root).await {
             Ok(()) => Ok(()),
@@ -610,7 +626,8 @@ impl SandboxBackend for KubeBackend {
                 "{sandbox_id} (an ephemeral sandbox's run ended with the old server)"
             )));
         }
-        let pod = self
+        let pod = live
+            .at
             .ops
             .pods
             .get_opt(&object_name(sandbox_id, ""))
@@ -618,7 +635,7 @@ impl SandboxBackend for KubeBackend {
             .map_err(api_error)?;
         match pod.as_ref().map(super::pods::pod_state) {
             Some(PodState::Running(Some(ip))) => {
-                self.take_over(sandbox_id).await?;
+                self.take_over(sandbox_id, &live.at).await?;
                 self.endpoint(&live, &ip)
             }
             _ => Err(SandboxError::Start("its pod is no longer running".into())),

@@ -25,7 +25,7 @@ use super::manifest::{
     seed_script,
 };
 use super::pods::START_TIMEOUT;
-use super::{KubeBackend, Live, api_error, object_name};
+use super::{KubeBackend, Live, Place, api_error, object_name};
 use crate::sandbox::docker::archive;
 use crate::sandbox::workdir::MAX_CHANGE_BYTES;
 use crate::sandbox::{Changes, SandboxError};
@@ -60,22 +60,24 @@ fn commit_script() -> String {
 impl KubeBackend {
     /// Starts a short-lived pod and follows its log; [`end_job`](Self::end_job) then says
     /// how it went and removes it.
-    async fn start_job(&self, pod: &Pod) -> Result<Job, SandboxError> {
+    async fn start_job(&self, at: &Place, pod: &Pod) -> Result<Job, SandboxError> {
         let name = pod.metadata.name.clone().unwrap_or_default();
-        self.ops.make_pod(pod).await?;
+        let ops = &at.ops;
+        ops.make_pod(pod).await?;
         let lines = async {
-            self.ops.wait_started(&name).await?;
-            self.ops.follow_log(&name).await
+            ops.wait_started(&name).await?;
+            ops.follow_log(&name).await
         }
         .await;
         match lines {
             Ok(lines) => Ok(Job {
+                ops: ops.clone(),
                 name,
                 lines,
                 tail: Vec::new(),
             }),
             Err(e) => {
-                let _ = self.ops.delete_pod(&name).await;
+                let _ = ops.delete_pod(&name).await;
                 Err(e)
             }
         }
@@ -93,8 +95,8 @@ impl KubeBackend {
         while let Some(line) = job.lines.recv().await {
             job.remember(line);
         }
-        let exit = self.ops.wait_ended(&job.name, START_TIMEOUT).await;
-        if let Err(e) = self.ops.delete_pod(&job.name).await {
+        let exit = job.ops.wait_ended(&job.name, START_TIMEOUT).await;
+        if let Err(e) = job.ops.delete_pod(&job.name).await {
             tracing::warn!(pod = %job.name, error = %e, "cannot delete a finished pod");
         }
         read?;
@@ -124,7 +126,8 @@ impl KubeBackend {
         let chunks: Vec<&[u8]> = archive.chunks(SEED_CHUNK).collect();
         for (n, chunk) in chunks.iter().enumerate() {
             let secret = self.manifests.seed_secret(id, n, chunk);
-            self.secrets
+            live.at
+                .secrets
                 .create(&PostParams::default(), &secret)
                 .await
                 .map_err(api_error)?;
@@ -141,7 +144,7 @@ impl KubeBackend {
                 node: None,
             },
         );
-        let outcome = match self.start_job(&pod).await {
+        let outcome = match self.start_job(&live.at, &pod).await {
             Ok(job) => self.end_job(job, "seeding the work dir", Ok(())).await,
             Err(e) => Err(e),
         };
@@ -149,7 +152,8 @@ impl KubeBackend {
             "{LABEL_SANDBOX}={id},{}=seed",
             super::manifest::LABEL_KIND
         ));
-        if let Err(e) = self
+        if let Err(e) = live
+            .at
             .secrets
             .delete_collection(&DeleteParams::default(), &seeds)
             .await
@@ -161,8 +165,12 @@ impl KubeBackend {
 
     /// The commit the sandbox's next change must sit on, and the snapshot it was cloned from,
     /// as recorded on its Secret (only servers write there: its pods hold no token).
-    async fn recorded(&self, id: &str) -> Result<(String, Option<String>), SandboxError> {
-        let secret = self
+    async fn recorded(
+        &self,
+        id: &str,
+        at: &Place,
+    ) -> Result<(String, Option<String>), SandboxError> {
+        let secret = at
             .secrets
             .get_opt(&object_name(id, ""))
             .await
@@ -178,9 +186,9 @@ impl KubeBackend {
     }
 
     /// Records `tip` as the commit the sandbox's next change must sit on.
-    async fn record_tip(&self, id: &str, tip: &str) -> Result<(), SandboxError> {
+    async fn record_tip(&self, id: &str, at: &Place, tip: &str) -> Result<(), SandboxError> {
         let patch = serde_json::json!({ "metadata": { "annotations": { ANNOTATION_TIP: tip } } });
-        self.secrets
+        at.secrets
             .patch(
                 &object_name(id, ""),
                 &PatchParams::default(),
@@ -201,7 +209,7 @@ impl KubeBackend {
         max_diff: usize,
         label: &str,
     ) -> Result<Changes, SandboxError> {
-        let (base, origin) = self.recorded(id).await?;
+        let (base, origin) = self.recorded(id, &live.at).await?;
         let dirs = &live.dirs;
         let repo = ChangeRepo::open(&dirs.changes);
         let held = tokio::fs::try_exists(dirs.changes.join("HEAD"))
@@ -246,7 +254,7 @@ impl KubeBackend {
         let changes = Changes::describe(&repo, base, commit, max_diff, origin)
             .await
             .map_err(repo_err)?;
-        self.record_tip(id, &changes.commit).await?;
+        self.record_tip(id, &live.at, &changes.commit).await?;
         repo.set_ref("tip", &changes.commit)
             .await
             .map_err(repo_err)?;
@@ -255,8 +263,12 @@ impl KubeBackend {
 
     /// The node of the sandbox's serve pod, when it runs: a ReadWriteOnce claim in use is
     /// reachable only there.
-    pub(super) async fn claims_node(&self, id: &str) -> Result<Option<String>, SandboxError> {
-        Ok(self
+    pub(super) async fn claims_node(
+        &self,
+        id: &str,
+        at: &Place,
+    ) -> Result<Option<String>, SandboxError> {
+        Ok(at
             .ops
             .pods
             .get_opt(&object_name(id, ""))
@@ -277,7 +289,7 @@ impl KubeBackend {
         since: &str,
         label: &str,
     ) -> Result<(), SandboxError> {
-        let node = self.claims_node(id).await?;
+        let node = self.claims_node(id, &live.at).await?;
         let script = commit_script();
         let env = [
             ("DELEGATE_BASE", base.to_string()),
@@ -300,7 +312,7 @@ impl KubeBackend {
         let io = |e: std::io::Error| SandboxError::Io(format!("{}: {e}", path.display()));
         let mut file = tokio::fs::File::create(&path).await.map_err(io)?;
         let mut bundle = BundleReader::default();
-        let mut job = self.start_job(&pod).await?;
+        let mut job = self.start_job(&live.at, &pod).await?;
         let read = async {
             while let Some(line) = job.lines.recv().await {
                 if !line.starts_with(BEGIN) && bundle.announced.is_none() {
@@ -320,6 +332,7 @@ impl KubeBackend {
 
 /// A short-lived pod being run: its name, its log, the first lines it printed.
 struct Job {
+    ops: super::pods::PodOps,
     name: String,
     lines: tokio::sync::mpsc::Receiver<String>,
     tail: Vec<String>,

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
     ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
@@ -13,6 +14,7 @@ use k8s_openapi::api::core::v1::{
     SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeProjection,
     VolumeResourceRequirements,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -26,6 +28,8 @@ pub const LABEL_KIND: &str = "delegate.kind";
 /// The server instance that holds it (the one that made it, or took it over since): a server
 /// sweeps only its own.
 pub const LABEL_OWNER: &str = "delegate.owner";
+/// On a workspace namespace (and its NetworkPolicy): the workspace's id.
+pub const LABEL_WORKSPACE: &str = "delegate.workspace";
 /// On the sandbox's Secret: the image its pods run.
 pub const ANNOTATION_IMAGE: &str = "delegate.image";
 /// On the sandbox's Secret: the commit its next change must sit on (the seed, then each run's
@@ -496,4 +500,39 @@ impl Manifests {
 /// The seed pod's script: the seed Secrets' parts, in order, are one tar archive.
 pub fn seed_script() -> String {
     format!("set -eu\ncat {IN_SEED}/part-* | tar -x -f - -C {IN_WORKSPACE}\n")
+}
+
+/// A workspace's namespace `name`, labelled with its id. Pod Security Admission enforces the
+/// `restricted` standard there, which every pod of the backend meets: a pod made there by
+/// anything else is held to it too.
+pub fn workspace_namespace(name: &str, workspace: &str) -> Namespace {
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(BTreeMap::from([
+                (LABEL_WORKSPACE.to_string(), workspace.to_string()),
+                (
+                    "pod-security.kubernetes.io/enforce".to_string(),
+                    "restricted".to_string(),
+                ),
+            ])),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// The copy of `template` (the chart's sandbox NetworkPolicy) for a workspace's namespace: its
+/// name, labels and spec, plus the workspace label; nothing the API server wrote.
+pub fn workspace_policy(template: &NetworkPolicy, workspace: &str) -> NetworkPolicy {
+    let mut labels = template.metadata.labels.clone().unwrap_or_default();
+    labels.insert(LABEL_WORKSPACE.to_string(), workspace.to_string());
+    NetworkPolicy {
+        metadata: ObjectMeta {
+            name: template.metadata.name.clone(),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: template.spec.clone(),
+    }
 }

@@ -1,5 +1,11 @@
 //! The kubernetes backend: sandboxes as Pods of delegate's sandbox image in one namespace
-//! (`DELEGATE_K8S_NAMESPACE`), made through the API server with kube-rs.
+//! (`DELEGATE_K8S_NAMESPACE`), or one per workspace (`DELEGATE_K8S_NAMESPACE_PER_WORKSPACE`),
+//! made through the API server with kube-rs.
+//!
+//! - A namespace per workspace (`NAMESPACE-<workspace id>`, `namespaces.rs`) is made on first
+//!   use, labelled `delegate.workspace`, with a copy of the sandbox NetworkPolicy; a sandbox's
+//!   handles on its namespace are kept with it ([`Place`]), and a server that never held it
+//!   finds its namespace from its Secret, listed across namespaces by label.
 //!
 //! - Every pod is hardened the same way (`manifest.rs`): non-root, read-only root filesystem,
 //!   all capabilities dropped, no privilege escalation, `seccompProfile: RuntimeDefault`, no
@@ -34,6 +40,7 @@
 mod backend;
 mod change;
 pub mod manifest;
+mod namespaces;
 mod pods;
 
 use std::collections::HashMap;
@@ -59,10 +66,11 @@ pub const LOOPBACK_PROXY: &str = "loopback";
 
 /// Sandboxes as Kubernetes pods: see the module docs.
 pub struct KubeBackend {
-    ops: pods::PodOps,
-    claims: Api<PersistentVolumeClaim>,
-    secrets: Api<KubeSecret>,
-    namespace: String,
+    client: kube::Client,
+    /// `DELEGATE_K8S_NAMESPACE`: every sandbox's, or the prefix of the workspace namespaces.
+    home: Place,
+    /// Workspace namespaces this process made or saw made: not asked for again.
+    namespaces_made: Mutex<std::collections::HashSet<String>>,
     manifests: Manifests,
     settings: KubeSettings,
     default_image: String,
@@ -76,8 +84,32 @@ pub struct KubeBackend {
     shutdown: CancellationToken,
 }
 
+/// A namespace and the backend's handles on it.
+#[derive(Clone)]
+struct Place {
+    namespace: String,
+    ops: pods::PodOps,
+    claims: Api<PersistentVolumeClaim>,
+    secrets: Api<KubeSecret>,
+}
+
+impl Place {
+    fn new(client: &kube::Client, namespace: &str) -> Place {
+        Place {
+            namespace: namespace.to_string(),
+            ops: pods::PodOps {
+                pods: Api::namespaced(client.clone(), namespace),
+            },
+            claims: Api::namespaced(client.clone(), namespace),
+            secrets: Api::namespaced(client.clone(), namespace),
+        }
+    }
+}
+
 /// What this process keeps for a sandbox: the rest is in the cluster and the data dir.
 struct Live {
+    /// Its namespace.
+    at: Place,
     dirs: SandboxDirs,
     kind: SandboxKind,
     password: Option<Secret>,
@@ -157,21 +189,34 @@ impl KubeBackend {
     ) -> Result<Self, SandboxError> {
         let (client, namespace) = connect(&settings.kube).await?;
         // Fail at start, not at the first sandbox, when the namespace cannot be used.
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let (pods, whose): (Api<Pod>, String) = if settings.kube.namespace_per_workspace {
+            namespaces::check_prefix(&namespace)?;
+            if settings.kube.network_policy.is_none() {
+                tracing::warn!(
+                    "DELEGATE_K8S_NAMESPACE_PER_WORKSPACE without DELEGATE_K8S_NETWORK_POLICY: \
+                     workspace namespaces get no NetworkPolicy"
+                );
+            }
+            (Api::all(client.clone()), "across namespaces".into())
+        } else {
+            (
+                Api::namespaced(client.clone(), &namespace),
+                format!("in namespace {namespace}"),
+            )
+        };
         pods.list(&kube::api::ListParams::default().limit(1))
             .await
             .map_err(|e| {
                 SandboxError::Missing(format!(
-                    "the Kubernetes API server refuses to list pods in namespace {namespace}: {}",
+                    "the Kubernetes API server refuses to list pods {whose}: {}",
                     api_error(e)
                 ))
             })?;
         Ok(KubeBackend {
-            claims: Api::namespaced(client.clone(), &namespace),
-            secrets: Api::namespaced(client, &namespace),
-            ops: pods::PodOps { pods },
+            home: Place::new(&client, &namespace),
+            client,
+            namespaces_made: Mutex::new(Default::default()),
             manifests: Manifests::new(settings, owner),
-            namespace,
             settings: settings.kube.clone(),
             default_image: settings.docker.image.clone(),
             model: settings.model.clone(),
@@ -224,7 +269,7 @@ impl KubeBackend {
             Some(url) => Ok(url.to_string()),
             None => Ok(format!(
                 "http://{}.{}.svc:{}/v1",
-                self.settings.service, self.namespace, self.listen_port
+                self.settings.service, self.home.namespace, self.listen_port
             )),
         }
     }
