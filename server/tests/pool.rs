@@ -5,9 +5,9 @@
 //! cannot serve (or an empty pool) falls back to a fresh sandbox; a repository and files seeded
 //! into a pooled sandbox give the same change as a fresh sandbox; a server that ends leaves no
 //! pooled sandbox behind, and one that crashed has its leftovers swept at the next start; a
-//! seeded opencode config is followed (the pool's prebuilt opencode instance is rebuilt);
-//! best-of-N attempts claim pooled sandboxes, the rest starting fresh; bad settings are refused
-//! at start.
+//! seeded opencode config is followed (the pool's prebuilt opencode instance is rebuilt); the
+//! pool's warm-up turn reaches no model and nothing of it shows in the run; best-of-N attempts
+//! claim pooled sandboxes, the rest starting fresh; bad settings are refused at start.
 
 mod common;
 
@@ -20,8 +20,9 @@ use delegate_mcp::types::{RepoBase, RunResult, RunStatus, SandboxStatus};
 use delegate_server::ids::{RunId, hash_secret};
 use delegate_server::orchestrator::{Orchestrator, RunRequest, SandboxInputs, TreeCheck};
 use delegate_server::settings::Settings;
-use delegate_testkit::anthropic::Script;
+use delegate_testkit::anthropic::{INPUT_TOKENS, OUTPUT_TOKENS, Script};
 use delegate_testkit::repos::{git, write};
+use futures::StreamExt;
 
 /// How long a pool may take to fill (opencode serve starting in a sandbox, on a busy machine).
 const FILL: Duration = Duration::from_secs(180);
@@ -183,6 +184,58 @@ async fn a_pooled_run_sees_nothing_of_the_previous_one(backend: Backend) {
         assert_eq!(bed.leftovers(id).await, Vec::<String>::new());
         assert_eq!(processes_mentioning(id), Vec::<String>::new());
     }
+}
+
+/// The pool runs opencode's first turn while the sandbox waits (`ServeClient::warm_turn`), with
+/// the token not yet valid: the proxy refuses it, so no model sees a request before the claim
+/// (the pool fills only if the turn was refused), and the claiming run's changes, events and
+/// usage are its own alone: no trace of the warm-up's session or refused call, and exactly its
+/// model calls counted.
+async fn the_warm_up_turn_reaches_no_model_and_leaves_the_run_its_own(backend: Backend) {
+    let Some(bed) = Bed::new(backend, Script::write_file("hello.txt", "hi\n", "done")).await else {
+        return;
+    };
+    let orch = pooled_orchestrator(&bed, 1).await;
+    assert_eq!(
+        bed.fake().requests().len(),
+        0,
+        "the warm-up turn reached the model"
+    );
+    let (run_id, _, result) = run(&orch, task("write hello")).await;
+    assert_eq!(result.status, RunStatus::Succeeded, "{:?}", result.error);
+    assert_eq!(result.final_message, "done");
+    let changed: Vec<&str> = result
+        .changed_files
+        .iter()
+        .map(|f| f.path.as_str())
+        .collect();
+    assert_eq!(changed, ["hello.txt"]);
+    let calls = bed
+        .fake()
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1/messages")
+        .count() as u64;
+    assert!(calls >= 2, "the tool call and the answer: {calls}");
+    assert_eq!(result.usage.input_tokens, calls * INPUT_TOKENS);
+    assert_eq!(result.usage.output_tokens, calls * OUTPUT_TOKENS);
+    let events: Vec<_> = orch
+        .events(&run_id, 0)
+        .map(|e| e.expect("an event"))
+        .collect()
+        .await;
+    assert!(
+        events.iter().all(|e| e.kind != "error"),
+        "an error in the run: {events:?}"
+    );
+    let text = format!("{events:?}");
+    for warm_up in ["pool warm-up", "sandbox token"] {
+        assert!(
+            !text.contains(warm_up),
+            "the warm-up shows in the run: {text}"
+        );
+    }
+    orch.shutdown().await;
 }
 
 /// A plain ephemeral run takes the pooled sandbox (a hit); one with env, or one while the pool
@@ -601,4 +654,14 @@ async fn attempts_claim_pooled_sandboxes_and_the_rest_start_fresh_on_process() {
 #[tokio::test]
 async fn attempts_claim_pooled_sandboxes_and_the_rest_start_fresh_on_docker() {
     attempts_claim_pooled_sandboxes_and_the_rest_start_fresh(Backend::Docker).await;
+}
+
+#[tokio::test]
+async fn the_warm_up_turn_reaches_no_model_and_leaves_the_run_its_own_on_process() {
+    the_warm_up_turn_reaches_no_model_and_leaves_the_run_its_own(Backend::Process).await;
+}
+
+#[tokio::test]
+async fn the_warm_up_turn_reaches_no_model_and_leaves_the_run_its_own_on_docker() {
+    the_warm_up_turn_reaches_no_model_and_leaves_the_run_its_own(Backend::Docker).await;
 }

@@ -27,6 +27,10 @@ pub enum ServeError {
         /// The start of the response body, at most 300 characters.
         body: String,
     },
+    /// The pool's warm-up turn did not end as it must: refused by the proxy (401), the pooled
+    /// token having no record before its claim.
+    #[error("opencode serve: the pool's warm-up turn {0}")]
+    WarmUp(String),
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -117,6 +121,50 @@ impl ServeClient {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Runs one turn in the work dir and deletes its session, so a run's first prompt does not
+    /// pay for opencode booting the work dir's per-turn services (file watcher, project copy,
+    /// location services; about 2 s, per directory, before the model call). Asked of a pooled
+    /// sandbox while its work dir is empty and its token has no record: the proxy refuses the
+    /// model call, so the turn reaches no model and leaves no data. It fails unless the turn
+    /// ended on that 401: a pooled token that works before its claim is caught here.
+    pub async fn warm_turn(&self, model: &str) -> Result<(), ServeError> {
+        let (provider, model) = super::split_model(model);
+        // A session with a title: opencode asks no model for one.
+        let session = self.create_session("delegate pool warm-up").await?;
+        let reply = self
+            .call(
+                "warm-up turn",
+                self.request(
+                    reqwest::Method::POST,
+                    &format!("/session/{session}/message"),
+                )
+                .json(&json!({
+                    "parts": [{ "type": "text", "text": "." }],
+                    "model": { "providerID": provider, "modelID": model },
+                })),
+            )
+            .await;
+        let deleted = self
+            .call(
+                "delete the warm-up session",
+                self.request(reqwest::Method::DELETE, &format!("/session/{session}")),
+            )
+            .await;
+        let status = reply?
+            .pointer("/info/error/data/statusCode")
+            .and_then(Value::as_u64);
+        deleted?;
+        match status {
+            Some(401) => Ok(()),
+            Some(other) => Err(ServeError::WarmUp(format!(
+                "got {other} from the proxy, not 401"
+            ))),
+            None => Err(ServeError::WarmUp(
+                "reached a model: the unclaimed token was not refused".into(),
+            )),
+        }
     }
 
     /// Drops the work dir's instance: the next request builds it again from what the work dir

@@ -9,11 +9,13 @@
 //!   the proxy refuses it until the claim stores one (bound to the sandbox and the run's
 //!   workspace). The sandbox is destroyed after its one run and its token revoked, as a fresh
 //!   sandbox's: nothing of one run can reach the next, which gets a sandbox of its own.
-//! - Once made, its serve builds opencode's per-directory instance for the empty work dir (most
-//!   of a first run's time). A claim seeds the work dir (the run's repository and files) while
-//!   opencode serve runs; a seed that carries opencode config or instructions has the instance
-//!   disposed, so it is rebuilt from them. The run then goes through the HTTP API as a warm run
-//!   does.
+//! - Once made, its serve builds opencode's per-directory instance for the empty work dir, and
+//!   runs one turn there (most of a first run's time: the first turn boots the work dir's
+//!   services). The proxy refuses that turn's model call (the token has no record yet), which
+//!   the pool requires: the turn reaches no model, and its session is deleted. A claim seeds
+//!   the work dir (the run's repository and files) while opencode serve runs; a seed that
+//!   carries opencode config or instructions has the instance disposed, so it is rebuilt from
+//!   them. The run then goes through the HTTP API as a warm run does.
 //! - Only runs the pool can serve claim: no env, secrets, setup or image, and an egress policy
 //!   that allows nothing. An empty pool (or such inputs) falls back to a fresh sandbox.
 //! - One background task refills it, one sandbox at a time, never in a run's way. With no claim
@@ -316,19 +318,25 @@ impl Orchestrator {
         lock(&pool.held).insert(id.clone());
         let started = Instant::now();
         let made = self.inner.backend.create_pooled(&spec).await;
-        // The run's first request would build opencode's instance for the work dir (most of a
-        // hit's time): build it now, on the empty dir; a seed that brings its own opencode
-        // config drops it again (`seed_pooled`).
+        // The run's first request would build opencode's instance for the work dir, and its
+        // first turn boot the work dir's services (most of a hit's time): do both now, on the
+        // empty dir, with a turn the proxy refuses; a seed that brings its own opencode config
+        // drops the instance again (`seed_pooled`).
         let made = match made {
-            Ok(endpoint) => ServeClient::new(
-                &endpoint.url,
-                endpoint.password.clone(),
-                &endpoint.directory,
-            )
-            .warm_instance(&self.inner.settings.model)
-            .await
-            .map(|()| endpoint)
-            .map_err(|e| SandboxError::Start(format!("warming the pooled sandbox: {e}"))),
+            Ok(endpoint) => {
+                let serve = ServeClient::new(
+                    &endpoint.url,
+                    endpoint.password.clone(),
+                    &endpoint.directory,
+                );
+                let model = &self.inner.settings.model;
+                match serve.warm_instance(model).await {
+                    Ok(()) => serve.warm_turn(model).await,
+                    Err(e) => Err(e),
+                }
+                .map(|()| endpoint)
+                .map_err(|e| SandboxError::Start(format!("warming the pooled sandbox: {e}")))
+            }
             Err(e) => Err(e),
         };
         let endpoint = match made {

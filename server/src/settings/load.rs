@@ -208,7 +208,7 @@ impl Settings {
                 name: "DELEGATE_WARM_POOL",
                 message: format!(
                     "{warm_pool}: at most {MAX_WARM_POOL} sandboxes (each idle one holds an \
-                     opencode serve, about 0.3 to 0.4 GB; see BENCHMARKS.md, \"Warm pool\")"
+                     opencode serve, about 0.4 to 0.6 GB; see BENCHMARKS.md, \"Warm pool\")"
                 ),
             });
         }
