@@ -49,6 +49,7 @@ struct FileSettings {
     k8s_cpu_request: Option<String>,
     k8s_service: Option<String>,
     k8s_proxy_url: Option<String>,
+    k8s_egress_url: Option<String>,
     max_concurrent_runs: Option<usize>,
     max_queued_runs: Option<usize>,
     warm_pool: Option<u64>,
@@ -314,6 +315,7 @@ impl Settings {
             service: non_empty(env.var("DELEGATE_K8S_SERVICE").or(f.k8s_service))
                 .unwrap_or_else(|| "delegate".into()),
             proxy_url: non_empty(env.var("DELEGATE_K8S_PROXY_URL").or(f.k8s_proxy_url)),
+            egress_url: non_empty(env.var("DELEGATE_K8S_EGRESS_URL").or(f.k8s_egress_url)),
         };
         for (name, quantity) in [
             ("DELEGATE_K8S_VOLUME_SIZE", &kube.volume_size),
@@ -405,6 +407,9 @@ impl Settings {
         }
         if let Some(v) = env.var("DELEGATE_EGRESS_MAX_BYTES") {
             egress.max_bytes = Some(parse_value("DELEGATE_EGRESS_MAX_BYTES", &v)?);
+        }
+        if let Some(v) = non_empty(env.var("DELEGATE_EGRESS_LISTEN")) {
+            egress.listen = Some(parse_value("DELEGATE_EGRESS_LISTEN", &v)?);
         }
         if egress.max_bytes == Some(0) {
             return Err(SettingsError::Invalid {
