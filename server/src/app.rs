@@ -115,9 +115,7 @@ pub async fn embedded(settings: Settings) -> Result<Orchestrator, StartError> {
                 Arc::new(ProcessBackend::new(&settings, proxy.router())?)
             }
         },
-        BackendChoice::Kubernetes => {
-            Arc::new(kube_backend(&settings, &proxy, egress_addr).await?)
-        }
+        BackendChoice::Kubernetes => Arc::new(kube_backend(&settings, &proxy, egress_addr).await?),
     };
     let orch = Orchestrator::new(Arc::new(settings), store, backend, proxy, active_runs).await?;
     if let Some(listener) = egress_listener {

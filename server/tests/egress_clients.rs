@@ -310,11 +310,17 @@ async fn the_egress_listener_serves_only_a_running_sandboxs_token_on_the_kuberne
     assert_eq!(env("NO_PROXY"), "127.0.0.1,localhost");
     let url = reqwest::Url::parse(&proxy_url).unwrap();
     assert_eq!(url.username(), "sandbox");
-    let token = url.password().expect("the token in the proxy URL").to_string();
+    let token = url
+        .password()
+        .expect("the token in the proxy URL")
+        .to_string();
     assert!(token.starts_with("dsb_"), "{proxy_url}");
     let listener = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
     // In the Secret only: the pod's spec does not carry it.
-    let pod = k.cluster.object("pods", NAMESPACE, &name).expect("the serve pod");
+    let pod = k
+        .cluster
+        .object("pods", NAMESPACE, &name)
+        .expect("the serve pod");
     assert!(!pod.to_string().contains(&token), "{pod}");
 
     let basic = |user_token: &str| {
@@ -342,9 +348,14 @@ async fn the_egress_listener_serves_only_a_running_sandboxs_token_on_the_kuberne
         "CONNECT {allowed} HTTP/1.1\r\nHost: {allowed}\r\n{}\r\n",
         basic(&token)
     );
-    let reply = through(&listener, &format!("{connect}GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).await;
+    let reply = through(
+        &listener,
+        &format!("{connect}GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
     assert!(
-        reply.starts_with("HTTP/1.1 200 Connection established") && reply.ends_with(registry::GREETING),
+        reply.starts_with("HTTP/1.1 200 Connection established")
+            && reply.ends_with(registry::GREETING),
         "{reply}"
     );
 
@@ -367,7 +378,11 @@ async fn the_egress_listener_serves_only_a_running_sandboxs_token_on_the_kuberne
         "invalid or revoked sandbox token",
     );
     refused(
-        &through(&listener, &get("Proxy-Authorization: Bearer x\r\n", &allowed)).await,
+        &through(
+            &listener,
+            &get("Proxy-Authorization: Bearer x\r\n", &allowed),
+        )
+        .await,
         "proxy authentication required",
     );
 

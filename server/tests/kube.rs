@@ -18,6 +18,7 @@ use delegate_server::sandbox::kube::Manifests;
 use delegate_server::sandbox::kube::manifest::{Job, PodRole};
 use delegate_server::settings::Settings;
 use delegate_testkit::anthropic::{Script, TOOL_RESULT_PLACEHOLDER};
+use delegate_testkit::kube::Recorded;
 use delegate_testkit::real;
 use serde_json::Value;
 

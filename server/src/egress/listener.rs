@@ -75,8 +75,13 @@ where
                     let text = "delegate egress: proxy authentication required: send the \
                                 sandbox's proxy token as the password of Proxy-Authorization: \
                                 Basic\n";
-                    return reply(&mut stream, "407 Proxy Authentication Required", CHALLENGE, text)
-                        .await;
+                    return reply(
+                        &mut stream,
+                        "407 Proxy Authentication Required",
+                        CHALLENGE,
+                        text,
+                    )
+                    .await;
                 };
                 match find(token).await {
                     Ok(egress) => {

@@ -290,8 +290,12 @@ impl Egress {
     /// Serves one connection on its own task while a connection slot is free; when none is,
     /// it gets a 503 right away, so a flood costs the server one short write per attempt and
     /// nothing piles up.
-    async fn dispatch<S>(self: &Arc<Self>, stream: S, head: Option<Vec<u8>>, stop: &CancellationToken)
-    where
+    async fn dispatch<S>(
+        self: &Arc<Self>,
+        stream: S,
+        head: Option<Vec<u8>>,
+        stop: &CancellationToken,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let window = self.current();

@@ -16,8 +16,8 @@ use super::log::RunLog;
 use super::{Error, Orchestrator, Result, lock};
 use crate::egress::policy::{NONE, check_name};
 use crate::egress::{Egress, EgressRecord, Limits, Policies, Policy, Refused};
-use crate::proxy::TokenRefused;
 use crate::ids::now_ms;
+use crate::proxy::TokenRefused;
 use crate::store::Workspace;
 
 /// How long the end of a run waits for the sandbox's egress connections to close.
@@ -159,7 +159,12 @@ impl Orchestrator {
             self.inner.egress_metrics.clone(),
         );
         let mut table = lock(&self.inner.egress);
-        Some(table.entry(sandbox_id.to_string()).or_insert(egress).clone())
+        Some(
+            table
+                .entry(sandbox_id.to_string())
+                .or_insert(egress)
+                .clone(),
+        )
     }
 
     /// Forgets a sandbox's egress proxy (its socket ends with the sandbox, its connections
@@ -216,7 +221,9 @@ impl Orchestrator {
             ))
         })?;
         self.egress_for(id, policy).ok_or_else(|| {
-            Refused::Forbidden(format!("sandbox {id}'s egress policy `{name}` allows nothing"))
+            Refused::Forbidden(format!(
+                "sandbox {id}'s egress policy `{name}` allows nothing"
+            ))
         })
     }
 

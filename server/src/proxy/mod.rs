@@ -146,21 +146,23 @@ impl Proxy {
                 "missing credential: send the sandbox token as x-api-key or Authorization: Bearer",
             )
         })?;
-        self.check_token(token).await.map_err(|refused| match refused {
-            TokenRefused::Invalid => anthropic_error(
-                StatusCode::UNAUTHORIZED,
-                "authentication_error",
-                "invalid or revoked sandbox token",
-            ),
-            TokenRefused::NotRunning(why) => {
-                anthropic_error(StatusCode::FORBIDDEN, "permission_error", &why)
-            }
-            TokenRefused::Unavailable => anthropic_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "api_error",
-                "delegate could not check the token",
-            ),
-        })
+        self.check_token(token)
+            .await
+            .map_err(|refused| match refused {
+                TokenRefused::Invalid => anthropic_error(
+                    StatusCode::UNAUTHORIZED,
+                    "authentication_error",
+                    "invalid or revoked sandbox token",
+                ),
+                TokenRefused::NotRunning(why) => {
+                    anthropic_error(StatusCode::FORBIDDEN, "permission_error", &why)
+                }
+                TokenRefused::Unavailable => anthropic_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "api_error",
+                    "delegate could not check the token",
+                ),
+            })
     }
 
     /// The running sandbox a sandbox token belongs to (the model proxy's check, which the
