@@ -29,6 +29,14 @@ pub enum StartError {
     /// The sandbox backend could not be set up (no engine, missing image or program).
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
+    /// The egress proxy's TCP listener could not be bound.
+    #[error("cannot listen for egress on {addr} (DELEGATE_EGRESS_LISTEN): {source}")]
+    EgressListen {
+        /// The address from the settings.
+        addr: std::net::SocketAddr,
+        /// What the system said.
+        source: std::io::Error,
+    },
     /// The orchestrator failed to start (e.g. reconciling what it found in the store).
     #[error(transparent)]
     Orchestrator(#[from] Error),
@@ -62,11 +70,19 @@ async fn docker_backend(settings: &Settings, proxy: &Proxy) -> Result<DockerBack
     Ok(DockerBackend::new(settings, proxy.router(), owner).await?)
 }
 
-async fn kube_backend(settings: &Settings, proxy: &Proxy) -> Result<KubeBackend, StartError> {
+async fn kube_backend(
+    settings: &Settings,
+    proxy: &Proxy,
+    egress: Option<std::net::SocketAddr>,
+) -> Result<KubeBackend, StartError> {
     let owner = crate::bootstrap::instance_id(&settings.data_dir)
         .await
         .map_err(|e| crate::sandbox::SandboxError::Io(e.to_string()))?;
-    Ok(KubeBackend::new(settings, proxy.router(), owner).await?)
+    let mut backend = KubeBackend::new(settings, proxy.router(), owner).await?;
+    if let Some(addr) = egress {
+        backend.set_egress_listener(addr);
+    }
+    Ok(backend)
 }
 
 /// An orchestrator embedded in this process: its own store, proxy and backend.
@@ -79,6 +95,16 @@ pub async fn embedded(settings: Settings) -> Result<Orchestrator, StartError> {
         settings.upstream.clone(),
         active_runs.clone(),
     );
+    // Bound first: pods are told its address (port 0 picks one).
+    let egress_listener = match settings.egress.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::EgressListen { addr, source })?,
+        ),
+        None => None,
+    };
+    let egress_addr = egress_listener.as_ref().and_then(|l| l.local_addr().ok());
     let backend: Arc<dyn SandboxBackend> = match settings.backend {
         BackendChoice::Process => Arc::new(ProcessBackend::new(&settings, proxy.router())?),
         BackendChoice::Docker => Arc::new(docker_backend(&settings, &proxy).await?),
@@ -89,7 +115,12 @@ pub async fn embedded(settings: Settings) -> Result<Orchestrator, StartError> {
                 Arc::new(ProcessBackend::new(&settings, proxy.router())?)
             }
         },
-        BackendChoice::Kubernetes => Arc::new(kube_backend(&settings, &proxy).await?),
+        BackendChoice::Kubernetes => Arc::new(kube_backend(&settings, &proxy, egress_addr).await?),
     };
-    Ok(Orchestrator::new(Arc::new(settings), store, backend, proxy, active_runs).await?)
+    let orch = Orchestrator::new(Arc::new(settings), store, backend, proxy, active_runs).await?;
+    if let Some(listener) = egress_listener {
+        tracing::info!(addr = ?egress_addr, "the egress proxy listens");
+        orch.serve_egress(listener);
+    }
+    Ok(orch)
 }

@@ -1,5 +1,6 @@
 //! Real clients through delegate's egress proxy, each driven by the agent's `bash` tool in a real
-//! opencode run (the scripted fake model issues the call), on the process AND docker backends
+//! opencode run (the scripted fake model issues the call), on the process, docker and kubernetes
+//! (the fake cluster; pods reach the egress proxy's TCP listener with their token) backends
 //! with one test body: `pip download` from a PEP 503 index over HTTPS, `git clone` over HTTP
 //! from `git http-backend`, and `curl` over HTTPS, against loopback stand-ins
 //! ([`delegate_testkit::registry`]) that an admin-listed exception allows; the test CA reaches
@@ -7,20 +8,27 @@
 //! policy, the metadata address and redirects to loopback (a name the policy does not list, and an
 //! address it lists whose class no admin allowed); and in a second run a DNS name
 //! (`localhost`) that resolves to a loopback address. Each is the 403 body and an `egress`
-//! event, and the result's totals match the events.
+//! event, and the result's totals match the events. On kubernetes, the listener's own checks:
+//! no token, a wrong one and a stopped sandbox's get 407 and are not relayed.
 
 mod common;
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use common::backends::{Backend, Bed};
+use common::kube::NAMESPACE;
 use delegate_mcp::types::RunStatus;
 use delegate_server::ids::RunId;
-use delegate_server::orchestrator::{Orchestrator, RunRequest, SandboxInputs};
+use delegate_server::orchestrator::{Orchestrator, RunRequest, SandboxInputs, SandboxRequest};
+use delegate_server::sandbox::kube::object_name;
 use delegate_server::settings::EgressPolicySettings;
 use delegate_testkit::anthropic::Script;
 use delegate_testkit::registry::{self, Registry};
 use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// Where the test CA lands in the work dir (`/workspace` on both backends).
 const CA_FILE: &str = "test-ca.pem";
@@ -239,4 +247,160 @@ async fn real_clients_through_the_egress_proxy_on_the_process_backend() {
 #[tokio::test]
 async fn real_clients_through_the_egress_proxy_on_the_docker_backend() {
     real_clients_through_the_egress_proxy(Backend::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_clients_through_the_egress_proxy_on_the_kubernetes_backend() {
+    real_clients_through_the_egress_proxy(Backend::Kube).await;
+}
+
+/// Sends `head` to the egress listener at `proxy` and reads the reply to its end.
+async fn through(proxy: &str, head: &str) -> String {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The egress listener on kubernetes, spoken to directly with the token a warm sandbox's pods
+/// get (from its Secret, the only place it is): the policy applies to the token's sandbox, and
+/// without a token, with a wrong one, or once the sandbox stopped, it is 407 and nothing is
+/// relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_egress_listener_serves_only_a_running_sandboxs_token_on_the_kubernetes_backend() {
+    let Some(registry) = Registry::start().await else {
+        return;
+    };
+    let Some(bed) = Bed::new(Backend::Kube, Script::text("unused")).await else {
+        return;
+    };
+    let Bed::Kube(k) = &bed else { unreachable!() };
+    let http = registry.http.port();
+    let mut settings = bed.settings();
+    settings.egress.policies.insert(
+        "registry".into(),
+        EgressPolicySettings {
+            hosts: vec![format!("127.0.0.1:{http}")],
+            allow_addresses: vec!["127.0.0.1".into()],
+        },
+    );
+    let orch = delegate_server::app::embedded(settings).await.unwrap();
+    let sandbox = orch
+        .create_sandbox(SandboxRequest {
+            network: Some("registry".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("a warm sandbox with a policy");
+    let name = object_name(&sandbox.id, "");
+    let secret = k
+        .cluster
+        .object("secrets", NAMESPACE, &name)
+        .expect("the sandbox's secret");
+    let env = |key: &str| {
+        let value = secret["data"][key].as_str().unwrap_or_default();
+        String::from_utf8(STANDARD.decode(value).unwrap()).unwrap()
+    };
+    let proxy_url = env("HTTPS_PROXY");
+    for key in ["HTTP_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"] {
+        assert_eq!(env(key), proxy_url, "{key}");
+    }
+    // The model proxy (on loopback here) stays direct.
+    assert_eq!(env("NO_PROXY"), "127.0.0.1,localhost");
+    let url = reqwest::Url::parse(&proxy_url).unwrap();
+    assert_eq!(url.username(), "sandbox");
+    let token = url
+        .password()
+        .expect("the token in the proxy URL")
+        .to_string();
+    assert!(token.starts_with("dsb_"), "{proxy_url}");
+    let listener = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
+    // In the Secret only: the pod's spec does not carry it.
+    let pod = k
+        .cluster
+        .object("pods", NAMESPACE, &name)
+        .expect("the serve pod");
+    assert!(!pod.to_string().contains(&token), "{pod}");
+
+    let basic = |user_token: &str| {
+        format!(
+            "Proxy-Authorization: Basic {}\r\n",
+            STANDARD.encode(format!("sandbox:{user_token}"))
+        )
+    };
+    let get = |auth: &str, target: &str| {
+        format!("GET http://{target}/hello HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n")
+    };
+    let allowed = format!("127.0.0.1:{http}");
+    let reply = through(&listener, &get(&basic(&token), &allowed)).await;
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.ends_with(registry::GREETING),
+        "{reply}"
+    );
+    let reply = through(&listener, &get(&basic(&token), "registry.invalid")).await;
+    assert!(
+        reply.starts_with("HTTP/1.1 403")
+            && reply.contains("policy `registry` does not allow registry.invalid:80"),
+        "{reply}"
+    );
+    let connect = format!(
+        "CONNECT {allowed} HTTP/1.1\r\nHost: {allowed}\r\n{}\r\n",
+        basic(&token)
+    );
+    let reply = through(
+        &listener,
+        &format!("{connect}GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(
+        reply.starts_with("HTTP/1.1 200 Connection established")
+            && reply.ends_with(registry::GREETING),
+        "{reply}"
+    );
+
+    let refused = |reply: &str, why: &str| {
+        assert!(
+            reply.starts_with("HTTP/1.1 407 Proxy Authentication Required")
+                && reply.contains("Proxy-Authenticate: Basic realm=\"delegate egress\"")
+                && reply.contains(why)
+                && !reply.contains(registry::GREETING),
+            "{reply}"
+        );
+    };
+    refused(
+        &through(&listener, &get("", &allowed)).await,
+        "proxy authentication required",
+    );
+    let wrong = format!("dsb_{}", "0".repeat(64));
+    refused(
+        &through(&listener, &get(&basic(&wrong), &allowed)).await,
+        "invalid or revoked sandbox token",
+    );
+    refused(
+        &through(
+            &listener,
+            &get("Proxy-Authorization: Bearer x\r\n", &allowed),
+        )
+        .await,
+        "proxy authentication required",
+    );
+
+    // Stopped: paused (its token kept for the resume), then deleted (revoked).
+    orch.pause_sandbox(&sandbox.id.parse().unwrap())
+        .await
+        .expect("pause");
+    refused(
+        &through(&listener, &get(&basic(&token), &allowed)).await,
+        &format!("sandbox {} is paused, not running", sandbox.id),
+    );
+    orch.delete_sandbox(&sandbox.id.parse().unwrap())
+        .await
+        .expect("delete");
+    refused(
+        &through(&listener, &get(&basic(&token), &allowed)).await,
+        "invalid or revoked sandbox token",
+    );
+    assert_eq!(bed.leftovers(&sandbox.id).await, Vec::<String>::new());
+    k.cluster.shutdown().await;
 }

@@ -340,7 +340,7 @@ async fn bad_input_is_refused_before_any_sandbox_exists(backend: Backend) {
                 },
                 "runs no containers",
             ),
-            Backend::Docker => (
+            Backend::Docker | Backend::Kube => (
                 SandboxInputs {
                     image: Some("delegate-sandbox:not-on-the-list".into()),
                     ..Default::default()

@@ -142,6 +142,10 @@ def test_default_values() -> None:
     # Sandboxes reach the proxy through this release's Service, on the Service's port.
     assert config["DELEGATE_K8S_SERVICE"] == FULLNAME
     assert config["DELEGATE_K8S_PROXY_URL"] == f"http://{FULLNAME}.{NAMESPACE}.svc:80/v1"
+    # The egress proxy too, on a port of its own, listened on in the Pod and named by the Service.
+    assert config["DELEGATE_EGRESS_LISTEN"] == "0.0.0.0:8081"
+    assert config["DELEGATE_K8S_EGRESS_URL"] == f"http://{FULLNAME}.{NAMESPACE}.svc:8081"
+    assert {"name": "egress", "containerPort": 8081, "protocol": "TCP"} in c["ports"]
     assert config["DELEGATE_PUBLIC_URL"] == "https://delegate.example.com"
     assert "DELEGATE_K8S_NAMESPACE_PER_WORKSPACE" not in config and "DELEGATE_K8S_NETWORK_POLICY" not in config
     assert "DELEGATE_K8S_RUNTIME_CLASS" not in config and "BASE_DOMAIN" not in config
@@ -171,7 +175,7 @@ def test_default_values() -> None:
     assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
     (to_server, to_dns) = policy["egress"]
     assert to_server["to"][0]["podSelector"]["matchLabels"] == SERVER_LABELS
-    assert to_server["ports"] == [{"protocol": "TCP", "port": 8080}]
+    assert to_server["ports"] == [{"protocol": "TCP", "port": 8080}, {"protocol": "TCP", "port": 8081}]
     assert to_dns["to"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kube-system"}
     assert {p["port"] for p in to_dns["ports"]} == {53}
     assert [peer["podSelector"]["matchLabels"] for peer in policy["ingress"][0]["from"]] == [SERVER_LABELS]
@@ -186,6 +190,7 @@ def test_default_values() -> None:
     # each client stays on one replica, through the Ingress and inside the cluster.
     assert chart_annotations(ingress) == {"nginx.ingress.kubernetes.io/upstream-hash-by": "$remote_addr"}
     assert service["sessionAffinity"] == "ClientIP"
+    assert service["ports"][1] == {"name": "egress", "port": 8081, "targetPort": "egress", "protocol": "TCP"}
 
 
 def test_non_default_values() -> None:
@@ -197,6 +202,7 @@ def test_non_default_values() -> None:
         "sandbox": {"runtimeClassName": "gvisor", "storageClassName": "fast-rwo", "namespace": "sandboxes",
                     "cpuRequest": "500m", "volumeSize": "20Gi"},
         "service": {"port": 8081},
+        "egress": {"containerPort": 9000, "servicePort": 9001},
         "settings": {"DELEGATE_MAX_CONCURRENT_RUNS": 64, "IDLE_TIMEOUT": "10m"},
         "image": {"repository": "registry.example.com/delegate", "tag": "1.2.3"},
     }))
@@ -216,6 +222,8 @@ def test_non_default_values() -> None:
     assert config["DELEGATE_K8S_CPU_REQUEST"] == "500m" and config["DELEGATE_K8S_VOLUME_SIZE"] == "20Gi"
     # The sandboxes live elsewhere; the proxy URL still names the server's namespace and port.
     assert config["DELEGATE_K8S_PROXY_URL"] == f"http://{FULLNAME}.{NAMESPACE}.svc:8081/v1"
+    assert config["DELEGATE_EGRESS_LISTEN"] == "0.0.0.0:9000"
+    assert config["DELEGATE_K8S_EGRESS_URL"] == f"http://{FULLNAME}.{NAMESPACE}.svc:9001"
     assert config["DELEGATE_MAX_CONCURRENT_RUNS"] == "64" and config["IDLE_TIMEOUT"] == "10m"
 
     # The sandbox namespace gets the Role, its binding and the sandbox policy; the server stays in its own.
@@ -225,6 +233,7 @@ def test_non_default_values() -> None:
     sandbox_policy = next(p for p in kinds["NetworkPolicy"] if p["metadata"]["namespace"] == "sandboxes")
     peer = sandbox_policy["spec"]["egress"][0]["to"][0]
     assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": NAMESPACE}
+    assert sandbox_policy["spec"]["egress"][0]["ports"] == [{"protocol": "TCP", "port": 8080}, {"protocol": "TCP", "port": 9000}]
 
     stateful = one(kinds, "StatefulSet")
     assert stateful["spec"]["replicas"] == 1
@@ -268,6 +277,17 @@ def test_namespace_per_workspace_binds_a_cluster_role() -> None:
         "networkPolicy": {"enabled": False},
     })), "ConfigMap")["data"]
     assert config["DELEGATE_K8S_NAMESPACE_PER_WORKSPACE"] == "true" and "DELEGATE_K8S_NETWORK_POLICY" not in config
+
+
+def test_egress_listener_can_be_off() -> None:
+    """Off: no listener, no Service port, and the sandbox policy opens the server's one port only."""
+    kinds = by_kind(render({"secrets": {"databaseUrl": DB}, "egress": {"enabled": False}}))
+    config = one(kinds, "ConfigMap")["data"]
+    assert "DELEGATE_EGRESS_LISTEN" not in config and "DELEGATE_K8S_EGRESS_URL" not in config
+    assert [p["name"] for p in server_container(one(kinds, "Deployment"))["ports"]] == ["http"]
+    assert [p["name"] for p in one(kinds, "Service")["spec"]["ports"]] == ["http"]
+    policy = one(kinds, "NetworkPolicy")["spec"]
+    assert policy["egress"][0]["ports"] == [{"protocol": "TCP", "port": 8080}]
 
 
 def test_bundled_postgres_builds_the_database_url() -> None:
@@ -318,6 +338,7 @@ def test_gateway_ingress_and_tls() -> None:
         ({"rbac": {"clusterWide": True}}, "clusterWide"),
         ({"sandbox": {"volumeSize": "lots"}}, "volumeSize"),
         ({"replicas": 3}, "replicas"),
+        ({"egress": {"containerPort": 80}}, "containerPort"),
     ],
 )
 def test_schema_refuses(values: dict[str, Any], why: str) -> None:

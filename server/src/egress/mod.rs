@@ -10,10 +10,15 @@
 //! [`EgressRecord`] (which becomes an `egress` run event) and summed into its totals, which
 //! [`Egress::end`] returns for the run's result once the sandbox's connections have closed.
 //!
+//! Sandboxes that cannot reach a socket of the server (kubernetes pods) use the same proxies
+//! through one TCP listener for all (`listener.rs`), naming their sandbox by its proxy token.
+//!
 //! Files: `policy.rs` (patterns, named policies), `address.rs` (address classes, CIDR
-//! networks), `proxy.rs` (one connection: CONNECT and plain-HTTP forwarding, refusals, metering).
+//! networks), `proxy.rs` (one connection: CONNECT and plain-HTTP forwarding, refusals, metering),
+//! `listener.rs` (the TCP listener and its `Proxy-Authorization` check).
 
 pub mod address;
+mod listener;
 pub mod policy;
 mod proxy;
 
@@ -28,7 +33,11 @@ use tokio::net::UnixListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use listener::{Refused, serve_tcp};
 pub use policy::{Policies, Policy};
+
+/// How long a client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Per-sandbox limits of the egress proxy.
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +58,7 @@ impl Limits {
         Limits {
             max_connections: 64,
             max_bytes,
-            head_timeout: Duration::from_secs(10),
+            head_timeout: HEAD_TIMEOUT,
             connect_timeout: Duration::from_secs(10),
         }
     }
@@ -170,6 +179,9 @@ pub struct Egress {
     window: Mutex<Window>,
     /// Connections being served; [`Egress::end`] waits for zero.
     open: watch::Sender<usize>,
+    /// Cancelled when the sandbox ends: ends what it has open through the TCP listener (its
+    /// socket's connections end with the socket's own stop).
+    closed: CancellationToken,
 }
 
 impl fmt::Debug for Egress {
@@ -202,7 +214,13 @@ impl Egress {
                 sink: None,
             }),
             open: watch::Sender::new(0),
+            closed: CancellationToken::new(),
         })
+    }
+
+    /// Ends the connections the sandbox has open through the TCP listener (it is gone).
+    pub fn close(&self) {
+        self.closed.cancel();
     }
 
     /// The sandbox's policy.
@@ -242,9 +260,7 @@ impl Egress {
         lock(&self.window).clone()
     }
 
-    /// Accepts connections until `stop`, each served on its own task while a connection slot is
-    /// free; when none is, the connection gets a 503 right away, so a flood costs the server one
-    /// short write per attempt and nothing piles up.
+    /// Accepts connections until `stop`, each served as [`Egress::dispatch`] says.
     pub async fn serve<L: Accept>(self: Arc<Self>, listener: L, stop: CancellationToken) {
         loop {
             let stream = tokio::select! {
@@ -257,41 +273,65 @@ impl Egress {
                     }
                 },
             };
-            let window = self.current();
-            match self.connections.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let egress = self.clone();
-                    let stop = stop.clone();
-                    self.open.send_modify(|n| *n += 1);
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = stop.cancelled() => {}
-                            _ = proxy::serve_connection(&egress, &window, stream) => {}
-                        }
-                        drop(permit);
-                        egress.open.send_modify(|n| *n -= 1);
-                    });
-                }
-                Err(_) => {
-                    let reason = format!(
-                        "too many connections at once (at most {})",
-                        self.limits.max_connections
-                    );
-                    proxy::refuse_busy(stream, &reason).await;
-                    report(
-                        &self.metrics,
-                        &window,
-                        EgressRecord {
-                            host: String::new(),
-                            port: 0,
-                            decision: Decision::Denied,
-                            reason: Some(reason),
-                            bytes_up: 0,
-                            bytes_down: 0,
-                            duration_ms: 0,
-                        },
-                    );
-                }
+            self.dispatch(stream, None, &stop).await;
+        }
+    }
+
+    /// Serves a connection from the TCP listener whose head was read and whose token named
+    /// this sandbox, as one from its socket; it ends when the sandbox does ([`Egress::close`]).
+    async fn serve_claimed<S>(self: Arc<Self>, stream: S, head: Vec<u8>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let stop = self.closed.clone();
+        self.dispatch(stream, Some(head), &stop).await;
+    }
+
+    /// Serves one connection on its own task while a connection slot is free; when none is,
+    /// it gets a 503 right away, so a flood costs the server one short write per attempt and
+    /// nothing piles up.
+    async fn dispatch<S>(
+        self: &Arc<Self>,
+        stream: S,
+        head: Option<Vec<u8>>,
+        stop: &CancellationToken,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let window = self.current();
+        match self.connections.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let egress = self.clone();
+                let stop = stop.clone();
+                self.open.send_modify(|n| *n += 1);
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = proxy::serve_connection(&egress, &window, stream, head) => {}
+                    }
+                    drop(permit);
+                    egress.open.send_modify(|n| *n -= 1);
+                });
+            }
+            Err(_) => {
+                let reason = format!(
+                    "too many connections at once (at most {})",
+                    self.limits.max_connections
+                );
+                proxy::refuse_busy(stream, &reason).await;
+                report(
+                    &self.metrics,
+                    &window,
+                    EgressRecord {
+                        host: String::new(),
+                        port: 0,
+                        decision: Decision::Denied,
+                        reason: Some(reason),
+                        bytes_up: 0,
+                        bytes_down: 0,
+                        duration_ms: 0,
+                    },
+                );
             }
         }
     }

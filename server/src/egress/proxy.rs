@@ -34,9 +34,9 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a request is not forwarded: the HTTP status and the text the client reads.
 #[derive(Debug)]
-struct Refusal {
-    status: &'static str,
-    message: String,
+pub(super) struct Refusal {
+    pub(super) status: &'static str,
+    pub(super) message: String,
 }
 
 impl Refusal {
@@ -58,9 +58,14 @@ struct Request {
     rest: Vec<u8>,
 }
 
-/// Serves one connection to its end and reports it.
-pub(super) async fn serve_connection<S>(egress: &Egress, window: &Window, mut client: S)
-where
+/// Serves one connection to its end and reports it; `head` when its request head was read
+/// already (the TCP listener reads it for the token).
+pub(super) async fn serve_connection<S>(
+    egress: &Egress,
+    window: &Window,
+    mut client: S,
+    head: Option<Vec<u8>>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let started = Instant::now();
@@ -73,12 +78,12 @@ where
         bytes_down: 0,
         duration_ms: 0,
     };
-    let outcome = handle(egress, window, &mut client, &mut record).await;
+    let outcome = handle(egress, window, &mut client, head, &mut record).await;
     if let Err(refusal) = outcome {
         record.decision = Decision::Denied;
         let text = format!("delegate egress: {}\n", refusal.message);
         record.reason = Some(refusal.message);
-        reply(&mut client, refusal.status, &text).await;
+        reply(&mut client, refusal.status, "", &text).await;
     }
     record.duration_ms = started.elapsed().as_millis() as u64;
     report(&egress.metrics, window, record);
@@ -89,15 +94,23 @@ pub(super) async fn refuse_busy<S: AsyncWrite + Unpin>(mut client: S, reason: &s
     reply(
         &mut client,
         "503 Service Unavailable",
+        "",
         &format!("delegate egress: {reason}; retry when a connection closes\n"),
     )
     .await;
 }
 
-async fn reply<S: AsyncWrite + Unpin>(client: &mut S, status: &str, text: &str) {
+/// A small plain-text reply that ends the connection; `extra` holds further header lines, each
+/// ending in CRLF.
+pub(super) async fn reply<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    status: &str,
+    extra: &str,
+    text: &str,
+) {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
+         {extra}Connection: close\r\n\r\n",
         text.len()
     );
     let _ = tokio::time::timeout(REPLY_TIMEOUT, async {
@@ -112,23 +125,16 @@ async fn handle<S>(
     egress: &Egress,
     window: &Window,
     client: &mut S,
+    head: Option<Vec<u8>>,
     record: &mut EgressRecord,
 ) -> Result<(), Refusal>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let limits = &egress.limits;
-    let head = match tokio::time::timeout(limits.head_timeout, read_head(client)).await {
-        Ok(head) => head?,
-        Err(_) => {
-            return Err(Refusal::new(
-                "408 Request Timeout",
-                format!(
-                    "no complete request head within {}s",
-                    limits.head_timeout.as_secs()
-                ),
-            ));
-        }
+    let head = match head {
+        Some(head) => head,
+        None => read_head_within(client, limits.head_timeout).await?,
     };
     let request = parse_request(&head)?;
     record.host.clone_from(&request.host);
@@ -226,6 +232,44 @@ fn display_target(host: &str, port: u16) -> String {
     } else {
         format!("{host}:{port}")
     }
+}
+
+/// [`read_head`], given `timeout` for it.
+pub(super) async fn read_head_within<S: AsyncRead + Unpin>(
+    client: &mut S,
+    timeout: Duration,
+) -> Result<Vec<u8>, Refusal> {
+    match tokio::time::timeout(timeout, read_head(client)).await {
+        Ok(head) => head,
+        Err(_) => Err(Refusal::new(
+            "408 Request Timeout",
+            format!("no complete request head within {}s", timeout.as_secs()),
+        )),
+    }
+}
+
+/// The password of the head's `Proxy-Authorization: Basic` (the user name is not checked:
+/// clients send whatever the proxy URL names); `None` when there is none or it is malformed.
+pub(super) fn proxy_password(head: &[u8]) -> Option<String> {
+    use base64::Engine as _;
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(head).ok()?;
+    let value = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("proxy-authorization"))?
+        .value;
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let (_, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+    Some(password.to_string()).filter(|p| !p.is_empty())
 }
 
 /// Reads up to the end of the request head; whatever follows it stays in the returned buffer.
@@ -497,6 +541,37 @@ mod tests {
         let (_, port, head) = forwarded("HEAD http://pkg.example?x HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!(port, 80);
         assert!(head.starts_with("HEAD /?x HTTP/1.1\r\n"), "{head}");
+    }
+
+    #[test]
+    fn the_proxy_password_comes_from_basic_credentials() {
+        use base64::Engine as _;
+        let basic = |creds: &str| base64::engine::general_purpose::STANDARD.encode(creds);
+        let head = |auth: &str| {
+            format!("CONNECT pkg.example:443 HTTP/1.1\r\nProxy-Authorization: {auth}\r\n\r\n")
+        };
+        let password = |auth: &str| proxy_password(head(auth).as_bytes());
+        assert_eq!(
+            password(&format!("Basic {}", basic("sandbox:tok:en"))).as_deref(),
+            Some("tok:en")
+        );
+        assert_eq!(
+            password(&format!("basic  {}", basic("any:tok"))).as_deref(),
+            Some("tok")
+        );
+        for bad in [
+            format!("Bearer {}", basic("sandbox:tok")),
+            format!("Basic {}", basic("no-colon")),
+            format!("Basic {}", basic("sandbox:")),
+            "Basic !!!".to_string(),
+            "Basic".to_string(),
+        ] {
+            assert_eq!(password(&bad), None, "{bad}");
+        }
+        assert_eq!(
+            proxy_password(b"CONNECT pkg.example:443 HTTP/1.1\r\n\r\n"),
+            None
+        );
     }
 
     #[test]

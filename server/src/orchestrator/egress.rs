@@ -15,8 +15,9 @@ use tokio::task::JoinHandle;
 use super::log::RunLog;
 use super::{Error, Orchestrator, Result, lock};
 use crate::egress::policy::{NONE, check_name};
-use crate::egress::{Egress, EgressRecord, Limits, Policies, Policy};
+use crate::egress::{Egress, EgressRecord, Limits, Policies, Policy, Refused};
 use crate::ids::now_ms;
+use crate::proxy::TokenRefused;
 use crate::store::Workspace;
 
 /// How long the end of a run waits for the sandbox's egress connections to close.
@@ -146,7 +147,8 @@ impl Orchestrator {
         &self.inner.egress_metrics
     }
 
-    /// The egress proxy of a new sandbox under `policy`; `None` when it allows nothing.
+    /// The egress proxy of a sandbox under `policy` (the one it has when two tasks race to make
+    /// it); `None` when it allows nothing.
     pub(super) fn egress_for(&self, sandbox_id: &str, policy: Arc<Policy>) -> Option<Arc<Egress>> {
         if policy.denies_all() {
             return None;
@@ -156,13 +158,73 @@ impl Orchestrator {
             Limits::with_max_bytes(self.inner.settings.egress.max_bytes()),
             self.inner.egress_metrics.clone(),
         );
-        lock(&self.inner.egress).insert(sandbox_id.to_string(), egress.clone());
-        Some(egress)
+        let mut table = lock(&self.inner.egress);
+        Some(
+            table
+                .entry(sandbox_id.to_string())
+                .or_insert(egress)
+                .clone(),
+        )
     }
 
-    /// Forgets a sandbox's egress proxy (its socket ends with the sandbox).
+    /// Forgets a sandbox's egress proxy (its socket ends with the sandbox, its connections
+    /// through the TCP listener here).
     pub(super) fn drop_egress(&self, sandbox_id: &str) {
-        lock(&self.inner.egress).remove(sandbox_id);
+        if let Some(egress) = lock(&self.inner.egress).remove(sandbox_id) {
+            egress.close();
+        }
+    }
+
+    /// Serves the egress proxy on `listener` (`DELEGATE_EGRESS_LISTEN`) for as long as the
+    /// orchestrator lives: each connection names its sandbox by its proxy token.
+    pub fn serve_egress(&self, listener: tokio::net::TcpListener) {
+        let weak = Arc::downgrade(&self.inner);
+        let find = move |token: String| {
+            let weak = weak.clone();
+            async move {
+                let inner = weak.upgrade().ok_or(Refused::Unavailable)?;
+                Orchestrator { inner }.egress_for_token(&token).await
+            }
+        };
+        let stop = self.inner.shutdown.clone();
+        tokio::spawn(crate::egress::serve_tcp(listener, find, stop));
+    }
+
+    /// The egress proxy of the running sandbox `token` belongs to. A sandbox made by another
+    /// server (any replica reaches a kubernetes sandbox) gets one here under the policy it was
+    /// made with.
+    async fn egress_for_token(&self, token: &str) -> std::result::Result<Arc<Egress>, Refused> {
+        let grant = self
+            .inner
+            .proxy
+            .check_token(token)
+            .await
+            .map_err(|refused| match refused {
+                TokenRefused::Invalid => {
+                    Refused::Unauthorized("invalid or revoked sandbox token".into())
+                }
+                TokenRefused::NotRunning(why) => Refused::Unauthorized(why),
+                TokenRefused::Unavailable => Refused::Unavailable,
+            })?;
+        let id = &grant.sandbox_id;
+        if let Some(egress) = lock(&self.inner.egress).get(id) {
+            return Ok(egress.clone());
+        }
+        let sandbox = self.inner.store.sandbox(id).await.map_err(|e| {
+            tracing::warn!(sandbox = %id, error = %e, "egress: cannot read the sandbox");
+            Refused::Unavailable
+        })?;
+        let name = sandbox.meta["network"].as_str().unwrap_or(NONE);
+        let policy = self.inner.policies.get(name).ok_or_else(|| {
+            Refused::Forbidden(format!(
+                "sandbox {id}'s egress policy `{name}` is no longer configured"
+            ))
+        })?;
+        self.egress_for(id, policy).ok_or_else(|| {
+            Refused::Forbidden(format!(
+                "sandbox {id}'s egress policy `{name}` allows nothing"
+            ))
+        })
     }
 
     /// Opens the run's window on its sandbox's egress proxy, if it has one: connections become

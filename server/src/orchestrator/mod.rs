@@ -186,6 +186,13 @@ struct Inner {
     pool: Option<Arc<pool::Pool>>,
 }
 
+impl Drop for Inner {
+    /// Nothing can reach this orchestrator any more: its listeners stop (its loops see it gone).
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
 impl Orchestrator {
     /// Wires the parts together and makes sure the local user and the `default` workspace exist.
     pub async fn new(

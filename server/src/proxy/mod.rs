@@ -42,10 +42,13 @@ const MAX_REQUEST_BODY: usize = 32 << 20;
 /// Which run a sandbox is executing right now, so usage lands on that run.
 pub type ActiveRuns = Arc<RwLock<HashMap<String, String>>>;
 
-#[derive(Clone)]
-struct Grant {
-    sandbox_id: String,
-    workspace_id: String,
+/// A checked sandbox token: whose it is.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    /// The sandbox the token was issued to.
+    pub sandbox_id: String,
+    /// The sandbox's workspace.
+    pub workspace_id: String,
 }
 
 /// The proxy's state; cheap to clone.
@@ -143,6 +146,28 @@ impl Proxy {
                 "missing credential: send the sandbox token as x-api-key or Authorization: Bearer",
             )
         })?;
+        self.check_token(token)
+            .await
+            .map_err(|refused| match refused {
+                TokenRefused::Invalid => anthropic_error(
+                    StatusCode::UNAUTHORIZED,
+                    "authentication_error",
+                    "invalid or revoked sandbox token",
+                ),
+                TokenRefused::NotRunning(why) => {
+                    anthropic_error(StatusCode::FORBIDDEN, "permission_error", &why)
+                }
+                TokenRefused::Unavailable => anthropic_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "api_error",
+                    "delegate could not check the token",
+                ),
+            })
+    }
+
+    /// The running sandbox a sandbox token belongs to (the model proxy's check, which the
+    /// egress listener shares): its hash against the store, cached for [`GRANT_TTL`].
+    pub async fn check_token(&self, token: &str) -> Result<Arc<Grant>, TokenRefused> {
         let hash = hash_secret(token);
         if let Ok(grants) = self.inner.grants.lock()
             && let Some((at, grant)) = grants.get(&hash)
@@ -150,38 +175,26 @@ impl Proxy {
         {
             return Ok(grant.clone());
         }
-        let denied = || {
-            anthropic_error(
-                StatusCode::UNAUTHORIZED,
-                "authentication_error",
-                "invalid or revoked sandbox token",
-            )
-        };
         let record =
             match credentials::verify(self.inner.store.as_ref(), TokenKind::Sandbox, token).await {
                 Ok(r) => r,
                 Err(AuthError::Store(e)) => {
                     tracing::error!(error = %e, "proxy: token lookup failed");
-                    return Err(anthropic_error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "api_error",
-                        "delegate could not check the token",
-                    ));
+                    return Err(TokenRefused::Unavailable);
                 }
-                Err(_) => return Err(denied()),
+                Err(_) => return Err(TokenRefused::Invalid),
             };
         let Some(sandbox_id) = record.sandbox_id else {
-            return Err(denied());
+            return Err(TokenRefused::Invalid);
         };
         let Ok(sandbox) = self.inner.store.sandbox(&sandbox_id).await else {
-            return Err(denied());
+            return Err(TokenRefused::Invalid);
         };
         if sandbox.status != SandboxStatus::Running {
-            return Err(anthropic_error(
-                StatusCode::FORBIDDEN,
-                "permission_error",
-                &format!("sandbox {} is {}, not running", sandbox.id, sandbox.status),
-            ));
+            return Err(TokenRefused::NotRunning(format!(
+                "sandbox {} is {}, not running",
+                sandbox.id, sandbox.status
+            )));
         }
         let grant = Arc::new(Grant {
             sandbox_id,
@@ -192,6 +205,17 @@ impl Proxy {
         }
         Ok(grant)
     }
+}
+
+/// Why a sandbox token was not accepted.
+#[derive(Debug)]
+pub enum TokenRefused {
+    /// Unknown, revoked, or not a sandbox's.
+    Invalid,
+    /// Its sandbox is not running; the text says which and how it is.
+    NotRunning(String),
+    /// The store could not be asked.
+    Unavailable,
 }
 
 /// The sandbox token: `x-api-key` as Anthropic's clients send it, else `Authorization: Bearer`.

@@ -108,19 +108,30 @@ pub fn serve_egress(
 /// Where the in-sandbox relay offers the egress proxy (the model proxy is on port 4000).
 pub const IN_EGRESS_PROXY: &str = "127.0.0.1:4001";
 
+/// What stays direct in every sandbox with egress: loopback (the model proxy's relay).
+pub const NO_PROXY: &str = "127.0.0.1,localhost";
+
 /// The environment that sends a sandbox's HTTP clients (npm, pip, cargo, git, curl) through
 /// the egress relay at [`IN_EGRESS_PROXY`]; the model proxy on loopback stays direct.
 pub fn egress_environment() -> Vec<(&'static str, String)> {
-    let url = format!("http://{IN_EGRESS_PROXY}");
+    proxy_environment(&format!("http://{IN_EGRESS_PROXY}"), NO_PROXY)
+}
+
+/// The proxy variables, both spellings, for the egress proxy at `url`, with `no_proxy` direct.
+pub fn proxy_environment(url: &str, no_proxy: &str) -> Vec<(&'static str, String)> {
     let mut env = Vec::new();
-    for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
-        env.push((name, url.clone()));
+    for name in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        env.push((name, url.to_string()));
     }
-    for name in ["http_proxy", "https_proxy", "all_proxy"] {
-        env.push((name, url.clone()));
-    }
-    env.push(("NO_PROXY", "127.0.0.1,localhost".into()));
-    env.push(("no_proxy", "127.0.0.1,localhost".into()));
+    env.push(("NO_PROXY", no_proxy.to_string()));
+    env.push(("no_proxy", no_proxy.to_string()));
     env
 }
 

@@ -65,6 +65,9 @@ k8s_service = "delegate"              # the server's Service       DELEGATE_K8S_
 k8s_namespace_per_workspace = false
 # The NetworkPolicy in NAMESPACE copied into each workspace namespace.  DELEGATE_K8S_NETWORK_POLICY
 # k8s_network_policy = "delegate-sandboxes"
+# The egress listener as pods see it (default http://SERVICE.NAMESPACE.svc:PORT with egress's
+# listen port). Egress policies on kubernetes need [egress] listen.  DELEGATE_K8S_EGRESS_URL
+# k8s_egress_url = "http://delegate.delegate.svc:8081"
 # The model proxy at /v1 on the listener too, for sandboxes run outside delegate (`delegate token
 # proxy`, compose.headless.yml). Off: only a named docker network and kubernetes serve it there.
 proxy_public = false                                               # DELEGATE_PROXY_PUBLIC
@@ -129,6 +132,9 @@ registration = "invite"                                            # DELEGATE_RE
 [egress]
 default = "none"                                                   # DELEGATE_EGRESS_DEFAULT
 max_bytes = 1073741824                                             # DELEGATE_EGRESS_MAX_BYTES (per run)
+# The proxy on a TCP port too (off by default), for sandboxes on other machines (kubernetes pods);
+# a connection names its sandbox by its proxy token in Proxy-Authorization.
+# listen = "0.0.0.0:8081"                                          # DELEGATE_EGRESS_LISTEN
 # [egress.policies.packages]                                       # DELEGATE_EGRESS_POLICIES
 # hosts = ["npm.internal.example", "*.pypi.internal.example", "git.internal.example:443"]
 # allow_addresses = ["10.20.0.0/16"]                               # private, yet allowed

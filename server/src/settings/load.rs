@@ -51,6 +51,7 @@ struct FileSettings {
     k8s_proxy_url: Option<String>,
     k8s_namespace_per_workspace: Option<bool>,
     k8s_network_policy: Option<String>,
+    k8s_egress_url: Option<String>,
     max_concurrent_runs: Option<usize>,
     max_queued_runs: Option<usize>,
     warm_pool: Option<u64>,
@@ -324,6 +325,7 @@ impl Settings {
                 env.var("DELEGATE_K8S_NETWORK_POLICY")
                     .or(f.k8s_network_policy),
             ),
+            egress_url: non_empty(env.var("DELEGATE_K8S_EGRESS_URL").or(f.k8s_egress_url)),
         };
         for (name, quantity) in [
             ("DELEGATE_K8S_VOLUME_SIZE", &kube.volume_size),
@@ -415,6 +417,9 @@ impl Settings {
         }
         if let Some(v) = env.var("DELEGATE_EGRESS_MAX_BYTES") {
             egress.max_bytes = Some(parse_value("DELEGATE_EGRESS_MAX_BYTES", &v)?);
+        }
+        if let Some(v) = non_empty(env.var("DELEGATE_EGRESS_LISTEN")) {
+            egress.listen = Some(parse_value("DELEGATE_EGRESS_LISTEN", &v)?);
         }
         if egress.max_bytes == Some(0) {
             return Err(SettingsError::Invalid {

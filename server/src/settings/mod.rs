@@ -236,6 +236,11 @@ pub struct KubeSettings {
     /// `NAMESPACE` (the chart's sandbox policy) copied into each workspace namespace as it is
     /// made; unset: none is copied.
     pub network_policy: Option<String>,
+    /// `DELEGATE_K8S_EGRESS_URL`: the egress listener (`DELEGATE_EGRESS_LISTEN`) as pods see
+    /// it, `http://HOST:PORT`; unset: `http://SERVICE.NAMESPACE.svc:PORT` with the listener's
+    /// port. `loopback`: the listener's own address, for pods on the host's network. Without
+    /// the listener, egress policies are refused on this backend.
+    pub egress_url: Option<String>,
 }
 
 /// The sandbox image `sandbox-image/build` makes (opencode's version is the tag).
@@ -509,6 +514,11 @@ pub struct EgressSettings {
     /// `DELEGATE_EGRESS_MAX_BYTES` (default 1 GiB): bytes through the egress proxy per run.
     #[serde(default)]
     pub max_bytes: Option<u64>,
+    /// `DELEGATE_EGRESS_LISTEN` (off by default): the egress proxy also listens on this TCP
+    /// address, for sandboxes that cannot reach a socket of the server (kubernetes pods); each
+    /// connection names its sandbox with `Proxy-Authorization` (its proxy token).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
 impl EgressSettings {

@@ -5,6 +5,7 @@
 
 pub mod backends;
 pub mod docker;
+pub mod kube;
 pub mod secret_scan;
 pub mod serve;
 pub mod served;

@@ -122,15 +122,36 @@ impl KubeBackend {
         &self,
         spec: &SandboxSpec,
     ) -> Result<BTreeMap<String, String>, SandboxError> {
+        let proxy_url = self.proxy_url().await?;
         let mut env: BTreeMap<String, String> = crate::opencode::environment(
             IN_HOME,
-            &self.proxy_url().await?,
+            &proxy_url,
             spec.proxy_token.expose(),
             &self.model,
             &self.small_model,
         )
         .into_iter()
         .collect();
+        if spec.egress.is_some() {
+            // No relay in the pod: clients send the token from the URL as Proxy-Authorization.
+            // The model proxy's host stays direct.
+            let (scheme, rest) = self.egress_url()?.split_once("://").map_or_else(
+                || ("http".to_string(), String::new()),
+                |(s, r)| (s.to_string(), r.to_string()),
+            );
+            let url = format!("{scheme}://sandbox:{}@{rest}", spec.proxy_token.expose());
+            let mut no_proxy = crate::sandbox::NO_PROXY.to_string();
+            if let Some(host) = reqwest::Url::parse(&proxy_url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+                && !no_proxy.split(',').any(|h| h == host)
+            {
+                no_proxy = format!("{no_proxy},{host}");
+            }
+            for (name, value) in crate::sandbox::proxy_environment(&url, &no_proxy) {
+                env.insert(name.into(), value);
+            }
+        }
         if let Some(pw) = &spec.serve_password {
             env.insert("OPENCODE_SERVER_PASSWORD".into(), pw.expose().to_string());
         }
@@ -391,11 +412,8 @@ impl SandboxBackend for KubeBackend {
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Option<ServeEndpoint>, SandboxError> {
         if spec.egress.is_some() {
-            return Err(SandboxError::BadInput(
-                "network: egress policies are not available on the kubernetes backend yet (its \
-                 pods reach only the model proxy)"
-                    .into(),
-            ));
+            // Checked before anything is made.
+            self.egress_url()?;
         }
         let image = spec
             .image

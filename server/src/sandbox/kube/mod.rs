@@ -61,7 +61,8 @@ use crate::store::SandboxKind;
 
 pub use manifest::Manifests;
 
-/// `DELEGATE_K8S_PROXY_URL`'s value that serves the proxy on a loopback port of this host.
+/// `DELEGATE_K8S_PROXY_URL`'s value that serves the proxy on a loopback port of this host (and
+/// `DELEGATE_K8S_EGRESS_URL`'s that sends pods to the egress listener's own address).
 pub const LOOPBACK_PROXY: &str = "loopback";
 
 /// Sandboxes as Kubernetes pods: see the module docs.
@@ -80,6 +81,9 @@ pub struct KubeBackend {
     proxy: Router,
     listen_port: u16,
     loopback_proxy: OnceCell<SocketAddr>,
+    /// The server's egress listener (`DELEGATE_EGRESS_LISTEN`), once bound; without it, egress
+    /// policies are refused.
+    egress_listener: Option<SocketAddr>,
     sandboxes: Mutex<HashMap<String, Arc<Live>>>,
     shutdown: CancellationToken,
 }
@@ -225,6 +229,7 @@ impl KubeBackend {
             proxy,
             listen_port: settings.listen.port(),
             loopback_proxy: OnceCell::new(),
+            egress_listener: None,
             sandboxes: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
         })
@@ -234,6 +239,32 @@ impl KubeBackend {
     /// rather than on a loopback port of the backend's own.
     pub fn serves_proxy_on_listener(settings: &KubeSettings) -> bool {
         settings.proxy_url.as_deref() != Some(LOOPBACK_PROXY)
+    }
+
+    /// Sends the pods of egress-allowed sandboxes to the server's egress listener at `addr`.
+    pub fn set_egress_listener(&mut self, addr: SocketAddr) {
+        self.egress_listener = Some(addr);
+    }
+
+    /// The egress listener as pods see it (`http://HOST:PORT`), for a sandbox with a policy.
+    fn egress_url(&self) -> Result<String, SandboxError> {
+        let addr = self.egress_listener.ok_or_else(|| {
+            SandboxError::BadInput(
+                "network: egress policies on the kubernetes backend need the egress proxy's TCP \
+                 listener (DELEGATE_EGRESS_LISTEN)"
+                    .into(),
+            )
+        })?;
+        Ok(match self.settings.egress_url.as_deref() {
+            Some(LOOPBACK_PROXY) => format!("http://{addr}"),
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!(
+                "http://{}.{}.svc:{}",
+                self.settings.service,
+                self.home.namespace,
+                addr.port()
+            ),
+        })
     }
 
     fn live(&self, id: &str) -> Result<Arc<Live>, SandboxError> {
