@@ -448,7 +448,8 @@ async fn write_loop(
         }
         let mut goodbye = false;
         for out in batch.drain(..) {
-            goodbye |= matches!(&out, Outgoing::Frame(f) if matches!(f.header, Header::Goodbye { .. }));
+            goodbye |=
+                matches!(&out, Outgoing::Frame(f) if matches!(f.header, Header::Goodbye { .. }));
             let Some(bytes) = shared.encode(out) else {
                 continue;
             };
