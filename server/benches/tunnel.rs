@@ -10,6 +10,9 @@
 //!     cargo bench -p delegate-server --bench tunnel [-- --requests 2000 --downloads 3]
 //!       [--only direct,floor,delegate,bore]
 //!
+//! `DELEGATE_BENCH_AGENT` names another `delegate` binary to run as the agent (a copy of an older
+//! build, to alternate old and new builds side by side; the server side is this bench's own).
+//!
 //! Needs `bore` on PATH (`cargo install bore-cli`).
 
 use std::process::Stdio;
@@ -183,7 +186,9 @@ async fn main() {
         .json()
         .await
         .unwrap();
-    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_delegate"))
+    let agent_bin = std::env::var("DELEGATE_BENCH_AGENT")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_delegate").to_string());
+    let mut agent = tokio::process::Command::new(agent_bin)
         .args(["agent", "connect", "--server", &server, "--name", "bench"])
         .args(["--code", code["code"].as_str().unwrap()])
         .args(["--opencode-url", &direct])
