@@ -177,41 +177,35 @@ impl KubeBackend {
         }
         let params = ListParams::default().labels(&format!("{LABEL_SANDBOX}={id}"));
         let mut namespaces = BTreeSet::new();
-        let mut note = |items: Vec<Option<String>>| namespaces.extend(items.into_iter().flatten());
-        let namespace_of = |m: kube::core::ObjectMeta| m.namespace;
-        note(
-            self.across::<Pod>()
-                .list_metadata(&params)
-                .await
-                .map_err(api_error)?
-                .items
-                .into_iter()
-                .map(|o| namespace_of(o.metadata))
-                .collect(),
+        namespaces.extend(self.namespaces_holding::<Pod>(&params).await?);
+        namespaces.extend(
+            self.namespaces_holding::<PersistentVolumeClaim>(&params)
+                .await?,
         );
-        note(
-            self.across::<PersistentVolumeClaim>()
-                .list_metadata(&params)
-                .await
-                .map_err(api_error)?
-                .items
-                .into_iter()
-                .map(|o| namespace_of(o.metadata))
-                .collect(),
-        );
-        note(
-            self.across::<KubeSecret>()
-                .list_metadata(&params)
-                .await
-                .map_err(api_error)?
-                .items
-                .into_iter()
-                .map(|o| namespace_of(o.metadata))
-                .collect(),
-        );
+        namespaces.extend(self.namespaces_holding::<KubeSecret>(&params).await?);
         Ok(namespaces
             .into_iter()
             .map(|ns| Place::new(&self.client, &ns))
+            .collect())
+    }
+
+    /// The namespaces of the `K` objects `params` selects, across namespaces.
+    async fn namespaces_holding<K>(&self, params: &ListParams) -> Result<Vec<String>, SandboxError>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Ok(self
+            .across::<K>()
+            .list_metadata(params)
+            .await
+            .map_err(api_error)?
+            .items
+            .into_iter()
+            .filter_map(|o| o.metadata.namespace)
             .collect())
     }
 }
